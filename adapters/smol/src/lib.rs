@@ -1,0 +1,1 @@
+//! The smol adapter (grows to parity in its own issue).

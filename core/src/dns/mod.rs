@@ -1,0 +1,1 @@
+//! DNS: the wire codec and the authority machine.

@@ -1,0 +1,476 @@
+//! The authority: one query, the record store and the wall-clock time in;
+//! the response bytes (or "forward this", or "drop it") out.
+//!
+//! What it does, and why:
+//! - Answers with each RRset's *remaining* TTL, rotating multi-record sets
+//!   (round robin) and following CNAMEs it holds.
+//! - NXDOMAIN for a missing or expired name; NODATA (NOERROR, empty answer)
+//!   for a name that exists without the asked type. Both carry an SOA in the
+//!   authority section so resolvers can cache them (RFC 2308).
+//! - AA set, the question echoed with the client's letter case, EDNS0
+//!   echoed (RFC 6891), the client's UDP size respected (512 without EDNS),
+//!   TC when the answer does not fit.
+//! - FORMERR for a query whose header parses but body does not, NOTIMP for
+//!   opcodes other than QUERY, nothing at all for fewer than 12 bytes or
+//!   for a message that is itself a response (so two servers can never
+//!   bounce errors at each other).
+//! - With zones configured, names outside them are forwarded when an
+//!   upstream is set, REFUSED otherwise.
+
+use super::message::*;
+use super::name::Name;
+use super::store::{RRset, RecordStore};
+use super::wire::{self, Encoder, Section, MESSAGE_MAX_BYTES};
+use crate::time::UnixMillis;
+
+/// UDP payload size without EDNS (RFC 1035).
+pub const CLASSIC_UDP_BYTES: usize = 512;
+/// Longest CNAME chain followed inside one answer.
+pub const CNAME_CHAIN_MAX: usize = 8;
+
+/// A zone the node is the authority for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Zone {
+    /// The zone apex, e.g. `rumor.test.`.
+    pub apex: Name,
+}
+
+/// How the authority answers.
+#[derive(Clone, Debug)]
+pub struct AuthorityConfig {
+    /// Zones served. Empty: every name the store holds is answered and any
+    /// other name gets NXDOMAIN, as the original rumor does.
+    pub zones: Vec<Zone>,
+    /// Forward names outside `zones` instead of refusing them.
+    pub forward_outside_zones: bool,
+    /// Largest UDP response we send, whatever the client offers.
+    pub udp_max_bytes: u16,
+    /// TTL of negative answers and of the SOA that carries it (RFC 2308).
+    pub negative_ttl: u32,
+    /// SOA refresh/retry/expire handed out with negative answers.
+    pub soa_timers: [u32; 3],
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        AuthorityConfig {
+            zones: Vec::new(),
+            forward_outside_zones: false,
+            udp_max_bytes: 1232,
+            negative_ttl: 30,
+            soa_timers: [3600, 600, 86400],
+        }
+    }
+}
+
+/// Which transport a query came over; it sets the response size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Datagrams: limit from EDNS, else 512 bytes.
+    Udp,
+    /// Stream: 65535 bytes.
+    Tcp,
+}
+
+/// What to do with a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send these bytes back to the client.
+    Reply(Vec<u8>),
+    /// The name is outside our zones and forwarding is on: hand the query
+    /// to the forwarder.
+    Forward,
+    /// Send nothing (not a query, or not even a header).
+    Drop,
+}
+
+/// Counters the authority keeps; the adapter exports them as metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthorityStats {
+    /// Queries answered, by response code.
+    pub by_rcode: std::collections::BTreeMap<&'static str, u64>,
+    /// Queries answered, by question type.
+    pub by_qtype: std::collections::BTreeMap<String, u64>,
+    /// Undecodable queries, by decode error kind.
+    pub decode_errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Answers sent with TC set.
+    pub truncated: u64,
+    /// Queries dropped without an answer.
+    pub dropped: u64,
+}
+
+/// The answering machine. It keeps a rotation counter for round robin and
+/// statistics; everything else comes in with each query.
+#[derive(Debug)]
+pub struct Authority {
+    config: AuthorityConfig,
+    rotation: usize,
+    stats: AuthorityStats,
+}
+
+impl Authority {
+    /// A new authority.
+    pub fn new(config: AuthorityConfig) -> Self {
+        Authority {
+            config,
+            rotation: 0,
+            stats: AuthorityStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &AuthorityStats {
+        &self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+
+    /// Answers one query received over `transport` at wall time `now_ms`.
+    pub fn handle_query(
+        &mut self,
+        query: &[u8],
+        transport: Transport,
+        store: &RecordStore,
+        now_ms: UnixMillis,
+    ) -> Verdict {
+        let raw = match wire::decode_header(query) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.count_decode_error(e.kind.as_str());
+                self.stats.dropped += 1;
+                return Verdict::Drop;
+            }
+        };
+        if raw.header.qr {
+            self.stats.dropped += 1;
+            return Verdict::Drop;
+        }
+        let msg = match wire::decode(query) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_decode_error(e.kind.as_str());
+                return self.bare_error(&raw.header, Rcode::FORMERR);
+            }
+        };
+        let response = self.respond(&msg, store, now_ms);
+        let Some(response) = response else {
+            return Verdict::Forward;
+        };
+        let limit = match transport {
+            Transport::Tcp => MESSAGE_MAX_BYTES,
+            Transport::Udp => match &msg.edns {
+                Some(e) => (e.udp_size as usize)
+                    .max(CLASSIC_UDP_BYTES)
+                    .min(self.config.udp_max_bytes as usize),
+                None => CLASSIC_UDP_BYTES,
+            },
+        };
+        let (bytes, truncated) = encode_response(&response, limit);
+        if truncated {
+            self.stats.truncated += 1;
+        }
+        *self
+            .stats
+            .by_rcode
+            .entry(response.rcode().name())
+            .or_default() += 1;
+        Verdict::Reply(bytes)
+    }
+
+    fn count_decode_error(&mut self, kind: &'static str) {
+        *self.stats.decode_errors.entry(kind).or_default() += 1;
+    }
+
+    fn bare_error(&mut self, query: &Header, rcode: Rcode) -> Verdict {
+        *self.stats.by_rcode.entry(rcode.name()).or_default() += 1;
+        let header = Header {
+            id: query.id,
+            qr: true,
+            opcode: query.opcode,
+            rd: query.rd,
+            rcode: rcode.0 as u8,
+            ..Header::default()
+        };
+        Verdict::Reply(wire::encode(&Message {
+            header,
+            ..Message::default()
+        }))
+    }
+
+    /// Builds the response message; `None` means "forward it".
+    fn respond(&mut self, q: &Message, store: &RecordStore, now_ms: UnixMillis) -> Option<Message> {
+        let mut r = Message {
+            header: Header {
+                id: q.header.id,
+                qr: true,
+                opcode: q.header.opcode,
+                rd: q.header.rd,
+                cd: q.header.cd,
+                ..Header::default()
+            },
+            questions: q.questions.clone(),
+            edns: q.edns.as_ref().map(|e| Edns {
+                udp_size: self.config.udp_max_bytes,
+                dnssec_ok: e.dnssec_ok,
+                ..Edns::default()
+            }),
+            ..Message::default()
+        };
+        if Opcode::from_u8(q.header.opcode) != Opcode::Query {
+            r.set_rcode(Rcode::NOTIMP);
+            return Some(r);
+        }
+        if q.edns.as_ref().is_some_and(|e| e.version > 0) {
+            r.set_rcode(Rcode::BADVERS);
+            r.questions.clear();
+            return Some(r);
+        }
+        if q.questions.len() != 1 || !q.answers.is_empty() || !q.authorities.is_empty() {
+            r.set_rcode(Rcode::FORMERR);
+            return Some(r);
+        }
+        let question = &q.questions[0];
+        *self
+            .stats
+            .by_qtype
+            .entry(question.qtype.to_string())
+            .or_default() += 1;
+        if question.qclass != CLASS_IN && question.qclass != CLASS_ANY {
+            r.set_rcode(Rcode::REFUSED);
+            return Some(r);
+        }
+        if matches!(question.qtype, RType::AXFR | RType(251) | RType::OPT) {
+            r.set_rcode(if question.qtype == RType::OPT {
+                Rcode::FORMERR
+            } else {
+                Rcode::REFUSED
+            });
+            return Some(r);
+        }
+        let zone = self.zone_of(&question.name).cloned();
+        if zone.is_none() && !self.config.zones.is_empty() {
+            if self.config.forward_outside_zones {
+                return None;
+            }
+            r.set_rcode(Rcode::REFUSED);
+            return Some(r);
+        }
+        r.header.aa = true;
+        self.answer(&mut r, question, zone.as_ref(), store, now_ms);
+        Some(r)
+    }
+
+    fn zone_of(&self, name: &Name) -> Option<&Zone> {
+        self.config
+            .zones
+            .iter()
+            .filter(|z| name.is_within(&z.apex))
+            .max_by_key(|z| z.apex.wire_len())
+    }
+
+    fn answer(
+        &mut self,
+        r: &mut Message,
+        question: &Question,
+        zone: Option<&Zone>,
+        store: &RecordStore,
+        now_ms: UnixMillis,
+    ) {
+        let apex = match zone {
+            Some(z) => z.apex.clone(),
+            None => question.name.parent().unwrap_or_else(Name::root),
+        };
+        // The apex of a configured zone always has an SOA and an NS.
+        let at_apex = zone.is_some() && question.name.eq_ignore_case(&apex);
+        let mut current = question.name.clone();
+        let mut rcode = Rcode::NOERROR;
+        let mut answered = false;
+        for step in 0..=CNAME_CHAIN_MAX {
+            let mut found = false;
+            if question.qtype == RType::ANY {
+                for set in store.rrsets_at(&current, now_ms) {
+                    self.push_rrset(&mut r.answers, &current, set, now_ms);
+                    found = true;
+                }
+            } else if let Some(set) = store.get(&current, question.qtype, now_ms) {
+                self.push_rrset(&mut r.answers, &current, set, now_ms);
+                found = true;
+            }
+            if step == 0 && at_apex && !found {
+                found = self.push_apex_records(r, question.qtype, &apex, store);
+            }
+            if found {
+                answered = true;
+                break;
+            }
+            if question.qtype != RType::CNAME {
+                if let Some(set) = store.get(&current, RType::CNAME, now_ms) {
+                    self.push_rrset(&mut r.answers, &current, set, now_ms);
+                    let RData::Cname(target) = &set.data[0] else {
+                        unreachable!("a CNAME RRset holds CNAME data");
+                    };
+                    let target = target.clone();
+                    let inside = match zone {
+                        Some(_) => self.zone_of(&target).is_some(),
+                        // Without zones we only know the names we hold: a
+                        // target we have nothing for is someone else's.
+                        None => store.name_exists(&target, now_ms),
+                    };
+                    answered = true;
+                    if !inside || step == CNAME_CHAIN_MAX {
+                        break;
+                    }
+                    current = target;
+                    continue;
+                }
+            }
+            // Nothing of the type here: NODATA if the name exists, NXDOMAIN
+            // otherwise (after a CNAME, the last name decides: RFC 6604).
+            let exists = store.name_exists(&current, now_ms) || (step == 0 && at_apex);
+            if !exists {
+                rcode = Rcode::NXDOMAIN;
+            }
+            break;
+        }
+        if !answered || rcode != Rcode::NOERROR {
+            r.authorities.push(self.soa_record(&apex, store));
+        } else {
+            self.add_glue(r, store, now_ms);
+        }
+        r.set_rcode(rcode);
+    }
+
+    /// Appends an RRset rotated by the round-robin counter, with the owner
+    /// spelled as it was asked and the remaining TTL.
+    fn push_rrset(&mut self, out: &mut Vec<Record>, owner: &Name, set: &RRset, now_ms: UnixMillis) {
+        let ttl = set.remaining_ttl(now_ms);
+        let n = set.data.len();
+        let start = if n > 1 {
+            self.rotation = self.rotation.wrapping_add(1);
+            self.rotation % n
+        } else {
+            0
+        };
+        out.reserve(n);
+        for i in 0..n {
+            out.push(Record {
+                name: owner.clone(),
+                class: CLASS_IN,
+                ttl,
+                data: set.data[(start + i) % n].clone(),
+            });
+        }
+    }
+
+    /// SOA and NS of a configured zone's apex; true if it added any.
+    fn push_apex_records(
+        &self,
+        r: &mut Message,
+        qtype: RType,
+        apex: &Name,
+        store: &RecordStore,
+    ) -> bool {
+        let mut added = false;
+        if matches!(qtype, RType::SOA | RType::ANY) {
+            let mut soa = self.soa_record(apex, store);
+            soa.name = r.questions[0].name.clone();
+            r.answers.push(soa);
+            added = true;
+        }
+        if matches!(qtype, RType::NS | RType::ANY) {
+            r.answers.push(Record {
+                name: r.questions[0].name.clone(),
+                class: CLASS_IN,
+                ttl: 3600,
+                data: RData::Ns(self.mname(apex)),
+            });
+            added = true;
+        }
+        added
+    }
+
+    fn mname(&self, apex: &Name) -> Name {
+        apex.prepend(b"ns").unwrap_or_else(|_| apex.clone())
+    }
+
+    fn soa_record(&self, apex: &Name, store: &RecordStore) -> Record {
+        let [refresh, retry, expire] = self.config.soa_timers;
+        Record {
+            name: apex.clone(),
+            class: CLASS_IN,
+            ttl: self.config.negative_ttl,
+            data: RData::Soa(Soa {
+                mname: self.mname(apex),
+                rname: apex.prepend(b"hostmaster").unwrap_or_else(|_| apex.clone()),
+                serial: store.generation(),
+                refresh,
+                retry,
+                expire,
+                minimum: self.config.negative_ttl,
+            }),
+        }
+    }
+
+    /// Addresses of MX, SRV and NS targets we hold go in the additional
+    /// section, sparing the client a round trip.
+    fn add_glue(&self, r: &mut Message, store: &RecordStore, now_ms: UnixMillis) {
+        let targets: Vec<Name> = r
+            .answers
+            .iter()
+            .filter_map(|rec| match &rec.data {
+                RData::Mx { exchange, .. } => Some(exchange.clone()),
+                RData::Srv { target, .. } => Some(target.clone()),
+                RData::Ns(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        for target in targets.iter().take(16) {
+            for rtype in [RType::A, RType::AAAA] {
+                if let Some(set) = store.get(target, rtype, now_ms) {
+                    let ttl = set.remaining_ttl(now_ms);
+                    for d in set.data.iter().take(8) {
+                        r.additionals.push(Record {
+                            name: target.clone(),
+                            class: CLASS_IN,
+                            ttl,
+                            data: d.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Encodes a response under `limit`; if the answer does not fit, the
+/// answer is cut at an RRset-agnostic record boundary and TC is set.
+fn encode_response(r: &Message, limit: usize) -> (Vec<u8>, bool) {
+    let mut e = Encoder::new(&r.header, limit, r.edns.as_ref());
+    for q in &r.questions {
+        if e.question(q).is_err() {
+            e.set_truncated();
+            return (e.finish(r.edns.as_ref()), true);
+        }
+    }
+    for rec in &r.answers {
+        if e.record(Section::Answer, rec).is_err() {
+            e.set_truncated();
+            return (e.finish(r.edns.as_ref()), true);
+        }
+    }
+    for rec in &r.authorities {
+        if e.record(Section::Authority, rec).is_err() {
+            e.set_truncated();
+            return (e.finish(r.edns.as_ref()), true);
+        }
+    }
+    for rec in &r.additionals {
+        if e.record(Section::Additional, rec).is_err() {
+            break;
+        }
+    }
+    (e.finish(r.edns.as_ref()), false)
+}

@@ -190,3 +190,27 @@ proptest! {
         prop_assert_eq!(Name::from_ascii(&text).unwrap(), n);
     }
 }
+
+proptest! {
+    #[test]
+    fn stored_rrsets_read_back_and_garbage_never_panics(
+        owner in name(),
+        data in prop::collection::vec(rdata(), 1..5),
+        ttl in any::<u32>(),
+        expires_at_ms in any::<u64>(),
+        garbage in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        // An RRset holds one type: keep the data of the first record's type.
+        let rtype = data[0].rtype();
+        let data: Vec<RData> = data.into_iter().filter(|d| d.rtype() == rtype).collect();
+        let set = RRset { owner, rtype, ttl, expires_at_ms, data };
+        prop_assert_eq!(RRset::from_bytes(&set.to_bytes()).unwrap(), set);
+        let _ = RRset::from_bytes(&garbage);
+    }
+
+    #[test]
+    fn rdata_text_round_trips(d in rdata()) {
+        let text = rumor_core::dns::text::rdata_to_text(&d);
+        prop_assert_eq!(rumor_core::dns::text::rdata_from_text(d.rtype(), &text).unwrap(), d);
+    }
+}

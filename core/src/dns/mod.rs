@@ -3,13 +3,18 @@
 
 pub mod message;
 pub mod name;
+pub mod text;
 pub mod wire;
 
 pub use message::*;
 pub use name::{Name, NameError};
-pub use wire::{decode, decode_header, encode, encode_limited, DecodeError, DecodeErrorKind};
+pub use wire::{
+    decode, decode_header, decode_rdata, encode, encode_limited, encode_rdata, DecodeError,
+    DecodeErrorKind,
+};
 
 pub mod authority;
+pub mod forward;
 pub mod store;
 pub use authority::{Authority, AuthorityConfig, Transport, Verdict, Zone};
 pub use store::{RRset, RecordStore};

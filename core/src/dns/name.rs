@@ -60,6 +60,32 @@ impl Name {
         Name { wire }
     }
 
+    /// Checks and adopts an uncompressed wire-form name (as stored on disk
+    /// or in a replicated value).
+    pub fn from_wire(wire: &[u8]) -> Result<Name, NameError> {
+        if wire.len() > NAME_MAX_BYTES {
+            return Err(NameError::NameTooLong);
+        }
+        let mut pos = 0;
+        loop {
+            let Some(&len) = wire.get(pos) else {
+                return Err(NameError::EmptyLabel);
+            };
+            if len == 0 {
+                if pos + 1 != wire.len() {
+                    return Err(NameError::BadCharacter(0));
+                }
+                return Ok(Name {
+                    wire: wire.to_vec(),
+                });
+            }
+            if len as usize > LABEL_MAX_BYTES {
+                return Err(NameError::LabelTooLong);
+            }
+            pos += 1 + len as usize;
+        }
+    }
+
     /// Parses presentation format (`free.local`, `free.local.`, with `\.`,
     /// `\\` and `\DDD` escapes). A trailing dot is optional: every name is
     /// taken as absolute.

@@ -45,6 +45,76 @@ impl RRset {
     }
 }
 
+/// Why stored RRset bytes could not be read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RRsetDecodeError(pub String);
+
+impl core::fmt::Display for RRsetDecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "bad stored RRset: {}", self.0)
+    }
+}
+
+impl std::error::Error for RRsetDecodeError {}
+
+/// The stored form: versioned, names and rdata in uncompressed wire form.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRRset<'a> {
+    version: u8,
+    #[serde(borrow)]
+    owner: &'a [u8],
+    rtype: u16,
+    ttl: u32,
+    expires_at_ms: u64,
+    #[serde(borrow)]
+    data: Vec<&'a [u8]>,
+}
+
+const STORED_RRSET_VERSION: u8 = 1;
+
+impl RRset {
+    /// The bytes to persist or replicate this RRset as.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let data: Vec<Vec<u8>> = self.data.iter().map(super::wire::encode_rdata).collect();
+        let stored = StoredRRset {
+            version: STORED_RRSET_VERSION,
+            owner: self.owner.as_wire(),
+            rtype: self.rtype.0,
+            ttl: self.ttl,
+            expires_at_ms: self.expires_at_ms,
+            data: data.iter().map(Vec::as_slice).collect(),
+        };
+        postcard::to_stdvec(&stored).expect("serialising to a Vec cannot fail")
+    }
+
+    /// Reads bytes made by [`RRset::to_bytes`]; hostile bytes give an
+    /// error, never a panic or an invalid RRset.
+    pub fn from_bytes(bytes: &[u8]) -> Result<RRset, RRsetDecodeError> {
+        let err = |m: String| RRsetDecodeError(m);
+        let stored: StoredRRset = postcard::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
+        if stored.version != STORED_RRSET_VERSION {
+            return Err(err(format!("unknown version {}", stored.version)));
+        }
+        if stored.data.is_empty() || stored.data.len() > RRSET_RECORDS_MAX {
+            return Err(err(format!("{} records", stored.data.len())));
+        }
+        let owner = Name::from_wire(stored.owner).map_err(|e| err(e.to_string()))?;
+        let rtype = RType(stored.rtype);
+        let data = stored
+            .data
+            .iter()
+            .map(|d| super::wire::decode_rdata(rtype, d).map_err(|e| err(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RRset {
+            owner,
+            rtype,
+            ttl: stored.ttl,
+            expires_at_ms: stored.expires_at_ms,
+            data,
+        })
+    }
+}
+
 /// What a write to the store did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -320,6 +390,27 @@ mod tests {
         assert_eq!(s.expire(9_000).len(), 1);
         assert_eq!(s.rrset_count(), 0);
         assert_eq!(s.next_expiry(), None);
+    }
+
+    #[test]
+    fn stored_bytes_read_back_the_same_and_garbage_is_refused() {
+        let set = RRset {
+            data: vec![
+                RData::Mx {
+                    preference: 5,
+                    exchange: Name::from_ascii("mail.x").unwrap(),
+                },
+                RData::Mx {
+                    preference: 10,
+                    exchange: Name::from_ascii("mx2.x").unwrap(),
+                },
+            ],
+            rtype: RType::MX,
+            ..a("x", 1, 77)
+        };
+        assert_eq!(RRset::from_bytes(&set.to_bytes()).unwrap(), set);
+        assert!(RRset::from_bytes(b"\x01garbage").is_err());
+        assert!(RRset::from_bytes(&[]).is_err());
     }
 
     #[test]

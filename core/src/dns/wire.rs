@@ -478,6 +478,32 @@ fn read_rdata(r: &mut Reader, rtype: RType, end: usize) -> Result<RData, DecodeE
     })
 }
 
+/// Decodes one record's rdata standing alone (names uncompressed), as the
+/// record store persists and replicates it.
+pub fn decode_rdata(rtype: RType, bytes: &[u8]) -> Result<RData, DecodeError> {
+    if rtype == RType::OPT {
+        return Err(DecodeError {
+            offset: 0,
+            kind: DecodeErrorKind::BadOpt,
+        });
+    }
+    let mut r = Reader { msg: bytes, pos: 0 };
+    let data = read_rdata(&mut r, rtype, bytes.len())?;
+    if r.pos != bytes.len() {
+        return Err(r.err(DecodeErrorKind::BadRdata));
+    }
+    Ok(data)
+}
+
+/// Encodes one record's rdata standing alone, names uncompressed; the
+/// inverse of [`decode_rdata`].
+pub fn encode_rdata(data: &RData) -> Vec<u8> {
+    let mut e = Encoder::new(&Header::default(), MESSAGE_MAX_BYTES, None);
+    e.buf.clear();
+    e.rdata_uncompressed(data);
+    e.buf
+}
+
 /// Writes messages with name compression under a byte limit.
 ///
 /// Sections must be written in order (question, answer, authority,
@@ -491,6 +517,8 @@ pub struct Encoder {
     counts: [u16; 4],
     /// Bytes kept free for the OPT record written by `finish`.
     reserve: usize,
+    /// Write every name in full (standalone rdata).
+    compress_off: bool,
 }
 
 /// Section indexes for [`Encoder::record`].
@@ -526,6 +554,7 @@ impl Encoder {
             names: Vec::new(),
             counts: [0; 4],
             reserve,
+            compress_off: false,
         }
     }
 
@@ -612,6 +641,11 @@ impl Encoder {
         Ok(())
     }
 
+    fn rdata_uncompressed(&mut self, data: &RData) {
+        self.compress_off = true;
+        self.rdata(data);
+    }
+
     fn rdata(&mut self, data: &RData) {
         match data {
             RData::A(ip) => self.buf.extend_from_slice(&ip.octets()),
@@ -657,6 +691,7 @@ impl Encoder {
     /// Writes `name`, pointing at an earlier copy of its longest known
     /// suffix when `compress` is set.
     fn name(&mut self, name: &Name, compress: bool) {
+        let compress = compress && !self.compress_off;
         let wire = name.as_wire();
         let first_new = self.names.len();
         let mut pos = 0;

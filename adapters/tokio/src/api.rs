@@ -1,0 +1,270 @@
+//! The HTTP API on port 6969: the original system's `/add`, `/del`,
+//! `/list`, a REST form for every record type, and health.
+//!
+//! Bodies are read as JSON whatever the Content-Type says, because the
+//! original examples post with curl's default form type. Every refusal is
+//! a JSON object `{"error": "..."}` with a 4xx status, and changes nothing.
+
+use crate::node::{Command, NodeHandle, WriteError, WriteReport};
+use crate::records::{self, AddRequest, DeleteRequest, RecordRequest, RecordView};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rumor_core::dns::{Name, RType};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Largest request body.
+const BODY_MAX_BYTES: usize = 4 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The node.
+    pub node: NodeHandle,
+    /// Bearer token required for writes, if set.
+    pub token: Option<Arc<str>>,
+    /// Wall clock.
+    pub clock: crate::clock::Clock,
+}
+
+/// An API failure: status and message.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn gone() -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is shutting down".into(),
+    )
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/add", post(add))
+        .route("/del", post(del))
+        .route("/delete", post(del))
+        .route("/list", get(list))
+        .route("/records", get(list).post(put_record))
+        .route("/records/{name}", get(list_name).delete(delete_name))
+        .route(
+            "/records/{name}/{rtype}",
+            axum::routing::delete(delete_rrset),
+        )
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
+        .with_state(state)
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use subtle::ConstantTimeEq;
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this node needs 'Authorization: Bearer <token>' for writes".into(),
+        ))
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))
+}
+
+async fn write(
+    state: &ApiState,
+    cmd: impl FnOnce(crate::node::WriteReply) -> Command,
+) -> Result<WriteReport, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    if !state.node.send(cmd(tx)).await {
+        return Err(gone());
+    }
+    match rx.await.map_err(|_| gone())? {
+        Ok(report) => Ok(report),
+        Err(WriteError::Conflict(m)) => Err(ApiError(StatusCode::CONFLICT, m)),
+        Err(WriteError::Storage(m)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, m)),
+    }
+}
+
+/// `POST /add {"name","ips","ttl"}`, or an array of such objects.
+async fn add(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let value: Value = parse_json(&body)?;
+    let requests: Vec<AddRequest> = match value {
+        Value::Array(items) => {
+            if items.len() > records::BATCH_MAX {
+                return Err(bad(format!(
+                    "at most {} records per request",
+                    records::BATCH_MAX
+                )));
+            }
+            serde_json::from_value(Value::Array(items))
+                .map_err(|e| bad(format!("bad record: {e}")))?
+        }
+        one => vec![serde_json::from_value(one).map_err(|e| bad(format!("bad record: {e}")))?],
+    };
+    let now_ms = state.clock.wall_ms();
+    let mut puts = Vec::new();
+    let mut removes = Vec::new();
+    for (i, req) in requests.iter().enumerate() {
+        let (p, r) = records::add_request(req, now_ms).map_err(|e| {
+            if requests.len() > 1 {
+                bad(format!("record {i}: {}", e.0))
+            } else {
+                bad(e.0)
+            }
+        })?;
+        puts.extend(p);
+        removes.extend(r);
+    }
+    let report = write(&state, |reply| Command::Write {
+        puts,
+        removes,
+        reply,
+    })
+    .await?;
+    Ok(Json(json!({ "ok": true, "written": report })))
+}
+
+/// `POST /del {"name"}` (and `/delete`): removes the name's records, or
+/// only one type with `"type"`.
+async fn del(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let req: DeleteRequest = parse_json(&body)?;
+    let name = records::parse_name(&req.name).map_err(|e| bad(e.0))?;
+    delete(state, name, req.rtype.as_deref()).await
+}
+
+async fn delete(state: ApiState, name: Name, rtype: Option<&str>) -> Result<Json<Value>, ApiError> {
+    let shown = records::display_name(&name);
+    let report = match rtype {
+        Some(t) => {
+            let rtype =
+                RType::from_mnemonic(t).ok_or_else(|| bad(format!("unknown record type {t:?}")))?;
+            write(&state, |reply| Command::Write {
+                puts: Vec::new(),
+                removes: vec![(name, rtype)],
+                reply,
+            })
+            .await?
+        }
+        None => write(&state, |reply| Command::DeleteName { name, reply }).await?,
+    };
+    if report.removed == 0 {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no records for {shown}"),
+        ));
+    }
+    Ok(Json(json!({ "ok": true, "removed": report.removed })))
+}
+
+/// `POST /records {"name","type","ttl","data":[...]}`: replaces one RRset.
+async fn put_record(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let req: RecordRequest = parse_json(&body)?;
+    let set = records::record_request(&req, state.clock.wall_ms()).map_err(|e| bad(e.0))?;
+    let report = write(&state, |reply| Command::Write {
+        puts: vec![set],
+        removes: Vec::new(),
+        reply,
+    })
+    .await?;
+    Ok(Json(json!({ "ok": true, "written": report })))
+}
+
+async fn delete_name(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let name = records::parse_name(&name).map_err(|e| bad(e.0))?;
+    delete(state, name, None).await
+}
+
+async fn delete_rrset(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((name, rtype)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let name = records::parse_name(&name).map_err(|e| bad(e.0))?;
+    delete(state, name, Some(&rtype)).await
+}
+
+async fn fetch(state: &ApiState, name: Option<Name>) -> Result<Vec<RecordView>, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    if !state.node.send(Command::List { name, reply: tx }).await {
+        return Err(gone());
+    }
+    let (sets, now_ms) = rx.await.map_err(|_| gone())?;
+    Ok(sets.iter().map(|s| RecordView::of(s, now_ms)).collect())
+}
+
+/// `GET /list`: every live RRset with its remaining TTL.
+async fn list(State(state): State<ApiState>) -> Result<Json<Vec<RecordView>>, ApiError> {
+    fetch(&state, None).await.map(Json)
+}
+
+async fn list_name(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<RecordView>>, ApiError> {
+    let name = records::parse_name(&name).map_err(|e| bad(e.0))?;
+    let shown = records::display_name(&name);
+    let sets = fetch(&state, Some(name)).await?;
+    if sets.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no records for {shown}"),
+        ));
+    }
+    Ok(Json(sets))
+}
+
+/// `GET /health`: 200 with a summary while the node runs.
+async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    if !state.node.send(Command::Stats { reply: tx }).await {
+        return Err(gone());
+    }
+    let stats = rx.await.map_err(|_| gone())?;
+    Ok(Json(json!({ "status": "ok", "stats": stats })))
+}

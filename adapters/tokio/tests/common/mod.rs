@@ -1,0 +1,300 @@
+//! Test harness: real `rumor node` processes on free loopback ports, killed
+//! by PID when dropped, and the real `dig`/`kdig` against them.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test: `RUMOR_BIN` if set (so the same suite can run
+/// against another adapter's build), else this crate's `rumor`.
+pub fn binary() -> PathBuf {
+    std::env::var_os("RUMOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rumor")))
+}
+
+/// A port free on 127.0.0.1 for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found");
+}
+
+/// A unique scratch directory under the target dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "rumor-test-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running node.
+pub struct TestNode {
+    pub child: Child,
+    pub dns: SocketAddr,
+    pub api: SocketAddr,
+    pub data: PathBuf,
+    pub extra: Vec<String>,
+}
+
+impl TestNode {
+    /// Starts a node with a data directory in `data` and extra flags.
+    pub fn start(data: &std::path::Path, extra: &[&str]) -> TestNode {
+        let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(dns, api, data, extra)
+    }
+
+    /// Starts a node on given addresses.
+    pub fn start_at(
+        dns: SocketAddr,
+        api: SocketAddr,
+        data: &std::path::Path,
+        extra: &[&str],
+    ) -> TestNode {
+        let gossip = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(data.join(format!("node-{}.log", dns.port()))).unwrap();
+        let child = Command::new(binary())
+            .arg("node")
+            .args([
+                "--dns",
+                &dns.to_string(),
+                "--api",
+                &api.to_string(),
+                "--gossip",
+                &gossip,
+            ])
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .env("RUMOR_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start rumor node");
+        let node = TestNode {
+            child,
+            dns,
+            api,
+            data: data.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.wait_ready();
+        node
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = ureq::get(&self.url("/health"))
+                .timeout(Duration::from_secs(1))
+                .call()
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "node on {} did not become ready; log in {}",
+            self.api,
+            self.data.display()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    /// POSTs raw text as the body (no JSON content type, as curl -d does).
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.post_with(path, body, None)
+    }
+
+    pub fn post_with(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = ureq::post(&self.url(path))
+            .timeout(Duration::from_secs(10))
+            .set("Content-Type", "application/x-www-form-urlencoded");
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        response(req.send_string(body))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        response(
+            ureq::get(&self.url(path))
+                .timeout(Duration::from_secs(10))
+                .call(),
+        )
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks for a clean stop (SIGTERM) and waits up to 10 s.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the same node again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        *self = TestNode::start_at(self.dns, self.api, &self.data, &extra);
+    }
+
+    /// `dig @node -p port ARGS` with bounded time; returns stdout.
+    pub fn dig(&self, args: &[&str]) -> String {
+        run_tool(
+            "dig",
+            &[
+                &[
+                    "@127.0.0.1",
+                    "-p",
+                    &self.dns.port().to_string(),
+                    "+time=2",
+                    "+tries=1",
+                ],
+                args,
+            ]
+            .concat(),
+        )
+    }
+
+    /// `kdig` likewise.
+    pub fn kdig(&self, args: &[&str]) -> String {
+        run_tool(
+            "kdig",
+            &[
+                &[
+                    "@127.0.0.1",
+                    "-p",
+                    &self.dns.port().to_string(),
+                    "+time=2",
+                    "+retry=0",
+                ],
+                args,
+            ]
+            .concat(),
+        )
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    match r {
+        Ok(resp) => {
+            let code = resp.status();
+            (code, resp.into_json().unwrap_or(Value::Null))
+        }
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("HTTP request failed: {e}"),
+    }
+}
+
+/// Runs a DNS tool; panics with a clear message if it is not installed.
+pub fn run_tool(tool: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}); install bind9-dnsutils and knot-dnsutils")
+        });
+    assert!(
+        out.status.code() != Some(127),
+        "{tool} is not installed; install bind9-dnsutils and knot-dnsutils"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `status:` of a dig answer.
+pub fn status(dig_output: &str) -> String {
+    dig_output
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("NO ANSWER")
+        .to_string()
+}
+
+/// Answer-section lines of a full dig output (`name ttl class type data`).
+pub fn answers(dig_output: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut in_answer = false;
+    for line in dig_output.lines() {
+        if line.starts_with(";; ANSWER SECTION") {
+            in_answer = true;
+            continue;
+        }
+        if in_answer {
+            if line.trim().is_empty() || line.starts_with(";;") {
+                break;
+            }
+            out.push(line.split_whitespace().map(str::to_string).collect());
+        }
+    }
+    out
+}
+
+/// Polls `check` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

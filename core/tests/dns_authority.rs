@@ -11,31 +11,14 @@ fn name(s: &str) -> Name {
 }
 
 fn set(owner: &str, ttl: u32, data: Vec<RData>) -> RRset {
-    RRset {
-        owner: name(owner),
-        rtype: data[0].rtype(),
-        ttl,
-        expires_at_ms: NOW + ttl as u64 * 1000,
-        data,
-    }
+    RRset { owner: name(owner), rtype: data[0].rtype(), ttl, expires_at_ms: NOW + ttl as u64 * 1000, data }
 }
 
 fn query_bytes(qname: &str, qtype: RType, edns: Option<u16>) -> Vec<u8> {
     encode(&Message {
-        header: Header {
-            id: 4242,
-            rd: true,
-            ..Header::default()
-        },
-        questions: vec![Question {
-            name: name(qname),
-            qtype,
-            qclass: CLASS_IN,
-        }],
-        edns: edns.map(|udp_size| Edns {
-            udp_size,
-            ..Edns::default()
-        }),
+        header: Header { id: 4242, rd: true, ..Header::default() },
+        questions: vec![Question { name: name(qname), qtype, qclass: CLASS_IN }],
+        edns: edns.map(|udp_size| Edns { udp_size, ..Edns::default() }),
         ..Message::default()
     })
 }
@@ -49,11 +32,7 @@ fn ask(auth: &mut Authority, store: &RecordStore, qname: &str, qtype: RType, now
 
 fn store_with_free_local() -> RecordStore {
     let mut s = RecordStore::new();
-    s.put(set(
-        "free.local",
-        360,
-        vec![RData::A(Ipv4Addr::new(10, 1, 0, 15))],
-    ));
+    s.put(set("free.local", 360, vec![RData::A(Ipv4Addr::new(10, 1, 0, 15))]));
     s
 }
 
@@ -111,35 +90,21 @@ fn a_name_without_the_asked_type_is_nodata() {
 #[test]
 fn multi_address_sets_rotate_between_queries() {
     let mut store = RecordStore::new();
-    let ips: Vec<RData> = (1..=3)
-        .map(|i| RData::A(Ipv4Addr::new(10, 0, 0, i)))
-        .collect();
+    let ips: Vec<RData> = (1..=3).map(|i| RData::A(Ipv4Addr::new(10, 0, 0, i))).collect();
     store.put(set("rr.local", 60, ips));
     let mut auth = Authority::new(AuthorityConfig::default());
     let firsts: std::collections::BTreeSet<String> = (0..3)
-        .map(|_| {
-            ask(&mut auth, &store, "rr.local", RType::A, NOW).answers[0]
-                .data
-                .clone()
-        })
+        .map(|_| ask(&mut auth, &store, "rr.local", RType::A, NOW).answers[0].data.clone())
         .map(|d| format!("{d:?}"))
         .collect();
-    assert_eq!(
-        firsts.len(),
-        3,
-        "each of the three addresses comes first once"
-    );
+    assert_eq!(firsts.len(), 3, "each of the three addresses comes first once");
 }
 
 #[test]
 fn cnames_held_are_followed_and_others_are_left_to_the_resolver() {
     let mut store = store_with_free_local();
     store.put(set("www.local", 60, vec![RData::Cname(name("free.local"))]));
-    store.put(set(
-        "ext.local",
-        60,
-        vec![RData::Cname(name("example.com"))],
-    ));
+    store.put(set("ext.local", 60, vec![RData::Cname(name("example.com"))]));
     let mut auth = Authority::new(AuthorityConfig::default());
     let r = ask(&mut auth, &store, "www.local", RType::A, NOW);
     assert_eq!(r.rcode(), Rcode::NOERROR);
@@ -166,72 +131,35 @@ const CNAME_CHAIN_MAX_PLUS_ONE: usize = rumor_core::dns::authority::CNAME_CHAIN_
 fn aaaa_mx_srv_and_txt_are_served_with_glue() {
     let mut store = RecordStore::new();
     store.put(set("v6.local", 60, vec![RData::Aaaa(Ipv6Addr::LOCALHOST)]));
-    store.put(set(
-        "local",
-        60,
-        vec![RData::Mx {
-            preference: 10,
-            exchange: name("mail.local"),
-        }],
-    ));
-    store.put(set(
-        "mail.local",
-        60,
-        vec![RData::A(Ipv4Addr::new(10, 9, 9, 9))],
-    ));
-    store.put(set(
-        "t.local",
-        60,
-        vec![RData::Txt(vec![b"hello".to_vec()])],
-    ));
+    store.put(set("local", 60, vec![RData::Mx { preference: 10, exchange: name("mail.local") }]));
+    store.put(set("mail.local", 60, vec![RData::A(Ipv4Addr::new(10, 9, 9, 9))]));
+    store.put(set("t.local", 60, vec![RData::Txt(vec![b"hello".to_vec()])]));
     let mut auth = Authority::new(AuthorityConfig::default());
-    assert_eq!(
-        ask(&mut auth, &store, "v6.local", RType::AAAA, NOW)
-            .answers
-            .len(),
-        1
-    );
+    assert_eq!(ask(&mut auth, &store, "v6.local", RType::AAAA, NOW).answers.len(), 1);
     let mx = ask(&mut auth, &store, "local", RType::MX, NOW);
     assert_eq!(mx.answers.len(), 1);
-    assert_eq!(
-        mx.additionals.len(),
-        1,
-        "the exchange's address comes as glue"
-    );
-    assert_eq!(
-        ask(&mut auth, &store, "t.local", RType::TXT, NOW)
-            .answers
-            .len(),
-        1
-    );
+    assert_eq!(mx.additionals.len(), 1, "the exchange's address comes as glue");
+    assert_eq!(ask(&mut auth, &store, "t.local", RType::TXT, NOW).answers.len(), 1);
 }
 
 #[test]
 fn edns_is_echoed_and_the_client_size_respected_with_tc() {
     let mut store = RecordStore::new();
-    let ips: Vec<RData> = (0..200)
-        .map(|i| RData::A(Ipv4Addr::new(10, 0, (i / 250) as u8, i as u8)))
-        .collect();
+    let ips: Vec<RData> = (0..200).map(|i| RData::A(Ipv4Addr::new(10, 0, (i / 250) as u8, i as u8))).collect();
     store.put(set("big.local", 60, ips));
     let mut auth = Authority::new(AuthorityConfig::default());
     let q = query_bytes("big.local", RType::A, None);
-    let Verdict::Reply(plain) = auth.handle_query(&q, Transport::Udp, &store, NOW) else {
-        panic!()
-    };
+    let Verdict::Reply(plain) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
     assert!(plain.len() <= 512);
     let plain = decode(&plain).unwrap();
     assert!(plain.header.tc && plain.edns.is_none());
     let q = query_bytes("big.local", RType::A, Some(4096));
-    let Verdict::Reply(big) = auth.handle_query(&q, Transport::Udp, &store, NOW) else {
-        panic!()
-    };
+    let Verdict::Reply(big) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
     assert!(big.len() <= 1232, "never more than our own UDP limit");
     let big = decode(&big).unwrap();
     assert!(big.header.tc);
     assert_eq!(big.edns.as_ref().unwrap().udp_size, 1232);
-    let Verdict::Reply(tcp) = auth.handle_query(&q, Transport::Tcp, &store, NOW) else {
-        panic!()
-    };
+    let Verdict::Reply(tcp) = auth.handle_query(&q, Transport::Tcp, &store, NOW) else { panic!() };
     let tcp = decode(&tcp).unwrap();
     assert!(!tcp.header.tc);
     assert_eq!(tcp.answers.len(), 200);
@@ -243,30 +171,20 @@ fn malformed_queries_get_formerr_and_non_queries_notimp() {
     let mut auth = Authority::new(AuthorityConfig::default());
     let mut q = query_bytes("free.local", RType::A, None);
     q.truncate(q.len() - 3);
-    let Verdict::Reply(r) = auth.handle_query(&q, Transport::Udp, &store, NOW) else {
-        panic!()
-    };
+    let Verdict::Reply(r) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
     let r = decode(&r).unwrap();
     assert_eq!(r.rcode(), Rcode::FORMERR);
     assert_eq!(r.header.id, 4242);
 
     let mut q = query_bytes("free.local", RType::A, None);
     q[2] |= 5 << 3; // UPDATE
-    let Verdict::Reply(r) = auth.handle_query(&q, Transport::Udp, &store, NOW) else {
-        panic!()
-    };
+    let Verdict::Reply(r) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
     assert_eq!(decode(&r).unwrap().rcode(), Rcode::NOTIMP);
 
-    assert_eq!(
-        auth.handle_query(&[1, 2, 3], Transport::Udp, &store, NOW),
-        Verdict::Drop
-    );
+    assert_eq!(auth.handle_query(&[1, 2, 3], Transport::Udp, &store, NOW), Verdict::Drop);
     let mut response = query_bytes("free.local", RType::A, None);
     response[2] |= 0x80;
-    assert_eq!(
-        auth.handle_query(&response, Transport::Udp, &store, NOW),
-        Verdict::Drop
-    );
+    assert_eq!(auth.handle_query(&response, Transport::Udp, &store, NOW), Verdict::Drop);
 }
 
 #[test]
@@ -275,39 +193,22 @@ fn unknown_edns_versions_get_badvers() {
     let mut auth = Authority::new(AuthorityConfig::default());
     let mut m = decode(&query_bytes("free.local", RType::A, Some(1232))).unwrap();
     m.edns.as_mut().unwrap().version = 1;
-    let Verdict::Reply(r) = auth.handle_query(&encode(&m), Transport::Udp, &store, NOW) else {
-        panic!()
-    };
+    let Verdict::Reply(r) = auth.handle_query(&encode(&m), Transport::Udp, &store, NOW) else { panic!() };
     assert_eq!(decode(&r).unwrap().rcode(), Rcode::BADVERS);
 }
 
 #[test]
 fn with_zones_outside_names_are_refused_or_forwarded() {
     let store = store_with_free_local();
-    let zones = vec![Zone {
-        apex: name("local"),
-    }];
-    let mut auth = Authority::new(AuthorityConfig {
-        zones: zones.clone(),
-        ..AuthorityConfig::default()
-    });
-    assert_eq!(
-        ask(&mut auth, &store, "example.com", RType::A, NOW).rcode(),
-        Rcode::REFUSED
-    );
+    let zones = vec![Zone { apex: name("local") }];
+    let mut auth = Authority::new(AuthorityConfig { zones: zones.clone(), ..AuthorityConfig::default() });
+    assert_eq!(ask(&mut auth, &store, "example.com", RType::A, NOW).rcode(), Rcode::REFUSED);
     let r = ask(&mut auth, &store, "nope.local", RType::A, NOW);
     assert_eq!(r.rcode(), Rcode::NXDOMAIN);
     assert_eq!(r.authorities[0].name, name("local"));
     let soa = ask(&mut auth, &store, "local", RType::SOA, NOW);
     assert_eq!(soa.answers.len(), 1);
-    let mut fwd = Authority::new(AuthorityConfig {
-        zones,
-        forward_outside_zones: true,
-        ..AuthorityConfig::default()
-    });
+    let mut fwd = Authority::new(AuthorityConfig { zones, forward_outside_zones: true, ..AuthorityConfig::default() });
     let q = query_bytes("example.com", RType::A, None);
-    assert_eq!(
-        fwd.handle_query(&q, Transport::Udp, &store, NOW),
-        Verdict::Forward
-    );
+    assert_eq!(fwd.handle_query(&q, Transport::Udp, &store, NOW), Verdict::Forward);
 }

@@ -10,8 +10,7 @@ fn label() -> impl Strategy<Value = String> {
 }
 
 fn name() -> impl Strategy<Value = Name> {
-    prop::collection::vec(label(), 0..5)
-        .prop_map(|labels| Name::from_ascii(&labels.join(".")).unwrap())
+    prop::collection::vec(label(), 0..5).prop_map(|labels| Name::from_ascii(&labels.join(".")).unwrap())
 }
 
 fn rdata() -> impl Strategy<Value = RData> {
@@ -21,19 +20,14 @@ fn rdata() -> impl Strategy<Value = RData> {
         name().prop_map(RData::Cname),
         name().prop_map(RData::Ns),
         name().prop_map(RData::Ptr),
-        (any::<u16>(), name()).prop_map(|(preference, exchange)| RData::Mx {
-            preference,
-            exchange
-        }),
+        (any::<u16>(), name()).prop_map(|(preference, exchange)| RData::Mx { preference, exchange }),
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..4).prop_map(RData::Txt),
-        (any::<u16>(), any::<u16>(), any::<u16>(), name()).prop_map(
-            |(priority, weight, port, target)| RData::Srv {
-                priority,
-                weight,
-                port,
-                target
-            }
-        ),
+        (any::<u16>(), any::<u16>(), any::<u16>(), name()).prop_map(|(priority, weight, port, target)| RData::Srv {
+            priority,
+            weight,
+            port,
+            target
+        }),
         (name(), name(), any::<[u32; 5]>()).prop_map(|(mname, rname, n)| RData::Soa(Soa {
             mname,
             rname,
@@ -43,22 +37,13 @@ fn rdata() -> impl Strategy<Value = RData> {
             expire: n[3],
             minimum: n[4],
         })),
-        (1000u16..2000, prop::collection::vec(any::<u8>(), 0..30)).prop_map(|(t, data)| {
-            RData::Unknown {
-                rtype: RType(t),
-                data,
-            }
-        }),
+        (1000u16..2000, prop::collection::vec(any::<u8>(), 0..30))
+            .prop_map(|(t, data)| { RData::Unknown { rtype: RType(t), data } }),
     ]
 }
 
 fn record() -> impl Strategy<Value = Record> {
-    (name(), any::<u16>(), any::<u32>(), rdata()).prop_map(|(name, class, ttl, data)| Record {
-        name,
-        class,
-        ttl,
-        data,
-    })
+    (name(), any::<u16>(), any::<u32>(), rdata()).prop_map(|(name, class, ttl, data)| Record { name, class, ttl, data })
 }
 
 fn header() -> impl Strategy<Value = Header> {
@@ -84,20 +69,14 @@ fn edns() -> impl Strategy<Value = Option<Edns>> {
             any::<u8>(),
             any::<u8>(),
             any::<bool>(),
-            prop::collection::vec(
-                (any::<u16>(), prop::collection::vec(any::<u8>(), 0..20)),
-                0..3,
-            ),
+            prop::collection::vec((any::<u16>(), prop::collection::vec(any::<u8>(), 0..20)), 0..3),
         )
             .prop_map(|(udp_size, ext_rcode, version, dnssec_ok, opts)| Edns {
                 udp_size,
                 ext_rcode,
                 version,
                 dnssec_ok,
-                options: opts
-                    .into_iter()
-                    .map(|(code, data)| EdnsOption { code, data })
-                    .collect(),
+                options: opts.into_iter().map(|(code, data)| EdnsOption { code, data }).collect(),
             }),
     )
 }
@@ -118,16 +97,14 @@ fn message() -> impl Strategy<Value = Message> {
         prop::collection::vec(record(), 0..3),
         edns(),
     )
-        .prop_map(
-            |(header, questions, answers, authorities, additionals, edns)| Message {
-                header,
-                questions,
-                answers,
-                authorities,
-                additionals,
-                edns,
-            },
-        )
+        .prop_map(|(header, questions, answers, authorities, additionals, edns)| Message {
+            header,
+            questions,
+            answers,
+            authorities,
+            additionals,
+            edns,
+        })
 }
 
 proptest! {

@@ -31,6 +31,8 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// Wall clock.
     pub clock: crate::clock::Clock,
+    /// The UDP thread, asked for its counters.
+    pub udp_control: std::sync::mpsc::Sender<crate::dns_udp::Control>,
 }
 
 /// An API failure: status and message.
@@ -47,10 +49,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 fn gone() -> ApiError {
-    ApiError(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the node is shutting down".into(),
-    )
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down".into())
 }
 
 /// The router.
@@ -62,10 +61,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/list", get(list))
         .route("/records", get(list).post(put_record))
         .route("/records/{name}", get(list_name).delete(delete_name))
-        .route(
-            "/records/{name}/{rtype}",
-            axum::routing::delete(delete_rrset),
-        )
+        .route("/records/{name}/{rtype}", axum::routing::delete(delete_rrset))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
         .with_state(state)
@@ -84,10 +80,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "this node needs 'Authorization: Bearer <token>' for writes".into(),
-        ))
+        Err(ApiError(StatusCode::UNAUTHORIZED, "this node needs 'Authorization: Bearer <token>' for writes".into()))
     }
 }
 
@@ -111,23 +104,15 @@ async fn write(
 }
 
 /// `POST /add {"name","ips","ttl"}`, or an array of such objects.
-async fn add(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn add(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     let value: Value = parse_json(&body)?;
     let requests: Vec<AddRequest> = match value {
         Value::Array(items) => {
             if items.len() > records::BATCH_MAX {
-                return Err(bad(format!(
-                    "at most {} records per request",
-                    records::BATCH_MAX
-                )));
+                return Err(bad(format!("at most {} records per request", records::BATCH_MAX)));
             }
-            serde_json::from_value(Value::Array(items))
-                .map_err(|e| bad(format!("bad record: {e}")))?
+            serde_json::from_value(Value::Array(items)).map_err(|e| bad(format!("bad record: {e}")))?
         }
         one => vec![serde_json::from_value(one).map_err(|e| bad(format!("bad record: {e}")))?],
     };
@@ -145,22 +130,13 @@ async fn add(
         puts.extend(p);
         removes.extend(r);
     }
-    let report = write(&state, |reply| Command::Write {
-        puts,
-        removes,
-        reply,
-    })
-    .await?;
+    let report = write(&state, |reply| Command::Write { puts, removes, reply }).await?;
     Ok(Json(json!({ "ok": true, "written": report })))
 }
 
 /// `POST /del {"name"}` (and `/delete`): removes the name's records, or
 /// only one type with `"type"`.
-async fn del(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn del(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     let req: DeleteRequest = parse_json(&body)?;
     let name = records::parse_name(&req.name).map_err(|e| bad(e.0))?;
@@ -171,41 +147,23 @@ async fn delete(state: ApiState, name: Name, rtype: Option<&str>) -> Result<Json
     let shown = records::display_name(&name);
     let report = match rtype {
         Some(t) => {
-            let rtype =
-                RType::from_mnemonic(t).ok_or_else(|| bad(format!("unknown record type {t:?}")))?;
-            write(&state, |reply| Command::Write {
-                puts: Vec::new(),
-                removes: vec![(name, rtype)],
-                reply,
-            })
-            .await?
+            let rtype = RType::from_mnemonic(t).ok_or_else(|| bad(format!("unknown record type {t:?}")))?;
+            write(&state, |reply| Command::Write { puts: Vec::new(), removes: vec![(name, rtype)], reply }).await?
         }
         None => write(&state, |reply| Command::DeleteName { name, reply }).await?,
     };
     if report.removed == 0 {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no records for {shown}"),
-        ));
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no records for {shown}")));
     }
     Ok(Json(json!({ "ok": true, "removed": report.removed })))
 }
 
 /// `POST /records {"name","type","ttl","data":[...]}`: replaces one RRset.
-async fn put_record(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn put_record(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     let req: RecordRequest = parse_json(&body)?;
     let set = records::record_request(&req, state.clock.wall_ms()).map_err(|e| bad(e.0))?;
-    let report = write(&state, |reply| Command::Write {
-        puts: vec![set],
-        removes: Vec::new(),
-        reply,
-    })
-    .await?;
+    let report = write(&state, |reply| Command::Write { puts: vec![set], removes: Vec::new(), reply }).await?;
     Ok(Json(json!({ "ok": true, "written": report })))
 }
 
@@ -243,18 +201,12 @@ async fn list(State(state): State<ApiState>) -> Result<Json<Vec<RecordView>>, Ap
     fetch(&state, None).await.map(Json)
 }
 
-async fn list_name(
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<RecordView>>, ApiError> {
+async fn list_name(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Vec<RecordView>>, ApiError> {
     let name = records::parse_name(&name).map_err(|e| bad(e.0))?;
     let shown = records::display_name(&name);
     let sets = fetch(&state, Some(name)).await?;
     if sets.is_empty() {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no records for {shown}"),
-        ));
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no records for {shown}")));
     }
     Ok(Json(sets))
 }
@@ -265,6 +217,12 @@ async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> 
     if !state.node.send(Command::Stats { reply: tx }).await {
         return Err(gone());
     }
-    let stats = rx.await.map_err(|_| gone())?;
+    let mut stats = rx.await.map_err(|_| gone())?;
+    let (tx, rx) = oneshot::channel();
+    if state.udp_control.send(crate::dns_udp::Control::Stats(tx)).is_ok() {
+        if let Ok(Ok(udp)) = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await {
+            stats.merge_udp(&udp);
+        }
+    }
     Ok(Json(json!({ "status": "ok", "stats": stats })))
 }

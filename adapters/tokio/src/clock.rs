@@ -13,9 +13,7 @@ pub struct Clock {
 impl Clock {
     /// A clock whose core origin is now.
     pub fn new() -> Self {
-        Clock {
-            origin: std::time::Instant::now(),
-        }
+        Clock { origin: std::time::Instant::now() }
     }
 
     /// Monotonic core time.
@@ -30,9 +28,7 @@ impl Clock {
 
     /// Wall-clock time, Unix milliseconds.
     pub fn wall_ms(&self) -> UnixMillis {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 }
 

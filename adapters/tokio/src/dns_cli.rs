@@ -68,12 +68,7 @@ pub enum DnsCmd {
         #[arg(default_value = "A")]
         rtype: String,
         /// The DNS server.
-        #[arg(
-            long,
-            short,
-            env = "RUMOR_DNS_SERVER",
-            default_value = "127.0.0.1:8053"
-        )]
+        #[arg(long, short, env = "RUMOR_DNS_SERVER", default_value = "127.0.0.1:8053")]
         server: SocketAddr,
         /// Use TCP.
         #[arg(long)]
@@ -84,34 +79,13 @@ pub enum DnsCmd {
 /// Runs a `dns` subcommand.
 pub fn run(cmd: DnsCmd) -> ExitCode {
     let result = match cmd {
-        DnsCmd::Add {
-            name,
-            data,
-            rtype,
-            ttl,
-            api,
-        } => match rtype {
-            None => post(
-                &api,
-                "/add",
-                json!({ "name": name, "ips": data, "ttl": ttl }),
-            ),
-            Some(t) => post(
-                &api,
-                "/records",
-                json!({ "name": name, "type": t, "ttl": ttl, "data": data }),
-            ),
+        DnsCmd::Add { name, data, rtype, ttl, api } => match rtype {
+            None => post(&api, "/add", json!({ "name": name, "ips": data, "ttl": ttl })),
+            Some(t) => post(&api, "/records", json!({ "name": name, "type": t, "ttl": ttl, "data": data })),
         },
-        DnsCmd::Rm { name, rtype, api } => {
-            post(&api, "/del", json!({ "name": name, "type": rtype }))
-        }
+        DnsCmd::Rm { name, rtype, api } => post(&api, "/del", json!({ "name": name, "type": rtype })),
         DnsCmd::Ls { name, json, api } => list(&api, name.as_deref(), json),
-        DnsCmd::Query {
-            name,
-            rtype,
-            server,
-            tcp,
-        } => query(&name, &rtype, server, tcp),
+        DnsCmd::Query { name, rtype, server, tcp } => query(&name, &rtype, server, tcp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,28 +97,19 @@ pub fn run(cmd: DnsCmd) -> ExitCode {
 }
 
 fn url(api: &ApiArgs, path: &str) -> String {
-    let base = if api.api.starts_with("http") {
-        api.api.clone()
-    } else {
-        format!("http://{}", api.api)
-    };
+    let base = if api.api.starts_with("http") { api.api.clone() } else { format!("http://{}", api.api) };
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build()
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
 }
 
 fn explain(e: ureq::Error) -> String {
     match e {
         ureq::Error::Status(code, resp) => {
             let body: Value = resp.into_json().unwrap_or(Value::Null);
-            let msg = body
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no details");
+            let msg = body.get("error").and_then(Value::as_str).unwrap_or("no details");
             format!("the node said {code}: {msg}")
         }
         ureq::Error::Transport(t) => format!("cannot reach the node: {t}"),
@@ -156,11 +121,7 @@ fn post(api: &ApiArgs, path: &str, body: Value) -> Result<(), String> {
     if let Some(t) = &api.token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
-    let resp: Value = req
-        .send_json(body)
-        .map_err(explain)?
-        .into_json()
-        .map_err(|e| e.to_string())?;
+    let resp: Value = req.send_json(body).map_err(explain)?.into_json().map_err(|e| e.to_string())?;
     println!("{resp}");
     Ok(())
 }
@@ -170,12 +131,7 @@ fn list(api: &ApiArgs, name: Option<&str>, raw: bool) -> Result<(), String> {
         Some(n) => format!("/records/{n}"),
         None => "/list".to_string(),
     };
-    let resp: Value = agent()
-        .get(&url(api, &path))
-        .call()
-        .map_err(explain)?
-        .into_json()
-        .map_err(|e| e.to_string())?;
+    let resp: Value = agent().get(&url(api, &path)).call().map_err(explain)?.into_json().map_err(|e| e.to_string())?;
     if raw {
         println!("{resp}");
         return Ok(());
@@ -200,16 +156,8 @@ fn query(name: &str, rtype: &str, server: SocketAddr, tcp: bool) -> Result<(), S
     let qtype = RType::from_mnemonic(rtype).ok_or_else(|| format!("unknown type {rtype:?}"))?;
     let id = (std::process::id() as u16) ^ 0x5a5a;
     let q = encode(&Message {
-        header: Header {
-            id,
-            rd: true,
-            ..Header::default()
-        },
-        questions: vec![Question {
-            name: qname,
-            qtype,
-            qclass: CLASS_IN,
-        }],
+        header: Header { id, rd: true, ..Header::default() },
+        questions: vec![Question { name: qname, qtype, qclass: CLASS_IN }],
         edns: Some(Edns::default()),
         ..Message::default()
     });
@@ -226,18 +174,12 @@ fn query(name: &str, rtype: &str, server: SocketAddr, tcp: bool) -> Result<(), S
         s.read_exact(&mut buf).map_err(|e| e.to_string())?;
         buf
     } else {
-        let local = if server.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
+        let local = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
         let s = UdpSocket::bind(local).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(timeout)).ok();
         s.send_to(&q, server).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 65_535];
-        let (n, _) = s
-            .recv_from(&mut buf)
-            .map_err(|e| format!("no answer from {server}: {e}"))?;
+        let (n, _) = s.recv_from(&mut buf).map_err(|e| format!("no answer from {server}: {e}"))?;
         buf.truncate(n);
         buf
     };
@@ -253,19 +195,9 @@ fn query(name: &str, rtype: &str, server: SocketAddr, tcp: bool) -> Result<(), S
         m.header.tc,
         m.answers.len()
     );
-    for (section, recs) in [
-        ("", &m.answers),
-        (";; authority: ", &m.authorities),
-        (";; additional: ", &m.additionals),
-    ] {
+    for (section, recs) in [("", &m.answers), (";; authority: ", &m.authorities), (";; additional: ", &m.additionals)] {
         for r in recs {
-            println!(
-                "{section}{}\t{}\tIN\t{}\t{}",
-                r.name,
-                r.ttl,
-                r.data.rtype(),
-                rdata_to_text(&r.data)
-            );
+            println!("{section}{}\t{}\tIN\t{}\t{}", r.name, r.ttl, r.data.rtype(), rdata_to_text(&r.data));
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 mod api;
 mod clock;
 mod dns_cli;
+mod dns_udp;
 mod node;
 mod persist;
 mod records;
@@ -14,11 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "rumor",
-    version,
-    about = "A gossip-replicated DNS and BitTorrent node"
-)]
+#[command(name = "rumor", version, about = "A gossip-replicated DNS and BitTorrent node")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -75,10 +72,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Cmd::Node(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("rumor: cannot start the runtime: {e}");
@@ -126,42 +120,31 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         zones.push(Zone { apex });
     }
     if args.upstream.is_some() && zones.is_empty() {
-        tracing::warn!(
-            "--upstream has no effect without --zone: every name is answered from the cluster"
-        );
+        tracing::warn!("--upstream has no effect without --zone: every name is answered from the cluster");
     }
-    let authority = Authority::new(AuthorityConfig {
+    let authority_config = AuthorityConfig {
         forward_outside_zones: args.upstream.is_some(),
         zones,
         negative_ttl: args.negative_ttl,
         ..AuthorityConfig::default()
-    });
+    };
     let (persister, initial) = if args.ephemeral {
         (None, Vec::new())
     } else {
         let dir = args.data.clone();
         let now = clock.wall_ms();
-        let (p, sets) = tokio::task::spawn_blocking(move || persist::open(&dir, now))
-            .await
-            .map_err(|e| e.to_string())??;
+        let (p, sets) =
+            tokio::task::spawn_blocking(move || persist::open(&dir, now)).await.map_err(|e| e.to_string())??;
         tracing::info!(rrsets = sets.len(), dir = %args.data.display(), "records loaded");
         (Some(p), sets)
     };
-    let udp = tokio::net::UdpSocket::bind(args.dns)
-        .await
-        .map_err(|e| format!("cannot bind DNS UDP {}: {e}", args.dns))?;
-    let tcp = tokio::net::TcpListener::bind(args.dns)
-        .await
-        .map_err(|e| format!("cannot bind DNS TCP {}: {e}", args.dns))?;
+    let udp = std::net::UdpSocket::bind(args.dns).map_err(|e| format!("cannot bind DNS UDP {}: {e}", args.dns))?;
+    let udp_reader = udp.try_clone().map_err(|e| e.to_string())?;
+    let tcp =
+        tokio::net::TcpListener::bind(args.dns).await.map_err(|e| format!("cannot bind DNS TCP {}: {e}", args.dns))?;
     let upstream = match args.upstream {
         Some(addr) => {
-            let local: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            }
-            .parse()
-            .expect("literal");
+            let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
             let sock = tokio::net::UdpSocket::bind(local)
                 .await
                 .map_err(|e| format!("cannot bind a socket for the upstream: {e}"))?;
@@ -169,14 +152,30 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let api_listener = tokio::net::TcpListener::bind(args.api)
-        .await
-        .map_err(|e| format!("cannot bind API {}: {e}", args.api))?;
+    let api_listener =
+        tokio::net::TcpListener::bind(args.api).await.map_err(|e| format!("cannot bind API {}: {e}", args.api))?;
+    let (forward_tx, forward_rx) = match upstream {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let udp_server = dns_udp::UdpServer::start(
+        udp_reader,
+        initial.clone(),
+        Authority::new(authority_config.clone()),
+        forward_tx,
+        clock,
+    )
+    .map_err(|e| format!("cannot start the DNS UDP thread: {e}"))?;
     let (node, handle, rx) = node::Node::new(node::NodeParts {
         clock,
         initial,
-        authority,
-        udp,
+        authority: Authority::new(authority_config),
+        udp_reply: udp,
+        view: Some(udp_server.control.clone()),
+        forward_rx,
         persister,
         upstream,
     });
@@ -188,6 +187,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         node: handle,
         token: args.api_token.map(|t| t.into()),
         clock,
+        udp_control: udp_server.control.clone(),
     };
     let mut api_shutdown = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
@@ -202,6 +202,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let _ = shutdown_tx.send(true);
     let _ = node_task.await;
     let _ = tcp_task.await;
+    let _ = tokio::task::spawn_blocking(move || udp_server.shutdown()).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api_task).await;
     tracing::info!("stopped");
     Ok(())
@@ -211,14 +212,13 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

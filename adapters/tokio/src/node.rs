@@ -1,22 +1,18 @@
-//! The node task: it owns the record store and the DNS authority (one
-//! task, one owner, no lock), answers UDP queries itself in batches, and
-//! takes everything else (API writes, TCP queries, lists) as commands.
+//! The node task: it owns the record store (one task, one owner, no lock),
+//! takes API writes, TCP queries and lists as commands, mirrors every write
+//! to the UDP thread's replica, and forwards what the authority hands on.
 
 use crate::clock::Clock;
+use crate::dns_udp::{Control, ForwardRequest, ViewUpdate};
 use crate::persist::{Op, Persister};
 use rumor_core::dns::forward::{ForwardAction, Forwarder, ForwarderConfig};
 use rumor_core::dns::store::PutOutcome;
 use rumor_core::dns::{Authority, Name, RRset, RType, RecordStore, Transport, Verdict};
 use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// Most datagrams answered per readiness event before looking at commands
-/// again, so a query flood cannot starve the API.
-const UDP_BATCH_MAX: usize = 256;
 /// Capacity of the command queue; API callers wait when it is full.
 pub const COMMANDS_MAX: usize = 1024;
 
@@ -101,6 +97,30 @@ pub struct NodeStats {
     pub dns_dropped: u64,
     /// Queries forwarded upstream.
     pub dns_forwarded: u64,
+    /// UDP receive calls that returned datagrams.
+    pub dns_udp_batches: u64,
+    /// UDP datagrams received.
+    pub dns_udp_datagrams: u64,
+}
+
+impl NodeStats {
+    /// Adds the UDP thread's counters to the node's own (TCP) ones.
+    pub fn merge_udp(&mut self, stats: &crate::dns_udp::UdpStats) {
+        self.dns_udp_batches = stats.batches;
+        self.dns_udp_datagrams = stats.datagrams;
+        let udp = &stats.authority;
+        for (k, v) in &udp.by_rcode {
+            *self.dns_by_rcode.entry(k.name()).or_default() += v;
+        }
+        for (k, v) in &udp.by_qtype {
+            *self.dns_by_qtype.entry(k.to_string()).or_default() += v;
+        }
+        for (k, v) in &udp.decode_errors {
+            *self.dns_decode_errors.entry(k).or_default() += v;
+        }
+        self.dns_truncated += udp.truncated;
+        self.dns_dropped += udp.dropped;
+    }
 }
 
 /// A cheap handle for talking to the node task.
@@ -128,7 +148,10 @@ pub struct Node {
     clock: Clock,
     store: RecordStore,
     authority: Authority,
-    udp: Arc<UdpSocket>,
+    /// For replies to forwarded UDP queries (the UDP thread owns reading).
+    udp_reply: std::net::UdpSocket,
+    view: Option<std::sync::mpsc::Sender<Control>>,
+    forward_rx: Option<mpsc::Receiver<ForwardRequest>>,
     persister: Option<Persister>,
     forwarder: Option<(Forwarder<Client>, Arc<UdpSocket>, SocketAddr)>,
     tcp_waiting: HashMap<u64, oneshot::Sender<Option<Vec<u8>>>>,
@@ -142,10 +165,14 @@ pub struct NodeParts {
     pub clock: Clock,
     /// Records loaded from disk.
     pub initial: Vec<RRset>,
-    /// The authority.
+    /// The authority (for TCP queries).
     pub authority: Authority,
-    /// The bound DNS UDP socket.
-    pub udp: UdpSocket,
+    /// The DNS UDP socket, to answer forwarded queries.
+    pub udp_reply: std::net::UdpSocket,
+    /// The UDP thread's replica, kept in step with every write.
+    pub view: Option<std::sync::mpsc::Sender<Control>>,
+    /// Queries the UDP thread wants forwarded.
+    pub forward_rx: Option<mpsc::Receiver<ForwardRequest>>,
     /// Disk writer, if any.
     pub persister: Option<Persister>,
     /// Upstream resolver and a socket bound for talking to it.
@@ -165,15 +192,13 @@ impl Node {
             clock: parts.clock,
             store,
             authority: parts.authority,
-            udp: Arc::new(parts.udp),
+            udp_reply: parts.udp_reply,
+            view: parts.view,
+            forward_rx: parts.forward_rx,
             persister: parts.persister,
-            forwarder: parts.upstream.map(|(sock, addr)| {
-                (
-                    Forwarder::new(ForwarderConfig::default(), seed),
-                    Arc::new(sock),
-                    addr,
-                )
-            }),
+            forwarder: parts
+                .upstream
+                .map(|(sock, addr)| (Forwarder::new(ForwarderConfig::default(), seed), Arc::new(sock), addr)),
             tcp_waiting: HashMap::new(),
             next_tcp_id: 0,
             forwarded: 0,
@@ -182,13 +207,9 @@ impl Node {
     }
 
     /// Runs until `shutdown` turns true or every handle is dropped.
-    pub async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let mut buf = vec![0u8; 65_535];
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
         let mut up_buf = vec![0u8; 65_535];
+        let mut forward_rx = self.forward_rx.take();
         loop {
             let deadline = self.next_deadline();
             let upstream = self.forwarder.as_ref().map(|f| f.1.clone());
@@ -199,12 +220,11 @@ impl Node {
                     Some(cmd) => self.command(cmd),
                     None => break,
                 },
-                ready = self.udp.readable() => {
-                    if let Err(e) = ready {
-                        tracing::error!("DNS socket failed: {e}");
-                        break;
+                req = async { forward_rx.as_mut().expect("guarded").recv().await }, if forward_rx.is_some() => {
+                    match req {
+                        Some((from, query)) => self.forward(Client::Udp(from), query).await,
+                        None => forward_rx = None,
                     }
-                    self.serve_udp_batch(&mut buf).await;
                 }
                 got = async { upstream.as_ref().expect("guarded").recv_from(&mut up_buf).await }, if upstream.is_some() => {
                     if let Ok((n, _from)) = got {
@@ -237,10 +257,7 @@ impl Node {
         if !gone.is_empty() {
             tracing::debug!(count = gone.len(), "records expired");
             if let Some(p) = &self.persister {
-                p.submit(
-                    gone.into_iter().map(|(n, t)| Op::Delete(n, t)).collect(),
-                    None,
-                );
+                p.submit(gone.into_iter().map(|(n, t)| Op::Delete(n, t)).collect(), None);
             }
         }
         let now = self.clock.now();
@@ -251,36 +268,15 @@ impl Node {
         }
     }
 
-    async fn serve_udp_batch(&mut self, buf: &mut [u8]) {
-        let now_ms = self.clock.wall_ms();
-        for _ in 0..UDP_BATCH_MAX {
-            let (n, from) = match self.udp.try_recv_from(buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here; ignore.
-                    tracing::trace!("DNS recv: {e}");
-                    continue;
-                }
-            };
-            match self
-                .authority
-                .handle_query(&buf[..n], Transport::Udp, &self.store, now_ms)
-            {
-                Verdict::Reply(bytes) => self.send_udp(&bytes, from).await,
-                Verdict::Forward => self.forward(Client::Udp(from), buf[..n].to_vec()).await,
-                Verdict::Drop => {}
-            }
+    fn send_udp(&self, bytes: &[u8], to: SocketAddr) {
+        if let Err(e) = self.udp_reply.send_to(bytes, to) {
+            tracing::trace!("DNS send to {to}: {e}");
         }
     }
 
-    async fn send_udp(&self, bytes: &[u8], to: SocketAddr) {
-        match self.udp.try_send_to(bytes, to) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let _ = self.udp.send_to(bytes, to).await;
-            }
-            Err(e) => tracing::trace!("DNS send to {to}: {e}"),
+    fn mirror(&self, update: ViewUpdate) {
+        if let Some(v) = &self.view {
+            let _ = v.send(Control::Update(update));
         }
     }
 
@@ -304,21 +300,14 @@ impl Node {
             return;
         };
         if let Some((client, reply)) = fwd.on_upstream_reply(bytes) {
-            if let Client::Udp(addr) = &client {
-                // A UDP client gets at most 512 bytes unless it said more;
-                // the upstream already sized its answer to the same query.
-                self.send_udp(&reply, *addr).await;
-            } else {
-                self.reply_to(client, reply);
-            }
+            // The upstream sized its answer to the client's own query.
+            self.reply_to(client, reply);
         }
     }
 
     fn reply_to(&mut self, client: Client, bytes: Vec<u8>) {
         match client {
-            Client::Udp(addr) => {
-                let _ = self.udp.try_send_to(&bytes, addr);
-            }
+            Client::Udp(addr) => self.send_udp(&bytes, addr),
             Client::Tcp(id) => {
                 if let Some(tx) = self.tcp_waiting.remove(&id) {
                     let _ = tx.send(Some(bytes));
@@ -329,30 +318,17 @@ impl Node {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Write {
-                puts,
-                removes,
-                reply,
-            } => {
+            Command::Write { puts, removes, reply } => {
                 let result = self.write(puts, removes);
                 self.finish_write(result, reply);
             }
             Command::DeleteName { name, reply } => {
                 let now_ms = self.clock.wall_ms();
-                let types: Vec<RType> = self
-                    .store
-                    .rrsets_at(&name, now_ms)
-                    .map(|s| s.rtype)
-                    .collect();
+                let types: Vec<RType> = self.store.rrsets_at(&name, now_ms).map(|s| s.rtype).collect();
                 let removed = self.store.remove_name(&name);
-                let ops = types
-                    .into_iter()
-                    .map(|t| Op::Delete(name.clone(), t))
-                    .collect();
-                let report = WriteReport {
-                    removed,
-                    ..WriteReport::default()
-                };
+                self.mirror(ViewUpdate::RemoveName(name.clone()));
+                let ops = types.into_iter().map(|t| Op::Delete(name.clone(), t)).collect();
+                let report = WriteReport { removed, ..WriteReport::default() };
                 self.finish_write(Ok((report, ops)), reply);
             }
             Command::List { name, reply } => {
@@ -365,10 +341,7 @@ impl Node {
             }
             Command::Query { bytes, reply } => {
                 let now_ms = self.clock.wall_ms();
-                match self
-                    .authority
-                    .handle_query(&bytes, Transport::Tcp, &self.store, now_ms)
-                {
+                match self.authority.handle_query(&bytes, Transport::Tcp, &self.store, now_ms) {
                     Verdict::Reply(r) => {
                         let _ = reply.send(Some(r));
                     }
@@ -400,12 +373,13 @@ impl Node {
                 let _ = reply.send(NodeStats {
                     names: self.store.name_count(),
                     rrsets: self.store.rrset_count(),
-                    dns_by_rcode: s.by_rcode.clone(),
-                    dns_by_qtype: s.by_qtype.clone(),
+                    dns_by_rcode: s.by_rcode.iter().map(|(k, v)| (k.name(), *v)).collect(),
+                    dns_by_qtype: s.by_qtype.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                     dns_decode_errors: s.decode_errors.clone(),
                     dns_truncated: s.truncated,
                     dns_dropped: s.dropped,
                     dns_forwarded: self.forwarded,
+                    ..NodeStats::default()
                 });
             }
         }
@@ -413,11 +387,7 @@ impl Node {
 
     /// Applies a write after checking it against the store; returns the
     /// report and the disk operations it needs.
-    fn write(
-        &mut self,
-        puts: Vec<RRset>,
-        removes: Vec<(Name, RType)>,
-    ) -> Result<(WriteReport, Vec<Op>), WriteError> {
+    fn write(&mut self, puts: Vec<RRset>, removes: Vec<(Name, RType)>) -> Result<(WriteReport, Vec<Op>), WriteError> {
         let now_ms = self.clock.wall_ms();
         // A CNAME must stand alone at its name (RFC 1034 section 3.6.2).
         for set in &puts {
@@ -425,12 +395,7 @@ impl Node {
                 .store
                 .rrsets_at(&set.owner, now_ms)
                 .map(|s| s.rtype)
-                .filter(|t| {
-                    *t != set.rtype
-                        && !removes
-                            .iter()
-                            .any(|(n, r)| r == t && n.eq_ignore_case(&set.owner))
-                })
+                .filter(|t| *t != set.rtype && !removes.iter().any(|(n, r)| r == t && n.eq_ignore_case(&set.owner)))
                 .collect();
             let clash = if set.rtype == RType::CNAME {
                 others.first().copied()
@@ -448,11 +413,13 @@ impl Node {
         let mut ops = Vec::with_capacity(puts.len() + removes.len());
         for (name, rtype) in removes {
             if self.store.remove_rrset(&name, rtype) {
+                self.mirror(ViewUpdate::Remove(name.clone(), rtype));
                 report.removed += 1;
                 ops.push(Op::Delete(name, rtype));
             }
         }
         for set in puts {
+            self.mirror(ViewUpdate::Put(set.clone()));
             match self.store.put(set.clone()) {
                 PutOutcome::Inserted => report.inserted += 1,
                 PutOutcome::Replaced => report.replaced += 1,
@@ -462,11 +429,7 @@ impl Node {
         Ok((report, ops))
     }
 
-    fn finish_write(
-        &mut self,
-        result: Result<(WriteReport, Vec<Op>), WriteError>,
-        reply: WriteReply,
-    ) {
+    fn finish_write(&mut self, result: Result<(WriteReport, Vec<Op>), WriteError>, reply: WriteReply) {
         match (result, &self.persister) {
             (Err(e), _) => {
                 let _ = reply.send(Err(e));
@@ -488,11 +451,7 @@ impl Node {
 
 /// Serves DNS over TCP: 2-byte length-prefixed messages, several per
 /// connection, each answered through the node task.
-pub async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    node: NodeHandle,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve_tcp(listener: tokio::net::TcpListener, node: NodeHandle, mut shutdown: watch::Receiver<bool>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     /// Most TCP clients at once; more wait in the kernel's backlog.
     const CONNECTIONS_MAX: usize = 512;
@@ -530,13 +489,7 @@ pub async fn serve_tcp(
                     _ => return,
                 }
                 let (tx, rx) = oneshot::channel();
-                if !node
-                    .send(Command::Query {
-                        bytes: msg,
-                        reply: tx,
-                    })
-                    .await
-                {
+                if !node.send(Command::Query { bytes: msg, reply: tx }).await {
                     return;
                 }
                 let Ok(Some(reply)) = rx.await else {

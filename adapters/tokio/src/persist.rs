@@ -78,13 +78,7 @@ pub fn open(dir: &Path, now_ms: u64) -> Result<(Persister, Vec<RRset>), String> 
         .name("rumor-persist".into())
         .spawn(move || writer(db, rx))
         .map_err(|e| e.to_string())?;
-    Ok((
-        Persister {
-            tx,
-            thread: Some(thread),
-        },
-        live,
-    ))
+    Ok((Persister { tx, thread: Some(thread) }, live))
 }
 
 impl Persister {
@@ -143,12 +137,9 @@ fn commit(db: &Database, ops: Vec<Op>) -> Result<(), String> {
         let mut table = txn.open_table(RRSETS).map_err(|e| e.to_string())?;
         for op in ops {
             match op {
-                Op::Put(set) => table
-                    .insert(
-                        key(&set.owner, set.rtype).as_slice(),
-                        set.to_bytes().as_slice(),
-                    )
-                    .map(drop),
+                Op::Put(set) => {
+                    table.insert(key(&set.owner, set.rtype).as_slice(), set.to_bytes().as_slice()).map(drop)
+                }
                 Op::Delete(name, rtype) => table.remove(key(&name, rtype).as_slice()).map(drop),
             }
             .map_err(|e| e.to_string())?;

@@ -96,10 +96,7 @@ impl RecordView {
 /// A name as users write it: no trailing dot.
 pub fn display_name(name: &Name) -> String {
     let s = name.to_string();
-    s.strip_suffix('.')
-        .map(str::to_owned)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(s)
+    s.strip_suffix('.').map(str::to_owned).filter(|s| !s.is_empty()).unwrap_or(s)
 }
 
 /// Parses and checks a host-style name: labels of letters, digits, `-`
@@ -110,15 +107,10 @@ pub fn parse_name(text: &str) -> Result<Name, Invalid> {
         return Err("the name is empty".into());
     }
     for label in name.labels() {
-        if let Some(&b) = label
-            .iter()
-            .find(|b| !(b.is_ascii_alphanumeric() || **b == b'-' || **b == b'_' || **b == b'*'))
+        if let Some(&b) =
+            label.iter().find(|b| !(b.is_ascii_alphanumeric() || **b == b'-' || **b == b'_' || **b == b'*'))
         {
-            return Err(format!(
-                "bad name {text:?}: character {:?} is not allowed",
-                b as char
-            )
-            .into());
+            return Err(format!("bad name {text:?}: character {:?} is not allowed", b as char).into());
         }
         if label.starts_with(b"-") || label.ends_with(b"-") {
             return Err(format!("bad name {text:?}: a label starts or ends with '-'").into());
@@ -166,13 +158,7 @@ pub fn add_request(req: &AddRequest, now_ms: UnixMillis) -> Result<AddWrite, Inv
         if data.is_empty() {
             removes.push((name.clone(), rtype));
         } else {
-            puts.push(RRset {
-                owner: name.clone(),
-                rtype,
-                ttl,
-                expires_at_ms,
-                data,
-            });
+            puts.push(RRset { owner: name.clone(), rtype, ttl, expires_at_ms, data });
         }
     }
     Ok((puts, removes))
@@ -181,8 +167,7 @@ pub fn add_request(req: &AddRequest, now_ms: UnixMillis) -> Result<AddWrite, Inv
 /// The RRset a `POST /records` asks for.
 pub fn record_request(req: &RecordRequest, now_ms: UnixMillis) -> Result<RRset, Invalid> {
     let name = parse_name(&req.name)?;
-    let rtype = RType::from_mnemonic(&req.rtype)
-        .ok_or_else(|| format!("unknown record type {:?}", req.rtype))?;
+    let rtype = RType::from_mnemonic(&req.rtype).ok_or_else(|| format!("unknown record type {:?}", req.rtype))?;
     if matches!(rtype, RType::OPT | RType::ANY | RType::AXFR | RType::SOA) || rtype.0 == 251 {
         return Err(format!("{rtype} records cannot be written").into());
     }
@@ -203,13 +188,7 @@ pub fn record_request(req: &RecordRequest, now_ms: UnixMillis) -> Result<RRset, 
             data.push(d);
         }
     }
-    Ok(RRset {
-        owner: name,
-        rtype,
-        ttl,
-        expires_at_ms,
-        data,
-    })
+    Ok(RRset { owner: name, rtype, ttl, expires_at_ms, data })
 }
 
 #[cfg(test)]
@@ -218,25 +197,17 @@ mod tests {
 
     #[test]
     fn the_seed_example_becomes_one_a_set() {
-        let req: AddRequest =
-            serde_json::from_str(r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#).unwrap();
+        let req: AddRequest = serde_json::from_str(r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#).unwrap();
         let (puts, removes) = add_request(&req, 1_000).unwrap();
         assert_eq!(puts.len(), 1);
         assert_eq!(puts[0].rtype, RType::A);
         assert_eq!(puts[0].expires_at_ms, 361_000);
-        assert_eq!(
-            removes,
-            vec![(Name::from_ascii("free.local").unwrap(), RType::AAAA)]
-        );
+        assert_eq!(removes, vec![(Name::from_ascii("free.local").unwrap(), RType::AAAA)]);
     }
 
     #[test]
     fn ipv6_addresses_become_aaaa() {
-        let req = AddRequest {
-            name: "v6.local".into(),
-            ips: vec!["::1".into(), "10.0.0.1".into()],
-            ttl: Some(60),
-        };
+        let req = AddRequest { name: "v6.local".into(), ips: vec!["::1".into(), "10.0.0.1".into()], ttl: Some(60) };
         let (puts, removes) = add_request(&req, 0).unwrap();
         assert_eq!(puts.len(), 2);
         assert!(removes.is_empty());
@@ -245,14 +216,7 @@ mod tests {
     #[test]
     fn bad_names_ips_and_ttls_are_refused() {
         let add = |name: &str, ip: &str, ttl: i64| {
-            add_request(
-                &AddRequest {
-                    name: name.into(),
-                    ips: vec![ip.into()],
-                    ttl: Some(ttl),
-                },
-                0,
-            )
+            add_request(&AddRequest { name: name.into(), ips: vec![ip.into()], ttl: Some(ttl) }, 0)
         };
         assert!(add("bad name", "10.0.0.1", 60).is_err());
         assert!(add("", "10.0.0.1", 60).is_err());
@@ -275,11 +239,7 @@ mod tests {
         let set = record_request(&req, 0).unwrap();
         assert_eq!(set.rtype, RType::MX);
         assert_eq!(set.data.len(), 2);
-        let bad = RecordRequest {
-            rtype: "CNAME".into(),
-            data: vec!["a.local".into(), "b.local".into()],
-            ..req
-        };
+        let bad = RecordRequest { rtype: "CNAME".into(), data: vec!["a.local".into(), "b.local".into()], ..req };
         assert!(record_request(&bad, 0).is_err());
     }
 }

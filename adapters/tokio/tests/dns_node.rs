@@ -16,10 +16,7 @@ fn add(node: &TestNode, body: &str) {
 fn the_seed_example_works_with_curl_style_posts_and_dig() {
     let dir = Scratch::new("seed");
     let node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#,
-    );
+    add(&node, r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#);
     let out = node.dig(&["free.local"]);
     assert_eq!(status(&out), "NOERROR");
     assert!(out.contains(" aa"), "authoritative answer: {out}");
@@ -38,14 +35,8 @@ fn the_seed_example_works_with_curl_style_posts_and_dig() {
 fn ipv6_addresses_are_served_as_aaaa() {
     let dir = Scratch::new("aaaa");
     let node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"v6.local","ips":["2001:db8::7","10.0.0.7"],"ttl":60}"#,
-    );
-    assert_eq!(
-        node.dig(&["v6.local", "AAAA", "+short"]).trim(),
-        "2001:db8::7"
-    );
+    add(&node, r#"{"name":"v6.local","ips":["2001:db8::7","10.0.0.7"],"ttl":60}"#);
+    assert_eq!(node.dig(&["v6.local", "AAAA", "+short"]).trim(), "2001:db8::7");
     assert_eq!(node.dig(&["v6.local", "A", "+short"]).trim(), "10.0.0.7");
 }
 
@@ -53,18 +44,13 @@ fn ipv6_addresses_are_served_as_aaaa() {
 fn the_ttl_counts_down_and_the_name_expires_to_nxdomain() {
     let dir = Scratch::new("ttl");
     let node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"short.local","ips":["10.0.0.1"],"ttl":3}"#,
-    );
+    add(&node, r#"{"name":"short.local","ips":["10.0.0.1"],"ttl":3}"#);
     let first: u32 = answers(&node.dig(&["short.local"]))[0][1].parse().unwrap();
     std::thread::sleep(Duration::from_millis(1_100));
     let second: u32 = answers(&node.dig(&["short.local"]))[0][1].parse().unwrap();
     assert!(second < first, "ttl went from {first} to {second}");
     assert!(
-        eventually(Duration::from_secs(5), || status(
-            &node.dig(&["short.local"])
-        ) == "NXDOMAIN"),
+        eventually(Duration::from_secs(5), || status(&node.dig(&["short.local"])) == "NXDOMAIN"),
         "the record expires"
     );
     // Expired records are not listed either.
@@ -76,10 +62,7 @@ fn the_ttl_counts_down_and_the_name_expires_to_nxdomain() {
 fn a_deleted_name_is_nxdomain() {
     let dir = Scratch::new("del");
     let node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"gone.local","ips":["10.0.0.2"],"ttl":60}"#,
-    );
+    add(&node, r#"{"name":"gone.local","ips":["10.0.0.2"],"ttl":60}"#);
     let (code, _) = node.post("/del", r#"{"name":"gone.local"}"#);
     assert_eq!(code, 200);
     assert_eq!(status(&node.dig(&["gone.local"])), "NXDOMAIN");
@@ -91,17 +74,11 @@ fn a_deleted_name_is_nxdomain() {
 fn a_name_without_the_type_is_nodata_with_an_soa() {
     let dir = Scratch::new("nodata");
     let node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"only4.local","ips":["10.0.0.3"],"ttl":60}"#,
-    );
+    add(&node, r#"{"name":"only4.local","ips":["10.0.0.3"],"ttl":60}"#);
     let out = node.dig(&["only4.local", "AAAA"]);
     assert_eq!(status(&out), "NOERROR");
     assert!(answers(&out).is_empty());
-    assert!(
-        out.contains("AUTHORITY SECTION") && out.contains("SOA"),
-        "{out}"
-    );
+    assert!(out.contains("AUTHORITY SECTION") && out.contains("SOA"), "{out}");
     let nx = node.dig(&["missing.local"]);
     assert_eq!(status(&nx), "NXDOMAIN");
     assert!(nx.contains("SOA"), "negative answers carry an SOA: {nx}");
@@ -111,24 +88,10 @@ fn a_name_without_the_type_is_nodata_with_an_soa() {
 fn several_addresses_rotate_round_robin() {
     let dir = Scratch::new("rr");
     let node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"rr.local","ips":["10.0.0.1","10.0.0.2","10.0.0.3"],"ttl":60}"#,
-    );
-    let firsts: std::collections::BTreeSet<String> = (0..3)
-        .map(|_| {
-            node.dig(&["rr.local", "+short"])
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
-    assert_eq!(
-        firsts.len(),
-        3,
-        "each address leads once in three queries: {firsts:?}"
-    );
+    add(&node, r#"{"name":"rr.local","ips":["10.0.0.1","10.0.0.2","10.0.0.3"],"ttl":60}"#);
+    let firsts: std::collections::BTreeSet<String> =
+        (0..3).map(|_| node.dig(&["rr.local", "+short"]).lines().next().unwrap_or("").to_string()).collect();
+    assert_eq!(firsts.len(), 3, "each address leads once in three queries: {firsts:?}");
 }
 
 #[test]
@@ -139,35 +102,21 @@ fn queries_over_tcp_are_answered() {
     let out = node.dig(&["+tcp", "tcp.local"]);
     assert!(out.contains("(TCP)"), "{out}");
     assert_eq!(answers(&out)[0][4], "10.0.0.4");
-    assert_eq!(
-        node.kdig(&["+tcp", "tcp.local", "+short"]).trim(),
-        "10.0.0.4"
-    );
+    assert_eq!(node.kdig(&["+tcp", "tcp.local", "+short"]).trim(), "10.0.0.4");
 }
 
 #[test]
 fn large_sets_truncate_over_udp_and_come_whole_over_tcp() {
     let dir = Scratch::new("tc");
     let node = TestNode::start(&dir.0, &[]);
-    let ips: Vec<String> = (0..100)
-        .map(|i| format!("\"10.9.{}.{}\"", i / 200, i % 200 + 1))
-        .collect();
-    add(
-        &node,
-        &format!(
-            r#"{{"name":"big.local","ips":[{}],"ttl":60}}"#,
-            ips.join(",")
-        ),
-    );
+    let ips: Vec<String> = (0..100).map(|i| format!("\"10.9.{}.{}\"", i / 200, i % 200 + 1)).collect();
+    add(&node, &format!(r#"{{"name":"big.local","ips":[{}],"ttl":60}}"#, ips.join(",")));
     let plain = node.dig(&["+noedns", "+ignore", "big.local"]);
     assert!(plain.contains(" tc"), "TC without EDNS: {plain}");
     assert!(plain.contains("MSG SIZE  rcvd: ") && msg_size(&plain) <= 512);
     let edns = node.dig(&["+bufsize=4096", "+ignore", "big.local"]);
     assert!(edns.contains("; EDNS: version: 0"), "EDNS echoed: {edns}");
-    assert!(
-        edns.contains(" tc"),
-        "1,600 bytes of answers exceed our 1232-byte UDP limit"
-    );
+    assert!(edns.contains(" tc"), "1,600 bytes of answers exceed our 1232-byte UDP limit");
     assert!(msg_size(&edns) <= 1232);
     let small = node.dig(&["+bufsize=1232", "+ignore", "+short", "rr-none.local"]);
     assert!(small.is_empty());
@@ -177,10 +126,7 @@ fn large_sets_truncate_over_udp_and_come_whole_over_tcp() {
 }
 
 fn msg_size(out: &str) -> usize {
-    out.split("MSG SIZE  rcvd: ")
-        .nth(1)
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap()
+    out.split("MSG SIZE  rcvd: ").nth(1).and_then(|s| s.trim().parse().ok()).unwrap()
 }
 
 #[test]
@@ -189,12 +135,9 @@ fn malformed_packets_get_formerr_or_silence_and_the_server_keeps_answering() {
     let node = TestNode::start(&dir.0, &[]);
     add(&node, r#"{"name":"ok.local","ips":["10.0.0.5"],"ttl":60}"#);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     // A header that claims a question, then a label running off the end.
-    let bad = [
-        0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0x3f, b'a', b'b',
-    ];
+    let bad = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0x3f, b'a', b'b'];
     sock.send_to(&bad, node.dns).unwrap();
     let mut buf = [0u8; 512];
     let (n, _) = sock.recv_from(&mut buf).expect("FORMERR comes back");
@@ -205,13 +148,9 @@ fn malformed_packets_get_formerr_or_silence_and_the_server_keeps_answering() {
     sock.send_to(&[1, 2, 3], node.dns).unwrap();
     assert!(sock.recv_from(&mut buf).is_err(), "no answer to 3 bytes");
     // A compression loop.
-    let looped = [
-        0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1,
-    ];
+    let looped = [0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1];
     sock.send_to(&looped, node.dns).unwrap();
-    let (_, _) = sock
-        .recv_from(&mut buf)
-        .expect("FORMERR for a pointer loop");
+    let (_, _) = sock.recv_from(&mut buf).expect("FORMERR for a pointer loop");
     assert_eq!(buf[3] & 0x0f, 1);
     assert_eq!(node.dig(&["ok.local", "+short"]).trim(), "10.0.0.5");
 }
@@ -220,10 +159,7 @@ fn malformed_packets_get_formerr_or_silence_and_the_server_keeps_answering() {
 fn other_record_types_are_written_through_the_rest_form() {
     let dir = Scratch::new("types");
     let node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"mail.local","ips":["10.0.0.25"],"ttl":60}"#,
-    );
+    add(&node, r#"{"name":"mail.local","ips":["10.0.0.25"],"ttl":60}"#);
     for body in [
         r#"{"name":"local","type":"MX","ttl":60,"data":["10 mail.local"]}"#,
         r#"{"name":"www.local","type":"CNAME","ttl":60,"data":["mail.local"]}"#,
@@ -235,26 +171,14 @@ fn other_record_types_are_written_through_the_rest_form() {
     }
     let mx = node.dig(&["local", "MX"]);
     assert_eq!(answers(&mx)[0][5], "mail.local.");
-    assert!(
-        mx.contains("ADDITIONAL SECTION") && mx.contains("10.0.0.25"),
-        "glue: {mx}"
-    );
+    assert!(mx.contains("ADDITIONAL SECTION") && mx.contains("10.0.0.25"), "glue: {mx}");
     let cname = answers(&node.dig(&["www.local", "A"]));
     assert_eq!(cname[0][3], "CNAME");
     assert_eq!(cname[1][4], "10.0.0.25");
-    assert_eq!(
-        node.dig(&["t.local", "TXT", "+short"]).trim(),
-        "\"hello world\""
-    );
-    assert_eq!(
-        node.dig(&["_sip._udp.local", "SRV", "+short"]).trim(),
-        "0 5 5060 mail.local."
-    );
+    assert_eq!(node.dig(&["t.local", "TXT", "+short"]).trim(), "\"hello world\"");
+    assert_eq!(node.dig(&["_sip._udp.local", "SRV", "+short"]).trim(), "0 5 5060 mail.local.");
     // A CNAME cannot join other data.
-    let (code, _) = node.post(
-        "/records",
-        r#"{"name":"mail.local","type":"CNAME","ttl":60,"data":["x.local"]}"#,
-    );
+    let (code, _) = node.post("/records", r#"{"name":"mail.local","type":"CNAME","ttl":60,"data":["x.local"]}"#);
     assert_eq!(code, 409);
 }
 
@@ -273,10 +197,7 @@ fn bad_requests_get_400_with_a_json_error_and_change_nothing() {
     ] {
         let (code, resp) = node.post("/add", body);
         assert_eq!(code, 400, "{body} -> {resp}");
-        assert!(
-            resp["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{resp}"
-        );
+        assert!(resp["error"].as_str().is_some_and(|e| !e.is_empty()), "{resp}");
     }
     let (_, list) = node.get("/list");
     assert_eq!(list.as_array().unwrap().len(), 0);
@@ -297,23 +218,14 @@ fn a_token_guards_writes_but_not_reads() {
 fn records_survive_a_kill_9_and_restart() {
     let dir = Scratch::new("persist");
     let mut node = TestNode::start(&dir.0, &[]);
-    add(
-        &node,
-        r#"{"name":"keep.local","ips":["10.0.0.10"],"ttl":600}"#,
-    );
-    add(
-        &node,
-        r#"{"name":"drop.local","ips":["10.0.0.11"],"ttl":600}"#,
-    );
+    add(&node, r#"{"name":"keep.local","ips":["10.0.0.10"],"ttl":600}"#);
+    add(&node, r#"{"name":"drop.local","ips":["10.0.0.11"],"ttl":600}"#);
     assert_eq!(node.post("/del", r#"{"name":"drop.local"}"#).0, 200);
     node.restart();
     assert_eq!(node.dig(&["keep.local", "+short"]).trim(), "10.0.0.10");
     assert_eq!(status(&node.dig(&["drop.local"])), "NXDOMAIN");
     let ttl: u32 = answers(&node.dig(&["keep.local"]))[0][1].parse().unwrap();
-    assert!(
-        ttl <= 600 && ttl > 590,
-        "the remaining TTL is kept across restarts: {ttl}"
-    );
+    assert!(ttl <= 600 && ttl > 590, "the remaining TTL is kept across restarts: {ttl}");
 }
 
 #[test]
@@ -329,38 +241,16 @@ fn zones_refuse_or_forward_outside_names() {
     let dir = Scratch::new("zones");
     let upstream_dir = Scratch::new("zones-up");
     let upstream = TestNode::start(&upstream_dir.0, &["--ephemeral"]);
-    add(
-        &upstream,
-        r#"{"name":"elsewhere.example","ips":["192.0.2.1"],"ttl":60}"#,
-    );
+    add(&upstream, r#"{"name":"elsewhere.example","ips":["192.0.2.1"],"ttl":60}"#);
     let upstream_addr = upstream.dns.to_string();
-    let node = TestNode::start(
-        &dir.0,
-        &[
-            "--zone",
-            "rumor.test",
-            "--upstream",
-            &upstream_addr,
-            "--ephemeral",
-        ],
-    );
-    add(
-        &node,
-        r#"{"name":"a.rumor.test","ips":["10.0.0.12"],"ttl":60}"#,
-    );
+    let node = TestNode::start(&dir.0, &["--zone", "rumor.test", "--upstream", &upstream_addr, "--ephemeral"]);
+    add(&node, r#"{"name":"a.rumor.test","ips":["10.0.0.12"],"ttl":60}"#);
     assert_eq!(node.dig(&["a.rumor.test", "+short"]).trim(), "10.0.0.12");
     let nx = node.dig(&["b.rumor.test"]);
     assert_eq!(status(&nx), "NXDOMAIN");
     assert!(nx.contains("rumor.test.") && nx.contains("SOA"));
-    assert_eq!(
-        node.dig(&["elsewhere.example", "+short"]).trim(),
-        "192.0.2.1",
-        "forwarded"
-    );
-    assert_eq!(
-        node.dig(&["+tcp", "elsewhere.example", "+short"]).trim(),
-        "192.0.2.1"
-    );
+    assert_eq!(node.dig(&["elsewhere.example", "+short"]).trim(), "192.0.2.1", "forwarded");
+    assert_eq!(node.dig(&["+tcp", "elsewhere.example", "+short"]).trim(), "192.0.2.1");
     let soa = node.dig(&["rumor.test", "SOA"]);
     assert_eq!(answers(&soa).len(), 1);
     let no_up_dir = Scratch::new("zones-refuse");
@@ -375,53 +265,17 @@ fn the_dns_cli_adds_lists_queries_and_removes() {
     let api = node.api.to_string();
     let dns = node.dns.to_string();
     let rumor = |args: &[&str]| {
-        let out = std::process::Command::new(binary())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = std::process::Command::new(binary()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    rumor(&[
-        "dns",
-        "add",
-        "cli.local",
-        "10.0.0.20",
-        "--ttl",
-        "120",
-        "--api",
-        &api,
-    ]);
-    rumor(&[
-        "dns",
-        "add",
-        "cli.local",
-        "--type",
-        "TXT",
-        "hi there",
-        "--api",
-        &api,
-    ]);
+    rumor(&["dns", "add", "cli.local", "10.0.0.20", "--ttl", "120", "--api", &api]);
+    rumor(&["dns", "add", "cli.local", "--type", "TXT", "hi there", "--api", &api]);
     let ls = rumor(&["dns", "ls", "--api", &api]);
-    assert!(
-        ls.contains("cli.local") && ls.contains("10.0.0.20") && ls.contains("\"hi there\""),
-        "{ls}"
-    );
+    assert!(ls.contains("cli.local") && ls.contains("10.0.0.20") && ls.contains("\"hi there\""), "{ls}");
     let q = rumor(&["dns", "query", "cli.local", "A", "--server", &dns]);
     assert!(q.contains("NOERROR") && q.contains("10.0.0.20"), "{q}");
-    let q = rumor(&[
-        "dns",
-        "query",
-        "cli.local",
-        "TXT",
-        "--server",
-        &dns,
-        "--tcp",
-    ]);
+    let q = rumor(&["dns", "query", "cli.local", "TXT", "--server", &dns, "--tcp"]);
     assert!(q.contains("hi there"), "{q}");
     rumor(&["dns", "rm", "cli.local", "--api", &api]);
     let q = rumor(&["dns", "query", "cli.local", "--server", &dns]);

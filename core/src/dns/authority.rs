@@ -88,9 +88,9 @@ pub enum Verdict {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuthorityStats {
     /// Queries answered, by response code.
-    pub by_rcode: std::collections::BTreeMap<&'static str, u64>,
+    pub by_rcode: std::collections::BTreeMap<Rcode, u64>,
     /// Queries answered, by question type.
-    pub by_qtype: std::collections::BTreeMap<String, u64>,
+    pub by_qtype: std::collections::BTreeMap<RType, u64>,
     /// Undecodable queries, by decode error kind.
     pub decode_errors: std::collections::BTreeMap<&'static str, u64>,
     /// Answers sent with TC set.
@@ -111,11 +111,7 @@ pub struct Authority {
 impl Authority {
     /// A new authority.
     pub fn new(config: AuthorityConfig) -> Self {
-        Authority {
-            config,
-            rotation: 0,
-            stats: AuthorityStats::default(),
-        }
+        Authority { config, rotation: 0, stats: AuthorityStats::default() }
     }
 
     /// Counters so far.
@@ -162,9 +158,7 @@ impl Authority {
         let limit = match transport {
             Transport::Tcp => MESSAGE_MAX_BYTES,
             Transport::Udp => match &msg.edns {
-                Some(e) => (e.udp_size as usize)
-                    .max(CLASSIC_UDP_BYTES)
-                    .min(self.config.udp_max_bytes as usize),
+                Some(e) => (e.udp_size as usize).max(CLASSIC_UDP_BYTES).min(self.config.udp_max_bytes as usize),
                 None => CLASSIC_UDP_BYTES,
             },
         };
@@ -172,11 +166,7 @@ impl Authority {
         if truncated {
             self.stats.truncated += 1;
         }
-        *self
-            .stats
-            .by_rcode
-            .entry(response.rcode().name())
-            .or_default() += 1;
+        *self.stats.by_rcode.entry(response.rcode()).or_default() += 1;
         Verdict::Reply(bytes)
     }
 
@@ -185,7 +175,7 @@ impl Authority {
     }
 
     fn bare_error(&mut self, query: &Header, rcode: Rcode) -> Verdict {
-        *self.stats.by_rcode.entry(rcode.name()).or_default() += 1;
+        *self.stats.by_rcode.entry(rcode).or_default() += 1;
         let header = Header {
             id: query.id,
             qr: true,
@@ -194,10 +184,7 @@ impl Authority {
             rcode: rcode.0 as u8,
             ..Header::default()
         };
-        Verdict::Reply(wire::encode(&Message {
-            header,
-            ..Message::default()
-        }))
+        Verdict::Reply(wire::encode(&Message { header, ..Message::default() }))
     }
 
     /// Builds the response message; `None` means "forward it".
@@ -233,21 +220,13 @@ impl Authority {
             return Some(r);
         }
         let question = &q.questions[0];
-        *self
-            .stats
-            .by_qtype
-            .entry(question.qtype.to_string())
-            .or_default() += 1;
+        *self.stats.by_qtype.entry(question.qtype).or_default() += 1;
         if question.qclass != CLASS_IN && question.qclass != CLASS_ANY {
             r.set_rcode(Rcode::REFUSED);
             return Some(r);
         }
         if matches!(question.qtype, RType::AXFR | RType(251) | RType::OPT) {
-            r.set_rcode(if question.qtype == RType::OPT {
-                Rcode::FORMERR
-            } else {
-                Rcode::REFUSED
-            });
+            r.set_rcode(if question.qtype == RType::OPT { Rcode::FORMERR } else { Rcode::REFUSED });
             return Some(r);
         }
         let zone = self.zone_of(&question.name).cloned();
@@ -264,11 +243,7 @@ impl Authority {
     }
 
     fn zone_of(&self, name: &Name) -> Option<&Zone> {
-        self.config
-            .zones
-            .iter()
-            .filter(|z| name.is_within(&z.apex))
-            .max_by_key(|z| z.apex.wire_len())
+        self.config.zones.iter().filter(|z| name.is_within(&z.apex)).max_by_key(|z| z.apex.wire_len())
     }
 
     fn answer(
@@ -356,23 +331,12 @@ impl Authority {
         };
         out.reserve(n);
         for i in 0..n {
-            out.push(Record {
-                name: owner.clone(),
-                class: CLASS_IN,
-                ttl,
-                data: set.data[(start + i) % n].clone(),
-            });
+            out.push(Record { name: owner.clone(), class: CLASS_IN, ttl, data: set.data[(start + i) % n].clone() });
         }
     }
 
     /// SOA and NS of a configured zone's apex; true if it added any.
-    fn push_apex_records(
-        &self,
-        r: &mut Message,
-        qtype: RType,
-        apex: &Name,
-        store: &RecordStore,
-    ) -> bool {
+    fn push_apex_records(&self, r: &mut Message, qtype: RType, apex: &Name, store: &RecordStore) -> bool {
         let mut added = false;
         if matches!(qtype, RType::SOA | RType::ANY) {
             let mut soa = self.soa_record(apex, store);
@@ -432,12 +396,7 @@ impl Authority {
                 if let Some(set) = store.get(target, rtype, now_ms) {
                     let ttl = set.remaining_ttl(now_ms);
                     for d in set.data.iter().take(8) {
-                        r.additionals.push(Record {
-                            name: target.clone(),
-                            class: CLASS_IN,
-                            ttl,
-                            data: d.clone(),
-                        });
+                        r.additionals.push(Record { name: target.clone(), class: CLASS_IN, ttl, data: d.clone() });
                     }
                 }
             }

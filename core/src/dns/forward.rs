@@ -26,10 +26,7 @@ pub struct ForwarderConfig {
 
 impl Default for ForwarderConfig {
     fn default() -> Self {
-        ForwarderConfig {
-            timeout: Duration::from_secs(2),
-            in_flight_max: 1024,
-        }
+        ForwarderConfig { timeout: Duration::from_secs(2), in_flight_max: 1024 }
     }
 }
 
@@ -63,12 +60,7 @@ pub struct Forwarder<C> {
 impl<C: Clone> Forwarder<C> {
     /// A forwarder whose ids come from `seed`.
     pub fn new(config: ForwarderConfig, seed: u64) -> Self {
-        Forwarder {
-            config,
-            rng: Rng::new(seed),
-            pending: HashMap::new(),
-            deadlines: BTreeSet::new(),
-        }
+        Forwarder { config, rng: Rng::new(seed), pending: HashMap::new(), deadlines: BTreeSet::new() }
     }
 
     /// Queries waiting on the upstream.
@@ -94,15 +86,7 @@ impl<C: Clone> Forwarder<C> {
             }
         };
         let deadline = now + self.config.timeout;
-        self.pending.insert(
-            id,
-            Pending {
-                client,
-                client_id: msg.header.id,
-                question,
-                deadline,
-            },
-        );
+        self.pending.insert(id, Pending { client, client_id: msg.header.id, question, deadline });
         self.deadlines.insert((deadline, id));
         let mut bytes = query.to_vec();
         bytes[..2].copy_from_slice(&id.to_be_bytes());
@@ -143,11 +127,7 @@ impl<C: Clone> Forwarder<C> {
             }
             self.deadlines.pop_first();
             if let Some(p) = self.pending.remove(&id) {
-                let header = Header {
-                    id: p.client_id,
-                    rd: true,
-                    ..Header::default()
-                };
+                let header = Header { id: p.client_id, rd: true, ..Header::default() };
                 out.push((p.client, servfail(&header, &p.question)));
             }
         }
@@ -157,13 +137,7 @@ impl<C: Clone> Forwarder<C> {
 
 fn servfail(query: &Header, question: &Question) -> Vec<u8> {
     let mut m = Message {
-        header: Header {
-            id: query.id,
-            qr: true,
-            rd: query.rd,
-            ra: true,
-            ..Header::default()
-        },
+        header: Header { id: query.id, qr: true, rd: query.rd, ra: true, ..Header::default() },
         questions: vec![question.clone()],
         ..Message::default()
     };
@@ -178,16 +152,8 @@ mod tests {
 
     fn query(id: u16, name: &str) -> Vec<u8> {
         wire::encode(&Message {
-            header: Header {
-                id,
-                rd: true,
-                ..Header::default()
-            },
-            questions: vec![Question {
-                name: Name::from_ascii(name).unwrap(),
-                qtype: RType::A,
-                qclass: CLASS_IN,
-            }],
+            header: Header { id, rd: true, ..Header::default() },
+            questions: vec![Question { name: Name::from_ascii(name).unwrap(), qtype: RType::A, qclass: CLASS_IN }],
             ..Message::default()
         })
     }
@@ -195,9 +161,7 @@ mod tests {
     #[test]
     fn a_reply_goes_back_to_its_client_with_the_clients_id() {
         let mut f = Forwarder::new(ForwarderConfig::default(), 1);
-        let ForwardAction::ToUpstream(up) =
-            f.forward(Instant::ZERO, "c1", &query(7, "example.com"))
-        else {
+        let ForwardAction::ToUpstream(up) = f.forward(Instant::ZERO, "c1", &query(7, "example.com")) else {
             panic!("expected a query for the upstream");
         };
         let mut reply = wire::decode(&up).unwrap();
@@ -211,9 +175,7 @@ mod tests {
     #[test]
     fn a_reply_for_another_question_is_ignored() {
         let mut f = Forwarder::new(ForwarderConfig::default(), 1);
-        let ForwardAction::ToUpstream(up) =
-            f.forward(Instant::ZERO, "c1", &query(7, "example.com"))
-        else {
+        let ForwardAction::ToUpstream(up) = f.forward(Instant::ZERO, "c1", &query(7, "example.com")) else {
             panic!();
         };
         let id = u16::from_be_bytes([up[0], up[1]]);
@@ -223,15 +185,11 @@ mod tests {
 
     #[test]
     fn timeouts_answer_servfail_and_the_limit_holds() {
-        let cfg = ForwarderConfig {
-            timeout: Duration::from_secs(1),
-            in_flight_max: 2,
-        };
+        let cfg = ForwarderConfig { timeout: Duration::from_secs(1), in_flight_max: 2 };
         let mut f = Forwarder::new(cfg, 1);
         f.forward(Instant::ZERO, 1, &query(1, "a.com"));
         f.forward(Instant::ZERO, 2, &query(2, "b.com"));
-        let ForwardAction::ToClient(3, busy) = f.forward(Instant::ZERO, 3, &query(3, "c.com"))
-        else {
+        let ForwardAction::ToClient(3, busy) = f.forward(Instant::ZERO, 3, &query(3, "c.com")) else {
             panic!("the third query is over the limit");
         };
         assert_eq!(wire::decode(&busy).unwrap().rcode(), Rcode::SERVFAIL);

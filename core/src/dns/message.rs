@@ -74,10 +74,7 @@ impl RType {
                 return Some(t);
             }
         }
-        upper
-            .strip_prefix("TYPE")
-            .and_then(|n| n.parse::<u16>().ok())
-            .map(RType)
+        upper.strip_prefix("TYPE").and_then(|n| n.parse::<u16>().ok()).map(RType)
     }
 }
 
@@ -321,13 +318,7 @@ pub struct Edns {
 
 impl Default for Edns {
     fn default() -> Self {
-        Edns {
-            udp_size: 1232,
-            ext_rcode: 0,
-            version: 0,
-            dnssec_ok: false,
-            options: Vec::new(),
-        }
+        Edns { udp_size: 1232, ext_rcode: 0, version: 0, dnssec_ok: false, options: Vec::new() }
     }
 }
 

@@ -9,8 +9,7 @@ pub mod wire;
 pub use message::*;
 pub use name::{Name, NameError};
 pub use wire::{
-    decode, decode_header, decode_rdata, encode, encode_limited, encode_rdata, DecodeError,
-    DecodeErrorKind,
+    decode, decode_header, decode_rdata, encode, encode_limited, encode_rdata, DecodeError, DecodeErrorKind,
 };
 
 pub mod authority;

@@ -75,9 +75,7 @@ impl Name {
                 if pos + 1 != wire.len() {
                     return Err(NameError::BadCharacter(0));
                 }
-                return Ok(Name {
-                    wire: wire.to_vec(),
-                });
+                return Ok(Name { wire: wire.to_vec() });
             }
             if len as usize > LABEL_MAX_BYTES {
                 return Err(NameError::LabelTooLong);
@@ -98,11 +96,7 @@ impl Name {
         let mut label_start = 0usize;
         wire.push(0);
         let mut i = 0usize;
-        let body = if bytes.ends_with(b".") && !bytes.ends_with(b"\\.") {
-            &bytes[..bytes.len() - 1]
-        } else {
-            bytes
-        };
+        let body = if bytes.ends_with(b".") && !bytes.ends_with(b"\\.") { &bytes[..bytes.len() - 1] } else { bytes };
         while i < body.len() {
             let c = body[i];
             match c {
@@ -153,10 +147,7 @@ impl Name {
 
     /// Iterates the labels from the leftmost, root excluded.
     pub fn labels(&self) -> Labels<'_> {
-        Labels {
-            wire: &self.wire,
-            pos: 0,
-        }
+        Labels { wire: &self.wire, pos: 0 }
     }
 
     /// Number of labels, root excluded.
@@ -197,9 +188,7 @@ impl Name {
             return None;
         }
         let skip = 1 + self.wire[0] as usize;
-        Some(Name {
-            wire: self.wire[skip..].to_vec(),
-        })
+        Some(Name { wire: self.wire[skip..].to_vec() })
     }
 
     /// True if `self` equals `zone` or lies below it (case-insensitive).
@@ -271,9 +260,7 @@ fn unescape(rest: &[u8]) -> Result<(u8, usize), NameError> {
     match rest {
         [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
             let v = (a - b'0') as u32 * 100 + (b - b'0') as u32 * 10 + (c - b'0') as u32;
-            u8::try_from(v)
-                .map(|v| (v, 3))
-                .map_err(|_| NameError::BadEscape)
+            u8::try_from(v).map(|v| (v, 3)).map_err(|_| NameError::BadEscape)
         }
         [d, ..] if d.is_ascii_digit() => Err(NameError::BadEscape),
         [c, ..] => Ok((*c, 1)),
@@ -309,9 +296,7 @@ impl fmt::Display for Name {
         for label in self.labels() {
             for &b in label {
                 match b {
-                    b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => {
-                        write!(f, "\\{}", b as char)?
-                    }
+                    b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => write!(f, "\\{}", b as char)?,
                     0x21..=0x7e => write!(f, "{}", b as char)?,
                     _ => write!(f, "\\{b:03}")?,
                 }
@@ -344,19 +329,13 @@ mod tests {
         let n = Name::from_ascii("Free.Local").unwrap();
         assert_eq!(n.to_string(), "Free.Local.");
         assert_eq!(n.as_wire(), b"\x04Free\x05Local\x00");
-        assert_eq!(
-            Name::from_ascii("free.local.").unwrap().to_lowercase(),
-            n.to_lowercase()
-        );
+        assert_eq!(Name::from_ascii("free.local.").unwrap().to_lowercase(), n.to_lowercase());
     }
 
     #[test]
     fn limits_are_enforced() {
         assert_eq!(Name::from_ascii("a..b"), Err(NameError::EmptyLabel));
-        assert_eq!(
-            Name::from_ascii(&"a".repeat(64)),
-            Err(NameError::LabelTooLong)
-        );
+        assert_eq!(Name::from_ascii(&"a".repeat(64)), Err(NameError::LabelTooLong));
         let long = vec!["abcdefghi"; 26].join(".");
         assert_eq!(Name::from_ascii(&long), Err(NameError::NameTooLong));
         assert_eq!(Name::from_ascii("a b"), Err(NameError::BadCharacter(b' ')));

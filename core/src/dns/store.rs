@@ -105,13 +105,7 @@ impl RRset {
             .iter()
             .map(|d| super::wire::decode_rdata(rtype, d).map_err(|e| err(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RRset {
-            owner,
-            rtype,
-            ttl: stored.ttl,
-            expires_at_ms: stored.expires_at_ms,
-            data,
-        })
+        Ok(RRset { owner, rtype, ttl: stored.ttl, expires_at_ms: stored.expires_at_ms, data })
     }
 }
 
@@ -160,14 +154,10 @@ impl RecordStore {
     /// Inserts or replaces the RRset of `rrset.owner` and `rrset.rtype`.
     pub fn put(&mut self, rrset: RRset) -> PutOutcome {
         assert!(!rrset.data.is_empty(), "an RRset holds at least one record");
-        assert!(
-            rrset.data.iter().all(|d| d.rtype() == rrset.rtype),
-            "every record of an RRset has its type"
-        );
+        assert!(rrset.data.iter().all(|d| d.rtype() == rrset.rtype), "every record of an RRset has its type");
         self.generation = self.generation.wrapping_add(1);
         let key = rrset.owner.to_lowercase();
-        self.expiry
-            .insert((rrset.expires_at_ms, key.clone(), rrset.rtype));
+        self.expiry.insert((rrset.expires_at_ms, key.clone(), rrset.rtype));
         let sets = self.names.entry(key.clone()).or_default();
         if sets.is_empty() {
             self.tree.insert(key.canonical_key());
@@ -228,20 +218,13 @@ impl RecordStore {
     }
 
     fn get_lower(&self, key: &Name, rtype: RType, now_ms: UnixMillis) -> Option<&RRset> {
-        self.names
-            .get(key)?
-            .iter()
-            .find(|s| s.rtype == rtype && !s.is_expired(now_ms))
+        self.names.get(key)?.iter().find(|s| s.rtype == rtype && !s.is_expired(now_ms))
     }
 
     /// Every live RRset at `name`.
     pub fn rrsets_at(&self, name: &Name, now_ms: UnixMillis) -> impl Iterator<Item = &RRset> {
         let key = lower(name);
-        self.names
-            .get(key.as_ref().unwrap_or(name))
-            .into_iter()
-            .flatten()
-            .filter(move |s| !s.is_expired(now_ms))
+        self.names.get(key.as_ref().unwrap_or(name)).into_iter().flatten().filter(move |s| !s.is_expired(now_ms))
     }
 
     /// True if `name` owns a live RRset, or is an ancestor of a name that
@@ -268,18 +251,8 @@ impl RecordStore {
 
     /// Every live RRset, in name order then type order.
     pub fn live(&self, now_ms: UnixMillis) -> Vec<&RRset> {
-        let mut out: Vec<&RRset> = self
-            .names
-            .values()
-            .flatten()
-            .filter(|s| !s.is_expired(now_ms))
-            .collect();
-        out.sort_by(|a, b| {
-            a.owner
-                .canonical_key()
-                .cmp(&b.owner.canonical_key())
-                .then(a.rtype.cmp(&b.rtype))
-        });
+        let mut out: Vec<&RRset> = self.names.values().flatten().filter(|s| !s.is_expired(now_ms)).collect();
+        out.sort_by(|a, b| a.owner.canonical_key().cmp(&b.owner.canonical_key()).then(a.rtype.cmp(&b.rtype)));
         out
     }
 
@@ -361,10 +334,7 @@ mod tests {
         assert_eq!(set.remaining_ttl(500), 60);
         assert_eq!(set.remaining_ttl(1_000), 59);
         assert_eq!(set.remaining_ttl(59_999), 1);
-        let long = RRset {
-            expires_at_ms: 1_000_000,
-            ..set
-        };
+        let long = RRset { expires_at_ms: 1_000_000, ..set };
         assert_eq!(long.remaining_ttl(0), 60);
     }
 
@@ -396,14 +366,8 @@ mod tests {
     fn stored_bytes_read_back_the_same_and_garbage_is_refused() {
         let set = RRset {
             data: vec![
-                RData::Mx {
-                    preference: 5,
-                    exchange: Name::from_ascii("mail.x").unwrap(),
-                },
-                RData::Mx {
-                    preference: 10,
-                    exchange: Name::from_ascii("mx2.x").unwrap(),
-                },
+                RData::Mx { preference: 5, exchange: Name::from_ascii("mail.x").unwrap() },
+                RData::Mx { preference: 10, exchange: Name::from_ascii("mx2.x").unwrap() },
             ],
             rtype: RType::MX,
             ..a("x", 1, 77)
@@ -417,11 +381,7 @@ mod tests {
     fn remove_name_drops_all_its_types() {
         let mut s = RecordStore::new();
         s.put(a("x", 1, 1_000));
-        s.put(RRset {
-            rtype: RType::TXT,
-            data: vec![RData::Txt(vec![b"hi".to_vec()])],
-            ..a("x", 1, 1_000)
-        });
+        s.put(RRset { rtype: RType::TXT, data: vec![RData::Txt(vec![b"hi".to_vec()])], ..a("x", 1, 1_000) });
         assert_eq!(s.remove_name(&Name::from_ascii("X").unwrap()), 2);
         assert_eq!(s.rrset_count(), 0);
         assert_eq!(s.next_expiry(), None);

@@ -21,29 +21,18 @@ pub fn rdata_from_text(rtype: RType, text: &str) -> Result<RData, String> {
         return generic_from_text(rtype, rest);
     }
     let mut fields = text.split_ascii_whitespace();
-    let mut next = |what: &str| {
-        fields
-            .next()
-            .ok_or_else(|| format!("{rtype} data is missing its {what}"))
-    };
+    let mut next = |what: &str| fields.next().ok_or_else(|| format!("{rtype} data is missing its {what}"));
     let name = |s: &str| Name::from_ascii(s).map_err(|e| format!("bad name {s:?}: {e}"));
     let num = |s: &str, what: &str| s.parse::<u16>().map_err(|_| format!("bad {what} {s:?}"));
     let data = match rtype {
-        RType::A => RData::A(
-            text.parse::<Ipv4Addr>()
-                .map_err(|_| format!("bad IPv4 address {text:?}"))?,
-        ),
-        RType::AAAA => RData::Aaaa(
-            text.parse::<Ipv6Addr>()
-                .map_err(|_| format!("bad IPv6 address {text:?}"))?,
-        ),
+        RType::A => RData::A(text.parse::<Ipv4Addr>().map_err(|_| format!("bad IPv4 address {text:?}"))?),
+        RType::AAAA => RData::Aaaa(text.parse::<Ipv6Addr>().map_err(|_| format!("bad IPv6 address {text:?}"))?),
         RType::CNAME => RData::Cname(name(next("target")?)?),
         RType::NS => RData::Ns(name(next("name server")?)?),
         RType::PTR => RData::Ptr(name(next("target")?)?),
-        RType::MX => RData::Mx {
-            preference: num(next("preference")?, "preference")?,
-            exchange: name(next("exchange")?)?,
-        },
+        RType::MX => {
+            RData::Mx { preference: num(next("preference")?, "preference")?, exchange: name(next("exchange")?)? }
+        }
         RType::SRV => RData::Srv {
             priority: num(next("priority")?, "priority")?,
             weight: num(next("weight")?, "weight")?,
@@ -54,32 +43,17 @@ pub fn rdata_from_text(rtype: RType, text: &str) -> Result<RData, String> {
             let mname = name(next("mname")?)?;
             let rname = name(next("rname")?)?;
             let mut n = [0u32; 5];
-            for (i, what) in ["serial", "refresh", "retry", "expire", "minimum"]
-                .iter()
-                .enumerate()
-            {
+            for (i, what) in ["serial", "refresh", "retry", "expire", "minimum"].iter().enumerate() {
                 let f = next(what)?;
                 n[i] = f.parse().map_err(|_| format!("bad {what} {f:?}"))?;
             }
-            RData::Soa(Soa {
-                mname,
-                rname,
-                serial: n[0],
-                refresh: n[1],
-                retry: n[2],
-                expire: n[3],
-                minimum: n[4],
-            })
+            RData::Soa(Soa { mname, rname, serial: n[0], refresh: n[1], retry: n[2], expire: n[3], minimum: n[4] })
         }
         RType::TXT => RData::Txt(txt_from_text(text)?),
         RType::OPT | RType::ANY | RType::AXFR => {
             return Err(format!("{rtype} is not a record type that can be stored"))
         }
-        other => {
-            return Err(format!(
-                "{other} data must be given as \\# LENGTH HEX (RFC 3597)"
-            ))
-        }
+        other => return Err(format!("{other} data must be given as \\# LENGTH HEX (RFC 3597)")),
     };
     if !matches!(rtype, RType::A | RType::AAAA | RType::TXT) && fields.next().is_some() {
         return Err(format!("too many fields for {rtype}"));
@@ -92,16 +66,8 @@ fn txt_from_text(text: &str) -> Result<Vec<Vec<u8>>, String> {
         return Err(format!("TXT text longer than {TXT_TEXT_MAX_BYTES} bytes"));
     }
     if !text.starts_with('"') {
-        let chunks: Vec<Vec<u8>> = text
-            .as_bytes()
-            .chunks(TXT_STRING_MAX_BYTES)
-            .map(<[u8]>::to_vec)
-            .collect();
-        return Ok(if chunks.is_empty() {
-            vec![Vec::new()]
-        } else {
-            chunks
-        });
+        let chunks: Vec<Vec<u8>> = text.as_bytes().chunks(TXT_STRING_MAX_BYTES).map(<[u8]>::to_vec).collect();
+        return Ok(if chunks.is_empty() { vec![Vec::new()] } else { chunks });
     }
     let mut out = Vec::new();
     let bytes = text.as_bytes();
@@ -124,13 +90,9 @@ fn txt_from_text(text: &str) -> Result<Vec<Vec<u8>>, String> {
                     break;
                 }
                 Some(b'\\') => {
-                    let digits = bytes
-                        .get(i + 1..i + 4)
-                        .filter(|d| d.iter().all(u8::is_ascii_digit));
+                    let digits = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(u8::is_ascii_digit));
                     if let Some(d) = digits {
-                        let v = (d[0] - b'0') as u32 * 100
-                            + (d[1] - b'0') as u32 * 10
-                            + (d[2] - b'0') as u32;
+                        let v = (d[0] - b'0') as u32 * 100 + (d[1] - b'0') as u32 * 10 + (d[2] - b'0') as u32;
                         s.push(u8::try_from(v).map_err(|_| format!("bad escape \\{v}"))?);
                         i += 4;
                     } else {
@@ -146,9 +108,7 @@ fn txt_from_text(text: &str) -> Result<Vec<Vec<u8>>, String> {
             }
         }
         if s.len() > TXT_STRING_MAX_BYTES {
-            return Err(format!(
-                "TXT string longer than {TXT_STRING_MAX_BYTES} bytes"
-            ));
+            return Err(format!("TXT string longer than {TXT_STRING_MAX_BYTES} bytes"));
         }
         out.push(s);
     }
@@ -157,23 +117,14 @@ fn txt_from_text(text: &str) -> Result<Vec<Vec<u8>>, String> {
 
 fn generic_from_text(rtype: RType, rest: &str) -> Result<RData, String> {
     let mut fields = rest.split_ascii_whitespace();
-    let len: usize = fields
-        .next()
-        .and_then(|l| l.parse().ok())
-        .ok_or("\\# needs a length")?;
+    let len: usize = fields.next().and_then(|l| l.parse().ok()).ok_or("\\# needs a length")?;
     let hex: String = fields.collect();
     if hex.len() != len * 2 {
-        return Err(format!(
-            "\\# length {len} does not match {} hex digits",
-            hex.len()
-        ));
+        return Err(format!("\\# length {len} does not match {} hex digits", hex.len()));
     }
     let mut bytes = Vec::with_capacity(len);
     for i in 0..len {
-        bytes.push(
-            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| "bad hex in \\# data".to_string())?,
-        );
+        bytes.push(u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| "bad hex in \\# data".to_string())?);
     }
     wire::decode_rdata(rtype, &bytes).map_err(|e| format!("bad {rtype} data: {e}"))
 }
@@ -184,20 +135,11 @@ pub fn rdata_to_text(data: &RData) -> String {
         RData::A(ip) => ip.to_string(),
         RData::Aaaa(ip) => ip.to_string(),
         RData::Cname(n) | RData::Ns(n) | RData::Ptr(n) => n.to_string(),
-        RData::Mx {
-            preference,
-            exchange,
-        } => format!("{preference} {exchange}"),
-        RData::Srv {
-            priority,
-            weight,
-            port,
-            target,
-        } => format!("{priority} {weight} {port} {target}"),
-        RData::Soa(s) => format!(
-            "{} {} {} {} {} {} {}",
-            s.mname, s.rname, s.serial, s.refresh, s.retry, s.expire, s.minimum
-        ),
+        RData::Mx { preference, exchange } => format!("{preference} {exchange}"),
+        RData::Srv { priority, weight, port, target } => format!("{priority} {weight} {port} {target}"),
+        RData::Soa(s) => {
+            format!("{} {} {} {} {} {} {}", s.mname, s.rname, s.serial, s.refresh, s.retry, s.expire, s.minimum)
+        }
         RData::Txt(strings) => {
             let mut out = String::new();
             for (i, s) in strings.iter().enumerate() {
@@ -258,13 +200,9 @@ mod tests {
 
     #[test]
     fn bad_data_is_refused_with_a_reason() {
-        assert!(rdata_from_text(RType::A, "10.1.0")
-            .unwrap_err()
-            .contains("IPv4"));
+        assert!(rdata_from_text(RType::A, "10.1.0").unwrap_err().contains("IPv4"));
         assert!(rdata_from_text(RType::MX, "mail.local").is_err());
-        assert!(rdata_from_text(RType::CNAME, "a b")
-            .unwrap_err()
-            .contains("too many"));
+        assert!(rdata_from_text(RType::CNAME, "a b").unwrap_err().contains("too many"));
         assert!(rdata_from_text(RType::OPT, "x").is_err());
     }
 
@@ -272,9 +210,6 @@ mod tests {
     fn long_plain_txt_is_split_into_255_byte_strings() {
         let d = rdata_from_text(RType::TXT, &"x".repeat(600)).unwrap();
         let RData::Txt(s) = d else { panic!() };
-        assert_eq!(
-            s.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![255, 255, 90]
-        );
+        assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), vec![255, 255, 90]);
     }
 }

@@ -111,16 +111,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, kind: DecodeErrorKind) -> DecodeError {
-        DecodeError {
-            offset: self.pos,
-            kind,
-        }
+        DecodeError { offset: self.pos, kind }
     }
 
-    fn run<T>(
-        &mut self,
-        parser: impl Fn(&'a [u8]) -> IResult<&'a [u8], T>,
-    ) -> Result<T, DecodeError> {
+    fn run<T>(&mut self, parser: impl Fn(&'a [u8]) -> IResult<&'a [u8], T>) -> Result<T, DecodeError> {
         let input = &self.msg[self.pos..];
         match parser(input) {
             Ok((rest, value)) => {
@@ -156,10 +150,7 @@ impl<'a> Reader<'a> {
         // pointer, or after the root label if there is none.
         let mut resume: Option<usize> = None;
         loop {
-            let len = *self.msg.get(pos).ok_or(DecodeError {
-                offset: pos,
-                kind: DecodeErrorKind::Truncated,
-            })? as usize;
+            let len = *self.msg.get(pos).ok_or(DecodeError { offset: pos, kind: DecodeErrorKind::Truncated })? as usize;
             match len & 0xc0 {
                 0x00 => {
                     if len == 0 {
@@ -168,50 +159,35 @@ impl<'a> Reader<'a> {
                         return Ok(Name::from_wire_unchecked(wire));
                     }
                     debug_assert!(len <= LABEL_MAX_BYTES);
-                    let label = self.msg.get(pos + 1..pos + 1 + len).ok_or(DecodeError {
-                        offset: pos,
-                        kind: DecodeErrorKind::Truncated,
-                    })?;
+                    let label = self
+                        .msg
+                        .get(pos + 1..pos + 1 + len)
+                        .ok_or(DecodeError { offset: pos, kind: DecodeErrorKind::Truncated })?;
                     if wire.len() + 1 + len + 1 > NAME_MAX_BYTES {
-                        return Err(DecodeError {
-                            offset: pos,
-                            kind: DecodeErrorKind::NameTooLong,
-                        });
+                        return Err(DecodeError { offset: pos, kind: DecodeErrorKind::NameTooLong });
                     }
                     wire.push(len as u8);
                     wire.extend_from_slice(label);
                     pos += 1 + len;
                 }
                 0xc0 => {
-                    let low = *self.msg.get(pos + 1).ok_or(DecodeError {
-                        offset: pos,
-                        kind: DecodeErrorKind::Truncated,
-                    })? as usize;
+                    let low =
+                        *self.msg.get(pos + 1).ok_or(DecodeError { offset: pos, kind: DecodeErrorKind::Truncated })?
+                            as usize;
                     let target = ((len & 0x3f) << 8) | low;
                     if target >= pos {
-                        return Err(DecodeError {
-                            offset: pos,
-                            kind: DecodeErrorKind::ForwardPointer,
-                        });
+                        return Err(DecodeError { offset: pos, kind: DecodeErrorKind::ForwardPointer });
                     }
                     hops += 1;
                     if hops > POINTER_HOPS_MAX {
-                        return Err(DecodeError {
-                            offset: pos,
-                            kind: DecodeErrorKind::TooManyPointers,
-                        });
+                        return Err(DecodeError { offset: pos, kind: DecodeErrorKind::TooManyPointers });
                     }
                     if resume.is_none() {
                         resume = Some(pos + 2);
                     }
                     pos = target;
                 }
-                _ => {
-                    return Err(DecodeError {
-                        offset: pos,
-                        kind: DecodeErrorKind::BadLabelType,
-                    })
-                }
+                _ => return Err(DecodeError { offset: pos, kind: DecodeErrorKind::BadLabelType }),
             }
         }
     }
@@ -251,67 +227,42 @@ pub fn decode_header(msg: &[u8]) -> Result<RawHeader, DecodeError> {
         cd: flags & 0x0010 != 0,
         rcode: (flags & 0x000f) as u8,
     };
-    Ok(RawHeader {
-        header,
-        qdcount: r.u16()?,
-        ancount: r.u16()?,
-        nscount: r.u16()?,
-        arcount: r.u16()?,
-    })
+    Ok(RawHeader { header, qdcount: r.u16()?, ancount: r.u16()?, nscount: r.u16()?, arcount: r.u16()? })
 }
 
 /// Decodes a whole message. Fails on trailing bytes.
 pub fn decode(msg: &[u8]) -> Result<Message, DecodeError> {
     if msg.len() > MESSAGE_MAX_BYTES {
-        return Err(DecodeError {
-            offset: MESSAGE_MAX_BYTES,
-            kind: DecodeErrorKind::TooLarge,
-        });
+        return Err(DecodeError { offset: MESSAGE_MAX_BYTES, kind: DecodeErrorKind::TooLarge });
     }
     let raw = decode_header(msg)?;
-    let mut r = Reader {
-        msg,
-        pos: HEADER_BYTES,
-    };
-    let mut m = Message {
-        header: raw.header,
-        ..Message::default()
-    };
+    let mut r = Reader { msg, pos: HEADER_BYTES };
+    let mut m = Message { header: raw.header, ..Message::default() };
     // Capacities are bounded by what the remaining bytes could hold, so a
     // forged count cannot make us allocate.
     let cap = |count: u16, min: usize, r: &Reader| (count as usize).min(r.remaining() / min);
-    m.questions
-        .reserve(cap(raw.qdcount, QUESTION_MIN_BYTES, &r));
+    m.questions.reserve(cap(raw.qdcount, QUESTION_MIN_BYTES, &r));
     for _ in 0..raw.qdcount {
         let name = r.name()?;
         let qtype = RType(r.u16()?);
         let qclass = r.u16()?;
-        m.questions.push(Question {
-            name,
-            qtype,
-            qclass,
-        });
+        m.questions.push(Question { name, qtype, qclass });
     }
     m.answers.reserve(cap(raw.ancount, RECORD_MIN_BYTES, &r));
     for _ in 0..raw.ancount {
         m.answers.push(read_record(&mut r)?.into_record(&r)?);
     }
-    m.authorities
-        .reserve(cap(raw.nscount, RECORD_MIN_BYTES, &r));
+    m.authorities.reserve(cap(raw.nscount, RECORD_MIN_BYTES, &r));
     for _ in 0..raw.nscount {
         m.authorities.push(read_record(&mut r)?.into_record(&r)?);
     }
-    m.additionals
-        .reserve(cap(raw.arcount, RECORD_MIN_BYTES, &r));
+    m.additionals.reserve(cap(raw.arcount, RECORD_MIN_BYTES, &r));
     for _ in 0..raw.arcount {
         let start = r.pos;
         match read_record(&mut r)? {
             Parsed::Opt(edns, owner_is_root) => {
                 if m.edns.is_some() || !owner_is_root {
-                    return Err(DecodeError {
-                        offset: start,
-                        kind: DecodeErrorKind::BadOpt,
-                    });
+                    return Err(DecodeError { offset: start, kind: DecodeErrorKind::BadOpt });
                 }
                 m.edns = Some(edns);
             }
@@ -358,10 +309,7 @@ fn read_record(r: &mut Reader) -> Result<Parsed, DecodeError> {
             if r.pos + len > rdata_end {
                 return Err(r.err(DecodeErrorKind::BadRdata));
             }
-            options.push(EdnsOption {
-                code,
-                data: r.bytes(len)?.to_vec(),
-            });
+            options.push(EdnsOption { code, data: r.bytes(len)?.to_vec() });
         }
         let edns = Edns {
             udp_size: class,
@@ -374,25 +322,14 @@ fn read_record(r: &mut Reader) -> Result<Parsed, DecodeError> {
     }
     let data = read_rdata(r, rtype, rdata_end)?;
     if r.pos != rdata_end {
-        return Err(DecodeError {
-            offset: rdata_start,
-            kind: DecodeErrorKind::BadRdata,
-        });
+        return Err(DecodeError { offset: rdata_start, kind: DecodeErrorKind::BadRdata });
     }
-    Ok(Parsed::Record(Record {
-        name,
-        class,
-        ttl,
-        data,
-    }))
+    Ok(Parsed::Record(Record { name, class, ttl, data }))
 }
 
 fn read_rdata(r: &mut Reader, rtype: RType, end: usize) -> Result<RData, DecodeError> {
     let start = r.pos;
-    let bad = DecodeError {
-        offset: start,
-        kind: DecodeErrorKind::BadRdata,
-    };
+    let bad = DecodeError { offset: start, kind: DecodeErrorKind::BadRdata };
     let len = end - start;
     // A name inside rdata must not run past the rdata.
     let name_in = |r: &mut Reader| -> Result<Name, DecodeError> {
@@ -425,10 +362,7 @@ fn read_rdata(r: &mut Reader, rtype: RType, end: usize) -> Result<RData, DecodeE
                 return Err(bad);
             }
             let preference = r.u16()?;
-            RData::Mx {
-                preference,
-                exchange: name_in(r)?,
-            }
+            RData::Mx { preference, exchange: name_in(r)? }
         }
         RType::TXT => {
             let mut strings = Vec::new();
@@ -448,12 +382,7 @@ fn read_rdata(r: &mut Reader, rtype: RType, end: usize) -> Result<RData, DecodeE
             let priority = r.u16()?;
             let weight = r.u16()?;
             let port = r.u16()?;
-            RData::Srv {
-                priority,
-                weight,
-                port,
-                target: name_in(r)?,
-            }
+            RData::Srv { priority, weight, port, target: name_in(r)? }
         }
         RType::SOA => {
             let mname = name_in(r)?;
@@ -471,10 +400,7 @@ fn read_rdata(r: &mut Reader, rtype: RType, end: usize) -> Result<RData, DecodeE
                 minimum: r.u32()?,
             })
         }
-        _ => RData::Unknown {
-            rtype,
-            data: r.bytes(len)?.to_vec(),
-        },
+        _ => RData::Unknown { rtype, data: r.bytes(len)?.to_vec() },
     })
 }
 
@@ -482,10 +408,7 @@ fn read_rdata(r: &mut Reader, rtype: RType, end: usize) -> Result<RData, DecodeE
 /// record store persists and replicates it.
 pub fn decode_rdata(rtype: RType, bytes: &[u8]) -> Result<RData, DecodeError> {
     if rtype == RType::OPT {
-        return Err(DecodeError {
-            offset: 0,
-            kind: DecodeErrorKind::BadOpt,
-        });
+        return Err(DecodeError { offset: 0, kind: DecodeErrorKind::BadOpt });
     }
     let mut r = Reader { msg: bytes, pos: 0 };
     let data = read_rdata(&mut r, rtype, bytes.len())?;
@@ -545,17 +468,8 @@ impl Encoder {
         buf.extend_from_slice(&header.id.to_be_bytes());
         buf.extend_from_slice(&flags(header).to_be_bytes());
         buf.extend_from_slice(&[0; 8]);
-        let reserve = edns.map_or(0, |e| {
-            RECORD_MIN_BYTES + e.options.iter().map(|o| 4 + o.data.len()).sum::<usize>()
-        });
-        Encoder {
-            buf,
-            limit,
-            names: Vec::new(),
-            counts: [0; 4],
-            reserve,
-            compress_off: false,
-        }
+        let reserve = edns.map_or(0, |e| RECORD_MIN_BYTES + e.options.iter().map(|o| 4 + o.data.len()).sum::<usize>());
+        Encoder { buf, limit, names: Vec::new(), counts: [0; 4], reserve, compress_off: false }
     }
 
     fn room(&self) -> usize {
@@ -575,8 +489,7 @@ impl Encoder {
     pub fn record(&mut self, section: Section, rec: &Record) -> Result<(), NoRoom> {
         let mark = self.mark();
         self.name(&rec.name, true);
-        self.buf
-            .extend_from_slice(&rec.data.rtype().0.to_be_bytes());
+        self.buf.extend_from_slice(&rec.data.rtype().0.to_be_bytes());
         self.buf.extend_from_slice(&rec.class.to_be_bytes());
         self.buf.extend_from_slice(&rec.ttl.to_be_bytes());
         let len_at = self.buf.len();
@@ -602,17 +515,13 @@ impl Encoder {
             self.buf.push(0);
             self.buf.extend_from_slice(&RType::OPT.0.to_be_bytes());
             self.buf.extend_from_slice(&e.udp_size.to_be_bytes());
-            let ttl = ((e.ext_rcode as u32) << 24)
-                | ((e.version as u32) << 16)
-                | if e.dnssec_ok { 0x8000 } else { 0 };
+            let ttl = ((e.ext_rcode as u32) << 24) | ((e.version as u32) << 16) | if e.dnssec_ok { 0x8000 } else { 0 };
             self.buf.extend_from_slice(&ttl.to_be_bytes());
             let len: usize = e.options.iter().map(|o| 4 + o.data.len()).sum();
-            self.buf
-                .extend_from_slice(&(len.min(u16::MAX as usize) as u16).to_be_bytes());
+            self.buf.extend_from_slice(&(len.min(u16::MAX as usize) as u16).to_be_bytes());
             for o in &e.options {
                 self.buf.extend_from_slice(&o.code.to_be_bytes());
-                self.buf
-                    .extend_from_slice(&(o.data.len() as u16).to_be_bytes());
+                self.buf.extend_from_slice(&(o.data.len() as u16).to_be_bytes());
                 self.buf.extend_from_slice(&o.data);
             }
             self.counts[3] += 1;
@@ -651,10 +560,7 @@ impl Encoder {
             RData::A(ip) => self.buf.extend_from_slice(&ip.octets()),
             RData::Aaaa(ip) => self.buf.extend_from_slice(&ip.octets()),
             RData::Cname(n) | RData::Ns(n) | RData::Ptr(n) => self.name(n, true),
-            RData::Mx {
-                preference,
-                exchange,
-            } => {
+            RData::Mx { preference, exchange } => {
                 self.buf.extend_from_slice(&preference.to_be_bytes());
                 self.name(exchange, true);
             }
@@ -665,12 +571,7 @@ impl Encoder {
                     self.buf.extend_from_slice(s);
                 }
             }
-            RData::Srv {
-                priority,
-                weight,
-                port,
-                target,
-            } => {
+            RData::Srv { priority, weight, port, target } => {
                 self.buf.extend_from_slice(&priority.to_be_bytes());
                 self.buf.extend_from_slice(&weight.to_be_bytes());
                 self.buf.extend_from_slice(&port.to_be_bytes());
@@ -720,10 +621,7 @@ impl Encoder {
     }
 
     fn find_suffix(&self, candidates: &[u16], suffix: &[u8]) -> Option<u16> {
-        candidates
-            .iter()
-            .copied()
-            .find(|&off| names_equal_at(&self.buf, off as usize, suffix))
+        candidates.iter().copied().find(|&off| names_equal_at(&self.buf, off as usize, suffix))
     }
 }
 
@@ -813,16 +711,8 @@ mod tests {
 
     fn query(name: &str, qtype: RType) -> Message {
         Message {
-            header: Header {
-                id: 0xbeef,
-                rd: true,
-                ..Header::default()
-            },
-            questions: vec![Question {
-                name: Name::from_ascii(name).unwrap(),
-                qtype,
-                qclass: CLASS_IN,
-            }],
+            header: Header { id: 0xbeef, rd: true, ..Header::default() },
+            questions: vec![Question { name: Name::from_ascii(name).unwrap(), qtype, qclass: CLASS_IN }],
             ..Message::default()
         }
     }
@@ -830,10 +720,7 @@ mod tests {
     #[test]
     fn a_query_matches_the_bytes_dig_sends() {
         let bytes = encode(&query("free.local", RType::A));
-        assert_eq!(
-            bytes,
-            b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04free\x05local\x00\x00\x01\x00\x01"
-        );
+        assert_eq!(bytes, b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04free\x05local\x00\x00\x01\x00\x01");
         assert_eq!(decode(&bytes).unwrap(), query("free.local", RType::A));
     }
 
@@ -865,13 +752,7 @@ mod tests {
         // Replace the name with a pointer to itself.
         bytes.truncate(12);
         bytes.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-        assert_eq!(
-            decode(&bytes),
-            Err(DecodeError {
-                offset: 12,
-                kind: DecodeErrorKind::ForwardPointer
-            })
-        );
+        assert_eq!(decode(&bytes), Err(DecodeError { offset: 12, kind: DecodeErrorKind::ForwardPointer }));
     }
 
     #[test]

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 /// The binary under test: `RUMOR_BIN` if set (so the same suite can run
 /// against another adapter's build), else this crate's `rumor`.
 pub fn binary() -> PathBuf {
-    std::env::var_os("RUMOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rumor")))
+    std::env::var_os("RUMOR_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rumor")))
 }
 
 /// A port free on 127.0.0.1 for both TCP and UDP right now.
@@ -36,10 +34,7 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!(
             "rumor-test-{tag}-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
@@ -70,24 +65,12 @@ impl TestNode {
     }
 
     /// Starts a node on given addresses.
-    pub fn start_at(
-        dns: SocketAddr,
-        api: SocketAddr,
-        data: &std::path::Path,
-        extra: &[&str],
-    ) -> TestNode {
+    pub fn start_at(dns: SocketAddr, api: SocketAddr, data: &std::path::Path, extra: &[&str]) -> TestNode {
         let gossip = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(data.join(format!("node-{}.log", dns.port()))).unwrap();
         let child = Command::new(binary())
             .arg("node")
-            .args([
-                "--dns",
-                &dns.to_string(),
-                "--api",
-                &api.to_string(),
-                "--gossip",
-                &gossip,
-            ])
+            .args(["--dns", &dns.to_string(), "--api", &api.to_string(), "--gossip", &gossip])
             .arg("--data")
             .arg(data)
             .args(extra)
@@ -111,21 +94,14 @@ impl TestNode {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = ureq::get(&self.url("/health"))
-                .timeout(Duration::from_secs(1))
-                .call()
-            {
+            if let Ok(r) = ureq::get(&self.url("/health")).timeout(Duration::from_secs(1)).call() {
                 if r.status() == 200 {
                     return;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "node on {} did not become ready; log in {}",
-            self.api,
-            self.data.display()
-        );
+        panic!("node on {} did not become ready; log in {}", self.api, self.data.display());
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -148,11 +124,7 @@ impl TestNode {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        response(
-            ureq::get(&self.url(path))
-                .timeout(Duration::from_secs(10))
-                .call(),
-        )
+        response(ureq::get(&self.url(path)).timeout(Duration::from_secs(10)).call())
     }
 
     /// Kills the process with SIGKILL and waits for it.
@@ -163,10 +135,7 @@ impl TestNode {
 
     /// Asks for a clean stop (SIGTERM) and waits up to 10 s.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -186,38 +155,12 @@ impl TestNode {
 
     /// `dig @node -p port ARGS` with bounded time; returns stdout.
     pub fn dig(&self, args: &[&str]) -> String {
-        run_tool(
-            "dig",
-            &[
-                &[
-                    "@127.0.0.1",
-                    "-p",
-                    &self.dns.port().to_string(),
-                    "+time=2",
-                    "+tries=1",
-                ],
-                args,
-            ]
-            .concat(),
-        )
+        run_tool("dig", &[&["@127.0.0.1", "-p", &self.dns.port().to_string(), "+time=2", "+tries=1"], args].concat())
     }
 
     /// `kdig` likewise.
     pub fn kdig(&self, args: &[&str]) -> String {
-        run_tool(
-            "kdig",
-            &[
-                &[
-                    "@127.0.0.1",
-                    "-p",
-                    &self.dns.port().to_string(),
-                    "+time=2",
-                    "+retry=0",
-                ],
-                args,
-            ]
-            .concat(),
-        )
+        run_tool("kdig", &[&["@127.0.0.1", "-p", &self.dns.port().to_string(), "+time=2", "+retry=0"], args].concat())
     }
 }
 
@@ -246,24 +189,14 @@ pub fn run_tool(tool: &str, args: &[&str]) -> String {
         .arg(tool)
         .args(args)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {tool} ({e}); install bind9-dnsutils and knot-dnsutils")
-        });
-    assert!(
-        out.status.code() != Some(127),
-        "{tool} is not installed; install bind9-dnsutils and knot-dnsutils"
-    );
+        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}); install bind9-dnsutils and knot-dnsutils"));
+    assert!(out.status.code() != Some(127), "{tool} is not installed; install bind9-dnsutils and knot-dnsutils");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `status:` of a dig answer.
 pub fn status(dig_output: &str) -> String {
-    dig_output
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("NO ANSWER")
-        .to_string()
+    dig_output.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("NO ANSWER").to_string()
 }
 
 /// Answer-section lines of a full dig output (`name ttl class type data`).

@@ -212,3 +212,25 @@ fn with_zones_outside_names_are_refused_or_forwarded() {
     let q = query_bytes("example.com", RType::A, None);
     assert_eq!(fwd.handle_query(&q, Transport::Udp, &store, NOW), Verdict::Forward);
 }
+
+#[test]
+fn common_queries_take_the_fast_path_and_match_the_general_one() {
+    let mut store = store_with_free_local();
+    let ips: Vec<RData> = (1..=3).map(|i| RData::A(Ipv4Addr::new(10, 0, 0, i))).collect();
+    store.put(set("rr.local", 60, ips));
+    for (qname, qtype, edns) in [
+        ("free.local", RType::A, None),
+        ("FREE.local", RType::A, Some(1232)),
+        ("rr.local", RType::A, Some(4096)),
+        ("nope.local", RType::A, None),
+        ("free.local", RType::AAAA, Some(512)),
+        ("local", RType::A, None),
+    ] {
+        let q = query_bytes(qname, qtype, edns);
+        let mut fast = Authority::new(AuthorityConfig::default());
+        let mut general = Authority::new(AuthorityConfig::default());
+        let got = fast.handle_query_fast(&q, Transport::Udp, &store, NOW).expect("the fast path takes it");
+        let Verdict::Reply(want) = general.handle_query_general(&q, Transport::Udp, &store, NOW) else { panic!() };
+        assert_eq!(decode(&got).unwrap(), decode(&want).unwrap(), "{qname} {qtype}");
+    }
+}

@@ -104,6 +104,8 @@ pub struct AuthorityStats {
 #[derive(Debug)]
 pub struct Authority {
     config: AuthorityConfig,
+    /// Lower-case wire form of each zone apex, for the fast path.
+    zone_keys: Vec<Vec<u8>>,
     rotation: usize,
     stats: AuthorityStats,
 }
@@ -111,7 +113,8 @@ pub struct Authority {
 impl Authority {
     /// A new authority.
     pub fn new(config: AuthorityConfig) -> Self {
-        Authority { config, rotation: 0, stats: AuthorityStats::default() }
+        let zone_keys = config.zones.iter().map(|z| z.apex.to_lowercase().as_wire().to_vec()).collect();
+        Authority { config, zone_keys, rotation: 0, stats: AuthorityStats::default() }
     }
 
     /// Counters so far.
@@ -126,6 +129,60 @@ impl Authority {
 
     /// Answers one query received over `transport` at wall time `now_ms`.
     pub fn handle_query(
+        &mut self,
+        query: &[u8],
+        transport: Transport,
+        store: &RecordStore,
+        now_ms: UnixMillis,
+    ) -> Verdict {
+        let mut out = Vec::new();
+        if self.try_fast(query, transport, store, now_ms, &mut out) {
+            return Verdict::Reply(out);
+        }
+        self.handle_query_general(query, transport, store, now_ms)
+    }
+
+    /// Like [`Authority::handle_query`], but writes a reply into `out`
+    /// (cleared first) so a server can reuse its buffers; returns
+    /// `Verdict::Reply` with an empty vector when `out` holds the reply.
+    pub fn handle_query_into(
+        &mut self,
+        query: &[u8],
+        transport: Transport,
+        store: &RecordStore,
+        now_ms: UnixMillis,
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        if self.try_fast(query, transport, store, now_ms, out) {
+            return Verdict::Reply(Vec::new());
+        }
+        match self.handle_query_general(query, transport, store, now_ms) {
+            Verdict::Reply(bytes) => {
+                out.clear();
+                out.extend_from_slice(&bytes);
+                Verdict::Reply(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    /// The fast path alone: the response if the query is of the common
+    /// kind it handles, `None` (nothing counted) otherwise. The tests check
+    /// it against [`Authority::handle_query_general`].
+    pub fn handle_query_fast(
+        &mut self,
+        query: &[u8],
+        transport: Transport,
+        store: &RecordStore,
+        now_ms: UnixMillis,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.try_fast(query, transport, store, now_ms, &mut out).then_some(out)
+    }
+
+    /// The general path alone, without the fast path; the fast path's
+    /// tests compare the two.
+    pub fn handle_query_general(
         &mut self,
         query: &[u8],
         transport: Transport,
@@ -401,6 +458,242 @@ impl Authority {
                 }
             }
         }
+    }
+}
+
+/// Room for a lower-cased query name.
+type NameBuf = [u8; super::name::NAME_MAX_BYTES];
+
+impl Authority {
+    /// The query path for the common case, without building a [`Message`]:
+    /// one question of class IN, at most an EDNS0 OPT, an answer that is a
+    /// plain RRset or a negative answer, fitting the size limit. The
+    /// response is written into `out` by copying the question's bytes and
+    /// pointing at them, and is the same message the general path builds.
+    /// Returns false, having counted nothing, for anything else.
+    fn try_fast(
+        &mut self,
+        q: &[u8],
+        transport: Transport,
+        store: &RecordStore,
+        now_ms: UnixMillis,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if q.len() < 17 {
+            return false;
+        }
+        let flags = u16::from_be_bytes([q[2], q[3]]);
+        // QR=0, OPCODE=QUERY; qdcount 1, no answers or authorities.
+        let counts = u64::from_be_bytes([q[4], q[5], q[6], q[7], q[8], q[9], 0, 0]);
+        if flags & 0xf800 != 0 || counts != 0x0001_0000_0000_0000 {
+            return false;
+        }
+        let arcount = u16::from_be_bytes([q[10], q[11]]);
+        if arcount > 1 {
+            return false;
+        }
+        // The name: plain labels only, lower-cased into `key`.
+        let mut key: NameBuf = [0; super::name::NAME_MAX_BYTES];
+        let mut pos = 12;
+        let mut first_label_end = 0;
+        loop {
+            let Some(&len) = q.get(pos) else { return false };
+            let len = len as usize;
+            let k = pos - 12;
+            if len > 63 || k + 1 + len >= key.len() || pos + 1 + len > q.len() {
+                return false;
+            }
+            key[k] = len as u8;
+            if len == 0 {
+                break;
+            }
+            for i in 0..len {
+                key[k + 1 + i] = q[pos + 1 + i].to_ascii_lowercase();
+            }
+            pos += 1 + len;
+            if first_label_end == 0 {
+                first_label_end = pos;
+            }
+        }
+        let name_len = pos + 1 - 12;
+        let key = &key[..name_len];
+        let qend = pos + 5;
+        if qend > q.len() {
+            return false;
+        }
+        let qtype = RType(u16::from_be_bytes([q[pos + 1], q[pos + 2]]));
+        let qclass = u16::from_be_bytes([q[pos + 3], q[pos + 4]]);
+        if qclass != CLASS_IN || matches!(qtype, RType::ANY | RType::AXFR | RType::OPT | RType(251)) {
+            return false;
+        }
+        // EDNS: exactly one well-formed OPT of version 0 ends the message.
+        let mut edns: Option<(u16, bool)> = None;
+        if arcount == 1 {
+            let o = qend;
+            if q.len() < o + 11 || q[o] != 0 || q[o + 1] != 0 || q[o + 2] != 41 || q[o + 6] != 0 {
+                return false;
+            }
+            let udp_size = u16::from_be_bytes([q[o + 3], q[o + 4]]);
+            let dnssec_ok = q[o + 7] & 0x80 != 0;
+            let rdlen = u16::from_be_bytes([q[o + 9], q[o + 10]]) as usize;
+            let mut p = o + 11;
+            if p + rdlen != q.len() {
+                return false;
+            }
+            while p < q.len() {
+                if p + 4 > q.len() {
+                    return false;
+                }
+                p += 4 + u16::from_be_bytes([q[p + 2], q[p + 3]]) as usize;
+            }
+            if p != q.len() {
+                return false;
+            }
+            edns = Some((udp_size, dnssec_ok));
+        } else if qend != q.len() {
+            return false;
+        }
+        // Zones: the longest configured apex the name lies in; the apex
+        // itself (synthesised SOA/NS) takes the general path.
+        let mut apex_offset = match first_label_end {
+            0 => None,
+            end => Some(end - 12),
+        };
+        if !self.zone_keys.is_empty() {
+            let Some(off) = self.zone_offset(key) else { return false };
+            if off == 0 {
+                return false;
+            }
+            apex_offset = Some(off);
+        }
+        let limit = match transport {
+            Transport::Tcp => MESSAGE_MAX_BYTES,
+            Transport::Udp => match edns {
+                Some((size, _)) => (size as usize).max(CLASSIC_UDP_BYTES).min(self.config.udp_max_bytes as usize),
+                None => CLASSIC_UDP_BYTES,
+            },
+        };
+        let hit = store.get_by_key(key, qtype, now_ms);
+        if let Some(set) = hit {
+            // Types whose answers carry glue take the general path.
+            if matches!(set.rtype, RType::MX | RType::SRV | RType::NS) {
+                return false;
+            }
+        } else if qtype != RType::CNAME && store.get_by_key(key, RType::CNAME, now_ms).is_some() {
+            return false;
+        }
+        // Header and question, copied.
+        out.clear();
+        out.extend_from_slice(&q[..2]);
+        let rd_cd = flags & 0x0110;
+        out.extend_from_slice(&(0x8400 | rd_cd).to_be_bytes());
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&q[12..qend]);
+        let rcode;
+        match hit {
+            Some(set) => {
+                rcode = Rcode::NOERROR;
+                let ttl = set.remaining_ttl(now_ms);
+                let n = set.data.len();
+                let start = if n > 1 {
+                    self.rotation = self.rotation.wrapping_add(1);
+                    self.rotation % n
+                } else {
+                    0
+                };
+                for i in 0..n {
+                    out.extend_from_slice(&[0xc0, 12]);
+                    out.extend_from_slice(&set.rtype.0.to_be_bytes());
+                    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+                    out.extend_from_slice(&ttl.to_be_bytes());
+                    match &set.data[(start + i) % n] {
+                        RData::A(ip) => {
+                            out.extend_from_slice(&[0, 4]);
+                            out.extend_from_slice(&ip.octets());
+                        }
+                        RData::Aaaa(ip) => {
+                            out.extend_from_slice(&[0, 16]);
+                            out.extend_from_slice(&ip.octets());
+                        }
+                        other => {
+                            let rdata = wire::encode_rdata(other);
+                            out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                            out.extend_from_slice(&rdata);
+                        }
+                    }
+                }
+                out[6..8].copy_from_slice(&(n as u16).to_be_bytes());
+            }
+            None => {
+                rcode = if store.exists_by_key(key, now_ms) { Rcode::NOERROR } else { Rcode::NXDOMAIN };
+                // The SOA of the apex: the parent of the name by default.
+                let owner_at = apex_offset.map(|off| 12 + off);
+                let apex_ref: [u8; 2];
+                let apex: &[u8] = match owner_at {
+                    Some(at) if key[at - 12] != 0 => {
+                        apex_ref = (0xc000 | at as u16).to_be_bytes();
+                        &apex_ref
+                    }
+                    _ => &[0],
+                };
+                out.extend_from_slice(apex);
+                out.extend_from_slice(&RType::SOA.0.to_be_bytes());
+                out.extend_from_slice(&CLASS_IN.to_be_bytes());
+                out.extend_from_slice(&self.config.negative_ttl.to_be_bytes());
+                let len_at = out.len();
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&[2, b'n', b's']);
+                out.extend_from_slice(apex);
+                out.extend_from_slice(b"\x0ahostmaster");
+                out.extend_from_slice(apex);
+                let [refresh, retry, expire] = self.config.soa_timers;
+                for v in [store.generation(), refresh, retry, expire, self.config.negative_ttl] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                let rdlen = (out.len() - len_at - 2) as u16;
+                out[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+                out[8..10].copy_from_slice(&[0, 1]);
+                out[3] |= rcode.0 as u8;
+            }
+        }
+        if let Some((_, dnssec_ok)) = edns {
+            out.push(0);
+            out.extend_from_slice(&RType::OPT.0.to_be_bytes());
+            out.extend_from_slice(&self.config.udp_max_bytes.to_be_bytes());
+            out.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+            out[10..12].copy_from_slice(&[0, 1]);
+        }
+        if out.len() > limit {
+            // Truncation is the general path's business.
+            self.rotation = self.rotation.wrapping_sub(usize::from(hit.is_some_and(|s| s.data.len() > 1)));
+            out.clear();
+            return false;
+        }
+        *self.stats.by_qtype.entry(qtype).or_default() += 1;
+        *self.stats.by_rcode.entry(rcode).or_default() += 1;
+        true
+    }
+
+    /// Offset within `key` where the longest matching zone apex starts.
+    fn zone_offset(&self, key: &[u8]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for apex in &self.zone_keys {
+            if apex.len() > key.len() {
+                continue;
+            }
+            let off = key.len() - apex.len();
+            if key[off..] != apex[..] {
+                continue;
+            }
+            let mut p = 0;
+            while p < off {
+                p += 1 + key[p] as usize;
+            }
+            if p == off && best.is_none_or(|b| off < b) {
+                best = Some(off);
+            }
+        }
+        best
     }
 }
 

@@ -231,14 +231,27 @@ impl Name {
     /// a 0 separator. Names below `n` are exactly the keys that start with
     /// `n`'s key.
     pub fn canonical_key(&self) -> Vec<u8> {
-        let mut labels: Vec<&[u8]> = self.labels().collect();
-        labels.reverse();
-        let mut key = Vec::with_capacity(self.wire.len());
-        for label in labels {
-            key.extend(label.iter().map(|b| b.to_ascii_lowercase()));
-            key.push(0);
-        }
-        key
+        canonical_key_of_wire(&self.wire)
+    }
+}
+
+/// [`Name::canonical_key`] of a name given in valid uncompressed wire form.
+pub fn canonical_key_of_wire(wire: &[u8]) -> Vec<u8> {
+    let labels: Vec<&[u8]> = Labels { wire, pos: 0 }.collect();
+    let mut key = Vec::with_capacity(wire.len());
+    for label in labels.iter().rev() {
+        key.extend(label.iter().map(|b| b.to_ascii_lowercase()));
+        key.push(0);
+    }
+    key
+}
+
+/// Lets maps keyed by lower-case [`Name`]s be searched with the wire bytes
+/// of a name (no allocation on the query path). Consistent with `Eq` and
+/// `Hash`, which both look at the wire bytes only.
+impl core::borrow::Borrow<[u8]> for Name {
+    fn borrow(&self) -> &[u8] {
+        &self.wire
     }
 }
 

@@ -121,7 +121,9 @@ pub enum PutOutcome {
 /// RRsets by name and type, with an expiry index.
 #[derive(Default, Debug)]
 pub struct RecordStore {
-    names: HashMap<Name, Vec<RRset>>,
+    /// foldhash: several times cheaper than SipHash on short keys, and
+    /// seeded per process, so stored names cannot be chosen to collide.
+    names: HashMap<Name, Vec<RRset>, foldhash::fast::RandomState>,
     /// Canonical keys of every owner name, to tell an empty non-terminal
     /// (a name with nothing but descendants) from a missing name.
     tree: BTreeSet<Vec<u8>>,
@@ -218,7 +220,22 @@ impl RecordStore {
     }
 
     fn get_lower(&self, key: &Name, rtype: RType, now_ms: UnixMillis) -> Option<&RRset> {
+        self.get_by_key(key.as_wire(), rtype, now_ms)
+    }
+
+    /// The live RRset of `rtype` at the name whose *lower-case* wire form
+    /// is `key`; the allocation-free lookup of the query path.
+    pub fn get_by_key(&self, key: &[u8], rtype: RType, now_ms: UnixMillis) -> Option<&RRset> {
         self.names.get(key)?.iter().find(|s| s.rtype == rtype && !s.is_expired(now_ms))
+    }
+
+    /// True if the name whose lower-case wire form is `key` owns a live
+    /// RRset or is an empty non-terminal above one.
+    pub fn exists_by_key(&self, key: &[u8], now_ms: UnixMillis) -> bool {
+        if self.names.get(key).is_some_and(|sets| sets.iter().any(|s| !s.is_expired(now_ms))) {
+            return true;
+        }
+        self.has_live_descendant(&super::name::canonical_key_of_wire(key), now_ms)
     }
 
     /// Every live RRset at `name`.
@@ -233,9 +250,12 @@ impl RecordStore {
         if self.rrsets_at(name, now_ms).next().is_some() {
             return true;
         }
-        let prefix = name.canonical_key();
-        for key in self.tree.range(prefix.clone()..) {
-            if !key.starts_with(&prefix) {
+        self.has_live_descendant(&name.canonical_key(), now_ms)
+    }
+
+    fn has_live_descendant(&self, prefix: &[u8], now_ms: UnixMillis) -> bool {
+        for key in self.tree.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
                 break;
             }
             if key.len() == prefix.len() {

@@ -263,3 +263,73 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum StoreOp {
+    Put(usize, bool, u64),
+    RemoveRRset(usize, bool),
+    RemoveName(usize),
+    Expire(u64),
+}
+
+const UNIVERSE: [&str; 7] = ["x", "a.x", "b.a.x", "c.b.a.x", "y", "z.y", "Q.z.Y"];
+
+proptest! {
+    /// The store against a plain reference: a map from (lower-case name,
+    /// type) to expiry, where existence is "a live set at the name or
+    /// below it".
+    #[test]
+    fn the_store_agrees_with_a_plain_reference_model(
+        ops in prop::collection::vec(prop_oneof![
+            (0usize..7, any::<bool>(), 1u64..100).prop_map(|(n, a, e)| StoreOp::Put(n, a, e)),
+            (0usize..7, any::<bool>()).prop_map(|(n, a)| StoreOp::RemoveRRset(n, a)),
+            (0usize..7).prop_map(StoreOp::RemoveName),
+            (0u64..100).prop_map(StoreOp::Expire),
+        ], 1..40),
+        probe_at in 0u64..100,
+    ) {
+        let names: Vec<Name> = UNIVERSE.iter().map(|n| Name::from_ascii(n).unwrap()).collect();
+        let mut store = RecordStore::new();
+        let mut model: std::collections::BTreeMap<(Vec<u8>, u16), u64> = Default::default();
+        let key = |n: &Name| n.to_lowercase().as_wire().to_vec();
+        for op in ops {
+            match op {
+                StoreOp::Put(i, is_a, exp) => {
+                    let (rtype, data) = if is_a {
+                        (RType::A, RData::A(Ipv4Addr::LOCALHOST))
+                    } else {
+                        (RType::TXT, RData::Txt(vec![b"t".to_vec()]))
+                    };
+                    store.put(RRset { owner: names[i].clone(), rtype, ttl: 100, expires_at_ms: exp, data: vec![data] });
+                    model.insert((key(&names[i]), rtype.0), exp);
+                }
+                StoreOp::RemoveRRset(i, is_a) => {
+                    let rtype = if is_a { RType::A } else { RType::TXT };
+                    let had = model.remove(&(key(&names[i]), rtype.0)).is_some();
+                    prop_assert_eq!(store.remove_rrset(&names[i], rtype), had);
+                }
+                StoreOp::RemoveName(i) => {
+                    let k = key(&names[i]);
+                    let before = model.len();
+                    model.retain(|(n, _), _| *n != k);
+                    prop_assert_eq!(store.remove_name(&names[i]), before - model.len());
+                }
+                StoreOp::Expire(now) => {
+                    store.expire(now);
+                    model.retain(|_, exp| *exp > now);
+                }
+            }
+            for n in &names {
+                for rtype in [RType::A, RType::TXT] {
+                    let live = model.get(&(key(n), rtype.0)).is_some_and(|e| *e > probe_at);
+                    prop_assert_eq!(store.get(n, rtype, probe_at).is_some(), live);
+                }
+                let exists = model.iter().any(|((owner, _), exp)| {
+                    *exp > probe_at && Name::from_wire(owner).unwrap().is_within(n)
+                });
+                prop_assert_eq!(store.name_exists(n, probe_at), exists, "{}", n);
+                prop_assert_eq!(store.exists_by_key(&key(n), probe_at), exists);
+            }
+        }
+    }
+}

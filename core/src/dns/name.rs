@@ -11,11 +11,15 @@ pub const NAME_MAX_BYTES: usize = 255;
 /// Longest label (RFC 1035 section 2.3.4).
 pub const LABEL_MAX_BYTES: usize = 63;
 
+/// Name bytes: most names fit inline, so a map keyed by names keeps its
+/// keys in its own buckets and a lookup does not chase a pointer.
+pub(crate) type NameBytes = smallvec::SmallVec<[u8; 32]>;
+
 /// A domain name in wire form.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name {
     /// Labels as `len, bytes...`, ending with the zero-length root label.
-    wire: Vec<u8>,
+    wire: NameBytes,
 }
 
 /// Why text could not be made into a [`Name`].
@@ -50,12 +54,12 @@ impl std::error::Error for NameError {}
 impl Name {
     /// The root name `.`.
     pub fn root() -> Name {
-        Name { wire: vec![0] }
+        Name { wire: smallvec::smallvec![0] }
     }
 
     /// Builds a name from labels already split; used by the wire decoder,
     /// which has checked the limits.
-    pub(crate) fn from_wire_unchecked(wire: Vec<u8>) -> Name {
+    pub(crate) fn from_wire_unchecked(wire: NameBytes) -> Name {
         debug_assert!(wire.last() == Some(&0));
         Name { wire }
     }
@@ -75,7 +79,7 @@ impl Name {
                 if pos + 1 != wire.len() {
                     return Err(NameError::BadCharacter(0));
                 }
-                return Ok(Name { wire: wire.to_vec() });
+                return Ok(Name { wire: NameBytes::from_slice(wire) });
             }
             if len as usize > LABEL_MAX_BYTES {
                 return Err(NameError::LabelTooLong);
@@ -92,7 +96,7 @@ impl Name {
         if bytes.is_empty() || bytes == b"." {
             return Ok(Name::root());
         }
-        let mut wire = Vec::with_capacity(bytes.len() + 2);
+        let mut wire = NameBytes::with_capacity(bytes.len() + 2);
         let mut label_start = 0usize;
         wire.push(0);
         let mut i = 0usize;
@@ -188,7 +192,7 @@ impl Name {
             return None;
         }
         let skip = 1 + self.wire[0] as usize;
-        Some(Name { wire: self.wire[skip..].to_vec() })
+        Some(Name { wire: NameBytes::from_slice(&self.wire[skip..]) })
     }
 
     /// True if `self` equals `zone` or lies below it (case-insensitive).
@@ -219,7 +223,7 @@ impl Name {
         if self.wire.len() + 1 + label.len() > NAME_MAX_BYTES {
             return Err(NameError::NameTooLong);
         }
-        let mut wire = Vec::with_capacity(self.wire.len() + 1 + label.len());
+        let mut wire = NameBytes::with_capacity(self.wire.len() + 1 + label.len());
         wire.push(label.len() as u8);
         wire.extend_from_slice(label);
         wire.extend_from_slice(&self.wire);

@@ -118,15 +118,21 @@ pub enum PutOutcome {
     Replaced,
 }
 
+/// The RRsets of one name; the first is kept inline in the map's bucket.
+type RRsets = smallvec::SmallVec<[RRset; 1]>;
+
 /// RRsets by name and type, with an expiry index.
 #[derive(Default, Debug)]
 pub struct RecordStore {
     /// foldhash: several times cheaper than SipHash on short keys, and
     /// seeded per process, so stored names cannot be chosen to collide.
-    names: HashMap<Name, Vec<RRset>, foldhash::fast::RandomState>,
+    names: HashMap<Name, RRsets, foldhash::fast::RandomState>,
     /// Canonical keys of every owner name, to tell an empty non-terminal
     /// (a name with nothing but descendants) from a missing name.
     tree: BTreeSet<Vec<u8>>,
+    /// How many owner names lie strictly below each name: a name absent
+    /// here has no descendants, so a miss is NXDOMAIN without a tree scan.
+    below: HashMap<Name, u32, foldhash::fast::RandomState>,
     expiry: BTreeSet<(UnixMillis, Name, RType)>,
     rrsets: usize,
     generation: u32,
@@ -163,6 +169,7 @@ impl RecordStore {
         let sets = self.names.entry(key.clone()).or_default();
         if sets.is_empty() {
             self.tree.insert(key.canonical_key());
+            count_ancestors(&mut self.below, &key, true);
         }
         if let Some(old) = sets.iter_mut().find(|s| s.rtype == rrset.rtype) {
             let old_expiry = old.expires_at_ms;
@@ -195,6 +202,7 @@ impl RecordStore {
         if sets.is_empty() {
             self.names.remove(&key);
             self.tree.remove(&key.canonical_key());
+            count_ancestors(&mut self.below, &key, false);
         }
         true
     }
@@ -206,6 +214,7 @@ impl RecordStore {
             return 0;
         };
         self.tree.remove(&key.canonical_key());
+        count_ancestors(&mut self.below, &key, false);
         for s in &sets {
             self.expiry.remove(&(s.expires_at_ms, key.clone(), s.rtype));
         }
@@ -235,6 +244,9 @@ impl RecordStore {
         if self.names.get(key).is_some_and(|sets| sets.iter().any(|s| !s.is_expired(now_ms))) {
             return true;
         }
+        if !self.below.contains_key(key) {
+            return false;
+        }
         self.has_live_descendant(&super::name::canonical_key_of_wire(key), now_ms)
     }
 
@@ -249,6 +261,9 @@ impl RecordStore {
     pub fn name_exists(&self, name: &Name, now_ms: UnixMillis) -> bool {
         if self.rrsets_at(name, now_ms).next().is_some() {
             return true;
+        }
+        if !self.below.contains_key(lower(name).as_ref().unwrap_or(name)) {
+            return false;
         }
         self.has_live_descendant(&name.canonical_key(), now_ms)
     }
@@ -304,6 +319,22 @@ impl RecordStore {
     }
 }
 
+/// Adds or removes one from the descendant count of every ancestor of `key`.
+fn count_ancestors(below: &mut HashMap<Name, u32, foldhash::fast::RandomState>, key: &Name, add: bool) {
+    let mut cur = key.parent();
+    while let Some(anc) = cur {
+        cur = anc.parent();
+        if add {
+            *below.entry(anc).or_default() += 1;
+        } else if let Some(n) = below.get_mut(&anc) {
+            *n -= 1;
+            if *n == 0 {
+                below.remove(&anc);
+            }
+        }
+    }
+}
+
 /// `Some(lowercased)` when the name has upper-case letters, so the common
 /// all-lower-case lookup does not allocate.
 fn lower(name: &Name) -> Option<Name> {
@@ -313,7 +344,7 @@ fn lower(name: &Name) -> Option<Name> {
 fn name_from_canonical_key(key: &[u8]) -> Name {
     let mut labels: Vec<&[u8]> = key.split(|b| *b == 0).filter(|l| !l.is_empty()).collect();
     labels.reverse();
-    let mut wire = Vec::with_capacity(key.len() + 1);
+    let mut wire = super::name::NameBytes::with_capacity(key.len() + 1);
     for l in labels {
         wire.push(l.len() as u8);
         wire.extend_from_slice(l);

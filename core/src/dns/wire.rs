@@ -143,7 +143,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a possibly compressed name starting at the current position.
     fn name(&mut self) -> Result<Name, DecodeError> {
-        let mut wire = Vec::with_capacity(32);
+        let mut wire = super::name::NameBytes::new();
         let mut pos = self.pos;
         let mut hops = 0usize;
         // Where reading resumes once the name is done: after the first

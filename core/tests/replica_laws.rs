@@ -268,7 +268,7 @@ fn a_peer_behind_by_more_than_the_grace_period_needs_a_full_transfer() {
         tombstone_grace_ms: 100,
         ..StoreConfig::default()
     };
-    let mut b = Store::new(cfg, 2);
+    let mut b = Store::new(cfg.clone(), 2);
     b.write(
         Namespace::DNS,
         Bytes::from_static(b"x"),
@@ -278,9 +278,34 @@ fn a_peer_behind_by_more_than_the_grace_period_needs_a_full_transfer() {
     )
     .unwrap();
     let stale = Digest::default();
+    // Nothing collected yet: a delta is enough.
+    assert!(!b.needs_full(&stale, 10_000));
+    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_001)
+        .unwrap();
+    b.expire(10_000);
     assert!(b.needs_full(&stale, 10_000));
     let fresh = b.digest(0, 10);
     assert!(!b.needs_full(&fresh, 10_000));
+    // After a restart the store cannot know what it collected while down.
+    let mut c = Store::new(cfg, 3);
+    c.restore(
+        [Entry {
+            ns: Namespace::DNS,
+            key: Bytes::from_static(b"y"),
+            value: Bytes::from_static(b"1"),
+            writer: 2,
+            version: Version::new(1_000, 0),
+            expires_ms: 0,
+            deleted: false,
+        }],
+        10_000,
+    );
+    assert!(c.needs_full(&stale, 10_000));
+    let recent = Digest {
+        seen: vec![(2, Version::new(990, 0))],
+        ..Digest::default()
+    };
+    assert!(!c.needs_full(&recent, 1_050));
 }
 
 #[test]
@@ -325,7 +350,7 @@ fn a_full_transfer_drops_entries_the_sender_saw_deleted_and_collected() {
         match c.next {
             Some(n) => after = Some(n),
             None => {
-                a.finish_full(&received, &c.seen, 5_000);
+                a.finish_full(&received, &c.seen, &c.floors, 5_000);
                 break;
             }
         }

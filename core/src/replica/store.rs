@@ -125,6 +125,9 @@ pub struct FullChunk {
     pub next: Option<(Namespace, Bytes)>,
     /// With the last chunk: the sender's watermarks.
     pub seen: Vec<(NodeId, Version)>,
+    /// With the last chunk: the sender's collected-tombstone floors
+    /// ([`Store::gc_floors`]).
+    pub floors: Vec<(NodeId, Version)>,
 }
 
 type Key = (Namespace, Bytes);
@@ -152,6 +155,8 @@ pub struct Store {
     seen_hash: u64,
     expiries: BTreeSet<(UnixMillis, Namespace, Bytes)>,
     collect: BTreeSet<(UnixMillis, Namespace, Bytes)>,
+    gc_floor: BTreeMap<NodeId, Version>,
+    history_complete: bool,
     changes: VecDeque<Change>,
 }
 
@@ -176,6 +181,8 @@ impl Store {
             seen_hash: 0,
             expiries: BTreeSet::new(),
             collect: BTreeSet::new(),
+            gc_floor: BTreeMap::new(),
+            history_complete: true,
             changes: VecDeque::new(),
         }
     }
@@ -190,6 +197,7 @@ impl Store {
     /// own), so the node catches up from peers; the clock is moved past
     /// every loaded version. Emits no changes.
     pub fn restore(&mut self, entries: impl IntoIterator<Item = Entry>, now_ms: UnixMillis) {
+        self.history_complete = false;
         for e in entries {
             self.hlc.observe(e.version);
             if e.writer == self.me {
@@ -372,6 +380,10 @@ impl Store {
             if let Some(old) = self.entries.remove(&(ns, key.clone())) {
                 self.by_writer
                     .remove(&(old.writer, old.version, old.ns, old.key.clone()));
+                let f = self.gc_floor.entry(old.writer).or_default();
+                if old.version > *f {
+                    *f = old.version;
+                }
                 self.changes.push_back(Change::Removed { ns, key });
             }
         }
@@ -486,9 +498,10 @@ impl Store {
     }
 
     /// True if the peer with `digest` may have missed a delete that we have
-    /// already collected: it is behind us on some writer and its knowledge of
-    /// that writer is older than the grace period. Such a peer needs a full
-    /// state transfer, not a delta.
+    /// already collected: it is behind us on some writer, and either we
+    /// collected a tombstone of that writer newer than its watermark, or
+    /// (after a restart, when we cannot know) its watermark is older than the
+    /// grace period. Such a peer needs a full state transfer, not a delta.
     pub fn needs_full(&self, digest: &Digest, now_ms: UnixMillis) -> bool {
         let theirs: BTreeMap<NodeId, Version> = digest.seen.iter().copied().collect();
         let horizon = now_ms.saturating_sub(self.cfg.tombstone_grace_ms);
@@ -497,15 +510,26 @@ impl Store {
                 return false;
             }
             let t = theirs.get(w).copied().unwrap_or_default();
-            t < *mine && t.wall_ms() < horizon && self.collected_any_since(t, now_ms)
+            if t >= *mine {
+                return false;
+            }
+            if self.history_complete {
+                // We know exactly which tombstones were collected here or by
+                // whoever gave us a full transfer.
+                self.gc_floor.get(w).is_some_and(|floor| *floor > t)
+            } else {
+                // After a restart we cannot know what was collected while we
+                // were down: assume anything older than the grace period was.
+                t.wall_ms() < horizon
+            }
         })
     }
 
-    fn collected_any_since(&self, _t: Version, _now_ms: UnixMillis) -> bool {
-        // We do not remember which tombstones were collected (that would need
-        // persisting); assume some were. Conservative: a full transfer too
-        // many costs bandwidth, one too few resurrects a delete.
-        true
+    /// Per writer, the highest version of a tombstone collected here (or at
+    /// the sender of a full transfer we took): what a peer must have seen to
+    /// be served by delta. Sent with the last chunk of a full transfer.
+    pub fn gc_floors(&self) -> impl Iterator<Item = (NodeId, Version)> + '_ {
+        self.gc_floor.iter().map(|(w, v)| (*w, *v))
     }
 
     /// What a peer with `digest` lacks from the writers the digest covers:
@@ -529,6 +553,11 @@ impl Store {
             if max <= t {
                 continue;
             }
+            // Room for this writer's watermark claim.
+            if bytes + 24 > bytes_max {
+                break;
+            }
+            bytes += 24;
             let mine = self.seen_of(w);
             let from = (
                 w,
@@ -637,6 +666,7 @@ impl Store {
             .take(writers_max)
             .map(|(w, v)| (*w, *v))
             .collect();
+        out.floors = self.gc_floors().take(writers_max).collect();
         out
     }
 
@@ -648,8 +678,17 @@ impl Store {
         &mut self,
         received: &BTreeSet<(Namespace, Bytes)>,
         theirs: &[(NodeId, Version)],
+        floors: &[(NodeId, Version)],
         now_ms: UnixMillis,
     ) -> usize {
+        for (w, v) in floors {
+            if self.gc_floor.contains_key(w) || self.gc_floor.len() < self.cfg.writers_max {
+                let f = self.gc_floor.entry(*w).or_default();
+                if *v > *f {
+                    *f = *v;
+                }
+            }
+        }
         let theirs_map: BTreeMap<NodeId, Version> = theirs.iter().copied().collect();
         let doomed: Vec<Key> = self
             .entries

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use proptest::prelude::*;
 use rumor_core::replica::{
-    lww_cmp, merge, Change, Digest, Entry, Namespace, Store, StoreConfig, Version,
+    lww_cmp, merge, Change, Digest, Entry, Namespace, Refused, Store, StoreConfig, Version,
 };
 
 fn entry_strategy() -> impl Strategy<Value = Entry> {
@@ -350,7 +350,7 @@ fn a_full_transfer_drops_entries_the_sender_saw_deleted_and_collected() {
         match c.next {
             Some(n) => after = Some(n),
             None => {
-                a.finish_full(&received, &c.seen, &c.floors, 5_000);
+                a.finish_full(&received, &c.seen, &c.floors, c.complete, 5_000);
                 break;
             }
         }
@@ -404,4 +404,31 @@ fn restore_moves_the_clock_past_loaded_versions() {
         .unwrap();
     assert!(w2.entry.version > w.entry.version);
     assert_eq!(w2.prev, w.entry.version);
+}
+
+#[test]
+fn a_stale_peer_cannot_bring_back_an_entry_whose_delete_was_collected() {
+    let cfg = StoreConfig {
+        tombstone_grace_ms: 100,
+        ..StoreConfig::default()
+    };
+    let mut writer = Store::new(cfg.clone(), 1);
+    let mut b = Store::new(cfg, 2);
+    let w = writer
+        .write(
+            Namespace::DNS,
+            Bytes::from_static(b"x"),
+            Bytes::from_static(b"1"),
+            0,
+            1_000,
+        )
+        .unwrap();
+    b.apply_delta(writer.delta_for(&b.digest(0, 10), 1_000, 10, 10_000), 1_000);
+    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_001)
+        .unwrap();
+    b.expire(5_000);
+    assert!(b.entries().next().is_none(), "the tombstone is collected");
+    // A stale node offers the old write again, by delta or full transfer.
+    assert_eq!(b.apply(w.entry, 5_000), Err(Refused::Stale));
+    assert!(b.get(Namespace::DNS, b"x", 5_000).is_none());
 }

@@ -1291,8 +1291,13 @@ impl Gossip {
                         self.send(peer, peer_id, Body::FullRequest { after: Some(next) });
                     }
                     None => {
-                        self.store
-                            .finish_full(&t.received, &chunk.seen, &chunk.floors, wall);
+                        self.store.finish_full(
+                            &t.received,
+                            &chunk.seen,
+                            &chunk.floors,
+                            chunk.complete,
+                            wall,
+                        );
                         self.stats.full_transfers += 1;
                         self.full_done_at = Some(self.now.at);
                     }

@@ -128,6 +128,10 @@ pub struct FullChunk {
     /// With the last chunk: the sender's collected-tombstone floors
     /// ([`Store::gc_floors`]).
     pub floors: Vec<(NodeId, Version)>,
+    /// With the last chunk: whether the sender knows its whole collection
+    /// history (it has not restarted since, or took a full transfer from a
+    /// node that does).
+    pub complete: bool,
 }
 
 type Key = (Namespace, Bytes);
@@ -198,13 +202,15 @@ impl Store {
     /// every loaded version. Emits no changes.
     pub fn restore(&mut self, entries: impl IntoIterator<Item = Entry>, now_ms: UnixMillis) {
         self.history_complete = false;
+        let mut own = Version::ZERO;
         for e in entries {
             self.hlc.observe(e.version);
             if e.writer == self.me {
-                self.set_seen(self.me, e.version);
+                own = own.max(e.version);
             }
             let _ = self.apply(e, now_ms);
         }
+        self.set_seen(self.me, own);
         self.changes.clear();
     }
 
@@ -273,7 +279,9 @@ impl Store {
     }
 
     /// Merges a remote entry. An entry that arrives already expired is
-    /// stored as its tombstone. Returns whether it changed the store.
+    /// stored as its tombstone; an entry for a key we no longer hold, from a
+    /// writer we have seen past its version, is refused as stale (its delete
+    /// was collected here). Returns whether it changed the store.
     pub fn apply(&mut self, mut e: Entry, now_ms: UnixMillis) -> Result<(), Refused> {
         if e.key.len() > self.cfg.key_bytes_max || e.value.len() > self.cfg.value_bytes_max {
             return Err(Refused::TooLarge);
@@ -303,6 +311,13 @@ impl Store {
                 return Err(Refused::Stale)
             }
             Some(_) => {}
+            None if self.seen.get(&e.writer).is_some_and(|s| e.version <= *s) => {
+                // We hold everything from this writer up to our watermark, or
+                // what superseded it; the key is gone, so what superseded it
+                // was a tombstone since collected. This entry is dead: never
+                // let it back in (whoever sent it is stale).
+                return Err(Refused::Stale);
+            }
             None => {
                 if self.entries.len() >= self.cfg.entries_max {
                     return Err(Refused::Full);
@@ -456,6 +471,13 @@ impl Store {
         if v > *m {
             *m = v;
         }
+    }
+
+    /// False after [`restore`](Self::restore) until a full transfer from a
+    /// node that knows its collection history: until then we cannot tell
+    /// which tombstones were collected while we were down.
+    pub fn history_complete(&self) -> bool {
+        self.history_complete
     }
 
     /// A hash of the whole watermark map: two stores with equal hashes (and
@@ -667,11 +689,13 @@ impl Store {
             .map(|(w, v)| (*w, *v))
             .collect();
         out.floors = self.gc_floors().take(writers_max).collect();
+        out.complete = self.history_complete;
         out
     }
 
     /// Ends a full state transfer: `received` are the keys the transfer
-    /// carried and `theirs` the sender's watermarks. Every entry we hold that
+    /// carried, `theirs` the sender's watermarks, `floors` and `complete` its
+    /// collection history (adopted). Every entry we hold that
     /// the sender has seen (version within its watermark) but no longer holds
     /// was deleted and collected there: drop it. Then adopt the watermarks.
     pub fn finish_full(
@@ -679,8 +703,12 @@ impl Store {
         received: &BTreeSet<(Namespace, Bytes)>,
         theirs: &[(NodeId, Version)],
         floors: &[(NodeId, Version)],
+        complete: bool,
         now_ms: UnixMillis,
     ) -> usize {
+        if complete {
+            self.history_complete = true;
+        }
         for (w, v) in floors {
             if self.gc_floor.contains_key(w) || self.gc_floor.len() < self.cfg.writers_max {
                 let f = self.gc_floor.entry(*w).or_default();

@@ -130,6 +130,7 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
 
     let fault_end = Instant::ZERO + FAULT_PHASE;
     let mut next_action = Instant::from_micros(2_000_000);
+    let mut partition_until: Option<Instant> = None;
     while w.now < fault_end {
         let until = next_action.min(fault_end);
         while w.step(until) {
@@ -142,6 +143,12 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
         }
         if w.now >= fault_end {
             break;
+        }
+        if partition_until.is_some_and(|t| w.now >= t) {
+            for g in w.group.iter_mut() {
+                *g = 0;
+            }
+            partition_until = None;
         }
         // One random action.
         let i = r.index(n);
@@ -174,15 +181,25 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
                 );
             }
             65..=74 => {
-                // Partition: a random split of the nodes into two groups.
-                for g in w.group.iter_mut() {
-                    *g = r.below(2) as u32;
+                // Partition: a random split of the nodes into two groups,
+                // healed within half a grace period. (Both sides of a
+                // partition longer than the grace period collect deletes the
+                // other never saw; no tombstone scheme survives that, so the
+                // grace period must outlast partitions. Crashed nodes, the
+                // "fallen behind" case, may stay down for any time.)
+                if partition_until.is_none() {
+                    for g in w.group.iter_mut() {
+                        *g = r.below(2) as u32;
+                    }
+                    partition_until =
+                        Some(w.now + Duration::from_millis(1_000 + r.below(grace_ms / 2)));
                 }
             }
             75..=84 => {
                 for g in w.group.iter_mut() {
                     *g = 0;
                 }
+                partition_until = None;
             }
             85..=92 => {
                 let down = (0..n).filter(|j| !w.is_up(*j)).count();

@@ -298,7 +298,7 @@ pub struct Gossip {
     store: Store,
     members: BTreeMap<NodeId, Member>,
     live_ids: Vec<NodeId>,
-    live_dirty: bool,
+    live_pos: BTreeMap<NodeId, usize>,
     updates: BTreeMap<NodeId, (MemberUpdate, u32)>,
     update_order: BTreeSet<(u32, NodeId)>,
     hot: VecDeque<(Pushed, u32)>,
@@ -318,6 +318,7 @@ pub struct Gossip {
     left: bool,
     stats: Stats,
     now: Now,
+    restored_at: Option<Instant>,
 }
 
 /// Bootstrap addresses kept at most.
@@ -352,7 +353,7 @@ impl Gossip {
             store,
             members: BTreeMap::new(),
             live_ids: Vec::new(),
-            live_dirty: false,
+            live_pos: BTreeMap::new(),
             updates: BTreeMap::new(),
             update_order: BTreeSet::new(),
             hot: VecDeque::new(),
@@ -369,6 +370,7 @@ impl Gossip {
             left: false,
             stats: Stats::default(),
             now,
+            restored_at: None,
         }
     }
 
@@ -383,6 +385,7 @@ impl Gossip {
     ) {
         self.store.restore(entries, self.now.wall_ms);
         self.incarnation = incarnation.saturating_add(1);
+        self.restored_at = Some(self.now.at);
     }
 
     /// The replicated store: serve live entries from it.
@@ -616,6 +619,18 @@ impl Gossip {
 
     fn round(&mut self) {
         self.store.expire(self.now.wall_ms);
+        // A restarted node that found no peer knowing its history within a
+        // grace period (the whole cluster restarted): nothing can have been
+        // collected that it missed; take its history as complete.
+        if let Some(t) = self.restored_at {
+            let grace = Duration::from_millis(self.cfg.store.tombstone_grace_ms);
+            if self.store.history_complete() {
+                self.restored_at = None;
+            } else if self.now.at.saturating_duration_since(t) >= grace {
+                self.store.mark_history_complete();
+                self.restored_at = None;
+            }
+        }
         let hot: Vec<Pushed> = {
             let mut bytes = 0usize;
             let budget = self.entry_budget();
@@ -656,22 +671,6 @@ impl Gossip {
                     self.hot.push_back((p, left));
                 }
             }
-        }
-        // Forget members dead for long.
-        let forget = self.cfg.dead_forget_after;
-        let now = self.now.at;
-        let old: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| {
-                matches!(m.state, MemberState::Dead | MemberState::Left)
-                    && now.saturating_duration_since(m.since) >= forget
-            })
-            .map(|(id, _)| *id)
-            .take(16)
-            .collect();
-        for id in old {
-            self.members.remove(&id);
         }
     }
 
@@ -757,6 +756,22 @@ impl Gossip {
     }
 
     fn reannounce(&mut self) {
+        // Forget members dead for long.
+        let forget = self.cfg.dead_forget_after;
+        let now = self.now.at;
+        let old: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                matches!(m.state, MemberState::Dead | MemberState::Left)
+                    && now.saturating_duration_since(m.since) >= forget
+            })
+            .map(|(id, _)| *id)
+            .take(64)
+            .collect();
+        for id in old {
+            self.remove_member(id);
+        }
         // While we know nobody alive, keep knocking on the bootstrap list.
         if self.live_count() == 0 {
             for a in self.bootstrap.clone() {
@@ -781,25 +796,41 @@ impl Gossip {
     // ----- membership -----
 
     fn live_count(&mut self) -> usize {
-        self.refresh_live();
         self.live_ids.len()
     }
 
-    fn refresh_live(&mut self) {
-        if self.live_dirty {
-            self.live_ids = self
-                .members
-                .iter()
-                .filter(|(_, m)| matches!(m.state, MemberState::Alive | MemberState::Suspect))
-                .map(|(id, _)| *id)
-                .collect();
-            self.live_dirty = false;
+    /// Inserts or replaces a member, keeping the list of live ids (for O(1)
+    /// random choice) in step.
+    fn put_member(&mut self, id: NodeId, m: Member) {
+        let live = matches!(m.state, MemberState::Alive | MemberState::Suspect);
+        self.members.insert(id, m);
+        self.set_live(id, live);
+    }
+
+    fn remove_member(&mut self, id: NodeId) {
+        self.members.remove(&id);
+        self.set_live(id, false);
+    }
+
+    fn set_live(&mut self, id: NodeId, live: bool) {
+        match (live, self.live_pos.get(&id).copied()) {
+            (true, None) => {
+                self.live_pos.insert(id, self.live_ids.len());
+                self.live_ids.push(id);
+            }
+            (false, Some(pos)) => {
+                self.live_pos.remove(&id);
+                self.live_ids.swap_remove(pos);
+                if let Some(moved) = self.live_ids.get(pos) {
+                    self.live_pos.insert(*moved, pos);
+                }
+            }
+            _ => {}
         }
     }
 
     /// Up to `n` distinct random live members, not `except`.
     fn pick_live(&mut self, n: usize, except: Option<NodeId>) -> Vec<NodeId> {
-        self.refresh_live();
         let len = self.live_ids.len();
         let mut out = Vec::with_capacity(n);
         if len == 0 || n == 0 {
@@ -921,8 +952,7 @@ impl Gossip {
             state: u.state,
             since: now,
         };
-        self.members.insert(u.id, m);
-        self.live_dirty = true;
+        self.put_member(u.id, m);
         let was_live = matches!(before, Some(MemberState::Alive | MemberState::Suspect));
         let is_live = matches!(u.state, MemberState::Alive | MemberState::Suspect);
         if is_live && !was_live {
@@ -950,6 +980,10 @@ impl Gossip {
     }
 
     fn evict_one(&mut self) -> bool {
+        if self.members.len() == self.live_ids.len() {
+            // Everyone known is live: nothing to evict, and no scan.
+            return false;
+        }
         let victim = self
             .members
             .iter()
@@ -958,8 +992,7 @@ impl Gossip {
             .map(|(id, _)| *id);
         match victim {
             Some(id) => {
-                self.members.remove(&id);
-                self.live_dirty = true;
+                self.remove_member(id);
                 true
             }
             None => false,
@@ -998,6 +1031,7 @@ impl Gossip {
             from: self.me,
             addr: self.cfg.advertise.clone(),
             incarnation: self.incarnation,
+            complete: self.store.history_complete(),
             updates,
             body,
         };
@@ -1090,6 +1124,7 @@ impl Gossip {
         }
         let peer = p.addr;
         let peer_id = Some(p.from);
+        let peer_complete = p.complete;
         let wall = self.now.wall_ms;
         match p.body {
             Body::Ping { seq } => self.send(peer, peer_id, Body::Ack { seq }),
@@ -1140,9 +1175,7 @@ impl Gossip {
                 }
             }
             Body::Join => {
-                self.refresh_live();
-                let mut sample: Vec<NodeId> = self.live_ids.clone();
-                self.rng.shuffle(&mut sample);
+                let sample = self.pick_live(self.cfg.join_sample_max, Some(p.from));
                 let members = sample
                     .into_iter()
                     .filter(|id| *id != p.from)
@@ -1168,7 +1201,7 @@ impl Gossip {
                         if self.members.len() >= self.cfg.members_max && !self.evict_one() {
                             continue;
                         }
-                        self.members.insert(
+                        self.put_member(
                             u.id,
                             Member {
                                 addr: u.addr.clone(),
@@ -1177,7 +1210,6 @@ impl Gossip {
                                 since: self.now.at,
                             },
                         );
-                        self.live_dirty = true;
                         self.out.push_back(Output::Event(Event::MemberUp {
                             id: u.id,
                             addr: u.addr,
@@ -1209,7 +1241,7 @@ impl Gossip {
             }
             Body::Digest { digest } => {
                 if self.store.needs_full(&digest, wall) {
-                    self.send(peer, peer_id, Body::NeedFull);
+                    self.peer_behind(peer, peer_id, peer_complete);
                 } else {
                     let delta = self.delta_for(&digest);
                     let mine = self.my_digest();
@@ -1224,11 +1256,17 @@ impl Gossip {
                 }
             }
             Body::Delta { delta, digest } => {
-                self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
-                if let Some(d) = digest {
-                    if self.store.needs_full(&d, wall) {
-                        self.send(peer, peer_id, Body::NeedFull);
-                    } else {
+                match digest {
+                    Some(d) => {
+                        // The first leg of an exchange: judge the sender by its
+                        // digest before taking anything from it. A sender that
+                        // may have missed collected deletes could hand us
+                        // entries whose tombstones are gone here.
+                        if self.store.needs_full(&d, wall) {
+                            self.peer_behind(peer, peer_id, peer_complete);
+                            return;
+                        }
+                        self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
                         let back = self.delta_for(&d);
                         if !back.entries.is_empty() || !back.seen.is_empty() {
                             self.send(
@@ -1241,20 +1279,19 @@ impl Gossip {
                             );
                         }
                     }
+                    None => {
+                        // The second leg: we judged this peer by its digest
+                        // when it asked us for this delta.
+                        self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
+                    }
                 }
             }
             Body::NeedFull => {
-                let cooling = self.full_done_at.is_some_and(|t| {
-                    self.now.at.saturating_duration_since(t) < self.cfg.full_transfer_cooldown
-                });
-                if self.full.is_none() && !cooling {
-                    self.full = Some(Transfer {
-                        peer: peer.clone(),
-                        after: None,
-                        received: BTreeSet::new(),
-                        deadline: self.now.at + self.cfg.full_transfer_timeout,
-                    });
-                    self.send(peer, peer_id, Body::FullRequest { after: None });
+                // Only a node that knows its whole collection history is a
+                // safe source: a restarted one may hold entries whose
+                // deletes were collected while it was down.
+                if peer_complete {
+                    self.start_full(peer, peer_id);
                 }
             }
             Body::FullRequest { after } => {
@@ -1304,6 +1341,33 @@ impl Gossip {
                 }
             }
             Body::Leave => {}
+        }
+    }
+
+    /// The peer looks behind us by more than the grace period. If we know
+    /// our collection history, tell it to take a full transfer from us. If
+    /// we do not (we restarted), we may be the stale one: pull a full
+    /// transfer from it if it knows its history; otherwise exchange nothing.
+    fn peer_behind(&mut self, peer: PeerAddr, peer_id: Option<NodeId>, peer_complete: bool) {
+        if self.store.history_complete() {
+            self.send(peer, peer_id, Body::NeedFull);
+        } else if peer_complete {
+            self.start_full(peer, peer_id);
+        }
+    }
+
+    fn start_full(&mut self, peer: PeerAddr, peer_id: Option<NodeId>) {
+        let cooling = self.full_done_at.is_some_and(|t| {
+            self.now.at.saturating_duration_since(t) < self.cfg.full_transfer_cooldown
+        });
+        if self.full.is_none() && !cooling {
+            self.full = Some(Transfer {
+                peer: peer.clone(),
+                after: None,
+                received: BTreeSet::new(),
+                deadline: self.now.at + self.cfg.full_transfer_timeout,
+            });
+            self.send(peer, peer_id, Body::FullRequest { after: None });
         }
     }
 

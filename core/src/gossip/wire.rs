@@ -256,6 +256,10 @@ pub struct Packet {
     pub addr: PeerAddr,
     /// The sender's incarnation.
     pub incarnation: u64,
+    /// Whether the sender knows its whole tombstone-collection history
+    /// ([`Store::history_complete`](crate::replica::Store::history_complete)):
+    /// only such a node is a safe source of a full state transfer.
+    pub complete: bool,
     /// Piggybacked membership updates.
     pub updates: Vec<MemberUpdate>,
     /// The message proper.
@@ -392,6 +396,7 @@ mod tests {
             from: 7,
             addr: "n7".into(),
             incarnation: 1,
+            complete: true,
             updates: vec![],
             body: Body::Syn {
                 hash: 42,

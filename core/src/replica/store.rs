@@ -480,6 +480,12 @@ impl Store {
         self.history_complete
     }
 
+    /// Declares the collection history complete (the caller knows nothing was
+    /// collected that we missed, e.g. the whole cluster was down).
+    pub fn mark_history_complete(&mut self) {
+        self.history_complete = true;
+    }
+
     /// A hash of the whole watermark map: two stores with equal hashes (and
     /// writer counts) need no anti-entropy.
     pub fn seen_hash(&self) -> u64 {

@@ -68,9 +68,10 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
         r.rounds_100 / r.bound_push_pull
     );
     println!(
-        "bytes per node per second: {:.0} ({:.2} kbit/s; memberlist defaults ~330 kbit/s)",
+        "bytes per node per second: {:.0} ({:.2} kbit/s; memberlist defaults ~330 kbit/s), {:.1} messages",
         r.bytes_per_node_per_s,
-        r.bytes_per_node_per_s * 8.0 / 1000.0
+        r.bytes_per_node_per_s * 8.0 / 1000.0,
+        r.messages_per_node_per_s
     );
     println!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms);
     if args.iter().any(|a| a == "--json") {

@@ -80,6 +80,8 @@ pub struct SpreadReport {
     pub bound_push_pull: f64,
     /// Bytes sent per node per virtual second after warm-up.
     pub bytes_per_node_per_s: f64,
+    /// Messages sent per node per virtual second after warm-up.
+    pub messages_per_node_per_s: f64,
     /// Writes tracked.
     pub writes: usize,
     /// Trace hash.
@@ -146,6 +148,13 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     w.run_for(Duration::from_secs(o.warmup_secs));
     w.changes.clear();
     let bytes_at_warmup = w.bytes_sent;
+    let msgs_at_warmup = w.messages_sent;
+    let (upd0, sus0) = w.nodes.iter().flatten().fold((0, 0), |a, g| {
+        (
+            a.0 + g.stats().member_updates_applied,
+            a.1 + g.stats().suspicions,
+        )
+    });
     let t_warm = w.now;
     let end = Instant::from_micros(o.secs * 1_000_000);
     // Writes stop early enough to have time to spread.
@@ -213,6 +222,21 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             next_write += every_us;
         }
     }
+    let (upd1, sus1) = w.nodes.iter().flatten().fold((0, 0), |a, g| {
+        (
+            a.0 + g.stats().member_updates_applied,
+            a.1 + g.stats().suspicions,
+        )
+    });
+    if std::env::var_os("SIM_DEBUG").is_some() {
+        eprintln!(
+            "membership after warm-up: {} updates applied, {} suspicions; at warm-up end {} / {}",
+            upd1 - upd0,
+            sus1 - sus0,
+            upd0,
+            sus0
+        );
+    }
     let round_us = (gossip_ms * 1000) as f64;
     let rounds = |t: Option<Instant>, at: Instant| {
         t.map(|t| (t.as_micros() - at.as_micros()) as f64 / round_us)
@@ -225,7 +249,14 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         .collect();
     let delivered: usize = tracked.iter().map(|t| t.have.min(live)).sum();
     let nf = n as f64;
-    let window_s = (w.now.as_micros() - t_warm.as_micros()) as f64 / 1e6;
+    let trace_hash = w.trace_hash();
+    let bytes_sent = w.bytes_sent;
+    let messages_sent = w.messages_sent;
+    let now = w.now;
+    // Tearing down 10,000 machines takes a good part of a second: the run is
+    // over, let the process reclaim the memory.
+    std::mem::forget(w);
+    let window_s = (now.as_micros() - t_warm.as_micros()) as f64 / 1e6;
     SpreadReport {
         nodes: n,
         seed: o.seed,
@@ -241,9 +272,10 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         rounds_100: median(r100),
         bound_push: nf.log2() + nf.ln(),
         bound_push_pull: nf.ln() / 3f64.ln() + nf.ln().ln(),
-        bytes_per_node_per_s: (w.bytes_sent - bytes_at_warmup) as f64 / nf / window_s.max(1e-9),
+        bytes_per_node_per_s: (bytes_sent - bytes_at_warmup) as f64 / nf / window_s.max(1e-9),
+        messages_per_node_per_s: (messages_sent - msgs_at_warmup) as f64 / nf / window_s.max(1e-9),
         writes: tracked.len(),
-        trace_hash: w.trace_hash(),
+        trace_hash,
         wall_ms: started.elapsed().as_millis(),
     }
 }

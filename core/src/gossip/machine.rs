@@ -39,6 +39,9 @@ pub struct Config {
     pub fanout: usize,
     /// Rounds a fresh entry keeps being pushed after we learn it.
     pub push_rounds: u32,
+    /// With nothing to push, a round sends its anti-entropy summary only
+    /// every this many rounds (probes carry the summary too).
+    pub sync_every_rounds: u32,
     /// Time between SWIM probes.
     pub probe_interval: Duration,
     /// How long to wait for a direct ack before asking others to probe.
@@ -94,6 +97,7 @@ impl Config {
             gossip_interval: Duration::from_millis(200),
             fanout: 3,
             push_rounds: 3,
+            sync_every_rounds: 5,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_probes: 3,
@@ -240,6 +244,10 @@ pub struct Stats {
     pub full_transfers: u64,
     /// Remote entries applied.
     pub entries_applied: u64,
+    /// Membership updates that changed our view.
+    pub member_updates_applied: u64,
+    /// Members declared suspect by us or others.
+    pub suspicions: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -316,6 +324,7 @@ pub struct Gossip {
     bootstrap: Vec<PeerAddr>,
     seq: u32,
     left: bool,
+    rounds_to_sync: u32,
     stats: Stats,
     now: Now,
     restored_at: Option<Instant>,
@@ -368,6 +377,7 @@ impl Gossip {
             bootstrap: Vec::new(),
             seq: 0,
             left: false,
+            rounds_to_sync: 1,
             stats: Stats::default(),
             now,
             restored_at: None,
@@ -602,7 +612,7 @@ impl Gossip {
                         incarnation: m.incarnation,
                         state: MemberState::Dead,
                     };
-                    self.apply_update(u);
+                    self.apply_update(u, true);
                 }
             }
         }
@@ -645,10 +655,19 @@ impl Gossip {
             }
             v
         };
-        let n = if hot.is_empty() {
+        // With nothing to push, only every `sync_every_rounds`-th round
+        // sends the anti-entropy summary.
+        self.rounds_to_sync = self.rounds_to_sync.saturating_sub(1);
+        let sync_now = self.rounds_to_sync == 0;
+        if sync_now {
+            self.rounds_to_sync = self.cfg.sync_every_rounds.max(1);
+        }
+        let n = if !hot.is_empty() {
+            self.cfg.fanout.max(1)
+        } else if sync_now {
             1
         } else {
-            self.cfg.fanout.max(1)
+            0
         };
         let targets = self.pick_live(n, None);
         for id in targets {
@@ -686,7 +705,7 @@ impl Gossip {
                             incarnation: m.incarnation,
                             state: MemberState::Suspect,
                         };
-                        self.apply_update(u);
+                        self.apply_update(u, true);
                     }
                 }
             }
@@ -731,7 +750,8 @@ impl Gossip {
             acked: false,
         });
         let addr = self.members[&target].addr.clone();
-        self.send(addr, Some(target), Body::Ping { seq });
+        let body = self.ping(seq);
+        self.send(addr, Some(target), body);
     }
 
     fn indirect_probe(&mut self, p: &Probe) {
@@ -902,7 +922,14 @@ impl Gossip {
     }
 
     /// Applies a SWIM update; returns true if it changed our view.
-    fn apply_update(&mut self, u: MemberUpdate) -> bool {
+    /// `first_hand` says we witnessed it (a message from that member, our own
+    /// probe) rather than heard it from a third party. News of a member we
+    /// did not know is passed on only first-hand: every node that meets a
+    /// newcomer announces it, but hearsay of joins is not re-flooded (with
+    /// views capped at `members_max` that would cost O(N) per join per node).
+    /// Every change about a known member (suspect, dead, refuted, left) is
+    /// passed on.
+    fn apply_update(&mut self, u: MemberUpdate, first_hand: bool) -> bool {
         let now = self.now.at;
         if u.id == self.me {
             // Refute rumours of our suspicion or death.
@@ -945,6 +972,11 @@ impl Gossip {
         if !accept {
             return false;
         }
+        self.stats.member_updates_applied += 1;
+        let announce = first_hand || self.members.contains_key(&u.id);
+        if u.state == MemberState::Suspect {
+            self.stats.suspicions += 1;
+        }
         let before = self.members.get(&u.id).map(|m| m.state);
         let m = Member {
             addr: u.addr.clone(),
@@ -975,7 +1007,9 @@ impl Gossip {
                 .saturating_mul(self.cfg.suspicion_mult as u64 * k.max(1));
             self.suspects.insert((now + t, u.id));
         }
-        self.queue_update(u);
+        if announce {
+            self.queue_update(u);
+        }
         true
     }
 
@@ -1102,32 +1136,44 @@ impl Gossip {
         let known = self.members.get(&p.from).map(|m| (m.incarnation, m.state));
         match known {
             None => {
-                self.apply_update(MemberUpdate {
-                    id: p.from,
-                    addr: p.addr.clone(),
-                    incarnation: p.incarnation,
-                    state: sender_state,
-                });
+                self.apply_update(
+                    MemberUpdate {
+                        id: p.from,
+                        addr: p.addr.clone(),
+                        incarnation: p.incarnation,
+                        state: sender_state,
+                    },
+                    true,
+                );
             }
             Some((inc, _)) if p.incarnation > inc || sender_state == MemberState::Left => {
-                self.apply_update(MemberUpdate {
-                    id: p.from,
-                    addr: p.addr.clone(),
-                    incarnation: p.incarnation,
-                    state: sender_state,
-                });
+                self.apply_update(
+                    MemberUpdate {
+                        id: p.from,
+                        addr: p.addr.clone(),
+                        incarnation: p.incarnation,
+                        state: sender_state,
+                    },
+                    true,
+                );
             }
             _ => {}
         }
         for u in p.updates {
-            self.apply_update(u);
+            self.apply_update(u, false);
         }
         let peer = p.addr;
         let peer_id = Some(p.from);
         let peer_complete = p.complete;
         let wall = self.now.wall_ms;
         match p.body {
-            Body::Ping { seq } => self.send(peer, peer_id, Body::Ack { seq }),
+            Body::Ping { seq, hash, writers } => {
+                self.send(peer.clone(), peer_id, Body::Ack { seq });
+                if hash != self.store.seen_hash() || writers as usize != self.store.writers() {
+                    let d = self.my_digest();
+                    self.send(peer, peer_id, Body::Digest { digest: d });
+                }
+            }
             Body::Ack { seq } => {
                 if let Some(pr) = self.probe.as_mut() {
                     if pr.seq == seq && pr.target == p.from {
@@ -1164,7 +1210,8 @@ impl Gossip {
                             deadline: self.now.at + self.cfg.probe_interval,
                         },
                     );
-                    self.send(target_addr, Some(target), Body::Ping { seq: my_seq });
+                    let body = self.ping(my_seq);
+                    self.send(target_addr, Some(target), body);
                 }
             }
             Body::IndirectAck { seq, target } => {
@@ -1368,6 +1415,14 @@ impl Gossip {
                 deadline: self.now.at + self.cfg.full_transfer_timeout,
             });
             self.send(peer, peer_id, Body::FullRequest { after: None });
+        }
+    }
+
+    fn ping(&self, seq: u32) -> Body {
+        Body::Ping {
+            seq,
+            hash: self.store.seen_hash(),
+            writers: self.store.writers() as u32,
         }
     }
 

@@ -178,6 +178,11 @@ pub enum Body {
     Ping {
         /// Probe sequence number.
         seq: u32,
+        /// The sender's watermark hash, as in `Syn`: a mismatch starts an
+        /// anti-entropy exchange, so probes double as pull rounds.
+        hash: u64,
+        /// Writers in the sender's watermark map.
+        writers: u32,
     },
     /// Answer to a `Ping`.
     Ack {

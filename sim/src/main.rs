@@ -9,7 +9,8 @@ const HELP: &str = "\
 usage:
   sim gossip [--nodes N] [--seed S] [--loss P] [--dup P] [--latency-ms L]
              [--jitter-ms J] [--secs T] [--warmup-secs W] [--writes-per-s R]
-             [--gossip-ms G] [--fanout F] [--members-max M] [--json]
+             [--gossip-ms G] [--fanout F] [--members-max M] [--push-rounds P]
+             [--sync-every K] [--probe-ms T] [--json]
   sim chaos  [--seeds K] [--seed0 S] [--json]
   sim chaos  --seed S          replay one scenario";
 
@@ -40,6 +41,9 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
         gossip_ms: value(args, "--gossip-ms")?.unwrap_or(d.gossip_ms),
         fanout: value(args, "--fanout")?.unwrap_or(d.fanout),
         members_max: value(args, "--members-max")?.unwrap_or(d.members_max),
+        push_rounds: value(args, "--push-rounds")?.unwrap_or(d.push_rounds),
+        sync_every_rounds: value(args, "--sync-every")?.unwrap_or(d.sync_every_rounds),
+        probe_ms: value(args, "--probe-ms")?.unwrap_or(d.probe_ms),
     };
     let r = spread::run(&o);
     println!(

@@ -34,6 +34,12 @@ pub struct SpreadOpts {
     pub fanout: usize,
     /// Members known at most per node (a partial view when smaller than N).
     pub members_max: usize,
+    /// Rounds a fresh entry is pushed on.
+    pub push_rounds: u32,
+    /// Idle rounds between anti-entropy summaries.
+    pub sync_every_rounds: u32,
+    /// SWIM probe interval, ms.
+    pub probe_ms: u64,
 }
 
 impl Default for SpreadOpts {
@@ -50,7 +56,10 @@ impl Default for SpreadOpts {
             writes_per_s: 1.0,
             gossip_ms: 200,
             fanout: 3,
-            members_max: 4096,
+            members_max: 64,
+            push_rounds: 2,
+            sync_every_rounds: 5,
+            probe_ms: 1000,
         }
     }
 }
@@ -119,6 +128,9 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let gossip_ms = o.gossip_ms;
     let fanout = o.fanout;
     let members_max = o.members_max;
+    let push_rounds = o.push_rounds;
+    let sync_every = o.sync_every_rounds;
+    let probe_ms = o.probe_ms;
     let mut w = World::new(
         n,
         o.seed,
@@ -128,6 +140,10 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             c.gossip_interval = Duration::from_millis(gossip_ms);
             c.fanout = fanout;
             c.members_max = members_max;
+            c.push_rounds = push_rounds;
+            c.sync_every_rounds = sync_every;
+            c.probe_interval = Duration::from_millis(probe_ms);
+            c.probe_timeout = Duration::from_millis(probe_ms / 2);
             c
         }),
     );

@@ -87,7 +87,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for a LAN cluster: 200 ms rounds, fanout 3, 1 s probes,
+    /// Defaults for a LAN cluster: 200 ms rounds, fanout 3, fresh entries
+    /// pushed for 2 rounds, a summary every 5 idle rounds, 1 s probes,
     /// 64 KiB messages.
     pub fn new(advertise: PeerAddr, keys: Keyring) -> Self {
         Config {
@@ -96,7 +97,7 @@ impl Config {
             store: StoreConfig::default(),
             gossip_interval: Duration::from_millis(200),
             fanout: 3,
-            push_rounds: 3,
+            push_rounds: 2,
             sync_every_rounds: 5,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),

@@ -36,4 +36,37 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(merge_benches, benches);
-criterion_main!(merge_benches);
+
+fn envelope(c: &mut Criterion) {
+    use rumor_core::gossip::{open, seal, Body, Keyring, MemberState, MemberUpdate, Packet};
+    let ring = Keyring::new(1, [7; 32]);
+    let p = Packet {
+        from: 1,
+        addr: "10.0.0.1:5300".into(),
+        incarnation: 3,
+        complete: true,
+        updates: (0..2)
+            .map(|i| MemberUpdate {
+                id: i,
+                addr: "10.0.0.2:5300".into(),
+                incarnation: 1,
+                state: MemberState::Alive,
+            })
+            .collect(),
+        body: Body::Syn {
+            hash: 0xdead_beef,
+            writers: 12,
+            push: vec![],
+        },
+    };
+    let sealed = seal(&ring, [1; 24], &p, 256);
+    c.bench_function("seal a small gossip packet", |b| {
+        b.iter(|| seal(&ring, black_box([1; 24]), black_box(&p), 256))
+    });
+    c.bench_function("open a small gossip packet", |b| {
+        b.iter(|| open(&ring, black_box(&sealed), 65_536))
+    });
+}
+
+criterion_group!(envelope_benches, envelope);
+criterion_main!(merge_benches, envelope_benches);

@@ -81,6 +81,10 @@ pub struct SpreadReport {
     pub rounds_100: f64,
     /// Worst write's rounds until 100%.
     pub rounds_100_max: f64,
+    /// Median virtual ms until 50%.
+    pub ms_50: f64,
+    /// Median virtual ms until 99%.
+    pub ms_99: f64,
     /// Median virtual ms until 100%.
     pub ms_100: f64,
     /// log2 N + ln N.
@@ -281,9 +285,11 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         } else {
             delivered as f64 / (tracked.len() * live) as f64
         },
-        rounds_50: median(r50),
-        rounds_99: median(r99),
+        rounds_50: median(r50.clone()),
+        rounds_99: median(r99.clone()),
         rounds_100_max: r100.iter().copied().fold(f64::NAN, f64::max),
+        ms_50: median(r50.iter().map(|r| r * round_us / 1000.0).collect()),
+        ms_99: median(r99.iter().map(|r| r * round_us / 1000.0).collect()),
         ms_100: median(r100.iter().map(|r| r * round_us / 1000.0).collect()),
         rounds_100: median(r100),
         bound_push: nf.log2() + nf.ln(),

@@ -30,3 +30,16 @@ fn a_chaos_seed_replays_to_the_same_trace_and_passes() {
     assert!(a.violations.is_empty(), "{:?}", a.violations);
     assert!(a.converged);
 }
+
+#[test]
+fn a_handful_of_chaos_seeds_keep_every_invariant_and_converge() {
+    for seed in 100..108 {
+        let o = chaos::run_seed(seed);
+        assert!(
+            o.violations.is_empty(),
+            "seed {seed}: {:?}\nreplay: cargo run -p sim -- chaos --seed {seed}",
+            o.violations
+        );
+        assert!(o.converged, "seed {seed} did not converge");
+    }
+}

@@ -13,5 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod dns;
+pub mod gossip;
 pub mod rand;
+pub mod replica;
 pub mod time;

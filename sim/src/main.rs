@@ -1,1 +1,181 @@
-fn main() {}
+//! `sim gossip ...` and `sim chaos ...`; see `sim --help`.
+
+use std::process::ExitCode;
+
+use sim::chaos;
+use sim::spread::{self, SpreadOpts};
+
+const HELP: &str = "\
+usage:
+  sim gossip [--nodes N] [--seed S] [--loss P] [--dup P] [--latency-ms L]
+             [--jitter-ms J] [--secs T] [--warmup-secs W] [--writes-per-s R]
+             [--gossip-ms G] [--fanout F] [--members-max M] [--push-rounds P]
+             [--sync-every K] [--probe-ms T] [--json]
+  sim chaos  [--seeds K] [--seed0 S] [--json]
+  sim chaos  --seed S          replay one scenario";
+
+fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .ok_or(format!("{name} needs a value"))?
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("bad value for {name}")),
+    }
+}
+
+fn gossip(args: &[String]) -> Result<ExitCode, String> {
+    let d = SpreadOpts::default();
+    let o = SpreadOpts {
+        nodes: value(args, "--nodes")?.unwrap_or(d.nodes),
+        seed: value(args, "--seed")?.unwrap_or(d.seed),
+        loss: value(args, "--loss")?.unwrap_or(d.loss),
+        dup: value(args, "--dup")?.unwrap_or(d.dup),
+        latency_ms: value(args, "--latency-ms")?.unwrap_or(d.latency_ms),
+        jitter_ms: value(args, "--jitter-ms")?.unwrap_or(d.jitter_ms),
+        secs: value(args, "--secs")?.unwrap_or(d.secs),
+        warmup_secs: value(args, "--warmup-secs")?.unwrap_or(d.warmup_secs),
+        writes_per_s: value(args, "--writes-per-s")?.unwrap_or(d.writes_per_s),
+        gossip_ms: value(args, "--gossip-ms")?.unwrap_or(d.gossip_ms),
+        fanout: value(args, "--fanout")?.unwrap_or(d.fanout),
+        members_max: value(args, "--members-max")?.unwrap_or(d.members_max),
+        push_rounds: value(args, "--push-rounds")?.unwrap_or(d.push_rounds),
+        sync_every_rounds: value(args, "--sync-every")?.unwrap_or(d.sync_every_rounds),
+        probe_ms: value(args, "--probe-ms")?.unwrap_or(d.probe_ms),
+    };
+    let r = spread::run(&o);
+    println!(
+        "gossip: {} nodes, seed {}, loss {:.0}%, dup {:.0}%, latency {}+{} ms, round {} ms, fanout {}",
+        r.nodes,
+        r.seed,
+        o.loss * 100.0,
+        o.dup * 100.0,
+        o.latency_ms,
+        o.jitter_ms,
+        o.gossip_ms,
+        o.fanout
+    );
+    println!(
+        "writes tracked: {}  delivered: {:.4} of (write, node) pairs",
+        r.writes, r.converged
+    );
+    println!(
+        "rounds (median) to 50%: {:.2}  99%: {:.2}  100%: {:.2} (worst {:.2})",
+        r.rounds_50, r.rounds_99, r.rounds_100, r.rounds_100_max
+    );
+    println!(
+        "virtual time (median) to 50%: {:.0} ms  99%: {:.0} ms  100%: {:.0} ms",
+        r.ms_50, r.ms_99, r.ms_100
+    );
+    println!(
+        "bounds: push log2N+lnN = {:.2}  push-pull log3N+lnlnN = {:.2}  (100% at {:.2}x push-pull)",
+        r.bound_push,
+        r.bound_push_pull,
+        r.rounds_100 / r.bound_push_pull
+    );
+    println!(
+        "bytes per node per second: {:.0} ({:.2} kbit/s; memberlist defaults ~330 kbit/s), {:.1} messages",
+        r.bytes_per_node_per_s,
+        r.bytes_per_node_per_s * 8.0 / 1000.0,
+        r.messages_per_node_per_s
+    );
+    println!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms);
+    if args.iter().any(|a| a == "--json") {
+        let j = serde_json::json!({
+            "nodes": r.nodes,
+            "seed": r.seed,
+            "converged": r.converged,
+            "rounds_50": r.rounds_50,
+            "rounds_99": r.rounds_99,
+            "rounds_100": r.rounds_100,
+            "bound_push": r.bound_push,
+            "bound_push_pull": r.bound_push_pull,
+            "bytes_per_node_per_s": r.bytes_per_node_per_s,
+            "trace_hash": format!("{:016x}", r.trace_hash),
+            "wall_ms": r.wall_ms as u64,
+        });
+        println!("{j}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn chaos_cmd(args: &[String]) -> Result<ExitCode, String> {
+    let seeds: Vec<u64> = match value::<u64>(args, "--seed")? {
+        Some(s) => vec![s],
+        None => {
+            let k: u64 = value(args, "--seeds")?.unwrap_or(20);
+            let s0: u64 = value(args, "--seed0")?.unwrap_or(1);
+            (s0..s0 + k).collect()
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut violations = 0usize;
+    let mut converged = 0usize;
+    let mut failed = Vec::new();
+    for &s in &seeds {
+        let o = chaos::run_seed(s);
+        if o.converged {
+            converged += 1;
+        }
+        if !o.violations.is_empty() {
+            violations += o.violations.len();
+            failed.push(s);
+            println!("seed {s}: FAILED ({} nodes)", o.nodes);
+            for v in o.violations.iter().take(5) {
+                println!("  {v}");
+            }
+            println!("  replay: cargo run -p sim -- chaos --seed {s}");
+        } else {
+            println!(
+                "seed {s}: ok ({} nodes, converged {} ms after heal, {} full transfers, trace {:016x})",
+                o.nodes, o.heal_ms, o.full_transfers, o.trace_hash
+            );
+        }
+    }
+    println!(
+        "chaos: {} seeds, {} violations, {} converged after heal, wall {} ms",
+        seeds.len(),
+        violations,
+        converged,
+        started.elapsed().as_millis()
+    );
+    if args.iter().any(|a| a == "--json") {
+        let j = serde_json::json!({
+            "seeds": seeds.len(),
+            "violations": violations,
+            "converged_after_heal": converged,
+            "failed_seeds": failed,
+        });
+        println!("{j}");
+    }
+    Ok(if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("gossip") => gossip(&args[1..]),
+        Some("chaos") => chaos_cmd(&args[1..]),
+        _ => {
+            println!("{HELP}");
+            return if args.is_empty() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match res {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sim: {e}\n{HELP}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Benchmarks of the last-writer-wins merge and of applying remote entries.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use rumor_core::replica::{merge, Entry, Namespace, Store, StoreConfig, Version};
+
+fn entry(i: u64, writer: u64) -> Entry {
+    Entry {
+        ns: Namespace::DNS,
+        key: Bytes::from(format!("host{}.example.A", i % 1000)),
+        value: Bytes::from_static(b"\x0a\x00\x00\x01"),
+        writer,
+        version: Version::new(1_700_000_000_000 + i, 0),
+        expires_ms: 0,
+        deleted: false,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let a = entry(1, 1);
+    let b = entry(2, 2);
+    c.bench_function("merge two entries", |bench| {
+        bench.iter(|| merge(black_box(a.clone()), black_box(b.clone())))
+    });
+    let batch: Vec<Entry> = (0..10_000).map(|i| entry(i, i % 7)).collect();
+    c.bench_function("apply 10k remote entries to an empty store", |bench| {
+        bench.iter(|| {
+            let mut s = Store::new(StoreConfig::default(), 99);
+            for e in &batch {
+                let _ = s.apply(e.clone(), 1_800_000_000_000);
+            }
+            while s.drain_changes().is_some() {}
+            s.len()
+        })
+    });
+}
+
+criterion_group!(merge_benches, benches);
+
+fn envelope(c: &mut Criterion) {
+    use rumor_core::gossip::{open, seal, Body, Keyring, MemberState, MemberUpdate, Packet};
+    let ring = Keyring::new(1, [7; 32]);
+    let p = Packet {
+        from: 1,
+        addr: "10.0.0.1:5300".into(),
+        incarnation: 3,
+        complete: true,
+        updates: (0..2)
+            .map(|i| MemberUpdate {
+                id: i,
+                addr: "10.0.0.2:5300".into(),
+                incarnation: 1,
+                state: MemberState::Alive,
+            })
+            .collect(),
+        body: Body::Syn {
+            hash: 0xdead_beef,
+            writers: 12,
+            push: vec![],
+        },
+    };
+    let sealed = seal(&ring, [1; 24], &p, 256);
+    c.bench_function("seal a small gossip packet", |b| {
+        b.iter(|| seal(&ring, black_box([1; 24]), black_box(&p), 256))
+    });
+    c.bench_function("open a small gossip packet", |b| {
+        b.iter(|| open(&ring, black_box(&sealed), 65_536))
+    });
+}
+
+criterion_group!(envelope_benches, envelope);
+criterion_main!(merge_benches, envelope_benches);

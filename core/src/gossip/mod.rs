@@ -1,0 +1,75 @@
+//! The gossip machine: replicates the [`Store`](crate::replica::Store)
+//! between nodes and keeps SWIM-style membership, sans IO.
+//!
+//! * Anti-entropy: every round a node sends a random peer a summary (hash of
+//!   its per-writer watermarks). On a mismatch the peers swap digests and
+//!   each sends the other only the entries newer than its watermarks, in
+//!   chunks under the message size limit. A peer behind by more than the
+//!   tombstone grace period is told to take a full state transfer instead.
+//! * Push: a fresh write goes to `fanout` random peers at once; a node that
+//!   learns a fresh entry pushes it on for `push_rounds` rounds.
+//! * Membership: SWIM probes, indirect probes, suspicion with a timeout,
+//!   refutation by incarnation, piggybacked updates, periodic re-announce
+//!   to members believed dead.
+//! * Every message is sealed with the cluster [`Keyring`] (XChaCha20-Poly1305)
+//!   and LZ4-compressed when it pays; anything that fails to open or parse is
+//!   dropped and counted.
+//!
+//! # Driving it from an adapter
+//!
+//! ```text
+//! let mut g = Gossip::new(Config::new(advertise, keyring), node_id, now(), os_random_u64());
+//! g.restore(entries_from_disk, persisted_incarnation);      // optional, once
+//! g.handle(now(), Input::Command(Command::Join(bootstrap)));
+//! loop {
+//!     // drain after every input, until Timeout
+//!     loop { match g.poll_output() {
+//!         Output::Transmit { to, bytes } => send one framed message to `to`,
+//!         Output::Event(Event::Store(Change::Applied(e))) => upsert e on disk, update the DNS view,
+//!         Output::Event(Event::Store(Change::Removed { ns, key })) => delete (ns, key) on disk,
+//!         Output::Event(other) => log / metrics,
+//!         Output::Timeout(at) => { arm the one timer at `at`; break }
+//!     } }
+//!     select { message from socket => g.handle(now(), Input::Receive { from, bytes }),
+//!              timer fired         => g.handle(now(), Input::Timeout),
+//!              API command         => g.handle(now(), Input::Command(..)) }
+//! }
+//! ```
+//!
+//! * `now()` is a [`Now`]: the monotonic instant *and* the wall clock, read
+//!   together in one place. The machine never reads a clock.
+//! * The seed must come from OS entropy: it also draws the AEAD nonces.
+//! * Messages are whole datagram-like units of at most
+//!   `Config::message_bytes_max` bytes; over TCP, frame each one (length
+//!   prefix). Replies go to the address carried inside each message, so the
+//!   transport's source address may be anything.
+//! * Persistence: apply the change feed (`Applied` = upsert, including
+//!   tombstones, `Removed` = delete) and persist [`Gossip::incarnation`];
+//!   at start pass them to [`Gossip::restore`]. Serve reads from
+//!   [`Gossip::store`] (`get` / `live` at the current wall-clock ms).
+//!
+//! # Limits
+//!
+//! Every queue and message is bounded by a [`Config`] field: message size,
+//! entries per message, piggybacked updates per message, pending updates,
+//! members, digest writers, hot entries, relayed probes, join sample size,
+//! bootstrap addresses ([`BOOTSTRAP_MAX`]) and keyring keys
+//! ([`KEYRING_KEYS_MAX`]); the store bounds entries, key and value sizes,
+//! writers and clock drift. Inputs over a limit are dropped and counted.
+//!
+//! # What it guarantees
+//!
+//! Last-writer-wins convergence of every live node; deletes and expiries
+//! never come back as long as the tombstone grace period outlasts the
+//! longest partition. A node that was down longer than that catches up by a
+//! full state transfer taken only from a node that knows its collection
+//! history, and refuses entries whose deletes it has seen collected.
+
+mod machine;
+mod wire;
+
+pub use machine::{Command, Config, Event, Gossip, Input, Now, Output, Stats, BOOTSTRAP_MAX};
+pub use wire::{
+    open, seal, Body, DecodeError, Keyring, KeyringError, MemberState, MemberUpdate, Packet,
+    PeerAddr, Pushed, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, KEYRING_KEYS_MAX,
+};

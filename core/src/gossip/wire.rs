@@ -1,0 +1,463 @@
+//! Gossip messages and the authenticated envelope they travel in.
+//!
+//! Envelope: `[version = 1][key id][24-byte nonce][XChaCha20-Poly1305
+//! ciphertext + 16-byte tag]`, with the first two bytes as associated data.
+//! The plaintext is `[flags][body]`: flag bit 0 says the body is LZ4
+//! compressed (size-prepended); the body is a postcard-serialized [`Packet`].
+//!
+//! Nonces are 24 random bytes from the machine's seeded [`Rng`](crate::rand::Rng):
+//! with XChaCha's 192-bit nonces random choice is safe, *provided* the adapter
+//! seeds the machine from OS entropy (a fixed seed reused across restarts
+//! would repeat nonces under the same key). Only the simulator uses fixed
+//! seeds.
+
+use bytes::Bytes;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+
+use crate::replica::{Delta, Digest, Entry, FullChunk, Namespace, NodeId, Version};
+
+/// The envelope format version this code writes and reads.
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Bytes of envelope around the plaintext: version, key id, nonce, tag.
+pub const ENVELOPE_OVERHEAD: usize = 2 + 24 + 16;
+const FLAG_LZ4: u8 = 1;
+
+/// The address a peer is reached at: opaque to the machine ("host:port" for
+/// the TCP adapter, "n17" in the simulator). Ordered and serializable so it
+/// can travel in messages and key maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerAddr(pub String);
+
+impl From<&str> for PeerAddr {
+    fn from(s: &str) -> Self {
+        PeerAddr(s.to_owned())
+    }
+}
+
+/// A 256-bit cluster key with a one-byte id.
+#[derive(Clone)]
+struct Key {
+    id: u8,
+    cipher: XChaCha20Poly1305,
+}
+
+/// The cluster keys: messages are sealed with the primary key and opened with
+/// whichever key works (the id in the envelope is tried first). To rotate
+/// without downtime: add the new key everywhere, then make it primary
+/// everywhere, then remove the old one.
+#[derive(Clone)]
+pub struct Keyring {
+    keys: Vec<Key>,
+    primary: u8,
+}
+
+impl core::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let ids: Vec<u8> = self.keys.iter().map(|k| k.id).collect();
+        f.debug_struct("Keyring")
+            .field("ids", &ids)
+            .field("primary", &self.primary)
+            .finish()
+    }
+}
+
+/// How many keys a [`Keyring`] holds at most.
+pub const KEYRING_KEYS_MAX: usize = 8;
+
+/// A misuse of the [`Keyring`] API (nothing changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyringError {
+    /// No key with that id.
+    UnknownKey,
+    /// The keyring already holds [`KEYRING_KEYS_MAX`] keys.
+    Full,
+    /// The primary key cannot be removed.
+    IsPrimary,
+}
+
+impl Keyring {
+    /// A keyring with one key, `id`, as primary.
+    pub fn new(id: u8, key: [u8; 32]) -> Self {
+        Keyring {
+            keys: vec![Key {
+                id,
+                cipher: XChaCha20Poly1305::new(&key.into()),
+            }],
+            primary: id,
+        }
+    }
+
+    /// Adds (or replaces) key `id` for opening; it is not used to seal until
+    /// made primary.
+    pub fn add(&mut self, id: u8, key: [u8; 32]) -> Result<(), KeyringError> {
+        let cipher = XChaCha20Poly1305::new(&key.into());
+        if let Some(k) = self.keys.iter_mut().find(|k| k.id == id) {
+            k.cipher = cipher;
+            return Ok(());
+        }
+        if self.keys.len() >= KEYRING_KEYS_MAX {
+            return Err(KeyringError::Full);
+        }
+        self.keys.push(Key { id, cipher });
+        Ok(())
+    }
+
+    /// Makes key `id` the one messages are sealed with.
+    pub fn set_primary(&mut self, id: u8) -> Result<(), KeyringError> {
+        if !self.keys.iter().any(|k| k.id == id) {
+            return Err(KeyringError::UnknownKey);
+        }
+        self.primary = id;
+        Ok(())
+    }
+
+    /// Removes key `id` (not the primary).
+    pub fn remove(&mut self, id: u8) -> Result<(), KeyringError> {
+        if id == self.primary {
+            return Err(KeyringError::IsPrimary);
+        }
+        let before = self.keys.len();
+        self.keys.retain(|k| k.id != id);
+        if self.keys.len() == before {
+            return Err(KeyringError::UnknownKey);
+        }
+        Ok(())
+    }
+
+    fn primary(&self) -> &Key {
+        self.keys
+            .iter()
+            .find(|k| k.id == self.primary)
+            .expect("the primary key is always in the ring")
+    }
+}
+
+/// SWIM state of a member as carried in updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; declared dead unless it refutes in time.
+    Suspect,
+    /// Confirmed unreachable.
+    Dead,
+    /// Left on purpose.
+    Left,
+}
+
+/// A membership update piggybacked on messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdate {
+    /// Whom it is about.
+    pub id: NodeId,
+    /// Where that member is reached.
+    pub addr: PeerAddr,
+    /// The member's incarnation the update refers to.
+    pub incarnation: u64,
+    /// The state claimed.
+    pub state: MemberState,
+}
+
+/// A freshly written entry pushed to peers, with the writer's previous
+/// version so that a peer holding everything up to `prev` can advance its
+/// watermark without a round of anti-entropy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pushed {
+    /// The entry.
+    pub entry: Entry,
+    /// The writer's version before this write.
+    pub prev: Version,
+}
+
+/// What a message asks or tells.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// SWIM probe; answer with `Ack { seq }`.
+    Ping {
+        /// Probe sequence number.
+        seq: u32,
+        /// The sender's watermark hash, as in `Syn`: a mismatch starts an
+        /// anti-entropy exchange, so probes double as pull rounds.
+        hash: u64,
+        /// Writers in the sender's watermark map.
+        writers: u32,
+    },
+    /// Answer to a `Ping`.
+    Ack {
+        /// The probe's sequence number.
+        seq: u32,
+    },
+    /// Asks the receiver to probe `target` for us (indirect probe).
+    PingReq {
+        /// Our probe's sequence number, echoed in the `IndirectAck`.
+        seq: u32,
+        /// The member to probe.
+        target: NodeId,
+        /// Where to reach it.
+        target_addr: PeerAddr,
+    },
+    /// The relay reached the target of our `PingReq`.
+    IndirectAck {
+        /// The original probe's sequence number.
+        seq: u32,
+        /// The member that answered.
+        target: NodeId,
+    },
+    /// A node asks to join; answered by `JoinReply`.
+    Join,
+    /// A sample of the sender's members.
+    JoinReply {
+        /// Members known alive.
+        members: Vec<MemberUpdate>,
+    },
+    /// A gossip round: a summary of what we hold plus freshly written entries.
+    Syn {
+        /// [`Store::seen_hash`](crate::replica::Store::seen_hash) of the sender.
+        hash: u64,
+        /// Writers in the sender's watermark map.
+        writers: u32,
+        /// Fresh entries (push).
+        push: Vec<Pushed>,
+    },
+    /// "Your summary differs from mine: here is how far I have seen each
+    /// writer; send me what is newer."
+    Digest {
+        /// The sender's digest (maybe a window of it).
+        digest: Digest,
+    },
+    /// Entries the receiver lacks; with `digest`, also asks for the reverse.
+    Delta {
+        /// The entries and watermarks.
+        delta: Delta,
+        /// The sender's digest if it wants the receiver's newer entries.
+        digest: Option<Digest>,
+    },
+    /// "You are behind by more than the grace period: ask me for a full
+    /// state transfer."
+    NeedFull,
+    /// Asks for the next chunk of a full state transfer.
+    FullRequest {
+        /// The key the previous chunk ended at, `None` to start.
+        after: Option<(Namespace, Bytes)>,
+    },
+    /// A chunk of a full state transfer.
+    Full {
+        /// The chunk.
+        chunk: FullChunk,
+    },
+    /// The sender leaves the cluster.
+    Leave,
+}
+
+/// One message: who sends it, its membership updates and its body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packet {
+    /// The sender's node id.
+    pub from: NodeId,
+    /// Where the sender is reached (replies go there, not to the transport
+    /// source address).
+    pub addr: PeerAddr,
+    /// The sender's incarnation.
+    pub incarnation: u64,
+    /// Whether the sender knows its whole tombstone-collection history
+    /// ([`Store::history_complete`](crate::replica::Store::history_complete)):
+    /// only such a node is a safe source of a full state transfer.
+    pub complete: bool,
+    /// Piggybacked membership updates.
+    pub updates: Vec<MemberUpdate>,
+    /// The message proper.
+    pub body: Body,
+}
+
+/// Why received bytes were dropped. The input changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than an envelope.
+    TooShort,
+    /// Longer than the message size limit.
+    TooLarge,
+    /// Unknown envelope version.
+    BadVersion,
+    /// No key in the ring opens it (wrong cluster key or tampered).
+    Auth,
+    /// Unknown flag bits or a bad compressed body.
+    BadCompression,
+    /// The body is not a valid packet.
+    BadFormat,
+}
+
+/// Serializes, maybe compresses, and seals `packet` with the keyring's
+/// primary key and `nonce`. Bodies of at least `compress_min_bytes` are
+/// compressed when that makes them smaller.
+pub fn seal(
+    keys: &Keyring,
+    nonce: [u8; 24],
+    packet: &Packet,
+    compress_min_bytes: usize,
+) -> Vec<u8> {
+    let body = postcard::to_allocvec(packet).expect("packets always serialize");
+    let mut plain = Vec::with_capacity(body.len() + 1);
+    if body.len() >= compress_min_bytes {
+        let c = lz4_flex::compress_prepend_size(&body);
+        if c.len() < body.len() {
+            plain.push(FLAG_LZ4);
+            plain.extend_from_slice(&c);
+        }
+    }
+    if plain.is_empty() {
+        plain.push(0);
+        plain.extend_from_slice(&body);
+    }
+    let key = keys.primary();
+    let header = [ENVELOPE_VERSION, key.id];
+    let ct = key
+        .cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: &header,
+            },
+        )
+        .expect("encryption of a bounded buffer cannot fail");
+    let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + plain.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Opens an envelope: checks size and version, authenticates with the
+/// keyring (the named key first, then the others), decompresses within
+/// `bytes_max`, and parses the packet. Never panics on any input.
+pub fn open(keys: &Keyring, bytes: &[u8], bytes_max: usize) -> Result<Packet, DecodeError> {
+    if bytes.len() > bytes_max {
+        return Err(DecodeError::TooLarge);
+    }
+    if bytes.len() < ENVELOPE_OVERHEAD + 1 {
+        return Err(DecodeError::TooShort);
+    }
+    if bytes[0] != ENVELOPE_VERSION {
+        return Err(DecodeError::BadVersion);
+    }
+    let header = &bytes[..2];
+    let nonce = XNonce::from_slice(&bytes[2..26]);
+    let ct = &bytes[26..];
+    let try_key = |k: &Key| {
+        k.cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: ct,
+                    aad: header,
+                },
+            )
+            .ok()
+    };
+    let named = keys.keys.iter().find(|k| k.id == bytes[1]);
+    let plain = named
+        .and_then(try_key)
+        .or_else(|| {
+            keys.keys
+                .iter()
+                .filter(|k| k.id != bytes[1])
+                .find_map(try_key)
+        })
+        .ok_or(DecodeError::Auth)?;
+    let (flags, body) = plain.split_first().ok_or(DecodeError::BadFormat)?;
+    let decompressed;
+    let body = match *flags {
+        0 => body,
+        FLAG_LZ4 => {
+            if body.len() < 4 {
+                return Err(DecodeError::BadCompression);
+            }
+            let n = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+            if n > bytes_max.saturating_mul(4) {
+                return Err(DecodeError::TooLarge);
+            }
+            decompressed = lz4_flex::decompress_size_prepended(body)
+                .map_err(|_| DecodeError::BadCompression)?;
+            &decompressed[..]
+        }
+        _ => return Err(DecodeError::BadCompression),
+    };
+    let (packet, rest) =
+        postcard::take_from_bytes::<Packet>(body).map_err(|_| DecodeError::BadFormat)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::BadFormat);
+    }
+    Ok(packet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet() -> Packet {
+        Packet {
+            from: 7,
+            addr: "n7".into(),
+            incarnation: 1,
+            complete: true,
+            updates: vec![],
+            body: Body::Syn {
+                hash: 42,
+                writers: 1,
+                push: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn a_sealed_packet_opens_with_the_same_key() {
+        let ring = Keyring::new(1, [9; 32]);
+        let b = seal(&ring, [3; 24], &packet(), 64);
+        assert_eq!(open(&ring, &b, 1 << 16).unwrap(), packet());
+    }
+
+    #[test]
+    fn a_wrong_key_or_a_flipped_bit_is_refused() {
+        let ring = Keyring::new(1, [9; 32]);
+        let other = Keyring::new(1, [8; 32]);
+        let mut b = seal(&ring, [3; 24], &packet(), 64);
+        assert_eq!(open(&other, &b, 1 << 16), Err(DecodeError::Auth));
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert_eq!(open(&ring, &b, 1 << 16), Err(DecodeError::Auth));
+    }
+
+    #[test]
+    fn rotation_opens_messages_sealed_with_either_key() {
+        let old = Keyring::new(1, [1; 32]);
+        let mut both = Keyring::new(1, [1; 32]);
+        both.add(2, [2; 32]).unwrap();
+        both.set_primary(2).unwrap();
+        let from_old = seal(&old, [0; 24], &packet(), 64);
+        let from_new = seal(&both, [0; 24], &packet(), 64);
+        assert!(open(&both, &from_old, 1 << 16).is_ok());
+        assert!(open(&both, &from_new, 1 << 16).is_ok());
+        assert_eq!(open(&old, &from_new, 1 << 16), Err(DecodeError::Auth));
+        assert_eq!(both.remove(2), Err(KeyringError::IsPrimary));
+    }
+
+    #[test]
+    fn large_repetitive_bodies_are_compressed() {
+        let ring = Keyring::new(1, [9; 32]);
+        let mut p = packet();
+        p.updates = (0..50)
+            .map(|i| MemberUpdate {
+                id: i,
+                addr: "node-with-a-long-name:5300".into(),
+                incarnation: 0,
+                state: MemberState::Alive,
+            })
+            .collect();
+        let raw = postcard::to_allocvec(&p).unwrap().len();
+        let b = seal(&ring, [3; 24], &p, 64);
+        assert!(b.len() < raw, "{} !< {}", b.len(), raw);
+        assert_eq!(open(&ring, &b, 1 << 16).unwrap(), p);
+    }
+}

@@ -1,0 +1,753 @@
+//! The replicated store: entries by `(namespace, key)`, merged with
+//! [`merge`](super::merge), plus the bookkeeping anti-entropy needs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::entry::{lww_cmp, Entry, Hlc, Namespace, NodeId, Version};
+use crate::time::UnixMillis;
+
+/// Limits and timings of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// How long a tombstone (or an expired entry) is kept before it is
+    /// collected. A peer that is further behind than this gets a full state
+    /// transfer instead of a delta. Must exceed the longest partition you
+    /// want to heal by delta.
+    pub tombstone_grace_ms: u64,
+    /// Entries (live and tombstones) the store holds at most; writes and
+    /// remote entries for new keys are refused beyond it.
+    pub entries_max: usize,
+    /// Longest key accepted, in bytes.
+    pub key_bytes_max: usize,
+    /// Longest value accepted, in bytes.
+    pub value_bytes_max: usize,
+    /// Distinct writers tracked at most; entries from further writers are
+    /// refused.
+    pub writers_max: usize,
+    /// How far ahead of our wall clock a remote version may be; entries
+    /// further in the future are refused so one bad clock cannot drag the
+    /// cluster's HLC along.
+    pub clock_drift_max_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            tombstone_grace_ms: 24 * 3600 * 1000,
+            entries_max: 1_000_000,
+            key_bytes_max: 512,
+            value_bytes_max: 16 * 1024,
+            writers_max: 2048,
+            clock_drift_max_ms: 60_000,
+        }
+    }
+}
+
+/// What the store tells its followers (the DNS view, persistence).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// This entry now holds its key: a live value or a tombstone (check
+    /// `deleted` and the expiry). Persist it; update views.
+    Applied(Entry),
+    /// The key's tombstone was collected: forget the key entirely (delete it
+    /// from persistence too).
+    Removed {
+        /// Namespace of the collected key.
+        ns: Namespace,
+        /// The collected key.
+        key: Bytes,
+    },
+}
+
+/// Why an entry was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The store already holds this version or a later one (nothing changed).
+    Stale,
+    /// Key or value longer than the configured limits (nothing changed).
+    TooLarge,
+    /// The store is at `entries_max` or `writers_max` (nothing changed).
+    Full,
+    /// The version is further in the future than `clock_drift_max_ms`
+    /// (nothing changed).
+    FromTheFuture,
+}
+
+/// A local write as issued by [`Store::write`] / [`Store::delete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalWrite {
+    /// The new entry (already applied).
+    pub entry: Entry,
+    /// The writer's previous version: a peer that has seen everything up to
+    /// `prev` from this writer may mark everything up to `entry.version` seen.
+    pub prev: Version,
+}
+
+/// How far a node has seen each writer, or a window of that map: the digest
+/// of anti-entropy. Writers inside `[lo, hi]` (None = unbounded) that are not
+/// listed count as never seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Lowest writer id covered, or unbounded.
+    pub lo: Option<NodeId>,
+    /// Highest writer id covered (inclusive), or unbounded.
+    pub hi: Option<NodeId>,
+    /// `(writer, version)`: everything from `writer` up to `version` is held.
+    pub seen: Vec<(NodeId, Version)>,
+}
+
+impl Digest {
+    fn covers(&self, w: NodeId) -> bool {
+        self.lo.is_none_or(|lo| w >= lo) && self.hi.is_none_or(|hi| w <= hi)
+    }
+}
+
+/// Entries to send to a peer plus the watermarks they complete.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Entries the peer lacks, in ascending (writer, version) order.
+    pub entries: Vec<Entry>,
+    /// After applying `entries`, the peer holds everything from `writer` up to
+    /// `version`.
+    pub seen: Vec<(NodeId, Version)>,
+}
+
+/// One chunk of a full state transfer, in key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullChunk {
+    /// Entries (live and tombstones) with keys after the request's cursor.
+    pub entries: Vec<Entry>,
+    /// The key to continue after, or `None` if this was the last chunk.
+    pub next: Option<(Namespace, Bytes)>,
+    /// With the last chunk: the sender's watermarks.
+    pub seen: Vec<(NodeId, Version)>,
+    /// With the last chunk: the sender's collected-tombstone floors
+    /// ([`Store::gc_floors`]).
+    pub floors: Vec<(NodeId, Version)>,
+    /// With the last chunk: whether the sender knows its whole collection
+    /// history (it has not restarted since, or took a full transfer from a
+    /// node that does).
+    pub complete: bool,
+}
+
+type Key = (Namespace, Bytes);
+
+/// The replicated store of one node.
+///
+/// * Inputs: [`write`](Self::write)/[`delete`](Self::delete) for local
+///   changes, [`apply`](Self::apply)/[`apply_delta`](Self::apply_delta) for
+///   remote ones, [`expire`](Self::expire) as wall time passes,
+///   [`restore`](Self::restore) once at start.
+/// * Outputs: [`drain_changes`](Self::drain_changes) (the change feed; drain
+///   it after every input), [`digest`](Self::digest),
+///   [`delta_for`](Self::delta_for), [`full_chunk`](Self::full_chunk).
+/// * Getters: [`get`](Self::get), [`live`](Self::live),
+///   [`entries`](Self::entries).
+#[derive(Debug)]
+pub struct Store {
+    cfg: StoreConfig,
+    me: NodeId,
+    hlc: Hlc,
+    entries: BTreeMap<Key, Entry>,
+    by_writer: BTreeSet<(NodeId, Version, Namespace, Bytes)>,
+    seen: BTreeMap<NodeId, Version>,
+    max: BTreeMap<NodeId, Version>,
+    seen_hash: u64,
+    expiries: BTreeSet<(UnixMillis, Namespace, Bytes)>,
+    collect: BTreeSet<(UnixMillis, Namespace, Bytes)>,
+    gc_floor: BTreeMap<NodeId, Version>,
+    history_complete: bool,
+    changes: VecDeque<Change>,
+}
+
+fn mix(w: NodeId, v: Version) -> u64 {
+    let mut z = w ^ v.0.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Store {
+    /// An empty store for node `me`.
+    pub fn new(cfg: StoreConfig, me: NodeId) -> Self {
+        Store {
+            cfg,
+            me,
+            hlc: Hlc::new(),
+            entries: BTreeMap::new(),
+            by_writer: BTreeSet::new(),
+            seen: BTreeMap::new(),
+            max: BTreeMap::new(),
+            seen_hash: 0,
+            expiries: BTreeSet::new(),
+            collect: BTreeSet::new(),
+            gc_floor: BTreeMap::new(),
+            history_complete: true,
+            changes: VecDeque::new(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Loads entries persisted by an earlier run (from the change feed). Call
+    /// once, before any other input. Watermarks are not restored (only our
+    /// own), so the node catches up from peers; the clock is moved past
+    /// every loaded version. Emits no changes.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = Entry>, now_ms: UnixMillis) {
+        self.history_complete = false;
+        let mut own = Version::ZERO;
+        for e in entries {
+            self.hlc.observe(e.version);
+            if e.writer == self.me {
+                own = own.max(e.version);
+            }
+            let _ = self.apply(e, now_ms);
+        }
+        self.set_seen(self.me, own);
+        self.changes.clear();
+    }
+
+    /// Writes `value` under `(ns, key)` as this node, expiring at `expires_ms`
+    /// (0 = never). The version is later than any the store has seen, so the
+    /// write wins locally. Returns the entry to push to peers.
+    pub fn write(
+        &mut self,
+        ns: Namespace,
+        key: Bytes,
+        value: Bytes,
+        expires_ms: UnixMillis,
+        now_ms: UnixMillis,
+    ) -> Result<LocalWrite, Refused> {
+        self.local(ns, key, value, expires_ms, false, now_ms)
+    }
+
+    /// Deletes `(ns, key)` as this node: writes a tombstone, even if the key
+    /// is unknown here, so that older writes arriving later lose.
+    pub fn delete(
+        &mut self,
+        ns: Namespace,
+        key: Bytes,
+        now_ms: UnixMillis,
+    ) -> Result<LocalWrite, Refused> {
+        self.local(ns, key, Bytes::new(), 0, true, now_ms)
+    }
+
+    fn local(
+        &mut self,
+        ns: Namespace,
+        key: Bytes,
+        value: Bytes,
+        expires_ms: UnixMillis,
+        deleted: bool,
+        now_ms: UnixMillis,
+    ) -> Result<LocalWrite, Refused> {
+        if key.len() > self.cfg.key_bytes_max || value.len() > self.cfg.value_bytes_max {
+            return Err(Refused::TooLarge);
+        }
+        let k = (ns, key);
+        if let Some(old) = self.entries.get(&k) {
+            self.hlc.observe(old.version);
+        } else if self.entries.len() >= self.cfg.entries_max {
+            return Err(Refused::Full);
+        }
+        if !self.seen.contains_key(&self.me) && self.seen.len() >= self.cfg.writers_max {
+            return Err(Refused::Full);
+        }
+        let prev = self.seen_of(self.me);
+        self.hlc.observe(prev);
+        let version = self.hlc.tick(now_ms);
+        let entry = Entry {
+            ns: k.0,
+            key: k.1,
+            value,
+            writer: self.me,
+            version,
+            expires_ms,
+            deleted,
+        };
+        self.put(entry.clone());
+        self.set_seen(self.me, version);
+        self.expire(now_ms);
+        Ok(LocalWrite { entry, prev })
+    }
+
+    /// Merges a remote entry. An entry that arrives already expired is
+    /// stored as its tombstone; an entry for a key we no longer hold, from a
+    /// writer we have seen past its version, is refused as stale (its delete
+    /// was collected here). Returns whether it changed the store.
+    pub fn apply(&mut self, mut e: Entry, now_ms: UnixMillis) -> Result<(), Refused> {
+        if e.key.len() > self.cfg.key_bytes_max || e.value.len() > self.cfg.value_bytes_max {
+            return Err(Refused::TooLarge);
+        }
+        if e.version.wall_ms() > now_ms.saturating_add(self.cfg.clock_drift_max_ms) {
+            return Err(Refused::FromTheFuture);
+        }
+        if e.deleted && !e.value.is_empty() {
+            e.value = Bytes::new();
+        }
+        if !e.deleted && e.is_expired(now_ms) {
+            e = e.into_tombstone();
+        }
+        if let Some(dead) = e.dead_since_ms() {
+            if e.deleted && dead.saturating_add(self.cfg.tombstone_grace_ms) <= now_ms {
+                // Past its grace period: it would be collected at once. Still
+                // let it beat an older live entry we hold, but never store it
+                // for a key we do not have.
+                if !self.entries.contains_key(&(e.ns, e.key.clone())) {
+                    return Err(Refused::Stale);
+                }
+            }
+        }
+        let k = (e.ns, e.key.clone());
+        match self.entries.get(&k) {
+            Some(old) if lww_cmp(old, &e) != core::cmp::Ordering::Less => {
+                return Err(Refused::Stale)
+            }
+            Some(_) => {}
+            None if self.seen.get(&e.writer).is_some_and(|s| e.version <= *s) => {
+                // We hold everything from this writer up to our watermark, or
+                // what superseded it; the key is gone, so what superseded it
+                // was a tombstone since collected. This entry is dead: never
+                // let it back in (whoever sent it is stale).
+                return Err(Refused::Stale);
+            }
+            None => {
+                if self.entries.len() >= self.cfg.entries_max {
+                    return Err(Refused::Full);
+                }
+            }
+        }
+        if !self.max.contains_key(&e.writer) && self.max.len() >= self.cfg.writers_max {
+            return Err(Refused::Full);
+        }
+        self.hlc.observe(e.version);
+        self.put(e);
+        // A tombstone applied past its grace period goes at once.
+        self.expire(now_ms);
+        Ok(())
+    }
+
+    fn put(&mut self, e: Entry) {
+        let k = (e.ns, e.key.clone());
+        if let Some(old) = self.entries.remove(&k) {
+            self.unindex(&old);
+        }
+        let m = self.max.entry(e.writer).or_default();
+        if e.version > *m {
+            *m = e.version;
+        }
+        self.by_writer
+            .insert((e.writer, e.version, e.ns, e.key.clone()));
+        if e.deleted {
+            let at = e
+                .dead_since_ms()
+                .unwrap_or(0)
+                .saturating_add(self.cfg.tombstone_grace_ms);
+            self.collect.insert((at, e.ns, e.key.clone()));
+        } else if e.expires_ms != 0 {
+            self.expiries.insert((e.expires_ms, e.ns, e.key.clone()));
+        }
+        self.changes.push_back(Change::Applied(e.clone()));
+        self.entries.insert(k, e);
+    }
+
+    fn unindex(&mut self, old: &Entry) {
+        self.by_writer
+            .remove(&(old.writer, old.version, old.ns, old.key.clone()));
+        if old.deleted {
+            let at = old
+                .dead_since_ms()
+                .unwrap_or(0)
+                .saturating_add(self.cfg.tombstone_grace_ms);
+            self.collect.remove(&(at, old.ns, old.key.clone()));
+        } else if old.expires_ms != 0 {
+            self.expiries
+                .remove(&(old.expires_ms, old.ns, old.key.clone()));
+        }
+    }
+
+    /// Turns entries whose expiry has passed into tombstones and collects
+    /// tombstones past their grace period. Call whenever wall time moves on
+    /// (the gossip machine does it on every timeout).
+    pub fn expire(&mut self, now_ms: UnixMillis) {
+        while let Some(first) = self.expiries.first() {
+            if first.0 > now_ms {
+                break;
+            }
+            let (_, ns, key) = self.expiries.pop_first().expect("non-empty");
+            if let Some(e) = self.entries.get(&(ns, key)).cloned() {
+                assert!(!e.deleted, "expiry queue holds live entries only");
+                self.put(e.into_tombstone());
+            }
+        }
+        while let Some(first) = self.collect.first() {
+            if first.0 > now_ms {
+                break;
+            }
+            let (_, ns, key) = self.collect.pop_first().expect("non-empty");
+            if let Some(old) = self.entries.remove(&(ns, key.clone())) {
+                self.by_writer
+                    .remove(&(old.writer, old.version, old.ns, old.key.clone()));
+                let f = self.gc_floor.entry(old.writer).or_default();
+                if old.version > *f {
+                    *f = old.version;
+                }
+                self.changes.push_back(Change::Removed { ns, key });
+            }
+        }
+    }
+
+    /// Takes the next change of the feed. Drain it fully after every input:
+    /// the feed holds at most the changes of the inputs since.
+    pub fn drain_changes(&mut self) -> Option<Change> {
+        self.changes.pop_front()
+    }
+
+    /// The live entry under `(ns, key)` at `now_ms`, if any.
+    pub fn get(&self, ns: Namespace, key: &[u8], now_ms: UnixMillis) -> Option<&Entry> {
+        self.entries
+            .get(&(ns, Bytes::copy_from_slice(key)))
+            .filter(|e| e.is_live(now_ms))
+    }
+
+    /// The live entries of namespace `ns` at `now_ms`, in key order: what may
+    /// be served.
+    pub fn live(&self, ns: Namespace, now_ms: UnixMillis) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries
+            .range((ns, Bytes::new())..)
+            .take_while(move |((n, _), _)| *n == ns)
+            .map(|(_, e)| e)
+            .filter(move |e| e.is_live(now_ms))
+    }
+
+    /// Every entry held, tombstones included, in key order: a snapshot for
+    /// persistence or checks.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries.values()
+    }
+
+    /// Entries held, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How far we have seen `writer` (everything up to the returned version).
+    pub fn seen_of(&self, writer: NodeId) -> Version {
+        self.seen.get(&writer).copied().unwrap_or_default()
+    }
+
+    /// The highest version held or ever applied from `writer`.
+    pub fn max_of(&self, writer: NodeId) -> Version {
+        self.max.get(&writer).copied().unwrap_or_default()
+    }
+
+    /// Marks everything from `writer` up to `v` as seen (no-op if already).
+    pub fn set_seen(&mut self, writer: NodeId, v: Version) {
+        let old = self.seen_of(writer);
+        if v <= old {
+            return;
+        }
+        if !self.seen.contains_key(&writer) && self.seen.len() >= self.cfg.writers_max {
+            return;
+        }
+        if old != Version::ZERO {
+            self.seen_hash ^= mix(writer, old);
+        }
+        self.seen_hash ^= mix(writer, v);
+        self.seen.insert(writer, v);
+        let m = self.max.entry(writer).or_default();
+        if v > *m {
+            *m = v;
+        }
+    }
+
+    /// False after [`restore`](Self::restore) until a full transfer from a
+    /// node that knows its collection history: until then we cannot tell
+    /// which tombstones were collected while we were down.
+    pub fn history_complete(&self) -> bool {
+        self.history_complete
+    }
+
+    /// Declares the collection history complete (the caller knows nothing was
+    /// collected that we missed, e.g. the whole cluster was down).
+    pub fn mark_history_complete(&mut self) {
+        self.history_complete = true;
+    }
+
+    /// A hash of the whole watermark map: two stores with equal hashes (and
+    /// writer counts) need no anti-entropy.
+    pub fn seen_hash(&self) -> u64 {
+        self.seen_hash
+    }
+
+    /// Number of writers with a watermark.
+    pub fn writers(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// A digest of at most `writers_max` writers, starting at the
+    /// `start`-th writer (modulo the writer count) so that a large
+    /// writer set is covered over several rounds.
+    pub fn digest(&self, start: usize, writers_max: usize) -> Digest {
+        let n = self.seen.len();
+        if n <= writers_max {
+            return Digest {
+                lo: None,
+                hi: None,
+                seen: self.seen.iter().map(|(w, v)| (*w, *v)).collect(),
+            };
+        }
+        let start = start % n;
+        let seen: Vec<(NodeId, Version)> = self
+            .seen
+            .iter()
+            .skip(start)
+            .take(writers_max)
+            .map(|(w, v)| (*w, *v))
+            .collect();
+        let end = start + seen.len();
+        Digest {
+            lo: (start > 0).then(|| seen[0].0),
+            hi: (end < n).then(|| seen[seen.len() - 1].0),
+            seen,
+        }
+    }
+
+    /// True if the peer with `digest` may have missed a delete that we have
+    /// already collected: it is behind us on some writer, and either we
+    /// collected a tombstone of that writer newer than its watermark, or
+    /// (after a restart, when we cannot know) its watermark is older than the
+    /// grace period. Such a peer needs a full state transfer, not a delta.
+    pub fn needs_full(&self, digest: &Digest, now_ms: UnixMillis) -> bool {
+        let theirs: BTreeMap<NodeId, Version> = digest.seen.iter().copied().collect();
+        let horizon = now_ms.saturating_sub(self.cfg.tombstone_grace_ms);
+        self.max.iter().any(|(w, mine)| {
+            if !digest.covers(*w) {
+                return false;
+            }
+            let t = theirs.get(w).copied().unwrap_or_default();
+            if t >= *mine {
+                return false;
+            }
+            if self.history_complete {
+                // We know exactly which tombstones were collected here or by
+                // whoever gave us a full transfer.
+                self.gc_floor.get(w).is_some_and(|floor| *floor > t)
+            } else {
+                // After a restart we cannot know what was collected while we
+                // were down: assume anything older than the grace period was.
+                t.wall_ms() < horizon
+            }
+        })
+    }
+
+    /// Per writer, the highest version of a tombstone collected here (or at
+    /// the sender of a full transfer we took): what a peer must have seen to
+    /// be served by delta. Sent with the last chunk of a full transfer.
+    pub fn gc_floors(&self) -> impl Iterator<Item = (NodeId, Version)> + '_ {
+        self.gc_floor.iter().map(|(w, v)| (*w, *v))
+    }
+
+    /// What a peer with `digest` lacks from the writers the digest covers:
+    /// entries newer than its watermarks (expired ones sent as tombstones),
+    /// at most `entries_max` entries and about `bytes_max` bytes, plus the
+    /// watermarks the peer may adopt after applying them.
+    pub fn delta_for(
+        &self,
+        digest: &Digest,
+        now_ms: UnixMillis,
+        entries_max: usize,
+        bytes_max: usize,
+    ) -> Delta {
+        let theirs: BTreeMap<NodeId, Version> = digest.seen.iter().copied().collect();
+        let mut out = Delta::default();
+        let mut bytes = 0usize;
+        let lo = digest.lo.map_or(Bound::Unbounded, Bound::Included);
+        let hi = digest.hi.map_or(Bound::Unbounded, Bound::Included);
+        'writers: for (&w, &max) in self.max.range((lo, hi)) {
+            let t = theirs.get(&w).copied().unwrap_or_default();
+            if max <= t {
+                continue;
+            }
+            // Room for this writer's watermark claim.
+            if bytes + 24 > bytes_max {
+                break;
+            }
+            bytes += 24;
+            let mine = self.seen_of(w);
+            let from = (
+                w,
+                Version(t.0.saturating_add(1)),
+                Namespace(0),
+                Bytes::new(),
+            );
+            for (ww, _, ns, key) in self.by_writer.range(from..) {
+                if *ww != w {
+                    break;
+                }
+                let Some(e) = self.entries.get(&(*ns, key.clone())) else {
+                    continue;
+                };
+                let len = e.encoded_len_max();
+                if out.entries.len() >= entries_max || bytes + len > bytes_max {
+                    // Truncated: the peer may claim up to the last version sent.
+                    let last = out
+                        .entries
+                        .last()
+                        .filter(|l| l.writer == w)
+                        .map(|l| l.version)
+                        .unwrap_or(t);
+                    let claim = last.min(mine);
+                    if claim > t {
+                        out.seen.push((w, claim));
+                    }
+                    break 'writers;
+                }
+                bytes += len;
+                let e = if !e.deleted && e.is_expired(now_ms) {
+                    e.clone().into_tombstone()
+                } else {
+                    e.clone()
+                };
+                out.entries.push(e);
+            }
+            if mine > t {
+                out.seen.push((w, mine));
+            }
+        }
+        out
+    }
+
+    /// Applies a delta from a peer: merges its entries, then adopts its
+    /// watermarks. Returns how many entries changed the store.
+    pub fn apply_delta(&mut self, delta: Delta, now_ms: UnixMillis) -> usize {
+        let mut n = 0;
+        for e in delta.entries {
+            if self.apply(e, now_ms).is_ok() {
+                n += 1;
+            }
+        }
+        for (w, v) in delta.seen {
+            if v.wall_ms() <= now_ms.saturating_add(self.cfg.clock_drift_max_ms) {
+                self.set_seen(w, v);
+            }
+        }
+        n
+    }
+
+    /// A chunk of a full state transfer: entries (tombstones included,
+    /// expired ones as tombstones) with keys after `after`, at most
+    /// `entries_max` and about `bytes_max` bytes; the last chunk carries our
+    /// watermarks (at most `writers_max`).
+    pub fn full_chunk(
+        &self,
+        after: Option<&(Namespace, Bytes)>,
+        now_ms: UnixMillis,
+        entries_max: usize,
+        bytes_max: usize,
+        writers_max: usize,
+    ) -> FullChunk {
+        let mut out = FullChunk::default();
+        let start = match after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut bytes = 0usize;
+        for (k, e) in self.entries.range((start, Bound::Unbounded)) {
+            let len = e.encoded_len_max();
+            if out.entries.len() >= entries_max || bytes + len > bytes_max {
+                out.next = Some(
+                    out.entries
+                        .last()
+                        .map(|l| (l.ns, l.key.clone()))
+                        .unwrap_or_else(|| k.clone()),
+                );
+                if out.entries.is_empty() {
+                    // A single entry larger than the budget: skip it rather
+                    // than stall the transfer (it cannot fit a message).
+                    out.next = Some(k.clone());
+                }
+                return out;
+            }
+            bytes += len;
+            out.entries.push(if !e.deleted && e.is_expired(now_ms) {
+                e.clone().into_tombstone()
+            } else {
+                e.clone()
+            });
+        }
+        out.seen = self
+            .seen
+            .iter()
+            .take(writers_max)
+            .map(|(w, v)| (*w, *v))
+            .collect();
+        out.floors = self.gc_floors().take(writers_max).collect();
+        out.complete = self.history_complete;
+        out
+    }
+
+    /// Ends a full state transfer: `received` are the keys the transfer
+    /// carried, `theirs` the sender's watermarks, `floors` and `complete` its
+    /// collection history (adopted). Every entry we hold that
+    /// the sender has seen (version within its watermark) but no longer holds
+    /// was deleted and collected there: drop it. Then adopt the watermarks.
+    pub fn finish_full(
+        &mut self,
+        received: &BTreeSet<(Namespace, Bytes)>,
+        theirs: &[(NodeId, Version)],
+        floors: &[(NodeId, Version)],
+        complete: bool,
+        now_ms: UnixMillis,
+    ) -> usize {
+        if complete {
+            self.history_complete = true;
+        }
+        for (w, v) in floors {
+            if self.gc_floor.contains_key(w) || self.gc_floor.len() < self.cfg.writers_max {
+                let f = self.gc_floor.entry(*w).or_default();
+                if *v > *f {
+                    *f = *v;
+                }
+            }
+        }
+        let theirs_map: BTreeMap<NodeId, Version> = theirs.iter().copied().collect();
+        let doomed: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| {
+                !received.contains(*k)
+                    && theirs_map
+                        .get(&e.writer)
+                        .is_some_and(|seen| e.version <= *seen)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let n = doomed.len();
+        for k in doomed {
+            if let Some(old) = self.entries.remove(&k) {
+                self.unindex(&old);
+                self.changes
+                    .push_back(Change::Removed { ns: k.0, key: k.1 });
+            }
+        }
+        for (w, v) in theirs {
+            if v.wall_ms() <= now_ms.saturating_add(self.cfg.clock_drift_max_ms) {
+                self.set_seen(*w, *v);
+            }
+        }
+        n
+    }
+}

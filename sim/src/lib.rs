@@ -1,0 +1,8 @@
+//! The deterministic simulator: the very same gossip machines, no adapter,
+//! one virtual clock and a seeded network model.
+
+#![forbid(unsafe_code)]
+
+pub mod chaos;
+pub mod spread;
+pub mod world;

@@ -1,0 +1,303 @@
+//! `sim gossip`: how fast writes spread through N nodes and what it costs.
+
+use bytes::Bytes;
+use rumor_core::gossip::{Command, Config, Input};
+use rumor_core::replica::{Change, Namespace};
+use rumor_core::time::{Duration, Instant};
+
+use crate::world::{addr, NetModel, World};
+
+/// Options of one spread run.
+#[derive(Clone, Debug)]
+pub struct SpreadOpts {
+    /// Cluster size.
+    pub nodes: usize,
+    /// The seed of everything.
+    pub seed: u64,
+    /// Message loss probability.
+    pub loss: f64,
+    /// Duplication probability.
+    pub dup: f64,
+    /// One-way latency, ms.
+    pub latency_ms: u64,
+    /// Extra random delay up to this, ms.
+    pub jitter_ms: u64,
+    /// Virtual run length, s.
+    pub secs: u64,
+    /// Virtual warm-up before the first write, s.
+    pub warmup_secs: u64,
+    /// Cluster-wide writes per second after warm-up.
+    pub writes_per_s: f64,
+    /// Gossip round, ms.
+    pub gossip_ms: u64,
+    /// Push fanout.
+    pub fanout: usize,
+    /// Members known at most per node (a partial view when smaller than N).
+    pub members_max: usize,
+    /// Rounds a fresh entry is pushed on.
+    pub push_rounds: u32,
+    /// Idle rounds between anti-entropy summaries.
+    pub sync_every_rounds: u32,
+    /// SWIM probe interval, ms.
+    pub probe_ms: u64,
+}
+
+impl Default for SpreadOpts {
+    fn default() -> Self {
+        SpreadOpts {
+            nodes: 100,
+            seed: 1,
+            loss: 0.0,
+            dup: 0.0,
+            latency_ms: 2,
+            jitter_ms: 3,
+            secs: 60,
+            warmup_secs: 10,
+            writes_per_s: 1.0,
+            gossip_ms: 200,
+            fanout: 3,
+            members_max: 64,
+            push_rounds: 2,
+            sync_every_rounds: 5,
+            probe_ms: 1000,
+        }
+    }
+}
+
+/// The figures of one spread run.
+#[derive(Clone, Debug, Default)]
+pub struct SpreadReport {
+    /// Cluster size.
+    pub nodes: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Fraction of (write, live node) pairs delivered by the end.
+    pub converged: f64,
+    /// Median rounds until 50% of nodes hold a write.
+    pub rounds_50: f64,
+    /// Median rounds until 99%.
+    pub rounds_99: f64,
+    /// Median rounds until 100%.
+    pub rounds_100: f64,
+    /// Worst write's rounds until 100%.
+    pub rounds_100_max: f64,
+    /// Median virtual ms until 50%.
+    pub ms_50: f64,
+    /// Median virtual ms until 99%.
+    pub ms_99: f64,
+    /// Median virtual ms until 100%.
+    pub ms_100: f64,
+    /// log2 N + ln N.
+    pub bound_push: f64,
+    /// log3 N + ln ln N.
+    pub bound_push_pull: f64,
+    /// Bytes sent per node per virtual second after warm-up.
+    pub bytes_per_node_per_s: f64,
+    /// Messages sent per node per virtual second after warm-up.
+    pub messages_per_node_per_s: f64,
+    /// Writes tracked.
+    pub writes: usize,
+    /// Trace hash.
+    pub trace_hash: u64,
+    /// Wall time of the run, ms.
+    pub wall_ms: u128,
+}
+
+struct Tracked {
+    at: Instant,
+    have: usize,
+    t50: Option<Instant>,
+    t99: Option<Instant>,
+    t100: Option<Instant>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs one spread experiment.
+pub fn run(o: &SpreadOpts) -> SpreadReport {
+    let started = std::time::Instant::now();
+    let n = o.nodes.max(2);
+    let net = NetModel {
+        latency_us: o.latency_ms * 1000,
+        jitter_us: o.jitter_ms * 1000,
+        loss: o.loss,
+        dup: o.dup,
+    };
+    let gossip_ms = o.gossip_ms;
+    let fanout = o.fanout;
+    let members_max = o.members_max;
+    let push_rounds = o.push_rounds;
+    let sync_every = o.sync_every_rounds;
+    let probe_ms = o.probe_ms;
+    let mut w = World::new(
+        n,
+        o.seed,
+        net,
+        Box::new(move |i, keys| {
+            let mut c = Config::new(addr(i), keys);
+            c.gossip_interval = Duration::from_millis(gossip_ms);
+            c.fanout = fanout;
+            c.members_max = members_max;
+            c.push_rounds = push_rounds;
+            c.sync_every_rounds = sync_every;
+            c.probe_interval = Duration::from_millis(probe_ms);
+            c.probe_timeout = Duration::from_millis(probe_ms / 2);
+            c
+        }),
+    );
+    // Each node bootstraps from up to three random earlier nodes.
+    for i in 1..n {
+        let mut b = Vec::new();
+        for _ in 0..3 {
+            let j = w.rng().index(i);
+            if !b.contains(&addr(j)) {
+                b.push(addr(j));
+            }
+        }
+        w.bootstrap[i] = b;
+    }
+    for i in 0..n {
+        w.start(i);
+    }
+    w.run_for(Duration::from_secs(o.warmup_secs));
+    w.changes.clear();
+    let bytes_at_warmup = w.bytes_sent;
+    let msgs_at_warmup = w.messages_sent;
+    let (upd0, sus0) = w.nodes.iter().flatten().fold((0, 0), |a, g| {
+        (
+            a.0 + g.stats().member_updates_applied,
+            a.1 + g.stats().suspicions,
+        )
+    });
+    let t_warm = w.now;
+    let end = Instant::from_micros(o.secs * 1_000_000);
+    // Writes stop early enough to have time to spread.
+    let last_write = end.as_micros().saturating_sub(5_000_000);
+    let every_us = (1e6 / o.writes_per_s.max(1e-3)) as u64;
+    let mut next_write = t_warm.as_micros();
+    let mut tracked: Vec<Tracked> = Vec::new();
+    let mut key_index = std::collections::BTreeMap::<Bytes, usize>::new();
+    let live = n;
+    let need50 = live.div_ceil(2);
+    let need99 = ((live as f64) * 0.99).ceil() as usize;
+    while w.now < end {
+        let until = if next_write <= last_write {
+            Instant::from_micros(next_write.min(end.as_micros()))
+        } else {
+            end
+        };
+        while w.step(until) {
+            for (_, c) in w.changes.drain(..) {
+                if let Change::Applied(e) = c {
+                    if let Some(&k) = key_index.get(&e.key) {
+                        let t = &mut tracked[k];
+                        t.have += 1;
+                        if t.have >= need50 && t.t50.is_none() {
+                            t.t50 = Some(w.now);
+                        }
+                        if t.have >= need99 && t.t99.is_none() {
+                            t.t99 = Some(w.now);
+                        }
+                        if t.have >= live && t.t100.is_none() {
+                            t.t100 = Some(w.now);
+                        }
+                    }
+                }
+            }
+        }
+        if w.now.as_micros() >= next_write && next_write <= last_write {
+            let i = w.rng().index(n);
+            let key = Bytes::from(format!("w{}", tracked.len()));
+            key_index.insert(key.clone(), tracked.len());
+            tracked.push(Tracked {
+                at: w.now,
+                have: 0,
+                t50: None,
+                t99: None,
+                t100: None,
+            });
+            w.input(
+                i,
+                Input::Command(Command::Write {
+                    ns: Namespace::DNS,
+                    key,
+                    value: Bytes::from_static(b"\x01\x02\x03\x04 an A record"),
+                    expires_ms: 0,
+                }),
+            );
+            // The writer's own Applied counts as holding it.
+            for (_, c) in w.changes.drain(..) {
+                if let Change::Applied(e) = c {
+                    if let Some(&k) = key_index.get(&e.key) {
+                        tracked[k].have += 1;
+                    }
+                }
+            }
+            next_write += every_us;
+        }
+    }
+    let (upd1, sus1) = w.nodes.iter().flatten().fold((0, 0), |a, g| {
+        (
+            a.0 + g.stats().member_updates_applied,
+            a.1 + g.stats().suspicions,
+        )
+    });
+    if std::env::var_os("SIM_DEBUG").is_some() {
+        eprintln!(
+            "membership after warm-up: {} updates applied, {} suspicions; at warm-up end {} / {}",
+            upd1 - upd0,
+            sus1 - sus0,
+            upd0,
+            sus0
+        );
+    }
+    let round_us = (gossip_ms * 1000) as f64;
+    let rounds = |t: Option<Instant>, at: Instant| {
+        t.map(|t| (t.as_micros() - at.as_micros()) as f64 / round_us)
+    };
+    let r50: Vec<f64> = tracked.iter().filter_map(|t| rounds(t.t50, t.at)).collect();
+    let r99: Vec<f64> = tracked.iter().filter_map(|t| rounds(t.t99, t.at)).collect();
+    let r100: Vec<f64> = tracked
+        .iter()
+        .filter_map(|t| rounds(t.t100, t.at))
+        .collect();
+    let delivered: usize = tracked.iter().map(|t| t.have.min(live)).sum();
+    let nf = n as f64;
+    let trace_hash = w.trace_hash();
+    let bytes_sent = w.bytes_sent;
+    let messages_sent = w.messages_sent;
+    let now = w.now;
+    // Tearing down 10,000 machines takes a good part of a second: the run is
+    // over, let the process reclaim the memory.
+    std::mem::forget(w);
+    let window_s = (now.as_micros() - t_warm.as_micros()) as f64 / 1e6;
+    SpreadReport {
+        nodes: n,
+        seed: o.seed,
+        converged: if tracked.is_empty() {
+            1.0
+        } else {
+            delivered as f64 / (tracked.len() * live) as f64
+        },
+        rounds_50: median(r50.clone()),
+        rounds_99: median(r99.clone()),
+        rounds_100_max: r100.iter().copied().fold(f64::NAN, f64::max),
+        ms_50: median(r50.iter().map(|r| r * round_us / 1000.0).collect()),
+        ms_99: median(r99.iter().map(|r| r * round_us / 1000.0).collect()),
+        ms_100: median(r100.iter().map(|r| r * round_us / 1000.0).collect()),
+        rounds_100: median(r100),
+        bound_push: nf.log2() + nf.ln(),
+        bound_push_pull: nf.ln() / 3f64.ln() + nf.ln().ln(),
+        bytes_per_node_per_s: (bytes_sent - bytes_at_warmup) as f64 / nf / window_s.max(1e-9),
+        messages_per_node_per_s: (messages_sent - msgs_at_warmup) as f64 / nf / window_s.max(1e-9),
+        writes: tracked.len(),
+        trace_hash,
+        wall_ms: started.elapsed().as_millis(),
+    }
+}

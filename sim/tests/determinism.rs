@@ -1,0 +1,45 @@
+//! The same seed twice gives the same trace hash; another seed does not.
+
+use sim::chaos;
+use sim::spread::{self, SpreadOpts};
+
+#[test]
+fn the_same_seed_twice_gives_the_same_trace_hash() {
+    let o = SpreadOpts {
+        nodes: 30,
+        seed: 7,
+        loss: 0.1,
+        dup: 0.02,
+        secs: 15,
+        warmup_secs: 5,
+        ..SpreadOpts::default()
+    };
+    let a = spread::run(&o);
+    let b = spread::run(&o);
+    assert_eq!(a.trace_hash, b.trace_hash);
+    let c = spread::run(&SpreadOpts { seed: 8, ..o });
+    assert_ne!(a.trace_hash, c.trace_hash);
+    assert_eq!(a.converged, 1.0);
+}
+
+#[test]
+fn a_chaos_seed_replays_to_the_same_trace_and_passes() {
+    let a = chaos::run_seed(3);
+    let b = chaos::run_seed(3);
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert!(a.converged);
+}
+
+#[test]
+fn a_handful_of_chaos_seeds_keep_every_invariant_and_converge() {
+    for seed in 100..108 {
+        let o = chaos::run_seed(seed);
+        assert!(
+            o.violations.is_empty(),
+            "seed {seed}: {:?}\nreplay: cargo run -p sim -- chaos --seed {seed}",
+            o.violations
+        );
+        assert!(o.converged, "seed {seed} did not converge");
+    }
+}

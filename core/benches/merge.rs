@@ -19,9 +19,7 @@ fn entry(i: u64, writer: u64) -> Entry {
 fn benches(c: &mut Criterion) {
     let a = entry(1, 1);
     let b = entry(2, 2);
-    c.bench_function("merge two entries", |bench| {
-        bench.iter(|| merge(black_box(a.clone()), black_box(b.clone())))
-    });
+    c.bench_function("merge two entries", |bench| bench.iter(|| merge(black_box(a.clone()), black_box(b.clone()))));
     let batch: Vec<Entry> = (0..10_000).map(|i| entry(i, i % 7)).collect();
     c.bench_function("apply 10k remote entries to an empty store", |bench| {
         bench.iter(|| {
@@ -46,26 +44,13 @@ fn envelope(c: &mut Criterion) {
         incarnation: 3,
         complete: true,
         updates: (0..2)
-            .map(|i| MemberUpdate {
-                id: i,
-                addr: "10.0.0.2:5300".into(),
-                incarnation: 1,
-                state: MemberState::Alive,
-            })
+            .map(|i| MemberUpdate { id: i, addr: "10.0.0.2:5300".into(), incarnation: 1, state: MemberState::Alive })
             .collect(),
-        body: Body::Syn {
-            hash: 0xdead_beef,
-            writers: 12,
-            push: vec![],
-        },
+        body: Body::Syn { hash: 0xdead_beef, writers: 12, push: vec![] },
     };
     let sealed = seal(&ring, [1; 24], &p, 256);
-    c.bench_function("seal a small gossip packet", |b| {
-        b.iter(|| seal(&ring, black_box([1; 24]), black_box(&p), 256))
-    });
-    c.bench_function("open a small gossip packet", |b| {
-        b.iter(|| open(&ring, black_box(&sealed), 65_536))
-    });
+    c.bench_function("seal a small gossip packet", |b| b.iter(|| seal(&ring, black_box([1; 24]), black_box(&p), 256)));
+    c.bench_function("open a small gossip packet", |b| b.iter(|| open(&ring, black_box(&sealed), 65_536)));
 }
 
 criterion_group!(envelope_benches, envelope);

@@ -5,9 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use bytes::Bytes;
-use rumor_core::gossip::{
-    Command, Config, Event, Gossip, Input, Keyring, MemberState, Now, Output, PeerAddr,
-};
+use rumor_core::gossip::{Command, Config, Event, Gossip, Input, Keyring, MemberState, Now, Output, PeerAddr};
 use rumor_core::replica::{Change, Entry, Namespace, StoreConfig};
 use rumor_core::time::{Duration, Instant};
 
@@ -63,20 +61,13 @@ impl Net {
 
     fn config(&self, i: usize) -> Config {
         let mut c = Config::new(addr(i), self.keys.clone());
-        c.store = StoreConfig {
-            tombstone_grace_ms: self.grace_ms,
-            ..StoreConfig::default()
-        };
+        c.store = StoreConfig { tombstone_grace_ms: self.grace_ms, ..StoreConfig::default() };
         c
     }
 
     fn make(&self, i: usize, restore: Option<Vec<Entry>>) -> Gossip {
-        let mut g = Gossip::new(
-            self.config(i),
-            1000 + i as u64,
-            self.clock(),
-            42 + i as u64 * 7 + self.now.as_micros(),
-        );
+        let mut g =
+            Gossip::new(self.config(i), 1000 + i as u64, self.clock(), 42 + i as u64 * 7 + self.now.as_micros());
         if let Some(entries) = restore {
             g.restore(entries, 0);
         }
@@ -84,10 +75,7 @@ impl Net {
     }
 
     fn clock(&self) -> Now {
-        Now {
-            at: self.now,
-            wall_ms: WALL0 + self.now.as_micros() / 1000,
-        }
+        Now { at: self.now, wall_ms: WALL0 + self.now.as_micros() / 1000 }
     }
 
     fn input(&mut self, i: usize, input: Input) {
@@ -102,12 +90,7 @@ impl Net {
                     let j = idx(&to);
                     if !self.cut.contains(&(i.min(j), i.max(j))) {
                         self.seq += 1;
-                        self.queue.push(Reverse((
-                            self.now.as_micros() + LATENCY_US,
-                            self.seq,
-                            j,
-                            bytes,
-                        )));
+                        self.queue.push(Reverse((self.now.as_micros() + LATENCY_US, self.seq, j, bytes)));
                     }
                 }
                 Output::Event(Event::Store(Change::Applied(e))) => {
@@ -132,10 +115,7 @@ impl Net {
         loop {
             steps += 1;
             assert!(steps < 50_000_000, "livelock");
-            let next_msg = self
-                .queue
-                .peek()
-                .map(|Reverse((t, ..))| Instant::from_micros(*t));
+            let next_msg = self.queue.peek().map(|Reverse((t, ..))| Instant::from_micros(*t));
             let (ti, tt) = self
                 .timers
                 .iter()
@@ -152,13 +132,7 @@ impl Net {
             self.now = next;
             if next_msg == Some(next) {
                 let Reverse((_, _, j, bytes)) = self.queue.pop().unwrap();
-                self.input(
-                    j,
-                    Input::Receive {
-                        from: addr(0),
-                        bytes,
-                    },
-                );
+                self.input(j, Input::Receive { from: addr(0), bytes });
             } else {
                 self.input(ti, Input::Timeout);
             }
@@ -171,10 +145,7 @@ impl Net {
 
     fn value(&self, i: usize, key: &[u8]) -> Option<Bytes> {
         let wall = self.clock().wall_ms;
-        self.node(i)
-            .store()
-            .get(Namespace::DNS, key, wall)
-            .map(|e| e.value.clone())
+        self.node(i).store().get(Namespace::DNS, key, wall).map(|e| e.value.clone())
     }
 
     fn write(&mut self, i: usize, key: &'static [u8], value: &'static [u8]) {
@@ -197,19 +168,9 @@ fn a_write_on_one_node_reaches_every_node_and_so_does_its_delete() {
     net.write(5, b"www", b"1.2.3.4");
     net.run(Duration::from_secs(3));
     for i in 0..12 {
-        assert_eq!(
-            net.value(i, b"www").as_deref(),
-            Some(&b"1.2.3.4"[..]),
-            "node {i}"
-        );
+        assert_eq!(net.value(i, b"www").as_deref(), Some(&b"1.2.3.4"[..]), "node {i}");
     }
-    net.input(
-        9,
-        Input::Command(Command::Delete {
-            ns: Namespace::DNS,
-            key: Bytes::from_static(b"www"),
-        }),
-    );
+    net.input(9, Input::Command(Command::Delete { ns: Namespace::DNS, key: Bytes::from_static(b"www") }));
     net.run(Duration::from_secs(3));
     for i in 0..12 {
         assert_eq!(net.value(i, b"www"), None, "node {i}");
@@ -221,11 +182,7 @@ fn nodes_learn_members_beyond_their_bootstrap_list() {
     let mut net = Net::new(10, 3_600_000);
     net.run(Duration::from_secs(20));
     for i in 0..10 {
-        let alive = net
-            .node(i)
-            .members()
-            .filter(|(_, _, s)| *s == MemberState::Alive)
-            .count();
+        let alive = net.node(i).members().filter(|(_, _, s)| *s == MemberState::Alive).count();
         assert_eq!(alive, 9, "node {i} knows {alive} alive members");
     }
 }
@@ -241,10 +198,7 @@ fn a_partition_heals_by_itself_and_writes_on_both_sides_converge() {
     }
     net.run(Duration::from_secs(30));
     // Each side now believes the other dead.
-    assert!(net
-        .node(0)
-        .members()
-        .any(|(id, _, s)| id == 1005 && s == MemberState::Dead));
+    assert!(net.node(0).members().any(|(id, _, s)| id == 1005 && s == MemberState::Dead));
     net.write(1, b"left", b"L");
     net.write(6, b"right", b"R");
     net.run(Duration::from_secs(5));
@@ -252,16 +206,8 @@ fn a_partition_heals_by_itself_and_writes_on_both_sides_converge() {
     net.cut.clear();
     net.run(Duration::from_secs(30));
     for i in 0..8 {
-        assert_eq!(
-            net.value(i, b"left").as_deref(),
-            Some(&b"L"[..]),
-            "node {i}"
-        );
-        assert_eq!(
-            net.value(i, b"right").as_deref(),
-            Some(&b"R"[..]),
-            "node {i}"
-        );
+        assert_eq!(net.value(i, b"left").as_deref(), Some(&b"L"[..]), "node {i}");
+        assert_eq!(net.value(i, b"right").as_deref(), Some(&b"R"[..]), "node {i}");
         assert_eq!(net.node(i).live_members(), 7, "node {i}");
     }
 }
@@ -277,35 +223,17 @@ fn a_node_down_longer_than_the_grace_period_catches_up_by_full_transfer_without_
     // Node 4 crashes, keeping what it persisted.
     let saved: Vec<Entry> = net.persisted[4].values().cloned().collect();
     net.nodes[4] = None;
-    net.input(
-        2,
-        Input::Command(Command::Delete {
-            ns: Namespace::DNS,
-            key: Bytes::from_static(b"doomed"),
-        }),
-    );
+    net.input(2, Input::Command(Command::Delete { ns: Namespace::DNS, key: Bytes::from_static(b"doomed") }));
     // Long enough for the tombstone to be collected everywhere.
     net.run(Duration::from_secs(30));
-    assert!(net
-        .node(2)
-        .store()
-        .entries()
-        .all(|e| &e.key[..] != b"doomed"));
+    assert!(net.node(2).store().entries().all(|e| &e.key[..] != b"doomed"));
     let g = net.make(4, Some(saved));
     net.nodes[4] = Some(g);
     net.input(4, Input::Command(Command::Join(vec![addr(0)])));
     net.run(Duration::from_secs(15));
     for i in 0..6 {
-        assert_eq!(
-            net.value(i, b"doomed"),
-            None,
-            "node {i} resurrected a delete"
-        );
-        assert_eq!(
-            net.value(i, b"kept").as_deref(),
-            Some(&b"y"[..]),
-            "node {i}"
-        );
+        assert_eq!(net.value(i, b"doomed"), None, "node {i} resurrected a delete");
+        assert_eq!(net.value(i, b"kept").as_deref(), Some(&b"y"[..]), "node {i}");
     }
     assert!(net.node(4).stats().full_transfers >= 1);
 }
@@ -313,32 +241,13 @@ fn a_node_down_longer_than_the_grace_period_catches_up_by_full_transfer_without_
 #[test]
 fn a_message_under_a_wrong_key_is_dropped_and_counted() {
     let mut net = Net::new(2, 3_600_000);
-    let mut stranger = Gossip::new(
-        Config::new(addr(1), Keyring::new(1, [8; 32])),
-        77,
-        net.clock(),
-        1,
-    );
+    let mut stranger = Gossip::new(Config::new(addr(1), Keyring::new(1, [8; 32])), 77, net.clock(), 1);
     stranger.handle(net.clock(), Input::Command(Command::Join(vec![addr(0)])));
-    let Output::Transmit { bytes, .. } = stranger.poll_output() else {
-        panic!("the stranger should send a join")
-    };
-    net.input(
-        0,
-        Input::Receive {
-            from: addr(1),
-            bytes,
-        },
-    );
+    let Output::Transmit { bytes, .. } = stranger.poll_output() else { panic!("the stranger should send a join") };
+    net.input(0, Input::Receive { from: addr(1), bytes });
     assert_eq!(net.node(0).stats().dropped_auth, 1);
     assert_eq!(net.node(0).live_members(), 0);
-    net.input(
-        0,
-        Input::Receive {
-            from: addr(1),
-            bytes: vec![1, 2, 3],
-        },
-    );
+    net.input(0, Input::Receive { from: addr(1), bytes: vec![1, 2, 3] });
     assert_eq!(net.node(0).stats().dropped_format, 1);
 }
 

@@ -13,15 +13,7 @@ fn seal_raw(plain: &[u8]) -> Vec<u8> {
     let c = XChaCha20Poly1305::new(&KEY.into());
     let header = [1u8, 1u8];
     let nonce = [9u8; 24];
-    let ct = c
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plain,
-                aad: &header,
-            },
-        )
-        .unwrap();
+    let ct = c.encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad: &header }).unwrap();
     let mut out = header.to_vec();
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);

@@ -5,27 +5,14 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use rumor_core::replica::{
-    lww_cmp, merge, Change, Digest, Entry, Namespace, Refused, Store, StoreConfig, Version,
-};
+use rumor_core::replica::{lww_cmp, merge, Change, Digest, Entry, Namespace, Refused, Store, StoreConfig, Version};
 
 fn entry_strategy() -> impl Strategy<Value = Entry> {
-    (
-        0u64..4,
-        0u64..6,
-        0u16..3,
-        prop::collection::vec(any::<u8>(), 0..3),
-        any::<bool>(),
-        prop::option::of(0u64..3),
-    )
+    (0u64..4, 0u64..6, 0u16..3, prop::collection::vec(any::<u8>(), 0..3), any::<bool>(), prop::option::of(0u64..3))
         .prop_map(|(writer, wall, logical, value, deleted, exp)| Entry {
             ns: Namespace::DNS,
             key: Bytes::from_static(b"k"),
-            value: if deleted {
-                Bytes::new()
-            } else {
-                Bytes::from(value)
-            },
+            value: if deleted { Bytes::new() } else { Bytes::from(value) },
             writer,
             version: Version::new(1_000 + wall, logical),
             expires_ms: exp.map_or(0, |e| 1_000 + e),
@@ -67,43 +54,18 @@ const GRACE: u64 = 50;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write {
-        key: u8,
-        value: u8,
-        ttl: Option<u64>,
-    },
-    Delete {
-        key: u8,
-    },
-    Remote {
-        key: u8,
-        writer: u64,
-        wall: u64,
-        value: u8,
-        deleted: bool,
-    },
-    Advance {
-        ms: u64,
-    },
+    Write { key: u8, value: u8, ttl: Option<u64> },
+    Delete { key: u8 },
+    Remote { key: u8, writer: u64, wall: u64, value: u8, deleted: bool },
+    Advance { ms: u64 },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..5, any::<u8>(), prop::option::of(1u64..40)).prop_map(|(key, value, ttl)| Op::Write {
-            key,
-            value,
-            ttl
-        }),
+        (0u8..5, any::<u8>(), prop::option::of(1u64..40)).prop_map(|(key, value, ttl)| Op::Write { key, value, ttl }),
         (0u8..5).prop_map(|key| Op::Delete { key }),
-        (0u8..5, 2u64..5, 0u64..200, any::<u8>(), any::<bool>()).prop_map(
-            |(key, writer, wall, value, deleted)| Op::Remote {
-                key,
-                writer,
-                wall,
-                value,
-                deleted
-            }
-        ),
+        (0u8..5, 2u64..5, 0u64..200, any::<u8>(), any::<bool>())
+            .prop_map(|(key, writer, wall, value, deleted)| Op::Remote { key, writer, wall, value, deleted }),
         (1u64..30).prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -124,18 +86,12 @@ impl Model {
         self.map.insert(key, m);
     }
     fn live(&self, now: u64) -> BTreeMap<Vec<u8>, (Version, Bytes)> {
-        self.map
-            .values()
-            .filter(|e| e.is_live(now))
-            .map(|e| (e.key.to_vec(), (e.version, e.value.clone())))
-            .collect()
+        self.map.values().filter(|e| e.is_live(now)).map(|e| (e.key.to_vec(), (e.version, e.value.clone()))).collect()
     }
 }
 
 fn store_live(s: &Store, now: u64) -> BTreeMap<Vec<u8>, (Version, Bytes)> {
-    s.live(Namespace::DNS, now)
-        .map(|e| (e.key.to_vec(), (e.version, e.value.clone())))
-        .collect()
+    s.live(Namespace::DNS, now).map(|e| (e.key.to_vec(), (e.version, e.value.clone()))).collect()
 }
 
 proptest! {
@@ -264,24 +220,13 @@ proptest! {
 
 #[test]
 fn a_peer_behind_by_more_than_the_grace_period_needs_a_full_transfer() {
-    let cfg = StoreConfig {
-        tombstone_grace_ms: 100,
-        ..StoreConfig::default()
-    };
+    let cfg = StoreConfig { tombstone_grace_ms: 100, ..StoreConfig::default() };
     let mut b = Store::new(cfg.clone(), 2);
-    b.write(
-        Namespace::DNS,
-        Bytes::from_static(b"x"),
-        Bytes::from_static(b"1"),
-        0,
-        1_000,
-    )
-    .unwrap();
+    b.write(Namespace::DNS, Bytes::from_static(b"x"), Bytes::from_static(b"1"), 0, 1_000).unwrap();
     let stale = Digest::default();
     // Nothing collected yet: a delta is enough.
     assert!(!b.needs_full(&stale, 10_000));
-    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_001)
-        .unwrap();
+    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_001).unwrap();
     b.expire(10_000);
     assert!(b.needs_full(&stale, 10_000));
     let fresh = b.digest(0, 10);
@@ -301,41 +246,19 @@ fn a_peer_behind_by_more_than_the_grace_period_needs_a_full_transfer() {
         10_000,
     );
     assert!(c.needs_full(&stale, 10_000));
-    let recent = Digest {
-        seen: vec![(2, Version::new(990, 0))],
-        ..Digest::default()
-    };
+    let recent = Digest { seen: vec![(2, Version::new(990, 0))], ..Digest::default() };
     assert!(!c.needs_full(&recent, 1_050));
 }
 
 #[test]
 fn a_full_transfer_drops_entries_the_sender_saw_deleted_and_collected() {
-    let cfg = StoreConfig {
-        tombstone_grace_ms: 100,
-        ..StoreConfig::default()
-    };
+    let cfg = StoreConfig { tombstone_grace_ms: 100, ..StoreConfig::default() };
     let mut a = Store::new(cfg.clone(), 1);
     let mut b = Store::new(cfg, 2);
-    let w = b
-        .write(
-            Namespace::DNS,
-            Bytes::from_static(b"x"),
-            Bytes::from_static(b"1"),
-            0,
-            1_000,
-        )
-        .unwrap();
+    let w = b.write(Namespace::DNS, Bytes::from_static(b"x"), Bytes::from_static(b"1"), 0, 1_000).unwrap();
     a.apply(w.entry, 1_000).unwrap();
-    b.write(
-        Namespace::DNS,
-        Bytes::from_static(b"keep"),
-        Bytes::from_static(b"2"),
-        0,
-        1_001,
-    )
-    .unwrap();
-    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_002)
-        .unwrap();
+    b.write(Namespace::DNS, Bytes::from_static(b"keep"), Bytes::from_static(b"2"), 0, 1_001).unwrap();
+    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_002).unwrap();
     b.expire(5_000); // the tombstone is collected
     assert!(b.get(Namespace::DNS, b"x", 5_000).is_none());
     assert!(b.needs_full(&a.digest(0, 10), 5_000));
@@ -381,51 +304,23 @@ fn an_entry_that_arrives_expired_is_stored_as_a_tombstone_and_never_served() {
 #[test]
 fn restore_moves_the_clock_past_loaded_versions() {
     let mut a = Store::new(StoreConfig::default(), 1);
-    let w = a
-        .write(
-            Namespace::DNS,
-            Bytes::from_static(b"k"),
-            Bytes::from_static(b"v"),
-            0,
-            9_000,
-        )
-        .unwrap();
+    let w = a.write(Namespace::DNS, Bytes::from_static(b"k"), Bytes::from_static(b"v"), 0, 9_000).unwrap();
     let mut b = Store::new(StoreConfig::default(), 1);
     b.restore(a.entries().cloned(), 1_000);
     assert!(b.drain_changes().is_none());
-    let w2 = b
-        .write(
-            Namespace::DNS,
-            Bytes::from_static(b"k"),
-            Bytes::from_static(b"w"),
-            0,
-            1_000,
-        )
-        .unwrap();
+    let w2 = b.write(Namespace::DNS, Bytes::from_static(b"k"), Bytes::from_static(b"w"), 0, 1_000).unwrap();
     assert!(w2.entry.version > w.entry.version);
     assert_eq!(w2.prev, w.entry.version);
 }
 
 #[test]
 fn a_stale_peer_cannot_bring_back_an_entry_whose_delete_was_collected() {
-    let cfg = StoreConfig {
-        tombstone_grace_ms: 100,
-        ..StoreConfig::default()
-    };
+    let cfg = StoreConfig { tombstone_grace_ms: 100, ..StoreConfig::default() };
     let mut writer = Store::new(cfg.clone(), 1);
     let mut b = Store::new(cfg, 2);
-    let w = writer
-        .write(
-            Namespace::DNS,
-            Bytes::from_static(b"x"),
-            Bytes::from_static(b"1"),
-            0,
-            1_000,
-        )
-        .unwrap();
+    let w = writer.write(Namespace::DNS, Bytes::from_static(b"x"), Bytes::from_static(b"1"), 0, 1_000).unwrap();
     b.apply_delta(writer.delta_for(&b.digest(0, 10), 1_000, 10, 10_000), 1_000);
-    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_001)
-        .unwrap();
+    b.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_001).unwrap();
     b.expire(5_000);
     assert!(b.entries().next().is_none(), "the tombstone is collected");
     // A stale node offers the old write again, by delta or full transfer.

@@ -39,17 +39,9 @@ const KEYS: u64 = 12;
 /// deleted) the node ever applied.
 type Floors = Vec<BTreeMap<Bytes, (Version, u64, bool)>>;
 
-fn check_change(
-    floors: &mut Floors,
-    i: usize,
-    c: &Change,
-    now: Instant,
-    violations: &mut Vec<String>,
-) {
+fn check_change(floors: &mut Floors, i: usize, c: &Change, now: Instant, violations: &mut Vec<String>) {
     let Change::Applied(e) = c else { return };
-    let f = floors[i]
-        .entry(e.key.clone())
-        .or_insert((Version::ZERO, 0, false));
+    let f = floors[i].entry(e.key.clone()).or_insert((Version::ZERO, 0, false));
     let new = (e.version, e.writer);
     let old = (f.0, f.1);
     let expiry_turn = new == old && e.deleted && !f.2;
@@ -155,11 +147,7 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
         let key = Bytes::from(format!("k{}", r.below(KEYS)));
         match r.below(100) {
             0..=44 => {
-                let ttl = if r.chance(0.3) {
-                    1_000 + r.below(20_000)
-                } else {
-                    0
-                };
+                let ttl = if r.chance(0.3) { 1_000 + r.below(20_000) } else { 0 };
                 let expires_ms = if ttl > 0 { w.wall_ms() + ttl } else { 0 };
                 w.input(
                     i,
@@ -172,13 +160,7 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
                 );
             }
             45..=64 => {
-                w.input(
-                    i,
-                    Input::Command(Command::Delete {
-                        ns: Namespace::DNS,
-                        key,
-                    }),
-                );
+                w.input(i, Input::Command(Command::Delete { ns: Namespace::DNS, key }));
             }
             65..=74 => {
                 // Partition: a random split of the nodes into two groups,
@@ -191,8 +173,7 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
                     for g in w.group.iter_mut() {
                         *g = r.below(2) as u32;
                     }
-                    partition_until =
-                        Some(w.now + Duration::from_millis(1_000 + r.below(grace_ms / 2)));
+                    partition_until = Some(w.now + Duration::from_millis(1_000 + r.below(grace_ms / 2)));
                 }
             }
             75..=84 => {
@@ -274,21 +255,15 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
     }
     if !converged {
         let wall = w.wall_ms();
-        let expected: Vec<_> = truth
-            .values()
-            .filter(|e| e.is_live(wall))
-            .map(|e| (e.key.clone(), e.version, e.writer))
-            .collect();
+        let expected: Vec<_> =
+            truth.values().filter(|e| e.is_live(wall)).map(|e| (e.key.clone(), e.version, e.writer)).collect();
         let mut msg = format!(
             "did not converge within {}s of the heal; expected {} live keys",
             HEAL_BOUND.as_secs(),
             expected.len()
         );
         for i in 0..n {
-            let v: Vec<_> = live_view(&w, i, wall)
-                .into_iter()
-                .map(|(k, v, wr, _)| (k, v, wr))
-                .collect();
+            let v: Vec<_> = live_view(&w, i, wall).into_iter().map(|(k, v, wr, _)| (k, v, wr)).collect();
             if v != expected {
                 msg.push_str(&format!("\n  node {i} differs: {} live keys", v.len()));
             }
@@ -298,13 +273,5 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
     for g in w.nodes.iter().flatten() {
         full_transfers += g.stats().full_transfers;
     }
-    ChaosOutcome {
-        seed,
-        violations,
-        converged,
-        heal_ms,
-        trace_hash: w.trace_hash(),
-        nodes: n,
-        full_transfers,
-    }
+    ChaosOutcome { seed, violations, converged, heal_ms, trace_hash: w.trace_hash(), nodes: n, full_transfers }
 }

@@ -57,18 +57,12 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
         o.gossip_ms,
         o.fanout
     );
-    println!(
-        "writes tracked: {}  delivered: {:.4} of (write, node) pairs",
-        r.writes, r.converged
-    );
+    println!("writes tracked: {}  delivered: {:.4} of (write, node) pairs", r.writes, r.converged);
     println!(
         "rounds (median) to 50%: {:.2}  99%: {:.2}  100%: {:.2} (worst {:.2})",
         r.rounds_50, r.rounds_99, r.rounds_100, r.rounds_100_max
     );
-    println!(
-        "virtual time (median) to 50%: {:.0} ms  99%: {:.0} ms  100%: {:.0} ms",
-        r.ms_50, r.ms_99, r.ms_100
-    );
+    println!("virtual time (median) to 50%: {:.0} ms  99%: {:.0} ms  100%: {:.0} ms", r.ms_50, r.ms_99, r.ms_100);
     println!(
         "bounds: push log2N+lnN = {:.2}  push-pull log3N+lnlnN = {:.2}  (100% at {:.2}x push-pull)",
         r.bound_push,
@@ -150,11 +144,7 @@ fn chaos_cmd(args: &[String]) -> Result<ExitCode, String> {
         });
         println!("{j}");
     }
-    Ok(if violations == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn main() -> ExitCode {
@@ -164,11 +154,7 @@ fn main() -> ExitCode {
         Some("chaos") => chaos_cmd(&args[1..]),
         _ => {
             println!("{HELP}");
-            return if args.is_empty() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if args.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
     };
     match res {

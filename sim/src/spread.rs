@@ -123,12 +123,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(o: &SpreadOpts) -> SpreadReport {
     let started = std::time::Instant::now();
     let n = o.nodes.max(2);
-    let net = NetModel {
-        latency_us: o.latency_ms * 1000,
-        jitter_us: o.jitter_ms * 1000,
-        loss: o.loss,
-        dup: o.dup,
-    };
+    let net = NetModel { latency_us: o.latency_ms * 1000, jitter_us: o.jitter_ms * 1000, loss: o.loss, dup: o.dup };
     let gossip_ms = o.gossip_ms;
     let fanout = o.fanout;
     let members_max = o.members_max;
@@ -169,12 +164,11 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     w.changes.clear();
     let bytes_at_warmup = w.bytes_sent;
     let msgs_at_warmup = w.messages_sent;
-    let (upd0, sus0) = w.nodes.iter().flatten().fold((0, 0), |a, g| {
-        (
-            a.0 + g.stats().member_updates_applied,
-            a.1 + g.stats().suspicions,
-        )
-    });
+    let (upd0, sus0) = w
+        .nodes
+        .iter()
+        .flatten()
+        .fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
     let t_warm = w.now;
     let end = Instant::from_micros(o.secs * 1_000_000);
     // Writes stop early enough to have time to spread.
@@ -187,11 +181,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let need50 = live.div_ceil(2);
     let need99 = ((live as f64) * 0.99).ceil() as usize;
     while w.now < end {
-        let until = if next_write <= last_write {
-            Instant::from_micros(next_write.min(end.as_micros()))
-        } else {
-            end
-        };
+        let until = if next_write <= last_write { Instant::from_micros(next_write.min(end.as_micros())) } else { end };
         while w.step(until) {
             for (_, c) in w.changes.drain(..) {
                 if let Change::Applied(e) = c {
@@ -215,13 +205,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             let i = w.rng().index(n);
             let key = Bytes::from(format!("w{}", tracked.len()));
             key_index.insert(key.clone(), tracked.len());
-            tracked.push(Tracked {
-                at: w.now,
-                have: 0,
-                t50: None,
-                t99: None,
-                t100: None,
-            });
+            tracked.push(Tracked { at: w.now, have: 0, t50: None, t99: None, t100: None });
             w.input(
                 i,
                 Input::Command(Command::Write {
@@ -242,12 +226,11 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             next_write += every_us;
         }
     }
-    let (upd1, sus1) = w.nodes.iter().flatten().fold((0, 0), |a, g| {
-        (
-            a.0 + g.stats().member_updates_applied,
-            a.1 + g.stats().suspicions,
-        )
-    });
+    let (upd1, sus1) = w
+        .nodes
+        .iter()
+        .flatten()
+        .fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
     if std::env::var_os("SIM_DEBUG").is_some() {
         eprintln!(
             "membership after warm-up: {} updates applied, {} suspicions; at warm-up end {} / {}",
@@ -258,15 +241,10 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         );
     }
     let round_us = (gossip_ms * 1000) as f64;
-    let rounds = |t: Option<Instant>, at: Instant| {
-        t.map(|t| (t.as_micros() - at.as_micros()) as f64 / round_us)
-    };
+    let rounds = |t: Option<Instant>, at: Instant| t.map(|t| (t.as_micros() - at.as_micros()) as f64 / round_us);
     let r50: Vec<f64> = tracked.iter().filter_map(|t| rounds(t.t50, t.at)).collect();
     let r99: Vec<f64> = tracked.iter().filter_map(|t| rounds(t.t99, t.at)).collect();
-    let r100: Vec<f64> = tracked
-        .iter()
-        .filter_map(|t| rounds(t.t100, t.at))
-        .collect();
+    let r100: Vec<f64> = tracked.iter().filter_map(|t| rounds(t.t100, t.at)).collect();
     let delivered: usize = tracked.iter().map(|t| t.have.min(live)).sum();
     let nf = n as f64;
     let trace_hash = w.trace_hash();
@@ -280,11 +258,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     SpreadReport {
         nodes: n,
         seed: o.seed,
-        converged: if tracked.is_empty() {
-            1.0
-        } else {
-            delivered as f64 / (tracked.len() * live) as f64
-        },
+        converged: if tracked.is_empty() { 1.0 } else { delivered as f64 / (tracked.len() * live) as f64 },
         rounds_50: median(r50.clone()),
         rounds_99: median(r99.clone()),
         rounds_100_max: r100.iter().copied().fold(f64::NAN, f64::max),

@@ -29,12 +29,7 @@ pub struct NetModel {
 
 impl Default for NetModel {
     fn default() -> Self {
-        NetModel {
-            latency_us: 2_000,
-            jitter_us: 3_000,
-            loss: 0.0,
-            dup: 0.0,
-        }
+        NetModel { latency_us: 2_000, jitter_us: 3_000, loss: 0.0, dup: 0.0 }
     }
 }
 
@@ -131,12 +126,7 @@ fn hash_bytes(b: &[u8]) -> u64 {
 impl World {
     /// `n` nodes (not started: call [`World::start`]), network `net`, every
     /// random choice drawn from `seed`. `cfg` builds each node's config.
-    pub fn new(
-        n: usize,
-        seed: u64,
-        net: NetModel,
-        cfg: Box<dyn Fn(usize, Keyring) -> Config>,
-    ) -> World {
+    pub fn new(n: usize, seed: u64, net: NetModel, cfg: Box<dyn Fn(usize, Keyring) -> Config>) -> World {
         World {
             nodes: (0..n).map(|_| None).collect(),
             persisted: vec![BTreeMap::new(); n],
@@ -163,10 +153,7 @@ impl World {
     /// Both clocks at the current virtual time (all nodes share the wall
     /// clock).
     pub fn clock(&self) -> Now {
-        Now {
-            at: self.now,
-            wall_ms: self.wall_ms(),
-        }
+        Now { at: self.now, wall_ms: self.wall_ms() }
     }
 
     /// Wall-clock milliseconds now.
@@ -225,11 +212,7 @@ impl World {
                     let copies = if self.rng.chance(self.net.dup) { 2 } else { 1 };
                     let mut payload = Some(bytes);
                     for c in 0..copies {
-                        let jitter = if self.net.jitter_us > 0 {
-                            self.rng.below(self.net.jitter_us)
-                        } else {
-                            0
-                        };
+                        let jitter = if self.net.jitter_us > 0 { self.rng.below(self.net.jitter_us) } else { 0 };
                         let at = self.now.as_micros() + self.net.latency_us + jitter;
                         self.seq += 1;
                         let bytes = if c + 1 == copies {
@@ -240,11 +223,7 @@ impl World {
                         self.heap.push(Reverse(Ev {
                             at,
                             seq: self.seq,
-                            kind: Kind::Deliver {
-                                from: i as u32,
-                                to: j as u32,
-                                bytes,
-                            },
+                            kind: Kind::Deliver { from: i as u32, to: j as u32, bytes },
                         }));
                     }
                 }
@@ -305,17 +284,8 @@ impl World {
             Kind::Deliver { from, to, bytes } => {
                 let (f, t) = (from as usize, to as usize);
                 if self.nodes[t].is_some() && self.group[f] == self.group[t] {
-                    self.trace = mix(
-                        self.trace,
-                        ev.at ^ ((t as u64) << 40) ^ hash_bytes(&bytes).rotate_left(17),
-                    );
-                    self.input(
-                        t,
-                        Input::Receive {
-                            from: addr(f),
-                            bytes,
-                        },
-                    );
+                    self.trace = mix(self.trace, ev.at ^ ((t as u64) << 40) ^ hash_bytes(&bytes).rotate_left(17));
+                    self.input(t, Input::Receive { from: addr(f), bytes });
                 }
             }
         }
@@ -345,9 +315,6 @@ impl World {
 
     /// Default store settings for simulated nodes.
     pub fn store_config(grace_ms: u64) -> StoreConfig {
-        StoreConfig {
-            tombstone_grace_ms: grace_ms,
-            ..StoreConfig::default()
-        }
+        StoreConfig { tombstone_grace_ms: grace_ms, ..StoreConfig::default() }
     }
 }

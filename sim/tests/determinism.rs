@@ -5,15 +5,7 @@ use sim::spread::{self, SpreadOpts};
 
 #[test]
 fn the_same_seed_twice_gives_the_same_trace_hash() {
-    let o = SpreadOpts {
-        nodes: 30,
-        seed: 7,
-        loss: 0.1,
-        dup: 0.02,
-        secs: 15,
-        warmup_secs: 5,
-        ..SpreadOpts::default()
-    };
+    let o = SpreadOpts { nodes: 30, seed: 7, loss: 0.1, dup: 0.02, secs: 15, warmup_secs: 5, ..SpreadOpts::default() };
     let a = spread::run(&o);
     let b = spread::run(&o);
     assert_eq!(a.trace_hash, b.trace_hash);

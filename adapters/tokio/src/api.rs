@@ -63,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/records/{name}", get(list_name).delete(delete_name))
         .route("/records/{name}/{rtype}", axum::routing::delete(delete_rrset))
         .route("/health", get(health))
+        .route("/members", get(members))
         .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
         .with_state(state)
 }
@@ -99,6 +100,7 @@ async fn write(
     match rx.await.map_err(|_| gone())? {
         Ok(report) => Ok(report),
         Err(WriteError::Conflict(m)) => Err(ApiError(StatusCode::CONFLICT, m)),
+        Err(WriteError::Refused(m)) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, m)),
         Err(WriteError::Storage(m)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, m)),
     }
 }
@@ -225,4 +227,14 @@ async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> 
         }
     }
     Ok(Json(json!({ "status": "ok", "stats": stats })))
+}
+
+/// `GET /members`: the cluster as this node sees it.
+async fn members(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    if !state.node.send(Command::Members { reply: tx }).await {
+        return Err(gone());
+    }
+    let members = rx.await.map_err(|_| gone())?;
+    Ok(Json(json!({ "members": members })))
 }

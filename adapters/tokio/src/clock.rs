@@ -26,6 +26,11 @@ impl Clock {
         self.origin + std::time::Duration::from_micros(at.as_micros())
     }
 
+    /// Both clocks at once, as the gossip machine takes them.
+    pub fn both(&self) -> rumor_core::gossip::Now {
+        rumor_core::gossip::Now { at: self.now(), wall_ms: self.wall_ms() }
+    }
+
     /// Wall-clock time, Unix milliseconds.
     pub fn wall_ms(&self) -> UnixMillis {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -29,13 +29,12 @@ const IDLE_WAKE: Duration = Duration::from_millis(100);
 const RCVBUF_BYTES: libc::c_int = 4 << 20;
 
 /// A change to the replica.
+#[derive(Debug)]
 pub enum ViewUpdate {
     /// Insert or replace an RRset.
     Put(RRset),
     /// Remove one RRset.
     Remove(Name, RType),
-    /// Remove every RRset of a name.
-    RemoveName(Name),
 }
 
 /// What the node task tells the UDP thread.
@@ -168,9 +167,6 @@ impl Worker {
                 }
                 Control::Update(ViewUpdate::Remove(name, rtype)) => {
                     self.store.remove_rrset(&name, rtype);
-                }
-                Control::Update(ViewUpdate::RemoveName(name)) => {
-                    self.store.remove_name(&name);
                 }
                 Control::Stats(reply) => {
                     let _ = reply.send(UdpStats {

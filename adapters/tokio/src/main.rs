@@ -2,8 +2,10 @@
 
 mod api;
 mod clock;
+mod cluster;
 mod dns_cli;
 mod dns_udp;
+mod gossip_net;
 mod node;
 mod persist;
 mod records;
@@ -39,10 +41,25 @@ struct NodeArgs {
     /// loopback address unless --api-public is given.
     #[arg(long, env = "RUMOR_API", default_value = "127.0.0.1:6969")]
     api: SocketAddr,
-    /// Where gossip listens (TCP). Reserved: replication arrives with the
-    /// gossip machine.
+    /// Where gossip listens (TCP).
     #[arg(long, env = "RUMOR_GOSSIP", default_value = "0.0.0.0:5300")]
     gossip: SocketAddr,
+    /// The gossip address other nodes reach this one at (default: --gossip,
+    /// or this host's address when --gossip is a wildcard).
+    #[arg(long, env = "RUMOR_ADVERTISE")]
+    advertise: Option<String>,
+    /// Nodes to join, host:port (repeatable or comma separated); a host may
+    /// be a DNS name with many addresses, as Docker's tasks.<service>.
+    #[arg(long, env = "RUMOR_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// Cluster key(s), 64 hex digits each, comma separated: the first seals
+    /// what this node sends, all open what it receives (rotation without
+    /// downtime). Nodes with different keys never exchange state.
+    #[arg(long, env = "RUMOR_CLUSTER_KEY", value_delimiter = ',', hide_env_values = true)]
+    cluster_key: Vec<String>,
+    /// Read the cluster key(s) from this file (a Docker secret).
+    #[arg(long, env = "RUMOR_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
     /// Directory for the node's database.
     #[arg(long, env = "RUMOR_DATA", default_value = "rumor-data")]
     data: PathBuf,
@@ -103,6 +120,65 @@ fn init_logging() {
         .init();
 }
 
+/// The key used when none is given: anyone can read this source, so it
+/// only keeps apart clusters that did not choose a key; the node warns.
+const DEV_CLUSTER_KEY: [u8; 32] = *b"rumor-insecure-development-key!!";
+
+fn keyring(args: &NodeArgs) -> Result<rumor_core::gossip::Keyring, String> {
+    let mut hexes: Vec<String> =
+        args.cluster_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    if let Some(path) = &args.cluster_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        hexes.extend(text.split([',', '\n', ' ']).map(str::trim).filter(|k| !k.is_empty()).map(str::to_string));
+    }
+    let mut keys = Vec::new();
+    for h in &hexes {
+        let bytes = hex::decode(h).map_err(|_| "a cluster key must be 64 hex digits".to_string())?;
+        let key: [u8; 32] =
+            bytes.try_into().map_err(|_| "a cluster key must be 64 hex digits (32 bytes)".to_string())?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        tracing::warn!(
+            "no --cluster-key: gossip is sealed with the public development key; set one for a real cluster"
+        );
+        keys.push(DEV_CLUSTER_KEY);
+    }
+    // Every node derives the same one-byte id from a key, so a rotated-in
+    // key is recognised cluster-wide.
+    let id_of = |k: &[u8; 32]| k.iter().fold(0u8, |a, b| a.rotate_left(1) ^ b);
+    let mut ring = rumor_core::gossip::Keyring::new(id_of(&keys[0]), keys[0]);
+    for k in &keys[1..] {
+        ring.add(id_of(k), *k).map_err(|e| format!("cluster keys: {e:?} (two keys share an id; pick another)"))?;
+    }
+    Ok(ring)
+}
+
+fn advertise_addr(args: &NodeArgs) -> Result<String, String> {
+    if let Some(a) = &args.advertise {
+        return Ok(a.clone());
+    }
+    if !args.gossip.ip().is_unspecified() {
+        return Ok(args.gossip.to_string());
+    }
+    // A wildcard bind: advertise this host's own address (what a container
+    // on an overlay network has), found through its hostname.
+    let host = hostname().ok_or("cannot tell this host's name; give --advertise")?;
+    let found = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), args.gossip.port()))
+        .map_err(|e| format!("cannot resolve this host's name {host:?} ({e}); give --advertise"))?
+        .find(|a| a.is_ipv4() && !a.ip().is_loopback())
+        .ok_or_else(|| format!("{host:?} has no usable address; give --advertise"))?;
+    Ok(found.to_string())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 async fn run_node(args: NodeArgs) -> Result<(), String> {
     let clock = clock::Clock::new();
     if args.api_token.is_none() && !args.api.ip().is_loopback() && !args.api_public {
@@ -128,20 +204,36 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         negative_ttl: args.negative_ttl,
         ..AuthorityConfig::default()
     };
-    let (persister, initial) = if args.ephemeral {
-        (None, Vec::new())
+    let advertise = advertise_addr(&args)?;
+    let gossip_config =
+        rumor_core::gossip::Config::new(rumor_core::gossip::PeerAddr(advertise.clone()), keyring(&args)?);
+    let frame_max = gossip_config.message_bytes_max;
+    let (persister, loaded) = if args.ephemeral {
+        (None, persist::Loaded { node_id: node::os_random(), incarnation: 0, entries: Vec::new() })
     } else {
         let dir = args.data.clone();
-        let now = clock.wall_ms();
-        let (p, sets) =
-            tokio::task::spawn_blocking(move || persist::open(&dir, now)).await.map_err(|e| e.to_string())??;
-        tracing::info!(rrsets = sets.len(), dir = %args.data.display(), "records loaded");
-        (Some(p), sets)
+        let fresh_id = node::os_random();
+        let (p, loaded) =
+            tokio::task::spawn_blocking(move || persist::open(&dir, fresh_id)).await.map_err(|e| e.to_string())??;
+        tracing::info!(entries = loaded.entries.len(), dir = %args.data.display(), "data loaded");
+        (Some(p), loaded)
     };
+    let cluster = cluster::Cluster::new(
+        gossip_config,
+        loaded.node_id,
+        clock.both(),
+        node::os_random(),
+        loaded.entries,
+        loaded.incarnation,
+    );
+    let initial: Vec<_> = cluster.view().live(clock.wall_ms()).into_iter().cloned().collect();
     let udp = std::net::UdpSocket::bind(args.dns).map_err(|e| format!("cannot bind DNS UDP {}: {e}", args.dns))?;
     let udp_reader = udp.try_clone().map_err(|e| e.to_string())?;
     let tcp =
         tokio::net::TcpListener::bind(args.dns).await.map_err(|e| format!("cannot bind DNS TCP {}: {e}", args.dns))?;
+    let gossip_listener = tokio::net::TcpListener::bind(args.gossip)
+        .await
+        .map_err(|e| format!("cannot bind gossip {}: {e}", args.gossip))?;
     let upstream = match args.upstream {
         Some(addr) => {
             let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
@@ -161,28 +253,31 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         }
         None => (None, None),
     };
-    let udp_server = dns_udp::UdpServer::start(
-        udp_reader,
-        initial.clone(),
-        Authority::new(authority_config.clone()),
-        forward_tx,
-        clock,
-    )
-    .map_err(|e| format!("cannot start the DNS UDP thread: {e}"))?;
+    let udp_server =
+        dns_udp::UdpServer::start(udp_reader, initial, Authority::new(authority_config.clone()), forward_tx, clock)
+            .map_err(|e| format!("cannot start the DNS UDP thread: {e}"))?;
+    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(node::INBOUND_MAX);
+    let (joins_tx, joins_rx) = tokio::sync::mpsc::channel(4);
+    let node_id = cluster.gossip().id();
     let (node, handle, rx) = node::Node::new(node::NodeParts {
         clock,
-        initial,
+        cluster,
         authority: Authority::new(authority_config),
         udp_reply: udp,
         view: Some(udp_server.control.clone()),
         forward_rx,
         persister,
         upstream,
+        inbound: inbound_rx,
+        frame_max,
+        joins: joins_rx,
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    tracing::info!(dns = %args.dns, api = %args.api, "rumor node up");
+    tracing::info!(dns = %args.dns, api = %args.api, gossip = %args.gossip, %advertise, node = format!("{node_id:016x}"), "rumor node up");
     let node_task = tokio::spawn(node.run(rx, shutdown_rx.clone()));
     let tcp_task = tokio::spawn(node::serve_tcp(tcp, handle.clone(), shutdown_rx.clone()));
+    let gossip_task = tokio::spawn(gossip_net::listen(gossip_listener, inbound_tx, frame_max + 4, shutdown_rx.clone()));
+    let join_task = tokio::spawn(node::resolve_joins(args.join.clone(), joins_tx, shutdown_rx.clone()));
     let state = api::ApiState {
         node: handle,
         token: args.api_token.map(|t| t.into()),
@@ -202,6 +297,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let _ = shutdown_tx.send(true);
     let _ = node_task.await;
     let _ = tcp_task.await;
+    let _ = gossip_task.await;
+    let _ = join_task.await;
     let _ = tokio::task::spawn_blocking(move || udp_server.shutdown()).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api_task).await;
     tracing::info!("stopped");

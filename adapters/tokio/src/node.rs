@@ -1,47 +1,35 @@
-//! The node task: it owns the record store (one task, one owner, no lock),
-//! takes API writes, TCP queries and lists as commands, mirrors every write
-//! to the UDP thread's replica, and forwards what the authority hands on.
+//! The node task: it owns the cluster member (gossip machine, replicated
+//! store, DNS view) — one task, one owner, no lock. It takes API writes,
+//! TCP queries and lists as commands, gossip frames from the network, and
+//! timer ticks; it carries out what the member asks (send, persist, mirror
+//! to the UDP thread) and forwards what the authority hands on.
 
 use crate::clock::Clock;
-use crate::dns_udp::{Control, ForwardRequest, ViewUpdate};
+use crate::cluster::{Cluster, Effect};
+pub use crate::cluster::{WriteError, WriteReport};
+use crate::dns_udp::{Control, ForwardRequest};
+use crate::gossip_net::{GossipNet, Inbound};
 use crate::persist::{Op, Persister};
 use rumor_core::dns::forward::{ForwardAction, Forwarder, ForwarderConfig};
-use rumor_core::dns::store::PutOutcome;
-use rumor_core::dns::{Authority, Name, RRset, RType, RecordStore, Transport, Verdict};
+use rumor_core::dns::{Authority, Name, RRset, RType, Transport, Verdict};
+use rumor_core::gossip::{MemberState, Now, PeerAddr};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
+
 /// Capacity of the command queue; API callers wait when it is full.
 pub const COMMANDS_MAX: usize = 1024;
-
-/// Why a write was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteError {
-    /// It would break a DNS rule (CNAME beside other data).
-    Conflict(String),
-    /// Applied in memory, but the disk write failed.
-    Storage(String),
-}
-
-/// What a write did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WriteReport {
-    /// RRsets created.
-    pub inserted: usize,
-    /// RRsets replaced.
-    pub replaced: usize,
-    /// RRsets removed.
-    pub removed: usize,
-}
+/// Gossip frames waiting for the node task; readers wait when it is full.
+pub const INBOUND_MAX: usize = 4096;
 
 /// Reply channel of a write.
 pub type WriteReply = oneshot::Sender<Result<WriteReport, WriteError>>;
 
 /// What the rest of the process asks of the node.
 pub enum Command {
-    /// Put these RRsets and remove those (name, type) pairs, atomically.
+    /// Put these RRsets and remove those (name, type) pairs.
     Write {
         /// RRsets to insert or replace.
         puts: Vec<RRset>,
@@ -76,15 +64,39 @@ pub enum Command {
         /// The counters.
         reply: oneshot::Sender<NodeStats>,
     },
+    /// The cluster's members as this node sees them.
+    Members {
+        /// The members.
+        reply: oneshot::Sender<Vec<MemberView>>,
+    },
+}
+
+/// One member as `GET /members` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberView {
+    /// Node id, hex.
+    pub id: String,
+    /// Gossip address.
+    pub addr: String,
+    /// alive, suspect, dead or left.
+    pub state: &'static str,
+    /// True for this node.
+    pub me: bool,
 }
 
 /// Counters the node reports.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct NodeStats {
+    /// This node's id, hex.
+    pub node_id: String,
     /// Owner names held.
     pub names: usize,
     /// RRsets held.
     pub rrsets: usize,
+    /// Replicated entries held (all namespaces, tombstones included).
+    pub entries: usize,
+    /// Members believed alive or suspect (this node excluded).
+    pub members_live: usize,
     /// DNS answers by response code.
     pub dns_by_rcode: std::collections::BTreeMap<&'static str, u64>,
     /// DNS queries by type.
@@ -101,6 +113,26 @@ pub struct NodeStats {
     pub dns_udp_batches: u64,
     /// UDP datagrams received.
     pub dns_udp_datagrams: u64,
+    /// Gossip messages sent.
+    pub gossip_messages_out: u64,
+    /// Gossip bytes sent.
+    pub gossip_bytes_out: u64,
+    /// Gossip messages received and applied.
+    pub gossip_messages_in: u64,
+    /// Gossip bytes received.
+    pub gossip_bytes_in: u64,
+    /// Gossip messages dropped: no key opened them.
+    pub gossip_dropped_auth: u64,
+    /// Gossip messages dropped: bad format or over a limit.
+    pub gossip_dropped_format: u64,
+    /// Gossip messages not sent: a peer's queue was full.
+    pub gossip_dropped_queue: u64,
+    /// Remote entries applied.
+    pub gossip_entries_applied: u64,
+    /// Full state transfers completed.
+    pub gossip_full_transfers: u64,
+    /// Remote DNS entries whose value could not be read.
+    pub gossip_rejected_values: u64,
 }
 
 impl NodeStats {
@@ -143,12 +175,37 @@ enum Client {
     Tcp(u64),
 }
 
+/// The node's parts, ready to run.
+pub struct NodeParts {
+    /// The clock.
+    pub clock: Clock,
+    /// The cluster member.
+    pub cluster: Cluster,
+    /// The authority (for TCP queries).
+    pub authority: Authority,
+    /// The DNS UDP socket, to answer forwarded queries.
+    pub udp_reply: std::net::UdpSocket,
+    /// The UDP thread's replica, kept in step with every change.
+    pub view: Option<std::sync::mpsc::Sender<Control>>,
+    /// Queries the UDP thread wants forwarded.
+    pub forward_rx: Option<mpsc::Receiver<ForwardRequest>>,
+    /// Disk writer, if any.
+    pub persister: Option<Persister>,
+    /// Upstream resolver and a socket bound for talking to it.
+    pub upstream: Option<(UdpSocket, SocketAddr)>,
+    /// Gossip frames from the listener.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Largest gossip frame.
+    pub frame_max: usize,
+    /// Join targets, resolved again from time to time.
+    pub joins: mpsc::Receiver<Vec<PeerAddr>>,
+}
+
 /// Everything the node task owns.
 pub struct Node {
     clock: Clock,
-    store: RecordStore,
+    cluster: Cluster,
     authority: Authority,
-    /// For replies to forwarded UDP queries (the UDP thread owns reading).
     udp_reply: std::net::UdpSocket,
     view: Option<std::sync::mpsc::Sender<Control>>,
     forward_rx: Option<mpsc::Receiver<ForwardRequest>>,
@@ -157,40 +214,19 @@ pub struct Node {
     tcp_waiting: HashMap<u64, oneshot::Sender<Option<Vec<u8>>>>,
     next_tcp_id: u64,
     forwarded: u64,
-}
-
-/// The node's parts, ready to run.
-pub struct NodeParts {
-    /// The clock.
-    pub clock: Clock,
-    /// Records loaded from disk.
-    pub initial: Vec<RRset>,
-    /// The authority (for TCP queries).
-    pub authority: Authority,
-    /// The DNS UDP socket, to answer forwarded queries.
-    pub udp_reply: std::net::UdpSocket,
-    /// The UDP thread's replica, kept in step with every write.
-    pub view: Option<std::sync::mpsc::Sender<Control>>,
-    /// Queries the UDP thread wants forwarded.
-    pub forward_rx: Option<mpsc::Receiver<ForwardRequest>>,
-    /// Disk writer, if any.
-    pub persister: Option<Persister>,
-    /// Upstream resolver and a socket bound for talking to it.
-    pub upstream: Option<(UdpSocket, SocketAddr)>,
+    net: GossipNet,
+    inbound: mpsc::Receiver<Inbound>,
+    joins: Option<mpsc::Receiver<Vec<PeerAddr>>>,
 }
 
 impl Node {
     /// Builds the node and its command channel.
     pub fn new(parts: NodeParts) -> (Node, NodeHandle, mpsc::Receiver<Command>) {
-        let mut store = RecordStore::new();
-        for set in parts.initial {
-            store.put(set);
-        }
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
-        let seed = parts.clock.wall_ms() ^ std::process::id() as u64;
+        let seed = os_random();
         let node = Node {
             clock: parts.clock,
-            store,
+            cluster: parts.cluster,
             authority: parts.authority,
             udp_reply: parts.udp_reply,
             view: parts.view,
@@ -202,14 +238,24 @@ impl Node {
             tcp_waiting: HashMap::new(),
             next_tcp_id: 0,
             forwarded: 0,
+            net: GossipNet::new(parts.frame_max),
+            inbound: parts.inbound,
+            joins: Some(parts.joins),
         };
         (node, NodeHandle { tx }, rx)
+    }
+
+    fn now(&self) -> Now {
+        Now { at: self.clock.now(), wall_ms: self.clock.wall_ms() }
     }
 
     /// Runs until `shutdown` turns true or every handle is dropped.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
         let mut up_buf = vec![0u8; 65_535];
         let mut forward_rx = self.forward_rx.take();
+        let mut joins = self.joins.take();
+        // Whatever restoring the store produced (sends, persistence).
+        self.apply_effects(None);
         loop {
             let deadline = self.next_deadline();
             let upstream = self.forwarder.as_ref().map(|f| f.1.clone());
@@ -220,6 +266,19 @@ impl Node {
                     Some(cmd) => self.command(cmd),
                     None => break,
                 },
+                msg = self.inbound.recv() => {
+                    if let Some((from, bytes)) = msg {
+                        let now = self.now();
+                        self.cluster.receive(now, from, bytes);
+                        self.apply_effects(None);
+                    }
+                }
+                addrs = async { joins.as_mut().expect("guarded").recv().await }, if joins.is_some() => {
+                    match addrs {
+                        Some(addrs) => self.join(addrs),
+                        None => joins = None,
+                    }
+                }
                 req = async { forward_rx.as_mut().expect("guarded").recv().await }, if forward_rx.is_some() => {
                     match req {
                         Some((from, query)) => self.forward(Client::Udp(from), query).await,
@@ -228,21 +287,43 @@ impl Node {
                 }
                 got = async { upstream.as_ref().expect("guarded").recv_from(&mut up_buf).await }, if upstream.is_some() => {
                     if let Ok((n, _from)) = got {
-                        self.upstream_reply(&up_buf[..n]).await;
+                        self.upstream_reply(&up_buf[..n]);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timer(),
             }
         }
+        // Say goodbye, give the frames a moment to leave, then flush disk.
+        let now = self.now();
+        self.cluster.leave(now);
+        self.apply_effects(None);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         if let Some(p) = self.persister.take() {
             tokio::task::spawn_blocking(move || p.shutdown()).await.ok();
         }
     }
 
+    /// Joins the addresses that are not already live members.
+    fn join(&mut self, addrs: Vec<PeerAddr>) {
+        let known: std::collections::HashSet<String> = self
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|(_, _, st)| matches!(st, MemberState::Alive | MemberState::Suspect))
+            .map(|(_, a, _)| a)
+            .collect();
+        let fresh: Vec<PeerAddr> = addrs.into_iter().filter(|a| !known.contains(&a.0)).collect();
+        if !fresh.is_empty() {
+            tracing::debug!(count = fresh.len(), "joining");
+            let now = self.now();
+            self.cluster.join(now, fresh);
+            self.apply_effects(None);
+        }
+    }
+
     fn next_deadline(&self) -> std::time::Instant {
-        let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-        let mut at = far;
-        if let Some(exp_ms) = self.store.next_expiry() {
+        let mut at = self.clock.std_instant(self.cluster.next_timeout());
+        if let Some(exp_ms) = self.cluster.view().next_expiry() {
             let wait = exp_ms.saturating_sub(self.clock.wall_ms());
             at = at.min(std::time::Instant::now() + std::time::Duration::from_millis(wait));
         }
@@ -253,17 +334,38 @@ impl Node {
     }
 
     fn on_timer(&mut self) {
-        let gone = self.store.expire(self.clock.wall_ms());
-        if !gone.is_empty() {
-            tracing::debug!(count = gone.len(), "records expired");
-            if let Some(p) = &self.persister {
-                p.submit(gone.into_iter().map(|(n, t)| Op::Delete(n, t)).collect(), None);
+        let now = self.now();
+        self.cluster.timeout(now);
+        self.apply_effects(None);
+        if let Some((fwd, _, _)) = self.forwarder.as_mut() {
+            for (client, bytes) in fwd.on_timeout(now.at) {
+                self.reply_to(client, bytes);
             }
         }
-        let now = self.clock.now();
-        if let Some((fwd, _, _)) = self.forwarder.as_mut() {
-            for (client, bytes) in fwd.on_timeout(now) {
-                self.reply_to(client, bytes);
+    }
+
+    /// Carries out what the cluster member asked; persistence ops go to
+    /// disk together, and `ack` runs once they are durable.
+    fn apply_effects(&mut self, ack: Option<crate::persist::Ack>) {
+        let mut ops: Vec<Op> = Vec::new();
+        while let Some(effect) = self.cluster.poll_effect() {
+            match effect {
+                Effect::Send(to, bytes) => self.net.send(&to, bytes),
+                Effect::Persist(op) => ops.push(op),
+                Effect::Mirror(update) => {
+                    if let Some(v) = &self.view {
+                        let _ = v.send(Control::Update(update));
+                    }
+                }
+                Effect::Member(what) => tracing::info!("{what}"),
+            }
+        }
+        match &self.persister {
+            Some(p) if !ops.is_empty() || ack.is_some() => p.submit(ops, ack),
+            _ => {
+                if let Some(ack) = ack {
+                    ack(Ok(()));
+                }
             }
         }
     }
@@ -271,12 +373,6 @@ impl Node {
     fn send_udp(&self, bytes: &[u8], to: SocketAddr) {
         if let Err(e) = self.udp_reply.send_to(bytes, to) {
             tracing::trace!("DNS send to {to}: {e}");
-        }
-    }
-
-    fn mirror(&self, update: ViewUpdate) {
-        if let Some(v) = &self.view {
-            let _ = v.send(Control::Update(update));
         }
     }
 
@@ -295,7 +391,7 @@ impl Node {
         }
     }
 
-    async fn upstream_reply(&mut self, bytes: &[u8]) {
+    fn upstream_reply(&mut self, bytes: &[u8]) {
         let Some((fwd, _, _)) = self.forwarder.as_mut() else {
             return;
         };
@@ -316,136 +412,173 @@ impl Node {
         }
     }
 
+    fn finish_write(&mut self, result: Result<WriteReport, WriteError>, reply: WriteReply) {
+        match result {
+            Err(e) => {
+                // Whatever did apply is still persisted and spread.
+                self.apply_effects(None);
+                let _ = reply.send(Err(e));
+            }
+            Ok(report) => self.apply_effects(Some(Box::new(move |stored: Result<(), String>| {
+                let _ = reply.send(stored.map(|()| report).map_err(WriteError::Storage));
+            }))),
+        }
+    }
+
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Write { puts, removes, reply } => {
-                let result = self.write(puts, removes);
+                let now = self.now();
+                let result = self.cluster.write(now, puts, removes);
                 self.finish_write(result, reply);
             }
             Command::DeleteName { name, reply } => {
-                let now_ms = self.clock.wall_ms();
-                let types: Vec<RType> = self.store.rrsets_at(&name, now_ms).map(|s| s.rtype).collect();
-                let removed = self.store.remove_name(&name);
-                self.mirror(ViewUpdate::RemoveName(name.clone()));
-                let ops = types.into_iter().map(|t| Op::Delete(name.clone(), t)).collect();
-                let report = WriteReport { removed, ..WriteReport::default() };
-                self.finish_write(Ok((report, ops)), reply);
+                let now = self.now();
+                let result = self.cluster.delete_name(now, &name);
+                self.finish_write(result, reply);
             }
             Command::List { name, reply } => {
                 let now_ms = self.clock.wall_ms();
+                let view = self.cluster.view();
                 let sets = match name {
-                    Some(n) => self.store.rrsets_at(&n, now_ms).cloned().collect(),
-                    None => self.store.live(now_ms).into_iter().cloned().collect(),
+                    Some(n) => view.rrsets_at(&n, now_ms).cloned().collect(),
+                    None => view.live(now_ms).into_iter().cloned().collect(),
                 };
                 let _ = reply.send((sets, now_ms));
             }
-            Command::Query { bytes, reply } => {
-                let now_ms = self.clock.wall_ms();
-                match self.authority.handle_query(&bytes, Transport::Tcp, &self.store, now_ms) {
-                    Verdict::Reply(r) => {
-                        let _ = reply.send(Some(r));
-                    }
-                    Verdict::Drop => {
-                        let _ = reply.send(None);
-                    }
-                    Verdict::Forward => {
-                        let id = self.next_tcp_id;
-                        self.next_tcp_id += 1;
-                        self.tcp_waiting.insert(id, reply);
-                        let now = self.clock.now();
-                        if let Some((fwd, sock, upstream)) = self.forwarder.as_mut() {
-                            match fwd.forward(now, Client::Tcp(id), &bytes) {
-                                ForwardAction::ToUpstream(b) => {
-                                    self.forwarded += 1;
-                                    let _ = sock.try_send_to(&b, *upstream);
-                                }
-                                ForwardAction::ToClient(c, b) => self.reply_to(c, b),
-                                ForwardAction::Nothing => {
-                                    self.tcp_waiting.remove(&id);
-                                }
-                            }
+            Command::Query { bytes, reply } => self.tcp_query(bytes, reply),
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Members { reply } => {
+                let me = self.cluster.gossip().id();
+                let mut members: Vec<MemberView> = self
+                    .cluster
+                    .members()
+                    .into_iter()
+                    .map(|(id, addr, st)| MemberView {
+                        id: format!("{id:016x}"),
+                        addr,
+                        state: state_name(st),
+                        me: false,
+                    })
+                    .collect();
+                members.push(MemberView { id: format!("{me:016x}"), addr: String::new(), state: "alive", me: true });
+                members.sort_by(|a, b| a.id.cmp(&b.id));
+                let _ = reply.send(members);
+            }
+        }
+    }
+
+    fn tcp_query(&mut self, bytes: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>>) {
+        let now_ms = self.clock.wall_ms();
+        match self.authority.handle_query(&bytes, Transport::Tcp, self.cluster.view(), now_ms) {
+            Verdict::Reply(r) => {
+                let _ = reply.send(Some(r));
+            }
+            Verdict::Drop => {
+                let _ = reply.send(None);
+            }
+            Verdict::Forward => {
+                let id = self.next_tcp_id;
+                self.next_tcp_id += 1;
+                self.tcp_waiting.insert(id, reply);
+                let now = self.clock.now();
+                if let Some((fwd, sock, upstream)) = self.forwarder.as_mut() {
+                    match fwd.forward(now, Client::Tcp(id), &bytes) {
+                        ForwardAction::ToUpstream(b) => {
+                            self.forwarded += 1;
+                            let _ = sock.try_send_to(&b, *upstream);
+                        }
+                        ForwardAction::ToClient(c, b) => self.reply_to(c, b),
+                        ForwardAction::Nothing => {
+                            self.tcp_waiting.remove(&id);
                         }
                     }
                 }
             }
-            Command::Stats { reply } => {
-                let s = self.authority.stats();
-                let _ = reply.send(NodeStats {
-                    names: self.store.name_count(),
-                    rrsets: self.store.rrset_count(),
-                    dns_by_rcode: s.by_rcode.iter().map(|(k, v)| (k.name(), *v)).collect(),
-                    dns_by_qtype: s.by_qtype.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                    dns_decode_errors: s.decode_errors.clone(),
-                    dns_truncated: s.truncated,
-                    dns_dropped: s.dropped,
-                    dns_forwarded: self.forwarded,
-                    ..NodeStats::default()
-                });
-            }
         }
     }
 
-    /// Applies a write after checking it against the store; returns the
-    /// report and the disk operations it needs.
-    fn write(&mut self, puts: Vec<RRset>, removes: Vec<(Name, RType)>) -> Result<(WriteReport, Vec<Op>), WriteError> {
-        let now_ms = self.clock.wall_ms();
-        // A CNAME must stand alone at its name (RFC 1034 section 3.6.2).
-        for set in &puts {
-            let others: Vec<RType> = self
-                .store
-                .rrsets_at(&set.owner, now_ms)
-                .map(|s| s.rtype)
-                .filter(|t| *t != set.rtype && !removes.iter().any(|(n, r)| r == t && n.eq_ignore_case(&set.owner)))
-                .collect();
-            let clash = if set.rtype == RType::CNAME {
-                others.first().copied()
-            } else {
-                others.iter().copied().find(|t| *t == RType::CNAME)
-            };
-            if let Some(t) = clash {
-                return Err(WriteError::Conflict(format!(
-                    "{} already has {t} data, and a CNAME cannot stand beside other data",
-                    crate::records::display_name(&set.owner)
-                )));
-            }
+    fn stats(&self) -> NodeStats {
+        let s = self.authority.stats();
+        let g = self.cluster.gossip().stats();
+        let view = self.cluster.view();
+        NodeStats {
+            node_id: format!("{:016x}", self.cluster.gossip().id()),
+            names: view.name_count(),
+            rrsets: view.rrset_count(),
+            entries: self.cluster.gossip().store().len(),
+            members_live: self.cluster.gossip().live_members(),
+            dns_by_rcode: s.by_rcode.iter().map(|(k, v)| (k.name(), *v)).collect(),
+            dns_by_qtype: s.by_qtype.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            dns_decode_errors: s.decode_errors.clone(),
+            dns_truncated: s.truncated,
+            dns_dropped: s.dropped,
+            dns_forwarded: self.forwarded,
+            gossip_messages_out: g.messages_out,
+            gossip_bytes_out: g.bytes_out,
+            gossip_messages_in: g.messages_in,
+            gossip_bytes_in: g.bytes_in,
+            gossip_dropped_auth: g.dropped_auth,
+            gossip_dropped_format: g.dropped_format,
+            gossip_dropped_queue: self.net.dropped,
+            gossip_entries_applied: g.entries_applied,
+            gossip_full_transfers: g.full_transfers,
+            gossip_rejected_values: self.cluster.rejected_remote(),
+            ..NodeStats::default()
         }
-        let mut report = WriteReport::default();
-        let mut ops = Vec::with_capacity(puts.len() + removes.len());
-        for (name, rtype) in removes {
-            if self.store.remove_rrset(&name, rtype) {
-                self.mirror(ViewUpdate::Remove(name.clone(), rtype));
-                report.removed += 1;
-                ops.push(Op::Delete(name, rtype));
-            }
-        }
-        for set in puts {
-            self.mirror(ViewUpdate::Put(set.clone()));
-            match self.store.put(set.clone()) {
-                PutOutcome::Inserted => report.inserted += 1,
-                PutOutcome::Replaced => report.replaced += 1,
-            }
-            ops.push(Op::Put(set));
-        }
-        Ok((report, ops))
     }
+}
 
-    fn finish_write(&mut self, result: Result<(WriteReport, Vec<Op>), WriteError>, reply: WriteReply) {
-        match (result, &self.persister) {
-            (Err(e), _) => {
-                let _ = reply.send(Err(e));
-            }
-            (Ok((report, ops)), Some(p)) if !ops.is_empty() => {
-                p.submit(
-                    ops,
-                    Some(Box::new(move |stored: Result<(), String>| {
-                        let _ = reply.send(stored.map(|()| report).map_err(WriteError::Storage));
-                    })),
-                );
-            }
-            (Ok((report, _)), _) => {
-                let _ = reply.send(Ok(report));
+fn state_name(st: MemberState) -> &'static str {
+    match st {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Dead => "dead",
+        MemberState::Left => "left",
+    }
+}
+
+/// 64 bits from the operating system's entropy source.
+pub fn os_random() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        // No entropy source: fall back on the clock and the pid, which is
+        // unique enough for ids; nonces then rely on XChaCha's 192 bits.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        return (t as u64) ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Resolves the join targets (host:port, where the host may be a DNS name
+/// with many addresses, as Docker's `tasks.<service>`) every `every`, and
+/// sends the addresses to the node, which joins those it does not know.
+pub async fn resolve_joins(targets: Vec<String>, tx: mpsc::Sender<Vec<PeerAddr>>, mut shutdown: watch::Receiver<bool>) {
+    if targets.is_empty() {
+        return;
+    }
+    let mut every = std::time::Duration::from_secs(2);
+    loop {
+        let mut addrs = Vec::new();
+        for t in &targets {
+            match tokio::net::lookup_host(t.as_str()).await {
+                Ok(found) => addrs.extend(found.map(|a| PeerAddr(a.to_string()))),
+                Err(e) => tracing::debug!(target = %t, "cannot resolve join target: {e}"),
             }
         }
+        addrs.sort();
+        addrs.dedup();
+        if !addrs.is_empty() && tx.send(addrs).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        // Often at first (replicas start at different times), then calmly.
+        every = (every * 2).min(std::time::Duration::from_secs(30));
     }
 }
 

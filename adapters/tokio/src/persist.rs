@@ -1,23 +1,28 @@
-//! Records on disk, in redb, written by one thread with group commit: every
-//! write waiting when a transaction starts goes into it, and each writer is
-//! told only once its write is durable, so an acknowledged write survives a
-//! SIGKILL.
+//! The node's data directory, in redb: every replicated entry (live values
+//! and tombstones, all namespaces) plus the node's identity. One thread
+//! writes, with group commit: every write waiting when a transaction starts
+//! goes into it, and each writer is told only once its write is durable,
+//! so an acknowledged write survives a SIGKILL.
 
 use redb::{Database, ReadableTable, TableDefinition};
-use rumor_core::dns::{RRset, RType};
+use rumor_core::replica::{Entry, Namespace};
 use std::path::Path;
 use std::sync::mpsc;
 
-const RRSETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rrsets");
-/// Most operations folded into one transaction.
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Most jobs folded into one transaction.
 const BATCH_MAX: usize = 4096;
 
 /// One change to persist.
+#[derive(Debug)]
 pub enum Op {
-    /// Store (or replace) an RRset.
-    Put(RRset),
-    /// Forget an RRset.
-    Delete(rumor_core::dns::Name, RType),
+    /// Store (or replace) an entry, tombstones included.
+    Put(Entry),
+    /// Forget a collected key.
+    Remove(Namespace, bytes::Bytes),
+    /// Remember the node's incarnation.
+    Incarnation(u64),
 }
 
 /// Something to run once the operations before it are durable (`Ok`) or
@@ -29,63 +34,74 @@ enum Job {
     Stop,
 }
 
+/// What a data directory held at start.
+pub struct Loaded {
+    /// This node's id (made and stored on first start).
+    pub node_id: u64,
+    /// The incarnation of the last run.
+    pub incarnation: u64,
+    /// Every entry stored, unreadable ones left out.
+    pub entries: Vec<Entry>,
+}
+
 /// Handle to the writer thread.
 pub struct Persister {
     tx: mpsc::Sender<Job>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn key(name: &rumor_core::dns::Name, rtype: RType) -> Vec<u8> {
-    let mut k = name.to_lowercase().canonical_key();
-    k.extend_from_slice(&rtype.0.to_be_bytes());
+fn key(ns: Namespace, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(&ns.0.to_be_bytes());
+    k.extend_from_slice(key);
     k
 }
 
-/// Opens (or creates) the database in `dir` and reads back every RRset
-/// still alive at `now_ms`; expired and unreadable ones are deleted.
-pub fn open(dir: &Path, now_ms: u64) -> Result<(Persister, Vec<RRset>), String> {
+/// Opens (or creates) the database in `dir`; a new directory gets
+/// `fresh_node_id` as its node id.
+pub fn open(dir: &Path, fresh_node_id: u64) -> Result<(Persister, Loaded), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("rumor.redb");
     let db = Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut live = Vec::new();
-    let mut dead: Vec<Vec<u8>> = Vec::new();
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let txn = db.begin_write().map_err(|e| err(&e))?;
+    let mut entries = Vec::new();
+    let node_id;
+    let incarnation;
     {
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let table = txn.open_table(RRSETS).map_err(|e| e.to_string())?;
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (k, v) = row.map_err(|e| e.to_string())?;
-                match RRset::from_bytes(v.value()) {
-                    Ok(set) if !set.is_expired(now_ms) => live.push(set),
-                    Ok(_) => dead.push(k.value().to_vec()),
-                    Err(e) => {
-                        tracing::warn!("dropping an unreadable stored record: {e}");
-                        dead.push(k.value().to_vec());
-                    }
-                }
+        let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
+        let stored_id = meta.get("node_id").map_err(|e| err(&e))?.map(|v| v.value());
+        node_id = match stored_id {
+            Some(id) => id,
+            None => {
+                meta.insert("node_id", fresh_node_id).map_err(|e| err(&e))?;
+                fresh_node_id
+            }
+        };
+        incarnation = meta.get("incarnation").map_err(|e| err(&e))?.map_or(0, |v| v.value());
+        let table = txn.open_table(ENTRIES).map_err(|e| err(&e))?;
+        for row in table.iter().map_err(|e| err(&e))? {
+            let (_, v) = row.map_err(|e| err(&e))?;
+            match postcard::from_bytes::<Entry>(v.value()) {
+                Ok(e) => entries.push(e),
+                Err(e) => tracing::warn!("skipping an unreadable stored entry: {e}"),
             }
         }
-        {
-            let mut table = txn.open_table(RRSETS).map_err(|e| e.to_string())?;
-            for k in &dead {
-                table.remove(k.as_slice()).map_err(|e| e.to_string())?;
-            }
-        }
-        txn.commit().map_err(|e| e.to_string())?;
     }
+    txn.commit().map_err(|e| err(&e))?;
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("rumor-persist".into())
         .spawn(move || writer(db, rx))
         .map_err(|e| e.to_string())?;
-    Ok((Persister { tx, thread: Some(thread) }, live))
+    Ok((Persister { tx, thread: Some(thread) }, Loaded { node_id, incarnation, entries }))
 }
 
 impl Persister {
     /// Queues `ops`; `ack` runs once they are durable.
     pub fn submit(&self, ops: Vec<Op>, ack: Option<Ack>) {
-        if self.tx.send(Job::Ops(ops, ack)).is_err() {
-            tracing::error!("the persistence thread is gone; a write was not stored");
+        if let Err(mpsc::SendError(Job::Ops(_, Some(ack)))) = self.tx.send(Job::Ops(ops, ack)) {
+            ack(Err("the persistence thread is gone".into()));
         }
     }
 
@@ -120,10 +136,14 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
                 }
             }
         }
-        let outcome = commit(&db, ops).map_err(|e| {
-            tracing::error!("persisting records failed: {e}");
-            format!("the write is served but could not be stored on disk: {e}")
-        });
+        let outcome = if ops.is_empty() {
+            Ok(())
+        } else {
+            commit(&db, ops).map_err(|e| {
+                tracing::error!("persisting entries failed: {e}");
+                format!("the write is served but could not be stored on disk: {e}")
+            })
+        };
         for ack in acks {
             ack(outcome.clone());
         }
@@ -134,13 +154,16 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
 fn commit(db: &Database, ops: Vec<Op>) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
-        let mut table = txn.open_table(RRSETS).map_err(|e| e.to_string())?;
+        let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
         for op in ops {
             match op {
-                Op::Put(set) => {
-                    table.insert(key(&set.owner, set.rtype).as_slice(), set.to_bytes().as_slice()).map(drop)
+                Op::Put(e) => {
+                    let bytes = postcard::to_stdvec(&e).map_err(|e| e.to_string())?;
+                    table.insert(key(e.ns, &e.key).as_slice(), bytes.as_slice()).map(drop)
                 }
-                Op::Delete(name, rtype) => table.remove(key(&name, rtype).as_slice()).map(drop),
+                Op::Remove(ns, k) => table.remove(key(ns, &k).as_slice()).map(drop),
+                Op::Incarnation(n) => meta.insert("incarnation", n).map(drop),
             }
             .map_err(|e| e.to_string())?;
         }

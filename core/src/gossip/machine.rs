@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 use super::wire::{
-    open, seal, Body, DecodeError, Keyring, MemberState, MemberUpdate, Packet, PeerAddr, Pushed,
-    ENVELOPE_OVERHEAD,
+    open, seal, Body, DecodeError, Keyring, MemberState, MemberUpdate, Packet, PeerAddr, Pushed, ENVELOPE_OVERHEAD,
 };
 use crate::rand::Rng;
 use crate::replica::{Change, Delta, Digest, Namespace, NodeId, Refused, Store, StoreConfig};
@@ -389,11 +388,7 @@ impl Gossip {
     /// The incarnation is bumped past `incarnation` (persist
     /// [`incarnation`](Self::incarnation) too, or pass 0) so that stale
     /// rumours of our death are refuted.
-    pub fn restore(
-        &mut self,
-        entries: impl IntoIterator<Item = crate::replica::Entry>,
-        incarnation: u64,
-    ) {
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = crate::replica::Entry>, incarnation: u64) {
         self.store.restore(entries, self.now.wall_ms);
         self.incarnation = incarnation.saturating_add(1);
         self.restored_at = Some(self.now.at);
@@ -426,10 +421,7 @@ impl Gossip {
 
     /// Members currently believed alive or suspect.
     pub fn live_members(&self) -> usize {
-        self.members
-            .values()
-            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
-            .count()
+        self.members.values().filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect)).count()
     }
 
     /// True while a full state transfer is in progress.
@@ -449,10 +441,7 @@ impl Gossip {
         if self.left {
             return Instant::NEVER;
         }
-        let mut t = self
-            .next_round
-            .min(self.next_probe)
-            .min(self.next_reannounce);
+        let mut t = self.next_round.min(self.next_probe).min(self.next_reannounce);
         if let Some(p) = &self.probe {
             if !p.indirect_sent && !p.acked {
                 t = t.min(p.direct_deadline);
@@ -470,10 +459,7 @@ impl Gossip {
     /// Feeds one input at `now`. Then drain [`poll_output`](Self::poll_output).
     pub fn handle(&mut self, now: Now, input: Input) {
         if now.at > self.now.at || now.wall_ms != self.now.wall_ms {
-            self.now = Now {
-                at: now.at.max(self.now.at),
-                wall_ms: now.wall_ms,
-            };
+            self.now = Now { at: now.at.max(self.now.at), wall_ms: now.wall_ms };
         }
         if self.left {
             return;
@@ -497,37 +483,19 @@ impl Gossip {
     fn command(&mut self, c: Command) {
         let wall = self.now.wall_ms;
         match c {
-            Command::Write {
-                ns,
-                key,
-                value,
-                expires_ms,
-            } => match self.store.write(ns, key.clone(), value, expires_ms, wall) {
-                Ok(w) => self.push_fresh(Pushed {
-                    entry: w.entry,
-                    prev: w.prev,
-                }),
-                Err(reason) => {
-                    self.out
-                        .push_back(Output::Event(Event::WriteRefused { ns, key, reason }))
+            Command::Write { ns, key, value, expires_ms } => {
+                match self.store.write(ns, key.clone(), value, expires_ms, wall) {
+                    Ok(w) => self.push_fresh(Pushed { entry: w.entry, prev: w.prev }),
+                    Err(reason) => self.out.push_back(Output::Event(Event::WriteRefused { ns, key, reason })),
                 }
-            },
+            }
             Command::Delete { ns, key } => match self.store.delete(ns, key.clone(), wall) {
-                Ok(w) => self.push_fresh(Pushed {
-                    entry: w.entry,
-                    prev: w.prev,
-                }),
-                Err(reason) => {
-                    self.out
-                        .push_back(Output::Event(Event::WriteRefused { ns, key, reason }))
-                }
+                Ok(w) => self.push_fresh(Pushed { entry: w.entry, prev: w.prev }),
+                Err(reason) => self.out.push_back(Output::Event(Event::WriteRefused { ns, key, reason })),
             },
             Command::Join(addrs) => {
                 for a in addrs {
-                    if a != self.cfg.advertise
-                        && !self.bootstrap.contains(&a)
-                        && self.bootstrap.len() < BOOTSTRAP_MAX
-                    {
+                    if a != self.cfg.advertise && !self.bootstrap.contains(&a) && self.bootstrap.len() < BOOTSTRAP_MAX {
                         self.bootstrap.push(a);
                     }
                 }
@@ -554,11 +522,8 @@ impl Gossip {
         let targets = self.pick_live(self.cfg.fanout, None);
         for id in targets {
             let addr = self.members[&id].addr.clone();
-            let body = Body::Syn {
-                hash: self.store.seen_hash(),
-                writers: self.store.writers() as u32,
-                push: vec![p.clone()],
-            };
+            let body =
+                Body::Syn { hash: self.store.seen_hash(), writers: self.store.writers() as u32, push: vec![p.clone()] };
             self.send(addr, Some(id), body);
         }
         self.make_hot(p);
@@ -575,12 +540,7 @@ impl Gossip {
     }
 
     fn self_update(&self, state: MemberState) -> MemberUpdate {
-        MemberUpdate {
-            id: self.me,
-            addr: self.cfg.advertise.clone(),
-            incarnation: self.incarnation,
-            state,
-        }
+        MemberUpdate { id: self.me, addr: self.cfg.advertise.clone(), incarnation: self.incarnation, state }
     }
 
     // ----- timers -----
@@ -607,12 +567,8 @@ impl Gossip {
             self.suspects.pop_first();
             if let Some(m) = self.members.get(&id) {
                 if m.state == MemberState::Suspect {
-                    let u = MemberUpdate {
-                        id,
-                        addr: m.addr.clone(),
-                        incarnation: m.incarnation,
-                        state: MemberState::Dead,
-                    };
+                    let u =
+                        MemberUpdate { id, addr: m.addr.clone(), incarnation: m.incarnation, state: MemberState::Dead };
                     self.apply_update(u, true);
                 }
             }
@@ -673,11 +629,8 @@ impl Gossip {
         let targets = self.pick_live(n, None);
         for id in targets {
             let addr = self.members[&id].addr.clone();
-            let body = Body::Syn {
-                hash: self.store.seen_hash(),
-                writers: self.store.writers() as u32,
-                push: hot.clone(),
-            };
+            let body =
+                Body::Syn { hash: self.store.seen_hash(), writers: self.store.writers() as u32, push: hot.clone() };
             self.send(addr, Some(id), body);
         }
         let sent = hot.len();
@@ -719,11 +672,7 @@ impl Gossip {
             while self.probe_idx < self.probe_list.len() {
                 let id = self.probe_list[self.probe_idx];
                 self.probe_idx += 1;
-                if self
-                    .members
-                    .get(&id)
-                    .is_some_and(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
-                {
+                if self.members.get(&id).is_some_and(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect)) {
                     target = Some(id);
                     break;
                 }
@@ -764,15 +713,7 @@ impl Gossip {
         };
         for id in self.pick_live(self.cfg.indirect_probes, Some(p.target)) {
             let addr = self.members[&id].addr.clone();
-            self.send(
-                addr,
-                Some(id),
-                Body::PingReq {
-                    seq: p.seq,
-                    target: p.target,
-                    target_addr: target_addr.clone(),
-                },
-            );
+            self.send(addr, Some(id), Body::PingReq { seq: p.seq, target: p.target, target_addr: target_addr.clone() });
         }
     }
 
@@ -801,12 +742,8 @@ impl Gossip {
         }
         // Re-announce ourselves to one member believed dead: if the
         // partition healed, it learns we (and it) are alive and refutes.
-        let dead: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == MemberState::Dead)
-            .map(|(id, _)| *id)
-            .collect();
+        let dead: Vec<NodeId> =
+            self.members.iter().filter(|(_, m)| m.state == MemberState::Dead).map(|(id, _)| *id).collect();
         if !dead.is_empty() {
             let id = dead[self.rng.index(dead.len())];
             let addr = self.members[&id].addr.clone();
@@ -934,9 +871,7 @@ impl Gossip {
         let now = self.now.at;
         if u.id == self.me {
             // Refute rumours of our suspicion or death.
-            if matches!(u.state, MemberState::Suspect | MemberState::Dead)
-                && u.incarnation >= self.incarnation
-            {
+            if matches!(u.state, MemberState::Suspect | MemberState::Dead) && u.incarnation >= self.incarnation {
                 self.incarnation = u.incarnation + 1;
                 let me = self.self_update(MemberState::Alive);
                 self.queue_update(me);
@@ -956,8 +891,7 @@ impl Gossip {
             Some(m) => match u.state {
                 MemberState::Alive => u.incarnation > m.incarnation,
                 MemberState::Suspect => {
-                    u.incarnation > m.incarnation
-                        || (u.incarnation == m.incarnation && m.state == MemberState::Alive)
+                    u.incarnation > m.incarnation || (u.incarnation == m.incarnation && m.state == MemberState::Alive)
                 }
                 MemberState::Dead => {
                     u.incarnation > m.incarnation
@@ -965,8 +899,7 @@ impl Gossip {
                             && matches!(m.state, MemberState::Alive | MemberState::Suspect))
                 }
                 MemberState::Left => {
-                    u.incarnation > m.incarnation
-                        || (u.incarnation == m.incarnation && m.state != MemberState::Left)
+                    u.incarnation > m.incarnation || (u.incarnation == m.incarnation && m.state != MemberState::Left)
                 }
             },
         };
@@ -979,33 +912,19 @@ impl Gossip {
             self.stats.suspicions += 1;
         }
         let before = self.members.get(&u.id).map(|m| m.state);
-        let m = Member {
-            addr: u.addr.clone(),
-            incarnation: u.incarnation,
-            state: u.state,
-            since: now,
-        };
+        let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now };
         self.put_member(u.id, m);
         let was_live = matches!(before, Some(MemberState::Alive | MemberState::Suspect));
         let is_live = matches!(u.state, MemberState::Alive | MemberState::Suspect);
         if is_live && !was_live {
-            self.out.push_back(Output::Event(Event::MemberUp {
-                id: u.id,
-                addr: u.addr.clone(),
-            }));
+            self.out.push_back(Output::Event(Event::MemberUp { id: u.id, addr: u.addr.clone() }));
         }
         if !is_live && was_live {
-            self.out.push_back(Output::Event(Event::MemberDown {
-                id: u.id,
-                addr: u.addr.clone(),
-            }));
+            self.out.push_back(Output::Event(Event::MemberDown { id: u.id, addr: u.addr.clone() }));
         }
         if u.state == MemberState::Suspect {
             let k = log10_ceil(self.members.len()) as u64;
-            let t = self
-                .cfg
-                .probe_interval
-                .saturating_mul(self.cfg.suspicion_mult as u64 * k.max(1));
+            let t = self.cfg.probe_interval.saturating_mul(self.cfg.suspicion_mult as u64 * k.max(1));
             self.suspects.insert((now + t, u.id));
         }
         if announce {
@@ -1057,10 +976,7 @@ impl Gossip {
                 });
             }
         }
-        let k = self
-            .cfg
-            .updates_per_message_max
-            .saturating_sub(updates.len());
+        let k = self.cfg.updates_per_message_max.saturating_sub(updates.len());
         updates.extend(self.take_updates(k));
         let packet = Packet {
             from: self.me,
@@ -1089,8 +1005,7 @@ impl Gossip {
             DecodeError::Auth => self.stats.dropped_auth += 1,
             _ => self.stats.dropped_format += 1,
         }
-        self.out
-            .push_back(Output::Event(Event::Dropped { from, reason }));
+        self.out.push_back(Output::Event(Event::Dropped { from, reason }));
     }
 
     fn check_limits(&self, p: &Packet) -> bool {
@@ -1105,9 +1020,7 @@ impl Gossip {
             Body::Delta { delta, digest } => {
                 delta.entries.len() <= c.entries_per_message_max
                     && delta.seen.len() <= c.store.writers_max
-                    && digest
-                        .as_ref()
-                        .is_none_or(|d| d.seen.len() <= c.digest_writers_max)
+                    && digest.as_ref().is_none_or(|d| d.seen.len() <= c.digest_writers_max)
             }
             Body::Full { chunk } => {
                 chunk.entries.len() <= c.entries_per_message_max
@@ -1129,32 +1042,18 @@ impl Gossip {
         }
         self.stats.messages_in += 1;
         // The sender is alive at its incarnation: learn or refresh it.
-        let sender_state = if matches!(p.body, Body::Leave) {
-            MemberState::Left
-        } else {
-            MemberState::Alive
-        };
+        let sender_state = if matches!(p.body, Body::Leave) { MemberState::Left } else { MemberState::Alive };
         let known = self.members.get(&p.from).map(|m| (m.incarnation, m.state));
         match known {
             None => {
                 self.apply_update(
-                    MemberUpdate {
-                        id: p.from,
-                        addr: p.addr.clone(),
-                        incarnation: p.incarnation,
-                        state: sender_state,
-                    },
+                    MemberUpdate { id: p.from, addr: p.addr.clone(), incarnation: p.incarnation, state: sender_state },
                     true,
                 );
             }
             Some((inc, _)) if p.incarnation > inc || sender_state == MemberState::Left => {
                 self.apply_update(
-                    MemberUpdate {
-                        id: p.from,
-                        addr: p.addr.clone(),
-                        incarnation: p.incarnation,
-                        state: sender_state,
-                    },
+                    MemberUpdate { id: p.from, addr: p.addr.clone(), incarnation: p.incarnation, state: sender_state },
                     true,
                 );
             }
@@ -1183,33 +1082,17 @@ impl Gossip {
                 }
                 if let Some(r) = self.relays.remove(&seq) {
                     if r.target == p.from {
-                        self.send(
-                            r.requester,
-                            None,
-                            Body::IndirectAck {
-                                seq: r.seq,
-                                target: r.target,
-                            },
-                        );
+                        self.send(r.requester, None, Body::IndirectAck { seq: r.seq, target: r.target });
                     }
                 }
             }
-            Body::PingReq {
-                seq,
-                target,
-                target_addr,
-            } => {
+            Body::PingReq { seq, target, target_addr } => {
                 if self.relays.len() < self.cfg.relays_max && target != self.me {
                     self.seq = self.seq.wrapping_add(1);
                     let my_seq = self.seq;
                     self.relays.insert(
                         my_seq,
-                        Relay {
-                            requester: peer,
-                            seq,
-                            target,
-                            deadline: self.now.at + self.cfg.probe_interval,
-                        },
+                        Relay { requester: peer, seq, target, deadline: self.now.at + self.cfg.probe_interval },
                     );
                     let body = self.ping(my_seq);
                     self.send(target_addr, Some(target), body);
@@ -1230,12 +1113,7 @@ impl Gossip {
                     .take(self.cfg.join_sample_max.saturating_sub(1))
                     .map(|id| {
                         let m = &self.members[&id];
-                        MemberUpdate {
-                            id,
-                            addr: m.addr.clone(),
-                            incarnation: m.incarnation,
-                            state: m.state,
-                        }
+                        MemberUpdate { id, addr: m.addr.clone(), incarnation: m.incarnation, state: m.state }
                     })
                     .chain(std::iter::once(self.self_update(MemberState::Alive)))
                     .collect();
@@ -1258,18 +1136,11 @@ impl Gossip {
                                 since: self.now.at,
                             },
                         );
-                        self.out.push_back(Output::Event(Event::MemberUp {
-                            id: u.id,
-                            addr: u.addr,
-                        }));
+                        self.out.push_back(Output::Event(Event::MemberUp { id: u.id, addr: u.addr }));
                     }
                 }
             }
-            Body::Syn {
-                hash,
-                writers,
-                push,
-            } => {
+            Body::Syn { hash, writers, push } => {
                 for pushed in push {
                     let w = pushed.entry.writer;
                     let v = pushed.entry.version;
@@ -1293,14 +1164,7 @@ impl Gossip {
                 } else {
                     let delta = self.delta_for(&digest);
                     let mine = self.my_digest();
-                    self.send(
-                        peer,
-                        peer_id,
-                        Body::Delta {
-                            delta,
-                            digest: Some(mine),
-                        },
-                    );
+                    self.send(peer, peer_id, Body::Delta { delta, digest: Some(mine) });
                 }
             }
             Body::Delta { delta, digest } => {
@@ -1317,14 +1181,7 @@ impl Gossip {
                         self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
                         let back = self.delta_for(&d);
                         if !back.entries.is_empty() || !back.seen.is_empty() {
-                            self.send(
-                                peer,
-                                peer_id,
-                                Body::Delta {
-                                    delta: back,
-                                    digest: None,
-                                },
-                            );
+                            self.send(peer, peer_id, Body::Delta { delta: back, digest: None });
                         }
                     }
                     None => {
@@ -1376,13 +1233,7 @@ impl Gossip {
                         self.send(peer, peer_id, Body::FullRequest { after: Some(next) });
                     }
                     None => {
-                        self.store.finish_full(
-                            &t.received,
-                            &chunk.seen,
-                            &chunk.floors,
-                            chunk.complete,
-                            wall,
-                        );
+                        self.store.finish_full(&t.received, &chunk.seen, &chunk.floors, chunk.complete, wall);
                         self.stats.full_transfers += 1;
                         self.full_done_at = Some(self.now.at);
                     }
@@ -1405,9 +1256,9 @@ impl Gossip {
     }
 
     fn start_full(&mut self, peer: PeerAddr, peer_id: Option<NodeId>) {
-        let cooling = self.full_done_at.is_some_and(|t| {
-            self.now.at.saturating_duration_since(t) < self.cfg.full_transfer_cooldown
-        });
+        let cooling = self
+            .full_done_at
+            .is_some_and(|t| self.now.at.saturating_duration_since(t) < self.cfg.full_transfer_cooldown);
         if self.full.is_none() && !cooling {
             self.full = Some(Transfer {
                 peer: peer.clone(),
@@ -1420,11 +1271,7 @@ impl Gossip {
     }
 
     fn ping(&self, seq: u32) -> Body {
-        Body::Ping {
-            seq,
-            hash: self.store.seen_hash(),
-            writers: self.store.writers() as u32,
-        }
+        Body::Ping { seq, hash: self.store.seen_hash(), writers: self.store.writers() as u32 }
     }
 
     fn my_digest(&mut self) -> Digest {
@@ -1438,8 +1285,7 @@ impl Gossip {
             digest,
             self.now.wall_ms,
             self.cfg.entries_per_message_max,
-            self.entry_budget()
-                .saturating_sub(digest_bytes(self.cfg.digest_writers_max)),
+            self.entry_budget().saturating_sub(digest_bytes(self.cfg.digest_writers_max)),
         )
     }
 }

@@ -70,6 +70,6 @@ mod wire;
 
 pub use machine::{Command, Config, Event, Gossip, Input, Now, Output, Stats, BOOTSTRAP_MAX};
 pub use wire::{
-    open, seal, Body, DecodeError, Keyring, KeyringError, MemberState, MemberUpdate, Packet,
-    PeerAddr, Pushed, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, KEYRING_KEYS_MAX,
+    open, seal, Body, DecodeError, Keyring, KeyringError, MemberState, MemberUpdate, Packet, PeerAddr, Pushed,
+    ENVELOPE_OVERHEAD, ENVELOPE_VERSION, KEYRING_KEYS_MAX,
 };

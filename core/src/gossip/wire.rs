@@ -56,10 +56,7 @@ pub struct Keyring {
 impl core::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let ids: Vec<u8> = self.keys.iter().map(|k| k.id).collect();
-        f.debug_struct("Keyring")
-            .field("ids", &ids)
-            .field("primary", &self.primary)
-            .finish()
+        f.debug_struct("Keyring").field("ids", &ids).field("primary", &self.primary).finish()
     }
 }
 
@@ -80,13 +77,7 @@ pub enum KeyringError {
 impl Keyring {
     /// A keyring with one key, `id`, as primary.
     pub fn new(id: u8, key: [u8; 32]) -> Self {
-        Keyring {
-            keys: vec![Key {
-                id,
-                cipher: XChaCha20Poly1305::new(&key.into()),
-            }],
-            primary: id,
-        }
+        Keyring { keys: vec![Key { id, cipher: XChaCha20Poly1305::new(&key.into()) }], primary: id }
     }
 
     /// Adds (or replaces) key `id` for opening; it is not used to seal until
@@ -127,10 +118,7 @@ impl Keyring {
     }
 
     fn primary(&self) -> &Key {
-        self.keys
-            .iter()
-            .find(|k| k.id == self.primary)
-            .expect("the primary key is always in the ring")
+        self.keys.iter().find(|k| k.id == self.primary).expect("the primary key is always in the ring")
     }
 }
 
@@ -291,12 +279,7 @@ pub enum DecodeError {
 /// Serializes, maybe compresses, and seals `packet` with the keyring's
 /// primary key and `nonce`. Bodies of at least `compress_min_bytes` are
 /// compressed when that makes them smaller.
-pub fn seal(
-    keys: &Keyring,
-    nonce: [u8; 24],
-    packet: &Packet,
-    compress_min_bytes: usize,
-) -> Vec<u8> {
+pub fn seal(keys: &Keyring, nonce: [u8; 24], packet: &Packet, compress_min_bytes: usize) -> Vec<u8> {
     let body = postcard::to_allocvec(packet).expect("packets always serialize");
     let mut plain = Vec::with_capacity(body.len() + 1);
     if body.len() >= compress_min_bytes {
@@ -314,13 +297,7 @@ pub fn seal(
     let header = [ENVELOPE_VERSION, key.id];
     let ct = key
         .cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &plain,
-                aad: &header,
-            },
-        )
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &plain, aad: &header })
         .expect("encryption of a bounded buffer cannot fail");
     let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + plain.len());
     out.extend_from_slice(&header);
@@ -345,26 +322,11 @@ pub fn open(keys: &Keyring, bytes: &[u8], bytes_max: usize) -> Result<Packet, De
     let header = &bytes[..2];
     let nonce = XNonce::from_slice(&bytes[2..26]);
     let ct = &bytes[26..];
-    let try_key = |k: &Key| {
-        k.cipher
-            .decrypt(
-                nonce,
-                Payload {
-                    msg: ct,
-                    aad: header,
-                },
-            )
-            .ok()
-    };
+    let try_key = |k: &Key| k.cipher.decrypt(nonce, Payload { msg: ct, aad: header }).ok();
     let named = keys.keys.iter().find(|k| k.id == bytes[1]);
     let plain = named
         .and_then(try_key)
-        .or_else(|| {
-            keys.keys
-                .iter()
-                .filter(|k| k.id != bytes[1])
-                .find_map(try_key)
-        })
+        .or_else(|| keys.keys.iter().filter(|k| k.id != bytes[1]).find_map(try_key))
         .ok_or(DecodeError::Auth)?;
     let (flags, body) = plain.split_first().ok_or(DecodeError::BadFormat)?;
     let decompressed;
@@ -378,14 +340,12 @@ pub fn open(keys: &Keyring, bytes: &[u8], bytes_max: usize) -> Result<Packet, De
             if n > bytes_max.saturating_mul(4) {
                 return Err(DecodeError::TooLarge);
             }
-            decompressed = lz4_flex::decompress_size_prepended(body)
-                .map_err(|_| DecodeError::BadCompression)?;
+            decompressed = lz4_flex::decompress_size_prepended(body).map_err(|_| DecodeError::BadCompression)?;
             &decompressed[..]
         }
         _ => return Err(DecodeError::BadCompression),
     };
-    let (packet, rest) =
-        postcard::take_from_bytes::<Packet>(body).map_err(|_| DecodeError::BadFormat)?;
+    let (packet, rest) = postcard::take_from_bytes::<Packet>(body).map_err(|_| DecodeError::BadFormat)?;
     if !rest.is_empty() {
         return Err(DecodeError::BadFormat);
     }
@@ -403,11 +363,7 @@ mod tests {
             incarnation: 1,
             complete: true,
             updates: vec![],
-            body: Body::Syn {
-                hash: 42,
-                writers: 1,
-                push: vec![],
-            },
+            body: Body::Syn { hash: 42, writers: 1, push: vec![] },
         }
     }
 

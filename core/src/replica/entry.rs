@@ -17,9 +17,7 @@ pub type NodeId = u64;
 /// A hybrid-logical-clock timestamp: wall-clock milliseconds in the high 48
 /// bits, a logical counter in the low 16 bits. Versions order writes: a later
 /// version wins the merge.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version(pub u64);
 
 impl Version {
@@ -87,9 +85,7 @@ impl Hlc {
 ///
 /// `DNS` holds one entry per RRset; `PROVIDERS` maps an infohash to the
 /// peers that provide it. Other values are free for later uses.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Namespace(pub u16);
 
 impl Namespace {

@@ -230,12 +230,7 @@ impl Store {
 
     /// Deletes `(ns, key)` as this node: writes a tombstone, even if the key
     /// is unknown here, so that older writes arriving later lose.
-    pub fn delete(
-        &mut self,
-        ns: Namespace,
-        key: Bytes,
-        now_ms: UnixMillis,
-    ) -> Result<LocalWrite, Refused> {
+    pub fn delete(&mut self, ns: Namespace, key: Bytes, now_ms: UnixMillis) -> Result<LocalWrite, Refused> {
         self.local(ns, key, Bytes::new(), 0, true, now_ms)
     }
 
@@ -263,15 +258,7 @@ impl Store {
         let prev = self.seen_of(self.me);
         self.hlc.observe(prev);
         let version = self.hlc.tick(now_ms);
-        let entry = Entry {
-            ns: k.0,
-            key: k.1,
-            value,
-            writer: self.me,
-            version,
-            expires_ms,
-            deleted,
-        };
+        let entry = Entry { ns: k.0, key: k.1, value, writer: self.me, version, expires_ms, deleted };
         self.put(entry.clone());
         self.set_seen(self.me, version);
         self.expire(now_ms);
@@ -307,9 +294,7 @@ impl Store {
         }
         let k = (e.ns, e.key.clone());
         match self.entries.get(&k) {
-            Some(old) if lww_cmp(old, &e) != core::cmp::Ordering::Less => {
-                return Err(Refused::Stale)
-            }
+            Some(old) if lww_cmp(old, &e) != core::cmp::Ordering::Less => return Err(Refused::Stale),
             Some(_) => {}
             None if self.seen.get(&e.writer).is_some_and(|s| e.version <= *s) => {
                 // We hold everything from this writer up to our watermark, or
@@ -343,13 +328,9 @@ impl Store {
         if e.version > *m {
             *m = e.version;
         }
-        self.by_writer
-            .insert((e.writer, e.version, e.ns, e.key.clone()));
+        self.by_writer.insert((e.writer, e.version, e.ns, e.key.clone()));
         if e.deleted {
-            let at = e
-                .dead_since_ms()
-                .unwrap_or(0)
-                .saturating_add(self.cfg.tombstone_grace_ms);
+            let at = e.dead_since_ms().unwrap_or(0).saturating_add(self.cfg.tombstone_grace_ms);
             self.collect.insert((at, e.ns, e.key.clone()));
         } else if e.expires_ms != 0 {
             self.expiries.insert((e.expires_ms, e.ns, e.key.clone()));
@@ -359,17 +340,12 @@ impl Store {
     }
 
     fn unindex(&mut self, old: &Entry) {
-        self.by_writer
-            .remove(&(old.writer, old.version, old.ns, old.key.clone()));
+        self.by_writer.remove(&(old.writer, old.version, old.ns, old.key.clone()));
         if old.deleted {
-            let at = old
-                .dead_since_ms()
-                .unwrap_or(0)
-                .saturating_add(self.cfg.tombstone_grace_ms);
+            let at = old.dead_since_ms().unwrap_or(0).saturating_add(self.cfg.tombstone_grace_ms);
             self.collect.remove(&(at, old.ns, old.key.clone()));
         } else if old.expires_ms != 0 {
-            self.expiries
-                .remove(&(old.expires_ms, old.ns, old.key.clone()));
+            self.expiries.remove(&(old.expires_ms, old.ns, old.key.clone()));
         }
     }
 
@@ -393,8 +369,7 @@ impl Store {
             }
             let (_, ns, key) = self.collect.pop_first().expect("non-empty");
             if let Some(old) = self.entries.remove(&(ns, key.clone())) {
-                self.by_writer
-                    .remove(&(old.writer, old.version, old.ns, old.key.clone()));
+                self.by_writer.remove(&(old.writer, old.version, old.ns, old.key.clone()));
                 let f = self.gc_floor.entry(old.writer).or_default();
                 if old.version > *f {
                     *f = old.version;
@@ -412,9 +387,7 @@ impl Store {
 
     /// The live entry under `(ns, key)` at `now_ms`, if any.
     pub fn get(&self, ns: Namespace, key: &[u8], now_ms: UnixMillis) -> Option<&Entry> {
-        self.entries
-            .get(&(ns, Bytes::copy_from_slice(key)))
-            .filter(|e| e.is_live(now_ms))
+        self.entries.get(&(ns, Bytes::copy_from_slice(key))).filter(|e| e.is_live(now_ms))
     }
 
     /// The live entries of namespace `ns` at `now_ms`, in key order: what may
@@ -503,26 +476,13 @@ impl Store {
     pub fn digest(&self, start: usize, writers_max: usize) -> Digest {
         let n = self.seen.len();
         if n <= writers_max {
-            return Digest {
-                lo: None,
-                hi: None,
-                seen: self.seen.iter().map(|(w, v)| (*w, *v)).collect(),
-            };
+            return Digest { lo: None, hi: None, seen: self.seen.iter().map(|(w, v)| (*w, *v)).collect() };
         }
         let start = start % n;
-        let seen: Vec<(NodeId, Version)> = self
-            .seen
-            .iter()
-            .skip(start)
-            .take(writers_max)
-            .map(|(w, v)| (*w, *v))
-            .collect();
+        let seen: Vec<(NodeId, Version)> =
+            self.seen.iter().skip(start).take(writers_max).map(|(w, v)| (*w, *v)).collect();
         let end = start + seen.len();
-        Digest {
-            lo: (start > 0).then(|| seen[0].0),
-            hi: (end < n).then(|| seen[seen.len() - 1].0),
-            seen,
-        }
+        Digest { lo: (start > 0).then(|| seen[0].0), hi: (end < n).then(|| seen[seen.len() - 1].0), seen }
     }
 
     /// True if the peer with `digest` may have missed a delete that we have
@@ -564,13 +524,7 @@ impl Store {
     /// entries newer than its watermarks (expired ones sent as tombstones),
     /// at most `entries_max` entries and about `bytes_max` bytes, plus the
     /// watermarks the peer may adopt after applying them.
-    pub fn delta_for(
-        &self,
-        digest: &Digest,
-        now_ms: UnixMillis,
-        entries_max: usize,
-        bytes_max: usize,
-    ) -> Delta {
+    pub fn delta_for(&self, digest: &Digest, now_ms: UnixMillis, entries_max: usize, bytes_max: usize) -> Delta {
         let theirs: BTreeMap<NodeId, Version> = digest.seen.iter().copied().collect();
         let mut out = Delta::default();
         let mut bytes = 0usize;
@@ -587,12 +541,7 @@ impl Store {
             }
             bytes += 24;
             let mine = self.seen_of(w);
-            let from = (
-                w,
-                Version(t.0.saturating_add(1)),
-                Namespace(0),
-                Bytes::new(),
-            );
+            let from = (w, Version(t.0.saturating_add(1)), Namespace(0), Bytes::new());
             for (ww, _, ns, key) in self.by_writer.range(from..) {
                 if *ww != w {
                     break;
@@ -603,12 +552,7 @@ impl Store {
                 let len = e.encoded_len_max();
                 if out.entries.len() >= entries_max || bytes + len > bytes_max {
                     // Truncated: the peer may claim up to the last version sent.
-                    let last = out
-                        .entries
-                        .last()
-                        .filter(|l| l.writer == w)
-                        .map(|l| l.version)
-                        .unwrap_or(t);
+                    let last = out.entries.last().filter(|l| l.writer == w).map(|l| l.version).unwrap_or(t);
                     let claim = last.min(mine);
                     if claim > t {
                         out.seen.push((w, claim));
@@ -616,11 +560,7 @@ impl Store {
                     break 'writers;
                 }
                 bytes += len;
-                let e = if !e.deleted && e.is_expired(now_ms) {
-                    e.clone().into_tombstone()
-                } else {
-                    e.clone()
-                };
+                let e = if !e.deleted && e.is_expired(now_ms) { e.clone().into_tombstone() } else { e.clone() };
                 out.entries.push(e);
             }
             if mine > t {
@@ -668,12 +608,7 @@ impl Store {
         for (k, e) in self.entries.range((start, Bound::Unbounded)) {
             let len = e.encoded_len_max();
             if out.entries.len() >= entries_max || bytes + len > bytes_max {
-                out.next = Some(
-                    out.entries
-                        .last()
-                        .map(|l| (l.ns, l.key.clone()))
-                        .unwrap_or_else(|| k.clone()),
-                );
+                out.next = Some(out.entries.last().map(|l| (l.ns, l.key.clone())).unwrap_or_else(|| k.clone()));
                 if out.entries.is_empty() {
                     // A single entry larger than the budget: skip it rather
                     // than stall the transfer (it cannot fit a message).
@@ -682,18 +617,9 @@ impl Store {
                 return out;
             }
             bytes += len;
-            out.entries.push(if !e.deleted && e.is_expired(now_ms) {
-                e.clone().into_tombstone()
-            } else {
-                e.clone()
-            });
+            out.entries.push(if !e.deleted && e.is_expired(now_ms) { e.clone().into_tombstone() } else { e.clone() });
         }
-        out.seen = self
-            .seen
-            .iter()
-            .take(writers_max)
-            .map(|(w, v)| (*w, *v))
-            .collect();
+        out.seen = self.seen.iter().take(writers_max).map(|(w, v)| (*w, *v)).collect();
         out.floors = self.gc_floors().take(writers_max).collect();
         out.complete = self.history_complete;
         out
@@ -727,20 +653,14 @@ impl Store {
         let doomed: Vec<Key> = self
             .entries
             .iter()
-            .filter(|(k, e)| {
-                !received.contains(*k)
-                    && theirs_map
-                        .get(&e.writer)
-                        .is_some_and(|seen| e.version <= *seen)
-            })
+            .filter(|(k, e)| !received.contains(*k) && theirs_map.get(&e.writer).is_some_and(|seen| e.version <= *seen))
             .map(|(k, _)| k.clone())
             .collect();
         let n = doomed.len();
         for k in doomed {
             if let Some(old) = self.entries.remove(&k) {
                 self.unindex(&old);
-                self.changes
-                    .push_back(Change::Removed { ns: k.0, key: k.1 });
+                self.changes.push_back(Change::Removed { ns: k.0, key: k.1 });
             }
         }
         for (w, v) in theirs {

@@ -1,0 +1,156 @@
+//! Gossip over TCP: each message the machine emits travels as one frame,
+//! a 4-byte big-endian length then the sealed envelope. One task per peer
+//! keeps a connection and a bounded queue (gossip tolerates loss, so a full
+//! queue drops); one task per inbound connection reads frames, refusing any
+//! longer than the machine's message limit.
+
+use rumor_core::gossip::PeerAddr;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// Messages waiting per peer; more are dropped.
+const QUEUE_PER_PEER: usize = 256;
+/// Outbound connections kept at once.
+const PEERS_MAX: usize = 4096;
+/// Inbound connections served at once.
+const INBOUND_MAX: usize = 1024;
+/// A connection idle this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+/// How long a connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A message that arrived: the peer's socket address and the bytes.
+pub type Inbound = (PeerAddr, Vec<u8>);
+
+/// Outbound side: a queue per peer address.
+pub struct GossipNet {
+    peers: HashMap<String, mpsc::Sender<Vec<u8>>>,
+    frame_max: usize,
+    /// Messages dropped because a peer's queue was full.
+    pub dropped: u64,
+}
+
+impl GossipNet {
+    /// Outbound connections carrying frames of at most `frame_max` bytes.
+    pub fn new(frame_max: usize) -> Self {
+        GossipNet { peers: HashMap::new(), frame_max, dropped: 0 }
+    }
+
+    /// Queues one message for `to`, connecting if needed.
+    pub fn send(&mut self, to: &PeerAddr, bytes: Vec<u8>) {
+        if bytes.len() > self.frame_max {
+            self.dropped += 1;
+            return;
+        }
+        if let Some(tx) = self.peers.get(&to.0) {
+            match tx.try_send(bytes) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped += 1;
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    self.peers.remove(&to.0);
+                    return self.send(to, b);
+                }
+            }
+        }
+        if self.peers.len() >= PEERS_MAX {
+            self.peers.retain(|_, tx| !tx.is_closed());
+            if self.peers.len() >= PEERS_MAX {
+                self.dropped += 1;
+                return;
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_PER_PEER);
+        let _ = tx.try_send(bytes);
+        self.peers.insert(to.0.clone(), tx);
+        tokio::spawn(outbound(to.0.clone(), rx));
+    }
+}
+
+async fn outbound(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut stream: Option<TcpStream> = None;
+    loop {
+        let msg = match tokio::time::timeout(IDLE, rx.recv()).await {
+            Ok(Some(m)) => m,
+            // Idle, or the node dropped us: close.
+            _ => return,
+        };
+        if stream.is_none() {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    stream = Some(s);
+                }
+                _ => {
+                    tracing::trace!(%addr, "gossip connect failed; message dropped");
+                    continue;
+                }
+            }
+        }
+        let s = stream.as_mut().expect("connected above");
+        let mut frame = Vec::with_capacity(4 + msg.len());
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        if s.write_all(&frame).await.is_err() {
+            // Reconnect for the next message; this one is lost.
+            stream = None;
+        }
+    }
+}
+
+/// Accepts gossip connections and hands every frame to `inbound`.
+pub async fn listen(
+    listener: TcpListener,
+    inbound: mpsc::Sender<Inbound>,
+    frame_max: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(INBOUND_MAX));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => return,
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+        };
+        let (mut stream, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("gossip accept: {e}");
+                    continue;
+                }
+            },
+        };
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let from = PeerAddr(peer.to_string());
+            let mut len = [0u8; 4];
+            loop {
+                match tokio::time::timeout(IDLE, stream.read_exact(&mut len)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return,
+                }
+                let n = u32::from_be_bytes(len) as usize;
+                if n > frame_max {
+                    tracing::debug!(%peer, n, "gossip frame over the limit; closing");
+                    return;
+                }
+                let mut buf = vec![0u8; n];
+                match tokio::time::timeout(IDLE, stream.read_exact(&mut buf)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return,
+                }
+                if inbound.send((from.clone(), buf)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

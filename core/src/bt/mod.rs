@@ -1,0 +1,6 @@
+//! BitTorrent: pure codecs and machines (metainfo, peer wire, piece picker,
+//! choker, tracker codecs). Hashing file data, sockets and disks belong to
+//! the adapters; everything here is bytes in, bytes or decisions out.
+
+pub mod bencode;
+pub mod metainfo;

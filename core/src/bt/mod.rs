@@ -4,3 +4,4 @@
 
 pub mod bencode;
 pub mod metainfo;
+pub mod wire;

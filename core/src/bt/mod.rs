@@ -3,5 +3,7 @@
 //! the adapters; everything here is bytes in, bytes or decisions out.
 
 pub mod bencode;
+pub mod bitfield;
 pub mod metainfo;
+pub mod picker;
 pub mod wire;

@@ -7,4 +7,5 @@ pub mod bitfield;
 pub mod choker;
 pub mod metainfo;
 pub mod picker;
+pub mod tracker;
 pub mod wire;

@@ -338,3 +338,28 @@ proptest! {
         prop_assert_eq!(b.iter_ones().collect::<BTreeSet<_>>(), ones);
     }
 }
+
+#[test]
+fn a_piece_that_failed_is_downloaded_again_from_one_peer_only() {
+    let mut p = Picker::new(4 * KIB16, 4 * KIB16, cfg(0), 3);
+    p.peer_have_all(1);
+    p.peer_have_all(2);
+    let a = p.pick(1, 2);
+    let b = p.pick(2, 2);
+    for r in a.iter() {
+        p.block_received(1, *r);
+    }
+    for r in b.iter() {
+        p.block_received(2, *r);
+    }
+    assert_eq!(p.piece_failed(0).len(), 2);
+    let a = p.pick(1, 1);
+    assert_eq!(a.len(), 1);
+    // The piece belongs to peer 1 now; peer 2 gets nothing else of it.
+    assert!(p.pick(2, 4).is_empty());
+    assert_eq!(p.pick(1, 8).len(), 3);
+    // If its owner leaves, anyone may finish it.
+    p.peer_left(1);
+    assert_eq!(p.pick(2, 8).len(), 4);
+    p.check_invariants();
+}

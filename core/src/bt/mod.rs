@@ -7,5 +7,6 @@ pub mod bitfield;
 pub mod choker;
 pub mod metainfo;
 pub mod picker;
+pub mod torrent;
 pub mod tracker;
 pub mod wire;

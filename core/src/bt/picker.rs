@@ -73,6 +73,9 @@ struct Partial {
     blocks: Vec<Block>,
     free: u32,
     received: u32,
+    /// A piece on parole (it failed its hash check) is downloaded from a
+    /// single peer, so a second failure names the culprit.
+    owner: Option<PeerKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +123,8 @@ pub struct Picker {
     /// `bucket_end[a]` = end (exclusive) of the availability-`a` bucket.
     bucket_end: Vec<u32>,
     partial: BTreeMap<u32, Partial>,
+    /// Pieces that failed a hash check: their next download goes to one peer.
+    parole: BTreeSet<u32>,
     /// Free blocks summed over partial pieces.
     partial_free: u64,
     peers: BTreeMap<PeerKey, Peer>,
@@ -146,6 +151,7 @@ impl Picker {
             pos: (0..n).collect(),
             bucket_end: vec![n],
             partial: BTreeMap::new(),
+            parole: BTreeSet::new(),
             partial_free: 0,
             peers: BTreeMap::new(),
             rng: Rng::new(seed),
@@ -366,6 +372,11 @@ impl Picker {
         }
         self.forget_has(peer);
         self.peers.remove(&peer);
+        for part in self.partial.values_mut() {
+            if part.owner == Some(peer) {
+                part.owner = None;
+            }
+        }
         freed
     }
 
@@ -378,14 +389,16 @@ impl Picker {
         }
     }
 
-    fn start_partial(&mut self, p: u32) {
+    fn start_partial(&mut self, p: u32, peer: PeerKey) {
         let n = self.blocks_in(p);
+        let owner = self.parole.contains(&p).then_some(peer);
         self.partial.insert(
             p,
             Partial {
                 blocks: vec![Block::Free; n as usize],
                 free: n,
                 received: 0,
+                owner,
             },
         );
         self.partial_free += n as u64;
@@ -435,7 +448,9 @@ impl Picker {
         let partials: Vec<u32> = self
             .partial
             .iter()
-            .filter(|(p, part)| part.free > 0 && self.peer_has(pe, **p))
+            .filter(|(p, part)| {
+                part.free > 0 && self.peer_has(pe, **p) && part.owner.is_none_or(|o| o == peer)
+            })
             .map(|(p, _)| *p)
             .collect();
         for p in partials {
@@ -460,7 +475,7 @@ impl Picker {
                 if self.partial.contains_key(&p) || !self.peer_has(pe, p) {
                     continue;
                 }
-                self.start_partial(p);
+                self.start_partial(p, peer);
                 let want = max_blocks - out.len();
                 self.take_free(peer, p, want, &mut out);
             }
@@ -484,7 +499,7 @@ impl Picker {
                     }
                     // Taking a piece doesn't move it in `order`, so the
                     // bucket scan stays valid.
-                    self.start_partial(p);
+                    self.start_partial(p, peer);
                     let want = max_blocks - out.len();
                     self.take_free(peer, p, want, &mut out);
                 }
@@ -497,7 +512,7 @@ impl Picker {
             let pe = &self.peers[&peer];
             let mut dup = Vec::new();
             'outer: for (&p, part) in &self.partial {
-                if !self.peer_has(pe, p) {
+                if !self.peer_has(pe, p) || part.owner.is_some_and(|o| o != peer) {
                     continue;
                 }
                 for (bi, st) in part.blocks.iter().enumerate() {
@@ -571,7 +586,7 @@ impl Picker {
         }
         if !self.partial.contains_key(&r.index) {
             // Unrequested (or a late answer to a freed request): accept it.
-            self.start_partial(r.index);
+            self.start_partial(r.index, peer);
         }
         let part = self.partial.get_mut(&r.index).expect("just ensured");
         let st = std::mem::replace(&mut part.blocks[b as usize], Block::Received(peer));
@@ -620,12 +635,31 @@ impl Picker {
         }
         self.unwant(p);
         self.have.set(p);
+        self.parole.remove(&p);
+    }
+
+    /// The peers that sent blocks of partial piece `p` (call before
+    /// [`Picker::piece_verified`] to credit them).
+    pub fn contributors(&self, p: u32) -> BTreeSet<PeerKey> {
+        self.partial.get(&p).map_or_else(BTreeSet::new, |part| {
+            part.blocks
+                .iter()
+                .filter_map(|b| match b {
+                    Block::Received(k) => Some(*k),
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
     /// Piece `p` failed its hash check: it is downloaded again from
-    /// scratch. Returns the peers that sent its blocks, for blame.
+    /// scratch, and from a single peer (parole) so that a second failure
+    /// names the culprit. Returns the peers that sent its blocks, for blame.
     pub fn piece_failed(&mut self, p: u32) -> BTreeSet<PeerKey> {
         let mut blame = BTreeSet::new();
+        if p < self.piece_count && !self.have.get(p) {
+            self.parole.insert(p);
+        }
         if let Some(part) = self.partial.remove(&p) {
             self.partial_free -= part.free as u64;
             for (bi, st) in part.blocks.iter().enumerate() {

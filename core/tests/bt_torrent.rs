@@ -1,0 +1,417 @@
+//! Drives torrent machines against each other on virtual time, with an
+//! in-memory disk per node and real SHA-1 checks.
+use bytes::Bytes;
+use proptest::prelude::*;
+use rumor_core::bt::bitfield::Bitfield;
+use rumor_core::bt::metainfo::{Limits, Metainfo, PieceHasher, TorrentBuilder};
+use rumor_core::bt::torrent::*;
+use rumor_core::bt::wire::{Handshake, Message};
+use rumor_core::time::{Duration, Instant};
+use sha1::{Digest, Sha1};
+use std::collections::{BTreeSet, VecDeque};
+
+const PL: u64 = 32 * 1024;
+
+fn content(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 7) as u8).collect()
+}
+
+fn meta_for(data: &[u8]) -> Metainfo {
+    let mut h = PieceHasher::new(PL);
+    h.update(data);
+    TorrentBuilder::single("x.bin", data.len() as u64, PL, h.finish())
+        .build(&Limits::default())
+        .unwrap()
+        .1
+}
+
+struct Node {
+    t: Torrent,
+    data: Vec<u8>,
+    corrupt: bool,
+    deadline: Instant,
+}
+
+struct Sim {
+    nodes: Vec<Node>,
+    meta: Metainfo,
+    now: Instant,
+    links: BTreeSet<(usize, usize)>,
+    inbox: VecDeque<(usize, Input)>,
+    events: Vec<(usize, Event)>,
+    disconnects: Vec<(usize, usize, DisconnectReason)>,
+    trace: Sha1,
+}
+
+impl Sim {
+    fn new(data: &[u8]) -> Sim {
+        Sim {
+            nodes: Vec::new(),
+            meta: meta_for(data),
+            now: Instant::ZERO,
+            links: BTreeSet::new(),
+            inbox: VecDeque::new(),
+            events: Vec::new(),
+            disconnects: Vec::new(),
+            trace: Sha1::new(),
+        }
+    }
+
+    fn add(&mut self, seed_node: bool, corrupt: bool, data: &[u8], seed: u64) -> usize {
+        let i = self.nodes.len();
+        let n = self.meta.pieces.len() as u32;
+        let have = if seed_node {
+            Bitfield::full(n)
+        } else {
+            Bitfield::new(n)
+        };
+        let mut id = [b'p'; 20];
+        id[19] = i as u8;
+        let t = Torrent::new(
+            TorrentConfig::new(id),
+            &self.meta,
+            &have,
+            self.now,
+            seed + i as u64,
+        );
+        let data = if seed_node {
+            data.to_vec()
+        } else {
+            vec![0; data.len()]
+        };
+        self.nodes.push(Node {
+            t,
+            data,
+            corrupt,
+            deadline: Instant::NEVER,
+        });
+        i
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        self.links.insert((a.min(b), a.max(b)));
+        self.inbox
+            .push_back((a, Input::PeerConnected { peer: b as u64 }));
+        self.inbox
+            .push_back((b, Input::PeerConnected { peer: a as u64 }));
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            let o = self.nodes[i].t.poll_output();
+            self.trace.update(format!("{i}:{o:?}").as_bytes());
+            match o {
+                Output::Transmit { peer, payload } => {
+                    let p = peer as usize;
+                    if self.links.contains(&(i.min(p), i.max(p))) {
+                        self.inbox.push_back((
+                            p,
+                            Input::PeerBytes {
+                                peer: i as u64,
+                                bytes: Bytes::from(payload),
+                            },
+                        ));
+                    }
+                }
+                Output::WriteBlock { piece, begin, data } => {
+                    let at = (piece as u64 * PL + begin as u64) as usize;
+                    self.nodes[i].data[at..at + data.len()].copy_from_slice(&data);
+                }
+                Output::ReadBlock { peer, block } => {
+                    let at = (block.index as u64 * PL + block.begin as u64) as usize;
+                    let mut d = self.nodes[i].data[at..at + block.length as usize].to_vec();
+                    if self.nodes[i].corrupt {
+                        d[0] ^= 0xFF;
+                    }
+                    self.inbox.push_back((
+                        i,
+                        Input::BlockRead {
+                            peer,
+                            block,
+                            data: Bytes::from(d),
+                        },
+                    ));
+                }
+                Output::HashPiece { piece, expected } => {
+                    let at = (piece as u64 * PL) as usize;
+                    let end = (at + PL as usize).min(self.nodes[i].data.len());
+                    let got: [u8; 20] = Sha1::digest(&self.nodes[i].data[at..end]).into();
+                    self.inbox.push_back((
+                        i,
+                        Input::PieceChecked {
+                            piece,
+                            ok: got == expected,
+                        },
+                    ));
+                }
+                Output::Disconnect { peer, reason } => {
+                    let p = peer as usize;
+                    if self.links.remove(&(i.min(p), i.max(p))) {
+                        self.inbox
+                            .push_back((p, Input::PeerDisconnected { peer: i as u64 }));
+                    }
+                    self.disconnects.push((i, p, reason));
+                }
+                Output::Event(e) => self.events.push((i, e)),
+                Output::Timeout(t) => {
+                    self.nodes[i].deadline = t;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Runs until `done` or the step budget runs out (a livelock fails).
+    fn run(&mut self, steps_max: usize, done: impl Fn(&Sim) -> bool) -> bool {
+        for _ in 0..steps_max {
+            for i in 0..self.nodes.len() {
+                self.drain(i);
+            }
+            if done(self) {
+                return true;
+            }
+            if let Some((i, input)) = self.inbox.pop_front() {
+                self.nodes[i].t.handle(self.now, input);
+                continue;
+            }
+            let next = self.nodes.iter().map(|n| n.deadline).min().unwrap();
+            self.now = next.max(self.now);
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].deadline <= self.now {
+                    self.nodes[i].t.handle(self.now, Input::Timeout);
+                }
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn a_leecher_downloads_everything_from_a_seed() {
+    let data = content(20 * PL as usize + 1234);
+    let mut s = Sim::new(&data);
+    let seed = s.add(true, false, &data, 1);
+    let leech = s.add(false, false, &data, 1);
+    s.connect(seed, leech);
+    assert!(s.run(200_000, |s| s.nodes[1].t.is_complete()));
+    assert_eq!(s.nodes[leech].data, data);
+    assert!(s.events.contains(&(leech, Event::Completed)));
+    let st = s.nodes[leech].t.stats();
+    assert_eq!(st.left, 0);
+    assert_eq!(st.downloaded, data.len() as u64);
+    assert_eq!(s.nodes[seed].t.stats().uploaded, data.len() as u64);
+}
+
+#[test]
+fn leechers_trade_pieces_among_themselves() {
+    let data = content(40 * PL as usize);
+    let mut s = Sim::new(&data);
+    let seed = s.add(true, false, &data, 5);
+    let a = s.add(false, false, &data, 5);
+    let b = s.add(false, false, &data, 5);
+    s.connect(seed, a);
+    s.connect(seed, b);
+    s.connect(a, b);
+    assert!(s.run(500_000, |s| s.nodes[1].t.is_complete()
+        && s.nodes[2].t.is_complete()));
+    assert_eq!(s.nodes[a].data, data);
+    assert_eq!(s.nodes[b].data, data);
+}
+
+#[test]
+fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_still_completes() {
+    let data = content(30 * PL as usize);
+    let mut s = Sim::new(&data);
+    let good = s.add(true, false, &data, 3);
+    let bad = s.add(true, true, &data, 3);
+    let leech = s.add(false, false, &data, 3);
+    s.connect(good, leech);
+    s.connect(bad, leech);
+    assert!(s.run(500_000, |s| s.nodes[2].t.is_complete()));
+    assert_eq!(s.nodes[leech].data, data);
+    assert!(s.events.contains(&(leech, Event::PeerBanned(bad as u64))));
+    assert!(!s.events.contains(&(leech, Event::PeerBanned(good as u64))));
+    assert!(s
+        .events
+        .iter()
+        .any(|(n, e)| *n == leech && matches!(e, Event::HashFailed { .. })));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let run = || {
+        let data = content(12 * PL as usize + 5);
+        let mut s = Sim::new(&data);
+        let a = s.add(true, false, &data, 9);
+        let b = s.add(false, false, &data, 9);
+        let c = s.add(false, false, &data, 9);
+        s.connect(a, b);
+        s.connect(a, c);
+        s.connect(b, c);
+        assert!(s.run(300_000, |s| s.nodes[1].t.is_complete()
+            && s.nodes[2].t.is_complete()));
+        let h: [u8; 20] = s.trace.finalize().into();
+        h
+    };
+    assert_eq!(run(), run());
+}
+
+fn fresh(seed_node: bool) -> (Torrent, Metainfo) {
+    let data = content(4 * PL as usize);
+    let meta = meta_for(&data);
+    let n = meta.pieces.len() as u32;
+    let have = if seed_node {
+        Bitfield::full(n)
+    } else {
+        Bitfield::new(n)
+    };
+    (
+        Torrent::new(TorrentConfig::new([1; 20]), &meta, &have, Instant::ZERO, 1),
+        meta,
+    )
+}
+
+fn drain(t: &mut Torrent) -> Vec<Output> {
+    let mut v = Vec::new();
+    loop {
+        match t.poll_output() {
+            Output::Timeout(_) => return v,
+            o => v.push(o),
+        }
+    }
+}
+
+#[test]
+fn a_handshake_for_another_torrent_is_dropped() {
+    let (mut t, _) = fresh(false);
+    t.handle(Instant::ZERO, Input::PeerConnected { peer: 7 });
+    let mut hs = Vec::new();
+    Handshake::new(rumor_core::bt::metainfo::InfoHash([9; 20]), [2; 20]).encode(&mut hs);
+    t.handle(
+        Instant::ZERO,
+        Input::PeerBytes {
+            peer: 7,
+            bytes: hs.into(),
+        },
+    );
+    let out = drain(&mut t);
+    assert!(out.contains(&Output::Disconnect {
+        peer: 7,
+        reason: DisconnectReason::WrongInfoHash
+    }));
+    assert_eq!(t.peer_count(), 0);
+}
+
+#[test]
+fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    let (mut t, _) = fresh(false);
+    t.handle(Instant::ZERO, Input::PeerConnected { peer: 7 });
+    drain(&mut t);
+    let mut now = Instant::ZERO;
+    for _ in 0..130 {
+        now += Duration::from_secs(1);
+        t.handle(now, Input::Timeout);
+    }
+    let out = drain(&mut t);
+    assert!(out.contains(&Output::Disconnect {
+        peer: 7,
+        reason: DisconnectReason::Idle
+    }));
+}
+
+#[test]
+fn a_seed_answers_a_request_after_unchoking_an_interested_peer() {
+    let (mut t, meta) = fresh(true);
+    t.handle(Instant::ZERO, Input::PeerConnected { peer: 7 });
+    let mut b = Vec::new();
+    Handshake::new(meta.info_hash, [2; 20]).encode(&mut b);
+    Message::Interested.encode(&mut b);
+    let req = rumor_core::bt::wire::BlockRef {
+        index: 1,
+        begin: 16384,
+        length: 16384,
+    };
+    Message::Request(req).encode(&mut b);
+    t.handle(
+        Instant::ZERO,
+        Input::PeerBytes {
+            peer: 7,
+            bytes: b.into(),
+        },
+    );
+    let out = drain(&mut t);
+    assert!(
+        out.contains(&Output::ReadBlock {
+            peer: 7,
+            block: req
+        }),
+        "{out:?}"
+    );
+    t.handle(
+        Instant::ZERO,
+        Input::BlockRead {
+            peer: 7,
+            block: req,
+            data: Bytes::from(vec![5u8; 16384]),
+        },
+    );
+    let out = drain(&mut t);
+    assert!(
+        matches!(&out[..], [Output::Transmit { peer: 7, payload }] if payload.len() == 13 + 16384)
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_from_a_peer_never_panic(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10),
+        handshake_first in any::<bool>(),
+    ) {
+        let (mut t, meta) = fresh(false);
+        t.handle(Instant::ZERO, Input::PeerConnected { peer: 1 });
+        if handshake_first {
+            let mut hs = Vec::new();
+            Handshake::new(meta.info_hash, [2; 20]).encode(&mut hs);
+            t.handle(Instant::ZERO, Input::PeerBytes { peer: 1, bytes: hs.into() });
+        }
+        let mut now = Instant::ZERO;
+        for c in chunks {
+            now += Duration::from_millis(700);
+            t.handle(now, Input::PeerBytes { peer: 1, bytes: c.into() });
+            t.handle(now, Input::Timeout);
+            drain(&mut t);
+        }
+    }
+
+    #[test]
+    fn arbitrary_wire_messages_from_a_peer_never_panic(
+        msgs in proptest::collection::vec((0u8..21, any::<u32>(), any::<u32>(), 0u32..20000), 0..40),
+    ) {
+        let (mut t, meta) = fresh(true);
+        t.handle(Instant::ZERO, Input::PeerConnected { peer: 1 });
+        let mut b = Vec::new();
+        Handshake::new(meta.info_hash, [2; 20]).encode(&mut b);
+        for (kind, x, y, z) in msgs {
+            let small = x % 6;
+            let r = rumor_core::bt::wire::BlockRef { index: small, begin: y % 70000, length: z };
+            let m = match kind {
+                0 => Message::Choke, 1 => Message::Unchoke, 2 => Message::Interested,
+                3 => Message::NotInterested, 4 => Message::Have(small),
+                5 => Message::Bitfield(Bytes::from(vec![0xF0])),
+                6 => Message::Request(r), 7 => Message::Piece { index: small, begin: r.begin, data: Bytes::from(vec![0; (z % 16385) as usize]) },
+                8 => Message::Cancel(r), 9 => Message::Port(1), 10 => Message::Suggest(x),
+                11 => Message::HaveAll, 12 => Message::HaveNone, 13 => Message::Reject(r),
+                14 => Message::AllowedFast(x), _ => Message::Extended { id: (x % 3) as u8, payload: Bytes::from_static(b"d1:md6:ut_pexi1eee") },
+            };
+            m.encode(&mut b);
+        }
+        t.handle(Instant::ZERO, Input::PeerBytes { peer: 1, bytes: b.into() });
+        let out = drain(&mut t);
+        for o in out {
+            if let Output::ReadBlock { peer, block } = o {
+                t.handle(Instant::ZERO, Input::BlockRead { peer, block, data: Bytes::from(vec![0; block.length as usize]) });
+            }
+        }
+        drain(&mut t);
+    }
+}

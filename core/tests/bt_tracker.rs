@@ -250,3 +250,14 @@ proptest! {
         prop_assert_eq!(AnnounceRequest::from_query(&r.to_query()).unwrap(), r);
     }
 }
+
+#[test]
+fn a_scrape_url_carries_every_infohash_and_parses_back() {
+    let hs = [InfoHash([0xAB; 20]), InfoHash([b'z'; 20])];
+    let base = scrape_url("http://t/announce").unwrap();
+    let u = scrape_request_url(&base, &hs);
+    assert!(u.starts_with("http://t/scrape?info_hash=%AB%AB"));
+    let q = u.split_once('?').unwrap().1;
+    assert_eq!(parse_scrape_query(q).unwrap(), hs.to_vec());
+    assert!(parse_scrape_query("info_hash=%zz").is_err());
+}

@@ -82,6 +82,8 @@ struct Partial {
 struct Peer {
     /// `None` for a peer with every piece (counted in `seeds`).
     has: Option<Bitfield>,
+    /// Pieces in `has` that we lack (makes interest O(1)).
+    useful: u32,
     outstanding: BTreeSet<(u32, u32)>,
 }
 
@@ -229,7 +231,7 @@ impl Picker {
         match self.peers.get(&peer) {
             None => false,
             Some(Peer { has: None, .. }) => !self.is_complete(),
-            Some(Peer { has: Some(b), .. }) => b.has_any_not_in(&self.have),
+            Some(Peer { useful, .. }) => *useful > 0,
         }
     }
 
@@ -258,6 +260,7 @@ impl Picker {
         let n = self.piece_count;
         self.peers.entry(peer).or_insert_with(|| Peer {
             has: Some(Bitfield::new(n)),
+            useful: 0,
             outstanding: BTreeSet::new(),
         })
     }
@@ -314,10 +317,14 @@ impl Picker {
             self.peer_have_all(peer);
             return;
         }
+        let mut useful = 0;
         for p in has.iter_ones() {
             self.inc(p);
+            useful += !self.have.get(p) as u32;
         }
-        self.peer_entry(peer).has = Some(has.clone());
+        let e = self.peer_entry(peer);
+        e.has = Some(has.clone());
+        e.useful = useful;
     }
 
     /// Records a `have` from `peer`. Out-of-range indexes are ignored.
@@ -325,12 +332,14 @@ impl Picker {
         if p >= self.piece_count {
             return;
         }
+        let lacking = !self.have.get(p);
         let e = self.peer_entry(peer);
         let newly = match &mut e.has {
             None => false,
             Some(b) => b.set(p),
         };
         if newly {
+            e.useful += lacking as u32;
             self.inc(p);
         }
     }
@@ -353,6 +362,7 @@ impl Picker {
         let Some(e) = self.peers.get_mut(&peer) else {
             return;
         };
+        e.useful = 0;
         match e.has.replace(Bitfield::new(n)) {
             None => self.seeds -= 1,
             Some(old) => {
@@ -636,6 +646,11 @@ impl Picker {
         self.unwant(p);
         self.have.set(p);
         self.parole.remove(&p);
+        for e in self.peers.values_mut() {
+            if e.has.as_ref().is_some_and(|b| b.get(p)) {
+                e.useful -= 1;
+            }
+        }
     }
 
     /// The peers that sent blocks of partial piece `p` (call before
@@ -712,6 +727,12 @@ impl Picker {
                     matches!(&part.blocks[b as usize], Block::Requested(by) if by.contains(k)),
                     "outstanding block not marked requested by its peer"
                 );
+            }
+        }
+        for peer in self.peers.values() {
+            if let Some(b) = &peer.has {
+                let useful = b.iter_ones().filter(|p| !self.have.get(*p)).count() as u32;
+                assert_eq!(peer.useful, useful, "useful count");
             }
         }
         let seeds = self.peers.values().filter(|p| p.has.is_none()).count() as u32;

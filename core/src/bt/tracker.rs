@@ -285,6 +285,42 @@ pub fn scrape_url(announce_url: &str) -> Option<String> {
     Some(s)
 }
 
+/// The full HTTP scrape URL for `info_hashes` (each as an `info_hash`
+/// parameter); build the base with [`scrape_url`].
+pub fn scrape_request_url(scrape_base: &str, info_hashes: &[InfoHash]) -> String {
+    let mut u = scrape_base.to_owned();
+    let mut sep = if u.contains('?') { '&' } else { '?' };
+    for ih in info_hashes.iter().take(SCRAPE_HASHES_MAX) {
+        u.push(sep);
+        u.push_str("info_hash=");
+        percent_encode(&ih.0, &mut u);
+        sep = '&';
+    }
+    u
+}
+
+/// Parses the `info_hash` parameters of a scrape query (server side),
+/// ignoring anything else; at most [`SCRAPE_HASHES_MAX`].
+pub fn parse_scrape_query(query: &str) -> Result<Vec<InfoHash>, TrackerError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for pair in query.split('&') {
+        let at = offset;
+        offset += pair.len() + 1;
+        if let Some(v) = pair.strip_prefix("info_hash=") {
+            if out.len() == SCRAPE_HASHES_MAX {
+                return Err(terr(at, TrackerErrorKind::TooMany("scrape hashes")));
+            }
+            let b = percent_decode(v).ok_or(terr(at, TrackerErrorKind::Invalid("info_hash")))?;
+            let h: [u8; 20] = b
+                .try_into()
+                .map_err(|_| terr(at, TrackerErrorKind::Invalid("info_hash")))?;
+            out.push(InfoHash(h));
+        }
+    }
+    Ok(out)
+}
+
 /// A peer from a tracker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TrackerPeer {

@@ -2,7 +2,6 @@
 //! Feeds a torrent machine (a seed, so it also serves reads) an arbitrary
 //! sequence of inputs built from the fuzz bytes: connections, raw peer
 //! bytes (after a valid handshake or not), read and hash results, time.
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::metainfo::{Limits, TorrentBuilder};
@@ -32,13 +31,13 @@ fuzz_target!(|data: &[u8]| {
                 Handshake::new(meta.info_hash, [peer as u8 + 2; 20]).encode(&mut hs);
                 Input::PeerBytes { peer, bytes: hs.into() }
             }
-            2 => Input::PeerBytes { peer, bytes: Bytes::copy_from_slice(body) },
+            2 => Input::PeerBytes { peer, bytes: body.to_vec().into() },
             3 => Input::PeerDisconnected { peer },
             4 => Input::PieceChecked { piece: len as u32 % 6, ok: op & 8 != 0 },
             5 => Input::BlockRead {
                 peer,
                 block: BlockRef { index: len as u32 % 5, begin: 0, length: 16384 },
-                data: Bytes::from(vec![0; 16384]),
+                data: vec![0; 16384].into(),
             },
             _ => {
                 now += Duration::from_millis(len as u64 * 100);

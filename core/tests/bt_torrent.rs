@@ -415,3 +415,278 @@ proptest! {
         drain(&mut t);
     }
 }
+
+/// A scripted remote peer: feeds messages to the machine and decodes what
+/// the machine sends back.
+struct Remote {
+    key: u64,
+    dec: rumor_core::bt::wire::Decoder,
+}
+
+impl Remote {
+    fn connect(t: &mut Torrent, meta: &Metainfo, key: u64, fast: bool) -> (Remote, Vec<Message>) {
+        t.handle(Instant::ZERO, Input::PeerConnected { peer: key });
+        let mut h = Handshake::new(meta.info_hash, [key as u8 + 100; 20]);
+        if !fast {
+            h.reserved = [0; 8];
+        }
+        let mut b = Vec::new();
+        h.encode(&mut b);
+        t.handle(
+            Instant::ZERO,
+            Input::PeerBytes {
+                peer: key,
+                bytes: b.into(),
+            },
+        );
+        let mut r = Remote {
+            key,
+            dec: rumor_core::bt::wire::Decoder::new(rumor_core::bt::wire::DecoderConfig {
+                piece_count: meta.pieces.len() as u32,
+                ..Default::default()
+            }),
+        };
+        let out = drain(t);
+        r.absorb(&out);
+        assert!(r.dec.take_handshake().unwrap().is_ok());
+        let first = r.received(&[]);
+        (r, first)
+    }
+
+    fn absorb(&mut self, out: &[Output]) {
+        for o in out {
+            if let Output::Transmit { peer, payload } = o {
+                if *peer == self.key {
+                    self.dec.feed(payload);
+                }
+            }
+        }
+    }
+
+    fn received(&mut self, out: &[Output]) -> Vec<Message> {
+        self.absorb(out);
+        std::iter::from_fn(|| self.dec.next())
+            .map(|m| m.unwrap())
+            .collect()
+    }
+
+    fn send(&self, t: &mut Torrent, now: Instant, msgs: &[Message]) -> Vec<Output> {
+        let mut b = Vec::new();
+        for m in msgs {
+            m.encode(&mut b);
+        }
+        t.handle(
+            now,
+            Input::PeerBytes {
+                peer: self.key,
+                bytes: b.into(),
+            },
+        );
+        drain(t)
+    }
+}
+
+fn requests(msgs: &[Message]) -> Vec<rumor_core::bt::wire::BlockRef> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Request(r) => Some(*r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_leecher_asks_an_unchoking_seed_for_blocks_and_frees_them_when_choked() {
+    let (mut t, meta) = fresh(false);
+    let (mut a, first) = Remote::connect(&mut t, &meta, 1, true);
+    // A fresh leecher with the fast extension says have-none.
+    assert!(first.contains(&Message::HaveNone));
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    let msgs = a.received(&out);
+    assert_eq!(msgs[0], Message::Interested);
+    let asked = requests(&msgs);
+    assert!(!asked.is_empty());
+    // Choked: those blocks go to the next peer that can serve them.
+    a.send(&mut t, Instant::ZERO, &[Message::Choke]);
+    let (mut b, _) = Remote::connect(&mut t, &meta, 2, true);
+    let out = b.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    let again = requests(&b.received(&out));
+    for r in &asked {
+        assert!(again.contains(r), "{r:?} was not re-requested");
+    }
+}
+
+#[test]
+fn a_rejected_request_is_asked_of_another_peer() {
+    let (mut t, meta) = fresh(false);
+    let (mut a, _) = Remote::connect(&mut t, &meta, 1, true);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    let asked = requests(&a.received(&out));
+    let (mut b, _) = Remote::connect(&mut t, &meta, 2, true);
+    let out = b.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    let before = requests(&b.received(&out));
+    assert!(!before.contains(&asked[0]));
+    a.send(&mut t, Instant::ZERO, &[Message::Reject(asked[0])]);
+    // The next top-up of b's pipeline may take the freed block.
+    let out = b.send(&mut t, Instant::ZERO, &[Message::KeepAlive]);
+    let after = requests(&b.received(&out));
+    assert!(after.contains(&asked[0]) || before.len() + after.len() >= 2);
+}
+
+#[test]
+fn an_unanswered_request_times_out_and_goes_to_a_responsive_peer() {
+    let (mut t, meta) = fresh(false);
+    let (mut a, _) = Remote::connect(&mut t, &meta, 1, true);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    let asked = requests(&a.received(&out));
+    assert_eq!(asked.len(), 2);
+    let mut now = Instant::ZERO + Duration::from_secs(30);
+    // b joins late and answers everything at once (with junk: we never
+    // report the hash checks, so pieces just wait).
+    let (mut b, _) = Remote::connect(&mut t, &meta, 2, true);
+    let out = b.send(&mut t, now, &[Message::HaveAll, Message::Unchoke]);
+    let mut pending = requests(&b.received(&out));
+    let mut seen_b = BTreeSet::new();
+    let mut a_after = Vec::new();
+    while now < Instant::ZERO + Duration::from_secs(65) {
+        now += Duration::from_secs(1);
+        a.send(&mut t, now, &[Message::KeepAlive]);
+        let answers: Vec<Message> = pending
+            .drain(..)
+            .map(|r| Message::Piece {
+                index: r.index,
+                begin: r.begin,
+                data: vec![0; r.length as usize].into(),
+            })
+            .chain([Message::KeepAlive])
+            .collect();
+        let out = b.send(&mut t, now, &answers);
+        a_after.extend(requests(&a.received(&out)));
+        let got = requests(&b.received(&out));
+        seen_b.extend(got.iter().copied());
+        pending.extend(got);
+        t.handle(now, Input::Timeout);
+        let out = drain(&mut t);
+        a_after.extend(requests(&a.received(&out)));
+        let got = requests(&b.received(&out));
+        seen_b.extend(got.iter().copied());
+        pending.extend(got);
+    }
+    assert!(
+        seen_b.contains(&asked[0]) && seen_b.contains(&asked[1]),
+        "{seen_b:?}"
+    );
+    // The snubbed peer gets at most one request at a time.
+    assert!(a_after.len() <= 1, "{a_after:?}");
+}
+
+#[test]
+fn a_choked_peers_request_is_rejected_under_the_fast_extension() {
+    let (mut t, meta) = fresh(true);
+    let (mut a, first) = Remote::connect(&mut t, &meta, 1, true);
+    assert!(first.contains(&Message::HaveAll));
+    let r = rumor_core::bt::wire::BlockRef {
+        index: 0,
+        begin: 0,
+        length: 16384,
+    };
+    let out = a.send(&mut t, Instant::ZERO, &[Message::Request(r)]);
+    assert_eq!(a.received(&out), vec![Message::Reject(r)]);
+}
+
+#[test]
+fn a_cancelled_request_is_not_answered() {
+    let (mut t, meta) = fresh(true);
+    let (mut a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let r = rumor_core::bt::wire::BlockRef {
+        index: 0,
+        begin: 0,
+        length: 16384,
+    };
+    let out = a.send(
+        &mut t,
+        Instant::ZERO,
+        &[Message::Interested, Message::Request(r)],
+    );
+    assert!(out.contains(&Output::ReadBlock { peer: 1, block: r }));
+    a.send(&mut t, Instant::ZERO, &[Message::Cancel(r)]);
+    t.handle(
+        Instant::ZERO,
+        Input::BlockRead {
+            peer: 1,
+            block: r,
+            data: vec![0u8; 16384].into(),
+        },
+    );
+    let out = drain(&mut t);
+    assert!(a.received(&out).is_empty());
+}
+
+#[test]
+fn protocol_violations_drop_the_peer() {
+    let cases: Vec<(Vec<Message>, &str)> = vec![
+        (vec![Message::Have(99)], "have out of range"),
+        (
+            vec![
+                Message::Interested,
+                Message::Bitfield(Bytes::from_static(&[0xF0])),
+            ],
+            "late bitfield",
+        ),
+    ];
+    for (msgs, why) in cases {
+        let (mut t, meta) = fresh(false);
+        let (a, _) = Remote::connect(&mut t, &meta, 1, true);
+        let out = a.send(&mut t, Instant::ZERO, &msgs);
+        assert!(
+            out.contains(&Output::Disconnect {
+                peer: 1,
+                reason: DisconnectReason::Misbehaved(why)
+            }),
+            "{why}: {out:?}"
+        );
+    }
+    // have-all without the fast extension
+    let (mut t, meta) = fresh(false);
+    let (a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveAll]);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Disconnect { peer: 1, .. })));
+}
+
+#[test]
+fn connecting_to_ourselves_is_detected() {
+    let (mut t, meta) = fresh(false);
+    t.handle(Instant::ZERO, Input::PeerConnected { peer: 3 });
+    let mut b = Vec::new();
+    Handshake::new(meta.info_hash, [1; 20]).encode(&mut b);
+    t.handle(
+        Instant::ZERO,
+        Input::PeerBytes {
+            peer: 3,
+            bytes: b.into(),
+        },
+    );
+    assert!(drain(&mut t).contains(&Output::Disconnect {
+        peer: 3,
+        reason: DisconnectReason::SelfConnection
+    }));
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    let data = content(4 * PL as usize);
+    let meta = meta_for(&data);
+    let mut cfg = TorrentConfig::new([1; 20]);
+    cfg.peers_max = 2;
+    let mut t = Torrent::new(cfg, &meta, &Bitfield::new(4), Instant::ZERO, 1);
+    for k in 0..3 {
+        t.handle(Instant::ZERO, Input::PeerConnected { peer: k });
+    }
+    assert_eq!(t.peer_count(), 2);
+    assert!(drain(&mut t).contains(&Output::Disconnect {
+        peer: 2,
+        reason: DisconnectReason::TooManyPeers
+    }));
+}

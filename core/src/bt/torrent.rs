@@ -275,6 +275,9 @@ struct Conn {
     down_rate: u64,
     up_rate: u64,
     invalid_blocks: u32,
+    /// A request to this peer timed out and no block came since: it gets
+    /// one request at a time and is served last.
+    snubbed: bool,
 }
 
 /// One torrent's swarm logic. See the module docs for the driving order.
@@ -482,6 +485,7 @@ impl Torrent {
                 down_rate: 0,
                 up_rate: 0,
                 invalid_blocks: 0,
+                snubbed: false,
             },
         );
         let mut hs = Vec::with_capacity(Handshake::LEN);
@@ -695,6 +699,7 @@ impl Torrent {
         let c = self.conns.get_mut(&peer).expect("connected");
         c.sent_requests.remove(&r);
         c.last_data_at = Some(now);
+        c.snubbed = false;
         c.down_window += len;
         match self.picker.block_received(peer, r) {
             Received::New {
@@ -815,9 +820,12 @@ impl Torrent {
         if !c.ready || c.peer_choking || !c.am_interested {
             return;
         }
-        let mut depth =
+        let mut depth = if c.snubbed {
+            1
+        } else {
             request_queue_depth(c.down_rate, self.config.target_request_delay, BLOCK_LEN)
-                .min(self.config.our_requests_max);
+                .min(self.config.our_requests_max)
+        };
         if let Some(q) = c.peer_reqq {
             depth = depth.min(q.max(1));
         }
@@ -836,7 +844,11 @@ impl Torrent {
     }
 
     fn fill_all(&mut self, now: Instant) {
-        let peers: Vec<PeerKey> = self.conns.keys().copied().collect();
+        // Responsive peers first: freed blocks should go to them.
+        let mut order: Vec<(bool, PeerKey)> =
+            self.conns.iter().map(|(k, c)| (c.snubbed, *k)).collect();
+        order.sort();
+        let peers = order.into_iter().map(|(_, k)| k);
         for p in peers {
             self.fill(now, p);
         }
@@ -907,6 +919,9 @@ impl Torrent {
                 .filter(|(_, at)| now.saturating_duration_since(**at) >= timeout)
                 .map(|(r, _)| *r)
                 .collect();
+            if !expired.is_empty() {
+                c.snubbed = true;
+            }
             for r in expired {
                 c.sent_requests.remove(&r);
                 self.picker.request_failed(p, r);

@@ -270,63 +270,82 @@ fn op(n: u32) -> impl Strategy<Value = Op> {
     ]
 }
 
+fn run_model(n: u32, ops: Vec<Op>, seed: u64) {
+    let mut p = Picker::new(2 * KIB16, n as u64 * 2 * KIB16 - 1, cfg(2), seed);
+    let mut has: std::collections::BTreeMap<u64, Bitfield> = Default::default();
+    for o in ops {
+        match o {
+            Op::Bitfield(k, b) => {
+                let ones: Vec<u32> = (0..n).filter(|i| b[*i as usize]).collect();
+                let bf = bits(n, &ones);
+                p.peer_bitfield(k, &bf);
+                has.insert(k, bf);
+            }
+            Op::Have(k, i) => {
+                p.peer_have(k, i);
+                has.entry(k).or_insert_with(|| Bitfield::new(n)).set(i);
+            }
+            Op::HaveAll(k) => {
+                p.peer_have_all(k);
+                has.insert(k, Bitfield::full(n));
+            }
+            Op::HaveNone(k) => {
+                p.peer_have_none(k);
+                has.insert(k, Bitfield::new(n));
+            }
+            Op::Left(k) => {
+                p.peer_left(k);
+                has.remove(&k);
+            }
+            Op::Pick(k, m) => {
+                let before: BTreeSet<BlockRef> = p.outstanding(k).into_iter().collect();
+                let endgame = p.in_endgame();
+                for r in p.pick(k, m) {
+                    assert!(
+                        has.get(&k).is_some_and(|b| b.get(r.index)),
+                        "asked a peer for a piece it lacks"
+                    );
+                    assert!(!p.have().get(r.index));
+                    assert!(!before.contains(&r), "same block twice to one peer");
+                    let _ = endgame;
+                }
+            }
+            Op::ReceiveOutstanding(k, i) => {
+                let out = p.outstanding(k);
+                if !out.is_empty() {
+                    let r = out[i % out.len()];
+                    let _ = p.block_received(k, r);
+                }
+            }
+            Op::Fail(k, i) => {
+                let out = p.outstanding(k);
+                if !out.is_empty() {
+                    p.request_failed(k, out[i % out.len()]);
+                }
+            }
+            Op::PieceDone(i, ok) => {
+                if ok {
+                    p.piece_verified(i);
+                } else {
+                    let _ = p.piece_failed(i);
+                }
+            }
+        }
+        p.check_invariants();
+        for i in 0..n {
+            let expect = has.values().filter(|b| b.get(i)).count() as u32;
+            assert_eq!(p.availability(i), expect);
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn bookkeeping_stays_consistent_under_any_sequence(
         ops in proptest::collection::vec(op(9), 0..80),
         seed in any::<u64>(),
     ) {
-        let n = 9u32;
-        let mut p = Picker::new(2 * KIB16, n as u64 * 2 * KIB16 - 1, cfg(2), seed);
-        let mut has: std::collections::BTreeMap<u64, Bitfield> = Default::default();
-        for o in ops {
-            match o {
-                Op::Bitfield(k, b) => {
-                    let ones: Vec<u32> = (0..n).filter(|i| b[*i as usize]).collect();
-                    let bf = bits(n, &ones);
-                    p.peer_bitfield(k, &bf);
-                    has.insert(k, bf);
-                }
-                Op::Have(k, i) => {
-                    p.peer_have(k, i);
-                    has.entry(k).or_insert_with(|| Bitfield::new(n)).set(i);
-                }
-                Op::HaveAll(k) => { p.peer_have_all(k); has.insert(k, Bitfield::full(n)); }
-                Op::HaveNone(k) => { p.peer_have_none(k); has.insert(k, Bitfield::new(n)); }
-                Op::Left(k) => { p.peer_left(k); has.remove(&k); }
-                Op::Pick(k, m) => {
-                    let before: BTreeSet<BlockRef> = p.outstanding(k).into_iter().collect();
-                    let endgame = p.in_endgame();
-                    for r in p.pick(k, m) {
-                        prop_assert!(has.get(&k).is_some_and(|b| b.get(r.index)), "asked a peer for a piece it lacks");
-                        prop_assert!(!p.have().get(r.index));
-                        prop_assert!(!before.contains(&r), "same block twice to one peer");
-                        let _ = endgame;
-                    }
-                }
-                Op::ReceiveOutstanding(k, i) => {
-                    let out = p.outstanding(k);
-                    if !out.is_empty() {
-                        let r = out[i % out.len()];
-                        let _ = p.block_received(k, r);
-                    }
-                }
-                Op::Fail(k, i) => {
-                    let out = p.outstanding(k);
-                    if !out.is_empty() {
-                        p.request_failed(k, out[i % out.len()]);
-                    }
-                }
-                Op::PieceDone(i, ok) => {
-                    if ok { p.piece_verified(i); } else { let _ = p.piece_failed(i); }
-                }
-            }
-            p.check_invariants();
-            for i in 0..n {
-                let expect = has.values().filter(|b| b.get(i)).count() as u32;
-                prop_assert_eq!(p.availability(i), expect);
-            }
-        }
+        run_model(9, ops, seed);
     }
 
     #[test]
@@ -361,5 +380,36 @@ fn a_piece_that_failed_is_downloaded_again_from_one_peer_only() {
     // If its owner leaves, anyone may finish it.
     p.peer_left(1);
     assert_eq!(p.pick(2, 8).len(), 4);
+    p.check_invariants();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// 300 pieces: enough for the rarest-first scan to run out of budget
+    /// and hand over to the bitfield pass.
+    #[test]
+    fn bookkeeping_stays_consistent_with_many_pieces(
+        ops in proptest::collection::vec(op(300), 0..60),
+        seed in any::<u64>(),
+    ) {
+        run_model(300, ops, seed);
+    }
+}
+
+#[test]
+fn a_peer_lacking_the_rarest_pieces_still_gets_its_own_rarest() {
+    let n = 10_000u32;
+    let mut p = Picker::new(KIB16, n as u64 * KIB16, cfg(0), 5);
+    let low: Vec<u32> = (0..5000).collect();
+    let low_but_42: Vec<u32> = (0..5000).filter(|i| *i != 42).collect();
+    let all: Vec<u32> = (0..n).collect();
+    p.peer_bitfield(1, &bits(n, &low));
+    p.peer_bitfield(2, &bits(n, &all));
+    p.peer_bitfield(3, &bits(n, &low_but_42));
+    // Pieces 5000.. are rarest (one peer) but peer 1 has none of them; of
+    // its pieces, 42 is the rarest.
+    assert_eq!(p.pick(1, 1)[0].index, 42);
+    let next = p.pick(1, 3);
+    assert!(next.iter().all(|r| r.index < 5000));
     p.check_invariants();
 }

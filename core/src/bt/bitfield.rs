@@ -129,6 +129,12 @@ impl Bitfield {
         })
     }
 
+    /// The members as 64-bit words, bit `i % 64` of word `i / 64` for
+    /// piece `i`; for word-at-a-time set algebra inside the crate.
+    pub(crate) fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     /// True if `self` has a member that `other` lacks (word-at-a-time).
     pub fn has_any_not_in(&self, other: &Bitfield) -> bool {
         self.words

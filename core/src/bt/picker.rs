@@ -18,7 +18,7 @@
 //! [`Picker::piece_verified`], [`Picker::piece_failed`]. Output:
 //! [`Picker::pick`]. The caller keys peers by any `u64` it likes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use super::bitfield::Bitfield;
 use super::wire::{BlockRef, BLOCK_LEN};
@@ -125,6 +125,8 @@ pub struct Picker {
     /// `bucket_end[a]` = end (exclusive) of the availability-`a` bucket.
     bucket_end: Vec<u32>,
     partial: BTreeMap<u32, Partial>,
+    /// The keys of `partial` as a bitset, for O(1) and word-wise tests.
+    partial_bits: Bitfield,
     /// Pieces that failed a hash check: their next download goes to one peer.
     parole: BTreeSet<u32>,
     /// Free blocks summed over partial pieces.
@@ -153,6 +155,7 @@ impl Picker {
             pos: (0..n).collect(),
             bucket_end: vec![n],
             partial: BTreeMap::new(),
+            partial_bits: Bitfield::new(n),
             parole: BTreeSet::new(),
             partial_free: 0,
             peers: BTreeMap::new(),
@@ -402,6 +405,7 @@ impl Picker {
     fn start_partial(&mut self, p: u32, peer: PeerKey) {
         let n = self.blocks_in(p);
         let owner = self.parole.contains(&p).then_some(peer);
+        self.partial_bits.set(p);
         self.partial.insert(
             p,
             Partial {
@@ -491,20 +495,32 @@ impl Picker {
             }
         }
 
-        // 3. Rarest first, random among equals.
+        // 3. Rarest first, random among equals. A peer lacking the rarest
+        // pieces could make this scan every wanted piece, so for non-seeds
+        // it has a budget of what a pass over the peer's own bitfield would
+        // cost; past it, that pass picks instead (see `pick_by_bitfield`).
         let first_bucket = if is_seed { 0 } else { 1 };
+        let mut budget = if is_seed {
+            usize::MAX
+        } else {
+            self.piece_count as usize / 64 + self.peers[&peer].useful as usize / 8 + 64
+        };
+        // Borrow the peer's bitfield out of the map for the scan (put back
+        // below) so each step is a bit test, not a map lookup.
+        let has = self.peers.get_mut(&peer).expect("known").has.take();
         let mut b = first_bucket;
-        while out.len() < max_blocks && b < self.bucket_end.len() {
+        while out.len() < max_blocks && b < self.bucket_end.len() && budget > 0 {
             let start = if b == 0 { 0 } else { self.bucket_end[b - 1] };
             let end = self.bucket_end[b];
             let len = end - start;
             if len > 0 {
                 let r = self.rng.below(len as u64) as u32;
                 let mut i = 0;
-                while i < len && out.len() < max_blocks {
+                while i < len && out.len() < max_blocks && budget > 0 {
                     let p = self.order[(start + (r + i) % len) as usize];
                     i += 1;
-                    if self.partial.contains_key(&p) || !self.peer_has(&self.peers[&peer], p) {
+                    budget -= 1;
+                    if self.partial_bits.get(p) || has.as_ref().is_some_and(|h| !h.get(p)) {
                         continue;
                     }
                     // Taking a piece doesn't move it in `order`, so the
@@ -516,6 +532,12 @@ impl Picker {
             }
             b += 1;
         }
+        if let Some(h) = &has {
+            if budget == 0 && out.len() < max_blocks {
+                self.pick_by_bitfield(peer, h, max_blocks, &mut out);
+            }
+        }
+        self.peers.get_mut(&peer).expect("known").has = has;
 
         // 4. Endgame.
         if out.len() < max_blocks && self.in_endgame() {
@@ -555,6 +577,48 @@ impl Picker {
         out
     }
 
+    /// Rarest-first over the pieces `peer` has, by one pass over its
+    /// bitfield: O(pieces / 64 + pieces it has), keeping the few rarest
+    /// (random among equals) in a bounded heap.
+    fn pick_by_bitfield(
+        &mut self,
+        peer: PeerKey,
+        has: &Bitfield,
+        max_blocks: usize,
+        out: &mut Vec<BlockRef>,
+    ) {
+        let k = max_blocks - out.len();
+        let mut heap: BinaryHeap<(u32, u64, u32)> = BinaryHeap::with_capacity(k + 1);
+        let words = has
+            .words()
+            .iter()
+            .zip(self.have.words())
+            .zip(self.partial_bits.words());
+        for (wi, ((h, hv), pt)) in words.enumerate() {
+            let mut w = h & !hv & !pt;
+            while w != 0 {
+                let p = wi as u32 * 64 + w.trailing_zeros();
+                w &= w - 1;
+                let a = self.avail[p as usize];
+                if heap.len() == k && heap.peek().is_some_and(|top| a > top.0) {
+                    continue;
+                }
+                heap.push((a, self.rng.next_u64(), p));
+                if heap.len() > k {
+                    heap.pop();
+                }
+            }
+        }
+        for (_, _, p) in heap.into_sorted_vec() {
+            if out.len() >= max_blocks {
+                break;
+            }
+            self.start_partial(p, peer);
+            let want = max_blocks - out.len();
+            self.take_free(peer, p, want, out);
+        }
+    }
+
     /// A request to `peer` will not be answered (rejected, timed out, or we
     /// were choked): the block becomes free for others.
     pub fn request_failed(&mut self, peer: PeerKey, r: BlockRef) {
@@ -580,6 +644,7 @@ impl Picker {
         if part.received == 0 && part.free as usize == part.blocks.len() {
             self.partial_free -= part.free as u64;
             self.partial.remove(&r.index);
+            self.partial_bits.clear(r.index);
         }
     }
 
@@ -631,6 +696,7 @@ impl Picker {
         if p >= self.piece_count || self.have.get(p) {
             return;
         }
+        self.partial_bits.clear(p);
         if let Some(part) = self.partial.remove(&p) {
             self.partial_free -= part.free as u64;
             for (bi, st) in part.blocks.iter().enumerate() {
@@ -675,6 +741,7 @@ impl Picker {
         if p < self.piece_count && !self.have.get(p) {
             self.parole.insert(p);
         }
+        self.partial_bits.clear(p);
         if let Some(part) = self.partial.remove(&p) {
             self.partial_free -= part.free as u64;
             for (bi, st) in part.blocks.iter().enumerate() {
@@ -717,6 +784,11 @@ impl Picker {
         }
         let free: u64 = self.partial.values().map(|p| p.free as u64).sum();
         assert_eq!(free, self.partial_free, "partial free count");
+        assert_eq!(
+            self.partial_bits.iter_ones().collect::<Vec<_>>(),
+            self.partial.keys().copied().collect::<Vec<_>>(),
+            "partial bitset"
+        );
         for (k, peer) in &self.peers {
             for &(p, b) in &peer.outstanding {
                 let part = self

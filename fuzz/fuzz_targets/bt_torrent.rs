@@ -50,5 +50,6 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
         }
+        t.check_invariants();
     }
 });

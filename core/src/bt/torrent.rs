@@ -379,6 +379,30 @@ impl Torrent {
         self.conns.len()
     }
 
+    /// Checks the machine's bookkeeping against the picker's; for tests
+    /// and fuzzing.
+    pub fn check_invariants(&self) {
+        self.picker.check_invariants();
+        for (k, c) in &self.conns {
+            let picker_side: BTreeSet<BlockRef> = self.picker.outstanding(*k).into_iter().collect();
+            for r in c.sent_requests.keys() {
+                assert!(
+                    picker_side.contains(r),
+                    "request in flight unknown to the picker"
+                );
+            }
+            assert!(
+                c.reads.len() <= self.config.peer_requests_max,
+                "read queue over its limit"
+            );
+            assert!(
+                c.sent_requests.len() as u32 <= self.config.our_requests_max,
+                "too many requests in flight"
+            );
+        }
+        assert!(self.conns.len() <= self.config.peers_max, "too many peers");
+    }
+
     /// The torrent's infohash.
     pub fn info_hash(&self) -> InfoHash {
         self.info_hash

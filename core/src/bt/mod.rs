@@ -1,6 +1,30 @@
-//! BitTorrent: pure codecs and machines (metainfo, peer wire, piece picker,
-//! choker, tracker codecs). Hashing file data, sockets and disks belong to
-//! the adapters; everything here is bytes in, bytes or decisions out.
+//! BitTorrent: pure codecs and machines. Hashing file data, sockets, disks
+//! and clocks belong to the adapters; everything here is bytes in, bytes or
+//! decisions out, with time and randomness passed in.
+//!
+//! | module | use it to |
+//! |---|---|
+//! | [`bencode`] | decode bencode from outside (limits, offsets) and encode canonically |
+//! | [`metainfo`] | parse and check a .torrent (infohash over the exact `info` bytes), build one ([`metainfo::TorrentBuilder`], [`metainfo::PieceHasher`], [`metainfo::choose_piece_length`]), map pieces and blocks to files ([`metainfo::FileLayout`]) |
+//! | [`metadata`] | fetch the `info` dictionary from peers by infohash (BEP 9) |
+//! | [`wire`] | decode a peer's byte stream ([`wire::Decoder`]) and encode messages (BEP 3, 6, 10) |
+//! | [`bitfield`] | sets of pieces, to and from the wire form |
+//! | [`picker`] | choose which blocks to request from whom (rarest first, endgame, parole) |
+//! | [`choker`] | choose whom to upload to (tit-for-tat, optimistic unchoke, anti-snub) |
+//! | [`tracker`] | HTTP and UDP tracker requests and responses, client and server side |
+//! | [`torrent`] | run one torrent's swarm: the machine that ties the rest together |
+//!
+//! An adapter downloading a torrent: parse the file with
+//! [`metainfo::Metainfo::parse`], check which pieces are already on disk
+//! (hash them on a worker), make a [`torrent::Torrent`], announce with
+//! [`tracker`] to find peers, then feed the torrent every connection, every
+//! read from a socket, every finished disk job and every timeout, and carry
+//! out what [`torrent::Torrent::poll_output`] says until it yields
+//! [`torrent::Output::Timeout`].
+//!
+//! Known limits: dictionary keys must be sorted as BEP 3 requires (bendy
+//! refuses unsorted ones, so a few sloppy trackers or .torrent files are
+//! refused); only v1 (SHA-1) torrents.
 
 pub mod bencode;
 pub mod bitfield;

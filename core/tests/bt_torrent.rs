@@ -749,3 +749,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn two_seeds_part_ways() {
+    let (mut t, meta) = fresh(true);
+    let (a, _) = Remote::connect(&mut t, &meta, 1, true);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveAll]);
+    assert!(out.contains(&Output::Disconnect {
+        peer: 1,
+        reason: DisconnectReason::BothSeeds
+    }));
+}

@@ -238,6 +238,15 @@ impl Picker {
         }
     }
 
+    /// True if `peer` has every piece.
+    pub fn is_seed(&self, peer: PeerKey) -> bool {
+        match self.peers.get(&peer) {
+            Some(Peer { has: None, .. }) => true,
+            Some(Peer { has: Some(b), .. }) => b.is_full(),
+            None => false,
+        }
+    }
+
     /// Blocks requested from `peer` and not yet answered.
     pub fn outstanding(&self, peer: PeerKey) -> Vec<BlockRef> {
         self.peers.get(&peer).map_or_else(Vec::new, |p| {

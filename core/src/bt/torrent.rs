@@ -183,6 +183,8 @@ pub enum DisconnectReason {
     Idle,
     /// Banned for bad data.
     Banned,
+    /// We and the peer both have everything: nothing to trade.
+    BothSeeds,
 }
 
 /// What the adapter must do.
@@ -592,6 +594,9 @@ impl Torrent {
     }
 
     fn update_interest(&mut self, now: Instant, peer: PeerKey) {
+        if self.picker.is_complete() && self.picker.is_seed(peer) {
+            return self.disconnect(peer, DisconnectReason::BothSeeds);
+        }
         let want = self.picker.is_interesting(peer);
         let Some(c) = self.conns.get_mut(&peer) else {
             return;
@@ -803,13 +808,22 @@ impl Torrent {
                 .collect();
             for p in peers {
                 self.send(now, p, &Message::Have(piece));
-                if self.conns[&p].am_interested {
+                if self.conns.get(&p).is_some_and(|c| c.am_interested) {
                     self.update_interest(now, p);
                 }
             }
             if self.picker.is_complete() && !self.completed_reported {
                 self.completed_reported = true;
                 self.out.push_back(Output::Event(Event::Completed));
+                let seeds: Vec<PeerKey> = self
+                    .conns
+                    .keys()
+                    .copied()
+                    .filter(|p| self.picker.is_seed(*p))
+                    .collect();
+                for p in seeds {
+                    self.disconnect(p, DisconnectReason::BothSeeds);
+                }
             }
         } else {
             let blamed = self.picker.piece_failed(piece);

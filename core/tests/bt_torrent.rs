@@ -760,3 +760,44 @@ fn two_seeds_part_ways() {
         reason: DisconnectReason::BothSeeds
     }));
 }
+
+#[test]
+fn a_peer_can_fetch_our_info_dictionary_by_bep9() {
+    use rumor_core::bt::metadata::{MetadataAssembler, MetadataMessage, METADATA_SIZE_MAX};
+    use rumor_core::bt::wire::ExtHandshake;
+    let (mut t, meta) = fresh(true);
+    let (mut a, first) = Remote::connect(&mut t, &meta, 1, true);
+    let ours = first
+        .iter()
+        .find_map(|m| match m {
+            Message::Extended { id: 0, payload } => ExtHandshake::parse(payload).ok(),
+            _ => None,
+        })
+        .expect("extension handshake sent");
+    let size = ours.metadata_size.unwrap();
+    let their_id = ours.m["ut_metadata"];
+    let mut mine = ExtHandshake::default();
+    mine.m.insert("ut_metadata".into(), 7);
+    let mut asm = MetadataAssembler::new(meta.info_hash, size, METADATA_SIZE_MAX).unwrap();
+    let mut msgs = vec![mine.to_message()];
+    for piece in asm.missing().collect::<Vec<_>>() {
+        msgs.push(Message::Extended {
+            id: their_id,
+            payload: MetadataMessage::Request { piece }.encode().into(),
+        });
+    }
+    let out = a.send(&mut t, Instant::ZERO, &msgs);
+    let mut got = None;
+    for m in a.received(&out) {
+        if let Message::Extended { id: 7, payload } = m {
+            if let MetadataMessage::Data { piece, data, .. } =
+                MetadataMessage::parse(&payload).unwrap()
+            {
+                got = asm
+                    .add(piece, data, &rumor_core::bt::metainfo::Limits::default())
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(got.unwrap().info_hash, meta.info_hash);
+}

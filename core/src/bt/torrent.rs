@@ -27,7 +27,11 @@ use bytes::Bytes;
 
 use super::bitfield::Bitfield;
 use super::choker::{Choker, ChokerConfig, PeerStats};
+use super::metadata::{MetadataMessage, METADATA_PIECE_LEN};
 use super::metainfo::{InfoHash, Metainfo, Sha1Hash};
+
+/// The extended message id we receive `ut_metadata` on.
+pub const UT_METADATA_ID: u8 = 3;
 use super::picker::{request_queue_depth, PeerKey, Picker, PickerConfig, Received};
 use super::wire::{
     encode_piece_header, BlockRef, Decoder, DecoderConfig, ExtHandshake, Handshake, Message,
@@ -272,6 +276,8 @@ struct Conn {
     /// The peer's requests handed to the adapter as reads.
     reads: BTreeSet<BlockRef>,
     peer_reqq: Option<u32>,
+    /// The id the peer wants `ut_metadata` messages on (BEP 9), if any.
+    peer_ut_metadata: Option<u8>,
     down_window: u64,
     up_window: u64,
     down_rate: u64,
@@ -288,6 +294,8 @@ pub struct Torrent {
     config: TorrentConfig,
     info_hash: InfoHash,
     piece_hashes: Vec<Sha1Hash>,
+    /// The exact `info` bytes, served to peers by BEP 9.
+    info_bytes: Bytes,
     picker: Picker,
     choker: Choker,
     conns: BTreeMap<PeerKey, Conn>,
@@ -343,6 +351,7 @@ impl Torrent {
             config,
             info_hash,
             piece_hashes,
+            info_bytes: Bytes::from(meta.info_bytes.clone()),
             picker,
             choker,
             conns: BTreeMap::new(),
@@ -506,6 +515,7 @@ impl Torrent {
                 sent_requests: BTreeMap::new(),
                 reads: BTreeSet::new(),
                 peer_reqq: None,
+                peer_ut_metadata: None,
                 down_window: 0,
                 up_window: 0,
                 down_rate: 0,
@@ -584,11 +594,13 @@ impl Torrent {
         // BEP 6 wants the bitfield (or have-all/none) first; the extension
         // handshake follows it.
         if extended {
-            let ext = ExtHandshake {
+            let mut ext = ExtHandshake {
                 v: Some(self.config.client_name.clone()),
                 reqq: Some(self.config.peer_requests_max as u32),
+                metadata_size: Some(self.info_bytes.len() as u64),
                 ..ExtHandshake::default()
             };
+            ext.m.insert("ut_metadata".into(), UT_METADATA_ID);
             self.send(now, peer, &ext.to_message());
         }
     }
@@ -691,13 +703,47 @@ impl Torrent {
             Message::Extended { id: 0, payload } => {
                 if let Ok(h) = ExtHandshake::parse(&payload) {
                     c.peer_reqq = h.reqq;
+                    c.peer_ut_metadata = h.m.get("ut_metadata").copied().filter(|i| *i != 0);
                 }
             }
+            Message::Extended {
+                id: UT_METADATA_ID,
+                payload,
+            } => self.on_metadata(now, peer, &payload),
             Message::Port(_)
             | Message::Suggest(_)
             | Message::AllowedFast(_)
             | Message::Extended { .. } => {}
         }
+    }
+
+    /// Serves BEP 9 requests for our `info` dictionary.
+    fn on_metadata(&mut self, now: Instant, peer: PeerKey, payload: &Bytes) {
+        let Some(c) = self.conns.get(&peer) else {
+            return;
+        };
+        let Some(their_id) = c.peer_ut_metadata else {
+            return;
+        };
+        let Ok(MetadataMessage::Request { piece }) = MetadataMessage::parse(payload) else {
+            return;
+        };
+        let start = piece as usize * METADATA_PIECE_LEN;
+        let reply = if start < self.info_bytes.len() {
+            let end = (start + METADATA_PIECE_LEN).min(self.info_bytes.len());
+            MetadataMessage::Data {
+                piece,
+                total_size: self.info_bytes.len() as u64,
+                data: self.info_bytes.slice(start..end),
+            }
+        } else {
+            MetadataMessage::Reject { piece }
+        };
+        let m = Message::Extended {
+            id: their_id,
+            payload: Bytes::from(reply.encode()),
+        };
+        self.send(now, peer, &m);
     }
 
     fn on_request(&mut self, now: Instant, peer: PeerKey, r: BlockRef) {

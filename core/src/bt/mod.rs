@@ -6,7 +6,8 @@
 //! |---|---|
 //! | [`bencode`] | decode bencode from outside (limits, offsets) and encode canonically |
 //! | [`metainfo`] | parse and check a .torrent (infohash over the exact `info` bytes), build one ([`metainfo::TorrentBuilder`], [`metainfo::PieceHasher`], [`metainfo::choose_piece_length`]), map pieces and blocks to files ([`metainfo::FileLayout`]) |
-//! | [`metadata`] | fetch the `info` dictionary from peers by infohash (BEP 9) |
+//! | [`metadata`] | BEP 9 messages and assembly of the `info` dictionary |
+//! | [`magnet`] | fetch a torrent's metadata from peers by infohash alone (a machine) |
 //! | [`wire`] | decode a peer's byte stream ([`wire::Decoder`]) and encode messages (BEP 3, 6, 10) |
 //! | [`bitfield`] | sets of pieces, to and from the wire form |
 //! | [`picker`] | choose which blocks to request from whom (rarest first, endgame, parole) |
@@ -29,6 +30,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
+pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
 pub mod picker;

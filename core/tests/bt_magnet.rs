@@ -197,3 +197,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_magnet_link_with_a_hex_infohash_parses() {
+    let l = MagnetLink::parse(
+        "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=Some+File%21&tr=udp%3A%2F%2Ft%3A80&tr=http%3A%2F%2Fu%2Fa&x.pe=10.0.0.1%3A6881",
+    )
+    .unwrap();
+    assert_eq!(
+        l.info_hash.to_hex(),
+        "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
+    );
+    assert_eq!(l.name.as_deref(), Some("Some File!"));
+    assert_eq!(
+        l.trackers,
+        vec!["udp://t:80".to_string(), "http://u/a".to_string()]
+    );
+    assert_eq!(l.peers, vec!["10.0.0.1:6881".to_string()]);
+    assert_eq!(MagnetLink::parse(&l.to_uri()).unwrap(), l);
+}
+
+#[test]
+fn a_magnet_link_with_a_base32_infohash_parses() {
+    // base32 of 20 bytes 0x00..0x13
+    let ih: [u8; 20] = std::array::from_fn(|i| i as u8);
+    let l = MagnetLink::parse("magnet:?xt=urn:btih:AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT").unwrap();
+    assert_eq!(l.info_hash, InfoHash(ih));
+    assert!(MagnetLink::parse("magnet:?dn=x").is_none());
+    assert!(MagnetLink::parse("http://x").is_none());
+    assert!(MagnetLink::parse("magnet:?xt=urn:btih:zz").is_none());
+}
+
+proptest! {
+    #[test]
+    fn magnet_links_round_trip(ih in any::<[u8; 20]>(), name in proptest::option::of("[ -~]{0,20}"), trs in proptest::collection::vec("[ -~]{1,20}", 0..4)) {
+        let l = MagnetLink { info_hash: InfoHash(ih), name, trackers: trs, peers: vec![] };
+        prop_assert_eq!(MagnetLink::parse(&l.to_uri()), Some(l));
+    }
+
+    #[test]
+    fn parsing_arbitrary_magnet_text_never_panics(s in "magnet:\\?[ -~]{0,120}") {
+        let _ = MagnetLink::parse(&s);
+    }
+}

@@ -25,6 +25,125 @@ use super::torrent::UT_METADATA_ID;
 use super::wire::{Decoder, DecoderConfig, ExtHandshake, Handshake, Message, PeerId};
 use crate::time::{Duration, Instant};
 
+/// A parsed magnet link (BEP 9): `magnet:?xt=urn:btih:<40 hex or 32 base32>`
+/// with optional `dn` (name), `tr` (trackers) and `x.pe` (peer addresses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MagnetLink {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// Display name, if given.
+    pub name: Option<String>,
+    /// Tracker URLs, in order, at most [`MagnetLink::TRACKERS_MAX`].
+    pub trackers: Vec<String>,
+    /// Peer addresses (`host:port` text) to try, at most [`MagnetLink::PEERS_MAX`].
+    pub peers: Vec<String>,
+}
+
+impl MagnetLink {
+    /// Most trackers kept from one link.
+    pub const TRACKERS_MAX: usize = 50;
+    /// Most peers kept from one link.
+    pub const PEERS_MAX: usize = 50;
+
+    /// Parses a magnet URI; `None` if it is not one or has no usable
+    /// BitTorrent v1 infohash. Unknown parameters are ignored.
+    pub fn parse(uri: &str) -> Option<MagnetLink> {
+        let query = uri.strip_prefix("magnet:?")?;
+        let mut link = MagnetLink {
+            info_hash: InfoHash::default(),
+            name: None,
+            trackers: Vec::new(),
+            peers: Vec::new(),
+        };
+        let mut found = false;
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let text = || {
+                let v = v.replace('+', " ");
+                super::tracker::percent_decode(&v).and_then(|b| String::from_utf8(b).ok())
+            };
+            match k {
+                "xt" => {
+                    if let Some(h) = v.strip_prefix("urn:btih:") {
+                        let ih = if h.len() == 40 {
+                            InfoHash::from_hex(h)
+                        } else {
+                            base32_20(h).map(InfoHash)
+                        };
+                        if let Some(ih) = ih {
+                            link.info_hash = ih;
+                            found = true;
+                        }
+                    }
+                }
+                "dn" => link.name = text(),
+                "tr" if link.trackers.len() < Self::TRACKERS_MAX => {
+                    link.trackers.extend(text());
+                }
+                "x.pe" if link.peers.len() < Self::PEERS_MAX => link.peers.extend(text()),
+                _ => {}
+            }
+        }
+        found.then_some(link)
+    }
+
+    /// The link as a URI (hex infohash, parameters percent-encoded).
+    pub fn to_uri(&self) -> String {
+        let mut u = format!("magnet:?xt=urn:btih:{}", self.info_hash.to_hex());
+        let enc = |s: &str| {
+            let mut o = String::new();
+            for &b in s.as_bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    o.push(b as char);
+                } else {
+                    o.push_str(&format!("%{b:02X}"));
+                }
+            }
+            o
+        };
+        if let Some(n) = &self.name {
+            u.push_str("&dn=");
+            u.push_str(&enc(n));
+        }
+        for t in &self.trackers {
+            u.push_str("&tr=");
+            u.push_str(&enc(t));
+        }
+        for p in &self.peers {
+            u.push_str("&x.pe=");
+            u.push_str(&enc(p));
+        }
+        u
+    }
+}
+
+/// RFC 4648 base32 (either case, no padding) of exactly 20 bytes.
+fn base32_20(s: &str) -> Option<[u8; 20]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    let mut acc: u64 = 0;
+    let mut bits = 0;
+    let mut i = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        acc = (acc << 5) | v as u64;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out[i] = (acc >> bits) as u8;
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 /// Tuning and limits of a [`MetadataFetch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchConfig {

@@ -208,6 +208,15 @@ struct Ctx<'a> {
 
 fn syntax(offset: usize, e: bendy::decoding::Error) -> BencodeError {
     let text = e.to_string();
+    // bendy names the exact position in some messages; prefer it.
+    let offset = text
+        .split("at offset ")
+        .nth(1)
+        .and_then(|t| {
+            let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(offset);
     let kind = if text.contains("nesting depth") {
         BencodeErrorKind::TooDeep
     } else {
@@ -394,6 +403,13 @@ mod tests {
             let e = decode(bad).unwrap_err();
             assert!(matches!(&e.kind, BencodeErrorKind::Syntax(t) if t.contains("sorted")));
         }
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_offending_byte() {
+        let e = decode(b"d1:ai1e1:bxe").unwrap_err();
+        assert!(matches!(e.kind, BencodeErrorKind::Syntax(_)));
+        assert_eq!(e.offset, 10);
     }
 
     #[test]

@@ -413,3 +413,29 @@ fn a_peer_lacking_the_rarest_pieces_still_gets_its_own_rarest() {
     assert!(next.iter().all(|r| r.index < 5000));
     p.check_invariants();
 }
+
+#[test]
+fn a_block_of_a_piece_not_in_progress_is_unrequested_and_dropped() {
+    let mut p = Picker::new(2 * KIB16, 4 * KIB16, cfg(0), 3);
+    p.peer_have_all(1);
+    let r = BlockRef {
+        index: 1,
+        begin: 0,
+        length: 16384,
+    };
+    assert_eq!(p.block_received(1, r), Received::Unrequested);
+    p.check_invariants();
+    // A late block of a piece in progress is kept.
+    let got = p.pick(1, 1);
+    p.request_failed(1, got[0]);
+    let other = p.pick(1, 1);
+    let late = BlockRef {
+        index: got[0].index,
+        begin: 16384 - got[0].begin,
+        length: 16384,
+    };
+    if other[0].index == got[0].index {
+        assert!(matches!(p.block_received(1, late), Received::New { .. }));
+    }
+    p.check_invariants();
+}

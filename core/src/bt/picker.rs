@@ -101,6 +101,9 @@ pub enum Received {
     },
     /// We already had this block (an endgame race): drop the data.
     Duplicate,
+    /// A block of a piece we are not downloading: drop the data (a peer
+    /// answering after a choke does this; it is not misbehaviour).
+    Unrequested,
     /// Not a block of a missing piece (bad index, offset or length, or a
     /// piece we already have): drop it; a repeat offender may be punished.
     Invalid,
@@ -668,11 +671,12 @@ impl Picker {
         if let Some(e) = self.peers.get_mut(&peer) {
             e.outstanding.remove(&(r.index, b));
         }
-        if !self.partial.contains_key(&r.index) {
-            // Unrequested (or a late answer to a freed request): accept it.
-            self.start_partial(r.index, peer);
-        }
-        let part = self.partial.get_mut(&r.index).expect("just ensured");
+        // A block of a piece we are not downloading was never requested (or
+        // answers a request freed long ago): not worth keeping. Blocks of a
+        // piece in progress are kept even if unrequested (late answers).
+        let Some(part) = self.partial.get_mut(&r.index) else {
+            return Received::Unrequested;
+        };
         let st = std::mem::replace(&mut part.blocks[b as usize], Block::Received(peer));
         let cancel = match st {
             Block::Received(first) => {

@@ -800,7 +800,7 @@ impl Torrent {
                     });
                 }
             }
-            Received::Duplicate => self.stats.wasted += len,
+            Received::Duplicate | Received::Unrequested => self.stats.wasted += len,
             Received::Invalid => {
                 self.stats.wasted += len;
                 c.invalid_blocks += 1;

@@ -197,6 +197,7 @@ fn a_leecher_downloads_everything_from_a_seed() {
     assert_eq!(s.nodes[leech].data, data);
     assert!(s.events.contains(&(leech, Event::Completed)));
     let st = s.nodes[leech].t.stats();
+    assert!(s.nodes[seed].t.peers().iter().all(|p| p.ready));
     assert_eq!(st.left, 0);
     assert_eq!(st.downloaded, data.len() as u64);
     assert_eq!(s.nodes[seed].t.stats().uploaded, data.len() as u64);

@@ -240,6 +240,33 @@ pub enum Output {
     Timeout(Instant),
 }
 
+/// One connection as a user interface shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Connection handle.
+    pub peer: PeerKey,
+    /// Its peer id (zeros until the handshake).
+    pub peer_id: PeerId,
+    /// Handshake done.
+    pub ready: bool,
+    /// We refuse to upload to it.
+    pub am_choking: bool,
+    /// We want its pieces.
+    pub am_interested: bool,
+    /// It refuses to upload to us.
+    pub peer_choking: bool,
+    /// It wants our pieces.
+    pub peer_interested: bool,
+    /// It failed to answer a request in time and sent nothing since.
+    pub snubbed: bool,
+    /// Recent download rate from it, bytes per second.
+    pub download_rate: u64,
+    /// Recent upload rate to it, bytes per second.
+    pub upload_rate: u64,
+    /// Our requests in flight to it.
+    pub requests_in_flight: usize,
+}
+
 /// Transfer totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TorrentStats {
@@ -383,6 +410,26 @@ impl Torrent {
     /// Transfer totals.
     pub fn stats(&self) -> TorrentStats {
         self.stats
+    }
+
+    /// Every live connection, in key order (for progress displays).
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.conns
+            .iter()
+            .map(|(k, c)| PeerInfo {
+                peer: *k,
+                peer_id: c.peer_id,
+                ready: c.ready,
+                am_choking: c.am_choking,
+                am_interested: c.am_interested,
+                peer_choking: c.peer_choking,
+                peer_interested: c.peer_interested,
+                snubbed: c.snubbed,
+                download_rate: c.down_rate,
+                upload_rate: c.up_rate,
+                requests_in_flight: c.sent_requests.len(),
+            })
+            .collect()
     }
 
     /// Live connections (handshaken or not).

@@ -895,3 +895,26 @@ fn a_swarm_finishes_despite_reordering_and_churn() {
         assert!(churn_swarm(seed), "seed {seed} did not finish");
     }
 }
+
+#[test]
+fn peers_learned_by_pex_are_reported() {
+    use rumor_core::bt::pex::{PexMessage, PexPeer};
+    let (mut t, meta) = fresh(false);
+    let (a, _) = Remote::connect(&mut t, &meta, 1, true);
+    let m = PexMessage {
+        added: vec![PexPeer {
+            addr: "10.1.2.3:6881".parse().unwrap(),
+            flags: 2,
+        }],
+        dropped: vec![],
+    };
+    let msg = Message::Extended {
+        id: UT_PEX_ID,
+        payload: m.encode().into(),
+    };
+    let out = a.send(&mut t, Instant::ZERO, &[msg]);
+    assert!(out.contains(&Output::Event(Event::PexPeers {
+        peer: 1,
+        added: m.added.clone()
+    })));
+}

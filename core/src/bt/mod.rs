@@ -9,6 +9,7 @@
 //! | [`metadata`] | BEP 9 messages and assembly of the `info` dictionary |
 //! | [`magnet`] | fetch a torrent's metadata from peers by infohash alone (a machine) |
 //! | [`wire`] | decode a peer's byte stream ([`wire::Decoder`]) and encode messages (BEP 3, 6, 10) |
+//! | [`pex`] | BEP 11 peer exchange messages |
 //! | [`bitfield`] | sets of pieces, to and from the wire form |
 //! | [`picker`] | choose which blocks to request from whom (rarest first, endgame, parole) |
 //! | [`choker`] | choose whom to upload to (tit-for-tat, optimistic unchoke, anti-snub) |
@@ -33,6 +34,7 @@ pub mod choker;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod pex;
 pub mod picker;
 pub mod torrent;
 pub mod tracker;

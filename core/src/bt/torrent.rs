@@ -32,6 +32,8 @@ use super::metainfo::{InfoHash, Metainfo, Sha1Hash};
 
 /// The extended message id we receive `ut_metadata` on.
 pub const UT_METADATA_ID: u8 = 3;
+/// The extended message id we receive `ut_pex` on.
+pub const UT_PEX_ID: u8 = 1;
 use super::picker::{request_queue_depth, PeerKey, Picker, PickerConfig, Received};
 use super::wire::{
     encode_piece_header, BlockRef, Decoder, DecoderConfig, ExtHandshake, Handshake, Message,
@@ -71,6 +73,8 @@ pub struct TorrentConfig {
     pub invalid_blocks_max: u32,
     /// Client name in the extension handshake.
     pub client_name: String,
+    /// A private torrent (BEP 27): no peer exchange.
+    pub private: bool,
     /// Picker tuning.
     pub picker: PickerConfig,
     /// Choker tuning.
@@ -98,6 +102,7 @@ impl TorrentConfig {
             trust_ban_at: -7,
             invalid_blocks_max: 20,
             client_name: "rumor".into(),
+            private: false,
             picker: PickerConfig::default(),
             choker: ChokerConfig::default(),
         }
@@ -168,6 +173,13 @@ pub enum Event {
     },
     /// A peer sent bad data too often; refuse its address from now on.
     PeerBanned(PeerKey),
+    /// A peer told us of other peers (BEP 11): the adapter may connect.
+    PexPeers {
+        /// Who told us.
+        peer: PeerKey,
+        /// The peers it connected to (at most 2 x [`super::pex::PEX_PEERS_MAX`]).
+        added: Vec<super::pex::PexPeer>,
+    },
 }
 
 /// Why we drop a peer.
@@ -353,6 +365,8 @@ impl Torrent {
         let (info_hash, piece_length, total_length) =
             (meta.info_hash, meta.piece_length, meta.total_length);
         let piece_hashes = meta.pieces.clone();
+        let mut config = config;
+        config.private |= meta.private;
         let mut picker = Picker::new(piece_length, total_length, config.picker, seed);
         assert_eq!(
             picker.piece_count() as usize,
@@ -648,6 +662,9 @@ impl Torrent {
                 ..ExtHandshake::default()
             };
             ext.m.insert("ut_metadata".into(), UT_METADATA_ID);
+            if !self.config.private {
+                ext.m.insert("ut_pex".into(), UT_PEX_ID);
+            }
             self.send(now, peer, &ext.to_message());
         }
     }
@@ -757,6 +774,19 @@ impl Torrent {
                 id: UT_METADATA_ID,
                 payload,
             } => self.on_metadata(now, peer, &payload),
+            Message::Extended {
+                id: UT_PEX_ID,
+                payload,
+            } if !self.config.private => {
+                if let Ok(m) = super::pex::PexMessage::parse(&payload) {
+                    if !m.added.is_empty() {
+                        self.out.push_back(Output::Event(Event::PexPeers {
+                            peer,
+                            added: m.added,
+                        }));
+                    }
+                }
+            }
             Message::Port(_)
             | Message::Suggest(_)
             | Message::AllowedFast(_)

@@ -14,6 +14,7 @@
 //! | [`picker`] | choose which blocks to request from whom (rarest first, endgame, parole) |
 //! | [`choker`] | choose whom to upload to (tit-for-tat, optimistic unchoke, anti-snub) |
 //! | [`tracker`] | HTTP and UDP tracker requests and responses, client and server side |
+//! | [`announce`] | decide when and to which tracker to announce (BEP 12 tiers, BEP 15 UDP flow, backoff) |
 //! | [`torrent`] | run one torrent's swarm: the machine that ties the rest together |
 //!
 //! An adapter downloading a torrent: parse the file with
@@ -28,6 +29,7 @@
 //! refuses unsorted ones, so a few sloppy trackers or .torrent files are
 //! refused); only v1 (SHA-1) torrents.
 
+pub mod announce;
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;

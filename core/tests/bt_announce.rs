@@ -182,6 +182,7 @@ fn a_udp_tracker_gets_a_connect_then_an_announce() {
         AnnounceInput::UdpDatagram {
             id: *id,
             bytes: wrong.encode(),
+            ipv6: false,
         },
     );
     assert!(drain(&mut a).0.is_empty());
@@ -194,6 +195,7 @@ fn a_udp_tracker_gets_a_connect_then_an_announce() {
         AnnounceInput::UdpDatagram {
             id: *id,
             bytes: conn.encode(),
+            ipv6: false,
         },
     );
     let (o, _) = drain(&mut a);
@@ -224,6 +226,7 @@ fn a_udp_tracker_gets_a_connect_then_an_announce() {
         AnnounceInput::UdpDatagram {
             id: *id,
             bytes: ans.encode(),
+            ipv6: false,
         },
     );
     let (o, at) = drain(&mut a);
@@ -305,7 +308,7 @@ proptest! {
             now += Duration::from_secs(dt);
             let input = match kind {
                 0 => AnnounceInput::HttpBody { id: last_id, body: bytes },
-                1 => AnnounceInput::UdpDatagram { id: last_id, bytes },
+                1 => AnnounceInput::UdpDatagram { id: last_id, bytes, ipv6: dt & 1 == 1 },
                 2 => AnnounceInput::RequestFailed { id: last_id },
                 _ => AnnounceInput::Timeout,
             };

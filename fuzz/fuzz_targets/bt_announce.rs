@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let input = match op % 6 {
             0 => AnnounceInput::HttpBody { id: last, body },
-            1 => AnnounceInput::UdpDatagram { id: last, bytes: body },
+            1 => AnnounceInput::UdpDatagram { id: last, bytes: body, ipv6: op & 0x80 != 0 },
             2 => AnnounceInput::RequestFailed { id: last },
             3 => AnnounceInput::Completed,
             4 => AnnounceInput::Stop,

@@ -98,6 +98,8 @@ pub enum AnnounceInput {
         id: RequestId,
         /// The datagram.
         bytes: Vec<u8>,
+        /// The socket is IPv6, so announce peers are 18-byte entries (BEP 15).
+        ipv6: bool,
     },
     /// The request could not be made (DNS, connection, HTTP status...).
     RequestFailed {
@@ -302,7 +304,7 @@ impl Announcer {
                 }
             }
             AnnounceInput::HttpBody { id, body } => self.on_http(now, id, &body),
-            AnnounceInput::UdpDatagram { id, bytes } => self.on_udp(now, id, &bytes),
+            AnnounceInput::UdpDatagram { id, bytes, ipv6 } => self.on_udp(now, id, &bytes, ipv6),
             AnnounceInput::RequestFailed { id } => {
                 if self.in_flight.is_some_and(|f| f.id == id) {
                     self.fail(now, None);
@@ -473,7 +475,7 @@ impl Announcer {
         }
     }
 
-    fn on_udp(&mut self, now: Instant, id: RequestId, bytes: &[u8]) {
+    fn on_udp(&mut self, now: Instant, id: RequestId, bytes: &[u8], ipv6_peers: bool) {
         let Some(f) = self.in_flight.filter(|f| f.id == id) else {
             return;
         };
@@ -482,7 +484,6 @@ impl Announcer {
             Phase::UdpAnnounce(tx) => (tx, false),
             Phase::Http => return,
         };
-        let ipv6_peers = false;
         let r = match udp::Response::parse(bytes, ipv6_peers) {
             // Not ours (a stale or forged datagram): keep waiting.
             Ok(r) if r.transaction_id() != want_tx => return,

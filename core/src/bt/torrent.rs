@@ -139,6 +139,12 @@ pub enum Input {
         /// Its bytes (`block.length` of them).
         data: Bytes,
     },
+    /// A [`Output::WriteBlock`] of `piece` failed: the piece is fetched
+    /// again (nobody is blamed).
+    WriteFailed {
+        /// The piece.
+        piece: u32,
+    },
     /// Answer to [`Output::HashPiece`].
     PieceChecked {
         /// The piece.
@@ -536,6 +542,13 @@ impl Torrent {
             }
             Input::BlockRead { peer, block, data } => self.on_block_read(now, peer, block, data),
             Input::PieceChecked { piece, ok } => self.on_checked(now, piece, ok),
+            Input::WriteFailed { piece } => {
+                if piece < self.picker.piece_count() && !self.picker.have().get(piece) {
+                    self.hashing.remove(&piece);
+                    let _ = self.picker.piece_failed(piece);
+                    self.fill_all(now);
+                }
+            }
             Input::Timeout => self.on_timeout(now),
         }
     }

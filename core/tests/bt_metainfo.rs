@@ -371,3 +371,17 @@ proptest! {
         prop_assert_eq!(again.files.iter().map(|f| f.length).collect::<Vec<_>>(), lens);
     }
 }
+
+#[test]
+fn a_torrent_with_unsorted_keys_parses_and_hashes_its_info_bytes_verbatim() {
+    // Keys out of order at both levels; the infohash must cover the info
+    // dictionary exactly as written.
+    let info = b"d6:lengthi5e12:piece lengthi16384e4:name1:x6:pieces20:aaaaaaaaaaaaaaaaaaaae";
+    let mut t = b"d4:info".to_vec();
+    t.extend_from_slice(info);
+    t.extend_from_slice(b"8:announce5:http:e");
+    let m = Metainfo::parse(&t).unwrap();
+    assert_eq!(m.info_hash.0, sha(info));
+    assert_eq!(m.name, "x");
+    assert_eq!(m.announce.as_deref(), Some("http:"));
+}

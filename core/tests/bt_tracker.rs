@@ -107,8 +107,9 @@ fn a_compact_peer_string_of_odd_length_is_refused() {
 fn a_warning_is_kept() {
     let r = parse_announce_response(b"d8:intervali5e5:peers0:15:warning message3:heye").unwrap();
     assert_eq!(r.warning.as_deref(), Some("hey"));
-    // bendy insists on sorted keys (BEP 3); unsorted responses are refused.
-    assert!(parse_announce_response(b"d8:intervali5e15:warning message3:hey5:peers0:e").is_err());
+    // Unsorted keys (against BEP 3, but seen in the wild) are accepted.
+    let r = parse_announce_response(b"d8:intervali5e15:warning message3:hey5:peers0:e").unwrap();
+    assert_eq!(r.warning.as_deref(), Some("hey"));
 }
 
 #[test]

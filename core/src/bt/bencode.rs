@@ -287,8 +287,9 @@ impl<'a> Ctx<'a> {
 
 /// Decodes exactly one value spanning all of `buf`, within `limits`.
 ///
-/// Use for any bencode that arrives from outside. Dictionary keys must be
-/// strictly sorted, as BEP 3 requires (so they are unique too).
+/// Use for any bencode that arrives from outside. Dictionary keys should be
+/// sorted as BEP 3 requires; unsorted keys are accepted (see
+/// [`decode_prefix_with`]), repeated keys are not.
 pub fn decode_with(buf: &[u8], limits: Limits) -> Result<Value<'_>, BencodeError> {
     if buf.len() > limits.bytes_max {
         return Err(BencodeError {
@@ -314,7 +315,26 @@ pub fn decode(buf: &[u8]) -> Result<Value<'_>, BencodeError> {
 /// Decodes the one value at the start of `buf` and returns it with the
 /// number of bytes it spans; use where bencode is followed by other data
 /// (BEP 9 metadata pieces).
+///
+/// bendy decodes; it insists on sorted dictionary keys, so input it refuses
+/// for that reason alone goes through a small lenient decoder instead
+/// (same limits, duplicates still refused): a few trackers and torrent
+/// editors write unsorted keys, and libtorrent accepts them.
 pub fn decode_prefix_with(buf: &[u8], limits: Limits) -> Result<(Value<'_>, usize), BencodeError> {
+    match strict_prefix(buf, limits) {
+        Err(e) if matches!(&e.kind, BencodeErrorKind::Syntax(t) if t.contains("not sorted")) => {
+            let mut l = Lenient {
+                buf,
+                limits,
+                values: 0,
+            };
+            l.value(0, 0)
+        }
+        r => r,
+    }
+}
+
+fn strict_prefix(buf: &[u8], limits: Limits) -> Result<(Value<'_>, usize), BencodeError> {
     if buf.is_empty() {
         return Err(BencodeError {
             offset: 0,
@@ -368,6 +388,152 @@ pub fn decode_prefix_with(buf: &[u8], limits: Limits) -> Result<(Value<'_>, usiz
     Ok((v, end_probe))
 }
 
+/// The exact bytes of the value under `key` in the top-level dictionary of
+/// `buf` (which may have unsorted keys); `None` if absent or malformed.
+pub(crate) fn top_level_value_span<'a>(
+    buf: &'a [u8],
+    key: &[u8],
+    limits: Limits,
+) -> Option<&'a [u8]> {
+    let mut l = Lenient {
+        buf,
+        limits,
+        values: 0,
+    };
+    if buf.first() != Some(&b'd') {
+        return None;
+    }
+    let mut pos = 1;
+    loop {
+        if *buf.get(pos)? == b'e' {
+            return None;
+        }
+        let (k, after_key) = l.bytes(pos).ok()?;
+        let (_, end) = l.value(after_key, 1).ok()?;
+        if k == key {
+            return Some(&buf[after_key..end]);
+        }
+        pos = end;
+    }
+}
+
+/// A plain recursive-descent decoder that accepts unsorted keys; see
+/// [`decode_prefix_with`].
+struct Lenient<'a> {
+    buf: &'a [u8],
+    limits: Limits,
+    values: usize,
+}
+
+impl<'a> Lenient<'a> {
+    fn err(at: usize, kind: BencodeErrorKind) -> BencodeError {
+        BencodeError { offset: at, kind }
+    }
+
+    fn syntax(at: usize, what: &str) -> BencodeError {
+        Self::err(at, BencodeErrorKind::Syntax(what.to_owned()))
+    }
+
+    /// The digits (with an optional leading `-` when `signed`) from `pos`
+    /// up to `end_byte`; returns the text and the index of `end_byte`.
+    fn number(
+        &self,
+        pos: usize,
+        end_byte: u8,
+        signed: bool,
+    ) -> Result<(&'a str, usize), BencodeError> {
+        let window = &self.buf[pos..self.buf.len().min(pos + 22)];
+        let len = window
+            .iter()
+            .position(|&b| b == end_byte)
+            .ok_or_else(|| Self::syntax(pos, "number too long or unterminated"))?;
+        let text =
+            std::str::from_utf8(&window[..len]).map_err(|_| Self::syntax(pos, "bad number"))?;
+        let digits = if signed {
+            text.strip_prefix('-').unwrap_or(text)
+        } else {
+            text
+        };
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'))
+            && text != "-0";
+        if !canonical {
+            return Err(Self::syntax(pos, "bad number"));
+        }
+        Ok((text, pos + len))
+    }
+
+    fn bytes(&self, pos: usize) -> Result<(&'a [u8], usize), BencodeError> {
+        let (text, colon) = self.number(pos, b':', false)?;
+        let len: usize = text.parse().map_err(|_| Self::syntax(pos, "bad length"))?;
+        let start = colon + 1;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(|| Self::syntax(pos, "string runs past the end"))?;
+        Ok((&self.buf[start..end], end))
+    }
+
+    fn value(&mut self, pos: usize, depth: usize) -> Result<(Value<'a>, usize), BencodeError> {
+        self.values += 1;
+        if self.values > self.limits.values_max {
+            return Err(Self::err(pos, BencodeErrorKind::TooManyValues));
+        }
+        let b = *self
+            .buf
+            .get(pos)
+            .ok_or_else(|| Self::syntax(pos, "unexpected end"))?;
+        match b {
+            b'i' => {
+                let (text, e) = self.number(pos + 1, b'e', true)?;
+                let i = text
+                    .parse::<i64>()
+                    .map_err(|_| Self::err(pos + 1, BencodeErrorKind::IntegerOverflow))?;
+                Ok((Value::Int(i), e + 1))
+            }
+            b'0'..=b'9' => {
+                let (v, end) = self.bytes(pos)?;
+                Ok((Value::Bytes(Cow::Borrowed(v)), end))
+            }
+            b'l' | b'd' => {
+                if depth >= self.limits.depth_max {
+                    return Err(Self::err(pos, BencodeErrorKind::TooDeep));
+                }
+                let mut p = pos + 1;
+                let mut items = Vec::new();
+                let mut map = BTreeMap::new();
+                loop {
+                    match self.buf.get(p) {
+                        None => return Err(Self::syntax(p, "unterminated container")),
+                        Some(b'e') => break,
+                        Some(_) if b == b'l' => {
+                            let (v, end) = self.value(p, depth + 1)?;
+                            items.push(v);
+                            p = end;
+                        }
+                        Some(_) => {
+                            let (k, after) = self.bytes(p)?;
+                            let (v, end) = self.value(after, depth + 1)?;
+                            if map.insert(Cow::Borrowed(k), v).is_some() {
+                                return Err(Self::err(p, BencodeErrorKind::DuplicateKey));
+                            }
+                            p = end;
+                        }
+                    }
+                }
+                let v = if b == b'l' {
+                    Value::List(items)
+                } else {
+                    Value::Dict(map)
+                };
+                Ok((v, p + 1))
+            }
+            other => Err(Self::syntax(pos, &format!("unexpected byte {other:#04x}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,11 +564,36 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_and_unsorted_keys_are_refused() {
-        for bad in [&b"d1:ai1e1:ai2ee"[..], b"d1:bi1e1:ai2ee"] {
-            let e = decode(bad).unwrap_err();
-            assert!(matches!(&e.kind, BencodeErrorKind::Syntax(t) if t.contains("sorted")));
+    fn unsorted_keys_are_accepted_but_duplicates_are_not() {
+        let v = decode(b"d1:bi1e1:ali2ei3eee").unwrap();
+        assert_eq!(v.get("b").and_then(Value::as_int), Some(1));
+        assert_eq!(v.to_bytes(), b"d1:ali2ei3ee1:bi1ee");
+        let e = decode(b"d1:bi1e1:ai2e1:bi3ee").unwrap_err();
+        assert_eq!(e.kind, BencodeErrorKind::DuplicateKey);
+        assert_eq!(e.offset, 13, "offset of the repeated key");
+        let e = decode(b"d1:ai1e1:ai2ee").unwrap_err();
+        assert_eq!(e.kind, BencodeErrorKind::DuplicateKey);
+    }
+
+    #[test]
+    fn the_lenient_path_keeps_the_limits_and_canonical_numbers() {
+        let deep = [&b"d1:bi1e1:a"[..], &[b'l'; 40], &[b'e'; 40], b"e"].concat();
+        assert_eq!(decode(&deep).unwrap_err().kind, BencodeErrorKind::TooDeep);
+        for bad in [
+            &b"d1:bi1e1:ai01ee"[..],
+            b"d1:bi1e1:ai-0ee",
+            b"d1:bi1e1:a05:xe",
+            b"d1:bi1e1:a3:xe",
+        ] {
+            assert!(
+                matches!(decode(bad).unwrap_err().kind, BencodeErrorKind::Syntax(_)),
+                "{bad:?}"
+            );
         }
+        assert_eq!(
+            top_level_value_span(b"d1:zi1e4:infod1:xi2eee", b"info", Limits::default()),
+            Some(&b"d1:xi2ee"[..])
+        );
     }
 
     #[test]

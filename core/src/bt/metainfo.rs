@@ -300,7 +300,10 @@ impl Metainfo {
             0,
             MetainfoErrorKind::Invalid("torrent is not a dictionary"),
         ))?;
-        let info_raw = info_span(buf).ok_or(err(0, MetainfoErrorKind::Missing("info")))?;
+        let info_raw = info_span(buf)
+            .or_else(|| bencode::top_level_value_span(buf, b"info", blimits))
+            .filter(|raw| raw.first() == Some(&b'd'))
+            .ok_or(err(0, MetainfoErrorKind::Missing("info")))?;
         let info_off = offset_in(buf, info_raw);
         let mut m = parse_info_value(info_raw, info_off, limits)?;
 

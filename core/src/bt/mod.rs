@@ -25,9 +25,9 @@
 //! out what [`torrent::Torrent::poll_output`] says until it yields
 //! [`torrent::Output::Timeout`].
 //!
-//! Known limits: dictionary keys must be sorted as BEP 3 requires (bendy
-//! refuses unsorted ones, so a few sloppy trackers or .torrent files are
-//! refused); only v1 (SHA-1) torrents.
+//! Known limits: only v1 (SHA-1) torrents. Bencode is decoded by bendy,
+//! with a small lenient fallback for the unsorted dictionary keys bendy
+//! refuses (see [`bencode::decode_prefix_with`]).
 
 pub mod announce;
 pub mod bencode;

@@ -385,3 +385,31 @@ fn a_torrent_with_unsorted_keys_parses_and_hashes_its_info_bytes_verbatim() {
     assert_eq!(m.name, "x");
     assert_eq!(m.announce.as_deref(), Some("http:"));
 }
+
+#[test]
+fn bep47_padding_and_executable_files_are_flagged() {
+    let f = |len: i64, path: Value<'static>, attr: &str| {
+        Value::dict()
+            .insert("attr", Value::bytes(attr))
+            .insert("length", Value::Int(len))
+            .insert("path", path)
+    };
+    let files = Value::List(vec![
+        f(10, path(&[b"run.sh"]), "x"),
+        f(16374, path(&[b".pad", b"16374"]), "p"),
+        f(5, path(&[b"b"]), ""),
+    ]);
+    let info = Value::dict()
+        .insert("files", files)
+        .insert("name", Value::bytes("d"))
+        .insert("piece length", Value::Int(16384))
+        .insert("pieces", Value::bytes(vec![0u8; 40]));
+    let m = Metainfo::parse(&Value::dict().insert("info", info).to_bytes()).unwrap();
+    assert!(m.files[0].executable && !m.files[0].padding);
+    assert!(m.files[1].padding);
+    assert!(!m.files[2].padding && !m.files[2].executable);
+    assert_eq!(
+        m.files[2].offset, 16384,
+        "the padding aligned it to a piece"
+    );
+}

@@ -197,6 +197,11 @@ pub struct FileEntry {
     pub length: u64,
     /// Offset of the file's first byte in the concatenated content.
     pub offset: u64,
+    /// BEP 47 padding file (`attr` contains `p`): its bytes are zeros that
+    /// only align the next file to a piece; don't create it on disk.
+    pub padding: bool,
+    /// BEP 47 executable flag (`attr` contains `x`).
+    pub executable: bool,
 }
 
 /// A checked torrent.
@@ -276,6 +281,14 @@ fn length_of(
         Some(Value::Int(n)) if *n >= 0 => Ok(*n as u64),
         Some(_) => Err(err(off, MetainfoErrorKind::Invalid("length"))),
     }
+}
+
+/// Whether the BEP 47 `attr` string of a file dictionary holds `flag`.
+/// Symlink (`l`) entries are not followed: their data is treated as a file.
+fn attr_has(d: &BTreeMap<Cow<'_, [u8]>, Value<'_>>, flag: u8) -> bool {
+    d.get(&b"attr"[..])
+        .and_then(Value::as_bytes)
+        .is_some_and(|a| a.len() <= 16 && a.contains(&flag))
 }
 
 impl Metainfo {
@@ -460,6 +473,8 @@ fn parse_info_value(raw: &[u8], base: usize, limits: &Limits) -> Result<Metainfo
                 path: vec![name.clone()],
                 length: total,
                 offset: 0,
+                padding: false,
+                executable: attr_has(d, b'x'),
             });
         }
         (None, Some(fl)) => {
@@ -509,6 +524,8 @@ fn parse_info_value(raw: &[u8], base: usize, limits: &Limits) -> Result<Metainfo
                     path,
                     length,
                     offset: total,
+                    padding: attr_has(fd, b'p'),
+                    executable: attr_has(fd, b'x'),
                 });
                 total = total
                     .checked_add(length)

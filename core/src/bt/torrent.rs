@@ -4,14 +4,20 @@
 //! The adapter owns the sockets, the files and the clock:
 //!
 //! * **Inputs** ([`Torrent::handle`]): a peer connected or disconnected,
-//!   bytes from a peer, the result of a block read, the result of a piece
-//!   hash check, and [`Input::Timeout`].
+//!   bytes from a peer, the result of a block read, a failed block write,
+//!   the result of a piece hash check, and [`Input::Timeout`].
 //! * **Outputs** ([`Torrent::poll_output`]), drained after every input
 //!   until it yields [`Output::Timeout`] (which always comes): bytes to
 //!   send, blocks to write, blocks to read, pieces to hash, peers to drop
-//!   and [`Event`]s.
+//!   and [`Event`]s (peer ready, piece verified, completed, hash failed,
+//!   peer banned, peers learned by PEX). Carry them out in order: a
+//!   piece's [`Output::HashPiece`] follows its [`Output::WriteBlock`]s.
 //! * **Getters**: [`Torrent::have`], [`Torrent::is_complete`],
-//!   [`Torrent::stats`], [`Torrent::peer_count`].
+//!   [`Torrent::stats`], [`Torrent::peers`], [`Torrent::peer_count`].
+//!
+//! Besides the transfer itself it serves our `info` dictionary by BEP 9,
+//! drops seed-to-seed connections, snubs peers whose requests time out,
+//! and answers a choked peer's requests with BEP 6 rejects.
 //!
 //! Bad data is attributed as libtorrent does without block hashes: every
 //! peer has trust points, +1 for each verified piece it contributed to (up

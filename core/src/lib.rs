@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bt;
 pub mod dns;
 pub mod gossip;
 pub mod rand;

@@ -1,0 +1,469 @@
+//! The announcer: when and where to announce one torrent (BEP 3 HTTP,
+//! BEP 15 UDP, BEP 12 tiers), sans-IO.
+//!
+//! * **Inputs** ([`Announcer::handle`]): [`AnnounceInput`]: transfer
+//!   totals, the `completed`/`stopped` events, an HTTP body or a UDP
+//!   datagram answering a request, a failed request, and `Timeout`.
+//! * **Outputs** ([`Announcer::poll_output`]), drained until
+//!   [`AnnounceOutput::Timeout`]: HTTP GETs and UDP datagrams to send
+//!   (each with a [`RequestId`] to answer with), peers found, tracker
+//!   errors.
+//!
+//! Tiers are tried in order and trackers within a tier in (shuffled) order;
+//! a tracker that answers moves to the front of its tier (BEP 12). A UDP
+//! tracker gets a connect first; its connection id is reused for a minute.
+//! A request unanswered after 15 s x 2^n (n = consecutive failures, capped)
+//! counts as failed (BEP 15 timing), and the next tracker is tried.
+
+use std::collections::VecDeque;
+
+use core::net::SocketAddr;
+
+use super::metainfo::InfoHash;
+use super::tracker::{parse_announce_response, udp, AnnounceEvent, AnnounceRequest, TrackerError};
+use super::wire::PeerId;
+use crate::rand::Rng;
+use crate::time::{Duration, Instant};
+
+/// Identifies one outstanding request; echo it in the answer.
+pub type RequestId = u64;
+
+/// Tuning of an [`Announcer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Our listen port.
+    pub port: u16,
+    /// Peers asked for per announce.
+    pub numwant: u32,
+    /// Interval used when a tracker gives none (or until one answers).
+    pub default_interval: Duration,
+    /// Shortest interval we honour, whatever a tracker says.
+    pub interval_min: Duration,
+    /// First request timeout; doubles per consecutive failure.
+    pub request_timeout: Duration,
+    /// Cap on the doublings.
+    pub backoff_doublings_max: u32,
+    /// How long a UDP connection id stays usable.
+    pub udp_connection_ttl: Duration,
+    /// Most trackers kept over all tiers.
+    pub trackers_max: usize,
+}
+
+impl AnnounceConfig {
+    /// Defaults: 50 peers, 30 min default interval, 60 s floor, 15 s first
+    /// timeout doubling up to 4 times, 60 s UDP connection ids, 50 trackers.
+    pub fn new(peer_id: PeerId, port: u16) -> AnnounceConfig {
+        AnnounceConfig {
+            peer_id,
+            port,
+            numwant: 50,
+            default_interval: Duration::from_secs(30 * 60),
+            interval_min: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(15),
+            backoff_doublings_max: 4,
+            udp_connection_ttl: Duration::from_secs(60),
+            trackers_max: 50,
+        }
+    }
+}
+
+/// What the adapter feeds an [`Announcer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnnounceInput {
+    /// Current totals (sent with the next announce).
+    Progress {
+        /// Bytes uploaded this session.
+        uploaded: u64,
+        /// Bytes downloaded this session.
+        downloaded: u64,
+        /// Bytes still missing.
+        left: u64,
+    },
+    /// The download completed: announce `completed` now.
+    Completed,
+    /// We leave the swarm: announce `stopped` now, then stay quiet.
+    Stop,
+    /// The body of an HTTP response to [`AnnounceOutput::HttpGet`].
+    HttpBody {
+        /// The request answered.
+        id: RequestId,
+        /// The body.
+        body: Vec<u8>,
+    },
+    /// A datagram from the tracker a [`AnnounceOutput::UdpSend`] went to.
+    UdpDatagram {
+        /// The request answered (the adapter matches by tracker address).
+        id: RequestId,
+        /// The datagram.
+        bytes: Vec<u8>,
+        /// The socket is IPv6, so announce peers are 18-byte entries (BEP 15).
+        ipv6: bool,
+    },
+    /// The request could not be made (DNS, connection, HTTP status...).
+    RequestFailed {
+        /// The request.
+        id: RequestId,
+    },
+    /// Time passed; early timeouts do nothing.
+    Timeout,
+}
+
+/// What the adapter must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnnounceOutput {
+    /// GET this URL; answer with [`AnnounceInput::HttpBody`] or
+    /// [`AnnounceInput::RequestFailed`].
+    HttpGet {
+        /// Echo this.
+        id: RequestId,
+        /// The full announce URL.
+        url: String,
+    },
+    /// Send this datagram to the host and port of `tracker` (a `udp://`
+    /// URL); answer with [`AnnounceInput::UdpDatagram`].
+    UdpSend {
+        /// Echo this.
+        id: RequestId,
+        /// The tracker URL, to resolve.
+        tracker: String,
+        /// The datagram.
+        payload: Vec<u8>,
+    },
+    /// Peers a tracker gave us.
+    Peers(Vec<SocketAddr>),
+    /// A tracker failed or refused; the next one is being tried.
+    TrackerError {
+        /// The tracker.
+        tracker: String,
+        /// What it said or what went wrong (`None`: timeout or transport).
+        error: Option<TrackerError>,
+    },
+    /// Call [`Announcer::handle`] with [`AnnounceInput::Timeout`] then.
+    Timeout(Instant),
+}
+
+#[derive(Clone, Debug)]
+struct Tracker {
+    url: String,
+    udp: bool,
+    conn: Option<(u64, Instant)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for an HTTP body.
+    Http,
+    /// Waiting for a UDP connect response with this transaction id.
+    UdpConnect(u32),
+    /// Waiting for a UDP announce response with this transaction id.
+    UdpAnnounce(u32),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    id: RequestId,
+    tier: usize,
+    index: usize,
+    phase: Phase,
+    deadline: Instant,
+}
+
+/// Announces one torrent to its trackers.
+#[derive(Debug)]
+pub struct Announcer {
+    config: AnnounceConfig,
+    info_hash: InfoHash,
+    tiers: Vec<Vec<Tracker>>,
+    key: u32,
+    rng: Rng,
+    uploaded: u64,
+    downloaded: u64,
+    left: u64,
+    event: AnnounceEvent,
+    /// The tracker to try next: (tier, index).
+    cursor: (usize, usize),
+    next_announce: Instant,
+    in_flight: Option<InFlight>,
+    failures: u32,
+    next_id: RequestId,
+    stopped: bool,
+    out: VecDeque<AnnounceOutput>,
+}
+
+impl Announcer {
+    /// An announcer for `info_hash` over BEP 12 `tiers` (unsupported URL
+    /// schemes are dropped; trackers within a tier are shuffled). Announces
+    /// `started` at once.
+    pub fn new(
+        config: AnnounceConfig,
+        info_hash: InfoHash,
+        tiers: &[Vec<String>],
+        left: u64,
+        now: Instant,
+        seed: u64,
+    ) -> Announcer {
+        let mut rng = Rng::new(seed);
+        let mut count = 0;
+        let mut kept = Vec::new();
+        for tier in tiers {
+            let mut t: Vec<Tracker> = tier
+                .iter()
+                .filter(|u| u.starts_with("http://") || u.starts_with("https://") || u.starts_with("udp://"))
+                .filter(|_| {
+                    count += 1;
+                    count <= config.trackers_max
+                })
+                .map(|u| Tracker { url: u.clone(), udp: u.starts_with("udp://"), conn: None })
+                .collect();
+            rng.shuffle(&mut t);
+            if !t.is_empty() {
+                kept.push(t);
+            }
+        }
+        let mut a = Announcer {
+            key: rng.next_u32(),
+            config,
+            info_hash,
+            tiers: kept,
+            rng,
+            uploaded: 0,
+            downloaded: 0,
+            left,
+            event: AnnounceEvent::Started,
+            cursor: (0, 0),
+            next_announce: now,
+            in_flight: None,
+            failures: 0,
+            next_id: 1,
+            stopped: false,
+            out: VecDeque::new(),
+        };
+        a.send(now);
+        a
+    }
+
+    /// The trackers in their current order, tier by tier.
+    pub fn trackers(&self) -> Vec<Vec<String>> {
+        self.tiers.iter().map(|t| t.iter().map(|x| x.url.clone()).collect()).collect()
+    }
+
+    /// When the next regular announce is due.
+    pub fn next_announce(&self) -> Instant {
+        self.next_announce
+    }
+
+    /// The next thing to do; drain until [`AnnounceOutput::Timeout`].
+    pub fn poll_output(&mut self) -> AnnounceOutput {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        let at = match (&self.in_flight, self.stopped) {
+            (Some(f), _) => f.deadline,
+            (None, true) => Instant::NEVER,
+            (None, false) if self.tiers.is_empty() => Instant::NEVER,
+            (None, false) => self.next_announce,
+        };
+        AnnounceOutput::Timeout(at)
+    }
+
+    /// Feeds one input; then drain [`Announcer::poll_output`].
+    pub fn handle(&mut self, now: Instant, input: AnnounceInput) {
+        match input {
+            AnnounceInput::Progress { uploaded, downloaded, left } => {
+                self.uploaded = uploaded;
+                self.downloaded = downloaded;
+                self.left = left;
+            }
+            AnnounceInput::Completed => {
+                if !self.stopped {
+                    self.left = 0;
+                    self.event = AnnounceEvent::Completed;
+                    self.restart(now);
+                }
+            }
+            AnnounceInput::Stop => {
+                if !self.stopped {
+                    self.event = AnnounceEvent::Stopped;
+                    self.restart(now);
+                    self.stopped = true;
+                }
+            }
+            AnnounceInput::HttpBody { id, body } => self.on_http(now, id, &body),
+            AnnounceInput::UdpDatagram { id, bytes, ipv6 } => self.on_udp(now, id, &bytes, ipv6),
+            AnnounceInput::RequestFailed { id } => {
+                if self.in_flight.is_some_and(|f| f.id == id) {
+                    self.fail(now, None);
+                }
+            }
+            AnnounceInput::Timeout => {
+                if let Some(f) = self.in_flight {
+                    if now >= f.deadline {
+                        self.fail(now, None);
+                    }
+                } else if !self.stopped && now >= self.next_announce {
+                    self.send(now);
+                }
+            }
+        }
+    }
+
+    /// Drops any request in flight and announces now from the first tier.
+    fn restart(&mut self, now: Instant) {
+        self.in_flight = None;
+        self.cursor = (0, 0);
+        self.next_announce = now;
+        self.send(now);
+    }
+
+    fn request(&self) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: self.info_hash,
+            peer_id: self.config.peer_id,
+            port: self.config.port,
+            uploaded: self.uploaded,
+            downloaded: self.downloaded,
+            left: self.left,
+            event: self.event,
+            numwant: Some(self.config.numwant),
+            key: Some(self.key),
+            compact: true,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        let n = self.failures.min(self.config.backoff_doublings_max);
+        self.config.request_timeout.saturating_mul(1 << n)
+    }
+
+    /// Sends an announce (or a UDP connect) to the tracker at the cursor.
+    fn send(&mut self, now: Instant) {
+        let (tier, index) = self.cursor;
+        let Some(t) = self.tiers.get(tier).and_then(|t| t.get(index)) else {
+            return;
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let deadline = now + self.timeout();
+        let (phase, out) = if !t.udp {
+            (Phase::Http, AnnounceOutput::HttpGet { id, url: self.request().url(&t.url) })
+        } else {
+            let tx = self.rng.next_u32();
+            match t.conn {
+                Some((cid, at)) if now.saturating_duration_since(at) < self.config.udp_connection_ttl => {
+                    let payload = udp::Request::Announce {
+                        connection_id: cid,
+                        transaction_id: tx,
+                        request: self.request(),
+                        ip: 0,
+                    }
+                    .encode();
+                    (Phase::UdpAnnounce(tx), AnnounceOutput::UdpSend { id, tracker: t.url.clone(), payload })
+                }
+                _ => (
+                    Phase::UdpConnect(tx),
+                    AnnounceOutput::UdpSend {
+                        id,
+                        tracker: t.url.clone(),
+                        payload: udp::Request::Connect { transaction_id: tx }.encode(),
+                    },
+                ),
+            }
+        };
+        self.in_flight = Some(InFlight { id, tier, index, phase, deadline });
+        self.out.push_back(out);
+    }
+
+    /// The tracker in flight failed: report, move to the next one.
+    fn fail(&mut self, now: Instant, error: Option<TrackerError>) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let url = self.tiers[f.tier][f.index].url.clone();
+        self.tiers[f.tier][f.index].conn = None;
+        self.out.push_back(AnnounceOutput::TrackerError { tracker: url, error });
+        self.failures += 1;
+        // Next tracker in the tier, else the first of the next tier; after
+        // the last tier, wait and start over.
+        let (tier, index) = (f.tier, f.index + 1);
+        if index < self.tiers[tier].len() {
+            self.cursor = (tier, index);
+            self.send(now);
+        } else if tier + 1 < self.tiers.len() {
+            self.cursor = (tier + 1, 0);
+            self.send(now);
+        } else {
+            self.cursor = (0, 0);
+            if self.stopped {
+                return;
+            }
+            self.next_announce = now + self.timeout();
+        }
+    }
+
+    /// The tracker in flight answered: promote it, schedule the next round.
+    fn succeed(&mut self, now: Instant, f: InFlight, interval: Duration, peers: Vec<SocketAddr>) {
+        self.in_flight = None;
+        self.failures = 0;
+        let t = self.tiers[f.tier].remove(f.index);
+        self.tiers[f.tier].insert(0, t);
+        self.cursor = (0, 0);
+        self.event = AnnounceEvent::None;
+        self.next_announce = now + interval.max(self.config.interval_min);
+        if !peers.is_empty() && !self.stopped {
+            self.out.push_back(AnnounceOutput::Peers(peers));
+        }
+    }
+
+    fn on_http(&mut self, now: Instant, id: RequestId, body: &[u8]) {
+        let Some(f) = self.in_flight.filter(|f| f.id == id && f.phase == Phase::Http) else {
+            return;
+        };
+        match parse_announce_response(body) {
+            Ok(r) => {
+                let secs = r.min_interval.unwrap_or(0).max(r.interval);
+                let interval = if secs == 0 { self.config.default_interval } else { Duration::from_secs(secs as u64) };
+                let peers = r.peers.into_iter().map(|p| p.addr).collect();
+                self.succeed(now, f, interval, peers);
+            }
+            Err(e) => self.fail(now, Some(e)),
+        }
+    }
+
+    fn on_udp(&mut self, now: Instant, id: RequestId, bytes: &[u8], ipv6_peers: bool) {
+        let Some(f) = self.in_flight.filter(|f| f.id == id) else {
+            return;
+        };
+        let (want_tx, connect) = match f.phase {
+            Phase::UdpConnect(tx) => (tx, true),
+            Phase::UdpAnnounce(tx) => (tx, false),
+            Phase::Http => return,
+        };
+        let r = match udp::Response::parse(bytes, ipv6_peers) {
+            // Not ours (a stale or forged datagram): keep waiting.
+            Ok(r) if r.transaction_id() != want_tx => return,
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        match (connect, r) {
+            (_, udp::Response::Error { message, .. }) => {
+                let e = TrackerError { offset: 0, kind: super::tracker::TrackerErrorKind::Failure(message) };
+                self.fail(now, Some(e));
+            }
+            (true, udp::Response::Connect { connection_id, .. }) => {
+                self.tiers[f.tier][f.index].conn = Some((connection_id, now));
+                self.in_flight = None;
+                self.cursor = (f.tier, f.index);
+                self.send(now);
+            }
+            (false, udp::Response::Announce { interval, peers, .. }) => {
+                let interval =
+                    if interval == 0 { self.config.default_interval } else { Duration::from_secs(interval as u64) };
+                self.succeed(now, f, interval, peers);
+            }
+            // A well-formed answer of the wrong kind: keep waiting.
+            _ => {}
+        }
+    }
+}

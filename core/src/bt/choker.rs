@@ -1,0 +1,246 @@
+//! The choker: whom we upload to. Tit-for-tat over the peers interested in
+//! us (best download rate from them while leeching, best upload rate to them
+//! while seeding), plus one optimistic slot rotated every
+//! [`ChokerConfig::optimistic_interval`], with anti-snubbing.
+//!
+//! Pure: call [`Choker::decide`] every 10 s of core time (and when a peer
+//! comes or goes) with fresh [`PeerStats`]; it returns the set to unchoke.
+//! Choke everyone else.
+
+use std::collections::BTreeSet;
+
+use super::picker::PeerKey;
+use crate::rand::Rng;
+use crate::time::{Duration, Instant};
+
+/// Tuning of a [`Choker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChokerConfig {
+    /// Regular (tit-for-tat) unchoke slots.
+    pub unchoke_slots: usize,
+    /// How long an optimistic unchoke lasts before it rotates.
+    pub optimistic_interval: Duration,
+    /// A peer we want data from that sent none for this long is snubbed.
+    pub snub_timeout: Duration,
+    /// Peers connected for less than this are three times as likely to win
+    /// the optimistic slot (they have nothing to trade yet).
+    pub new_peer_age: Duration,
+}
+
+impl Default for ChokerConfig {
+    /// Four slots, 30 s optimistic rotation, 60 s snub timeout, 60 s "new".
+    fn default() -> Self {
+        ChokerConfig {
+            unchoke_slots: 4,
+            optimistic_interval: Duration::from_secs(30),
+            snub_timeout: Duration::from_secs(60),
+            new_peer_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the choker needs to know about one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The caller's handle.
+    pub key: PeerKey,
+    /// The peer is interested in our pieces (only these get unchoked).
+    pub peer_interested: bool,
+    /// Since when we are interested in the peer (`None`: we are not).
+    pub am_interested_since: Option<Instant>,
+    /// When the peer last sent us block data.
+    pub last_data_at: Option<Instant>,
+    /// When the connection was established.
+    pub connected_at: Instant,
+    /// Our recent download rate from the peer, bytes per second.
+    pub download_rate: u64,
+    /// Our recent upload rate to the peer, bytes per second.
+    pub upload_rate: u64,
+}
+
+impl PeerStats {
+    /// True if we want data from the peer and it sent none for `timeout`.
+    pub fn is_snubbed(&self, now: Instant, timeout: Duration) -> bool {
+        match self.am_interested_since {
+            None => false,
+            Some(since) => {
+                let last = self.last_data_at.map_or(since, |t| t.max(since));
+                now.saturating_duration_since(last) >= timeout
+            }
+        }
+    }
+}
+
+/// Tit-for-tat choker with one optimistic slot.
+#[derive(Clone, Debug)]
+pub struct Choker {
+    config: ChokerConfig,
+    optimistic: Option<PeerKey>,
+    optimistic_until: Instant,
+    rng: Rng,
+}
+
+impl Choker {
+    /// A choker with no optimistic peer yet.
+    pub fn new(config: ChokerConfig, now: Instant, seed: u64) -> Choker {
+        Choker { config, optimistic: None, optimistic_until: now, rng: Rng::new(seed) }
+    }
+
+    /// The current optimistic unchoke, if any.
+    pub fn optimistic(&self) -> Option<PeerKey> {
+        self.optimistic
+    }
+
+    /// The peers to unchoke now. `seeding` selects the rate that ranks
+    /// peers (upload while seeding, download while leeching); snubbed peers
+    /// lose their regular slot while leeching. Ties go to the lower key.
+    pub fn decide(&mut self, now: Instant, seeding: bool, peers: &[PeerStats]) -> BTreeSet<PeerKey> {
+        let mut ranked: Vec<&PeerStats> = peers
+            .iter()
+            .filter(|p| p.peer_interested)
+            .filter(|p| seeding || !p.is_snubbed(now, self.config.snub_timeout))
+            .collect();
+        let rate = |p: &PeerStats| {
+            if seeding {
+                p.upload_rate
+            } else {
+                p.download_rate
+            }
+        };
+        ranked.sort_by(|a, b| rate(b).cmp(&rate(a)).then(a.key.cmp(&b.key)));
+        let mut out: BTreeSet<PeerKey> = ranked.iter().take(self.config.unchoke_slots).map(|p| p.key).collect();
+
+        let current_ok = self.optimistic.is_some_and(|k| {
+            now < self.optimistic_until && !out.contains(&k) && peers.iter().any(|p| p.key == k && p.peer_interested)
+        });
+        if !current_ok {
+            self.optimistic = None;
+            let candidates: Vec<&PeerStats> =
+                peers.iter().filter(|p| p.peer_interested && !out.contains(&p.key)).collect();
+            let weight = |p: &PeerStats| {
+                if now.saturating_duration_since(p.connected_at) < self.config.new_peer_age {
+                    3
+                } else {
+                    1
+                }
+            };
+            let total: u64 = candidates.iter().map(|p| weight(p)).sum();
+            if total > 0 {
+                let mut r = self.rng.below(total);
+                for p in candidates {
+                    let w = weight(p);
+                    if r < w {
+                        self.optimistic = Some(p.key);
+                        break;
+                    }
+                    r -= w;
+                }
+                self.optimistic_until = now + self.config.optimistic_interval;
+            }
+        }
+        if let Some(k) = self.optimistic {
+            out.insert(k);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(key: u64, down: u64, up: u64) -> PeerStats {
+        PeerStats {
+            key,
+            peer_interested: true,
+            am_interested_since: None,
+            last_data_at: None,
+            connected_at: Instant::ZERO,
+            download_rate: down,
+            upload_rate: up,
+        }
+    }
+
+    fn t(s: u64) -> Instant {
+        Instant::ZERO + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn the_fastest_uploaders_to_us_get_the_regular_slots_while_leeching() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let peers: Vec<_> = (0..10).map(|k| peer(k, k * 100, 1000 - k)).collect();
+        let set = c.decide(t(100), false, &peers);
+        assert_eq!(set.len(), 5);
+        for k in 6..10 {
+            assert!(set.contains(&k));
+        }
+        let opt = c.optimistic().unwrap();
+        assert!(opt < 6);
+    }
+
+    #[test]
+    fn while_seeding_the_fastest_downloaders_from_us_win() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let peers: Vec<_> = (0..10).map(|k| peer(k, k * 100, 1000 - k)).collect();
+        let set = c.decide(t(100), true, &peers);
+        for k in 0..4 {
+            assert!(set.contains(&k));
+        }
+    }
+
+    #[test]
+    fn uninterested_peers_are_never_unchoked() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let mut p = peer(1, 500, 500);
+        p.peer_interested = false;
+        assert!(c.decide(t(1), false, &[p]).is_empty());
+    }
+
+    #[test]
+    fn the_optimistic_slot_holds_for_thirty_seconds_then_rotates() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 7);
+        let peers: Vec<_> = (0..40).map(|k| peer(k, 0, 0)).collect();
+        c.decide(t(100), false, &peers);
+        let first = c.optimistic().unwrap();
+        c.decide(t(110), false, &peers);
+        c.decide(t(129), false, &peers);
+        assert_eq!(c.optimistic(), Some(first));
+        let mut seen = BTreeSet::new();
+        for i in 0..10 {
+            c.decide(t(130 + 30 * i), false, &peers);
+            seen.insert(c.optimistic().unwrap());
+        }
+        assert!(seen.len() > 3, "rotation picks different peers: {seen:?}");
+    }
+
+    #[test]
+    fn a_snubbing_peer_loses_its_regular_slot() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let mut fast = peer(1, 10_000, 0);
+        fast.am_interested_since = Some(t(0));
+        fast.last_data_at = Some(t(10));
+        let others: Vec<_> = (2..7).map(|k| peer(k, k, 0)).collect();
+        let mut peers = vec![fast];
+        peers.extend(others);
+        assert!(fast.is_snubbed(t(70), Duration::from_secs(60)));
+        assert!(!fast.is_snubbed(t(69), Duration::from_secs(60)));
+        let set = c.decide(t(69), false, &peers);
+        assert!(set.contains(&1));
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let set = c.decide(t(70), false, &peers);
+        // Only the optimistic slot could still take it.
+        assert!(!set.contains(&1) || c.optimistic() == Some(1));
+        for k in 3..7 {
+            assert!(set.contains(&k));
+        }
+    }
+
+    #[test]
+    fn a_regular_peer_does_not_also_hold_the_optimistic_slot() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let peers: Vec<_> = (0..3).map(|k| peer(k, 10, 0)).collect();
+        let set = c.decide(t(1), false, &peers);
+        assert_eq!(set.len(), 3);
+        assert_eq!(c.optimistic(), None);
+    }
+}

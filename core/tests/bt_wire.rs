@@ -1,0 +1,207 @@
+use bytes::Bytes;
+use proptest::prelude::*;
+use rumor_core::bt::metainfo::InfoHash;
+use rumor_core::bt::wire::*;
+
+fn no_handshake(piece_count: u32) -> DecoderConfig {
+    DecoderConfig { piece_count, expect_handshake: false, ..DecoderConfig::default() }
+}
+
+fn decode_all(cfg: DecoderConfig, bytes: &[u8]) -> Vec<Result<Message, WireError>> {
+    let mut d = Decoder::new(cfg);
+    d.feed(bytes);
+    std::iter::from_fn(|| d.next()).collect()
+}
+
+fn block() -> impl Strategy<Value = BlockRef> {
+    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(index, begin, length)| BlockRef { index, begin, length })
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        Just(Message::KeepAlive),
+        Just(Message::Choke),
+        Just(Message::Unchoke),
+        Just(Message::Interested),
+        Just(Message::NotInterested),
+        any::<u32>().prop_map(Message::Have),
+        // 100 pieces -> 13 bytes, last 4 bits spare and zero.
+        proptest::collection::vec(any::<u8>(), 13).prop_map(|mut b| {
+            b[12] &= 0xF0;
+            Message::Bitfield(Bytes::from(b))
+        }),
+        block().prop_map(Message::Request),
+        (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..=16384))
+            .prop_map(|(index, begin, d)| Message::Piece { index, begin, data: Bytes::from(d) }),
+        block().prop_map(Message::Cancel),
+        any::<u16>().prop_map(Message::Port),
+        any::<u32>().prop_map(Message::Suggest),
+        Just(Message::HaveAll),
+        Just(Message::HaveNone),
+        block().prop_map(Message::Reject),
+        any::<u32>().prop_map(Message::AllowedFast),
+        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(id, p)| { Message::Extended { id, payload: Bytes::from(p) } }),
+    ]
+}
+
+#[test]
+fn a_handshake_round_trips_and_advertises_fast_and_extended() {
+    let h = Handshake::new(InfoHash([3; 20]), [9; 20]);
+    let mut b = Vec::new();
+    h.encode(&mut b);
+    assert_eq!(b.len(), Handshake::LEN);
+    let p = Handshake::parse(&b).unwrap();
+    assert_eq!(p, h);
+    assert!(p.supports_extended() && p.supports_fast() && !p.supports_dht());
+}
+
+#[test]
+fn the_decoder_yields_the_handshake_then_messages() {
+    let mut b = Vec::new();
+    Handshake::new(InfoHash([1; 20]), [2; 20]).encode(&mut b);
+    Message::Interested.encode(&mut b);
+    let mut d = Decoder::new(DecoderConfig::default());
+    d.feed(&b[..40]);
+    assert!(d.take_handshake().is_none());
+    assert!(d.next().is_none());
+    d.feed(&b[40..]);
+    assert_eq!(d.take_handshake().unwrap().unwrap().peer_id, [2; 20]);
+    assert_eq!(d.next(), Some(Ok(Message::Interested)));
+    assert_eq!(d.next(), None);
+}
+
+#[test]
+fn a_wrong_protocol_string_is_fatal() {
+    let mut d = Decoder::new(DecoderConfig::default());
+    d.feed(&[0u8; 68]);
+    let e = d.take_handshake().unwrap().unwrap_err();
+    assert_eq!(e.kind, WireErrorKind::NotBitTorrent);
+    assert!(d.is_dead());
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_its_body_arrives() {
+    let mut d = Decoder::new(no_handshake(10));
+    d.feed(&[0x00, 0x20, 0x00, 0x00]);
+    let e = d.next().unwrap().unwrap_err();
+    assert!(matches!(e.kind, WireErrorKind::TooLong { id: None, .. }));
+    assert!(e.is_fatal());
+    assert_eq!(d.next(), None);
+}
+
+#[test]
+fn a_piece_larger_than_a_block_is_refused() {
+    let mut b = Vec::new();
+    encode_piece_header(0, 0, 16385, &mut b);
+    let r = decode_all(no_handshake(10), &b);
+    assert!(matches!(r[0].as_ref().unwrap_err().kind, WireErrorKind::TooLong { id: Some(7), len: 16394, max: 16393 }));
+}
+
+#[test]
+fn a_fixed_size_message_with_the_wrong_length_is_refused() {
+    let r = decode_all(no_handshake(10), &[0, 0, 0, 2, 4, 0]);
+    assert_eq!(r[0].as_ref().unwrap_err().kind, WireErrorKind::BadLength { id: 4, len: 2 });
+}
+
+#[test]
+fn a_bitfield_must_match_the_piece_count_and_have_clear_spare_bits() {
+    let ok = Message::Bitfield(Bytes::from_static(&[0xFF, 0xC0])).to_vec();
+    assert!(decode_all(no_handshake(10), &ok)[0].is_ok());
+    let spare = Message::Bitfield(Bytes::from_static(&[0xFF, 0xE0])).to_vec();
+    assert_eq!(decode_all(no_handshake(10), &spare)[0].as_ref().unwrap_err().kind, WireErrorKind::BitfieldSpareBits);
+    let short = Message::Bitfield(Bytes::from_static(&[0xFF])).to_vec();
+    assert_eq!(
+        decode_all(no_handshake(10), &short)[0].as_ref().unwrap_err().kind,
+        WireErrorKind::BadBitfield { expected: 2, found: 1 }
+    );
+    let long = Message::Bitfield(Bytes::from(vec![0; 3])).to_vec();
+    assert!(matches!(
+        decode_all(no_handshake(10), &long)[0].as_ref().unwrap_err().kind,
+        WireErrorKind::TooLong { id: Some(5), .. }
+    ));
+}
+
+#[test]
+fn an_unknown_message_is_skipped_and_decoding_goes_on() {
+    let mut b = vec![0, 0, 0, 3, 99, 1, 2];
+    Message::Unchoke.encode(&mut b);
+    let r = decode_all(no_handshake(10), &b);
+    assert_eq!(r.len(), 2);
+    let e = r[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, WireErrorKind::UnknownId(99));
+    assert!(!e.is_fatal());
+    assert_eq!(r[1], Ok(Message::Unchoke));
+}
+
+#[test]
+fn errors_carry_the_stream_offset_of_the_bad_message() {
+    let mut b = Message::Choke.to_vec();
+    b.extend_from_slice(&[0, 0, 0, 2, 4, 0]);
+    let r = decode_all(no_handshake(10), &b);
+    assert_eq!(r[1].as_ref().unwrap_err().offset, 5);
+}
+
+#[test]
+fn the_extension_handshake_round_trips() {
+    let mut h = ExtHandshake {
+        v: Some("rumor 0.1".into()),
+        metadata_size: Some(31_337),
+        reqq: Some(250),
+        p: Some(6881),
+        yourip: Some(vec![10, 0, 0, 1]),
+        ..ExtHandshake::default()
+    };
+    h.m.insert("ut_metadata".into(), 2);
+    h.m.insert("ut_pex".into(), 1);
+    let Message::Extended { id: 0, payload } = h.to_message() else { panic!() };
+    assert_eq!(ExtHandshake::parse(&payload).unwrap(), h);
+}
+
+#[test]
+fn an_extension_handshake_with_odd_values_keeps_what_is_usable() {
+    let p = b"d1:md11:ut_metadatai3e6:ut_pexi999ee4:reqqi-1e1:v3:abce";
+    let h = ExtHandshake::parse(p).unwrap();
+    assert_eq!(h.m.get("ut_metadata"), Some(&3));
+    assert_eq!(h.m.get("ut_pex"), None);
+    assert_eq!(h.reqq, None);
+    assert_eq!(h.v.as_deref(), Some("abc"));
+    assert!(ExtHandshake::parse(b"i1e").is_err());
+}
+
+proptest! {
+    #[test]
+    fn messages_round_trip_whatever_the_chunking(
+        msgs in proptest::collection::vec(message(), 0..20),
+        chunk in 1usize..200,
+    ) {
+        let mut bytes = Vec::new();
+        for m in &msgs { m.encode(&mut bytes); }
+        let mut d = Decoder::new(no_handshake(100));
+        let mut got = Vec::new();
+        for c in bytes.chunks(chunk) {
+            d.feed(c);
+            while let Some(r) = d.next() { got.push(r.unwrap()); }
+        }
+        prop_assert_eq!(got, msgs);
+        prop_assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(
+        b in proptest::collection::vec(any::<u8>(), 0..2000),
+        pieces in 0u32..100,
+        hs in any::<bool>(),
+    ) {
+        let mut d = Decoder::new(DecoderConfig { piece_count: pieces, expect_handshake: hs, ..DecoderConfig::default() });
+        d.feed(&b);
+        let _ = d.take_handshake();
+        let mut n = 0;
+        while let Some(r) = d.next() {
+            n += 1;
+            prop_assert!(n <= b.len() + 1);
+            if matches!(r, Err(ref e) if e.is_fatal()) { prop_assert!(d.next().is_none()); break; }
+        }
+        let _ = ExtHandshake::parse(&b);
+    }
+}

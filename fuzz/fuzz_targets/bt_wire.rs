@@ -1,0 +1,28 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use rumor_core::bt::wire::{Decoder, DecoderConfig, ExtHandshake};
+
+fuzz_target!(|data: &[u8]| {
+    // First byte picks the piece count and whether a handshake leads.
+    let (cfg_byte, rest) = match data.split_first() {
+        Some((b, r)) => (*b, r),
+        None => return,
+    };
+    let mut d = Decoder::new(DecoderConfig {
+        piece_count: (cfg_byte & 0x7F) as u32,
+        expect_handshake: cfg_byte & 0x80 != 0,
+        ..DecoderConfig::default()
+    });
+    // Feed in two halves to exercise partial frames.
+    let (a, b) = rest.split_at(rest.len() / 2);
+    for part in [a, b] {
+        d.feed(part);
+        let _ = d.take_handshake();
+        while let Some(r) = d.next() {
+            if let Ok(m) = r {
+                let _ = m.to_vec();
+            }
+        }
+    }
+    let _ = ExtHandshake::parse(rest);
+});

@@ -1,6 +1,7 @@
 //! `rumor`: a cluster node (DNS + HTTP API) and its command-line client.
 
 mod api;
+mod bt;
 mod clock;
 mod cluster;
 mod dns_cli;
@@ -30,6 +31,12 @@ enum Cmd {
     /// Add, remove, list and query records through a node.
     #[command(subcommand)]
     Dns(dns_cli::DnsCmd),
+    /// Make a .torrent from a file or folder.
+    Create(bt::CreateArgs),
+    /// Download a torrent, verify it, then seed it.
+    Get(bt::GetArgs),
+    /// Seed data that is already on disk.
+    Seed(bt::SeedArgs),
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +112,9 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Dns(cmd) => dns_cli::run(cmd),
+        Cmd::Create(args) => bt::create(args),
+        Cmd::Get(args) => bt::get(args),
+        Cmd::Seed(args) => bt::seed(args),
     }
 }
 

@@ -52,6 +52,7 @@ pub struct TestNode {
     pub child: Child,
     pub dns: SocketAddr,
     pub api: SocketAddr,
+    pub gossip: SocketAddr,
     pub data: PathBuf,
     pub extra: Vec<String>,
 }
@@ -61,16 +62,22 @@ impl TestNode {
     pub fn start(data: &std::path::Path, extra: &[&str]) -> TestNode {
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Self::start_at(dns, api, data, extra)
+        let gossip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(dns, api, gossip, data, extra)
     }
 
     /// Starts a node on given addresses.
-    pub fn start_at(dns: SocketAddr, api: SocketAddr, data: &std::path::Path, extra: &[&str]) -> TestNode {
-        let gossip = format!("127.0.0.1:{}", free_port());
+    pub fn start_at(
+        dns: SocketAddr,
+        api: SocketAddr,
+        gossip: SocketAddr,
+        data: &std::path::Path,
+        extra: &[&str],
+    ) -> TestNode {
         let log = std::fs::File::create(data.join(format!("node-{}.log", dns.port()))).unwrap();
         let child = Command::new(binary())
             .arg("node")
-            .args(["--dns", &dns.to_string(), "--api", &api.to_string(), "--gossip", &gossip])
+            .args(["--dns", &dns.to_string(), "--api", &api.to_string(), "--gossip", &gossip.to_string()])
             .arg("--data")
             .arg(data)
             .args(extra)
@@ -84,6 +91,7 @@ impl TestNode {
             child,
             dns,
             api,
+            gossip,
             data: data.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -150,7 +158,7 @@ impl TestNode {
     pub fn restart(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        *self = TestNode::start_at(self.dns, self.api, &self.data, &extra);
+        *self = TestNode::start_at(self.dns, self.api, self.gossip, &self.data, &extra);
     }
 
     /// `dig @node -p port ARGS` with bounded time; returns stdout.

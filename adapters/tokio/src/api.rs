@@ -64,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/records/{name}/{rtype}", axum::routing::delete(delete_rrset))
         .route("/health", get(health))
         .route("/members", get(members))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
         .with_state(state)
 }
@@ -213,8 +214,8 @@ async fn list_name(State(state): State<ApiState>, Path(name): Path<String>) -> R
     Ok(Json(sets))
 }
 
-/// `GET /health`: 200 with a summary while the node runs.
-async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+/// The node's counters with the UDP thread's merged in.
+async fn stats(state: &ApiState) -> Result<crate::node::NodeStats, ApiError> {
     let (tx, rx) = oneshot::channel();
     if !state.node.send(Command::Stats { reply: tx }).await {
         return Err(gone());
@@ -226,7 +227,20 @@ async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> 
             stats.merge_udp(&udp);
         }
     }
+    Ok(stats)
+}
+
+/// `GET /health`: 200 with a summary while the node runs.
+async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let stats = stats(&state).await?;
     Ok(Json(json!({ "status": "ok", "stats": stats })))
+}
+
+/// `GET /metrics`: the counters in Prometheus text format.
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let stats = stats(&state).await?;
+    let body = crate::metrics::render(&stats);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
 /// `GET /members`: the cluster as this node sees it.

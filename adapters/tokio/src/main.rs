@@ -7,6 +7,7 @@ mod cluster;
 mod dns_cli;
 mod dns_udp;
 mod gossip_net;
+mod metrics;
 mod node;
 mod persist;
 mod records;

@@ -97,6 +97,10 @@ pub struct NodeStats {
     pub entries: usize,
     /// Members believed alive or suspect (this node excluded).
     pub members_live: usize,
+    /// Known members by state (this node excluded).
+    pub members_by_state: std::collections::BTreeMap<&'static str, usize>,
+    /// Tombstones and expired entries still held (until collected).
+    pub tombstones: usize,
     /// DNS answers by response code.
     pub dns_by_rcode: std::collections::BTreeMap<&'static str, u64>,
     /// DNS queries by type.
@@ -510,6 +514,20 @@ impl Node {
             rrsets: view.rrset_count(),
             entries: self.cluster.gossip().store().len(),
             members_live: self.cluster.gossip().live_members(),
+            members_by_state: {
+                let mut m = std::collections::BTreeMap::new();
+                for st in ["alive", "suspect", "dead", "left"] {
+                    m.insert(st, 0);
+                }
+                for (_, _, st) in self.cluster.members() {
+                    *m.entry(state_name(st)).or_default() += 1;
+                }
+                m
+            },
+            tombstones: {
+                let now_ms = self.clock.wall_ms();
+                self.cluster.gossip().store().entries().filter(|e| !e.is_live(now_ms)).count()
+            },
             dns_by_rcode: s.by_rcode.iter().map(|(k, v)| (k.name(), *v)).collect(),
             dns_by_qtype: s.by_qtype.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             dns_decode_errors: s.decode_errors.clone(),

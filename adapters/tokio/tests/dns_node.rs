@@ -281,3 +281,23 @@ fn the_dns_cli_adds_lists_queries_and_removes() {
     let q = rumor(&["dns", "query", "cli.local", "--server", &dns]);
     assert!(q.contains("NXDOMAIN"), "{q}");
 }
+
+#[test]
+fn metrics_are_served_in_prometheus_text_format() {
+    let dir = Scratch::new("metrics");
+    let node = TestNode::start(&dir.0, &[]);
+    add(&node, r#"{"name":"m.local","ips":["10.0.0.30"],"ttl":60}"#);
+    node.dig(&["m.local"]);
+    node.dig(&["nope.local"]);
+    let body = ureq::get(&node.url("/metrics")).call().unwrap().into_string().unwrap();
+    for line in [
+        "# TYPE rumor_dns_rrsets gauge",
+        "rumor_dns_rrsets 1",
+        "rumor_dns_queries_total{qtype=\"A\"} 2",
+        "rumor_dns_responses_total{rcode=\"NXDOMAIN\"} 1",
+        "rumor_dns_responses_total{rcode=\"NOERROR\"} 1",
+        "rumor_members{state=\"alive\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
+    }
+}

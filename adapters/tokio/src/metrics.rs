@@ -1,0 +1,72 @@
+//! Prometheus text exposition of the node's counters (`GET /metrics`).
+
+use crate::node::NodeStats;
+use std::fmt::Write;
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP rumor_{name} {help}\n# TYPE rumor_{name} {kind}");
+    }
+    fn value(&mut self, name: &str, labels: &[(&str, &str)], v: impl std::fmt::Display) {
+        let _ = write!(self.0, "rumor_{name}");
+        if !labels.is_empty() {
+            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let _ = write!(self.0, "{{{}}}", inner.join(","));
+        }
+        let _ = writeln!(self.0, " {v}");
+    }
+    fn one(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.value(name, &[], v);
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders every counter, with `# HELP` and `# TYPE` lines.
+pub fn render(s: &NodeStats) -> String {
+    let mut o = Out(String::with_capacity(4096));
+    o.one("dns_names", "gauge", "Owner names with live records.", s.names);
+    o.one("dns_rrsets", "gauge", "Live record sets.", s.rrsets);
+    o.one("store_entries", "gauge", "Replicated entries held, tombstones included.", s.entries);
+    o.one("store_tombstones", "gauge", "Deleted or expired entries held until collected.", s.tombstones);
+    o.family("members", "gauge", "Known cluster members by state, this node excluded.");
+    for (state, n) in &s.members_by_state {
+        o.value("members", &[("state", state)], n);
+    }
+    o.family("dns_queries_total", "counter", "DNS queries answered, by question type.");
+    for (t, n) in &s.dns_by_qtype {
+        o.value("dns_queries_total", &[("qtype", t)], n);
+    }
+    o.family("dns_responses_total", "counter", "DNS responses sent, by response code.");
+    for (rc, n) in &s.dns_by_rcode {
+        o.value("dns_responses_total", &[("rcode", rc)], n);
+    }
+    o.family("dns_decode_errors_total", "counter", "Queries that could not be decoded, by kind.");
+    for (k, n) in &s.dns_decode_errors {
+        o.value("dns_decode_errors_total", &[("kind", k)], n);
+    }
+    o.one("dns_truncated_total", "counter", "Responses sent with TC set.", s.dns_truncated);
+    o.one("dns_dropped_total", "counter", "Queries dropped unanswered.", s.dns_dropped);
+    o.one("dns_forwarded_total", "counter", "Queries forwarded upstream.", s.dns_forwarded);
+    o.one("dns_udp_datagrams_total", "counter", "UDP datagrams received.", s.dns_udp_datagrams);
+    o.one("dns_udp_batches_total", "counter", "recvmmsg calls that returned datagrams.", s.dns_udp_batches);
+    o.family("gossip_messages_total", "counter", "Gossip messages, by direction.");
+    o.value("gossip_messages_total", &[("direction", "in")], s.gossip_messages_in);
+    o.value("gossip_messages_total", &[("direction", "out")], s.gossip_messages_out);
+    o.family("gossip_bytes_total", "counter", "Gossip bytes on the wire, by direction.");
+    o.value("gossip_bytes_total", &[("direction", "in")], s.gossip_bytes_in);
+    o.value("gossip_bytes_total", &[("direction", "out")], s.gossip_bytes_out);
+    o.family("gossip_dropped_total", "counter", "Gossip messages dropped, by reason.");
+    o.value("gossip_dropped_total", &[("reason", "auth")], s.gossip_dropped_auth);
+    o.value("gossip_dropped_total", &[("reason", "format")], s.gossip_dropped_format);
+    o.value("gossip_dropped_total", &[("reason", "queue_full")], s.gossip_dropped_queue);
+    o.value("gossip_dropped_total", &[("reason", "bad_value")], s.gossip_rejected_values);
+    o.one("gossip_entries_applied_total", "counter", "Remote entries applied.", s.gossip_entries_applied);
+    o.one("gossip_full_transfers_total", "counter", "Full state transfers completed.", s.gossip_full_transfers);
+    o.0
+}

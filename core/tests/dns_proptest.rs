@@ -333,3 +333,27 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn provider_entries_of_any_bytes_never_panic_the_overlay(
+        key in prop::collection::vec(any::<u8>(), 0..60),
+        value in prop::collection::vec(any::<u8>(), 0..80),
+        deleted in any::<bool>(),
+    ) {
+        use rumor_core::replica::{Change, Entry, Namespace, Version};
+        let e = Entry {
+            ns: Namespace::PROVIDERS,
+            key: key.clone().into(),
+            value: value.into(),
+            writer: 1,
+            version: Version(1),
+            expires_ms: 0,
+            deleted,
+        };
+        let mut o = rumor_core::overlay::Overlay::new();
+        o.follow(&Change::Applied(e));
+        o.follow(&Change::Removed { ns: Namespace::PROVIDERS, key: key.into() });
+        prop_assert_eq!(o.torrents(), 0);
+    }
+}

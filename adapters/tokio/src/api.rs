@@ -65,6 +65,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/members", get(members))
         .route("/metrics", get(metrics))
+        .route("/announce", get(announce))
+        .route("/scrape", get(scrape))
+        .route("/providers/{infohash}", get(providers))
         .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
         .with_state(state)
 }
@@ -251,4 +254,71 @@ async fn members(State(state): State<ApiState>) -> Result<Json<Value>, ApiError>
     }
     let members = rx.await.map_err(|_| gone())?;
     Ok(Json(json!({ "members": members })))
+}
+
+/// A tracker answer: BEP 3 bodies are bencoded and come with 200 even for
+/// a failure.
+fn bencoded(body: Vec<u8>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+/// `GET /announce`: a BitTorrent HTTP tracker (BEP 3, compact peers per
+/// BEP 23) backed by the overlay, so a peer announcing to any node is found
+/// by peers announcing to any other.
+async fn announce(
+    State(state): State<ApiState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let req = match rumor_core::bt::tracker::AnnounceRequest::from_query(query.as_deref().unwrap_or("")) {
+        Ok(r) => r,
+        Err(e) => return bencoded(rumor_core::bt::tracker::encode_failure(&format!("bad announce: {e}"))),
+    };
+    let (tx, rx) = oneshot::channel();
+    if !state.node.send(Command::Announce { req, from: peer.ip(), reply: tx }).await {
+        return gone().into_response();
+    }
+    match rx.await {
+        Ok(body) => bencoded(body),
+        Err(_) => gone().into_response(),
+    }
+}
+
+/// `GET /scrape?info_hash=...`: seeders, leechers and completed downloads.
+async fn scrape(State(state): State<ApiState>, axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    let hashes = match rumor_core::bt::tracker::parse_scrape_query(query.as_deref().unwrap_or("")) {
+        Ok(h) => h,
+        Err(e) => return bencoded(rumor_core::bt::tracker::encode_failure(&format!("bad scrape: {e}"))),
+    };
+    let (tx, rx) = oneshot::channel();
+    if !state.node.send(Command::Scrape { hashes, reply: tx }).await {
+        return gone().into_response();
+    }
+    match rx.await {
+        Ok(body) => bencoded(body),
+        Err(_) => gone().into_response(),
+    }
+}
+
+/// `GET /providers/INFOHASH`: the overlay's providers of a torrent, JSON.
+async fn providers(State(state): State<ApiState>, Path(ih): Path<String>) -> Result<Json<Value>, ApiError> {
+    let ih = rumor_core::bt::metainfo::InfoHash::from_hex(&ih).ok_or_else(|| bad("an infohash is 40 hex digits"))?;
+    let (tx, rx) = oneshot::channel();
+    if !state.node.send(Command::Providers { ih, reply: tx }).await {
+        return Err(gone());
+    }
+    let (list, now_ms) = rx.await.map_err(|_| gone())?;
+    let list: Vec<Value> = list
+        .iter()
+        .map(|p| {
+            json!({
+                "addr": p.addr.to_string(),
+                "peer_id": p.peer_id.map(hex::encode),
+                "seeder": p.seeder,
+                "age_ms": now_ms.saturating_sub(p.announced_ms),
+                "expires_in_ms": p.expires_ms.saturating_sub(now_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "infohash": ih.to_hex(), "providers": list })))
 }

@@ -7,8 +7,10 @@
 use crate::dns_udp::ViewUpdate;
 use crate::persist::Op;
 use bytes::Bytes;
+use rumor_core::bt::metainfo::InfoHash;
 use rumor_core::dns::{Name, RRset, RType, RecordStore};
 use rumor_core::gossip::{Command, Config, Event, Gossip, Input, MemberState, Now, Output, PeerAddr};
+use rumor_core::overlay::{self, Overlay, Provider};
 use rumor_core::replica::{Change, Entry, Namespace, Refused};
 use rumor_core::time::Instant;
 use std::collections::VecDeque;
@@ -67,6 +69,8 @@ fn parse_dns_key(key: &[u8]) -> Option<(Name, RType)> {
 pub struct Cluster {
     gossip: Gossip,
     view: RecordStore,
+    overlay: Overlay,
+    overlay_swept_ms: u64,
     effects: VecDeque<Effect>,
     next_timeout: Instant,
     last_incarnation: u64,
@@ -85,9 +89,12 @@ impl Cluster {
                 view.put(set);
             }
         }
+        let overlay = Overlay::from_entries(gossip.store().live(Namespace::PROVIDERS, now.wall_ms));
         let mut c = Cluster {
             gossip,
             view,
+            overlay,
+            overlay_swept_ms: now.wall_ms,
             effects: VecDeque::new(),
             next_timeout: now.at,
             last_incarnation: incarnation,
@@ -145,6 +152,11 @@ impl Cluster {
     /// view.
     pub fn timeout(&mut self, now: Now) {
         self.gossip.handle(now, Input::Timeout);
+        // Lookups skip expired providers already; this only frees memory.
+        if now.wall_ms >= self.overlay_swept_ms + 10_000 {
+            self.overlay.expire(now.wall_ms);
+            self.overlay_swept_ms = now.wall_ms;
+        }
         for (name, rtype) in self.view.expire(now.wall_ms) {
             self.effects.push_back(Effect::Mirror(ViewUpdate::Remove(name, rtype)));
         }
@@ -210,6 +222,44 @@ impl Cluster {
         self.write(now, Vec::new(), types)
     }
 
+    /// The overlay's provider index.
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    /// Records (or refreshes) `provider` of `ih` until `provider.expires_ms`,
+    /// or forgets it when it `stopped`; `completed` also records that it
+    /// finished the torrent once (kept `snatch_ttl_ms`).
+    pub fn announce(
+        &mut self,
+        now: Now,
+        ih: &InfoHash,
+        provider: Provider,
+        stopped: bool,
+        completed: bool,
+        snatch_ttl_ms: u64,
+    ) {
+        let key = Bytes::from(overlay::provider_key(ih, provider.addr));
+        let cmd = if stopped {
+            Command::Delete { ns: Namespace::PROVIDERS, key }
+        } else {
+            let value = Bytes::from(overlay::provider_value(&provider));
+            Command::Write { ns: Namespace::PROVIDERS, key, value, expires_ms: provider.expires_ms }
+        };
+        self.gossip.handle(now, Input::Command(cmd));
+        if completed {
+            let key = Bytes::from(overlay::snatch_key(ih, provider.addr));
+            let write = Command::Write {
+                ns: Namespace::PROVIDERS,
+                key,
+                value: Bytes::new(),
+                expires_ms: now.wall_ms + snatch_ttl_ms,
+            };
+            self.gossip.handle(now, Input::Command(write));
+        }
+        self.drain();
+    }
+
     /// Known members: id, address, state.
     pub fn members(&self) -> Vec<(u64, String, MemberState)> {
         self.gossip.members().map(|(id, addr, st)| (id, addr.0.clone(), st)).collect()
@@ -245,6 +295,7 @@ impl Cluster {
 
     /// Follows one store change into persistence and the DNS view.
     fn follow(&mut self, change: Change) {
+        self.overlay.follow(&change);
         match change {
             Change::Applied(entry) => {
                 if entry.ns == Namespace::DNS {

@@ -90,6 +90,10 @@ struct NodeArgs {
     /// TTL of negative answers, seconds.
     #[arg(long, env = "RUMOR_NEGATIVE_TTL", default_value_t = 30)]
     negative_ttl: u32,
+    /// Seconds between a peer's announces, as the tracker (`/announce`)
+    /// tells them; a provider not heard from in twice this is dropped.
+    #[arg(long, env = "RUMOR_TRACKER_INTERVAL", default_value_t = 120)]
+    tracker_interval: u32,
 }
 
 fn main() -> ExitCode {
@@ -282,6 +286,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         inbound: inbound_rx,
         frame_max,
         joins: joins_rx,
+        tracker_interval_s: args.tracker_interval.max(1),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tracing::info!(dns = %args.dns, api = %args.api, gossip = %args.gossip, %advertise, node = format!("{node_id:016x}"), "rumor node up");
@@ -297,7 +302,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     };
     let mut api_shutdown = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
-        axum::serve(api_listener, api::router(state))
+        axum::serve(api_listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = api_shutdown.changed().await;
             })

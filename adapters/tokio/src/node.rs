@@ -64,6 +64,29 @@ pub enum Command {
         /// The counters.
         reply: oneshot::Sender<NodeStats>,
     },
+    /// A BitTorrent announce from `from` (the connection's address).
+    Announce {
+        /// The parsed request.
+        req: rumor_core::bt::tracker::AnnounceRequest,
+        /// The announcing peer's IP.
+        from: std::net::IpAddr,
+        /// The bencoded response body.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// A scrape of these torrents.
+    Scrape {
+        /// The torrents (none: every torrent indexed, bounded).
+        hashes: Vec<rumor_core::bt::metainfo::InfoHash>,
+        /// The bencoded response body.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// The providers of a torrent, as the overlay knows them.
+    Providers {
+        /// The torrent.
+        ih: rumor_core::bt::metainfo::InfoHash,
+        /// The providers and the wall time of the lookup.
+        reply: oneshot::Sender<(Vec<rumor_core::overlay::Provider>, u64)>,
+    },
     /// The cluster's members as this node sees them.
     Members {
         /// The members.
@@ -203,6 +226,8 @@ pub struct NodeParts {
     pub frame_max: usize,
     /// Join targets, resolved again from time to time.
     pub joins: mpsc::Receiver<Vec<PeerAddr>>,
+    /// Seconds between a peer's announces, as the tracker tells them.
+    pub tracker_interval_s: u32,
 }
 
 /// Everything the node task owns.
@@ -221,6 +246,7 @@ pub struct Node {
     net: GossipNet,
     inbound: mpsc::Receiver<Inbound>,
     joins: Option<mpsc::Receiver<Vec<PeerAddr>>>,
+    tracker_interval_s: u32,
 }
 
 impl Node {
@@ -245,6 +271,7 @@ impl Node {
             net: GossipNet::new(parts.frame_max),
             inbound: parts.inbound,
             joins: Some(parts.joins),
+            tracker_interval_s: parts.tracker_interval_s,
         };
         (node, NodeHandle { tx }, rx)
     }
@@ -454,6 +481,16 @@ impl Node {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Command::Announce { req, from, reply } => {
+                let _ = reply.send(self.announce(req, from));
+            }
+            Command::Scrape { hashes, reply } => {
+                let _ = reply.send(self.scrape(hashes));
+            }
+            Command::Providers { ih, reply } => {
+                let now_ms = self.clock.wall_ms();
+                let _ = reply.send((self.cluster.overlay().lookup(&ih, now_ms, usize::MAX, None), now_ms));
+            }
             Command::Members { reply } => {
                 let me = self.cluster.gossip().id();
                 let mut members: Vec<MemberView> = self
@@ -472,6 +509,65 @@ impl Node {
                 let _ = reply.send(members);
             }
         }
+    }
+
+    /// Records the announcing peer in the overlay and answers with other
+    /// providers of the torrent, cluster-wide.
+    fn announce(&mut self, req: rumor_core::bt::tracker::AnnounceRequest, from: std::net::IpAddr) -> Vec<u8> {
+        use rumor_core::bt::tracker::{encode_announce_response, AnnounceEvent, AnnounceResponse, TrackerPeer};
+        /// Peers sent when the client does not say how many it wants.
+        const NUMWANT_DEFAULT: u32 = 50;
+        /// How long a completed download is remembered for scrape.
+        const SNATCH_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+        let now = self.now();
+        let interval = self.tracker_interval_s;
+        let addr = SocketAddr::new(from, req.port);
+        let provider = rumor_core::overlay::Provider {
+            addr,
+            peer_id: Some(req.peer_id),
+            seeder: req.left == 0,
+            announced_ms: now.wall_ms,
+            // Two missed announces and a margin, then the peer is gone.
+            expires_ms: now.wall_ms + (2 * interval as u64 + 30) * 1000,
+        };
+        let stopped = req.event == AnnounceEvent::Stopped;
+        self.cluster.announce(
+            now,
+            &req.info_hash,
+            provider,
+            stopped,
+            req.event == AnnounceEvent::Completed,
+            SNATCH_TTL_MS,
+        );
+        self.apply_effects(None);
+        let overlay = self.cluster.overlay();
+        let want = req.numwant.unwrap_or(NUMWANT_DEFAULT) as usize;
+        let peers = if stopped { Vec::new() } else { overlay.lookup(&req.info_hash, now.wall_ms, want, Some(addr)) };
+        let counts = overlay.counts(&req.info_hash, now.wall_ms);
+        let response = AnnounceResponse {
+            interval,
+            min_interval: Some((interval / 4).max(1)),
+            complete: Some(counts.seeders),
+            incomplete: Some(counts.leechers),
+            peers: peers.iter().map(|p| TrackerPeer { addr: p.addr, peer_id: p.peer_id }).collect(),
+            ..AnnounceResponse::default()
+        };
+        encode_announce_response(&response, req.compact)
+    }
+
+    fn scrape(&self, hashes: Vec<rumor_core::bt::metainfo::InfoHash>) -> Vec<u8> {
+        use rumor_core::bt::tracker::{encode_scrape_response, ScrapeStats};
+        let now_ms = self.clock.wall_ms();
+        let overlay = self.cluster.overlay();
+        let files = hashes
+            .into_iter()
+            .take(rumor_core::overlay::LOOKUP_MAX)
+            .map(|ih| {
+                let c = overlay.counts(&ih, now_ms);
+                (ih, ScrapeStats { complete: c.seeders, incomplete: c.leechers, downloaded: overlay.downloaded(&ih) })
+            })
+            .collect();
+        encode_scrape_response(&files)
     }
 
     fn tcp_query(&mut self, bytes: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>>) {

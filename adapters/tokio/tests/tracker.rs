@@ -1,0 +1,100 @@
+//! Every node is a BitTorrent tracker backed by the overlay: a peer that
+//! announces to one node is found by peers announcing to another.
+
+mod common;
+
+use common::*;
+use rumor_core::bt::metainfo::InfoHash;
+use rumor_core::bt::tracker::{
+    parse_announce_response, parse_scrape_response, scrape_request_url, AnnounceEvent, AnnounceRequest,
+};
+use std::time::Duration;
+
+const KEY: &str = "747261636b657220746573742063757374657220206b65792c20332062797465";
+
+fn announce(node: &TestNode, ih: InfoHash, port: u16, left: u64, event: AnnounceEvent) -> Vec<u8> {
+    let req = AnnounceRequest {
+        info_hash: ih,
+        peer_id: [port as u8; 20],
+        port,
+        uploaded: 0,
+        downloaded: 0,
+        left,
+        event,
+        numwant: Some(50),
+        key: None,
+        compact: true,
+    };
+    let url = req.url(&node.url("/announce"));
+    let resp = ureq::get(&url).timeout(Duration::from_secs(5)).call().expect("announce");
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    body
+}
+
+fn peer_ports(body: &[u8]) -> Vec<u16> {
+    let r = parse_announce_response(body).expect("a tracker response");
+    let mut ports: Vec<u16> = r.peers.iter().map(|p| p.addr.port()).collect();
+    ports.sort();
+    ports
+}
+
+#[test]
+fn peers_announced_to_one_node_are_found_through_another() {
+    let dirs: Vec<Scratch> = (0..2).map(|i| Scratch::new(&format!("tr-{i}"))).collect();
+    let a = TestNode::start(&dirs[0].0, &["--cluster-key", KEY]);
+    let b = TestNode::start(&dirs[1].0, &["--cluster-key", KEY, "--join", &a.gossip.to_string()]);
+    let ih = InfoHash([0x42; 20]);
+    // A seeder announces to A; nobody else is there yet.
+    assert!(peer_ports(&announce(&a, ih, 7001, 0, AnnounceEvent::Started)).is_empty());
+    // A leecher announcing to B is told about the seeder, once gossip has
+    // carried it over.
+    assert!(
+        eventually(Duration::from_secs(10), || peer_ports(&announce(&b, ih, 7002, 100, AnnounceEvent::Started))
+            == vec![7001]),
+        "B knows A's seeder"
+    );
+    // And the seeder, announcing again to A, now sees the leecher.
+    assert!(eventually(Duration::from_secs(10), || peer_ports(&announce(&a, ih, 7001, 0, AnnounceEvent::None))
+        == vec![7002]));
+    let r = parse_announce_response(&announce(&a, ih, 7001, 0, AnnounceEvent::None)).unwrap();
+    assert_eq!((r.complete, r.incomplete), (Some(1), Some(1)));
+    assert_eq!(r.interval, 120);
+
+    // The leecher completes: scrape on either node counts it.
+    announce(&b, ih, 7002, 0, AnnounceEvent::Completed);
+    let scrape = |n: &TestNode| {
+        let url = scrape_request_url(&n.url("/scrape"), &[ih]);
+        let resp = ureq::get(&url).call().unwrap();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+        parse_scrape_response(&body).unwrap()[&ih]
+    };
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = scrape(&a);
+        (s.complete, s.incomplete, s.downloaded) == (2, 0, 1)
+    }));
+
+    // The JSON view.
+    let (code, v) = a.get(&format!("/providers/{}", ih.to_hex()));
+    assert_eq!(code, 200);
+    assert_eq!(v["providers"].as_array().unwrap().len(), 2, "{v}");
+
+    // A peer that stops is gone everywhere.
+    announce(&b, ih, 7002, 0, AnnounceEvent::Stopped);
+    assert!(
+        eventually(Duration::from_secs(10), || peer_ports(&announce(&a, ih, 7001, 0, AnnounceEvent::None)).is_empty())
+    );
+}
+
+#[test]
+fn a_bad_announce_gets_a_bencoded_failure() {
+    let dir = Scratch::new("tr-bad");
+    let n = TestNode::start(&dir.0, &[]);
+    let resp = ureq::get(&n.url("/announce?info_hash=short&port=1")).call().unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_string().unwrap();
+    assert!(body.starts_with("d14:failure reason"), "{body}");
+    let (code, _) = n.get("/providers/nothex");
+    assert_eq!(code, 400);
+}

@@ -317,7 +317,8 @@ pub struct Gossip {
     probe: Option<Probe>,
     probe_list: Vec<NodeId>,
     probe_idx: usize,
-    suspects: BTreeSet<(Instant, NodeId)>,
+    /// (deadline, member, incarnation suspected)
+    suspects: BTreeSet<(Instant, NodeId, u64)>,
     next_reannounce: Instant,
     relays: BTreeMap<u32, Relay>,
     full: Option<Transfer>,
@@ -458,7 +459,7 @@ impl Gossip {
                 t = t.min(p.direct_deadline);
             }
         }
-        if let Some((at, _)) = self.suspects.first() {
+        if let Some((at, _, _)) = self.suspects.first() {
             t = t.min(*at);
         }
         if let Some(f) = &self.full {
@@ -600,13 +601,15 @@ impl Gossip {
             self.next_probe = now + self.cfg.probe_interval;
             self.probe_tick();
         }
-        while let Some(&(at, id)) = self.suspects.first() {
+        while let Some(&(at, id, inc)) = self.suspects.first() {
             if at > now {
                 break;
             }
             self.suspects.pop_first();
             if let Some(m) = self.members.get(&id) {
-                if m.state == MemberState::Suspect {
+                // Only the suspicion still in force: a refuted and later
+                // re-suspected member gets its full timeout again.
+                if m.state == MemberState::Suspect && m.incarnation == inc {
                     let u = MemberUpdate {
                         id,
                         addr: m.addr.clone(),
@@ -1006,7 +1009,7 @@ impl Gossip {
                 .cfg
                 .probe_interval
                 .saturating_mul(self.cfg.suspicion_mult as u64 * k.max(1));
-            self.suspects.insert((now + t, u.id));
+            self.suspects.insert((now + t, u.id, u.incarnation));
         }
         if announce {
             self.queue_update(u);

@@ -272,3 +272,45 @@ fn an_expired_entry_is_neither_served_nor_sent() {
         assert_eq!(net.value(i, b"tmp"), None);
     }
 }
+
+#[test]
+fn a_crashed_node_is_suspected_then_declared_dead_by_everyone() {
+    let mut net = Net::new(6, 3_600_000);
+    net.run(Duration::from_secs(5));
+    net.nodes[3] = None;
+    net.run(Duration::from_secs(20));
+    for i in [0, 1, 2, 4, 5] {
+        let state = net.node(i).members().find(|(id, _, _)| *id == 1003).map(|(_, _, s)| s);
+        assert_eq!(state, Some(MemberState::Dead), "node {i}");
+        assert_eq!(net.node(i).live_members(), 4, "node {i}");
+    }
+}
+
+#[test]
+fn a_falsely_suspected_node_refutes_with_a_higher_incarnation() {
+    use rumor_core::gossip::{seal, Body, MemberUpdate, Packet};
+    let mut net = Net::new(5, 3_600_000);
+    net.run(Duration::from_secs(5));
+    assert_eq!(net.node(2).incarnation(), 0);
+    // A third party (with the cluster key) claims node 2 is suspect.
+    let rumour = Packet {
+        from: 4242,
+        addr: PeerAddr::from("n4242"),
+        incarnation: 0,
+        complete: true,
+        updates: vec![MemberUpdate { id: 1002, addr: addr(2), incarnation: 0, state: MemberState::Suspect }],
+        body: Body::Leave,
+    };
+    let bytes = seal(&net.keys, [1; 24], &rumour, 256);
+    net.input(0, Input::Receive { from: addr(9), bytes });
+    assert!(net.node(0).members().any(|(id, _, s)| id == 1002 && s == MemberState::Suspect));
+    net.run(Duration::from_secs(3));
+    assert!(net.node(2).incarnation() >= 1, "node 2 refuted");
+    net.run(Duration::from_secs(10));
+    for i in [0, 1, 3, 4] {
+        assert!(
+            net.node(i).members().any(|(id, _, s)| id == 1002 && s == MemberState::Alive),
+            "node {i} still doubts node 2"
+        );
+    }
+}

@@ -316,7 +316,8 @@ pub struct Gossip {
     probe: Option<Probe>,
     probe_list: Vec<NodeId>,
     probe_idx: usize,
-    suspects: BTreeSet<(Instant, NodeId)>,
+    /// (deadline, member, incarnation suspected)
+    suspects: BTreeSet<(Instant, NodeId, u64)>,
     next_reannounce: Instant,
     relays: BTreeMap<u32, Relay>,
     full: Option<Transfer>,
@@ -447,7 +448,7 @@ impl Gossip {
                 t = t.min(p.direct_deadline);
             }
         }
-        if let Some((at, _)) = self.suspects.first() {
+        if let Some((at, _, _)) = self.suspects.first() {
             t = t.min(*at);
         }
         if let Some(f) = &self.full {
@@ -560,13 +561,15 @@ impl Gossip {
             self.next_probe = now + self.cfg.probe_interval;
             self.probe_tick();
         }
-        while let Some(&(at, id)) = self.suspects.first() {
+        while let Some(&(at, id, inc)) = self.suspects.first() {
             if at > now {
                 break;
             }
             self.suspects.pop_first();
             if let Some(m) = self.members.get(&id) {
-                if m.state == MemberState::Suspect {
+                // Only the suspicion still in force: a refuted and later
+                // re-suspected member gets its full timeout again.
+                if m.state == MemberState::Suspect && m.incarnation == inc {
                     let u =
                         MemberUpdate { id, addr: m.addr.clone(), incarnation: m.incarnation, state: MemberState::Dead };
                     self.apply_update(u, true);
@@ -925,7 +928,7 @@ impl Gossip {
         if u.state == MemberState::Suspect {
             let k = log10_ceil(self.members.len()) as u64;
             let t = self.cfg.probe_interval.saturating_mul(self.cfg.suspicion_mult as u64 * k.max(1));
-            self.suspects.insert((now + t, u.id));
+            self.suspects.insert((now + t, u.id, u.incarnation));
         }
         if announce {
             self.queue_update(u);

@@ -6,11 +6,10 @@
 
 use rumor_core::gossip::PeerAddr;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 /// Messages waiting per peer; more are dropped.
 const QUEUE_PER_PEER: usize = 256;
@@ -109,48 +108,18 @@ pub async fn listen(
     listener: TcpListener,
     inbound: mpsc::Sender<Inbound>,
     frame_max: usize,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(INBOUND_MAX));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => return,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-        };
-        let (mut stream, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
-            a = listener.accept() => match a {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("gossip accept: {e}");
-                    continue;
-                }
-            },
-        };
+    crate::net::accept_bounded(listener, INBOUND_MAX, "gossip", shutdown, |mut stream, peer| {
         let inbound = inbound.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let from = PeerAddr(peer.to_string());
-            let mut len = [0u8; 4];
-            loop {
-                match tokio::time::timeout(IDLE, stream.read_exact(&mut len)).await {
-                    Ok(Ok(_)) => {}
-                    _ => return,
-                }
-                let n = u32::from_be_bytes(len) as usize;
-                if n > frame_max {
-                    tracing::debug!(%peer, n, "gossip frame over the limit; closing");
-                    return;
-                }
-                let mut buf = vec![0u8; n];
-                match tokio::time::timeout(IDLE, stream.read_exact(&mut buf)).await {
-                    Ok(Ok(_)) => {}
-                    _ => return,
-                }
-                if inbound.send((from.clone(), buf)).await.is_err() {
+            while let Some(frame) = crate::net::read_frame::<4>(&mut stream, frame_max, IDLE).await {
+                if inbound.send((from.clone(), frame)).await.is_err() {
                     return;
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }

@@ -8,6 +8,7 @@ mod dns_cli;
 mod dns_udp;
 mod gossip_net;
 mod metrics;
+mod net;
 mod node;
 mod persist;
 mod records;

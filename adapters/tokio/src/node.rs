@@ -696,45 +696,18 @@ pub async fn resolve_joins(targets: Vec<String>, tx: mpsc::Sender<Vec<PeerAddr>>
     }
 }
 
-/// Serves DNS over TCP: 2-byte length-prefixed messages, several per
-/// connection, each answered through the node task.
-pub async fn serve_tcp(listener: tokio::net::TcpListener, node: NodeHandle, mut shutdown: watch::Receiver<bool>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Serves DNS over TCP (RFC 7766): 2-byte length-prefixed messages,
+/// several per connection, each answered through the node task.
+pub async fn serve_tcp(listener: tokio::net::TcpListener, node: NodeHandle, shutdown: watch::Receiver<bool>) {
+    use tokio::io::AsyncWriteExt;
     /// Most TCP clients at once; more wait in the kernel's backlog.
     const CONNECTIONS_MAX: usize = 512;
     /// An idle connection is closed after this (RFC 7766 suggests seconds).
     const IDLE: std::time::Duration = std::time::Duration::from_secs(10);
-    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => return,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-        };
-        let (mut stream, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("DNS TCP accept: {e}");
-                    continue;
-                }
-            },
-        };
+    crate::net::accept_bounded(listener, CONNECTIONS_MAX, "DNS TCP", shutdown, |mut stream, peer| {
         let node = node.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut len_buf = [0u8; 2];
-            loop {
-                match tokio::time::timeout(IDLE, stream.read_exact(&mut len_buf)).await {
-                    Ok(Ok(_)) => {}
-                    _ => return,
-                }
-                let len = u16::from_be_bytes(len_buf) as usize;
-                let mut msg = vec![0u8; len];
-                match tokio::time::timeout(IDLE, stream.read_exact(&mut msg)).await {
-                    Ok(Ok(_)) => {}
-                    _ => return,
-                }
+        async move {
+            while let Some(msg) = crate::net::read_frame::<2>(&mut stream, u16::MAX as usize, IDLE).await {
                 let (tx, rx) = oneshot::channel();
                 if !node.send(Command::Query { bytes: msg, reply: tx }).await {
                     return;
@@ -750,6 +723,7 @@ pub async fn serve_tcp(listener: tokio::net::TcpListener, node: NodeHandle, mut 
                     return;
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }

@@ -301,3 +301,19 @@ fn metrics_are_served_in_prometheus_text_format() {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
     }
 }
+
+#[test]
+fn the_node_serves_dns_over_ipv6() {
+    let dir = Scratch::new("v6");
+    let port = free_port();
+    let dns: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gossip: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = TestNode::start_at(dns, api, gossip, &dir.0, &[]);
+    add(&node, r#"{"name":"six.local","ips":["2001:db8::6","10.0.0.6"],"ttl":60}"#);
+    let p = port.to_string();
+    let udp = run_tool("dig", &["@::1", "-p", &p, "+time=2", "+tries=1", "+short", "six.local", "AAAA"]);
+    assert_eq!(udp.trim(), "2001:db8::6");
+    let tcp = run_tool("dig", &["@::1", "-p", &p, "+time=2", "+tries=1", "+short", "+tcp", "six.local", "A"]);
+    assert_eq!(tcp.trim(), "10.0.0.6");
+}

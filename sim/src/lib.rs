@@ -5,4 +5,5 @@
 
 pub mod chaos;
 pub mod spread;
+pub mod swarm;
 pub mod world;

@@ -1,4 +1,4 @@
-//! `sim gossip ...` and `sim chaos ...`; see `sim --help`.
+//! `sim gossip ...`, `sim chaos ...` and `sim swarm ...`; see `sim --help`.
 
 use std::process::ExitCode;
 
@@ -12,7 +12,9 @@ usage:
              [--gossip-ms G] [--fanout F] [--members-max M] [--push-rounds P]
              [--sync-every K] [--probe-ms T] [--json]
   sim chaos  [--seeds K] [--seed0 S] [--json]
-  sim chaos  --seed S          replay one scenario";
+  sim chaos  --seed S          replay one scenario
+  sim swarm  [--peers N] [--pieces P] [--piece-kib K] [--seed S] [--seed-up-kib U]
+             [--up-kib U] [--down-kib D] [--latency-ms L] [--degree D] [--step-ms T] [--json]";
 
 fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
     match args.iter().position(|a| a == name) {
@@ -147,11 +149,71 @@ fn chaos_cmd(args: &[String]) -> Result<ExitCode, String> {
     Ok(if violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+fn swarm(args: &[String]) -> Result<ExitCode, String> {
+    use sim::swarm::{self, SwarmOpts};
+    let d = SwarmOpts::default();
+    let o = SwarmOpts {
+        peers: value(args, "--peers")?.unwrap_or(d.peers),
+        pieces: value(args, "--pieces")?.unwrap_or(d.pieces),
+        piece_kib: value(args, "--piece-kib")?.unwrap_or(d.piece_kib),
+        seed: value(args, "--seed")?.unwrap_or(d.seed),
+        seed_up_kib: value(args, "--seed-up-kib")?.unwrap_or(d.seed_up_kib),
+        up_kib: value(args, "--up-kib")?.unwrap_or(d.up_kib),
+        down_kib: value(args, "--down-kib")?.unwrap_or(d.down_kib),
+        latency_ms: value(args, "--latency-ms")?.unwrap_or(d.latency_ms),
+        degree: value(args, "--degree")?.unwrap_or(d.degree),
+        step_ms: value(args, "--step-ms")?.unwrap_or(d.step_ms).max(1),
+    };
+    if o.peers == 0 || o.pieces == 0 || o.piece_kib == 0 || o.up_kib == 0 || o.seed_up_kib == 0 || o.down_kib == 0 {
+        return Err("peers, pieces, piece size and capacities must be positive".into());
+    }
+    let r = swarm::run(&o);
+    println!(
+        "swarm: 1 seeder ({} KiB/s up) + {} leechers ({} KiB/s up, {} KiB/s down), {:.1} MiB in {} pieces, latency {} ms, seed {}",
+        o.seed_up_kib,
+        r.peers,
+        o.up_kib,
+        o.down_kib,
+        r.file_bytes as f64 / (1 << 20) as f64,
+        o.pieces,
+        o.latency_ms,
+        o.seed
+    );
+    println!("completed: {} of {} leechers", r.completed, r.peers);
+    println!(
+        "time until every leecher is complete: {:.1} s (median leecher {:.1} s); lower bound {:.1} s (Kumar & Ross); {:.2}x the bound",
+        r.secs_all,
+        r.secs_median,
+        r.bound_secs,
+        r.secs_all / r.bound_secs
+    );
+    println!("seeder uploaded {:.2} file copies; {} disconnects", r.seed_uploads_files, r.disconnects);
+    println!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms);
+    if args.iter().any(|a| a == "--json") {
+        let j = serde_json::json!({
+            "peers": r.peers,
+            "file_bytes": r.file_bytes,
+            "seed": o.seed,
+            "completed": r.completed,
+            "secs_all": r.secs_all,
+            "secs_median": r.secs_median,
+            "bound_secs": r.bound_secs,
+            "ratio_to_bound": r.secs_all / r.bound_secs,
+            "seed_uploads_files": r.seed_uploads_files,
+            "trace_hash": format!("{:016x}", r.trace_hash),
+            "wall_ms": r.wall_ms,
+        });
+        println!("{j}");
+    }
+    Ok(if r.completed == r.peers { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(String::as_str) {
         Some("gossip") => gossip(&args[1..]),
         Some("chaos") => chaos_cmd(&args[1..]),
+        Some("swarm") => swarm(&args[1..]),
         _ => {
             println!("{HELP}");
             return if args.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };

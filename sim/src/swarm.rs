@@ -1,0 +1,303 @@
+//! `sim swarm`: one seeder and N leechers of the very same torrent machines
+//! on virtual time, over links with per-peer upload and download capacity,
+//! compared with the lower bound on distributing a file of that size
+//! (Kumar & Ross 2006): `max(F/u_seed, F/d_min, N*F/(u_seed + sum u_i))`.
+//!
+//! The network is time-stepped: every `step` each node's upload capacity is
+//! shared evenly among its connections that have bytes queued, each
+//! receiver's download capacity among its busy incoming links, and a link
+//! moves the smaller share; a message is delivered `latency` after its last
+//! byte left. Disks are simulated: every block read is zeros and every
+//! piece check passes (the machines' own verification is tested in core).
+
+use bytes::Bytes;
+use rumor_core::bt::bitfield::Bitfield;
+use rumor_core::bt::metainfo::{Limits, Metainfo, TorrentBuilder};
+use rumor_core::bt::torrent::{Event, Input, Output, Torrent, TorrentConfig};
+use rumor_core::rand::Rng;
+use rumor_core::time::{Duration, Instant};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Largest block the machines request; reads are served from this.
+static ZEROS: [u8; 16 * 1024] = [0; 16 * 1024];
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SwarmOpts {
+    /// Leechers.
+    pub peers: usize,
+    /// Pieces of the torrent.
+    pub pieces: u32,
+    /// Piece size, KiB.
+    pub piece_kib: u64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Seeder upload capacity, KiB/s.
+    pub seed_up_kib: u64,
+    /// Leecher upload capacity, KiB/s.
+    pub up_kib: u64,
+    /// Leecher download capacity, KiB/s.
+    pub down_kib: u64,
+    /// One-way latency, ms.
+    pub latency_ms: u64,
+    /// Peers each leecher dials (besides the seeder, which it always dials).
+    pub degree: usize,
+    /// Simulation step, ms.
+    pub step_ms: u64,
+}
+
+impl Default for SwarmOpts {
+    fn default() -> Self {
+        SwarmOpts {
+            peers: 20,
+            pieces: 256,
+            piece_kib: 256,
+            seed: 1,
+            seed_up_kib: 2048,
+            up_kib: 512,
+            down_kib: 4096,
+            latency_ms: 20,
+            degree: 8,
+            step_ms: 5,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug)]
+pub struct SwarmReport {
+    /// Leechers.
+    pub peers: usize,
+    /// File size, bytes.
+    pub file_bytes: u64,
+    /// Leechers that completed.
+    pub completed: usize,
+    /// Virtual seconds until the last leecher completed (or the cap).
+    pub secs_all: f64,
+    /// Median leecher completion, virtual seconds.
+    pub secs_median: f64,
+    /// The Kumar & Ross lower bound, seconds.
+    pub bound_secs: f64,
+    /// Bytes the seeder uploaded, over the file size.
+    pub seed_uploads_files: f64,
+    /// Connections dropped by the machines.
+    pub disconnects: u64,
+    /// Hash of every event, for determinism checks.
+    pub trace_hash: u64,
+    /// Wall-clock milliseconds the run took.
+    pub wall_ms: u128,
+}
+
+struct Link {
+    /// Messages waiting; the first may be partly sent.
+    queue: VecDeque<Vec<u8>>,
+    sent_of_head: usize,
+    queued_bytes: usize,
+}
+
+struct Node {
+    t: Torrent,
+    deadline: Instant,
+    up_bps: f64,
+    down_bps: f64,
+    done_at: Option<Instant>,
+    local: VecDeque<Input>,
+}
+
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h ^= *b as u64;
+        *h = h.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+/// Runs one swarm to completion (or to 20x the bound).
+pub fn run(o: &SwarmOpts) -> SwarmReport {
+    let started = std::time::Instant::now();
+    let piece_len = o.piece_kib * 1024;
+    let file_bytes = piece_len * o.pieces as u64;
+    let hashes: Vec<[u8; 20]> = (0..o.pieces).map(|i| [(i % 251) as u8; 20]).collect();
+    let (_, meta): (_, Metainfo) = TorrentBuilder::single("swarm.bin", file_bytes, piece_len, hashes)
+        .build(&Limits::default())
+        .expect("a well-formed torrent");
+    let mut rng = Rng::new(o.seed);
+    let n = o.peers + 1;
+    let mut nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            let have = if i == 0 { Bitfield::full(o.pieces) } else { Bitfield::new(o.pieces) };
+            let mut id = [b'-'; 20];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let mut cfg = TorrentConfig::new(id);
+            cfg.peers_max = n.max(50);
+            let (up, down) = if i == 0 { (o.seed_up_kib, u64::MAX / 4096) } else { (o.up_kib, o.down_kib) };
+            Node {
+                t: Torrent::new(cfg, &meta, &have, Instant::ZERO, o.seed.wrapping_mul(1_000_003) + i as u64),
+                deadline: Instant::ZERO,
+                up_bps: up as f64 * 1024.0,
+                down_bps: down as f64 * 1024.0,
+                done_at: None,
+                local: VecDeque::new(),
+            }
+        })
+        .collect();
+    // Topology: every leecher dials the seeder and `degree` random others.
+    let mut links: BTreeMap<(usize, usize), Link> = BTreeMap::new();
+    let connect = |a: usize, b: usize, nodes: &mut Vec<Node>, links: &mut BTreeMap<(usize, usize), Link>| {
+        if a == b || links.contains_key(&(a, b)) {
+            return;
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            links.insert((x, y), Link { queue: VecDeque::new(), sent_of_head: 0, queued_bytes: 0 });
+            nodes[x].local.push_back(Input::PeerConnected { peer: y as u64 });
+        }
+    };
+    for i in 1..n {
+        connect(i, 0, &mut nodes, &mut links);
+        for _ in 0..o.degree.min(o.peers.saturating_sub(1)) {
+            let j = 1 + rng.index(o.peers);
+            connect(i, j, &mut nodes, &mut links);
+        }
+    }
+    let step = Duration::from_millis(o.step_ms);
+    let latency = Duration::from_millis(o.latency_ms);
+    let dt = o.step_ms as f64 / 1000.0;
+    let bound = {
+        let f = file_bytes as f64;
+        let us = o.seed_up_kib as f64 * 1024.0;
+        let sum_u: f64 = o.up_kib as f64 * 1024.0 * o.peers as f64;
+        let dmin = o.down_kib as f64 * 1024.0;
+        (f / us).max(f / dmin).max(o.peers as f64 * f / (us + sum_u))
+    };
+    let cap = Instant::ZERO + Duration::from_micros((bound * 20.0 * 1e6) as u64 + 60_000_000);
+    // In flight: (deliver at, to, from, bytes), in order (latency is fixed).
+    let mut wire: VecDeque<(Instant, usize, usize, Bytes)> = VecDeque::new();
+    let mut now = Instant::ZERO;
+    let mut trace = 0xcbf2_9ce4_8422_2325u64;
+    let mut disconnects = 0u64;
+    let mut seed_uploaded = 0u64;
+    loop {
+        // Deliver what has arrived.
+        while wire.front().is_some_and(|w| w.0 <= now) {
+            let (_, to, from, bytes) = wire.pop_front().expect("checked");
+            if links.contains_key(&(to, from)) {
+                nodes[to].t.handle(now, Input::PeerBytes { peer: from as u64, bytes });
+            }
+        }
+        // Local inputs, timers, then drain every machine.
+        for i in 0..n {
+            loop {
+                while let Some(input) = nodes[i].local.pop_front() {
+                    nodes[i].t.handle(now, input);
+                }
+                if nodes[i].deadline <= now {
+                    nodes[i].t.handle(now, Input::Timeout);
+                }
+                let mut produced_local = false;
+                loop {
+                    match nodes[i].t.poll_output() {
+                        Output::Transmit { peer, payload } => {
+                            if let Some(l) = links.get_mut(&(i, peer as usize)) {
+                                l.queued_bytes += payload.len();
+                                l.queue.push_back(payload);
+                            }
+                        }
+                        Output::WriteBlock { .. } => {}
+                        Output::ReadBlock { peer, block } => {
+                            let len = (block.length as usize).min(ZEROS.len());
+                            let data = Bytes::from_static(&ZEROS[..len]);
+                            nodes[i].local.push_back(Input::BlockRead { peer, block, data });
+                            produced_local = true;
+                        }
+                        Output::HashPiece { piece, .. } => {
+                            nodes[i].local.push_back(Input::PieceChecked { piece, ok: true });
+                            produced_local = true;
+                        }
+                        Output::Disconnect { peer, .. } => {
+                            let p = peer as usize;
+                            disconnects += 1;
+                            fnv(&mut trace, format!("x{i}-{p}").as_bytes());
+                            links.remove(&(i, p));
+                            if links.remove(&(p, i)).is_some() {
+                                nodes[p].local.push_back(Input::PeerDisconnected { peer: i as u64 });
+                            }
+                        }
+                        Output::Event(Event::Completed) => {
+                            if nodes[i].done_at.is_none() {
+                                nodes[i].done_at = Some(now);
+                                fnv(&mut trace, format!("c{i}@{}", now.as_micros()).as_bytes());
+                            }
+                        }
+                        Output::Event(_) => {}
+                        Output::Timeout(at) => {
+                            nodes[i].deadline = at;
+                            break;
+                        }
+                    }
+                }
+                if !produced_local {
+                    break;
+                }
+            }
+        }
+        let all_done = nodes[1..].iter().all(|nd| nd.done_at.is_some());
+        if all_done || now >= cap {
+            break;
+        }
+        // Share capacities for this step.
+        let mut out_busy = vec![0usize; n];
+        let mut in_busy = vec![0usize; n];
+        for (&(a, b), l) in &links {
+            if l.queued_bytes > 0 {
+                out_busy[a] += 1;
+                in_busy[b] += 1;
+            }
+        }
+        now += step;
+        for (&(a, b), l) in links.iter_mut() {
+            if l.queued_bytes == 0 {
+                continue;
+            }
+            let share_up = nodes[a].up_bps * dt / out_busy[a] as f64;
+            let share_down = nodes[b].down_bps * dt / in_busy[b] as f64;
+            let mut budget = share_up.min(share_down) as usize;
+            if a == 0 {
+                seed_uploaded += budget.min(l.queued_bytes) as u64;
+            }
+            while budget > 0 {
+                let Some(head) = l.queue.front() else { break };
+                let left = head.len() - l.sent_of_head;
+                if left <= budget {
+                    budget -= left;
+                    l.queued_bytes -= left;
+                    l.sent_of_head = 0;
+                    let msg = l.queue.pop_front().expect("checked");
+                    wire.push_back((now + latency, b, a, Bytes::from(msg)));
+                } else {
+                    l.sent_of_head += budget;
+                    l.queued_bytes -= budget;
+                    budget = 0;
+                }
+            }
+        }
+    }
+    let mut times: Vec<f64> =
+        nodes[1..].iter().filter_map(|nd| nd.done_at).map(|t| t.as_micros() as f64 / 1e6).collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    let completed = times.len();
+    SwarmReport {
+        peers: o.peers,
+        file_bytes,
+        completed,
+        secs_all: if completed == o.peers {
+            times.last().copied().unwrap_or(0.0)
+        } else {
+            now.as_micros() as f64 / 1e6
+        },
+        secs_median: times.get(completed / 2).copied().unwrap_or(f64::NAN),
+        bound_secs: bound,
+        seed_uploads_files: seed_uploaded as f64 / file_bytes as f64,
+        disconnects,
+        trace_hash: trace,
+        wall_ms: started.elapsed().as_millis(),
+    }
+}

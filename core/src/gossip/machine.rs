@@ -796,9 +796,28 @@ impl Gossip {
         for id in old {
             self.remove_member(id);
         }
-        // While we know nobody alive, keep knocking on the bootstrap list.
+        // While we know nobody alive, keep knocking on the whole bootstrap
+        // list; otherwise on one bootstrap address that is not a live member
+        // (a group that formed while cut off from it must still find the
+        // rest of the cluster once the partition heals).
         if self.live_count() == 0 {
             for a in self.bootstrap.clone() {
+                self.send(a, None, Body::Join);
+            }
+        } else if !self.bootstrap.is_empty() {
+            let live: BTreeSet<&PeerAddr> = self
+                .live_ids
+                .iter()
+                .filter_map(|id| self.members.get(id).map(|m| &m.addr))
+                .collect();
+            let strangers: Vec<PeerAddr> = self
+                .bootstrap
+                .iter()
+                .filter(|a| !live.contains(a))
+                .cloned()
+                .collect();
+            if !strangers.is_empty() {
+                let a = strangers[self.rng.index(strangers.len())].clone();
                 self.send(a, None, Body::Join);
             }
         }

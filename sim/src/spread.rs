@@ -64,7 +64,7 @@ impl Default for SpreadOpts {
             push_rounds: 2,
             sync_every_rounds: 5,
             probe_ms: 1000,
-            threads: 2,
+            threads: 1,
             parallel_min_events: 64,
         }
     }

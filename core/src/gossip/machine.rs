@@ -84,6 +84,10 @@ pub struct Config {
     /// After finishing a full transfer, further requests to do one are
     /// ignored this long (bounds the cost of a peer that keeps asking).
     pub full_transfer_cooldown: Duration,
+    /// After a restart, a node that hears from no peer knowing its collection
+    /// history within this long (the whole cluster restarted) takes its own
+    /// history as complete, so anti-entropy resumes.
+    pub restore_wait: Duration,
 }
 
 impl Config {
@@ -118,6 +122,7 @@ impl Config {
             compress_min_bytes: 256,
             full_transfer_timeout: Duration::from_secs(5),
             full_transfer_cooldown: Duration::from_secs(30),
+            restore_wait: Duration::from_secs(60),
         }
     }
 }
@@ -330,6 +335,7 @@ pub struct Gossip {
     stats: Stats,
     now: Now,
     restored_at: Option<Instant>,
+    heard_complete: bool,
 }
 
 /// Bootstrap addresses kept at most.
@@ -383,6 +389,7 @@ impl Gossip {
             stats: Stats::default(),
             now,
             restored_at: None,
+            heard_complete: false,
         }
     }
 
@@ -633,14 +640,16 @@ impl Gossip {
 
     fn round(&mut self) {
         self.store.expire(self.now.wall_ms);
-        // A restarted node that found no peer knowing its history within a
-        // grace period (the whole cluster restarted): nothing can have been
-        // collected that it missed; take its history as complete.
+        // A restarted node that found no peer knowing its history (the whole
+        // cluster restarted) within `restore_wait`, or waited a whole grace
+        // period: nothing can have been collected that it missed; take its
+        // history as complete.
         if let Some(t) = self.restored_at {
             let grace = Duration::from_millis(self.cfg.store.tombstone_grace_ms);
+            let waited = self.now.at.saturating_duration_since(t);
             if self.store.history_complete() {
                 self.restored_at = None;
-            } else if self.now.at.saturating_duration_since(t) >= grace {
+            } else if waited >= grace || (waited >= self.cfg.restore_wait && !self.heard_complete) {
                 self.store.mark_history_complete();
                 self.restored_at = None;
             }
@@ -1188,6 +1197,7 @@ impl Gossip {
         let peer = p.addr;
         let peer_id = Some(p.from);
         let peer_complete = p.complete;
+        self.heard_complete |= peer_complete;
         let wall = self.now.wall_ms;
         match p.body {
             Body::Ping { seq, hash, writers } => {

@@ -449,3 +449,32 @@ fn after_a_whole_cluster_restart_anti_entropy_resumes() {
         assert_eq!(net.value(i, b"old").as_deref(), Some(&b"1"[..]), "node {i}");
     }
 }
+
+#[test]
+fn a_key_rotated_in_three_steps_never_stops_the_cluster() {
+    let mut net = Net::new(4, 3_600_000);
+    net.run(Duration::from_secs(3));
+    let old = net.keys.clone();
+    let mut both = old.clone();
+    both.add(2, [9; 32]).unwrap();
+    let mut new_primary = both.clone();
+    new_primary.set_primary(2).unwrap();
+    let mut only_new = new_primary.clone();
+    only_new.remove(1).unwrap();
+    for (step, ring) in [both, new_primary, only_new].into_iter().enumerate() {
+        // Nodes switch one by one, with traffic in between.
+        for i in 0..4 {
+            net.input(i, Input::Command(Command::SetKeys(ring.clone())));
+            net.run(Duration::from_millis(700));
+        }
+        let key: &'static [u8] = [b"s0".as_slice(), b"s1", b"s2"][step];
+        net.write(step, key, b"v");
+        net.run(Duration::from_secs(3));
+        for i in 0..4 {
+            assert!(net.value(i, key).is_some(), "step {step} node {i}");
+            assert_eq!(net.node(i).live_members(), 3, "step {step} node {i}");
+        }
+    }
+    let dropped: u64 = (0..4).map(|i| net.node(i).stats().dropped_auth).sum();
+    assert_eq!(dropped, 0, "no message was refused during the rotation");
+}

@@ -154,6 +154,10 @@ pub enum Command {
     Join(Vec<PeerAddr>),
     /// Tell peers we leave, then go quiet.
     Leave,
+    /// Replace the cluster keyring, to rotate keys without downtime: add the
+    /// new key on every node, then make it primary on every node, then
+    /// remove the old one.
+    SetKeys(Keyring),
 }
 
 /// One input to [`Gossip::handle`].
@@ -543,6 +547,7 @@ impl Gossip {
                     self.send(a, None, Body::Join);
                 }
             }
+            Command::SetKeys(keys) => self.cfg.keys = keys,
             Command::Leave => {
                 self.incarnation += 1;
                 let me = self.self_update(MemberState::Left);

@@ -40,6 +40,8 @@ impl From<&str> for PeerAddr {
 #[derive(Clone)]
 struct Key {
     id: u8,
+    /// Kept only to compare keyrings (the cipher holds the same bytes).
+    bytes: [u8; 32],
     cipher: XChaCha20Poly1305,
 }
 
@@ -63,6 +65,20 @@ impl core::fmt::Debug for Keyring {
     }
 }
 
+impl PartialEq for Keyring {
+    fn eq(&self, other: &Self) -> bool {
+        self.primary == other.primary
+            && self.keys.len() == other.keys.len()
+            && self
+                .keys
+                .iter()
+                .zip(&other.keys)
+                .all(|(a, b)| a.id == b.id && a.bytes == b.bytes)
+    }
+}
+
+impl Eq for Keyring {}
+
 /// How many keys a [`Keyring`] holds at most.
 pub const KEYRING_KEYS_MAX: usize = 8;
 
@@ -83,6 +99,7 @@ impl Keyring {
         Keyring {
             keys: vec![Key {
                 id,
+                bytes: key,
                 cipher: XChaCha20Poly1305::new(&key.into()),
             }],
             primary: id,
@@ -95,12 +112,17 @@ impl Keyring {
         let cipher = XChaCha20Poly1305::new(&key.into());
         if let Some(k) = self.keys.iter_mut().find(|k| k.id == id) {
             k.cipher = cipher;
+            k.bytes = key;
             return Ok(());
         }
         if self.keys.len() >= KEYRING_KEYS_MAX {
             return Err(KeyringError::Full);
         }
-        self.keys.push(Key { id, cipher });
+        self.keys.push(Key {
+            id,
+            bytes: key,
+            cipher,
+        });
         Ok(())
     }
 

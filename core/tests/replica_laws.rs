@@ -243,7 +243,7 @@ fn a_peer_behind_by_more_than_the_grace_period_needs_a_full_transfer() {
             expires_ms: 0,
             deleted: false,
         }],
-        10_000,
+        1_050,
     );
     assert!(c.needs_full(&stale, 10_000));
     let recent = Digest { seen: vec![(2, Version::new(990, 0))], ..Digest::default() };
@@ -310,7 +310,11 @@ fn restore_moves_the_clock_past_loaded_versions() {
     assert!(b.drain_changes().is_none());
     let w2 = b.write(Namespace::DNS, Bytes::from_static(b"k"), Bytes::from_static(b"w"), 0, 1_000).unwrap();
     assert!(w2.entry.version > w.entry.version);
-    assert_eq!(w2.prev, w.entry.version);
+    // Our own last writes may have been collected while we were down: the
+    // first write after a restart claims no predecessor, the next one does.
+    assert_eq!(w2.prev, Version(u64::MAX));
+    let w3 = b.write(Namespace::DNS, Bytes::from_static(b"k"), Bytes::from_static(b"x"), 0, 1_000).unwrap();
+    assert_eq!(w3.prev, w2.entry.version);
 }
 
 #[test]
@@ -326,4 +330,41 @@ fn a_stale_peer_cannot_bring_back_an_entry_whose_delete_was_collected() {
     // A stale node offers the old write again, by delta or full transfer.
     assert_eq!(b.apply(w.entry, 5_000), Err(Refused::Stale));
     assert!(b.get(Namespace::DNS, b"x", 5_000).is_none());
+}
+
+#[test]
+fn a_full_transfer_carries_collected_deletes_to_a_node_that_missed_them() {
+    let cfg = StoreConfig { tombstone_grace_ms: 100, ..StoreConfig::default() };
+    // `stale` holds a write of writer 1 that `fresh` saw deleted (by writer
+    // 2, whose stream `stale` never followed) and collected long ago.
+    let mut writer = Store::new(cfg.clone(), 1);
+    let w = writer.write(Namespace::DNS, Bytes::from_static(b"x"), Bytes::from_static(b"1"), 0, 1_000).unwrap();
+    let mut stale = Store::new(cfg.clone(), 3);
+    stale.apply(w.entry.clone(), 1_000).unwrap();
+    let mut fresh = Store::new(cfg, 2);
+    fresh.apply(w.entry, 1_000).unwrap();
+    fresh.delete(Namespace::DNS, Bytes::from_static(b"x"), 1_001).unwrap();
+    fresh.expire(5_000);
+    assert_eq!(fresh.graveyard_len(), 1);
+    let mut received = std::collections::BTreeSet::new();
+    let c = fresh.full_chunk(None, 5_000, 100, 10_000, 100);
+    assert!(c.next.is_none());
+    assert!(c.entries.iter().any(|e| &e.key[..] == b"x" && e.deleted));
+    for e in c.entries {
+        received.insert((e.ns, e.key.clone()));
+        let _ = stale.apply(e, 5_000);
+    }
+    stale.finish_full(&received, &c.seen, &c.floors, c.complete, 5_000);
+    assert!(stale.get(Namespace::DNS, b"x", 5_000).is_none());
+    // And the old write is refused from now on.
+    let again = Entry {
+        ns: Namespace::DNS,
+        key: Bytes::from_static(b"x"),
+        value: Bytes::from_static(b"1"),
+        writer: 1,
+        version: Version::new(1_000, 0),
+        expires_ms: 0,
+        deleted: false,
+    };
+    assert_eq!(stale.apply(again, 5_000), Err(Refused::Stale));
 }

@@ -40,6 +40,15 @@ const KEYS: u64 = 12;
 type Floors = Vec<BTreeMap<Bytes, (Version, u64, bool)>>;
 
 fn check_change(floors: &mut Floors, i: usize, c: &Change, now: Instant, violations: &mut Vec<String>) {
+    if let Some(k) = std::env::var_os("SIM_TRACE_KEY") {
+        let key = match c {
+            Change::Applied(e) => &e.key,
+            Change::Removed { key, .. } => key,
+        };
+        if key.as_ref() == k.as_encoded_bytes() {
+            eprintln!("{:>10}us node {i}: {c:?}", now.as_micros());
+        }
+    }
     let Change::Applied(e) = c else { return };
     let f = floors[i].entry(e.key.clone()).or_insert((Version::ZERO, 0, false));
     let new = (e.version, e.writer);
@@ -65,7 +74,7 @@ fn check_change(floors: &mut Floors, i: usize, c: &Change, now: Instant, violati
 }
 
 fn check_served(w: &World, i: usize, violations: &mut Vec<String>) {
-    let Some(g) = w.nodes[i].as_ref() else { return };
+    let Some(g) = w.node(i) else { return };
     let wall = w.wall_ms();
     for e in g.store().live(Namespace::DNS, wall) {
         if e.is_expired(wall) || e.deleted {
@@ -75,8 +84,7 @@ fn check_served(w: &World, i: usize, violations: &mut Vec<String>) {
 }
 
 fn live_view(w: &World, i: usize, wall: u64) -> Vec<(Bytes, Version, u64, Bytes)> {
-    w.nodes[i]
-        .as_ref()
+    w.node(i)
         .map(|g| {
             g.store()
                 .live(Namespace::DNS, wall)
@@ -126,10 +134,10 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
     while w.now < fault_end {
         let until = next_action.min(fault_end);
         while w.step(until) {
-            for (i, c) in std::mem::take(&mut w.changes) {
-                check_change(&mut floors, i, &c, w.now, &mut violations);
+            for (at, i, c) in std::mem::take(&mut w.changes) {
+                check_change(&mut floors, i, &c, at, &mut violations);
             }
-            if let Some(i) = w.last_node {
+            for i in std::mem::take(&mut w.touched) {
                 check_served(&w, i, &mut violations);
             }
         }
@@ -185,7 +193,7 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
             85..=92 => {
                 let down = (0..n).filter(|j| !w.is_up(*j)).count();
                 if w.is_up(i) && down + 1 < n.div_ceil(2) {
-                    if let Some(g) = w.nodes[i].as_ref() {
+                    if let Some(g) = w.node(i) {
                         full_transfers += g.stats().full_transfers;
                     }
                     w.crash(i);
@@ -198,9 +206,9 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
             }
         }
         // Local writes show up in the change feed of the writer: the truth.
-        for (j, c) in std::mem::take(&mut w.changes) {
+        for (at, j, c) in std::mem::take(&mut w.changes) {
             if let Change::Applied(e) = &c {
-                if Some(j) == w.last_node && e.writer == 1_000_000 + j as u64 {
+                if w.touched.contains(&j) && e.writer == 1_000_000 + j as u64 {
                     let m = match truth.remove(&e.key) {
                         Some(old) => merge(old, e.clone()),
                         None => e.clone(),
@@ -208,9 +216,9 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
                     truth.insert(e.key.clone(), m);
                 }
             }
-            check_change(&mut floors, j, &c, w.now, &mut violations);
+            check_change(&mut floors, j, &c, at, &mut violations);
         }
-        if let Some(j) = w.last_node {
+        for j in std::mem::take(&mut w.touched) {
             check_served(&w, j, &mut violations);
         }
         next_action = w.now + Duration::from_micros(100_000 + r.below(1_500_000));
@@ -234,10 +242,10 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
     while w.now < deadline {
         let until = w.now + Duration::from_millis(500);
         while w.step(until) {
-            for (i, c) in std::mem::take(&mut w.changes) {
-                check_change(&mut floors, i, &c, w.now, &mut violations);
+            for (at, i, c) in std::mem::take(&mut w.changes) {
+                check_change(&mut floors, i, &c, at, &mut violations);
             }
-            if let Some(i) = w.last_node {
+            for i in std::mem::take(&mut w.touched) {
                 check_served(&w, i, &mut violations);
             }
         }
@@ -265,12 +273,27 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
         for i in 0..n {
             let v: Vec<_> = live_view(&w, i, wall).into_iter().map(|(k, v, wr, _)| (k, v, wr)).collect();
             if v != expected {
-                msg.push_str(&format!("\n  node {i} differs: {} live keys", v.len()));
+                let extra: Vec<_> = v.iter().filter(|x| !expected.contains(x)).collect();
+                let missing: Vec<_> = expected.iter().filter(|x| !v.contains(x)).collect();
+                let seen: Vec<_> = extra
+                    .iter()
+                    .chain(missing.iter())
+                    .filter_map(|x| w.node(i).map(|g| (x.2, g.store().seen_of(x.2))))
+                    .collect();
+                msg.push_str(&format!(
+                    "\n  node {i} differs: {} live keys; extra {:?}; missing {:?}; \
+                     watermarks of their writers {:?}; complete {:?}",
+                    v.len(),
+                    extra,
+                    missing,
+                    seen,
+                    w.node(i).map(|g| g.store().history_complete())
+                ));
             }
         }
         violations.push(msg);
     }
-    for g in w.nodes.iter().flatten() {
+    for g in w.machines() {
         full_transfers += g.stats().full_transfers;
     }
     ChaosOutcome { seed, violations, converged, heal_ms, trace_hash: w.trace_hash(), nodes: n, full_transfers }

@@ -10,7 +10,7 @@ usage:
   sim gossip [--nodes N] [--seed S] [--loss P] [--dup P] [--latency-ms L]
              [--jitter-ms J] [--secs T] [--warmup-secs W] [--writes-per-s R]
              [--gossip-ms G] [--fanout F] [--members-max M] [--push-rounds P]
-             [--sync-every K] [--probe-ms T] [--json]
+             [--sync-every K] [--probe-ms T] [--threads T] [--json]
   sim chaos  [--seeds K] [--seed0 S] [--json]
   sim chaos  --seed S          replay one scenario
   sim swarm  [--peers N] [--pieces P] [--piece-kib K] [--seed S] [--seed-up-kib U]
@@ -46,6 +46,8 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
         push_rounds: value(args, "--push-rounds")?.unwrap_or(d.push_rounds),
         sync_every_rounds: value(args, "--sync-every")?.unwrap_or(d.sync_every_rounds),
         probe_ms: value(args, "--probe-ms")?.unwrap_or(d.probe_ms),
+        threads: value(args, "--threads")?.unwrap_or(d.threads),
+        parallel_min_events: d.parallel_min_events,
     };
     let r = spread::run(&o);
     println!(

@@ -40,6 +40,10 @@ pub struct SpreadOpts {
     pub sync_every_rounds: u32,
     /// SWIM probe interval, ms.
     pub probe_ms: u64,
+    /// Simulator threads (results do not depend on it).
+    pub threads: usize,
+    /// Windows with fewer events run on one thread.
+    pub parallel_min_events: usize,
 }
 
 impl Default for SpreadOpts {
@@ -60,6 +64,8 @@ impl Default for SpreadOpts {
             push_rounds: 2,
             sync_every_rounds: 5,
             probe_ms: 1000,
+            threads: 1,
+            parallel_min_events: 64,
         }
     }
 }
@@ -146,6 +152,8 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             c
         }),
     );
+    w.set_threads(o.threads);
+    w.set_parallel_min_events(o.parallel_min_events);
     // Each node bootstraps from up to three random earlier nodes.
     for i in 1..n {
         let mut b = Vec::new();
@@ -164,11 +172,8 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     w.changes.clear();
     let bytes_at_warmup = w.bytes_sent;
     let msgs_at_warmup = w.messages_sent;
-    let (upd0, sus0) = w
-        .nodes
-        .iter()
-        .flatten()
-        .fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
+    let (upd0, sus0) =
+        w.machines().fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
     let t_warm = w.now;
     let end = Instant::from_micros(o.secs * 1_000_000);
     // Writes stop early enough to have time to spread.
@@ -183,19 +188,19 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     while w.now < end {
         let until = if next_write <= last_write { Instant::from_micros(next_write.min(end.as_micros())) } else { end };
         while w.step(until) {
-            for (_, c) in w.changes.drain(..) {
+            for (at, _, c) in w.changes.drain(..) {
                 if let Change::Applied(e) = c {
                     if let Some(&k) = key_index.get(&e.key) {
                         let t = &mut tracked[k];
                         t.have += 1;
                         if t.have >= need50 && t.t50.is_none() {
-                            t.t50 = Some(w.now);
+                            t.t50 = Some(at);
                         }
                         if t.have >= need99 && t.t99.is_none() {
-                            t.t99 = Some(w.now);
+                            t.t99 = Some(at);
                         }
                         if t.have >= live && t.t100.is_none() {
-                            t.t100 = Some(w.now);
+                            t.t100 = Some(at);
                         }
                     }
                 }
@@ -216,7 +221,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
                 }),
             );
             // The writer's own Applied counts as holding it.
-            for (_, c) in w.changes.drain(..) {
+            for (_, _, c) in w.changes.drain(..) {
                 if let Change::Applied(e) = c {
                     if let Some(&k) = key_index.get(&e.key) {
                         tracked[k].have += 1;
@@ -226,11 +231,8 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             next_write += every_us;
         }
     }
-    let (upd1, sus1) = w
-        .nodes
-        .iter()
-        .flatten()
-        .fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
+    let (upd1, sus1) =
+        w.machines().fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
     if std::env::var_os("SIM_DEBUG").is_some() {
         eprintln!(
             "membership after warm-up: {} updates applied, {} suspicions; at warm-up end {} / {}",

@@ -1,6 +1,14 @@
 //! The simulated world: many gossip machines on one virtual clock, wired by
 //! a seeded network model (latency, jitter and so reordering, loss,
 //! duplication, partitions), with crash and restart from persisted state.
+//!
+//! Events are ordered by a canonical key that depends only on each node's own
+//! history (time, then timers before deliveries, then the node or sender, then
+//! that node's own counter), and every node draws its network randomness from
+//! its own seeded generator. So the world can run the events of one *window*
+//! (all events earlier than the earliest pending one plus the minimum
+//! latency, which cannot influence each other across nodes) on several
+//! threads and still produce exactly the same run, whatever the thread count.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -14,10 +22,14 @@ use rumor_core::time::{Duration, Instant};
 /// Wall-clock time at virtual time zero (ms since the epoch).
 pub const WALL0_MS: u64 = 1_700_000_000_000;
 
-/// The network's behaviour; itself driven by the world's seeded PRNG.
+/// By default, windows with fewer events than this run on the calling
+/// thread (spawning costs more than they do).
+const PARALLEL_MIN_EVENTS: usize = 64;
+
+/// The network's behaviour; each node draws from its own seeded PRNG.
 #[derive(Clone, Debug)]
 pub struct NetModel {
-    /// Fixed one-way latency.
+    /// Fixed one-way latency (at least 1 µs is used).
     pub latency_us: u64,
     /// Extra uniform random delay in `0..jitter_us` (reorders messages).
     pub jitter_us: u64,
@@ -34,19 +46,31 @@ impl Default for NetModel {
 }
 
 enum Kind {
-    Deliver { from: u32, to: u32, bytes: Vec<u8> },
-    Timer { node: u32 },
+    Timer,
+    Deliver { from: u32, bytes: Vec<u8> },
 }
 
+/// An event: canonical key `(at, class, who, n)` plus the target node.
 struct Ev {
     at: u64,
-    seq: u64,
+    /// 0 = timer, 1 = delivery.
+    class: u8,
+    /// The node for a timer, the sender for a delivery.
+    who: u32,
+    /// The timer's or the sender's own counter.
+    n: u64,
+    to: u32,
     kind: Kind,
 }
 
+impl Ev {
+    fn key(&self) -> (u64, u8, u32, u64) {
+        (self.at, self.class, self.who, self.n)
+    }
+}
 impl PartialEq for Ev {
     fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
+        self.key() == o.key()
     }
 }
 impl Eq for Ev {}
@@ -57,7 +81,7 @@ impl PartialOrd for Ev {
 }
 impl Ord for Ev {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
+        self.key().cmp(&o.key())
     }
 }
 
@@ -68,39 +92,6 @@ pub fn addr(i: usize) -> PeerAddr {
 
 fn index_of(a: &PeerAddr) -> Option<usize> {
     a.0.strip_prefix('n')?.parse().ok()
-}
-
-/// Many nodes, one clock, one network.
-pub struct World {
-    /// The machines; `None` while crashed.
-    pub nodes: Vec<Option<Gossip>>,
-    /// What each node persisted through its change feed (its "disk").
-    pub persisted: Vec<BTreeMap<(Namespace, Bytes), Entry>>,
-    incarnation: Vec<u64>,
-    scheduled: Vec<Instant>,
-    heap: BinaryHeap<Reverse<Ev>>,
-    /// Current virtual time.
-    pub now: Instant,
-    rng: Rng,
-    /// The network model in force.
-    pub net: NetModel,
-    /// Partition group of each node: messages between groups are dropped.
-    pub group: Vec<u32>,
-    trace: u64,
-    seq: u64,
-    keys: Keyring,
-    cfg: Box<dyn Fn(usize, Keyring) -> Config>,
-    /// Store changes since the driver last took them: (node, change).
-    pub changes: Vec<(usize, Change)>,
-    /// Bytes put on the wire.
-    pub bytes_sent: u64,
-    /// Messages put on the wire.
-    pub messages_sent: u64,
-    /// Bootstrap list of each node (used at restart).
-    pub bootstrap: Vec<Vec<PeerAddr>>,
-    restarts: u64,
-    /// Node whose input the last step fed, if any.
-    pub last_node: Option<usize>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -123,133 +114,118 @@ fn hash_bytes(b: &[u8]) -> u64 {
     h
 }
 
-impl World {
-    /// `n` nodes (not started: call [`World::start`]), network `net`, every
-    /// random choice drawn from `seed`. `cfg` builds each node's config.
-    pub fn new(n: usize, seed: u64, net: NetModel, cfg: Box<dyn Fn(usize, Keyring) -> Config>) -> World {
-        World {
-            nodes: (0..n).map(|_| None).collect(),
-            persisted: vec![BTreeMap::new(); n],
-            incarnation: vec![0; n],
-            scheduled: vec![Instant::NEVER; n],
-            heap: BinaryHeap::new(),
-            now: Instant::ZERO,
-            rng: Rng::new(seed),
-            net,
-            group: vec![0; n],
-            trace: seed,
-            seq: 0,
-            keys: Keyring::new(1, [0x42; 32]),
-            cfg,
-            changes: Vec::new(),
-            bytes_sent: 0,
-            messages_sent: 0,
-            bootstrap: vec![Vec::new(); n],
-            restarts: 0,
-            last_node: None,
-        }
-    }
+/// Everything the world keeps per node; only its own events touch it.
+struct Slot {
+    g: Option<Gossip>,
+    /// The deadline of the pending timer event (NEVER if none).
+    scheduled: Instant,
+    timer_n: u64,
+    send_n: u64,
+    rng: Rng,
+    trace: u64,
+    persisted: BTreeMap<(Namespace, Bytes), Entry>,
+    incarnation: u64,
+}
 
-    /// Both clocks at the current virtual time (all nodes share the wall
-    /// clock).
-    pub fn clock(&self) -> Now {
-        Now { at: self.now, wall_ms: self.wall_ms() }
-    }
+/// What one thread produced while running a window.
+#[derive(Default)]
+struct WindowOut {
+    events: Vec<Ev>,
+    changes: Vec<(Instant, usize, Change)>,
+    touched: Vec<usize>,
+    bytes: u64,
+    messages: u64,
+}
 
-    /// Wall-clock milliseconds now.
-    pub fn wall_ms(&self) -> u64 {
-        WALL0_MS + self.now.as_micros() / 1000
-    }
+/// The read-only context of a window.
+struct Ctx<'a> {
+    net: &'a NetModel,
+    group: &'a [u32],
+    n: usize,
+}
 
-    /// Starts (or restarts from its persisted entries) node `i` and joins
-    /// it to its bootstrap list.
-    pub fn start(&mut self, i: usize) {
-        assert!(self.nodes[i].is_none(), "node {i} is already running");
-        let cfg = (self.cfg)(i, self.keys.clone());
-        let seed = self.rng.next_u64();
-        let mut g = Gossip::new(cfg, 1_000_000 + i as u64, self.clock(), seed);
-        if self.restarts > 0 || !self.persisted[i].is_empty() || self.incarnation[i] > 0 {
-            let saved: Vec<Entry> = self.persisted[i].values().cloned().collect();
-            g.restore(saved, self.incarnation[i]);
-        }
-        self.nodes[i] = Some(g);
-        let boot = self.bootstrap[i].clone();
-        self.input(i, Input::Command(Command::Join(boot)));
-    }
-
-    /// Crashes node `i`: its memory is gone, its persisted entries stay.
-    pub fn crash(&mut self, i: usize) {
-        self.nodes[i] = None;
-        self.scheduled[i] = Instant::NEVER;
-        self.restarts += 1;
-        self.trace = mix(self.trace, 0xC0DE ^ i as u64);
-    }
-
-    /// True if node `i` is running.
-    pub fn is_up(&self, i: usize) -> bool {
-        self.nodes[i].is_some()
-    }
-
-    /// Feeds `input` to node `i` (if up) and carries out its outputs.
-    pub fn input(&mut self, i: usize, input: Input) {
-        let now = self.clock();
-        let Some(g) = self.nodes[i].as_mut() else {
-            return;
-        };
-        self.last_node = Some(i);
-        g.handle(now, input);
+impl Ctx<'_> {
+    /// Feeds `input` to the node in `slot` at `now` and carries out its
+    /// outputs; deliveries and late timers go to `out`, timers before
+    /// `w_end` to `local`.
+    #[allow(clippy::too_many_arguments)]
+    fn feed(
+        &self,
+        i: usize,
+        slot: &mut Slot,
+        now: Instant,
+        input: Input,
+        w_end: u64,
+        local: &mut BinaryHeap<Reverse<Ev>>,
+        out: &mut WindowOut,
+    ) {
+        let Some(g) = slot.g.as_mut() else { return };
+        out.touched.push(i);
+        let clock = Now { at: now, wall_ms: WALL0_MS + now.as_micros() / 1000 };
+        g.handle(clock, input);
         loop {
             match g.poll_output() {
                 Output::Transmit { to, bytes } => {
-                    self.bytes_sent += bytes.len() as u64;
-                    self.messages_sent += 1;
-                    let Some(j) = index_of(&to).filter(|j| *j < self.scheduled.len()) else {
+                    out.bytes += bytes.len() as u64;
+                    out.messages += 1;
+                    let Some(j) = index_of(&to).filter(|j| *j < self.n) else {
                         continue;
                     };
-                    if self.rng.chance(self.net.loss) {
+                    if slot.rng.chance(self.net.loss) {
                         continue;
                     }
-                    let copies = if self.rng.chance(self.net.dup) { 2 } else { 1 };
+                    let copies = if slot.rng.chance(self.net.dup) { 2 } else { 1 };
                     let mut payload = Some(bytes);
                     for c in 0..copies {
-                        let jitter = if self.net.jitter_us > 0 { self.rng.below(self.net.jitter_us) } else { 0 };
-                        let at = self.now.as_micros() + self.net.latency_us + jitter;
-                        self.seq += 1;
+                        let jitter = if self.net.jitter_us > 0 { slot.rng.below(self.net.jitter_us) } else { 0 };
+                        let at = now.as_micros() + self.net.latency_us.max(1) + jitter;
+                        slot.send_n += 1;
                         let bytes = if c + 1 == copies {
                             payload.take().expect("last copy")
                         } else {
                             payload.clone().expect("payload")
                         };
-                        self.heap.push(Reverse(Ev {
+                        out.events.push(Ev {
                             at,
-                            seq: self.seq,
-                            kind: Kind::Deliver { from: i as u32, to: j as u32, bytes },
-                        }));
+                            class: 1,
+                            who: i as u32,
+                            n: slot.send_n,
+                            to: j as u32,
+                            kind: Kind::Deliver { from: i as u32, bytes },
+                        });
                     }
                 }
                 Output::Event(Event::Store(c)) => {
                     match &c {
                         Change::Applied(e) => {
-                            self.persisted[i].insert((e.ns, e.key.clone()), e.clone());
+                            slot.persisted.insert((e.ns, e.key.clone()), e.clone());
                         }
                         Change::Removed { ns, key } => {
-                            self.persisted[i].remove(&(*ns, key.clone()));
+                            slot.persisted.remove(&(*ns, key.clone()));
                         }
                     }
-                    self.changes.push((i, c));
+                    out.changes.push((now, i, c));
                 }
                 Output::Event(_) => {}
                 Output::Timeout(t) => {
-                    self.incarnation[i] = g.incarnation();
-                    if t != self.scheduled[i] {
-                        self.scheduled[i] = t;
+                    slot.incarnation = g.incarnation();
+                    if t != slot.scheduled {
+                        slot.scheduled = t;
                         if t != Instant::NEVER {
-                            self.seq += 1;
-                            self.heap.push(Reverse(Ev {
-                                at: t.as_micros().max(self.now.as_micros()),
-                                seq: self.seq,
-                                kind: Kind::Timer { node: i as u32 },
-                            }));
+                            slot.timer_n += 1;
+                            let ev = Ev {
+                                at: t.as_micros().max(now.as_micros()),
+                                class: 0,
+                                who: i as u32,
+                                n: slot.timer_n,
+                                to: i as u32,
+                                kind: Kind::Timer,
+                            };
+                            if ev.at < w_end {
+                                local.push(Reverse(ev));
+                            } else {
+                                out.events.push(ev);
+                            }
                         }
                     }
                     break;
@@ -258,37 +234,245 @@ impl World {
         }
     }
 
-    /// Processes the next event if it is due at or before `until`; returns
-    /// false (and moves the clock to `until`) otherwise.
+    /// Runs the window's events for the nodes `lo..lo + slots.len()`.
+    fn run(&self, lo: usize, slots: &mut [Slot], events: Vec<Ev>, w_end: u64) -> WindowOut {
+        let mut out = WindowOut::default();
+        let mut local: BinaryHeap<Reverse<Ev>> = events.into_iter().map(Reverse).collect();
+        while let Some(Reverse(ev)) = local.pop() {
+            let i = ev.to as usize;
+            let slot = &mut slots[i - lo];
+            let now = Instant::from_micros(ev.at);
+            match ev.kind {
+                Kind::Timer => {
+                    if slot.scheduled.as_micros() == ev.at && slot.g.is_some() {
+                        slot.scheduled = Instant::NEVER;
+                        slot.trace = mix(slot.trace, ev.at);
+                        self.feed(i, slot, now, Input::Timeout, w_end, &mut local, &mut out);
+                    }
+                }
+                Kind::Deliver { from, bytes } => {
+                    let f = from as usize;
+                    if slot.g.is_some() && self.group[f] == self.group[i] {
+                        slot.trace = mix(slot.trace, ev.at ^ hash_bytes(&bytes).rotate_left(17));
+                        let input = Input::Receive { from: addr(f), bytes };
+                        self.feed(i, slot, now, input, w_end, &mut local, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Many nodes, one clock, one network.
+pub struct World {
+    slots: Vec<Slot>,
+    heap: BinaryHeap<Reverse<Ev>>,
+    /// Current virtual time.
+    pub now: Instant,
+    rng: Rng,
+    /// The network model in force.
+    pub net: NetModel,
+    /// Partition group of each node: messages between groups are dropped.
+    pub group: Vec<u32>,
+    world_trace: u64,
+    keys: Keyring,
+    cfg: Box<dyn Fn(usize, Keyring) -> Config>,
+    /// Store changes since the driver last took them: (when, node, change),
+    /// in time order.
+    pub changes: Vec<(Instant, usize, Change)>,
+    /// Nodes that handled an input in the last step or driver input.
+    pub touched: Vec<usize>,
+    /// Bytes put on the wire.
+    pub bytes_sent: u64,
+    /// Messages put on the wire.
+    pub messages_sent: u64,
+    /// Bootstrap list of each node (used at every start).
+    pub bootstrap: Vec<Vec<PeerAddr>>,
+    threads: usize,
+    parallel_min_events: usize,
+}
+
+impl World {
+    /// `n` nodes (not started: call [`World::start`]), network `net`, every
+    /// random choice drawn from `seed`. `cfg` builds each node's config.
+    pub fn new(n: usize, seed: u64, net: NetModel, cfg: Box<dyn Fn(usize, Keyring) -> Config>) -> World {
+        let mut seeder = Rng::new(seed ^ 0x5EED_0F0D_E5E5);
+        let slots = (0..n)
+            .map(|i| Slot {
+                g: None,
+                scheduled: Instant::NEVER,
+                timer_n: 0,
+                send_n: 0,
+                rng: Rng::new(seeder.next_u64() ^ i as u64),
+                trace: i as u64,
+                persisted: BTreeMap::new(),
+                incarnation: 0,
+            })
+            .collect();
+        World {
+            slots,
+            heap: BinaryHeap::new(),
+            now: Instant::ZERO,
+            rng: Rng::new(seed),
+            net,
+            group: vec![0; n],
+            world_trace: seed,
+            keys: Keyring::new(1, [0x42; 32]),
+            cfg,
+            changes: Vec::new(),
+            touched: Vec::new(),
+            bytes_sent: 0,
+            messages_sent: 0,
+            bootstrap: vec![Vec::new(); n],
+            threads: 1,
+            parallel_min_events: PARALLEL_MIN_EVENTS,
+        }
+    }
+
+    /// Runs windows on up to `threads` threads (same results for any count).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    /// Windows with fewer events run on the calling thread (tests set 1 to
+    /// exercise the threads on small worlds).
+    pub fn set_parallel_min_events(&mut self, n: usize) {
+        self.parallel_min_events = n;
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True if the world has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Node `i`'s machine, if it is up.
+    pub fn node(&self, i: usize) -> Option<&Gossip> {
+        self.slots[i].g.as_ref()
+    }
+
+    /// Every running machine.
+    pub fn machines(&self) -> impl Iterator<Item = &Gossip> + '_ {
+        self.slots.iter().filter_map(|s| s.g.as_ref())
+    }
+
+    /// Wall-clock milliseconds now (all nodes share the wall clock).
+    pub fn wall_ms(&self) -> u64 {
+        WALL0_MS + self.now.as_micros() / 1000
+    }
+
+    /// Starts (or restarts from its persisted entries) node `i` and joins it
+    /// to its bootstrap list.
+    pub fn start(&mut self, i: usize) {
+        assert!(self.slots[i].g.is_none(), "node {i} is already running");
+        let cfg = (self.cfg)(i, self.keys.clone());
+        let seed = self.rng.next_u64();
+        let now = Now { at: self.now, wall_ms: self.wall_ms() };
+        let mut g = Gossip::new(cfg, 1_000_000 + i as u64, now, seed);
+        let slot = &mut self.slots[i];
+        if !slot.persisted.is_empty() || slot.incarnation > 0 || slot.timer_n > 0 {
+            let saved: Vec<Entry> = slot.persisted.values().cloned().collect();
+            g.restore(saved, slot.incarnation);
+        }
+        slot.g = Some(g);
+        slot.scheduled = Instant::NEVER;
+        let boot = self.bootstrap[i].clone();
+        self.input(i, Input::Command(Command::Join(boot)));
+    }
+
+    /// Crashes node `i`: its memory is gone, its persisted entries stay.
+    pub fn crash(&mut self, i: usize) {
+        self.slots[i].g = None;
+        self.slots[i].scheduled = Instant::NEVER;
+        self.world_trace = mix(self.world_trace, 0xC0DE ^ i as u64);
+    }
+
+    /// True if node `i` is running.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.slots[i].g.is_some()
+    }
+
+    /// Feeds `input` to node `i` (if up) now and carries out its outputs.
+    pub fn input(&mut self, i: usize, input: Input) {
+        let ctx = Ctx { net: &self.net, group: &self.group, n: self.slots.len() };
+        let mut out = WindowOut::default();
+        let mut local = BinaryHeap::new();
+        // Nothing is due before now: every timer goes to the heap.
+        ctx.feed(i, &mut self.slots[i], self.now, input, 0, &mut local, &mut out);
+        debug_assert!(local.is_empty());
+        self.touched.clear();
+        self.absorb(out);
+    }
+
+    fn absorb(&mut self, out: WindowOut) {
+        self.bytes_sent += out.bytes;
+        self.messages_sent += out.messages;
+        self.heap.extend(out.events.into_iter().map(Reverse));
+        self.changes.extend(out.changes);
+        self.touched.extend(out.touched);
+    }
+
+    /// Runs one window of events due at or before `until`: every event
+    /// earlier than the first pending one plus the minimum latency (they
+    /// cannot affect each other across nodes). Returns false, moving the
+    /// clock to `until`, if nothing is due.
     pub fn step(&mut self, until: Instant) -> bool {
-        let Some(Reverse(ev)) = self.heap.peek() else {
-            self.now = self.now.max(until);
-            return false;
+        self.touched.clear();
+        let first = match self.heap.peek() {
+            Some(Reverse(ev)) if ev.at <= until.as_micros() => ev.at,
+            _ => {
+                self.now = self.now.max(until);
+                return false;
+            }
         };
-        if ev.at > until.as_micros() {
-            self.now = self.now.max(until);
-            return false;
-        }
-        let Reverse(ev) = self.heap.pop().expect("peeked");
-        self.now = Instant::from_micros(ev.at.max(self.now.as_micros()));
-        self.last_node = None;
-        match ev.kind {
-            Kind::Timer { node } => {
-                let i = node as usize;
-                if self.scheduled[i].as_micros() == ev.at && self.nodes[i].is_some() {
-                    self.scheduled[i] = Instant::NEVER;
-                    self.trace = mix(self.trace, ev.at ^ ((i as u64) << 40));
-                    self.input(i, Input::Timeout);
-                }
+        let w_end = (first + self.net.latency_us.max(1)).min(until.as_micros() + 1);
+        let mut events = Vec::new();
+        while let Some(Reverse(ev)) = self.heap.peek() {
+            if ev.at >= w_end {
+                break;
             }
-            Kind::Deliver { from, to, bytes } => {
-                let (f, t) = (from as usize, to as usize);
-                if self.nodes[t].is_some() && self.group[f] == self.group[t] {
-                    self.trace = mix(self.trace, ev.at ^ ((t as u64) << 40) ^ hash_bytes(&bytes).rotate_left(17));
-                    self.input(t, Input::Receive { from: addr(f), bytes });
-                }
-            }
+            events.push(self.heap.pop().expect("peeked").0);
         }
+        let last_at = events.iter().map(|e| e.at).max().unwrap_or(first);
+        let n = self.slots.len();
+        let ctx = Ctx { net: &self.net, group: &self.group, n };
+        let threads = if events.len() >= self.parallel_min_events { self.threads.min(n).max(1) } else { 1 };
+        let mut outs = Vec::with_capacity(threads);
+        if threads == 1 {
+            outs.push(ctx.run(0, &mut self.slots, events, w_end));
+        } else {
+            let chunk = n.div_ceil(threads);
+            let mut buckets: Vec<Vec<Ev>> = (0..threads).map(|_| Vec::new()).collect();
+            for ev in events {
+                buckets[ev.to as usize / chunk].push(ev);
+            }
+            std::thread::scope(|s| {
+                let ctx = &ctx;
+                let handles: Vec<_> = self
+                    .slots
+                    .chunks_mut(chunk)
+                    .zip(buckets)
+                    .enumerate()
+                    .map(|(k, (slots, bucket))| s.spawn(move || ctx.run(k * chunk, slots, bucket, w_end)))
+                    .collect();
+                for h in handles {
+                    outs.push(h.join().expect("a simulation thread panicked"));
+                }
+            });
+        }
+        let fresh = self.changes.len();
+        for out in outs {
+            self.absorb(out);
+        }
+        // Changes of different threads interleave by time, then node (a
+        // stable sort keeps each node's own order).
+        self.changes[fresh..].sort_by_key(|(t, i, _)| (*t, *i));
+        self.now = self.now.max(Instant::from_micros(last_at));
         true
     }
 
@@ -305,7 +489,7 @@ impl World {
 
     /// The trace hash so far: a function of everything delivered and when.
     pub fn trace_hash(&self) -> u64 {
-        self.trace
+        self.slots.iter().fold(self.world_trace, |h, s| mix(h, s.trace))
     }
 
     /// Draws from the world's PRNG (for the drivers' own choices).

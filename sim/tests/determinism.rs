@@ -35,3 +35,24 @@ fn a_handful_of_chaos_seeds_keep_every_invariant_and_converge() {
         assert!(o.converged, "seed {seed} did not converge");
     }
 }
+
+#[test]
+fn the_thread_count_does_not_change_the_run() {
+    let o = SpreadOpts {
+        nodes: 40,
+        seed: 11,
+        loss: 0.05,
+        dup: 0.05,
+        secs: 12,
+        warmup_secs: 4,
+        threads: 1,
+        parallel_min_events: 1,
+        ..SpreadOpts::default()
+    };
+    let one = spread::run(&o);
+    let two = spread::run(&SpreadOpts { threads: 2, ..o.clone() });
+    let three = spread::run(&SpreadOpts { threads: 3, ..o });
+    assert_eq!(one.trace_hash, two.trace_hash);
+    assert_eq!(one.trace_hash, three.trace_hash);
+    assert_eq!(one.rounds_100, two.rounds_100);
+}

@@ -83,6 +83,10 @@ pub struct Config {
     /// After finishing a full transfer, further requests to do one are
     /// ignored this long (bounds the cost of a peer that keeps asking).
     pub full_transfer_cooldown: Duration,
+    /// After a restart, a node that hears from no peer knowing its collection
+    /// history within this long (the whole cluster restarted) takes its own
+    /// history as complete, so anti-entropy resumes.
+    pub restore_wait: Duration,
 }
 
 impl Config {
@@ -117,6 +121,7 @@ impl Config {
             compress_min_bytes: 256,
             full_transfer_timeout: Duration::from_secs(5),
             full_transfer_cooldown: Duration::from_secs(30),
+            restore_wait: Duration::from_secs(60),
         }
     }
 }
@@ -148,6 +153,10 @@ pub enum Command {
     Join(Vec<PeerAddr>),
     /// Tell peers we leave, then go quiet.
     Leave,
+    /// Replace the cluster keyring, to rotate keys without downtime: add the
+    /// new key on every node, then make it primary on every node, then
+    /// remove the old one.
+    SetKeys(Keyring),
 }
 
 /// One input to [`Gossip::handle`].
@@ -329,6 +338,7 @@ pub struct Gossip {
     stats: Stats,
     now: Now,
     restored_at: Option<Instant>,
+    heard_complete: bool,
 }
 
 /// Bootstrap addresses kept at most.
@@ -382,6 +392,7 @@ impl Gossip {
             stats: Stats::default(),
             now,
             restored_at: None,
+            heard_complete: false,
         }
     }
 
@@ -504,6 +515,7 @@ impl Gossip {
                     self.send(a, None, Body::Join);
                 }
             }
+            Command::SetKeys(keys) => self.cfg.keys = keys,
             Command::Leave => {
                 self.incarnation += 1;
                 let me = self.self_update(MemberState::Left);
@@ -589,14 +601,16 @@ impl Gossip {
 
     fn round(&mut self) {
         self.store.expire(self.now.wall_ms);
-        // A restarted node that found no peer knowing its history within a
-        // grace period (the whole cluster restarted): nothing can have been
-        // collected that it missed; take its history as complete.
+        // A restarted node that found no peer knowing its history (the whole
+        // cluster restarted) within `restore_wait`, or waited a whole grace
+        // period: nothing can have been collected that it missed; take its
+        // history as complete.
         if let Some(t) = self.restored_at {
             let grace = Duration::from_millis(self.cfg.store.tombstone_grace_ms);
+            let waited = self.now.at.saturating_duration_since(t);
             if self.store.history_complete() {
                 self.restored_at = None;
-            } else if self.now.at.saturating_duration_since(t) >= grace {
+            } else if waited >= grace || (waited >= self.cfg.restore_wait && !self.heard_complete) {
                 self.store.mark_history_complete();
                 self.restored_at = None;
             }
@@ -737,9 +751,20 @@ impl Gossip {
         for id in old {
             self.remove_member(id);
         }
-        // While we know nobody alive, keep knocking on the bootstrap list.
+        // While we know nobody alive, keep knocking on the whole bootstrap
+        // list; otherwise on one bootstrap address that is not a live member
+        // (a group that formed while cut off from it must still find the
+        // rest of the cluster once the partition heals).
         if self.live_count() == 0 {
             for a in self.bootstrap.clone() {
+                self.send(a, None, Body::Join);
+            }
+        } else if !self.bootstrap.is_empty() {
+            let live: BTreeSet<&PeerAddr> =
+                self.live_ids.iter().filter_map(|id| self.members.get(id).map(|m| &m.addr)).collect();
+            let strangers: Vec<PeerAddr> = self.bootstrap.iter().filter(|a| !live.contains(a)).cloned().collect();
+            if !strangers.is_empty() {
+                let a = strangers[self.rng.index(strangers.len())].clone();
                 self.send(a, None, Body::Join);
             }
         }
@@ -1068,6 +1093,7 @@ impl Gossip {
         let peer = p.addr;
         let peer_id = Some(p.from);
         let peer_complete = p.complete;
+        self.heard_complete |= peer_complete;
         let wall = self.now.wall_ms;
         match p.body {
             Body::Ping { seq, hash, writers } => {

@@ -12,8 +12,8 @@
 //! seeds.
 
 use bytes::Bytes;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
 use crate::replica::{Delta, Digest, Entry, FullChunk, Namespace, NodeId, Version};
@@ -40,6 +40,8 @@ impl From<&str> for PeerAddr {
 #[derive(Clone)]
 struct Key {
     id: u8,
+    /// Kept only to compare keyrings (the cipher holds the same bytes).
+    bytes: [u8; 32],
     cipher: XChaCha20Poly1305,
 }
 
@@ -60,6 +62,16 @@ impl core::fmt::Debug for Keyring {
     }
 }
 
+impl PartialEq for Keyring {
+    fn eq(&self, other: &Self) -> bool {
+        self.primary == other.primary
+            && self.keys.len() == other.keys.len()
+            && self.keys.iter().zip(&other.keys).all(|(a, b)| a.id == b.id && a.bytes == b.bytes)
+    }
+}
+
+impl Eq for Keyring {}
+
 /// How many keys a [`Keyring`] holds at most.
 pub const KEYRING_KEYS_MAX: usize = 8;
 
@@ -77,7 +89,7 @@ pub enum KeyringError {
 impl Keyring {
     /// A keyring with one key, `id`, as primary.
     pub fn new(id: u8, key: [u8; 32]) -> Self {
-        Keyring { keys: vec![Key { id, cipher: XChaCha20Poly1305::new(&key.into()) }], primary: id }
+        Keyring { keys: vec![Key { id, bytes: key, cipher: XChaCha20Poly1305::new(&key.into()) }], primary: id }
     }
 
     /// Adds (or replaces) key `id` for opening; it is not used to seal until
@@ -86,12 +98,13 @@ impl Keyring {
         let cipher = XChaCha20Poly1305::new(&key.into());
         if let Some(k) = self.keys.iter_mut().find(|k| k.id == id) {
             k.cipher = cipher;
+            k.bytes = key;
             return Ok(());
         }
         if self.keys.len() >= KEYRING_KEYS_MAX {
             return Err(KeyringError::Full);
         }
-        self.keys.push(Key { id, cipher });
+        self.keys.push(Key { id, bytes: key, cipher });
         Ok(())
     }
 
@@ -281,28 +294,31 @@ pub enum DecodeError {
 /// compressed when that makes them smaller.
 pub fn seal(keys: &Keyring, nonce: [u8; 24], packet: &Packet, compress_min_bytes: usize) -> Vec<u8> {
     let body = postcard::to_allocvec(packet).expect("packets always serialize");
-    let mut plain = Vec::with_capacity(body.len() + 1);
-    if body.len() >= compress_min_bytes {
-        let c = lz4_flex::compress_prepend_size(&body);
-        if c.len() < body.len() {
-            plain.push(FLAG_LZ4);
-            plain.extend_from_slice(&c);
-        }
-    }
-    if plain.is_empty() {
-        plain.push(0);
-        plain.extend_from_slice(&body);
-    }
+    let compressed = (body.len() >= compress_min_bytes)
+        .then(|| lz4_flex::compress_prepend_size(&body))
+        .filter(|c| c.len() < body.len());
     let key = keys.primary();
     let header = [ENVELOPE_VERSION, key.id];
-    let ct = key
-        .cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &plain, aad: &header })
-        .expect("encryption of a bounded buffer cannot fail");
-    let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + plain.len());
+    // One buffer: header, nonce, then the plaintext encrypted in place, then
+    // the tag.
+    let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + 1 + body.len());
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    match &compressed {
+        Some(c) => {
+            out.push(FLAG_LZ4);
+            out.extend_from_slice(c);
+        }
+        None => {
+            out.push(0);
+            out.extend_from_slice(&body);
+        }
+    }
+    let tag = key
+        .cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &header, &mut out[26..])
+        .expect("encryption of a bounded buffer cannot fail");
+    out.extend_from_slice(&tag);
     out
 }
 
@@ -321,13 +337,17 @@ pub fn open(keys: &Keyring, bytes: &[u8], bytes_max: usize) -> Result<Packet, De
     }
     let header = &bytes[..2];
     let nonce = XNonce::from_slice(&bytes[2..26]);
-    let ct = &bytes[26..];
-    let try_key = |k: &Key| k.cipher.decrypt(nonce, Payload { msg: ct, aad: header }).ok();
+    let (ct, tag) = bytes[26..].split_at(bytes.len() - 26 - 16);
+    let tag = Tag::from_slice(tag);
+    // The tag is checked before anything is decrypted, so a failed key
+    // leaves the buffer as it was for the next one.
+    let mut plain = ct.to_vec();
+    let mut try_key = |k: &Key| k.cipher.decrypt_in_place_detached(nonce, header, &mut plain, tag).is_ok();
     let named = keys.keys.iter().find(|k| k.id == bytes[1]);
-    let plain = named
-        .and_then(try_key)
-        .or_else(|| keys.keys.iter().filter(|k| k.id != bytes[1]).find_map(try_key))
-        .ok_or(DecodeError::Auth)?;
+    let opened = named.is_some_and(&mut try_key) || keys.keys.iter().filter(|k| k.id != bytes[1]).any(&mut try_key);
+    if !opened {
+        return Err(DecodeError::Auth);
+    }
     let (flags, body) = plain.split_first().ok_or(DecodeError::BadFormat)?;
     let decompressed;
     let body = match *flags {

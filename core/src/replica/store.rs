@@ -32,6 +32,11 @@ pub struct StoreConfig {
     /// further in the future are refused so one bad clock cannot drag the
     /// cluster's HLC along.
     pub clock_drift_max_ms: u64,
+    /// Collected tombstones remembered as (key, version, writer) only, oldest
+    /// forgotten first: they refuse stale copies of deleted entries and are
+    /// sent as tombstones in full transfers, so a node that was away longer
+    /// than the grace period still learns about the delete.
+    pub graveyard_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -43,6 +48,7 @@ impl Default for StoreConfig {
             value_bytes_max: 16 * 1024,
             writers_max: 2048,
             clock_drift_max_ms: 60_000,
+            graveyard_max: 100_000,
         }
     }
 }
@@ -160,7 +166,12 @@ pub struct Store {
     expiries: BTreeSet<(UnixMillis, Namespace, Bytes)>,
     collect: BTreeSet<(UnixMillis, Namespace, Bytes)>,
     gc_floor: BTreeMap<NodeId, Version>,
+    graveyard: BTreeMap<Key, (Version, NodeId, u64)>,
+    graveyard_order: VecDeque<(u64, Key)>,
+    graveyard_seq: u64,
     history_complete: bool,
+    restored_floor_ms: Option<UnixMillis>,
+    own_chain_broken: bool,
     changes: VecDeque<Change>,
 }
 
@@ -186,7 +197,12 @@ impl Store {
             expiries: BTreeSet::new(),
             collect: BTreeSet::new(),
             gc_floor: BTreeMap::new(),
+            graveyard: BTreeMap::new(),
+            graveyard_order: VecDeque::new(),
+            graveyard_seq: 0,
             history_complete: true,
+            restored_floor_ms: None,
+            own_chain_broken: false,
             changes: VecDeque::new(),
         }
     }
@@ -202,6 +218,13 @@ impl Store {
     /// every loaded version. Emits no changes.
     pub fn restore(&mut self, entries: impl IntoIterator<Item = Entry>, now_ms: UnixMillis) {
         self.history_complete = false;
+        // Whatever we collected before going down was dead for a grace period
+        // before that: a peer whose knowledge of a writer is older than this
+        // may have missed one of those deletes, whoever it learns from later.
+        self.restored_floor_ms = Some(now_ms.saturating_sub(self.cfg.tombstone_grace_ms));
+        // Our own last writes may have been collected: do not let the next one
+        // claim to follow on from what we still hold.
+        self.own_chain_broken = true;
         let mut own = Version::ZERO;
         for e in entries {
             self.hlc.observe(e.version);
@@ -255,8 +278,14 @@ impl Store {
         if !self.seen.contains_key(&self.me) && self.seen.len() >= self.cfg.writers_max {
             return Err(Refused::Full);
         }
-        let prev = self.seen_of(self.me);
-        self.hlc.observe(prev);
+        let mine = self.seen_of(self.me);
+        self.hlc.observe(mine);
+        let prev = if self.own_chain_broken {
+            self.own_chain_broken = false;
+            Version(u64::MAX)
+        } else {
+            mine
+        };
         let version = self.hlc.tick(now_ms);
         let entry = Entry { ns: k.0, key: k.1, value, writer: self.me, version, expires_ms, deleted };
         self.put(entry.clone());
@@ -288,6 +317,7 @@ impl Store {
                 // let it beat an older live entry we hold, but never store it
                 // for a key we do not have.
                 if !self.entries.contains_key(&(e.ns, e.key.clone())) {
+                    self.bury(e.ns, e.key.clone(), e.version, e.writer);
                     return Err(Refused::Stale);
                 }
             }
@@ -296,6 +326,10 @@ impl Store {
         match self.entries.get(&k) {
             Some(old) if lww_cmp(old, &e) != core::cmp::Ordering::Less => return Err(Refused::Stale),
             Some(_) => {}
+            None if self.graveyard.get(&k).is_some_and(|(v, w, _)| (e.version, e.writer) <= (*v, *w)) => {
+                // Its delete was collected here: never let it back in.
+                return Err(Refused::Stale);
+            }
             None if self.seen.get(&e.writer).is_some_and(|s| e.version <= *s) => {
                 // We hold everything from this writer up to our watermark, or
                 // what superseded it; the key is gone, so what superseded it
@@ -321,6 +355,7 @@ impl Store {
 
     fn put(&mut self, e: Entry) {
         let k = (e.ns, e.key.clone());
+        self.graveyard.remove(&k);
         if let Some(old) = self.entries.remove(&k) {
             self.unindex(&old);
         }
@@ -374,9 +409,45 @@ impl Store {
                 if old.version > *f {
                     *f = old.version;
                 }
+                self.bury(ns, key.clone(), old.version, old.writer);
                 self.changes.push_back(Change::Removed { ns, key });
             }
         }
+    }
+
+    /// Remembers a collected tombstone, forgetting the oldest beyond
+    /// `graveyard_max`.
+    fn bury(&mut self, ns: Namespace, key: Bytes, version: Version, writer: NodeId) {
+        if self.cfg.graveyard_max == 0 {
+            return;
+        }
+        let k = (ns, key);
+        if let Some((v, w, _)) = self.graveyard.get(&k) {
+            if (*v, *w) >= (version, writer) {
+                return;
+            }
+        }
+        self.graveyard_seq += 1;
+        self.graveyard.insert(k.clone(), (version, writer, self.graveyard_seq));
+        self.graveyard_order.push_back((self.graveyard_seq, k));
+        while self.graveyard.len() > self.cfg.graveyard_max {
+            let Some((seq, k)) = self.graveyard_order.pop_front() else {
+                break;
+            };
+            if self.graveyard.get(&k).is_some_and(|(_, _, s)| *s == seq) {
+                self.graveyard.remove(&k);
+            }
+        }
+        // Stale order records (keys re-buried or revived) are dropped lazily.
+        if self.graveyard_order.len() > 2 * self.cfg.graveyard_max + 16 {
+            let live = &self.graveyard;
+            self.graveyard_order.retain(|(seq, k)| live.get(k).is_some_and(|(_, _, s)| s == seq));
+        }
+    }
+
+    /// Collected tombstones remembered (see `StoreConfig::graveyard_max`).
+    pub fn graveyard_len(&self) -> usize {
+        self.graveyard.len()
     }
 
     /// Takes the next change of the feed. Drain it fully after every input:
@@ -501,6 +572,9 @@ impl Store {
             if t >= *mine {
                 return false;
             }
+            if self.restored_floor_ms.is_some_and(|f| t.wall_ms() < f) {
+                return true;
+            }
             if self.history_complete {
                 // We know exactly which tombstones were collected here or by
                 // whoever gave us a full transfer.
@@ -588,7 +662,8 @@ impl Store {
     }
 
     /// A chunk of a full state transfer: entries (tombstones included,
-    /// expired ones as tombstones) with keys after `after`, at most
+    /// expired ones as tombstones, remembered collected tombstones too) with
+    /// keys after `after`, at most
     /// `entries_max` and about `bytes_max` bytes; the last chunk carries our
     /// watermarks (at most `writers_max`).
     pub fn full_chunk(
@@ -605,19 +680,41 @@ impl Store {
             None => Bound::Unbounded,
         };
         let mut bytes = 0usize;
-        for (k, e) in self.entries.range((start, Bound::Unbounded)) {
+        // Held entries and remembered collected tombstones, merged in key
+        // order (a key is never in both).
+        let mut held = self.entries.range((start.clone(), Bound::Unbounded)).peekable();
+        let mut buried = self.graveyard.range((start, Bound::Unbounded)).peekable();
+        loop {
+            let take_held = match (held.peek(), buried.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((a, _)), Some((b, _))) => a < b,
+            };
+            let (k, e) = if take_held {
+                let (k, e) = held.next().expect("peeked");
+                let e = if !e.deleted && e.is_expired(now_ms) { e.clone().into_tombstone() } else { e.clone() };
+                (k, e)
+            } else {
+                let (k, (v, w, _)) = buried.next().expect("peeked");
+                let e = Entry {
+                    ns: k.0,
+                    key: k.1.clone(),
+                    value: Bytes::new(),
+                    writer: *w,
+                    version: *v,
+                    expires_ms: 0,
+                    deleted: true,
+                };
+                (k, e)
+            };
             let len = e.encoded_len_max();
             if out.entries.len() >= entries_max || bytes + len > bytes_max {
                 out.next = Some(out.entries.last().map(|l| (l.ns, l.key.clone())).unwrap_or_else(|| k.clone()));
-                if out.entries.is_empty() {
-                    // A single entry larger than the budget: skip it rather
-                    // than stall the transfer (it cannot fit a message).
-                    out.next = Some(k.clone());
-                }
                 return out;
             }
             bytes += len;
-            out.entries.push(if !e.deleted && e.is_expired(now_ms) { e.clone().into_tombstone() } else { e.clone() });
+            out.entries.push(e);
         }
         out.seen = self.seen.iter().take(writers_max).map(|(w, v)| (*w, *v)).collect();
         out.floors = self.gc_floors().take(writers_max).collect();
@@ -660,6 +757,9 @@ impl Store {
         for k in doomed {
             if let Some(old) = self.entries.remove(&k) {
                 self.unindex(&old);
+                // Dead as surely as a collected tombstone: remember it, so the
+                // same write is refused if a stale peer offers it again.
+                self.bury(k.0, k.1.clone(), old.version, old.writer);
                 self.changes.push_back(Change::Removed { ns: k.0, key: k.1 });
             }
         }

@@ -90,11 +90,12 @@ report() {
 }
 
 # --- rumor ---
-rport=$(free_port); aport=$(free_port)
-taskset -c 1 "$bin" node --dns "127.0.0.1:$rport" --api "127.0.0.1:$aport" --ephemeral \
+rport=$(free_port); aport=$(free_port); gport=$(free_port)
+taskset -c 1 "$bin" node --dns "127.0.0.1:$rport" --api "127.0.0.1:$aport" --gossip "127.0.0.1:$gport" --ephemeral \
   >"$work/rumor.log" 2>&1 &
 rpid=$!; pids+=("$rpid")
 for _ in $(seq 100); do curl -sf "127.0.0.1:$aport/health" >/dev/null && break; sleep 0.1; done
+curl -sf "127.0.0.1:$aport/health" >/dev/null || { echo "rumor did not start:"; cat "$work/rumor.log"; exit 1; }
 curl -sf -X POST "127.0.0.1:$aport/add" --data-binary "@$work/records.json" >/dev/null
 read -r qps lost completed cpu noerr nx < <(measure "$rport" "$rpid")
 report rumor "$qps" "$lost" "$completed" "$cpu" "$noerr" "$nx" "$(rss_kib "$rpid")"

@@ -105,3 +105,15 @@ fn a_node_with_another_key_is_not_admitted() {
     let (_, health) = nodes[0].get("/health");
     assert!(health["stats"]["gossip_dropped_auth"].as_u64().unwrap() > 0, "its messages were refused: {health}");
 }
+
+#[test]
+fn a_join_target_may_be_a_dns_name() {
+    let dirs: Vec<Scratch> = (0..2).map(|i| Scratch::new(&format!("c5-{i}"))).collect();
+    let first = TestNode::start(&dirs[0].0, &["--cluster-key", KEY]);
+    // "localhost" resolves to 127.0.0.1 (and maybe ::1, which nobody
+    // answers on): the node joins whatever address works.
+    let target = format!("localhost:{}", first.gossip.port());
+    let second = TestNode::start(&dirs[1].0, &["--cluster-key", KEY, "--join", &target]);
+    add(&second, r#"{"name":"named.local","ips":["10.0.0.7"],"ttl":600}"#);
+    assert!(answers_everywhere(&[first, second], "named.local", "10.0.0.7"));
+}

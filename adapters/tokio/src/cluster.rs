@@ -48,6 +48,9 @@ pub enum Effect {
     Mirror(ViewUpdate),
     /// A member came up or went down (for the log).
     Member(String),
+    /// A lookup started with [`Cluster::lookup_providers`] ended, having
+    /// received this many entries.
+    LookupDone(u32, usize),
 }
 
 /// The replicated store's key of an RRset: lower-case owner in wire form,
@@ -260,6 +263,15 @@ impl Cluster {
         self.drain();
     }
 
+    /// Asks a few live members for the providers of `ih` they hold (a node
+    /// that just joined may not have them yet); ends with
+    /// [`Effect::LookupDone`] carrying `id`.
+    pub fn lookup_providers(&mut self, now: Now, id: u32, ih: &InfoHash) {
+        let lookup = Command::Lookup { id, ns: Namespace::PROVIDERS, prefix: Bytes::copy_from_slice(&ih.0) };
+        self.gossip.handle(now, Input::Command(lookup));
+        self.drain();
+    }
+
     /// Known members: id, address, state.
     pub fn members(&self) -> Vec<(u64, String, MemberState)> {
         self.gossip.members().map(|(id, addr, st)| (id, addr.0.clone(), st)).collect()
@@ -276,6 +288,9 @@ impl Cluster {
                 }
                 Output::Event(Event::MemberDown { id, addr }) => {
                     self.effects.push_back(Effect::Member(format!("member {id:016x} at {} is down", addr.0)))
+                }
+                Output::Event(Event::LookupDone { id, found }) => {
+                    self.effects.push_back(Effect::LookupDone(id, found));
                 }
                 Output::Event(Event::Dropped { from, reason }) => {
                     tracing::debug!(from = %from.0, "gossip message dropped: {reason:?}");

@@ -247,7 +247,20 @@ pub struct Node {
     inbound: mpsc::Receiver<Inbound>,
     joins: Option<mpsc::Receiver<Vec<PeerAddr>>>,
     tracker_interval_s: u32,
+    /// Announces waiting on a providers lookup, by lookup id.
+    parked: HashMap<u32, Parked>,
+    /// When each torrent was last looked up.
+    lookups_asked: HashMap<rumor_core::bt::metainfo::InfoHash, rumor_core::time::Instant>,
+    next_lookup_id: u32,
 }
+
+/// An announce waiting for a lookup: the request, the peer, the reply.
+type Parked = (rumor_core::bt::tracker::AnnounceRequest, SocketAddr, oneshot::Sender<Vec<u8>>);
+
+/// Announces parked at once; past it they are answered at once.
+const PARKED_MAX: usize = 1024;
+/// A torrent with no known provider is asked about at most this often.
+const LOOKUP_AGAIN: rumor_core::time::Duration = rumor_core::time::Duration::from_secs(30);
 
 impl Node {
     /// Builds the node and its command channel.
@@ -272,6 +285,9 @@ impl Node {
             inbound: parts.inbound,
             joins: Some(parts.joins),
             tracker_interval_s: parts.tracker_interval_s,
+            parked: HashMap::new(),
+            lookups_asked: HashMap::new(),
+            next_lookup_id: 0,
         };
         (node, NodeHandle { tx }, rx)
     }
@@ -389,6 +405,7 @@ impl Node {
                     }
                 }
                 Effect::Member(what) => tracing::info!("{what}"),
+                Effect::LookupDone(id, found) => self.lookup_done(id, found),
             }
         }
         match &self.persister {
@@ -481,9 +498,7 @@ impl Node {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
-            Command::Announce { req, from, reply } => {
-                let _ = reply.send(self.announce(req, from));
-            }
+            Command::Announce { req, from, reply } => self.announce(req, from, reply),
             Command::Scrape { hashes, reply } => {
                 let _ = reply.send(self.scrape(hashes));
             }
@@ -512,11 +527,18 @@ impl Node {
     }
 
     /// Records the announcing peer in the overlay and answers with other
-    /// providers of the torrent, cluster-wide.
-    fn announce(&mut self, req: rumor_core::bt::tracker::AnnounceRequest, from: std::net::IpAddr) -> Vec<u8> {
-        use rumor_core::bt::tracker::{encode_announce_response, AnnounceEvent, AnnounceResponse, TrackerPeer};
-        /// Peers sent when the client does not say how many it wants.
-        const NUMWANT_DEFAULT: u32 = 50;
+    /// providers of the torrent, cluster-wide. When the overlay knows no
+    /// other provider, a few members are asked first (a node that just
+    /// joined may not hold them yet) and the answer waits for their reply,
+    /// at most the gossip lookup timeout; a torrent is asked about at most
+    /// once per [`LOOKUP_AGAIN`].
+    fn announce(
+        &mut self,
+        req: rumor_core::bt::tracker::AnnounceRequest,
+        from: std::net::IpAddr,
+        reply: oneshot::Sender<Vec<u8>>,
+    ) {
+        use rumor_core::bt::tracker::AnnounceEvent;
         /// How long a completed download is remembered for scrape.
         const SNATCH_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
         let now = self.now();
@@ -531,19 +553,48 @@ impl Node {
             expires_ms: now.wall_ms + (2 * interval as u64 + 30) * 1000,
         };
         let stopped = req.event == AnnounceEvent::Stopped;
-        self.cluster.announce(
-            now,
-            &req.info_hash,
-            provider,
-            stopped,
-            req.event == AnnounceEvent::Completed,
-            SNATCH_TTL_MS,
-        );
+        let completed = req.event == AnnounceEvent::Completed;
+        self.cluster.announce(now, &req.info_hash, provider, stopped, completed, SNATCH_TTL_MS);
         self.apply_effects(None);
+        let alone = self.cluster.overlay().lookup(&req.info_hash, now.wall_ms, 1, Some(addr)).is_empty();
+        let asked_recently = self.lookups_asked.get(&req.info_hash).is_some_and(|at| now.at < *at + LOOKUP_AGAIN);
+        if stopped || !alone || asked_recently || self.parked.len() >= PARKED_MAX {
+            let _ = reply.send(self.announce_response(&req, addr));
+            return;
+        }
+        if self.lookups_asked.len() >= PARKED_MAX {
+            self.lookups_asked.retain(|_, at| now.at < *at + LOOKUP_AGAIN);
+        }
+        self.lookups_asked.insert(req.info_hash, now.at);
+        self.next_lookup_id = self.next_lookup_id.wrapping_add(1);
+        let id = self.next_lookup_id;
+        self.parked.insert(id, (req.clone(), addr, reply));
+        self.cluster.lookup_providers(now, id, &req.info_hash);
+        self.apply_effects(None);
+    }
+
+    /// A providers lookup ended: answer the announce that waited on it.
+    fn lookup_done(&mut self, id: u32, found: usize) {
+        if let Some((req, addr, reply)) = self.parked.remove(&id) {
+            tracing::debug!(infohash = %req.info_hash.to_hex(), found, "providers lookup done");
+            let _ = reply.send(self.announce_response(&req, addr));
+        }
+    }
+
+    fn announce_response(&self, req: &rumor_core::bt::tracker::AnnounceRequest, addr: SocketAddr) -> Vec<u8> {
+        use rumor_core::bt::tracker::{encode_announce_response, AnnounceEvent, AnnounceResponse, TrackerPeer};
+        /// Peers sent when the client does not say how many it wants.
+        const NUMWANT_DEFAULT: u32 = 50;
+        let now_ms = self.clock.wall_ms();
+        let interval = self.tracker_interval_s;
         let overlay = self.cluster.overlay();
         let want = req.numwant.unwrap_or(NUMWANT_DEFAULT) as usize;
-        let peers = if stopped { Vec::new() } else { overlay.lookup(&req.info_hash, now.wall_ms, want, Some(addr)) };
-        let counts = overlay.counts(&req.info_hash, now.wall_ms);
+        let peers = if req.event == AnnounceEvent::Stopped {
+            Vec::new()
+        } else {
+            overlay.lookup(&req.info_hash, now_ms, want, Some(addr))
+        };
+        let counts = overlay.counts(&req.info_hash, now_ms);
         let response = AnnounceResponse {
             interval,
             min_interval: Some((interval / 4).max(1)),

@@ -87,6 +87,12 @@ pub struct Config {
     /// history within this long (the whole cluster restarted) takes its own
     /// history as complete, so anti-entropy resumes.
     pub restore_wait: Duration,
+    /// Live members a lookup asks at once.
+    pub lookup_fanout: usize,
+    /// A lookup ends this long after it was sent, answered or not.
+    pub lookup_timeout: Duration,
+    /// Lookups waiting for answers at once; more end at once, unanswered.
+    pub lookups_max: usize,
 }
 
 impl Config {
@@ -122,6 +128,9 @@ impl Config {
             full_transfer_timeout: Duration::from_secs(5),
             full_transfer_cooldown: Duration::from_secs(30),
             restore_wait: Duration::from_secs(60),
+            lookup_fanout: 2,
+            lookup_timeout: Duration::from_millis(500),
+            lookups_max: 256,
         }
     }
 }
@@ -157,6 +166,18 @@ pub enum Command {
     /// new key on every node, then make it primary on every node, then
     /// remove the old one.
     SetKeys(Keyring),
+    /// Ask `lookup_fanout` live members for their live entries of `ns`
+    /// whose keys start with `prefix`, and merge what they send. Ends with
+    /// [`Event::LookupDone`] carrying `id`, after every asked member answered
+    /// or `lookup_timeout`.
+    Lookup {
+        /// The caller's token, echoed in the event.
+        id: u32,
+        /// Namespace searched.
+        ns: Namespace,
+        /// Key prefix.
+        prefix: Bytes,
+    },
 }
 
 /// One input to [`Gossip::handle`].
@@ -204,6 +225,13 @@ pub enum Event {
         id: NodeId,
         /// Its address.
         addr: PeerAddr,
+    },
+    /// A [`Command::Lookup`] ended.
+    LookupDone {
+        /// The caller's token.
+        id: u32,
+        /// Entries received (merged or already known).
+        found: usize,
     },
     /// A message was dropped unapplied (also counted in [`Stats`]).
     Dropped {
@@ -339,6 +367,8 @@ pub struct Gossip {
     now: Now,
     restored_at: Option<Instant>,
     heard_complete: bool,
+    /// Lookups in flight: id -> (deadline, answers still awaited, found).
+    lookups: BTreeMap<u32, (Instant, usize, usize)>,
 }
 
 /// Bootstrap addresses kept at most.
@@ -393,6 +423,7 @@ impl Gossip {
             now,
             restored_at: None,
             heard_complete: false,
+            lookups: BTreeMap::new(),
         }
     }
 
@@ -465,6 +496,9 @@ impl Gossip {
         if let Some(f) = &self.full {
             t = t.min(f.deadline);
         }
+        if let Some(at) = self.lookups.values().map(|l| l.0).min() {
+            t = t.min(at);
+        }
         t
     }
 
@@ -516,6 +550,22 @@ impl Gossip {
                 }
             }
             Command::SetKeys(keys) => self.cfg.keys = keys,
+            Command::Lookup { id, ns, prefix } => {
+                let asked = if self.lookups.len() >= self.cfg.lookups_max || self.lookups.contains_key(&id) {
+                    Vec::new()
+                } else {
+                    self.pick_live(self.cfg.lookup_fanout, None)
+                };
+                if asked.is_empty() {
+                    self.out.push_back(Output::Event(Event::LookupDone { id, found: 0 }));
+                } else {
+                    self.lookups.insert(id, (self.now.at + self.cfg.lookup_timeout, asked.len(), 0));
+                    for peer_id in asked {
+                        let addr = self.members[&peer_id].addr.clone();
+                        self.send(addr, Some(peer_id), Body::Lookup { id, ns, prefix: prefix.clone() });
+                    }
+                }
+            }
             Command::Leave => {
                 self.incarnation += 1;
                 let me = self.self_update(MemberState::Left);
@@ -595,6 +645,12 @@ impl Gossip {
         if let Some(f) = &self.full {
             if now >= f.deadline {
                 self.full = None;
+            }
+        }
+        let expired: Vec<u32> = self.lookups.iter().filter(|(_, l)| l.0 <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some((_, _, found)) = self.lookups.remove(&id) {
+                self.out.push_back(Output::Event(Event::LookupDone { id, found }));
             }
         }
     }
@@ -1269,6 +1325,40 @@ impl Gossip {
                 }
             }
             Body::Leave => {}
+            Body::Lookup { id, ns, prefix } => {
+                // Answer with at most one message's worth, in key order.
+                let budget = self.entry_budget();
+                let mut bytes = 0usize;
+                let entries: Vec<_> = self
+                    .store
+                    .live_with_prefix(ns, &prefix, wall)
+                    .take(self.cfg.entries_per_message_max)
+                    .take_while(|e| {
+                        bytes += e.encoded_len_max();
+                        bytes <= budget
+                    })
+                    .cloned()
+                    .collect();
+                self.send(peer, peer_id, Body::Found { id, entries });
+            }
+            Body::Found { id, entries } => {
+                // Only answers to our own lookups: unsolicited entries are
+                // not taken this way.
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    l.2 += entries.len();
+                    l.1 = l.1.saturating_sub(1);
+                    for e in entries {
+                        if self.store.apply(e, wall).is_ok() {
+                            self.stats.entries_applied += 1;
+                        }
+                    }
+                    if l.1 == 0 {
+                        let found = l.2;
+                        self.lookups.remove(&id);
+                        self.out.push_back(Output::Event(Event::LookupDone { id, found }));
+                    }
+                }
+            }
         }
     }
 

@@ -250,6 +250,24 @@ pub enum Body {
     },
     /// The sender leaves the cluster.
     Leave,
+    /// Asks for the live entries of `ns` whose keys start with `prefix`
+    /// (the overlay asks for a torrent's providers it has none of yet);
+    /// answered by `Found`.
+    Lookup {
+        /// Echoed in the answer.
+        id: u32,
+        /// Namespace searched.
+        ns: Namespace,
+        /// Key prefix.
+        prefix: Bytes,
+    },
+    /// Answer to `Lookup`: at most one message's worth of live entries.
+    Found {
+        /// The lookup's id.
+        id: u32,
+        /// The entries.
+        entries: Vec<Entry>,
+    },
 }
 
 /// One message: who sends it, its membership updates and its body.

@@ -461,6 +461,21 @@ impl Store {
         self.entries.get(&(ns, Bytes::copy_from_slice(key))).filter(|e| e.is_live(now_ms))
     }
 
+    /// The live entries of `ns` whose keys start with `prefix`, in key
+    /// order (a lookup of one torrent's providers).
+    pub fn live_with_prefix<'a>(
+        &'a self,
+        ns: Namespace,
+        prefix: &'a [u8],
+        now_ms: UnixMillis,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries
+            .range((ns, Bytes::copy_from_slice(prefix))..)
+            .take_while(move |((n, k), _)| *n == ns && k.starts_with(prefix))
+            .map(|(_, e)| e)
+            .filter(move |e| e.is_live(now_ms))
+    }
+
     /// The live entries of namespace `ns` at `now_ms`, in key order: what may
     /// be served.
     pub fn live(&self, ns: Namespace, now_ms: UnixMillis) -> impl Iterator<Item = &Entry> + '_ {

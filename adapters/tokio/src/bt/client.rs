@@ -56,6 +56,12 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(4);
 /// Housekeeping (dials, rates, progress) runs this often.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// Block bytes handed to the disk thread and not yet written: above this
+/// the loop stops reading from peers until the disk catches up (the socket
+/// buffers then push back on the senders).
+const DISK_PENDING_BYTES_MAX: usize = 32 << 20;
+/// How often a loop held back by the disk looks again.
+const DISK_POLL: Duration = Duration::from_millis(2);
 /// Rates are measured over this many housekeeping samples.
 const RATE_SAMPLES: usize = 10;
 
@@ -180,6 +186,7 @@ fn spawn_disk_threads(
     storage: Arc<Storage>,
     mut jobs: mpsc::UnboundedReceiver<DiskJob>,
     results: mpsc::UnboundedSender<Ev>,
+    pending: Arc<AtomicUsize>,
 ) {
     let (hash_tx, hash_rx) = std::sync::mpsc::channel::<(u32, Sha1Hash)>();
     let hs = storage.clone();
@@ -202,8 +209,12 @@ fn spawn_disk_threads(
             while let Some(job) = jobs.blocking_recv() {
                 let ev = match job {
                     DiskJob::Write { piece, begin, data } => match storage.write(piece, begin, &data) {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            pending.fetch_sub(data.len(), Ordering::Relaxed);
+                            continue;
+                        }
                         Err(e) => {
+                            pending.fetch_sub(data.len(), Ordering::Relaxed);
                             tracing::warn!("write of piece {piece} failed: {e}");
                             Input::WriteFailed { piece }
                         }
@@ -282,6 +293,7 @@ struct Session {
     banned: HashSet<SocketAddr>,
     next_key: PeerKey,
     disk: mpsc::UnboundedSender<DiskJob>,
+    disk_pending: Arc<AtomicUsize>,
     events_tx: mpsc::UnboundedSender<Ev>,
     events_rx: mpsc::UnboundedReceiver<Ev>,
     peer_tx: mpsc::Sender<(PeerKey, Bytes)>,
@@ -331,7 +343,8 @@ impl Session {
             Announcer::new(AnnounceConfig::new(peer_id, port), meta.info_hash, &meta.announce_tiers, left, now, seed);
         let (disk, disk_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        spawn_disk_threads(storage, disk_rx, events_tx.clone());
+        let disk_pending = Arc::new(AtomicUsize::new(0));
+        spawn_disk_threads(storage, disk_rx, events_tx.clone(), disk_pending.clone());
         let (peer_tx, peer_rx) = mpsc::channel(PEER_EVENTS_MAX);
         let (tracker_tx, tracker_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::channel(16);
@@ -383,6 +396,7 @@ impl Session {
             banned: HashSet::new(),
             next_key: 1,
             disk,
+            disk_pending,
             events_tx,
             events_rx,
             peer_tx,
@@ -449,6 +463,8 @@ impl Session {
             }
             let wake = self.torrent_deadline.min(self.announce_deadline);
             let wake = self.clock.std_instant(wake.min(self.clock.now() + rumor_core::time::Duration::from_secs(1)));
+            let disk_ok = self.disk_pending.load(Ordering::Relaxed) < DISK_PENDING_BYTES_MAX;
+            let wake = if disk_ok { wake } else { wake.min(std::time::Instant::now() + DISK_POLL) };
             tokio::select! {
                 biased;
                 _ = &mut ctrl_c, if self.stopping.is_none() => {
@@ -462,10 +478,13 @@ impl Session {
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
                 Some(t) = self.tracker_rx.recv() => self.on_tracker(t),
                 Some(c) = self.control_rx.recv() => self.on_control(c),
-                Some((peer, bytes)) = self.peer_rx.recv() => {
+                Some((peer, bytes)) = self.peer_rx.recv(), if disk_ok => {
                     self.feed(Input::PeerBytes { peer, bytes });
                     // Take what else is already there before draining timers.
                     for _ in 0..PEER_EVENTS_MAX {
+                        if self.disk_pending.load(Ordering::Relaxed) >= DISK_PENDING_BYTES_MAX {
+                            break;
+                        }
                         match self.peer_rx.try_recv() {
                             Ok((peer, bytes)) => self.feed(Input::PeerBytes { peer, bytes }),
                             Err(_) => break,
@@ -542,6 +561,7 @@ impl Session {
                 }
                 Output::Transmit { peer, payload } => self.send(peer, payload),
                 Output::WriteBlock { piece, begin, data } => {
+                    self.disk_pending.fetch_add(data.len(), Ordering::Relaxed);
                     let _ = self.disk.send(DiskJob::Write { piece, begin, data });
                 }
                 Output::ReadBlock { peer, block } => {

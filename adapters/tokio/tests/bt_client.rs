@@ -200,3 +200,19 @@ fn announces_carry_started_completed_and_stopped_and_ctrl_c_exits_cleanly() {
     assert!(st.is_some_and(|s| s.success()), "Ctrl-C did not exit cleanly: {}", seed.log_text());
     assert!(has("event=stopped", &port_q), "the seeder did not announce stopped: {seen:?}");
 }
+
+#[test]
+fn seeding_a_directory_without_the_data_fails_with_a_clear_error() {
+    let s = Scratch::new("bt-seed-missing");
+    let src = s.0.join("src");
+    let data = make_tree(&src, "payload", 15);
+    let torrent = s.0.join("t.torrent");
+    rumor_create(&data, &torrent, &[]);
+    let empty = s.0.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = rumor(&["seed"]).arg(&torrent).arg(&empty).args(["--quiet", "--port", "0"]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("none of"), "{err}");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "seed created files");
+}

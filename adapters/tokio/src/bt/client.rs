@@ -131,6 +131,14 @@ async fn start(opts: Options) -> Result<(), String> {
         .await
         .map_err(|e| format!("checking failed: {e}"))?;
     eprintln!("{}: {} of {} pieces present", meta.name, have.count(), n);
+    if opts.seed_command && have.count() == 0 {
+        return Err(format!(
+            "rumor seed: none of {}'s data is under {} (give the directory that holds {:?})",
+            opts.torrent.display(),
+            opts.dir.display(),
+            meta.name
+        ));
+    }
     if opts.seed_command && !have.is_full() {
         eprintln!("rumor seed: data incomplete; the missing pieces will be downloaded");
     }
@@ -699,7 +707,8 @@ impl Session {
                     tracing::debug!("peer {}: connection closed", c.addr);
                     if let Some(k) = self.known.get_mut(&c.addr) {
                         k.failures += 1;
-                        k.retry_at = Some(std::time::Instant::now() + Duration::from_secs(1u64 << k.failures.min(8)));
+                        let cap = if k.manual { 3 } else { 8 };
+                        k.retry_at = Some(std::time::Instant::now() + Duration::from_secs(1u64 << k.failures.min(cap)));
                     }
                     self.feed(Input::PeerDisconnected { peer });
                 }

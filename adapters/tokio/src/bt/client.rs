@@ -430,6 +430,11 @@ impl Session {
         })
     }
 
+    /// Prints a line without tearing the progress bar.
+    fn say(&self, line: String) {
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+
     fn verified(&self) -> u64 {
         self.total - self.torrent.stats().left
     }
@@ -454,7 +459,7 @@ impl Session {
         self.pump_torrent();
         self.pump_announcer();
         if self.torrent.is_complete() && self.exit_when_complete {
-            eprintln!("{}: already complete", self.name);
+            self.say(format!("{}: already complete", self.name));
             self.begin_stop();
         }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -476,11 +481,11 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut ctrl_c, if self.stopping.is_none() => {
-                    eprintln!("\n{}: stopping", self.name);
+                    self.say(format!("\n{}: stopping", self.name));
                     self.begin_stop();
                 }
                 _ = sigterm.recv(), if self.stopping.is_none() => {
-                    eprintln!("{}: stopping (SIGTERM)", self.name);
+                    self.say(format!("{}: stopping (SIGTERM)", self.name));
                     self.begin_stop();
                 }
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
@@ -640,7 +645,7 @@ impl Session {
             Event::Completed => {
                 self.completed_now = true;
                 self.bar.set_position(self.total);
-                eprintln!("{}: complete, every piece verified", self.name);
+                self.say(format!("{}: complete, every piece verified", self.name));
                 self.progress_to_announcer();
                 self.announcer.handle(self.clock.now(), AnnounceInput::Completed);
                 self.pump_announcer();
@@ -840,7 +845,7 @@ impl Session {
                         self.drop_conn(k);
                         self.feed(Input::PeerDisconnected { peer: k });
                     }
-                    eprintln!("{}: paused", self.name);
+                    self.say(format!("{}: paused", self.name));
                 }
             }
             Command::Resume => {
@@ -850,7 +855,7 @@ impl Session {
                         k.retry_at = None;
                     }
                     self.dial_some();
-                    eprintln!("{}: resumed", self.name);
+                    self.say(format!("{}: resumed", self.name));
                 }
             }
         }

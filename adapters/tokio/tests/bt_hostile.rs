@@ -249,3 +249,70 @@ fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_is_still_byte_identi
     assert!(log.contains("failed its hash check"), "no hash failure was reported: {log}");
     assert!(log.contains("banned"), "the liar was not banned: {log}");
 }
+
+/// Connects to `port`, sends `bytes`, and says whether the peer hung up
+/// within a few seconds.
+fn hangs_up_after(port: u16, bytes: &[u8]) -> bool {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut buf = [0u8; 4096];
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[test]
+fn peers_speaking_garbage_are_dropped_and_the_seeder_keeps_serving() {
+    let s = Scratch::new("bt-garbage-peer");
+    let src = s.0.join("src");
+    let data = make_tree(&src, "payload", 21);
+    let torrent = s.0.join("t.torrent");
+    let hash = rumor_create(&data, &torrent, &[]);
+    let port = free_port();
+    let mut c = rumor(&["seed"]);
+    c.arg(&torrent).arg(&src).args(["--quiet", "--port", &port.to_string()]);
+    let seed = Proc::spawn("rumor seed", c, &s.0.join("seed.log"));
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let mut hs = vec![19u8];
+    hs.extend_from_slice(b"BitTorrent protocol");
+    hs.extend_from_slice(&[0u8; 8]);
+    let good_hash = hex::decode(&hash).unwrap();
+    // Not BitTorrent at all.
+    assert!(hangs_up_after(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n and then some more bytes to fill a handshake"));
+    // Another torrent's infohash.
+    let mut other = hs.clone();
+    other.extend_from_slice(&[9u8; 20]);
+    other.extend_from_slice(b"-XX0001-wronghash000");
+    assert!(hangs_up_after(port, &other));
+    // The right torrent, then a message claiming to be 2 GiB long.
+    let mut huge = hs.clone();
+    huge.extend_from_slice(&good_hash);
+    huge.extend_from_slice(b"-XX0001-hugemessage0");
+    huge.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+    huge.push(7);
+    assert!(hangs_up_after(port, &huge));
+    // A request for a piece that does not exist.
+    let mut bad_req = hs.clone();
+    bad_req.extend_from_slice(&good_hash);
+    bad_req.extend_from_slice(b"-XX0001-badrequest00");
+    bad_req.extend_from_slice(&5u32.to_be_bytes());
+    bad_req.push(4); // have
+    bad_req.extend_from_slice(&1_000_000u32.to_be_bytes());
+    assert!(hangs_up_after(port, &bad_req));
+    // An honest libtorrent still gets the data.
+    let out = s.0.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut leech =
+        libtorrent("leech", &torrent, &out, free_port(), &[format!("127.0.0.1:{port}")], &s.0.join("lt.log"));
+    let st = leech.wait_for(Duration::from_secs(60));
+    assert!(st.is_some_and(|s| s.success()), "{}\n{}", leech.log_text(), seed.log_text());
+    assert_same_tree(&data, &out.join("payload"));
+}

@@ -60,6 +60,10 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// the loop stops reading from peers until the disk catches up (the socket
 /// buffers then push back on the senders).
 const DISK_PENDING_BYTES_MAX: usize = 32 << 20;
+/// Block reads (for uploads) at the disk thread or waiting for the loop at
+/// once; more wait as (peer, block) pairs, themselves bounded by the
+/// machine's `peer_requests_max` per peer.
+const READS_IN_FLIGHT_MAX: usize = 256;
 /// How often a loop held back by the disk looks again.
 const DISK_POLL: Duration = Duration::from_millis(2);
 /// Rates are measured over this many housekeeping samples.
@@ -170,6 +174,8 @@ enum Ev {
     Dialed(SocketAddr, std::io::Result<TcpStream>),
     PeerClosed(PeerKey),
     Input(Input),
+    /// A block read failed (it is not answered).
+    ReadFailed,
 }
 
 struct Conn {
@@ -231,6 +237,9 @@ fn spawn_disk_threads(
                         Ok(data) => Input::BlockRead { peer, block, data: Bytes::from(data) },
                         Err(e) => {
                             tracing::warn!("read of piece {} failed: {e}", block.index);
+                            if results.send(Ev::ReadFailed).is_err() {
+                                break;
+                            }
                             continue;
                         }
                     },
@@ -302,6 +311,8 @@ struct Session {
     next_key: PeerKey,
     disk: mpsc::UnboundedSender<DiskJob>,
     disk_pending: Arc<AtomicUsize>,
+    reads_in_flight: usize,
+    reads_waiting: VecDeque<(PeerKey, BlockRef)>,
     events_tx: mpsc::UnboundedSender<Ev>,
     events_rx: mpsc::UnboundedReceiver<Ev>,
     peer_tx: mpsc::Sender<(PeerKey, Bytes)>,
@@ -405,6 +416,8 @@ impl Session {
             next_key: 1,
             disk,
             disk_pending,
+            reads_in_flight: 0,
+            reads_waiting: VecDeque::new(),
             events_tx,
             events_rx,
             peer_tx,
@@ -578,13 +591,33 @@ impl Session {
                     let _ = self.disk.send(DiskJob::Write { piece, begin, data });
                 }
                 Output::ReadBlock { peer, block } => {
-                    let _ = self.disk.send(DiskJob::Read { peer, block });
+                    self.reads_waiting.push_back((peer, block));
+                    self.submit_reads();
                 }
                 Output::HashPiece { piece, expected } => {
                     let _ = self.disk.send(DiskJob::Hash { piece, expected });
                 }
                 Output::Disconnect { peer, reason } => self.on_disconnect(peer, reason),
                 Output::Event(e) => self.on_torrent_event(e),
+            }
+        }
+    }
+
+    fn read_done(&mut self) {
+        self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+        self.submit_reads();
+    }
+
+    /// Hands waiting block reads to the disk thread, up to the cap; reads
+    /// for peers gone since are dropped.
+    fn submit_reads(&mut self) {
+        while self.reads_in_flight < READS_IN_FLIGHT_MAX {
+            let Some((peer, block)) = self.reads_waiting.pop_front() else {
+                break;
+            };
+            if self.conns.contains_key(&peer) {
+                self.reads_in_flight += 1;
+                let _ = self.disk.send(DiskJob::Read { peer, block });
             }
         }
     }
@@ -718,7 +751,13 @@ impl Session {
                     self.feed(Input::PeerDisconnected { peer });
                 }
             }
-            Ev::Input(i) => self.feed(i),
+            Ev::Input(i) => {
+                if matches!(i, Input::BlockRead { .. }) {
+                    self.read_done();
+                }
+                self.feed(i);
+            }
+            Ev::ReadFailed => self.read_done(),
         }
     }
 

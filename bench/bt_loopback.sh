@@ -48,6 +48,21 @@ cmp "$WORK/src/bench.bin" "$WORK/rumor/bench.bin" || { echo "rumor's copy differ
   --peer "127.0.0.1:$SEED_PORT" --timeout 600 > "$WORK/lt.log" 2>&1
 cmp "$WORK/src/bench.bin" "$WORK/lt/bench.bin" || { echo "libtorrent's copy differs"; exit 1; }
 
+# Extra leg: rumor seeds its copy to another libtorrent leecher.
+RSEED_PORT=$(free_port)
+/usr/bin/time -v -o "$WORK/rseed.time" "$RUMOR_BIN" seed "$WORK/bench.torrent" "$WORK/rumor" --quiet \
+  --port "$RSEED_PORT" > "$WORK/rseed.log" 2>&1 &
+TIME_PID=$!
+pids+=($TIME_PID)
+mkdir -p "$WORK/lt2"
+sleep 1
+while ! grep -q listening "$WORK/rseed.log"; do sleep 0.2; done
+$PY "$LT" leech "$WORK/bench.torrent" "$WORK/lt2" "$(free_port)" --peer "127.0.0.1:$RSEED_PORT" --timeout 600 \
+  > "$WORK/lt2.log" 2>&1
+cmp "$WORK/src/bench.bin" "$WORK/lt2/bench.bin" || { echo "the copy from rumor's seeder differs"; exit 1; }
+kill -INT "$(pgrep -P "$TIME_PID")"
+wait "$TIME_PID" || true
+
 field() { grep "$1" "$2" | awk -F': ' '{print $2}'; }
 secs() { # wall clock h:mm:ss or m:ss.ss -> seconds
   echo "$1" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }'
@@ -67,3 +82,7 @@ echo "size: $SIZE_MIB MiB over loopback from a libtorrent $($PY -c 'import libto
 report rumor "$WORK/rumor.time" "$RT"
 report libtorrent "$WORK/lt.time" "$LTT"
 awk -v a="$RT" -v b="$LTT" 'BEGIN { printf "ratio rumor/libtorrent: %.2fx\n", b / a }'
+LT2=$(grep '^DONE' "$WORK/lt2.log" | awk '{print $3}')
+awk -v mib="$SIZE_MIB" -v t="$LT2" -v r="$(field 'Maximum resident set size' "$WORK/rseed.time")" 'BEGIN {
+  printf "extra: rumor seeder -> libtorrent leecher %.1f MiB/s; rumor seeder peak RSS %.1f MiB (includes its start-up check)\n",
+    mib / t, r / 1024 }'

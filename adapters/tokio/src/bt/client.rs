@@ -59,7 +59,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Block bytes handed to the disk thread and not yet written: above this
 /// the loop stops reading from peers until the disk catches up (the socket
 /// buffers then push back on the senders).
-const DISK_PENDING_BYTES_MAX: usize = 32 << 20;
+const DISK_PENDING_BYTES_MAX: usize = 16 << 20;
 /// Block reads (for uploads) at the disk thread or waiting for the loop at
 /// once; more wait as (peer, block) pairs, themselves bounded by the
 /// machine's `peer_requests_max` per peer.

@@ -302,7 +302,6 @@ struct Session {
     name: String,
     info_hash_hex: String,
     total: u64,
-    piece_length: u64,
     torrent: Torrent,
     announcer: Announcer,
     conns: HashMap<PeerKey, Conn>,
@@ -407,7 +406,6 @@ impl Session {
             name: meta.name.clone(),
             info_hash_hex: meta.info_hash.to_hex(),
             total: meta.total_length,
-            piece_length: meta.piece_length,
             torrent,
             announcer,
             conns: HashMap::new(),
@@ -967,7 +965,6 @@ impl Session {
         } else {
             self.bar.set_message(msg);
         }
-        let _ = self.piece_length;
     }
 }
 

@@ -59,16 +59,15 @@ fn a_libtorrent_leecher_downloads_from_a_rumor_seeder() {
     assert_same_tree(&data, &out.join("payload"));
 }
 
-fn tracker_round_trip(scheme: &str) {
+fn tracker_round_trip(scheme: &str, dead: &str) {
     let s = Scratch::new(&format!("bt-opentracker-{scheme}"));
     let src = s.0.join("src");
     let data = make_tree(&src, "payload", 3);
     let torrent = s.0.join("t.torrent");
     let tport = free_port();
     // A dead tracker first, then opentracker: one dead tracker must not stall.
-    let dead = format!("http://127.0.0.1:{}/announce", free_port());
     let live = format!("{scheme}://127.0.0.1:{tport}/announce");
-    let hash = rumor_create(&data, &torrent, &["--announce", &dead, "--announce", &live]);
+    let hash = rumor_create(&data, &torrent, &["--announce", dead, "--announce", &live]);
     let tracker = opentracker(&s.0, tport, std::slice::from_ref(&hash));
     let _ = &tracker;
     let seed_port = free_port();
@@ -98,11 +97,16 @@ fn tracker_round_trip(scheme: &str) {
 }
 
 #[test]
-fn two_rumors_find_each_other_through_opentracker_over_http_despite_a_dead_first_tier() {
-    tracker_round_trip("http");
+fn two_rumors_find_each_other_through_opentracker_over_http_despite_a_refusing_first_tier() {
+    tracker_round_trip("http", &format!("http://127.0.0.1:{}/announce", free_port()));
 }
 
 #[test]
-fn two_rumors_find_each_other_through_opentracker_over_udp_despite_a_dead_first_tier() {
-    tracker_round_trip("udp");
+fn two_rumors_find_each_other_through_opentracker_over_udp_despite_a_silent_first_tier() {
+    // A UDP socket that never answers: the announce times out (15 s, BEP 15)
+    // and the next tier is tried.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = format!("udp://{}/announce", black_hole.local_addr().unwrap());
+    tracker_round_trip("udp", &dead);
+    drop(black_hole);
 }

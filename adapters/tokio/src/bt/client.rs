@@ -196,26 +196,89 @@ struct Known {
     manual: bool,
 }
 
+/// Pieces hashed incrementally at once (in-order blocks of pieces in
+/// progress); beyond this the oldest is dropped and read back from disk.
+const HASH_STATES_MAX: usize = 1024;
+
+/// Work for the hashing thread, in the order the disk thread did it.
+enum HashJob {
+    /// A block that is now on disk: hash it if it continues its piece.
+    Block { piece: u32, begin: u32, data: Bytes },
+    /// A block that failed to write: forget the piece's running hash.
+    Forget(u32),
+    /// All of the piece's blocks are on disk: check it.
+    Check { piece: u32, expected: Sha1Hash },
+}
+
+/// The hashing thread: SHA-1 of each piece from its blocks as they are
+/// written, when they come in order (the usual case), else by reading the
+/// piece back. Releases the blocks' bytes from the `pending` count.
+fn hash_thread(
+    storage: Arc<Storage>,
+    jobs: std::sync::mpsc::Receiver<HashJob>,
+    results: mpsc::UnboundedSender<Ev>,
+    pending: Arc<AtomicUsize>,
+) {
+    use sha1::{Digest, Sha1};
+    // piece -> (running hash, next offset expected); None: out of order.
+    let mut states: BTreeMap<u32, Option<(Sha1, u32)>> = BTreeMap::new();
+    let mut order: VecDeque<u32> = VecDeque::new();
+    let mut buf = Vec::new();
+    while let Ok(job) = jobs.recv() {
+        match job {
+            HashJob::Block { piece, begin, data } => {
+                if !states.contains_key(&piece) {
+                    if states.len() >= HASH_STATES_MAX {
+                        while let Some(old) = order.pop_front() {
+                            if states.remove(&old).is_some() {
+                                break;
+                            }
+                        }
+                    }
+                    order.push_back(piece);
+                    states.insert(piece, (begin == 0).then(|| (Sha1::new(), 0)));
+                }
+                let st = states.get_mut(&piece).expect("inserted above");
+                match st {
+                    Some((h, next)) if *next == begin => {
+                        h.update(&data);
+                        *next += data.len() as u32;
+                    }
+                    _ => *st = None,
+                }
+                pending.fetch_sub(data.len(), Ordering::Relaxed);
+            }
+            HashJob::Forget(piece) => {
+                states.remove(&piece);
+            }
+            HashJob::Check { piece, expected } => {
+                let size = storage.piece_size(piece);
+                let ok = match states.remove(&piece) {
+                    Some(Some((h, next))) if next as u64 == size => <[u8; 20]>::from(h.finalize()) == expected,
+                    _ => {
+                        tracing::debug!("piece {piece}: blocks came out of order, hashing it from disk");
+                        storage.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected)
+                    }
+                };
+                if results.send(Ev::Input(Input::PieceChecked { piece, ok })).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn spawn_disk_threads(
     storage: Arc<Storage>,
     mut jobs: mpsc::UnboundedReceiver<DiskJob>,
     results: mpsc::UnboundedSender<Ev>,
     pending: Arc<AtomicUsize>,
 ) {
-    let (hash_tx, hash_rx) = std::sync::mpsc::channel::<(u32, Sha1Hash)>();
-    let hs = storage.clone();
-    let hres = results.clone();
+    let (hash_tx, hash_rx) = std::sync::mpsc::channel::<HashJob>();
+    let (hs, hres, hpending) = (storage.clone(), results.clone(), pending.clone());
     std::thread::Builder::new()
         .name("bt-hash".into())
-        .spawn(move || {
-            let mut buf = Vec::new();
-            while let Ok((piece, expected)) = hash_rx.recv() {
-                let ok = hs.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected);
-                if hres.send(Ev::Input(Input::PieceChecked { piece, ok })).is_err() {
-                    break;
-                }
-            }
-        })
+        .spawn(move || hash_thread(hs, hash_rx, hres, hpending))
         .expect("spawn the hashing thread");
     std::thread::Builder::new()
         .name("bt-disk".into())
@@ -224,11 +287,13 @@ fn spawn_disk_threads(
                 let ev = match job {
                     DiskJob::Write { piece, begin, data } => match storage.write(piece, begin, &data) {
                         Ok(()) => {
-                            pending.fetch_sub(data.len(), Ordering::Relaxed);
+                            // The hashing thread releases the bytes.
+                            let _ = hash_tx.send(HashJob::Block { piece, begin, data });
                             continue;
                         }
                         Err(e) => {
                             pending.fetch_sub(data.len(), Ordering::Relaxed);
+                            let _ = hash_tx.send(HashJob::Forget(piece));
                             tracing::warn!("write of piece {piece} failed: {e}");
                             Input::WriteFailed { piece }
                         }
@@ -244,8 +309,8 @@ fn spawn_disk_threads(
                         }
                     },
                     DiskJob::Hash { piece, expected } => {
-                        // Every earlier write is done: hash on the other thread.
-                        let _ = hash_tx.send((piece, expected));
+                        // Every earlier write is done: check on the other thread.
+                        let _ = hash_tx.send(HashJob::Check { piece, expected });
                         continue;
                     }
                 };

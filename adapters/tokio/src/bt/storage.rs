@@ -80,6 +80,11 @@ impl Storage {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "block outside the torrent"))
     }
 
+    /// The size of `piece` in bytes.
+    pub fn piece_size(&self, piece: u32) -> u64 {
+        self.layout.piece_size(piece)
+    }
+
     /// Writes `data` at `begin` in `piece`.
     pub fn write(&self, piece: u32, begin: u32, data: &[u8]) -> io::Result<()> {
         let mut pos = 0usize;

@@ -216,3 +216,20 @@ fn seeding_a_directory_without_the_data_fails_with_a_clear_error() {
     assert!(err.contains("none of"), "{err}");
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "seed created files");
 }
+
+#[test]
+fn a_control_api_on_a_public_address_needs_an_explicit_flag() {
+    let s = Scratch::new("bt-control-public");
+    let src = s.0.join("src");
+    let data = make_tree(&src, "payload", 17);
+    let torrent = s.0.join("t.torrent");
+    rumor_create(&data, &torrent, &[]);
+    let o = rumor(&["seed"])
+        .arg(&torrent)
+        .arg(&src)
+        .args(["--quiet", "--port", "0", "--control", &format!("0.0.0.0:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--control-public"));
+}

@@ -123,6 +123,11 @@ fn random_peer_id() -> PeerId {
 }
 
 async fn start(opts: Options) -> Result<(), String> {
+    if let Some(c) = opts.net.control {
+        if !c.ip().is_loopback() && !opts.net.control_public {
+            return Err(format!("--control {c}: not a loopback address; add --control-public to allow it"));
+        }
+    }
     let meta = load_torrent(&opts.torrent)?;
     let mut storage = Storage::new(&meta, &opts.dir);
     storage.open_existing();

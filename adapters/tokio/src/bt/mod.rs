@@ -49,9 +49,14 @@ pub struct PeerArgs {
     /// A peer to dial besides the trackers' (repeatable).
     #[arg(long = "peer")]
     pub peers: Vec<String>,
-    /// Serve the control API (GET /status, /health; POST /pause, /resume) here.
+    /// Serve the control API (GET /status, /health; POST /pause, /resume)
+    /// here. It has no authentication, so it must be a loopback address
+    /// unless --control-public is given.
     #[arg(long)]
     pub control: Option<SocketAddr>,
+    /// Allow --control on a non-loopback address.
+    #[arg(long)]
+    pub control_public: bool,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: std::net::IpAddr,

@@ -153,16 +153,17 @@ pub fn libtorrent(mode: &str, torrent: &Path, save: &Path, port: u16, peers: &[S
 }
 
 /// opentracker on 127.0.0.1:`port` (HTTP and UDP), whitelisting `hashes`.
-/// Debian's build only serves whitelisted infohashes and chroots to `-d`,
-/// so the whitelist path is given inside that directory.
+/// Debian's build only serves whitelisted infohashes; run as root it
+/// chroots to `-d` before reading the whitelist, so the path is given
+/// inside that directory then (as another user it stays put).
 pub fn opentracker(dir: &Path, port: u16, hashes: &[String]) -> Proc {
     let wl_dir = dir.join("opentracker");
     std::fs::create_dir_all(&wl_dir).unwrap();
     std::fs::write(wl_dir.join("whitelist"), hashes.join("\n") + "\n").unwrap();
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let wl = if root { PathBuf::from("/whitelist") } else { wl_dir.join("whitelist") };
     let mut c = Command::new("opentracker");
-    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-P", &port.to_string(), "-d"])
-        .arg(&wl_dir)
-        .args(["-w", "/whitelist"]);
+    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-P", &port.to_string(), "-d"]).arg(&wl_dir).arg("-w").arg(wl);
     let p = Proc::spawn("opentracker", c, &dir.join("opentracker.log"));
     // Wait until it answers HTTP.
     let end = Instant::now() + Duration::from_secs(10);

@@ -66,6 +66,8 @@ const DISK_PENDING_BYTES_MAX: usize = 16 << 20;
 const READS_IN_FLIGHT_MAX: usize = 256;
 /// How often a loop held back by the disk looks again.
 const DISK_POLL: Duration = Duration::from_millis(2);
+/// Failed block writes (disk full, permissions...) before the session gives up.
+const WRITE_FAILURES_MAX: u32 = 64;
 /// Rates are measured over this many housekeeping samples.
 const RATE_SAMPLES: usize = 10;
 
@@ -397,6 +399,9 @@ struct Session {
     completed_now: bool,
     paused: bool,
     stopping: Option<std::time::Instant>,
+    write_failures: u32,
+    /// Why the session gave up, if it did (the exit is then non-zero).
+    fatal: Option<String>,
     dials: usize,
     /// (when, verified bytes, uploaded bytes), newest last.
     samples: VecDeque<(std::time::Instant, u64, u64)>,
@@ -501,6 +506,8 @@ impl Session {
             completed_now: false,
             paused: false,
             stopping: None,
+            write_failures: 0,
+            fatal: None,
             dials: 0,
             samples: VecDeque::new(),
             started: std::time::Instant::now(),
@@ -601,7 +608,10 @@ impl Session {
         accept.abort();
         self.bar.finish_and_clear();
         self.print_summary();
-        Ok(())
+        match self.fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn announcer_idle(&mut self) -> bool {
@@ -822,6 +832,16 @@ impl Session {
             Ev::Input(i) => {
                 if matches!(i, Input::BlockRead { .. }) {
                     self.read_done();
+                }
+                if let Input::WriteFailed { piece } = i {
+                    self.write_failures += 1;
+                    if self.write_failures >= WRITE_FAILURES_MAX && self.fatal.is_none() {
+                        self.fatal = Some(format!(
+                            "giving up: {} block writes failed (last in piece {piece}; is the disk full?)",
+                            self.write_failures
+                        ));
+                        self.begin_stop();
+                    }
                 }
                 self.feed(i);
             }

@@ -36,6 +36,9 @@ use super::choker::{Choker, ChokerConfig, PeerStats};
 use super::metadata::{MetadataMessage, METADATA_PIECE_LEN};
 use super::metainfo::{InfoHash, Metainfo, Sha1Hash};
 
+/// Requests in flight to a new peer before slow start grows the queue.
+pub const SLOW_START_DEPTH_INITIAL: u32 = 2;
+
 /// The extended message id we receive `ut_metadata` on.
 pub const UT_METADATA_ID: u8 = 3;
 /// The extended message id we receive `ut_pex` on.
@@ -337,6 +340,14 @@ struct Conn {
     /// A request to this peer timed out and no block came since: it gets
     /// one request at a time and is served last.
     snubbed: bool,
+    /// Slow start (as libtorrent and TCP): until the measured rate stops
+    /// growing, the request queue grows by one per block received, so a
+    /// fast peer is not held to two requests until the first rate tick.
+    slow_start: bool,
+    /// The queue depth slow start has reached.
+    slow_start_depth: u32,
+    /// The rate at the previous tick, to see it stop growing.
+    prev_down_rate: u64,
 }
 
 /// One torrent's swarm logic. See the module docs for the driving order.
@@ -565,6 +576,9 @@ impl Torrent {
                 up_rate: 0,
                 invalid_blocks: 0,
                 snubbed: false,
+                slow_start: true,
+                slow_start_depth: SLOW_START_DEPTH_INITIAL,
+                prev_down_rate: 0,
             },
         );
         let mut hs = Vec::with_capacity(Handshake::LEN);
@@ -800,6 +814,9 @@ impl Torrent {
         c.last_data_at = Some(now);
         c.snubbed = false;
         c.down_window += len;
+        if c.slow_start {
+            c.slow_start_depth = (c.slow_start_depth + 1).min(self.config.our_requests_max);
+        }
         match self.picker.block_received(peer, r) {
             Received::New { cancel, piece_complete } => {
                 self.stats.downloaded += len;
@@ -904,8 +921,9 @@ impl Torrent {
         let mut depth = if c.snubbed {
             1
         } else {
-            request_queue_depth(c.down_rate, self.config.target_request_delay, BLOCK_LEN)
-                .min(self.config.our_requests_max)
+            let by_rate = request_queue_depth(c.down_rate, self.config.target_request_delay, BLOCK_LEN);
+            let slow = if c.slow_start { c.slow_start_depth } else { 0 };
+            by_rate.max(slow).min(self.config.our_requests_max)
         };
         if let Some(q) = c.peer_reqq {
             depth = depth.min(q.max(1));
@@ -988,6 +1006,11 @@ impl Torrent {
             c.up_rate = ((c.up_rate as u128 * 4 + up) / 5) as u64;
             c.down_window = 0;
             c.up_window = 0;
+            // Slow start ends once the rate grows by less than an eighth a tick.
+            if c.slow_start && c.down_rate > 0 && c.down_rate <= c.prev_down_rate + c.prev_down_rate / 8 {
+                c.slow_start = false;
+            }
+            c.prev_down_rate = c.down_rate;
             if now.saturating_duration_since(c.last_recv_at) >= self.config.idle_timeout {
                 self.disconnect(p, DisconnectReason::Idle);
                 continue;
@@ -1001,6 +1024,7 @@ impl Torrent {
                 .collect();
             if !expired.is_empty() {
                 c.snubbed = true;
+                c.slow_start = false;
             }
             for r in expired {
                 c.sent_requests.remove(&r);

@@ -1,7 +1,19 @@
 //! The BitTorrent client: `rumor create`, `rumor get`, `rumor seed`.
+//!
+//! `create` hashes files into a .torrent. `get` and `seed` run one
+//! [`client`] session: a tokio task owning the core torrent machine and
+//! announcer, peer connections as tasks, disk and hashing on threads.
+
+mod client;
+mod control;
+mod storage;
+mod trackers;
 
 use clap::Args;
-use std::path::PathBuf;
+use rumor_core::bt::metainfo::{choose_piece_length, Limits, PieceHasher, TorrentBuilder};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// `rumor create PATH --announce URL -o FILE.torrent`.
@@ -9,6 +21,48 @@ use std::process::ExitCode;
 pub struct CreateArgs {
     /// The file or folder to share.
     pub path: PathBuf,
+    /// Tracker URL; repeat for more tiers, separate trackers of one tier
+    /// with commas (as mktorrent's -a).
+    #[arg(long, short = 'a')]
+    pub announce: Vec<String>,
+    /// Where to write the torrent.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Piece size in bytes (a power of two, at least 16 KiB); by default
+    /// chosen for about 1000-2000 pieces.
+    #[arg(long)]
+    pub piece_size: Option<u64>,
+    /// Mark the torrent private (BEP 27).
+    #[arg(long)]
+    pub private: bool,
+    /// A comment stored in the torrent.
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+/// Options common to `get` and `seed`.
+#[derive(Args, Debug, Clone)]
+pub struct PeerArgs {
+    /// TCP port to listen on for peers (0: any).
+    #[arg(long, default_value_t = 6881)]
+    pub port: u16,
+    /// A peer to dial besides the trackers' (repeatable).
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// Serve the control API (GET /status, /health; POST /pause, /resume)
+    /// here. It has no authentication, so it must be a loopback address
+    /// unless --control-public is given.
+    #[arg(long)]
+    pub control: Option<SocketAddr>,
+    /// Allow --control on a non-loopback address.
+    #[arg(long)]
+    pub control_public: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// No progress bar (one status line every few seconds instead).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `rumor get FILE.torrent -o DIR`.
@@ -16,6 +70,15 @@ pub struct CreateArgs {
 pub struct GetArgs {
     /// The torrent.
     pub torrent: PathBuf,
+    /// Directory to download into (the torrent's name is created in it).
+    #[arg(long, short = 'o', default_value = ".")]
+    pub output: PathBuf,
+    /// Exit once complete instead of seeding.
+    #[arg(long)]
+    pub no_seed: bool,
+    /// Peer options.
+    #[command(flatten)]
+    pub net: PeerArgs,
 }
 
 /// `rumor seed FILE.torrent DIR`.
@@ -23,22 +86,144 @@ pub struct GetArgs {
 pub struct SeedArgs {
     /// The torrent.
     pub torrent: PathBuf,
+    /// Directory holding the torrent's name (as `get -o` would have made it).
+    pub dir: PathBuf,
+    /// Peer options.
+    #[command(flatten)]
+    pub net: PeerArgs,
 }
 
 /// Runs `rumor create`.
-pub fn create(_args: CreateArgs) -> ExitCode {
-    eprintln!("rumor create: not yet");
-    ExitCode::FAILURE
+pub fn create(args: CreateArgs) -> ExitCode {
+    match create_torrent(&args) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rumor create: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lists regular files under `dir` as (relative components, path), sorted
+/// by components so the same tree always gives the same torrent.
+fn walk(dir: &Path, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, PathBuf)>) -> Result<(), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let name = entry.file_name().into_string().map_err(|n| format!("{n:?}: file name is not UTF-8"))?;
+        let ft = entry.file_type().map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        prefix.push(name);
+        if ft.is_dir() {
+            walk(&entry.path(), prefix, out)?;
+        } else if ft.is_file() {
+            out.push((prefix.clone(), entry.path()));
+        }
+        prefix.pop();
+    }
+    Ok(())
+}
+
+fn create_torrent(args: &CreateArgs) -> Result<String, String> {
+    let path = &args.path;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or_else(|| format!("{}: has no name", path.display()))?;
+    let mut files = Vec::new();
+    if meta.is_dir() {
+        walk(path, &mut Vec::new(), &mut files)?;
+        files.sort();
+        if files.is_empty() {
+            return Err(format!("{}: no files", path.display()));
+        }
+    } else {
+        files.push((vec![name.clone()], path.clone()));
+    }
+    let mut lengths = Vec::new();
+    for (_, p) in &files {
+        lengths.push(std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?.len());
+    }
+    let total: u64 = lengths.iter().sum();
+    if total == 0 {
+        return Err("nothing to share: all files are empty".into());
+    }
+    let piece_length = match args.piece_size {
+        Some(p) if p < 16 * 1024 || !p.is_power_of_two() => {
+            return Err(format!("--piece-size {p}: must be a power of two of at least 16384"))
+        }
+        Some(p) => p,
+        None => choose_piece_length(total),
+    };
+    let mut hasher = PieceHasher::new(piece_length);
+    let mut buf = vec![0u8; 1 << 20];
+    for ((_, p), len) in files.iter().zip(&lengths) {
+        let mut f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let mut left = *len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want]).map_err(|e| format!("{e}"))?;
+            if n == 0 {
+                return Err(format!("{}: changed while reading", p.display()));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+    }
+    let pieces = hasher.finish();
+    let mut b = if meta.is_dir() {
+        let list = files.into_iter().map(|(c, _)| c).zip(lengths).collect();
+        TorrentBuilder::multi(&name, list, piece_length, pieces)
+    } else {
+        TorrentBuilder::single(&name, total, piece_length, pieces)
+    };
+    b.announce_tiers = args
+        .announce
+        .iter()
+        .map(|t| t.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty())
+        .collect();
+    b.private = args.private;
+    b.comment = args.comment.clone();
+    b.created_by = Some(format!("rumor {}", env!("CARGO_PKG_VERSION")));
+    let limits = Limits { total_length_max: u64::MAX / 2, files_max: 1 << 20, ..Limits::default() };
+    let (bytes, m) = b.build(&limits).map_err(|e| format!("cannot build the torrent: {e}"))?;
+    std::fs::write(&args.output, bytes).map_err(|e| format!("{}: {e}", args.output.display()))?;
+    eprintln!(
+        "{}: {} files, {} bytes, {} pieces of {} bytes",
+        args.output.display(),
+        m.files.len(),
+        m.total_length,
+        m.pieces.len(),
+        m.piece_length
+    );
+    Ok(m.info_hash.to_hex())
 }
 
 /// Runs `rumor get`.
-pub fn get(_args: GetArgs) -> ExitCode {
-    eprintln!("rumor get: not yet");
-    ExitCode::FAILURE
+pub fn get(args: GetArgs) -> ExitCode {
+    let opts = client::Options {
+        torrent: args.torrent,
+        dir: args.output,
+        net: args.net,
+        exit_when_complete: args.no_seed,
+        seed_command: false,
+    };
+    client::run(opts)
 }
 
 /// Runs `rumor seed`.
-pub fn seed(_args: SeedArgs) -> ExitCode {
-    eprintln!("rumor seed: not yet");
-    ExitCode::FAILURE
+pub fn seed(args: SeedArgs) -> ExitCode {
+    let opts = client::Options {
+        torrent: args.torrent,
+        dir: args.dir,
+        net: args.net,
+        exit_when_complete: false,
+        seed_command: true,
+    };
+    client::run(opts)
 }

@@ -1,0 +1,318 @@
+//! Hostile input: malicious torrents are refused with a clear error, and a
+//! peer serving corrupt blocks does not corrupt the download.
+
+mod common;
+
+use common::bt::*;
+use common::{free_port, Scratch};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bencode helpers for hand-made torrents.
+fn bs(s: &[u8]) -> Vec<u8> {
+    let mut v = format!("{}:", s.len()).into_bytes();
+    v.extend_from_slice(s);
+    v
+}
+
+fn int(i: i64) -> Vec<u8> {
+    format!("i{i}e").into_bytes()
+}
+
+fn dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut v = b"d".to_vec();
+    for (k, val) in entries {
+        v.extend(bs(k.as_bytes()));
+        v.extend_from_slice(val);
+    }
+    v.push(b'e');
+    v
+}
+
+fn list(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = b"l".to_vec();
+    for i in items {
+        v.extend_from_slice(i);
+    }
+    v.push(b'e');
+    v
+}
+
+fn multi_file_torrent(path: &[&[u8]]) -> Vec<u8> {
+    let file = dict(&[("length", int(10)), ("path", list(&path.iter().map(|c| bs(c)).collect::<Vec<_>>()))]);
+    let info = dict(&[
+        ("files", list(&[file])),
+        ("name", bs(b"evil")),
+        ("piece length", int(16384)),
+        ("pieces", bs(&[7u8; 20])),
+    ]);
+    dict(&[("announce", bs(b"http://127.0.0.1:1/announce")), ("info", info)])
+}
+
+fn single_file_torrent(name: &[u8], length: i64, piece_length: i64, pieces: &[u8]) -> Vec<u8> {
+    let info = dict(&[
+        ("length", int(length)),
+        ("name", bs(name)),
+        ("piece length", int(piece_length)),
+        ("pieces", bs(pieces)),
+    ]);
+    dict(&[("info", info)])
+}
+
+/// Runs `rumor get` on `bytes` and returns its stderr; asserts it failed
+/// and wrote nothing outside its output directory.
+fn refused(tag: &str, bytes: &[u8]) -> String {
+    let s = Scratch::new(&format!("bt-hostile-{tag}"));
+    let t = s.0.join("evil.torrent");
+    std::fs::write(&t, bytes).unwrap();
+    let out = s.0.join("inside/out");
+    std::fs::create_dir_all(&out).unwrap();
+    let o = rumor(&["get"])
+        .arg(&t)
+        .arg("-o")
+        .arg(&out)
+        .args(["--no-seed", "--quiet", "--port", &free_port().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{tag}: a malicious torrent was accepted: {err}");
+    assert!(err.contains("refused"), "{tag}: the error does not say the torrent was refused: {err}");
+    let outside: Vec<_> = std::fs::read_dir(&s.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(outside.len(), 2, "{tag}: something was written next to the output: {outside:?}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{tag}: files were created");
+    err
+}
+
+#[test]
+fn a_torrent_whose_path_climbs_out_with_dot_dot_is_refused() {
+    let e = refused("dotdot", &multi_file_torrent(&[b"..", b"..", b"escaped"]));
+    assert!(e.contains("DotDot"), "{e}");
+}
+
+#[test]
+fn a_torrent_with_an_absolute_or_separator_path_is_refused() {
+    let e = refused("abs", &multi_file_torrent(&[b"/etc/passwd"]));
+    assert!(e.contains("Separator"), "{e}");
+    let e = refused("backslash", &multi_file_torrent(&[b"..\\..\\x"]));
+    assert!(e.contains("Separator"), "{e}");
+}
+
+#[test]
+fn a_torrent_with_a_nul_or_empty_path_component_is_refused() {
+    refused("nul", &multi_file_torrent(&[b"a\0b"]));
+    refused("empty", &multi_file_torrent(&[b"ok", b""]));
+    refused("dotname", &single_file_torrent(b"..", 10, 16384, &[1u8; 20]));
+}
+
+#[test]
+fn a_torrent_whose_hashes_do_not_cover_its_length_is_refused() {
+    let e = refused("count", &single_file_torrent(b"f", 100_000, 16384, &[1u8; 20]));
+    assert!(e.contains("PieceCountMismatch"), "{e}");
+    refused("ragged", &single_file_torrent(b"f", 10, 16384, &[1u8; 19]));
+}
+
+#[test]
+fn a_torrent_with_absurd_sizes_is_refused() {
+    refused("negative", &single_file_torrent(b"f", -5, 16384, &[1u8; 20]));
+    refused("zero-piece", &single_file_torrent(b"f", 10, 0, &[1u8; 20]));
+    refused("huge-piece", &single_file_torrent(b"f", 10, 1 << 40, &[1u8; 20]));
+    refused("huge-total", &single_file_torrent(b"f", i64::MAX, 1 << 20, &[1u8; 20]));
+}
+
+#[test]
+fn garbage_truncated_and_oversized_torrent_files_are_refused() {
+    refused("garbage", b"this is not bencode at all");
+    let mut t = single_file_torrent(b"f", 10, 16384, &[1u8; 20]);
+    t.truncate(t.len() - 3);
+    refused("truncated", &t);
+    refused("no-info", &dict(&[("announce", bs(b"http://x/"))]));
+    refused("deep", &[b'l'; 100_000]);
+    let mut big = b"d4:info".to_vec();
+    big.resize(17 << 20, b'x');
+    refused("oversized", &big);
+}
+
+/// Reads one length-prefixed peer-wire message (None on EOF).
+fn read_msg(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    assert!(len <= (1 << 20), "a huge message");
+    let mut m = vec![0u8; len];
+    s.read_exact(&mut m).ok()?;
+    Some(m)
+}
+
+/// A peer that claims every piece and answers requests with bad bytes for
+/// even pieces (the right bytes for odd ones). Counts corrupt blocks sent.
+fn spawn_liar(content: Arc<Vec<u8>>, piece_len: usize, pieces: usize, sent_bad: Arc<AtomicU32>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { return };
+            let content = content.clone();
+            let sent_bad = sent_bad.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut hs = [0u8; 68];
+                if s.read_exact(&mut hs).is_err() {
+                    return;
+                }
+                let mut reply = hs;
+                reply[20..28].fill(0);
+                reply[48..68].copy_from_slice(b"-XX0001-liarliarliar");
+                let mut out = reply.to_vec();
+                let bf_len = pieces.div_ceil(8);
+                let mut bf = vec![0xffu8; bf_len];
+                if !pieces.is_multiple_of(8) {
+                    bf[bf_len - 1] = 0xffu8 << (8 - pieces % 8);
+                }
+                out.extend(((bf_len + 1) as u32).to_be_bytes());
+                out.push(5);
+                out.extend(bf);
+                out.extend(1u32.to_be_bytes());
+                out.push(1); // unchoke
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+                while let Some(m) = read_msg(&mut s) {
+                    if m.first() != Some(&6) || m.len() != 13 {
+                        continue;
+                    }
+                    let idx = u32::from_be_bytes(m[1..5].try_into().unwrap()) as usize;
+                    let begin = u32::from_be_bytes(m[5..9].try_into().unwrap()) as usize;
+                    let len = u32::from_be_bytes(m[9..13].try_into().unwrap()) as usize;
+                    let at = idx * piece_len + begin;
+                    let mut data = content[at..at + len].to_vec();
+                    if idx.is_multiple_of(2) {
+                        data.iter_mut().for_each(|b| *b ^= 0x5a);
+                        sent_bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut msg = ((9 + len) as u32).to_be_bytes().to_vec();
+                    msg.push(7);
+                    msg.extend(&m[1..9]);
+                    msg.extend(data);
+                    if s.write_all(&msg).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_is_still_byte_identical() {
+    let s = Scratch::new("bt-liar");
+    let src = s.0.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let piece_len = 32 * 1024;
+    let bytes = content(42, 2_500_000);
+    std::fs::write(src.join("file.bin"), &bytes).unwrap();
+    let torrent = s.0.join("t.torrent");
+    rumor_create(&src.join("file.bin"), &torrent, &["--piece-size", &piece_len.to_string()]);
+    let pieces = bytes.len().div_ceil(piece_len);
+    let sent_bad = Arc::new(AtomicU32::new(0));
+    let liar = spawn_liar(Arc::new(bytes.clone()), piece_len, pieces, sent_bad.clone());
+    let honest_port = free_port();
+    let out = s.0.join("out");
+    // The liar is there first; the honest seeder comes a moment later.
+    let mut get = Proc::spawn(
+        "rumor get",
+        {
+            let mut c = rumor(&["get"]);
+            c.arg(&torrent).arg("-o").arg(&out).args(["--no-seed", "--quiet", "--port", &free_port().to_string()]);
+            c.args(["--peer", &format!("127.0.0.1:{liar}"), "--peer", &format!("127.0.0.1:{honest_port}")]);
+            c
+        },
+        &s.0.join("get.log"),
+    );
+    assert!(eventually(Duration::from_secs(20), || sent_bad.load(Ordering::Relaxed) > 0), "the liar was never asked");
+    let _honest = Proc::spawn(
+        "rumor seed",
+        {
+            let mut c = rumor(&["seed"]);
+            c.arg(&torrent).arg(&src).args(["--quiet", "--port", &honest_port.to_string()]);
+            c
+        },
+        &s.0.join("seed.log"),
+    );
+    let status = get.wait_for(Duration::from_secs(60));
+    let log = get.log_text();
+    assert!(status.is_some_and(|s| s.success()), "rumor get did not finish: {log}");
+    assert!(std::fs::read(out.join("file.bin")).unwrap() == bytes, "the download differs");
+    assert!(log.contains("failed its hash check"), "no hash failure was reported: {log}");
+    assert!(log.contains("banned"), "the liar was not banned: {log}");
+}
+
+/// Connects to `port`, sends `bytes`, and says whether the peer hung up
+/// within a few seconds.
+fn hangs_up_after(port: u16, bytes: &[u8]) -> bool {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut buf = [0u8; 4096];
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[test]
+fn peers_speaking_garbage_are_dropped_and_the_seeder_keeps_serving() {
+    let s = Scratch::new("bt-garbage-peer");
+    let src = s.0.join("src");
+    let data = make_tree(&src, "payload", 21);
+    let torrent = s.0.join("t.torrent");
+    let hash = rumor_create(&data, &torrent, &[]);
+    let port = free_port();
+    let mut c = rumor(&["seed"]);
+    c.arg(&torrent).arg(&src).args(["--quiet", "--port", &port.to_string()]);
+    let seed = Proc::spawn("rumor seed", c, &s.0.join("seed.log"));
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let mut hs = vec![19u8];
+    hs.extend_from_slice(b"BitTorrent protocol");
+    hs.extend_from_slice(&[0u8; 8]);
+    let good_hash = hex::decode(&hash).unwrap();
+    // Not BitTorrent at all.
+    assert!(hangs_up_after(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n and then some more bytes to fill a handshake"));
+    // Another torrent's infohash.
+    let mut other = hs.clone();
+    other.extend_from_slice(&[9u8; 20]);
+    other.extend_from_slice(b"-XX0001-wronghash000");
+    assert!(hangs_up_after(port, &other));
+    // The right torrent, then a message claiming to be 2 GiB long.
+    let mut huge = hs.clone();
+    huge.extend_from_slice(&good_hash);
+    huge.extend_from_slice(b"-XX0001-hugemessage0");
+    huge.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+    huge.push(7);
+    assert!(hangs_up_after(port, &huge));
+    // A request for a piece that does not exist.
+    let mut bad_req = hs.clone();
+    bad_req.extend_from_slice(&good_hash);
+    bad_req.extend_from_slice(b"-XX0001-badrequest00");
+    bad_req.extend_from_slice(&5u32.to_be_bytes());
+    bad_req.push(4); // have
+    bad_req.extend_from_slice(&1_000_000u32.to_be_bytes());
+    assert!(hangs_up_after(port, &bad_req));
+    // An honest libtorrent still gets the data.
+    let out = s.0.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut leech =
+        libtorrent("leech", &torrent, &out, free_port(), &[format!("127.0.0.1:{port}")], &s.0.join("lt.log"));
+    let st = leech.wait_for(Duration::from_secs(60));
+    assert!(st.is_some_and(|s| s.success()), "{}\n{}", leech.log_text(), seed.log_text());
+    assert_same_tree(&data, &out.join("payload"));
+}

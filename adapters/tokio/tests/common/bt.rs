@@ -1,0 +1,205 @@
+//! BitTorrent test helpers: processes killed by PID on drop, a libtorrent
+//! peer (python3-libtorrent under the system python), opentracker,
+//! mktorrent, and deterministic content.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The system python that has the libtorrent bindings (not pyenv's).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// The libtorrent peer script.
+pub fn lt_script() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/lt_peer.py"))
+}
+
+/// A child process killed (by its PID) when dropped; output goes to a log.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr into `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let f = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, log: log.to_path_buf(), name: name.to_string() }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit, up to `limit`; None if it did not.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Sends SIGINT (as Ctrl-C does).
+    pub fn interrupt(&self) {
+        unsafe_free_kill(self.child.id(), "-INT");
+    }
+}
+
+fn unsafe_free_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rumor ARGS...` as a command.
+pub fn rumor(args: &[&str]) -> Command {
+    let mut c = Command::new(super::binary());
+    c.args(args).env("RUMOR_LOG", "info");
+    c
+}
+
+/// Runs `rumor ARGS...` to the end.
+pub fn rumor_output(args: &[&str]) -> Output {
+    rumor(args).output().expect("run rumor")
+}
+
+/// Deterministic pseudo-random bytes (xorshift), `len` of them.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a small multi-file tree under `root/name`: odd sizes, a
+/// subdirectory, an empty-ish file; returns its path.
+pub fn make_tree(root: &Path, name: &str, seed: u64) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    std::fs::write(dir.join("alpha.bin"), content(seed, 1_500_000 + 17)).unwrap();
+    std::fs::write(dir.join("sub/beta.bin"), content(seed + 1, 700_001)).unwrap();
+    std::fs::write(dir.join("sub/deeper/gamma.txt"), b"gamma\n").unwrap();
+    std::fs::write(dir.join("zeta.bin"), content(seed + 2, 333_333)).unwrap();
+    dir
+}
+
+/// Asserts two trees hold the same files with the same bytes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    fn list(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                list(root, &e.path(), out);
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    list(a, a, &mut la);
+    list(b, b, &mut lb);
+    la.sort();
+    lb.sort();
+    assert_eq!(la, lb, "the trees list different files");
+    for f in la {
+        assert!(std::fs::read(a.join(&f)).unwrap() == std::fs::read(b.join(&f)).unwrap(), "{} differs", f.display());
+    }
+}
+
+/// Checks the system python has libtorrent; panics with the install hint.
+pub fn require_libtorrent() {
+    let ok = Command::new(PYTHON)
+        .args(["-c", "import libtorrent"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "these tests need python3-libtorrent for {PYTHON} (apt-get install python3-libtorrent)");
+}
+
+/// A libtorrent peer: `mode` is "seed" or "leech".
+pub fn libtorrent(mode: &str, torrent: &Path, save: &Path, port: u16, peers: &[String], log: &Path) -> Proc {
+    require_libtorrent();
+    let mut c = Command::new(PYTHON);
+    c.arg(lt_script()).arg(mode).arg(torrent).arg(save).arg(port.to_string());
+    for p in peers {
+        c.args(["--peer", p]);
+    }
+    c.args(["--timeout", "90"]);
+    Proc::spawn(&format!("libtorrent {mode}"), c, log)
+}
+
+/// opentracker on 127.0.0.1:`port` (HTTP and UDP), whitelisting `hashes`.
+/// Debian's build only serves whitelisted infohashes; run as root it
+/// chroots to `-d` before reading the whitelist, so the path is given
+/// inside that directory then (as another user it stays put).
+pub fn opentracker(dir: &Path, port: u16, hashes: &[String]) -> Proc {
+    let wl_dir = dir.join("opentracker");
+    std::fs::create_dir_all(&wl_dir).unwrap();
+    std::fs::write(wl_dir.join("whitelist"), hashes.join("\n") + "\n").unwrap();
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let wl = if root { PathBuf::from("/whitelist") } else { wl_dir.join("whitelist") };
+    let mut c = Command::new("opentracker");
+    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-P", &port.to_string(), "-d"]).arg(&wl_dir).arg("-w").arg(wl);
+    let p = Proc::spawn("opentracker", c, &dir.join("opentracker.log"));
+    // Wait until it answers HTTP.
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "opentracker did not start: {}", p.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+/// mktorrent DIR with `announce` and piece size 2^`piece_log2`.
+pub fn mktorrent(src: &Path, announce: &str, piece_log2: u32, out: &Path) {
+    let o = Command::new("mktorrent")
+        .args(["-a", announce, "-l", &piece_log2.to_string(), "-o"])
+        .arg(out)
+        .arg(src)
+        .output()
+        .expect("mktorrent is installed (apt-get install mktorrent)");
+    assert!(o.status.success(), "mktorrent failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `rumor create` and the infohash it prints.
+pub fn rumor_create(src: &Path, out: &Path, extra: &[&str]) -> String {
+    let o = rumor(&["create"]).arg(src).arg("-o").arg(out).args(extra).output().unwrap();
+    assert!(o.status.success(), "rumor create failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Polls `f` until it is true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}

@@ -1,0 +1,68 @@
+"""A libtorrent peer for rumor's interop tests and benchmark.
+
+usage: lt_peer.py seed|leech TORRENT SAVE_PATH PORT [--peer HOST:PORT]... [--timeout S]
+
+seed: serves SAVE_PATH (checked first, or --seed-mode to trust it) until killed.
+leech: downloads into SAVE_PATH; exits 0 when complete and prints
+"DONE bytes seconds", non-zero on timeout. Run with /usr/bin/python3.
+"""
+import sys, time
+import libtorrent as lt
+
+def main():
+    mode, torrent, save, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    rest = sys.argv[5:]
+    peers, timeout, seed_mode = [], 120.0, False
+    i = 0
+    while i < len(rest):
+        if rest[i] == "--peer":
+            h, p = rest[i + 1].rsplit(":", 1); peers.append((h, int(p))); i += 2
+        elif rest[i] == "--timeout":
+            timeout = float(rest[i + 1]); i += 2
+        elif rest[i] == "--seed-mode":
+            seed_mode = True; i += 1
+        else:
+            raise SystemExit("unknown argument " + rest[i])
+    s = lt.session({
+        "listen_interfaces": "127.0.0.1:%d" % port,
+        "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+        "enable_outgoing_utp": False, "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "out_enc_policy": 2, "in_enc_policy": 1,
+        "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,
+    })
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(torrent)
+    params.save_path = save
+    if seed_mode:
+        params.flags |= lt.torrent_flags.seed_mode
+    h = s.add_torrent(params)
+    start = time.time()
+    connected = False
+    last = 0
+    while True:
+        st = h.status()
+        if st.state in (lt.torrent_status.downloading, lt.torrent_status.seeding, lt.torrent_status.finished) and not connected:
+            for p in peers:
+                h.connect_peer(p)
+            connected = True
+        for a in s.pop_alerts():
+            if a.category() & lt.alert.category_t.error_notification:
+                print("alert:", a.message(), flush=True)
+        now = time.time()
+        if now - last > 2:
+            last = now
+            print("state=%s progress=%.3f down=%d up=%d peers=%d" % (st.state, st.progress, st.download_rate, st.upload_rate, st.num_peers), flush=True)
+            if connected:
+                for p in peers:
+                    h.connect_peer(p)
+        if mode == "leech" and st.is_seeding:
+            el = time.time() - start
+            print("DONE %d %.3f" % (st.total_wanted, el), flush=True)
+            return 0
+        if mode == "leech" and now - start > timeout:
+            print("TIMEOUT", flush=True)
+            return 1
+        time.sleep(0.05)
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# BitTorrent over loopback: one libtorrent seeder, then a rumor leecher and
+# a libtorrent leecher downloading the same torrent from it, one after the
+# other in the same run. Prints MiB/s of each, their ratio, CPU seconds per
+# GiB and peak resident memory. A benchmark, not a test.
+#
+#   bench/bt_loopback.sh              # 1 GiB
+#   SIZE_MIB=256 bench/bt_loopback.sh # smaller
+#
+# Needs python3-libtorrent (for /usr/bin/python3) and /usr/bin/time; builds
+# rumor in release mode unless RUMOR_BIN is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${SIZE_MIB:-1024}
+WORK=${WORK:-$(mktemp -d /tmp/rumor-bt-bench.XXXXXX)}
+LT=adapters/tokio/tests/common/lt_peer.py
+PY=/usr/bin/python3
+if [ -z "${RUMOR_BIN:-}" ]; then
+  cargo build --release -q -p rumor-tokio
+  RUMOR_BIN=${CARGO_TARGET_DIR:-target}/release/rumor
+fi
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+mkdir -p "$WORK/src" "$WORK/rumor" "$WORK/lt"
+echo "making $SIZE_MIB MiB of random data in $WORK"
+head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/src/bench.bin"
+"$RUMOR_BIN" create "$WORK/src/bench.bin" -o "$WORK/bench.torrent" >/dev/null 2>&1
+
+SEED_PORT=$(free_port)
+$PY "$LT" seed "$WORK/bench.torrent" "$WORK/src" "$SEED_PORT" --seed-mode > "$WORK/seed.log" 2>&1 &
+pids+=($!)
+sleep 2
+
+# rumor leecher
+/usr/bin/time -v -o "$WORK/rumor.time" "$RUMOR_BIN" get "$WORK/bench.torrent" -o "$WORK/rumor" --no-seed --quiet \
+  --port "$(free_port)" --peer "127.0.0.1:$SEED_PORT" > "$WORK/rumor.log" 2>&1
+cmp "$WORK/src/bench.bin" "$WORK/rumor/bench.bin" || { echo "rumor's copy differs"; exit 1; }
+
+# libtorrent leecher
+/usr/bin/time -v -o "$WORK/lt.time" $PY "$LT" leech "$WORK/bench.torrent" "$WORK/lt" "$(free_port)" \
+  --peer "127.0.0.1:$SEED_PORT" --timeout 600 > "$WORK/lt.log" 2>&1
+cmp "$WORK/src/bench.bin" "$WORK/lt/bench.bin" || { echo "libtorrent's copy differs"; exit 1; }
+
+# Extra leg: rumor seeds its copy to another libtorrent leecher.
+RSEED_PORT=$(free_port)
+/usr/bin/time -v -o "$WORK/rseed.time" "$RUMOR_BIN" seed "$WORK/bench.torrent" "$WORK/rumor" --quiet \
+  --port "$RSEED_PORT" > "$WORK/rseed.log" 2>&1 &
+TIME_PID=$!
+pids+=($TIME_PID)
+mkdir -p "$WORK/lt2"
+sleep 1
+while ! grep -q listening "$WORK/rseed.log"; do sleep 0.2; done
+$PY "$LT" leech "$WORK/bench.torrent" "$WORK/lt2" "$(free_port)" --peer "127.0.0.1:$RSEED_PORT" --timeout 600 \
+  > "$WORK/lt2.log" 2>&1
+cmp "$WORK/src/bench.bin" "$WORK/lt2/bench.bin" || { echo "the copy from rumor's seeder differs"; exit 1; }
+kill -INT "$(pgrep -P "$TIME_PID")"
+wait "$TIME_PID" || true
+
+field() { grep "$1" "$2" | awk -F': ' '{print $2}'; }
+secs() { # wall clock h:mm:ss or m:ss.ss -> seconds
+  echo "$1" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }'
+}
+report() { # name timefile transfer_seconds
+  local wall user sys rss
+  wall=$(secs "$(field 'Elapsed (wall clock)' "$2")")
+  user=$(field 'User time' "$2"); sys=$(field 'System time' "$2")
+  rss=$(field 'Maximum resident set size' "$2")
+  awk -v n="$1" -v mib="$SIZE_MIB" -v t="$3" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" 'BEGIN {
+    printf "%-10s %8.1f MiB/s (transfer %.2f s, process %.2f s)  CPU %.2f s/GiB (user %.2f, sys %.2f)  peak RSS %.1f MiB\n",
+      n, mib / t, t, w, (u + s) / (mib / 1024), u, s, r / 1024 }'
+}
+RT=$(grep -o 'in [0-9.]* s' "$WORK/rumor.log" | tail -1 | awk '{print $2}')
+LTT=$(grep '^DONE' "$WORK/lt.log" | awk '{print $3}')
+echo "size: $SIZE_MIB MiB over loopback from a libtorrent $($PY -c 'import libtorrent; print(libtorrent.__version__)') seeder"
+report rumor "$WORK/rumor.time" "$RT"
+report libtorrent "$WORK/lt.time" "$LTT"
+awk -v a="$RT" -v b="$LTT" 'BEGIN { printf "ratio rumor/libtorrent: %.2fx\n", b / a }'
+LT2=$(grep '^DONE' "$WORK/lt2.log" | awk '{print $3}')
+awk -v mib="$SIZE_MIB" -v t="$LT2" -v r="$(field 'Maximum resident set size' "$WORK/rseed.time")" 'BEGIN {
+  printf "extra: rumor seeder -> libtorrent leecher %.1f MiB/s; rumor seeder peak RSS %.1f MiB (includes its start-up check)\n",
+    mib / t, r / 1024 }'

@@ -85,7 +85,15 @@ impl Cluster {
     /// A member with `node_id`, loaded with what the data directory held.
     pub fn new(config: Config, node_id: u64, now: Now, seed: u64, entries: Vec<Entry>, incarnation: u64) -> Cluster {
         let mut gossip = Gossip::new(config, node_id, now, seed);
-        gossip.restore(entries, incarnation);
+        // Only a data directory that held something is an earlier run. A new
+        // store knows its (empty) collection history, and peers serve each
+        // other by delta only through such nodes: restoring nothing would
+        // leave a cluster of fresh nodes unable to catch up a restarted one
+        // (each takes the other's watermarks as older than the grace period)
+        // once the pushes of what it missed are over.
+        if !entries.is_empty() || incarnation > 0 {
+            gossip.restore(entries, incarnation);
+        }
         let mut view = RecordStore::new();
         for e in gossip.store().live(Namespace::DNS, now.wall_ms) {
             if let Some(set) = rrset_of(e) {

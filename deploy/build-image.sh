@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds rumor as a static binary and packs it into a FROM scratch image.
+#
+#   deploy/build-image.sh [TAG]        (default rumor:latest)
+#
+# Environment: CARGO_TARGET_DIR (default <repo>/target), CARGO (default cargo).
+set -euo pipefail
+
+TAG=${1:-rumor:latest}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+TARGET=x86_64-unknown-linux-gnu
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/$TARGET/release/rumor
+
+echo "build-image: cargo build -p rumor-tokio --release --target $TARGET (static glibc)" >&2
+# An explicit --target keeps these RUSTFLAGS away from build scripts and
+# proc macros, which must stay dynamic.
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    "${CARGO:-cargo}" build -p rumor-tokio --release --target "$TARGET")
+
+# A scratch image has no loader and no libc: refuse anything dynamic.
+if command -v file >/dev/null; then
+    desc=$(file -L "$BIN")
+    case $desc in
+        *"statically linked"* | *"static-pie linked"*) ;;
+        *) echo "build-image: $BIN is not static: $desc" >&2; exit 1 ;;
+    esac
+fi
+if command -v ldd >/dev/null && ldd "$BIN" 2>&1 | grep -q '=>'; then
+    echo "build-image: $BIN links shared libraries:" >&2
+    ldd "$BIN" >&2
+    exit 1
+fi
+
+CTX=$(mktemp -d)
+trap 'rm -rf "$CTX"' EXIT
+mkdir "$CTX/data"
+if command -v strip >/dev/null; then
+    strip -o "$CTX/rumor" "$BIN"
+else
+    cp "$BIN" "$CTX/rumor"
+fi
+cp "$HERE/Dockerfile" "$CTX/Dockerfile"
+"$CTX/rumor" --version >/dev/null # it runs here, so it runs on scratch
+
+echo "build-image: docker build -t $TAG ($(du -h "$CTX/rumor" | cut -f1) binary)" >&2
+docker build --quiet -t "$TAG" "$CTX" >/dev/null
+docker run --rm "$TAG" --version >/dev/null
+echo "build-image: $TAG ready" >&2

@@ -16,7 +16,7 @@ BIN=$CARGO_TARGET_DIR/$TARGET/release/rumor
 echo "build-image: cargo build -p rumor-tokio --release --target $TARGET (static glibc)" >&2
 # An explicit --target keeps these RUSTFLAGS away from build scripts and
 # proc macros, which must stay dynamic.
-(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg chacha20_force_soft --cfg poly1305_force_soft" \
     "${CARGO:-cargo}" build -p rumor-tokio --release --target "$TARGET")
 
 # A scratch image has no loader and no libc: refuse anything dynamic.

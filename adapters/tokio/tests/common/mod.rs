@@ -60,10 +60,19 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node with a data directory in `data` and extra flags.
     pub fn start(data: &std::path::Path, extra: &[&str]) -> TestNode {
-        let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let gossip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Self::start_at(dns, api, gossip, data, extra)
+        // A port found free may be taken by a parallel test before the node
+        // binds it: a node that exits at once is started again elsewhere.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let gossip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            match Self::try_start_at(dns, api, gossip, data, extra) {
+                Ok(node) => return node,
+                Err(e) => last = e,
+            }
+        }
+        panic!("the node would not start: {last}");
     }
 
     /// Starts a node on given addresses.
@@ -74,7 +83,19 @@ impl TestNode {
         data: &std::path::Path,
         extra: &[&str],
     ) -> TestNode {
-        let log = std::fs::File::create(data.join(format!("node-{}.log", dns.port()))).unwrap();
+        Self::try_start_at(dns, api, gossip, data, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a node; `Err` with its log if it exits or never gets ready.
+    pub fn try_start_at(
+        dns: SocketAddr,
+        api: SocketAddr,
+        gossip: SocketAddr,
+        data: &std::path::Path,
+        extra: &[&str],
+    ) -> Result<TestNode, String> {
+        let log_path = data.join(format!("node-{}.log", dns.port()));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(binary())
             .arg("node")
             .args(["--dns", &dns.to_string(), "--api", &api.to_string(), "--gossip", &gossip.to_string()])
@@ -87,7 +108,7 @@ impl TestNode {
             .stderr(log)
             .spawn()
             .expect("start rumor node");
-        let node = TestNode {
+        let mut node = TestNode {
             child,
             dns,
             api,
@@ -95,21 +116,29 @@ impl TestNode {
             data: data.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        node.wait_ready();
-        node
+        if node.wait_ready() {
+            return Ok(node);
+        }
+        node.kill9();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Err(format!("node on {} did not become ready; its log:\n{log}", node.api))
     }
 
-    fn wait_ready(&self) {
+    /// True once /health answers; false if the process exits or 20 s pass.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(r) = ureq::get(&self.url("/health")).timeout(Duration::from_secs(1)).call() {
                 if r.status() == 200 {
-                    return;
+                    return true;
                 }
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("node on {} did not become ready; log in {}", self.api, self.data.display());
+        false
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -79,6 +79,23 @@ pub struct Cluster {
     last_incarnation: u64,
     refused: Vec<(Bytes, Refused)>,
     rejected_remote: u64,
+    /// Wall time of the input being handled.
+    now_ms: u64,
+    lag: Lag,
+}
+
+/// How long remote writes took to arrive: from the wall time in the
+/// writer's version to when this node applied them.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Lag {
+    /// Remote entries measured.
+    pub count: u64,
+    /// Sum of their lags, ms.
+    pub sum_ms: u64,
+    /// The largest lag seen, ms.
+    pub max_ms: u64,
+    /// The last lag seen, ms.
+    pub last_ms: u64,
 }
 
 impl Cluster {
@@ -111,6 +128,8 @@ impl Cluster {
             last_incarnation: incarnation,
             refused: Vec::new(),
             rejected_remote: 0,
+            now_ms: now.wall_ms,
+            lag: Lag::default(),
         };
         c.drain();
         c
@@ -124,6 +143,11 @@ impl Cluster {
     /// The gossip machine (members, stats, the replicated store).
     pub fn gossip(&self) -> &Gossip {
         &self.gossip
+    }
+
+    /// Propagation lag of remote writes, as far as it can be known.
+    pub fn lag(&self) -> Lag {
+        self.lag
     }
 
     /// Remote DNS entries whose value could not be read (dropped).
@@ -143,18 +167,21 @@ impl Cluster {
 
     /// Contacts these addresses to join (or rejoin) the cluster.
     pub fn join(&mut self, now: Now, addrs: Vec<PeerAddr>) {
+        self.now_ms = now.wall_ms;
         self.gossip.handle(now, Input::Command(Command::Join(addrs)));
         self.drain();
     }
 
     /// Tells peers we are leaving.
     pub fn leave(&mut self, now: Now) {
+        self.now_ms = now.wall_ms;
         self.gossip.handle(now, Input::Command(Command::Leave));
         self.drain();
     }
 
     /// A gossip message arrived.
     pub fn receive(&mut self, now: Now, from: PeerAddr, bytes: Vec<u8>) {
+        self.now_ms = now.wall_ms;
         self.gossip.handle(now, Input::Receive { from, bytes });
         self.drain();
     }
@@ -162,6 +189,7 @@ impl Cluster {
     /// The deadline from [`Cluster::next_timeout`] passed; also expires the
     /// view.
     pub fn timeout(&mut self, now: Now) {
+        self.now_ms = now.wall_ms;
         self.gossip.handle(now, Input::Timeout);
         // Lookups skip expired providers already; this only frees memory.
         if now.wall_ms >= self.overlay_swept_ms + 10_000 {
@@ -183,6 +211,7 @@ impl Cluster {
         puts: Vec<RRset>,
         removes: Vec<(Name, RType)>,
     ) -> Result<WriteReport, WriteError> {
+        self.now_ms = now.wall_ms;
         // A CNAME must stand alone at its name (RFC 1034 section 3.6.2).
         for set in &puts {
             let clash = self
@@ -250,6 +279,7 @@ impl Cluster {
         completed: bool,
         snatch_ttl_ms: u64,
     ) {
+        self.now_ms = now.wall_ms;
         let key = Bytes::from(overlay::provider_key(ih, provider.addr));
         let cmd = if stopped {
             Command::Delete { ns: Namespace::PROVIDERS, key }
@@ -275,6 +305,7 @@ impl Cluster {
     /// that just joined may not have them yet); ends with
     /// [`Effect::LookupDone`] carrying `id`.
     pub fn lookup_providers(&mut self, now: Now, id: u32, ih: &InfoHash) {
+        self.now_ms = now.wall_ms;
         let lookup = Command::Lookup { id, ns: Namespace::PROVIDERS, prefix: Bytes::copy_from_slice(&ih.0) };
         self.gossip.handle(now, Input::Command(lookup));
         self.drain();
@@ -321,6 +352,14 @@ impl Cluster {
         self.overlay.follow(&change);
         match change {
             Change::Applied(entry) => {
+                if entry.writer != self.gossip.id() {
+                    // HLC versions carry the writer's wall clock in ms.
+                    let lag = self.now_ms.saturating_sub(entry.version.0 >> 16);
+                    self.lag.count += 1;
+                    self.lag.sum_ms = self.lag.sum_ms.saturating_add(lag);
+                    self.lag.max_ms = self.lag.max_ms.max(lag);
+                    self.lag.last_ms = lag;
+                }
                 if entry.ns == Namespace::DNS {
                     self.follow_dns(&entry);
                 }

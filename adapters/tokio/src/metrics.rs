@@ -68,5 +68,14 @@ pub fn render(s: &NodeStats) -> String {
     o.value("gossip_dropped_total", &[("reason", "bad_value")], s.gossip_rejected_values);
     o.one("gossip_entries_applied_total", "counter", "Remote entries applied.", s.gossip_entries_applied);
     o.one("gossip_full_transfers_total", "counter", "Full state transfers completed.", s.gossip_full_transfers);
+    o.family(
+        "gossip_convergence_lag_ms",
+        "summary",
+        "Time from a remote write (the writer's clock, in its version) to this node applying it.",
+    );
+    o.value("gossip_convergence_lag_ms_sum", &[], s.gossip_lag.sum_ms);
+    o.value("gossip_convergence_lag_ms_count", &[], s.gossip_lag.count);
+    o.one("gossip_convergence_lag_max_ms", "gauge", "The largest convergence lag seen, ms.", s.gossip_lag.max_ms);
+    o.one("gossip_convergence_lag_last_ms", "gauge", "The last convergence lag seen, ms.", s.gossip_lag.last_ms);
     o.0
 }

@@ -160,6 +160,8 @@ pub struct NodeStats {
     pub gossip_full_transfers: u64,
     /// Remote DNS entries whose value could not be read.
     pub gossip_rejected_values: u64,
+    /// Propagation lag of remote writes (writer's clock to applied here).
+    pub gossip_lag: crate::cluster::Lag,
 }
 
 impl NodeStats {
@@ -691,6 +693,7 @@ impl Node {
             gossip_entries_applied: g.entries_applied,
             gossip_full_transfers: g.full_transfers,
             gossip_rejected_values: self.cluster.rejected_remote(),
+            gossip_lag: self.cluster.lag(),
             ..NodeStats::default()
         }
     }

@@ -139,6 +139,18 @@ fn the_control_api_reports_status_and_pauses_and_resumes() {
     assert_eq!(st["eta_secs"], 0);
     assert!(st["peers_known"].as_u64().unwrap() >= 1);
     assert!(st["downloaded"].as_u64().unwrap() >= total, "{st}");
+    assert!(st["pieces_verified"].as_u64().unwrap() >= 1, "{st}");
+    let (code, metrics) = http(control, "GET", "/metrics");
+    assert_eq!(code, 200);
+    for needle in [
+        "# TYPE rumor_bt_payload_bytes_total counter",
+        "rumor_bt_pieces_total{",
+        "result=\"failed\"} 0",
+        "rumor_bt_peers{",
+        "rumor_bt_progress_ratio{",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in:\n{metrics}");
+    }
     assert_eq!(http(control, "POST", "/pause").0, 204);
     let st = status(control);
     assert_eq!(st["state"], "paused");

@@ -49,6 +49,13 @@ fn a_record_added_on_one_node_is_answered_by_all() {
     // A TTL that counts down on every node, not reset by replication.
     let ttl: u32 = answers(&nodes[2].dig(&["free.local"]))[0][1].parse().unwrap();
     assert!(ttl <= 360 && ttl > 340, "{ttl}");
+    // The receiving nodes measured how long the write took to arrive.
+    let metrics = ureq::get(&nodes[0].url("/metrics")).call().unwrap().into_string().unwrap();
+    let value = |name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name}"))
+    };
+    assert!(value("rumor_gossip_convergence_lag_ms_count ") >= 1, "{metrics}");
+    assert!(value("rumor_gossip_convergence_lag_max_ms ") < 10_000);
 }
 
 #[test]

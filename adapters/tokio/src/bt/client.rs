@@ -371,6 +371,9 @@ async fn run_peer(
 
 struct Session {
     clock: Clock,
+    /// Pieces that passed / failed their hash check since start.
+    pieces_verified: u64,
+    pieces_failed: u64,
     name: String,
     info_hash_hex: String,
     total: u64,
@@ -505,6 +508,8 @@ impl Session {
             exit_when_complete: opts.exit_when_complete,
             completed_now: false,
             paused: false,
+            pieces_verified: 0,
+            pieces_failed: 0,
             stopping: None,
             write_failures: 0,
             fatal: None,
@@ -752,7 +757,10 @@ impl Session {
                     }
                 }
             }
-            Event::PieceVerified(_) => self.bar.set_position(self.verified()),
+            Event::PieceVerified(_) => {
+                self.pieces_verified += 1;
+                self.bar.set_position(self.verified());
+            }
             Event::Completed => {
                 self.completed_now = true;
                 self.bar.set_position(self.total);
@@ -765,6 +773,7 @@ impl Session {
                 }
             }
             Event::HashFailed { piece, blamed } => {
+                self.pieces_failed += 1;
                 let addrs: Vec<String> =
                     blamed.iter().filter_map(|k| self.conns.get(k)).map(|c| c.addr.to_string()).collect();
                 tracing::warn!("piece {piece} failed its hash check (sent by {})", addrs.join(", "));
@@ -1028,6 +1037,8 @@ impl Session {
             downloaded: s.downloaded,
             uploaded: s.uploaded,
             wasted: s.wasted,
+            pieces_verified: self.pieces_verified,
+            pieces_failed: self.pieces_failed,
         }
     }
 

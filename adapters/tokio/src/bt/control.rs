@@ -40,6 +40,10 @@ pub struct Status {
     pub uploaded: u64,
     /// Payload received and thrown away.
     pub wasted: u64,
+    /// Pieces that passed their hash check since start.
+    pub pieces_verified: u64,
+    /// Pieces that failed their hash check since start.
+    pub pieces_failed: u64,
 }
 
 /// A request to the session.
@@ -57,6 +61,51 @@ async fn status(State(tx): State<mpsc::Sender<Command>>) -> Result<Json<Status>,
     let (rtx, rrx) = oneshot::channel();
     tx.send(Command::Status(rtx)).await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     rrx.await.map(Json).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// `GET /metrics`: the client's counters in Prometheus text format.
+async fn metrics(
+    State(tx): State<mpsc::Sender<Command>>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), StatusCode> {
+    let (rtx, rrx) = oneshot::channel();
+    tx.send(Command::Status(rtx)).await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let s = rrx.await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let label = format!("infohash=\"{}\"", s.info_hash);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, String)]| {
+        out.push_str(&format!("# HELP rumor_bt_{name} {help}\n# TYPE rumor_bt_{name} {kind}\n"));
+        for (extra, v) in lines {
+            let labels = if extra.is_empty() { label.clone() } else { format!("{label},{extra}") };
+            out.push_str(&format!("rumor_bt_{name}{{{labels}}} {v}\n"));
+        }
+    };
+    metric(
+        "payload_bytes_total",
+        "counter",
+        "Payload bytes, by direction (down counts unique verified bytes kept).",
+        &[("direction=\"down\"", s.downloaded.to_string()), ("direction=\"up\"", s.uploaded.to_string())],
+    );
+    metric("wasted_bytes_total", "counter", "Payload received and thrown away.", &[("", s.wasted.to_string())]);
+    metric(
+        "rate_bytes_per_second",
+        "gauge",
+        "Recent rates, by direction.",
+        &[("direction=\"down\"", s.download_rate.to_string()), ("direction=\"up\"", s.upload_rate.to_string())],
+    );
+    metric(
+        "peers",
+        "gauge",
+        "Peers connected and known.",
+        &[("state=\"connected\"", s.peers_connected.to_string()), ("state=\"known\"", s.peers_known.to_string())],
+    );
+    metric(
+        "pieces_total",
+        "counter",
+        "Pieces hash-checked since start, by result.",
+        &[("result=\"verified\"", s.pieces_verified.to_string()), ("result=\"failed\"", s.pieces_failed.to_string())],
+    );
+    metric("progress_ratio", "gauge", "Verified bytes over total bytes.", &[("", s.progress.to_string())]);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 
 async fn pause(State(tx): State<mpsc::Sender<Command>>) -> StatusCode {
@@ -78,6 +127,7 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Command>) -> std::io::Resu
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .with_state(tx);

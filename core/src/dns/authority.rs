@@ -136,10 +136,10 @@ impl Authority {
         now_ms: UnixMillis,
     ) -> Verdict {
         let mut out = Vec::new();
-        if self.try_fast(query, transport, store, now_ms, &mut out) {
-            return Verdict::Reply(out);
+        match self.handle_query_into(query, transport, store, now_ms, &mut out) {
+            Verdict::Reply(_) => Verdict::Reply(out),
+            other => other,
         }
-        self.handle_query_general(query, transport, store, now_ms)
     }
 
     /// Like [`Authority::handle_query`], but writes a reply into `out`
@@ -158,8 +158,7 @@ impl Authority {
         }
         match self.handle_query_general(query, transport, store, now_ms) {
             Verdict::Reply(bytes) => {
-                out.clear();
-                out.extend_from_slice(&bytes);
+                *out = bytes;
                 Verdict::Reply(Vec::new())
             }
             other => other,

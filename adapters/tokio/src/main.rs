@@ -178,13 +178,24 @@ fn advertise_addr(args: &NodeArgs) -> Result<String, String> {
         return Ok(args.gossip.to_string());
     }
     // A wildcard bind: advertise this host's own address (what a container
-    // on an overlay network has), found through its hostname.
-    let host = hostname().ok_or("cannot tell this host's name; give --advertise")?;
-    let found = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), args.gossip.port()))
-        .map_err(|e| format!("cannot resolve this host's name {host:?} ({e}); give --advertise"))?
-        .find(|a| a.is_ipv4() && !a.ip().is_loopback())
-        .ok_or_else(|| format!("{host:?} has no usable address; give --advertise"))?;
-    Ok(found.to_string())
+    // on an overlay network has), found through its hostname. A host whose
+    // name only maps to loopback is a single machine: loopback it is.
+    let port = args.gossip.port();
+    let found = hostname().and_then(|host| {
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .ok()?
+            .find(|a| a.is_ipv4() && !a.ip().is_loopback())
+    });
+    Ok(match found {
+        Some(a) => a.to_string(),
+        None => {
+            tracing::warn!(
+                "this host's name resolves to no address but loopback: advertising 127.0.0.1:{port}; \
+                 give --advertise for a cluster across machines"
+            );
+            format!("127.0.0.1:{port}")
+        }
+    })
 }
 
 fn hostname() -> Option<String> {

@@ -317,3 +317,16 @@ fn the_node_serves_dns_over_ipv6() {
     let tcp = run_tool("dig", &["@::1", "-p", &p, "+time=2", "+tries=1", "+short", "+tcp", "six.local", "A"]);
     assert_eq!(tcp.trim(), "10.0.0.6");
 }
+
+#[test]
+fn a_node_on_wildcard_addresses_starts_whatever_the_host_name_resolves_to() {
+    // The defaults bind 0.0.0.0 and advertise this host's address; a host
+    // whose name maps only to loopback must still start.
+    let dir = Scratch::new("wildcard");
+    let dns: std::net::SocketAddr = format!("0.0.0.0:{}", free_port()).parse().unwrap();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gossip: std::net::SocketAddr = format!("0.0.0.0:{}", free_port()).parse().unwrap();
+    let node = TestNode::start_at(dns, api, gossip, &dir.0, &[]);
+    add(&node, r#"{"name":"wild.local","ips":["10.0.0.8"],"ttl":60}"#);
+    assert_eq!(node.dig(&["wild.local", "+short"]).trim(), "10.0.0.8");
+}

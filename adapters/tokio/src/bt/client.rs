@@ -164,8 +164,33 @@ async fn start(opts: Options) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on port {}: {e}", opts.net.port))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    if let Some(name) = opts.net.register.clone() {
+        register_and_refresh(name, opts.net.api.clone(), opts.net.api_token.clone()).await?;
+    }
     let session = Session::new(opts, meta, have, storage, port).await?;
     session.run(listener).await
+}
+
+/// Registers `name` in the cluster's DNS now (an error if that fails), then
+/// again at half its TTL for as long as the process runs.
+async fn register_and_refresh(name: String, api: String, token: Option<String>) -> Result<(), String> {
+    let once = {
+        let (name, api, token) = (name.clone(), api.clone(), token.clone());
+        move || super::cluster_dns::register(&api, token.as_deref(), &name)
+    };
+    let ip = tokio::task::spawn_blocking(once.clone()).await.map_err(|e| e.to_string())??;
+    eprintln!("registered {name} -> {ip} through {api}");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(super::cluster_dns::REGISTER_TTL_S / 2)).await;
+            match tokio::task::spawn_blocking(once.clone()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!("registering {name}: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// A job for the disk thread.
@@ -371,6 +396,8 @@ async fn run_peer(
 
 struct Session {
     clock: Clock,
+    /// The cluster's DNS, asked first for tracker and peer names.
+    dns: Option<SocketAddr>,
     /// Pieces that passed / failed their hash check since start.
     pieces_verified: u64,
     pieces_failed: u64,
@@ -456,7 +483,11 @@ impl Session {
         };
         let mut known = BTreeMap::new();
         for p in &opts.net.peers {
-            match tokio::net::lookup_host(p.as_str()).await {
+            let (dns, netloc) = (opts.net.dns, p.clone());
+            let found = tokio::task::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &netloc))
+                .await
+                .map_err(|e| e.to_string())?;
+            match found {
                 Ok(addrs) => {
                     for a in addrs {
                         known.insert(a, Known { manual: true, ..Known::default() });
@@ -519,6 +550,7 @@ impl Session {
             start_verified: verified,
             bar,
             quiet: opts.net.quiet,
+            dns: opts.net.dns,
             last_line: std::time::Instant::now(),
         })
     }
@@ -927,10 +959,10 @@ impl Session {
                 AnnounceOutput::HttpGet { id, url } => {
                     tracing::debug!("announce: GET {url}");
                     let tx = self.tracker_tx.clone();
-                    trackers::http_get(id, url, tx);
+                    trackers::http_get(id, url, self.dns, tx);
                 }
                 AnnounceOutput::UdpSend { id, tracker, payload } => match &self.udp {
-                    Some(u) => u.send(id, tracker, payload, self.tracker_tx.clone()),
+                    Some(u) => u.send(id, tracker, payload, self.dns, self.tracker_tx.clone()),
                     None => self.announcer.handle(self.clock.now(), AnnounceInput::RequestFailed { id }),
                 },
                 AnnounceOutput::Peers(peers) => {

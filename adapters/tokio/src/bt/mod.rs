@@ -5,6 +5,7 @@
 //! announcer, peer connections as tasks, disk and hashing on threads.
 
 mod client;
+mod cluster_dns;
 mod control;
 mod storage;
 mod trackers;
@@ -63,6 +64,20 @@ pub struct PeerArgs {
     /// No progress bar (one status line every few seconds instead).
     #[arg(long)]
     pub quiet: bool,
+    /// Resolve tracker host names through a rumor node's DNS first
+    /// (HOST:PORT of its DNS, e.g. 127.0.0.1:8053).
+    #[arg(long = "dns")]
+    pub dns: Option<SocketAddr>,
+    /// Register this name -> this host's address in the cluster's DNS,
+    /// through the node at --api, and keep it fresh while running.
+    #[arg(long)]
+    pub register: Option<String>,
+    /// The node's API, for --register.
+    #[arg(long, env = "RUMOR_API", default_value = "127.0.0.1:6969")]
+    pub api: String,
+    /// Bearer token of the node's API, for --register.
+    #[arg(long, env = "RUMOR_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 /// `rumor get FILE.torrent -o DIR`.

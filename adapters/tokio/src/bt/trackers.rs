@@ -35,10 +35,15 @@ pub enum TrackerEvent {
     },
 }
 
-/// Does HTTP GET `url` on the blocking pool; reports the body or a failure.
-pub fn http_get(id: RequestId, url: String, tx: UnboundedSender<TrackerEvent>) {
+/// Does HTTP GET `url` on the blocking pool, resolving its host through
+/// the cluster's DNS at `dns` first when given; reports the body or a
+/// failure.
+pub fn http_get(id: RequestId, url: String, dns: Option<SocketAddr>, tx: UnboundedSender<TrackerEvent>) {
     tokio::task::spawn_blocking(move || {
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(15)).build();
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(15))
+            .resolver(super::cluster_dns::ClusterResolver(dns))
+            .build();
         let input = match agent.get(&url).call() {
             Ok(resp) => {
                 let mut body = Vec::new();
@@ -77,13 +82,22 @@ impl Udp {
         Ok(Udp { socket })
     }
 
-    /// Resolves `tracker` (a udp:// URL) and sends `payload` to it.
-    pub fn send(&self, id: RequestId, tracker: String, payload: Vec<u8>, tx: UnboundedSender<TrackerEvent>) {
+    /// Resolves `tracker` (a udp:// URL; through the cluster's DNS at `dns`
+    /// first when given) and sends `payload` to it.
+    pub fn send(
+        &self,
+        id: RequestId,
+        tracker: String,
+        payload: Vec<u8>,
+        dns: Option<SocketAddr>,
+        tx: UnboundedSender<TrackerEvent>,
+    ) {
         let socket = self.socket.clone();
         tokio::spawn(async move {
             let hostport = tracker.trim_start_matches("udp://").split('/').next().unwrap_or_default().to_string();
-            let addr = match tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(&hostport)).await {
-                Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4()),
+            let lookup = tokio::task::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &hostport));
+            let addr = match tokio::time::timeout(Duration::from_secs(10), lookup).await {
+                Ok(Ok(Ok(addrs))) => addrs.into_iter().find(|a| a.is_ipv4()),
                 _ => None,
             };
             let Some(addr) = addr else {

@@ -140,10 +140,14 @@ fn init_logging() {
 /// only keeps apart clusters that did not choose a key; the node warns.
 const DEV_CLUSTER_KEY: [u8; 32] = *b"rumor-insecure-development-key!!";
 
-fn keyring(args: &NodeArgs) -> Result<rumor_core::gossip::Keyring, String> {
-    let mut hexes: Vec<String> =
-        args.cluster_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
-    if let Some(path) = &args.cluster_key_file {
+/// The cluster keyring from `--cluster-key` values and a key file; the
+/// public development key (with a warning) when neither gives one.
+pub(crate) fn keyring(
+    cluster_key: &[String],
+    cluster_key_file: Option<&std::path::Path>,
+) -> Result<rumor_core::gossip::Keyring, String> {
+    let mut hexes: Vec<String> = cluster_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    if let Some(path) = cluster_key_file {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         hexes.extend(text.split([',', '\n', ' ']).map(str::trim).filter(|k| !k.is_empty()).map(str::to_string));
     }
@@ -232,8 +236,10 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         ..AuthorityConfig::default()
     };
     let advertise = advertise_addr(&args)?;
-    let gossip_config =
-        rumor_core::gossip::Config::new(rumor_core::gossip::PeerAddr(advertise.clone()), keyring(&args)?);
+    let gossip_config = rumor_core::gossip::Config::new(
+        rumor_core::gossip::PeerAddr(advertise.clone()),
+        keyring(&args.cluster_key, args.cluster_key_file.as_deref())?,
+    );
     let frame_max = gossip_config.message_bytes_max;
     let (persister, loaded) = if args.ephemeral {
         (None, persist::Loaded { node_id: node::os_random(), incarnation: 0, entries: Vec::new() })

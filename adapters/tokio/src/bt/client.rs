@@ -167,7 +167,33 @@ async fn start(opts: Options) -> Result<(), String> {
     if let Some(name) = opts.net.register.clone() {
         register_and_refresh(name, opts.net.api.clone(), opts.net.api_token.clone()).await?;
     }
+    let overlay = if opts.net.overlay.is_empty() {
+        None
+    } else {
+        let keys = crate::keyring(&opts.net.cluster_key, None)?;
+        Some((
+            super::overlay_member::MemberArgs { join: opts.net.overlay.clone(), keys, listen: opts.net.overlay_listen },
+            meta.info_hash,
+        ))
+    };
     let session = Session::new(opts, meta, have, storage, port).await?;
+    if let Some((args, ih)) = overlay {
+        let (found_tx, mut found_rx) = mpsc::unbounded_channel();
+        let complete = session.complete_flag.clone();
+        tokio::spawn(async move {
+            if let Err(e) = super::overlay_member::run(args, ih, port, complete, found_tx).await {
+                tracing::error!("overlay: {e}");
+            }
+        });
+        let events = session.events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(peers) = found_rx.recv().await {
+                if events.send(Ev::Learned(peers)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     session.run(listener).await
 }
 
@@ -208,6 +234,8 @@ enum Ev {
     Input(Input),
     /// A block read failed (it is not answered).
     ReadFailed,
+    /// Providers found in the overlay.
+    Learned(Vec<SocketAddr>),
 }
 
 struct Conn {
@@ -396,6 +424,8 @@ async fn run_peer(
 
 struct Session {
     clock: Clock,
+    /// Set once every piece is verified (read by the overlay member).
+    complete_flag: Arc<std::sync::atomic::AtomicBool>,
     /// The cluster's DNS, asked first for tracker and peer names.
     dns: Option<SocketAddr>,
     /// Pieces that passed / failed their hash check since start.
@@ -450,6 +480,7 @@ impl Session {
         storage: Arc<Storage>,
         port: u16,
     ) -> Result<Session, String> {
+        let have_full = have.is_full();
         let clock = Clock::new();
         let now = clock.now();
         let peer_id = random_peer_id();
@@ -551,6 +582,7 @@ impl Session {
             bar,
             quiet: opts.net.quiet,
             dns: opts.net.dns,
+            complete_flag: Arc::new(std::sync::atomic::AtomicBool::new(have_full)),
             last_line: std::time::Instant::now(),
         })
     }
@@ -795,6 +827,7 @@ impl Session {
             }
             Event::Completed => {
                 self.completed_now = true;
+                self.complete_flag.store(true, Ordering::Relaxed);
                 self.bar.set_position(self.total);
                 self.say(format!("{}: complete, every piece verified", self.name));
                 self.progress_to_announcer();
@@ -832,6 +865,11 @@ impl Session {
 
     fn on_event(&mut self, ev: Ev) {
         match ev {
+            Ev::Learned(peers) => {
+                for p in peers {
+                    self.learn(p);
+                }
+            }
             Ev::Accepted(stream, addr) => {
                 if self.paused || self.stopping.is_some() || self.banned.contains(&addr) {
                     return;

@@ -7,6 +7,7 @@
 mod client;
 mod cluster_dns;
 mod control;
+mod overlay_member;
 mod storage;
 mod trackers;
 
@@ -78,6 +79,17 @@ pub struct PeerArgs {
     /// Bearer token of the node's API, for --register.
     #[arg(long, env = "RUMOR_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Join the cluster's gossip at these HOST:PORT (comma separated or
+    /// repeated): announce this client as a provider of the torrent in the
+    /// overlay and find the other providers there, with no tracker.
+    #[arg(long, value_delimiter = ',')]
+    pub overlay: Vec<String>,
+    /// Cluster key(s) for --overlay, 64 hex digits each.
+    #[arg(long, env = "RUMOR_CLUSTER_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub cluster_key: Vec<String>,
+    /// Where to listen for gossip with --overlay.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub overlay_listen: SocketAddr,
 }
 
 /// `rumor get FILE.torrent -o DIR`.

@@ -1,0 +1,138 @@
+//! The client as an overlay member (`--overlay`): it joins the cluster's
+//! gossip like a node (with no DNS and no disk), announces itself as a
+//! provider of its torrent in the replicated `providers` namespace, asks
+//! members for the other providers, and hands every provider it learns to
+//! the session. So peers find each other with no tracker at all.
+
+use crate::clock::Clock;
+use crate::cluster::{Cluster, Effect};
+use crate::gossip_net::{self, GossipNet};
+use rumor_core::bt::metainfo::InfoHash;
+use rumor_core::gossip::{Config, Keyring, PeerAddr};
+use rumor_core::overlay::Provider;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How often the client announces itself and asks for providers.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
+/// How long its provider entry lives unless announced again.
+const PROVIDER_TTL: Duration = Duration::from_secs(120);
+/// How often the overlay index is checked for providers not yet handed on.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// What the member needs.
+pub struct MemberArgs {
+    /// Gossip addresses to join (host:port; names resolve to many).
+    pub join: Vec<String>,
+    /// The cluster keyring.
+    pub keys: Keyring,
+    /// Where to listen for gossip.
+    pub listen: SocketAddr,
+}
+
+/// Joins the overlay and runs until the process ends; providers of `ih`
+/// other than this client go to `found`.
+pub async fn run(
+    args: MemberArgs,
+    ih: InfoHash,
+    peer_port: u16,
+    complete: Arc<AtomicBool>,
+    found: mpsc::UnboundedSender<Vec<SocketAddr>>,
+) -> Result<(), String> {
+    let clock = Clock::new();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen for gossip on {}: {e}", args.listen))?;
+    let gossip_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let targets = args.join.clone();
+    let (ip, join) =
+        tokio::task::spawn_blocking(move || resolve_targets(&targets)).await.map_err(|e| e.to_string())??;
+    let advertise = PeerAddr(SocketAddr::new(ip, gossip_port).to_string());
+    let me = SocketAddr::new(ip, peer_port);
+    let config = Config::new(advertise.clone(), args.keys);
+    let frame_max = config.message_bytes_max;
+    let mut cluster =
+        Cluster::new(config, crate::node::os_random(), clock.both(), crate::node::os_random(), Vec::new(), 0);
+    let (inbound_tx, mut inbound) = mpsc::channel(1024);
+    // The listener stops with the process; nothing waits on this sender.
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(gossip_net::listen(listener, inbound_tx, frame_max + 4, stop_rx));
+    let mut net = GossipNet::new(frame_max);
+    tracing::info!(advertise = %advertise.0, peer = %me, "joining the overlay");
+    cluster.join(clock.both(), join);
+    let mut handed: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut next_announce = std::time::Instant::now() + Duration::from_millis(500);
+    let mut next_scan = std::time::Instant::now();
+    let mut lookup_id = 0u32;
+    loop {
+        while let Some(effect) = cluster.poll_effect() {
+            match effect {
+                Effect::Send(to, bytes) => net.send(&to, bytes),
+                Effect::Member(what) => tracing::debug!("overlay: {what}"),
+                Effect::LookupDone(..) => next_scan = std::time::Instant::now(),
+                Effect::Persist(_) | Effect::Mirror(_) => {}
+            }
+        }
+        let now = std::time::Instant::now();
+        if now >= next_announce {
+            next_announce = now + ANNOUNCE_EVERY;
+            let both = clock.both();
+            let provider = Provider {
+                addr: me,
+                peer_id: None,
+                seeder: complete.load(Ordering::Relaxed),
+                announced_ms: both.wall_ms,
+                expires_ms: both.wall_ms + PROVIDER_TTL.as_millis() as u64,
+            };
+            cluster.announce(both, &ih, provider, false, false, 0);
+            lookup_id = lookup_id.wrapping_add(1);
+            cluster.lookup_providers(both, lookup_id, &ih);
+            continue;
+        }
+        if now >= next_scan {
+            next_scan = now + SCAN_EVERY;
+            let fresh: Vec<SocketAddr> = cluster
+                .overlay()
+                .lookup(&ih, clock.wall_ms(), usize::MAX, Some(me))
+                .into_iter()
+                .map(|p| p.addr)
+                .filter(|a| handed.insert(*a))
+                .collect();
+            if !fresh.is_empty() {
+                tracing::info!("overlay: {} new providers", fresh.len());
+                if found.send(fresh).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let wake = clock.std_instant(cluster.next_timeout()).min(next_announce).min(next_scan);
+        tokio::select! {
+            msg = inbound.recv() => match msg {
+                Some((from, bytes)) => cluster.receive(clock.both(), from, bytes),
+                None => return Ok(()),
+            },
+            _ = tokio::time::sleep_until(wake.into()) => cluster.timeout(clock.both()),
+        }
+    }
+}
+
+/// Resolves the join targets; the local address of a connection to the
+/// first that answers is the address the cluster reaches us at.
+fn resolve_targets(targets: &[String]) -> Result<(IpAddr, Vec<PeerAddr>), String> {
+    let mut addrs = Vec::new();
+    for t in targets {
+        match t.to_socket_addrs() {
+            Ok(found) => addrs.extend(found),
+            Err(e) => tracing::warn!("--overlay {t}: {e}"),
+        }
+    }
+    let local = addrs
+        .iter()
+        .find_map(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).ok()?.local_addr().ok())
+        .ok_or_else(|| format!("no --overlay address answers ({})", targets.join(", ")))?;
+    Ok((local.ip(), addrs.into_iter().map(|a| PeerAddr(a.to_string())).collect()))
+}

@@ -10,7 +10,8 @@ usage:
   sim gossip [--nodes N] [--seed S] [--loss P] [--dup P] [--latency-ms L]
              [--jitter-ms J] [--secs T] [--warmup-secs W] [--writes-per-s R]
              [--gossip-ms G] [--fanout F] [--members-max M] [--push-rounds P]
-             [--sync-every K] [--probe-ms T] [--threads T] [--json]
+             [--sync-every K] [--probe-ms T] [--threads T]
+             [--providers P] [--reannounce-s S] [--json]
   sim chaos  [--seeds K] [--seed0 S] [--json]
   sim chaos  --seed S          replay one scenario
   sim swarm  [--peers N] [--pieces P] [--piece-kib K] [--seed S] [--seed-up-kib U]
@@ -48,6 +49,8 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
         probe_ms: value(args, "--probe-ms")?.unwrap_or(d.probe_ms),
         threads: value(args, "--threads")?.unwrap_or(d.threads),
         parallel_min_events: d.parallel_min_events,
+        providers: value(args, "--providers")?.unwrap_or(d.providers),
+        reannounce_s: value(args, "--reannounce-s")?.unwrap_or(d.reannounce_s),
     };
     let r = spread::run(&o);
     println!(

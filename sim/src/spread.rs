@@ -44,6 +44,14 @@ pub struct SpreadOpts {
     pub threads: usize,
     /// Windows with fewer events run on one thread.
     pub parallel_min_events: usize,
+    /// Providers workload: this many BitTorrent providers live in the
+    /// overlay, each re-announced every `reannounce_s` from a random node
+    /// with a TTL of two intervals; the tracked writes are then new
+    /// providers (the `PROVIDERS` namespace, with the same TTL). 0: plain
+    /// DNS writes.
+    pub providers: usize,
+    /// Seconds between a provider's announces.
+    pub reannounce_s: u64,
 }
 
 impl Default for SpreadOpts {
@@ -66,6 +74,8 @@ impl Default for SpreadOpts {
             probe_ms: 1000,
             threads: 1,
             parallel_min_events: 64,
+            providers: 0,
+            reannounce_s: 30,
         }
     }
 }
@@ -168,8 +178,28 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     for i in 0..n {
         w.start(i);
     }
+    // The providers workload: every provider announced once during warm-up,
+    // then re-announced at a steady rate.
+    let provider_ttl_ms = o.reannounce_s.max(1) * 2 * 1000;
+    let announce = |w: &mut World, key: Bytes| {
+        let i = w.rng().index(n);
+        let expires_ms = w.wall_ms() + provider_ttl_ms;
+        let value = Bytes::from_static(b"provider 10.0.0.1:6881 leecher");
+        w.input(i, Input::Command(Command::Write { ns: Namespace::PROVIDERS, key, value, expires_ms }));
+    };
+    let warm_step = Duration::from_micros((o.warmup_secs * 1_000_000 / (o.providers as u64 + 1)).max(1));
+    for p in 0..o.providers {
+        announce(&mut w, Bytes::from(format!("p{p}")));
+        if p % 64 == 63 {
+            w.run_for(warm_step.saturating_mul(64));
+        }
+    }
     w.run_for(Duration::from_secs(o.warmup_secs));
     w.changes.clear();
+    let reannounce_every_us =
+        if o.providers > 0 { (o.reannounce_s.max(1) * 1_000_000) / o.providers as u64 } else { u64::MAX };
+    let mut next_reannounce = w.now.as_micros();
+    let mut reannounced = 0usize;
     let bytes_at_warmup = w.bytes_sent;
     let msgs_at_warmup = w.messages_sent;
     let (upd0, sus0) =
@@ -187,6 +217,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let need99 = ((live as f64) * 0.99).ceil() as usize;
     while w.now < end {
         let until = if next_write <= last_write { Instant::from_micros(next_write.min(end.as_micros())) } else { end };
+        let until = until.min(Instant::from_micros(next_reannounce.max(w.now.as_micros())));
         while w.step(until) {
             for (at, _, c) in w.changes.drain(..) {
                 if let Change::Applied(e) = c {
@@ -206,18 +237,30 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
                 }
             }
         }
+        while o.providers > 0 && w.now.as_micros() >= next_reannounce {
+            announce(&mut w, Bytes::from(format!("p{}", reannounced % o.providers)));
+            reannounced += 1;
+            next_reannounce += reannounce_every_us.max(1);
+            // Re-announces are load, not tracked writes.
+            w.changes.retain(|(_, _, c)| !matches!(c, Change::Applied(e) if e.key.starts_with(b"p")));
+        }
         if w.now.as_micros() >= next_write && next_write <= last_write {
             let i = w.rng().index(n);
             let key = Bytes::from(format!("w{}", tracked.len()));
             key_index.insert(key.clone(), tracked.len());
             tracked.push(Tracked { at: w.now, have: 0, t50: None, t99: None, t100: None });
+            let (ns, expires_ms) = if o.providers > 0 {
+                (Namespace::PROVIDERS, w.wall_ms() + provider_ttl_ms)
+            } else {
+                (Namespace::DNS, 0)
+            };
             w.input(
                 i,
                 Input::Command(Command::Write {
-                    ns: Namespace::DNS,
+                    ns,
                     key,
                     value: Bytes::from_static(b"\x01\x02\x03\x04 an A record"),
-                    expires_ms: 0,
+                    expires_ms,
                 }),
             );
             // The writer's own Applied counts as holding it.

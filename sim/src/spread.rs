@@ -198,7 +198,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     w.changes.clear();
     let reannounce_every_us =
         if o.providers > 0 { (o.reannounce_s.max(1) * 1_000_000) / o.providers as u64 } else { u64::MAX };
-    let mut next_reannounce = w.now.as_micros();
+    let mut next_reannounce = if o.providers > 0 { w.now.as_micros() } else { u64::MAX };
     let mut reannounced = 0usize;
     let bytes_at_warmup = w.bytes_sent;
     let msgs_at_warmup = w.messages_sent;

@@ -2,7 +2,7 @@
 //! peers without a tracker. Build and parse the payload of the extended
 //! message; the adapter knows addresses, so it decides what to announce.
 
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::{IpAddr, SocketAddr};
 
 use super::bencode::{self, Value};
 
@@ -64,18 +64,7 @@ fn parse_compact(b: Option<&[u8]>, v6: bool, what: &'static str) -> Result<Vec<S
     if b.len() / w > PEX_PEERS_MAX {
         return Err(PexError::TooMany(what));
     }
-    Ok(b.chunks_exact(w)
-        .map(|c| {
-            let ip = if v6 {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&c[..16]);
-                IpAddr::V6(Ipv6Addr::from(a))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-            };
-            SocketAddr::new(ip, u16::from_be_bytes([c[w - 2], c[w - 1]]))
-        })
-        .collect())
+    Ok(b.chunks_exact(w).map(super::tracker::compact_addr).collect())
 }
 
 impl PexMessage {

@@ -352,6 +352,22 @@ fn small_u32(v: Option<&Value<'_>>) -> Option<u32> {
     v.and_then(Value::as_int).map(|i| i.clamp(0, u32::MAX as i64) as u32)
 }
 
+/// Decodes one compact endpoint (BEP 23 / BEP 11): 4 address bytes and a
+/// port (6 bytes) or 16 and a port (18 bytes). Other lengths are the
+/// caller's bug.
+pub fn compact_addr(c: &[u8]) -> SocketAddr {
+    debug_assert!(c.len() == 6 || c.len() == 18, "a compact endpoint is 6 or 18 bytes");
+    let w = c.len();
+    let ip = if w == 18 {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&c[..16]);
+        IpAddr::V6(Ipv6Addr::from(a))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+    };
+    SocketAddr::new(ip, u16::from_be_bytes([c[w - 2], c[w - 1]]))
+}
+
 fn compact_peers(bytes: &[u8], v6: bool, out: &mut Vec<TrackerPeer>, at: usize) -> Result<(), TrackerError> {
     let width = if v6 { 18 } else { 6 };
     let stray = bytes.len() % width;
@@ -362,15 +378,7 @@ fn compact_peers(bytes: &[u8], v6: bool, out: &mut Vec<TrackerPeer>, at: usize) 
         return Err(terr(at, TrackerErrorKind::TooMany("peers")));
     }
     for c in bytes.chunks_exact(width) {
-        let ip = if v6 {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&c[..16]);
-            IpAddr::V6(Ipv6Addr::from(a))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-        };
-        let port = u16::from_be_bytes([c[width - 2], c[width - 1]]);
-        out.push(TrackerPeer { addr: SocketAddr::new(ip, port), peer_id: None });
+        out.push(TrackerPeer { addr: compact_addr(c), peer_id: None });
     }
     Ok(())
 }

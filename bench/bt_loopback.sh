@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
 WORK=${WORK:-$(mktemp -d /tmp/rumor-bt-bench.XXXXXX)}
-LT=adapters/tokio/tests/common/lt_peer.py
+LT=adapters/conformance/common/lt_peer.py
 PY=/usr/bin/python3
 if [ -z "${RUMOR_BIN:-}" ]; then
   cargo build --release -q -p rumor-tokio

@@ -1,7 +1,7 @@
 //! The BitTorrent client: `rumor create`, `rumor get`, `rumor seed`.
 //!
 //! `create` hashes files into a .torrent. `get` and `seed` run one
-//! [`client`] session: a tokio task owning the core torrent machine and
+//! [`client`] session: a task owning the core torrent machine and
 //! announcer, peer connections as tasks, disk and hashing on threads.
 
 mod client;

@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::channel::oneshot;
 use serde::Serialize;
 use std::net::SocketAddr;
-use tokio::sync::{mpsc, oneshot};
 
 /// What a snapshot of the session shows.
 #[derive(Clone, Debug, Serialize)]
@@ -57,7 +57,7 @@ pub enum Command {
     Resume,
 }
 
-async fn status(State(tx): State<mpsc::Sender<Command>>) -> Result<Json<Status>, StatusCode> {
+async fn status(State(tx): State<async_channel::Sender<Command>>) -> Result<Json<Status>, StatusCode> {
     let (rtx, rrx) = oneshot::channel();
     tx.send(Command::Status(rtx)).await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     rrx.await.map(Json).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
@@ -65,7 +65,7 @@ async fn status(State(tx): State<mpsc::Sender<Command>>) -> Result<Json<Status>,
 
 /// `GET /metrics`: the client's counters in Prometheus text format.
 async fn metrics(
-    State(tx): State<mpsc::Sender<Command>>,
+    State(tx): State<async_channel::Sender<Command>>,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String), StatusCode> {
     let (rtx, rrx) = oneshot::channel();
     tx.send(Command::Status(rtx)).await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
@@ -108,14 +108,14 @@ async fn metrics(
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 
-async fn pause(State(tx): State<mpsc::Sender<Command>>) -> StatusCode {
+async fn pause(State(tx): State<async_channel::Sender<Command>>) -> StatusCode {
     match tx.send(Command::Pause).await {
         Ok(()) => StatusCode::NO_CONTENT,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
-async fn resume(State(tx): State<mpsc::Sender<Command>>) -> StatusCode {
+async fn resume(State(tx): State<async_channel::Sender<Command>>) -> StatusCode {
     match tx.send(Command::Resume).await {
         Ok(()) => StatusCode::NO_CONTENT,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -123,7 +123,7 @@ async fn resume(State(tx): State<mpsc::Sender<Command>>) -> StatusCode {
 }
 
 /// Binds `addr` and serves the API, sending commands to `tx`.
-pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Command>) -> std::io::Result<()> {
+pub fn serve(addr: SocketAddr, tx: async_channel::Sender<Command>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
@@ -131,11 +131,12 @@ pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Command>) -> std::io::Resu
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .with_state(tx);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!("control API stopped: {e}");
-        }
+    let listener = crate::rt::bind_tcp(addr)?;
+    // Never fired: the control API lives as long as the process.
+    let (forever, shutdown) = crate::rt::Shutdown::new();
+    crate::rt::spawn(async move {
+        let _keep = forever;
+        crate::http::serve(listener, app, shutdown).await;
     });
     Ok(())
 }

@@ -8,10 +8,30 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test: `RUMOR_BIN` if set (so the same suite can run
-/// against another adapter's build), else this crate's `rumor`.
+/// The binary under test: `RUMOR_BIN` if set, else the binary of the
+/// adapter crate running this suite (`rumor` for rumor-tokio, `rumor-smol`
+/// for rumor-smol): the same tests run against every adapter.
 pub fn binary() -> PathBuf {
-    std::env::var_os("RUMOR_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rumor")))
+    std::env::var_os("RUMOR_BIN").map(PathBuf::from).unwrap_or_else(own_binary)
+}
+
+/// This adapter crate's own binary.
+pub fn own_binary() -> PathBuf {
+    let own = option_env!("CARGO_BIN_EXE_rumor").or(option_env!("CARGO_BIN_EXE_rumor-smol"));
+    PathBuf::from(own.expect("the conformance suite runs from an adapter crate with a rumor binary"))
+}
+
+/// Another adapter's binary, built beside this one (`cargo test --workspace`
+/// builds every adapter's binary before any test runs).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let path = own_binary().with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p {}), or run cargo test --workspace",
+        path.display(),
+        if name == "rumor" { "rumor-tokio" } else { name }
+    );
+    path
 }
 
 /// A port free on 127.0.0.1 for both TCP and UDP right now.
@@ -50,6 +70,8 @@ impl Drop for Scratch {
 /// A running node.
 pub struct TestNode {
     pub child: Child,
+    /// The binary it runs (restarts use it again).
+    pub bin: PathBuf,
     pub dns: SocketAddr,
     pub api: SocketAddr,
     pub gossip: SocketAddr,
@@ -60,6 +82,12 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node with a data directory in `data` and extra flags.
     pub fn start(data: &std::path::Path, extra: &[&str]) -> TestNode {
+        Self::start_bin(&binary(), data, extra)
+    }
+
+    /// Starts a node of the binary `bin` (another adapter's, for mixed
+    /// clusters).
+    pub fn start_bin(bin: &std::path::Path, data: &std::path::Path, extra: &[&str]) -> TestNode {
         // A port found free may be taken by a parallel test before the node
         // binds it: a node that exits at once is started again elsewhere.
         let mut last = String::new();
@@ -67,7 +95,7 @@ impl TestNode {
             let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let gossip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            match Self::try_start_at(dns, api, gossip, data, extra) {
+            match Self::try_start_bin(bin, dns, api, gossip, data, extra) {
                 Ok(node) => return node,
                 Err(e) => last = e,
             }
@@ -83,11 +111,12 @@ impl TestNode {
         data: &std::path::Path,
         extra: &[&str],
     ) -> TestNode {
-        Self::try_start_at(dns, api, gossip, data, extra).unwrap_or_else(|e| panic!("{e}"))
+        Self::try_start_bin(&binary(), dns, api, gossip, data, extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts a node; `Err` with its log if it exits or never gets ready.
-    pub fn try_start_at(
+    pub fn try_start_bin(
+        bin: &std::path::Path,
         dns: SocketAddr,
         api: SocketAddr,
         gossip: SocketAddr,
@@ -96,7 +125,7 @@ impl TestNode {
     ) -> Result<TestNode, String> {
         let log_path = data.join(format!("node-{}.log", dns.port()));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(binary())
+        let child = Command::new(bin)
             .arg("node")
             .args(["--dns", &dns.to_string(), "--api", &api.to_string(), "--gossip", &gossip.to_string()])
             .arg("--data")
@@ -110,6 +139,7 @@ impl TestNode {
             .expect("start rumor node");
         let mut node = TestNode {
             child,
+            bin: bin.to_path_buf(),
             dns,
             api,
             gossip,
@@ -187,7 +217,8 @@ impl TestNode {
     pub fn restart(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        *self = TestNode::start_at(self.dns, self.api, self.gossip, &self.data, &extra);
+        *self = TestNode::try_start_bin(&self.bin, self.dns, self.api, self.gossip, &self.data, &extra)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `dig @node -p port ARGS` with bounded time; returns stdout.

@@ -6,7 +6,7 @@
 //! The replica is fed by the node task over a channel; the channel is
 //! drained after every batch is received and before it is answered, so a
 //! write the API has acknowledged is visible to any query sent after the
-//! acknowledgement. Nothing here is specific to tokio: any adapter can use
+//! acknowledgement. Nothing here is specific to a runtime: any adapter can use
 //! it.
 
 use crate::clock::Clock;
@@ -42,7 +42,7 @@ pub enum Control {
     /// Apply a change.
     Update(ViewUpdate),
     /// Report counters.
-    Stats(tokio::sync::oneshot::Sender<UdpStats>),
+    Stats(futures::channel::oneshot::Sender<UdpStats>),
 }
 
 /// Counters of the UDP thread.
@@ -73,7 +73,7 @@ impl UdpServer {
         sock: UdpSocket,
         initial: Vec<RRset>,
         authority: Authority,
-        forward: Option<tokio::sync::mpsc::Sender<ForwardRequest>>,
+        forward: Option<async_channel::Sender<ForwardRequest>>,
         clock: Clock,
     ) -> std::io::Result<UdpServer> {
         sock.set_nonblocking(false)?;
@@ -106,7 +106,7 @@ struct Worker {
     store: RecordStore,
     authority: Authority,
     rx: mpsc::Receiver<Control>,
-    forward: Option<tokio::sync::mpsc::Sender<ForwardRequest>>,
+    forward: Option<async_channel::Sender<ForwardRequest>>,
     clock: Clock,
     stop: Arc<AtomicBool>,
     batches: u64,

@@ -1,13 +1,13 @@
 //! Carries out the announcer's requests: HTTP GETs on the blocking pool,
 //! UDP datagrams on one socket. Answers come back as [`AnnounceInput`]s.
 
+use crate::rt;
+use async_channel::Sender;
 use rumor_core::bt::announce::{AnnounceInput, RequestId};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Largest tracker response body read.
 const HTTP_BODY_BYTES_MAX: u64 = 1 << 20;
@@ -38,8 +38,8 @@ pub enum TrackerEvent {
 /// Does HTTP GET `url` on the blocking pool, resolving its host through
 /// the cluster's DNS at `dns` first when given; reports the body or a
 /// failure.
-pub fn http_get(id: RequestId, url: String, dns: Option<SocketAddr>, tx: UnboundedSender<TrackerEvent>) {
-    tokio::task::spawn_blocking(move || {
+pub fn http_get(id: RequestId, url: String, dns: Option<SocketAddr>, tx: Sender<TrackerEvent>) {
+    rt::spawn_blocking_detached(move || {
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(15))
             .resolver(super::cluster_dns::ClusterResolver(dns))
@@ -57,24 +57,24 @@ pub fn http_get(id: RequestId, url: String, dns: Option<SocketAddr>, tx: Unbound
                 AnnounceInput::RequestFailed { id }
             }
         };
-        let _ = tx.send(TrackerEvent::Input(input));
+        let _ = tx.try_send(TrackerEvent::Input(input));
     });
 }
 
 /// The UDP side: one socket for every UDP tracker.
 pub struct Udp {
-    socket: Arc<UdpSocket>,
+    socket: Arc<dyn rt::UdpSocket>,
 }
 
 impl Udp {
     /// Binds a socket and starts reading datagrams into `tx`.
-    pub async fn start(tx: UnboundedSender<TrackerEvent>) -> std::io::Result<Udp> {
-        let socket = Arc::new(UdpSocket::bind("0.0.0.0:0").await?);
+    pub fn start(tx: Sender<TrackerEvent>) -> std::io::Result<Udp> {
+        let socket: Arc<dyn rt::UdpSocket> = Arc::from(rt::bind_udp("0.0.0.0:0".parse().expect("literal"))?);
         let s = socket.clone();
-        tokio::spawn(async move {
+        rt::spawn(async move {
             let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
             while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                if tx.send(TrackerEvent::UdpReceived { from, bytes: buf[..n].to_vec() }).is_err() {
+                if tx.try_send(TrackerEvent::UdpReceived { from, bytes: buf[..n].to_vec() }).is_err() {
                     break;
                 }
             }
@@ -90,23 +90,23 @@ impl Udp {
         tracker: String,
         payload: Vec<u8>,
         dns: Option<SocketAddr>,
-        tx: UnboundedSender<TrackerEvent>,
+        tx: Sender<TrackerEvent>,
     ) {
         let socket = self.socket.clone();
-        tokio::spawn(async move {
+        rt::spawn(async move {
             let hostport = tracker.trim_start_matches("udp://").split('/').next().unwrap_or_default().to_string();
-            let lookup = tokio::task::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &hostport));
-            let addr = match tokio::time::timeout(Duration::from_secs(10), lookup).await {
+            let lookup = rt::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &hostport));
+            let addr = match rt::timeout(Duration::from_secs(10), lookup).await {
                 Ok(Ok(Ok(addrs))) => addrs.into_iter().find(|a| a.is_ipv4()),
                 _ => None,
             };
             let Some(addr) = addr else {
-                let _ = tx.send(TrackerEvent::Input(AnnounceInput::RequestFailed { id }));
+                let _ = tx.try_send(TrackerEvent::Input(AnnounceInput::RequestFailed { id }));
                 return;
             };
-            let _ = tx.send(TrackerEvent::UdpSent { addr, id });
+            let _ = tx.try_send(TrackerEvent::UdpSent { addr, id });
             if socket.send_to(&payload, addr).await.is_err() {
-                let _ = tx.send(TrackerEvent::Input(AnnounceInput::RequestFailed { id }));
+                let _ = tx.try_send(TrackerEvent::Input(AnnounceInput::RequestFailed { id }));
             }
         });
     }

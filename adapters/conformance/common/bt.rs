@@ -12,7 +12,7 @@ pub const PYTHON: &str = "/usr/bin/python3";
 
 /// The libtorrent peer script.
 pub fn lt_script() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/lt_peer.py"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../conformance/common/lt_peer.py"))
 }
 
 /// A child process killed (by its PID) when dropped; output goes to a log.

@@ -13,11 +13,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::channel::oneshot;
 use rumor_core::dns::{Name, RType};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// Largest request body.
 const BODY_MAX_BYTES: usize = 4 << 20;
@@ -226,7 +226,7 @@ async fn stats(state: &ApiState) -> Result<crate::node::NodeStats, ApiError> {
     let mut stats = rx.await.map_err(|_| gone())?;
     let (tx, rx) = oneshot::channel();
     if state.udp_control.send(crate::dns_udp::Control::Stats(tx)).is_ok() {
-        if let Ok(Ok(udp)) = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await {
+        if let Ok(Ok(udp)) = crate::rt::timeout(std::time::Duration::from_secs(1), rx).await {
             stats.merge_udp(&udp);
         }
     }
@@ -267,7 +267,7 @@ fn bencoded(body: Vec<u8>) -> Response {
 /// by peers announcing to any other.
 async fn announce(
     State(state): State<ApiState>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    axum::Extension(crate::http::PeerAddr(peer)): axum::Extension<crate::http::PeerAddr>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
     let req = match rumor_core::bt::tracker::AnnounceRequest::from_query(query.as_deref().unwrap_or("")) {

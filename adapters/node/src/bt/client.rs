@@ -1,4 +1,4 @@
-//! One torrent session on tokio.
+//! One torrent session, on whatever runtime the adapter installed.
 //!
 //! One task (the loop in [`Session::run`]) owns the core [`Torrent`] and
 //! [`Announcer`]; nothing else touches them. Around it:
@@ -19,7 +19,10 @@ use super::storage::Storage;
 use super::trackers::{self, TrackerEvent};
 use super::PeerArgs;
 use crate::clock::Clock;
-use bytes::{Bytes, BytesMut};
+use crate::rt::{self, TcpListener, TcpStream};
+use async_channel::{Receiver, Sender};
+use bytes::Bytes;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer, RequestId};
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::metainfo::{Limits, Metainfo, Sha1Hash};
@@ -34,9 +37,6 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 /// Bytes read from a socket at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -87,14 +87,7 @@ pub struct Options {
 
 /// Runs a session to the end; the process's exit code.
 pub fn run(opts: Options) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rumor: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(start(opts)) {
+    match rt::block_on(start(opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rumor: {e}");
@@ -138,7 +131,7 @@ async fn start(opts: Options) -> Result<(), String> {
     let expected = meta.pieces.clone();
     let checker = storage.clone();
     let n = meta.piece_count();
-    let have = tokio::task::spawn_blocking(move || checker.check(&expected, 2, &|_| {}))
+    let have = rt::spawn_blocking(move || checker.check(&expected, 2, &|_| {}))
         .await
         .map_err(|e| format!("checking failed: {e}"))?;
     eprintln!("{}: {} of {} pieces present", meta.name, have.count(), n);
@@ -160,8 +153,7 @@ async fn start(opts: Options) -> Result<(), String> {
         s.create_all().map_err(|e| format!("cannot create the files: {e}"))?;
         Arc::new(s)
     };
-    let listener = TcpListener::bind((opts.net.bind, opts.net.port))
-        .await
+    let listener = rt::bind_tcp(SocketAddr::new(opts.net.bind, opts.net.port))
         .map_err(|e| format!("cannot listen on port {}: {e}", opts.net.port))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     if let Some(name) = opts.net.register.clone() {
@@ -178,17 +170,17 @@ async fn start(opts: Options) -> Result<(), String> {
     };
     let session = Session::new(opts, meta, have, storage, port).await?;
     if let Some((args, ih)) = overlay {
-        let (found_tx, mut found_rx) = mpsc::unbounded_channel();
+        let (found_tx, found_rx) = async_channel::unbounded();
         let complete = session.complete_flag.clone();
-        tokio::spawn(async move {
+        rt::spawn(async move {
             if let Err(e) = super::overlay_member::run(args, ih, port, complete, found_tx).await {
                 tracing::error!("overlay: {e}");
             }
         });
         let events = session.events_tx.clone();
-        tokio::spawn(async move {
-            while let Some(peers) = found_rx.recv().await {
-                if events.send(Ev::Learned(peers)).is_err() {
+        rt::spawn(async move {
+            while let Ok(peers) = found_rx.recv().await {
+                if events.try_send(Ev::Learned(peers)).is_err() {
                     return;
                 }
             }
@@ -204,12 +196,12 @@ async fn register_and_refresh(name: String, api: String, token: Option<String>) 
         let (name, api, token) = (name.clone(), api.clone(), token.clone());
         move || super::cluster_dns::register(&api, token.as_deref(), &name)
     };
-    let ip = tokio::task::spawn_blocking(once.clone()).await.map_err(|e| e.to_string())??;
+    let ip = rt::spawn_blocking(once.clone()).await.map_err(|e| e.to_string())??;
     eprintln!("registered {name} -> {ip} through {api}");
-    tokio::spawn(async move {
+    rt::spawn(async move {
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(super::cluster_dns::REGISTER_TTL_S / 2)).await;
-            match tokio::task::spawn_blocking(once.clone()).await {
+            rt::sleep(std::time::Duration::from_secs(super::cluster_dns::REGISTER_TTL_S / 2)).await;
+            match rt::spawn_blocking(once.clone()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!("{e}"),
                 Err(e) => tracing::warn!("registering {name}: {e}"),
@@ -240,9 +232,9 @@ enum Ev {
 
 struct Conn {
     addr: SocketAddr,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: Sender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
-    task: tokio::task::AbortHandle,
+    task: rt::AbortHandle,
     outgoing: bool,
 }
 
@@ -276,7 +268,7 @@ enum HashJob {
 fn hash_thread(
     storage: Arc<Storage>,
     jobs: std::sync::mpsc::Receiver<HashJob>,
-    results: mpsc::UnboundedSender<Ev>,
+    results: Sender<Ev>,
     pending: Arc<AtomicUsize>,
 ) {
     use sha1::{Digest, Sha1};
@@ -320,7 +312,7 @@ fn hash_thread(
                         storage.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected)
                     }
                 };
-                if results.send(Ev::Input(Input::PieceChecked { piece, ok })).is_err() {
+                if results.try_send(Ev::Input(Input::PieceChecked { piece, ok })).is_err() {
                     break;
                 }
             }
@@ -328,12 +320,7 @@ fn hash_thread(
     }
 }
 
-fn spawn_disk_threads(
-    storage: Arc<Storage>,
-    mut jobs: mpsc::UnboundedReceiver<DiskJob>,
-    results: mpsc::UnboundedSender<Ev>,
-    pending: Arc<AtomicUsize>,
-) {
+fn spawn_disk_threads(storage: Arc<Storage>, jobs: Receiver<DiskJob>, results: Sender<Ev>, pending: Arc<AtomicUsize>) {
     let (hash_tx, hash_rx) = std::sync::mpsc::channel::<HashJob>();
     let (hs, hres, hpending) = (storage.clone(), results.clone(), pending.clone());
     std::thread::Builder::new()
@@ -343,7 +330,7 @@ fn spawn_disk_threads(
     std::thread::Builder::new()
         .name("bt-disk".into())
         .spawn(move || {
-            while let Some(job) = jobs.blocking_recv() {
+            while let Ok(job) = jobs.recv_blocking() {
                 let ev = match job {
                     DiskJob::Write { piece, begin, data } => match storage.write(piece, begin, &data) {
                         Ok(()) => {
@@ -362,7 +349,7 @@ fn spawn_disk_threads(
                         Ok(data) => Input::BlockRead { peer, block, data: Bytes::from(data) },
                         Err(e) => {
                             tracing::warn!("read of piece {} failed: {e}", block.index);
-                            if results.send(Ev::ReadFailed).is_err() {
+                            if results.try_send(Ev::ReadFailed).is_err() {
                                 break;
                             }
                             continue;
@@ -374,7 +361,7 @@ fn spawn_disk_threads(
                         continue;
                     }
                 };
-                if results.send(Ev::Input(ev)).is_err() {
+                if results.try_send(Ev::Input(ev)).is_err() {
                     break;
                 }
             }
@@ -382,44 +369,65 @@ fn spawn_disk_threads(
         .expect("spawn the disk thread");
 }
 
+/// What woke the session's loop.
+enum Wake {
+    Signal(&'static str),
+    Event(Option<Ev>),
+    Tracker(Option<TrackerEvent>),
+    Control(Option<Command>),
+    Peer(Option<(PeerKey, Bytes)>),
+    Timer,
+}
+
+/// `fut` when `cond` holds; otherwise a future that never completes (a
+/// select branch switched off).
+async fn when<T>(cond: bool, fut: impl std::future::Future<Output = T>) -> T {
+    if cond {
+        fut.await
+    } else {
+        futures::future::pending().await
+    }
+}
+
 /// Reads a peer into `events`, writes what `rx` brings.
 async fn run_peer(
     peer: PeerKey,
     stream: TcpStream,
-    peer_events: mpsc::Sender<(PeerKey, Bytes)>,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    peer_events: Sender<(PeerKey, Bytes)>,
+    rx: Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
-    done: mpsc::UnboundedSender<Ev>,
+    done: Sender<Ev>,
 ) {
-    let _ = stream.set_nodelay(true);
     let (mut r, mut w) = stream.into_split();
     let writer = async move {
-        while let Some(buf) = rx.recv().await {
+        while let Ok(buf) = rx.recv().await {
             queued.fetch_sub(buf.len(), Ordering::Relaxed);
             if w.write_all(&buf).await.is_err() {
                 break;
             }
         }
-        let _ = w.shutdown().await;
+        let _ = w.close().await;
     };
     let reader = async move {
+        // One buffer reused for every read; each read's bytes are copied
+        // out (only the bytes read, not the whole chunk).
+        let mut buf = vec![0u8; READ_CHUNK_BYTES];
         loop {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-            match r.read_buf(&mut buf).await {
+            match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if peer_events.send((peer, buf.freeze())).await.is_err() {
+                Ok(n) => {
+                    if peer_events.send((peer, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                         break;
                     }
                 }
             }
         }
     };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
+    futures::select! {
+        _ = writer.fuse() => {}
+        _ = reader.fuse() => {}
     }
-    let _ = done.send(Ev::PeerClosed(peer));
+    let _ = done.try_send(Ev::PeerClosed(peer));
 }
 
 struct Session {
@@ -440,17 +448,17 @@ struct Session {
     known: BTreeMap<SocketAddr, Known>,
     banned: HashSet<SocketAddr>,
     next_key: PeerKey,
-    disk: mpsc::UnboundedSender<DiskJob>,
+    disk: Sender<DiskJob>,
     disk_pending: Arc<AtomicUsize>,
     reads_in_flight: usize,
     reads_waiting: VecDeque<(PeerKey, BlockRef)>,
-    events_tx: mpsc::UnboundedSender<Ev>,
-    events_rx: mpsc::UnboundedReceiver<Ev>,
-    peer_tx: mpsc::Sender<(PeerKey, Bytes)>,
-    peer_rx: mpsc::Receiver<(PeerKey, Bytes)>,
-    tracker_tx: mpsc::UnboundedSender<TrackerEvent>,
-    tracker_rx: mpsc::UnboundedReceiver<TrackerEvent>,
-    control_rx: mpsc::Receiver<Command>,
+    events_tx: Sender<Ev>,
+    events_rx: Receiver<Ev>,
+    peer_tx: Sender<(PeerKey, Bytes)>,
+    peer_rx: Receiver<(PeerKey, Bytes)>,
+    tracker_tx: Sender<TrackerEvent>,
+    tracker_rx: Receiver<TrackerEvent>,
+    control_rx: Receiver<Command>,
     udp: Option<trackers::Udp>,
     udp_pending: HashMap<SocketAddr, RequestId>,
     torrent_deadline: Instant,
@@ -495,27 +503,25 @@ impl Session {
         let left = torrent.stats().left;
         let announcer =
             Announcer::new(AnnounceConfig::new(peer_id, port), meta.info_hash, &meta.announce_tiers, left, now, seed);
-        let (disk, disk_rx) = mpsc::unbounded_channel();
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (disk, disk_rx) = async_channel::unbounded();
+        let (events_tx, events_rx) = async_channel::unbounded();
         let disk_pending = Arc::new(AtomicUsize::new(0));
         spawn_disk_threads(storage, disk_rx, events_tx.clone(), disk_pending.clone());
-        let (peer_tx, peer_rx) = mpsc::channel(PEER_EVENTS_MAX);
-        let (tracker_tx, tracker_rx) = mpsc::unbounded_channel();
-        let (control_tx, control_rx) = mpsc::channel(16);
+        let (peer_tx, peer_rx) = async_channel::bounded(PEER_EVENTS_MAX);
+        let (tracker_tx, tracker_rx) = async_channel::unbounded();
+        let (control_tx, control_rx) = async_channel::bounded(16);
         if let Some(addr) = opts.net.control {
-            control::serve(addr, control_tx)
-                .await
-                .map_err(|e| format!("cannot serve the control API on {addr}: {e}"))?;
+            control::serve(addr, control_tx).map_err(|e| format!("cannot serve the control API on {addr}: {e}"))?;
         }
         let udp = if meta.announce_tiers.iter().flatten().any(|u| u.starts_with("udp://")) {
-            trackers::Udp::start(tracker_tx.clone()).await.ok()
+            trackers::Udp::start(tracker_tx.clone()).ok()
         } else {
             None
         };
         let mut known = BTreeMap::new();
         for p in &opts.net.peers {
             let (dns, netloc) = (opts.net.dns, p.clone());
-            let found = tokio::task::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &netloc))
+            let found = rt::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &netloc))
                 .await
                 .map_err(|e| e.to_string())?;
             match found {
@@ -596,19 +602,19 @@ impl Session {
         self.total - self.torrent.stats().left
     }
 
-    async fn run(mut self, listener: TcpListener) -> Result<(), String> {
+    async fn run(mut self, listener: Box<dyn TcpListener>) -> Result<(), String> {
         let accept_tx = self.events_tx.clone();
-        let accept = tokio::spawn(async move {
+        let accept = rt::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((s, a)) => {
-                        if accept_tx.send(Ev::Accepted(s, a)).is_err() {
+                        if accept_tx.try_send(Ev::Accepted(s, a)).is_err() {
                             break;
                         }
                     }
                     Err(e) => {
                         tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        rt::sleep(Duration::from_millis(100)).await;
                     }
                 }
             }
@@ -619,12 +625,9 @@ impl Session {
             self.say(format!("{}: already complete", self.name));
             self.begin_stop();
         }
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| format!("cannot catch SIGTERM: {e}"))?;
+        let mut next_housekeeping = std::time::Instant::now() + HOUSEKEEPING;
+        let signals = rt::termination_signals();
+        let mut control_open = true;
         loop {
             if let Some(deadline) = self.stopping {
                 if self.announcer_idle() || std::time::Instant::now() >= deadline {
@@ -635,20 +638,27 @@ impl Session {
             let wake = self.clock.std_instant(wake.min(self.clock.now() + rumor_core::time::Duration::from_secs(1)));
             let disk_ok = self.disk_pending.load(Ordering::Relaxed) < DISK_PENDING_BYTES_MAX;
             let wake = if disk_ok { wake } else { wake.min(std::time::Instant::now() + DISK_POLL) };
-            tokio::select! {
-                biased;
-                _ = &mut ctrl_c, if self.stopping.is_none() => {
-                    self.say(format!("\n{}: stopping", self.name));
+            let wake = wake.min(next_housekeeping);
+            let stopping = self.stopping.is_some();
+            // Which source woke the loop; handled below, once the futures
+            // (which borrow the channels) are gone.
+            let woke = futures::select_biased! {
+                sig = when(!stopping, signals.recv()).fuse() => Wake::Signal(sig.unwrap_or("signal")),
+                ev = self.events_rx.recv().fuse() => Wake::Event(ev.ok()),
+                t = self.tracker_rx.recv().fuse() => Wake::Tracker(t.ok()),
+                c = when(control_open, self.control_rx.recv()).fuse() => Wake::Control(c.ok()),
+                p = when(disk_ok, self.peer_rx.recv()).fuse() => Wake::Peer(p.ok()),
+                _ = rt::sleep_until(wake).fuse() => Wake::Timer,
+            };
+            match woke {
+                Wake::Signal(sig) => {
+                    self.say(format!("\n{}: stopping ({sig})", self.name));
                     self.begin_stop();
                 }
-                _ = sigterm.recv(), if self.stopping.is_none() => {
-                    self.say(format!("{}: stopping (SIGTERM)", self.name));
-                    self.begin_stop();
-                }
-                Some(ev) = self.events_rx.recv() => self.on_event(ev),
-                Some(t) = self.tracker_rx.recv() => self.on_tracker(t),
-                Some(c) = self.control_rx.recv() => self.on_control(c),
-                Some((peer, bytes)) = self.peer_rx.recv(), if disk_ok => {
+                Wake::Event(Some(ev)) => self.on_event(ev),
+                Wake::Tracker(Some(t)) => self.on_tracker(t),
+                Wake::Control(Some(c)) => self.on_control(c),
+                Wake::Peer(Some((peer, bytes))) => {
                     self.feed(Input::PeerBytes { peer, bytes });
                     // Take what else is already there before draining timers.
                     for _ in 0..PEER_EVENTS_MAX {
@@ -661,17 +671,26 @@ impl Session {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    let now = self.clock.now();
-                    if now >= self.torrent_deadline {
-                        self.feed(Input::Timeout);
-                    }
-                    if now >= self.announce_deadline {
-                        self.announcer.handle(now, AnnounceInput::Timeout);
-                        self.pump_announcer();
-                    }
-                }
-                _ = housekeeping.tick() => self.housekeeping(),
+                // Without --control nobody holds the control sender: that
+                // branch is switched off. The session holds a sender of each
+                // other channel, so they never close while the loop runs.
+                Wake::Control(None) => control_open = false,
+                Wake::Event(None) | Wake::Tracker(None) | Wake::Peer(None) => {}
+                Wake::Timer => {}
+            }
+            // Timers are checked after every wake, not only when the timer
+            // branch wins: a busy peer stream must not starve them.
+            let now = self.clock.now();
+            if now >= self.torrent_deadline {
+                self.feed(Input::Timeout);
+            }
+            if now >= self.announce_deadline {
+                self.announcer.handle(now, AnnounceInput::Timeout);
+                self.pump_announcer();
+            }
+            if std::time::Instant::now() >= next_housekeeping {
+                next_housekeeping = std::time::Instant::now() + HOUSEKEEPING;
+                self.housekeeping();
             }
         }
         accept.abort();
@@ -735,14 +754,14 @@ impl Session {
                 Output::Transmit { peer, payload } => self.send(peer, payload),
                 Output::WriteBlock { piece, begin, data } => {
                     self.disk_pending.fetch_add(data.len(), Ordering::Relaxed);
-                    let _ = self.disk.send(DiskJob::Write { piece, begin, data });
+                    let _ = self.disk.try_send(DiskJob::Write { piece, begin, data });
                 }
                 Output::ReadBlock { peer, block } => {
                     self.reads_waiting.push_back((peer, block));
                     self.submit_reads();
                 }
                 Output::HashPiece { piece, expected } => {
-                    let _ = self.disk.send(DiskJob::Hash { piece, expected });
+                    let _ = self.disk.try_send(DiskJob::Hash { piece, expected });
                 }
                 Output::Disconnect { peer, reason } => self.on_disconnect(peer, reason),
                 Output::Event(e) => self.on_torrent_event(e),
@@ -764,7 +783,7 @@ impl Session {
             };
             if self.conns.contains_key(&peer) {
                 self.reads_in_flight += 1;
-                let _ = self.disk.send(DiskJob::Read { peer, block });
+                let _ = self.disk.try_send(DiskJob::Read { peer, block });
             }
         }
     }
@@ -775,7 +794,7 @@ impl Session {
         };
         let len = payload.len();
         let queued = c.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > PEER_SEND_BYTES_MAX || c.tx.send(payload).is_err() {
+        if queued > PEER_SEND_BYTES_MAX || c.tx.try_send(payload).is_err() {
             tracing::info!("peer {}: dropped (send queue over {} bytes)", c.addr, PEER_SEND_BYTES_MAX);
             self.drop_conn(peer);
             self.torrent.handle(self.clock.now(), Input::PeerDisconnected { peer });
@@ -934,10 +953,9 @@ impl Session {
         }
         let peer = self.next_key;
         self.next_key += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = async_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
-        let task =
-            tokio::spawn(run_peer(peer, stream, self.peer_tx.clone(), rx, queued.clone(), self.events_tx.clone()));
+        let task = rt::spawn(run_peer(peer, stream, self.peer_tx.clone(), rx, queued.clone(), self.events_tx.clone()));
         tracing::debug!("peer {addr}: connected ({})", if outgoing { "out" } else { "in" });
         self.conns.insert(peer, Conn { addr, tx, queued, task: task.abort_handle(), outgoing });
         self.feed(Input::PeerConnected { peer });
@@ -969,12 +987,12 @@ impl Session {
             k.dialing = true;
             self.dials += 1;
             let tx = self.events_tx.clone();
-            tokio::spawn(async move {
-                let res = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+            rt::spawn(async move {
+                let res = match rt::timeout(DIAL_TIMEOUT, rt::connect(addr)).await {
                     Ok(r) => r,
                     Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out")),
                 };
-                let _ = tx.send(Ev::Dialed(addr, res));
+                let _ = tx.try_send(Ev::Dialed(addr, res));
             });
         }
     }

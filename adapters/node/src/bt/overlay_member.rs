@@ -7,6 +7,7 @@
 use crate::clock::Clock;
 use crate::cluster::{Cluster, Effect};
 use crate::gossip_net::{self, GossipNet};
+use crate::rt;
 use rumor_core::bt::metainfo::InfoHash;
 use rumor_core::gossip::{Config, Keyring, PeerAddr};
 use rumor_core::overlay::Provider;
@@ -15,7 +16,6 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 
 /// How often the client announces itself and asks for providers.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
@@ -41,26 +41,24 @@ pub async fn run(
     ih: InfoHash,
     peer_port: u16,
     complete: Arc<AtomicBool>,
-    found: mpsc::UnboundedSender<Vec<SocketAddr>>,
+    found: async_channel::Sender<Vec<SocketAddr>>,
 ) -> Result<(), String> {
     let clock = Clock::new();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen for gossip on {}: {e}", args.listen))?;
+    let listener =
+        rt::bind_tcp(args.listen).map_err(|e| format!("cannot listen for gossip on {}: {e}", args.listen))?;
     let gossip_port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let targets = args.join.clone();
-    let (ip, join) =
-        tokio::task::spawn_blocking(move || resolve_targets(&targets)).await.map_err(|e| e.to_string())??;
+    let (ip, join) = rt::spawn_blocking(move || resolve_targets(&targets)).await.map_err(|e| e.to_string())??;
     let advertise = PeerAddr(SocketAddr::new(ip, gossip_port).to_string());
     let me = SocketAddr::new(ip, peer_port);
     let config = Config::new(advertise.clone(), args.keys);
     let frame_max = config.message_bytes_max;
     let mut cluster =
         Cluster::new(config, crate::node::os_random(), clock.both(), crate::node::os_random(), Vec::new(), 0);
-    let (inbound_tx, mut inbound) = mpsc::channel(1024);
-    // The listener stops with the process; nothing waits on this sender.
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(gossip_net::listen(listener, inbound_tx, frame_max + 4, stop_rx));
+    let (inbound_tx, inbound) = async_channel::bounded(1024);
+    // The listener stops with this member.
+    let (_stop, stop_rx) = rt::Shutdown::new();
+    rt::spawn(gossip_net::listen(listener, inbound_tx, frame_max + 4, stop_rx));
     let mut net = GossipNet::new(frame_max);
     tracing::info!(advertise = %advertise.0, peer = %me, "joining the overlay");
     cluster.join(clock.both(), join);
@@ -104,18 +102,18 @@ pub async fn run(
                 .collect();
             if !fresh.is_empty() {
                 tracing::info!("overlay: {} new providers", fresh.len());
-                if found.send(fresh).is_err() {
+                if found.try_send(fresh).is_err() {
                     return Ok(());
                 }
             }
         }
         let wake = clock.std_instant(cluster.next_timeout()).min(next_announce).min(next_scan);
-        tokio::select! {
-            msg = inbound.recv() => match msg {
-                Some((from, bytes)) => cluster.receive(clock.both(), from, bytes),
-                None => return Ok(()),
+        futures::select_biased! {
+            msg = futures::FutureExt::fuse(inbound.recv()) => match msg {
+                Ok((from, bytes)) => cluster.receive(clock.both(), from, bytes),
+                Err(_) => return Ok(()),
             },
-            _ = tokio::time::sleep_until(wake.into()) => cluster.timeout(clock.both()),
+            _ = futures::FutureExt::fuse(rt::sleep_until(wake)) => cluster.timeout(clock.both()),
         }
     }
 }

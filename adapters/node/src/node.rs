@@ -10,14 +10,14 @@ pub use crate::cluster::{WriteError, WriteReport};
 use crate::dns_udp::{Control, ForwardRequest};
 use crate::gossip_net::{GossipNet, Inbound};
 use crate::persist::{Op, Persister};
+use crate::rt;
+use futures::channel::oneshot;
 use rumor_core::dns::forward::{ForwardAction, Forwarder, ForwarderConfig};
 use rumor_core::dns::{Authority, Name, RRset, RType, Transport, Verdict};
 use rumor_core::gossip::{MemberState, Now, PeerAddr};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
 
 /// Capacity of the command queue; API callers wait when it is full.
 pub const COMMANDS_MAX: usize = 1024;
@@ -187,7 +187,7 @@ impl NodeStats {
 /// A cheap handle for talking to the node task.
 #[derive(Clone)]
 pub struct NodeHandle {
-    tx: mpsc::Sender<Command>,
+    tx: async_channel::Sender<Command>,
 }
 
 impl NodeHandle {
@@ -217,17 +217,17 @@ pub struct NodeParts {
     /// The UDP thread's replica, kept in step with every change.
     pub view: Option<std::sync::mpsc::Sender<Control>>,
     /// Queries the UDP thread wants forwarded.
-    pub forward_rx: Option<mpsc::Receiver<ForwardRequest>>,
+    pub forward_rx: Option<async_channel::Receiver<ForwardRequest>>,
     /// Disk writer, if any.
     pub persister: Option<Persister>,
     /// Upstream resolver and a socket bound for talking to it.
-    pub upstream: Option<(UdpSocket, SocketAddr)>,
+    pub upstream: Option<(Box<dyn rt::UdpSocket>, SocketAddr)>,
     /// Gossip frames from the listener.
-    pub inbound: mpsc::Receiver<Inbound>,
+    pub inbound: async_channel::Receiver<Inbound>,
     /// Largest gossip frame.
     pub frame_max: usize,
     /// Join targets, resolved again from time to time.
-    pub joins: mpsc::Receiver<Vec<PeerAddr>>,
+    pub joins: async_channel::Receiver<Vec<PeerAddr>>,
     /// Seconds between a peer's announces, as the tracker tells them.
     pub tracker_interval_s: u32,
 }
@@ -239,15 +239,15 @@ pub struct Node {
     authority: Authority,
     udp_reply: std::net::UdpSocket,
     view: Option<std::sync::mpsc::Sender<Control>>,
-    forward_rx: Option<mpsc::Receiver<ForwardRequest>>,
+    forward_rx: Option<async_channel::Receiver<ForwardRequest>>,
     persister: Option<Persister>,
-    forwarder: Option<(Forwarder<Client>, Arc<UdpSocket>, SocketAddr)>,
+    forwarder: Option<(Forwarder<Client>, Arc<dyn rt::UdpSocket>, SocketAddr)>,
     tcp_waiting: HashMap<u64, oneshot::Sender<Option<Vec<u8>>>>,
     next_tcp_id: u64,
     forwarded: u64,
     net: GossipNet,
-    inbound: mpsc::Receiver<Inbound>,
-    joins: Option<mpsc::Receiver<Vec<PeerAddr>>>,
+    inbound: async_channel::Receiver<Inbound>,
+    joins: Option<async_channel::Receiver<Vec<PeerAddr>>>,
     tracker_interval_s: u32,
     /// Announces waiting on a providers lookup, by lookup id.
     parked: HashMap<u32, Parked>,
@@ -266,8 +266,8 @@ const LOOKUP_AGAIN: rumor_core::time::Duration = rumor_core::time::Duration::fro
 
 impl Node {
     /// Builds the node and its command channel.
-    pub fn new(parts: NodeParts) -> (Node, NodeHandle, mpsc::Receiver<Command>) {
-        let (tx, rx) = mpsc::channel(COMMANDS_MAX);
+    pub fn new(parts: NodeParts) -> (Node, NodeHandle, async_channel::Receiver<Command>) {
+        let (tx, rx) = async_channel::bounded(COMMANDS_MAX);
         let seed = os_random();
         let node = Node {
             clock: parts.clock,
@@ -279,7 +279,7 @@ impl Node {
             persister: parts.persister,
             forwarder: parts
                 .upstream
-                .map(|(sock, addr)| (Forwarder::new(ForwarderConfig::default(), seed), Arc::new(sock), addr)),
+                .map(|(sock, addr)| (Forwarder::new(ForwarderConfig::default(), seed), Arc::from(sock), addr)),
             tcp_waiting: HashMap::new(),
             next_tcp_id: 0,
             forwarded: 0,
@@ -298,57 +298,64 @@ impl Node {
         Now { at: self.clock.now(), wall_ms: self.clock.wall_ms() }
     }
 
-    /// Runs until `shutdown` turns true or every handle is dropped.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` fires or every handle is dropped.
+    pub async fn run(mut self, rx: async_channel::Receiver<Command>, shutdown: rt::Shutdown) {
+        use futures::FutureExt;
         let mut up_buf = vec![0u8; 65_535];
         let mut forward_rx = self.forward_rx.take();
         let mut joins = self.joins.take();
+        let inbound = self.inbound.clone();
         // Whatever restoring the store produced (sends, persistence).
         self.apply_effects(None);
         loop {
             let deadline = self.next_deadline();
             let upstream = self.forwarder.as_ref().map(|f| f.1.clone());
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
-                    None => break,
+            let upstream_reply = async {
+                match &upstream {
+                    Some(sock) => sock.recv_from(&mut up_buf).await.ok().map(|(n, _)| up_buf[..n].to_vec()),
+                    None => futures::future::pending().await,
+                }
+            };
+            // Biased: shutdown, then API commands, then gossip, so a gossip
+            // flood cannot starve the operator.
+            futures::select_biased! {
+                _ = shutdown.wait().fuse() => break,
+                cmd = rx.recv().fuse() => match cmd {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => break,
                 },
-                msg = self.inbound.recv() => {
-                    if let Some((from, bytes)) = msg {
+                msg = inbound.recv().fuse() => {
+                    if let Ok((from, bytes)) = msg {
                         let now = self.now();
                         self.cluster.receive(now, from, bytes);
                         self.apply_effects(None);
                     }
                 }
-                addrs = async { joins.as_mut().expect("guarded").recv().await }, if joins.is_some() => {
-                    match addrs {
-                        Some(addrs) => self.join(addrs),
-                        None => joins = None,
+                addrs = rt::recv_opt(&mut joins).fuse() => {
+                    if let Some(addrs) = addrs {
+                        self.join(addrs);
                     }
                 }
-                req = async { forward_rx.as_mut().expect("guarded").recv().await }, if forward_rx.is_some() => {
-                    match req {
-                        Some((from, query)) => self.forward(Client::Udp(from), query).await,
-                        None => forward_rx = None,
+                req = rt::recv_opt(&mut forward_rx).fuse() => {
+                    if let Some((from, query)) = req {
+                        self.forward(Client::Udp(from), query).await;
                     }
                 }
-                got = async { upstream.as_ref().expect("guarded").recv_from(&mut up_buf).await }, if upstream.is_some() => {
-                    if let Ok((n, _from)) = got {
-                        self.upstream_reply(&up_buf[..n]);
+                reply = upstream_reply.fuse() => {
+                    if let Some(reply) = reply {
+                        self.upstream_reply(&reply);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => self.on_timer(),
+                _ = rt::sleep_until(deadline).fuse() => self.on_timer(),
             }
         }
         // Say goodbye, give the frames a moment to leave, then flush disk.
         let now = self.now();
         self.cluster.leave(now);
         self.apply_effects(None);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        rt::sleep(std::time::Duration::from_millis(100)).await;
         if let Some(p) = self.persister.take() {
-            tokio::task::spawn_blocking(move || p.shutdown()).await.ok();
+            rt::spawn_blocking(move || p.shutdown()).await.ok();
         }
     }
 
@@ -641,7 +648,10 @@ impl Node {
                     match fwd.forward(now, Client::Tcp(id), &bytes) {
                         ForwardAction::ToUpstream(b) => {
                             self.forwarded += 1;
-                            let _ = sock.try_send_to(&b, *upstream);
+                            let (sock, upstream) = (sock.clone(), *upstream);
+                            rt::spawn(async move {
+                                let _ = sock.send_to(&b, upstream).await;
+                            });
                         }
                         ForwardAction::ToClient(c, b) => self.reply_to(c, b),
                         ForwardAction::Nothing => {
@@ -723,7 +733,8 @@ pub fn os_random() -> u64 {
 /// Resolves the join targets (host:port, where the host may be a DNS name
 /// with many addresses, as Docker's `tasks.<service>`) every `every`, and
 /// sends the addresses to the node, which joins those it does not know.
-pub async fn resolve_joins(targets: Vec<String>, tx: mpsc::Sender<Vec<PeerAddr>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn resolve_joins(targets: Vec<String>, tx: async_channel::Sender<Vec<PeerAddr>>, shutdown: rt::Shutdown) {
+    use futures::FutureExt;
     if targets.is_empty() {
         return;
     }
@@ -731,8 +742,8 @@ pub async fn resolve_joins(targets: Vec<String>, tx: mpsc::Sender<Vec<PeerAddr>>
     loop {
         let mut addrs = Vec::new();
         for t in &targets {
-            match tokio::net::lookup_host(t.as_str()).await {
-                Ok(found) => addrs.extend(found.map(|a| PeerAddr(a.to_string()))),
+            match rt::lookup_host(t.clone()).await {
+                Ok(found) => addrs.extend(found.into_iter().map(|a| PeerAddr(a.to_string()))),
                 Err(e) => tracing::debug!(target = %t, "cannot resolve join target: {e}"),
             }
         }
@@ -741,9 +752,9 @@ pub async fn resolve_joins(targets: Vec<String>, tx: mpsc::Sender<Vec<PeerAddr>>
         if !addrs.is_empty() && tx.send(addrs).await.is_err() {
             return;
         }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(every) => {}
+        futures::select_biased! {
+            _ = shutdown.wait().fuse() => return,
+            _ = rt::sleep(every).fuse() => {}
         }
         // Often at first (replicas start at different times), then calmly.
         every = (every * 2).min(std::time::Duration::from_secs(30));
@@ -752,8 +763,8 @@ pub async fn resolve_joins(targets: Vec<String>, tx: mpsc::Sender<Vec<PeerAddr>>
 
 /// Serves DNS over TCP (RFC 7766): 2-byte length-prefixed messages,
 /// several per connection, each answered through the node task.
-pub async fn serve_tcp(listener: tokio::net::TcpListener, node: NodeHandle, shutdown: watch::Receiver<bool>) {
-    use tokio::io::AsyncWriteExt;
+pub async fn serve_tcp(listener: Box<dyn rt::TcpListener>, node: NodeHandle, shutdown: rt::Shutdown) {
+    use futures::AsyncWriteExt;
     /// Most TCP clients at once; more wait in the kernel's backlog.
     const CONNECTIONS_MAX: usize = 512;
     /// An idle connection is closed after this (RFC 7766 suggests seconds).

@@ -4,12 +4,11 @@
 //! queue drops); one task per inbound connection reads frames, refusing any
 //! longer than the machine's message limit.
 
+use crate::rt;
+use futures::AsyncWriteExt;
 use rumor_core::gossip::PeerAddr;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
 
 /// Messages waiting per peer; more are dropped.
 const QUEUE_PER_PEER: usize = 256;
@@ -27,7 +26,7 @@ pub type Inbound = (PeerAddr, Vec<u8>);
 
 /// Outbound side: a queue per peer address.
 pub struct GossipNet {
-    peers: HashMap<String, mpsc::Sender<Vec<u8>>>,
+    peers: HashMap<String, async_channel::Sender<Vec<u8>>>,
     frame_max: usize,
     /// Messages dropped because a peer's queue was full.
     pub dropped: u64,
@@ -48,11 +47,11 @@ impl GossipNet {
         if let Some(tx) = self.peers.get(&to.0) {
             match tx.try_send(bytes) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(async_channel::TrySendError::Full(_)) => {
                     self.dropped += 1;
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(b)) => {
+                Err(async_channel::TrySendError::Closed(b)) => {
                     self.peers.remove(&to.0);
                     return self.send(to, b);
                 }
@@ -65,27 +64,28 @@ impl GossipNet {
                 return;
             }
         }
-        let (tx, rx) = mpsc::channel(QUEUE_PER_PEER);
+        let (tx, rx) = async_channel::bounded(QUEUE_PER_PEER);
         let _ = tx.try_send(bytes);
         self.peers.insert(to.0.clone(), tx);
-        tokio::spawn(outbound(to.0.clone(), rx));
+        rt::spawn(outbound(to.0.clone(), rx));
     }
 }
 
-async fn outbound(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut stream: Option<TcpStream> = None;
+async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
+    let mut stream: Option<rt::TcpStream> = None;
     loop {
-        let msg = match tokio::time::timeout(IDLE, rx.recv()).await {
-            Ok(Some(m)) => m,
+        let msg = match rt::timeout(IDLE, rx.recv()).await {
+            Ok(Ok(m)) => m,
             // Idle, or the node dropped us: close.
             _ => return,
         };
         if stream.is_none() {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    stream = Some(s);
-                }
+            let connected = match rt::lookup_host(addr.clone()).await.ok().and_then(|a| a.into_iter().next()) {
+                Some(to) => rt::timeout(CONNECT_TIMEOUT, rt::connect(to)).await,
+                None => Ok(Err(std::io::Error::other("cannot resolve"))),
+            };
+            match connected {
+                Ok(Ok(s)) => stream = Some(s),
                 _ => {
                     tracing::trace!(%addr, "gossip connect failed; message dropped");
                     continue;
@@ -105,10 +105,10 @@ async fn outbound(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
 
 /// Accepts gossip connections and hands every frame to `inbound`.
 pub async fn listen(
-    listener: TcpListener,
-    inbound: mpsc::Sender<Inbound>,
+    listener: Box<dyn rt::TcpListener>,
+    inbound: async_channel::Sender<Inbound>,
     frame_max: usize,
-    shutdown: watch::Receiver<bool>,
+    shutdown: rt::Shutdown,
 ) {
     crate::net::accept_bounded(listener, INBOUND_MAX, "gossip", shutdown, |mut stream, peer| {
         let inbound = inbound.clone();

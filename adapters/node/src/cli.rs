@@ -1,0 +1,318 @@
+//! The command line shared by every adapter's binary: `node`, `dns`,
+//! `create`, `get`, `seed`.
+
+use crate::{api, bt, clock, cluster, dns_cli, dns_udp, gossip_net, node, persist, rt};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use rumor_core::dns::{Authority, AuthorityConfig, Name, Zone};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "rumor", version, about = "A gossip-replicated DNS and BitTorrent node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a cluster node: DNS on UDP and TCP, the HTTP API.
+    Node(NodeArgs),
+    /// Add, remove, list and query records through a node.
+    #[command(subcommand)]
+    Dns(dns_cli::DnsCmd),
+    /// Make a .torrent from a file or folder.
+    Create(bt::CreateArgs),
+    /// Download a torrent, verify it, then seed it.
+    Get(bt::GetArgs),
+    /// Seed data that is already on disk.
+    Seed(bt::SeedArgs),
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// Where DNS listens (UDP and TCP).
+    #[arg(long, env = "RUMOR_DNS", default_value = "0.0.0.0:8053")]
+    dns: SocketAddr,
+    /// Where the HTTP API listens. Without --api-token it must be a
+    /// loopback address unless --api-public is given.
+    #[arg(long, env = "RUMOR_API", default_value = "127.0.0.1:6969")]
+    api: SocketAddr,
+    /// Where gossip listens (TCP).
+    #[arg(long, env = "RUMOR_GOSSIP", default_value = "0.0.0.0:5300")]
+    gossip: SocketAddr,
+    /// The gossip address other nodes reach this one at (default: --gossip,
+    /// or this host's address when --gossip is a wildcard).
+    #[arg(long, env = "RUMOR_ADVERTISE")]
+    advertise: Option<String>,
+    /// Nodes to join, host:port (repeatable or comma separated); a host may
+    /// be a DNS name with many addresses, as Docker's tasks.<service>.
+    #[arg(long, env = "RUMOR_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// Cluster key(s), 64 hex digits each, comma separated: the first seals
+    /// what this node sends, all open what it receives (rotation without
+    /// downtime). Nodes with different keys never exchange state.
+    #[arg(long, env = "RUMOR_CLUSTER_KEY", value_delimiter = ',', hide_env_values = true)]
+    cluster_key: Vec<String>,
+    /// Read the cluster key(s) from this file (a Docker secret).
+    #[arg(long, env = "RUMOR_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
+    /// Directory for the node's database.
+    #[arg(long, env = "RUMOR_DATA", default_value = "rumor-data")]
+    data: PathBuf,
+    /// Keep records in memory only.
+    #[arg(long, env = "RUMOR_EPHEMERAL")]
+    ephemeral: bool,
+    /// Zones this node is the authority for (repeatable or comma
+    /// separated). Without any, every name the cluster holds is answered.
+    #[arg(long = "zone", env = "RUMOR_ZONES", value_delimiter = ',')]
+    zones: Vec<String>,
+    /// Resolver that gets queries for names outside --zone.
+    #[arg(long, env = "RUMOR_UPSTREAM")]
+    upstream: Option<SocketAddr>,
+    /// Bearer token required for API writes.
+    #[arg(long, env = "RUMOR_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Allow an API without a token on a non-loopback address.
+    #[arg(long, env = "RUMOR_API_PUBLIC")]
+    api_public: bool,
+    /// TTL of negative answers, seconds.
+    #[arg(long, env = "RUMOR_NEGATIVE_TTL", default_value_t = 30)]
+    negative_ttl: u32,
+    /// Seconds between a peer's announces, as the tracker (`/announce`)
+    /// tells them; a provider not heard from in twice this is dropped.
+    #[arg(long, env = "RUMOR_TRACKER_INTERVAL", default_value_t = 120)]
+    tracker_interval: u32,
+}
+
+/// Parses the command line and runs the command on `runtime`; `program`
+/// is the binary's name, as help and errors show it.
+pub fn main(program: &'static str, runtime: Box<dyn rt::Runtime>) -> ExitCode {
+    let matches = Cli::command().name(program).bin_name(program).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logging();
+    let runtime_name = runtime.name();
+    rt::install(runtime);
+    match cli.command {
+        Cmd::Node(args) => {
+            tracing::debug!(runtime = runtime_name, "starting");
+            match rt::block_on(run_node(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Dns(cmd) => dns_cli::run(cmd),
+        Cmd::Create(args) => bt::create(args),
+        Cmd::Get(args) => bt::get(args),
+        Cmd::Seed(args) => bt::seed(args),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUMOR_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The key used when none is given: anyone can read this source, so it
+/// only keeps apart clusters that did not choose a key; the node warns.
+const DEV_CLUSTER_KEY: [u8; 32] = *b"rumor-insecure-development-key!!";
+
+/// The cluster keyring from `--cluster-key` values and a key file; the
+/// public development key (with a warning) when neither gives one.
+pub(crate) fn keyring(
+    cluster_key: &[String],
+    cluster_key_file: Option<&std::path::Path>,
+) -> Result<rumor_core::gossip::Keyring, String> {
+    let mut hexes: Vec<String> = cluster_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    if let Some(path) = cluster_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        hexes.extend(text.split([',', '\n', ' ']).map(str::trim).filter(|k| !k.is_empty()).map(str::to_string));
+    }
+    let mut keys = Vec::new();
+    for h in &hexes {
+        let bytes = hex::decode(h).map_err(|_| "a cluster key must be 64 hex digits".to_string())?;
+        let key: [u8; 32] =
+            bytes.try_into().map_err(|_| "a cluster key must be 64 hex digits (32 bytes)".to_string())?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        tracing::warn!(
+            "no --cluster-key: gossip is sealed with the public development key; set one for a real cluster"
+        );
+        keys.push(DEV_CLUSTER_KEY);
+    }
+    // Every node derives the same one-byte id from a key, so a rotated-in
+    // key is recognised cluster-wide.
+    let id_of = |k: &[u8; 32]| k.iter().fold(0u8, |a, b| a.rotate_left(1) ^ b);
+    let mut ring = rumor_core::gossip::Keyring::new(id_of(&keys[0]), keys[0]);
+    for k in &keys[1..] {
+        ring.add(id_of(k), *k).map_err(|e| format!("cluster keys: {e:?} (two keys share an id; pick another)"))?;
+    }
+    Ok(ring)
+}
+
+fn advertise_addr(args: &NodeArgs) -> Result<String, String> {
+    if let Some(a) = &args.advertise {
+        return Ok(a.clone());
+    }
+    if !args.gossip.ip().is_unspecified() {
+        return Ok(args.gossip.to_string());
+    }
+    // A wildcard bind: advertise this host's own address (what a container
+    // on an overlay network has), found through its hostname. A host whose
+    // name only maps to loopback is a single machine: loopback it is.
+    let port = args.gossip.port();
+    let found = hostname().and_then(|host| {
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .ok()?
+            .find(|a| a.is_ipv4() && !a.ip().is_loopback())
+    });
+    Ok(match found {
+        Some(a) => a.to_string(),
+        None => {
+            tracing::warn!(
+                "this host's name resolves to no address but loopback: advertising 127.0.0.1:{port}; \
+                 give --advertise for a cluster across machines"
+            );
+            format!("127.0.0.1:{port}")
+        }
+    })
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+async fn run_node(args: NodeArgs) -> Result<(), String> {
+    let clock = clock::Clock::new();
+    if args.api_token.is_none() && !args.api.ip().is_loopback() && !args.api_public {
+        return Err(format!(
+            "refusing to serve the API on {} without --api-token; give a token, a loopback address, or --api-public",
+            args.api
+        ));
+    }
+    if args.api_token.is_none() {
+        tracing::warn!("the API takes writes without a token (set --api-token to require one)");
+    }
+    let mut zones = Vec::new();
+    for z in args.zones.iter().filter(|z| !z.trim().is_empty()) {
+        let apex = Name::from_ascii(z.trim()).map_err(|e| format!("bad --zone {z:?}: {e}"))?;
+        zones.push(Zone { apex });
+    }
+    if args.upstream.is_some() && zones.is_empty() {
+        tracing::warn!("--upstream has no effect without --zone: every name is answered from the cluster");
+    }
+    let authority_config = AuthorityConfig {
+        forward_outside_zones: args.upstream.is_some(),
+        zones,
+        negative_ttl: args.negative_ttl,
+        ..AuthorityConfig::default()
+    };
+    let advertise = advertise_addr(&args)?;
+    let gossip_config = rumor_core::gossip::Config::new(
+        rumor_core::gossip::PeerAddr(advertise.clone()),
+        keyring(&args.cluster_key, args.cluster_key_file.as_deref())?,
+    );
+    let frame_max = gossip_config.message_bytes_max;
+    let (persister, loaded) = if args.ephemeral {
+        (None, persist::Loaded { node_id: node::os_random(), incarnation: 0, entries: Vec::new() })
+    } else {
+        let dir = args.data.clone();
+        let fresh_id = node::os_random();
+        let (p, loaded) =
+            rt::spawn_blocking(move || persist::open(&dir, fresh_id)).await.map_err(|e| e.to_string())??;
+        tracing::info!(entries = loaded.entries.len(), dir = %args.data.display(), "data loaded");
+        (Some(p), loaded)
+    };
+    let cluster = cluster::Cluster::new(
+        gossip_config,
+        loaded.node_id,
+        clock.both(),
+        node::os_random(),
+        loaded.entries,
+        loaded.incarnation,
+    );
+    let initial: Vec<_> = cluster.view().live(clock.wall_ms()).into_iter().cloned().collect();
+    let udp = std::net::UdpSocket::bind(args.dns).map_err(|e| format!("cannot bind DNS UDP {}: {e}", args.dns))?;
+    let udp_reader = udp.try_clone().map_err(|e| e.to_string())?;
+    let tcp = rt::bind_tcp(args.dns).map_err(|e| format!("cannot bind DNS TCP {}: {e}", args.dns))?;
+    let gossip_listener = rt::bind_tcp(args.gossip).map_err(|e| format!("cannot bind gossip {}: {e}", args.gossip))?;
+    let upstream = match args.upstream {
+        Some(addr) => {
+            let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+            let sock = rt::bind_udp(local).map_err(|e| format!("cannot bind a socket for the upstream: {e}"))?;
+            Some((sock, addr))
+        }
+        None => None,
+    };
+    let api_listener = rt::bind_tcp(args.api).map_err(|e| format!("cannot bind API {}: {e}", args.api))?;
+    let (forward_tx, forward_rx) = match upstream {
+        Some(_) => {
+            let (tx, rx) = async_channel::bounded(1024);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let udp_server =
+        dns_udp::UdpServer::start(udp_reader, initial, Authority::new(authority_config.clone()), forward_tx, clock)
+            .map_err(|e| format!("cannot start the DNS UDP thread: {e}"))?;
+    let (inbound_tx, inbound_rx) = async_channel::bounded(node::INBOUND_MAX);
+    let (joins_tx, joins_rx) = async_channel::bounded(4);
+    let node_id = cluster.gossip().id();
+    let (node, handle, rx) = node::Node::new(node::NodeParts {
+        clock,
+        cluster,
+        authority: Authority::new(authority_config),
+        udp_reply: udp,
+        view: Some(udp_server.control.clone()),
+        forward_rx,
+        persister,
+        upstream,
+        inbound: inbound_rx,
+        frame_max,
+        joins: joins_rx,
+        tracker_interval_s: args.tracker_interval.max(1),
+    });
+    let (shutdown_tx, shutdown_rx) = rt::Shutdown::new();
+    tracing::info!(dns = %args.dns, api = %args.api, gossip = %args.gossip, %advertise, node = format!("{node_id:016x}"), runtime = rt::runtime().name(), "rumor node up");
+    let node_task = rt::spawn(node.run(rx, shutdown_rx.clone()));
+    let tcp_task = rt::spawn(node::serve_tcp(tcp, handle.clone(), shutdown_rx.clone()));
+    let gossip_task = rt::spawn(gossip_net::listen(gossip_listener, inbound_tx, frame_max + 4, shutdown_rx.clone()));
+    let join_task = rt::spawn(node::resolve_joins(args.join.clone(), joins_tx, shutdown_rx.clone()));
+    let state = api::ApiState {
+        node: handle,
+        token: args.api_token.map(|t| t.into()),
+        clock,
+        udp_control: udp_server.control.clone(),
+    };
+    let api_task = rt::spawn(crate::http::serve(api_listener, api::router(state), shutdown_rx.clone()));
+    let signal = rt::wait_for_signal().await;
+    tracing::info!("shutting down ({signal})");
+    shutdown_tx.fire();
+    let _ = node_task.await;
+    let _ = tcp_task.await;
+    let _ = gossip_task.await;
+    let _ = join_task.await;
+    let _ = rt::spawn_blocking(move || udp_server.shutdown()).await;
+    let _ = rt::timeout(std::time::Duration::from_secs(5), api_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}

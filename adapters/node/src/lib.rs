@@ -1,0 +1,28 @@
+//! The rumor program — a cluster node (DNS, HTTP API, gossip, tracker)
+//! and a BitTorrent client — written once against [`rt::Runtime`].
+//!
+//! The protocol logic lives in `rumor-core` as pure state machines; this
+//! crate drives them: it owns sockets, disks and timers through the
+//! runtime seam, and holds everything the adapters share (the node's
+//! drain loop, record and piece storage, configuration, the HTTP handlers,
+//! the command line). An adapter crate only implements [`rt::Runtime`] for
+//! its runtime and calls [`main`].
+
+mod api;
+mod bt;
+mod cli;
+mod clock;
+mod cluster;
+mod dns_cli;
+mod dns_udp;
+mod gossip_net;
+pub mod http;
+mod metrics;
+mod net;
+mod node;
+mod persist;
+mod records;
+pub mod rt;
+
+pub(crate) use cli::keyring;
+pub use cli::main;

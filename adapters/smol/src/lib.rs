@@ -1,1 +1,0 @@
-//! The smol adapter (grows to parity in its own issue).

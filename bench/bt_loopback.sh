@@ -4,11 +4,13 @@
 # other in the same run. Prints MiB/s of each, their ratio, CPU seconds per
 # GiB and peak resident memory. A benchmark, not a test.
 #
-#   bench/bt_loopback.sh              # 1 GiB
-#   SIZE_MIB=256 bench/bt_loopback.sh # smaller
+#   bench/bt_loopback.sh                  # 1 GiB, the tokio binary (rumor)
+#   SIZE_MIB=256 bench/bt_loopback.sh     # smaller
+#   RUMOR_ADAPTER=smol bench/bt_loopback.sh   # the smol binary (rumor-smol)
+#   RUMOR_BIN=/path/to/binary bench/bt_loopback.sh
 #
 # Needs python3-libtorrent (for /usr/bin/python3) and /usr/bin/time; builds
-# rumor in release mode unless RUMOR_BIN is set.
+# the chosen adapter in release mode unless RUMOR_BIN is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
@@ -16,9 +18,13 @@ WORK=${WORK:-$(mktemp -d /tmp/rumor-bt-bench.XXXXXX)}
 LT=adapters/conformance/common/lt_peer.py
 PY=/usr/bin/python3
 if [ -z "${RUMOR_BIN:-}" ]; then
-  cargo build --release -q -p rumor-tokio
-  RUMOR_BIN=${CARGO_TARGET_DIR:-target}/release/rumor
+  case ${RUMOR_ADAPTER:-tokio} in
+    tokio) cargo build --release -q -p rumor-tokio; RUMOR_BIN=${CARGO_TARGET_DIR:-target}/release/rumor ;;
+    smol) cargo build --release -q -p rumor-smol; RUMOR_BIN=${CARGO_TARGET_DIR:-target}/release/rumor-smol ;;
+    *) echo "RUMOR_ADAPTER must be tokio or smol" >&2; exit 2 ;;
+  esac
 fi
+echo "rumor binary: $RUMOR_BIN"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

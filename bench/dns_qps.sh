@@ -4,7 +4,10 @@
 # each server pinned alone to core 1. The fair figure on a 2-core machine is
 # answers per server CPU-second (dnsperf itself saturates near 155k qps).
 #
-#   bench/dns_qps.sh [SECONDS_PER_RUN] [RUMOR_BINARY]
+#   bench/dns_qps.sh [SECONDS_PER_RUN] [tokio|smol|PATH_TO_BINARY]
+#
+# The second argument picks the adapter (built in release mode) or a
+# binary; the default is tokio's `rumor`.
 #
 # Prints one block per server and the ratio. A benchmark, not a test: it
 # exits 0 whatever the figures, non-zero only if something failed to run.
@@ -16,10 +19,11 @@ names=10000
 for tool in nsd dnsperf taskset curl; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install -y nsd dnsperf util-linux curl)"; exit 2; }
 done
-if [ -z "$bin" ]; then
-  (cd "$root" && cargo build --release -q -p rumor-tokio)
-  bin="$root/target/release/rumor"
-fi
+case "$bin" in
+  "" | tokio) (cd "$root" && cargo build --release -q -p rumor-tokio); bin="${CARGO_TARGET_DIR:-$root/target}/release/rumor" ;;
+  smol) (cd "$root" && cargo build --release -q -p rumor-smol); bin="${CARGO_TARGET_DIR:-$root/target}/release/rumor-smol" ;;
+esac
+echo "rumor binary: $bin"
 work=$(mktemp -d /tmp/rumor-dnsbench.XXXXXX)
 pids=()
 # Every process below a pid (NSD forks xfrd -> main -> server).

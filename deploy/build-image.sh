@@ -3,7 +3,9 @@
 #
 #   deploy/build-image.sh [TAG]        (default rumor:latest)
 #
-# Environment: CARGO_TARGET_DIR (default <repo>/target), CARGO (default cargo).
+# Environment: CARGO_TARGET_DIR (default <repo>/target), CARGO (default cargo),
+# RUMOR_ADAPTER (tokio, the default, or smol: which runtime's binary the
+# image carries; it is /rumor either way).
 set -euo pipefail
 
 TAG=${1:-rumor:latest}
@@ -11,13 +13,17 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 TARGET=x86_64-unknown-linux-gnu
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$CARGO_TARGET_DIR/$TARGET/release/rumor
+case ${RUMOR_ADAPTER:-tokio} in
+    tokio) PKG=rumor-tokio; BIN=$CARGO_TARGET_DIR/$TARGET/release/rumor ;;
+    smol) PKG=rumor-smol; BIN=$CARGO_TARGET_DIR/$TARGET/release/rumor-smol ;;
+    *) echo "build-image: RUMOR_ADAPTER must be tokio or smol" >&2; exit 2 ;;
+esac
 
-echo "build-image: cargo build -p rumor-tokio --release --target $TARGET (static glibc)" >&2
+echo "build-image: cargo build -p $PKG --release --target $TARGET (static glibc)" >&2
 # An explicit --target keeps these RUSTFLAGS away from build scripts and
 # proc macros, which must stay dynamic.
 (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg chacha20_force_soft --cfg poly1305_force_soft" \
-    "${CARGO:-cargo}" build -p rumor-tokio --release --target "$TARGET")
+    "${CARGO:-cargo}" build -p "$PKG" --release --target "$TARGET")
 
 # A scratch image has no loader and no libc: refuse anything dynamic.
 if command -v file >/dev/null; then

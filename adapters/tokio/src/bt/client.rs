@@ -134,15 +134,15 @@ async fn start(mut opts: Options) -> Result<(), String> {
             return Err(format!("--control {c}: not a loopback address; add --control-public to allow it"));
         }
     }
-    // The port first: a metadata fetch announces it to trackers and the
-    // overlay before the download starts.
+    // The listener first: a metadata fetch announces its port to trackers
+    // and the overlay, and takes connections on it, before the download.
     let listener = TcpListener::bind((opts.net.bind, opts.net.port))
         .await
         .map_err(|e| format!("cannot listen on port {}: {e}", opts.net.port))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let meta = match opts.magnet.take() {
         None => load_torrent(&opts.torrent)?,
-        Some(m) => super::magnet::fetch(m, &mut opts.net, port).await?,
+        Some(m) => super::magnet::fetch(m, &mut opts.net, &listener).await?,
     };
     let mut storage = Storage::new(&meta, &opts.dir);
     storage.open_existing();

@@ -55,12 +55,27 @@ async fn sleep_until(at: Instant) {
     tokio::time::sleep_until(at.into()).await
 }
 
-/// A TCP connection to `addr` as a `futures::io` stream.
-async fn connect(addr: SocketAddr) -> std::io::Result<impl AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+/// The download's listening socket, which the fetch accepts peers on too.
+pub type Listener = tokio::net::TcpListener;
+
+/// A peer connection as a `futures::io` stream.
+type PeerStream = tokio_util::compat::Compat<tokio::net::TcpStream>;
+
+/// A TCP connection to `addr`.
+async fn connect(addr: SocketAddr) -> std::io::Result<PeerStream> {
     use tokio_util::compat::TokioAsyncReadCompatExt;
     let s = tokio::net::TcpStream::connect(addr).await?;
     let _ = s.set_nodelay(true);
     Ok(s.compat())
+}
+
+/// The next incoming connection (cancel-safe: nothing is lost if the
+/// future is dropped unfinished).
+async fn accept(listener: &Listener) -> std::io::Result<(PeerStream, SocketAddr)> {
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    let (s, addr) = listener.accept().await?;
+    let _ = s.set_nodelay(true);
+    Ok((s.compat(), addr))
 }
 
 /// `host:port` to addresses, through the cluster's DNS at `dns` first when
@@ -151,6 +166,8 @@ struct Conn {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     /// Dialed and handed to the machine.
     connected: bool,
+    /// It dialed us: `addr`'s port is not one to dial back.
+    incoming: bool,
     _task: Task,
 }
 
@@ -168,15 +185,15 @@ struct Known {
     banned: bool,
 }
 
-/// Dials `addr`, then reads into `events` and writes what `out` brings,
-/// until either side ends.
-async fn run_peer(
-    key: PeerKey,
-    addr: SocketAddr,
-    mut out: mpsc::UnboundedReceiver<Vec<u8>>,
-    mut events: mpsc::Sender<Ev>,
-) {
-    let stream = match within(DIAL_TIMEOUT, connect(addr)).await {
+/// Opens the connection (`open`: a dial, or an accepted stream), then
+/// reads into `events` and writes what `out` brings, until either side
+/// ends.
+async fn run_peer<S, F>(key: PeerKey, open: F, mut out: mpsc::UnboundedReceiver<Vec<u8>>, mut events: mpsc::Sender<Ev>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = std::io::Result<S>> + Send + 'static,
+{
+    let stream = match within(DIAL_TIMEOUT, open).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             let _ = events.send(Ev::Closed(key, Some(e.to_string()))).await;
@@ -243,17 +260,18 @@ struct Fetcher {
 /// Fetches the metadata of `src`'s torrent and returns it checked, with
 /// the link's and `--tracker`'s trackers as its announce list. The
 /// link's peers and those that served the metadata are added to
-/// `net.peers`, so the download dials them at once. `port` is the port
-/// the download will listen on (announced to trackers and the overlay).
-pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, port: u16) -> Result<Metainfo, String> {
+/// `net.peers`, so the download dials them at once. `listener` is the
+/// download's: its port is announced to trackers and the overlay, and
+/// peers that dial it meanwhile serve the metadata too.
+pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -> Result<Metainfo, String> {
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let ih = src.link.info_hash;
     let clock = Clock::new();
     let now = clock.now();
     let peer_id = super::client::random_peer_id();
     // Every tracker its own tier: a magnet's trackers are alternatives
     // nobody ranked, so each is asked (as other clients do).
-    let tiers: Vec<Vec<String>> =
-        src.link.trackers.iter().chain(&src.trackers).map(|t| vec![t.clone()]).collect();
+    let tiers: Vec<Vec<String>> = src.link.trackers.iter().chain(&src.trackers).map(|t| vec![t.clone()]).collect();
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     let announcer =
@@ -364,10 +382,14 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, port: u16) -> Result<M
             ));
         }
         let wake = f.clock.std_instant(f.machine_at.min(f.announce_at)).min(give_up).min(now + TICK);
-        match futures::future::select(events.next(), pin!(sleep_until(wake))).await {
+        // Peers that learn of us (from a tracker or the overlay) dial us.
+        let incoming = pin!(accept(listener));
+        match futures::future::select(events.next(), futures::future::select(incoming, pin!(sleep_until(wake)))).await {
             Either::Left((Some(ev), _)) => f.on_event(ev),
             Either::Left((None, _)) => return Err("the metadata fetch lost its event channel".into()),
-            Either::Right(_) => f.on_time(),
+            Either::Right((Either::Left((Ok((stream, addr)), _)), _)) => f.accepted(stream, addr),
+            Either::Right((Either::Left((Err(e), _)), _)) => tracing::warn!("accept: {e}"),
+            Either::Right((Either::Right(_), _)) => f.on_time(),
         }
     };
     let mut meta = meta;
@@ -388,6 +410,18 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, port: u16) -> Result<M
 }
 
 impl Fetcher {
+    fn accepted(&mut self, stream: PeerStream, addr: SocketAddr) {
+        if self.conns.len() >= PEERS_MAX {
+            return;
+        }
+        tracing::debug!("peer {addr}: connected to us");
+        let key = self.next_key;
+        self.next_key += 1;
+        let (tx, rx) = mpsc::unbounded();
+        let task = spawn(run_peer(key, async move { Ok(stream) }, rx, self.events_tx.clone()));
+        self.conns.insert(key, Conn { addr, tx, connected: false, incoming: true, _task: task });
+    }
+
     fn learn(&mut self, addr: SocketAddr) {
         if self.known.len() < KNOWN_PEERS_MAX && !addr.ip().is_unspecified() && addr.port() != 0 {
             self.known.entry(addr).or_default();
@@ -444,7 +478,9 @@ impl Fetcher {
             return;
         };
         if reason == FetchDisconnect::Done {
-            self.served.push(c.addr);
+            if !c.incoming {
+                self.served.push(c.addr);
+            }
         } else {
             tracing::info!("peer {}: dropped: {reason:?}", c.addr);
         }
@@ -541,8 +577,8 @@ impl Fetcher {
             let key = self.next_key;
             self.next_key += 1;
             let (tx, rx) = mpsc::unbounded();
-            let task = spawn(run_peer(key, addr, rx, self.events_tx.clone()));
-            self.conns.insert(key, Conn { addr, tx, connected: false, _task: task });
+            let task = spawn(run_peer(key, connect(addr), rx, self.events_tx.clone()));
+            self.conns.insert(key, Conn { addr, tx, connected: false, incoming: false, _task: task });
         }
     }
 

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,8 @@ const KNOWN_PEERS_MAX: usize = 500;
 const EVENTS_MAX: usize = 64;
 /// Bytes read from a socket at once.
 const READ_CHUNK_BYTES: usize = 32 * 1024;
+/// Bytes queued to a peer before it is dropped as not reading.
+const SEND_BYTES_MAX: usize = 256 * 1024;
 /// Drops for bad metadata, together with other peers, before a ban.
 const STRIKES_MAX: u32 = 3;
 /// Longest wait between two looks at the peer list (retries come due).
@@ -164,6 +166,8 @@ enum Ev {
 struct Conn {
     addr: SocketAddr,
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes in `tx` not yet written.
+    queued: Arc<AtomicUsize>,
     /// Dialed and handed to the machine.
     connected: bool,
     /// It dialed us: `addr`'s port is not one to dial back.
@@ -188,8 +192,13 @@ struct Known {
 /// Opens the connection (`open`: a dial, or an accepted stream), then
 /// reads into `events` and writes what `out` brings, until either side
 /// ends.
-async fn run_peer<S, F>(key: PeerKey, open: F, mut out: mpsc::UnboundedReceiver<Vec<u8>>, mut events: mpsc::Sender<Ev>)
-where
+async fn run_peer<S, F>(
+    key: PeerKey,
+    open: F,
+    mut out: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    mut events: mpsc::Sender<Ev>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = std::io::Result<S>> + Send + 'static,
 {
@@ -211,6 +220,7 @@ where
     let mut reads = events.clone();
     let writer = async move {
         while let Some(buf) = out.next().await {
+            queued.fetch_sub(buf.len(), Ordering::Relaxed);
             if w.write_all(&buf).await.is_err() {
                 break;
             }
@@ -415,11 +425,22 @@ impl Fetcher {
             return;
         }
         tracing::debug!("peer {addr}: connected to us");
+        self.open(addr, true, async move { Ok(stream) });
+    }
+
+    /// Starts a connection's task; the machine hears of it once `open`
+    /// has given a stream.
+    fn open<S, F>(&mut self, addr: SocketAddr, incoming: bool, open: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Future<Output = std::io::Result<S>> + Send + 'static,
+    {
         let key = self.next_key;
         self.next_key += 1;
         let (tx, rx) = mpsc::unbounded();
-        let task = spawn(run_peer(key, async move { Ok(stream) }, rx, self.events_tx.clone()));
-        self.conns.insert(key, Conn { addr, tx, connected: false, incoming: true, _task: task });
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = spawn(run_peer(key, open, rx, queued.clone(), self.events_tx.clone()));
+        self.conns.insert(key, Conn { addr, tx, queued, connected: false, incoming, _task: task });
     }
 
     fn learn(&mut self, addr: SocketAddr) {
@@ -437,10 +458,22 @@ impl Fetcher {
                     break;
                 }
                 FetchOutput::Transmit { peer, payload } => {
-                    if let Some(c) = self.conns.get(&peer) {
-                        // Only small messages go this way (handshakes and
-                        // requests), so the queue needs no bound.
-                        let _ = c.tx.unbounded_send(payload);
+                    let Some(c) = self.conns.get(&peer) else {
+                        continue;
+                    };
+                    // Our messages are small, but a peer that asks us for
+                    // metadata (we reject) and never reads would grow the
+                    // queue forever: past the bound it is dropped.
+                    let queued = c.queued.fetch_add(payload.len(), Ordering::Relaxed) + payload.len();
+                    if queued > SEND_BYTES_MAX || c.tx.unbounded_send(payload).is_err() {
+                        tracing::info!("peer {}: dropped (it does not read)", c.addr);
+                        let addr = c.addr;
+                        self.conns.remove(&peer);
+                        if let Some(k) = self.known.get_mut(&addr) {
+                            k.busy = false;
+                            k.banned = true;
+                        }
+                        self.machine.handle(self.clock.now(), FetchInput::PeerDisconnected { peer });
                     }
                 }
                 FetchOutput::Disconnect { peer, reason: FetchDisconnect::BadMetadata } => {
@@ -574,11 +607,7 @@ impl Fetcher {
                 self.tried += 1;
             }
             k.busy = true;
-            let key = self.next_key;
-            self.next_key += 1;
-            let (tx, rx) = mpsc::unbounded();
-            let task = spawn(run_peer(key, connect(addr), rx, self.events_tx.clone()));
-            self.conns.insert(key, Conn { addr, tx, connected: false, incoming: false, _task: task });
+            self.open(addr, false, connect(addr));
         }
     }
 

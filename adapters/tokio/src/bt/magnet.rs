@@ -279,8 +279,9 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -
     let clock = Clock::new();
     let now = clock.now();
     let peer_id = super::client::random_peer_id();
-    // Every tracker its own tier: a magnet's trackers are alternatives
-    // nobody ranked, so each is asked (as other clients do).
+    // A magnet's `tr` list has no tiers: one tier per tracker keeps the
+    // link's order (the link's first, then --tracker), tried in turn
+    // until one answers (BEP 12).
     let tiers: Vec<Vec<String>> = src.link.trackers.iter().chain(&src.trackers).map(|t| vec![t.clone()]).collect();
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);

@@ -59,6 +59,66 @@ fn a_libtorrent_leecher_downloads_from_a_rumor_seeder() {
     assert_same_tree(&data, &out.join("payload"));
 }
 
+#[test]
+fn rumor_fetches_the_metadata_of_a_magnet_link_from_a_libtorrent_seeder() {
+    let s = Scratch::new("bt-lt-magnet-seed");
+    let src = s.0.join("src");
+    let data = make_tree(&src, "payload", 3);
+    let torrent = s.0.join("t.torrent");
+    mktorrent(&data, "http://127.0.0.1:1/announce", 15, &torrent);
+    let ih = rumor_core::bt::metainfo::Metainfo::parse(&std::fs::read(&torrent).unwrap()).unwrap().info_hash;
+    let lt_port = free_port();
+    let seeder = libtorrent("seed", &torrent, &src, lt_port, &[], &s.0.join("lt.log"));
+    assert!(eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", lt_port)).is_ok()));
+    let link = format!("magnet:?xt=urn:btih:{ih}&dn=payload&x.pe=127.0.0.1:{lt_port}");
+    let out = s.0.join("out");
+    let mut get = Proc::spawn(
+        "rumor get",
+        {
+            let mut c = rumor(&["get", &link]);
+            c.arg("-o").arg(&out).args(["--no-seed", "--quiet", "--port", "0", "--metadata-timeout", "60"]);
+            c
+        },
+        &s.0.join("get.log"),
+    );
+    let status = get.wait_for(Duration::from_secs(90));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "rumor get did not finish: {}\nlibtorrent: {}",
+        get.log_text(),
+        seeder.log_text()
+    );
+    assert!(get.log_text().contains("got the metadata"));
+    assert_same_tree(&data, &out.join("payload"));
+}
+
+#[test]
+fn libtorrent_fetches_the_metadata_of_a_magnet_link_from_a_rumor_seeder() {
+    let s = Scratch::new("bt-lt-magnet-leech");
+    let src = s.0.join("src");
+    let data = make_tree(&src, "payload", 4);
+    let torrent = s.0.join("t.torrent");
+    let ih = rumor_create(&data, &torrent, &["--piece-size", "32768"]);
+    let port = free_port();
+    let _seed = Proc::spawn(
+        "rumor seed",
+        {
+            let mut c = rumor(&["seed"]);
+            c.arg(&torrent).arg(&src).args(["--quiet", "--port", &port.to_string()]);
+            c
+        },
+        &s.0.join("seed.log"),
+    );
+    assert!(eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let out = s.0.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let link = format!("magnet:?xt=urn:btih:{ih}&x.pe=127.0.0.1:{port}");
+    let mut leech = libtorrent("leech", &link, &out, free_port(), &[format!("127.0.0.1:{port}")], &s.0.join("lt.log"));
+    let status = leech.wait_for(Duration::from_secs(90));
+    assert!(status.is_some_and(|s| s.success()), "libtorrent did not finish: {}", leech.log_text());
+    assert_same_tree(&data, &out.join("payload"));
+}
+
 fn tracker_round_trip(scheme: &str, dead: &str) {
     let s = Scratch::new(&format!("bt-opentracker-{scheme}"));
     let src = s.0.join("src");

@@ -69,10 +69,10 @@ impl Drop for Proc {
     }
 }
 
-/// `rumor ARGS...` as a command.
+/// `rumor ARGS...` as a command (its log level: `RUMOR_TEST_LOG`, or info).
 pub fn rumor(args: &[&str]) -> Command {
     let mut c = Command::new(super::binary());
-    c.args(args).env("RUMOR_LOG", "info");
+    c.args(args).env("RUMOR_LOG", std::env::var("RUMOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
     c
 }
 
@@ -140,11 +140,19 @@ pub fn require_libtorrent() {
     assert!(ok, "these tests need python3-libtorrent for {PYTHON} (apt-get install python3-libtorrent)");
 }
 
-/// A libtorrent peer: `mode` is "seed" or "leech".
-pub fn libtorrent(mode: &str, torrent: &Path, save: &Path, port: u16, peers: &[String], log: &Path) -> Proc {
+/// A libtorrent peer: `mode` is "seed" or "leech"; `torrent` a .torrent
+/// path or (to leech) a magnet link.
+pub fn libtorrent(
+    mode: &str,
+    torrent: impl AsRef<std::ffi::OsStr>,
+    save: &Path,
+    port: u16,
+    peers: &[String],
+    log: &Path,
+) -> Proc {
     require_libtorrent();
     let mut c = Command::new(PYTHON);
-    c.arg(lt_script()).arg(mode).arg(torrent).arg(save).arg(port.to_string());
+    c.arg(lt_script()).arg(mode).arg(torrent.as_ref()).arg(save).arg(port.to_string());
     for p in peers {
         c.args(["--peer", p]);
     }

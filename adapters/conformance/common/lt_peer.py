@@ -2,6 +2,8 @@
 
 usage: lt_peer.py seed|leech TORRENT SAVE_PATH PORT [--peer HOST:PORT]... [--timeout S]
 
+TORRENT may be a magnet link (leech): the metadata then comes from peers.
+
 seed: serves SAVE_PATH (checked first, or --seed-mode to trust it) until killed.
 leech: downloads into SAVE_PATH; exits 0 when complete and prints
 "DONE bytes seconds", non-zero on timeout. Run with /usr/bin/python3.
@@ -31,8 +33,11 @@ def main():
         "out_enc_policy": 2, "in_enc_policy": 1,
         "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,
     })
-    params = lt.add_torrent_params()
-    params.ti = lt.torrent_info(torrent)
+    if torrent.startswith("magnet:"):
+        params = lt.parse_magnet_uri(torrent)
+    else:
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(torrent)
     params.save_path = save
     if seed_mode:
         params.flags |= lt.torrent_flags.seed_mode
@@ -42,7 +47,8 @@ def main():
     last = 0
     while True:
         st = h.status()
-        if st.state in (lt.torrent_status.downloading, lt.torrent_status.seeding, lt.torrent_status.finished) and not connected:
+        ready = (lt.torrent_status.downloading_metadata, lt.torrent_status.downloading, lt.torrent_status.seeding, lt.torrent_status.finished)
+        if st.state in ready and not connected:
             for p in peers:
                 h.connect_peer(p)
             connected = True

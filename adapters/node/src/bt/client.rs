@@ -83,6 +83,9 @@ pub struct Options {
     pub exit_when_complete: bool,
     /// Started by `rumor seed`: the data should already be there.
     pub seed_command: bool,
+    /// `rumor get` of a magnet link or infohash: fetch the metadata from
+    /// peers first (`torrent` is then unused).
+    pub magnet: Option<super::magnet::MagnetSource>,
 }
 
 /// Runs a session to the end; the process's exit code.
@@ -107,7 +110,8 @@ pub fn load_torrent(path: &std::path::Path) -> Result<Metainfo, String> {
     Metainfo::parse_with(&bytes, &limits).map_err(|e| format!("{}: refused: {e}", path.display()))
 }
 
-fn random_peer_id() -> PeerId {
+/// A fresh peer id: our client prefix and random characters.
+pub(super) fn random_peer_id() -> PeerId {
     let mut id = *b"-RM0001-000000000000";
     let mut r = [0u8; 12];
     let _ = getrandom::fill(&mut r);
@@ -117,13 +121,21 @@ fn random_peer_id() -> PeerId {
     id
 }
 
-async fn start(opts: Options) -> Result<(), String> {
+async fn start(mut opts: Options) -> Result<(), String> {
     if let Some(c) = opts.net.control {
         if !c.ip().is_loopback() && !opts.net.control_public {
             return Err(format!("--control {c}: not a loopback address; add --control-public to allow it"));
         }
     }
-    let meta = load_torrent(&opts.torrent)?;
+    // The listener first: a metadata fetch announces its port to trackers
+    // and the overlay, and takes connections on it, before the download.
+    let listener = rt::bind_tcp(SocketAddr::new(opts.net.bind, opts.net.port))
+        .map_err(|e| format!("cannot listen on port {}: {e}", opts.net.port))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let meta = match opts.magnet.take() {
+        None => load_torrent(&opts.torrent)?,
+        Some(m) => super::magnet::fetch(m, &mut opts.net, &listener).await?,
+    };
     let mut storage = Storage::new(&meta, &opts.dir);
     storage.open_existing();
     let storage = Arc::new(storage);
@@ -153,9 +165,6 @@ async fn start(opts: Options) -> Result<(), String> {
         s.create_all().map_err(|e| format!("cannot create the files: {e}"))?;
         Arc::new(s)
     };
-    let listener = rt::bind_tcp(SocketAddr::new(opts.net.bind, opts.net.port))
-        .map_err(|e| format!("cannot listen on port {}: {e}", opts.net.port))?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     if let Some(name) = opts.net.register.clone() {
         register_and_refresh(name, opts.net.api.clone(), opts.net.api_token.clone()).await?;
     }

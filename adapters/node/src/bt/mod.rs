@@ -7,6 +7,7 @@
 mod client;
 mod cluster_dns;
 mod control;
+mod magnet;
 mod overlay_member;
 mod storage;
 mod trackers;
@@ -92,11 +93,22 @@ pub struct PeerArgs {
     pub overlay_listen: SocketAddr,
 }
 
-/// `rumor get FILE.torrent -o DIR`.
+/// `rumor get FILE.torrent|MAGNET|INFOHASH -o DIR`.
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// The torrent.
+    /// The torrent: a .torrent file, a magnet link (`magnet:?xt=urn:btih:...`)
+    /// or a bare infohash (40 hex digits). For the last two the metadata is
+    /// fetched from peers first (the link's x.pe and --peer, its tr= and
+    /// --tracker trackers, the --overlay).
     pub torrent: PathBuf,
+    /// A tracker to ask for peers of a magnet link or infohash, besides the
+    /// link's (repeatable), e.g. a node's http://127.0.0.1:6969/announce.
+    #[arg(long = "tracker")]
+    pub trackers: Vec<String>,
+    /// With a magnet link or infohash: give up if no peer has sent the
+    /// metadata within this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub metadata_timeout: u64,
     /// Directory to download into (the torrent's name is created in it).
     #[arg(long, short = 'o', default_value = ".")]
     pub output: PathBuf,
@@ -233,12 +245,26 @@ fn create_torrent(args: &CreateArgs) -> Result<String, String> {
 
 /// Runs `rumor get`.
 pub fn get(args: GetArgs) -> ExitCode {
+    let link = match args.torrent.to_str().map(magnet::MagnetSource::parse_link) {
+        Some(Ok(link)) => link,
+        Some(Err(e)) => {
+            eprintln!("rumor get: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    let magnet = link.map(|link| magnet::MagnetSource {
+        link,
+        trackers: args.trackers.clone(),
+        timeout: std::time::Duration::from_secs(args.metadata_timeout.max(1)),
+    });
     let opts = client::Options {
         torrent: args.torrent,
         dir: args.output,
         net: args.net,
         exit_when_complete: args.no_seed,
         seed_command: false,
+        magnet,
     };
     client::run(opts)
 }
@@ -251,6 +277,7 @@ pub fn seed(args: SeedArgs) -> ExitCode {
         net: args.net,
         exit_when_complete: false,
         seed_command: true,
+        magnet: None,
     };
     client::run(opts)
 }

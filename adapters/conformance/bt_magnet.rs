@@ -90,9 +90,31 @@ fn a_magnet_link_with_a_peer_address_needs_no_overlay() {
     let port = common::free_port();
     let seed = seeder(&s, &torrent, port, &[]);
     listening(port);
-    let link = format!("magnet:?xt=urn:btih:{ih}&dn=payload&x.pe=127.0.0.1:{port}");
-    let (mut get, out) = leecher(&s, &link, "leecher", &["--metadata-timeout", "60"]);
+    let link =
+        format!("magnet:?xt=urn:btih:{ih}&dn=payload&x.pe=127.0.0.1:{port}&tr=http%3A%2F%2F127.0.0.1%3A1%2Fannounce");
+    let saved = s.0.join("saved.torrent");
+    let saved_arg = saved.to_str().unwrap();
+    let (mut get, out) = leecher(&s, &link, "leecher", &["--metadata-timeout", "60", "--save-torrent", saved_arg]);
     completes(&mut get, &out, &src, &seed);
+    // The saved torrent is the original one: same info dictionary, so the
+    // same infohash, with the link's tracker.
+    let original = rumor_core::bt::metainfo::Metainfo::parse(&std::fs::read(&torrent).unwrap()).unwrap();
+    let back = rumor_core::bt::metainfo::Metainfo::parse(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(back.info_hash.to_hex(), ih);
+    assert_eq!(back.info_bytes, original.info_bytes);
+    assert_eq!(back.announce.as_deref(), Some("http://127.0.0.1:1/announce"));
+    // And `rumor seed` takes it: every piece of the download is found.
+    let mut again = rumor(&["seed"]);
+    again.arg(&saved).arg(&out).args(["--quiet", "--port", "0"]);
+    let reseed = Proc::spawn("reseeder", again, &s.0.join("reseed.log"));
+    let pieces = original.piece_count();
+    assert!(
+        eventually(Duration::from_secs(20), || reseed
+            .log_text()
+            .contains(&format!("{pieces} of {pieces} pieces present"))),
+        "{}",
+        reseed.log_text()
+    );
 }
 
 #[test]

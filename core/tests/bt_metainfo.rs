@@ -327,3 +327,26 @@ fn bep47_padding_and_executable_files_are_flagged() {
     assert!(!m.files[2].padding && !m.files[2].executable);
     assert_eq!(m.files[2].offset, 16384, "the padding aligned it to a piece");
 }
+
+#[test]
+fn a_torrent_rebuilt_from_fetched_metadata_keeps_its_infohash_and_trackers() {
+    // What a magnet download has: the bare info dictionary and the link's
+    // trackers. Written out and read back, it is the same torrent.
+    let original = Metainfo::parse(&multi_torrent(vec![path(&[b"a", b"x.bin"]), path(&[b"b.txt"])])).unwrap();
+    let mut fetched = Metainfo::from_info_bytes(&original.info_bytes, &Limits::default()).unwrap();
+    fetched.announce_tiers = vec![vec!["http://a.example/announce".into()], vec!["udp://b.example:80".into()]];
+    fetched.comment = Some("from a magnet".into());
+    let file = fetched.to_torrent_bytes();
+    let back = Metainfo::parse(&file).unwrap();
+    assert_eq!(back.info_hash, original.info_hash);
+    assert_eq!(back.files, original.files);
+    assert_eq!(back.pieces, original.pieces);
+    assert_eq!(back.announce.as_deref(), Some("http://a.example/announce"));
+    assert_eq!(back.announce_tiers, fetched.announce_tiers);
+    assert_eq!(back.comment.as_deref(), Some("from a magnet"));
+    // And with no trackers at all (a trackerless torrent found by overlay).
+    let bare = Metainfo::from_info_bytes(&original.info_bytes, &Limits::default()).unwrap();
+    let back = Metainfo::parse(&bare.to_torrent_bytes()).unwrap();
+    assert_eq!(back.info_hash, original.info_hash);
+    assert!(back.announce.is_none() && back.announce_tiers.is_empty());
+}

@@ -359,6 +359,53 @@ impl Metainfo {
         parse_info_value(info, 0, limits)
     }
 
+    /// A .torrent file for this torrent: the `info` dictionary exactly as
+    /// held (so the infohash does not change) with the trackers, comment,
+    /// creator and date. What `rumor get MAGNET --save-torrent` writes.
+    pub fn to_torrent_bytes(&self) -> Vec<u8> {
+        fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+            out.extend_from_slice(b.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(b);
+        }
+        let mut out = Vec::with_capacity(self.info_bytes.len() + 256);
+        out.push(b'd');
+        // Keys in the sorted order bencode requires.
+        let first = self.announce.as_ref().or_else(|| self.announce_tiers.iter().flatten().next());
+        if let Some(url) = first {
+            bytes(&mut out, b"announce");
+            bytes(&mut out, url.as_bytes());
+        }
+        if !self.announce_tiers.is_empty() {
+            bytes(&mut out, b"announce-list");
+            out.push(b'l');
+            for tier in &self.announce_tiers {
+                out.push(b'l');
+                for url in tier {
+                    bytes(&mut out, url.as_bytes());
+                }
+                out.push(b'e');
+            }
+            out.push(b'e');
+        }
+        if let Some(c) = &self.comment {
+            bytes(&mut out, b"comment");
+            bytes(&mut out, c.as_bytes());
+        }
+        if let Some(c) = &self.created_by {
+            bytes(&mut out, b"created by");
+            bytes(&mut out, c.as_bytes());
+        }
+        if let Some(d) = self.creation_date {
+            bytes(&mut out, b"creation date");
+            out.extend_from_slice(format!("i{d}e").as_bytes());
+        }
+        bytes(&mut out, b"info");
+        out.extend_from_slice(&self.info_bytes);
+        out.push(b'e');
+        out
+    }
+
     /// Number of pieces.
     pub fn piece_count(&self) -> u32 {
         self.pieces.len() as u32

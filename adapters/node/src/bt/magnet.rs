@@ -124,6 +124,9 @@ pub struct MagnetSource {
     pub trackers: Vec<String>,
     /// Give up if no peer has sent the metadata by then.
     pub timeout: Duration,
+    /// Write the fetched torrent here (`--save-torrent`), so that `rumor
+    /// seed` can serve the data later.
+    pub save_torrent: Option<std::path::PathBuf>,
 }
 
 impl MagnetSource {
@@ -400,6 +403,12 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -
     };
     let mut meta = meta;
     meta.announce_tiers = tiers;
+    meta.announce = meta.announce_tiers.iter().flatten().next().cloned();
+    if let Some(path) = &src.save_torrent {
+        std::fs::write(path, meta.to_torrent_bytes())
+            .map_err(|e| format!("cannot save the torrent to {}: {e}", path.display()))?;
+        eprintln!("{}: saved the torrent to {}", meta.name, path.display());
+    }
     eprintln!(
         "{}: got the metadata of {ih} ({} files, {} bytes) from {}",
         meta.name,

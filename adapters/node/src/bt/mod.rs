@@ -109,6 +109,10 @@ pub struct GetArgs {
     /// metadata within this many seconds.
     #[arg(long, default_value_t = 300)]
     pub metadata_timeout: u64,
+    /// With a magnet link or infohash: write the fetched torrent to this
+    /// file (for `rumor seed` later, or any other client).
+    #[arg(long)]
+    pub save_torrent: Option<PathBuf>,
     /// Directory to download into (the torrent's name is created in it).
     #[arg(long, short = 'o', default_value = ".")]
     pub output: PathBuf,
@@ -257,7 +261,12 @@ pub fn get(args: GetArgs) -> ExitCode {
         link,
         trackers: args.trackers.clone(),
         timeout: std::time::Duration::from_secs(args.metadata_timeout.max(1)),
+        save_torrent: args.save_torrent.clone(),
     });
+    if magnet.is_none() && args.save_torrent.is_some() {
+        eprintln!("rumor get: --save-torrent is for a magnet link or an infohash; this is already a .torrent");
+        return ExitCode::FAILURE;
+    }
     let opts = client::Options {
         torrent: args.torrent,
         dir: args.output,

@@ -186,3 +186,79 @@ proptest! {
         let _ = MagnetLink::parse(&s);
     }
 }
+
+/// A peer that completes the handshakes announcing `size` and then
+/// never answers a metadata request.
+fn silent_liar(f: &mut MetadataFetch, ih: InfoHash, peer: u64, size: u64) {
+    f.handle(Instant::ZERO, FetchInput::PeerConnected { peer });
+    let mut b = Vec::new();
+    Handshake::new(ih, [3; 20]).encode(&mut b);
+    let mut ext = ExtHandshake { metadata_size: Some(size), ..ExtHandshake::default() };
+    ext.m.insert("ut_metadata".into(), 5);
+    ext.to_message().encode(&mut b);
+    f.handle(Instant::ZERO, FetchInput::PeerBytes { peer, bytes: b.into() });
+}
+
+#[test]
+fn a_peer_announcing_a_wrong_size_first_does_not_cost_the_honest_ones() {
+    let meta = big_meta();
+    let real = meta.info_bytes.len() as u64;
+    for honest in [1usize, 2] {
+        let mut f = MetadataFetch::new(FetchConfig::new([9; 20]), meta.info_hash, Instant::ZERO);
+        // The liar speaks first: a plausible size, one piece longer.
+        silent_liar(&mut f, meta.info_hash, 50, real + 16384);
+        let mut seeds: Vec<Torrent> = (0..honest).map(|i| seed(&meta, i as u8 + 1)).collect();
+        let mut now = Instant::ZERO;
+        for (i, s) in seeds.iter_mut().enumerate() {
+            f.handle(now, FetchInput::PeerConnected { peer: i as u64 });
+            s.handle(now, Input::PeerConnected { peer: 100 });
+        }
+        let mut q: VecDeque<Msg> = VecDeque::new();
+        let mut dropped = Vec::new();
+        let mut got = None;
+        for _ in 0..20_000 {
+            loop {
+                match f.poll_output() {
+                    FetchOutput::Transmit { peer, payload } if (peer as usize) < honest => {
+                        q.push_back(Msg::ToSeed(peer as usize, payload.into()))
+                    }
+                    FetchOutput::Transmit { .. } => {}
+                    FetchOutput::Done(m) => got = Some(*m),
+                    FetchOutput::Disconnect { peer, reason } => dropped.push((peer, reason)),
+                    FetchOutput::Timeout(_) => break,
+                }
+            }
+            if got.is_some() {
+                break;
+            }
+            for (i, s) in seeds.iter_mut().enumerate() {
+                loop {
+                    match s.poll_output() {
+                        Output::Transmit { payload, .. } => q.push_back(Msg::ToFetch(i as u64, payload.into())),
+                        Output::Timeout(_) => break,
+                        _ => {}
+                    }
+                }
+            }
+            match q.pop_front() {
+                Some(Msg::ToFetch(peer, bytes)) => f.handle(now, FetchInput::PeerBytes { peer, bytes }),
+                Some(Msg::ToSeed(i, bytes)) => seeds[i].handle(now, Input::PeerBytes { peer: 100, bytes }),
+                // Nothing in flight: the liar's requests time out.
+                None => {
+                    now += Duration::from_secs(1);
+                    f.handle(now, FetchInput::Timeout);
+                }
+            }
+        }
+        let got = got.unwrap_or_else(|| panic!("fetched with {honest} honest peer(s); dropped {dropped:?}"));
+        assert_eq!(got.info_hash, meta.info_hash);
+        let honest_dropped: Vec<_> =
+            dropped.iter().filter(|(p, r)| (*p as usize) < honest && *r != FetchDisconnect::Done).collect();
+        assert!(honest_dropped.is_empty(), "honest peers dropped: {honest_dropped:?}");
+        // With two honest peers the majority size wins at once: no wait
+        // on the liar's timeout.
+        if honest == 2 {
+            assert_eq!(now, Instant::ZERO, "no timeout was needed");
+        }
+    }
+}

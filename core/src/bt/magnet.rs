@@ -395,13 +395,11 @@ impl MetadataFetch {
         let (Some(id), Some(size)) = (id, h.metadata_size) else {
             return self.drop_peer(peer, FetchDisconnect::NoMetadata);
         };
-        match &self.asm {
-            None => match MetadataAssembler::new(self.info_hash, size, self.config.metadata_size_max) {
-                Ok(a) => self.asm = Some(a),
-                Err(_) => return self.drop_peer(peer, FetchDisconnect::NoMetadata),
-            },
-            Some(a) if a.size() as u64 != size => return self.drop_peer(peer, FetchDisconnect::NoMetadata),
-            Some(_) => {}
+        // An impossible size is the peer's fault; a plausible one that
+        // differs from another peer's is not decided here: one of them
+        // lies, and which one only the hash tells (see `request_all`).
+        if MetadataAssembler::new(self.info_hash, size, self.config.metadata_size_max).is_err() {
+            return self.drop_peer(peer, FetchDisconnect::NoMetadata);
         }
         if let Some(c) = self.conns.get_mut(&peer) {
             c.ut_metadata = Some(id);
@@ -464,19 +462,43 @@ impl MetadataFetch {
         }
     }
 
+    /// The metadata size to assemble: the one most able peers announce
+    /// (ties: the smaller). Peers announcing another size wait unasked, and
+    /// are used if this size fails its hash or loses all its peers.
+    fn choose_size(&self) -> Option<u64> {
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        for c in self.conns.values().filter(|c| c.ut_metadata.is_some()) {
+            if let Some(size) = c.size {
+                *votes.entry(size).or_default() += 1;
+            }
+        }
+        votes.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(size, _)| size)
+    }
+
     /// Asks every able peer for pieces nobody is being asked for.
     fn request_all(&mut self, now: Instant) {
-        if self.asm.is_none() {
-            // After a bad assembly: start over with a size some able peer
-            // announced.
-            let size = self.conns.values().filter(|c| c.ut_metadata.is_some()).find_map(|c| c.size);
-            if let Some(size) = size {
+        let current = self.asm.as_ref().map(|a| a.size() as u64);
+        let served =
+            current.is_some_and(|size| self.conns.values().any(|c| c.ut_metadata.is_some() && c.size == Some(size)));
+        // Nothing assembled yet: nothing lost by following the majority.
+        let untouched = self.asm.as_ref().is_some_and(|a| a.missing().count() as u32 == a.piece_count());
+        if !served || untouched {
+            // No assembly yet, a bad one was dropped, nobody able announces
+            // its size any more, or more peers announce another size before
+            // anything arrived: go with the size most able peers announce.
+            // Pieces in flight belong to the old size.
+            if let Some(size) = self.choose_size().filter(|s| Some(*s) != current) {
                 self.asm = MetadataAssembler::new(self.info_hash, size, self.config.metadata_size_max).ok();
+                self.sent_by.clear();
+                for c in self.conns.values_mut() {
+                    c.asked.clear();
+                }
             }
         }
         let Some(asm) = &self.asm else {
             return;
         };
+        let size = asm.size() as u64;
         let asked: BTreeSet<u32> = self.conns.values().flat_map(|c| c.asked.keys().copied()).collect();
         let mut todo: VecDeque<u32> = asm.missing().filter(|p| !asked.contains(p)).collect();
         let mut sends = Vec::new();
@@ -484,6 +506,9 @@ impl MetadataFetch {
             let Some(id) = c.ut_metadata else {
                 continue;
             };
+            if c.size != Some(size) {
+                continue;
+            }
             while c.asked.len() < self.config.requests_per_peer {
                 let Some(piece) = todo.pop_front() else {
                     break;

@@ -23,6 +23,7 @@
 # Environment: RUMOR_TEST_STACK (stack name, rumortest), RUMOR_TEST_WRITES
 # (records written per writer per phase, 5), RUMOR_TEST_TIMEOUT (seconds
 # any one wait may take, 180), RUMOR_TEST_KEEP_IMAGE=1 (keep the image),
+# RUMOR_ADAPTER (tokio or smol: which runtime's binary the image carries),
 # CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -31,7 +32,12 @@ REPLICAS=${1:-20}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/rumor
+case ${RUMOR_ADAPTER:-tokio} in
+    tokio) BIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/rumor ;;
+    smol) BIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/rumor-smol ;;
+    *) echo "RUMOR_ADAPTER must be tokio or smol" >&2; exit 2 ;;
+esac
+export RUMOR_ADAPTER=${RUMOR_ADAPTER:-tokio}
 STACK=${RUMOR_TEST_STACK:-rumortest}
 SERVICE=${STACK}_rumor
 NETWORK=${STACK}_rumor

@@ -585,8 +585,8 @@ impl Gossip {
         let targets = self.pick_live(self.cfg.fanout, None);
         for id in targets {
             let addr = self.members[&id].addr.clone();
-            let body =
-                Body::Syn { hash: self.store.seen_hash(), writers: self.store.writers() as u32, push: vec![p.clone()] };
+            // Push only: the summary travels on anti-entropy rounds and probes.
+            let body = Body::Syn { summary: None, push: vec![p.clone()] };
             self.send(addr, Some(id), body);
         }
         self.make_hot(p);
@@ -700,10 +700,12 @@ impl Gossip {
             0
         };
         let targets = self.pick_live(n, None);
-        for id in targets {
+        // One target of an anti-entropy round gets the summary; the others
+        // (and every target of a push-only round) get the push alone.
+        let summary = (self.store.seen_hash(), self.store.writers() as u32);
+        for (k, id) in targets.into_iter().enumerate() {
             let addr = self.members[&id].addr.clone();
-            let body =
-                Body::Syn { hash: self.store.seen_hash(), writers: self.store.writers() as u32, push: hot.clone() };
+            let body = Body::Syn { summary: (sync_now && k == 0).then_some(summary), push: hot.clone() };
             self.send(addr, Some(id), body);
         }
         let sent = hot.len();
@@ -1225,7 +1227,7 @@ impl Gossip {
                     }
                 }
             }
-            Body::Syn { hash, writers, push } => {
+            Body::Syn { summary, push } => {
                 for pushed in push {
                     let w = pushed.entry.writer;
                     let v = pushed.entry.version;
@@ -1238,7 +1240,10 @@ impl Gossip {
                         self.make_hot(pushed);
                     }
                 }
-                if hash != self.store.seen_hash() || writers as usize != self.store.writers() {
+                let differs = summary.is_some_and(|(hash, writers)| {
+                    hash != self.store.seen_hash() || writers as usize != self.store.writers()
+                });
+                if differs {
                     let d = self.my_digest();
                     self.send(peer, peer_id, Body::Digest { digest: d });
                 }

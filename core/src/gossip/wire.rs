@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::replica::{Delta, Digest, Entry, FullChunk, Namespace, NodeId, Version};
 
 /// The envelope format version this code writes and reads.
-pub const ENVELOPE_VERSION: u8 = 1;
+pub const ENVELOPE_VERSION: u8 = 2;
 /// Bytes of envelope around the plaintext: version, key id, nonce, tag.
 pub const ENVELOPE_OVERHEAD: usize = 2 + 24 + 16;
 const FLAG_LZ4: u8 = 1;
@@ -213,12 +213,16 @@ pub enum Body {
         /// Members known alive.
         members: Vec<MemberUpdate>,
     },
-    /// A gossip round: a summary of what we hold plus freshly written entries.
+    /// A gossip round: freshly written entries, and on anti-entropy rounds
+    /// a summary of what the sender holds.
     Syn {
-        /// [`Store::seen_hash`](crate::replica::Store::seen_hash) of the sender.
-        hash: u64,
-        /// Writers in the sender's watermark map.
-        writers: u32,
+        /// The sender's anti-entropy summary: [`Store::seen_hash`](crate::replica::Store::seen_hash)
+        /// and the number of writers in its watermark map. A mismatch makes
+        /// the receiver start a digest exchange. Push-only messages carry
+        /// none: under a steady write load every summary differs while
+        /// pushes are in flight, and comparing them on every push turned
+        /// each push into a digest exchange.
+        summary: Option<(u64, u32)>,
         /// Fresh entries (push).
         push: Vec<Pushed>,
     },
@@ -401,7 +405,7 @@ mod tests {
             incarnation: 1,
             complete: true,
             updates: vec![],
-            body: Body::Syn { hash: 42, writers: 1, push: vec![] },
+            body: Body::Syn { summary: Some((42, 1)), push: vec![] },
         }
     }
 

@@ -98,3 +98,34 @@ fn a_bad_announce_gets_a_bencoded_failure() {
     let (code, _) = n.get("/providers/nothex");
     assert_eq!(code, 400);
 }
+
+#[test]
+fn an_announce_the_local_overlay_can_answer_does_not_wait_for_the_network() {
+    let dirs: Vec<Scratch> = (0..2).map(|i| Scratch::new(&format!("tr-local-{i}"))).collect();
+    let a = TestNode::start(&dirs[0].0, &["--cluster-key", KEY]);
+    let b = TestNode::start(&dirs[1].0, &["--cluster-key", KEY, "--join", &a.gossip.to_string()]);
+    assert!(eventually(Duration::from_secs(10), || {
+        let (_, m) = a.get("/members");
+        m["members"].as_array().unwrap().iter().filter(|m| m["state"] == "alive").count() == 2
+    }));
+    // B freezes: it still looks alive to A for a while, but answers nothing.
+    let stop = |sig: &str| std::process::Command::new("kill").arg(sig).arg(b.child.id().to_string()).status();
+    stop("-STOP").unwrap();
+    let ih = InfoHash([0x43; 20]);
+    let timed = |port: u16| {
+        let t = std::time::Instant::now();
+        let ports = peer_ports(&announce(&a, ih, port, 100, AnnounceEvent::Started));
+        (ports, t.elapsed())
+    };
+    // The first peer of a torrent: A knows no provider, so it asks its
+    // members and waits for the answer (here: for the lookup timeout).
+    let (first, asked) = timed(7101);
+    // The second: A's own store has the first, so it answers at once.
+    let (second, local) = timed(7102);
+    stop("-CONT").unwrap();
+    eprintln!("first announce (network lookup): {asked:?}; second (local store): {local:?}");
+    assert!(first.is_empty());
+    assert_eq!(second, vec![7101]);
+    assert!(asked >= Duration::from_millis(400), "the first announce waited for the lookup: {asked:?}");
+    assert!(local * 2 < asked, "the local answer did not wait: {local:?} against {asked:?}");
+}

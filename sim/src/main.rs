@@ -82,6 +82,12 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
         r.bytes_per_node_per_s * 8.0 / 1000.0,
         r.messages_per_node_per_s
     );
+    if !r.local_lookup_hits.is_nan() {
+        println!(
+            "provider lookups answered from the local store (no message, no wait): {:.1}%",
+            r.local_lookup_hits * 100.0
+        );
+    }
     println!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms);
     if args.iter().any(|a| a == "--json") {
         let j = serde_json::json!({
@@ -94,6 +100,8 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
             "bound_push": r.bound_push,
             "bound_push_pull": r.bound_push_pull,
             "bytes_per_node_per_s": r.bytes_per_node_per_s,
+            "ms_100": r.ms_100,
+            "local_lookup_hits": if r.local_lookup_hits.is_nan() { None } else { Some(r.local_lookup_hits) },
             "trace_hash": format!("{:016x}", r.trace_hash),
             "wall_ms": r.wall_ms as u64,
         });

@@ -117,6 +117,10 @@ pub struct SpreadReport {
     pub trace_hash: u64,
     /// Wall time of the run, ms.
     pub wall_ms: u128,
+    /// Providers workload: of lookups sampled at the end (a random node, a
+    /// random live provider), the fraction the node answers from its own
+    /// store, with no message and no wait. `NaN` without providers.
+    pub local_lookup_hits: f64,
 }
 
 struct Tracked {
@@ -285,6 +289,25 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             sus0
         );
     }
+    // Lookups at the end: would a tracker at a random node find a random
+    // live provider in its own store (answered at once), or have to ask
+    // the network (a gossip lookup round trip)?
+    let local_lookup_hits = if o.providers > 0 {
+        const SAMPLES: usize = 1000;
+        let wall = w.wall_ms();
+        let picks: Vec<(usize, usize)> = (0..SAMPLES).map(|_| (w.rng().index(n), w.rng().index(o.providers))).collect();
+        let hits = picks
+            .iter()
+            .filter(|(node, p)| {
+                w.machines()
+                    .nth(*node)
+                    .is_some_and(|g| g.store().get(Namespace::PROVIDERS, format!("p{p}").as_bytes(), wall).is_some())
+            })
+            .count();
+        hits as f64 / SAMPLES as f64
+    } else {
+        f64::NAN
+    };
     let round_us = (gossip_ms * 1000) as f64;
     let rounds = |t: Option<Instant>, at: Instant| t.map(|t| (t.as_micros() - at.as_micros()) as f64 / round_us);
     let r50: Vec<f64> = tracked.iter().filter_map(|t| rounds(t.t50, t.at)).collect();
@@ -318,5 +341,6 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         writes: tracked.len(),
         trace_hash,
         wall_ms: started.elapsed().as_millis(),
+        local_lookup_hits,
     }
 }

@@ -1,8 +1,10 @@
 //! The gossip machine: replicates the [`Store`](crate::replica::Store)
 //! between nodes and keeps SWIM-style membership, sans IO.
 //!
-//! * Anti-entropy: every round a node sends a random peer a summary (hash of
-//!   its per-writer watermarks). On a mismatch the peers swap digests and
+//! * Anti-entropy: every `sync_every_rounds` rounds, and with every probe, a
+//!   node sends a random peer a summary (hash of its per-writer
+//!   watermarks); pushes carry none, since under a steady write load every
+//!   summary differs while pushes are in flight. On a mismatch the peers swap digests and
 //!   each sends the other only the entries newer than its watermarks, in
 //!   chunks under the message size limit. A peer behind by more than the
 //!   tombstone grace period is told to take a full state transfer instead.

@@ -23,7 +23,7 @@ use crate::rt::{self, TcpListener, TcpStream};
 use async_channel::{Receiver, Sender};
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer, RequestId};
+use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer};
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::metainfo::{Limits, Metainfo, Sha1Hash};
 use rumor_core::bt::picker::PeerKey;
@@ -443,8 +443,6 @@ struct Session {
     clock: Clock,
     /// Set once every piece is verified (read by the overlay member).
     complete_flag: Arc<std::sync::atomic::AtomicBool>,
-    /// The cluster's DNS, asked first for tracker and peer names.
-    dns: Option<SocketAddr>,
     /// Pieces that passed / failed their hash check since start.
     pieces_verified: u64,
     pieces_failed: u64,
@@ -465,11 +463,9 @@ struct Session {
     events_rx: Receiver<Ev>,
     peer_tx: Sender<(PeerKey, Bytes)>,
     peer_rx: Receiver<(PeerKey, Bytes)>,
-    tracker_tx: Sender<TrackerEvent>,
+    tracker_io: trackers::TrackerIo,
     tracker_rx: Receiver<TrackerEvent>,
     control_rx: Receiver<Command>,
-    udp: Option<trackers::Udp>,
-    udp_pending: HashMap<SocketAddr, RequestId>,
     torrent_deadline: Instant,
     announce_deadline: Instant,
     exit_when_complete: bool,
@@ -522,11 +518,7 @@ impl Session {
         if let Some(addr) = opts.net.control {
             control::serve(addr, control_tx).map_err(|e| format!("cannot serve the control API on {addr}: {e}"))?;
         }
-        let udp = if meta.announce_tiers.iter().flatten().any(|u| u.starts_with("udp://")) {
-            trackers::Udp::start(tracker_tx.clone()).ok()
-        } else {
-            None
-        };
+        let tracker_io = trackers::TrackerIo::new(tracker_tx, &meta.announce_tiers, opts.net.dns);
         let mut known = BTreeMap::new();
         for p in &opts.net.peers {
             let (dns, netloc) = (opts.net.dns, p.clone());
@@ -575,11 +567,9 @@ impl Session {
             events_rx,
             peer_tx,
             peer_rx,
-            tracker_tx,
+            tracker_io,
             tracker_rx,
             control_rx,
-            udp,
-            udp_pending: HashMap::new(),
             torrent_deadline: now,
             announce_deadline: now,
             exit_when_complete: opts.exit_when_complete,
@@ -596,7 +586,6 @@ impl Session {
             start_verified: verified,
             bar,
             quiet: opts.net.quiet,
-            dns: opts.net.dns,
             complete_flag: Arc::new(std::sync::atomic::AtomicBool::new(have_full)),
             last_line: std::time::Instant::now(),
         })
@@ -1016,52 +1005,28 @@ impl Session {
 
     fn pump_announcer(&mut self) {
         loop {
-            match self.announcer.poll_output() {
-                AnnounceOutput::Timeout(at) => {
+            let now = self.clock.now();
+            let out = self.announcer.poll_output();
+            match self.tracker_io.carry(&mut self.announcer, now, out) {
+                Some(AnnounceOutput::Timeout(at)) => {
                     self.announce_deadline = at;
                     break;
                 }
-                AnnounceOutput::HttpGet { id, url } => {
-                    tracing::debug!("announce: GET {url}");
-                    let tx = self.tracker_tx.clone();
-                    trackers::http_get(id, url, self.dns, tx);
-                }
-                AnnounceOutput::UdpSend { id, tracker, payload } => match &self.udp {
-                    Some(u) => u.send(id, tracker, payload, self.dns, self.tracker_tx.clone()),
-                    None => self.announcer.handle(self.clock.now(), AnnounceInput::RequestFailed { id }),
-                },
-                AnnounceOutput::Peers(peers) => {
+                Some(AnnounceOutput::Peers(peers)) => {
                     tracing::info!("tracker gave {} peers", peers.len());
                     for p in peers {
                         self.learn(p);
                     }
                     self.dial_some();
                 }
-                AnnounceOutput::TrackerError { tracker, error } => match error {
-                    Some(e) => tracing::warn!("tracker {tracker}: {e}"),
-                    None => tracing::warn!("tracker {tracker}: no answer"),
-                },
+                _ => {}
             }
         }
     }
 
     fn on_tracker(&mut self, t: TrackerEvent) {
         let now = self.clock.now();
-        match t {
-            TrackerEvent::Input(i) => self.announcer.handle(now, i),
-            TrackerEvent::UdpSent { addr, id } => {
-                self.udp_pending.insert(addr, id);
-                if self.udp_pending.len() > 64 {
-                    self.udp_pending.retain(|_, v| *v == id);
-                }
-            }
-            TrackerEvent::UdpReceived { from, bytes } => {
-                let Some(id) = self.udp_pending.get(&from).copied() else {
-                    return;
-                };
-                self.announcer.handle(now, AnnounceInput::UdpDatagram { id, bytes, ipv6: from.is_ipv6() });
-            }
-        }
+        self.tracker_io.on_event(&mut self.announcer, now, t);
         self.pump_announcer();
     }
 

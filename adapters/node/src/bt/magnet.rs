@@ -22,7 +22,7 @@ use futures::channel::mpsc;
 use futures::future::Either;
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{SinkExt, StreamExt};
-use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer, RequestId};
+use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer};
 use rumor_core::bt::magnet::{FetchConfig, FetchDisconnect, FetchInput, FetchOutput, MagnetLink, MetadataFetch};
 use rumor_core::bt::metadata::METADATA_PIECE_LEN;
 use rumor_core::bt::metainfo::{InfoHash, Metainfo};
@@ -259,10 +259,7 @@ struct Fetcher {
     tried: usize,
     announcer: Announcer,
     announce_at: rumor_core::time::Instant,
-    tracker_tx: async_channel::Sender<TrackerEvent>,
-    udp: Option<trackers::Udp>,
-    udp_pending: HashMap<SocketAddr, RequestId>,
-    dns: Option<SocketAddr>,
+    tracker_io: trackers::TrackerIo,
 }
 
 /// Fetches the metadata of `src`'s torrent and returns it checked, with
@@ -286,11 +283,7 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -
     let announcer =
         Announcer::new(AnnounceConfig::new(peer_id, port), ih, &tiers, LEFT_UNKNOWN, now, u64::from_le_bytes(seed));
     let (tracker_tx, tracker_rx) = async_channel::unbounded();
-    let udp = if tiers.iter().flatten().any(|u| u.starts_with("udp://")) {
-        trackers::Udp::start(tracker_tx.clone()).ok()
-    } else {
-        None
-    };
+    let tracker_io = trackers::TrackerIo::new(tracker_tx, &tiers, net.dns);
     let (events_tx, mut events) = mpsc::channel(EVENTS_MAX);
     let mut config = FetchConfig::new(peer_id);
     config.peers_max = PEERS_MAX;
@@ -310,10 +303,7 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -
         tried: 0,
         announcer,
         announce_at: now,
-        tracker_tx,
-        udp,
-        udp_pending: HashMap::new(),
-        dns: net.dns,
+        tracker_io,
     };
     let mut sources = Vec::new();
     // Tracker answers reach the loop as events (the tracker side speaks
@@ -624,48 +614,25 @@ impl Fetcher {
 
     fn pump_announcer(&mut self) {
         loop {
-            match self.announcer.poll_output() {
-                AnnounceOutput::Timeout(at) => {
+            let now = self.clock.now();
+            let out = self.announcer.poll_output();
+            match self.tracker_io.carry(&mut self.announcer, now, out) {
+                Some(AnnounceOutput::Timeout(at)) => {
                     self.announce_at = at;
                     break;
                 }
-                AnnounceOutput::HttpGet { id, url } => {
-                    tracing::debug!("announce: GET {url}");
-                    trackers::http_get(id, url, self.dns, self.tracker_tx.clone());
-                }
-                AnnounceOutput::UdpSend { id, tracker, payload } => match &self.udp {
-                    Some(u) => u.send(id, tracker, payload, self.dns, self.tracker_tx.clone()),
-                    None => self.announcer.handle(self.clock.now(), AnnounceInput::RequestFailed { id }),
-                },
-                AnnounceOutput::Peers(peers) => {
+                Some(AnnounceOutput::Peers(peers)) => {
                     tracing::info!("tracker gave {} peers", peers.len());
                     peers.into_iter().for_each(|a| self.learn(a));
                 }
-                AnnounceOutput::TrackerError { tracker, error } => match error {
-                    Some(e) => tracing::warn!("tracker {tracker}: {e}"),
-                    None => tracing::warn!("tracker {tracker}: no answer"),
-                },
+                _ => {}
             }
         }
     }
 
     fn on_tracker(&mut self, t: TrackerEvent) {
         let now = self.clock.now();
-        match t {
-            TrackerEvent::Input(i) => self.announcer.handle(now, i),
-            TrackerEvent::UdpSent { addr, id } => {
-                self.udp_pending.insert(addr, id);
-                if self.udp_pending.len() > 64 {
-                    self.udp_pending.retain(|_, v| *v == id);
-                }
-            }
-            TrackerEvent::UdpReceived { from, bytes } => {
-                let Some(id) = self.udp_pending.get(&from).copied() else {
-                    return;
-                };
-                self.announcer.handle(now, AnnounceInput::UdpDatagram { id, bytes, ipv6: from.is_ipv6() });
-            }
-        }
+        self.tracker_io.on_event(&mut self.announcer, now, t);
         self.pump_announcer();
     }
 }

@@ -111,3 +111,78 @@ impl Udp {
         });
     }
 }
+
+/// The announcer's side of the network, shared by the download and the
+/// metadata fetch: it carries out requests and routes answers back.
+pub struct TrackerIo {
+    tx: Sender<TrackerEvent>,
+    udp: Option<Udp>,
+    /// Which request a datagram from a tracker address answers.
+    udp_pending: std::collections::HashMap<SocketAddr, RequestId>,
+    dns: Option<SocketAddr>,
+}
+
+/// Datagram addresses remembered at once; beyond it only the newest
+/// request's are kept (a tracker answers within seconds).
+const UDP_PENDING_MAX: usize = 64;
+
+impl TrackerIo {
+    /// Answers come back through `tx`; a UDP socket is opened only if some
+    /// tracker needs one. `dns`: the cluster's DNS, asked first for names.
+    pub fn new(tx: Sender<TrackerEvent>, tiers: &[Vec<String>], dns: Option<SocketAddr>) -> TrackerIo {
+        let udp =
+            if tiers.iter().flatten().any(|u| u.starts_with("udp://")) { Udp::start(tx.clone()).ok() } else { None };
+        TrackerIo { tx, udp, udp_pending: std::collections::HashMap::new(), dns }
+    }
+
+    /// Carries out one announcer output that is network work (a GET, a
+    /// datagram, an error to log) and hands back the others (peers,
+    /// the next timeout) for the caller.
+    pub fn carry(
+        &self,
+        announcer: &mut rumor_core::bt::announce::Announcer,
+        now: rumor_core::time::Instant,
+        out: rumor_core::bt::announce::AnnounceOutput,
+    ) -> Option<rumor_core::bt::announce::AnnounceOutput> {
+        use rumor_core::bt::announce::AnnounceOutput;
+        match out {
+            AnnounceOutput::HttpGet { id, url } => {
+                tracing::debug!("announce: GET {url}");
+                http_get(id, url, self.dns, self.tx.clone());
+            }
+            AnnounceOutput::UdpSend { id, tracker, payload } => match &self.udp {
+                Some(u) => u.send(id, tracker, payload, self.dns, self.tx.clone()),
+                None => announcer.handle(now, AnnounceInput::RequestFailed { id }),
+            },
+            AnnounceOutput::TrackerError { tracker, error } => match error {
+                Some(e) => tracing::warn!("tracker {tracker}: {e}"),
+                None => tracing::warn!("tracker {tracker}: no answer"),
+            },
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Feeds what the network brought to the announcer.
+    pub fn on_event(
+        &mut self,
+        announcer: &mut rumor_core::bt::announce::Announcer,
+        now: rumor_core::time::Instant,
+        event: TrackerEvent,
+    ) {
+        match event {
+            TrackerEvent::Input(i) => announcer.handle(now, i),
+            TrackerEvent::UdpSent { addr, id } => {
+                self.udp_pending.insert(addr, id);
+                if self.udp_pending.len() > UDP_PENDING_MAX {
+                    self.udp_pending.retain(|_, v| *v == id);
+                }
+            }
+            TrackerEvent::UdpReceived { from, bytes } => {
+                if let Some(id) = self.udp_pending.get(&from).copied() {
+                    announcer.handle(now, AnnounceInput::UdpDatagram { id, bytes, ipv6: from.is_ipv6() });
+                }
+            }
+        }
+    }
+}

@@ -19,3 +19,6 @@ pub mod overlay;
 pub mod rand;
 pub mod replica;
 pub mod time;
+pub mod transmit;
+
+pub use transmit::Transmit;

@@ -15,8 +15,9 @@ pub struct ApiArgs {
     /// The node's API address.
     #[arg(long, env = "RUMOR_API", default_value = "127.0.0.1:6969")]
     api: String,
-    /// Bearer token, if the node needs one (`--token` is an older name for
-    /// it, kept working).
+    /// Bearer token, if the node needs one.
+    // `--token` was this flag's name before it matched the other commands';
+    // it keeps working, unlisted.
     #[arg(long, alias = "token", env = "RUMOR_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
 }

@@ -52,18 +52,13 @@ fn a_single_file_gets_a_sensible_piece_size_and_a_bad_piece_size_is_refused() {
 }
 
 fn seed_proc(s: &Scratch, torrent: &std::path::Path, dir: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
-    let mut c = rumor(&["seed"]);
-    c.arg(torrent).arg(dir).args(["--quiet", "--port", &port.to_string()]).args(extra);
-    Proc::spawn("rumor seed", c, &s.0.join(format!("seed-{port}.log")))
+    rumor_seed(&s.0, &format!("seed-{port}"), torrent, dir, port, extra)
 }
 
 #[test]
 fn starting_again_on_partial_data_fetches_only_what_is_missing() {
     let s = Scratch::new("bt-resume");
-    let src = s.0.join("src");
-    let data = make_tree(&src, "payload", 9);
-    let torrent = s.0.join("t.torrent");
-    rumor_create(&data, &torrent, &["--piece-size", "32768"]);
+    let Fixture { src, data, torrent, .. } = fixture(&s.0, 9, &["--piece-size", "32768"]);
     // Partial copy: alpha.bin with a damaged middle, beta.bin missing.
     let out = s.0.join("out");
     let copy = out.join("payload");
@@ -75,13 +70,7 @@ fn starting_again_on_partial_data_fetches_only_what_is_missing() {
     std::fs::copy(data.join("sub/deeper/gamma.txt"), copy.join("sub/deeper/gamma.txt")).unwrap();
     let port = free_port();
     let _seed = seed_proc(&s, &torrent, &src, port, &[]);
-    let o = rumor(&["get"])
-        .arg(&torrent)
-        .arg("-o")
-        .arg(&out)
-        .args(["--no-seed", "--quiet", "--port", &free_port().to_string(), "--peer", &format!("127.0.0.1:{port}")])
-        .output()
-        .unwrap();
+    let o = get_command(&torrent, &out, free_port()).args(["--peer", &format!("127.0.0.1:{port}")]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{err}");
     assert_same_tree(&data, &copy);
@@ -115,10 +104,7 @@ fn status(addr: SocketAddr) -> serde_json::Value {
 #[test]
 fn the_control_api_reports_status_and_pauses_and_resumes() {
     let s = Scratch::new("bt-control");
-    let src = s.0.join("src");
-    let data = make_tree(&src, "payload", 11);
-    let torrent = s.0.join("t.torrent");
-    rumor_create(&data, &torrent, &["--piece-size", "16384"]);
+    let Fixture { src, torrent, .. } = fixture(&s.0, 11, &["--piece-size", "16384"]);
     let seed_port = free_port();
     let _seed = seed_proc(&s, &torrent, &src, seed_port, &[]);
     let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -185,24 +171,18 @@ fn fake_tracker() -> (u16, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn announces_carry_started_completed_and_stopped_and_ctrl_c_exits_cleanly() {
     let s = Scratch::new("bt-events");
-    let src = s.0.join("src");
-    let data = make_tree(&src, "payload", 13);
-    let torrent = s.0.join("t.torrent");
     let (tport, seen) = fake_tracker();
-    rumor_create(&data, &torrent, &["--announce", &format!("http://127.0.0.1:{tport}/announce")]);
+    let Fixture { src, torrent, .. } =
+        fixture(&s.0, 13, &["--announce", &format!("http://127.0.0.1:{tport}/announce")]);
     let seed_port = free_port();
     let seed = seed_proc(&s, &torrent, &src, seed_port, &[]);
     let port_q = format!("port={seed_port}&");
     let has = |ev: &str, port: &str| seen.lock().unwrap().iter().any(|l| l.contains(ev) && l.contains(port));
     assert!(eventually(Duration::from_secs(10), || has("event=started", &port_q)), "no started announce");
     let get_port = free_port();
-    let o = rumor(&["get"])
-        .arg(&torrent)
-        .arg("-o")
-        .arg(s.0.join("out"))
-        .args(["--no-seed", "--quiet", "--port", &get_port.to_string(), "--peer", &format!("127.0.0.1:{seed_port}")])
-        .output()
-        .unwrap();
+    let o =
+        get_command(&torrent, &s.0.join("out"), get_port).args(["--peer", &format!("127.0.0.1:{seed_port}")]).output();
+    let o = o.unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let gq = format!("port={get_port}&");
     assert!(has("event=started", &gq) && has("event=completed", &gq) && has("event=stopped", &gq), "{seen:?}");
@@ -216,10 +196,7 @@ fn announces_carry_started_completed_and_stopped_and_ctrl_c_exits_cleanly() {
 #[test]
 fn seeding_a_directory_without_the_data_fails_with_a_clear_error() {
     let s = Scratch::new("bt-seed-missing");
-    let src = s.0.join("src");
-    let data = make_tree(&src, "payload", 15);
-    let torrent = s.0.join("t.torrent");
-    rumor_create(&data, &torrent, &[]);
+    let Fixture { torrent, .. } = fixture(&s.0, 15, &[]);
     let empty = s.0.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let o = rumor(&["seed"]).arg(&torrent).arg(&empty).args(["--quiet", "--port", "0"]).output().unwrap();
@@ -232,10 +209,7 @@ fn seeding_a_directory_without_the_data_fails_with_a_clear_error() {
 #[test]
 fn a_control_api_on_a_public_address_needs_an_explicit_flag() {
     let s = Scratch::new("bt-control-public");
-    let src = s.0.join("src");
-    let data = make_tree(&src, "payload", 17);
-    let torrent = s.0.join("t.torrent");
-    rumor_create(&data, &torrent, &[]);
+    let Fixture { src, torrent, .. } = fixture(&s.0, 17, &[]);
     let o = rumor(&["seed"])
         .arg(&torrent)
         .arg(&src)

@@ -70,16 +70,14 @@ fn refused(tag: &str, bytes: &[u8]) -> String {
     std::fs::write(&t, bytes).unwrap();
     let out = s.0.join("inside/out");
     std::fs::create_dir_all(&out).unwrap();
-    let o = rumor(&["get"])
-        .arg(&t)
-        .arg("-o")
-        .arg(&out)
-        .args(["--no-seed", "--quiet", "--port", &free_port().to_string()])
-        .output()
-        .unwrap();
+    let o = get_command(&t, &out, free_port()).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success(), "{tag}: a malicious torrent was accepted: {err}");
     assert!(err.contains("refused"), "{tag}: the error does not say the torrent was refused: {err}");
+    // A sentence for a person, not Rust's debug output.
+    for debug in ["Error {", "kind:", "Bencode(", "offset:"] {
+        assert!(!err.contains(debug), "{tag}: the error reads as debug output: {err}");
+    }
     let outside: Vec<_> = std::fs::read_dir(&s.0).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(outside.len(), 2, "{tag}: something was written next to the output: {outside:?}");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{tag}: files were created");
@@ -89,15 +87,15 @@ fn refused(tag: &str, bytes: &[u8]) -> String {
 #[test]
 fn a_torrent_whose_path_climbs_out_with_dot_dot_is_refused() {
     let e = refused("dotdot", &multi_file_torrent(&[b"..", b"..", b"escaped"]));
-    assert!(e.contains("DotDot"), "{e}");
+    assert!(e.contains("unsafe file name: a path component '..'"), "{e}");
 }
 
 #[test]
 fn a_torrent_with_an_absolute_or_separator_path_is_refused() {
     let e = refused("abs", &multi_file_torrent(&[b"/etc/passwd"]));
-    assert!(e.contains("Separator"), "{e}");
+    assert!(e.contains("containing '/' or '\\'"), "{e}");
     let e = refused("backslash", &multi_file_torrent(&[b"..\\..\\x"]));
-    assert!(e.contains("Separator"), "{e}");
+    assert!(e.contains("containing '/' or '\\'"), "{e}");
 }
 
 #[test]
@@ -110,7 +108,7 @@ fn a_torrent_with_a_nul_or_empty_path_component_is_refused() {
 #[test]
 fn a_torrent_whose_hashes_do_not_cover_its_length_is_refused() {
     let e = refused("count", &single_file_torrent(b"f", 100_000, 16384, &[1u8; 20]));
-    assert!(e.contains("PieceCountMismatch"), "{e}");
+    assert!(e.contains("the torrent has 1 piece hashes but its length needs 7"), "{e}");
     refused("ragged", &single_file_torrent(b"f", 10, 16384, &[1u8; 19]));
 }
 
@@ -124,11 +122,18 @@ fn a_torrent_with_absurd_sizes_is_refused() {
 
 #[test]
 fn garbage_truncated_and_oversized_torrent_files_are_refused() {
-    refused("garbage", b"this is not bencode at all");
+    let e = refused("garbage", b"this is not bencode at all");
+    assert!(e.contains("not a torrent file: bad bencode at byte 0: unexpected 't'"), "{e}");
     let mut t = single_file_torrent(b"f", 10, 16384, &[1u8; 20]);
     t.truncate(t.len() - 3);
-    refused("truncated", &t);
-    refused("no-info", &dict(&[("announce", bs(b"http://x/"))]));
+    let e = refused("truncated", &t);
+    assert!(e.contains("not a torrent file: bad bencode at byte") && e.contains("truncated"), "{e}");
+    let e = refused("no-info", &dict(&[("announce", bs(b"http://x/"))]));
+    assert!(e.contains("not a torrent file: it has no 'info' dictionary"), "{e}");
+    let e = refused("list", b"le");
+    assert!(e.contains("not a torrent file: expected a dictionary at byte 0"), "{e}");
+    let e = refused("no-pieces", &dict(&[("info", dict(&[("length", int(10)), ("name", bs(b"f"))]))]));
+    assert!(e.contains("has no 'piece length' key"), "{e}");
     refused("deep", &[b'l'; 100_000]);
     let mut big = b"d4:info".to_vec();
     big.resize(17 << 20, b'x');
@@ -220,31 +225,13 @@ fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_is_still_byte_identi
     let sent_bad = Arc::new(AtomicU32::new(0));
     let liar = spawn_liar(Arc::new(bytes.clone()), piece_len, pieces, sent_bad.clone());
     let honest_port = free_port();
-    let out = s.0.join("out");
     // The liar is there first; the honest seeder comes a moment later.
-    let mut get = Proc::spawn(
-        "rumor get",
-        {
-            let mut c = rumor(&["get"]);
-            c.arg(&torrent).arg("-o").arg(&out).args(["--no-seed", "--quiet", "--port", &free_port().to_string()]);
-            c.args(["--peer", &format!("127.0.0.1:{liar}"), "--peer", &format!("127.0.0.1:{honest_port}")]);
-            c
-        },
-        &s.0.join("get.log"),
-    );
+    let peers = [format!("127.0.0.1:{liar}"), format!("127.0.0.1:{honest_port}")];
+    let (mut get, out) = rumor_leech(&s.0, "get", &torrent, &["--peer", &peers[0], "--peer", &peers[1]]);
     assert!(eventually(Duration::from_secs(20), || sent_bad.load(Ordering::Relaxed) > 0), "the liar was never asked");
-    let _honest = Proc::spawn(
-        "rumor seed",
-        {
-            let mut c = rumor(&["seed"]);
-            c.arg(&torrent).arg(&src).args(["--quiet", "--port", &honest_port.to_string()]);
-            c
-        },
-        &s.0.join("seed.log"),
-    );
-    let status = get.wait_for(Duration::from_secs(60));
+    let honest = rumor_seed(&s.0, "seed", &torrent, &src, honest_port, &[]);
+    assert_success(&mut get, Duration::from_secs(60), &[&honest]);
     let log = get.log_text();
-    assert!(status.is_some_and(|s| s.success()), "rumor get did not finish: {log}");
     assert!(std::fs::read(out.join("file.bin")).unwrap() == bytes, "the download differs");
     assert!(log.contains("failed its hash check"), "no hash failure was reported: {log}");
     assert!(log.contains("banned"), "the liar was not banned: {log}");
@@ -272,15 +259,10 @@ fn hangs_up_after(port: u16, bytes: &[u8]) -> bool {
 #[test]
 fn peers_speaking_garbage_are_dropped_and_the_seeder_keeps_serving() {
     let s = Scratch::new("bt-garbage-peer");
-    let src = s.0.join("src");
-    let data = make_tree(&src, "payload", 21);
-    let torrent = s.0.join("t.torrent");
-    let hash = rumor_create(&data, &torrent, &[]);
+    let Fixture { src, data, torrent, ih: hash, .. } = fixture(&s.0, 21, &[]);
     let port = free_port();
-    let mut c = rumor(&["seed"]);
-    c.arg(&torrent).arg(&src).args(["--quiet", "--port", &port.to_string()]);
-    let seed = Proc::spawn("rumor seed", c, &s.0.join("seed.log"));
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let seeder = rumor_seed(&s.0, "seed", &torrent, &src, port, &[]);
+    wait_listening(port);
     let mut hs = vec![19u8];
     hs.extend_from_slice(b"BitTorrent protocol");
     hs.extend_from_slice(&[0u8; 8]);
@@ -308,11 +290,6 @@ fn peers_speaking_garbage_are_dropped_and_the_seeder_keeps_serving() {
     bad_req.extend_from_slice(&1_000_000u32.to_be_bytes());
     assert!(hangs_up_after(port, &bad_req));
     // An honest libtorrent still gets the data.
-    let out = s.0.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let mut leech =
-        libtorrent("leech", &torrent, &out, free_port(), &[format!("127.0.0.1:{port}")], &s.0.join("lt.log"));
-    let st = leech.wait_for(Duration::from_secs(60));
-    assert!(st.is_some_and(|s| s.success()), "{}\n{}", leech.log_text(), seed.log_text());
-    assert_same_tree(&data, &out.join("payload"));
+    let (mut lt, out) = lt_leech(&s.0, &torrent, port);
+    assert_downloads(&mut lt, &out, &data, Duration::from_secs(60), &[&seeder]);
 }

@@ -5,81 +5,48 @@
 mod common;
 
 use common::bt::*;
-use common::{Scratch, TestNode};
+use common::{start_cluster, Scratch, TestNode};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "6f7665726c617920746573742063757374657220206b65792c20332062797465";
 
-/// A tree and its torrent (no tracker unless `announce`).
+/// A tree and its torrent (no tracker unless `announce`): the tree, the
+/// torrent and its infohash.
 fn shared(s: &Scratch, seed: u64, announce: Option<&str>) -> (PathBuf, PathBuf, String) {
-    let src = make_tree(&s.0.join("src"), "payload", seed);
-    let torrent = s.0.join("p.torrent");
     let mut extra = vec!["--piece-size", "65536"];
     if let Some(a) = announce {
         extra.extend(["-a", a]);
     }
-    let ih = rumor_create(&src, &torrent, &extra);
-    (src, torrent, ih)
+    let Fixture { data, torrent, ih, .. } = fixture(&s.0, seed, &extra);
+    (data, torrent, ih)
 }
 
 /// `rumor seed` of the tree on a fixed free port, with extra flags.
 fn seeder(s: &Scratch, torrent: &Path, port: u16, extra: &[&str]) -> Proc {
-    let mut seed = rumor(&["seed"]);
-    seed.arg(torrent).arg(s.0.join("src")).args(["--quiet", "--port", &port.to_string()]).args(extra);
-    Proc::spawn("seeder", seed, &s.0.join("seeder.log"))
+    rumor_seed(&s.0, "seeder", torrent, &s.0.join("src"), port, extra)
 }
 
-/// Waits until something listens on 127.0.0.1:`port`.
-fn listening(port: u16) {
-    assert!(eventually(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
-}
-
-/// `rumor get WHAT --no-seed` into `out-TAG`, with extra flags.
-fn leecher(s: &Scratch, what: &str, tag: &str, extra: &[&str]) -> (Proc, PathBuf) {
-    let out = s.0.join(format!("out-{tag}"));
-    let mut get = rumor(&["get", what]);
-    get.arg("-o").arg(&out).args(["--no-seed", "--quiet", "--port", "0"]).args(extra);
-    (Proc::spawn(tag, get, &s.0.join(format!("{tag}.log"))), out)
-}
-
+/// The download completes from the fetched metadata.
 fn completes(p: &mut Proc, out: &Path, src: &Path, seeder: &Proc) {
-    let code = p.wait_for(Duration::from_secs(90));
-    assert!(
-        code.is_some_and(|c| c.success()),
-        "{} completes ({code:?}); its log:\n{}\nthe seeder's:\n{}",
-        p.name,
-        p.log_text(),
-        seeder.log_text()
-    );
+    assert_downloads(p, out, src, Duration::from_secs(90), &[seeder]);
     assert!(p.log_text().contains("got the metadata"), "{}", p.log_text());
-    assert_same_tree(src, &out.join("payload"));
 }
 
 #[test]
 fn a_bare_infohash_is_fetched_through_a_three_node_overlay() {
     let s = Scratch::new("bt-magnet-overlay");
-    let dirs: Vec<PathBuf> = (0..3).map(|i| s.0.join(format!("node{i}"))).collect();
-    dirs.iter().for_each(|d| std::fs::create_dir_all(d).unwrap());
-    let first = TestNode::start(&dirs[0], &["--cluster-key", KEY]);
-    let join = first.gossip.to_string();
-    let mut nodes = vec![first];
-    for d in &dirs[1..] {
-        nodes.push(TestNode::start(d, &["--cluster-key", KEY, "--join", &join]));
-    }
+    let nodes = start_cluster("bt-magnet-overlay-node", 3, KEY);
     let (src, torrent, ih) = shared(&s, 41, None);
     let seed =
         seeder(&s, &torrent, common::free_port(), &["--overlay", &nodes[0].gossip.to_string(), "--cluster-key", KEY]);
     // Only the infohash: no name, no tracker, no peer; the overlay of
     // another node than the seeder's has the rest.
-    let (mut get, out) = leecher(
-        &s,
-        &ih,
-        "leecher",
-        &["--overlay", &nodes[2].gossip.to_string(), "--cluster-key", KEY, "--metadata-timeout", "60"],
-    );
+    let overlay = nodes[2].gossip.to_string();
+    let (mut get, out) =
+        rumor_leech(&s.0, "leecher", &ih, &["--overlay", &overlay, "--cluster-key", KEY, "--metadata-timeout", "60"]);
     completes(&mut get, &out, &src, &seed);
 }
 
@@ -89,24 +56,23 @@ fn a_magnet_link_with_a_peer_address_needs_no_overlay() {
     let (src, torrent, ih) = shared(&s, 43, None);
     let port = common::free_port();
     let seed = seeder(&s, &torrent, port, &[]);
-    listening(port);
+    wait_listening(port);
     let link =
         format!("magnet:?xt=urn:btih:{ih}&dn=payload&x.pe=127.0.0.1:{port}&tr=http%3A%2F%2F127.0.0.1%3A1%2Fannounce");
     let saved = s.0.join("saved.torrent");
     let saved_arg = saved.to_str().unwrap();
-    let (mut get, out) = leecher(&s, &link, "leecher", &["--metadata-timeout", "60", "--save-torrent", saved_arg]);
+    let (mut get, out) =
+        rumor_leech(&s.0, "leecher", &link, &["--metadata-timeout", "60", "--save-torrent", saved_arg]);
     completes(&mut get, &out, &src, &seed);
     // The saved torrent is the original one: same info dictionary, so the
     // same infohash, with the link's tracker.
-    let original = rumor_core::bt::metainfo::Metainfo::parse(&std::fs::read(&torrent).unwrap()).unwrap();
-    let back = rumor_core::bt::metainfo::Metainfo::parse(&std::fs::read(&saved).unwrap()).unwrap();
+    let original = metainfo_of(&torrent);
+    let back = metainfo_of(&saved);
     assert_eq!(back.info_hash.to_hex(), ih);
     assert_eq!(back.info_bytes, original.info_bytes);
     assert_eq!(back.announce.as_deref(), Some("http://127.0.0.1:1/announce"));
     // And `rumor seed` takes it: every piece of the download is found.
-    let mut again = rumor(&["seed"]);
-    again.arg(&saved).arg(&out).args(["--quiet", "--port", "0"]);
-    let reseed = Proc::spawn("reseeder", again, &s.0.join("reseed.log"));
+    let reseed = rumor_seed(&s.0, "reseeder", &saved, &out, 0, &[]);
     let pieces = original.piece_count();
     assert!(
         eventually(Duration::from_secs(20), || reseed
@@ -120,33 +86,26 @@ fn a_magnet_link_with_a_peer_address_needs_no_overlay() {
 #[test]
 fn a_magnet_link_finds_its_peers_through_a_node_tracker() {
     let s = Scratch::new("bt-magnet-tracker");
-    let node_dir = s.0.join("node");
-    std::fs::create_dir_all(&node_dir).unwrap();
-    let node = TestNode::start(&node_dir, &[]);
+    let node = TestNode::solo("bt-magnet-tracker-node", &[]);
     let announce = format!("http://127.0.0.1:{}/announce", node.api.port());
     let (src, torrent, ih) = shared(&s, 47, Some(&announce));
     let seed = seeder(&s, &torrent, common::free_port(), &[]);
     // Base32 infohash, and the tracker given as --tracker.
     let b32 = base32(&hex::decode(&ih).unwrap());
     let link = format!("magnet:?xt=urn:btih:{b32}");
-    let (mut get, out) = leecher(&s, &link, "leecher", &["--tracker", &announce, "--metadata-timeout", "60"]);
+    let (mut get, out) = rumor_leech(&s.0, "leecher", &link, &["--tracker", &announce, "--metadata-timeout", "60"]);
     completes(&mut get, &out, &src, &seed);
 }
 
 #[test]
 fn an_infohash_nobody_has_fails_within_the_metadata_timeout() {
     let s = Scratch::new("bt-magnet-none");
-    let node_dir = s.0.join("node");
-    std::fs::create_dir_all(&node_dir).unwrap();
-    let node = TestNode::start(&node_dir, &["--cluster-key", KEY]);
+    let node = TestNode::solo("bt-magnet-none-node", &["--cluster-key", KEY]);
     let ih = "00112233445566778899aabbccddeeff00112233";
     let started = Instant::now();
-    let (mut get, _) = leecher(
-        &s,
-        ih,
-        "leecher",
-        &["--overlay", &node.gossip.to_string(), "--cluster-key", KEY, "--metadata-timeout", "3"],
-    );
+    let overlay = node.gossip.to_string();
+    let (mut get, _) =
+        rumor_leech(&s.0, "leecher", ih, &["--overlay", &overlay, "--cluster-key", KEY, "--metadata-timeout", "3"]);
     let code = get.wait_for(Duration::from_secs(30));
     assert!(code.is_some_and(|c| !c.success()), "exits non-zero ({code:?}): {}", get.log_text());
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -235,15 +194,12 @@ fn liar(ih: &str, metadata_size: u64, junk: Option<usize>) -> (u16, std::sync::A
 fn peers_sending_bad_metadata_are_dropped_and_an_honest_one_serves() {
     let s = Scratch::new("bt-magnet-liar");
     let (src, torrent, ih) = shared(&s, 53, None);
-    let info_len = {
-        let m = rumor_core::bt::metainfo::Metainfo::parse(&std::fs::read(&torrent).unwrap()).unwrap();
-        m.info_bytes.len() as u64
-    };
+    let info_len = metainfo_of(&torrent).info_bytes.len() as u64;
     // Alone, a liar gets the fetch nowhere, and is banned (it is the only
     // contributor).
     let (liar_port, asked) = liar(&ih, info_len, None);
     let link = format!("magnet:?xt=urn:btih:{ih}&x.pe=127.0.0.1:{liar_port}");
-    let (mut get, _) = leecher(&s, &link, "alone", &["--metadata-timeout", "4"]);
+    let (mut get, _) = rumor_leech(&s.0, "alone", &link, &["--metadata-timeout", "4"]);
     assert!(get.wait_for(Duration::from_secs(30)).is_some_and(|c| !c.success()), "{}", get.log_text());
     assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1, "{}", get.log_text());
     assert!(get.log_text().contains("banned for sending bad metadata"), "{}", get.log_text());
@@ -255,11 +211,11 @@ fn peers_sending_bad_metadata_are_dropped_and_an_honest_one_serves() {
     let (liar3, _) = liar(&ih, 1 << 30, None);
     let port = common::free_port();
     let seed = seeder(&s, &torrent, port, &[]);
-    listening(port);
+    wait_listening(port);
     let link = format!(
         "magnet:?xt=urn:btih:{ih}&x.pe=127.0.0.1:{liar_port}&x.pe=127.0.0.1:{liar2}&x.pe=127.0.0.1:{liar3}&x.pe=127.0.0.1:{port}"
     );
-    let (mut get, out) = leecher(&s, &link, "mixed", &["--metadata-timeout", "60"]);
+    let (mut get, out) = rumor_leech(&s.0, "mixed", &link, &["--metadata-timeout", "60"]);
     completes(&mut get, &out, &src, &seed);
 }
 
@@ -279,4 +235,24 @@ fn base32(b: &[u8]) -> String {
         out.push(A[((acc << (5 - bits)) & 31) as usize] as char);
     }
     out
+}
+
+#[test]
+fn a_malformed_infohash_is_called_a_bad_infohash_not_a_missing_file() {
+    for (bad, why) in [
+        ("00112233445566778899aabbccddeeff0011223", "39 characters long"),
+        ("00112233445566778899aabbccddeeff0011223z", "not all are hex digits"),
+        ("AARCEM2EKVTHQ6FKXO6N57YAEIRTGRK1", "not all are base32"),
+    ] {
+        let o = rumor_output(&["get", bad, "--port", "0", "--quiet"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains(&format!("{bad}: bad infohash (")) && err.contains(why), "{err}");
+        assert!(!err.contains("No such file"), "{err}");
+    }
+    // A bare base32 infohash is an infohash like 40 hex digits: with
+    // nowhere to look for peers, it says so.
+    let o = rumor_output(&["get", "AARCEM2EKVTHQ6FKXO6N57YAEIRTGRK2", "--port", "0", "--quiet"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere to look for peers"), "{o:?}");
 }

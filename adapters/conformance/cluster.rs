@@ -12,21 +12,6 @@ const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000
 /// loaded CI machine.
 const CONVERGE: Duration = Duration::from_secs(10);
 
-fn start_cluster(dirs: &[Scratch], key: &str) -> Vec<TestNode> {
-    let first = TestNode::start(&dirs[0].0, &["--cluster-key", key]);
-    let join = first.gossip.to_string();
-    let mut nodes = vec![first];
-    for d in &dirs[1..] {
-        nodes.push(TestNode::start(&d.0, &["--cluster-key", key, "--join", &join]));
-    }
-    nodes
-}
-
-fn add(node: &TestNode, body: &str) {
-    let (code, resp) = node.post("/add", body);
-    assert_eq!(code, 200, "add {body} -> {resp}");
-}
-
 fn answers_everywhere(nodes: &[TestNode], name: &str, want: &str) -> bool {
     eventually(CONVERGE, || nodes.iter().all(|n| n.dig(&[name, "+short"]).trim() == want))
 }
@@ -37,15 +22,11 @@ fn nxdomain_everywhere(nodes: &[TestNode], name: &str) -> bool {
 
 #[test]
 fn a_record_added_on_one_node_is_answered_by_all() {
-    let dirs: Vec<Scratch> = (0..3).map(|i| Scratch::new(&format!("c1-{i}"))).collect();
-    let nodes = start_cluster(&dirs, KEY);
-    add(&nodes[1], r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#);
+    let nodes = start_cluster("c1", 3, KEY);
+    nodes[1].add(r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#);
     assert!(answers_everywhere(&nodes, "free.local", "10.1.0.15"), "the record reaches every node");
     // Every node sees the two others.
-    assert!(eventually(CONVERGE, || nodes.iter().all(|n| {
-        let (_, m) = n.get("/members");
-        m["members"].as_array().unwrap().iter().filter(|m| m["state"] == "alive").count() == 3
-    })));
+    assert!(eventually(CONVERGE, || nodes.iter().all(|n| n.alive_members() == 3)));
     // A TTL that counts down on every node, not reset by replication.
     let ttl: u32 = answers(&nodes[2].dig(&["free.local"]))[0][1].parse().unwrap();
     assert!(ttl <= 360 && ttl > 340, "{ttl}");
@@ -60,10 +41,9 @@ fn a_record_added_on_one_node_is_answered_by_all() {
 
 #[test]
 fn deletes_and_expiries_disappear_everywhere() {
-    let dirs: Vec<Scratch> = (0..3).map(|i| Scratch::new(&format!("c2-{i}"))).collect();
-    let nodes = start_cluster(&dirs, KEY);
-    add(&nodes[0], r#"{"name":"gone.local","ips":["10.0.0.1"],"ttl":600}"#);
-    add(&nodes[0], r#"{"name":"brief.local","ips":["10.0.0.2"],"ttl":3}"#);
+    let nodes = start_cluster("c2", 3, KEY);
+    nodes[0].add(r#"{"name":"gone.local","ips":["10.0.0.1"],"ttl":600}"#);
+    nodes[0].add(r#"{"name":"brief.local","ips":["10.0.0.2"],"ttl":3}"#);
     assert!(answers_everywhere(&nodes, "gone.local", "10.0.0.1"));
     assert_eq!(nodes[2].post("/del", r#"{"name":"gone.local"}"#).0, 200);
     assert!(nxdomain_everywhere(&nodes, "gone.local"), "the delete reaches every node");
@@ -76,13 +56,12 @@ fn deletes_and_expiries_disappear_everywhere() {
 
 #[test]
 fn a_killed_node_keeps_its_data_and_catches_up_after_restart() {
-    let dirs: Vec<Scratch> = (0..3).map(|i| Scratch::new(&format!("c3-{i}"))).collect();
-    let mut nodes = start_cluster(&dirs, KEY);
-    add(&nodes[2], r#"{"name":"kept.local","ips":["10.0.0.3"],"ttl":600}"#);
-    add(&nodes[0], r#"{"name":"doomed.local","ips":["10.0.0.4"],"ttl":600}"#);
+    let mut nodes = start_cluster("c3", 3, KEY);
+    nodes[2].add(r#"{"name":"kept.local","ips":["10.0.0.3"],"ttl":600}"#);
+    nodes[0].add(r#"{"name":"doomed.local","ips":["10.0.0.4"],"ttl":600}"#);
     assert!(answers_everywhere(&nodes, "doomed.local", "10.0.0.4"));
     nodes[2].kill9();
-    add(&nodes[0], r#"{"name":"missed.local","ips":["10.0.0.5"],"ttl":600}"#);
+    nodes[0].add(r#"{"name":"missed.local","ips":["10.0.0.5"],"ttl":600}"#);
     assert_eq!(nodes[1].post("/del", r#"{"name":"doomed.local"}"#).0, 200);
     nodes[2].restart();
     let back = &nodes[2..];
@@ -94,13 +73,10 @@ fn a_killed_node_keeps_its_data_and_catches_up_after_restart() {
 
 #[test]
 fn a_node_with_another_key_is_not_admitted() {
-    let dirs: Vec<Scratch> = (0..3).map(|i| Scratch::new(&format!("c4-{i}"))).collect();
-    let nodes = start_cluster(&dirs[..2], KEY);
-    let stranger_dir = &dirs[2];
-    let stranger =
-        TestNode::start(&stranger_dir.0, &["--cluster-key", OTHER_KEY, "--join", &nodes[0].gossip.to_string()]);
-    add(&stranger, r#"{"name":"intruder.local","ips":["10.6.6.6"],"ttl":600}"#);
-    add(&nodes[0], r#"{"name":"inside.local","ips":["10.0.0.6"],"ttl":600}"#);
+    let nodes = start_cluster("c4", 2, KEY);
+    let stranger = TestNode::solo("c4-stranger", &["--cluster-key", OTHER_KEY, "--join", &nodes[0].gossip.to_string()]);
+    stranger.add(r#"{"name":"intruder.local","ips":["10.6.6.6"],"ttl":600}"#);
+    nodes[0].add(r#"{"name":"inside.local","ips":["10.0.0.6"],"ttl":600}"#);
     assert!(answers_everywhere(&nodes, "inside.local", "10.0.0.6"));
     std::thread::sleep(Duration::from_secs(3));
     for n in &nodes {
@@ -115,12 +91,11 @@ fn a_node_with_another_key_is_not_admitted() {
 
 #[test]
 fn a_join_target_may_be_a_dns_name() {
-    let dirs: Vec<Scratch> = (0..2).map(|i| Scratch::new(&format!("c5-{i}"))).collect();
-    let first = TestNode::start(&dirs[0].0, &["--cluster-key", KEY]);
+    let first = TestNode::solo("c5-0", &["--cluster-key", KEY]);
     // "localhost" resolves to 127.0.0.1 (and maybe ::1, which nobody
     // answers on): the node joins whatever address works.
     let target = format!("localhost:{}", first.gossip.port());
-    let second = TestNode::start(&dirs[1].0, &["--cluster-key", KEY, "--join", &target]);
-    add(&second, r#"{"name":"named.local","ips":["10.0.0.7"],"ttl":600}"#);
+    let second = TestNode::solo("c5-1", &["--cluster-key", KEY, "--join", &target]);
+    second.add(r#"{"name":"named.local","ips":["10.0.0.7"],"ttl":600}"#);
     assert!(answers_everywhere(&[first, second], "named.local", "10.0.0.7"));
 }

@@ -7,16 +7,10 @@ use common::*;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-fn add(node: &TestNode, body: &str) {
-    let (code, resp) = node.post("/add", body);
-    assert_eq!(code, 200, "add {body} -> {resp}");
-}
-
 #[test]
 fn the_seed_example_works_with_curl_style_posts_and_dig() {
-    let dir = Scratch::new("seed");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#);
+    let node = TestNode::solo("seed", &[]);
+    node.add(r#"{"name":"free.local","ips":["10.1.0.15"],"ttl":360}"#);
     let out = node.dig(&["free.local"]);
     assert_eq!(status(&out), "NOERROR");
     assert!(out.contains(" aa"), "authoritative answer: {out}");
@@ -33,18 +27,16 @@ fn the_seed_example_works_with_curl_style_posts_and_dig() {
 
 #[test]
 fn ipv6_addresses_are_served_as_aaaa() {
-    let dir = Scratch::new("aaaa");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"v6.local","ips":["2001:db8::7","10.0.0.7"],"ttl":60}"#);
+    let node = TestNode::solo("aaaa", &[]);
+    node.add(r#"{"name":"v6.local","ips":["2001:db8::7","10.0.0.7"],"ttl":60}"#);
     assert_eq!(node.dig(&["v6.local", "AAAA", "+short"]).trim(), "2001:db8::7");
     assert_eq!(node.dig(&["v6.local", "A", "+short"]).trim(), "10.0.0.7");
 }
 
 #[test]
 fn the_ttl_counts_down_and_the_name_expires_to_nxdomain() {
-    let dir = Scratch::new("ttl");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"short.local","ips":["10.0.0.1"],"ttl":3}"#);
+    let node = TestNode::solo("ttl", &[]);
+    node.add(r#"{"name":"short.local","ips":["10.0.0.1"],"ttl":3}"#);
     let first: u32 = answers(&node.dig(&["short.local"]))[0][1].parse().unwrap();
     std::thread::sleep(Duration::from_millis(1_100));
     let second: u32 = answers(&node.dig(&["short.local"]))[0][1].parse().unwrap();
@@ -60,9 +52,8 @@ fn the_ttl_counts_down_and_the_name_expires_to_nxdomain() {
 
 #[test]
 fn a_deleted_name_is_nxdomain() {
-    let dir = Scratch::new("del");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"gone.local","ips":["10.0.0.2"],"ttl":60}"#);
+    let node = TestNode::solo("del", &[]);
+    node.add(r#"{"name":"gone.local","ips":["10.0.0.2"],"ttl":60}"#);
     let (code, _) = node.post("/del", r#"{"name":"gone.local"}"#);
     assert_eq!(code, 200);
     assert_eq!(status(&node.dig(&["gone.local"])), "NXDOMAIN");
@@ -72,9 +63,8 @@ fn a_deleted_name_is_nxdomain() {
 
 #[test]
 fn a_name_without_the_type_is_nodata_with_an_soa() {
-    let dir = Scratch::new("nodata");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"only4.local","ips":["10.0.0.3"],"ttl":60}"#);
+    let node = TestNode::solo("nodata", &[]);
+    node.add(r#"{"name":"only4.local","ips":["10.0.0.3"],"ttl":60}"#);
     let out = node.dig(&["only4.local", "AAAA"]);
     assert_eq!(status(&out), "NOERROR");
     assert!(answers(&out).is_empty());
@@ -86,9 +76,8 @@ fn a_name_without_the_type_is_nodata_with_an_soa() {
 
 #[test]
 fn several_addresses_rotate_round_robin() {
-    let dir = Scratch::new("rr");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"rr.local","ips":["10.0.0.1","10.0.0.2","10.0.0.3"],"ttl":60}"#);
+    let node = TestNode::solo("rr", &[]);
+    node.add(r#"{"name":"rr.local","ips":["10.0.0.1","10.0.0.2","10.0.0.3"],"ttl":60}"#);
     let firsts: std::collections::BTreeSet<String> =
         (0..3).map(|_| node.dig(&["rr.local", "+short"]).lines().next().unwrap_or("").to_string()).collect();
     assert_eq!(firsts.len(), 3, "each address leads once in three queries: {firsts:?}");
@@ -96,9 +85,8 @@ fn several_addresses_rotate_round_robin() {
 
 #[test]
 fn queries_over_tcp_are_answered() {
-    let dir = Scratch::new("tcp");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"tcp.local","ips":["10.0.0.4"],"ttl":60}"#);
+    let node = TestNode::solo("tcp", &[]);
+    node.add(r#"{"name":"tcp.local","ips":["10.0.0.4"],"ttl":60}"#);
     let out = node.dig(&["+tcp", "tcp.local"]);
     assert!(out.contains("(TCP)"), "{out}");
     assert_eq!(answers(&out)[0][4], "10.0.0.4");
@@ -107,10 +95,9 @@ fn queries_over_tcp_are_answered() {
 
 #[test]
 fn large_sets_truncate_over_udp_and_come_whole_over_tcp() {
-    let dir = Scratch::new("tc");
-    let node = TestNode::start(&dir.0, &[]);
+    let node = TestNode::solo("tc", &[]);
     let ips: Vec<String> = (0..100).map(|i| format!("\"10.9.{}.{}\"", i / 200, i % 200 + 1)).collect();
-    add(&node, &format!(r#"{{"name":"big.local","ips":[{}],"ttl":60}}"#, ips.join(",")));
+    node.add(&format!(r#"{{"name":"big.local","ips":[{}],"ttl":60}}"#, ips.join(",")));
     let plain = node.dig(&["+noedns", "+ignore", "big.local"]);
     assert!(plain.contains(" tc"), "TC without EDNS: {plain}");
     assert!(plain.contains("MSG SIZE  rcvd: ") && msg_size(&plain) <= 512);
@@ -131,9 +118,8 @@ fn msg_size(out: &str) -> usize {
 
 #[test]
 fn malformed_packets_get_formerr_or_silence_and_the_server_keeps_answering() {
-    let dir = Scratch::new("malformed");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"ok.local","ips":["10.0.0.5"],"ttl":60}"#);
+    let node = TestNode::solo("malformed", &[]);
+    node.add(r#"{"name":"ok.local","ips":["10.0.0.5"],"ttl":60}"#);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     // A header that claims a question, then a label running off the end.
@@ -157,9 +143,8 @@ fn malformed_packets_get_formerr_or_silence_and_the_server_keeps_answering() {
 
 #[test]
 fn other_record_types_are_written_through_the_rest_form() {
-    let dir = Scratch::new("types");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"mail.local","ips":["10.0.0.25"],"ttl":60}"#);
+    let node = TestNode::solo("types", &[]);
+    node.add(r#"{"name":"mail.local","ips":["10.0.0.25"],"ttl":60}"#);
     for body in [
         r#"{"name":"local","type":"MX","ttl":60,"data":["10 mail.local"]}"#,
         r#"{"name":"www.local","type":"CNAME","ttl":60,"data":["mail.local"]}"#,
@@ -184,8 +169,7 @@ fn other_record_types_are_written_through_the_rest_form() {
 
 #[test]
 fn bad_requests_get_400_with_a_json_error_and_change_nothing() {
-    let dir = Scratch::new("bad");
-    let node = TestNode::start(&dir.0, &[]);
+    let node = TestNode::solo("bad", &[]);
     for body in [
         "not json",
         r#"{"name":"x.local"}"#,
@@ -205,8 +189,7 @@ fn bad_requests_get_400_with_a_json_error_and_change_nothing() {
 
 #[test]
 fn a_token_guards_writes_but_not_reads() {
-    let dir = Scratch::new("token");
-    let node = TestNode::start(&dir.0, &["--api-token", "s3cret"]);
+    let node = TestNode::solo("token", &["--api-token", "s3cret"]);
     let body = r#"{"name":"t.local","ips":["10.0.0.9"],"ttl":60}"#;
     assert_eq!(node.post("/add", body).0, 401);
     assert_eq!(node.post_with("/add", body, Some("wrong")).0, 401);
@@ -216,10 +199,9 @@ fn a_token_guards_writes_but_not_reads() {
 
 #[test]
 fn records_survive_a_kill_9_and_restart() {
-    let dir = Scratch::new("persist");
-    let mut node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"keep.local","ips":["10.0.0.10"],"ttl":600}"#);
-    add(&node, r#"{"name":"drop.local","ips":["10.0.0.11"],"ttl":600}"#);
+    let mut node = TestNode::solo("persist", &[]);
+    node.add(r#"{"name":"keep.local","ips":["10.0.0.10"],"ttl":600}"#);
+    node.add(r#"{"name":"drop.local","ips":["10.0.0.11"],"ttl":600}"#);
     assert_eq!(node.post("/del", r#"{"name":"drop.local"}"#).0, 200);
     node.restart();
     assert_eq!(node.dig(&["keep.local", "+short"]).trim(), "10.0.0.10");
@@ -230,21 +212,18 @@ fn records_survive_a_kill_9_and_restart() {
 
 #[test]
 fn sigterm_stops_the_node_cleanly() {
-    let dir = Scratch::new("term");
-    let mut node = TestNode::start(&dir.0, &[]);
+    let mut node = TestNode::solo("term", &[]);
     let status = node.terminate().expect("the node exits within 10 s");
     assert!(status.success(), "{status:?}");
 }
 
 #[test]
 fn zones_refuse_or_forward_outside_names() {
-    let dir = Scratch::new("zones");
-    let upstream_dir = Scratch::new("zones-up");
-    let upstream = TestNode::start(&upstream_dir.0, &["--ephemeral"]);
-    add(&upstream, r#"{"name":"elsewhere.example","ips":["192.0.2.1"],"ttl":60}"#);
+    let upstream = TestNode::solo("zones-up", &["--ephemeral"]);
+    upstream.add(r#"{"name":"elsewhere.example","ips":["192.0.2.1"],"ttl":60}"#);
     let upstream_addr = upstream.dns.to_string();
-    let node = TestNode::start(&dir.0, &["--zone", "rumor.test", "--upstream", &upstream_addr, "--ephemeral"]);
-    add(&node, r#"{"name":"a.rumor.test","ips":["10.0.0.12"],"ttl":60}"#);
+    let node = TestNode::solo("zones", &["--zone", "rumor.test", "--upstream", &upstream_addr, "--ephemeral"]);
+    node.add(r#"{"name":"a.rumor.test","ips":["10.0.0.12"],"ttl":60}"#);
     assert_eq!(node.dig(&["a.rumor.test", "+short"]).trim(), "10.0.0.12");
     let nx = node.dig(&["b.rumor.test"]);
     assert_eq!(status(&nx), "NXDOMAIN");
@@ -253,15 +232,13 @@ fn zones_refuse_or_forward_outside_names() {
     assert_eq!(node.dig(&["+tcp", "elsewhere.example", "+short"]).trim(), "192.0.2.1");
     let soa = node.dig(&["rumor.test", "SOA"]);
     assert_eq!(answers(&soa).len(), 1);
-    let no_up_dir = Scratch::new("zones-refuse");
-    let refusing = TestNode::start(&no_up_dir.0, &["--zone", "rumor.test", "--ephemeral"]);
+    let refusing = TestNode::solo("zones-refuse", &["--zone", "rumor.test", "--ephemeral"]);
     assert_eq!(status(&refusing.dig(&["elsewhere.example"])), "REFUSED");
 }
 
 #[test]
 fn the_dns_cli_adds_lists_queries_and_removes() {
-    let dir = Scratch::new("cli");
-    let node = TestNode::start(&dir.0, &[]);
+    let node = TestNode::solo("cli", &[]);
     let api = node.api.to_string();
     let dns = node.dns.to_string();
     let rumor = |args: &[&str]| {
@@ -284,9 +261,8 @@ fn the_dns_cli_adds_lists_queries_and_removes() {
 
 #[test]
 fn metrics_are_served_in_prometheus_text_format() {
-    let dir = Scratch::new("metrics");
-    let node = TestNode::start(&dir.0, &[]);
-    add(&node, r#"{"name":"m.local","ips":["10.0.0.30"],"ttl":60}"#);
+    let node = TestNode::solo("metrics", &[]);
+    node.add(r#"{"name":"m.local","ips":["10.0.0.30"],"ttl":60}"#);
     node.dig(&["m.local"]);
     node.dig(&["nope.local"]);
     let body = ureq::get(&node.url("/metrics")).call().unwrap().into_string().unwrap();
@@ -310,7 +286,7 @@ fn the_node_serves_dns_over_ipv6() {
     let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gossip: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let node = TestNode::start_at(dns, api, gossip, &dir.0, &[]);
-    add(&node, r#"{"name":"six.local","ips":["2001:db8::6","10.0.0.6"],"ttl":60}"#);
+    node.add(r#"{"name":"six.local","ips":["2001:db8::6","10.0.0.6"],"ttl":60}"#);
     let p = port.to_string();
     let udp = run_tool("dig", &["@::1", "-p", &p, "+time=2", "+tries=1", "+short", "six.local", "AAAA"]);
     assert_eq!(udp.trim(), "2001:db8::6");
@@ -327,6 +303,68 @@ fn a_node_on_wildcard_addresses_starts_whatever_the_host_name_resolves_to() {
     let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gossip: std::net::SocketAddr = format!("0.0.0.0:{}", free_port()).parse().unwrap();
     let node = TestNode::start_at(dns, api, gossip, &dir.0, &[]);
-    add(&node, r#"{"name":"wild.local","ips":["10.0.0.8"],"ttl":60}"#);
+    node.add(r#"{"name":"wild.local","ips":["10.0.0.8"],"ttl":60}"#);
     assert_eq!(node.dig(&["wild.local", "+short"]).trim(), "10.0.0.8");
+}
+
+#[test]
+fn unknown_paths_and_methods_get_a_json_error_with_404_and_405() {
+    let node = TestNode::solo("fallback", &[]);
+    let (code, body) = node.get("/no/such/path");
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("/no/such/path")), "{body}");
+    let (code, body) = node.post("/list", "");
+    assert_eq!(code, 405, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("POST")), "{body}");
+    let (code, body) = node.get("/add");
+    assert_eq!(code, 405, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+}
+
+/// Runs `rumor ARGS...`, asserts it failed, and returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let o = rumor_output(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{args:?} succeeded: {err}");
+    err
+}
+
+#[test]
+fn the_dns_cli_tells_a_node_that_is_not_running_from_a_host_that_does_not_resolve() {
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let err = fails(&["dns", "ls", "--api", &nobody]);
+    let want = format!("cannot reach the node at {nobody}: connection refused (is `rumor node` running?)");
+    assert!(err.contains(&want), "{err}");
+    let err = fails(&["dns", "add", "x.local", "10.0.0.1", "--api", &format!("http://{nobody}/")]);
+    assert!(err.contains(&want), "{err}");
+    let err = fails(&["dns", "ls", "--api", "nosuch.invalid:6969"]);
+    assert!(err.contains("cannot resolve host nosuch.invalid"), "{err}");
+    assert!(!err.contains("refused"), "{err}");
+    // The DNS port likewise, over UDP and TCP.
+    for extra in [&[][..], &["--tcp"][..]] {
+        let err = fails(&[&["dns", "query", "x.local", "--server", &nobody][..], extra].concat());
+        assert!(err.contains(&format!("cannot reach the DNS server at {nobody}: connection refused")), "{err}");
+        let err = fails(&[&["dns", "query", "x.local", "--server", "nosuch.invalid:53"][..], extra].concat());
+        assert!(err.contains("cannot resolve host nosuch.invalid"), "{err}");
+    }
+}
+
+#[test]
+fn dns_add_takes_api_token_like_every_command_and_still_the_old_token_flag() {
+    let node = TestNode::solo("cli-token", &["--api-token", "s3cret"]);
+    let api = node.api.to_string();
+    let add =
+        |name: &str, extra: &[&str]| rumor_output(&[&["dns", "add", name, "10.0.0.21", "--api", &api], extra].concat());
+    let o = add("new.local", &["--api-token", "s3cret"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = add("old.local", &["--token", "s3cret"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = add("none.local", &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the node said 401"), "{o:?}");
+    assert_eq!(node.dig(&["new.local", "+short"]).trim(), "10.0.0.21");
+    assert_eq!(node.dig(&["old.local", "+short"]).trim(), "10.0.0.21");
+    // The old name works but is not advertised.
+    let help = String::from_utf8_lossy(&rumor_output(&["dns", "add", "--help"]).stdout).into_owned();
+    assert!(help.contains("--api-token") && !help.contains("--token"), "{help}");
 }

@@ -18,21 +18,11 @@ fn binaries() -> (std::path::PathBuf, std::path::PathBuf) {
 #[test]
 fn tokio_and_smol_nodes_form_one_cluster() {
     let (tokio_bin, smol_bin) = binaries();
-    let dirs: Vec<Scratch> = (0..4).map(|i| Scratch::new(&format!("mixed-{i}"))).collect();
-    let first = TestNode::start_bin(&tokio_bin, &dirs[0].0, &["--cluster-key", KEY]);
-    let join = first.gossip.to_string();
-    let extra = ["--cluster-key", KEY, "--join", &join];
-    let mut nodes = vec![first];
-    nodes.push(TestNode::start_bin(&smol_bin, &dirs[1].0, &extra));
-    nodes.push(TestNode::start_bin(&tokio_bin, &dirs[2].0, &extra));
-    nodes.push(TestNode::start_bin(&smol_bin, &dirs[3].0, &extra));
+    let mut nodes = start_cluster_of("mixed", &[tokio_bin.clone(), smol_bin.clone(), tokio_bin, smol_bin], KEY);
 
     // Every node sees the three others alive.
     assert!(
-        eventually(CONVERGE, || nodes.iter().all(|n| {
-            let (_, m) = n.get("/members");
-            m["members"].as_array().map_or(0, |a| a.iter().filter(|m| m["state"] == "alive").count()) == 4
-        })),
+        eventually(CONVERGE, || nodes.iter().all(|n| n.alive_members() == 4)),
         "membership converges across runtimes"
     );
 

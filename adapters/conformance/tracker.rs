@@ -41,9 +41,7 @@ fn peer_ports(body: &[u8]) -> Vec<u16> {
 
 #[test]
 fn peers_announced_to_one_node_are_found_through_another() {
-    let dirs: Vec<Scratch> = (0..2).map(|i| Scratch::new(&format!("tr-{i}"))).collect();
-    let a = TestNode::start(&dirs[0].0, &["--cluster-key", KEY]);
-    let b = TestNode::start(&dirs[1].0, &["--cluster-key", KEY, "--join", &a.gossip.to_string()]);
+    let [a, b]: [TestNode; 2] = start_cluster("tr", 2, KEY).try_into().ok().unwrap();
     let ih = InfoHash([0x42; 20]);
     // A seeder announces to A; nobody else is there yet.
     assert!(peer_ports(&announce(&a, ih, 7001, 0, AnnounceEvent::Started)).is_empty());
@@ -89,8 +87,7 @@ fn peers_announced_to_one_node_are_found_through_another() {
 
 #[test]
 fn a_bad_announce_gets_a_bencoded_failure() {
-    let dir = Scratch::new("tr-bad");
-    let n = TestNode::start(&dir.0, &[]);
+    let n = TestNode::solo("tr-bad", &[]);
     let resp = ureq::get(&n.url("/announce?info_hash=short&port=1")).call().unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_string().unwrap();
@@ -101,13 +98,8 @@ fn a_bad_announce_gets_a_bencoded_failure() {
 
 #[test]
 fn an_announce_the_local_overlay_can_answer_does_not_wait_for_the_network() {
-    let dirs: Vec<Scratch> = (0..2).map(|i| Scratch::new(&format!("tr-local-{i}"))).collect();
-    let a = TestNode::start(&dirs[0].0, &["--cluster-key", KEY]);
-    let b = TestNode::start(&dirs[1].0, &["--cluster-key", KEY, "--join", &a.gossip.to_string()]);
-    assert!(eventually(Duration::from_secs(10), || {
-        let (_, m) = a.get("/members");
-        m["members"].as_array().unwrap().iter().filter(|m| m["state"] == "alive").count() == 2
-    }));
+    let [a, b]: [TestNode; 2] = start_cluster("tr-local", 2, KEY).try_into().ok().unwrap();
+    assert!(eventually(Duration::from_secs(10), || a.alive_members() == 2));
     // B freezes: it still looks alive to A for a while, but answers nothing.
     let stop = |sig: &str| std::process::Command::new("kill").arg(sig).arg(b.child.id().to_string()).status();
     stop("-STOP").unwrap();

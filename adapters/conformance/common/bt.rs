@@ -3,8 +3,9 @@
 //! mktorrent, and deterministic content.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The system python that has the libtorrent bindings (not pyenv's).
@@ -69,16 +70,63 @@ impl Drop for Proc {
     }
 }
 
-/// `rumor ARGS...` as a command (its log level: `RUMOR_TEST_LOG`, or info).
-pub fn rumor(args: &[&str]) -> Command {
-    let mut c = Command::new(super::binary());
-    c.args(args).env("RUMOR_LOG", std::env::var("RUMOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
+#[allow(unused_imports)] // not every suite uses every one
+pub use super::{eventually, rumor, rumor_output};
+
+/// `rumor seed TORRENT SRC --quiet --port PORT EXTRA...`, its output in
+/// `DIR/TAG.log`.
+pub fn rumor_seed(dir: &Path, tag: &str, torrent: &Path, src: &Path, port: u16, extra: &[&str]) -> Proc {
+    let mut c = rumor(&["seed"]);
+    c.arg(torrent).arg(src).args(["--quiet", "--port", &port.to_string()]).args(extra);
+    Proc::spawn(tag, c, &dir.join(format!("{tag}.log")))
+}
+
+/// `rumor get WHAT -o DIR/out-TAG --no-seed --quiet --port 0 EXTRA...`, its
+/// output in `DIR/TAG.log`; returns the process and its output directory.
+pub fn rumor_leech(dir: &Path, tag: &str, what: impl AsRef<OsStr>, extra: &[&str]) -> (Proc, PathBuf) {
+    let out = dir.join(format!("out-{tag}"));
+    let mut c = get_command(what, &out, 0);
+    c.args(extra);
+    (Proc::spawn(tag, c, &dir.join(format!("{tag}.log"))), out)
+}
+
+/// `rumor get WHAT -o OUT --no-seed --quiet --port PORT` as a command.
+pub fn get_command(what: impl AsRef<OsStr>, out: &Path, port: u16) -> Command {
+    let mut c = rumor(&["get"]);
+    c.arg(what.as_ref()).arg("-o").arg(out).args(["--no-seed", "--quiet", "--port", &port.to_string()]);
     c
 }
 
-/// Runs `rumor ARGS...` to the end.
-pub fn rumor_output(args: &[&str]) -> Output {
-    rumor(args).output().expect("run rumor")
+/// Waits up to `limit` for `p` to exit successfully; otherwise panics with
+/// its log and those of `others` (the peers it was talking to).
+pub fn assert_success(p: &mut Proc, limit: Duration, others: &[&Proc]) {
+    let status = p.wait_for(limit);
+    if !status.is_some_and(|s| s.success()) {
+        let logs: String = others.iter().map(|o| format!("\n{}'s log:\n{}", o.name, o.log_text())).collect();
+        panic!("{} did not finish ({status:?}); its log:\n{}{logs}", p.name, p.log_text());
+    }
+}
+
+/// [`assert_success`], then the download in `out` is the tree `src`.
+pub fn assert_downloads(p: &mut Proc, out: &Path, src: &Path, limit: Duration, others: &[&Proc]) {
+    assert_success(p, limit, others);
+    assert_same_tree(src, &out.join(src.file_name().unwrap()));
+}
+
+/// Waits until something accepts TCP on 127.0.0.1:`port` (20 s at most).
+pub fn wait_listening(port: u16) {
+    let up = eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(up, "nothing listens on 127.0.0.1:{port}");
+}
+
+/// The infohash of a .torrent file.
+pub fn info_hash_of(torrent: &Path) -> rumor_core::bt::metainfo::InfoHash {
+    metainfo_of(torrent).info_hash
+}
+
+/// A .torrent file, parsed.
+pub fn metainfo_of(torrent: &Path) -> rumor_core::bt::metainfo::Metainfo {
+    rumor_core::bt::metainfo::Metainfo::parse(&std::fs::read(torrent).unwrap()).unwrap()
 }
 
 /// Deterministic pseudo-random bytes (xorshift), `len` of them.
@@ -160,6 +208,16 @@ pub fn libtorrent(
     Proc::spawn(&format!("libtorrent {mode}"), c, log)
 }
 
+/// A libtorrent leecher of `what` (a .torrent or a magnet link) that
+/// dials 127.0.0.1:`port`, saving into `DIR/out-lt` (its log: `DIR/lt.log`);
+/// returns it and the output directory.
+pub fn lt_leech(dir: &Path, what: impl AsRef<std::ffi::OsStr>, port: u16) -> (Proc, PathBuf) {
+    let out = dir.join("out-lt");
+    std::fs::create_dir_all(&out).unwrap();
+    let peer = format!("127.0.0.1:{port}");
+    (libtorrent("leech", what, &out, super::free_port(), &[peer], &dir.join("lt.log")), out)
+}
+
 /// opentracker on 127.0.0.1:`port` (HTTP and UDP), whitelisting `hashes`.
 /// Debian's build only serves whitelisted infohashes; run as root it
 /// chroots to `-d` before reading the whitelist, so the path is given
@@ -193,21 +251,43 @@ pub fn mktorrent(src: &Path, announce: &str, piece_log2: u32, out: &Path) {
     assert!(o.status.success(), "mktorrent failed: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// The files most tests start from: a tree made by [`make_tree`] and a
+/// .torrent of it.
+pub struct Fixture {
+    /// `DIR/src`, the directory a seeder is given.
+    pub src: PathBuf,
+    /// `DIR/src/payload`, the tree itself.
+    pub data: PathBuf,
+    /// `DIR/t.torrent`.
+    pub torrent: PathBuf,
+    /// The torrent's infohash, in hex.
+    pub ih: String,
+}
+
+/// The tree `payload` (from `seed`) under `DIR/src`, and `DIR/t.torrent` of
+/// it made by `rumor create CREATE_ARGS`.
+pub fn fixture(dir: &Path, seed: u64, create_args: &[&str]) -> Fixture {
+    let src = dir.join("src");
+    let data = make_tree(&src, "payload", seed);
+    let torrent = dir.join("t.torrent");
+    let ih = rumor_create(&data, &torrent, create_args);
+    Fixture { src, data, torrent, ih }
+}
+
+/// [`fixture`] with the torrent made by mktorrent instead (32 KiB pieces,
+/// a tracker nobody runs).
+pub fn mktorrent_fixture(dir: &Path, seed: u64) -> Fixture {
+    let src = dir.join("src");
+    let data = make_tree(&src, "payload", seed);
+    let torrent = dir.join("t.torrent");
+    mktorrent(&data, "http://127.0.0.1:1/announce", 15, &torrent);
+    let ih = info_hash_of(&torrent).to_hex();
+    Fixture { src, data, torrent, ih }
+}
+
 /// `rumor create` and the infohash it prints.
 pub fn rumor_create(src: &Path, out: &Path, extra: &[&str]) -> String {
     let o = rumor(&["create"]).arg(src).arg("-o").arg(out).args(extra).output().unwrap();
     assert!(o.status.success(), "rumor create failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
-/// Polls `f` until it is true or `limit` passes.
-pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }

@@ -77,12 +77,24 @@ pub struct TestNode {
     pub gossip: SocketAddr,
     pub data: PathBuf,
     pub extra: Vec<String>,
+    /// The scratch directory this node owns (see [`TestNode::solo`]),
+    /// removed after the process is killed.
+    scratch: Option<Scratch>,
 }
 
 impl TestNode {
     /// Starts a node with a data directory in `data` and extra flags.
     pub fn start(data: &std::path::Path, extra: &[&str]) -> TestNode {
         Self::start_bin(&binary(), data, extra)
+    }
+
+    /// Starts a node with a scratch data directory of its own, named after
+    /// `tag` and removed when the node is dropped.
+    pub fn solo(tag: &str, extra: &[&str]) -> TestNode {
+        let scratch = Scratch::new(tag);
+        let mut node = Self::start(&scratch.0, extra);
+        node.scratch = Some(scratch);
+        node
     }
 
     /// Starts a node of the binary `bin` (another adapter's, for mixed
@@ -145,6 +157,7 @@ impl TestNode {
             gossip,
             data: data.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            scratch: None,
         };
         if node.wait_ready() {
             return Ok(node);
@@ -194,6 +207,18 @@ impl TestNode {
         response(ureq::get(&self.url(path)).timeout(Duration::from_secs(10)).call())
     }
 
+    /// POSTs a record to `/add` and asserts the node took it.
+    pub fn add(&self, body: &str) {
+        let (code, resp) = self.post("/add", body);
+        assert_eq!(code, 200, "add {body} -> {resp}");
+    }
+
+    /// How many members `/members` lists as alive (this node included).
+    pub fn alive_members(&self) -> usize {
+        let (_, m) = self.get("/members");
+        m["members"].as_array().map_or(0, |a| a.iter().filter(|m| m["state"] == "alive").count())
+    }
+
     /// Kills the process with SIGKILL and waits for it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -217,8 +242,10 @@ impl TestNode {
     pub fn restart(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        *self = TestNode::try_start_bin(&self.bin, self.dns, self.api, self.gossip, &self.data, &extra)
+        let mut again = TestNode::try_start_bin(&self.bin, self.dns, self.api, self.gossip, &self.data, &extra)
             .unwrap_or_else(|e| panic!("{e}"));
+        again.scratch = self.scratch.take();
+        *self = again;
     }
 
     /// `dig @node -p port ARGS` with bounded time; returns stdout.
@@ -237,6 +264,40 @@ impl Drop for TestNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts a cluster of `n` nodes sealed with `key`: the first alone, the
+/// others joining it; each has a scratch directory of its own named after
+/// `tag` (as [`TestNode::solo`]).
+pub fn start_cluster(tag: &str, n: usize, key: &str) -> Vec<TestNode> {
+    start_cluster_of(tag, &vec![binary(); n], key)
+}
+
+/// [`start_cluster`] with node `i` running the binary `bins[i]`.
+pub fn start_cluster_of(tag: &str, bins: &[PathBuf], key: &str) -> Vec<TestNode> {
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for (i, bin) in bins.iter().enumerate() {
+        let scratch = Scratch::new(&format!("{tag}-{i}"));
+        let join = nodes.first().map(|first| first.gossip.to_string());
+        let mut extra = vec!["--cluster-key", key];
+        extra.extend(join.as_deref().map(|j| ["--join", j]).into_iter().flatten());
+        let mut node = TestNode::start_bin(bin, &scratch.0, &extra);
+        node.scratch = Some(scratch);
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// `rumor ARGS...` as a command (its log level: `RUMOR_TEST_LOG`, or info).
+pub fn rumor(args: &[&str]) -> Command {
+    let mut c = Command::new(binary());
+    c.args(args).env("RUMOR_LOG", std::env::var("RUMOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
+    c
+}
+
+/// Runs `rumor ARGS...` to the end.
+pub fn rumor_output(args: &[&str]) -> std::process::Output {
+    rumor(args).output().expect("run rumor")
 }
 
 fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {

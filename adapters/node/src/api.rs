@@ -68,8 +68,22 @@ pub fn router(state: ApiState) -> Router {
         .route("/announce", get(announce))
         .route("/scrape", get(scrape))
         .route("/providers/{infohash}", get(providers))
+        .fallback(no_such_path)
+        .method_not_allowed_fallback(no_such_method)
         .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
         .with_state(state)
+}
+
+/// An unknown path: a JSON refusal like every other (axum's own is an
+/// empty 404).
+async fn no_such_path(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no such path: {method} {}", uri.path()))
+}
+
+/// A known path asked with a method it does not take; axum still adds the
+/// `Allow` header that lists the ones it does.
+async fn no_such_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not take {method}", uri.path()))
 }
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -110,9 +110,47 @@ pub fn main(program: &'static str, runtime: Box<dyn rt::Runtime>) -> ExitCode {
         }
         Cmd::Dns(cmd) => dns_cli::run(cmd),
         Cmd::Create(args) => bt::create(args),
-        Cmd::Get(args) => bt::get(args),
+        Cmd::Get(mut args) => match get_target(&args.torrent) {
+            Ok(link) => {
+                if let Some(link) = link {
+                    args.torrent = link.into();
+                }
+                bt::get(args)
+            }
+            Err(e) => {
+                eprintln!("rumor get: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Seed(args) => bt::seed(args),
     }
+}
+
+/// Reads `rumor get`'s argument where it is no file: something shaped like
+/// an infohash (letters and digits, 24 to 64 of them) that is not a valid
+/// one is a bad infohash, said so, rather than a file that does not exist;
+/// a bare base32 infohash (32 characters) becomes a magnet link, which the
+/// download understands. `Ok(None)`: leave the argument as it is (a file,
+/// a magnet link, 40 hex digits).
+fn get_target(arg: &std::path::Path) -> Result<Option<String>, String> {
+    let Some(text) = arg.to_str() else { return Ok(None) };
+    let n = text.len();
+    if arg.exists() || !(24..=64).contains(&n) || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Ok(None);
+    }
+    let hex = text.bytes().all(|b| b.is_ascii_hexdigit());
+    let base32 = text.bytes().all(|b| matches!(b.to_ascii_uppercase(), b'A'..=b'Z' | b'2'..=b'7'));
+    let why = match n {
+        40 if hex => return Ok(None),
+        32 if base32 => return Ok(Some(format!("magnet:?xt=urn:btih:{text}"))),
+        40 => "40 characters, but not all are hex digits".to_string(),
+        32 => "32 characters, but not all are base32 (A-Z, 2-7)".to_string(),
+        _ => format!("{n} characters long"),
+    };
+    Err(format!(
+        "{text}: bad infohash ({why}); an infohash is 40 hex digits or 32 base32 characters, \
+         and no file of this name exists"
+    ))
 }
 
 fn init_logging() {
@@ -315,4 +353,30 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let _ = rt::timeout(std::time::Duration::from_secs(5), api_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::get_target;
+    use std::path::Path;
+
+    #[test]
+    fn a_39_digit_infohash_is_a_bad_infohash_and_a_good_one_passes() {
+        let e = get_target(Path::new("00112233445566778899aabbccddeeff0011223")).unwrap_err();
+        assert!(e.contains("bad infohash (39 characters long)"), "{e}");
+        let e = get_target(Path::new("00112233445566778899aabbccddeeff0011223g")).unwrap_err();
+        assert!(e.contains("not all are hex digits"), "{e}");
+        assert_eq!(get_target(Path::new("00112233445566778899aabbccddeeff00112233")), Ok(None));
+        assert_eq!(get_target(Path::new("magnet:?xt=urn:btih:nothex")), Ok(None));
+        assert_eq!(get_target(Path::new("some/file.torrent")), Ok(None));
+        assert_eq!(get_target(Path::new("short")), Ok(None));
+    }
+
+    #[test]
+    fn a_bare_base32_infohash_becomes_a_magnet_link() {
+        let b32 = "AARCEM2EKVTHQ6FKXO6N57YAEIRTGRK2";
+        assert_eq!(get_target(Path::new(b32)), Ok(Some(format!("magnet:?xt=urn:btih:{b32}"))));
+        let e = get_target(Path::new("AARCEM2EKVTHQ6FKXO6N57YAEIRTGRK1")).unwrap_err();
+        assert!(e.contains("not all are base32"), "{e}");
+    }
 }

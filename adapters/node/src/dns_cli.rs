@@ -16,9 +16,14 @@ pub struct ApiArgs {
     #[arg(long, env = "RUMOR_API", default_value = "127.0.0.1:6969")]
     api: String,
     /// Bearer token, if the node needs one.
-    #[arg(long, env = "RUMOR_API_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    // `--token` was this flag's name before it matched the other commands';
+    // it keeps working, unlisted.
+    #[arg(long, alias = "token", env = "RUMOR_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
 }
+
+/// What a refusal from the API's address most likely means.
+const NODE_HINT: &str = "is `rumor node` running?";
 
 /// The `dns` subcommands.
 #[derive(Subcommand, Debug)]
@@ -67,9 +72,9 @@ pub enum DnsCmd {
         /// The type.
         #[arg(default_value = "A")]
         rtype: String,
-        /// The DNS server.
+        /// The DNS server, HOST:PORT.
         #[arg(long, short, env = "RUMOR_DNS_SERVER", default_value = "127.0.0.1:8053")]
-        server: SocketAddr,
+        server: String,
         /// Use TCP.
         #[arg(long)]
         tcp: bool,
@@ -85,7 +90,7 @@ pub fn run(cmd: DnsCmd) -> ExitCode {
         },
         DnsCmd::Rm { name, rtype, api } => post(&api, "/del", json!({ "name": name, "type": rtype })),
         DnsCmd::Ls { name, json, api } => list(&api, name.as_deref(), json),
-        DnsCmd::Query { name, rtype, server, tcp } => query(&name, &rtype, server, tcp),
+        DnsCmd::Query { name, rtype, server, tcp } => query(&name, &rtype, &server, tcp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,23 +110,29 @@ fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
 }
 
-fn explain(e: ureq::Error) -> String {
+/// The API's address as the person gave it, for messages.
+fn shown(api: &ApiArgs) -> &str {
+    let a = api.api.trim_end_matches('/');
+    a.strip_prefix("http://").or_else(|| a.strip_prefix("https://")).unwrap_or(a)
+}
+
+fn explain(api: &ApiArgs, e: ureq::Error) -> String {
     match e {
         ureq::Error::Status(code, resp) => {
             let body: Value = resp.into_json().unwrap_or(Value::Null);
             let msg = body.get("error").and_then(Value::as_str).unwrap_or("no details");
             format!("the node said {code}: {msg}")
         }
-        ureq::Error::Transport(t) => format!("cannot reach the node: {t}"),
+        ureq::Error::Transport(t) => crate::net::http_unreachable("the node", shown(api), &t, NODE_HINT),
     }
 }
 
 fn post(api: &ApiArgs, path: &str, body: Value) -> Result<(), String> {
     let mut req = agent().post(&url(api, path));
-    if let Some(t) = &api.token {
+    if let Some(t) = &api.api_token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
-    let resp: Value = req.send_json(body).map_err(explain)?.into_json().map_err(|e| e.to_string())?;
+    let resp: Value = req.send_json(body).map_err(|e| explain(api, e))?.into_json().map_err(|e| e.to_string())?;
     println!("{resp}");
     Ok(())
 }
@@ -131,7 +142,8 @@ fn list(api: &ApiArgs, name: Option<&str>, raw: bool) -> Result<(), String> {
         Some(n) => format!("/records/{n}"),
         None => "/list".to_string(),
     };
-    let resp: Value = agent().get(&url(api, &path)).call().map_err(explain)?.into_json().map_err(|e| e.to_string())?;
+    let resp: Value =
+        agent().get(&url(api, &path)).call().map_err(|e| explain(api, e))?.into_json().map_err(|e| e.to_string())?;
     if raw {
         println!("{resp}");
         return Ok(());
@@ -151,7 +163,7 @@ fn list(api: &ApiArgs, name: Option<&str>, raw: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn query(name: &str, rtype: &str, server: SocketAddr, tcp: bool) -> Result<(), String> {
+fn query(name: &str, rtype: &str, server_arg: &str, tcp: bool) -> Result<(), String> {
     let qname = Name::from_ascii(name).map_err(|e| format!("bad name {name:?}: {e}"))?;
     let qtype = RType::from_mnemonic(rtype).ok_or_else(|| format!("unknown type {rtype:?}"))?;
     let id = (std::process::id() as u16) ^ 0x5a5a;
@@ -161,25 +173,30 @@ fn query(name: &str, rtype: &str, server: SocketAddr, tcp: bool) -> Result<(), S
         edns: Some(Edns::default()),
         ..Message::default()
     });
+    let server: SocketAddr = crate::net::resolve(server_arg)?[0];
+    let unreachable = |e: std::io::Error| crate::net::unreachable("the DNS server", server_arg, &e, NODE_HINT);
     let timeout = Duration::from_secs(3);
     let bytes = if tcp {
-        let mut s = TcpStream::connect_timeout(&server, timeout).map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&server, timeout).map_err(unreachable)?;
         s.set_read_timeout(Some(timeout)).ok();
         let mut out = (q.len() as u16).to_be_bytes().to_vec();
         out.extend_from_slice(&q);
-        s.write_all(&out).map_err(|e| e.to_string())?;
+        s.write_all(&out).map_err(unreachable)?;
         let mut len = [0u8; 2];
-        s.read_exact(&mut len).map_err(|e| e.to_string())?;
+        s.read_exact(&mut len).map_err(unreachable)?;
         let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        s.read_exact(&mut buf).map_err(unreachable)?;
         buf
     } else {
         let local = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
         let s = UdpSocket::bind(local).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(timeout)).ok();
-        s.send_to(&q, server).map_err(|e| e.to_string())?;
+        // Connected, so that a port nobody listens on comes back as a
+        // refusal (ICMP port unreachable) instead of a silent timeout.
+        s.connect(server).map_err(unreachable)?;
+        s.send(&q).map_err(unreachable)?;
         let mut buf = vec![0u8; 65_535];
-        let (n, _) = s.recv_from(&mut buf).map_err(|e| format!("no answer from {server}: {e}"))?;
+        let n = s.recv(&mut buf).map_err(unreachable)?;
         buf.truncate(n);
         buf
     };

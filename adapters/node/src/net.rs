@@ -1,5 +1,7 @@
 //! Stream plumbing shared by the DNS-over-TCP and gossip listeners: a
-//! bounded accept loop and length-prefixed frames with an idle timeout.
+//! bounded accept loop and length-prefixed frames with an idle timeout;
+//! and, for the command-line clients, the words for a server that cannot
+//! be reached (refused, or a name that does not resolve).
 
 use crate::rt;
 use futures::{AsyncReadExt, FutureExt};
@@ -65,4 +67,75 @@ pub async fn read_frame<const PREFIX: usize>(
     let mut buf = vec![0u8; n];
     rt::timeout(idle, stream.read_exact(&mut buf)).await.ok()?.ok()?;
     Some(buf)
+}
+
+/// Why a client could not reach `addr` (the host and port as the person
+/// gave them), in words that tell the two common mistakes apart: nothing
+/// listens there ("connection refused"), or the name does not resolve.
+/// `what` names the server ("the node", "the DNS server"); `hint` is
+/// appended to a refusal, e.g. "is `rumor node` running?".
+pub fn unreachable(what: &str, addr: &str, e: &std::io::Error, hint: &str) -> String {
+    use std::io::ErrorKind as K;
+    let why = match e.kind() {
+        K::ConnectionRefused => "connection refused".to_string(),
+        K::TimedOut | K::WouldBlock => "no answer in time".to_string(),
+        K::ConnectionReset | K::ConnectionAborted => "the connection was closed".to_string(),
+        K::NetworkUnreachable | K::HostUnreachable => "no route to it".to_string(),
+        _ => e.to_string(),
+    };
+    let hint = if e.kind() == K::ConnectionRefused && !hint.is_empty() { format!(" ({hint})") } else { String::new() };
+    format!("cannot reach {what} at {addr}: {why}{hint}")
+}
+
+/// The message for a host name that did not resolve: `addr` is HOST:PORT
+/// (or a URL's host and port) as the person gave it.
+pub fn unresolvable(addr: &str, detail: &dyn std::fmt::Display) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    format!("cannot resolve host {host}: {detail}")
+}
+
+/// Resolves HOST:PORT to its addresses, or says in words why not.
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    match std::net::ToSocketAddrs::to_socket_addrs(addr) {
+        Ok(found) => {
+            let found: Vec<SocketAddr> = found.collect();
+            if found.is_empty() {
+                return Err(unresolvable(addr, &"it has no address"));
+            }
+            Ok(found)
+        }
+        // "invalid socket address" and the like: no port, a bad port.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(format!("{addr}: expected HOST:PORT ({e})")),
+        Err(e) => Err(unresolvable(addr, &e)),
+    }
+}
+
+/// An HTTP client's transport failure (`ureq`) in the words of
+/// [`unreachable`] and [`unresolvable`].
+pub fn http_unreachable(what: &str, addr: &str, t: &ureq::Transport, hint: &str) -> String {
+    let io = std::error::Error::source(t).and_then(|s| s.downcast_ref::<std::io::Error>());
+    match (t.kind(), io) {
+        (ureq::ErrorKind::Dns, Some(e)) => unresolvable(addr, e),
+        (ureq::ErrorKind::Dns, None) => unresolvable(addr, &"it has no address"),
+        (_, Some(e)) => unreachable(what, addr, e, hint),
+        (_, None) => format!("cannot reach {what} at {addr}: {}", t.message().unwrap_or("the request failed")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_and_an_unknown_host_read_differently() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            unreachable("the node", "127.0.0.1:6969", &refused, "is `rumor node` running?"),
+            "cannot reach the node at 127.0.0.1:6969: connection refused (is `rumor node` running?)"
+        );
+        let e = resolve("nosuch.invalid:53").unwrap_err();
+        assert!(e.starts_with("cannot resolve host nosuch.invalid: "), "{e}");
+        assert!(resolve("127.0.0.1").unwrap_err().contains("expected HOST:PORT"));
+        assert_eq!(resolve("127.0.0.1:53").unwrap(), vec!["127.0.0.1:53".parse::<SocketAddr>().unwrap()]);
+    }
 }

@@ -63,8 +63,65 @@ pub struct BencodeError {
 }
 
 impl fmt::Display for BencodeError {
+    /// A sentence for a person: "bad bencode at byte 12: an integer with a
+    /// leading zero".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bencode error at offset {}: {:?}", self.offset, self.kind)
+        write!(f, "bad bencode at byte {}: {}", self.offset, self.kind)
+    }
+}
+
+impl fmt::Display for BencodeErrorKind {
+    /// What is wrong, without the position (the error carries it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BencodeErrorKind::Syntax(text) => f.write_str(&describe_syntax(text)),
+            BencodeErrorKind::TooDeep => f.write_str("lists and dictionaries nested too deep"),
+            BencodeErrorKind::TooManyValues => f.write_str("too many values"),
+            BencodeErrorKind::TooLong => f.write_str("the data is longer than the limit"),
+            BencodeErrorKind::IntegerOverflow => f.write_str("an integer too large for 64 bits"),
+            BencodeErrorKind::DuplicateKey => f.write_str("a dictionary holds the same key twice"),
+            BencodeErrorKind::TrailingBytes => f.write_str("more bytes after the end of the value"),
+            BencodeErrorKind::Empty => f.write_str("the data is empty"),
+        }
+    }
+}
+
+/// Puts a tokenizer message (bendy's, or the lenient decoder's) into plain
+/// words. bendy's texts look like "Error: bencode encoding corrupted
+/// (Malformed number of unexpected character: Expected 'e', got '1' at
+/// offset 3)"; the offset is already in the error, so it is dropped here.
+fn describe_syntax(text: &str) -> String {
+    let inner = text.strip_prefix("Error: ").unwrap_or(text);
+    let inner = inner.strip_prefix("bencode encoding corrupted (").and_then(|t| t.strip_suffix(')')).unwrap_or(inner);
+    let inner = inner.strip_prefix("Malformed number of unexpected character: ").unwrap_or(inner);
+    let inner = inner.split(" at offset ").next().unwrap_or(inner);
+    let got = |t: &str| t.split("got ").nth(1).map(str::to_owned).unwrap_or_default();
+    if inner.contains("Reached EOF") || inner == "unexpected end" || inner.starts_with("unterminated") {
+        "the data ends in the middle of a value (truncated?)".into()
+    } else if inner.contains("Keys were not sorted") {
+        "dictionary keys out of order".into()
+    } else if inner.contains("Map keys must be strings") {
+        "a dictionary key that is not a byte string".into()
+    } else if inner.contains("Missing map value") {
+        "a dictionary key without a value".into()
+    } else if inner.contains("End not allowed at top level") {
+        "an 'e' that closes nothing".into()
+    } else if let Some(tok) = inner.strip_prefix("Invalid token starting with ") {
+        format!("unexpected {tok} where a value should start (i, l, d or a digit)")
+    } else if inner.starts_with("Invalid integer") {
+        "a string length too large".into()
+    } else if inner.starts_with("Expected '1'..'9'") {
+        // After '-' only 1-9 may follow: "-0" and "-01" land here.
+        "a negative zero or a number with a leading zero".into()
+    } else if inner.starts_with("Expected 'e', got") || inner.starts_with("Expected ':', got") {
+        // bendy expects the terminator right after a lone '0'.
+        format!("a number with a leading zero (then {})", got(inner))
+    } else if inner.starts_with("Expected") {
+        format!("a malformed number (found {})", got(inner))
+    } else if inner == "bad number" || inner == "bad length" || inner.starts_with("number too long") {
+        format!("a malformed number ({inner})")
+    } else {
+        inner.to_owned()
     }
 }
 
@@ -530,5 +587,19 @@ mod tests {
         assert_eq!(n, 5);
         let (_, n) = decode_prefix_with(b"i-12eRAW", Limits::default()).unwrap();
         assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn errors_read_as_sentences_with_the_byte_where_they_were_seen() {
+        let shown = |b: &[u8]| decode(b).unwrap_err().to_string();
+        assert_eq!(shown(b"li1ei01ee"), "bad bencode at byte 6: a number with a leading zero (then '1')");
+        assert!(shown(b"x").starts_with("bad bencode at byte 0: unexpected 'x' where a value should start"));
+        assert!(shown(b"d1:ai1e").contains("ends in the middle of a value"), "{}", shown(b"d1:ai1e"));
+        assert_eq!(shown(b""), "bad bencode at byte 0: the data is empty");
+        assert_eq!(shown(b"i1ei2e"), "bad bencode at byte 3: more bytes after the end of the value");
+        for bad in [&b"i-0e"[..], b"di1ei2ee", b"e", b"9999999999999999999999:x", b"i1"] {
+            let text = shown(bad);
+            assert!(!text.contains("Error") && !text.contains('{') && !text.contains("offset"), "{text}");
+        }
     }
 }

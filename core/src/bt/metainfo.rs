@@ -175,9 +175,77 @@ pub struct MetainfoError {
     pub kind: MetainfoErrorKind,
 }
 
-impl fmt::Display for MetainfoError {
+impl fmt::Display for PathProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bad torrent at offset {}: {:?}", self.offset, self.kind)
+        f.write_str(match self {
+            PathProblem::NoComponents => "a file path with no components",
+            PathProblem::Empty => "an empty path component",
+            PathProblem::Dot => "a path component '.'",
+            PathProblem::DotDot => "a path component '..', which would climb out of the download directory",
+            PathProblem::Separator => "a path component containing '/' or '\\' (an absolute or hidden path)",
+            PathProblem::Nul => "a path component containing a NUL byte",
+            PathProblem::NotUtf8 => "a path component that is not UTF-8",
+            PathProblem::TooLong => "a path component longer than the limit",
+            PathProblem::TooManyComponents => "a file path with more components than the limit",
+        })
+    }
+}
+
+impl fmt::Display for MetainfoError {
+    /// A sentence for a person that says what is wrong and where, e.g. "the
+    /// info dictionary has no 'pieces' key (at byte 11)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use MetainfoErrorKind as K;
+        let at = self.offset;
+        match &self.kind {
+            // The inner offset is relative to the value it decoded; ours is
+            // into the whole input.
+            K::Bencode(e) => write!(f, "not a torrent file: bad bencode at byte {at}: {}", e.kind),
+            K::TooLarge => write!(f, "the torrent file is larger than the limit of {at} bytes"),
+            K::Missing("info") => f.write_str("not a torrent file: it has no 'info' dictionary"),
+            K::Missing(key @ ("name" | "piece length" | "pieces")) => {
+                write!(f, "the info dictionary (at byte {at}) has no '{key}' key")
+            }
+            K::Missing(key) => write!(f, "a file entry (at byte {at}) has no '{key}' key"),
+            K::Invalid("torrent is not a dictionary") => {
+                write!(f, "not a torrent file: expected a dictionary at byte {at}")
+            }
+            K::Invalid(what) => {
+                let wrong = match *what {
+                    "info is not a dictionary" => "'info' is not a dictionary",
+                    "length" => "a 'length' is not a non-negative integer",
+                    "name" => "'name' is not a byte string",
+                    "piece length" => "'piece length' is not an integer",
+                    "pieces" => "'pieces' is not a byte string",
+                    "announce-list" => "'announce-list' is not a list",
+                    "announce-list tier" => "a tier of 'announce-list' is not a list",
+                    "files" => "'files' is not a list",
+                    "files entry" => "an entry of 'files' is not a dictionary",
+                    "path" => "a file's 'path' is not a list",
+                    "path component" => "a file's path component is not a byte string",
+                    other => other,
+                };
+                write!(f, "{wrong} (at byte {at})")
+            }
+            K::BadPath(p) => write!(f, "unsafe file name: {p} (at byte {at})"),
+            K::BadPieceLength(n) => write!(f, "the piece length {n} is zero, negative or over the limit (at byte {at})"),
+            K::PiecesNotMultipleOf20(n) => {
+                write!(f, "'pieces' is {n} bytes long, not a whole number of 20-byte hashes (at byte {at})")
+            }
+            K::PieceCountMismatch { expected, found } => write!(
+                f,
+                "the torrent has {found} piece hashes but its length needs {expected} (at byte {at})"
+            ),
+            K::NoContent => write!(f, "the torrent's content is empty (info dictionary at byte {at})"),
+            K::TotalTooLarge => write!(f, "the content is larger than the limit (at byte {at})"),
+            K::TooManyFiles => write!(f, "the torrent lists more files than the limit (at byte {at})"),
+            K::AmbiguousLayout => write!(
+                f,
+                "the info dictionary (at byte {at}) needs either 'length' (one file) or 'files' (several), not both or neither"
+            ),
+            K::TooManyTrackers => write!(f, "the torrent lists more trackers than the limit (at byte {at})"),
+            K::UnsortedFiles => f.write_str("the files are not in sorted path order"),
+        }
     }
 }
 
@@ -822,5 +890,30 @@ impl TorrentBuilder {
         let bytes = top.to_bytes();
         let m = Metainfo::parse_with(&bytes, limits)?;
         Ok((bytes, m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(bytes: &[u8]) -> String {
+        Metainfo::parse(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_refused_torrent_says_what_is_wrong_and_where_in_words() {
+        assert_eq!(
+            shown(b"this is not bencode"),
+            "not a torrent file: bad bencode at byte 0: unexpected 't' where a value should start (i, l, d or a digit)"
+        );
+        assert_eq!(shown(b"le"), "not a torrent file: expected a dictionary at byte 0");
+        assert_eq!(shown(b"d8:announce3:urle"), "not a torrent file: it has no 'info' dictionary");
+        let no_pieces = b"d4:infod6:lengthi10e4:name1:f12:piece lengthi16384eee";
+        assert_eq!(shown(no_pieces), "the info dictionary (at byte 7) has no 'pieces' key");
+        let dotdot = b"d4:infod5:filesld6:lengthi1e4:pathl2:..eee4:name1:f12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
+        assert!(shown(dotdot).starts_with("unsafe file name: a path component '..'"), "{}", shown(dotdot));
+        let short = b"d4:infod6:lengthi40000e4:name1:f12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
+        assert!(shown(short).starts_with("the torrent has 1 piece hashes but its length needs 3"), "{}", shown(short));
     }
 }

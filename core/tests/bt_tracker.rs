@@ -216,3 +216,19 @@ fn a_scrape_url_carries_every_infohash_and_parses_back() {
     assert_eq!(parse_scrape_query(q).unwrap(), hs.to_vec());
     assert!(parse_scrape_query("info_hash=%zz").is_err());
 }
+
+#[test]
+fn tracker_errors_read_as_sentences_without_debug_output() {
+    use rumor_core::bt::tracker::parse_announce_response as decode_announce_response;
+    let e = decode_announce_response(b"d14:failure reason11:not allowede").unwrap_err();
+    assert_eq!(e.to_string(), "the tracker said: not allowed");
+    let e = decode_announce_response(b"i3e").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("missing or malformed"), "{text}");
+    let e = decode_announce_response(b"garbage").unwrap_err();
+    let text = e.to_string();
+    assert!(text.starts_with("the tracker's answer is not bencode"), "{text}");
+    for text in [text] {
+        assert!(!text.contains('{') && !text.contains("Kind"), "debug output in {text:?}");
+    }
+}

@@ -58,8 +58,31 @@ pub struct TrackerError {
 }
 
 impl fmt::Display for TrackerError {
+    /// A sentence for a person: "the tracker said: unregistered torrent",
+    /// "bad tracker answer at byte 12: the 'peers' key is malformed".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tracker error at offset {}: {:?}", self.offset, self.kind)
+        match &self.kind {
+            TrackerErrorKind::Failure(text) => write!(f, "the tracker said: {text}"),
+            TrackerErrorKind::Bencode(e) => write!(f, "the tracker's answer is not bencode: {e}"),
+            kind => write!(f, "bad tracker message at byte {}: {kind}", self.offset),
+        }
+    }
+}
+
+impl fmt::Display for TrackerErrorKind {
+    /// What is wrong, without the position (the error carries it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrackerErrorKind::Failure(text) => write!(f, "failure: {text}"),
+            TrackerErrorKind::Bencode(e) => write!(f, "{e}"),
+            TrackerErrorKind::Invalid(what) => write!(f, "{what}: missing or malformed"),
+            TrackerErrorKind::Truncated { need, got } => {
+                write!(f, "the packet is {got} bytes long where {need} are needed")
+            }
+            TrackerErrorKind::UnknownAction(n) => write!(f, "unknown UDP tracker action {n}"),
+            TrackerErrorKind::BadMagic => f.write_str("a UDP connect request without the protocol's magic number"),
+            TrackerErrorKind::TooMany(what) => write!(f, "more {what} than the limit allows"),
+        }
     }
 }
 
@@ -389,7 +412,7 @@ fn compact_peers(bytes: &[u8], v6: bool, out: &mut Vec<TrackerPeer>, at: usize) 
 /// unparsable address are skipped.
 pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
     let v = bencode::decode(body).map_err(|e| terr(e.offset, TrackerErrorKind::Bencode(e)))?;
-    let d = v.as_dict().ok_or(terr(0, TrackerErrorKind::Invalid("not a dictionary")))?;
+    let d = v.as_dict().ok_or(terr(0, TrackerErrorKind::Invalid("the top-level dictionary")))?;
     let off = |k: &str| match d.get_key_value(k.as_bytes()) {
         Some((std::borrow::Cow::Borrowed(b), _)) => bencode::offset_in(body, b),
         _ => 0,

@@ -194,7 +194,7 @@ struct Parked {
 /// [`Tracker::new`]). Outputs: [`Tracker::poll_output`], drained after
 /// every input until `Timeout`; the queue only holds what one input
 /// produced. Getters: [`Tracker::overlay`], [`Tracker::parked`],
-/// [`Tracker::stats`], [`Tracker::config`].
+/// [`Tracker::stats`], [`Tracker::config`], [`Tracker::check_invariants`].
 pub struct Tracker {
     config: Config,
     overlay: Overlay,
@@ -253,6 +253,16 @@ impl Tracker {
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Panics with a reason if a bound of the [`Config`] does not hold:
+    /// parked announces, torrents remembered as looked up, stops
+    /// remembered. For tests, the fuzzer and the simulator, after any step.
+    pub fn check_invariants(&self) {
+        assert!(self.parked.len() <= self.config.parked_max, "more announces parked than parked_max");
+        assert!(self.asked.len() <= self.config.parked_max, "more torrents remembered as asked than parked_max");
+        assert!(self.stopped.len() <= self.config.stopped_max, "more stops remembered than stopped_max");
+        assert!(self.stats.parked_peak <= self.config.parked_max, "the parked peak passed parked_max");
     }
 
     /// The next output. Drain until it returns `Output::Timeout`.

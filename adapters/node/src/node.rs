@@ -355,7 +355,7 @@ impl Node {
                 },
                 msg = inbound.recv().fuse() => {
                     if let Ok((from, bytes)) = msg {
-                        self.to_member(member::Input::Receive { from, bytes });
+                        self.feed_member(member::Input::Receive { from, bytes });
                     }
                 }
                 addrs = rt::recv_opt(&mut joins).fuse() => {
@@ -377,7 +377,7 @@ impl Node {
             }
         }
         // Say goodbye, give the frames a moment to leave, then flush disk.
-        self.to_member(member::Input::Command(member::Command::Leave));
+        self.feed_member(member::Input::Command(member::Command::Leave));
         rt::sleep(std::time::Duration::from_millis(100)).await;
         if let Some(p) = self.persister.take() {
             rt::spawn_blocking(move || p.shutdown()).await.ok();
@@ -395,7 +395,7 @@ impl Node {
         let fresh: Vec<PeerAddr> = addrs.into_iter().filter(|a| !known.contains(a)).collect();
         if !fresh.is_empty() {
             tracing::debug!(count = fresh.len(), "joining");
-            self.to_member(member::Input::Command(member::Command::Join(fresh)));
+            self.feed_member(member::Input::Command(member::Command::Join(fresh)));
         }
     }
 
@@ -420,14 +420,14 @@ impl Node {
     }
 
     /// Feeds one input to the member, then drives both machines.
-    fn to_member(&mut self, input: member::Input) {
+    fn feed_member(&mut self, input: member::Input) {
         let now = self.now();
         self.member.handle(now, input);
         self.drive(Vec::new(), Vec::new());
     }
 
     /// Feeds one input to the tracker, then drives both machines.
-    fn to_tracker(&mut self, input: tracker::Input) {
+    fn feed_tracker(&mut self, input: tracker::Input) {
         self.drive(Vec::new(), vec![input]);
     }
 
@@ -604,12 +604,12 @@ impl Node {
             Command::Write { puts, removes, reply } => {
                 let id = self.fresh_id();
                 self.writes.insert(id, reply);
-                self.to_member(member::Input::Command(member::Command::Write { id, puts, removes }));
+                self.feed_member(member::Input::Command(member::Command::Write { id, puts, removes }));
             }
             Command::DeleteName { name, reply } => {
                 let id = self.fresh_id();
                 self.writes.insert(id, reply);
-                self.to_member(member::Input::Command(member::Command::DeleteName { id, name }));
+                self.feed_member(member::Input::Command(member::Command::DeleteName { id, name }));
             }
             Command::List { name, reply } => {
                 let now_ms = self.clock.wall_ms();
@@ -627,12 +627,12 @@ impl Node {
             Command::Announce { req, from, reply } => {
                 let id = self.fresh_id();
                 self.answers.insert(id, reply);
-                self.to_tracker(tracker::Input::Announce { id, request: req, from });
+                self.feed_tracker(tracker::Input::Announce { id, request: req, from });
             }
             Command::Scrape { hashes, reply } => {
                 let id = self.fresh_id();
                 self.answers.insert(id, reply);
-                self.to_tracker(tracker::Input::Scrape { id, hashes });
+                self.feed_tracker(tracker::Input::Scrape { id, hashes });
             }
             Command::Providers { ih, reply } => {
                 let now_ms = self.clock.wall_ms();

@@ -12,7 +12,7 @@
 //! once that the peer keeps refusing its gossip.
 
 use crate::rt;
-use futures::AsyncWriteExt;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rumor_core::gossip::PeerAddr;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -118,6 +118,14 @@ impl GossipNet {
     }
 }
 
+/// What woke an outbound task.
+enum Wake {
+    /// A message to send, or the queue closed or idle.
+    Message(Option<Vec<u8>>),
+    /// The peer closed the connection (it never writes on it).
+    Closed,
+}
+
 async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
     let mut stream: Option<rt::TcpStream> = None;
     // Frames written on the current connection, and connections in a row
@@ -125,11 +133,43 @@ async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
     let mut written: u64 = 0;
     let mut quick_closes: u32 = 0;
     let mut warned = false;
+    let mut peer_closed = |written: u64| {
+        if written > QUICK_CLOSE_FRAMES {
+            quick_closes = 0;
+            return;
+        }
+        quick_closes += 1;
+        if quick_closes >= QUICK_CLOSES_WARN && !warned {
+            warned = true;
+            tracing::warn!(
+                "gossip to {addr} keeps failing: it closes our connections right after our first messages \
+                 (a different --cluster-key?)"
+            );
+        }
+    };
     loop {
-        let msg = match rt::timeout(IDLE, rx.recv()).await {
-            Ok(Ok(m)) => m,
+        let next = async { Wake::Message(rt::timeout(IDLE, rx.recv()).await.ok().and_then(Result::ok)) };
+        let wake = match stream.as_mut() {
+            // The peer never writes on a gossip connection: a read that
+            // ends means it closed (an unopenable frame, idle, restart).
+            Some(s) => {
+                let mut probe = [0u8; 1];
+                futures::select_biased! {
+                    w = next.fuse() => w,
+                    _ = s.read(&mut probe).fuse() => Wake::Closed,
+                }
+            }
+            None => next.await,
+        };
+        let msg = match wake {
+            Wake::Message(Some(m)) => m,
             // Idle, or the node dropped us: close.
-            _ => return,
+            Wake::Message(None) => return,
+            Wake::Closed => {
+                stream = None;
+                peer_closed(written);
+                continue;
+            }
         };
         if stream.is_none() {
             let connected = match rt::lookup_host(addr.clone()).await.ok().and_then(|a| a.into_iter().next()) {
@@ -154,23 +194,9 @@ async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
         if s.write_all(&frame).await.is_err() {
             // Reconnect for the next message; this one is lost.
             stream = None;
-            if written <= QUICK_CLOSE_FRAMES {
-                quick_closes += 1;
-                if quick_closes >= QUICK_CLOSES_WARN && !warned {
-                    warned = true;
-                    tracing::warn!(
-                        "gossip to {addr} keeps failing: it closes our connections right after our first \
-                         messages (a different --cluster-key?)"
-                    );
-                }
-            } else {
-                quick_closes = 0;
-            }
+            peer_closed(written);
         } else {
             written += 1;
-            if written > QUICK_CLOSE_FRAMES {
-                quick_closes = 0;
-            }
         }
     }
 }

@@ -176,6 +176,18 @@ pub struct NodeStats {
     pub gossip_rejected_values: u64,
     /// Propagation lag of remote writes (writer's clock to applied here).
     pub gossip_lag: Lag,
+    /// BitTorrent announces handled.
+    pub tracker_announces: u64,
+    /// Announces answered at once.
+    pub tracker_answered_at_once: u64,
+    /// Parked announces answered when their lookup ended.
+    pub tracker_answered_after_lookup: u64,
+    /// Parked announces answered at the park timeout.
+    pub tracker_answered_on_timeout: u64,
+    /// Announces parked now.
+    pub tracker_parked: u64,
+    /// Late announces after a stop that did not list the peer again.
+    pub tracker_late_after_stop: u64,
 }
 
 impl NodeStats {
@@ -698,6 +710,7 @@ impl Node {
     fn stats(&self) -> NodeStats {
         let s = self.authority.stats();
         let g = self.member.gossip().stats();
+        let t = self.tracker.stats();
         let view = self.member.view();
         NodeStats {
             node_id: format!("{:016x}", self.member.id()),
@@ -736,6 +749,12 @@ impl Node {
             gossip_full_transfers: g.full_transfers,
             gossip_rejected_values: self.member.rejected_remote(),
             gossip_lag: self.member.lag(),
+            tracker_announces: t.announces,
+            tracker_answered_at_once: t.answered_at_once,
+            tracker_answered_after_lookup: t.answered_after_lookup,
+            tracker_answered_on_timeout: t.answered_on_timeout,
+            tracker_parked: self.tracker.parked() as u64,
+            tracker_late_after_stop: t.late_after_stop,
             ..NodeStats::default()
         }
     }

@@ -274,9 +274,13 @@ pub struct Node {
     auth_warned: HashSet<std::net::IpAddr>,
     member_deadline: rumor_core::time::Instant,
     tracker_deadline: rumor_core::time::Instant,
-    /// Writes waiting for the member's answer, by token.
+    /// Writes waiting for the member's answer, by token. The member
+    /// answers every write within the same drive, so this only ever holds
+    /// the one being handled.
     writes: HashMap<u64, WriteReply>,
-    /// Announces and scrapes waiting for the tracker's answer, by token.
+    /// Announces and scrapes waiting for the tracker's answer, by token:
+    /// the parked ones (at most the tracker's `parked_max`, each answered
+    /// by its park timeout); every other is answered within its drive.
     answers: HashMap<u64, oneshot::Sender<Vec<u8>>>,
     next_id: u64,
     authority: Authority,

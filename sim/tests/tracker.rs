@@ -7,7 +7,7 @@
 use sim::tracker::{run, TrackerOpts};
 
 fn small(seed: u64) -> TrackerOpts {
-    TrackerOpts { nodes: 4, clients: 60, torrents: 5, duration_s: 150, seed, ..TrackerOpts::default() }
+    TrackerOpts { nodes: 3, clients: 40, torrents: 5, interval_s: 30, duration_s: 90, seed, ..TrackerOpts::default() }
 }
 
 #[test]

@@ -121,3 +121,41 @@ fn an_announce_the_local_overlay_can_answer_does_not_wait_for_the_network() {
     assert!(asked >= Duration::from_millis(400), "the first announce waited for the lookup: {asked:?}");
     assert!(local * 2 < asked, "the local answer did not wait: {local:?} against {asked:?}");
 }
+
+/// Regression: `rumor get --no-seed` announced `completed` and, on exit, a
+/// `stopped` on another connection a few microseconds later; the stop
+/// could be handled first, and the late `completed` listed the peer as a
+/// seeder again for two intervals.
+#[test]
+fn a_completed_announce_racing_its_stopped_does_not_leave_a_seeder() {
+    let dir = Scratch::new("tr-stop-race");
+    let n = TestNode::start(&dir.0, &[]);
+    let ih = InfoHash([0x44; 20]);
+    let listed = |port: u16| {
+        let (code, v) = n.get(&format!("/providers/{}", ih.to_hex()));
+        assert_eq!(code, 200);
+        v["providers"].as_array().unwrap().iter().any(|p| p["addr"].as_str().unwrap().ends_with(&format!(":{port}")))
+    };
+    // Both in flight at once, as the client sends them.
+    announce(&n, ih, 7201, 100, AnnounceEvent::Started);
+    assert!(listed(7201));
+    std::thread::scope(|s| {
+        s.spawn(|| announce(&n, ih, 7201, 0, AnnounceEvent::Completed));
+        s.spawn(|| announce(&n, ih, 7201, 0, AnnounceEvent::Stopped));
+    });
+    assert!(!listed(7201), "the stopped peer is still listed");
+    // The worst order, made certain: the stop is handled first.
+    announce(&n, ih, 7202, 100, AnnounceEvent::Started);
+    announce(&n, ih, 7202, 0, AnnounceEvent::Stopped);
+    announce(&n, ih, 7202, 0, AnnounceEvent::Completed);
+    assert!(!listed(7202), "a completed delivered after the stop listed the peer again");
+    // The completion still counts for scrape.
+    let url = scrape_request_url(&n.url("/scrape"), &[ih]);
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut ureq::get(&url).call().unwrap().into_reader(), &mut body).unwrap();
+    let s = parse_scrape_response(&body).unwrap()[&ih];
+    assert_eq!((s.complete, s.downloaded), (0, 2));
+    // A new session of the same peer is listed again.
+    announce(&n, ih, 7202, 0, AnnounceEvent::Started);
+    assert!(listed(7202));
+}

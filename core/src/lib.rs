@@ -15,6 +15,7 @@
 pub mod bt;
 pub mod dns;
 pub mod gossip;
+pub mod member;
 pub mod overlay;
 pub mod rand;
 pub mod replica;

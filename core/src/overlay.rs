@@ -8,6 +8,9 @@
 //!   [`Overlay`] index follows the store's change feed.
 //! - **lookup**: the freshest providers of an infohash, bounded.
 //!
+//! - **tracker**: the [`tracker`] machine answers BitTorrent announces and
+//!   scrapes from this index and turns them into provider writes.
+//!
 //! Key: infohash (20 bytes), then the provider's endpoint (16-byte IPv6 or
 //! IPv4-mapped address, 2-byte port): one entry per provider per torrent.
 //! Value: a versioned postcard [`Provider`].
@@ -18,6 +21,8 @@ use crate::time::UnixMillis;
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+
+pub mod tracker;
 
 /// Most providers indexed per torrent; the stalest go first past it.
 pub const PROVIDERS_PER_TORRENT_MAX: usize = 4096;
@@ -79,7 +84,8 @@ fn parse_snatch_key(key: &[u8]) -> Option<(InfoHash, SocketAddr)> {
     parse_key(&k)
 }
 
-fn parse_key(key: &[u8]) -> Option<(InfoHash, SocketAddr)> {
+/// The torrent and endpoint a provider key names, if it is one.
+pub(crate) fn parse_key(key: &[u8]) -> Option<(InfoHash, SocketAddr)> {
     if key.len() != 38 {
         return None;
     }
@@ -169,10 +175,7 @@ impl Overlay {
             if e.deleted {
                 self.unsnatch(&ih, addr);
             } else {
-                let set = self.snatches.entry(ih).or_default();
-                if set.len() < PROVIDERS_PER_TORRENT_MAX * 4 {
-                    set.insert(addr);
-                }
+                self.snatch(ih, addr);
             }
             return;
         }
@@ -183,17 +186,29 @@ impl Overlay {
             return;
         }
         match provider_of(e) {
-            Some((ih, p)) => {
-                let set = self.torrents.entry(ih).or_default();
-                set.insert(p.addr, p);
-                if set.len() > PROVIDERS_PER_TORRENT_MAX {
-                    let stalest = set.values().min_by_key(|p| p.announced_ms).map(|p| p.addr);
-                    if let Some(a) = stalest {
-                        set.remove(&a);
-                    }
-                }
-            }
+            Some((ih, p)) => self.insert(ih, p),
             None => self.rejected += 1,
+        }
+    }
+
+    /// Indexes `p` as a provider of `ih` (the tracker does this for its own
+    /// writes at once, before the store's change feed confirms them).
+    pub(crate) fn insert(&mut self, ih: InfoHash, p: Provider) {
+        let set = self.torrents.entry(ih).or_default();
+        set.insert(p.addr, p);
+        if set.len() > PROVIDERS_PER_TORRENT_MAX {
+            let stalest = set.values().min_by_key(|p| p.announced_ms).map(|p| p.addr);
+            if let Some(a) = stalest {
+                set.remove(&a);
+            }
+        }
+    }
+
+    /// Records that the peer at `addr` completed `ih`.
+    pub(crate) fn snatch(&mut self, ih: InfoHash, addr: SocketAddr) {
+        let set = self.snatches.entry(ih).or_default();
+        if set.len() < PROVIDERS_PER_TORRENT_MAX * 4 {
+            set.insert(addr);
         }
     }
 
@@ -206,7 +221,8 @@ impl Overlay {
         }
     }
 
-    fn remove(&mut self, ih: &InfoHash, addr: SocketAddr) {
+    /// Forgets the provider at `addr` of `ih`.
+    pub(crate) fn remove(&mut self, ih: &InfoHash, addr: SocketAddr) {
         if let Some(set) = self.torrents.get_mut(ih) {
             set.remove(&addr);
             if set.is_empty() {
@@ -272,7 +288,7 @@ mod tests {
             key: Bytes::from(provider_key(&ih, p.addr)),
             value: Bytes::from(provider_value(p)),
             writer,
-            version: crate::replica::Version(p.announced_ms << 16),
+            version: crate::replica::Version::new(p.announced_ms, 0),
             expires_ms: p.expires_ms,
             deleted: false,
         }

@@ -6,4 +6,5 @@
 pub mod chaos;
 pub mod spread;
 pub mod swarm;
+pub mod tracker;
 pub mod world;

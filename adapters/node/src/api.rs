@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::channel::oneshot;
 use rumor_core::dns::{Name, RType};
+use rumor_core::member::WriteError as Refusal;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -117,8 +118,8 @@ async fn write(
     }
     match rx.await.map_err(|_| gone())? {
         Ok(report) => Ok(report),
-        Err(WriteError::Conflict(m)) => Err(ApiError(StatusCode::CONFLICT, m)),
-        Err(WriteError::Refused(m)) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, m)),
+        Err(WriteError::Refused(Refusal::Conflict(m))) => Err(ApiError(StatusCode::CONFLICT, m)),
+        Err(WriteError::Refused(Refusal::Refused(m))) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, m)),
         Err(WriteError::Storage(m)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, m)),
     }
 }

@@ -1,7 +1,7 @@
 //! The command line shared by every adapter's binary: `node`, `dns`,
 //! `create`, `get`, `seed`.
 
-use crate::{api, bt, clock, cluster, dns_cli, dns_udp, gossip_net, node, persist, rt};
+use crate::{api, bt, clock, dns_cli, dns_udp, gossip_net, node, persist, rt};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use rumor_core::dns::{Authority, AuthorityConfig, Name, Zone};
 use std::net::SocketAddr;
@@ -280,15 +280,13 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         tracing::info!(entries = loaded.entries.len(), dir = %args.data.display(), "data loaded");
         (Some(p), loaded)
     };
-    let cluster = cluster::Cluster::new(
-        gossip_config,
-        loaded.node_id,
+    let mut member = rumor_core::member::Member::new(
+        rumor_core::member::Config { gossip: gossip_config, node_id: loaded.node_id },
         clock.both(),
         node::os_random(),
-        loaded.entries,
-        loaded.incarnation,
     );
-    let initial: Vec<_> = cluster.view().live(clock.wall_ms()).into_iter().cloned().collect();
+    member.restore(loaded.entries, loaded.incarnation);
+    let initial: Vec<_> = member.view().live(clock.wall_ms()).into_iter().cloned().collect();
     let udp = std::net::UdpSocket::bind(args.dns).map_err(|e| format!("cannot bind DNS UDP {}: {e}", args.dns))?;
     let udp_reader = udp.try_clone().map_err(|e| e.to_string())?;
     let tcp = rt::bind_tcp(args.dns).map_err(|e| format!("cannot bind DNS TCP {}: {e}", args.dns))?;
@@ -314,10 +312,13 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot start the DNS UDP thread: {e}"))?;
     let (inbound_tx, inbound_rx) = async_channel::bounded(node::INBOUND_MAX);
     let (joins_tx, joins_rx) = async_channel::bounded(4);
-    let node_id = cluster.gossip().id();
+    let node_id = member.id();
+    let closer = gossip_net::Closer::new();
     let (node, handle, rx) = node::Node::new(node::NodeParts {
         clock,
-        cluster,
+        member,
+        advertise: advertise.clone(),
+        closer: closer.clone(),
         authority: Authority::new(authority_config),
         udp_reply: udp,
         view: Some(udp_server.control.clone()),
@@ -333,7 +334,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     tracing::info!(dns = %args.dns, api = %args.api, gossip = %args.gossip, %advertise, node = format!("{node_id:016x}"), runtime = rt::runtime().name(), "rumor node up");
     let node_task = rt::spawn(node.run(rx, shutdown_rx.clone()));
     let tcp_task = rt::spawn(node::serve_tcp(tcp, handle.clone(), shutdown_rx.clone()));
-    let gossip_task = rt::spawn(gossip_net::listen(gossip_listener, inbound_tx, frame_max + 4, shutdown_rx.clone()));
+    let gossip_task =
+        rt::spawn(gossip_net::listen_closing(gossip_listener, inbound_tx, frame_max + 4, shutdown_rx.clone(), closer));
     let join_task = rt::spawn(node::resolve_joins(args.join.clone(), joins_tx, shutdown_rx.clone()));
     let state = api::ApiState {
         node: handle,

@@ -3,11 +3,19 @@
 //! keeps a connection and a bounded queue (gossip tolerates loss, so a full
 //! queue drops); one task per inbound connection reads frames, refusing any
 //! longer than the machine's message limit.
+//!
+//! A wrong cluster key is told on both sides, once per peer. The receiving
+//! node's member reports gossip no key opens; the node then asks the
+//! [`Closer`] to close that connection. The sender learns nothing from
+//! sealed gossip, but sees its connections closed right after its first
+//! frames: after [`QUICK_CLOSES_WARN`] such connections in a row, it warns
+//! once that the peer keeps refusing its gossip.
 
 use crate::rt;
-use futures::AsyncWriteExt;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rumor_core::gossip::PeerAddr;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Messages waiting per peer; more are dropped.
@@ -21,8 +29,47 @@ const IDLE: Duration = Duration::from_secs(60);
 /// How long a connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A connection the peer closed after at most this many of our frames was
+/// closed "at once" (the receiver closes after the first frame it cannot
+/// open; the next write or two still reach the kernel before the reset).
+const QUICK_CLOSE_FRAMES: u64 = 4;
+/// Connections closed at once in a row before the sender warns.
+pub const QUICK_CLOSES_WARN: u32 = 3;
+/// Connections marked for closing and not yet closed; past it the oldest
+/// marks are forgotten (those connections then stay until idle).
+const CLOSING_MAX: usize = 1024;
+
 /// A message that arrived: the peer's socket address and the bytes.
 pub type Inbound = (PeerAddr, Vec<u8>);
+
+/// Marks inbound connections (by the `from` of their [`Inbound`]s) to be
+/// closed before their next frame is handed on: the node does this for a
+/// peer whose gossip no key of ours opens. Cheap to clone; shared between
+/// the node and the listener.
+#[derive(Clone, Default)]
+pub struct Closer(Arc<Mutex<HashSet<String>>>);
+
+impl Closer {
+    /// A closer with nothing marked.
+    pub fn new() -> Closer {
+        Closer::default()
+    }
+
+    /// Marks the connection `from` for closing.
+    pub fn close(&self, from: &PeerAddr) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= CLOSING_MAX {
+            set.clear();
+        }
+        set.insert(from.0.clone());
+    }
+
+    /// True (once) if `from` was marked.
+    fn take(&self, from: &PeerAddr) -> bool {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        !set.is_empty() && set.remove(&from.0)
+    }
+}
 
 /// Outbound side: a queue per peer address.
 pub struct GossipNet {
@@ -71,13 +118,58 @@ impl GossipNet {
     }
 }
 
+/// What woke an outbound task.
+enum Wake {
+    /// A message to send, or the queue closed or idle.
+    Message(Option<Vec<u8>>),
+    /// The peer closed the connection (it never writes on it).
+    Closed,
+}
+
 async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
     let mut stream: Option<rt::TcpStream> = None;
+    // Frames written on the current connection, and connections in a row
+    // the peer closed right after our first frames.
+    let mut written: u64 = 0;
+    let mut quick_closes: u32 = 0;
+    let mut warned = false;
+    let mut peer_closed = |written: u64| {
+        if written > QUICK_CLOSE_FRAMES {
+            quick_closes = 0;
+            return;
+        }
+        quick_closes += 1;
+        if quick_closes >= QUICK_CLOSES_WARN && !warned {
+            warned = true;
+            tracing::warn!(
+                "gossip to {addr} keeps failing: it closes our connections right after our first messages \
+                 (a different --cluster-key?)"
+            );
+        }
+    };
     loop {
-        let msg = match rt::timeout(IDLE, rx.recv()).await {
-            Ok(Ok(m)) => m,
+        let next = async { Wake::Message(rt::timeout(IDLE, rx.recv()).await.ok().and_then(Result::ok)) };
+        let wake = match stream.as_mut() {
+            // The peer never writes on a gossip connection: a read that
+            // ends means it closed (an unopenable frame, idle, restart).
+            Some(s) => {
+                let mut probe = [0u8; 1];
+                futures::select_biased! {
+                    w = next.fuse() => w,
+                    _ = s.read(&mut probe).fuse() => Wake::Closed,
+                }
+            }
+            None => next.await,
+        };
+        let msg = match wake {
+            Wake::Message(Some(m)) => m,
             // Idle, or the node dropped us: close.
-            _ => return,
+            Wake::Message(None) => return,
+            Wake::Closed => {
+                stream = None;
+                peer_closed(written);
+                continue;
+            }
         };
         if stream.is_none() {
             let connected = match rt::lookup_host(addr.clone()).await.ok().and_then(|a| a.into_iter().next()) {
@@ -85,7 +177,10 @@ async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
                 None => Ok(Err(std::io::Error::other("cannot resolve"))),
             };
             match connected {
-                Ok(Ok(s)) => stream = Some(s),
+                Ok(Ok(s)) => {
+                    stream = Some(s);
+                    written = 0;
+                }
                 _ => {
                     tracing::trace!(%addr, "gossip connect failed; message dropped");
                     continue;
@@ -99,6 +194,9 @@ async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
         if s.write_all(&frame).await.is_err() {
             // Reconnect for the next message; this one is lost.
             stream = None;
+            peer_closed(written);
+        } else {
+            written += 1;
         }
     }
 }
@@ -110,11 +208,27 @@ pub async fn listen(
     frame_max: usize,
     shutdown: rt::Shutdown,
 ) {
+    listen_closing(listener, inbound, frame_max, shutdown, Closer::new()).await
+}
+
+/// [`listen`], closing the connections `closer` marks.
+pub async fn listen_closing(
+    listener: Box<dyn rt::TcpListener>,
+    inbound: async_channel::Sender<Inbound>,
+    frame_max: usize,
+    shutdown: rt::Shutdown,
+    closer: Closer,
+) {
     crate::net::accept_bounded(listener, INBOUND_MAX, "gossip", shutdown, |mut stream, peer| {
         let inbound = inbound.clone();
+        let closer = closer.clone();
         async move {
             let from = PeerAddr(peer.to_string());
             while let Some(frame) = crate::net::read_frame::<4>(&mut stream, frame_max, IDLE).await {
+                if closer.take(&from) {
+                    tracing::debug!(%peer, "closing a gossip connection whose messages no key opens");
+                    return;
+                }
                 if inbound.send((from.clone(), frame)).await.is_err() {
                     return;
                 }

@@ -3,15 +3,16 @@
 //!
 //! The protocol logic lives in `rumor-core` as pure state machines; this
 //! crate drives them: it owns sockets, disks and timers through the
-//! runtime seam, and holds everything the adapters share (the node's
-//! drain loop, record and piece storage, configuration, the HTTP handlers,
-//! the command line). An adapter crate only implements [`rt::Runtime`] for
+//! runtime seam, and holds everything the adapters share (the node task,
+//! which drives the core's member and tracker machines; record and piece
+//! storage, configuration, the HTTP handlers, the command line). An adapter crate only implements [`rt::Runtime`] for
 //! its runtime and calls [`main`].
 
 mod api;
 mod bt;
 mod cli;
 mod clock;
+/// A wrapper over the core's member machine, for the overlay client only.
 mod cluster;
 mod dns_cli;
 mod dns_udp;

@@ -77,5 +77,17 @@ pub fn render(s: &NodeStats) -> String {
     o.value("gossip_convergence_lag_ms_count", &[], s.gossip_lag.count);
     o.one("gossip_convergence_lag_max_ms", "gauge", "The largest convergence lag seen, ms.", s.gossip_lag.max_ms);
     o.one("gossip_convergence_lag_last_ms", "gauge", "The last convergence lag seen, ms.", s.gossip_lag.last_ms);
+    o.one("tracker_announces_total", "counter", "BitTorrent announces handled.", s.tracker_announces);
+    o.family("tracker_answered_total", "counter", "Announces answered, by when.");
+    o.value("tracker_answered_total", &[("when", "at_once")], s.tracker_answered_at_once);
+    o.value("tracker_answered_total", &[("when", "after_lookup")], s.tracker_answered_after_lookup);
+    o.value("tracker_answered_total", &[("when", "park_timeout")], s.tracker_answered_on_timeout);
+    o.one("tracker_parked", "gauge", "Announces waiting on a providers lookup now.", s.tracker_parked);
+    o.one(
+        "tracker_late_after_stop_total",
+        "counter",
+        "Announces delivered after the same peer's stop, not listing it again.",
+        s.tracker_late_after_stop,
+    );
     o.0
 }

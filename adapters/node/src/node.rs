@@ -1,21 +1,26 @@
-//! The node task: it owns the cluster member (gossip machine, replicated
-//! store, DNS view) — one task, one owner, no lock. It takes API writes,
-//! TCP queries and lists as commands, gossip frames from the network, and
-//! timer ticks; it carries out what the member asks (send, persist, mirror
-//! to the UDP thread) and forwards what the authority hands on.
+//! The node task: it owns the node's two core machines, the member
+//! ([`rumor_core::member::Member`]: gossip, replicated store, DNS view) and
+//! the tracker ([`rumor_core::overlay::tracker::Tracker`]) — one task, one
+//! owner, no lock. It takes API writes, TCP queries, announces and lists as
+//! commands, gossip frames from the network, and timer ticks; feeds each to
+//! a machine and drains both (the tracker's gossip commands go to the
+//! member, the member's provider changes and lookup ends to the tracker);
+//! then it carries out the outputs: sends, persistence, mirroring to the
+//! UDP thread, answers.
 
 use crate::clock::Clock;
-use crate::cluster::{Cluster, Effect};
-pub use crate::cluster::{WriteError, WriteReport};
-use crate::dns_udp::{Control, ForwardRequest};
-use crate::gossip_net::{GossipNet, Inbound};
-use crate::persist::{Op, Persister};
+use crate::dns_udp::{Control, ForwardRequest, ViewUpdate};
+use crate::gossip_net::{Closer, GossipNet, Inbound};
+use crate::persist::Persister;
 use crate::rt;
 use futures::channel::oneshot;
 use rumor_core::dns::forward::{ForwardAction, Forwarder, ForwarderConfig};
 use rumor_core::dns::{Authority, Name, RRset, RType, Transport, Verdict};
-use rumor_core::gossip::{MemberState, Now, PeerAddr};
-use std::collections::HashMap;
+use rumor_core::gossip::{DecodeError, MemberState, Now, PeerAddr};
+use rumor_core::member::{self, Member, Persist, ViewChange};
+pub use rumor_core::member::{Lag, WriteReport};
+use rumor_core::overlay::tracker::{self, Tracker};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -23,6 +28,15 @@ use std::sync::Arc;
 pub const COMMANDS_MAX: usize = 1024;
 /// Gossip frames waiting for the node task; readers wait when it is full.
 pub const INBOUND_MAX: usize = 4096;
+
+/// Why a write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// The member refused it (a DNS rule, a store limit).
+    Refused(member::WriteError),
+    /// Applied in memory, but the disk write failed.
+    Storage(String),
+}
 
 /// Reply channel of a write.
 pub type WriteReply = oneshot::Sender<Result<WriteReport, WriteError>>;
@@ -161,7 +175,19 @@ pub struct NodeStats {
     /// Remote DNS entries whose value could not be read.
     pub gossip_rejected_values: u64,
     /// Propagation lag of remote writes (writer's clock to applied here).
-    pub gossip_lag: crate::cluster::Lag,
+    pub gossip_lag: Lag,
+    /// BitTorrent announces handled.
+    pub tracker_announces: u64,
+    /// Announces answered at once.
+    pub tracker_answered_at_once: u64,
+    /// Parked announces answered when their lookup ended.
+    pub tracker_answered_after_lookup: u64,
+    /// Parked announces answered at the park timeout.
+    pub tracker_answered_on_timeout: u64,
+    /// Announces parked now.
+    pub tracker_parked: u64,
+    /// Late announces after a stop that did not list the peer again.
+    pub tracker_late_after_stop: u64,
 }
 
 impl NodeStats {
@@ -208,8 +234,13 @@ enum Client {
 pub struct NodeParts {
     /// The clock.
     pub clock: Clock,
-    /// The cluster member.
-    pub cluster: Cluster,
+    /// The cluster member, restored from the data directory.
+    pub member: Member,
+    /// This node's gossip address, as peers reach it.
+    pub advertise: String,
+    /// Tells the gossip listener to close a connection whose frames no key
+    /// opens.
+    pub closer: Closer,
     /// The authority (for TCP queries).
     pub authority: Authority,
     /// The DNS UDP socket, to answer forwarded queries.
@@ -235,7 +266,23 @@ pub struct NodeParts {
 /// Everything the node task owns.
 pub struct Node {
     clock: Clock,
-    cluster: Cluster,
+    member: Member,
+    tracker: Tracker,
+    advertise: String,
+    closer: Closer,
+    /// Peers (by IP) already warned about for gossip no key opens.
+    auth_warned: HashSet<std::net::IpAddr>,
+    member_deadline: rumor_core::time::Instant,
+    tracker_deadline: rumor_core::time::Instant,
+    /// Writes waiting for the member's answer, by token. The member
+    /// answers every write within the same drive, so this only ever holds
+    /// the one being handled.
+    writes: HashMap<u64, WriteReply>,
+    /// Announces and scrapes waiting for the tracker's answer, by token:
+    /// the parked ones (at most the tracker's `parked_max`, each answered
+    /// by its park timeout); every other is answered within its drive.
+    answers: HashMap<u64, oneshot::Sender<Vec<u8>>>,
+    next_id: u64,
     authority: Authority,
     udp_reply: std::net::UdpSocket,
     view: Option<std::sync::mpsc::Sender<Control>>,
@@ -248,30 +295,32 @@ pub struct Node {
     net: GossipNet,
     inbound: async_channel::Receiver<Inbound>,
     joins: Option<async_channel::Receiver<Vec<PeerAddr>>>,
-    tracker_interval_s: u32,
-    /// Announces waiting on a providers lookup, by lookup id.
-    parked: HashMap<u32, Parked>,
-    /// When each torrent was last looked up.
-    lookups_asked: HashMap<rumor_core::bt::metainfo::InfoHash, rumor_core::time::Instant>,
-    next_lookup_id: u32,
 }
 
-/// An announce waiting for a lookup: the request, the peer, the reply.
-type Parked = (rumor_core::bt::tracker::AnnounceRequest, SocketAddr, oneshot::Sender<Vec<u8>>);
-
-/// Announces parked at once; past it they are answered at once.
-const PARKED_MAX: usize = 1024;
-/// A torrent with no known provider is asked about at most this often.
-const LOOKUP_AGAIN: rumor_core::time::Duration = rumor_core::time::Duration::from_secs(30);
+/// Peers remembered as warned about a wrong cluster key; past it the set
+/// starts over (a warning may then repeat).
+const AUTH_WARNED_MAX: usize = 1024;
 
 impl Node {
     /// Builds the node and its command channel.
     pub fn new(parts: NodeParts) -> (Node, NodeHandle, async_channel::Receiver<Command>) {
         let (tx, rx) = async_channel::bounded(COMMANDS_MAX);
         let seed = os_random();
+        let now = parts.clock.both();
+        let mut tracker = Tracker::new(tracker::Config::new(parts.tracker_interval_s), now);
+        tracker.restore(parts.member.store().live(rumor_core::replica::Namespace::PROVIDERS, now.wall_ms));
         let node = Node {
             clock: parts.clock,
-            cluster: parts.cluster,
+            member: parts.member,
+            tracker,
+            advertise: parts.advertise,
+            closer: parts.closer,
+            auth_warned: HashSet::new(),
+            member_deadline: now.at,
+            tracker_deadline: now.at,
+            writes: HashMap::new(),
+            answers: HashMap::new(),
+            next_id: 0,
             authority: parts.authority,
             udp_reply: parts.udp_reply,
             view: parts.view,
@@ -286,16 +335,12 @@ impl Node {
             net: GossipNet::new(parts.frame_max),
             inbound: parts.inbound,
             joins: Some(parts.joins),
-            tracker_interval_s: parts.tracker_interval_s,
-            parked: HashMap::new(),
-            lookups_asked: HashMap::new(),
-            next_lookup_id: 0,
         };
         (node, NodeHandle { tx }, rx)
     }
 
     fn now(&self) -> Now {
-        Now { at: self.clock.now(), wall_ms: self.clock.wall_ms() }
+        self.clock.both()
     }
 
     /// Runs until `shutdown` fires or every handle is dropped.
@@ -306,7 +351,7 @@ impl Node {
         let mut joins = self.joins.take();
         let inbound = self.inbound.clone();
         // Whatever restoring the store produced (sends, persistence).
-        self.apply_effects(None);
+        self.drive(Vec::new(), Vec::new());
         loop {
             let deadline = self.next_deadline();
             let upstream = self.forwarder.as_ref().map(|f| f.1.clone());
@@ -326,9 +371,7 @@ impl Node {
                 },
                 msg = inbound.recv().fuse() => {
                     if let Ok((from, bytes)) = msg {
-                        let now = self.now();
-                        self.cluster.receive(now, from, bytes);
-                        self.apply_effects(None);
+                        self.feed_member(member::Input::Receive { from, bytes });
                     }
                 }
                 addrs = rt::recv_opt(&mut joins).fuse() => {
@@ -350,9 +393,7 @@ impl Node {
             }
         }
         // Say goodbye, give the frames a moment to leave, then flush disk.
-        let now = self.now();
-        self.cluster.leave(now);
-        self.apply_effects(None);
+        self.feed_member(member::Input::Command(member::Command::Leave));
         rt::sleep(std::time::Duration::from_millis(100)).await;
         if let Some(p) = self.persister.take() {
             rt::spawn_blocking(move || p.shutdown()).await.ok();
@@ -361,28 +402,21 @@ impl Node {
 
     /// Joins the addresses that are not already live members.
     fn join(&mut self, addrs: Vec<PeerAddr>) {
-        let known: std::collections::HashSet<String> = self
-            .cluster
+        let known: HashSet<&PeerAddr> = self
+            .member
             .members()
-            .into_iter()
             .filter(|(_, _, st)| matches!(st, MemberState::Alive | MemberState::Suspect))
             .map(|(_, a, _)| a)
             .collect();
-        let fresh: Vec<PeerAddr> = addrs.into_iter().filter(|a| !known.contains(&a.0)).collect();
+        let fresh: Vec<PeerAddr> = addrs.into_iter().filter(|a| !known.contains(a)).collect();
         if !fresh.is_empty() {
             tracing::debug!(count = fresh.len(), "joining");
-            let now = self.now();
-            self.cluster.join(now, fresh);
-            self.apply_effects(None);
+            self.feed_member(member::Input::Command(member::Command::Join(fresh)));
         }
     }
 
     fn next_deadline(&self) -> std::time::Instant {
-        let mut at = self.clock.std_instant(self.cluster.next_timeout());
-        if let Some(exp_ms) = self.cluster.view().next_expiry() {
-            let wait = exp_ms.saturating_sub(self.clock.wall_ms());
-            at = at.min(std::time::Instant::now() + std::time::Duration::from_millis(wait));
-        }
+        let mut at = self.clock.std_instant(self.member_deadline.min(self.tracker_deadline));
         if let Some(t) = self.forwarder.as_ref().and_then(|f| f.0.poll_timeout()) {
             at = at.min(self.clock.std_instant(t));
         }
@@ -391,8 +425,9 @@ impl Node {
 
     fn on_timer(&mut self) {
         let now = self.now();
-        self.cluster.timeout(now);
-        self.apply_effects(None);
+        self.member.handle(now, member::Input::Timeout);
+        self.tracker.handle(now, tracker::Input::Timeout);
+        self.drive(Vec::new(), Vec::new());
         if let Some((fwd, _, _)) = self.forwarder.as_mut() {
             for (client, bytes) in fwd.on_timeout(now.at) {
                 self.reply_to(client, bytes);
@@ -400,29 +435,135 @@ impl Node {
         }
     }
 
-    /// Carries out what the cluster member asked; persistence ops go to
-    /// disk together, and `ack` runs once they are durable.
-    fn apply_effects(&mut self, ack: Option<crate::persist::Ack>) {
-        let mut ops: Vec<Op> = Vec::new();
-        while let Some(effect) = self.cluster.poll_effect() {
-            match effect {
-                Effect::Send(to, bytes) => self.net.send(&to, bytes),
-                Effect::Persist(op) => ops.push(op),
-                Effect::Mirror(update) => {
-                    if let Some(v) = &self.view {
-                        let _ = v.send(Control::Update(update));
+    /// Feeds one input to the member, then drives both machines.
+    fn feed_member(&mut self, input: member::Input) {
+        let now = self.now();
+        self.member.handle(now, input);
+        self.drive(Vec::new(), Vec::new());
+    }
+
+    /// Feeds one input to the tracker, then drives both machines.
+    fn feed_tracker(&mut self, input: tracker::Input) {
+        self.drive(Vec::new(), vec![input]);
+    }
+
+    /// Drains both machines until neither has more to say, passing the
+    /// tracker's gossip commands to the member and the member's provider
+    /// changes and lookup ends to the tracker; carries out the rest. The
+    /// persistence it collects goes to disk together, and the writes that
+    /// ended are acknowledged once it is durable.
+    fn drive(&mut self, mut to_member: Vec<member::Command>, mut to_tracker: Vec<tracker::Input>) {
+        let mut ops: Vec<Persist> = Vec::new();
+        let mut done: Vec<(WriteReply, WriteReport)> = Vec::new();
+        loop {
+            let now = self.now();
+            for c in to_member.drain(..) {
+                self.member.handle(now, member::Input::Command(c));
+            }
+            loop {
+                match self.member.poll_output() {
+                    member::Output::Transmit(t) => self.net.send(&t.to, t.bytes),
+                    member::Output::Persist(p) => ops.push(p),
+                    member::Output::Event(e) => self.member_event(e, &mut to_tracker, &mut done),
+                    member::Output::Timeout(at) => {
+                        self.member_deadline = at;
+                        break;
                     }
                 }
-                Effect::Member(what) => tracing::info!("{what}"),
-                Effect::LookupDone(id, found) => self.lookup_done(id, found),
+            }
+            for input in to_tracker.drain(..) {
+                self.tracker.handle(now, input);
+            }
+            loop {
+                match self.tracker.poll_output() {
+                    tracker::Output::Gossip(c) => to_member.push(member::Command::Gossip(c)),
+                    tracker::Output::Event(tracker::Event::Answer { id, body }) => {
+                        if let Some(tx) = self.answers.remove(&id) {
+                            let _ = tx.send(body);
+                        }
+                    }
+                    tracker::Output::Timeout(at) => {
+                        self.tracker_deadline = at;
+                        break;
+                    }
+                }
+            }
+            if to_member.is_empty() && to_tracker.is_empty() {
+                break;
             }
         }
         match &self.persister {
-            Some(p) if !ops.is_empty() || ack.is_some() => p.submit(ops, ack),
+            Some(p) if !ops.is_empty() || !done.is_empty() => {
+                let ack: Option<crate::persist::Ack> = (!done.is_empty()).then(|| {
+                    Box::new(move |stored: Result<(), String>| {
+                        for (reply, report) in done {
+                            let _ = reply.send(stored.clone().map(|()| report).map_err(WriteError::Storage));
+                        }
+                    }) as crate::persist::Ack
+                });
+                p.submit(ops, ack);
+            }
             _ => {
-                if let Some(ack) = ack {
-                    ack(Ok(()));
+                for (reply, report) in done {
+                    let _ = reply.send(Ok(report));
                 }
+            }
+        }
+    }
+
+    fn member_event(
+        &mut self,
+        e: member::Event,
+        to_tracker: &mut Vec<tracker::Input>,
+        done: &mut Vec<(WriteReply, WriteReport)>,
+    ) {
+        match e {
+            member::Event::View(change) => {
+                if let Some(v) = &self.view {
+                    let update = match change {
+                        ViewChange::Put(set) => ViewUpdate::Put(set),
+                        ViewChange::Remove(name, rtype) => ViewUpdate::Remove(name, rtype),
+                    };
+                    let _ = v.send(Control::Update(update));
+                }
+            }
+            member::Event::Written { id, result } => {
+                if let Some(reply) = self.writes.remove(&id) {
+                    match result {
+                        // Whatever did apply is still persisted and spread.
+                        Err(e) => {
+                            let _ = reply.send(Err(WriteError::Refused(e)));
+                        }
+                        Ok(report) => done.push((reply, report)),
+                    }
+                }
+            }
+            member::Event::MemberUp { id, addr } => tracing::info!("member {id:016x} at {} is up", addr.0),
+            member::Event::MemberDown { id, addr } => tracing::info!("member {id:016x} at {} is down", addr.0),
+            member::Event::LookupDone { id, found } => {
+                tracing::debug!(id, found, "providers lookup done");
+                to_tracker.push(tracker::Input::LookupDone { id });
+            }
+            member::Event::Providers(change) => to_tracker.push(tracker::Input::Store(change)),
+            member::Event::Dropped { from, reason: DecodeError::Auth } => {
+                // The sender learns nothing from a sealed reply, so the
+                // connection is closed: its transport notices and says so.
+                self.closer.close(&from);
+                let ip = from.0.parse::<SocketAddr>().map(|a| a.ip()).ok();
+                if let Some(ip) = ip {
+                    if self.auth_warned.len() >= AUTH_WARNED_MAX {
+                        self.auth_warned.clear();
+                    }
+                    if self.auth_warned.insert(ip) {
+                        tracing::warn!(
+                            "gossip from {ip} cannot be opened with our cluster key (a different --cluster-key?); \
+                             its connections are closed and further refusals only counted (gossip_dropped_auth)"
+                        );
+                    }
+                }
+            }
+            member::Event::Dropped { from, reason } => {
+                tracing::debug!(from = %from.0, "gossip message dropped: {reason:?}");
             }
         }
     }
@@ -469,34 +610,26 @@ impl Node {
         }
     }
 
-    fn finish_write(&mut self, result: Result<WriteReport, WriteError>, reply: WriteReply) {
-        match result {
-            Err(e) => {
-                // Whatever did apply is still persisted and spread.
-                self.apply_effects(None);
-                let _ = reply.send(Err(e));
-            }
-            Ok(report) => self.apply_effects(Some(Box::new(move |stored: Result<(), String>| {
-                let _ = reply.send(stored.map(|()| report).map_err(WriteError::Storage));
-            }))),
-        }
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
     }
 
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Write { puts, removes, reply } => {
-                let now = self.now();
-                let result = self.cluster.write(now, puts, removes);
-                self.finish_write(result, reply);
+                let id = self.fresh_id();
+                self.writes.insert(id, reply);
+                self.feed_member(member::Input::Command(member::Command::Write { id, puts, removes }));
             }
             Command::DeleteName { name, reply } => {
-                let now = self.now();
-                let result = self.cluster.delete_name(now, &name);
-                self.finish_write(result, reply);
+                let id = self.fresh_id();
+                self.writes.insert(id, reply);
+                self.feed_member(member::Input::Command(member::Command::DeleteName { id, name }));
             }
             Command::List { name, reply } => {
                 let now_ms = self.clock.wall_ms();
-                let view = self.cluster.view();
+                let view = self.member.view();
                 let sets = match name {
                     Some(n) => view.rrsets_at(&n, now_ms).cloned().collect(),
                     None => view.live(now_ms).into_iter().cloned().collect(),
@@ -507,132 +640,47 @@ impl Node {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
-            Command::Announce { req, from, reply } => self.announce(req, from, reply),
+            Command::Announce { req, from, reply } => {
+                let id = self.fresh_id();
+                self.answers.insert(id, reply);
+                self.feed_tracker(tracker::Input::Announce { id, request: req, from });
+            }
             Command::Scrape { hashes, reply } => {
-                let _ = reply.send(self.scrape(hashes));
+                let id = self.fresh_id();
+                self.answers.insert(id, reply);
+                self.feed_tracker(tracker::Input::Scrape { id, hashes });
             }
             Command::Providers { ih, reply } => {
                 let now_ms = self.clock.wall_ms();
-                let _ = reply.send((self.cluster.overlay().lookup(&ih, now_ms, usize::MAX, None), now_ms));
+                let _ = reply.send((self.tracker.overlay().lookup(&ih, now_ms, usize::MAX, None), now_ms));
             }
             Command::Members { reply } => {
-                let me = self.cluster.gossip().id();
+                let me = self.member.id();
                 let mut members: Vec<MemberView> = self
-                    .cluster
+                    .member
                     .members()
-                    .into_iter()
                     .map(|(id, addr, st)| MemberView {
                         id: format!("{id:016x}"),
-                        addr,
+                        addr: addr.0.clone(),
                         state: state_name(st),
                         me: false,
                     })
                     .collect();
-                members.push(MemberView { id: format!("{me:016x}"), addr: String::new(), state: "alive", me: true });
+                members.push(MemberView {
+                    id: format!("{me:016x}"),
+                    addr: self.advertise.clone(),
+                    state: "alive",
+                    me: true,
+                });
                 members.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(members);
             }
         }
     }
 
-    /// Records the announcing peer in the overlay and answers with other
-    /// providers of the torrent, cluster-wide. When the overlay knows no
-    /// other provider, a few members are asked first (a node that just
-    /// joined may not hold them yet) and the answer waits for their reply,
-    /// at most the gossip lookup timeout; a torrent is asked about at most
-    /// once per [`LOOKUP_AGAIN`].
-    fn announce(
-        &mut self,
-        req: rumor_core::bt::tracker::AnnounceRequest,
-        from: std::net::IpAddr,
-        reply: oneshot::Sender<Vec<u8>>,
-    ) {
-        use rumor_core::bt::tracker::AnnounceEvent;
-        /// How long a completed download is remembered for scrape.
-        const SNATCH_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
-        let now = self.now();
-        let interval = self.tracker_interval_s;
-        let addr = SocketAddr::new(from, req.port);
-        let provider = rumor_core::overlay::Provider {
-            addr,
-            peer_id: Some(req.peer_id),
-            seeder: req.left == 0,
-            announced_ms: now.wall_ms,
-            // Two missed announces and a margin, then the peer is gone.
-            expires_ms: now.wall_ms + (2 * interval as u64 + 30) * 1000,
-        };
-        let stopped = req.event == AnnounceEvent::Stopped;
-        let completed = req.event == AnnounceEvent::Completed;
-        self.cluster.announce(now, &req.info_hash, provider, stopped, completed, SNATCH_TTL_MS);
-        self.apply_effects(None);
-        let alone = self.cluster.overlay().lookup(&req.info_hash, now.wall_ms, 1, Some(addr)).is_empty();
-        let asked_recently = self.lookups_asked.get(&req.info_hash).is_some_and(|at| now.at < *at + LOOKUP_AGAIN);
-        if stopped || !alone || asked_recently || self.parked.len() >= PARKED_MAX {
-            let _ = reply.send(self.announce_response(&req, addr));
-            return;
-        }
-        if self.lookups_asked.len() >= PARKED_MAX {
-            self.lookups_asked.retain(|_, at| now.at < *at + LOOKUP_AGAIN);
-        }
-        self.lookups_asked.insert(req.info_hash, now.at);
-        self.next_lookup_id = self.next_lookup_id.wrapping_add(1);
-        let id = self.next_lookup_id;
-        self.parked.insert(id, (req.clone(), addr, reply));
-        self.cluster.lookup_providers(now, id, &req.info_hash);
-        self.apply_effects(None);
-    }
-
-    /// A providers lookup ended: answer the announce that waited on it.
-    fn lookup_done(&mut self, id: u32, found: usize) {
-        if let Some((req, addr, reply)) = self.parked.remove(&id) {
-            tracing::debug!(infohash = %req.info_hash.to_hex(), found, "providers lookup done");
-            let _ = reply.send(self.announce_response(&req, addr));
-        }
-    }
-
-    fn announce_response(&self, req: &rumor_core::bt::tracker::AnnounceRequest, addr: SocketAddr) -> Vec<u8> {
-        use rumor_core::bt::tracker::{encode_announce_response, AnnounceEvent, AnnounceResponse, TrackerPeer};
-        /// Peers sent when the client does not say how many it wants.
-        const NUMWANT_DEFAULT: u32 = 50;
-        let now_ms = self.clock.wall_ms();
-        let interval = self.tracker_interval_s;
-        let overlay = self.cluster.overlay();
-        let want = req.numwant.unwrap_or(NUMWANT_DEFAULT) as usize;
-        let peers = if req.event == AnnounceEvent::Stopped {
-            Vec::new()
-        } else {
-            overlay.lookup(&req.info_hash, now_ms, want, Some(addr))
-        };
-        let counts = overlay.counts(&req.info_hash, now_ms);
-        let response = AnnounceResponse {
-            interval,
-            min_interval: Some((interval / 4).max(1)),
-            complete: Some(counts.seeders),
-            incomplete: Some(counts.leechers),
-            peers: peers.iter().map(|p| TrackerPeer { addr: p.addr, peer_id: p.peer_id }).collect(),
-            ..AnnounceResponse::default()
-        };
-        encode_announce_response(&response, req.compact)
-    }
-
-    fn scrape(&self, hashes: Vec<rumor_core::bt::metainfo::InfoHash>) -> Vec<u8> {
-        use rumor_core::bt::tracker::{encode_scrape_response, ScrapeStats};
-        let now_ms = self.clock.wall_ms();
-        let overlay = self.cluster.overlay();
-        let files = hashes
-            .into_iter()
-            .take(rumor_core::overlay::LOOKUP_MAX)
-            .map(|ih| {
-                let c = overlay.counts(&ih, now_ms);
-                (ih, ScrapeStats { complete: c.seeders, incomplete: c.leechers, downloaded: overlay.downloaded(&ih) })
-            })
-            .collect();
-        encode_scrape_response(&files)
-    }
-
     fn tcp_query(&mut self, bytes: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>>) {
         let now_ms = self.clock.wall_ms();
-        match self.authority.handle_query(&bytes, Transport::Tcp, self.cluster.view(), now_ms) {
+        match self.authority.handle_query(&bytes, Transport::Tcp, self.member.view(), now_ms) {
             Verdict::Reply(r) => {
                 let _ = reply.send(Some(r));
             }
@@ -665,27 +713,28 @@ impl Node {
 
     fn stats(&self) -> NodeStats {
         let s = self.authority.stats();
-        let g = self.cluster.gossip().stats();
-        let view = self.cluster.view();
+        let g = self.member.gossip().stats();
+        let t = self.tracker.stats();
+        let view = self.member.view();
         NodeStats {
-            node_id: format!("{:016x}", self.cluster.gossip().id()),
+            node_id: format!("{:016x}", self.member.id()),
             names: view.name_count(),
             rrsets: view.rrset_count(),
-            entries: self.cluster.gossip().store().len(),
-            members_live: self.cluster.gossip().live_members(),
+            entries: self.member.store().len(),
+            members_live: self.member.gossip().live_members(),
             members_by_state: {
                 let mut m = std::collections::BTreeMap::new();
                 for st in ["alive", "suspect", "dead", "left"] {
                     m.insert(st, 0);
                 }
-                for (_, _, st) in self.cluster.members() {
+                for (_, _, st) in self.member.members() {
                     *m.entry(state_name(st)).or_default() += 1;
                 }
                 m
             },
             tombstones: {
                 let now_ms = self.clock.wall_ms();
-                self.cluster.gossip().store().entries().filter(|e| !e.is_live(now_ms)).count()
+                self.member.store().entries().filter(|e| !e.is_live(now_ms)).count()
             },
             dns_by_rcode: s.by_rcode.iter().map(|(k, v)| (k.name(), *v)).collect(),
             dns_by_qtype: s.by_qtype.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -702,8 +751,14 @@ impl Node {
             gossip_dropped_queue: self.net.dropped,
             gossip_entries_applied: g.entries_applied,
             gossip_full_transfers: g.full_transfers,
-            gossip_rejected_values: self.cluster.rejected_remote(),
-            gossip_lag: self.cluster.lag(),
+            gossip_rejected_values: self.member.rejected_remote(),
+            gossip_lag: self.member.lag(),
+            tracker_announces: t.announces,
+            tracker_answered_at_once: t.answered_at_once,
+            tracker_answered_after_lookup: t.answered_after_lookup,
+            tracker_answered_on_timeout: t.answered_on_timeout,
+            tracker_parked: self.tracker.parked() as u64,
+            tracker_late_after_stop: t.late_after_stop,
             ..NodeStats::default()
         }
     }

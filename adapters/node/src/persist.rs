@@ -2,7 +2,8 @@
 //! and tombstones, all namespaces) plus the node's identity. One thread
 //! writes, with group commit: every write waiting when a transaction starts
 //! goes into it, and each writer is told only once its write is durable,
-//! so an acknowledged write survives a SIGKILL.
+//! so an acknowledged write survives a SIGKILL. What it writes is the
+//! member machine's [`Persist`] output, in order.
 
 use redb::{Database, ReadableTable, TableDefinition};
 use rumor_core::replica::{Entry, Namespace};
@@ -14,23 +15,15 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Most jobs folded into one transaction.
 const BATCH_MAX: usize = 4096;
 
-/// One change to persist.
-#[derive(Debug)]
-pub enum Op {
-    /// Store (or replace) an entry, tombstones included.
-    Put(Entry),
-    /// Forget a collected key.
-    Remove(Namespace, bytes::Bytes),
-    /// Remember the node's incarnation.
-    Incarnation(u64),
-}
+// One change to persist: the member machine's persistence output.
+use rumor_core::member::Persist;
 
 /// Something to run once the operations before it are durable (`Ok`) or
 /// have failed to be written (`Err` with the reason).
 pub type Ack = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 enum Job {
-    Ops(Vec<Op>, Option<Ack>),
+    Ops(Vec<Persist>, Option<Ack>),
     Stop,
 }
 
@@ -99,7 +92,7 @@ pub fn open(dir: &Path, fresh_node_id: u64) -> Result<(Persister, Loaded), Strin
 
 impl Persister {
     /// Queues `ops`; `ack` runs once they are durable.
-    pub fn submit(&self, ops: Vec<Op>, ack: Option<Ack>) {
+    pub fn submit(&self, ops: Vec<Persist>, ack: Option<Ack>) {
         if let Err(mpsc::SendError(Job::Ops(_, Some(ack)))) = self.tx.send(Job::Ops(ops, ack)) {
             ack(Err("the persistence thread is gone".into()));
         }
@@ -151,19 +144,19 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
 }
 
 /// Writes `ops` in one durable transaction.
-fn commit(db: &Database, ops: Vec<Op>) -> Result<(), String> {
+fn commit(db: &Database, ops: Vec<Persist>) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
         let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
         for op in ops {
             match op {
-                Op::Put(e) => {
+                Persist::Put(e) => {
                     let bytes = postcard::to_stdvec(&e).map_err(|e| e.to_string())?;
                     table.insert(key(e.ns, &e.key).as_slice(), bytes.as_slice()).map(drop)
                 }
-                Op::Remove(ns, k) => table.remove(key(ns, &k).as_slice()).map(drop),
-                Op::Incarnation(n) => meta.insert("incarnation", n).map(drop),
+                Persist::Remove(ns, k) => table.remove(key(ns, &k).as_slice()).map(drop),
+                Persist::Incarnation(n) => meta.insert("incarnation", n).map(drop),
             }
             .map_err(|e| e.to_string())?;
         }

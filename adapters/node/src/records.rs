@@ -95,8 +95,7 @@ impl RecordView {
 
 /// A name as users write it: no trailing dot.
 pub fn display_name(name: &Name) -> String {
-    let s = name.to_string();
-    s.strip_suffix('.').map(str::to_owned).filter(|s| !s.is_empty()).unwrap_or(s)
+    rumor_core::member::display_name(name)
 }
 
 /// Parses and checks a host-style name: labels of letters, digits, `-`

@@ -1,0 +1,278 @@
+//! The member machine: writes and deletes under the DNS rules, the DNS
+//! view and its changes, persistence as an output, lag, refusals; two
+//! members wired on virtual time for what crosses the network.
+
+use core::net::Ipv4Addr;
+
+use bytes::Bytes;
+use rumor_core::dns::{Name, RData, RRset, RType};
+use rumor_core::gossip::{self, Keyring, Now, PeerAddr};
+use rumor_core::member::{Command, Config, Event, Input, Member, Output, Persist, ViewChange, WriteError, WriteReport};
+use rumor_core::replica::{Change, Namespace, StoreConfig};
+use rumor_core::time::{Duration, Instant};
+
+const WALL0: u64 = 1_700_000_000_000;
+
+fn now_at(us: u64) -> Now {
+    Now { at: Instant::ZERO + Duration::from_micros(us), wall_ms: WALL0 + us / 1000 }
+}
+
+fn config(i: u64) -> Config {
+    Config { gossip: gossip::Config::new(PeerAddr(format!("n{i}")), Keyring::new(1, [9; 32])), node_id: 100 + i }
+}
+
+fn member(i: u64) -> Member {
+    Member::new(config(i), now_at(0), 7 + i)
+}
+
+fn a(name: &str, ip: u8) -> RRset {
+    RRset {
+        owner: Name::from_ascii(name).unwrap(),
+        rtype: RType::A,
+        ttl: 60,
+        expires_at_ms: u64::MAX,
+        data: vec![RData::A(Ipv4Addr::new(10, 0, 0, ip))],
+    }
+}
+
+fn cname(name: &str, target: &str) -> RRset {
+    RRset {
+        owner: Name::from_ascii(name).unwrap(),
+        rtype: RType::CNAME,
+        ttl: 60,
+        expires_at_ms: u64::MAX,
+        data: vec![RData::Cname(Name::from_ascii(target).unwrap())],
+    }
+}
+
+/// Every output of one drain; asserts it ends with a timeout, and returns
+/// that too.
+fn drain(m: &mut Member) -> (Vec<Output>, Instant) {
+    let mut out = Vec::new();
+    for _ in 0..100_000 {
+        match m.poll_output() {
+            Output::Timeout(at) => return (out, at),
+            o => out.push(o),
+        }
+    }
+    panic!("the drain never reached its timeout");
+}
+
+fn written(out: &[Output]) -> Result<WriteReport, WriteError> {
+    let results: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Written { result, .. }) => Some(result.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "one write result per write: {out:?}");
+    results[0].clone()
+}
+
+fn write(m: &mut Member, at_us: u64, id: u64, puts: Vec<RRset>, removes: Vec<(Name, RType)>) -> Vec<Output> {
+    m.handle(now_at(at_us), Input::Command(Command::Write { id, puts, removes }));
+    drain(m).0
+}
+
+#[test]
+fn a_write_goes_into_the_view_is_persisted_and_reported_before_its_result() {
+    let mut m = member(0);
+    drain(&mut m);
+    let out = write(&mut m, 1_000, 1, vec![a("www.example", 1)], Vec::new());
+    assert_eq!(written(&out), Ok(WriteReport { inserted: 1, replaced: 0, removed: 0 }));
+    let put = out.iter().position(|o| matches!(o, Output::Persist(Persist::Put(e)) if e.ns == Namespace::DNS));
+    let view = out.iter().position(|o| matches!(o, Output::Event(Event::View(ViewChange::Put(_)))));
+    let result = out.iter().position(|o| matches!(o, Output::Event(Event::Written { id: 1, .. })));
+    assert!(put.is_some() && view.is_some());
+    assert!(put < result, "the persist comes before the result it acknowledges");
+    let name = Name::from_ascii("WWW.example").unwrap();
+    assert!(m.view().get(&name, RType::A, WALL0 + 1).is_some(), "the view ignores case");
+    // Again: a replacement.
+    let out = write(&mut m, 2_000, 2, vec![a("www.example", 2)], Vec::new());
+    assert_eq!(written(&out), Ok(WriteReport { inserted: 0, replaced: 1, removed: 0 }));
+}
+
+#[test]
+fn deleting_a_name_removes_every_set_and_persists_tombstones() {
+    let mut m = member(0);
+    let mut aaaa = a("host.example", 1);
+    aaaa.rtype = RType::AAAA;
+    aaaa.data = vec![RData::Aaaa("2001:db8::1".parse().unwrap())];
+    write(&mut m, 1_000, 1, vec![a("host.example", 1), aaaa], Vec::new());
+    m.handle(
+        now_at(2_000),
+        Input::Command(Command::DeleteName { id: 2, name: Name::from_ascii("host.example").unwrap() }),
+    );
+    let (out, _) = drain(&mut m);
+    assert_eq!(written(&out), Ok(WriteReport { inserted: 0, replaced: 0, removed: 2 }));
+    let removed = out.iter().filter(|o| matches!(o, Output::Event(Event::View(ViewChange::Remove(..))))).count();
+    let tombstones = out.iter().filter(|o| matches!(o, Output::Persist(Persist::Put(e)) if e.deleted)).count();
+    assert_eq!((removed, tombstones), (2, 2));
+    assert_eq!(m.view().rrset_count(), 0);
+    // Removing what is not there removes nothing and writes nothing.
+    let out = write(&mut m, 3_000, 3, Vec::new(), vec![(Name::from_ascii("nothing.example").unwrap(), RType::A)]);
+    assert_eq!(written(&out), Ok(WriteReport::default()));
+    assert!(!out.iter().any(|o| matches!(o, Output::Persist(_))));
+}
+
+#[test]
+fn a_cname_beside_other_data_is_refused_and_changes_nothing() {
+    let mut m = member(0);
+    write(&mut m, 1_000, 1, vec![a("alias.example", 1)], Vec::new());
+    let out = write(&mut m, 2_000, 2, vec![cname("alias.example", "target.example")], Vec::new());
+    match written(&out) {
+        Err(WriteError::Conflict(msg)) => {
+            assert!(msg.starts_with("alias.example already has A data"), "{msg}")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(!out.iter().any(|o| matches!(o, Output::Persist(_) | Output::Transmit(_))));
+    // Replacing the A by the CNAME in one write is fine.
+    let out = write(
+        &mut m,
+        3_000,
+        3,
+        vec![cname("alias.example", "target.example")],
+        vec![(Name::from_ascii("alias.example").unwrap(), RType::A)],
+    );
+    assert_eq!(written(&out), Ok(WriteReport { inserted: 1, replaced: 0, removed: 1 }));
+}
+
+#[test]
+fn a_write_over_a_store_limit_is_refused_with_a_sentence() {
+    let mut c = config(0);
+    c.gossip.store = StoreConfig { value_bytes_max: 8, ..StoreConfig::default() };
+    let mut m = Member::new(c, now_at(0), 1);
+    let out = write(&mut m, 1_000, 1, vec![a("big.example", 1)], Vec::new());
+    match written(&out) {
+        Err(WriteError::Refused(msg)) => {
+            assert!(msg.starts_with("the replicated store refused big.example A"), "{msg}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(m.view().rrset_count(), 0);
+}
+
+#[test]
+fn an_expiring_set_wakes_the_member_and_leaves_the_view_on_time() {
+    let mut m = member(0);
+    let mut set = a("brief.example", 1);
+    set.expires_at_ms = WALL0 + 5_000;
+    write(&mut m, 1_000, 1, vec![set], Vec::new());
+    let (_, at) = drain(&mut m);
+    // The gossip rounds come sooner; the expiry is never later than due.
+    assert!(at <= Instant::ZERO + Duration::from_millis(5_000));
+    let mut t = at;
+    let mut removed = false;
+    while t <= Instant::ZERO + Duration::from_millis(6_000) && !removed {
+        m.handle(now_at(t.as_micros()), Input::Timeout);
+        let (out, next) = drain(&mut m);
+        removed = out.iter().any(|o| matches!(o, Output::Event(Event::View(ViewChange::Remove(..)))));
+        assert!(next > t || removed, "the deadline moves on");
+        t = next;
+    }
+    assert!(removed, "the set left the view");
+    assert_eq!(m.view().rrset_count(), 0);
+}
+
+#[test]
+fn a_restore_rebuilds_the_view_and_persists_the_next_incarnation() {
+    let mut m = member(0);
+    let out = write(&mut m, 1_000, 1, vec![a("kept.example", 1)], Vec::new());
+    let entries: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Persist(Persist::Put(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut again = Member::new(config(0), now_at(10_000), 2);
+    drain(&mut again);
+    again.restore(entries, 4);
+    let (out, _) = drain(&mut again);
+    assert!(out.contains(&Output::Persist(Persist::Incarnation(5))), "{out:?}");
+    assert_eq!(again.view().rrset_count(), 1);
+    // A fresh directory is no earlier run: nothing to persist.
+    let mut fresh = member(1);
+    fresh.restore(Vec::new(), 0);
+    assert!(!drain(&mut fresh).0.iter().any(|o| matches!(o, Output::Persist(_))));
+}
+
+#[test]
+fn provider_writes_pass_through_to_gossip_and_come_back_as_provider_changes() {
+    let mut m = member(0);
+    let write = gossip::Command::Write {
+        ns: Namespace::PROVIDERS,
+        key: Bytes::from_static(b"some-provider-key"),
+        value: Bytes::from_static(b"v"),
+        expires_ms: 0,
+    };
+    m.handle(now_at(1_000), Input::Command(Command::Gossip(write)));
+    let (out, _) = drain(&mut m);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Event(Event::Providers(Change::Applied(e))) if e.ns == Namespace::PROVIDERS)));
+    assert!(out.iter().any(|o| matches!(o, Output::Persist(Persist::Put(_)))));
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::View(_)))));
+    // A lookup with no member to ask ends at once.
+    let lookup = gossip::Command::Lookup { id: 9, ns: Namespace::PROVIDERS, prefix: Bytes::new() };
+    m.handle(now_at(2_000), Input::Command(Command::Gossip(lookup)));
+    assert!(drain(&mut m).0.contains(&Output::Event(Event::LookupDone { id: 9, found: 0 })));
+}
+
+/// Two members on virtual time; B's wall clock runs `skew_ms` behind.
+fn run_pair(a: &mut Member, b: &mut Member, from_us: u64, to_us: u64, skew_ms: u64) {
+    let mut t = from_us;
+    let mut inflight: Vec<(u64, usize, PeerAddr, Vec<u8>)> = Vec::new();
+    let mut deadlines = [Instant::ZERO; 2];
+    while t < to_us {
+        for (i, m) in [&mut *a, &mut *b].into_iter().enumerate() {
+            let now = Now { at: now_at(t).at, wall_ms: now_at(t).wall_ms - if i == 1 { skew_ms } else { 0 } };
+            let mut delivered = Vec::new();
+            inflight.retain(|(at, to, from, bytes)| {
+                if *to == i && *at <= t {
+                    delivered.push((from.clone(), bytes.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+            for (from, bytes) in delivered {
+                m.handle(now, Input::Receive { from, bytes });
+            }
+            if deadlines[i] <= now.at {
+                m.handle(now, Input::Timeout);
+            }
+            loop {
+                match m.poll_output() {
+                    Output::Transmit(tx) => {
+                        let to = if tx.to.0 == "n0" { 0 } else { 1 };
+                        inflight.push((t + 2_000, to, PeerAddr(format!("n{i}")), tx.bytes));
+                    }
+                    Output::Timeout(at) => {
+                        deadlines[i] = at;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        t += 1_000;
+    }
+}
+
+#[test]
+fn a_write_on_one_member_reaches_the_other_s_view_and_its_lag_is_measured() {
+    let (mut one, mut two) = (member(0), member(1));
+    two.handle(now_at(0), Input::Command(Command::Join(vec![PeerAddr("n0".into())])));
+    run_pair(&mut one, &mut two, 0, 3_000_000, 0);
+    assert_eq!(two.members().filter(|m| m.2 == gossip::MemberState::Alive).count(), 1);
+    write(&mut one, 3_000_000, 1, vec![a("first.example", 1), a("second.example", 2)], Vec::new());
+    run_pair(&mut one, &mut two, 3_000_000, 5_000_000, 0);
+    assert_eq!(two.view().rrset_count(), 2);
+    let lag = two.lag();
+    assert_eq!(lag.count, 2, "{lag:?}");
+    assert!(lag.max_ms >= 2 && lag.max_ms < 1_000, "{lag:?}");
+    assert_eq!(one.lag().count, 0, "own writes are not measured");
+}

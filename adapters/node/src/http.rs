@@ -259,10 +259,8 @@ async fn read_body(
     let collect = async {
         let mut buf: Vec<u8> = Vec::new();
         loop {
-            let frame = futures::future::poll_fn(|cx| {
-                hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
-            })
-            .await;
+            let frame =
+                futures::future::poll_fn(|cx| hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)).await;
             let Some(frame) = frame else { break };
             let Ok(data) = frame.map_err(BodyRefused::Broken)?.into_data() else { continue };
             if buf.len() + data.len() > max {

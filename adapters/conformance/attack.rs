@@ -202,12 +202,18 @@ fn an_empty_or_short_api_token_is_refused_at_start_by_every_command() {
 }
 
 #[test]
-fn a_node_with_a_token_and_no_cluster_key_refuses_to_start() {
+fn a_node_with_a_token_or_a_join_and_no_cluster_key_refuses_to_start() {
     let ports = loopback_ports();
     let got = exit_of(&node_args(&ports, &["--api-token", TOKEN]), &[], Duration::from_secs(5));
     let (code, err) = got.expect("the node refuses at once");
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cluster key") && err.contains("--insecure-dev-cluster"), "{err}");
+    // Nor does a node that joins others without their key: it would make
+    // one of its own and never get in.
+    let got = exit_of(&node_args(&ports, &["--join", "127.0.0.1:9"]), &[], Duration::from_secs(5));
+    let (code, err) = got.expect("the node refuses at once");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--join needs the cluster's key"), "{err}");
     // Told so explicitly, it runs (and a token with a key, of course).
     let dev = TestNode::solo("attack-dev", &["--api-token", TOKEN, "--insecure-dev-cluster"]);
     assert_eq!(dev.get("/health").0, 200);

@@ -218,8 +218,9 @@ fn check_api_token(token: &str) -> Result<(), String> {
 }
 
 /// Refuses a node that protects its API with a token but leaves its gossip
-/// open: without a cluster key of its own, whoever joins its gossip writes
-/// the records the token guards.
+/// open (without a cluster key of its own, whoever joins its gossip writes
+/// the records the token guards), and a node that joins others with no
+/// key (it would make one of its own, which no one else has).
 fn check_node_key(args: &NodeArgs) -> Result<(), String> {
     let keyless = args.cluster_key.iter().all(|k| k.trim().is_empty()) && args.cluster_key_file.is_none();
     if args.api_token.is_some() && keyless && !args.insecure_dev_cluster {
@@ -228,6 +229,14 @@ fn check_node_key(args: &NodeArgs) -> Result<(), String> {
              could write the records the token protects. Give --cluster-key HEX (e.g. $(openssl rand -hex 32)) \
              or --cluster-key-file PATH, the same on every node; or --insecure-dev-cluster for a throwaway cluster",
             args.gossip
+        ));
+    }
+    let own_key = !args.ephemeral && args.data.join(KEY_FILE).exists();
+    if !args.join.is_empty() && keyless && !own_key && !args.insecure_dev_cluster {
+        return Err(format!(
+            "--join needs the cluster's key: give --cluster-key HEX or --cluster-key-file PATH (a node started \
+             without one keeps the key it made in its data directory's {KEY_FILE}); a key of this node's own \
+             would never open what the others send"
         ));
     }
     Ok(())

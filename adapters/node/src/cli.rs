@@ -546,8 +546,30 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::get_target;
+    use super::{check_api_token, get_target, own_key};
     use std::path::Path;
+
+    #[test]
+    fn an_empty_a_blank_or_a_short_token_is_refused_and_sixteen_characters_pass() {
+        assert!(check_api_token("").unwrap_err().contains("empty"));
+        assert!(check_api_token("                ").unwrap_err().contains("empty"));
+        assert!(check_api_token("s3cret").unwrap_err().contains("6 characters long"));
+        assert!(check_api_token("0123456789abcde").is_err());
+        assert_eq!(check_api_token("0123456789abcdef"), Ok(()));
+    }
+
+    #[test]
+    fn a_made_cluster_key_is_private_and_read_back_the_same_next_time() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rumor-own-key-{}", std::process::id()));
+        let path = dir.join("data").join("cluster.key");
+        let made = own_key(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(own_key(&path).unwrap(), made);
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(own_key(&path).unwrap_err().contains("does not hold a cluster key"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_39_digit_infohash_is_a_bad_infohash_and_a_good_one_passes() {

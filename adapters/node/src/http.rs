@@ -367,3 +367,31 @@ impl hyper::rt::Timer for RtTimer {
         *sleep = self.sleep_until(new_deadline);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_connection_waiting_longest_on_its_client_gives_way_and_a_busy_one_never() {
+        let slots = Arc::new(Slots::default());
+        let tick = || std::thread::sleep(std::time::Duration::from_millis(2));
+        let (oldest, mut oldest_closed) = slots.open();
+        tick();
+        let (busy, mut busy_closed) = slots.open();
+        let (_young, mut young_closed) = slots.open();
+        tick();
+        oldest.busy();
+        oldest.waiting(); // back to waiting: now younger than `busy` and `young`
+        busy.busy();
+        assert!(slots.close_longest_waiting());
+        assert_eq!(young_closed.try_recv(), Ok(Some(())), "the longest waiting goes first");
+        assert!(slots.close_longest_waiting());
+        assert_eq!(oldest_closed.try_recv(), Ok(Some(())));
+        assert!(!slots.close_longest_waiting(), "a connection with a handler at work stays");
+        assert_eq!(busy_closed.try_recv(), Ok(None));
+        busy.close();
+        assert!(!slots.lock().open.contains_key(&busy.id), "a connection's entry goes with it");
+    }
+}

@@ -7,6 +7,11 @@ use common::*;
 use std::net::UdpSocket;
 use std::time::Duration;
 
+/// An API token (a node refuses one under 16 characters).
+const TOKEN: &str = "dns-node-test-token-0123";
+/// A node with a token needs a cluster key.
+const KEY: &str = "646e73206e6f646520746573742063757374657220206b65792c203332206279";
+
 #[test]
 fn the_seed_example_works_with_curl_style_posts_and_dig() {
     let node = TestNode::solo("seed", &[]);
@@ -189,11 +194,11 @@ fn bad_requests_get_400_with_a_json_error_and_change_nothing() {
 
 #[test]
 fn a_token_guards_writes_but_not_reads() {
-    let node = TestNode::solo("token", &["--api-token", "s3cret"]);
+    let node = TestNode::solo("token", &["--api-token", TOKEN, "--cluster-key", KEY]);
     let body = r#"{"name":"t.local","ips":["10.0.0.9"],"ttl":60}"#;
     assert_eq!(node.post("/add", body).0, 401);
     assert_eq!(node.post_with("/add", body, Some("wrong")).0, 401);
-    assert_eq!(node.post_with("/add", body, Some("s3cret")).0, 200);
+    assert_eq!(node.post_with("/add", body, Some(TOKEN)).0, 200);
     assert_eq!(node.get("/list").0, 200);
 }
 
@@ -351,13 +356,13 @@ fn the_dns_cli_tells_a_node_that_is_not_running_from_a_host_that_does_not_resolv
 
 #[test]
 fn dns_add_takes_api_token_like_every_command_and_still_the_old_token_flag() {
-    let node = TestNode::solo("cli-token", &["--api-token", "s3cret"]);
+    let node = TestNode::solo("cli-token", &["--api-token", TOKEN, "--cluster-key", KEY]);
     let api = node.api.to_string();
     let add =
         |name: &str, extra: &[&str]| rumor_output(&[&["dns", "add", name, "10.0.0.21", "--api", &api], extra].concat());
-    let o = add("new.local", &["--api-token", "s3cret"]);
+    let o = add("new.local", &["--api-token", TOKEN]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = add("old.local", &["--token", "s3cret"]);
+    let o = add("old.local", &["--token", TOKEN]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = add("none.local", &[]);
     assert!(!o.status.success());

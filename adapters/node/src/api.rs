@@ -20,9 +20,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// Largest request body.
-const BODY_MAX_BYTES: usize = 4 << 20;
-
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -71,7 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/providers/{infohash}", get(providers))
         .fallback(no_such_path)
         .method_not_allowed_fallback(no_such_method)
-        .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
+        .layer(DefaultBodyLimit::max(crate::http::BODY_MAX_BYTES))
         .with_state(state)
 }
 

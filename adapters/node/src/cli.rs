@@ -58,6 +58,12 @@ struct NodeArgs {
     /// Read the cluster key(s) from this file (a Docker secret).
     #[arg(long, env = "RUMOR_CLUSTER_KEY_FILE")]
     cluster_key_file: Option<PathBuf>,
+    /// Seal gossip with the public development key when no key is given
+    /// (anyone who can reach the gossip port can then write records):
+    /// only for a throwaway cluster. Without it, a node given no key
+    /// makes one in its data directory (cluster.key).
+    #[arg(long, env = "RUMOR_INSECURE_DEV_CLUSTER")]
+    insecure_dev_cluster: bool,
     /// Directory for the node's database.
     #[arg(long, env = "RUMOR_DATA", default_value = "rumor-data")]
     data: PathBuf,
@@ -71,7 +77,8 @@ struct NodeArgs {
     /// Resolver that gets queries for names outside --zone.
     #[arg(long, env = "RUMOR_UPSTREAM")]
     upstream: Option<SocketAddr>,
-    /// Bearer token required for API writes.
+    /// Bearer token required for API writes, at least 16 characters (e.g.
+    /// `openssl rand -hex 16`). A node with a token needs a cluster key.
     #[arg(long, env = "RUMOR_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
     /// Allow an API without a token on a non-loopback address.
@@ -84,6 +91,10 @@ struct NodeArgs {
     /// tells them; a provider not heard from in twice this is dropped.
     #[arg(long, env = "RUMOR_TRACKER_INTERVAL", default_value_t = 120)]
     tracker_interval: u32,
+    /// HTTP connections served at once (when full, the one waiting longest
+    /// on its client is closed); hidden, for tests.
+    #[arg(long, hide = true, default_value_t = crate::http::CONNECTIONS_MAX)]
+    api_connections_max: usize,
 }
 
 /// Parses the command line and runs the command on `runtime`; `program`
@@ -94,11 +105,19 @@ pub fn main(program: &'static str, runtime: Box<dyn rt::Runtime>) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Err(e) = check_api_tokens(&matches) {
+        eprintln!("{program}: {e}");
+        return ExitCode::from(2);
+    }
     init_logging();
     let runtime_name = runtime.name();
     rt::install(runtime);
     match cli.command {
         Cmd::Node(args) => {
+            if let Err(e) = check_node_key(&args) {
+                eprintln!("{program} node: {e}");
+                return ExitCode::from(2);
+            }
             tracing::debug!(runtime = runtime_name, "starting");
             match rt::block_on(run_node(args)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -165,16 +184,90 @@ fn init_logging() {
         .init();
 }
 
-/// The key used when none is given: anyone can read this source, so it
-/// only keeps apart clusters that did not choose a key; the node warns.
+/// Fewest characters an API token may have: a shorter one is guessed, and
+/// an empty one would turn authentication off.
+const API_TOKEN_MIN_CHARS: usize = 16;
+
+/// Refuses an empty or short `--api-token` (or `RUMOR_API_TOKEN`) in any
+/// command that takes one (`node`, `dns ...`, `get`/`seed --register`).
+fn check_api_tokens(matches: &clap::ArgMatches) -> Result<(), String> {
+    if let Ok(Some(token)) = matches.try_get_one::<String>("api_token") {
+        check_api_token(token)?;
+    }
+    match matches.subcommand() {
+        Some((_, sub)) => check_api_tokens(sub),
+        None => Ok(()),
+    }
+}
+
+fn check_api_token(token: &str) -> Result<(), String> {
+    let n = token.chars().count();
+    if token.trim().is_empty() {
+        return Err(format!(
+            "--api-token (or RUMOR_API_TOKEN) is empty, and an empty token is no token: give one of at least \
+             {API_TOKEN_MIN_CHARS} characters (e.g. $(openssl rand -hex 16)), or leave both unset"
+        ));
+    }
+    if n < API_TOKEN_MIN_CHARS {
+        return Err(format!(
+            "--api-token (or RUMOR_API_TOKEN) is {n} characters long; a token needs at least \
+             {API_TOKEN_MIN_CHARS} (e.g. $(openssl rand -hex 16))"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a node that protects its API with a token but leaves its gossip
+/// open (without a cluster key of its own, whoever joins its gossip writes
+/// the records the token guards), and a node that joins others with no
+/// key (it would make one of its own, which no one else has).
+fn check_node_key(args: &NodeArgs) -> Result<(), String> {
+    let keyless = args.cluster_key.iter().all(|k| k.trim().is_empty()) && args.cluster_key_file.is_none();
+    if args.api_token.is_some() && keyless && !args.insecure_dev_cluster {
+        return Err(format!(
+            "--api-token needs a cluster key too: without one, a process that joins this node's gossip ({}) \
+             could write the records the token protects. Give --cluster-key HEX (e.g. $(openssl rand -hex 32)) \
+             or --cluster-key-file PATH, the same on every node; or --insecure-dev-cluster for a throwaway cluster",
+            args.gossip
+        ));
+    }
+    let own_key = !args.ephemeral && args.data.join(KEY_FILE).exists();
+    if !args.join.is_empty() && keyless && !own_key && !args.insecure_dev_cluster {
+        return Err(format!(
+            "--join needs the cluster's key: give --cluster-key HEX or --cluster-key-file PATH (a node started \
+             without one keeps the key it made in its data directory's {KEY_FILE}); a key of this node's own \
+             would never open what the others send"
+        ));
+    }
+    Ok(())
+}
+
+/// The public key `--insecure-dev-cluster` seals gossip with: anyone can
+/// read this source, so it keeps nothing out.
 const DEV_CLUSTER_KEY: [u8; 32] = *b"rumor-insecure-development-key!!";
 
-/// The cluster keyring from `--cluster-key` values and a key file; the
-/// public development key (with a warning) when neither gives one.
+/// The file in a node's data directory that holds the cluster key the node
+/// made when it was given none.
+const KEY_FILE: &str = "cluster.key";
+
+/// The cluster keyring from `--cluster-key` values and a key file, for a
+/// client joining a cluster (`--overlay`): a key is required.
 pub(crate) fn keyring(
     cluster_key: &[String],
     cluster_key_file: Option<&std::path::Path>,
 ) -> Result<rumor_core::gossip::Keyring, String> {
+    let keys = parse_keys(cluster_key, cluster_key_file)?;
+    if keys.is_empty() {
+        return Err(format!(
+            "no cluster key: give --cluster-key HEX, the key of the cluster's nodes (a node given none \
+             made one at start, in its data directory's {KEY_FILE})"
+        ));
+    }
+    ring_of(&keys)
+}
+
+/// The keys given as `--cluster-key` values and in a key file.
+fn parse_keys(cluster_key: &[String], cluster_key_file: Option<&std::path::Path>) -> Result<Vec<[u8; 32]>, String> {
     let mut hexes: Vec<String> = cluster_key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     if let Some(path) = cluster_key_file {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -187,12 +280,11 @@ pub(crate) fn keyring(
             bytes.try_into().map_err(|_| "a cluster key must be 64 hex digits (32 bytes)".to_string())?;
         keys.push(key);
     }
-    if keys.is_empty() {
-        tracing::warn!(
-            "no --cluster-key: gossip is sealed with the public development key; set one for a real cluster"
-        );
-        keys.push(DEV_CLUSTER_KEY);
-    }
+    Ok(keys)
+}
+
+/// A keyring: the first key seals, all open.
+fn ring_of(keys: &[[u8; 32]]) -> Result<rumor_core::gossip::Keyring, String> {
     // Every node derives the same one-byte id from a key, so a rotated-in
     // key is recognised cluster-wide.
     let id_of = |k: &[u8; 32]| k.iter().fold(0u8, |a, b| a.rotate_left(1) ^ b);
@@ -201,6 +293,103 @@ pub(crate) fn keyring(
         ring.add(id_of(k), *k).map_err(|e| format!("cluster keys: {e:?} (two keys share an id; pick another)"))?;
     }
     Ok(ring)
+}
+
+/// A node's keyring: the keys it is given; else the development key if
+/// told `--insecure-dev-cluster`; else a key of its own, made at its first
+/// start into `DATA/cluster.key` and reused after, so no two clusters
+/// share a key by default.
+fn node_keyring(args: &NodeArgs) -> Result<rumor_core::gossip::Keyring, String> {
+    let keys = parse_keys(&args.cluster_key, args.cluster_key_file.as_deref())?;
+    if !keys.is_empty() {
+        return ring_of(&keys);
+    }
+    if args.insecure_dev_cluster {
+        tracing::warn!(
+            "--insecure-dev-cluster: gossip is sealed with the public development key, so anyone who reaches \
+             the gossip port can write records; give --cluster-key for a real cluster"
+        );
+        return ring_of(&[DEV_CLUSTER_KEY]);
+    }
+    if args.ephemeral {
+        tracing::warn!(
+            "no --cluster-key with --ephemeral: gossip is sealed with a random key no other node knows, so this \
+             node stays alone; give every node the same --cluster-key to form a cluster"
+        );
+        return ring_of(&[random_key()?]);
+    }
+    let path = args.data.join(KEY_FILE);
+    let key = own_key(&path)?;
+    tracing::info!(
+        "no --cluster-key: gossip is sealed with this node's own key, in {path}; nodes that join this one need it: \
+         --cluster-key-file (a copy of the file) or --cluster-key $(cat {path})",
+        path = path.display()
+    );
+    ring_of(&[key])
+}
+
+fn random_key() -> Result<[u8; 32], String> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| format!("cannot draw a cluster key: {e}"))?;
+    Ok(key)
+}
+
+/// The key in `path`, made (random, readable by this user only) if the
+/// file does not exist yet.
+fn own_key(path: &std::path::Path) -> Result<[u8; 32], String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| format!("{} does not hold a cluster key (64 hex digits)", path.display()))?;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!("{} is readable by other users: chmod 600 it", path.display());
+                }
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let key = random_key()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            file.write_all(format!("{}\n", hex::encode(key)).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("cannot read the cluster key {}: {e}", path.display())),
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (at most
+/// 65,536): at the usual soft 1,024, slow clients of the API and DNS over
+/// TCP would run the node out of descriptors before their own limits bite.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = lim.rlim_max.min(65_536);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("cannot raise the open-files limit");
+            }
+        }
+    }
 }
 
 fn advertise_addr(args: &NodeArgs) -> Result<String, String> {
@@ -241,6 +430,7 @@ fn hostname() -> Option<String> {
 
 async fn run_node(args: NodeArgs) -> Result<(), String> {
     let clock = clock::Clock::new();
+    raise_open_files_limit();
     if args.api_token.is_none() && !args.api.ip().is_loopback() && !args.api_public {
         return Err(format!(
             "refusing to serve the API on {} without --api-token; give a token, a loopback address, or --api-public",
@@ -265,10 +455,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         ..AuthorityConfig::default()
     };
     let advertise = advertise_addr(&args)?;
-    let gossip_config = rumor_core::gossip::Config::new(
-        rumor_core::gossip::PeerAddr(advertise.clone()),
-        keyring(&args.cluster_key, args.cluster_key_file.as_deref())?,
-    );
+    let gossip_config =
+        rumor_core::gossip::Config::new(rumor_core::gossip::PeerAddr(advertise.clone()), node_keyring(&args)?);
     let frame_max = gossip_config.message_bytes_max;
     let (persister, loaded) = if args.ephemeral {
         (None, persist::Loaded { node_id: node::os_random(), incarnation: 0, entries: Vec::new() })
@@ -343,7 +531,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         clock,
         udp_control: udp_server.control.clone(),
     };
-    let api_task = rt::spawn(crate::http::serve(api_listener, api::router(state), shutdown_rx.clone()));
+    let limits = crate::http::Limits { connections_max: args.api_connections_max, ..Default::default() };
+    let api_task = rt::spawn(crate::http::serve_with(api_listener, api::router(state), shutdown_rx.clone(), limits));
     let signal = rt::wait_for_signal().await;
     tracing::info!("shutting down ({signal})");
     shutdown_tx.fire();
@@ -359,8 +548,30 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::get_target;
+    use super::{check_api_token, get_target, own_key};
     use std::path::Path;
+
+    #[test]
+    fn an_empty_a_blank_or_a_short_token_is_refused_and_sixteen_characters_pass() {
+        assert!(check_api_token("").unwrap_err().contains("empty"));
+        assert!(check_api_token("                ").unwrap_err().contains("empty"));
+        assert!(check_api_token("s3cret").unwrap_err().contains("6 characters long"));
+        assert!(check_api_token("0123456789abcde").is_err());
+        assert_eq!(check_api_token("0123456789abcdef"), Ok(()));
+    }
+
+    #[test]
+    fn a_made_cluster_key_is_private_and_read_back_the_same_next_time() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rumor-own-key-{}", std::process::id()));
+        let path = dir.join("data").join("cluster.key");
+        let made = own_key(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(own_key(&path).unwrap(), made);
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(own_key(&path).unwrap_err().contains("does not hold a cluster key"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_39_digit_infohash_is_a_bad_infohash_and_a_good_one_passes() {

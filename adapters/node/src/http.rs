@@ -4,61 +4,316 @@
 //!
 //! Each request carries the connection's peer address as a [`PeerAddr`]
 //! extension (what the tracker's `/announce` records as the peer's IP).
+//!
+//! What a hostile client can hold is bounded here, before any handler runs:
+//! - a request's body is read whole, within [`Limits::body_timeout`], into
+//!   one buffer of at most [`Limits::body_max_bytes`] (a larger declared
+//!   `Content-Length` is refused at once with 413), copying each frame out
+//!   as it comes: hyper hands the body over in slices of its 8 KiB read
+//!   buffer, and keeping those slices (as axum's own collection does) pinned
+//!   8 KiB per packet, 8 KiB per byte for a body sent one byte at a time;
+//! - the headers have [`Limits::header_timeout`];
+//! - when all [`Limits::connections_max`] slots are taken, the connection
+//!   that has waited longest on its client (idle, or sending a request
+//!   slowly) is closed to make room, so slow clients cannot starve the
+//!   others; a connection whose request a handler is working on is never
+//!   closed that way.
 
 use crate::rt;
+use axum::response::IntoResponse;
 use axum::Router;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// HTTP connections served at once; more wait in the kernel's backlog.
-const CONNECTIONS_MAX: usize = 1024;
-/// A client gets this long to send a request's headers.
+/// HTTP connections served at once by default.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Largest request body by default: a full `/add` batch (10,000 records,
+/// about 650 KB) fits.
+pub const BODY_MAX_BYTES: usize = 1 << 20;
+/// A client gets this long to send a request's headers (and an idle
+/// keep-alive connection this long to start its next request).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client gets this long, after its headers, to send the whole body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a full accept loop looks again for a connection to close,
+/// when every slot was busy with a handler.
+const FULL_RETRY: Duration = Duration::from_millis(100);
+
+/// What one server lets its clients hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; when full, the one waiting longest on
+    /// its client is closed for a new one.
+    pub connections_max: usize,
+    /// Largest request body; a larger one is refused with 413.
+    pub body_max_bytes: usize,
+    /// Time for a request's headers (or for an idle connection's next
+    /// request to start).
+    pub header_timeout: Duration,
+    /// Time, after the headers, for the whole body (408 past it).
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: CONNECTIONS_MAX,
+            body_max_bytes: BODY_MAX_BYTES,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
+        }
+    }
+}
 
 /// The remote address of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Serves `router` on `listener` with the default [`Limits`] until
+/// `shutdown` fires.
+pub async fn serve(listener: Box<dyn rt::TcpListener>, router: Router, shutdown: rt::Shutdown) {
+    serve_with(listener, router, shutdown, Limits::default()).await
+}
+
 /// Serves `router` on `listener` until `shutdown` fires; connections in
 /// progress then get a moment to finish (the caller bounds the wait).
-pub async fn serve(listener: Box<dyn rt::TcpListener>, router: Router, shutdown: rt::Shutdown) {
-    let permits = Arc::new(async_lock::Semaphore::new(CONNECTIONS_MAX));
+pub async fn serve_with(listener: Box<dyn rt::TcpListener>, router: Router, shutdown: rt::Shutdown, limits: Limits) {
+    let permits = Arc::new(async_lock::Semaphore::new(limits.connections_max.max(1)));
+    let slots = Arc::new(Slots::default());
     loop {
-        let permit = futures::select_biased! {
-            _ = futures::FutureExt::fuse(shutdown.wait()) => return,
-            p = futures::FutureExt::fuse(permits.acquire_arc()) => p,
-        };
         let (stream, peer) = futures::select_biased! {
             _ = futures::FutureExt::fuse(shutdown.wait()) => return,
             accepted = futures::FutureExt::fuse(listener.accept()) => match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("HTTP accept: {e}");
+                    // Out of file descriptors: free one, or the listener
+                    // stays stuck while slow clients hold them all.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        slots.close_longest_waiting();
+                    }
                     rt::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let permit = loop {
+            if let Some(p) = permits.try_acquire_arc() {
+                break Some(p);
+            }
+            if slots.close_longest_waiting() {
+                tracing::debug!(%peer, "HTTP connections full: closed the one waiting longest on its client");
+            }
+            futures::select_biased! {
+                _ = futures::FutureExt::fuse(shutdown.wait()) => break None,
+                p = futures::FutureExt::fuse(permits.acquire_arc()) => break Some(p),
+                _ = futures::FutureExt::fuse(rt::sleep(FULL_RETRY)) => {}
+            }
+        };
+        let Some(permit) = permit else { return };
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let (slot, closed) = slots.open();
         rt::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, router, shutdown).await;
+            serve_connection(stream, peer, router, shutdown, limits, slot, closed).await;
         });
     }
 }
 
-async fn serve_connection(stream: rt::TcpStream, peer: SocketAddr, router: Router, shutdown: rt::Shutdown) {
+/// The connections of one server, for choosing which one gives way.
+#[derive(Default)]
+struct Slots {
+    inner: Mutex<SlotsInner>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    next_id: u64,
+    /// Bounded by the server's `connections_max` (one per permit).
+    open: BTreeMap<u64, SlotState>,
+}
+
+struct SlotState {
+    /// Since when the connection waits on its client (for a request, or
+    /// for the rest of one); `None` while a handler works on a request.
+    waiting_since: Option<Instant>,
+    /// Fired to close the connection.
+    close: Option<futures::channel::oneshot::Sender<()>>,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotsInner> {
+        // Never held across an await; a panic while held leaves the map
+        // whole (every change is one insert, remove or field store).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new connection, waiting on its client from now.
+    fn open(self: &Arc<Self>) -> (Slot, futures::channel::oneshot::Receiver<()>) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.open.insert(id, SlotState { waiting_since: Some(Instant::now()), close: Some(tx) });
+        (Slot { slots: self.clone(), id }, rx)
+    }
+
+    /// Closes the connection that has waited longest on its client; false
+    /// when every connection has a handler at work.
+    fn close_longest_waiting(&self) -> bool {
+        let mut inner = self.lock();
+        let oldest = inner
+            .open
+            .iter()
+            .filter(|(_, s)| s.close.is_some())
+            .filter_map(|(id, s)| s.waiting_since.map(|t| (t, *id)))
+            .min();
+        let Some((_, id)) = oldest else { return false };
+        if let Some(tx) = inner.open.get_mut(&id).and_then(|s| s.close.take()) {
+            let _ = tx.send(());
+        }
+        true
+    }
+}
+
+/// One connection's entry in [`Slots`], removed when dropped.
+#[derive(Clone)]
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl Slot {
+    /// A handler starts on a request: the connection is busy on our side.
+    fn busy(&self) {
+        if let Some(s) = self.slots.lock().open.get_mut(&self.id) {
+            s.waiting_since = None;
+        }
+    }
+
+    /// The response is out: the connection waits on its client again.
+    fn waiting(&self) {
+        if let Some(s) = self.slots.lock().open.get_mut(&self.id) {
+            s.waiting_since = Some(Instant::now());
+        }
+    }
+
+    fn close(&self) {
+        self.slots.lock().open.remove(&self.id);
+    }
+}
+
+/// Removes the connection's entry however its task ends.
+struct SlotGuard(Slot);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Why a request's body was not read.
+enum BodyRefused {
+    TooLarge(usize),
+    TooSlow(Duration),
+    Broken(hyper::Error),
+}
+
+impl BodyRefused {
+    /// A JSON refusal, like every other the API gives; the connection
+    /// closes after it (the rest of the body is not read).
+    fn response(self) -> axum::response::Response {
+        use axum::http::{header, StatusCode};
+        let (status, msg) = match self {
+            BodyRefused::TooLarge(max) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("a request body is at most {max} bytes"))
+            }
+            BodyRefused::TooSlow(d) => {
+                (StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", d.as_secs()))
+            }
+            BodyRefused::Broken(e) => (StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
+        };
+        (status, [(header::CONNECTION, "close")], axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    }
+}
+
+/// Reads a request's whole body into one buffer: refused at once if its
+/// declared length is over `limits.body_max_bytes`, or once more than that
+/// arrives, or when `limits.body_timeout` passes first.
+async fn read_body(
+    headers: &axum::http::HeaderMap,
+    mut body: hyper::body::Incoming,
+    limits: Limits,
+) -> Result<bytes::Bytes, BodyRefused> {
+    let max = limits.body_max_bytes;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyRefused::TooLarge(max));
+    }
+    let collect = async {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let frame =
+                futures::future::poll_fn(|cx| hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)).await;
+            let Some(frame) = frame else { break };
+            let Ok(data) = frame.map_err(BodyRefused::Broken)?.into_data() else { continue };
+            if buf.len() + data.len() > max {
+                return Err(BodyRefused::TooLarge(max));
+            }
+            // Copied, and the frame dropped: it is a slice of hyper's read
+            // buffer and would keep all of it alive.
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf)
+    };
+    match rt::timeout(limits.body_timeout, collect).await {
+        Ok(Ok(buf)) => Ok(bytes::Bytes::from(buf)),
+        Ok(Err(refused)) => Err(refused),
+        Err(rt::Elapsed) => Err(BodyRefused::TooSlow(limits.body_timeout)),
+    }
+}
+
+async fn serve_connection(
+    stream: rt::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: rt::Shutdown,
+    limits: Limits,
+    slot: Slot,
+    closed: futures::channel::oneshot::Receiver<()>,
+) {
     use tower::ServiceExt;
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        router.clone().oneshot(req.map(axum::body::Body::new))
+    let _guard = SlotGuard(slot.clone());
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        let slot = slot.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match read_body(&parts.headers, body, limits).await {
+                Ok(b) => b,
+                Err(refused) => {
+                    slot.waiting();
+                    return Ok(refused.response());
+                }
+            };
+            slot.busy();
+            let mut req = hyper::Request::from_parts(parts, axum::body::Body::from(body));
+            req.extensions_mut().insert(PeerAddr(peer));
+            let resp = router.oneshot(req).await;
+            slot.waiting();
+            resp
+        }
     });
     let io = smol_hyper::rt::FuturesIo::new(stream);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(RtTimer)
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     futures::select_biased! {
@@ -66,6 +321,10 @@ async fn serve_connection(stream: rt::TcpStream, peer: SocketAddr, router: Route
             if let Err(e) = res {
                 tracing::trace!(%peer, "HTTP connection: {e}");
             }
+            return;
+        }
+        _ = futures::FutureExt::fuse(closed) => {
+            tracing::trace!(%peer, "HTTP connection closed to make room");
             return;
         }
         _ = futures::FutureExt::fuse(shutdown.wait()) => {}
@@ -106,5 +365,33 @@ impl hyper::rt::Timer for RtTimer {
 
     fn reset(&self, sleep: &mut std::pin::Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
         *sleep = self.sleep_until(new_deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_connection_waiting_longest_on_its_client_gives_way_and_a_busy_one_never() {
+        let slots = Arc::new(Slots::default());
+        let tick = || std::thread::sleep(std::time::Duration::from_millis(2));
+        let (oldest, mut oldest_closed) = slots.open();
+        tick();
+        let (busy, mut busy_closed) = slots.open();
+        let (_young, mut young_closed) = slots.open();
+        tick();
+        oldest.busy();
+        oldest.waiting(); // back to waiting: now younger than `busy` and `young`
+        busy.busy();
+        assert!(slots.close_longest_waiting());
+        assert_eq!(young_closed.try_recv(), Ok(Some(())), "the longest waiting goes first");
+        assert!(slots.close_longest_waiting());
+        assert_eq!(oldest_closed.try_recv(), Ok(Some(())));
+        assert!(!slots.close_longest_waiting(), "a connection with a handler at work stays");
+        assert_eq!(busy_closed.try_recv(), Ok(None));
+        busy.close();
+        assert!(!slots.lock().open.contains_key(&busy.id), "a connection's entry goes with it");
     }
 }

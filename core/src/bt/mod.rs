@@ -33,6 +33,7 @@ pub mod announce;
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
+pub mod conn;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;

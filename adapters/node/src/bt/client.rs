@@ -23,8 +23,9 @@ use crate::rt::{self, TcpListener, TcpStream};
 use async_channel::{Receiver, Sender};
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer};
+use rumor_core::bt::announce::{self, AnnounceConfig, Announcer};
 use rumor_core::bt::bitfield::Bitfield;
+use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::metainfo::{Limits, Metainfo, Sha1Hash};
 use rumor_core::bt::picker::PeerKey;
 use rumor_core::bt::torrent::{DisconnectReason, Event, Input, Output, Torrent, TorrentConfig};
@@ -657,14 +658,14 @@ impl Session {
                 Wake::Tracker(Some(t)) => self.on_tracker(t),
                 Wake::Control(Some(c)) => self.on_control(c),
                 Wake::Peer(Some((peer, bytes))) => {
-                    self.feed(Input::PeerBytes { peer, bytes });
+                    self.feed(Input::Peer(PeerInput::Bytes { peer, bytes }));
                     // Take what else is already there before draining timers.
                     for _ in 0..PEER_EVENTS_MAX {
                         if self.disk_pending.load(Ordering::Relaxed) >= DISK_PENDING_BYTES_MAX {
                             break;
                         }
                         match self.peer_rx.try_recv() {
-                            Ok((peer, bytes)) => self.feed(Input::PeerBytes { peer, bytes }),
+                            Ok((peer, bytes)) => self.feed(Input::Peer(PeerInput::Bytes { peer, bytes })),
                             Err(_) => break,
                         }
                     }
@@ -683,7 +684,7 @@ impl Session {
                 self.feed(Input::Timeout);
             }
             if now >= self.announce_deadline {
-                self.announcer.handle(now, AnnounceInput::Timeout);
+                self.announcer.handle(now, announce::Input::Timeout);
                 self.pump_announcer();
             }
             if std::time::Instant::now() >= next_housekeeping {
@@ -712,10 +713,10 @@ impl Session {
         let keys: Vec<PeerKey> = self.conns.keys().copied().collect();
         for k in keys {
             self.drop_conn(k);
-            self.feed(Input::PeerDisconnected { peer: k });
+            self.feed(Input::Peer(PeerInput::Closed { peer: k, reason: CloseReason::Local }));
         }
         self.progress_to_announcer();
-        self.announcer.handle(self.clock.now(), AnnounceInput::Stop);
+        self.announcer.handle(self.clock.now(), announce::Input::Stop);
         self.pump_announcer();
     }
 
@@ -749,7 +750,7 @@ impl Session {
                     self.torrent_deadline = at;
                     break;
                 }
-                Output::Transmit { peer, payload } => self.send(peer, payload),
+                Output::Transmit(t) => self.send(t.to, t.bytes),
                 Output::WriteBlock { piece, begin, data } => {
                     self.disk_pending.fetch_add(data.len(), Ordering::Relaxed);
                     let _ = self.disk.try_send(DiskJob::Write { piece, begin, data });
@@ -795,7 +796,7 @@ impl Session {
         if queued > PEER_SEND_BYTES_MAX || c.tx.try_send(payload).is_err() {
             tracing::info!("peer {}: dropped (send queue over {} bytes)", c.addr, PEER_SEND_BYTES_MAX);
             self.drop_conn(peer);
-            self.torrent.handle(self.clock.now(), Input::PeerDisconnected { peer });
+            self.torrent.handle(self.clock.now(), Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Local }));
         }
     }
 
@@ -848,7 +849,7 @@ impl Session {
                 self.bar.set_position(self.total);
                 self.say(format!("{}: complete, every piece verified", self.name));
                 self.progress_to_announcer();
-                self.announcer.handle(self.clock.now(), AnnounceInput::Completed);
+                self.announcer.handle(self.clock.now(), announce::Input::Completed);
                 self.pump_announcer();
                 if self.exit_when_complete {
                     self.begin_stop();
@@ -922,7 +923,7 @@ impl Session {
                         let cap = if k.manual { 3 } else { 8 };
                         k.retry_at = Some(std::time::Instant::now() + Duration::from_secs(1u64 << k.failures.min(cap)));
                     }
-                    self.feed(Input::PeerDisconnected { peer });
+                    self.feed(Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Local }));
                 }
             }
             Ev::Input(i) => {
@@ -956,7 +957,7 @@ impl Session {
         let task = rt::spawn(run_peer(peer, stream, self.peer_tx.clone(), rx, queued.clone(), self.events_tx.clone()));
         tracing::debug!("peer {addr}: connected ({})", if outgoing { "out" } else { "in" });
         self.conns.insert(peer, Conn { addr, tx, queued, task: task.abort_handle(), outgoing });
-        self.feed(Input::PeerConnected { peer });
+        self.feed(Input::Peer(PeerInput::Connected { peer }));
     }
 
     fn dial_some(&mut self) {
@@ -999,7 +1000,7 @@ impl Session {
         let s = self.torrent.stats();
         self.announcer.handle(
             self.clock.now(),
-            AnnounceInput::Progress { uploaded: s.uploaded, downloaded: s.downloaded, left: s.left },
+            announce::Input::Progress { uploaded: s.uploaded, downloaded: s.downloaded, left: s.left },
         );
     }
 
@@ -1008,11 +1009,11 @@ impl Session {
             let now = self.clock.now();
             let out = self.announcer.poll_output();
             match self.tracker_io.carry(&mut self.announcer, now, out) {
-                Some(AnnounceOutput::Timeout(at)) => {
+                Some(announce::Output::Timeout(at)) => {
                     self.announce_deadline = at;
                     break;
                 }
-                Some(AnnounceOutput::Peers(peers)) => {
+                Some(announce::Output::Event(announce::Event::Peers(peers))) => {
                     tracing::info!("tracker gave {} peers", peers.len());
                     for p in peers {
                         self.learn(p);
@@ -1041,7 +1042,7 @@ impl Session {
                     let keys: Vec<PeerKey> = self.conns.keys().copied().collect();
                     for k in keys {
                         self.drop_conn(k);
-                        self.feed(Input::PeerDisconnected { peer: k });
+                        self.feed(Input::Peer(PeerInput::Closed { peer: k, reason: CloseReason::Local }));
                     }
                     self.say(format!("{}: paused", self.name));
                 }

@@ -22,8 +22,12 @@ use futures::channel::mpsc;
 use futures::future::Either;
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{SinkExt, StreamExt};
-use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer};
-use rumor_core::bt::magnet::{FetchConfig, FetchDisconnect, FetchInput, FetchOutput, MagnetLink, MetadataFetch};
+use rumor_core::bt::announce::{self, AnnounceConfig, Announcer};
+use rumor_core::bt::conn::{CloseReason, PeerInput};
+use rumor_core::bt::magnet::{
+    DisconnectReason as FetchDisconnect, Event, FetchConfig, Input as FetchInput, MagnetLink, MetadataFetch,
+    Output as FetchOutput,
+};
 use rumor_core::bt::metadata::METADATA_PIECE_LEN;
 use rumor_core::bt::metainfo::{InfoHash, Metainfo};
 use rumor_core::bt::picker::PeerKey;
@@ -452,7 +456,8 @@ impl Fetcher {
                     self.machine_at = at;
                     break;
                 }
-                FetchOutput::Transmit { peer, payload } => {
+                FetchOutput::Transmit(t) => {
+                    let (peer, payload) = (t.to, t.bytes);
                     let Some(c) = self.conns.get(&peer) else {
                         continue;
                     };
@@ -474,7 +479,10 @@ impl Fetcher {
                             k.busy = false;
                             k.banned = true;
                         }
-                        self.machine.handle(self.clock.now(), FetchInput::PeerDisconnected { peer });
+                        self.machine.handle(
+                            self.clock.now(),
+                            FetchInput::Peer(PeerInput::Closed { peer, reason: CloseReason::Local }),
+                        );
                     }
                 }
                 FetchOutput::Disconnect { peer, reason: FetchDisconnect::BadMetadata } => {
@@ -484,7 +492,7 @@ impl Fetcher {
                     self.on_disconnect(peer, FetchDisconnect::BadMetadata);
                 }
                 FetchOutput::Disconnect { peer, reason } => self.on_disconnect(peer, reason),
-                FetchOutput::Done(meta) => {
+                FetchOutput::Event(Event::Done(meta)) => {
                     self.result = Some(*meta);
                     break;
                 }
@@ -546,12 +554,12 @@ impl Fetcher {
                 if let Some(c) = self.conns.get_mut(&peer) {
                     c.connected = true;
                     tracing::debug!("peer {}: connected", c.addr);
-                    self.machine.handle(now, FetchInput::PeerConnected { peer });
+                    self.machine.handle(now, FetchInput::Peer(PeerInput::Connected { peer }));
                 }
             }
             Ev::Bytes(peer, bytes) => {
                 if self.conns.get(&peer).is_some_and(|c| c.connected) {
-                    self.machine.handle(now, FetchInput::PeerBytes { peer, bytes });
+                    self.machine.handle(now, FetchInput::Peer(PeerInput::Bytes { peer, bytes }));
                 }
             }
             Ev::Closed(peer, why) => {
@@ -568,7 +576,7 @@ impl Fetcher {
                     k.retry_at = Some(Instant::now() + backoff(k.failures));
                 }
                 if c.connected {
-                    self.machine.handle(now, FetchInput::PeerDisconnected { peer });
+                    self.machine.handle(now, FetchInput::Peer(PeerInput::Closed { peer, reason: CloseReason::Local }));
                 }
             }
             Ev::Learned(peers) => {
@@ -585,7 +593,7 @@ impl Fetcher {
             self.machine.handle(now, FetchInput::Timeout);
         }
         if now >= self.announce_at {
-            self.announcer.handle(now, AnnounceInput::Timeout);
+            self.announcer.handle(now, announce::Input::Timeout);
             self.pump_announcer();
         }
     }
@@ -617,11 +625,11 @@ impl Fetcher {
             let now = self.clock.now();
             let out = self.announcer.poll_output();
             match self.tracker_io.carry(&mut self.announcer, now, out) {
-                Some(AnnounceOutput::Timeout(at)) => {
+                Some(announce::Output::Timeout(at)) => {
                     self.announce_at = at;
                     break;
                 }
-                Some(AnnounceOutput::Peers(peers)) => {
+                Some(announce::Output::Event(announce::Event::Peers(peers))) => {
                     tracing::info!("tracker gave {} peers", peers.len());
                     peers.into_iter().for_each(|a| self.learn(a));
                 }

@@ -37,6 +37,7 @@ pub mod conn;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod peers;
 pub mod pex;
 pub mod picker;
 pub mod torrent;

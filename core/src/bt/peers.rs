@@ -523,7 +523,7 @@ mod tests {
             for addr in b.due(now, 10) {
                 b.failed(now, addr);
             }
-            now = now + Duration::from_secs(60);
+            now += Duration::from_secs(60);
         }
         assert!(!b.knows(a(1)));
         assert!(b.knows(a(2)));

@@ -7,7 +7,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::channel::oneshot;
 use serde::Serialize;
-use std::net::SocketAddr;
 
 /// What a snapshot of the session shows.
 #[derive(Clone, Debug, Serialize)]
@@ -122,8 +121,9 @@ async fn resume(State(tx): State<async_channel::Sender<Command>>) -> StatusCode 
     }
 }
 
-/// Binds `addr` and serves the API, sending commands to `tx`.
-pub fn serve(addr: SocketAddr, tx: async_channel::Sender<Command>) -> std::io::Result<()> {
+/// Serves the API on `listener` (bound early, see [`super::session`]),
+/// sending commands to `tx`.
+pub fn serve(listener: Box<dyn crate::rt::TcpListener>, tx: async_channel::Sender<Command>) {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
@@ -131,12 +131,10 @@ pub fn serve(addr: SocketAddr, tx: async_channel::Sender<Command>) -> std::io::R
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .with_state(tx);
-    let listener = crate::rt::bind_tcp(addr)?;
     // Never fired: the control API lives as long as the process.
     let (forever, shutdown) = crate::rt::Shutdown::new();
     crate::rt::spawn(async move {
         let _keep = forever;
         crate::http::serve(listener, app, shutdown).await;
     });
-    Ok(())
 }

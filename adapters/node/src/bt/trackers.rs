@@ -4,6 +4,7 @@
 use crate::rt;
 use async_channel::Sender;
 use rumor_core::bt::announce::{Announcer, Event, Input, Output, RequestId};
+use rumor_core::time::Instant;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,6 +156,24 @@ impl TrackerIo {
             other => return Some(other),
         }
         None
+    }
+
+    /// Drains `announcer`: carries out its requests and logs its errors;
+    /// the instant to wake it at, and the peers trackers gave.
+    pub fn drain(&self, announcer: &mut Announcer, clock: &crate::clock::Clock) -> (Instant, Vec<SocketAddr>) {
+        let mut found = Vec::new();
+        loop {
+            let now = clock.now();
+            let out = announcer.poll_output();
+            match self.carry(announcer, now, out) {
+                Some(Output::Timeout(at)) => return (at, found),
+                Some(Output::Event(Event::Peers(peers))) => {
+                    tracing::info!("tracker gave {} peers", peers.len());
+                    found.extend(peers);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Feeds what the network brought to the announcer.

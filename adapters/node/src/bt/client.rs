@@ -494,6 +494,8 @@ impl Session {
             self.say(format!("{}: already complete", self.name));
             self.begin_stop();
         }
+        // The given peers, and those a metadata fetch found, at once.
+        self.dial_some();
         let mut next_housekeeping = std::time::Instant::now() + HOUSEKEEPING;
         let signals = rt::termination_signals();
         let mut control_open = true;

@@ -1,5 +1,8 @@
 //! Carries out the announcer's requests: HTTP GETs on the blocking pool,
-//! UDP datagrams on one socket. Answers come back as [`Input`]s.
+//! UDP datagrams on one socket. Answers come back as [`Input`]s through
+//! the owner's bounded channel; when it is full an answer is dropped (as a
+//! lossy network would drop it) and the announcer's request timeout asks
+//! again.
 
 use crate::rt;
 use async_channel::Sender;
@@ -75,8 +78,11 @@ impl Udp {
         rt::spawn(async move {
             let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
             while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                if tx.try_send(TrackerEvent::UdpReceived { from, bytes: buf[..n].to_vec() }).is_err() {
-                    break;
+                match tx.try_send(TrackerEvent::UdpReceived { from, bytes: buf[..n].to_vec() }) {
+                    // A full queue drops the datagram, as the network may:
+                    // the announcer's request timeout asks again.
+                    Ok(()) | Err(async_channel::TrySendError::Full(_)) => {}
+                    Err(async_channel::TrySendError::Closed(_)) => break,
                 }
             }
         });

@@ -828,7 +828,7 @@ impl Session {
     fn on_control(&mut self, c: Command) {
         match c {
             Command::Status(reply) => {
-                let _ = reply.send(self.status());
+                let _ = reply.try_send(self.status());
             }
             Command::Pause => {
                 if !self.paused {

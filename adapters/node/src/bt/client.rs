@@ -38,7 +38,7 @@ use rumor_core::time::Instant;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,9 +56,6 @@ const ACCEPTED_MAX: usize = 16;
 /// and the announcer's request timeout asks again. The loop takes them
 /// on every turn, so this is room for bursts only.
 const TRACKER_EVENTS_MAX: usize = 64;
-/// Provider lists from the overlay waiting for the loop; when full, the
-/// member keeps them for its next scan.
-const FOUND_MAX: usize = 16;
 /// Disk results (blocks read, pieces checked, failed writes) waiting for
 /// the loop; when full, the disk threads wait (the loop always takes
 /// them, whatever else it is waiting for).
@@ -101,10 +98,15 @@ pub struct Handover {
     /// The peer book, with the given peers and whatever a fetch learned.
     pub book: PeerBook,
     /// The peer listener, bound before anything else.
-    pub listener: Box<dyn TcpListener>,
+    pub listener: Option<Box<dyn TcpListener>>,
     /// The control API's listener, bound before anything was created on
     /// disk (so a port in use fails first).
     pub control: Option<Box<dyn TcpListener>>,
+    /// Providers from the session's overlay member (`--overlay`).
+    pub found: Option<Receiver<Vec<SocketAddr>>>,
+    /// Set once every piece is verified (the overlay member announces us
+    /// as a seeder from then on).
+    pub complete: Arc<AtomicBool>,
 }
 
 /// Reads and checks the torrent file; errors say what is wrong.
@@ -119,8 +121,8 @@ pub fn load_torrent(path: &std::path::Path) -> Result<Metainfo, String> {
 }
 /// Runs the download (then seeding, unless told to exit when complete) of
 /// `meta` to the end.
-pub async fn download(opts: Download, meta: Metainfo, handover: Handover) -> Result<(), String> {
-    let Handover { clock, book, listener, control } = handover;
+pub async fn download(opts: Download, meta: Metainfo, mut handover: Handover) -> Result<(), String> {
+    let listener = handover.listener.take().ok_or("no peer listener")?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let mut storage = Storage::new(&meta, &opts.dir);
     storage.open_existing();
@@ -154,28 +156,8 @@ pub async fn download(opts: Download, meta: Metainfo, handover: Handover) -> Res
     if let Some(name) = opts.net.register.clone() {
         register_and_refresh(name, opts.net.api.clone(), opts.net.api_token.clone()).await?;
     }
-    let overlay_args = if opts.net.overlay.is_empty() {
-        None
-    } else {
-        let keys = crate::keyring(&opts.net.cluster_key, None)?;
-        Some(super::overlay_member::MemberArgs {
-            join: opts.net.overlay.clone(),
-            keys,
-            listen: opts.net.overlay_listen,
-        })
-    };
-    let ih = meta.info_hash;
-    let mut session = Session::new(opts, meta, have, storage, port, clock, book, control)?;
-    let member = overlay_args.map(|args| {
-        let (found_tx, found_rx) = async_channel::bounded(FOUND_MAX);
-        session.found_rx = Some(found_rx);
-        super::overlay_member::spawn(args, ih, port, session.complete_flag.clone(), found_tx)
-    });
-    let result = session.run(listener).await;
-    if let Some(m) = member {
-        m.leave().await;
-    }
-    result
+    let session = Session::new(opts, meta, have, storage, port, handover)?;
+    session.run(listener).await
 }
 
 /// Registers `name` in the cluster's DNS now (an error if that fails), then
@@ -355,7 +337,7 @@ enum Wake {
 struct Session {
     clock: Clock,
     /// Set once every piece is verified (read by the overlay member).
-    complete_flag: Arc<std::sync::atomic::AtomicBool>,
+    complete_flag: Arc<AtomicBool>,
     /// Pieces that passed / failed their hash check since start.
     pieces_verified: u64,
     pieces_failed: u64,
@@ -386,18 +368,16 @@ struct Session {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         opts: Download,
         meta: Metainfo,
         have: Bitfield,
         storage: Arc<Storage>,
         port: u16,
-        clock: Clock,
-        book: PeerBook,
-        control: Option<Box<dyn TcpListener>>,
+        handover: Handover,
     ) -> Result<Session, String> {
-        let have_full = have.is_full();
+        let Handover { clock, book, control, found, complete, .. } = handover;
+        complete.store(have.is_full(), Ordering::Relaxed);
         let now = clock.now();
         let peer_id = super::entropy::peer_id();
         let seed = super::entropy::seed();
@@ -445,7 +425,7 @@ impl Session {
             tracker_io,
             tracker_rx,
             control_rx,
-            found_rx: None,
+            found_rx: found,
             torrent_deadline: now,
             announce_deadline: now,
             exit_when_complete: opts.exit_when_complete,
@@ -456,7 +436,7 @@ impl Session {
             write_failures: 0,
             fatal: None,
             progress,
-            complete_flag: Arc::new(std::sync::atomic::AtomicBool::new(have_full)),
+            complete_flag: complete,
         })
     }
 

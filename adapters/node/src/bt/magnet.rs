@@ -6,12 +6,12 @@
 //! it, through the shared peer layer ([`super::peer_conn::Peers`]) and the
 //! shared [`PeerBook`], and finds peers where the download will look for
 //! them afterwards: the book's given peers (`x.pe`, `--peer`), the
-//! magnet's `tr` trackers and `--tracker`, and the overlay (`--overlay`).
+//! magnet's `tr` trackers and `--tracker`, and the overlay (`--overlay`,
+//! through the session's one overlay member).
 //! The book is handed back with the metadata, so the download starts with
 //! every peer the fetch learned (those that served it are due at once).
 //! [`super::session`] puts the two phases in sequence.
 
-use super::overlay_member::{self, MemberArgs};
 use super::peer_conn::{when, ConnLimits, Peers};
 use super::trackers::{self, TrackerEvent};
 use super::PeerArgs;
@@ -26,8 +26,6 @@ use rumor_core::bt::metainfo::{InfoHash, Metainfo};
 use rumor_core::bt::peers::{Closed, PeerBook, Source};
 use rumor_core::bt::picker::PeerKey;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Connections at once (dialing or connected) while fetching.
@@ -39,10 +37,9 @@ const LIMITS: ConnLimits =
     ConnLimits { read_chunk_bytes: 32 * 1024, send_bytes_soft: 64 * 1024, send_bytes_max: 256 * 1024 };
 /// Longest wait between two looks at the peer book (retries come due).
 const TICK: Duration = Duration::from_millis(500);
-/// Tracker answers and overlay finds waiting for the loop. When full, a
-/// tracker answer is dropped (the announcer's request timeout asks again)
-/// and the overlay keeps its finds for its next scan.
-const SIDE_EVENTS_MAX: usize = 64;
+/// Tracker answers waiting for the loop. When full, an answer is dropped
+/// (the announcer's request timeout asks again).
+const TRACKER_EVENTS_MAX: usize = 64;
 /// What we tell trackers is left to download while the size is unknown:
 /// anything but 0, which would announce us as a seeder.
 const LEFT_UNKNOWN: u64 = METADATA_PIECE_LEN as u64;
@@ -113,13 +110,15 @@ enum Wake {
 /// the link's and `--tracker`'s trackers as its announce list, and the peer
 /// book (its given peers already in it) with all it learned. `listener` is
 /// the download's: its port is announced to trackers and the overlay, and
-/// peers that dial it meanwhile serve the metadata too.
+/// peers that dial it meanwhile serve the metadata too. `overlay`: the
+/// providers the session's overlay member finds (`--overlay`).
 pub async fn fetch(
     src: MagnetSource,
     net: &PeerArgs,
     listener: &Listener,
     clock: Clock,
     book: PeerBook,
+    overlay: Option<&async_channel::Receiver<Vec<SocketAddr>>>,
 ) -> Result<(Metainfo, PeerBook), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let ih = src.link.info_hash;
@@ -131,7 +130,7 @@ pub async fn fetch(
     let tiers: Vec<Vec<String>> = src.link.trackers.iter().chain(&src.trackers).map(|t| vec![t.clone()]).collect();
     let announcer =
         Announcer::new(AnnounceConfig::new(peer_id, port), ih, &tiers, LEFT_UNKNOWN, now, super::entropy::seed());
-    let (tracker_tx, tracker_rx) = async_channel::bounded(SIDE_EVENTS_MAX);
+    let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
     let tracker_io = trackers::TrackerIo::new(tracker_tx, &tiers, net.dns);
     let mut config = FetchConfig::new(peer_id);
     config.peers_max = PEERS_MAX;
@@ -154,18 +153,9 @@ pub async fn fetch(
     if !tiers.is_empty() {
         sources.push(format!("{} trackers", tiers.len()));
     }
-    let (found_tx, found_rx) = async_channel::bounded(SIDE_EVENTS_MAX);
-    let overlay = if net.overlay.is_empty() {
-        None
-    } else {
+    if overlay.is_some() {
         sources.push("the overlay".into());
-        let keys = crate::keyring(&net.cluster_key, None)?;
-        // Any gossip port: the download's own member binds --overlay-listen
-        // after this one has left.
-        let listen = SocketAddr::new(net.overlay_listen.ip(), 0);
-        let args = MemberArgs { join: net.overlay.clone(), keys, listen };
-        Some(overlay_member::spawn(args, ih, port, Arc::new(AtomicBool::new(false)), found_tx))
-    };
+    }
     if given > 0 {
         sources.push(format!("{given} given peers"));
     }
@@ -178,6 +168,12 @@ pub async fn fetch(
     eprintln!("{ih}{name}: fetching the metadata from peers ({})", sources.join(", "));
     let give_up = Instant::now() + src.timeout;
     let mut found_open = overlay.is_some();
+    let found = || async {
+        match overlay {
+            Some(rx) => rx.recv().await.ok(),
+            None => None,
+        }
+    };
     f.pump_announcer();
     let res = loop {
         f.pump_machine();
@@ -205,7 +201,7 @@ pub async fn fetch(
                 Err(_) => break Err("the metadata fetch lost its peer channel".into()),
             },
             t = tracker_rx.recv().fuse() => t.map_or(Wake::Timer, Wake::Tracker),
-            found = when(found_open, found_rx.recv()).fuse() => found.map_or(Wake::FoundClosed, Wake::Found),
+            found = when(found_open, found()).fuse() => found.map_or(Wake::FoundClosed, Wake::Found),
             a = listener.accept().fuse() => Wake::Accepted(a),
             _ = rt::sleep_until(wake).fuse() => Wake::Timer,
         };
@@ -233,9 +229,6 @@ pub async fn fetch(
         // starve them.
         f.on_time();
     };
-    if let Some(m) = overlay {
-        m.leave().await;
-    }
     let meta = res?;
     let mut meta = meta;
     meta.announce_tiers = tiers;

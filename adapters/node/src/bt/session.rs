@@ -3,16 +3,20 @@
 //! 1. check the options, bind the peer listener and the control API (so a
 //!    port in use fails before anything is fetched or created on disk);
 //! 2. a peer book with the given peers (`--peer`, a magnet's `x.pe`);
-//! 3. the torrent: read the .torrent file, or for a magnet link or a bare
+//! 3. with `--overlay`, one cluster member for the whole session (it leaves
+//!    the cluster when the session ends, so it is listed as `left`);
+//! 4. the torrent: read the .torrent file, or for a magnet link or a bare
 //!    infohash fetch the metadata from peers ([`super::magnet::fetch`]);
-//! 4. download, then seed ([`super::client::download`]), with the same
-//!    book and listener: peers learned while fetching are dialed at once.
+//! 5. download, then seed ([`super::client::download`]), with the same
+//!    book, listener and member: peers learned while fetching are dialed
+//!    at once.
 //!
 //! The phases know nothing of each other; this file is the only one that
 //! knows their order.
 
 use super::client::{self, Download, Handover};
 use super::magnet::{self, MagnetSource};
+use super::overlay_member::{self, MemberArgs};
 use super::PeerArgs;
 use crate::clock::Clock;
 use crate::rt;
@@ -20,6 +24,12 @@ use rumor_core::bt::peers::{PeerBook, PeerBookConfig, Source};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Provider lists from the overlay member waiting for the session; when
+/// full, the member keeps them for its next scan.
+const FOUND_MAX: usize = 16;
 
 /// What `get` or `seed` asked for.
 pub struct Options {
@@ -36,6 +46,12 @@ pub struct Options {
     /// `rumor get` of a magnet link or infohash: fetch the metadata from
     /// peers first.
     pub magnet: Option<MagnetSource>,
+}
+
+/// The torrent as given: its metadata, or where to fetch it.
+enum What {
+    Magnet(MagnetSource),
+    File(rumor_core::bt::metainfo::Metainfo),
 }
 
 /// Runs a session to the end; the process's exit code.
@@ -66,22 +82,50 @@ async fn start(mut opts: Options) -> Result<(), String> {
     let mut book = PeerBook::new(config, super::entropy::seed());
     let link_peers = opts.magnet.as_ref().map(|m| m.link.peers.clone()).unwrap_or_default();
     learn_given(&mut book, &link_peers, &opts.net).await;
-    let meta = match opts.magnet.take() {
-        None => client::load_torrent(&opts.torrent)?,
-        Some(m) => {
-            let (meta, b) = magnet::fetch(m, &opts.net, &listener, clock, book).await?;
-            book = b;
-            meta
-        }
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    // A .torrent is read now: its infohash is what the overlay member
+    // announces, and a bad file should fail before we join anything.
+    let what = match opts.magnet.take() {
+        Some(m) => What::Magnet(m),
+        None => What::File(client::load_torrent(&opts.torrent)?),
     };
-    let download = Download {
-        torrent: opts.torrent,
-        dir: opts.dir,
-        net: opts.net,
-        exit_when_complete: opts.exit_when_complete,
-        seed_command: opts.seed_command,
+    let info_hash = match &what {
+        What::Magnet(m) => m.link.info_hash,
+        What::File(meta) => meta.info_hash,
     };
-    client::download(download, meta, Handover { clock, book, listener, control }).await
+    let complete = Arc::new(AtomicBool::new(false));
+    let (member, found) = if opts.net.overlay.is_empty() {
+        (None, None)
+    } else {
+        let keys = crate::keyring(&opts.net.cluster_key, None)?;
+        let args = MemberArgs { join: opts.net.overlay.clone(), keys, listen: opts.net.overlay_listen };
+        let (found_tx, found_rx) = async_channel::bounded(FOUND_MAX);
+        (Some(overlay_member::spawn(args, info_hash, port, complete.clone(), found_tx)), Some(found_rx))
+    };
+    let phases = async {
+        let meta = match what {
+            What::Magnet(m) => {
+                let (meta, b) = magnet::fetch(m, &opts.net, &listener, clock, book, found.as_ref()).await?;
+                book = b;
+                meta
+            }
+            What::File(meta) => meta,
+        };
+        let download = Download {
+            torrent: opts.torrent,
+            dir: opts.dir,
+            net: opts.net,
+            exit_when_complete: opts.exit_when_complete,
+            seed_command: opts.seed_command,
+        };
+        let handover = Handover { clock, book, listener: Some(listener), control, found, complete };
+        client::download(download, meta, handover).await
+    };
+    let result = phases.await;
+    if let Some(m) = member {
+        m.leave().await;
+    }
+    result
 }
 
 /// Resolves the given peers (a magnet's `x.pe`, then `--peer`) into the

@@ -97,8 +97,6 @@ pub struct Handover {
     pub clock: Clock,
     /// The peer book, with the given peers and whatever a fetch learned.
     pub book: PeerBook,
-    /// The peer listener, bound before anything else.
-    pub listener: Option<Box<dyn TcpListener>>,
     /// The control API's listener, bound before anything was created on
     /// disk (so a port in use fails first).
     pub control: Option<Box<dyn TcpListener>>,
@@ -119,10 +117,16 @@ pub fn load_torrent(path: &std::path::Path) -> Result<Metainfo, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Metainfo::parse_with(&bytes, &limits).map_err(|e| format!("{}: refused: {e}", path.display()))
 }
+
 /// Runs the download (then seeding, unless told to exit when complete) of
-/// `meta` to the end.
-pub async fn download(opts: Download, meta: Metainfo, mut handover: Handover) -> Result<(), String> {
-    let listener = handover.listener.take().ok_or("no peer listener")?;
+/// `meta` to the end, taking peers on `listener` (bound before anything
+/// else, so a fetch could announce its port).
+pub async fn download(
+    opts: Download,
+    meta: Metainfo,
+    listener: Box<dyn TcpListener>,
+    handover: Handover,
+) -> Result<(), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let mut storage = Storage::new(&meta, &opts.dir);
     storage.open_existing();
@@ -376,7 +380,7 @@ impl Session {
         port: u16,
         handover: Handover,
     ) -> Result<Session, String> {
-        let Handover { clock, book, control, found, complete, .. } = handover;
+        let Handover { clock, book, control, found, complete } = handover;
         complete.store(have.is_full(), Ordering::Relaxed);
         let now = clock.now();
         let peer_id = super::entropy::peer_id();

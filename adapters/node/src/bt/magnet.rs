@@ -229,8 +229,7 @@ pub async fn fetch(
         // starve them.
         f.on_time();
     };
-    let meta = res?;
-    let mut meta = meta;
+    let mut meta = res?;
     meta.announce_tiers = tiers;
     meta.announce = meta.announce_tiers.iter().flatten().next().cloned();
     if let Some(path) = &src.save_torrent {

@@ -118,8 +118,8 @@ async fn start(mut opts: Options) -> Result<(), String> {
             exit_when_complete: opts.exit_when_complete,
             seed_command: opts.seed_command,
         };
-        let handover = Handover { clock, book, listener: Some(listener), control, found, complete };
-        client::download(download, meta, handover).await
+        let handover = Handover { clock, book, control, found, complete };
+        client::download(download, meta, listener, handover).await
     };
     let result = phases.await;
     if let Some(m) = member {

@@ -77,18 +77,21 @@ async fn start(mut opts: Options) -> Result<(), String> {
     // and the overlay, and takes connections on it, before the download.
     let listener = rt::bind_tcp(SocketAddr::new(opts.net.bind, opts.net.port))
         .map_err(|e| format!("cannot listen on port {}: {e}", opts.net.port))?;
-    let clock = Clock::new();
-    let config = PeerBookConfig { connections_max: client::PEERS_MAX, ..PeerBookConfig::default() };
-    let mut book = PeerBook::new(config, super::entropy::seed());
-    let link_peers = opts.magnet.as_ref().map(|m| m.link.peers.clone()).unwrap_or_default();
-    learn_given(&mut book, &link_peers, &opts.net).await;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     // A .torrent is read now: its infohash is what the overlay member
-    // announces, and a bad file should fail before we join anything.
+    // announces, and a bad file should fail before we resolve or join anything.
     let what = match opts.magnet.take() {
         Some(m) => What::Magnet(m),
         None => What::File(client::load_torrent(&opts.torrent)?),
     };
+    let clock = Clock::new();
+    let config = PeerBookConfig { connections_max: client::PEERS_MAX, ..PeerBookConfig::default() };
+    let mut book = PeerBook::new(config, super::entropy::seed());
+    let link_peers = match &what {
+        What::Magnet(m) => m.link.peers.clone(),
+        What::File(_) => Vec::new(),
+    };
+    learn_given(&mut book, &link_peers, &opts.net).await;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let info_hash = match &what {
         What::Magnet(m) => m.link.info_hash,
         What::File(meta) => meta.info_hash,

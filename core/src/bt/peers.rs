@@ -317,6 +317,7 @@ impl PeerBook {
     }
 
     /// The dial of `addr` succeeded.
+    #[doc(alias = "dialed")]
     pub fn connected(&mut self, addr: SocketAddr) {
         if let Some(e) = self.known.get_mut(&addr) {
             if e.state == State::Dialing {

@@ -174,6 +174,7 @@ pub async fn fetch(
             None => None,
         }
     };
+    let signals = rt::termination_signals();
     f.pump_announcer();
     let res = loop {
         f.pump_machine();
@@ -196,6 +197,10 @@ pub async fn fetch(
         // Peers that learn of us (from a tracker or the overlay) dial us;
         // accepting is cancel-safe, so losing the race loses nothing.
         let woke = futures::select_biased! {
+            sig = signals.recv().fuse() => {
+                // The session still leaves the overlay on the way out.
+                break Err(format!("interrupted ({}) before the metadata came", sig.unwrap_or("signal")));
+            },
             p = events.recv().fuse() => match p {
                 Ok(p) => Wake::Peer(p),
                 Err(_) => break Err("the metadata fetch lost its peer channel".into()),

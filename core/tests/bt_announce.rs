@@ -9,11 +9,11 @@ fn t(s: u64) -> Instant {
     Instant::ZERO + Duration::from_secs(s)
 }
 
-fn drain(a: &mut Announcer) -> (Vec<AnnounceOutput>, Instant) {
+fn drain(a: &mut Announcer) -> (Vec<Output>, Instant) {
     let mut v = Vec::new();
     loop {
         match a.poll_output() {
-            AnnounceOutput::Timeout(at) => return (v, at),
+            Output::Timeout(at) => return (v, at),
             o => v.push(o),
         }
     }
@@ -33,10 +33,10 @@ fn announcer(tiers: &[&[&str]]) -> Announcer {
     Announcer::new(AnnounceConfig::new([7; 20], 6881), InfoHash([1; 20]), &tiers, 1000, t(0), 1)
 }
 
-fn get(o: &[AnnounceOutput]) -> (RequestId, String) {
+fn get(o: &[Output]) -> (RequestId, String) {
     o.iter()
         .find_map(|o| match o {
-            AnnounceOutput::HttpGet { id, url } => Some((*id, url.clone())),
+            Output::HttpGet { id, url } => Some((*id, url.clone())),
             _ => None,
         })
         .expect("an HTTP GET")
@@ -49,13 +49,13 @@ fn the_first_announce_says_started_and_the_answer_sets_the_interval() {
     let (id, url) = get(&o);
     assert!(url.starts_with("http://a/announce?info_hash="));
     assert!(url.contains("&event=started") && url.contains("&left=1000"));
-    a.handle(t(1), AnnounceInput::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
+    a.handle(t(1), Input::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
     let (o, at) = drain(&mut a);
-    assert_eq!(o, vec![AnnounceOutput::Peers(vec!["1.2.3.4:5".parse::<SocketAddr>().unwrap()])]);
+    assert_eq!(o, vec![Output::Event(Event::Peers(vec!["1.2.3.4:5".parse::<SocketAddr>().unwrap()]))]);
     assert_eq!(at, t(1801));
-    a.handle(t(100), AnnounceInput::Timeout);
+    a.handle(t(100), Input::Timeout);
     assert!(drain(&mut a).0.is_empty(), "an early timeout does nothing");
-    a.handle(t(1801), AnnounceInput::Timeout);
+    a.handle(t(1801), Input::Timeout);
     let (_, url) = get(&drain(&mut a).0);
     assert!(!url.contains("event="));
 }
@@ -67,12 +67,12 @@ fn a_failing_tracker_hands_over_to_the_next_which_then_comes_first() {
     let (id, url) = get(&o);
     let first = if url.starts_with("http://a") { "http://a/announce" } else { "http://b/announce" };
     let second = if first.contains("//a") { "http://b/announce" } else { "http://a/announce" };
-    a.handle(t(1), AnnounceInput::RequestFailed { id });
+    a.handle(t(1), Input::RequestFailed { id });
     let (o, _) = drain(&mut a);
-    assert!(matches!(&o[0], AnnounceOutput::TrackerError { tracker, error: None } if tracker == first));
+    assert!(matches!(&o[0], Output::Event(Event::TrackerError { tracker, error: None }) if tracker == first));
     let (id2, url2) = get(&o);
     assert!(url2.starts_with(second));
-    a.handle(t(2), AnnounceInput::HttpBody { id: id2, body: ok_body(60, "1.1.1.1:1") });
+    a.handle(t(2), Input::HttpBody { id: id2, body: ok_body(60, "1.1.1.1:1") });
     assert_eq!(a.trackers()[0][0], second);
 }
 
@@ -80,9 +80,9 @@ fn a_failing_tracker_hands_over_to_the_next_which_then_comes_first() {
 fn a_failure_reason_moves_to_the_next_tier() {
     let mut a = announcer(&[&["http://a/announce"], &["http://b/announce"]]);
     let (id, _) = get(&drain(&mut a).0);
-    a.handle(t(1), AnnounceInput::HttpBody { id, body: encode_failure("nope") });
+    a.handle(t(1), Input::HttpBody { id, body: encode_failure("nope") });
     let (o, _) = drain(&mut a);
-    assert!(matches!(&o[0], AnnounceOutput::TrackerError { error: Some(_), .. }));
+    assert!(matches!(&o[0], Output::Event(Event::TrackerError { error: Some(_), .. })));
     assert!(get(&o).1.starts_with("http://b/announce"));
 }
 
@@ -91,12 +91,12 @@ fn an_unanswered_request_times_out_with_growing_backoff() {
     let mut a = announcer(&[&["http://a/announce"]]);
     let (_, at) = drain(&mut a);
     assert_eq!(at, t(15));
-    a.handle(t(15), AnnounceInput::Timeout);
+    a.handle(t(15), Input::Timeout);
     let (o, at) = drain(&mut a);
-    assert!(matches!(&o[0], AnnounceOutput::TrackerError { .. }));
+    assert!(matches!(&o[0], Output::Event(Event::TrackerError { .. })));
     // All trackers failed once: retry after 30 s, then wait 30 s for it.
     assert_eq!(at, t(45));
-    a.handle(t(45), AnnounceInput::Timeout);
+    a.handle(t(45), Input::Timeout);
     let (o, at) = drain(&mut a);
     assert!(get(&o).1.contains("event=started"), "the event is kept until a success");
     assert_eq!(at, t(75));
@@ -106,17 +106,17 @@ fn an_unanswered_request_times_out_with_growing_backoff() {
 fn a_udp_tracker_gets_a_connect_then_an_announce() {
     let mut a = announcer(&[&["udp://tr.example:6969/announce"]]);
     let (o, _) = drain(&mut a);
-    let AnnounceOutput::UdpSend { id, payload, tracker } = &o[0] else { panic!("{o:?}") };
+    let Output::UdpSend { id, payload, tracker } = &o[0] else { panic!("{o:?}") };
     assert_eq!(tracker, "udp://tr.example:6969/announce");
     let udp::Request::Connect { transaction_id } = udp::Request::parse(payload).unwrap() else { panic!() };
     // A stale transaction id is ignored.
     let wrong = udp::Response::Connect { transaction_id: transaction_id ^ 1, connection_id: 1 };
-    a.handle(t(1), AnnounceInput::UdpDatagram { id: *id, bytes: wrong.encode(), ipv6: false });
+    a.handle(t(1), Input::UdpDatagram { id: *id, bytes: wrong.encode(), ipv6: false });
     assert!(drain(&mut a).0.is_empty());
     let conn = udp::Response::Connect { transaction_id, connection_id: 0xABCD };
-    a.handle(t(1), AnnounceInput::UdpDatagram { id: *id, bytes: conn.encode(), ipv6: false });
+    a.handle(t(1), Input::UdpDatagram { id: *id, bytes: conn.encode(), ipv6: false });
     let (o, _) = drain(&mut a);
-    let AnnounceOutput::UdpSend { id, payload, .. } = &o[0] else { panic!("{o:?}") };
+    let Output::UdpSend { id, payload, .. } = &o[0] else { panic!("{o:?}") };
     let udp::Request::Announce { connection_id, transaction_id, request, .. } = udp::Request::parse(payload).unwrap()
     else {
         panic!()
@@ -125,14 +125,14 @@ fn a_udp_tracker_gets_a_connect_then_an_announce() {
     assert_eq!(request.port, 6881);
     let peers: Vec<SocketAddr> = vec!["5.6.7.8:9".parse().unwrap()];
     let ans = udp::Response::Announce { transaction_id, interval: 900, leechers: 0, seeders: 1, peers: peers.clone() };
-    a.handle(t(2), AnnounceInput::UdpDatagram { id: *id, bytes: ans.encode(), ipv6: false });
+    a.handle(t(2), Input::UdpDatagram { id: *id, bytes: ans.encode(), ipv6: false });
     let (o, at) = drain(&mut a);
-    assert_eq!(o, vec![AnnounceOutput::Peers(peers)]);
+    assert_eq!(o, vec![Output::Event(Event::Peers(peers))]);
     assert_eq!(at, t(902));
     // Within a minute the connection id would be reused; after, a new connect.
-    a.handle(t(902), AnnounceInput::Timeout);
+    a.handle(t(902), Input::Timeout);
     let (o, _) = drain(&mut a);
-    let AnnounceOutput::UdpSend { payload, .. } = &o[0] else { panic!() };
+    let Output::UdpSend { payload, .. } = &o[0] else { panic!() };
     assert!(matches!(udp::Request::parse(payload).unwrap(), udp::Request::Connect { .. }));
 }
 
@@ -140,14 +140,14 @@ fn a_udp_tracker_gets_a_connect_then_an_announce() {
 fn stopping_announces_stopped_then_goes_quiet() {
     let mut a = announcer(&[&["http://a/announce"]]);
     let (id, _) = get(&drain(&mut a).0);
-    a.handle(t(1), AnnounceInput::HttpBody { id, body: ok_body(60, "1.1.1.1:1") });
+    a.handle(t(1), Input::HttpBody { id, body: ok_body(60, "1.1.1.1:1") });
     drain(&mut a);
-    a.handle(t(2), AnnounceInput::Progress { uploaded: 10, downloaded: 20, left: 30 });
-    a.handle(t(3), AnnounceInput::Stop);
+    a.handle(t(2), Input::Progress { uploaded: 10, downloaded: 20, left: 30 });
+    a.handle(t(3), Input::Stop);
     let (o, _) = drain(&mut a);
     let (id, url) = get(&o);
     assert!(url.contains("event=stopped") && url.contains("uploaded=10"));
-    a.handle(t(4), AnnounceInput::HttpBody { id, body: ok_body(60, "1.1.1.1:1") });
+    a.handle(t(4), Input::HttpBody { id, body: ok_body(60, "1.1.1.1:1") });
     let (o, at) = drain(&mut a);
     assert!(o.is_empty(), "no peers after stopping");
     assert_eq!(at, Instant::NEVER);
@@ -174,16 +174,16 @@ proptest! {
             let (o, _) = drain(&mut a);
             for x in &o {
                 match x {
-                    AnnounceOutput::HttpGet { id, .. } | AnnounceOutput::UdpSend { id, .. } => last_id = *id,
+                    Output::HttpGet { id, .. } | Output::UdpSend { id, .. } => last_id = *id,
                     _ => {}
                 }
             }
             now += Duration::from_secs(dt);
             let input = match kind {
-                0 => AnnounceInput::HttpBody { id: last_id, body: bytes },
-                1 => AnnounceInput::UdpDatagram { id: last_id, bytes, ipv6: dt & 1 == 1 },
-                2 => AnnounceInput::RequestFailed { id: last_id },
-                _ => AnnounceInput::Timeout,
+                0 => Input::HttpBody { id: last_id, body: bytes },
+                1 => Input::UdpDatagram { id: last_id, bytes, ipv6: dt & 1 == 1 },
+                2 => Input::RequestFailed { id: last_id },
+                _ => Input::Timeout,
             };
             a.handle(now, input);
         }

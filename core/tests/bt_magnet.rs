@@ -2,11 +2,13 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use rumor_core::bt::bitfield::Bitfield;
-use rumor_core::bt::magnet::*;
+use rumor_core::bt::conn::PeerInput;
+use rumor_core::bt::magnet::{self, FetchConfig, MagnetLink, MetadataFetch};
 use rumor_core::bt::metainfo::{InfoHash, Limits, Metainfo, PieceHasher, TorrentBuilder};
 use rumor_core::bt::torrent::{Input, Output, Torrent, TorrentConfig};
 use rumor_core::bt::wire::{ExtHandshake, Handshake, Message};
 use rumor_core::time::{Duration, Instant};
+use rumor_core::Transmit;
 use std::collections::VecDeque;
 
 fn big_meta() -> Metainfo {
@@ -29,30 +31,34 @@ fn fetch_from(seeds: &mut [Torrent], meta: &Metainfo, steps_max: usize) -> Optio
     let mut q: VecDeque<Msg> = VecDeque::new();
     let now = Instant::ZERO;
     for (i, s) in seeds.iter_mut().enumerate() {
-        f.handle(now, FetchInput::PeerConnected { peer: i as u64 });
-        s.handle(now, Input::PeerConnected { peer: 100 });
+        f.handle(now, magnet::Input::Peer(PeerInput::Connected { peer: i as u64 }));
+        s.handle(now, Input::Peer(PeerInput::Connected { peer: 100 }));
     }
     for _ in 0..steps_max {
         loop {
             match f.poll_output() {
-                FetchOutput::Transmit { peer, payload } => q.push_back(Msg::ToSeed(peer as usize, payload.into())),
-                FetchOutput::Done(m) => return Some(*m),
-                FetchOutput::Disconnect { .. } => {}
-                FetchOutput::Timeout(_) => break,
+                magnet::Output::Transmit(Transmit { to: peer, bytes: payload }) => {
+                    q.push_back(Msg::ToSeed(peer as usize, payload.into()))
+                }
+                magnet::Output::Event(magnet::Event::Done(m)) => return Some(*m),
+                magnet::Output::Disconnect { .. } => {}
+                magnet::Output::Timeout(_) => break,
             }
         }
         for (i, s) in seeds.iter_mut().enumerate() {
             loop {
                 match s.poll_output() {
-                    Output::Transmit { payload, .. } => q.push_back(Msg::ToFetch(i as u64, payload.into())),
+                    Output::Transmit(Transmit { bytes: payload, .. }) => {
+                        q.push_back(Msg::ToFetch(i as u64, payload.into()))
+                    }
                     Output::Timeout(_) => break,
                     _ => {}
                 }
             }
         }
         match q.pop_front()? {
-            Msg::ToFetch(peer, bytes) => f.handle(now, FetchInput::PeerBytes { peer, bytes }),
-            Msg::ToSeed(i, bytes) => seeds[i].handle(now, Input::PeerBytes { peer: 100, bytes }),
+            Msg::ToFetch(peer, bytes) => f.handle(now, magnet::Input::Peer(PeerInput::Bytes { peer, bytes })),
+            Msg::ToSeed(i, bytes) => seeds[i].handle(now, Input::Peer(PeerInput::Bytes { peer: 100, bytes })),
         }
     }
     None
@@ -75,38 +81,40 @@ fn metadata_is_fetched_from_seeds_by_infohash_alone() {
 #[test]
 fn a_peer_without_extension_support_is_dropped() {
     let mut f = MetadataFetch::new(FetchConfig::new([9; 20]), InfoHash([1; 20]), Instant::ZERO);
-    f.handle(Instant::ZERO, FetchInput::PeerConnected { peer: 1 });
+    f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Connected { peer: 1 }));
     let mut h = Handshake::new(InfoHash([1; 20]), [2; 20]);
     h.reserved = [0; 8];
     let mut b = Vec::new();
     h.encode(&mut b);
-    f.handle(Instant::ZERO, FetchInput::PeerBytes { peer: 1, bytes: b.into() });
+    f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Bytes { peer: 1, bytes: b.into() }));
     let mut outs = Vec::new();
     loop {
         match f.poll_output() {
-            FetchOutput::Timeout(_) => break,
+            magnet::Output::Timeout(_) => break,
             o => outs.push(o),
         }
     }
-    assert!(outs.contains(&FetchOutput::Disconnect { peer: 1, reason: FetchDisconnect::NoMetadata }));
+    assert!(outs.contains(&magnet::Output::Disconnect { peer: 1, reason: magnet::DisconnectReason::NoMetadata }));
 }
 
 #[test]
 fn metadata_that_hashes_wrong_drops_its_senders() {
     let meta = big_meta();
     let mut f = MetadataFetch::new(FetchConfig::new([9; 20]), meta.info_hash, Instant::ZERO);
-    f.handle(Instant::ZERO, FetchInput::PeerConnected { peer: 1 });
+    f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Connected { peer: 1 }));
     let mut b = Vec::new();
     Handshake::new(meta.info_hash, [2; 20]).encode(&mut b);
     let mut ext = ExtHandshake { metadata_size: Some(100), ..ExtHandshake::default() };
     ext.m.insert("ut_metadata".into(), 5);
     ext.to_message().encode(&mut b);
-    f.handle(Instant::ZERO, FetchInput::PeerBytes { peer: 1, bytes: b.into() });
+    f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Bytes { peer: 1, bytes: b.into() }));
     let mut asked = false;
     loop {
         match f.poll_output() {
-            FetchOutput::Timeout(_) => break,
-            FetchOutput::Transmit { payload, .. } => asked |= payload.windows(8).any(|w| w == b"msg_type"),
+            magnet::Output::Timeout(_) => break,
+            magnet::Output::Transmit(Transmit { bytes: payload, .. }) => {
+                asked |= payload.windows(8).any(|w| w == b"msg_type")
+            }
             _ => {}
         }
     }
@@ -114,15 +122,15 @@ fn metadata_that_hashes_wrong_drops_its_senders() {
     let data =
         rumor_core::bt::metadata::MetadataMessage::Data { piece: 0, total_size: 100, data: vec![0u8; 100].into() };
     let m = Message::Extended { id: rumor_core::bt::torrent::UT_METADATA_ID, payload: data.encode().into() };
-    f.handle(Instant::ZERO, FetchInput::PeerBytes { peer: 1, bytes: m.to_vec().into() });
+    f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Bytes { peer: 1, bytes: m.to_vec().into() }));
     let mut outs = Vec::new();
     loop {
         match f.poll_output() {
-            FetchOutput::Timeout(_) => break,
+            magnet::Output::Timeout(_) => break,
             o => outs.push(o),
         }
     }
-    assert!(outs.contains(&FetchOutput::Disconnect { peer: 1, reason: FetchDisconnect::BadMetadata }));
+    assert!(outs.contains(&magnet::Output::Disconnect { peer: 1, reason: magnet::DisconnectReason::BadMetadata }));
     assert!(!f.is_done());
 }
 
@@ -134,18 +142,18 @@ proptest! {
     ) {
         let ih = InfoHash([4; 20]);
         let mut f = MetadataFetch::new(FetchConfig::new([9; 20]), ih, Instant::ZERO);
-        f.handle(Instant::ZERO, FetchInput::PeerConnected { peer: 1 });
+        f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Connected { peer: 1 }));
         if handshake {
             let mut b = Vec::new();
             Handshake::new(ih, [2; 20]).encode(&mut b);
-            f.handle(Instant::ZERO, FetchInput::PeerBytes { peer: 1, bytes: b.into() });
+            f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Bytes { peer: 1, bytes: b.into() }));
         }
         let mut now = Instant::ZERO;
         for c in chunks {
             now += Duration::from_secs(3);
-            f.handle(now, FetchInput::PeerBytes { peer: 1, bytes: c.into() });
-            f.handle(now, FetchInput::Timeout);
-            while !matches!(f.poll_output(), FetchOutput::Timeout(_)) {}
+            f.handle(now, magnet::Input::Peer(PeerInput::Bytes { peer: 1, bytes: c.into() }));
+            f.handle(now, magnet::Input::Timeout);
+            while !matches!(f.poll_output(), magnet::Output::Timeout(_)) {}
         }
     }
 }
@@ -190,13 +198,13 @@ proptest! {
 /// A peer that completes the handshakes announcing `size` and then
 /// never answers a metadata request.
 fn silent_liar(f: &mut MetadataFetch, ih: InfoHash, peer: u64, size: u64) {
-    f.handle(Instant::ZERO, FetchInput::PeerConnected { peer });
+    f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Connected { peer }));
     let mut b = Vec::new();
     Handshake::new(ih, [3; 20]).encode(&mut b);
     let mut ext = ExtHandshake { metadata_size: Some(size), ..ExtHandshake::default() };
     ext.m.insert("ut_metadata".into(), 5);
     ext.to_message().encode(&mut b);
-    f.handle(Instant::ZERO, FetchInput::PeerBytes { peer, bytes: b.into() });
+    f.handle(Instant::ZERO, magnet::Input::Peer(PeerInput::Bytes { peer, bytes: b.into() }));
 }
 
 #[test]
@@ -210,8 +218,8 @@ fn a_peer_announcing_a_wrong_size_first_does_not_cost_the_honest_ones() {
         let mut seeds: Vec<Torrent> = (0..honest).map(|i| seed(&meta, i as u8 + 1)).collect();
         let mut now = Instant::ZERO;
         for (i, s) in seeds.iter_mut().enumerate() {
-            f.handle(now, FetchInput::PeerConnected { peer: i as u64 });
-            s.handle(now, Input::PeerConnected { peer: 100 });
+            f.handle(now, magnet::Input::Peer(PeerInput::Connected { peer: i as u64 }));
+            s.handle(now, Input::Peer(PeerInput::Connected { peer: 100 }));
         }
         let mut q: VecDeque<Msg> = VecDeque::new();
         let mut dropped = Vec::new();
@@ -219,13 +227,13 @@ fn a_peer_announcing_a_wrong_size_first_does_not_cost_the_honest_ones() {
         for _ in 0..20_000 {
             loop {
                 match f.poll_output() {
-                    FetchOutput::Transmit { peer, payload } if (peer as usize) < honest => {
+                    magnet::Output::Transmit(Transmit { to: peer, bytes: payload }) if (peer as usize) < honest => {
                         q.push_back(Msg::ToSeed(peer as usize, payload.into()))
                     }
-                    FetchOutput::Transmit { .. } => {}
-                    FetchOutput::Done(m) => got = Some(*m),
-                    FetchOutput::Disconnect { peer, reason } => dropped.push((peer, reason)),
-                    FetchOutput::Timeout(_) => break,
+                    magnet::Output::Transmit(Transmit { .. }) => {}
+                    magnet::Output::Event(magnet::Event::Done(m)) => got = Some(*m),
+                    magnet::Output::Disconnect { peer, reason } => dropped.push((peer, reason)),
+                    magnet::Output::Timeout(_) => break,
                 }
             }
             if got.is_some() {
@@ -234,26 +242,28 @@ fn a_peer_announcing_a_wrong_size_first_does_not_cost_the_honest_ones() {
             for (i, s) in seeds.iter_mut().enumerate() {
                 loop {
                     match s.poll_output() {
-                        Output::Transmit { payload, .. } => q.push_back(Msg::ToFetch(i as u64, payload.into())),
+                        Output::Transmit(Transmit { bytes: payload, .. }) => {
+                            q.push_back(Msg::ToFetch(i as u64, payload.into()))
+                        }
                         Output::Timeout(_) => break,
                         _ => {}
                     }
                 }
             }
             match q.pop_front() {
-                Some(Msg::ToFetch(peer, bytes)) => f.handle(now, FetchInput::PeerBytes { peer, bytes }),
-                Some(Msg::ToSeed(i, bytes)) => seeds[i].handle(now, Input::PeerBytes { peer: 100, bytes }),
+                Some(Msg::ToFetch(peer, bytes)) => f.handle(now, magnet::Input::Peer(PeerInput::Bytes { peer, bytes })),
+                Some(Msg::ToSeed(i, bytes)) => seeds[i].handle(now, Input::Peer(PeerInput::Bytes { peer: 100, bytes })),
                 // Nothing in flight: the liar's requests time out.
                 None => {
                     now += Duration::from_secs(1);
-                    f.handle(now, FetchInput::Timeout);
+                    f.handle(now, magnet::Input::Timeout);
                 }
             }
         }
         let got = got.unwrap_or_else(|| panic!("fetched with {honest} honest peer(s); dropped {dropped:?}"));
         assert_eq!(got.info_hash, meta.info_hash);
         let honest_dropped: Vec<_> =
-            dropped.iter().filter(|(p, r)| (*p as usize) < honest && *r != FetchDisconnect::Done).collect();
+            dropped.iter().filter(|(p, r)| (*p as usize) < honest && *r != magnet::DisconnectReason::Done).collect();
         assert!(honest_dropped.is_empty(), "honest peers dropped: {honest_dropped:?}");
         // With two honest peers the majority size wins at once: no wait
         // on the liar's timeout.

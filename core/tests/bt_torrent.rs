@@ -3,10 +3,12 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use rumor_core::bt::bitfield::Bitfield;
+use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::metainfo::{Limits, Metainfo, PieceHasher, TorrentBuilder};
 use rumor_core::bt::torrent::*;
 use rumor_core::bt::wire::{Handshake, Message};
 use rumor_core::time::{Duration, Instant};
+use rumor_core::Transmit;
 use sha1::{Digest, Sha1};
 use std::collections::{BTreeSet, VecDeque};
 
@@ -68,8 +70,8 @@ impl Sim {
 
     fn connect(&mut self, a: usize, b: usize) {
         self.links.insert((a.min(b), a.max(b)));
-        self.inbox.push_back((a, Input::PeerConnected { peer: b as u64 }));
-        self.inbox.push_back((b, Input::PeerConnected { peer: a as u64 }));
+        self.inbox.push_back((a, Input::Peer(PeerInput::Connected { peer: b as u64 })));
+        self.inbox.push_back((b, Input::Peer(PeerInput::Connected { peer: a as u64 })));
     }
 
     fn drain(&mut self, i: usize) {
@@ -77,10 +79,13 @@ impl Sim {
             let o = self.nodes[i].t.poll_output();
             self.trace.update(format!("{i}:{o:?}").as_bytes());
             match o {
-                Output::Transmit { peer, payload } => {
+                Output::Transmit(Transmit { to: peer, bytes: payload }) => {
                     let p = peer as usize;
                     if self.links.contains(&(i.min(p), i.max(p))) {
-                        self.inbox.push_back((p, Input::PeerBytes { peer: i as u64, bytes: Bytes::from(payload) }));
+                        self.inbox.push_back((
+                            p,
+                            Input::Peer(PeerInput::Bytes { peer: i as u64, bytes: Bytes::from(payload) }),
+                        ));
                     }
                 }
                 Output::WriteBlock { piece, begin, data } => {
@@ -104,7 +109,10 @@ impl Sim {
                 Output::Disconnect { peer, reason } => {
                     let p = peer as usize;
                     if self.links.remove(&(i.min(p), i.max(p))) {
-                        self.inbox.push_back((p, Input::PeerDisconnected { peer: i as u64 }));
+                        self.inbox.push_back((
+                            p,
+                            Input::Peer(PeerInput::Closed { peer: i as u64, reason: CloseReason::Hangup }),
+                        ));
                     }
                     self.disconnects.push((i, p, reason));
                 }
@@ -229,10 +237,10 @@ fn drain(t: &mut Torrent) -> Vec<Output> {
 #[test]
 fn a_handshake_for_another_torrent_is_dropped() {
     let (mut t, _) = fresh(false);
-    t.handle(Instant::ZERO, Input::PeerConnected { peer: 7 });
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: 7 }));
     let mut hs = Vec::new();
     Handshake::new(rumor_core::bt::metainfo::InfoHash([9; 20]), [2; 20]).encode(&mut hs);
-    t.handle(Instant::ZERO, Input::PeerBytes { peer: 7, bytes: hs.into() });
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 7, bytes: hs.into() }));
     let out = drain(&mut t);
     assert!(out.contains(&Output::Disconnect { peer: 7, reason: DisconnectReason::WrongInfoHash }));
     assert_eq!(t.peer_count(), 0);
@@ -241,7 +249,7 @@ fn a_handshake_for_another_torrent_is_dropped() {
 #[test]
 fn a_silent_peer_is_dropped_after_the_idle_timeout() {
     let (mut t, _) = fresh(false);
-    t.handle(Instant::ZERO, Input::PeerConnected { peer: 7 });
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: 7 }));
     drain(&mut t);
     let mut now = Instant::ZERO;
     for _ in 0..130 {
@@ -255,18 +263,18 @@ fn a_silent_peer_is_dropped_after_the_idle_timeout() {
 #[test]
 fn a_seed_answers_a_request_after_unchoking_an_interested_peer() {
     let (mut t, meta) = fresh(true);
-    t.handle(Instant::ZERO, Input::PeerConnected { peer: 7 });
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: 7 }));
     let mut b = Vec::new();
     Handshake::new(meta.info_hash, [2; 20]).encode(&mut b);
     Message::Interested.encode(&mut b);
     let req = rumor_core::bt::wire::BlockRef { index: 1, begin: 16384, length: 16384 };
     Message::Request(req).encode(&mut b);
-    t.handle(Instant::ZERO, Input::PeerBytes { peer: 7, bytes: b.into() });
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 7, bytes: b.into() }));
     let out = drain(&mut t);
     assert!(out.contains(&Output::ReadBlock { peer: 7, block: req }), "{out:?}");
     t.handle(Instant::ZERO, Input::BlockRead { peer: 7, block: req, data: Bytes::from(vec![5u8; 16384]) });
     let out = drain(&mut t);
-    assert!(matches!(&out[..], [Output::Transmit { peer: 7, payload }] if payload.len() == 13 + 16384));
+    assert!(matches!(&out[..], [Output::Transmit(Transmit { to: 7, bytes: payload })] if payload.len() == 13 + 16384));
 }
 
 proptest! {
@@ -276,16 +284,16 @@ proptest! {
         handshake_first in any::<bool>(),
     ) {
         let (mut t, meta) = fresh(false);
-        t.handle(Instant::ZERO, Input::PeerConnected { peer: 1 });
+        t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: 1 }));
         if handshake_first {
             let mut hs = Vec::new();
             Handshake::new(meta.info_hash, [2; 20]).encode(&mut hs);
-            t.handle(Instant::ZERO, Input::PeerBytes { peer: 1, bytes: hs.into() });
+            t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 1, bytes: hs.into() }));
         }
         let mut now = Instant::ZERO;
         for c in chunks {
             now += Duration::from_millis(700);
-            t.handle(now, Input::PeerBytes { peer: 1, bytes: c.into() });
+            t.handle(now, Input::Peer(PeerInput::Bytes { peer: 1, bytes: c.into() }));
             t.handle(now, Input::Timeout);
             drain(&mut t);
         }
@@ -296,7 +304,7 @@ proptest! {
         msgs in proptest::collection::vec((0u8..21, any::<u32>(), any::<u32>(), 0u32..20000), 0..40),
     ) {
         let (mut t, meta) = fresh(true);
-        t.handle(Instant::ZERO, Input::PeerConnected { peer: 1 });
+        t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: 1 }));
         let mut b = Vec::new();
         Handshake::new(meta.info_hash, [2; 20]).encode(&mut b);
         for (kind, x, y, z) in msgs {
@@ -313,7 +321,7 @@ proptest! {
             };
             m.encode(&mut b);
         }
-        t.handle(Instant::ZERO, Input::PeerBytes { peer: 1, bytes: b.into() });
+        t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 1, bytes: b.into() }));
         let out = drain(&mut t);
         for o in out {
             if let Output::ReadBlock { peer, block } = o {
@@ -333,14 +341,14 @@ struct Remote {
 
 impl Remote {
     fn connect(t: &mut Torrent, meta: &Metainfo, key: u64, fast: bool) -> (Remote, Vec<Message>) {
-        t.handle(Instant::ZERO, Input::PeerConnected { peer: key });
+        t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: key }));
         let mut h = Handshake::new(meta.info_hash, [key as u8 + 100; 20]);
         if !fast {
             h.reserved = [0; 8];
         }
         let mut b = Vec::new();
         h.encode(&mut b);
-        t.handle(Instant::ZERO, Input::PeerBytes { peer: key, bytes: b.into() });
+        t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: key, bytes: b.into() }));
         let mut r = Remote {
             key,
             dec: rumor_core::bt::wire::Decoder::new(rumor_core::bt::wire::DecoderConfig {
@@ -357,7 +365,7 @@ impl Remote {
 
     fn absorb(&mut self, out: &[Output]) {
         for o in out {
-            if let Output::Transmit { peer, payload } = o {
+            if let Output::Transmit(Transmit { to: peer, bytes: payload }) = o {
                 if *peer == self.key {
                     self.dec.feed(payload);
                 }
@@ -375,7 +383,7 @@ impl Remote {
         for m in msgs {
             m.encode(&mut b);
         }
-        t.handle(now, Input::PeerBytes { peer: self.key, bytes: b.into() });
+        t.handle(now, Input::Peer(PeerInput::Bytes { peer: self.key, bytes: b.into() }));
         drain(t)
     }
 }
@@ -515,10 +523,10 @@ fn protocol_violations_drop_the_peer() {
 #[test]
 fn connecting_to_ourselves_is_detected() {
     let (mut t, meta) = fresh(false);
-    t.handle(Instant::ZERO, Input::PeerConnected { peer: 3 });
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: 3 }));
     let mut b = Vec::new();
     Handshake::new(meta.info_hash, [1; 20]).encode(&mut b);
-    t.handle(Instant::ZERO, Input::PeerBytes { peer: 3, bytes: b.into() });
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 3, bytes: b.into() }));
     assert!(drain(&mut t).contains(&Output::Disconnect { peer: 3, reason: DisconnectReason::SelfConnection }));
 }
 
@@ -530,7 +538,7 @@ fn connections_beyond_the_limit_are_refused() {
     cfg.peers_max = 2;
     let mut t = Torrent::new(cfg, &meta, &Bitfield::new(4), Instant::ZERO, 1);
     for k in 0..3 {
-        t.handle(Instant::ZERO, Input::PeerConnected { peer: k });
+        t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: k }));
     }
     assert_eq!(t.peer_count(), 2);
     assert!(drain(&mut t).contains(&Output::Disconnect { peer: 2, reason: DisconnectReason::TooManyPeers }));
@@ -555,13 +563,13 @@ proptest! {
             let x = body.first().copied().unwrap_or(0) as u32;
             let r = rumor_core::bt::wire::BlockRef { index: x % 5, begin: (x % 3) * 16384, length: 16384 };
             let input = match kind {
-                0 => Input::PeerConnected { peer },
+                0 => Input::Peer(PeerInput::Connected { peer }),
                 1 => {
                     let mut hs = Vec::new();
                     Handshake::new(meta.info_hash, [peer as u8 + 2; 20]).encode(&mut hs);
-                    Input::PeerBytes { peer, bytes: hs.into() }
+                    Input::Peer(PeerInput::Bytes { peer, bytes: hs.into() })
                 }
-                2 => Input::PeerBytes { peer, bytes: body.into() },
+                2 => Input::Peer(PeerInput::Bytes { peer, bytes: body.into() }),
                 3 => {
                     let m = match x % 9 {
                         0 => Message::HaveAll,
@@ -574,9 +582,9 @@ proptest! {
                         7 => Message::Reject(r),
                         _ => Message::Cancel(r),
                     };
-                    Input::PeerBytes { peer, bytes: m.to_vec().into() }
+                    Input::Peer(PeerInput::Bytes { peer, bytes: m.to_vec().into() })
                 }
-                4 => Input::PeerDisconnected { peer },
+                4 => Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Hangup }),
                 5 => Input::PieceChecked { piece: x % 5, ok: x & 1 == 0 },
                 6 => Input::BlockRead { peer, block: r, data: vec![1; 16384].into() },
                 _ => {
@@ -675,8 +683,14 @@ fn churn_swarm(seed: u64) -> bool {
             if a != b {
                 let key = (a.min(b), a.max(b));
                 if s.links.remove(&key) {
-                    queues.entry(a).or_default().push_back(Input::PeerDisconnected { peer: b as u64 });
-                    queues.entry(b).or_default().push_back(Input::PeerDisconnected { peer: a as u64 });
+                    queues
+                        .entry(a)
+                        .or_default()
+                        .push_back(Input::Peer(PeerInput::Closed { peer: b as u64, reason: CloseReason::Hangup }));
+                    queues
+                        .entry(b)
+                        .or_default()
+                        .push_back(Input::Peer(PeerInput::Closed { peer: a as u64, reason: CloseReason::Hangup }));
                 } else {
                     s.connect(a, b);
                     continue;
@@ -688,7 +702,7 @@ fn churn_swarm(seed: u64) -> bool {
             let i = ready[rng.index(ready.len())];
             let input = queues.get_mut(&i).unwrap().pop_front().unwrap();
             // Bytes for a connection that no longer exists are lost.
-            if let Input::PeerBytes { peer, .. } = &input {
+            if let Input::Peer(PeerInput::Bytes { peer, .. }) = &input {
                 let p = *peer as usize;
                 if !s.links.contains(&(i.min(p), i.max(p))) {
                     continue;
@@ -770,9 +784,9 @@ fn a_failed_disk_write_refetches_the_piece_without_blame() {
 
 fn handle_output(s: &mut Sim, i: usize, o: Output) {
     match o {
-        Output::Transmit { peer, payload } => {
-            s.inbox.push_back((peer as usize, Input::PeerBytes { peer: i as u64, bytes: Bytes::from(payload) }))
-        }
+        Output::Transmit(Transmit { to: peer, bytes: payload }) => s
+            .inbox
+            .push_back((peer as usize, Input::Peer(PeerInput::Bytes { peer: i as u64, bytes: Bytes::from(payload) }))),
         Output::WriteBlock { piece, begin, data } => {
             let at = (piece as u64 * PL + begin as u64) as usize;
             s.nodes[i].data[at..at + data.len()].copy_from_slice(&data);

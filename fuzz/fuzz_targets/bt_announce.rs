@@ -1,7 +1,7 @@
 #![no_main]
 //! Feeds the announcer arbitrary tracker answers, failures and time.
 use libfuzzer_sys::fuzz_target;
-use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer};
+use rumor_core::bt::announce::{AnnounceConfig, Input, Output, Announcer};
 use rumor_core::bt::metainfo::InfoHash;
 use rumor_core::time::{Duration, Instant};
 
@@ -20,20 +20,20 @@ fuzz_target!(|data: &[u8]| {
         rest = tail.get(1 + len..).unwrap_or(&[]);
         loop {
             match a.poll_output() {
-                AnnounceOutput::Timeout(_) => break,
-                AnnounceOutput::HttpGet { id, .. } | AnnounceOutput::UdpSend { id, .. } => last = id,
+                Output::Timeout(_) => break,
+                Output::HttpGet { id, .. } | Output::UdpSend { id, .. } => last = id,
                 _ => {}
             }
         }
         let input = match op % 6 {
-            0 => AnnounceInput::HttpBody { id: last, body },
-            1 => AnnounceInput::UdpDatagram { id: last, bytes: body, ipv6: op & 0x80 != 0 },
-            2 => AnnounceInput::RequestFailed { id: last },
-            3 => AnnounceInput::Completed,
-            4 => AnnounceInput::Stop,
+            0 => Input::HttpBody { id: last, body },
+            1 => Input::UdpDatagram { id: last, bytes: body, ipv6: op & 0x80 != 0 },
+            2 => Input::RequestFailed { id: last },
+            3 => Input::Completed,
+            4 => Input::Stop,
             _ => {
                 now += Duration::from_secs(len as u64);
-                AnnounceInput::Timeout
+                Input::Timeout
             }
         };
         a.handle(now, input);

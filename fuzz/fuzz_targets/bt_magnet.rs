@@ -1,7 +1,8 @@
 #![no_main]
 //! Feeds the metadata fetcher arbitrary inputs from up to four peers.
 use libfuzzer_sys::fuzz_target;
-use rumor_core::bt::magnet::{FetchConfig, FetchInput, FetchOutput, MetadataFetch};
+use rumor_core::bt::conn::{CloseReason, PeerInput};
+use rumor_core::bt::magnet::{self, FetchConfig, MetadataFetch};
 use rumor_core::bt::metainfo::InfoHash;
 use rumor_core::bt::wire::Handshake;
 use rumor_core::time::{Duration, Instant};
@@ -17,20 +18,20 @@ fuzz_target!(|data: &[u8]| {
         let body = tail.get(1..1 + len).unwrap_or(&[]);
         rest = tail.get(1 + len..).unwrap_or(&[]);
         let input = match op % 5 {
-            0 => FetchInput::PeerConnected { peer },
+            0 => magnet::Input::Peer(PeerInput::Connected { peer }),
             1 => {
                 let mut hs = Vec::new();
                 Handshake::new(ih, [peer as u8 + 2; 20]).encode(&mut hs);
-                FetchInput::PeerBytes { peer, bytes: hs.into() }
+                magnet::Input::Peer(PeerInput::Bytes { peer, bytes: hs.into() })
             }
-            2 => FetchInput::PeerBytes { peer, bytes: body.to_vec().into() },
-            3 => FetchInput::PeerDisconnected { peer },
+            2 => magnet::Input::Peer(PeerInput::Bytes { peer, bytes: body.to_vec().into() }),
+            3 => magnet::Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Hangup }),
             _ => {
                 now += Duration::from_millis(len as u64 * 200);
-                FetchInput::Timeout
+                magnet::Input::Timeout
             }
         };
         f.handle(now, input);
-        while !matches!(f.poll_output(), FetchOutput::Timeout(_)) {}
+        while !matches!(f.poll_output(), magnet::Output::Timeout(_)) {}
     }
 });

@@ -5,6 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::metainfo::{Limits, TorrentBuilder};
+use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::torrent::{Input, Output, Torrent, TorrentConfig};
 use rumor_core::bt::wire::{BlockRef, Handshake};
 use rumor_core::time::{Duration, Instant};
@@ -25,14 +26,14 @@ fuzz_target!(|data: &[u8]| {
         let body = tail.get(1..1 + len).unwrap_or(&[]);
         rest = tail.get(1 + len..).unwrap_or(&[]);
         let input = match op % 7 {
-            0 => Input::PeerConnected { peer },
+            0 => Input::Peer(PeerInput::Connected { peer }),
             1 => {
                 let mut hs = Vec::new();
                 Handshake::new(meta.info_hash, [peer as u8 + 2; 20]).encode(&mut hs);
-                Input::PeerBytes { peer, bytes: hs.into() }
+                Input::Peer(PeerInput::Bytes { peer, bytes: hs.into() })
             }
-            2 => Input::PeerBytes { peer, bytes: body.to_vec().into() },
-            3 => Input::PeerDisconnected { peer },
+            2 => Input::Peer(PeerInput::Bytes { peer, bytes: body.to_vec().into() }),
+            3 => Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Hangup }),
             4 => Input::PieceChecked { piece: len as u32 % 6, ok: op & 8 != 0 },
             5 => Input::BlockRead {
                 peer,

@@ -12,10 +12,12 @@
 
 use bytes::Bytes;
 use rumor_core::bt::bitfield::Bitfield;
+use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::metainfo::{Limits, Metainfo, TorrentBuilder};
 use rumor_core::bt::torrent::{Event, Input, Output, Torrent, TorrentConfig};
 use rumor_core::rand::Rng;
 use rumor_core::time::{Duration, Instant};
+use rumor_core::Transmit;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Largest block the machines request; reads are served from this.
@@ -148,7 +150,7 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
         }
         for (x, y) in [(a, b), (b, a)] {
             links.insert((x, y), Link { queue: VecDeque::new(), sent_of_head: 0, queued_bytes: 0 });
-            nodes[x].local.push_back(Input::PeerConnected { peer: y as u64 });
+            nodes[x].local.push_back(Input::Peer(PeerInput::Connected { peer: y as u64 }));
         }
     };
     for i in 1..n {
@@ -180,7 +182,7 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
         while wire.front().is_some_and(|w| w.0 <= now) {
             let (_, to, from, bytes) = wire.pop_front().expect("checked");
             if links.contains_key(&(to, from)) {
-                nodes[to].t.handle(now, Input::PeerBytes { peer: from as u64, bytes });
+                nodes[to].t.handle(now, Input::Peer(PeerInput::Bytes { peer: from as u64, bytes }));
             }
         }
         // Local inputs, timers, then drain every machine.
@@ -195,7 +197,7 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                 let mut produced_local = false;
                 loop {
                     match nodes[i].t.poll_output() {
-                        Output::Transmit { peer, payload } => {
+                        Output::Transmit(Transmit { to: peer, bytes: payload }) => {
                             if let Some(l) = links.get_mut(&(i, peer as usize)) {
                                 l.queued_bytes += payload.len();
                                 l.queue.push_back(payload);
@@ -218,7 +220,10 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                             fnv(&mut trace, format!("x{i}-{p}").as_bytes());
                             links.remove(&(i, p));
                             if links.remove(&(p, i)).is_some() {
-                                nodes[p].local.push_back(Input::PeerDisconnected { peer: i as u64 });
+                                nodes[p].local.push_back(Input::Peer(PeerInput::Closed {
+                                    peer: i as u64,
+                                    reason: CloseReason::Hangup,
+                                }));
                             }
                         }
                         Output::Event(Event::Completed) => {

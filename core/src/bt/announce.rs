@@ -1,13 +1,13 @@
 //! The announcer: when and where to announce one torrent (BEP 3 HTTP,
 //! BEP 15 UDP, BEP 12 tiers), sans-IO.
 //!
-//! * **Inputs** ([`Announcer::handle`]): [`AnnounceInput`]: transfer
+//! * **Inputs** ([`Announcer::handle`]): [`Input`]: transfer
 //!   totals, the `completed`/`stopped` events, an HTTP body or a UDP
 //!   datagram answering a request, a failed request, and `Timeout`.
 //! * **Outputs** ([`Announcer::poll_output`]), drained until
-//!   [`AnnounceOutput::Timeout`]: HTTP GETs and UDP datagrams to send
-//!   (each with a [`RequestId`] to answer with), peers found, tracker
-//!   errors.
+//!   [`Output::Timeout`]: HTTP GETs and UDP datagrams to send
+//!   (each with a [`RequestId`] to answer with), and [`Event`]s: peers
+//!   found, tracker errors.
 //!
 //! Tiers are tried in order and trackers within a tier in (shuffled) order;
 //! a tracker that answers moves to the front of its tier (BEP 12). A UDP
@@ -71,7 +71,7 @@ impl AnnounceConfig {
 
 /// What the adapter feeds an [`Announcer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AnnounceInput {
+pub enum Input {
     /// Current totals (sent with the next announce).
     Progress {
         /// Bytes uploaded this session.
@@ -85,14 +85,14 @@ pub enum AnnounceInput {
     Completed,
     /// We leave the swarm: announce `stopped` now, then stay quiet.
     Stop,
-    /// The body of an HTTP response to [`AnnounceOutput::HttpGet`].
+    /// The body of an HTTP response to [`Output::HttpGet`].
     HttpBody {
         /// The request answered.
         id: RequestId,
         /// The body.
         body: Vec<u8>,
     },
-    /// A datagram from the tracker a [`AnnounceOutput::UdpSend`] went to.
+    /// A datagram from the tracker a [`Output::UdpSend`] went to.
     UdpDatagram {
         /// The request answered (the adapter matches by tracker address).
         id: RequestId,
@@ -110,27 +110,9 @@ pub enum AnnounceInput {
     Timeout,
 }
 
-/// What the adapter must do.
+/// What the announcer reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AnnounceOutput {
-    /// GET this URL; answer with [`AnnounceInput::HttpBody`] or
-    /// [`AnnounceInput::RequestFailed`].
-    HttpGet {
-        /// Echo this.
-        id: RequestId,
-        /// The full announce URL.
-        url: String,
-    },
-    /// Send this datagram to the host and port of `tracker` (a `udp://`
-    /// URL); answer with [`AnnounceInput::UdpDatagram`].
-    UdpSend {
-        /// Echo this.
-        id: RequestId,
-        /// The tracker URL, to resolve.
-        tracker: String,
-        /// The datagram.
-        payload: Vec<u8>,
-    },
+pub enum Event {
     /// Peers a tracker gave us.
     Peers(Vec<SocketAddr>),
     /// A tracker failed or refused; the next one is being tried.
@@ -140,7 +122,34 @@ pub enum AnnounceOutput {
         /// What it said or what went wrong (`None`: timeout or transport).
         error: Option<TrackerError>,
     },
-    /// Call [`Announcer::handle`] with [`AnnounceInput::Timeout`] then.
+}
+
+/// What the adapter must do. The requests are not
+/// [`crate::Transmit`]s: an HTTP GET is a URL, not bytes, and a UDP
+/// tracker is a name to resolve first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// GET this URL; answer with [`Input::HttpBody`] or
+    /// [`Input::RequestFailed`].
+    HttpGet {
+        /// Echo this.
+        id: RequestId,
+        /// The full announce URL.
+        url: String,
+    },
+    /// Send this datagram to the host and port of `tracker` (a `udp://`
+    /// URL); answer with [`Input::UdpDatagram`].
+    UdpSend {
+        /// Echo this.
+        id: RequestId,
+        /// The tracker URL, to resolve.
+        tracker: String,
+        /// The datagram.
+        payload: Vec<u8>,
+    },
+    /// Something happened.
+    Event(Event),
+    /// Call [`Announcer::handle`] with [`Input::Timeout`] then.
     Timeout(Instant),
 }
 
@@ -189,7 +198,7 @@ pub struct Announcer {
     failures: u32,
     next_id: RequestId,
     stopped: bool,
-    out: VecDeque<AnnounceOutput>,
+    out: VecDeque<Output>,
 }
 
 impl Announcer {
@@ -254,8 +263,8 @@ impl Announcer {
         self.next_announce
     }
 
-    /// The next thing to do; drain until [`AnnounceOutput::Timeout`].
-    pub fn poll_output(&mut self) -> AnnounceOutput {
+    /// The next thing to do; drain until [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
@@ -265,39 +274,39 @@ impl Announcer {
             (None, false) if self.tiers.is_empty() => Instant::NEVER,
             (None, false) => self.next_announce,
         };
-        AnnounceOutput::Timeout(at)
+        Output::Timeout(at)
     }
 
     /// Feeds one input; then drain [`Announcer::poll_output`].
-    pub fn handle(&mut self, now: Instant, input: AnnounceInput) {
+    pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
-            AnnounceInput::Progress { uploaded, downloaded, left } => {
+            Input::Progress { uploaded, downloaded, left } => {
                 self.uploaded = uploaded;
                 self.downloaded = downloaded;
                 self.left = left;
             }
-            AnnounceInput::Completed => {
+            Input::Completed => {
                 if !self.stopped {
                     self.left = 0;
                     self.event = AnnounceEvent::Completed;
                     self.restart(now);
                 }
             }
-            AnnounceInput::Stop => {
+            Input::Stop => {
                 if !self.stopped {
                     self.event = AnnounceEvent::Stopped;
                     self.restart(now);
                     self.stopped = true;
                 }
             }
-            AnnounceInput::HttpBody { id, body } => self.on_http(now, id, &body),
-            AnnounceInput::UdpDatagram { id, bytes, ipv6 } => self.on_udp(now, id, &bytes, ipv6),
-            AnnounceInput::RequestFailed { id } => {
+            Input::HttpBody { id, body } => self.on_http(now, id, &body),
+            Input::UdpDatagram { id, bytes, ipv6 } => self.on_udp(now, id, &bytes, ipv6),
+            Input::RequestFailed { id } => {
                 if self.in_flight.is_some_and(|f| f.id == id) {
                     self.fail(now, None);
                 }
             }
-            AnnounceInput::Timeout => {
+            Input::Timeout => {
                 if let Some(f) = self.in_flight {
                     if now >= f.deadline {
                         self.fail(now, None);
@@ -347,7 +356,7 @@ impl Announcer {
         self.next_id += 1;
         let deadline = now + self.timeout();
         let (phase, out) = if !t.udp {
-            (Phase::Http, AnnounceOutput::HttpGet { id, url: self.request().url(&t.url) })
+            (Phase::Http, Output::HttpGet { id, url: self.request().url(&t.url) })
         } else {
             let tx = self.rng.next_u32();
             match t.conn {
@@ -359,11 +368,11 @@ impl Announcer {
                         ip: 0,
                     }
                     .encode();
-                    (Phase::UdpAnnounce(tx), AnnounceOutput::UdpSend { id, tracker: t.url.clone(), payload })
+                    (Phase::UdpAnnounce(tx), Output::UdpSend { id, tracker: t.url.clone(), payload })
                 }
                 _ => (
                     Phase::UdpConnect(tx),
-                    AnnounceOutput::UdpSend {
+                    Output::UdpSend {
                         id,
                         tracker: t.url.clone(),
                         payload: udp::Request::Connect { transaction_id: tx }.encode(),
@@ -382,7 +391,7 @@ impl Announcer {
         };
         let url = self.tiers[f.tier][f.index].url.clone();
         self.tiers[f.tier][f.index].conn = None;
-        self.out.push_back(AnnounceOutput::TrackerError { tracker: url, error });
+        self.out.push_back(Output::Event(Event::TrackerError { tracker: url, error }));
         self.failures += 1;
         // Next tracker in the tier, else the first of the next tier; after
         // the last tier, wait and start over.
@@ -412,7 +421,7 @@ impl Announcer {
         self.event = AnnounceEvent::None;
         self.next_announce = now + interval.max(self.config.interval_min);
         if !peers.is_empty() && !self.stopped {
-            self.out.push_back(AnnounceOutput::Peers(peers));
+            self.out.push_back(Output::Event(Event::Peers(peers)));
         }
     }
 

@@ -2,11 +2,11 @@
 //! overlay's providers record) to a checked [`Metainfo`], by BEP 9 from
 //! peers. Sans-IO like [`super::torrent::Torrent`]:
 //!
-//! * **Inputs** ([`MetadataFetch::handle`]): [`FetchInput`] (peer connected,
-//!   bytes, disconnected, timeout).
+//! * **Inputs** ([`MetadataFetch::handle`]): [`Input`]: the shared
+//!   [`PeerInput`] (connected, bytes, closed) and the timeout.
 //! * **Outputs** ([`MetadataFetch::poll_output`]), drained until
-//!   [`FetchOutput::Timeout`]: bytes to send, peers to drop, and once
-//!   [`FetchOutput::Done`] with the torrent. Then make a
+//!   [`Output::Timeout`]: bytes to send, peers to drop, and once
+//!   [`Event::Done`] with the torrent. Then make a
 //!   [`super::torrent::Torrent`] and connect to the peers again.
 //!
 //! Each piece is asked of one peer at a time; a piece not answered within
@@ -18,12 +18,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
+use super::conn::{PeerInput, PeerKey};
 use super::metadata::{MetadataAssembler, MetadataMessage};
 use super::metainfo::{InfoHash, Limits, Metainfo};
-use super::picker::PeerKey;
 use super::torrent::UT_METADATA_ID;
 use super::wire::{Decoder, DecoderConfig, ExtHandshake, Handshake, Message, PeerId};
 use crate::time::{Duration, Instant};
+use crate::Transmit;
 
 /// A parsed magnet link (BEP 9): `magnet:?xt=urn:btih:<40 hex or 32 base32>`
 /// with optional `dn` (name), `tr` (trackers) and `x.pe` (peer addresses).
@@ -176,31 +177,23 @@ impl FetchConfig {
 
 /// What the adapter feeds a [`MetadataFetch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchInput {
-    /// A connection to a peer is up.
-    PeerConnected {
-        /// Connection handle, unique among live connections.
-        peer: PeerKey,
-    },
-    /// Bytes arrived from `peer`.
-    PeerBytes {
-        /// Connection handle.
-        peer: PeerKey,
-        /// The bytes.
-        bytes: Bytes,
-    },
-    /// The connection closed.
-    PeerDisconnected {
-        /// Connection handle.
-        peer: PeerKey,
-    },
+pub enum Input {
+    /// Something happened on a peer connection: the same input the
+    /// torrent machine takes (see [`super::conn`]).
+    Peer(PeerInput),
     /// Time passed; early timeouts do nothing.
     Timeout,
 }
 
+impl From<PeerInput> for Input {
+    fn from(p: PeerInput) -> Input {
+        Input::Peer(p)
+    }
+}
+
 /// Why the fetcher drops a peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchDisconnect {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
     /// Bad handshake, wrong torrent, self-connection or a protocol error.
     Protocol,
     /// No `ut_metadata` support or an unusable size.
@@ -215,26 +208,29 @@ pub enum FetchDisconnect {
     Done,
 }
 
+/// What the fetcher reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The checked torrent; the fetcher is finished (every connection was
+    /// dropped with [`DisconnectReason::Done`] just before).
+    Done(Box<Metainfo>),
+}
+
 /// What the adapter must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchOutput {
-    /// Send bytes to a peer.
-    Transmit {
-        /// Connection handle.
-        peer: PeerKey,
-        /// The bytes.
-        payload: Vec<u8>,
-    },
-    /// Close the connection.
+pub enum Output {
+    /// Send these bytes on connection `to`.
+    Transmit(Transmit<PeerKey>),
+    /// Close the connection (no [`PeerInput::Closed`] needed after).
     Disconnect {
         /// Connection handle.
         peer: PeerKey,
         /// Why.
-        reason: FetchDisconnect,
+        reason: DisconnectReason,
     },
-    /// The checked torrent; the fetcher is finished.
-    Done(Box<Metainfo>),
-    /// Call [`MetadataFetch::handle`] with [`FetchInput::Timeout`] then.
+    /// Something happened.
+    Event(Event),
+    /// Call [`MetadataFetch::handle`] with [`Input::Timeout`] then.
     Timeout(Instant),
 }
 
@@ -259,7 +255,7 @@ pub struct MetadataFetch {
     asm: Option<MetadataAssembler>,
     /// Which peer sent each stored piece, for blame.
     sent_by: BTreeMap<u32, PeerKey>,
-    out: VecDeque<FetchOutput>,
+    out: VecDeque<Output>,
     next_tick: Instant,
     done: bool,
 }
@@ -279,7 +275,7 @@ impl MetadataFetch {
         }
     }
 
-    /// True once [`FetchOutput::Done`] was produced.
+    /// True once [`Event::Done`] was produced.
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -289,33 +285,33 @@ impl MetadataFetch {
         self.conns.len()
     }
 
-    /// The next thing to do; drain until [`FetchOutput::Timeout`].
-    pub fn poll_output(&mut self) -> FetchOutput {
-        self.out.pop_front().unwrap_or(FetchOutput::Timeout(if self.done { Instant::NEVER } else { self.next_tick }))
+    /// The next thing to do; drain until [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output {
+        self.out.pop_front().unwrap_or(Output::Timeout(if self.done { Instant::NEVER } else { self.next_tick }))
     }
 
     fn send(&mut self, peer: PeerKey, m: &Message) {
-        self.out.push_back(FetchOutput::Transmit { peer, payload: m.to_vec() });
+        self.out.push_back(Output::Transmit(Transmit { to: peer, bytes: m.to_vec() }));
     }
 
-    fn drop_peer(&mut self, peer: PeerKey, reason: FetchDisconnect) {
+    fn drop_peer(&mut self, peer: PeerKey, reason: DisconnectReason) {
         if self.conns.remove(&peer).is_some() {
-            self.out.push_back(FetchOutput::Disconnect { peer, reason });
+            self.out.push_back(Output::Disconnect { peer, reason });
         }
     }
 
     /// Feeds one input; then drain [`MetadataFetch::poll_output`].
-    pub fn handle(&mut self, now: Instant, input: FetchInput) {
+    pub fn handle(&mut self, now: Instant, input: Input) {
         if self.done {
             return;
         }
         match input {
-            FetchInput::PeerConnected { peer } => {
+            Input::Peer(PeerInput::Connected { peer }) => {
                 if self.conns.contains_key(&peer) {
                     return;
                 }
                 if self.conns.len() >= self.config.peers_max {
-                    self.out.push_back(FetchOutput::Disconnect { peer, reason: FetchDisconnect::TooManyPeers });
+                    self.out.push_back(Output::Disconnect { peer, reason: DisconnectReason::TooManyPeers });
                     return;
                 }
                 let decoder = Decoder::new(DecoderConfig::default());
@@ -332,14 +328,14 @@ impl MetadataFetch {
                 );
                 let mut hs = Vec::new();
                 Handshake::new(self.info_hash, self.config.peer_id).encode(&mut hs);
-                self.out.push_back(FetchOutput::Transmit { peer, payload: hs });
+                self.out.push_back(Output::Transmit(Transmit { to: peer, bytes: hs }));
             }
-            FetchInput::PeerBytes { peer, bytes } => self.on_bytes(now, peer, &bytes),
-            FetchInput::PeerDisconnected { peer } => {
+            Input::Peer(PeerInput::Bytes { peer, bytes }) => self.on_bytes(now, peer, &bytes),
+            Input::Peer(PeerInput::Closed { peer, .. }) => {
                 self.conns.remove(&peer);
                 self.request_all(now);
             }
-            FetchInput::Timeout => self.on_timeout(now),
+            Input::Timeout => self.on_timeout(now),
         }
     }
 
@@ -364,8 +360,8 @@ impl MetadataFetch {
                     ext.m.insert("ut_metadata".into(), UT_METADATA_ID);
                     self.send(peer, &ext.to_message());
                 }
-                Some(Ok(h)) if !h.supports_extended() => return self.drop_peer(peer, FetchDisconnect::NoMetadata),
-                Some(_) => return self.drop_peer(peer, FetchDisconnect::Protocol),
+                Some(Ok(h)) if !h.supports_extended() => return self.drop_peer(peer, DisconnectReason::NoMetadata),
+                Some(_) => return self.drop_peer(peer, DisconnectReason::Protocol),
             }
         }
         loop {
@@ -380,7 +376,7 @@ impl MetadataFetch {
                 Some(Ok(Message::Extended { id: 0, payload })) => self.on_ext_handshake(peer, &payload),
                 Some(Ok(Message::Extended { id: UT_METADATA_ID, payload })) => self.on_metadata(peer, &payload),
                 Some(Ok(_)) => {}
-                Some(Err(e)) if e.is_fatal() => return self.drop_peer(peer, FetchDisconnect::Protocol),
+                Some(Err(e)) if e.is_fatal() => return self.drop_peer(peer, DisconnectReason::Protocol),
                 Some(Err(_)) => {}
             }
         }
@@ -389,17 +385,17 @@ impl MetadataFetch {
 
     fn on_ext_handshake(&mut self, peer: PeerKey, payload: &[u8]) {
         let Ok(h) = ExtHandshake::parse(payload) else {
-            return self.drop_peer(peer, FetchDisconnect::Protocol);
+            return self.drop_peer(peer, DisconnectReason::Protocol);
         };
         let id = h.m.get("ut_metadata").copied().filter(|i| *i != 0);
         let (Some(id), Some(size)) = (id, h.metadata_size) else {
-            return self.drop_peer(peer, FetchDisconnect::NoMetadata);
+            return self.drop_peer(peer, DisconnectReason::NoMetadata);
         };
         // An impossible size is the peer's fault; a plausible one that
         // differs from another peer's is not decided here: one of them
         // lies, and which one only the hash tells (see `request_all`).
         if MetadataAssembler::new(self.info_hash, size, self.config.metadata_size_max).is_err() {
-            return self.drop_peer(peer, FetchDisconnect::NoMetadata);
+            return self.drop_peer(peer, DisconnectReason::NoMetadata);
         }
         if let Some(c) = self.conns.get_mut(&peer) {
             c.ut_metadata = Some(id);
@@ -409,7 +405,7 @@ impl MetadataFetch {
 
     fn on_metadata(&mut self, peer: PeerKey, payload: &Bytes) {
         let Ok(msg) = MetadataMessage::parse(payload) else {
-            return self.drop_peer(peer, FetchDisconnect::Protocol);
+            return self.drop_peer(peer, DisconnectReason::Protocol);
         };
         let c = self.conns.get_mut(&peer).expect("connected");
         match msg {
@@ -440,12 +436,12 @@ impl MetadataFetch {
                         self.done = true;
                         let peers: Vec<PeerKey> = self.conns.keys().copied().collect();
                         for p in peers {
-                            self.drop_peer(p, FetchDisconnect::Done);
+                            self.drop_peer(p, DisconnectReason::Done);
                         }
-                        self.out.push_back(FetchOutput::Done(Box::new(meta)));
+                        self.out.push_back(Output::Event(Event::Done(Box::new(meta))));
                     }
                     Err(super::metadata::MetadataError::BadPiece(_)) => {
-                        self.drop_peer(peer, FetchDisconnect::BadMetadata)
+                        self.drop_peer(peer, DisconnectReason::BadMetadata)
                     }
                     Err(_) => {
                         // Hash mismatch or an invalid torrent: blame every
@@ -453,7 +449,7 @@ impl MetadataFetch {
                         self.sent_by.insert(piece, peer);
                         let blamed: BTreeSet<PeerKey> = std::mem::take(&mut self.sent_by).into_values().collect();
                         for p in blamed {
-                            self.drop_peer(p, FetchDisconnect::BadMetadata);
+                            self.drop_peer(p, DisconnectReason::BadMetadata);
                         }
                         self.asm = None;
                     }
@@ -542,7 +538,7 @@ impl MetadataFetch {
             }
         }
         for k in idle {
-            self.drop_peer(k, FetchDisconnect::Idle);
+            self.drop_peer(k, DisconnectReason::Idle);
         }
         self.request_all(now);
     }

@@ -33,6 +33,7 @@ use bytes::Bytes;
 
 use super::bitfield::Bitfield;
 use super::choker::{Choker, ChokerConfig, PeerStats};
+use super::conn::PeerInput;
 use super::metadata::{MetadataMessage, METADATA_PIECE_LEN};
 use super::metainfo::{InfoHash, Metainfo, Sha1Hash};
 
@@ -49,6 +50,7 @@ use super::wire::{
     BLOCK_LEN,
 };
 use crate::time::{Duration, Instant};
+use crate::Transmit;
 
 /// Tuning and limits of a [`Torrent`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,27 +120,12 @@ impl TorrentConfig {
     }
 }
 
-/// Something the adapter does for an input.
+/// What the adapter feeds a [`Torrent`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// A connection to a peer is up (either direction). The adapter picks
-    /// `peer`, unique among live connections.
-    PeerConnected {
-        /// Connection handle.
-        peer: PeerKey,
-    },
-    /// Bytes arrived from `peer` (the handshake included).
-    PeerBytes {
-        /// Connection handle.
-        peer: PeerKey,
-        /// The bytes.
-        bytes: Bytes,
-    },
-    /// The connection to `peer` closed.
-    PeerDisconnected {
-        /// Connection handle.
-        peer: PeerKey,
-    },
+    /// Something happened on a peer connection: the same input the
+    /// metadata fetch takes (see [`super::conn`]).
+    Peer(PeerInput),
     /// Answer to [`Output::ReadBlock`].
     BlockRead {
         /// Who asked.
@@ -221,13 +208,8 @@ pub enum DisconnectReason {
 /// What the adapter must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Send bytes to a peer.
-    Transmit {
-        /// Connection handle.
-        peer: PeerKey,
-        /// The bytes.
-        payload: Vec<u8>,
-    },
+    /// Send these bytes on connection `to`.
+    Transmit(Transmit<PeerKey>),
     /// Write a verified-to-be-requested block to disk (map it with
     /// [`super::metainfo::FileLayout::spans`]).
     WriteBlock {
@@ -254,7 +236,7 @@ pub enum Output {
         /// Its SHA-1 from the metainfo.
         expected: Sha1Hash,
     },
-    /// Close the connection (no [`Input::PeerDisconnected`] needed after).
+    /// Close the connection (no [`PeerInput::Closed`] needed after).
     Disconnect {
         /// Connection handle.
         peer: PeerKey,
@@ -375,6 +357,12 @@ pub struct Torrent {
     completed_reported: bool,
 }
 
+impl From<PeerInput> for Input {
+    fn from(p: PeerInput) -> Input {
+        Input::Peer(p)
+    }
+}
+
 impl Torrent {
     /// A torrent for `meta`, of which the pieces in `have` are already on
     /// disk and verified (pass an empty bitfield for a fresh download).
@@ -487,9 +475,9 @@ impl Torrent {
     }
 
     fn flush_tx(&mut self) {
-        for (peer, payload) in std::mem::take(&mut self.tx) {
-            if !payload.is_empty() {
-                self.out.push_back(Output::Transmit { peer, payload });
+        for (to, bytes) in std::mem::take(&mut self.tx) {
+            if !bytes.is_empty() {
+                self.out.push_back(Output::Transmit(Transmit { to, bytes }));
             }
         }
     }
@@ -515,9 +503,9 @@ impl Torrent {
     /// Feeds one input; then drain [`Torrent::poll_output`].
     pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
-            Input::PeerConnected { peer } => self.on_connected(now, peer),
-            Input::PeerBytes { peer, bytes } => self.on_bytes(now, peer, &bytes),
-            Input::PeerDisconnected { peer } => {
+            Input::Peer(PeerInput::Connected { peer }) => self.on_connected(now, peer),
+            Input::Peer(PeerInput::Bytes { peer, bytes }) => self.on_bytes(now, peer, &bytes),
+            Input::Peer(PeerInput::Closed { peer, .. }) => {
                 self.trust.remove(&peer);
                 if self.conns.remove(&peer).is_some() {
                     self.picker.peer_left(peer);

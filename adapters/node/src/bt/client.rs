@@ -1,20 +1,23 @@
-//! One torrent session, on whatever runtime the adapter installed.
+//! The download (and seeding) phase of a session, on whatever runtime the
+//! adapter installed.
 //!
 //! One task (the loop in [`Session::run`]) owns the core [`Torrent`] and
 //! [`Announcer`]; nothing else touches them. Around it:
 //!
-//! * a listener task and dial tasks hand it TCP streams;
-//! * each peer connection is a task that reads into a bounded channel
-//!   (backpressure: at most [`PEER_EVENTS_MAX`] reads of
-//!   [`READ_CHUNK_BYTES`] wait) and writes what the loop queues for it
-//!   (at most [`PEER_SEND_BYTES_MAX`] queued, or the peer is dropped);
+//! * the shared peer layer ([`Peers`]: the peer book and one connection
+//!   task per peer, see [`super::peer_conn`]); a listener task hands it
+//!   incoming streams through a bounded queue;
 //! * a disk thread does positional reads and writes in order, and hands
 //!   each piece to hash to a hashing thread once its blocks are written;
 //! * tracker requests run on the blocking pool (HTTP) or one UDP socket.
 //!
-//! Results come back to the loop as machine inputs.
+//! Results come back to the loop as machine inputs. The metadata fetch
+//! that may come before, and the order of the phases, are in
+//! [`super::session`].
 
 use super::control::{self, Command, Status};
+use super::peer_conn::{when, ConnLimits, Peers};
+use super::progress::Progress;
 use super::storage::Storage;
 use super::trackers::{self, TrackerEvent};
 use super::PeerArgs;
@@ -22,36 +25,41 @@ use crate::clock::Clock;
 use crate::rt::{self, TcpListener, TcpStream};
 use async_channel::{Receiver, Sender};
 use bytes::Bytes;
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer};
+use futures::FutureExt;
+use rumor_core::bt::announce::{self, AnnounceConfig, Announcer};
 use rumor_core::bt::bitfield::Bitfield;
+use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::metainfo::{Limits, Metainfo, Sha1Hash};
+use rumor_core::bt::peers::{Closed, PeerBook, Source};
 use rumor_core::bt::picker::PeerKey;
 use rumor_core::bt::torrent::{DisconnectReason, Event, Input, Output, Torrent, TorrentConfig};
-use rumor_core::bt::wire::{BlockRef, PeerId};
+use rumor_core::bt::wire::BlockRef;
 use rumor_core::time::Instant;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bytes read from a socket at once.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Reads from all peers waiting for the loop (the backpressure bound).
-const PEER_EVENTS_MAX: usize = 64;
-/// Bytes queued to one peer before it is dropped as too slow.
-const PEER_SEND_BYTES_MAX: usize = 16 << 20;
-/// Peer addresses remembered (from trackers, PEX, --peer).
-const KNOWN_PEERS_MAX: usize = 2000;
-/// Dials in progress at once.
-const DIALS_MAX: usize = 16;
-/// Connections (the machine's own limit is the same).
-const PEERS_MAX: usize = 50;
-/// How long a dial may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection buffers: reads of 64 KiB; past 8 MiB queued to a peer we
+/// stop reading from it (so it cannot ask for more) and past 16 MiB
+/// (the machine's 250 queued requests are 4 MiB) it is dropped.
+const LIMITS: ConnLimits =
+    ConnLimits { read_chunk_bytes: 64 * 1024, send_bytes_soft: 8 << 20, send_bytes_max: 16 << 20 };
+/// Connections (the machine's and the peer book's limit are the same).
+pub const PEERS_MAX: usize = 50;
+/// Incoming connections waiting for the loop; when full, a new one is
+/// closed at once (the peer may dial again later).
+const ACCEPTED_MAX: usize = 16;
+/// Tracker answers waiting for the loop; when full, an answer is dropped
+/// and the announcer's request timeout asks again. The loop takes them
+/// on every turn, so this is room for bursts only.
+const TRACKER_EVENTS_MAX: usize = 64;
+/// Disk results (blocks read, pieces checked, failed writes) waiting for
+/// the loop; when full, the disk threads wait (the loop always takes
+/// them, whatever else it is waiting for).
+const DISK_RESULTS_MAX: usize = 1024;
 /// How long the `stopped` announce may take on exit.
 const STOP_GRACE: Duration = Duration::from_secs(4);
 /// Housekeeping (dials, rates, progress) runs this often.
@@ -68,12 +76,10 @@ const READS_IN_FLIGHT_MAX: usize = 256;
 const DISK_POLL: Duration = Duration::from_millis(2);
 /// Failed block writes (disk full, permissions...) before the session gives up.
 const WRITE_FAILURES_MAX: u32 = 64;
-/// Rates are measured over this many housekeeping samples.
-const RATE_SAMPLES: usize = 10;
 
-/// What `get` or `seed` asked for.
-pub struct Options {
-    /// The .torrent file.
+/// What the download phase needs besides the torrent.
+pub struct Download {
+    /// The .torrent file (for messages; a magnet's metadata has none).
     pub torrent: PathBuf,
     /// The directory the torrent's name lives in.
     pub dir: PathBuf,
@@ -83,20 +89,22 @@ pub struct Options {
     pub exit_when_complete: bool,
     /// Started by `rumor seed`: the data should already be there.
     pub seed_command: bool,
-    /// `rumor get` of a magnet link or infohash: fetch the metadata from
-    /// peers first (`torrent` is then unused).
-    pub magnet: Option<super::magnet::MagnetSource>,
 }
 
-/// Runs a session to the end; the process's exit code.
-pub fn run(opts: Options) -> ExitCode {
-    match rt::block_on(start(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rumor: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// What the earlier steps of the session hand the download.
+pub struct Handover {
+    /// The session's clock (the peer book's times are on it).
+    pub clock: Clock,
+    /// The peer book, with the given peers and whatever a fetch learned.
+    pub book: PeerBook,
+    /// The control API's listener, bound before anything was created on
+    /// disk (so a port in use fails first).
+    pub control: Option<Box<dyn TcpListener>>,
+    /// Providers from the session's overlay member (`--overlay`).
+    pub found: Option<Receiver<Vec<SocketAddr>>>,
+    /// Set once every piece is verified (the overlay member announces us
+    /// as a seeder from then on).
+    pub complete: Arc<AtomicBool>,
 }
 
 /// Reads and checks the torrent file; errors say what is wrong.
@@ -110,32 +118,16 @@ pub fn load_torrent(path: &std::path::Path) -> Result<Metainfo, String> {
     Metainfo::parse_with(&bytes, &limits).map_err(|e| format!("{}: refused: {e}", path.display()))
 }
 
-/// A fresh peer id: our client prefix and random characters.
-pub(super) fn random_peer_id() -> PeerId {
-    let mut id = *b"-RM0001-000000000000";
-    let mut r = [0u8; 12];
-    let _ = getrandom::fill(&mut r);
-    for (d, b) in id[8..].iter_mut().zip(r) {
-        *d = b"0123456789abcdefghijklmnopqrstuvwxyz"[b as usize % 36];
-    }
-    id
-}
-
-async fn start(mut opts: Options) -> Result<(), String> {
-    if let Some(c) = opts.net.control {
-        if !c.ip().is_loopback() && !opts.net.control_public {
-            return Err(format!("--control {c}: not a loopback address; add --control-public to allow it"));
-        }
-    }
-    // The listener first: a metadata fetch announces its port to trackers
-    // and the overlay, and takes connections on it, before the download.
-    let listener = rt::bind_tcp(SocketAddr::new(opts.net.bind, opts.net.port))
-        .map_err(|e| format!("cannot listen on port {}: {e}", opts.net.port))?;
+/// Runs the download (then seeding, unless told to exit when complete) of
+/// `meta` to the end, taking peers on `listener` (bound before anything
+/// else, so a fetch could announce its port).
+pub async fn download(
+    opts: Download,
+    meta: Metainfo,
+    listener: Box<dyn TcpListener>,
+    handover: Handover,
+) -> Result<(), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let meta = match opts.magnet.take() {
-        None => load_torrent(&opts.torrent)?,
-        Some(m) => super::magnet::fetch(m, &mut opts.net, &listener).await?,
-    };
     let mut storage = Storage::new(&meta, &opts.dir);
     storage.open_existing();
     let storage = Arc::new(storage);
@@ -168,33 +160,7 @@ async fn start(mut opts: Options) -> Result<(), String> {
     if let Some(name) = opts.net.register.clone() {
         register_and_refresh(name, opts.net.api.clone(), opts.net.api_token.clone()).await?;
     }
-    let overlay = if opts.net.overlay.is_empty() {
-        None
-    } else {
-        let keys = crate::keyring(&opts.net.cluster_key, None)?;
-        Some((
-            super::overlay_member::MemberArgs { join: opts.net.overlay.clone(), keys, listen: opts.net.overlay_listen },
-            meta.info_hash,
-        ))
-    };
-    let session = Session::new(opts, meta, have, storage, port).await?;
-    if let Some((args, ih)) = overlay {
-        let (found_tx, found_rx) = async_channel::unbounded();
-        let complete = session.complete_flag.clone();
-        rt::spawn(async move {
-            if let Err(e) = super::overlay_member::run(args, ih, port, complete, found_tx).await {
-                tracing::error!("overlay: {e}");
-            }
-        });
-        let events = session.events_tx.clone();
-        rt::spawn(async move {
-            while let Ok(peers) = found_rx.recv().await {
-                if events.try_send(Ev::Learned(peers)).is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let session = Session::new(opts, meta, have, storage, port, handover)?;
     session.run(listener).await
 }
 
@@ -227,34 +193,11 @@ enum DiskJob {
     Hash { piece: u32, expected: Sha1Hash },
 }
 
-/// What comes back to the loop.
+/// What the disk threads send back to the loop.
 enum Ev {
-    Accepted(TcpStream, SocketAddr),
-    Dialed(SocketAddr, std::io::Result<TcpStream>),
-    PeerClosed(PeerKey),
     Input(Input),
     /// A block read failed (it is not answered).
     ReadFailed,
-    /// Providers found in the overlay.
-    Learned(Vec<SocketAddr>),
-}
-
-struct Conn {
-    addr: SocketAddr,
-    tx: Sender<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    task: rt::AbortHandle,
-    outgoing: bool,
-}
-
-#[derive(Default)]
-struct Known {
-    connected: bool,
-    dialing: bool,
-    failures: u32,
-    retry_at: Option<std::time::Instant>,
-    /// Given with --peer: retried forever.
-    manual: bool,
 }
 
 /// Pieces hashed incrementally at once (in-order blocks of pieces in
@@ -321,7 +264,7 @@ fn hash_thread(
                         storage.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected)
                     }
                 };
-                if results.try_send(Ev::Input(Input::PieceChecked { piece, ok })).is_err() {
+                if results.send_blocking(Ev::Input(Input::PieceChecked { piece, ok })).is_err() {
                     break;
                 }
             }
@@ -329,6 +272,11 @@ fn hash_thread(
     }
 }
 
+/// Starts the disk and hashing threads. Their job queues are not bounded
+/// by count but by what feeds them: block writes by
+/// `DISK_PENDING_BYTES_MAX` (the loop stops reading peers above it), reads
+/// by `READS_IN_FLIGHT_MAX`, hash checks by the pieces being downloaded.
+/// Results go to a bounded channel; the threads wait when it is full.
 fn spawn_disk_threads(storage: Arc<Storage>, jobs: Receiver<DiskJob>, results: Sender<Ev>, pending: Arc<AtomicUsize>) {
     let (hash_tx, hash_rx) = std::sync::mpsc::channel::<HashJob>();
     let (hs, hres, hpending) = (storage.clone(), results.clone(), pending.clone());
@@ -358,7 +306,7 @@ fn spawn_disk_threads(storage: Arc<Storage>, jobs: Receiver<DiskJob>, results: S
                         Ok(data) => Input::BlockRead { peer, block, data: Bytes::from(data) },
                         Err(e) => {
                             tracing::warn!("read of piece {} failed: {e}", block.index);
-                            if results.try_send(Ev::ReadFailed).is_err() {
+                            if results.send_blocking(Ev::ReadFailed).is_err() {
                                 break;
                             }
                             continue;
@@ -370,7 +318,7 @@ fn spawn_disk_threads(storage: Arc<Storage>, jobs: Receiver<DiskJob>, results: S
                         continue;
                     }
                 };
-                if results.try_send(Ev::Input(ev)).is_err() {
+                if results.send_blocking(Ev::Input(ev)).is_err() {
                     break;
                 }
             }
@@ -384,65 +332,16 @@ enum Wake {
     Event(Option<Ev>),
     Tracker(Option<TrackerEvent>),
     Control(Option<Command>),
-    Peer(Option<(PeerKey, Bytes)>),
+    Peer(Option<PeerInput>),
+    Accepted(Option<(TcpStream, SocketAddr)>),
+    Found(Option<Vec<SocketAddr>>),
     Timer,
-}
-
-/// `fut` when `cond` holds; otherwise a future that never completes (a
-/// select branch switched off).
-async fn when<T>(cond: bool, fut: impl std::future::Future<Output = T>) -> T {
-    if cond {
-        fut.await
-    } else {
-        futures::future::pending().await
-    }
-}
-
-/// Reads a peer into `events`, writes what `rx` brings.
-async fn run_peer(
-    peer: PeerKey,
-    stream: TcpStream,
-    peer_events: Sender<(PeerKey, Bytes)>,
-    rx: Receiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    done: Sender<Ev>,
-) {
-    let (mut r, mut w) = stream.into_split();
-    let writer = async move {
-        while let Ok(buf) = rx.recv().await {
-            queued.fetch_sub(buf.len(), Ordering::Relaxed);
-            if w.write_all(&buf).await.is_err() {
-                break;
-            }
-        }
-        let _ = w.close().await;
-    };
-    let reader = async move {
-        // One buffer reused for every read; each read's bytes are copied
-        // out (only the bytes read, not the whole chunk).
-        let mut buf = vec![0u8; READ_CHUNK_BYTES];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if peer_events.send((peer, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    futures::select! {
-        _ = writer.fuse() => {}
-        _ = reader.fuse() => {}
-    }
-    let _ = done.try_send(Ev::PeerClosed(peer));
 }
 
 struct Session {
     clock: Clock,
     /// Set once every piece is verified (read by the overlay member).
-    complete_flag: Arc<std::sync::atomic::AtomicBool>,
+    complete_flag: Arc<AtomicBool>,
     /// Pieces that passed / failed their hash check since start.
     pieces_verified: u64,
     pieces_failed: u64,
@@ -451,102 +350,68 @@ struct Session {
     total: u64,
     torrent: Torrent,
     announcer: Announcer,
-    conns: HashMap<PeerKey, Conn>,
-    known: BTreeMap<SocketAddr, Known>,
-    banned: HashSet<SocketAddr>,
-    next_key: PeerKey,
+    peers: Peers,
     disk: Sender<DiskJob>,
     disk_pending: Arc<AtomicUsize>,
     reads_in_flight: usize,
     reads_waiting: VecDeque<(PeerKey, BlockRef)>,
-    events_tx: Sender<Ev>,
     events_rx: Receiver<Ev>,
-    peer_tx: Sender<(PeerKey, Bytes)>,
-    peer_rx: Receiver<(PeerKey, Bytes)>,
     tracker_io: trackers::TrackerIo,
     tracker_rx: Receiver<TrackerEvent>,
     control_rx: Receiver<Command>,
+    found_rx: Option<Receiver<Vec<SocketAddr>>>,
     torrent_deadline: Instant,
     announce_deadline: Instant,
     exit_when_complete: bool,
-    completed_now: bool,
     paused: bool,
     stopping: Option<std::time::Instant>,
     write_failures: u32,
     /// Why the session gave up, if it did (the exit is then non-zero).
     fatal: Option<String>,
-    dials: usize,
-    /// (when, verified bytes, uploaded bytes), newest last.
-    samples: VecDeque<(std::time::Instant, u64, u64)>,
-    started: std::time::Instant,
-    start_verified: u64,
-    bar: indicatif::ProgressBar,
-    quiet: bool,
-    last_line: std::time::Instant,
+    progress: Progress,
 }
 
 impl Session {
-    async fn new(
-        opts: Options,
+    fn new(
+        opts: Download,
         meta: Metainfo,
         have: Bitfield,
         storage: Arc<Storage>,
         port: u16,
+        handover: Handover,
     ) -> Result<Session, String> {
-        let have_full = have.is_full();
-        let clock = Clock::new();
+        let Handover { clock, book, control, found, complete } = handover;
+        complete.store(have.is_full(), Ordering::Relaxed);
         let now = clock.now();
-        let peer_id = random_peer_id();
-        let mut seed = [0u8; 8];
-        let _ = getrandom::fill(&mut seed);
-        let seed = u64::from_le_bytes(seed);
+        let peer_id = super::entropy::peer_id();
+        let seed = super::entropy::seed();
         let mut config = TorrentConfig::new(peer_id);
         config.peers_max = PEERS_MAX;
         config.choke_interval = rumor_core::time::Duration::from_secs(5);
         config.request_timeout = rumor_core::time::Duration::from_secs(20);
         let torrent = Torrent::new(config, &meta, &have, now, seed);
         let left = torrent.stats().left;
-        let announcer =
-            Announcer::new(AnnounceConfig::new(peer_id, port), meta.info_hash, &meta.announce_tiers, left, now, seed);
+        let announcer = Announcer::new(
+            AnnounceConfig::new(peer_id, port),
+            meta.info_hash,
+            &meta.announce_tiers,
+            left,
+            now,
+            super::entropy::seed(),
+        );
+        // Not bounded by count: see `spawn_disk_threads`.
         let (disk, disk_rx) = async_channel::unbounded();
-        let (events_tx, events_rx) = async_channel::unbounded();
+        let (events_tx, events_rx) = async_channel::bounded(DISK_RESULTS_MAX);
         let disk_pending = Arc::new(AtomicUsize::new(0));
-        spawn_disk_threads(storage, disk_rx, events_tx.clone(), disk_pending.clone());
-        let (peer_tx, peer_rx) = async_channel::bounded(PEER_EVENTS_MAX);
-        let (tracker_tx, tracker_rx) = async_channel::unbounded();
+        spawn_disk_threads(storage, disk_rx, events_tx, disk_pending.clone());
+        let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
         let (control_tx, control_rx) = async_channel::bounded(16);
-        if let Some(addr) = opts.net.control {
-            control::serve(addr, control_tx).map_err(|e| format!("cannot serve the control API on {addr}: {e}"))?;
+        if let Some(listener) = control {
+            control::serve(listener, control_tx);
         }
         let tracker_io = trackers::TrackerIo::new(tracker_tx, &meta.announce_tiers, opts.net.dns);
-        let mut known = BTreeMap::new();
-        for p in &opts.net.peers {
-            let (dns, netloc) = (opts.net.dns, p.clone());
-            let found = rt::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &netloc))
-                .await
-                .map_err(|e| e.to_string())?;
-            match found {
-                Ok(addrs) => {
-                    for a in addrs {
-                        known.insert(a, Known { manual: true, ..Known::default() });
-                    }
-                }
-                Err(e) => eprintln!("rumor: --peer {p}: {e}"),
-            }
-        }
         let verified = total_verified(&meta, &have);
-        let bar = if opts.net.quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            let b = indicatif::ProgressBar::new(meta.total_length);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{prefix} {bar:30} {percent:>3}% {bytes}/{total_bytes} {msg}")
-                    .expect("a valid template"),
-            );
-            b.set_prefix(meta.name.clone());
-            b.set_position(verified);
-            b
-        };
+        let progress = Progress::new(&meta.name, meta.total_length, verified, opts.net.quiet);
         eprintln!("{}: infohash {}, listening on port {port}", meta.name, meta.info_hash);
         Ok(Session {
             clock,
@@ -555,45 +420,33 @@ impl Session {
             total: meta.total_length,
             torrent,
             announcer,
-            conns: HashMap::new(),
-            known,
-            banned: HashSet::new(),
-            next_key: 1,
+            peers: Peers::new(clock, book, LIMITS),
             disk,
             disk_pending,
             reads_in_flight: 0,
             reads_waiting: VecDeque::new(),
-            events_tx,
             events_rx,
-            peer_tx,
-            peer_rx,
             tracker_io,
             tracker_rx,
             control_rx,
+            found_rx: found,
             torrent_deadline: now,
             announce_deadline: now,
             exit_when_complete: opts.exit_when_complete,
-            completed_now: false,
             paused: false,
             pieces_verified: 0,
             pieces_failed: 0,
             stopping: None,
             write_failures: 0,
             fatal: None,
-            dials: 0,
-            samples: VecDeque::new(),
-            started: std::time::Instant::now(),
-            start_verified: verified,
-            bar,
-            quiet: opts.net.quiet,
-            complete_flag: Arc::new(std::sync::atomic::AtomicBool::new(have_full)),
-            last_line: std::time::Instant::now(),
+            progress,
+            complete_flag: complete,
         })
     }
 
     /// Prints a line without tearing the progress bar.
     fn say(&self, line: String) {
-        self.bar.suspend(|| eprintln!("{line}"));
+        self.progress.say(&line);
     }
 
     fn verified(&self) -> u64 {
@@ -601,15 +454,17 @@ impl Session {
     }
 
     async fn run(mut self, listener: Box<dyn TcpListener>) -> Result<(), String> {
-        let accept_tx = self.events_tx.clone();
+        let (accept_tx, accept_rx) = async_channel::bounded(ACCEPTED_MAX);
         let accept = rt::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok((s, a)) => {
-                        if accept_tx.try_send(Ev::Accepted(s, a)).is_err() {
-                            break;
-                        }
-                    }
+                    Ok((s, a)) => match accept_tx.try_send((s, a)) {
+                        Ok(()) => {}
+                        // The loop is behind: this connection is closed at
+                        // once (dropped), the peer may dial again later.
+                        Err(async_channel::TrySendError::Full(_)) => tracing::debug!("peer {a}: refused, busy"),
+                        Err(async_channel::TrySendError::Closed(_)) => break,
+                    },
                     Err(e) => {
                         tracing::warn!("accept: {e}");
                         rt::sleep(Duration::from_millis(100)).await;
@@ -623,9 +478,14 @@ impl Session {
             self.say(format!("{}: already complete", self.name));
             self.begin_stop();
         }
+        // The given peers, and those a metadata fetch found, at once.
+        self.dial_some();
         let mut next_housekeeping = std::time::Instant::now() + HOUSEKEEPING;
         let signals = rt::termination_signals();
         let mut control_open = true;
+        let found_rx = self.found_rx.take();
+        let mut found_open = found_rx.is_some();
+        let peer_rx = self.peers.events().clone();
         loop {
             if let Some(deadline) = self.stopping {
                 if self.announcer_idle() || std::time::Instant::now() >= deadline {
@@ -638,6 +498,12 @@ impl Session {
             let wake = if disk_ok { wake } else { wake.min(std::time::Instant::now() + DISK_POLL) };
             let wake = wake.min(next_housekeeping);
             let stopping = self.stopping.is_some();
+            let found = async {
+                match &found_rx {
+                    Some(rx) => rx.recv().await.ok(),
+                    None => None,
+                }
+            };
             // Which source woke the loop; handled below, once the futures
             // (which borrow the channels) are gone.
             let woke = futures::select_biased! {
@@ -645,35 +511,59 @@ impl Session {
                 ev = self.events_rx.recv().fuse() => Wake::Event(ev.ok()),
                 t = self.tracker_rx.recv().fuse() => Wake::Tracker(t.ok()),
                 c = when(control_open, self.control_rx.recv()).fuse() => Wake::Control(c.ok()),
-                p = when(disk_ok, self.peer_rx.recv()).fuse() => Wake::Peer(p.ok()),
+                p = when(disk_ok, peer_rx.recv()).fuse() => Wake::Peer(p.ok()),
+                a = accept_rx.recv().fuse() => Wake::Accepted(a.ok()),
+                f = when(found_open, found).fuse() => Wake::Found(f),
                 _ = rt::sleep_until(wake).fuse() => Wake::Timer,
             };
             match woke {
                 Wake::Signal(sig) => {
                     self.say(format!("\n{}: stopping ({sig})", self.name));
+                    if !self.torrent.is_complete() {
+                        // Interrupted before the end: the exit says so.
+                        self.fatal.get_or_insert_with(|| {
+                            format!("interrupted ({sig}) before the download completed; run it again to resume")
+                        });
+                    }
                     self.begin_stop();
                 }
                 Wake::Event(Some(ev)) => self.on_event(ev),
                 Wake::Tracker(Some(t)) => self.on_tracker(t),
                 Wake::Control(Some(c)) => self.on_control(c),
-                Wake::Peer(Some((peer, bytes))) => {
-                    self.feed(Input::PeerBytes { peer, bytes });
+                Wake::Peer(Some(p)) => {
+                    self.on_peer(p);
                     // Take what else is already there before draining timers.
-                    for _ in 0..PEER_EVENTS_MAX {
+                    for _ in 0..super::peer_conn::PEER_EVENTS_MAX {
                         if self.disk_pending.load(Ordering::Relaxed) >= DISK_PENDING_BYTES_MAX {
                             break;
                         }
-                        match self.peer_rx.try_recv() {
-                            Ok((peer, bytes)) => self.feed(Input::PeerBytes { peer, bytes }),
+                        match peer_rx.try_recv() {
+                            Ok(p) => self.on_peer(p),
                             Err(_) => break,
                         }
                     }
                 }
+                Wake::Accepted(Some((stream, addr))) => {
+                    // Refused (paused, stopping, banned, no room): the
+                    // stream is dropped here, which closes it at once.
+                    if !self.paused && self.stopping.is_none() {
+                        if let Err(why) = self.peers.accept(stream, addr) {
+                            tracing::debug!("peer {addr}: refused ({why:?})");
+                        }
+                    }
+                }
+                Wake::Found(Some(found)) => {
+                    for p in found {
+                        self.peers.learn(p, Source::Overlay);
+                    }
+                    self.dial_some();
+                }
+                Wake::Found(None) => found_open = false,
                 // Without --control nobody holds the control sender: that
                 // branch is switched off. The session holds a sender of each
                 // other channel, so they never close while the loop runs.
                 Wake::Control(None) => control_open = false,
-                Wake::Event(None) | Wake::Tracker(None) | Wake::Peer(None) => {}
+                Wake::Event(None) | Wake::Tracker(None) | Wake::Peer(None) | Wake::Accepted(None) => {}
                 Wake::Timer => {}
             }
             // Timers are checked after every wake, not only when the timer
@@ -683,7 +573,7 @@ impl Session {
                 self.feed(Input::Timeout);
             }
             if now >= self.announce_deadline {
-                self.announcer.handle(now, AnnounceInput::Timeout);
+                self.announcer.handle(now, announce::Input::Timeout);
                 self.pump_announcer();
             }
             if std::time::Instant::now() >= next_housekeeping {
@@ -692,7 +582,7 @@ impl Session {
             }
         }
         accept.abort();
-        self.bar.finish_and_clear();
+        self.progress.finish();
         self.print_summary();
         match self.fatal {
             Some(e) => Err(e),
@@ -704,24 +594,27 @@ impl Session {
         self.announce_deadline == Instant::NEVER
     }
 
+    /// Closes every connection and tells the machine.
+    fn close_all(&mut self) {
+        for k in self.peers.close_all() {
+            self.feed(Input::Peer(PeerInput::Closed { peer: k, reason: CloseReason::Local }));
+        }
+    }
+
     fn begin_stop(&mut self) {
         if self.stopping.is_some() {
             return;
         }
         self.stopping = Some(std::time::Instant::now() + STOP_GRACE);
-        let keys: Vec<PeerKey> = self.conns.keys().copied().collect();
-        for k in keys {
-            self.drop_conn(k);
-            self.feed(Input::PeerDisconnected { peer: k });
-        }
+        self.close_all();
         self.progress_to_announcer();
-        self.announcer.handle(self.clock.now(), AnnounceInput::Stop);
+        self.announcer.handle(self.clock.now(), announce::Input::Stop);
         self.pump_announcer();
     }
 
     fn print_summary(&self) {
-        let secs = self.started.elapsed().as_secs_f64();
-        let got = self.verified().saturating_sub(self.start_verified);
+        let secs = self.progress.elapsed().as_secs_f64();
+        let got = self.verified().saturating_sub(self.progress.start_verified());
         let s = self.torrent.stats();
         eprintln!(
             "{}: {} of {} bytes verified; this run: {} bytes in {:.2} s ({:.1} MiB/s), uploaded {}, wasted {}",
@@ -742,6 +635,12 @@ impl Session {
         self.pump_torrent();
     }
 
+    fn on_peer(&mut self, p: PeerInput) {
+        if self.peers.observe(&p) {
+            self.feed(p.into());
+        }
+    }
+
     fn pump_torrent(&mut self) {
         loop {
             match self.torrent.poll_output() {
@@ -749,7 +648,7 @@ impl Session {
                     self.torrent_deadline = at;
                     break;
                 }
-                Output::Transmit { peer, payload } => self.send(peer, payload),
+                Output::Transmit(t) => self.send(t.to, t.bytes),
                 Output::WriteBlock { piece, begin, data } => {
                     self.disk_pending.fetch_add(data.len(), Ordering::Relaxed);
                     let _ = self.disk.try_send(DiskJob::Write { piece, begin, data });
@@ -779,76 +678,56 @@ impl Session {
             let Some((peer, block)) = self.reads_waiting.pop_front() else {
                 break;
             };
-            if self.conns.contains_key(&peer) {
+            if self.peers.addr(peer).is_some() {
                 self.reads_in_flight += 1;
                 let _ = self.disk.try_send(DiskJob::Read { peer, block });
             }
         }
     }
 
-    fn send(&mut self, peer: PeerKey, payload: Vec<u8>) {
-        let Some(c) = self.conns.get(&peer) else {
-            return;
-        };
-        let len = payload.len();
-        let queued = c.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > PEER_SEND_BYTES_MAX || c.tx.try_send(payload).is_err() {
-            tracing::info!("peer {}: dropped (send queue over {} bytes)", c.addr, PEER_SEND_BYTES_MAX);
-            self.drop_conn(peer);
-            self.torrent.handle(self.clock.now(), Input::PeerDisconnected { peer });
+    fn send(&mut self, peer: PeerKey, bytes: Vec<u8>) {
+        if self.peers.send(peer, bytes).is_err() {
+            if let Some(addr) = self.peers.drop_peer(peer, Closed::Transient) {
+                tracing::info!("peer {addr}: dropped (over {} bytes queued to it)", LIMITS.send_bytes_max);
+            }
+            let now = self.clock.now();
+            self.torrent.handle(now, Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Local }));
         }
-    }
-
-    /// Closes a connection on our side (the machine is told by the caller).
-    fn drop_conn(&mut self, peer: PeerKey) -> Option<Conn> {
-        let c = self.conns.remove(&peer)?;
-        c.task.abort();
-        if let Some(k) = self.known.get_mut(&c.addr) {
-            k.connected = false;
-        }
-        Some(c)
     }
 
     fn on_disconnect(&mut self, peer: PeerKey, reason: DisconnectReason) {
-        let Some(c) = self.drop_conn(peer) else {
-            return;
+        let addr = match reason {
+            // Never again: bad data, ourselves, another torrent.
+            DisconnectReason::Banned | DisconnectReason::SelfConnection | DisconnectReason::WrongInfoHash => {
+                self.peers.ban(peer)
+            }
+            // Nothing to trade until one of us loses data: much later.
+            DisconnectReason::BothSeeds => self.peers.drop_peer(peer, Closed::Useless),
+            _ => self.peers.drop_peer(peer, Closed::Transient),
         };
-        tracing::info!("peer {}: disconnected: {reason:?}", c.addr);
-        let never = matches!(
-            reason,
-            DisconnectReason::Banned | DisconnectReason::SelfConnection | DisconnectReason::WrongInfoHash
-        );
-        if never {
-            self.banned.insert(c.addr);
-            self.known.remove(&c.addr);
-        } else if let Some(k) = self.known.get_mut(&c.addr) {
-            k.failures += 1;
-            let wait = if reason == DisconnectReason::BothSeeds { 3600 } else { 1u64 << k.failures.min(8) };
-            k.retry_at = Some(std::time::Instant::now() + Duration::from_secs(wait));
+        if let Some(addr) = addr {
+            tracing::info!("peer {addr}: disconnected: {reason:?}");
         }
     }
 
     fn on_torrent_event(&mut self, e: Event) {
         match e {
             Event::PeerReady { peer, .. } => {
-                if let Some(c) = self.conns.get(&peer) {
-                    tracing::debug!("peer {}: handshake done", c.addr);
-                    if let Some(k) = self.known.get_mut(&c.addr) {
-                        k.failures = 0;
-                    }
+                if let Some(addr) = self.peers.addr(peer) {
+                    tracing::debug!("peer {addr}: handshake done");
                 }
+                self.peers.ready(peer);
             }
             Event::PieceVerified(_) => {
                 self.pieces_verified += 1;
-                self.bar.set_position(self.verified());
+                self.progress.set_position(self.verified());
             }
             Event::Completed => {
-                self.completed_now = true;
                 self.complete_flag.store(true, Ordering::Relaxed);
-                self.bar.set_position(self.total);
+                self.progress.set_position(self.total);
                 self.say(format!("{}: complete, every piece verified", self.name));
                 self.progress_to_announcer();
-                self.announcer.handle(self.clock.now(), AnnounceInput::Completed);
+                self.announcer.handle(self.clock.now(), announce::Input::Completed);
                 self.pump_announcer();
                 if self.exit_when_complete {
                     self.begin_stop();
@@ -857,74 +736,24 @@ impl Session {
             Event::HashFailed { piece, blamed } => {
                 self.pieces_failed += 1;
                 let addrs: Vec<String> =
-                    blamed.iter().filter_map(|k| self.conns.get(k)).map(|c| c.addr.to_string()).collect();
+                    blamed.iter().filter_map(|k| self.peers.addr(*k)).map(|a| a.to_string()).collect();
                 tracing::warn!("piece {piece} failed its hash check (sent by {})", addrs.join(", "));
             }
             Event::PeerBanned(peer) => {
-                if let Some(c) = self.conns.get(&peer) {
-                    tracing::warn!("peer {}: banned for sending bad data", c.addr);
-                    self.banned.insert(c.addr);
+                if let Some(addr) = self.peers.ban(peer) {
+                    tracing::warn!("peer {addr}: banned for sending bad data");
                 }
             }
             Event::PexPeers { added, .. } => {
                 for p in added {
-                    self.learn(p.addr);
+                    self.peers.learn(p.addr, Source::Pex);
                 }
             }
-        }
-    }
-
-    fn learn(&mut self, addr: SocketAddr) {
-        if self.known.len() < KNOWN_PEERS_MAX && !self.banned.contains(&addr) && !addr.ip().is_unspecified() {
-            self.known.entry(addr).or_default();
         }
     }
 
     fn on_event(&mut self, ev: Ev) {
         match ev {
-            Ev::Learned(peers) => {
-                for p in peers {
-                    self.learn(p);
-                }
-            }
-            Ev::Accepted(stream, addr) => {
-                if self.paused || self.stopping.is_some() || self.banned.contains(&addr) {
-                    return;
-                }
-                self.connected(stream, addr, false);
-            }
-            Ev::Dialed(addr, res) => {
-                self.dials -= 1;
-                let k = self.known.entry(addr).or_default();
-                k.dialing = false;
-                match res {
-                    Ok(stream) if !self.paused && self.stopping.is_none() => {
-                        k.connected = true;
-                        self.connected(stream, addr, true);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!("dial {addr}: {e}");
-                        k.failures += 1;
-                        let wait = if k.manual { 2 } else { 5u64 << k.failures.min(6) };
-                        k.retry_at = Some(std::time::Instant::now() + Duration::from_secs(wait));
-                        if !k.manual && k.failures > 8 {
-                            self.known.remove(&addr);
-                        }
-                    }
-                }
-            }
-            Ev::PeerClosed(peer) => {
-                if let Some(c) = self.drop_conn(peer) {
-                    tracing::debug!("peer {}: connection closed", c.addr);
-                    if let Some(k) = self.known.get_mut(&c.addr) {
-                        k.failures += 1;
-                        let cap = if k.manual { 3 } else { 8 };
-                        k.retry_at = Some(std::time::Instant::now() + Duration::from_secs(1u64 << k.failures.min(cap)));
-                    }
-                    self.feed(Input::PeerDisconnected { peer });
-                }
-            }
             Ev::Input(i) => {
                 if matches!(i, Input::BlockRead { .. }) {
                     self.read_done();
@@ -945,82 +774,32 @@ impl Session {
         }
     }
 
-    fn connected(&mut self, stream: TcpStream, addr: SocketAddr, outgoing: bool) {
-        if self.conns.len() >= PEERS_MAX {
-            return;
-        }
-        let peer = self.next_key;
-        self.next_key += 1;
-        let (tx, rx) = async_channel::unbounded();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let task = rt::spawn(run_peer(peer, stream, self.peer_tx.clone(), rx, queued.clone(), self.events_tx.clone()));
-        tracing::debug!("peer {addr}: connected ({})", if outgoing { "out" } else { "in" });
-        self.conns.insert(peer, Conn { addr, tx, queued, task: task.abort_handle(), outgoing });
-        self.feed(Input::PeerConnected { peer });
-    }
-
     fn dial_some(&mut self) {
         if self.paused || self.stopping.is_some() {
             return;
         }
-        let now = std::time::Instant::now();
-        let complete = self.torrent.is_complete();
-        let outgoing = self.conns.values().filter(|c| c.outgoing).count();
-        let mut budget = PEERS_MAX.saturating_sub(self.conns.len()).min(DIALS_MAX.saturating_sub(self.dials));
-        if outgoing >= PEERS_MAX / 2 && !complete {
-            budget = budget.min(2);
-        }
-        let connected_addrs: HashSet<SocketAddr> = self.conns.values().map(|c| c.addr).collect();
-        let candidates: Vec<SocketAddr> = self
-            .known
-            .iter()
-            .filter(|(a, k)| {
-                !k.connected && !k.dialing && k.retry_at.is_none_or(|t| now >= t) && !connected_addrs.contains(a)
-            })
-            .map(|(a, _)| *a)
-            .take(budget)
-            .collect();
-        for addr in candidates {
-            let k = self.known.get_mut(&addr).expect("listed above");
-            k.dialing = true;
-            self.dials += 1;
-            let tx = self.events_tx.clone();
-            rt::spawn(async move {
-                let res = match rt::timeout(DIAL_TIMEOUT, rt::connect(addr)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out")),
-                };
-                let _ = tx.try_send(Ev::Dialed(addr, res));
-            });
-        }
+        // While downloading, keep half the connections for peers that
+        // dial us: at most two more dials at a time past that.
+        let limit = if self.peers.outgoing() >= PEERS_MAX / 2 && !self.torrent.is_complete() { 2 } else { usize::MAX };
+        self.peers.dial_due(limit);
     }
 
     fn progress_to_announcer(&mut self) {
         let s = self.torrent.stats();
         self.announcer.handle(
             self.clock.now(),
-            AnnounceInput::Progress { uploaded: s.uploaded, downloaded: s.downloaded, left: s.left },
+            announce::Input::Progress { uploaded: s.uploaded, downloaded: s.downloaded, left: s.left },
         );
     }
 
     fn pump_announcer(&mut self) {
-        loop {
-            let now = self.clock.now();
-            let out = self.announcer.poll_output();
-            match self.tracker_io.carry(&mut self.announcer, now, out) {
-                Some(AnnounceOutput::Timeout(at)) => {
-                    self.announce_deadline = at;
-                    break;
-                }
-                Some(AnnounceOutput::Peers(peers)) => {
-                    tracing::info!("tracker gave {} peers", peers.len());
-                    for p in peers {
-                        self.learn(p);
-                    }
-                    self.dial_some();
-                }
-                _ => {}
+        let (at, found) = self.tracker_io.drain(&mut self.announcer, &self.clock);
+        self.announce_deadline = at;
+        if !found.is_empty() {
+            for p in found {
+                self.peers.learn(p, Source::Tracker);
             }
+            self.dial_some();
         }
     }
 
@@ -1033,25 +812,19 @@ impl Session {
     fn on_control(&mut self, c: Command) {
         match c {
             Command::Status(reply) => {
-                let _ = reply.send(self.status());
+                let _ = reply.try_send(self.status());
             }
             Command::Pause => {
                 if !self.paused {
                     self.paused = true;
-                    let keys: Vec<PeerKey> = self.conns.keys().copied().collect();
-                    for k in keys {
-                        self.drop_conn(k);
-                        self.feed(Input::PeerDisconnected { peer: k });
-                    }
+                    self.close_all();
                     self.say(format!("{}: paused", self.name));
                 }
             }
             Command::Resume => {
                 if self.paused {
                     self.paused = false;
-                    for k in self.known.values_mut() {
-                        k.retry_at = None;
-                    }
+                    self.peers.retry_now();
                     self.dial_some();
                     self.say(format!("{}: resumed", self.name));
                 }
@@ -1059,20 +832,9 @@ impl Session {
         }
     }
 
-    /// (verified bytes/s, uploaded bytes/s) over the recent samples.
-    fn rates(&self) -> (u64, u64) {
-        match (self.samples.front(), self.samples.back()) {
-            (Some(a), Some(b)) if b.0 > a.0 => {
-                let dt = (b.0 - a.0).as_secs_f64();
-                (((b.1 - a.1) as f64 / dt) as u64, ((b.2 - a.2) as f64 / dt) as u64)
-            }
-            _ => (0, 0),
-        }
-    }
-
     fn status(&self) -> Status {
         let done = self.verified();
-        let (down, up) = self.rates();
+        let (down, up) = self.progress.rates(done, self.torrent.stats().uploaded);
         let left = self.total - done;
         let state = if self.stopping.is_some() {
             "stopping"
@@ -1093,8 +855,8 @@ impl Session {
             bytes_total: self.total,
             download_rate: down,
             upload_rate: up,
-            peers_connected: self.conns.len(),
-            peers_known: self.known.len(),
+            peers_connected: self.peers.book().connected_len(),
+            peers_known: self.peers.book().known_len(),
             eta_secs: if left == 0 { Some(0) } else { (down > 0).then(|| left.div_ceil(down)) },
             downloaded: s.downloaded,
             uploaded: s.uploaded,
@@ -1105,11 +867,7 @@ impl Session {
     }
 
     fn housekeeping(&mut self) {
-        let now = std::time::Instant::now();
-        self.samples.push_back((now, self.verified(), self.torrent.stats().uploaded));
-        while self.samples.len() > RATE_SAMPLES {
-            self.samples.pop_front();
-        }
+        self.progress.sample(self.verified(), self.torrent.stats().uploaded);
         self.progress_to_announcer();
         self.dial_some();
         let st = self.status();
@@ -1120,14 +878,7 @@ impl Session {
             indicatif::HumanBytes(st.upload_rate),
             st.peers_connected
         );
-        if self.quiet || self.bar.is_hidden() {
-            if now.duration_since(self.last_line) >= Duration::from_secs(5) {
-                self.last_line = now;
-                eprintln!("{}: {} {:.1}% {msg}", self.name, st.state, st.progress * 100.0);
-            }
-        } else {
-            self.bar.set_message(msg);
-        }
+        self.progress.show(st.state, st.progress, msg);
     }
 }
 

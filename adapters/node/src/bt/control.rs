@@ -5,9 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::channel::oneshot;
 use serde::Serialize;
-use std::net::SocketAddr;
 
 /// What a snapshot of the session shows.
 #[derive(Clone, Debug, Serialize)]
@@ -49,8 +47,9 @@ pub struct Status {
 /// A request to the session.
 #[derive(Debug)]
 pub enum Command {
-    /// Reply with a snapshot.
-    Status(oneshot::Sender<Status>),
+    /// Reply with a snapshot (a channel of one: the client's one channel
+    /// crate serves for replies too).
+    Status(async_channel::Sender<Status>),
     /// Disconnect every peer and stop making connections.
     Pause,
     /// Undo [`Command::Pause`].
@@ -58,18 +57,18 @@ pub enum Command {
 }
 
 async fn status(State(tx): State<async_channel::Sender<Command>>) -> Result<Json<Status>, StatusCode> {
-    let (rtx, rrx) = oneshot::channel();
+    let (rtx, rrx) = async_channel::bounded(1);
     tx.send(Command::Status(rtx)).await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    rrx.await.map(Json).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
+    rrx.recv().await.map(Json).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
 }
 
 /// `GET /metrics`: the client's counters in Prometheus text format.
 async fn metrics(
     State(tx): State<async_channel::Sender<Command>>,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String), StatusCode> {
-    let (rtx, rrx) = oneshot::channel();
+    let (rtx, rrx) = async_channel::bounded(1);
     tx.send(Command::Status(rtx)).await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let s = rrx.await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let s = rrx.recv().await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     let label = format!("infohash=\"{}\"", s.info_hash);
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, String)]| {
@@ -122,8 +121,9 @@ async fn resume(State(tx): State<async_channel::Sender<Command>>) -> StatusCode 
     }
 }
 
-/// Binds `addr` and serves the API, sending commands to `tx`.
-pub fn serve(addr: SocketAddr, tx: async_channel::Sender<Command>) -> std::io::Result<()> {
+/// Serves the API on `listener` (bound early, see [`super::session`]),
+/// sending commands to `tx`.
+pub fn serve(listener: Box<dyn crate::rt::TcpListener>, tx: async_channel::Sender<Command>) {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
@@ -131,12 +131,10 @@ pub fn serve(addr: SocketAddr, tx: async_channel::Sender<Command>) -> std::io::R
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .with_state(tx);
-    let listener = crate::rt::bind_tcp(addr)?;
     // Never fired: the control API lives as long as the process.
     let (forever, shutdown) = crate::rt::Shutdown::new();
     crate::rt::spawn(async move {
         let _keep = forever;
         crate::http::serve(listener, app, shutdown).await;
     });
-    Ok(())
 }

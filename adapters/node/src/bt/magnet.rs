@@ -1,119 +1,51 @@
-//! `rumor get MAGNET` and `rumor get INFOHASH`: the torrent's metadata
-//! first, by BEP 9 (`ut_metadata`) from peers, then the usual download.
+//! `rumor get MAGNET` and `rumor get INFOHASH`, first phase: the torrent's
+//! metadata, by BEP 9 (`ut_metadata`) from peers.
 //!
 //! The core [`MetadataFetch`] machine speaks the protocol and checks the
 //! result against the infohash; this file only carries bytes and time to
-//! it and dials the peers it learns from the magnet's `x.pe` addresses and
-//! `--peer`, the magnet's `tr` trackers and `--tracker`, and the overlay
-//! (`--overlay`): the sources the download itself uses afterwards.
-//!
-//! Runtime calls go through [`crate::rt`], from the helpers of the first
-//! section ([`spawn`], [`sleep_until`], [`connect`], [`resolve`]); peer
-//! streams are `futures::io` streams and the channels are `futures`
-//! channels.
+//! it, through the shared peer layer ([`super::peer_conn::Peers`]) and the
+//! shared [`PeerBook`], and finds peers where the download will look for
+//! them afterwards: the book's given peers (`x.pe`, `--peer`), the
+//! magnet's `tr` trackers and `--tracker`, and the overlay (`--overlay`,
+//! through the session's one overlay member).
+//! The book is handed back with the metadata, so the download starts with
+//! every peer the fetch learned (those that served it are due at once).
+//! [`super::session`] puts the two phases in sequence.
 
-use super::overlay_member::{self, MemberArgs};
+use super::peer_conn::{when, ConnLimits, Peers};
 use super::trackers::{self, TrackerEvent};
 use super::PeerArgs;
 use crate::clock::Clock;
 use crate::rt;
-use bytes::Bytes;
-use futures::channel::mpsc;
-use futures::future::Either;
-use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use futures::{SinkExt, StreamExt};
-use rumor_core::bt::announce::{AnnounceConfig, AnnounceInput, AnnounceOutput, Announcer};
-use rumor_core::bt::magnet::{FetchConfig, FetchDisconnect, FetchInput, FetchOutput, MagnetLink, MetadataFetch};
+use futures::FutureExt;
+use rumor_core::bt::announce::{self, AnnounceConfig, Announcer};
+use rumor_core::bt::conn::PeerInput;
+use rumor_core::bt::magnet::{self as fetch_machine, DisconnectReason, FetchConfig, MagnetLink, MetadataFetch};
 use rumor_core::bt::metadata::METADATA_PIECE_LEN;
 use rumor_core::bt::metainfo::{InfoHash, Metainfo};
+use rumor_core::bt::peers::{Closed, PeerBook, Source};
 use rumor_core::bt::picker::PeerKey;
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------------
-// Runtime calls, through the seam (crate::rt).
-
-/// A spawned task, cancelled when its handle is dropped (so a peer dropped
-/// by the machine, or the whole fetch, leaves nothing running behind).
-struct Task(rt::AbortHandle);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn spawn(f: impl Future<Output = ()> + Send + 'static) -> Task {
-    Task(rt::spawn(f).abort_handle())
-}
-
-async fn sleep_until(at: Instant) {
-    rt::sleep_until(at).await
-}
-
-/// The download's listening socket, which the fetch accepts peers on too.
-pub type Listener = Box<dyn rt::TcpListener>;
-
-/// A peer connection as a `futures::io` stream.
-type PeerStream = rt::TcpStream;
-
-/// A TCP connection to `addr`.
-async fn connect(addr: SocketAddr) -> std::io::Result<PeerStream> {
-    rt::connect(addr).await
-}
-
-/// The next incoming connection (cancel-safe: nothing is lost if the
-/// future is dropped unfinished).
-async fn accept(listener: &Listener) -> std::io::Result<(PeerStream, SocketAddr)> {
-    listener.accept().await
-}
-
-/// `host:port` to addresses, through the cluster's DNS at `dns` first when
-/// given (the resolver blocks, so it runs off the event loop).
-async fn resolve(dns: Option<SocketAddr>, netloc: String) -> Result<Vec<SocketAddr>, String> {
-    rt::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &netloc))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
-}
-
-// ---------------------------------------------------------------------------
-
-/// Runs `f` for at most `limit`; `None` if it did not finish.
-async fn within<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
-    match futures::future::select(pin!(f), pin!(sleep_until(Instant::now() + limit))).await {
-        Either::Left((v, _)) => Some(v),
-        Either::Right(_) => None,
-    }
-}
-
-/// Connections at once (dialing or connected).
+/// Connections at once (dialing or connected) while fetching.
 const PEERS_MAX: usize = 20;
-/// Dials in progress at once.
-const DIALS_MAX: usize = 8;
-/// How long a dial may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Peer addresses remembered.
-const KNOWN_PEERS_MAX: usize = 500;
-/// Events waiting for the loop: peers' reads wait beyond this
-/// (backpressure against a peer that floods us).
-const EVENTS_MAX: usize = 64;
-/// Bytes read from a socket at once.
-const READ_CHUNK_BYTES: usize = 32 * 1024;
-/// Bytes queued to a peer before it is dropped as not reading.
-const SEND_BYTES_MAX: usize = 256 * 1024;
-/// Drops for bad metadata, together with other peers, before a ban.
-const STRIKES_MAX: u32 = 3;
-/// Longest wait between two looks at the peer list (retries come due).
+/// Connection buffers: our messages are small, so a small queue; past
+/// the soft limit a peer that asks (we reject) and never reads is no
+/// longer read from, past the hard one it is dropped.
+const LIMITS: ConnLimits =
+    ConnLimits { read_chunk_bytes: 32 * 1024, send_bytes_soft: 64 * 1024, send_bytes_max: 256 * 1024 };
+/// Longest wait between two looks at the peer book (retries come due).
 const TICK: Duration = Duration::from_millis(500);
+/// Tracker answers waiting for the loop. When full, an answer is dropped
+/// (the announcer's request timeout asks again).
+const TRACKER_EVENTS_MAX: usize = 64;
 /// What we tell trackers is left to download while the size is unknown:
 /// anything but 0, which would announce us as a seeder.
 const LEFT_UNKNOWN: u64 = METADATA_PIECE_LEN as u64;
+
+/// The download's listening socket, which the fetch accepts peers on too.
+pub type Listener = Box<dyn rt::TcpListener>;
 
 /// What `rumor get` was given instead of a .torrent file.
 #[derive(Clone, Debug)]
@@ -147,213 +79,85 @@ impl MagnetSource {
     }
 }
 
-/// What the loop hears about.
-enum Ev {
-    /// The dial of this connection succeeded.
-    Connected(PeerKey),
-    /// Bytes from a peer.
-    Bytes(PeerKey, Bytes),
-    /// The dial failed or the connection closed.
-    Closed(PeerKey, Option<String>),
-    /// Peers from the overlay.
-    Learned(Vec<SocketAddr>),
-    /// A tracker answer.
-    Tracker(TrackerEvent),
-}
-
-struct Conn {
-    addr: SocketAddr,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    /// Bytes in `tx` not yet written.
-    queued: Arc<AtomicUsize>,
-    /// Dialed and handed to the machine.
-    connected: bool,
-    /// It dialed us: `addr`'s port is not one to dial back.
-    incoming: bool,
-    _task: Task,
-}
-
-#[derive(Default)]
-struct Known {
-    /// A connection (or a dial) to it is open.
-    busy: bool,
-    /// Dialed at least once.
-    dialed: bool,
-    failures: u32,
-    retry_at: Option<Instant>,
-    /// Times it was among the senders of metadata that did not hash right.
-    strikes: u32,
-    /// It broke the protocol or sent bad metadata: never again.
-    banned: bool,
-}
-
-/// Opens the connection (`open`: a dial, or an accepted stream), then
-/// reads into `events` and writes what `out` brings, until either side
-/// ends.
-async fn run_peer<S, F>(
-    key: PeerKey,
-    open: F,
-    mut out: mpsc::UnboundedReceiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    mut events: mpsc::Sender<Ev>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Future<Output = std::io::Result<S>> + Send + 'static,
-{
-    let stream = match within(DIAL_TIMEOUT, open).await {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            let _ = events.send(Ev::Closed(key, Some(e.to_string()))).await;
-            return;
-        }
-        None => {
-            let _ = events.send(Ev::Closed(key, Some("dial timed out".into()))).await;
-            return;
-        }
-    };
-    if events.send(Ev::Connected(key)).await.is_err() {
-        return;
-    }
-    let (mut r, mut w) = stream.split();
-    let mut reads = events.clone();
-    let writer = async move {
-        while let Some(buf) = out.next().await {
-            queued.fetch_sub(buf.len(), Ordering::Relaxed);
-            if w.write_all(&buf).await.is_err() {
-                break;
-            }
-        }
-        let _ = w.close().await;
-    };
-    let reader = async move {
-        let mut buf = vec![0u8; READ_CHUNK_BYTES];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if reads.send(Ev::Bytes(key, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    futures::future::select(pin!(writer), pin!(reader)).await;
-    let _ = events.send(Ev::Closed(key, None)).await;
-}
-
 /// The fetch in progress: the machine and the connections it runs on.
 struct Fetcher {
     clock: Clock,
     info_hash: InfoHash,
     machine: MetadataFetch,
     machine_at: rumor_core::time::Instant,
-    conns: HashMap<PeerKey, Conn>,
-    known: BTreeMap<SocketAddr, Known>,
-    next_key: PeerKey,
-    events_tx: mpsc::Sender<Ev>,
-    /// Peers connected when the metadata came: they have the torrent.
+    peers: Peers,
+    /// Peers we dialed that were connected when the metadata came: they
+    /// have the torrent.
     served: Vec<SocketAddr>,
     result: Option<Metainfo>,
-    /// Distinct peers dialed.
-    tried: usize,
     announcer: Announcer,
     announce_at: rumor_core::time::Instant,
     tracker_io: trackers::TrackerIo,
 }
 
+/// What woke the fetch loop.
+enum Wake {
+    Peer(PeerInput),
+    Tracker(TrackerEvent),
+    Found(Vec<SocketAddr>),
+    /// The overlay member has ended.
+    FoundClosed,
+    Accepted(std::io::Result<(rt::TcpStream, SocketAddr)>),
+    Timer,
+}
+
 /// Fetches the metadata of `src`'s torrent and returns it checked, with
-/// the link's and `--tracker`'s trackers as its announce list. The
-/// link's peers and those that served the metadata are added to
-/// `net.peers`, so the download dials them at once. `listener` is the
-/// download's: its port is announced to trackers and the overlay, and
-/// peers that dial it meanwhile serve the metadata too.
-pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -> Result<Metainfo, String> {
+/// the link's and `--tracker`'s trackers as its announce list, and the peer
+/// book (its given peers already in it) with all it learned. `listener` is
+/// the download's: its port is announced to trackers and the overlay, and
+/// peers that dial it meanwhile serve the metadata too. `overlay`: the
+/// providers the session's overlay member finds (`--overlay`).
+pub async fn fetch(
+    src: MagnetSource,
+    net: &PeerArgs,
+    listener: &Listener,
+    clock: Clock,
+    book: PeerBook,
+    overlay: Option<&async_channel::Receiver<Vec<SocketAddr>>>,
+) -> Result<(Metainfo, PeerBook), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let ih = src.link.info_hash;
-    let clock = Clock::new();
     let now = clock.now();
-    let peer_id = super::client::random_peer_id();
+    let peer_id = super::entropy::peer_id();
     // A magnet's `tr` list has no tiers: one tier per tracker keeps the
     // link's order (the link's first, then --tracker), tried in turn
     // until one answers (BEP 12).
     let tiers: Vec<Vec<String>> = src.link.trackers.iter().chain(&src.trackers).map(|t| vec![t.clone()]).collect();
-    let mut seed = [0u8; 8];
-    let _ = getrandom::fill(&mut seed);
     let announcer =
-        Announcer::new(AnnounceConfig::new(peer_id, port), ih, &tiers, LEFT_UNKNOWN, now, u64::from_le_bytes(seed));
-    let (tracker_tx, tracker_rx) = async_channel::unbounded();
+        Announcer::new(AnnounceConfig::new(peer_id, port), ih, &tiers, LEFT_UNKNOWN, now, super::entropy::seed());
+    let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
     let tracker_io = trackers::TrackerIo::new(tracker_tx, &tiers, net.dns);
-    let (events_tx, mut events) = mpsc::channel(EVENTS_MAX);
     let mut config = FetchConfig::new(peer_id);
     config.peers_max = PEERS_MAX;
     config.request_timeout = rumor_core::time::Duration::from_secs(10);
     config.idle_timeout = rumor_core::time::Duration::from_secs(30);
+    let given = book.known_len();
     let mut f = Fetcher {
         clock,
         info_hash: ih,
         machine: MetadataFetch::new(config, ih, now),
         machine_at: now,
-        conns: HashMap::new(),
-        known: BTreeMap::new(),
-        next_key: 1,
-        events_tx: events_tx.clone(),
+        peers: Peers::new(clock, book, LIMITS),
         served: Vec::new(),
         result: None,
-        tried: 0,
         announcer,
         announce_at: now,
         tracker_io,
     };
     let mut sources = Vec::new();
-    // Tracker answers reach the loop as events (the tracker side speaks
-    // its own channel; the loop listens to one stream).
-    let mut tx = events_tx.clone();
-    let _trackers = spawn(async move {
-        while let Ok(t) = tracker_rx.recv().await {
-            if tx.send(Ev::Tracker(t)).await.is_err() {
-                break;
-            }
-        }
-    });
     if !tiers.is_empty() {
         sources.push(format!("{} trackers", tiers.len()));
     }
-    let _overlay = if net.overlay.is_empty() {
-        None
-    } else {
+    if overlay.is_some() {
         sources.push("the overlay".into());
-        let keys = crate::keyring(&net.cluster_key, None)?;
-        // Any gossip port: the download's own member binds --overlay-listen
-        // after this one is gone.
-        let listen = SocketAddr::new(net.overlay_listen.ip(), 0);
-        let args = MemberArgs { join: net.overlay.clone(), keys, listen };
-        let (found_tx, found_rx) = async_channel::unbounded();
-        let member = spawn(async move {
-            let incomplete = Arc::new(AtomicBool::new(false));
-            if let Err(e) = overlay_member::run(args, ih, port, incomplete, found_tx).await {
-                tracing::error!("overlay: {e}");
-            }
-        });
-        let mut tx = events_tx.clone();
-        let forward = spawn(async move {
-            while let Ok(peers) = found_rx.recv().await {
-                if tx.send(Ev::Learned(peers)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Some((member, forward))
-    };
-    let given: Vec<String> = src.link.peers.iter().chain(&net.peers).cloned().collect();
-    if !given.is_empty() {
-        sources.push(format!("{} given peers", given.len()));
     }
-    for p in &given {
-        match resolve(net.dns, p.clone()).await {
-            Ok(addrs) => addrs.into_iter().for_each(|a| f.learn(a)),
-            Err(e) => eprintln!("rumor: peer {p}: {e}"),
-        }
+    if given > 0 {
+        sources.push(format!("{given} given peers"));
     }
     if sources.is_empty() {
         return Err(format!(
@@ -363,35 +167,74 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -
     let name = src.link.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
     eprintln!("{ih}{name}: fetching the metadata from peers ({})", sources.join(", "));
     let give_up = Instant::now() + src.timeout;
+    let mut found_open = overlay.is_some();
+    let found = || async {
+        match overlay {
+            Some(rx) => rx.recv().await.ok(),
+            None => None,
+        }
+    };
+    let signals = rt::termination_signals();
     f.pump_announcer();
-    let meta = loop {
+    let res = loop {
         f.pump_machine();
         if let Some(meta) = f.result.take() {
-            break meta;
+            break Ok(meta);
         }
-        f.dial_some();
+        f.peers.dial_due(PEERS_MAX.saturating_sub(f.peers.len()));
         let now = Instant::now();
         if now >= give_up {
-            return Err(format!(
+            break Err(format!(
                 "{ih}: no peer sent the metadata within {} s ({} peers tried, {} known; looked in {})",
                 src.timeout.as_secs(),
-                f.tried,
-                f.known.len(),
+                f.peers.book().tried(),
+                f.peers.book().known_len(),
                 sources.join(", ")
             ));
         }
         let wake = f.clock.std_instant(f.machine_at.min(f.announce_at)).min(give_up).min(now + TICK);
-        // Peers that learn of us (from a tracker or the overlay) dial us.
-        let incoming = pin!(accept(listener));
-        match futures::future::select(events.next(), futures::future::select(incoming, pin!(sleep_until(wake)))).await {
-            Either::Left((Some(ev), _)) => f.on_event(ev),
-            Either::Left((None, _)) => return Err("the metadata fetch lost its event channel".into()),
-            Either::Right((Either::Left((Ok((stream, addr)), _)), _)) => f.accepted(stream, addr),
-            Either::Right((Either::Left((Err(e), _)), _)) => tracing::warn!("accept: {e}"),
-            Either::Right((Either::Right(_), _)) => f.on_time(),
+        let events = f.peers.events().clone();
+        // Peers that learn of us (from a tracker or the overlay) dial us;
+        // accepting is cancel-safe, so losing the race loses nothing.
+        let woke = futures::select_biased! {
+            sig = signals.recv().fuse() => {
+                // The session still leaves the overlay on the way out.
+                break Err(format!("interrupted ({}) before the metadata came", sig.unwrap_or("signal")));
+            },
+            p = events.recv().fuse() => match p {
+                Ok(p) => Wake::Peer(p),
+                Err(_) => break Err("the metadata fetch lost its peer channel".into()),
+            },
+            t = tracker_rx.recv().fuse() => t.map_or(Wake::Timer, Wake::Tracker),
+            found = when(found_open, found()).fuse() => found.map_or(Wake::FoundClosed, Wake::Found),
+            a = listener.accept().fuse() => Wake::Accepted(a),
+            _ = rt::sleep_until(wake).fuse() => Wake::Timer,
+        };
+        match woke {
+            Wake::Peer(p) => f.on_peer(p),
+            Wake::Tracker(t) => f.on_tracker(t),
+            Wake::Found(peers) => {
+                tracing::info!("overlay: {} providers of {}", peers.len(), f.info_hash);
+                peers.into_iter().for_each(|a| {
+                    f.peers.learn(a, Source::Overlay);
+                });
+            }
+            Wake::Accepted(Ok((stream, addr))) => {
+                // Refused (banned, or no room): the stream is dropped, so
+                // the connection closes at once.
+                if f.peers.len() < PEERS_MAX {
+                    let _ = f.peers.accept(stream, addr);
+                }
+            }
+            Wake::Accepted(Err(e)) => tracing::warn!("accept: {e}"),
+            Wake::FoundClosed => found_open = false,
+            Wake::Timer => {}
         }
+        // Timers are checked after every wake: a busy peer must not
+        // starve them.
+        f.on_time();
     };
-    let mut meta = meta;
+    let mut meta = res?;
     meta.announce_tiers = tiers;
     meta.announce = meta.announce_tiers.iter().flatten().next().cloned();
     if let Some(path) = &src.save_torrent {
@@ -406,41 +249,13 @@ pub async fn fetch(src: MagnetSource, net: &mut PeerArgs, listener: &Listener) -
         meta.total_length,
         f.served.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
-    // Hand the download every peer known to have the torrent.
-    net.peers.extend(src.link.peers.iter().cloned());
-    net.peers.extend(f.served.iter().map(|a| a.to_string()));
-    net.peers.sort();
-    net.peers.dedup();
-    Ok(meta)
+    Ok((meta, f.peers.into_book()))
 }
 
 impl Fetcher {
-    fn accepted(&mut self, stream: PeerStream, addr: SocketAddr) {
-        if self.conns.len() >= PEERS_MAX {
-            return;
-        }
-        tracing::debug!("peer {addr}: connected to us");
-        self.open(addr, true, async move { Ok(stream) });
-    }
-
-    /// Starts a connection's task; the machine hears of it once `open`
-    /// has given a stream.
-    fn open<S, F>(&mut self, addr: SocketAddr, incoming: bool, open: F)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: Future<Output = std::io::Result<S>> + Send + 'static,
-    {
-        let key = self.next_key;
-        self.next_key += 1;
-        let (tx, rx) = mpsc::unbounded();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let task = spawn(run_peer(key, open, rx, queued.clone(), self.events_tx.clone()));
-        self.conns.insert(key, Conn { addr, tx, queued, connected: false, incoming, _task: task });
-    }
-
-    fn learn(&mut self, addr: SocketAddr) {
-        if self.known.len() < KNOWN_PEERS_MAX && !addr.ip().is_unspecified() && addr.port() != 0 {
-            self.known.entry(addr).or_default();
+    fn on_peer(&mut self, p: PeerInput) {
+        if self.peers.observe(&p) {
+            self.machine.handle(self.clock.now(), p.into());
         }
     }
 
@@ -448,43 +263,25 @@ impl Fetcher {
         let mut bad = Vec::new();
         loop {
             match self.machine.poll_output() {
-                FetchOutput::Timeout(at) => {
+                fetch_machine::Output::Timeout(at) => {
                     self.machine_at = at;
                     break;
                 }
-                FetchOutput::Transmit { peer, payload } => {
-                    let Some(c) = self.conns.get(&peer) else {
-                        continue;
-                    };
-                    // Our messages are small, but a peer that asks us for
-                    // metadata (we reject) and never reads would grow the
-                    // queue forever: past the bound it is dropped.
-                    let queued = c.queued.fetch_add(payload.len(), Ordering::Relaxed) + payload.len();
-                    if queued <= SEND_BYTES_MAX {
-                        // A closed queue means the connection's task has
-                        // ended (the peer hung up, maybe before we even
-                        // spoke): its `Closed` event follows and is handled
-                        // like any hang-up, with a retry later; no ban.
-                        let _ = c.tx.unbounded_send(payload);
-                    } else {
-                        tracing::info!("peer {}: dropped (it does not read)", c.addr);
-                        let addr = c.addr;
-                        self.conns.remove(&peer);
-                        if let Some(k) = self.known.get_mut(&addr) {
-                            k.busy = false;
-                            k.banned = true;
+                fetch_machine::Output::Transmit(t) => {
+                    if self.peers.send(t.to, t.bytes).is_err() {
+                        if let Some(addr) = self.peers.drop_peer(t.to, Closed::Transient) {
+                            tracing::info!("peer {addr}: dropped (it does not read what we send)");
                         }
-                        self.machine.handle(self.clock.now(), FetchInput::PeerDisconnected { peer });
+                        let closed = PeerInput::Closed { peer: t.to, reason: rumor_core::bt::conn::CloseReason::Local };
+                        self.machine.handle(self.clock.now(), closed.into());
                     }
                 }
-                FetchOutput::Disconnect { peer, reason: FetchDisconnect::BadMetadata } => {
-                    if let Some(c) = self.conns.get(&peer) {
-                        bad.push(c.addr);
+                fetch_machine::Output::Disconnect { peer, reason } => {
+                    if let Some(addr) = self.on_disconnect(peer, reason) {
+                        bad.push(addr);
                     }
-                    self.on_disconnect(peer, FetchDisconnect::BadMetadata);
                 }
-                FetchOutput::Disconnect { peer, reason } => self.on_disconnect(peer, reason),
-                FetchOutput::Done(meta) => {
+                fetch_machine::Output::Event(fetch_machine::Event::Done(meta)) => {
                     self.result = Some(*meta);
                     break;
                 }
@@ -492,141 +289,66 @@ impl Fetcher {
         }
         // Metadata that does not hash right gets every contributor dropped
         // at once, and only one of them may have lied: a peer dropped alone
-        // is banned, one of a group only after a few such drops.
+        // is banned, one of a group only after a few such drops (strikes).
         let alone = bad.len() == 1;
         for addr in bad {
-            if let Some(k) = self.known.get_mut(&addr) {
-                k.strikes += 1;
-                if alone || k.strikes >= STRIKES_MAX {
-                    tracing::warn!("peer {addr}: banned for sending bad metadata");
-                    k.banned = true;
-                }
+            let banned = if alone {
+                self.peers.ban_addr(addr);
+                true
+            } else {
+                self.peers.strike(addr)
+            };
+            if banned {
+                tracing::warn!("peer {addr}: banned for sending bad metadata");
             }
         }
     }
 
-    /// Closes a connection the machine dropped and decides if and when
-    /// its address is tried again.
-    fn on_disconnect(&mut self, peer: PeerKey, reason: FetchDisconnect) {
-        let Some(c) = self.conns.remove(&peer) else {
-            return;
-        };
-        if reason == FetchDisconnect::Done {
-            if !c.incoming {
-                self.served.push(c.addr);
+    /// Closes a connection the machine dropped and books when its address
+    /// may be dialed again; the address if it sent bad metadata.
+    fn on_disconnect(&mut self, peer: PeerKey, reason: DisconnectReason) -> Option<SocketAddr> {
+        let incoming = self.peers.is_incoming(peer);
+        let how = match reason {
+            // It broke the protocol: never again.
+            DisconnectReason::Protocol => {
+                if let Some(addr) = self.peers.ban(peer) {
+                    tracing::info!("peer {addr}: dropped: {reason:?}");
+                }
+                return None;
             }
-        } else {
-            tracing::info!("peer {}: dropped: {reason:?}", c.addr);
-        }
-        let Some(k) = self.known.get_mut(&c.addr) else {
-            return;
-        };
-        k.busy = false;
-        match reason {
-            FetchDisconnect::Protocol => k.banned = true,
-            FetchDisconnect::Done => {}
-            // Banned or not by the caller, which sees the whole group.
-            FetchDisconnect::BadMetadata => {
-                k.failures += 1;
-                k.retry_at = Some(Instant::now() + backoff(k.failures));
-            }
+            DisconnectReason::Done => Closed::Finished,
             // It may get the metadata itself later (a leecher that started
             // from a magnet too), or have room: again, later and later.
-            FetchDisconnect::NoMetadata | FetchDisconnect::TooManyPeers | FetchDisconnect::Idle => {
-                k.failures += 1;
-                k.retry_at = Some(Instant::now() + backoff(k.failures));
-            }
+            DisconnectReason::BadMetadata
+            | DisconnectReason::NoMetadata
+            | DisconnectReason::TooManyPeers
+            | DisconnectReason::Idle => Closed::Transient,
+        };
+        let addr = self.peers.drop_peer(peer, how)?;
+        match reason {
+            DisconnectReason::Done if !incoming => self.served.push(addr),
+            DisconnectReason::Done => {}
+            _ => tracing::info!("peer {addr}: dropped: {reason:?}"),
         }
-    }
-
-    fn on_event(&mut self, ev: Ev) {
-        let now = self.clock.now();
-        match ev {
-            Ev::Connected(peer) => {
-                if let Some(c) = self.conns.get_mut(&peer) {
-                    c.connected = true;
-                    tracing::debug!("peer {}: connected", c.addr);
-                    self.machine.handle(now, FetchInput::PeerConnected { peer });
-                }
-            }
-            Ev::Bytes(peer, bytes) => {
-                if self.conns.get(&peer).is_some_and(|c| c.connected) {
-                    self.machine.handle(now, FetchInput::PeerBytes { peer, bytes });
-                }
-            }
-            Ev::Closed(peer, why) => {
-                let Some(c) = self.conns.remove(&peer) else {
-                    return;
-                };
-                match why {
-                    Some(e) => tracing::debug!("peer {}: {e}", c.addr),
-                    None => tracing::debug!("peer {}: closed", c.addr),
-                }
-                if let Some(k) = self.known.get_mut(&c.addr) {
-                    k.busy = false;
-                    k.failures += 1;
-                    k.retry_at = Some(Instant::now() + backoff(k.failures));
-                }
-                if c.connected {
-                    self.machine.handle(now, FetchInput::PeerDisconnected { peer });
-                }
-            }
-            Ev::Learned(peers) => {
-                tracing::info!("overlay: {} providers of {}", peers.len(), self.info_hash);
-                peers.into_iter().for_each(|a| self.learn(a));
-            }
-            Ev::Tracker(t) => self.on_tracker(t),
-        }
+        (reason == DisconnectReason::BadMetadata && !incoming).then_some(addr)
     }
 
     fn on_time(&mut self) {
         let now = self.clock.now();
         if now >= self.machine_at {
-            self.machine.handle(now, FetchInput::Timeout);
+            self.machine.handle(now, fetch_machine::Input::Timeout);
         }
         if now >= self.announce_at {
-            self.announcer.handle(now, AnnounceInput::Timeout);
+            self.announcer.handle(now, announce::Input::Timeout);
             self.pump_announcer();
         }
     }
 
-    fn dial_some(&mut self) {
-        let now = Instant::now();
-        let dialing = self.conns.values().filter(|c| !c.connected).count();
-        let budget = PEERS_MAX.saturating_sub(self.conns.len()).min(DIALS_MAX.saturating_sub(dialing));
-        let due: Vec<SocketAddr> = self
-            .known
-            .iter()
-            .filter(|(_, k)| !k.busy && !k.banned && k.retry_at.is_none_or(|t| now >= t))
-            .map(|(a, _)| *a)
-            .take(budget)
-            .collect();
-        for addr in due {
-            let k = self.known.get_mut(&addr).expect("listed above");
-            if !k.dialed {
-                k.dialed = true;
-                self.tried += 1;
-            }
-            k.busy = true;
-            self.open(addr, false, connect(addr));
-        }
-    }
-
     fn pump_announcer(&mut self) {
-        loop {
-            let now = self.clock.now();
-            let out = self.announcer.poll_output();
-            match self.tracker_io.carry(&mut self.announcer, now, out) {
-                Some(AnnounceOutput::Timeout(at)) => {
-                    self.announce_at = at;
-                    break;
-                }
-                Some(AnnounceOutput::Peers(peers)) => {
-                    tracing::info!("tracker gave {} peers", peers.len());
-                    peers.into_iter().for_each(|a| self.learn(a));
-                }
-                _ => {}
-            }
+        let (at, found) = self.tracker_io.drain(&mut self.announcer, &self.clock);
+        self.announce_at = at;
+        for p in found {
+            self.peers.learn(p, Source::Tracker);
         }
     }
 
@@ -635,12 +357,6 @@ impl Fetcher {
         self.tracker_io.on_event(&mut self.announcer, now, t);
         self.pump_announcer();
     }
-}
-
-/// Wait before trying an address again after `failures` failures: 1 s
-/// doubling to 32 s (short: the fetch itself is bounded by its timeout).
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(5))
 }
 
 #[cfg(test)]

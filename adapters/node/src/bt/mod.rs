@@ -1,16 +1,39 @@
 //! The BitTorrent client: `rumor create`, `rumor get`, `rumor seed`.
 //!
 //! `create` hashes files into a .torrent. `get` and `seed` run one
-//! [`client`] session: a task owning the core torrent machine and
-//! announcer, peer connections as tasks, disk and hashing on threads.
+//! [`session`]: bind the listeners, build the peer book, then (for a magnet
+//! link or a bare infohash) fetch the metadata ([`magnet`]), then download
+//! and seed ([`client`]). Each phase is one task owning its core machine
+//! (`MetadataFetch`, then `Torrent`) and an announcer; the phases share:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`peer_conn`] | the one peer layer: a connection task per peer carrying bytes for either machine, and `Peers` around the core peer book (`rumor_core::bt::peers`), handed from phase to phase |
+//! | [`trackers`] | the announcer's HTTP and UDP requests |
+//! | [`overlay_member`] | the client as a cluster member (`--overlay`): providers in, our provider record out, a leave on exit |
+//! | [`entropy`] | the one source of randomness (peer ids, seeds), from the OS once |
+//! | [`progress`] | the progress bar, its rates, and a log writer that prints around it |
+//! | [`control`] | the control API (`--control`) |
+//! | [`storage`] | files on disk: positional reads and writes, piece hashing |
+//! | [`cluster_dns`] | names through the cluster's DNS (`--dns`, `--register`) |
+//!
+//! Every queue between tasks is bounded; each constant says what happens
+//! when it is full.
 
 mod client;
 mod cluster_dns;
 mod control;
+mod entropy;
 mod magnet;
 mod overlay_member;
+mod peer_conn;
+mod progress;
+mod session;
 mod storage;
 mod trackers;
+
+#[allow(unused_imports)]
+pub use progress::LogWriter;
 
 use clap::Args;
 use rumor_core::bt::metainfo::{choose_piece_length, Limits, PieceHasher, TorrentBuilder};
@@ -267,7 +290,7 @@ pub fn get(args: GetArgs) -> ExitCode {
         eprintln!("rumor get: --save-torrent is for a magnet link or an infohash; this is already a .torrent");
         return ExitCode::FAILURE;
     }
-    let opts = client::Options {
+    let opts = session::Options {
         torrent: args.torrent,
         dir: args.output,
         net: args.net,
@@ -275,12 +298,12 @@ pub fn get(args: GetArgs) -> ExitCode {
         seed_command: false,
         magnet,
     };
-    client::run(opts)
+    session::run(opts)
 }
 
 /// Runs `rumor seed`.
 pub fn seed(args: SeedArgs) -> ExitCode {
-    let opts = client::Options {
+    let opts = session::Options {
         torrent: args.torrent,
         dir: args.dir,
         net: args.net,
@@ -288,5 +311,5 @@ pub fn seed(args: SeedArgs) -> ExitCode {
         seed_command: true,
         magnet: None,
     };
-    client::run(opts)
+    session::run(opts)
 }

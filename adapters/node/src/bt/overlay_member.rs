@@ -3,6 +3,11 @@
 //! provider of its torrent in the replicated `providers` namespace, asks
 //! members for the other providers, and hands every provider it learns to
 //! the session. So peers find each other with no tracker at all.
+//!
+//! When its owner stops it (fires or drops the [`rt::ShutdownTrigger`]), it
+//! says goodbye to the cluster (a gossip leave, so the members list it as
+//! `left`, not `dead` after the failure detector's timeouts) and gives the
+//! frames a moment to go before it returns: await its task.
 
 use crate::clock::Clock;
 use crate::cluster::{Cluster, Effect};
@@ -23,6 +28,8 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 const PROVIDER_TTL: Duration = Duration::from_secs(120);
 /// How often the overlay index is checked for providers not yet handed on.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// How long the leave's frames get to go out before the member returns.
+const LEAVE_GRACE: Duration = Duration::from_millis(200);
 
 /// What the member needs.
 pub struct MemberArgs {
@@ -34,14 +41,16 @@ pub struct MemberArgs {
     pub listen: SocketAddr,
 }
 
-/// Joins the overlay and runs until the process ends; providers of `ih`
-/// other than this client go to `found`.
+/// Joins the overlay and runs until `stop` fires (then leaves the cluster)
+/// or `found` closes; providers of `ih` other than this client go to
+/// `found` (a bounded channel: when it is full they wait for the next scan).
 pub async fn run(
     args: MemberArgs,
     ih: InfoHash,
     peer_port: u16,
     complete: Arc<AtomicBool>,
     found: async_channel::Sender<Vec<SocketAddr>>,
+    stop: rt::Shutdown,
 ) -> Result<(), String> {
     let clock = Clock::new();
     let listener =
@@ -53,8 +62,7 @@ pub async fn run(
     let me = SocketAddr::new(ip, peer_port);
     let config = Config::new(advertise.clone(), args.keys);
     let frame_max = config.message_bytes_max;
-    let mut cluster =
-        Cluster::new(config, crate::node::os_random(), clock.both(), crate::node::os_random(), Vec::new(), 0);
+    let mut cluster = Cluster::new(config, super::entropy::seed(), clock.both(), super::entropy::seed(), Vec::new(), 0);
     let (inbound_tx, inbound) = async_channel::bounded(1024);
     // The listener stops with this member.
     let (_stop, stop_rx) = rt::Shutdown::new();
@@ -102,8 +110,15 @@ pub async fn run(
                 .collect();
             if !fresh.is_empty() {
                 tracing::info!("overlay: {} new providers", fresh.len());
-                if found.try_send(fresh).is_err() {
-                    return Ok(());
+                match found.try_send(fresh) {
+                    Ok(()) => {}
+                    // The session is busy: hand them on at the next scan.
+                    Err(async_channel::TrySendError::Full(fresh)) => {
+                        for a in fresh {
+                            handed.remove(&a);
+                        }
+                    }
+                    Err(async_channel::TrySendError::Closed(_)) => return Ok(()),
                 }
             }
         }
@@ -114,8 +129,20 @@ pub async fn run(
                 Err(_) => return Ok(()),
             },
             _ = futures::FutureExt::fuse(rt::sleep_until(wake)) => cluster.timeout(clock.both()),
+            _ = futures::FutureExt::fuse(stop.wait()) => break,
         }
     }
+    // Say goodbye so the members list us as left, and give the frames a
+    // moment to go before the connections are dropped with us.
+    cluster.leave(clock.both());
+    while let Some(effect) = cluster.poll_effect() {
+        if let Effect::Send(to, bytes) = effect {
+            net.send(&to, bytes);
+        }
+    }
+    rt::sleep(LEAVE_GRACE).await;
+    tracing::debug!("overlay: left");
+    Ok(())
 }
 
 /// Resolves the join targets; the local address of a connection to the
@@ -133,4 +160,35 @@ fn resolve_targets(targets: &[String]) -> Result<(IpAddr, Vec<PeerAddr>), String
         .find_map(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).ok()?.local_addr().ok())
         .ok_or_else(|| format!("no --overlay address answers ({})", targets.join(", ")))?;
     Ok((local.ip(), addrs.into_iter().map(|a| PeerAddr(a.to_string())).collect()))
+}
+
+/// A running member, as its owner holds it.
+pub struct Member {
+    stop: rt::ShutdownTrigger,
+    task: rt::JoinHandle<()>,
+}
+
+/// Starts a member (see [`run`]); errors are logged.
+pub fn spawn(
+    args: MemberArgs,
+    ih: InfoHash,
+    peer_port: u16,
+    complete: Arc<AtomicBool>,
+    found: async_channel::Sender<Vec<SocketAddr>>,
+) -> Member {
+    let (stop, shutdown) = rt::Shutdown::new();
+    let task = rt::spawn(async move {
+        if let Err(e) = run(args, ih, peer_port, complete, found, shutdown).await {
+            tracing::error!("overlay: {e}");
+        }
+    });
+    Member { stop, task }
+}
+
+impl Member {
+    /// Leaves the cluster and waits (briefly) until the goodbye is out.
+    pub async fn leave(self) {
+        self.stop.fire();
+        let _ = rt::timeout(LEAVE_GRACE * 5, self.task).await;
+    }
 }

@@ -1,9 +1,13 @@
 //! Carries out the announcer's requests: HTTP GETs on the blocking pool,
-//! UDP datagrams on one socket. Answers come back as [`AnnounceInput`]s.
+//! UDP datagrams on one socket. Answers come back as [`Input`]s through
+//! the owner's bounded channel; when it is full an answer is dropped (as a
+//! lossy network would drop it) and the announcer's request timeout asks
+//! again.
 
 use crate::rt;
 use async_channel::Sender;
-use rumor_core::bt::announce::{AnnounceInput, RequestId};
+use rumor_core::bt::announce::{Announcer, Event, Input, Output, RequestId};
+use rumor_core::time::Instant;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ const UDP_DATAGRAM_BYTES_MAX: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum TrackerEvent {
     /// Feed this to the announcer.
-    Input(AnnounceInput),
+    Input(Input),
     /// A UDP request went to `addr`: datagrams from there answer `id`.
     UdpSent {
         /// The tracker's address.
@@ -48,13 +52,13 @@ pub fn http_get(id: RequestId, url: String, dns: Option<SocketAddr>, tx: Sender<
             Ok(resp) => {
                 let mut body = Vec::new();
                 match resp.into_reader().take(HTTP_BODY_BYTES_MAX).read_to_end(&mut body) {
-                    Ok(_) => AnnounceInput::HttpBody { id, body },
-                    Err(_) => AnnounceInput::RequestFailed { id },
+                    Ok(_) => Input::HttpBody { id, body },
+                    Err(_) => Input::RequestFailed { id },
                 }
             }
             Err(e) => {
                 tracing::debug!("tracker {url}: {e}");
-                AnnounceInput::RequestFailed { id }
+                Input::RequestFailed { id }
             }
         };
         let _ = tx.try_send(TrackerEvent::Input(input));
@@ -74,8 +78,11 @@ impl Udp {
         rt::spawn(async move {
             let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
             while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                if tx.try_send(TrackerEvent::UdpReceived { from, bytes: buf[..n].to_vec() }).is_err() {
-                    break;
+                match tx.try_send(TrackerEvent::UdpReceived { from, bytes: buf[..n].to_vec() }) {
+                    // A full queue drops the datagram, as the network may:
+                    // the announcer's request timeout asks again.
+                    Ok(()) | Err(async_channel::TrySendError::Full(_)) => {}
+                    Err(async_channel::TrySendError::Closed(_)) => break,
                 }
             }
         });
@@ -101,12 +108,12 @@ impl Udp {
                 _ => None,
             };
             let Some(addr) = addr else {
-                let _ = tx.try_send(TrackerEvent::Input(AnnounceInput::RequestFailed { id }));
+                let _ = tx.try_send(TrackerEvent::Input(Input::RequestFailed { id }));
                 return;
             };
             let _ = tx.try_send(TrackerEvent::UdpSent { addr, id });
             if socket.send_to(&payload, addr).await.is_err() {
-                let _ = tx.try_send(TrackerEvent::Input(AnnounceInput::RequestFailed { id }));
+                let _ = tx.try_send(TrackerEvent::Input(Input::RequestFailed { id }));
             }
         });
     }
@@ -138,23 +145,17 @@ impl TrackerIo {
     /// Carries out one announcer output that is network work (a GET, a
     /// datagram, an error to log) and hands back the others (peers,
     /// the next timeout) for the caller.
-    pub fn carry(
-        &self,
-        announcer: &mut rumor_core::bt::announce::Announcer,
-        now: rumor_core::time::Instant,
-        out: rumor_core::bt::announce::AnnounceOutput,
-    ) -> Option<rumor_core::bt::announce::AnnounceOutput> {
-        use rumor_core::bt::announce::AnnounceOutput;
+    pub fn carry(&self, announcer: &mut Announcer, now: rumor_core::time::Instant, out: Output) -> Option<Output> {
         match out {
-            AnnounceOutput::HttpGet { id, url } => {
+            Output::HttpGet { id, url } => {
                 tracing::debug!("announce: GET {url}");
                 http_get(id, url, self.dns, self.tx.clone());
             }
-            AnnounceOutput::UdpSend { id, tracker, payload } => match &self.udp {
+            Output::UdpSend { id, tracker, payload } => match &self.udp {
                 Some(u) => u.send(id, tracker, payload, self.dns, self.tx.clone()),
-                None => announcer.handle(now, AnnounceInput::RequestFailed { id }),
+                None => announcer.handle(now, Input::RequestFailed { id }),
             },
-            AnnounceOutput::TrackerError { tracker, error } => match error {
+            Output::Event(Event::TrackerError { tracker, error }) => match error {
                 Some(e) => tracing::warn!("tracker {tracker}: {e}"),
                 None => tracing::warn!("tracker {tracker}: no answer"),
             },
@@ -163,13 +164,26 @@ impl TrackerIo {
         None
     }
 
+    /// Drains `announcer`: carries out its requests and logs its errors;
+    /// the instant to wake it at, and the peers trackers gave.
+    pub fn drain(&self, announcer: &mut Announcer, clock: &crate::clock::Clock) -> (Instant, Vec<SocketAddr>) {
+        let mut found = Vec::new();
+        loop {
+            let now = clock.now();
+            let out = announcer.poll_output();
+            match self.carry(announcer, now, out) {
+                Some(Output::Timeout(at)) => return (at, found),
+                Some(Output::Event(Event::Peers(peers))) => {
+                    tracing::info!("tracker gave {} peers", peers.len());
+                    found.extend(peers);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Feeds what the network brought to the announcer.
-    pub fn on_event(
-        &mut self,
-        announcer: &mut rumor_core::bt::announce::Announcer,
-        now: rumor_core::time::Instant,
-        event: TrackerEvent,
-    ) {
+    pub fn on_event(&mut self, announcer: &mut Announcer, now: rumor_core::time::Instant, event: TrackerEvent) {
         match event {
             TrackerEvent::Input(i) => announcer.handle(now, i),
             TrackerEvent::UdpSent { addr, id } => {
@@ -180,7 +194,7 @@ impl TrackerIo {
             }
             TrackerEvent::UdpReceived { from, bytes } => {
                 if let Some(id) = self.udp_pending.get(&from).copied() {
-                    announcer.handle(now, AnnounceInput::UdpDatagram { id, bytes, ipv6: from.is_ipv6() });
+                    announcer.handle(now, Input::UdpDatagram { id, bytes, ipv6: from.is_ipv6() });
                 }
             }
         }

@@ -1,0 +1,393 @@
+//! The one peer layer of the client: connection tasks that carry bytes for
+//! either machine (the download's [`rumor_core::bt::torrent::Torrent`] or
+//! the metadata fetch's [`rumor_core::bt::magnet::MetadataFetch`]), and
+//! [`Peers`], which owns the core [`PeerBook`] and the live connections.
+//!
+//! A connection task dials (or takes an accepted stream), then reads into
+//! the owner's bounded event channel as core [`PeerInput`]s (`Connected`,
+//! `Bytes`, `Closed` with its reason) and writes what the owner queues. Its
+//! limits:
+//!
+//! * reads of at most [`ConnLimits::read_chunk_bytes`], and the owner's
+//!   event channel holds at most [`PEER_EVENTS_MAX`] of them (a flooding
+//!   peer waits in its socket buffer);
+//! * the handshake (the first [`HANDSHAKE_BYTES`]) must arrive within
+//!   [`HANDSHAKE_TIMEOUT`], a dial within [`DIAL_TIMEOUT`];
+//! * the send queue is bounded twice: past
+//!   [`ConnLimits::send_bytes_soft`] the task stops reading from the peer
+//!   until the queue drains (backpressure: a peer that does not read what
+//!   we send cannot ask for more), and past [`ConnLimits::send_bytes_max`]
+//!   (reached only if the soft limit could not hold it) the owner drops it.
+//!
+//! The owner is one task (the download's or the fetch's loop); nothing here
+//! is shared with another.
+
+use crate::clock::Clock;
+use crate::rt::{self, TcpStream};
+use async_channel::{Receiver, Sender, TrySendError};
+use bytes::Bytes;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use rumor_core::bt::conn::{CloseReason, PeerInput, PeerKey};
+use rumor_core::bt::peers::{Closed, PeerBook, Refused, Source};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Peer events waiting for the owner at once: past this, connection tasks
+/// wait before reading more (the backpressure bound of all reads).
+pub const PEER_EVENTS_MAX: usize = 64;
+/// Messages queued to one connection at once (the machines coalesce their
+/// sends per drain, so this is many drains' worth); past it the owner
+/// treats the queue as full.
+const SEND_MESSAGES_MAX: usize = 4096;
+/// How long a dial may take.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connected peer may take to send its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Length of the BitTorrent handshake.
+pub const HANDSHAKE_BYTES: usize = 68;
+
+/// Per-connection buffer limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Bytes read from the socket at once.
+    pub read_chunk_bytes: usize,
+    /// Queued bytes past which the task stops reading from the peer.
+    pub send_bytes_soft: usize,
+    /// Queued bytes past which the owner drops the peer.
+    pub send_bytes_max: usize,
+}
+
+/// A spawned task, aborted when dropped (a connection dropped by its owner
+/// leaves nothing running behind).
+pub struct Task(rt::AbortHandle);
+
+impl Task {
+    /// Runs `f` in the background until it ends or the task is dropped.
+    pub fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Task {
+        Task(rt::spawn(f).abort_handle())
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a connection task gets its stream.
+enum Open {
+    Dial(SocketAddr),
+    Accepted(TcpStream),
+}
+
+struct Conn {
+    addr: SocketAddr,
+    incoming: bool,
+    /// The machine was told `Connected`.
+    up: bool,
+    tx: Sender<Vec<u8>>,
+    /// Bytes queued in `tx` and not yet written.
+    queued: Arc<AtomicUsize>,
+    _task: Task,
+}
+
+/// The send queue of a peer is over its hard limit: drop the peer.
+#[derive(Debug)]
+pub struct Overflow;
+
+/// The live connections and the peer book of one torrent, for one owner.
+pub struct Peers {
+    clock: Clock,
+    book: PeerBook,
+    conns: BTreeMap<PeerKey, Conn>,
+    next_key: PeerKey,
+    limits: ConnLimits,
+    events_tx: Sender<PeerInput>,
+    events_rx: Receiver<PeerInput>,
+}
+
+impl Peers {
+    /// A peer layer around `book` (maybe carried over from an earlier
+    /// phase), with `limits` for each connection. Keys start at 1: make
+    /// one `Peers` per machine.
+    pub fn new(clock: Clock, book: PeerBook, limits: ConnLimits) -> Peers {
+        let (events_tx, events_rx) = async_channel::bounded(PEER_EVENTS_MAX);
+        Peers { clock, book, conns: BTreeMap::new(), next_key: 1, limits, events_tx, events_rx }
+    }
+
+    /// The channel the owner reads [`PeerInput`]s from; pass each to
+    /// [`Peers::observe`] before the machine.
+    pub fn events(&self) -> &Receiver<PeerInput> {
+        &self.events_rx
+    }
+
+    /// The book (for counts and learning).
+    pub fn book(&self) -> &PeerBook {
+        &self.book
+    }
+
+    /// Learns an address; false if refused (see [`PeerBook::learn`]).
+    pub fn learn(&mut self, addr: SocketAddr, source: Source) -> bool {
+        self.book.learn(addr, source)
+    }
+
+    /// Live connections (dialing ones included).
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections we dialed (up or still dialing).
+    pub fn outgoing(&self) -> usize {
+        self.conns.values().filter(|c| !c.incoming).count()
+    }
+
+    /// The address of connection `peer`.
+    pub fn addr(&self, peer: PeerKey) -> Option<SocketAddr> {
+        self.conns.get(&peer).map(|c| c.addr)
+    }
+
+    /// True if `peer` dialed us.
+    pub fn is_incoming(&self, peer: PeerKey) -> bool {
+        self.conns.get(&peer).is_some_and(|c| c.incoming)
+    }
+
+    /// Dials up to `limit` addresses that are due.
+    pub fn dial_due(&mut self, limit: usize) {
+        let now = self.clock.now();
+        for addr in self.book.due(now, limit) {
+            self.start(addr, false, Open::Dial(addr));
+        }
+    }
+
+    /// Takes an incoming connection, or closes it at once (banned, or over
+    /// the connection budget).
+    pub fn accept(&mut self, stream: TcpStream, addr: SocketAddr) -> Result<(), Refused> {
+        self.book.accept(addr)?;
+        tracing::debug!("peer {addr}: connected to us");
+        self.start(addr, true, Open::Accepted(stream));
+        Ok(())
+    }
+
+    fn start(&mut self, addr: SocketAddr, incoming: bool, open: Open) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let (tx, rx) = async_channel::bounded(SEND_MESSAGES_MAX);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = Task::spawn(run(key, open, self.events_tx.clone(), rx, queued.clone(), self.limits));
+        self.conns.insert(key, Conn { addr, incoming, up: false, tx, queued, _task: task });
+    }
+
+    /// Books what a connection task reported; true if the machine should
+    /// be fed `input` too (false for connections dropped since, whose late
+    /// events are stale, and for dials that never came up).
+    pub fn observe(&mut self, input: &PeerInput) -> bool {
+        let now = self.clock.now();
+        let peer = input.peer();
+        let Some(c) = self.conns.get_mut(&peer) else {
+            return false;
+        };
+        match input {
+            PeerInput::Connected { .. } => {
+                c.up = true;
+                if !c.incoming {
+                    tracing::debug!("peer {}: connected", c.addr);
+                    self.book.connected(c.addr);
+                }
+                true
+            }
+            PeerInput::Bytes { .. } => c.up,
+            PeerInput::Closed { reason, .. } => {
+                let c = self.conns.remove(&peer).expect("found above");
+                tracing::debug!("peer {}: closed ({reason:?})", c.addr);
+                if c.incoming {
+                    self.book.incoming_closed(c.addr);
+                } else if c.up {
+                    self.book.closed(now, c.addr, Closed::Transient);
+                } else {
+                    self.book.failed(now, c.addr);
+                }
+                c.up
+            }
+        }
+    }
+
+    /// The machine accepted `peer`'s handshake: a good peer.
+    pub fn ready(&mut self, peer: PeerKey) {
+        if let Some(c) = self.conns.get(&peer) {
+            if !c.incoming {
+                self.book.ready(c.addr);
+            }
+        }
+    }
+
+    /// Queues `bytes` to `peer`. A queue over its hard limit is an
+    /// [`Overflow`]: drop the peer (and tell the machine). A connection
+    /// whose task has ended takes nothing; its `Closed` event follows.
+    pub fn send(&mut self, peer: PeerKey, bytes: Vec<u8>) -> Result<(), Overflow> {
+        let Some(c) = self.conns.get(&peer) else {
+            return Ok(());
+        };
+        let len = bytes.len();
+        let queued = c.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.limits.send_bytes_max {
+            return Err(Overflow);
+        }
+        match c.tx.try_send(bytes) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Overflow),
+            Err(TrySendError::Closed(_)) => Ok(()),
+        }
+    }
+
+    /// Closes `peer` on our side (the machine asked for it, or we dropped
+    /// it), booking `how` for its address; its address, if it was up.
+    pub fn drop_peer(&mut self, peer: PeerKey, how: Closed) -> Option<SocketAddr> {
+        let c = self.conns.remove(&peer)?;
+        let now = self.clock.now();
+        if c.incoming {
+            self.book.incoming_closed(c.addr);
+        } else {
+            self.book.closed(now, c.addr, how);
+        }
+        Some(c.addr)
+    }
+
+    /// Closes `peer` and never takes its address again.
+    pub fn ban(&mut self, peer: PeerKey) -> Option<SocketAddr> {
+        let c = self.conns.remove(&peer)?;
+        self.book.ban(c.addr);
+        Some(c.addr)
+    }
+
+    /// Never take `addr` again (its connection, if any, is already closed).
+    pub fn ban_addr(&mut self, addr: SocketAddr) {
+        self.book.ban(addr);
+    }
+
+    /// A strike against `addr`, one of several peers that together sent
+    /// bad data; true if that made a ban.
+    pub fn strike(&mut self, addr: SocketAddr) -> bool {
+        self.book.strike(addr)
+    }
+
+    /// Closes every connection; the keys the machine knew as connected.
+    pub fn close_all(&mut self) -> Vec<PeerKey> {
+        let up = self.conns.iter().filter(|(_, c)| c.up).map(|(k, _)| *k).collect();
+        self.conns.clear();
+        self.book.all_closed(self.clock.now());
+        up
+    }
+
+    /// Every idle address may be dialed at once (after a pause).
+    pub fn retry_now(&mut self) {
+        self.book.retry_now(self.clock.now());
+    }
+
+    /// Closes everything and hands the book on to the next phase.
+    pub fn into_book(mut self) -> PeerBook {
+        self.close_all();
+        self.book
+    }
+}
+
+/// Opens the connection, then reads into `events` and writes what `out`
+/// brings, until either side ends; reports `Closed` with the reason.
+async fn run(
+    peer: PeerKey,
+    open: Open,
+    events: Sender<PeerInput>,
+    out: Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    limits: ConnLimits,
+) {
+    let stream = match open {
+        Open::Accepted(s) => s,
+        Open::Dial(addr) => match rt::timeout(DIAL_TIMEOUT, rt::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("dial {addr}: {e}");
+                let _ = events.send(PeerInput::Closed { peer, reason: CloseReason::DialFailed }).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("dial {addr}: timed out");
+                let _ = events.send(PeerInput::Closed { peer, reason: CloseReason::DialFailed }).await;
+                return;
+            }
+        },
+    };
+    if events.send(PeerInput::Connected { peer }).await.is_err() {
+        return;
+    }
+    let (mut r, mut w) = stream.into_split();
+    // The writer tells a paused reader that the queue went under the soft
+    // limit; one pending signal is enough (the reader looks again).
+    let (room_tx, room_rx) = async_channel::bounded::<()>(1);
+    let writer_queued = queued.clone();
+    let writer = async move {
+        while let Ok(buf) = out.recv().await {
+            let left = writer_queued.fetch_sub(buf.len(), Ordering::Relaxed) - buf.len();
+            if w.write_all(&buf).await.is_err() {
+                return CloseReason::Io;
+            }
+            if left <= limits.send_bytes_soft {
+                let _ = room_tx.try_send(());
+            }
+        }
+        let _ = w.close().await;
+        CloseReason::Local
+    };
+    let reads = events.clone();
+    let reader = async move {
+        // One buffer reused for every read; each read's bytes are copied
+        // out (only the bytes read, not the whole chunk).
+        let mut buf = vec![0u8; limits.read_chunk_bytes];
+        let mut got = 0usize;
+        let handshake_by = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        loop {
+            while queued.load(Ordering::Relaxed) > limits.send_bytes_soft {
+                if room_rx.recv().await.is_err() {
+                    return CloseReason::Local;
+                }
+            }
+            let n = if got < HANDSHAKE_BYTES {
+                let left = handshake_by.saturating_duration_since(std::time::Instant::now());
+                match rt::timeout(left, r.read(&mut buf)).await {
+                    Ok(n) => n,
+                    Err(_) => return CloseReason::HandshakeTimeout,
+                }
+            } else {
+                r.read(&mut buf).await
+            };
+            match n {
+                Ok(0) => return CloseReason::Hangup,
+                Err(_) => return CloseReason::Io,
+                Ok(n) => {
+                    got = got.saturating_add(n);
+                    let bytes = Bytes::copy_from_slice(&buf[..n]);
+                    if reads.send(PeerInput::Bytes { peer, bytes }).await.is_err() {
+                        return CloseReason::Local;
+                    }
+                }
+            }
+        }
+    };
+    let reason = futures::select! {
+        why = writer.fuse() => why,
+        why = reader.fuse() => why,
+    };
+    let _ = events.send(PeerInput::Closed { peer, reason }).await;
+}
+
+/// `fut` when `cond` holds; otherwise a future that never completes (a
+/// select branch switched off).
+pub async fn when<T>(cond: bool, fut: impl std::future::Future<Output = T>) -> T {
+    if cond {
+        fut.await
+    } else {
+        futures::future::pending().await
+    }
+}

@@ -13,7 +13,6 @@ mod bt;
 mod cli;
 mod clock;
 /// A wrapper over the core's member machine, for the overlay client only.
-mod cluster;
 mod dns_cli;
 mod dns_udp;
 mod gossip_net;

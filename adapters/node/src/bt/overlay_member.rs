@@ -10,12 +10,15 @@
 //! frames a moment to go before it returns: await its task.
 
 use crate::clock::Clock;
-use crate::cluster::{Cluster, Effect};
 use crate::gossip_net::{self, GossipNet};
 use crate::rt;
+use bytes::Bytes;
 use rumor_core::bt::metainfo::InfoHash;
-use rumor_core::gossip::{Config, Keyring, PeerAddr};
-use rumor_core::overlay::Provider;
+use rumor_core::gossip::{self, Config, Keyring, Now, PeerAddr};
+use rumor_core::member::{self, Member as CoreMember};
+use rumor_core::overlay::{self, Overlay, Provider};
+use rumor_core::replica::Namespace;
+use rumor_core::time::Instant;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,26 +65,22 @@ pub async fn run(
     let me = SocketAddr::new(ip, peer_port);
     let config = Config::new(advertise.clone(), args.keys);
     let frame_max = config.message_bytes_max;
-    let mut cluster = Cluster::new(config, super::entropy::seed(), clock.both(), super::entropy::seed(), Vec::new(), 0);
+    let member_config = member::Config { gossip: config, node_id: super::entropy::seed() };
+    let mut member = Overlaid::new(CoreMember::new(member_config, clock.both(), super::entropy::seed()), clock.both());
     let (inbound_tx, inbound) = async_channel::bounded(1024);
     // The listener stops with this member.
     let (_stop, stop_rx) = rt::Shutdown::new();
     rt::spawn(gossip_net::listen(listener, inbound_tx, frame_max + 4, stop_rx));
     let mut net = GossipNet::new(frame_max);
     tracing::info!(advertise = %advertise.0, peer = %me, "joining the overlay");
-    cluster.join(clock.both(), join);
+    member.step(clock.both(), member::Input::Command(member::Command::Join(join)), &mut net);
     let mut handed: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut next_announce = std::time::Instant::now() + Duration::from_millis(500);
     let mut next_scan = std::time::Instant::now();
     let mut lookup_id = 0u32;
     loop {
-        while let Some(effect) = cluster.poll_effect() {
-            match effect {
-                Effect::Send(to, bytes) => net.send(&to, bytes),
-                Effect::Member(what) => tracing::debug!("overlay: {what}"),
-                Effect::LookupDone(..) => next_scan = std::time::Instant::now(),
-                Effect::Persist(_) | Effect::Mirror(_) => {}
-            }
+        if std::mem::take(&mut member.lookup_done) {
+            next_scan = std::time::Instant::now();
         }
         let now = std::time::Instant::now();
         if now >= next_announce {
@@ -94,15 +93,20 @@ pub async fn run(
                 announced_ms: both.wall_ms,
                 expires_ms: both.wall_ms + PROVIDER_TTL.as_millis() as u64,
             };
-            cluster.announce(both, &ih, provider, false, false, 0);
+            let key = Bytes::from(overlay::provider_key(&ih, provider.addr));
+            let value = Bytes::from(overlay::provider_value(&provider));
+            let write = gossip::Command::Write { ns: Namespace::PROVIDERS, key, value, expires_ms: provider.expires_ms };
+            member.step(both, member::Input::Command(member::Command::Gossip(write)), &mut net);
             lookup_id = lookup_id.wrapping_add(1);
-            cluster.lookup_providers(both, lookup_id, &ih);
+            let prefix = Bytes::copy_from_slice(&ih.0);
+            let lookup = gossip::Command::Lookup { id: lookup_id, ns: Namespace::PROVIDERS, prefix };
+            member.step(both, member::Input::Command(member::Command::Gossip(lookup)), &mut net);
             continue;
         }
         if now >= next_scan {
             next_scan = now + SCAN_EVERY;
-            let fresh: Vec<SocketAddr> = cluster
-                .overlay()
+            let fresh: Vec<SocketAddr> = member
+                .overlay
                 .lookup(&ih, clock.wall_ms(), usize::MAX, Some(me))
                 .into_iter()
                 .map(|p| p.addr)
@@ -122,27 +126,74 @@ pub async fn run(
                 }
             }
         }
-        let wake = clock.std_instant(cluster.next_timeout()).min(next_announce).min(next_scan);
+        let wake = clock.std_instant(member.next_timeout).min(next_announce).min(next_scan);
         futures::select_biased! {
             msg = futures::FutureExt::fuse(inbound.recv()) => match msg {
-                Ok((from, bytes)) => cluster.receive(clock.both(), from, bytes),
+                Ok((from, bytes)) => member.step(clock.both(), member::Input::Receive { from, bytes }, &mut net),
                 Err(_) => return Ok(()),
             },
-            _ = futures::FutureExt::fuse(rt::sleep_until(wake)) => cluster.timeout(clock.both()),
+            _ = futures::FutureExt::fuse(rt::sleep_until(wake)) => {
+                let now = clock.both();
+                // Lookups skip expired providers already; this only frees memory.
+                member.overlay.expire(now.wall_ms);
+                member.step(now, member::Input::Timeout, &mut net);
+            }
             _ = futures::FutureExt::fuse(stop.wait()) => break,
         }
     }
     // Say goodbye so the members list us as left, and give the frames a
     // moment to go before the connections are dropped with us.
-    cluster.leave(clock.both());
-    while let Some(effect) = cluster.poll_effect() {
-        if let Effect::Send(to, bytes) = effect {
-            net.send(&to, bytes);
-        }
-    }
+    member.step(clock.both(), member::Input::Command(member::Command::Leave), &mut net);
     rt::sleep(LEAVE_GRACE).await;
     tracing::debug!("overlay: left");
     Ok(())
+}
+
+/// The core member machine of an overlay client, with the provider index
+/// its change feed keeps. It has no DNS and no disk, so the DNS view and
+/// persistence outputs are dropped.
+struct Overlaid {
+    machine: CoreMember,
+    overlay: Overlay,
+    next_timeout: Instant,
+    /// A providers lookup ended since the owner last looked.
+    lookup_done: bool,
+}
+
+impl Overlaid {
+    fn new(machine: CoreMember, now: Now) -> Overlaid {
+        let overlay = Overlay::from_entries(machine.store().live(Namespace::PROVIDERS, now.wall_ms));
+        Overlaid { machine, overlay, next_timeout: now.at, lookup_done: false }
+    }
+
+    /// Feeds one input, then carries out everything the machine asks.
+    fn step(&mut self, now: Now, input: member::Input, net: &mut GossipNet) {
+        self.machine.handle(now, input);
+        loop {
+            match self.machine.poll_output() {
+                member::Output::Transmit(t) => net.send(&t.to, t.bytes),
+                member::Output::Event(member::Event::Providers(change)) => self.overlay.follow(&change),
+                member::Output::Event(member::Event::LookupDone { .. }) => self.lookup_done = true,
+                member::Output::Event(member::Event::MemberUp { id, addr }) => {
+                    tracing::debug!("overlay: member {id:016x} at {} is up", addr.0)
+                }
+                member::Output::Event(member::Event::MemberDown { id, addr }) => {
+                    tracing::debug!("overlay: member {id:016x} at {} is down", addr.0)
+                }
+                member::Output::Event(member::Event::Dropped { from, reason }) => {
+                    tracing::debug!(from = %from.0, "overlay: gossip message dropped: {reason:?}")
+                }
+                // No DNS, no disk: nothing to mirror or persist.
+                member::Output::Persist(_)
+                | member::Output::Event(member::Event::View(_))
+                | member::Output::Event(member::Event::Written { .. }) => {}
+                member::Output::Timeout(at) => {
+                    self.next_timeout = at;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Resolves the join targets; the local address of a connection to the

@@ -18,7 +18,6 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 /// The bar on screen, if any: log lines are printed around it.
 static ACTIVE: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
 
-#[allow(dead_code)]
 fn active() -> Option<indicatif::ProgressBar> {
     ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
@@ -136,15 +135,12 @@ impl Progress {
 
 /// A `tracing` writer to stderr that lifts the progress bar (if one is
 /// shown) while a log line is printed, so lines never land in the middle
-/// of it. Give it to the subscriber: `.with_writer(bt::LogWriter)` in
-/// `cli.rs`'s `init_logging` (that line belongs to another change; until it
-/// lands the writer is unused, hence the `allow`).
+/// of it. `cli.rs`'s `init_logging` gives it to the subscriber for every
+/// command (with no bar on screen it is plain stderr).
 #[derive(Clone, Copy, Debug, Default)]
-#[allow(dead_code)]
 pub struct LogWriter;
 
 /// One log record, printed whole when dropped.
-#[allow(dead_code)]
 pub struct LogLine(Vec<u8>);
 
 impl Write for LogLine {

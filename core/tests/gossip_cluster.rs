@@ -8,6 +8,7 @@ use bytes::Bytes;
 use rumor_core::gossip::{Command, Config, Event, Gossip, Input, Keyring, MemberState, Now, Output, PeerAddr};
 use rumor_core::replica::{Change, Entry, Namespace, StoreConfig};
 use rumor_core::time::{Duration, Instant};
+use rumor_core::Transmit;
 
 const WALL0: u64 = 1_700_000_000_000;
 const LATENCY_US: u64 = 2_000;
@@ -86,7 +87,7 @@ impl Net {
         g.handle(now, input);
         loop {
             match g.poll_output() {
-                Output::Transmit { to, bytes } => {
+                Output::Transmit(Transmit { to, bytes }) => {
                     let j = idx(&to);
                     if !self.cut.contains(&(i.min(j), i.max(j))) {
                         self.seq += 1;
@@ -243,7 +244,9 @@ fn a_message_under_a_wrong_key_is_dropped_and_counted() {
     let mut net = Net::new(2, 3_600_000);
     let mut stranger = Gossip::new(Config::new(addr(1), Keyring::new(1, [8; 32])), 77, net.clock(), 1);
     stranger.handle(net.clock(), Input::Command(Command::Join(vec![addr(0)])));
-    let Output::Transmit { bytes, .. } = stranger.poll_output() else { panic!("the stranger should send a join") };
+    let Output::Transmit(Transmit { bytes, .. }) = stranger.poll_output() else {
+        panic!("the stranger should send a join")
+    };
     net.input(0, Input::Receive { from: addr(1), bytes });
     assert_eq!(net.node(0).stats().dropped_auth, 1);
     assert_eq!(net.node(0).live_members(), 0);

@@ -7,6 +7,7 @@ use rumor_core::gossip::{
 };
 use rumor_core::replica::{Change, Namespace};
 use rumor_core::time::Instant;
+use rumor_core::Transmit;
 
 const WALL: u64 = 1_700_000_000_000;
 
@@ -26,7 +27,7 @@ fn drain(g: &mut Gossip) -> (Vec<(PeerAddr, Packet)>, Vec<Event>) {
     let (mut sent, mut events) = (Vec::new(), Vec::new());
     loop {
         match g.poll_output() {
-            Output::Transmit { to, bytes } => sent.push((to, open(&keys(), &bytes, 1 << 20).unwrap())),
+            Output::Transmit(Transmit { to, bytes }) => sent.push((to, open(&keys(), &bytes, 1 << 20).unwrap())),
             Output::Event(e) => events.push(e),
             Output::Timeout(_) => return (sent, events),
         }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use rumor_core::gossip::{open, seal, Body, Command, Config, Gossip, Input, Keyring, Now, Output, Packet, PeerAddr};
 use rumor_core::replica::Namespace;
 use rumor_core::time::Instant;
+use rumor_core::Transmit;
 
 const WALL: u64 = 1_700_000_000_000;
 
@@ -27,7 +28,7 @@ fn drain(g: &mut Gossip) -> Vec<(PeerAddr, Packet)> {
     let mut sent = Vec::new();
     loop {
         match g.poll_output() {
-            Output::Transmit { to, bytes } => sent.push((to, open(&keys(), &bytes, 1 << 20).unwrap())),
+            Output::Transmit(Transmit { to, bytes }) => sent.push((to, open(&keys(), &bytes, 1 << 20).unwrap())),
             Output::Event(_) => {}
             Output::Timeout(_) => return sent,
         }

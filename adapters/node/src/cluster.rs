@@ -319,7 +319,7 @@ impl Cluster {
     fn drain(&mut self) {
         loop {
             match self.gossip.poll_output() {
-                Output::Transmit { to, bytes } => self.effects.push_back(Effect::Send(to, bytes)),
+                Output::Transmit(t) => self.effects.push_back(Effect::Send(t.to, t.bytes)),
                 Output::Event(Event::Store(change)) => self.follow(change),
                 Output::Event(Event::WriteRefused { key, reason, .. }) => self.refused.push((key, reason)),
                 Output::Event(Event::MemberUp { id, addr }) => {

@@ -26,7 +26,7 @@
 //! loop {
 //!     // drain after every input, until Timeout
 //!     loop { match g.poll_output() {
-//!         Output::Transmit { to, bytes } => send one framed message to `to`,
+//!         Output::Transmit(Transmit { to, bytes }) => send one framed message to `to`,
 //!         Output::Event(Event::Store(Change::Applied(e))) => upsert e on disk, update the DNS view,
 //!         Output::Event(Event::Store(Change::Removed { ns, key })) => delete (ns, key) on disk,
 //!         Output::Event(other) => log / metrics,
@@ -70,7 +70,10 @@
 //! bounded graveyard that refuses stale copies and travels in full
 //! transfers. `sim chaos` checks all of this on thousands of seeds.
 
+mod anti_entropy;
+mod lookup;
 mod machine;
+mod membership;
 mod wire;
 
 pub use machine::{Command, Config, Event, Gossip, Input, Now, Output, Stats, BOOTSTRAP_MAX};

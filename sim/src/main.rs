@@ -59,6 +59,11 @@ impl Report {
     }
 }
 
+/// NaN is not JSON: a figure that could not be measured is null.
+fn num(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
 /// A probability: a number in 0..=1.
 fn fraction(s: &str) -> Result<f64, String> {
     let x: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
@@ -257,8 +262,6 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         ));
     }
     out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
-    // NaN is not JSON: a figure that could not be measured is null.
-    let num = |x: f64| if x.is_finite() { Some(x) } else { None };
     out.json(serde_json::json!({
         "nodes": r.nodes,
         "seed": r.seed,
@@ -364,7 +367,6 @@ fn swarm_cmd(a: &SwarmArgs) -> ExitCode {
     ));
     out.line(format!("seeder uploaded {:.2} file copies; {} disconnects", r.seed_uploads_files, r.disconnects));
     out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
-    let num = |x: f64| if x.is_finite() { Some(x) } else { None };
     out.json(serde_json::json!({
         "peers": r.peers,
         "file_bytes": r.file_bytes,

@@ -360,17 +360,24 @@ impl Authority {
         r.set_rcode(rcode);
     }
 
+    /// Where a set of `n` records starts this time (round robin): the
+    /// counter moves only for sets of more than one record, the same on
+    /// the fast and the general path.
+    fn rotate(&mut self, n: usize) -> usize {
+        if n > 1 {
+            self.rotation = self.rotation.wrapping_add(1);
+            self.rotation % n
+        } else {
+            0
+        }
+    }
+
     /// Appends an RRset rotated by the round-robin counter, with the owner
     /// spelled as it was asked and the remaining TTL.
     fn push_rrset(&mut self, out: &mut Vec<Record>, owner: &Name, set: &RRset, now_ms: UnixMillis) {
         let ttl = set.remaining_ttl(now_ms);
         let n = set.data.len();
-        let start = if n > 1 {
-            self.rotation = self.rotation.wrapping_add(1);
-            self.rotation % n
-        } else {
-            0
-        };
+        let start = self.rotate(n);
         out.reserve(n);
         for i in 0..n {
             out.push(Record { name: owner.clone(), class: CLASS_IN, ttl, data: set.data[(start + i) % n].clone() });
@@ -580,12 +587,7 @@ impl Authority {
                 rcode = Rcode::NOERROR;
                 let ttl = set.remaining_ttl(now_ms);
                 let n = set.data.len();
-                let start = if n > 1 {
-                    self.rotation = self.rotation.wrapping_add(1);
-                    self.rotation % n
-                } else {
-                    0
-                };
+                let start = self.rotate(n);
                 for i in 0..n {
                     out.extend_from_slice(&[0xc0, 12]);
                     out.extend_from_slice(&set.rtype.0.to_be_bytes());

@@ -466,7 +466,7 @@ impl Member {
         use gossip::{Event as G, Output as O};
         loop {
             match self.gossip.poll_output() {
-                O::Transmit { to, bytes } => self.out.push_back(Output::Transmit(Transmit { to, bytes })),
+                O::Transmit(t) => self.out.push_back(Output::Transmit(t)),
                 O::Event(G::Store(change)) => self.follow(change),
                 O::Event(G::WriteRefused { key, reason, .. }) => self.refused.push((key, reason)),
                 O::Event(G::MemberUp { id, addr }) => self.out.push_back(Output::Event(Event::MemberUp { id, addr })),

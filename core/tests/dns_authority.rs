@@ -23,10 +23,26 @@ fn query_bytes(qname: &str, qtype: RType, edns: Option<u16>) -> Vec<u8> {
     })
 }
 
+/// One query through the authority's one entry point: the verdict and
+/// what it left in the buffer.
+fn answer(auth: &mut Authority, q: &[u8], transport: Transport, store: &RecordStore, now: u64) -> (Verdict, Vec<u8>) {
+    let mut out = Vec::new();
+    let verdict = auth.answer(now, q, transport, store, &mut out);
+    (verdict, out)
+}
+
+/// The reply bytes; panics if the authority did not reply.
+fn reply(auth: &mut Authority, q: &[u8], transport: Transport, store: &RecordStore) -> Vec<u8> {
+    match answer(auth, q, transport, store, NOW) {
+        (Verdict::Reply, bytes) => bytes,
+        (other, _) => panic!("expected a reply, got {other:?}"),
+    }
+}
+
 fn ask(auth: &mut Authority, store: &RecordStore, qname: &str, qtype: RType, now: u64) -> Message {
-    match auth.handle_query(&query_bytes(qname, qtype, None), Transport::Udp, store, now) {
-        Verdict::Reply(bytes) => decode(&bytes).expect("our responses decode"),
-        other => panic!("expected a reply, got {other:?}"),
+    match answer(auth, &query_bytes(qname, qtype, None), Transport::Udp, store, now) {
+        (Verdict::Reply, bytes) => decode(&bytes).expect("our responses decode"),
+        (other, _) => panic!("expected a reply, got {other:?}"),
     }
 }
 
@@ -149,17 +165,17 @@ fn edns_is_echoed_and_the_client_size_respected_with_tc() {
     store.put(set("big.local", 60, ips));
     let mut auth = Authority::new(AuthorityConfig::default());
     let q = query_bytes("big.local", RType::A, None);
-    let Verdict::Reply(plain) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
+    let plain = reply(&mut auth, &q, Transport::Udp, &store);
     assert!(plain.len() <= 512);
     let plain = decode(&plain).unwrap();
     assert!(plain.header.tc && plain.edns.is_none());
     let q = query_bytes("big.local", RType::A, Some(4096));
-    let Verdict::Reply(big) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
+    let big = reply(&mut auth, &q, Transport::Udp, &store);
     assert!(big.len() <= 1232, "never more than our own UDP limit");
     let big = decode(&big).unwrap();
     assert!(big.header.tc);
     assert_eq!(big.edns.as_ref().unwrap().udp_size, 1232);
-    let Verdict::Reply(tcp) = auth.handle_query(&q, Transport::Tcp, &store, NOW) else { panic!() };
+    let tcp = reply(&mut auth, &q, Transport::Tcp, &store);
     let tcp = decode(&tcp).unwrap();
     assert!(!tcp.header.tc);
     assert_eq!(tcp.answers.len(), 200);
@@ -171,20 +187,20 @@ fn malformed_queries_get_formerr_and_non_queries_notimp() {
     let mut auth = Authority::new(AuthorityConfig::default());
     let mut q = query_bytes("free.local", RType::A, None);
     q.truncate(q.len() - 3);
-    let Verdict::Reply(r) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
+    let r = reply(&mut auth, &q, Transport::Udp, &store);
     let r = decode(&r).unwrap();
     assert_eq!(r.rcode(), Rcode::FORMERR);
     assert_eq!(r.header.id, 4242);
 
     let mut q = query_bytes("free.local", RType::A, None);
     q[2] |= 5 << 3; // UPDATE
-    let Verdict::Reply(r) = auth.handle_query(&q, Transport::Udp, &store, NOW) else { panic!() };
+    let r = reply(&mut auth, &q, Transport::Udp, &store);
     assert_eq!(decode(&r).unwrap().rcode(), Rcode::NOTIMP);
 
-    assert_eq!(auth.handle_query(&[1, 2, 3], Transport::Udp, &store, NOW), Verdict::Drop);
+    assert_eq!(answer(&mut auth, &[1, 2, 3], Transport::Udp, &store, NOW), (Verdict::Drop, Vec::new()));
     let mut response = query_bytes("free.local", RType::A, None);
     response[2] |= 0x80;
-    assert_eq!(auth.handle_query(&response, Transport::Udp, &store, NOW), Verdict::Drop);
+    assert_eq!(answer(&mut auth, &response, Transport::Udp, &store, NOW), (Verdict::Drop, Vec::new()));
 }
 
 #[test]
@@ -193,7 +209,7 @@ fn unknown_edns_versions_get_badvers() {
     let mut auth = Authority::new(AuthorityConfig::default());
     let mut m = decode(&query_bytes("free.local", RType::A, Some(1232))).unwrap();
     m.edns.as_mut().unwrap().version = 1;
-    let Verdict::Reply(r) = auth.handle_query(&encode(&m), Transport::Udp, &store, NOW) else { panic!() };
+    let r = reply(&mut auth, &encode(&m), Transport::Udp, &store);
     assert_eq!(decode(&r).unwrap().rcode(), Rcode::BADVERS);
 }
 
@@ -210,7 +226,7 @@ fn with_zones_outside_names_are_refused_or_forwarded() {
     assert_eq!(soa.answers.len(), 1);
     let mut fwd = Authority::new(AuthorityConfig { zones, forward_outside_zones: true, ..AuthorityConfig::default() });
     let q = query_bytes("example.com", RType::A, None);
-    assert_eq!(fwd.handle_query(&q, Transport::Udp, &store, NOW), Verdict::Forward);
+    assert_eq!(answer(&mut fwd, &q, Transport::Udp, &store, NOW), (Verdict::Forward, Vec::new()));
 }
 
 #[test]
@@ -228,9 +244,11 @@ fn common_queries_take_the_fast_path_and_match_the_general_one() {
     ] {
         let q = query_bytes(qname, qtype, edns);
         let mut fast = Authority::new(AuthorityConfig::default());
-        let mut general = Authority::new(AuthorityConfig::default());
-        let got = fast.handle_query_fast(&q, Transport::Udp, &store, NOW).expect("the fast path takes it");
-        let Verdict::Reply(want) = general.handle_query_general(&q, Transport::Udp, &store, NOW) else { panic!() };
+        let mut general = Authority::new(AuthorityConfig { fast_path: false, ..AuthorityConfig::default() });
+        let got = reply(&mut fast, &q, Transport::Udp, &store);
+        assert_eq!(fast.stats().fast_path, 1, "the fast path takes {qname} {qtype}");
+        let want = reply(&mut general, &q, Transport::Udp, &store);
+        assert_eq!(general.stats().fast_path, 0);
         assert_eq!(decode(&got).unwrap(), decode(&want).unwrap(), "{qname} {qtype}");
     }
 }

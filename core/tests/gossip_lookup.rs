@@ -1,165 +1,134 @@
 //! The gossip lookup: a node asks members for the live entries under a key
 //! prefix (the overlay's providers of one torrent) and merges the answers.
 
+mod common;
+
 use bytes::Bytes;
-use rumor_core::gossip::{
-    open, seal, Body, Command, Config, Event, Gossip, Input, Keyring, Now, Output, Packet, PeerAddr,
-};
+use common::gossip::{addr, at_ms, keys, WALL0_MS};
+use common::{Link, Net};
+use rumor_core::gossip::{open, seal, Body, Command, Config, Event, Gossip, Input, Packet};
 use rumor_core::replica::{Change, Namespace};
-use rumor_core::time::Instant;
-
-const WALL: u64 = 1_700_000_000_000;
-
-fn keys() -> Keyring {
-    Keyring::new(1, [9; 32])
-}
-
-fn now(ms: u64) -> Now {
-    Now { at: Instant::from_micros(ms * 1000), wall_ms: WALL + ms }
-}
+use rumor_core::time::{Duration, Instant};
 
 fn machine(id: u64) -> Gossip {
-    Gossip::new(Config::new(PeerAddr(format!("n{id}")), keys()), id, now(0), id)
+    Gossip::new(Config::new(addr(id), keys()), id, at_ms(0), id)
 }
 
-fn drain(g: &mut Gossip) -> (Vec<(PeerAddr, Packet)>, Vec<Event>) {
-    let (mut sent, mut events) = (Vec::new(), Vec::new());
-    loop {
-        match g.poll_output() {
-            Output::Transmit { to, bytes } => sent.push((to, open(&keys(), &bytes, 1 << 20).unwrap())),
-            Output::Event(e) => events.push(e),
-            Output::Timeout(_) => return (sent, events),
-        }
-    }
+fn net() -> Net<Gossip> {
+    Net::new(Link::fixed(Duration::from_micros(1)), 1)
 }
 
+fn packet(bytes: &[u8]) -> Packet {
+    open(&keys(), bytes, 1 << 20).expect("our own messages open")
+}
+
+/// A message as node `id` (with the cluster key) would send it.
 fn packet_from(id: u64, body: Body) -> Vec<u8> {
-    let p = Packet {
-        from: id,
-        addr: PeerAddr(format!("n{id}")),
-        incarnation: 1,
-        complete: true,
-        updates: Vec::new(),
-        body,
-    };
+    let p = Packet { from: id, addr: addr(id), incarnation: 1, complete: true, updates: Vec::new(), body };
     seal(&keys(), [id as u8; 24], &p, 1 << 20)
 }
 
-/// Makes `a` know `b` as a live member by a join exchange.
-fn introduce(a: &mut Gossip, b: &mut Gossip, at: u64) {
-    a.handle(now(at), Input::Command(Command::Join(vec![PeerAddr("n2".into())])));
-    let (sent, _) = drain(a);
-    for (_, p) in sent {
-        let bytes = seal(&keys(), [3; 24], &p, 1 << 20);
-        b.handle(now(at), Input::Receive { from: PeerAddr("n1".into()), bytes });
-    }
-    let (sent, _) = drain(b);
-    for (_, p) in sent {
-        let bytes = seal(&keys(), [4; 24], &p, 1 << 20);
-        a.handle(now(at), Input::Receive { from: PeerAddr("n2".into()), bytes });
-    }
-    drain(a);
+fn provider(key: &'static [u8], expires_ms: u64) -> Input {
+    Input::Command(Command::Write {
+        ns: Namespace::PROVIDERS,
+        key: Bytes::from_static(key),
+        value: Bytes::from_static(b"v"),
+        expires_ms,
+    })
+}
+
+fn lookup(id: u32, prefix: &'static [u8]) -> Input {
+    Input::Command(Command::Lookup { id, ns: Namespace::PROVIDERS, prefix: Bytes::from_static(prefix) })
+}
+
+/// The events of node `i` so far.
+fn events_of(net: &Net<Gossip>, i: usize) -> Vec<Event> {
+    net.events().iter().filter(|(_, j, _)| *j == i).map(|(_, _, e)| e.clone()).collect()
+}
+
+/// Asker `n1` (node 0) and holder `n2` (node 1), members of each other.
+fn asker_and_holder() -> Net<Gossip> {
+    let mut net = net();
+    net.add(addr(1), machine(1));
+    net.add(addr(2), machine(2));
+    net.now = Instant::from_micros(1_000);
+    net.input(0, Input::Command(Command::Join(vec![addr(2)])));
+    net.drive();
+    net
 }
 
 #[test]
 fn a_lookup_is_answered_with_the_live_entries_under_the_prefix_only() {
-    let mut holder = machine(2);
+    let mut net = net();
+    let holder = net.add(addr(2), machine(2));
+    net.now = Instant::from_micros(1_000);
     for key in [&b"torrentA-p1"[..], b"torrentA-p2", b"torrentB-p1"] {
-        let write = Command::Write {
-            ns: Namespace::PROVIDERS,
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::from_static(b"v"),
-            expires_ms: WALL + 60_000,
-        };
-        holder.handle(now(1), Input::Command(write));
+        net.input(holder, provider(key, WALL0_MS + 60_000));
     }
-    drain(&mut holder);
+    net.now = Instant::from_micros(2_000);
     let ask = Body::Lookup { id: 7, ns: Namespace::PROVIDERS, prefix: Bytes::from_static(b"torrentA") };
-    holder.handle(now(2), Input::Receive { from: PeerAddr("n1".into()), bytes: packet_from(1, ask) });
-    let (sent, _) = drain(&mut holder);
-    let found: Vec<_> = sent
-        .iter()
-        .filter_map(|(to, p)| match &p.body {
-            Body::Found { id: 7, entries } if to.0 == "n1" => Some(entries.clone()),
+    net.input(holder, Input::Receive { from: addr(1), bytes: packet_from(1, ask) });
+    let found: Vec<_> = net
+        .in_flight()
+        .into_iter()
+        .filter_map(|f| match packet(&f.bytes).body {
+            Body::Found { id: 7, entries } if f.to == addr(1) => Some(entries),
             _ => None,
         })
         .collect();
-    assert_eq!(found.len(), 1, "one answer to the asker: {sent:?}");
+    assert_eq!(found.len(), 1, "one answer to the asker: {:?}", net.in_flight());
     let keys: Vec<&[u8]> = found[0].iter().map(|e| e.key.as_ref()).collect();
     assert_eq!(keys, vec![&b"torrentA-p1"[..], b"torrentA-p2"]);
 }
 
 #[test]
 fn a_lookup_merges_the_answers_and_reports_when_done() {
-    let mut asker = machine(1);
-    let mut holder = machine(2);
-    introduce(&mut asker, &mut holder, 1);
-    let write = Command::Write {
-        ns: Namespace::PROVIDERS,
-        key: Bytes::from_static(b"torrentA-p1"),
-        value: Bytes::from_static(b"v"),
-        expires_ms: WALL + 60_000,
-    };
-    holder.handle(now(2), Input::Command(write));
-    drain(&mut holder);
-    asker.handle(
-        now(3),
-        Input::Command(Command::Lookup { id: 42, ns: Namespace::PROVIDERS, prefix: Bytes::from_static(b"torrentA") }),
-    );
-    let (sent, events) = drain(&mut asker);
-    assert!(events.is_empty(), "waiting for the answer: {events:?}");
-    let asks: Vec<_> = sent.iter().filter(|(_, p)| matches!(p.body, Body::Lookup { id: 42, .. })).collect();
-    assert_eq!(asks.len(), 1, "the only live member is asked");
+    let mut net = asker_and_holder();
+    let (asker, holder) = (0, 1);
+    net.now = Instant::from_micros(2_000);
+    net.input(holder, provider(b"torrentA-p1", WALL0_MS + 60_000));
+    // The holder's push is lost: only the lookup can bring the entry.
+    net.lose_in_flight();
+    net.take_events();
+    net.now = Instant::from_micros(3_000);
+    net.input(asker, lookup(42, b"torrentA"));
+    assert!(events_of(&net, asker).is_empty(), "waiting for the answer");
+    let asks = net.in_flight().into_iter().filter(|f| matches!(packet(&f.bytes).body, Body::Lookup { id: 42, .. }));
+    assert_eq!(asks.count(), 1, "the only live member is asked");
     // The holder answers; the asker merges and reports.
-    let bytes = seal(&keys(), [5; 24], &asks[0].1, 1 << 20);
-    holder.handle(now(4), Input::Receive { from: PeerAddr("n1".into()), bytes });
-    let (answers, _) = drain(&mut holder);
-    for (_, p) in answers.into_iter().filter(|(_, p)| matches!(p.body, Body::Found { .. })) {
-        let bytes = seal(&keys(), [6; 24], &p, 1 << 20);
-        asker.handle(now(5), Input::Receive { from: PeerAddr("n2".into()), bytes });
-    }
-    let (_, events) = drain(&mut asker);
+    net.drive();
+    let events = events_of(&net, asker);
     assert!(events.iter().any(|e| matches!(e, Event::Store(Change::Applied(e)) if e.key.as_ref() == b"torrentA-p1")));
     assert!(events.contains(&Event::LookupDone { id: 42, found: 1 }), "{events:?}");
-    assert!(asker.store().get(Namespace::PROVIDERS, b"torrentA-p1", WALL + 5).is_some());
+    let wall = WALL0_MS + net.now.as_micros() / 1000;
+    assert!(net.machine(asker).store().get(Namespace::PROVIDERS, b"torrentA-p1", wall).is_some());
 }
 
 #[test]
 fn answers_nobody_asked_for_are_not_taken_and_unanswered_lookups_time_out() {
-    let mut asker = machine(1);
-    let mut holder = machine(2);
-    introduce(&mut asker, &mut holder, 1);
+    let mut net = asker_and_holder();
+    let (asker, holder) = (0, 1);
+    net.now = Instant::from_micros(2_000);
+    net.input(holder, provider(b"planted", 0));
+    net.lose_in_flight();
     // An unsolicited answer.
-    let mut e = holder.store().entries().next().cloned();
-    if e.is_none() {
-        holder.handle(
-            now(2),
-            Input::Command(Command::Write {
-                ns: Namespace::PROVIDERS,
-                key: Bytes::from_static(b"planted"),
-                value: Bytes::from_static(b"v"),
-                expires_ms: 0,
-            }),
-        );
-        drain(&mut holder);
-        e = holder.store().entries().next().cloned();
-    }
-    let bogus = packet_from(2, Body::Found { id: 99, entries: vec![e.unwrap()] });
-    asker.handle(now(3), Input::Receive { from: PeerAddr("n2".into()), bytes: bogus });
-    drain(&mut asker);
-    assert!(asker.store().get(Namespace::PROVIDERS, b"planted", WALL + 3).is_none());
-    // Nobody answers: the lookup ends at its timeout with nothing found.
-    asker.handle(
-        now(4),
-        Input::Command(Command::Lookup { id: 5, ns: Namespace::PROVIDERS, prefix: Bytes::from_static(b"x") }),
-    );
-    drain(&mut asker);
-    asker.handle(now(2_000), Input::Timeout);
-    let (_, events) = drain(&mut asker);
+    let e = net.machine(holder).store().entries().next().cloned().expect("the holder has the entry");
+    let bogus = packet_from(2, Body::Found { id: 99, entries: vec![e] });
+    net.now = Instant::from_micros(3_000);
+    net.input(asker, Input::Receive { from: addr(2), bytes: bogus });
+    assert!(net.machine(asker).store().get(Namespace::PROVIDERS, b"planted", WALL0_MS + 3).is_none());
+    // Nobody answers (the question is lost): the lookup ends at its timeout
+    // with nothing found.
+    net.take_events();
+    net.now = Instant::from_micros(4_000);
+    net.input(asker, lookup(5, b"x"));
+    net.lose_in_flight();
+    net.run_for(Duration::from_millis(2_000));
+    let events = events_of(&net, asker);
     assert!(events.contains(&Event::LookupDone { id: 5, found: 0 }), "{events:?}");
     // With no live member the lookup ends at once.
-    let mut alone = machine(3);
-    alone.handle(now(1), Input::Command(Command::Lookup { id: 1, ns: Namespace::PROVIDERS, prefix: Bytes::new() }));
-    let (_, events) = drain(&mut alone);
-    assert!(events.contains(&Event::LookupDone { id: 1, found: 0 }));
+    let mut alone = self::net();
+    let i = alone.add(addr(3), machine(3));
+    alone.input(i, lookup(1, b""));
+    assert!(events_of(&alone, i).contains(&Event::LookupDone { id: 1, found: 0 }));
 }

@@ -1,6 +1,7 @@
 //! Drives one gossip machine with a sequence of inputs decoded from the fuzz
-//! data (timeouts, commands, raw and sealed messages): nothing may panic and
-//! every drain must end with a timeout.
+//! data (timeouts, commands, raw and sealed messages): nothing may panic,
+//! every invariant of the machine holds after every input, and every drain
+//! must end with a timeout.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -69,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         g.handle(now, input);
+        g.check_invariants();
         let mut n = 0;
         while !matches!(g.poll_output(), Output::Timeout(_)) {
             n += 1;

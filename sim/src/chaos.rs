@@ -1,5 +1,6 @@
 //! `sim chaos`: random fault scenarios, invariants after every step, then
-//! heal and check that every node converges within a bound.
+//! heal and check that every node converges within a bound. Each machine
+//! also checks its own invariants after every input it handles.
 
 use std::collections::BTreeMap;
 
@@ -94,8 +95,29 @@ fn live_view(w: &World, i: usize, wall: u64) -> Vec<(Bytes, Version, u64, Bytes)
         .unwrap_or_default()
 }
 
-/// Runs one chaos scenario drawn from `seed`.
+/// Runs one chaos scenario drawn from `seed`. Every node's
+/// [`check_invariants`](rumor_core::gossip::Gossip::check_invariants) runs
+/// after every input; a broken one ends the run as a violation (its reason
+/// is also printed by the panic hook).
 pub fn run_seed(seed: u64) -> ChaosOutcome {
+    match std::panic::catch_unwind(|| run_seed_checked(seed)) {
+        Ok(o) => o,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            ChaosOutcome {
+                seed,
+                violations: vec![format!("a machine invariant broke: {reason}")],
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn run_seed_checked(seed: u64) -> ChaosOutcome {
     let mut r = Rng::new(seed ^ 0x00C4_A05C_4A05);
     let n = 4 + r.index(9);
     let net = NetModel {
@@ -116,6 +138,7 @@ pub fn run_seed(seed: u64) -> ChaosOutcome {
             c
         }),
     );
+    w.set_check_invariants(true);
     for i in 0..n {
         w.bootstrap[i] = vec![addr(0), addr((i + 1) % n)];
     }

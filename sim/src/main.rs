@@ -1,59 +1,229 @@
 //! `sim gossip ...`, `sim chaos ...` and `sim swarm ...`; see `sim --help`.
+//!
+//! Every subcommand takes `--json`: then stdout carries exactly one JSON
+//! document (so `sim chaos --json | jq` works) and the human report goes to
+//! stderr. A bad flag or value is reported by clap with exit status 2;
+//! `--help` exits 0.
 
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
 use sim::chaos;
 use sim::spread::{self, SpreadOpts};
+use sim::swarm::{self, SwarmOpts};
 
-const HELP: &str = "\
-usage:
-  sim gossip [--nodes N] [--seed S] [--loss P] [--dup P] [--latency-ms L]
-             [--jitter-ms J] [--secs T] [--warmup-secs W] [--writes-per-s R]
-             [--gossip-ms G] [--fanout F] [--members-max M] [--push-rounds P]
-             [--sync-every K] [--probe-ms T] [--threads T]
-             [--providers P] [--reannounce-s S] [--json]
-  sim chaos  [--seeds K] [--seed0 S] [--json]
-  sim chaos  --seed S          replay one scenario
-  sim swarm  [--peers N] [--pieces P] [--piece-kib K] [--seed S] [--seed-up-kib U]
-             [--up-kib U] [--down-kib D] [--latency-ms L] [--degree D] [--step-ms T] [--json]";
+/// The deterministic simulator: the very same core machines on one virtual
+/// clock and a seeded network. The same seed gives the same trace hash.
+#[derive(Parser, Debug)]
+#[command(name = "sim", version, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .ok_or(format!("{name} needs a value"))?
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("bad value for {name}")),
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// How fast writes spread through a gossip cluster, and at what cost.
+    Gossip(GossipArgs),
+    /// Random fault scenarios with invariants checked after every step,
+    /// then heal and check convergence.
+    Chaos(ChaosArgs),
+    /// A BitTorrent swarm of the core's torrent machines on a time-stepped
+    /// network.
+    Swarm(SwarmArgs),
+    // TRACKER: the lead wires `sim tracker` here (sim/src/tracker.rs, written
+    // in parallel): add `Tracker(TrackerArgs)` with its own `--json` flag
+    // and a `Cmd::Tracker(a) => tracker(&a)` arm in `main`, reporting
+    // through `Report` like the others.
+}
+
+/// Where the report goes: with `--json`, the human text to stderr and one
+/// JSON document to stdout; without, the text to stdout.
+struct Report {
+    json: bool,
+}
+
+impl Report {
+    fn line(&self, s: impl AsRef<str>) {
+        if self.json {
+            eprintln!("{}", s.as_ref());
+        } else {
+            println!("{}", s.as_ref());
+        }
+    }
+
+    fn json(&self, j: serde_json::Value) {
+        if self.json {
+            println!("{j}");
+        }
     }
 }
 
-fn gossip(args: &[String]) -> Result<ExitCode, String> {
-    let d = SpreadOpts::default();
+/// NaN is not JSON: a figure that could not be measured is null.
+fn num(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// A probability: a number in 0..=1.
+fn fraction(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&x) {
+        Ok(x)
+    } else {
+        Err(format!("{x} is not a fraction between 0 and 1 (0.1 means 10%)"))
+    }
+}
+
+/// A positive whole number.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
+    let x: T = s.parse().map_err(|_| format!("`{s}` is not a whole number"))?;
+    if x > T::default() {
+        Ok(x)
+    } else {
+        Err("must be at least 1".into())
+    }
+}
+
+#[derive(Args, Debug)]
+struct GossipArgs {
+    /// Cluster size.
+    #[arg(long, default_value_t = SpreadOpts::default().nodes, value_parser = positive::<usize>)]
+    nodes: usize,
+    /// The seed of everything.
+    #[arg(long, default_value_t = SpreadOpts::default().seed)]
+    seed: u64,
+    /// Message loss probability, 0..=1.
+    #[arg(long, default_value_t = SpreadOpts::default().loss, value_parser = fraction)]
+    loss: f64,
+    /// Message duplication probability, 0..=1.
+    #[arg(long, default_value_t = SpreadOpts::default().dup, value_parser = fraction)]
+    dup: f64,
+    /// One-way latency, ms.
+    #[arg(long, default_value_t = SpreadOpts::default().latency_ms)]
+    latency_ms: u64,
+    /// Extra random delay up to this, ms (reorders messages).
+    #[arg(long, default_value_t = SpreadOpts::default().jitter_ms)]
+    jitter_ms: u64,
+    /// Virtual run length, s.
+    #[arg(long, default_value_t = SpreadOpts::default().secs)]
+    secs: u64,
+    /// Virtual warm-up before the first tracked write, s.
+    #[arg(long, default_value_t = SpreadOpts::default().warmup_secs)]
+    warmup_secs: u64,
+    /// Cluster-wide tracked writes per second after the warm-up.
+    #[arg(long, default_value_t = SpreadOpts::default().writes_per_s)]
+    writes_per_s: f64,
+    /// Gossip round, ms.
+    #[arg(long, default_value_t = SpreadOpts::default().gossip_ms, value_parser = positive::<u64>)]
+    gossip_ms: u64,
+    /// Push fanout.
+    #[arg(long, default_value_t = SpreadOpts::default().fanout)]
+    fanout: usize,
+    /// Members known at most per node (a partial view when below --nodes).
+    #[arg(long, default_value_t = SpreadOpts::default().members_max, value_parser = positive::<usize>)]
+    members_max: usize,
+    /// Rounds a fresh entry is pushed on.
+    #[arg(long, default_value_t = SpreadOpts::default().push_rounds)]
+    push_rounds: u32,
+    /// Idle rounds between anti-entropy summaries.
+    #[arg(long = "sync-every", default_value_t = SpreadOpts::default().sync_every_rounds)]
+    sync_every_rounds: u32,
+    /// SWIM probe interval, ms.
+    #[arg(long, default_value_t = SpreadOpts::default().probe_ms, value_parser = positive::<u64>)]
+    probe_ms: u64,
+    /// Simulator threads (the result does not depend on it).
+    #[arg(long, default_value_t = SpreadOpts::default().threads, value_parser = positive::<usize>)]
+    threads: usize,
+    /// Providers workload: this many BitTorrent providers re-announced in the
+    /// overlay (0: plain DNS writes).
+    #[arg(long, default_value_t = SpreadOpts::default().providers)]
+    providers: usize,
+    /// Seconds between a provider's announces.
+    #[arg(long, default_value_t = SpreadOpts::default().reannounce_s, value_parser = positive::<u64>)]
+    reannounce_s: u64,
+    /// One JSON document on stdout; the human report on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ChaosArgs {
+    /// How many seeds to run, from --seed0.
+    #[arg(long, default_value_t = 20)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    seed0: u64,
+    /// Replay this one scenario (instead of --seeds/--seed0).
+    #[arg(long, conflicts_with_all = ["seeds", "seed0"])]
+    seed: Option<u64>,
+    /// One JSON document on stdout; the human report on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct SwarmArgs {
+    /// Leechers.
+    #[arg(long, default_value_t = SwarmOpts::default().peers, value_parser = positive::<usize>)]
+    peers: usize,
+    /// Pieces of the torrent.
+    #[arg(long, default_value_t = SwarmOpts::default().pieces, value_parser = positive::<u32>)]
+    pieces: u32,
+    /// Piece size, KiB.
+    #[arg(long, default_value_t = SwarmOpts::default().piece_kib, value_parser = positive::<u64>)]
+    piece_kib: u64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = SwarmOpts::default().seed)]
+    seed: u64,
+    /// Seeder upload capacity, KiB/s.
+    #[arg(long, default_value_t = SwarmOpts::default().seed_up_kib, value_parser = positive::<u64>)]
+    seed_up_kib: u64,
+    /// Leecher upload capacity, KiB/s.
+    #[arg(long, default_value_t = SwarmOpts::default().up_kib, value_parser = positive::<u64>)]
+    up_kib: u64,
+    /// Leecher download capacity, KiB/s.
+    #[arg(long, default_value_t = SwarmOpts::default().down_kib, value_parser = positive::<u64>)]
+    down_kib: u64,
+    /// One-way latency, ms.
+    #[arg(long, default_value_t = SwarmOpts::default().latency_ms)]
+    latency_ms: u64,
+    /// Peers each leecher dials besides the seeder.
+    #[arg(long, default_value_t = SwarmOpts::default().degree)]
+    degree: usize,
+    /// Simulation step, ms.
+    #[arg(long, default_value_t = SwarmOpts::default().step_ms, value_parser = positive::<u64>)]
+    step_ms: u64,
+    /// One JSON document on stdout; the human report on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+fn gossip(a: &GossipArgs) -> ExitCode {
+    let out = Report { json: a.json };
     let o = SpreadOpts {
-        nodes: value(args, "--nodes")?.unwrap_or(d.nodes),
-        seed: value(args, "--seed")?.unwrap_or(d.seed),
-        loss: value(args, "--loss")?.unwrap_or(d.loss),
-        dup: value(args, "--dup")?.unwrap_or(d.dup),
-        latency_ms: value(args, "--latency-ms")?.unwrap_or(d.latency_ms),
-        jitter_ms: value(args, "--jitter-ms")?.unwrap_or(d.jitter_ms),
-        secs: value(args, "--secs")?.unwrap_or(d.secs),
-        warmup_secs: value(args, "--warmup-secs")?.unwrap_or(d.warmup_secs),
-        writes_per_s: value(args, "--writes-per-s")?.unwrap_or(d.writes_per_s),
-        gossip_ms: value(args, "--gossip-ms")?.unwrap_or(d.gossip_ms),
-        fanout: value(args, "--fanout")?.unwrap_or(d.fanout),
-        members_max: value(args, "--members-max")?.unwrap_or(d.members_max),
-        push_rounds: value(args, "--push-rounds")?.unwrap_or(d.push_rounds),
-        sync_every_rounds: value(args, "--sync-every")?.unwrap_or(d.sync_every_rounds),
-        probe_ms: value(args, "--probe-ms")?.unwrap_or(d.probe_ms),
-        threads: value(args, "--threads")?.unwrap_or(d.threads),
-        parallel_min_events: d.parallel_min_events,
-        providers: value(args, "--providers")?.unwrap_or(d.providers),
-        reannounce_s: value(args, "--reannounce-s")?.unwrap_or(d.reannounce_s),
+        nodes: a.nodes,
+        seed: a.seed,
+        loss: a.loss,
+        dup: a.dup,
+        latency_ms: a.latency_ms,
+        jitter_ms: a.jitter_ms,
+        secs: a.secs,
+        warmup_secs: a.warmup_secs,
+        writes_per_s: a.writes_per_s,
+        gossip_ms: a.gossip_ms,
+        fanout: a.fanout,
+        members_max: a.members_max,
+        push_rounds: a.push_rounds,
+        sync_every_rounds: a.sync_every_rounds,
+        probe_ms: a.probe_ms,
+        threads: a.threads,
+        parallel_min_events: SpreadOpts::default().parallel_min_events,
+        providers: a.providers,
+        reannounce_s: a.reannounce_s,
     };
     let r = spread::run(&o);
-    println!(
+    out.line(format!(
         "gossip: {} nodes, seed {}, loss {:.0}%, dup {:.0}%, latency {}+{} ms, round {} ms, fanout {}",
         r.nodes,
         r.seed,
@@ -63,61 +233,59 @@ fn gossip(args: &[String]) -> Result<ExitCode, String> {
         o.jitter_ms,
         o.gossip_ms,
         o.fanout
-    );
-    println!("writes tracked: {}  delivered: {:.4} of (write, node) pairs", r.writes, r.converged);
-    println!(
+    ));
+    out.line(format!("writes tracked: {}  delivered: {:.4} of (write, node) pairs", r.writes, r.converged));
+    out.line(format!(
         "rounds (median) to 50%: {:.2}  99%: {:.2}  100%: {:.2} (worst {:.2})",
         r.rounds_50, r.rounds_99, r.rounds_100, r.rounds_100_max
-    );
-    println!("virtual time (median) to 50%: {:.0} ms  99%: {:.0} ms  100%: {:.0} ms", r.ms_50, r.ms_99, r.ms_100);
-    println!(
+    ));
+    out.line(format!(
+        "virtual time (median) to 50%: {:.0} ms  99%: {:.0} ms  100%: {:.0} ms",
+        r.ms_50, r.ms_99, r.ms_100
+    ));
+    out.line(format!(
         "bounds: push log2N+lnN = {:.2}  push-pull log3N+lnlnN = {:.2}  (100% at {:.2}x push-pull)",
         r.bound_push,
         r.bound_push_pull,
         r.rounds_100 / r.bound_push_pull
-    );
-    println!(
+    ));
+    out.line(format!(
         "bytes per node per second: {:.0} ({:.2} kbit/s; memberlist defaults ~330 kbit/s), {:.1} messages",
         r.bytes_per_node_per_s,
         r.bytes_per_node_per_s * 8.0 / 1000.0,
         r.messages_per_node_per_s
-    );
+    ));
     if !r.local_lookup_hits.is_nan() {
-        println!(
+        out.line(format!(
             "provider lookups answered from the local store (no message, no wait): {:.1}%",
             r.local_lookup_hits * 100.0
-        );
+        ));
     }
-    println!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms);
-    if args.iter().any(|a| a == "--json") {
-        let j = serde_json::json!({
-            "nodes": r.nodes,
-            "seed": r.seed,
-            "converged": r.converged,
-            "rounds_50": r.rounds_50,
-            "rounds_99": r.rounds_99,
-            "rounds_100": r.rounds_100,
-            "bound_push": r.bound_push,
-            "bound_push_pull": r.bound_push_pull,
-            "bytes_per_node_per_s": r.bytes_per_node_per_s,
-            "ms_100": r.ms_100,
-            "local_lookup_hits": if r.local_lookup_hits.is_nan() { None } else { Some(r.local_lookup_hits) },
-            "trace_hash": format!("{:016x}", r.trace_hash),
-            "wall_ms": r.wall_ms as u64,
-        });
-        println!("{j}");
-    }
-    Ok(ExitCode::SUCCESS)
+    out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
+    out.json(serde_json::json!({
+        "nodes": r.nodes,
+        "seed": r.seed,
+        "writes": r.writes,
+        "converged": num(r.converged),
+        "rounds_50": num(r.rounds_50),
+        "rounds_99": num(r.rounds_99),
+        "rounds_100": num(r.rounds_100),
+        "bound_push": num(r.bound_push),
+        "bound_push_pull": num(r.bound_push_pull),
+        "bytes_per_node_per_s": num(r.bytes_per_node_per_s),
+        "ms_100": num(r.ms_100),
+        "local_lookup_hits": num(r.local_lookup_hits),
+        "trace_hash": format!("{:016x}", r.trace_hash),
+        "wall_ms": r.wall_ms as u64,
+    }));
+    ExitCode::SUCCESS
 }
 
-fn chaos_cmd(args: &[String]) -> Result<ExitCode, String> {
-    let seeds: Vec<u64> = match value::<u64>(args, "--seed")? {
+fn chaos_cmd(a: &ChaosArgs) -> ExitCode {
+    let out = Report { json: a.json };
+    let seeds: Vec<u64> = match a.seed {
         Some(s) => vec![s],
-        None => {
-            let k: u64 = value(args, "--seeds")?.unwrap_or(20);
-            let s0: u64 = value(args, "--seed0")?.unwrap_or(1);
-            (s0..s0 + k).collect()
-        }
+        None => (a.seed0..a.seed0.saturating_add(a.seeds)).collect(),
     };
     let started = std::time::Instant::now();
     let mut violations = 0usize;
@@ -131,57 +299,54 @@ fn chaos_cmd(args: &[String]) -> Result<ExitCode, String> {
         if !o.violations.is_empty() {
             violations += o.violations.len();
             failed.push(s);
-            println!("seed {s}: FAILED ({} nodes)", o.nodes);
+            out.line(format!("seed {s}: FAILED ({} nodes)", o.nodes));
             for v in o.violations.iter().take(5) {
-                println!("  {v}");
+                out.line(format!("  {v}"));
             }
-            println!("  replay: cargo run -p sim -- chaos --seed {s}");
+            out.line(format!("  replay: cargo run -p sim -- chaos --seed {s}"));
         } else {
-            println!(
+            out.line(format!(
                 "seed {s}: ok ({} nodes, converged {} ms after heal, {} full transfers, trace {:016x})",
                 o.nodes, o.heal_ms, o.full_transfers, o.trace_hash
-            );
+            ));
         }
     }
-    println!(
+    out.line(format!(
         "chaos: {} seeds, {} violations, {} converged after heal, wall {} ms",
         seeds.len(),
         violations,
         converged,
         started.elapsed().as_millis()
-    );
-    if args.iter().any(|a| a == "--json") {
-        let j = serde_json::json!({
-            "seeds": seeds.len(),
-            "violations": violations,
-            "converged_after_heal": converged,
-            "failed_seeds": failed,
-        });
-        println!("{j}");
+    ));
+    out.json(serde_json::json!({
+        "seeds": seeds.len(),
+        "violations": violations,
+        "converged_after_heal": converged,
+        "failed_seeds": failed,
+    }));
+    if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    Ok(if violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn swarm(args: &[String]) -> Result<ExitCode, String> {
-    use sim::swarm::{self, SwarmOpts};
-    let d = SwarmOpts::default();
+fn swarm_cmd(a: &SwarmArgs) -> ExitCode {
+    let out = Report { json: a.json };
     let o = SwarmOpts {
-        peers: value(args, "--peers")?.unwrap_or(d.peers),
-        pieces: value(args, "--pieces")?.unwrap_or(d.pieces),
-        piece_kib: value(args, "--piece-kib")?.unwrap_or(d.piece_kib),
-        seed: value(args, "--seed")?.unwrap_or(d.seed),
-        seed_up_kib: value(args, "--seed-up-kib")?.unwrap_or(d.seed_up_kib),
-        up_kib: value(args, "--up-kib")?.unwrap_or(d.up_kib),
-        down_kib: value(args, "--down-kib")?.unwrap_or(d.down_kib),
-        latency_ms: value(args, "--latency-ms")?.unwrap_or(d.latency_ms),
-        degree: value(args, "--degree")?.unwrap_or(d.degree),
-        step_ms: value(args, "--step-ms")?.unwrap_or(d.step_ms).max(1),
+        peers: a.peers,
+        pieces: a.pieces,
+        piece_kib: a.piece_kib,
+        seed: a.seed,
+        seed_up_kib: a.seed_up_kib,
+        up_kib: a.up_kib,
+        down_kib: a.down_kib,
+        latency_ms: a.latency_ms,
+        degree: a.degree,
+        step_ms: a.step_ms,
     };
-    if o.peers == 0 || o.pieces == 0 || o.piece_kib == 0 || o.up_kib == 0 || o.seed_up_kib == 0 || o.down_kib == 0 {
-        return Err("peers, pieces, piece size and capacities must be positive".into());
-    }
     let r = swarm::run(&o);
-    println!(
+    out.line(format!(
         "swarm: 1 seeder ({} KiB/s up) + {} leechers ({} KiB/s up, {} KiB/s down), {:.1} MiB in {} pieces, latency {} ms, seed {}",
         o.seed_up_kib,
         r.peers,
@@ -191,52 +356,43 @@ fn swarm(args: &[String]) -> Result<ExitCode, String> {
         o.pieces,
         o.latency_ms,
         o.seed
-    );
-    println!("completed: {} of {} leechers", r.completed, r.peers);
-    println!(
+    ));
+    out.line(format!("completed: {} of {} leechers", r.completed, r.peers));
+    out.line(format!(
         "time until every leecher is complete: {:.1} s (median leecher {:.1} s); lower bound {:.1} s (Kumar & Ross); {:.2}x the bound",
         r.secs_all,
         r.secs_median,
         r.bound_secs,
         r.secs_all / r.bound_secs
-    );
-    println!("seeder uploaded {:.2} file copies; {} disconnects", r.seed_uploads_files, r.disconnects);
-    println!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms);
-    if args.iter().any(|a| a == "--json") {
-        let j = serde_json::json!({
-            "peers": r.peers,
-            "file_bytes": r.file_bytes,
-            "seed": o.seed,
-            "completed": r.completed,
-            "secs_all": r.secs_all,
-            "secs_median": r.secs_median,
-            "bound_secs": r.bound_secs,
-            "ratio_to_bound": r.secs_all / r.bound_secs,
-            "seed_uploads_files": r.seed_uploads_files,
-            "trace_hash": format!("{:016x}", r.trace_hash),
-            "wall_ms": r.wall_ms,
-        });
-        println!("{j}");
+    ));
+    out.line(format!("seeder uploaded {:.2} file copies; {} disconnects", r.seed_uploads_files, r.disconnects));
+    out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
+    out.json(serde_json::json!({
+        "peers": r.peers,
+        "file_bytes": r.file_bytes,
+        "seed": o.seed,
+        "completed": r.completed,
+        "secs_all": num(r.secs_all),
+        "secs_median": num(r.secs_median),
+        "bound_secs": num(r.bound_secs),
+        "ratio_to_bound": num(r.secs_all / r.bound_secs),
+        "seed_uploads_files": num(r.seed_uploads_files),
+        "trace_hash": format!("{:016x}", r.trace_hash),
+        "wall_ms": r.wall_ms,
+    }));
+    if r.completed == r.peers {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    Ok(if r.completed == r.peers { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let res = match args.first().map(String::as_str) {
-        Some("gossip") => gossip(&args[1..]),
-        Some("chaos") => chaos_cmd(&args[1..]),
-        Some("swarm") => swarm(&args[1..]),
-        _ => {
-            println!("{HELP}");
-            return if args.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
-        }
-    };
-    match res {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sim: {e}\n{HELP}");
-            ExitCode::from(2)
-        }
+    // Parse errors exit with status 2 and --help with 0 (clap's rule).
+    let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Gossip(a) => gossip(a),
+        Cmd::Chaos(a) => chaos_cmd(a),
+        Cmd::Swarm(a) => swarm_cmd(a),
     }
 }

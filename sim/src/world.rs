@@ -142,6 +142,8 @@ struct Ctx<'a> {
     net: &'a NetModel,
     group: &'a [u32],
     n: usize,
+    /// Call [`Gossip::check_invariants`] after every input.
+    check: bool,
 }
 
 impl Ctx<'_> {
@@ -163,9 +165,12 @@ impl Ctx<'_> {
         out.touched.push(i);
         let clock = Now { at: now, wall_ms: WALL0_MS + now.as_micros() / 1000 };
         g.handle(clock, input);
+        if self.check {
+            g.check_invariants();
+        }
         loop {
             match g.poll_output() {
-                Output::Transmit { to, bytes } => {
+                Output::Transmit(rumor_core::Transmit { to, bytes }) => {
                     out.bytes += bytes.len() as u64;
                     out.messages += 1;
                     let Some(j) = index_of(&to).filter(|j| *j < self.n) else {
@@ -291,6 +296,7 @@ pub struct World {
     pub bootstrap: Vec<Vec<PeerAddr>>,
     threads: usize,
     parallel_min_events: usize,
+    check_invariants: bool,
 }
 
 impl World {
@@ -327,6 +333,7 @@ impl World {
             bootstrap: vec![Vec::new(); n],
             threads: 1,
             parallel_min_events: PARALLEL_MIN_EVENTS,
+            check_invariants: false,
         }
     }
 
@@ -339,6 +346,13 @@ impl World {
     /// exercise the threads on small worlds).
     pub fn set_parallel_min_events(&mut self, n: usize) {
         self.parallel_min_events = n;
+    }
+
+    /// With `on`, every node's [`Gossip::check_invariants`] runs after
+    /// each input it handles (a broken invariant panics with its reason).
+    /// Off by default: it costs time linear in the node's members.
+    pub fn set_check_invariants(&mut self, on: bool) {
+        self.check_invariants = on;
     }
 
     /// Number of nodes.
@@ -399,7 +413,7 @@ impl World {
 
     /// Feeds `input` to node `i` (if up) now and carries out its outputs.
     pub fn input(&mut self, i: usize, input: Input) {
-        let ctx = Ctx { net: &self.net, group: &self.group, n: self.slots.len() };
+        let ctx = Ctx { net: &self.net, group: &self.group, n: self.slots.len(), check: self.check_invariants };
         let mut out = WindowOut::default();
         let mut local = BinaryHeap::new();
         // Nothing is due before now: every timer goes to the heap.
@@ -440,7 +454,7 @@ impl World {
         }
         let last_at = events.iter().map(|e| e.at).max().unwrap_or(first);
         let n = self.slots.len();
-        let ctx = Ctx { net: &self.net, group: &self.group, n };
+        let ctx = Ctx { net: &self.net, group: &self.group, n, check: self.check_invariants };
         let threads = if events.len() >= self.parallel_min_events { self.threads.min(n).max(1) } else { 1 };
         let mut outs = Vec::with_capacity(threads);
         if threads == 1 {

@@ -140,8 +140,8 @@ impl Worker {
                     continue;
                 };
                 let slot = &mut replies[ready];
-                match self.authority.handle_query_into(query, Transport::Udp, &self.store, now_ms, &mut slot.1) {
-                    Verdict::Reply(_) => {
+                match self.authority.answer(now_ms, query, Transport::Udp, &self.store, &mut slot.1) {
+                    Verdict::Reply => {
                         slot.0 = i;
                         ready += 1;
                     }

@@ -14,12 +14,13 @@ use crate::gossip_net::{Closer, GossipNet, Inbound};
 use crate::persist::Persister;
 use crate::rt;
 use futures::channel::oneshot;
-use rumor_core::dns::forward::{ForwardAction, Forwarder, ForwarderConfig};
+use rumor_core::dns::forward::{self, Forwarder, ForwarderConfig, To};
 use rumor_core::dns::{Authority, Name, RRset, RType, Transport, Verdict};
 use rumor_core::gossip::{DecodeError, MemberState, Now, PeerAddr};
 use rumor_core::member::{self, Member, Persist, ViewChange};
 pub use rumor_core::member::{Lag, WriteReport};
 use rumor_core::overlay::tracker::{self, Tracker};
+use rumor_core::Transmit;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -289,6 +290,8 @@ pub struct Node {
     forward_rx: Option<async_channel::Receiver<ForwardRequest>>,
     persister: Option<Persister>,
     forwarder: Option<(Forwarder<Client>, Arc<dyn rt::UdpSocket>, SocketAddr)>,
+    /// The forwarder's next timeout, from its last drain.
+    forward_deadline: Option<rumor_core::time::Instant>,
     tcp_waiting: HashMap<u64, oneshot::Sender<Option<Vec<u8>>>>,
     next_tcp_id: u64,
     forwarded: u64,
@@ -329,6 +332,7 @@ impl Node {
             forwarder: parts
                 .upstream
                 .map(|(sock, addr)| (Forwarder::new(ForwarderConfig::default(), seed), Arc::from(sock), addr)),
+            forward_deadline: None,
             tcp_waiting: HashMap::new(),
             next_tcp_id: 0,
             forwarded: 0,
@@ -386,7 +390,7 @@ impl Node {
                 }
                 reply = upstream_reply.fuse() => {
                     if let Some(reply) = reply {
-                        self.upstream_reply(&reply);
+                        self.upstream_reply(reply);
                     }
                 }
                 _ = rt::sleep_until(deadline).fuse() => self.on_timer(),
@@ -417,7 +421,7 @@ impl Node {
 
     fn next_deadline(&self) -> std::time::Instant {
         let mut at = self.clock.std_instant(self.member_deadline.min(self.tracker_deadline));
-        if let Some(t) = self.forwarder.as_ref().and_then(|f| f.0.poll_timeout()) {
+        if let Some(t) = self.forward_deadline {
             at = at.min(self.clock.std_instant(t));
         }
         at
@@ -428,10 +432,9 @@ impl Node {
         self.member.handle(now, member::Input::Timeout);
         self.tracker.handle(now, tracker::Input::Timeout);
         self.drive(Vec::new(), Vec::new());
-        if let Some((fwd, _, _)) = self.forwarder.as_mut() {
-            for (client, bytes) in fwd.on_timeout(now.at) {
-                self.reply_to(client, bytes);
-            }
+        if self.forward_deadline.is_some_and(|t| t <= now.at) {
+            // Expired queries only answer their clients: nothing goes upstream.
+            self.forwarder_input(forward::Input::Timeout);
         }
     }
 
@@ -574,29 +577,45 @@ impl Node {
         }
     }
 
-    async fn forward(&mut self, client: Client, query: Vec<u8>) {
+    /// Feeds the forwarder one input and carries out its outputs: replies
+    /// go to their clients here; queries for the upstream are returned for
+    /// the caller to send (it may await, or not).
+    fn forwarder_input(&mut self, input: forward::Input<Client>) -> Vec<Vec<u8>> {
         let now = self.clock.now();
-        let Some((fwd, sock, upstream)) = self.forwarder.as_mut() else {
-            return;
+        let mut upstream = Vec::new();
+        let mut replies = Vec::new();
+        let Some((fwd, _, _)) = self.forwarder.as_mut() else {
+            return upstream;
         };
-        match fwd.forward(now, client, &query) {
-            ForwardAction::ToUpstream(bytes) => {
-                self.forwarded += 1;
+        fwd.handle(now, input);
+        loop {
+            match fwd.poll_output() {
+                forward::Output::Transmit(Transmit { to: To::Upstream, bytes }) => upstream.push(bytes),
+                forward::Output::Transmit(Transmit { to: To::Client(c), bytes }) => replies.push((c, bytes)),
+                forward::Output::Timeout(at) => {
+                    self.forward_deadline = (at != rumor_core::time::Instant::NEVER).then_some(at);
+                    break;
+                }
+            }
+        }
+        self.forwarded += upstream.len() as u64;
+        for (client, bytes) in replies {
+            self.reply_to(client, bytes);
+        }
+        upstream
+    }
+
+    async fn forward(&mut self, client: Client, query: Vec<u8>) {
+        let sends = self.forwarder_input(forward::Input::Query { client, bytes: query });
+        if let Some((_, sock, upstream)) = self.forwarder.as_ref() {
+            for bytes in sends {
                 let _ = sock.send_to(&bytes, *upstream).await;
             }
-            ForwardAction::ToClient(client, bytes) => self.reply_to(client, bytes),
-            ForwardAction::Nothing => {}
         }
     }
 
-    fn upstream_reply(&mut self, bytes: &[u8]) {
-        let Some((fwd, _, _)) = self.forwarder.as_mut() else {
-            return;
-        };
-        if let Some((client, reply)) = fwd.on_upstream_reply(bytes) {
-            // The upstream sized its answer to the client's own query.
-            self.reply_to(client, reply);
-        }
+    fn upstream_reply(&mut self, bytes: Vec<u8>) {
+        self.forwarder_input(forward::Input::Receive { bytes });
     }
 
     fn reply_to(&mut self, client: Client, bytes: Vec<u8>) {
@@ -680,9 +699,10 @@ impl Node {
 
     fn tcp_query(&mut self, bytes: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>>) {
         let now_ms = self.clock.wall_ms();
-        match self.authority.handle_query(&bytes, Transport::Tcp, self.member.view(), now_ms) {
-            Verdict::Reply(r) => {
-                let _ = reply.send(Some(r));
+        let mut out = Vec::new();
+        match self.authority.answer(now_ms, &bytes, Transport::Tcp, self.member.view(), &mut out) {
+            Verdict::Reply => {
+                let _ = reply.send(Some(out));
             }
             Verdict::Drop => {
                 let _ = reply.send(None);
@@ -691,19 +711,18 @@ impl Node {
                 let id = self.next_tcp_id;
                 self.next_tcp_id += 1;
                 self.tcp_waiting.insert(id, reply);
-                let now = self.clock.now();
-                if let Some((fwd, sock, upstream)) = self.forwarder.as_mut() {
-                    match fwd.forward(now, Client::Tcp(id), &bytes) {
-                        ForwardAction::ToUpstream(b) => {
-                            self.forwarded += 1;
+                if self.forwarder.is_some() {
+                    let sends = self.forwarder_input(forward::Input::Query { client: Client::Tcp(id), bytes });
+                    if sends.is_empty() {
+                        // Answered at once (SERVFAIL: too busy) or unreadable.
+                        self.tcp_waiting.remove(&id);
+                    }
+                    if let Some((_, sock, upstream)) = self.forwarder.as_ref() {
+                        for b in sends {
                             let (sock, upstream) = (sock.clone(), *upstream);
                             rt::spawn(async move {
                                 let _ = sock.send_to(&b, upstream).await;
                             });
-                        }
-                        ForwardAction::ToClient(c, b) => self.reply_to(c, b),
-                        ForwardAction::Nothing => {
-                            self.tcp_waiting.remove(&id);
                         }
                     }
                 }

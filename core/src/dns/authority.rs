@@ -1,6 +1,13 @@
 //! The authority: one query, the record store and the wall-clock time in;
 //! the response bytes (or "forward this", or "drop it") out.
 //!
+//! One entry point, [`Authority::answer`], writes the reply into a buffer
+//! the caller owns and reuses, and says with a [`Verdict`] whether there is
+//! a reply to send, a query to forward, or nothing. Inside, common queries
+//! take a fast path that copies the question's bytes instead of building a
+//! [`Message`]; it produces the same bytes as the general path (the
+//! property tests compare the two with [`AuthorityConfig::fast_path`] off).
+//!
 //! What it does, and why:
 //! - Answers with each RRset's *remaining* TTL, rotating multi-record sets
 //!   (round robin) and following CNAMEs it holds.
@@ -49,6 +56,9 @@ pub struct AuthorityConfig {
     pub negative_ttl: u32,
     /// SOA refresh/retry/expire handed out with negative answers.
     pub soa_timers: [u32; 3],
+    /// Answer common queries on the fast path (same bytes, no [`Message`]
+    /// built). On by default; off only to compare the two paths in tests.
+    pub fast_path: bool,
 }
 
 impl Default for AuthorityConfig {
@@ -59,6 +69,7 @@ impl Default for AuthorityConfig {
             udp_max_bytes: 1232,
             negative_ttl: 30,
             soa_timers: [3600, 600, 86400],
+            fast_path: true,
         }
     }
 }
@@ -72,15 +83,16 @@ pub enum Transport {
     Tcp,
 }
 
-/// What to do with a query.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What to do with a query given to [`Authority::answer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send these bytes back to the client.
-    Reply(Vec<u8>),
+    /// The reply is in the caller's buffer: send it back to the client.
+    Reply,
     /// The name is outside our zones and forwarding is on: hand the query
-    /// to the forwarder.
+    /// (unchanged) to the forwarder. The buffer is left empty.
     Forward,
-    /// Send nothing (not a query, or not even a header).
+    /// Send nothing (not a query, or not even a header). The buffer is left
+    /// empty.
     Drop,
 }
 
@@ -97,6 +109,8 @@ pub struct AuthorityStats {
     pub truncated: u64,
     /// Queries dropped without an answer.
     pub dropped: u64,
+    /// Queries answered on the fast path (also counted by type and code).
+    pub fast_path: u64,
 }
 
 /// The answering machine. It keeps a rotation counter for round robin and
@@ -127,66 +141,36 @@ impl Authority {
         &self.config
     }
 
-    /// Answers one query received over `transport` at wall time `now_ms`.
-    pub fn handle_query(
+    /// Answers one query received over `transport` at wall time `now_ms`
+    /// from `store`. The reply, if any, is written into `out` (cleared
+    /// first; a server keeps one buffer per slot, so the common case
+    /// allocates nothing); the verdict says whether `out` holds a reply to
+    /// send, the query is to be forwarded, or nothing is to be sent.
+    pub fn answer(
         &mut self,
+        now_ms: UnixMillis,
         query: &[u8],
         transport: Transport,
         store: &RecordStore,
-        now_ms: UnixMillis,
+        out: &mut Vec<u8>,
     ) -> Verdict {
-        let mut out = Vec::new();
-        match self.handle_query_into(query, transport, store, now_ms, &mut out) {
-            Verdict::Reply(_) => Verdict::Reply(out),
-            other => other,
+        out.clear();
+        if self.config.fast_path && self.try_fast(query, transport, store, now_ms, out) {
+            self.stats.fast_path += 1;
+            return Verdict::Reply;
         }
+        self.answer_general(query, transport, store, now_ms, out)
     }
 
-    /// Like [`Authority::handle_query`], but writes a reply into `out`
-    /// (cleared first) so a server can reuse its buffers; returns
-    /// `Verdict::Reply` with an empty vector when `out` holds the reply.
-    pub fn handle_query_into(
+    /// The general path: decode the whole message, build the response,
+    /// encode it under the size limit.
+    fn answer_general(
         &mut self,
         query: &[u8],
         transport: Transport,
         store: &RecordStore,
         now_ms: UnixMillis,
         out: &mut Vec<u8>,
-    ) -> Verdict {
-        if self.try_fast(query, transport, store, now_ms, out) {
-            return Verdict::Reply(Vec::new());
-        }
-        match self.handle_query_general(query, transport, store, now_ms) {
-            Verdict::Reply(bytes) => {
-                *out = bytes;
-                Verdict::Reply(Vec::new())
-            }
-            other => other,
-        }
-    }
-
-    /// The fast path alone: the response if the query is of the common
-    /// kind it handles, `None` (nothing counted) otherwise. The tests check
-    /// it against [`Authority::handle_query_general`].
-    pub fn handle_query_fast(
-        &mut self,
-        query: &[u8],
-        transport: Transport,
-        store: &RecordStore,
-        now_ms: UnixMillis,
-    ) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        self.try_fast(query, transport, store, now_ms, &mut out).then_some(out)
-    }
-
-    /// The general path alone, without the fast path; the fast path's
-    /// tests compare the two.
-    pub fn handle_query_general(
-        &mut self,
-        query: &[u8],
-        transport: Transport,
-        store: &RecordStore,
-        now_ms: UnixMillis,
     ) -> Verdict {
         let raw = match wire::decode_header(query) {
             Ok(raw) => raw,
@@ -204,7 +188,8 @@ impl Authority {
             Ok(m) => m,
             Err(e) => {
                 self.count_decode_error(e.kind.as_str());
-                return self.bare_error(&raw.header, Rcode::FORMERR);
+                self.bare_error(&raw.header, Rcode::FORMERR, out);
+                return Verdict::Reply;
             }
         };
         let response = self.respond(&msg, store, now_ms);
@@ -223,14 +208,15 @@ impl Authority {
             self.stats.truncated += 1;
         }
         *self.stats.by_rcode.entry(response.rcode()).or_default() += 1;
-        Verdict::Reply(bytes)
+        out.extend_from_slice(&bytes);
+        Verdict::Reply
     }
 
     fn count_decode_error(&mut self, kind: &'static str) {
         *self.stats.decode_errors.entry(kind).or_default() += 1;
     }
 
-    fn bare_error(&mut self, query: &Header, rcode: Rcode) -> Verdict {
+    fn bare_error(&mut self, query: &Header, rcode: Rcode, out: &mut Vec<u8>) {
         *self.stats.by_rcode.entry(rcode).or_default() += 1;
         let header = Header {
             id: query.id,
@@ -240,7 +226,7 @@ impl Authority {
             rcode: rcode.0 as u8,
             ..Header::default()
         };
-        Verdict::Reply(wire::encode(&Message { header, ..Message::default() }))
+        out.extend_from_slice(&wire::encode(&Message { header, ..Message::default() }));
     }
 
     /// Builds the response message; `None` means "forward it".
@@ -294,7 +280,7 @@ impl Authority {
             return Some(r);
         }
         r.header.aa = true;
-        self.answer(&mut r, question, zone.as_ref(), store, now_ms);
+        self.answer_question(&mut r, question, zone.as_ref(), store, now_ms);
         Some(r)
     }
 
@@ -302,7 +288,7 @@ impl Authority {
         self.config.zones.iter().filter(|z| name.is_within(&z.apex)).max_by_key(|z| z.apex.wire_len())
     }
 
-    fn answer(
+    fn answer_question(
         &mut self,
         r: &mut Message,
         question: &Question,
@@ -374,17 +360,24 @@ impl Authority {
         r.set_rcode(rcode);
     }
 
+    /// Where a set of `n` records starts this time (round robin): the
+    /// counter moves only for sets of more than one record, the same on
+    /// the fast and the general path.
+    fn rotate(&mut self, n: usize) -> usize {
+        if n > 1 {
+            self.rotation = self.rotation.wrapping_add(1);
+            self.rotation % n
+        } else {
+            0
+        }
+    }
+
     /// Appends an RRset rotated by the round-robin counter, with the owner
     /// spelled as it was asked and the remaining TTL.
     fn push_rrset(&mut self, out: &mut Vec<Record>, owner: &Name, set: &RRset, now_ms: UnixMillis) {
         let ttl = set.remaining_ttl(now_ms);
         let n = set.data.len();
-        let start = if n > 1 {
-            self.rotation = self.rotation.wrapping_add(1);
-            self.rotation % n
-        } else {
-            0
-        };
+        let start = self.rotate(n);
         out.reserve(n);
         for i in 0..n {
             out.push(Record { name: owner.clone(), class: CLASS_IN, ttl, data: set.data[(start + i) % n].clone() });
@@ -594,12 +587,7 @@ impl Authority {
                 rcode = Rcode::NOERROR;
                 let ttl = set.remaining_ttl(now_ms);
                 let n = set.data.len();
-                let start = if n > 1 {
-                    self.rotation = self.rotation.wrapping_add(1);
-                    self.rotation % n
-                } else {
-                    0
-                };
+                let start = self.rotate(n);
                 for i in 0..n {
                     out.extend_from_slice(&[0xc0, 12]);
                     out.extend_from_slice(&set.rtype.0.to_be_bytes());

@@ -1,18 +1,39 @@
 //! Forwarding of queries outside the node's zones to an upstream resolver,
 //! the way Docker's 127.0.0.11 hands unknown names on.
 //!
-//! A sans-IO machine: the adapter gives it a client's query
-//! ([`Forwarder::forward`]), sends the bytes it returns to the upstream,
-//! gives it whatever the upstream answers ([`Forwarder::on_upstream_reply`])
-//! and calls [`Forwarder::on_timeout`] at [`Forwarder::poll_timeout`]. Each
-//! forwarded query gets a fresh random id so an off-path attacker cannot
-//! guess it; a reply is only accepted if its id *and* question match.
+//! A sans-IO machine in the crate's one shape: the adapter feeds it
+//! [`Input::Query`] (a client's query the [`Authority`](super::Authority)
+//! said to forward), [`Input::Receive`] (whatever the upstream sent) and
+//! [`Input::Timeout`], each with the time, then drains
+//! [`Forwarder::poll_output`]: every [`Output::Transmit`] goes to the
+//! upstream or back to a client, and the drain ends with
+//! [`Output::Timeout`], the instant of the next `Input::Timeout`.
+//!
+//! ```text
+//! fwd.handle(now, Input::Query { client, bytes });
+//! loop { match fwd.poll_output() {
+//!     Output::Transmit(Transmit { to: To::Upstream, bytes }) => send bytes to the upstream,
+//!     Output::Transmit(Transmit { to: To::Client(c), bytes }) => answer client c with bytes,
+//!     Output::Timeout(at) => { arm the timer at `at` (NEVER: none); break }
+//! } }
+//! ```
+//!
+//! Each forwarded query gets a fresh random id so an off-path attacker
+//! cannot guess it; a reply is only accepted if its id *and* question
+//! match, and goes back with the client's own id. A query the upstream does
+//! not answer within [`ForwarderConfig::timeout`] is answered SERVFAIL.
+//!
+//! Limits: at most [`ForwarderConfig::in_flight_max`] queries wait on the
+//! upstream (more are answered SERVFAIL at once); the output queue holds at
+//! most one message per input, or one per expired query after a timeout, if
+//! drained after every input.
 
 use super::message::{Header, Message, Question, Rcode};
 use super::wire;
 use crate::rand::Rng;
 use crate::time::{Duration, Instant};
-use std::collections::{BTreeSet, HashMap};
+use crate::Transmit;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// Limits of the forwarder.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +51,48 @@ impl Default for ForwarderConfig {
     }
 }
 
+/// Where a [`Transmit`] of the forwarder goes. `C` identifies a client to
+/// the adapter (a socket address, a TCP connection id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum To<C> {
+    /// The upstream resolver.
+    Upstream,
+    /// The client that asked.
+    Client(C),
+}
+
+/// One input to [`Forwarder::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<C> {
+    /// A client's query to forward (the whole DNS message).
+    Query {
+        /// Who asked; replies and SERVFAILs go back to it.
+        client: C,
+        /// The query as the client sent it.
+        bytes: Vec<u8>,
+    },
+    /// A message from the upstream (a reply, or anything else: it is only
+    /// taken if it answers a query in flight).
+    Receive {
+        /// The message bytes.
+        bytes: Vec<u8>,
+    },
+    /// The instant of the last `Output::Timeout` passed (an early call does
+    /// nothing).
+    Timeout,
+}
+
+/// What the forwarder wants done. Drain with [`Forwarder::poll_output`]
+/// until it returns `Timeout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<C> {
+    /// Send one whole DNS message to the upstream or to a client.
+    Transmit(Transmit<To<C>>),
+    /// Call `handle(.., Input::Timeout)` at this instant ([`Instant::NEVER`]
+    /// when nothing waits). Always the last output of a drain.
+    Timeout(Instant),
+}
+
 struct Pending<C> {
     client: C,
     client_id: u16,
@@ -37,30 +100,32 @@ struct Pending<C> {
     deadline: Instant,
 }
 
-/// What [`Forwarder::forward`] decided.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ForwardAction<C> {
-    /// Send these bytes to the upstream.
-    ToUpstream(Vec<u8>),
-    /// Answer the client with these bytes right away (SERVFAIL: too busy).
-    ToClient(C, Vec<u8>),
-    /// Nothing to do (the query could not be read).
-    Nothing,
-}
-
 /// Tracks queries sent upstream. `C` is whatever identifies a client to the
 /// adapter (a socket address, a TCP connection id).
+///
+/// * Inputs: [`handle`](Self::handle).
+/// * Outputs: [`poll_output`](Self::poll_output), drained after every input
+///   until it returns `Output::Timeout`.
+/// * Getters: [`in_flight`](Self::in_flight).
 pub struct Forwarder<C> {
     config: ForwarderConfig,
     rng: Rng,
     pending: HashMap<u16, Pending<C>>,
     deadlines: BTreeSet<(Instant, u16)>,
+    out: VecDeque<Output<C>>,
 }
 
 impl<C: Clone> Forwarder<C> {
-    /// A forwarder whose ids come from `seed`.
+    /// A forwarder whose ids come from `seed` (draw it from OS entropy: the
+    /// ids are what keeps off-path attackers from forging replies).
     pub fn new(config: ForwarderConfig, seed: u64) -> Self {
-        Forwarder { config, rng: Rng::new(seed), pending: HashMap::new(), deadlines: BTreeSet::new() }
+        Forwarder {
+            config,
+            rng: Rng::new(seed),
+            pending: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            out: VecDeque::new(),
+        }
     }
 
     /// Queries waiting on the upstream.
@@ -68,16 +133,36 @@ impl<C: Clone> Forwarder<C> {
         self.pending.len()
     }
 
-    /// Takes a client's query for the upstream.
-    pub fn forward(&mut self, now: Instant, client: C, query: &[u8]) -> ForwardAction<C> {
-        let Ok(msg) = wire::decode(query) else {
-            return ForwardAction::Nothing;
+    /// Feeds one input at `now`. Then drain [`poll_output`](Self::poll_output).
+    pub fn handle(&mut self, now: Instant, input: Input<C>) {
+        match input {
+            Input::Query { client, bytes } => self.query(now, client, bytes),
+            Input::Receive { bytes } => self.receive(bytes),
+            Input::Timeout => self.timeout(now),
+        }
+    }
+
+    /// The next output. Drain until it returns `Output::Timeout`.
+    pub fn poll_output(&mut self) -> Output<C> {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        Output::Timeout(self.deadlines.first().map_or(Instant::NEVER, |(at, _)| *at))
+    }
+
+    /// A client's query: on to the upstream under a fresh id, or SERVFAIL
+    /// at once when too many wait. Unreadable queries are dropped.
+    fn query(&mut self, now: Instant, client: C, mut bytes: Vec<u8>) {
+        let Ok(msg) = wire::decode(&bytes) else {
+            return;
         };
         let Some(question) = msg.questions.first().cloned() else {
-            return ForwardAction::Nothing;
+            return;
         };
         if self.pending.len() >= self.config.in_flight_max {
-            return ForwardAction::ToClient(client, servfail(&msg.header, &question));
+            let bytes = servfail(&msg.header, &question);
+            self.out.push_back(Output::Transmit(Transmit { to: To::Client(client), bytes }));
+            return;
         }
         let id = loop {
             let id = self.rng.next_u32() as u16;
@@ -88,39 +173,40 @@ impl<C: Clone> Forwarder<C> {
         let deadline = now + self.config.timeout;
         self.pending.insert(id, Pending { client, client_id: msg.header.id, question, deadline });
         self.deadlines.insert((deadline, id));
-        let mut bytes = query.to_vec();
         bytes[..2].copy_from_slice(&id.to_be_bytes());
-        ForwardAction::ToUpstream(bytes)
+        self.out.push_back(Output::Transmit(Transmit { to: To::Upstream, bytes }));
     }
 
-    /// Takes bytes from the upstream; returns the client and the reply to
-    /// send it, with the client's own id restored.
-    pub fn on_upstream_reply(&mut self, reply: &[u8]) -> Option<(C, Vec<u8>)> {
-        let msg = wire::decode(reply).ok()?;
-        let pending = self.pending.get(&msg.header.id)?;
-        let q = msg.questions.first()?;
+    /// Bytes from the upstream: if they answer a query in flight (id and
+    /// question), they go to its client with the client's own id restored.
+    fn receive(&mut self, mut bytes: Vec<u8>) {
+        let Ok(msg) = wire::decode(&bytes) else {
+            return;
+        };
+        let Some(pending) = self.pending.get(&msg.header.id) else {
+            return;
+        };
+        let Some(q) = msg.questions.first() else {
+            return;
+        };
         if !q.name.eq_ignore_case(&pending.question.name)
             || q.qtype != pending.question.qtype
             || q.qclass != pending.question.qclass
         {
-            return None;
+            return;
         }
-        let pending = self.pending.remove(&msg.header.id)?;
+        let Some(pending) = self.pending.remove(&msg.header.id) else {
+            return;
+        };
         self.deadlines.remove(&(pending.deadline, msg.header.id));
-        let mut bytes = reply.to_vec();
+        // The upstream sized its answer to the client's own query.
         bytes[..2].copy_from_slice(&pending.client_id.to_be_bytes());
-        Some((pending.client, bytes))
-    }
-
-    /// When [`Forwarder::on_timeout`] next has work.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.out.push_back(Output::Transmit(Transmit { to: To::Client(pending.client), bytes }));
     }
 
     /// Gives up on every query whose deadline has passed: each client gets
     /// a SERVFAIL.
-    pub fn on_timeout(&mut self, now: Instant) -> Vec<(C, Vec<u8>)> {
-        let mut out = Vec::new();
+    fn timeout(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.deadlines.first() {
             if at > now {
                 break;
@@ -128,10 +214,10 @@ impl<C: Clone> Forwarder<C> {
             self.deadlines.pop_first();
             if let Some(p) = self.pending.remove(&id) {
                 let header = Header { id: p.client_id, rd: true, ..Header::default() };
-                out.push((p.client, servfail(&header, &p.question)));
+                let bytes = servfail(&header, &p.question);
+                self.out.push_back(Output::Transmit(Transmit { to: To::Client(p.client), bytes }));
             }
         }
-        out
     }
 }
 
@@ -158,45 +244,81 @@ mod tests {
         })
     }
 
+    /// Everything one drain gives, and the timeout it ends with.
+    fn drain<C: Clone>(f: &mut Forwarder<C>) -> (Vec<Transmit<To<C>>>, Instant) {
+        let mut sent = Vec::new();
+        loop {
+            match f.poll_output() {
+                Output::Transmit(t) => sent.push(t),
+                Output::Timeout(at) => return (sent, at),
+            }
+        }
+    }
+
+    fn ask<C: Clone>(f: &mut Forwarder<C>, now: Instant, client: C, bytes: Vec<u8>) -> Vec<Transmit<To<C>>> {
+        f.handle(now, Input::Query { client, bytes });
+        drain(f).0
+    }
+
     #[test]
     fn a_reply_goes_back_to_its_client_with_the_clients_id() {
         let mut f = Forwarder::new(ForwarderConfig::default(), 1);
-        let ForwardAction::ToUpstream(up) = f.forward(Instant::ZERO, "c1", &query(7, "example.com")) else {
-            panic!("expected a query for the upstream");
+        let sent = ask(&mut f, Instant::ZERO, "c1", query(7, "example.com"));
+        let [Transmit { to: To::Upstream, bytes: up }] = &sent[..] else {
+            panic!("expected one query for the upstream, got {sent:?}");
         };
-        let mut reply = wire::decode(&up).unwrap();
+        let mut reply = wire::decode(up).unwrap();
         reply.header.qr = true;
-        let (client, bytes) = f.on_upstream_reply(&wire::encode(&reply)).unwrap();
-        assert_eq!(client, "c1");
-        assert_eq!(wire::decode(&bytes).unwrap().header.id, 7);
+        f.handle(Instant::ZERO, Input::Receive { bytes: wire::encode(&reply) });
+        let (sent, at) = drain(&mut f);
+        let [Transmit { to: To::Client(client), bytes }] = &sent[..] else {
+            panic!("expected one reply for the client, got {sent:?}");
+        };
+        assert_eq!(*client, "c1");
+        assert_eq!(wire::decode(bytes).unwrap().header.id, 7);
         assert_eq!(f.in_flight(), 0);
+        assert_eq!(at, Instant::NEVER, "nothing waits, so no timer");
     }
 
     #[test]
     fn a_reply_for_another_question_is_ignored() {
         let mut f = Forwarder::new(ForwarderConfig::default(), 1);
-        let ForwardAction::ToUpstream(up) = f.forward(Instant::ZERO, "c1", &query(7, "example.com")) else {
-            panic!();
-        };
+        let sent = ask(&mut f, Instant::ZERO, "c1", query(7, "example.com"));
+        let up = &sent[0].bytes;
         let id = u16::from_be_bytes([up[0], up[1]]);
-        assert!(f.on_upstream_reply(&query(id, "evil.com")).is_none());
+        f.handle(Instant::ZERO, Input::Receive { bytes: query(id, "evil.com") });
+        assert!(drain(&mut f).0.is_empty());
         assert_eq!(f.in_flight(), 1);
+    }
+
+    #[test]
+    fn unreadable_queries_and_replies_are_dropped_without_output() {
+        let mut f: Forwarder<u8> = Forwarder::new(ForwarderConfig::default(), 1);
+        assert!(ask(&mut f, Instant::ZERO, 1, vec![1, 2, 3]).is_empty());
+        f.handle(Instant::ZERO, Input::Receive { bytes: vec![0xff; 5] });
+        assert_eq!(drain(&mut f), (Vec::new(), Instant::NEVER));
     }
 
     #[test]
     fn timeouts_answer_servfail_and_the_limit_holds() {
         let cfg = ForwarderConfig { timeout: Duration::from_secs(1), in_flight_max: 2 };
         let mut f = Forwarder::new(cfg, 1);
-        f.forward(Instant::ZERO, 1, &query(1, "a.com"));
-        f.forward(Instant::ZERO, 2, &query(2, "b.com"));
-        let ForwardAction::ToClient(3, busy) = f.forward(Instant::ZERO, 3, &query(3, "c.com")) else {
-            panic!("the third query is over the limit");
+        ask(&mut f, Instant::ZERO, 1, query(1, "a.com"));
+        ask(&mut f, Instant::ZERO, 2, query(2, "b.com"));
+        f.handle(Instant::ZERO, Input::Query { client: 3, bytes: query(3, "c.com") });
+        let (sent, at) = drain(&mut f);
+        let [Transmit { to: To::Client(3), bytes: busy }] = &sent[..] else {
+            panic!("the third query is over the limit: {sent:?}");
         };
-        assert_eq!(wire::decode(&busy).unwrap().rcode(), Rcode::SERVFAIL);
-        assert_eq!(f.poll_timeout(), Some(Instant::from_micros(1_000_000)));
-        assert!(f.on_timeout(Instant::from_micros(999_999)).is_empty());
-        let failed = f.on_timeout(Instant::from_micros(1_000_000));
+        assert_eq!(wire::decode(busy).unwrap().rcode(), Rcode::SERVFAIL);
+        assert_eq!(at, Instant::from_micros(1_000_000));
+        f.handle(Instant::from_micros(999_999), Input::Timeout);
+        assert!(drain(&mut f).0.is_empty(), "an early timeout does nothing");
+        f.handle(Instant::from_micros(1_000_000), Input::Timeout);
+        let (failed, at) = drain(&mut f);
         assert_eq!(failed.len(), 2);
+        assert!(failed.iter().all(|t| wire::decode(&t.bytes).unwrap().rcode() == Rcode::SERVFAIL));
         assert_eq!(f.in_flight(), 0);
+        assert_eq!(at, Instant::NEVER);
     }
 }

@@ -1,15 +1,28 @@
-//! The gossip machine: anti-entropy, push of fresh writes, SWIM membership.
+//! The coordinator of the gossip machine: its inputs and outputs, the state
+//! the three parts share, the timer and the dispatch of each received
+//! message to the part that handles its kind.
+//!
+//! The parts live next to it, each an `impl Gossip` block over the same
+//! state: [`membership`](super::membership) (SWIM probes, suspicion,
+//! piggybacked updates, joins), [`anti_entropy`](super::anti_entropy)
+//! (rounds, push, digests, deltas, full transfers) and
+//! [`lookup`](super::lookup) (prefix lookups). This file owns `handle`,
+//! `poll_output`, sending, and [`Gossip::check_invariants`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
+use super::anti_entropy::{Hot, Transfer};
+use super::lookup::Lookup;
+use super::membership::{log10_ceil, Member, PendingUpdate, Probe, Relay, Suspicion};
 use super::wire::{
-    open, seal, Body, DecodeError, Keyring, MemberState, MemberUpdate, Packet, PeerAddr, Pushed, ENVELOPE_OVERHEAD,
+    open, seal, Body, DecodeError, Keyring, MemberState, MemberUpdate, Packet, PeerAddr, ENVELOPE_OVERHEAD,
 };
 use crate::rand::Rng;
-use crate::replica::{Change, Delta, Digest, Namespace, NodeId, Refused, Store, StoreConfig};
+use crate::replica::{Change, Namespace, NodeId, Refused, Store, StoreConfig};
 use crate::time::{Duration, Instant, UnixMillis};
+use crate::Transmit;
 
 /// Both clocks a [`Gossip`] input comes with: the monotonic instant timers
 /// run on, and the wall clock versions and expiries are measured in. The
@@ -246,13 +259,8 @@ pub enum Event {
 /// returns `Timeout`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Send these bytes (one whole message) to `to`.
-    Transmit {
-        /// Destination.
-        to: PeerAddr,
-        /// The message.
-        bytes: Vec<u8>,
-    },
+    /// Send these bytes (one whole sealed message) to `to`.
+    Transmit(Transmit<PeerAddr>),
     /// Report an event.
     Event(Event),
     /// Call `handle(.., Input::Timeout)` at this instant (or on any earlier
@@ -287,39 +295,6 @@ pub struct Stats {
     pub suspicions: u64,
 }
 
-#[derive(Clone, Debug)]
-struct Member {
-    addr: PeerAddr,
-    incarnation: u64,
-    state: MemberState,
-    since: Instant,
-}
-
-#[derive(Clone, Debug)]
-struct Probe {
-    target: NodeId,
-    seq: u32,
-    direct_deadline: Instant,
-    indirect_sent: bool,
-    acked: bool,
-}
-
-#[derive(Clone, Debug)]
-struct Relay {
-    requester: PeerAddr,
-    seq: u32,
-    target: NodeId,
-    deadline: Instant,
-}
-
-#[derive(Clone, Debug)]
-struct Transfer {
-    peer: PeerAddr,
-    after: Option<(Namespace, Bytes)>,
-    received: BTreeSet<(Namespace, Bytes)>,
-    deadline: Instant,
-}
-
 /// The gossip machine of one node: the replicated [`Store`], anti-entropy
 /// and push of entries between nodes, and SWIM membership.
 ///
@@ -334,54 +309,75 @@ struct Transfer {
 ///   `Removed`: delete) and to update views.
 /// * Getters: [`store`](Self::store) (serve live entries from it),
 ///   [`members`](Self::members), [`stats`](Self::stats).
+/// * Checks: [`check_invariants`](Self::check_invariants), for the fuzzer
+///   and the simulator after every input.
+///
+/// The fields are shared by the three parts (`membership`, `anti_entropy`,
+/// `lookup`), hence `pub(super)`; nothing outside `gossip` sees them.
 #[derive(Debug)]
 pub struct Gossip {
-    cfg: Config,
-    me: NodeId,
-    incarnation: u64,
-    rng: Rng,
-    store: Store,
-    members: BTreeMap<NodeId, Member>,
-    live_ids: Vec<NodeId>,
-    live_pos: BTreeMap<NodeId, usize>,
-    updates: BTreeMap<NodeId, (MemberUpdate, u32)>,
-    update_order: BTreeSet<(u32, NodeId)>,
-    hot: VecDeque<(Pushed, u32)>,
-    out: VecDeque<Output>,
-    next_round: Instant,
-    next_probe: Instant,
-    probe: Option<Probe>,
-    probe_list: Vec<NodeId>,
-    probe_idx: usize,
-    /// (deadline, member, incarnation suspected)
-    suspects: BTreeSet<(Instant, NodeId, u64)>,
-    next_reannounce: Instant,
-    relays: BTreeMap<u32, Relay>,
-    full: Option<Transfer>,
-    full_done_at: Option<Instant>,
-    bootstrap: Vec<PeerAddr>,
-    seq: u32,
-    left: bool,
-    rounds_to_sync: u32,
-    stats: Stats,
-    now: Now,
-    restored_at: Option<Instant>,
-    heard_complete: bool,
-    /// Lookups in flight: id -> (deadline, answers still awaited, found).
-    lookups: BTreeMap<u32, (Instant, usize, usize)>,
+    pub(super) cfg: Config,
+    pub(super) me: NodeId,
+    pub(super) incarnation: u64,
+    pub(super) rng: Rng,
+    pub(super) store: Store,
+    pub(super) out: VecDeque<Output>,
+    pub(super) stats: Stats,
+    pub(super) now: Now,
+    /// After `Command::Leave`: every input is ignored.
+    pub(super) left: bool,
+    /// Sequence numbers of our probes and relayed probes.
+    pub(super) seq: u32,
+
+    // ----- membership -----
+    pub(super) members: BTreeMap<NodeId, Member>,
+    /// Alive or suspect members, for O(1) random choice; `live_pos` is each
+    /// one's index in it.
+    pub(super) live_ids: Vec<NodeId>,
+    pub(super) live_pos: BTreeMap<NodeId, usize>,
+    /// Membership updates waiting to be piggybacked, with how often each
+    /// was sent; `update_order` sorts them (times sent, member) so the
+    /// least-sent goes first.
+    pub(super) updates: BTreeMap<NodeId, PendingUpdate>,
+    pub(super) update_order: BTreeSet<(u32, NodeId)>,
+    pub(super) next_probe: Instant,
+    pub(super) probe: Option<Probe>,
+    pub(super) probe_list: Vec<NodeId>,
+    pub(super) probe_idx: usize,
+    /// Suspicions in force or stale (a stale one is skipped when it fires),
+    /// soonest deadline first.
+    pub(super) suspects: BTreeSet<Suspicion>,
+    pub(super) next_reannounce: Instant,
+    /// Indirect probes we relay for others, by our own sequence number.
+    pub(super) relays: BTreeMap<u32, Relay>,
+    pub(super) bootstrap: Vec<PeerAddr>,
+
+    // ----- anti-entropy -----
+    /// Fresh entries still pushed each round.
+    pub(super) hot: VecDeque<Hot>,
+    pub(super) next_round: Instant,
+    pub(super) rounds_to_sync: u32,
+    pub(super) full: Option<Transfer>,
+    pub(super) full_done_at: Option<Instant>,
+    pub(super) restored_at: Option<Instant>,
+    pub(super) heard_complete: bool,
+
+    // ----- lookups -----
+    /// Lookups in flight, by the caller's id.
+    pub(super) lookups: BTreeMap<u32, Lookup>,
 }
 
 /// Bootstrap addresses kept at most.
 pub const BOOTSTRAP_MAX: usize = 16;
 
-fn log10_ceil(n: usize) -> u32 {
-    let mut k = 1u32;
-    let mut p = 10usize;
-    while p < n {
-        k += 1;
-        p = p.saturating_mul(10);
-    }
-    k
+/// Who sent the message being handled: its id, the address replies go to
+/// (the one inside the message, not the transport's), and whether it knows
+/// its whole collection history.
+#[derive(Clone, Debug)]
+pub(super) struct Sender {
+    pub(super) id: NodeId,
+    pub(super) addr: PeerAddr,
+    pub(super) complete: bool,
 }
 
 impl Gossip {
@@ -490,13 +486,13 @@ impl Gossip {
                 t = t.min(p.direct_deadline);
             }
         }
-        if let Some((at, _, _)) = self.suspects.first() {
-            t = t.min(*at);
+        if let Some(s) = self.suspects.first() {
+            t = t.min(s.deadline);
         }
         if let Some(f) = &self.full {
             t = t.min(f.deadline);
         }
-        if let Some(at) = self.lookups.values().map(|l| l.0).min() {
+        if let Some(at) = self.next_lookup_deadline() {
             t = t.min(at);
         }
         t
@@ -524,6 +520,133 @@ impl Gossip {
         }
     }
 
+    /// Panics, with the reason, if the machine's state is inconsistent or
+    /// over a configured bound. Cheap enough for the fuzzer and the
+    /// simulator to call after every input (linear in the members, the
+    /// pending updates and the suspicions); an adapter need not call it.
+    ///
+    /// What it checks: the member map and the index of live members agree
+    /// (both ways); we are not our own member; every suspect member has a
+    /// suspicion in force at its incarnation, due within the longest
+    /// suspicion timeout; the pending updates and their order agree; and
+    /// every bounded collection is within its [`Config`] limit: members,
+    /// pending updates, hot entries, relayed probes, lookups (each still
+    /// awaiting between 1 and `lookup_fanout` answers), bootstrap
+    /// addresses, the keys a full transfer remembers, and the store's
+    /// entries, writers and graveyard.
+    pub fn check_invariants(&self) {
+        let c = &self.cfg;
+        assert!(!self.members.contains_key(&self.me), "node {:x} lists itself as a member", self.me);
+        assert!(
+            self.members.len() <= c.members_max,
+            "{} members known, over members_max {}",
+            self.members.len(),
+            c.members_max
+        );
+        // The live index agrees with the member map, both ways.
+        assert_eq!(
+            self.live_ids.len(),
+            self.live_pos.len(),
+            "the live list ({}) and its position index ({}) differ in size",
+            self.live_ids.len(),
+            self.live_pos.len()
+        );
+        for (i, id) in self.live_ids.iter().enumerate() {
+            assert_eq!(self.live_pos.get(id), Some(&i), "live member {id:x} is at {i} but indexed elsewhere");
+            let state = self.members.get(id).map(|m| m.state);
+            assert!(
+                matches!(state, Some(MemberState::Alive | MemberState::Suspect)),
+                "member {id:x} is in the live list but its state is {state:?}"
+            );
+        }
+        let live_in_map =
+            self.members.values().filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect)).count();
+        assert_eq!(live_in_map, self.live_ids.len(), "alive or suspect members missing from the live list");
+        // Every suspect has a suspicion in force, due within the longest
+        // suspicion timeout.
+        let longest =
+            c.probe_interval.saturating_mul(u64::from(c.suspicion_mult) * u64::from(log10_ceil(c.members_max).max(1)));
+        for s in &self.suspects {
+            assert!(
+                s.deadline <= self.now.at + longest,
+                "the suspicion of {:x} is due at {:?}, beyond now {:?} + the longest timeout",
+                s.id,
+                s.deadline,
+                self.now.at
+            );
+        }
+        let suspected: BTreeSet<(NodeId, u64)> = self.suspects.iter().map(|s| (s.id, s.incarnation)).collect();
+        for (id, m) in &self.members {
+            if m.state == MemberState::Suspect {
+                assert!(
+                    suspected.contains(&(*id, m.incarnation)),
+                    "member {id:x} is suspect at incarnation {} with no suspicion deadline",
+                    m.incarnation
+                );
+            }
+        }
+        // Pending updates and their order agree.
+        assert!(
+            self.updates.len() <= c.updates_pending_max.max(1),
+            "{} updates pending, over updates_pending_max {}",
+            self.updates.len(),
+            c.updates_pending_max
+        );
+        assert_eq!(self.updates.len(), self.update_order.len(), "pending updates and their order differ in size");
+        for (sent, id) in &self.update_order {
+            let p = self.updates.get(id);
+            assert_eq!(p.map(|p| p.sent), Some(*sent), "update order ({sent}, {id:x}) has no matching update");
+        }
+        assert!(self.hot.len() <= c.hot_max.max(1), "{} hot entries, over hot_max {}", self.hot.len(), c.hot_max);
+        for h in &self.hot {
+            assert!(
+                h.rounds_left >= 1 && h.rounds_left <= c.push_rounds,
+                "a hot entry has {} rounds left, outside 1..={}",
+                h.rounds_left,
+                c.push_rounds
+            );
+        }
+        assert!(self.relays.len() <= c.relays_max, "{} relays, over relays_max {}", self.relays.len(), c.relays_max);
+        assert!(
+            self.lookups.len() <= c.lookups_max,
+            "{} lookups, over lookups_max {}",
+            self.lookups.len(),
+            c.lookups_max
+        );
+        for (id, l) in &self.lookups {
+            assert!(
+                l.awaiting >= 1 && l.awaiting <= c.lookup_fanout,
+                "lookup {id} awaits {} answers, outside 1..={}",
+                l.awaiting,
+                c.lookup_fanout
+            );
+        }
+        assert!(self.bootstrap.len() <= BOOTSTRAP_MAX, "{} bootstrap addresses", self.bootstrap.len());
+        assert!(self.probe_idx <= self.probe_list.len(), "the probe cursor is past the probe list");
+        if let Some(t) = &self.full {
+            assert!(
+                t.received.len() <= c.store.entries_max,
+                "a full transfer remembers {} keys, over entries_max {}",
+                t.received.len(),
+                c.store.entries_max
+            );
+        }
+        let s = &self.store;
+        assert!(s.len() <= c.store.entries_max, "{} entries, over entries_max {}", s.len(), c.store.entries_max);
+        assert!(
+            s.writers() <= c.store.writers_max,
+            "{} writers, over writers_max {}",
+            s.writers(),
+            c.store.writers_max
+        );
+        assert!(
+            s.graveyard_len() <= c.store.graveyard_max,
+            "{} graves, over graveyard_max {}",
+            s.graveyard_len(),
+            c.store.graveyard_max
+        );
+    }
+
     // ----- commands -----
 
     fn command(&mut self, c: Command) {
@@ -531,83 +654,26 @@ impl Gossip {
         match c {
             Command::Write { ns, key, value, expires_ms } => {
                 match self.store.write(ns, key.clone(), value, expires_ms, wall) {
-                    Ok(w) => self.push_fresh(Pushed { entry: w.entry, prev: w.prev }),
+                    Ok(w) => self.push_fresh(super::wire::Pushed { entry: w.entry, prev: w.prev }),
                     Err(reason) => self.out.push_back(Output::Event(Event::WriteRefused { ns, key, reason })),
                 }
             }
             Command::Delete { ns, key } => match self.store.delete(ns, key.clone(), wall) {
-                Ok(w) => self.push_fresh(Pushed { entry: w.entry, prev: w.prev }),
+                Ok(w) => self.push_fresh(super::wire::Pushed { entry: w.entry, prev: w.prev }),
                 Err(reason) => self.out.push_back(Output::Event(Event::WriteRefused { ns, key, reason })),
             },
-            Command::Join(addrs) => {
-                for a in addrs {
-                    if a != self.cfg.advertise && !self.bootstrap.contains(&a) && self.bootstrap.len() < BOOTSTRAP_MAX {
-                        self.bootstrap.push(a);
-                    }
-                }
-                for a in self.bootstrap.clone() {
-                    self.send(a, None, Body::Join);
-                }
-            }
+            Command::Join(addrs) => self.join(addrs),
             Command::SetKeys(keys) => self.cfg.keys = keys,
-            Command::Lookup { id, ns, prefix } => {
-                let asked = if self.lookups.len() >= self.cfg.lookups_max || self.lookups.contains_key(&id) {
-                    Vec::new()
-                } else {
-                    self.pick_live(self.cfg.lookup_fanout, None)
-                };
-                if asked.is_empty() {
-                    self.out.push_back(Output::Event(Event::LookupDone { id, found: 0 }));
-                } else {
-                    self.lookups.insert(id, (self.now.at + self.cfg.lookup_timeout, asked.len(), 0));
-                    for peer_id in asked {
-                        let addr = self.members[&peer_id].addr.clone();
-                        self.send(addr, Some(peer_id), Body::Lookup { id, ns, prefix: prefix.clone() });
-                    }
-                }
-            }
-            Command::Leave => {
-                self.incarnation += 1;
-                let me = self.self_update(MemberState::Left);
-                self.queue_update(me);
-                for id in self.pick_live(self.cfg.fanout.max(3), None) {
-                    let addr = self.members[&id].addr.clone();
-                    self.send(addr, Some(id), Body::Leave);
-                }
-                self.left = true;
-            }
+            Command::Lookup { id, ns, prefix } => self.start_lookup(id, ns, prefix),
+            Command::Leave => self.leave(),
         }
-    }
-
-    /// A local write: push it to `fanout` peers right away, and keep it hot
-    /// for the next rounds.
-    fn push_fresh(&mut self, p: Pushed) {
-        let targets = self.pick_live(self.cfg.fanout, None);
-        for id in targets {
-            let addr = self.members[&id].addr.clone();
-            // Push only: the summary travels on anti-entropy rounds and probes.
-            let body = Body::Syn { summary: None, push: vec![p.clone()] };
-            self.send(addr, Some(id), body);
-        }
-        self.make_hot(p);
-    }
-
-    fn make_hot(&mut self, p: Pushed) {
-        if self.cfg.push_rounds == 0 {
-            return;
-        }
-        if self.hot.len() >= self.cfg.hot_max {
-            self.hot.pop_front();
-        }
-        self.hot.push_back((p, self.cfg.push_rounds));
-    }
-
-    fn self_update(&self, state: MemberState) -> MemberUpdate {
-        MemberUpdate { id: self.me, addr: self.cfg.advertise.clone(), incarnation: self.incarnation, state }
     }
 
     // ----- timers -----
 
+    /// Runs every timer that is due, in a fixed order: the gossip round,
+    /// the direct-probe deadline, the next probe, suspicions, re-announces,
+    /// the full-transfer deadline, lookups.
     fn timeout(&mut self) {
         let now = self.now.at;
         if now >= self.next_round {
@@ -623,443 +689,35 @@ impl Gossip {
             self.next_probe = now + self.cfg.probe_interval;
             self.probe_tick();
         }
-        while let Some(&(at, id, inc)) = self.suspects.first() {
-            if at > now {
-                break;
-            }
-            self.suspects.pop_first();
-            if let Some(m) = self.members.get(&id) {
-                // Only the suspicion still in force: a refuted and later
-                // re-suspected member gets its full timeout again.
-                if m.state == MemberState::Suspect && m.incarnation == inc {
-                    let u =
-                        MemberUpdate { id, addr: m.addr.clone(), incarnation: m.incarnation, state: MemberState::Dead };
-                    self.apply_update(u, true);
-                }
-            }
-        }
+        self.expire_suspicions();
         if now >= self.next_reannounce {
             self.next_reannounce = now + self.cfg.reannounce_interval;
             self.reannounce();
         }
-        if let Some(f) = &self.full {
-            if now >= f.deadline {
-                self.full = None;
-            }
-        }
-        let expired: Vec<u32> = self.lookups.iter().filter(|(_, l)| l.0 <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            if let Some((_, _, found)) = self.lookups.remove(&id) {
-                self.out.push_back(Output::Event(Event::LookupDone { id, found }));
-            }
-        }
-    }
-
-    fn round(&mut self) {
-        self.store.expire(self.now.wall_ms);
-        // A restarted node that found no peer knowing its history (the whole
-        // cluster restarted) within `restore_wait`, or waited a whole grace
-        // period: nothing can have been collected that it missed; take its
-        // history as complete.
-        if let Some(t) = self.restored_at {
-            let grace = Duration::from_millis(self.cfg.store.tombstone_grace_ms);
-            let waited = self.now.at.saturating_duration_since(t);
-            if self.store.history_complete() {
-                self.restored_at = None;
-            } else if waited >= grace || (waited >= self.cfg.restore_wait && !self.heard_complete) {
-                self.store.mark_history_complete();
-                self.restored_at = None;
-            }
-        }
-        let hot: Vec<Pushed> = {
-            let mut bytes = 0usize;
-            let budget = self.entry_budget();
-            let mut v = Vec::new();
-            for (p, _) in self.hot.iter() {
-                let len = p.entry.encoded_len_max() + 10;
-                if v.len() >= self.cfg.entries_per_message_max || bytes + len > budget {
-                    break;
-                }
-                bytes += len;
-                v.push(p.clone());
-            }
-            v
-        };
-        // With nothing to push, only every `sync_every_rounds`-th round
-        // sends the anti-entropy summary.
-        self.rounds_to_sync = self.rounds_to_sync.saturating_sub(1);
-        let sync_now = self.rounds_to_sync == 0;
-        if sync_now {
-            self.rounds_to_sync = self.cfg.sync_every_rounds.max(1);
-        }
-        let n = if !hot.is_empty() {
-            self.cfg.fanout.max(1)
-        } else if sync_now {
-            1
-        } else {
-            0
-        };
-        let targets = self.pick_live(n, None);
-        // One target of an anti-entropy round gets the summary; the others
-        // (and every target of a push-only round) get the push alone.
-        let summary = (self.store.seen_hash(), self.store.writers() as u32);
-        for (k, id) in targets.into_iter().enumerate() {
-            let addr = self.members[&id].addr.clone();
-            let body = Body::Syn { summary: (sync_now && k == 0).then_some(summary), push: hot.clone() };
-            self.send(addr, Some(id), body);
-        }
-        let sent = hot.len();
-        for (_, left) in self.hot.iter_mut().take(sent) {
-            *left -= 1;
-        }
-        // Entries sent this round go to the back so others get their turn.
-        for _ in 0..sent {
-            if let Some((p, left)) = self.hot.pop_front() {
-                if left > 0 {
-                    self.hot.push_back((p, left));
-                }
-            }
-        }
-    }
-
-    fn probe_tick(&mut self) {
-        // The previous probe failed if nobody acked it.
-        if let Some(p) = self.probe.take() {
-            if !p.acked {
-                if let Some(m) = self.members.get(&p.target) {
-                    if m.state == MemberState::Alive {
-                        let u = MemberUpdate {
-                            id: p.target,
-                            addr: m.addr.clone(),
-                            incarnation: m.incarnation,
-                            state: MemberState::Suspect,
-                        };
-                        self.apply_update(u, true);
-                    }
-                }
-            }
-        }
-        let now = self.now.at;
-        self.relays.retain(|_, r| r.deadline > now);
-        // SWIM round-robin over a shuffled list of non-dead members.
-        let mut target = None;
-        for _ in 0..2 {
-            while self.probe_idx < self.probe_list.len() {
-                let id = self.probe_list[self.probe_idx];
-                self.probe_idx += 1;
-                if self.members.get(&id).is_some_and(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect)) {
-                    target = Some(id);
-                    break;
-                }
-            }
-            if target.is_some() {
-                break;
-            }
-            self.probe_list = self
-                .members
-                .iter()
-                .filter(|(_, m)| matches!(m.state, MemberState::Alive | MemberState::Suspect))
-                .map(|(id, _)| *id)
-                .collect();
-            self.rng.shuffle(&mut self.probe_list);
-            self.probe_idx = 0;
-        }
-        let Some(target) = target else { return };
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        self.probe = Some(Probe {
-            target,
-            seq,
-            direct_deadline: now + self.cfg.probe_timeout,
-            indirect_sent: false,
-            acked: false,
-        });
-        let addr = self.members[&target].addr.clone();
-        let body = self.ping(seq);
-        self.send(addr, Some(target), body);
-    }
-
-    fn indirect_probe(&mut self, p: &Probe) {
-        if let Some(pr) = self.probe.as_mut() {
-            pr.indirect_sent = true;
-        }
-        let Some(target_addr) = self.members.get(&p.target).map(|m| m.addr.clone()) else {
-            return;
-        };
-        for id in self.pick_live(self.cfg.indirect_probes, Some(p.target)) {
-            let addr = self.members[&id].addr.clone();
-            self.send(addr, Some(id), Body::PingReq { seq: p.seq, target: p.target, target_addr: target_addr.clone() });
-        }
-    }
-
-    fn reannounce(&mut self) {
-        // Forget members dead for long.
-        let forget = self.cfg.dead_forget_after;
-        let now = self.now.at;
-        let old: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| {
-                matches!(m.state, MemberState::Dead | MemberState::Left)
-                    && now.saturating_duration_since(m.since) >= forget
-            })
-            .map(|(id, _)| *id)
-            .take(64)
-            .collect();
-        for id in old {
-            self.remove_member(id);
-        }
-        // While we know nobody alive, keep knocking on the whole bootstrap
-        // list; otherwise on one bootstrap address that is not a live member
-        // (a group that formed while cut off from it must still find the
-        // rest of the cluster once the partition heals).
-        if self.live_count() == 0 {
-            for a in self.bootstrap.clone() {
-                self.send(a, None, Body::Join);
-            }
-        } else if !self.bootstrap.is_empty() {
-            let live: BTreeSet<&PeerAddr> =
-                self.live_ids.iter().filter_map(|id| self.members.get(id).map(|m| &m.addr)).collect();
-            let strangers: Vec<PeerAddr> = self.bootstrap.iter().filter(|a| !live.contains(a)).cloned().collect();
-            if !strangers.is_empty() {
-                let a = strangers[self.rng.index(strangers.len())].clone();
-                self.send(a, None, Body::Join);
-            }
-        }
-        // Re-announce ourselves to one member believed dead: if the
-        // partition healed, it learns we (and it) are alive and refutes.
-        let dead: Vec<NodeId> =
-            self.members.iter().filter(|(_, m)| m.state == MemberState::Dead).map(|(id, _)| *id).collect();
-        if !dead.is_empty() {
-            let id = dead[self.rng.index(dead.len())];
-            let addr = self.members[&id].addr.clone();
-            self.send(addr, Some(id), Body::Join);
-        }
-    }
-
-    // ----- membership -----
-
-    fn live_count(&mut self) -> usize {
-        self.live_ids.len()
-    }
-
-    /// Inserts or replaces a member, keeping the list of live ids (for O(1)
-    /// random choice) in step.
-    fn put_member(&mut self, id: NodeId, m: Member) {
-        let live = matches!(m.state, MemberState::Alive | MemberState::Suspect);
-        self.members.insert(id, m);
-        self.set_live(id, live);
-    }
-
-    fn remove_member(&mut self, id: NodeId) {
-        self.members.remove(&id);
-        self.set_live(id, false);
-    }
-
-    fn set_live(&mut self, id: NodeId, live: bool) {
-        match (live, self.live_pos.get(&id).copied()) {
-            (true, None) => {
-                self.live_pos.insert(id, self.live_ids.len());
-                self.live_ids.push(id);
-            }
-            (false, Some(pos)) => {
-                self.live_pos.remove(&id);
-                self.live_ids.swap_remove(pos);
-                if let Some(moved) = self.live_ids.get(pos) {
-                    self.live_pos.insert(*moved, pos);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Up to `n` distinct random live members, not `except`.
-    fn pick_live(&mut self, n: usize, except: Option<NodeId>) -> Vec<NodeId> {
-        let len = self.live_ids.len();
-        let mut out = Vec::with_capacity(n);
-        if len == 0 || n == 0 {
-            return out;
-        }
-        if len <= n + 1 {
-            for id in &self.live_ids {
-                if Some(*id) != except && out.len() < n {
-                    out.push(*id);
-                }
-            }
-            self.rng.shuffle(&mut out);
-            return out;
-        }
-        let mut tries = 0;
-        while out.len() < n && tries < 4 * n + 8 {
-            tries += 1;
-            let id = self.live_ids[self.rng.index(len)];
-            if Some(id) != except && !out.contains(&id) {
-                out.push(id);
-            }
-        }
-        out
-    }
-
-    fn retransmit_limit(&self) -> u32 {
-        self.cfg.retransmit_mult * log10_ceil(self.members.len() + 1)
-    }
-
-    fn queue_update(&mut self, u: MemberUpdate) {
-        if let Some((_, sent)) = self.updates.remove(&u.id) {
-            self.update_order.remove(&(sent, u.id));
-        }
-        if self.updates.len() >= self.cfg.updates_pending_max {
-            // Drop the most-transmitted update to make room.
-            if let Some((sent, id)) = self.update_order.pop_last() {
-                let _ = sent;
-                self.updates.remove(&id);
-            }
-        }
-        self.update_order.insert((0, u.id));
-        self.updates.insert(u.id, (u, 0));
-    }
-
-    fn take_updates(&mut self, k: usize) -> Vec<MemberUpdate> {
-        let limit = self.retransmit_limit();
-        let mut picked = Vec::with_capacity(k);
-        while picked.len() < k {
-            let Some((sent, id)) = self.update_order.pop_first() else {
-                break;
-            };
-            let Some((u, s)) = self.updates.get_mut(&id) else {
-                continue;
-            };
-            debug_assert_eq!(*s, sent);
-            *s += 1;
-            picked.push((u.clone(), *s, id));
-        }
-        let mut out = Vec::with_capacity(picked.len());
-        for (u, s, id) in picked {
-            if s >= limit {
-                self.updates.remove(&id);
-            } else {
-                self.update_order.insert((s, id));
-            }
-            out.push(u);
-        }
-        out
-    }
-
-    /// Applies a SWIM update; returns true if it changed our view.
-    /// `first_hand` says we witnessed it (a message from that member, our own
-    /// probe) rather than heard it from a third party. News of a member we
-    /// did not know is passed on only first-hand: every node that meets a
-    /// newcomer announces it, but hearsay of joins is not re-flooded (with
-    /// views capped at `members_max` that would cost O(N) per join per node).
-    /// Every change about a known member (suspect, dead, refuted, left) is
-    /// passed on.
-    fn apply_update(&mut self, u: MemberUpdate, first_hand: bool) -> bool {
-        let now = self.now.at;
-        if u.id == self.me {
-            // Refute rumours of our suspicion or death.
-            if matches!(u.state, MemberState::Suspect | MemberState::Dead) && u.incarnation >= self.incarnation {
-                self.incarnation = u.incarnation + 1;
-                let me = self.self_update(MemberState::Alive);
-                self.queue_update(me);
-            }
-            return false;
-        }
-        let accept = match self.members.get(&u.id) {
-            None => {
-                if !matches!(u.state, MemberState::Alive | MemberState::Suspect) {
-                    return false;
-                }
-                if self.members.len() >= self.cfg.members_max && !self.evict_one() {
-                    return false;
-                }
-                true
-            }
-            Some(m) => match u.state {
-                MemberState::Alive => u.incarnation > m.incarnation,
-                MemberState::Suspect => {
-                    u.incarnation > m.incarnation || (u.incarnation == m.incarnation && m.state == MemberState::Alive)
-                }
-                MemberState::Dead => {
-                    u.incarnation > m.incarnation
-                        || (u.incarnation == m.incarnation
-                            && matches!(m.state, MemberState::Alive | MemberState::Suspect))
-                }
-                MemberState::Left => {
-                    u.incarnation > m.incarnation || (u.incarnation == m.incarnation && m.state != MemberState::Left)
-                }
-            },
-        };
-        if !accept {
-            return false;
-        }
-        self.stats.member_updates_applied += 1;
-        let announce = first_hand || self.members.contains_key(&u.id);
-        if u.state == MemberState::Suspect {
-            self.stats.suspicions += 1;
-        }
-        let before = self.members.get(&u.id).map(|m| m.state);
-        let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now };
-        self.put_member(u.id, m);
-        let was_live = matches!(before, Some(MemberState::Alive | MemberState::Suspect));
-        let is_live = matches!(u.state, MemberState::Alive | MemberState::Suspect);
-        if is_live && !was_live {
-            self.out.push_back(Output::Event(Event::MemberUp { id: u.id, addr: u.addr.clone() }));
-        }
-        if !is_live && was_live {
-            self.out.push_back(Output::Event(Event::MemberDown { id: u.id, addr: u.addr.clone() }));
-        }
-        if u.state == MemberState::Suspect {
-            let k = log10_ceil(self.members.len()) as u64;
-            let t = self.cfg.probe_interval.saturating_mul(self.cfg.suspicion_mult as u64 * k.max(1));
-            self.suspects.insert((now + t, u.id, u.incarnation));
-        }
-        if announce {
-            self.queue_update(u);
-        }
-        true
-    }
-
-    fn evict_one(&mut self) -> bool {
-        if self.members.len() == self.live_ids.len() {
-            // Everyone known is live: nothing to evict, and no scan.
-            return false;
-        }
-        let victim = self
-            .members
-            .iter()
-            .filter(|(_, m)| matches!(m.state, MemberState::Dead | MemberState::Left))
-            .min_by_key(|(_, m)| m.since)
-            .map(|(id, _)| *id);
-        match victim {
-            Some(id) => {
-                self.remove_member(id);
-                true
-            }
-            None => false,
-        }
+        self.expire_full();
+        self.expire_lookups();
     }
 
     // ----- sending -----
 
-    fn entry_budget(&self) -> usize {
-        // Leave room for the header, piggybacked updates and the envelope.
+    /// Room for entries in one message: the message limit less the header,
+    /// the piggybacked updates and the envelope.
+    pub(super) fn entry_budget(&self) -> usize {
         self.cfg
             .message_bytes_max
             .saturating_sub(ENVELOPE_OVERHEAD + 64 + self.cfg.updates_per_message_max * 96)
             .max(256)
     }
 
-    fn send(&mut self, to: PeerAddr, to_id: Option<NodeId>, body: Body) {
+    /// Seals `body` with piggybacked membership updates and queues it for
+    /// `to`; `to_id` is the recipient's id when known, so a peer we hold as
+    /// suspect or dead hears it and can refute.
+    pub(super) fn send(&mut self, to: PeerAddr, to_id: Option<NodeId>, body: Body) {
         let mut updates = Vec::new();
         // Tell a peer we hold as suspect or dead what we think, so it refutes.
-        if let Some(m) = to_id.and_then(|id| self.members.get(&id).map(|m| (id, m))) {
-            if matches!(m.1.state, MemberState::Suspect | MemberState::Dead) {
-                updates.push(MemberUpdate {
-                    id: m.0,
-                    addr: m.1.addr.clone(),
-                    incarnation: m.1.incarnation,
-                    state: m.1.state,
-                });
+        if let Some((id, m)) = to_id.and_then(|id| self.members.get(&id).map(|m| (id, m))) {
+            if matches!(m.state, MemberState::Suspect | MemberState::Dead) {
+                updates.push(MemberUpdate { id, addr: m.addr.clone(), incarnation: m.incarnation, state: m.state });
             }
         }
         let k = self.cfg.updates_per_message_max.saturating_sub(updates.len());
@@ -1081,7 +739,7 @@ impl Gossip {
         }
         self.stats.messages_out += 1;
         self.stats.bytes_out += bytes.len() as u64;
-        self.out.push_back(Output::Transmit { to, bytes });
+        self.out.push_back(Output::Transmit(Transmit { to, bytes }));
     }
 
     // ----- receiving -----
@@ -1117,6 +775,8 @@ impl Gossip {
         }
     }
 
+    /// Opens one message, learns from its membership part, then hands the
+    /// body to the function for its kind.
     fn receive(&mut self, from: PeerAddr, bytes: &[u8]) {
         self.stats.bytes_in += bytes.len() as u64;
         let p = match open(&self.cfg.keys, bytes, self.cfg.message_bytes_max) {
@@ -1127,294 +787,32 @@ impl Gossip {
             return self.drop_msg(from, DecodeError::BadFormat);
         }
         self.stats.messages_in += 1;
-        // The sender is alive at its incarnation: learn or refresh it.
-        let sender_state = if matches!(p.body, Body::Leave) { MemberState::Left } else { MemberState::Alive };
-        let known = self.members.get(&p.from).map(|m| (m.incarnation, m.state));
-        match known {
-            None => {
-                self.apply_update(
-                    MemberUpdate { id: p.from, addr: p.addr.clone(), incarnation: p.incarnation, state: sender_state },
-                    true,
-                );
-            }
-            Some((inc, _)) if p.incarnation > inc || sender_state == MemberState::Left => {
-                self.apply_update(
-                    MemberUpdate { id: p.from, addr: p.addr.clone(), incarnation: p.incarnation, state: sender_state },
-                    true,
-                );
-            }
-            _ => {}
-        }
+        let leaving = matches!(p.body, Body::Leave);
+        self.learn_sender(p.from, &p.addr, p.incarnation, leaving);
         for u in p.updates {
             self.apply_update(u, false);
         }
-        let peer = p.addr;
-        let peer_id = Some(p.from);
-        let peer_complete = p.complete;
-        self.heard_complete |= peer_complete;
-        let wall = self.now.wall_ms;
+        let from = Sender { id: p.from, addr: p.addr, complete: p.complete };
+        self.heard_complete |= from.complete;
         match p.body {
-            Body::Ping { seq, hash, writers } => {
-                self.send(peer.clone(), peer_id, Body::Ack { seq });
-                if hash != self.store.seen_hash() || writers as usize != self.store.writers() {
-                    let d = self.my_digest();
-                    self.send(peer, peer_id, Body::Digest { digest: d });
-                }
-            }
-            Body::Ack { seq } => {
-                if let Some(pr) = self.probe.as_mut() {
-                    if pr.seq == seq && pr.target == p.from {
-                        pr.acked = true;
-                    }
-                }
-                if let Some(r) = self.relays.remove(&seq) {
-                    if r.target == p.from {
-                        self.send(r.requester, None, Body::IndirectAck { seq: r.seq, target: r.target });
-                    }
-                }
-            }
-            Body::PingReq { seq, target, target_addr } => {
-                if self.relays.len() < self.cfg.relays_max && target != self.me {
-                    self.seq = self.seq.wrapping_add(1);
-                    let my_seq = self.seq;
-                    self.relays.insert(
-                        my_seq,
-                        Relay { requester: peer, seq, target, deadline: self.now.at + self.cfg.probe_interval },
-                    );
-                    let body = self.ping(my_seq);
-                    self.send(target_addr, Some(target), body);
-                }
-            }
-            Body::IndirectAck { seq, target } => {
-                if let Some(pr) = self.probe.as_mut() {
-                    if pr.seq == seq && pr.target == target {
-                        pr.acked = true;
-                    }
-                }
-            }
-            Body::Join => {
-                let sample = self.pick_live(self.cfg.join_sample_max, Some(p.from));
-                let members = sample
-                    .into_iter()
-                    .filter(|id| *id != p.from)
-                    .take(self.cfg.join_sample_max.saturating_sub(1))
-                    .map(|id| {
-                        let m = &self.members[&id];
-                        MemberUpdate { id, addr: m.addr.clone(), incarnation: m.incarnation, state: m.state }
-                    })
-                    .chain(std::iter::once(self.self_update(MemberState::Alive)))
-                    .collect();
-                self.send(peer, peer_id, Body::JoinReply { members });
-            }
-            Body::JoinReply { members } => {
-                for u in members {
-                    // Learn them without re-gossiping each one: they are not
-                    // news to the cluster.
-                    if u.id != self.me && !self.members.contains_key(&u.id) {
-                        if self.members.len() >= self.cfg.members_max && !self.evict_one() {
-                            continue;
-                        }
-                        self.put_member(
-                            u.id,
-                            Member {
-                                addr: u.addr.clone(),
-                                incarnation: u.incarnation,
-                                state: MemberState::Alive,
-                                since: self.now.at,
-                            },
-                        );
-                        self.out.push_back(Output::Event(Event::MemberUp { id: u.id, addr: u.addr }));
-                    }
-                }
-            }
-            Body::Syn { summary, push } => {
-                for pushed in push {
-                    let w = pushed.entry.writer;
-                    let v = pushed.entry.version;
-                    let fresh = self.store.apply(pushed.entry.clone(), wall).is_ok();
-                    if self.store.seen_of(w) >= pushed.prev {
-                        self.store.set_seen(w, v);
-                    }
-                    if fresh {
-                        self.stats.entries_applied += 1;
-                        self.make_hot(pushed);
-                    }
-                }
-                let differs = summary.is_some_and(|(hash, writers)| {
-                    hash != self.store.seen_hash() || writers as usize != self.store.writers()
-                });
-                if differs {
-                    let d = self.my_digest();
-                    self.send(peer, peer_id, Body::Digest { digest: d });
-                }
-            }
-            Body::Digest { digest } => {
-                if self.store.needs_full(&digest, wall) {
-                    self.peer_behind(peer, peer_id, peer_complete);
-                } else {
-                    let delta = self.delta_for(&digest);
-                    let mine = self.my_digest();
-                    self.send(peer, peer_id, Body::Delta { delta, digest: Some(mine) });
-                }
-            }
-            Body::Delta { delta, digest } => {
-                match digest {
-                    Some(d) => {
-                        // The first leg of an exchange: judge the sender by its
-                        // digest before taking anything from it. A sender that
-                        // may have missed collected deletes could hand us
-                        // entries whose tombstones are gone here.
-                        if self.store.needs_full(&d, wall) {
-                            self.peer_behind(peer, peer_id, peer_complete);
-                            return;
-                        }
-                        self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
-                        let back = self.delta_for(&d);
-                        if !back.entries.is_empty() || !back.seen.is_empty() {
-                            self.send(peer, peer_id, Body::Delta { delta: back, digest: None });
-                        }
-                    }
-                    None => {
-                        // The second leg: we judged this peer by its digest
-                        // when it asked us for this delta.
-                        self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
-                    }
-                }
-            }
-            Body::NeedFull => {
-                // Only a node that knows its whole collection history is a
-                // safe source: a restarted one may hold entries whose
-                // deletes were collected while it was down.
-                if peer_complete {
-                    self.start_full(peer, peer_id);
-                }
-            }
-            Body::FullRequest { after } => {
-                let chunk = self.store.full_chunk(
-                    after.as_ref(),
-                    wall,
-                    self.cfg.entries_per_message_max,
-                    self.entry_budget(),
-                    self.cfg.store.writers_max.min(self.entry_budget() / 40),
-                );
-                self.send(peer, peer_id, Body::Full { chunk });
-            }
-            Body::Full { chunk } => {
-                let Some(mut t) = self.full.take() else {
-                    return;
-                };
-                if t.peer != peer {
-                    self.full = Some(t);
-                    return;
-                }
-                for e in chunk.entries {
-                    if t.received.len() < self.cfg.store.entries_max {
-                        t.received.insert((e.ns, e.key.clone()));
-                    }
-                    if self.store.apply(e, wall).is_ok() {
-                        self.stats.entries_applied += 1;
-                    }
-                }
-                match chunk.next {
-                    Some(next) => {
-                        t.after = Some(next.clone());
-                        t.deadline = self.now.at + self.cfg.full_transfer_timeout;
-                        self.full = Some(t);
-                        self.send(peer, peer_id, Body::FullRequest { after: Some(next) });
-                    }
-                    None => {
-                        self.store.finish_full(&t.received, &chunk.seen, &chunk.floors, chunk.complete, wall);
-                        self.stats.full_transfers += 1;
-                        self.full_done_at = Some(self.now.at);
-                    }
-                }
-            }
+            // Membership.
+            Body::Ping { seq, hash, writers } => self.on_ping(from, seq, hash, writers),
+            Body::Ack { seq } => self.on_ack(from.id, seq),
+            Body::PingReq { seq, target, target_addr } => self.on_ping_req(from, seq, target, target_addr),
+            Body::IndirectAck { seq, target } => self.on_indirect_ack(seq, target),
+            Body::Join => self.on_join(from),
+            Body::JoinReply { members } => self.on_join_reply(members),
             Body::Leave => {}
-            Body::Lookup { id, ns, prefix } => {
-                // Answer with at most one message's worth, in key order.
-                let budget = self.entry_budget();
-                let mut bytes = 0usize;
-                let entries: Vec<_> = self
-                    .store
-                    .live_with_prefix(ns, &prefix, wall)
-                    .take(self.cfg.entries_per_message_max)
-                    .take_while(|e| {
-                        bytes += e.encoded_len_max();
-                        bytes <= budget
-                    })
-                    .cloned()
-                    .collect();
-                self.send(peer, peer_id, Body::Found { id, entries });
-            }
-            Body::Found { id, entries } => {
-                // Only answers to our own lookups: unsolicited entries are
-                // not taken this way.
-                if let Some(l) = self.lookups.get_mut(&id) {
-                    l.2 += entries.len();
-                    l.1 = l.1.saturating_sub(1);
-                    for e in entries {
-                        if self.store.apply(e, wall).is_ok() {
-                            self.stats.entries_applied += 1;
-                        }
-                    }
-                    if l.1 == 0 {
-                        let found = l.2;
-                        self.lookups.remove(&id);
-                        self.out.push_back(Output::Event(Event::LookupDone { id, found }));
-                    }
-                }
-            }
+            // Anti-entropy.
+            Body::Syn { summary, push } => self.on_syn(from, summary, push),
+            Body::Digest { digest } => self.on_digest(from, digest),
+            Body::Delta { delta, digest } => self.on_delta(from, delta, digest),
+            Body::NeedFull => self.on_need_full(from),
+            Body::FullRequest { after } => self.on_full_request(from, after),
+            Body::Full { chunk } => self.on_full(from, chunk),
+            // Lookups.
+            Body::Lookup { id, ns, prefix } => self.on_lookup(from, id, ns, prefix),
+            Body::Found { id, entries } => self.on_found(id, entries),
         }
     }
-
-    /// The peer looks behind us by more than the grace period. If we know
-    /// our collection history, tell it to take a full transfer from us. If
-    /// we do not (we restarted), we may be the stale one: pull a full
-    /// transfer from it if it knows its history; otherwise exchange nothing.
-    fn peer_behind(&mut self, peer: PeerAddr, peer_id: Option<NodeId>, peer_complete: bool) {
-        if self.store.history_complete() {
-            self.send(peer, peer_id, Body::NeedFull);
-        } else if peer_complete {
-            self.start_full(peer, peer_id);
-        }
-    }
-
-    fn start_full(&mut self, peer: PeerAddr, peer_id: Option<NodeId>) {
-        let cooling = self
-            .full_done_at
-            .is_some_and(|t| self.now.at.saturating_duration_since(t) < self.cfg.full_transfer_cooldown);
-        if self.full.is_none() && !cooling {
-            self.full = Some(Transfer {
-                peer: peer.clone(),
-                after: None,
-                received: BTreeSet::new(),
-                deadline: self.now.at + self.cfg.full_transfer_timeout,
-            });
-            self.send(peer, peer_id, Body::FullRequest { after: None });
-        }
-    }
-
-    fn ping(&self, seq: u32) -> Body {
-        Body::Ping { seq, hash: self.store.seen_hash(), writers: self.store.writers() as u32 }
-    }
-
-    fn my_digest(&mut self) -> Digest {
-        let n = self.store.writers().max(1);
-        let start = self.rng.index(n);
-        self.store.digest(start, self.cfg.digest_writers_max)
-    }
-
-    fn delta_for(&self, digest: &Digest) -> Delta {
-        self.store.delta_for(
-            digest,
-            self.now.wall_ms,
-            self.cfg.entries_per_message_max,
-            self.entry_budget().saturating_sub(digest_bytes(self.cfg.digest_writers_max)),
-        )
-    }
-}
-
-/// Upper bound of an encoded digest of `n` writers.
-fn digest_bytes(n: usize) -> usize {
-    n * 20 + 24
 }

@@ -17,6 +17,22 @@
 //!   and LZ4-compressed when it pays; anything that fails to open or parse is
 //!   dropped and counted.
 //!
+//! # Where things are
+//!
+//! * `machine.rs`: the coordinator — [`Config`], [`Input`], [`Output`],
+//!   [`Event`], [`Gossip::handle`] / [`Gossip::poll_output`], the timer, the
+//!   sealing of every send, and the dispatch of each received message to
+//!   one function per message kind; [`Gossip::check_invariants`].
+//! * `membership.rs`: SWIM — probes, indirect probes, suspicion, refutation,
+//!   piggybacked updates, joins, re-announces, the member table.
+//! * `anti_entropy.rs`: rounds, the push of fresh writes, summary → digest
+//!   → delta exchanges, full state transfers.
+//! * `lookup.rs`: prefix lookups across live members.
+//! * `wire.rs`: the messages and the sealed envelope.
+//!
+//! The three parts are `impl Gossip` blocks over the one state, so a
+//! message kind's handling reads top to bottom in one place.
+//!
 //! # Driving it from an adapter
 //!
 //! ```text
@@ -26,7 +42,7 @@
 //! loop {
 //!     // drain after every input, until Timeout
 //!     loop { match g.poll_output() {
-//!         Output::Transmit { to, bytes } => send one framed message to `to`,
+//!         Output::Transmit(Transmit { to, bytes }) => send one framed message to `to`,
 //!         Output::Event(Event::Store(Change::Applied(e))) => upsert e on disk, update the DNS view,
 //!         Output::Event(Event::Store(Change::Removed { ns, key })) => delete (ns, key) on disk,
 //!         Output::Event(other) => log / metrics,
@@ -68,9 +84,15 @@
 //! state transfer taken only from a node that knows its collection history;
 //! collected tombstones are remembered as (key, version, writer) in a
 //! bounded graveyard that refuses stale copies and travels in full
-//! transfers. `sim chaos` checks all of this on thousands of seeds.
+//! transfers. `sim chaos` checks all of this on thousands of seeds, with
+//! [`Gossip::check_invariants`] after every input of every node (the fuzz
+//! target `gossip_machine` and the core tests' virtual network call it
+//! too).
 
+mod anti_entropy;
+mod lookup;
 mod machine;
+mod membership;
 mod wire;
 
 pub use machine::{Command, Config, Event, Gossip, Input, Now, Output, Stats, BOOTSTRAP_MAX};

@@ -8,6 +8,3 @@ pub mod spread;
 pub mod swarm;
 pub mod tracker;
 pub mod world;
-// TRACKER: the lead adds `pub mod tracker;` here (sim/src/tracker.rs, the
-// tracker-machine simulation written in parallel) and wires `sim tracker` in
-// main.rs at the marked place in `Cmd`.

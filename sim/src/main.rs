@@ -1,4 +1,5 @@
-//! `sim gossip ...`, `sim chaos ...` and `sim swarm ...`; see `sim --help`.
+//! `sim gossip ...`, `sim chaos ...`, `sim swarm ...` and `sim tracker ...`;
+//! see `sim --help`.
 //!
 //! Every subcommand takes `--json`: then stdout carries exactly one JSON
 //! document (so `sim chaos --json | jq` works) and the human report goes to
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use sim::chaos;
 use sim::spread::{self, SpreadOpts};
 use sim::swarm::{self, SwarmOpts};
+use sim::tracker::{self, TrackerOpts};
 
 /// The deterministic simulator: the very same core machines on one virtual
 /// clock and a seeded network. The same seed gives the same trace hash.
@@ -31,10 +33,10 @@ enum Cmd {
     /// A BitTorrent swarm of the core's torrent machines on a time-stepped
     /// network.
     Swarm(SwarmArgs),
-    // TRACKER: the lead wires `sim tracker` here (sim/src/tracker.rs, written
-    // in parallel): add `Tracker(TrackerArgs)` with its own `--json` flag
-    // and a `Cmd::Tracker(a) => tracker(&a)` arm in `main`, reporting
-    // through `Report` like the others.
+    /// Clients announcing to a cluster's node trackers (the core's tracker
+    /// and member machines): answer latency, parked announces, providers
+    /// seen everywhere, stopped clients never listed.
+    Tracker(TrackerArgs),
 }
 
 /// Where the report goes: with `--json`, the human text to stderr and one
@@ -394,5 +396,84 @@ fn main() -> ExitCode {
         Cmd::Gossip(a) => gossip(a),
         Cmd::Chaos(a) => chaos_cmd(a),
         Cmd::Swarm(a) => swarm_cmd(a),
+        Cmd::Tracker(a) => tracker_cmd(a),
+    }
+}
+
+#[derive(Args, Debug)]
+struct TrackerArgs {
+    /// Cluster nodes, each a tracker.
+    #[arg(long, default_value_t = TrackerOpts::default().nodes, value_parser = positive::<usize>)]
+    nodes: usize,
+    /// BitTorrent clients.
+    #[arg(long, default_value_t = TrackerOpts::default().clients, value_parser = positive::<usize>)]
+    clients: usize,
+    /// Torrents the clients share among them.
+    #[arg(long, default_value_t = TrackerOpts::default().torrents, value_parser = positive::<usize>)]
+    torrents: usize,
+    /// Seconds between a client's announces.
+    #[arg(long, default_value_t = TrackerOpts::default().interval_s, value_parser = positive::<u32>)]
+    interval: u32,
+    /// Virtual seconds the clients announce for (a settle of one interval follows).
+    #[arg(long, default_value_t = TrackerOpts::default().duration_s, value_parser = positive::<u64>)]
+    duration: u64,
+    /// Share of clients that leave (announce stopped) before the end, 0..=1.
+    #[arg(long, default_value_t = TrackerOpts::default().leave, value_parser = fraction)]
+    leave: f64,
+    /// One-way gossip latency, ms (plus up to as much jitter).
+    #[arg(long, default_value_t = TrackerOpts::default().latency_ms)]
+    latency_ms: u64,
+    /// Gossip message loss probability, 0..=1.
+    #[arg(long, default_value_t = TrackerOpts::default().loss, value_parser = fraction)]
+    loss: f64,
+    /// Announces parked at once per node (the tracker's bound).
+    #[arg(long, default_value_t = TrackerOpts::default().parked_max, value_parser = positive::<usize>)]
+    parked_max: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = TrackerOpts::default().seed)]
+    seed: u64,
+    /// One JSON document on stdout; the human report on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+fn tracker_cmd(a: &TrackerArgs) -> ExitCode {
+    let out = Report { json: a.json };
+    let o = TrackerOpts {
+        nodes: a.nodes,
+        clients: a.clients,
+        torrents: a.torrents,
+        interval_s: a.interval,
+        duration_s: a.duration,
+        leave: a.leave,
+        latency_ms: a.latency_ms,
+        loss: a.loss,
+        parked_max: a.parked_max,
+        seed: a.seed,
+    };
+    out.line(format!(
+        "tracker: {} nodes, {} clients on {} torrents, announce every {} s for {} s, {:.0}% leave, latency {} ms, loss {:.1}%, seed {}",
+        o.nodes,
+        o.clients,
+        o.torrents,
+        o.interval_s,
+        o.duration_s,
+        o.leave * 100.0,
+        o.latency_ms,
+        o.loss * 100.0,
+        o.seed
+    ));
+    let r = tracker::run(&o);
+    for line in r.text().lines() {
+        out.line(line);
+    }
+    out.json(r.json());
+    // A stopped client still listed, or an announce never answered, is a
+    // broken rule: exit non-zero so scripts notice.
+    if r.stopped_listed == 0 && r.answered == r.announces {
+        ExitCode::SUCCESS
+    } else {
+        out.line("FAILED: a stopped client is still listed or an announce went unanswered");
+        ExitCode::FAILURE
     }
 }

@@ -142,7 +142,8 @@ impl Cluster {
                     tracing::debug!(from = %from.0, "gossip message dropped: {reason:?}");
                     continue;
                 }
-                member::Output::Event(member::Event::Written { .. }) => continue,
+                // This member takes no client writes (Command::Write).
+                member::Output::Event(member::Event::Written { .. } | member::Event::Persisting { .. }) => continue,
                 member::Output::Timeout(at) => {
                     self.next_timeout = at;
                     break;

@@ -12,8 +12,8 @@
 //! short, a file redb cannot open or panics on) stops the node with a
 //! message naming the file, unless it is started with `--repair`: then a
 //! new database is built from what verifies, the damaged file is kept
-//! beside it, and the node fetches the rest from its peers by
-//! anti-entropy once it joins. A data directory with no database is a new
+//! beside it, and the node, under a new node id, fetches the rest from its
+//! peers by anti-entropy once it joins. A data directory with no database is a new
 //! node; an existing but empty file never is.
 //!
 //! After a failed transaction (a full disk) redb answers every later one
@@ -259,7 +259,7 @@ fn read_all(db: &Database, found: &mut Inspection) {
 /// `fresh_node_id` as its node id. A damaged database is an error naming
 /// the file and what is wrong, unless `repair`: then what verifies is kept
 /// in a new database (the damaged file stays beside it) and the node comes
-/// up with that.
+/// up with that, under `fresh_node_id`.
 pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, Loaded), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(FILE);
@@ -296,7 +296,12 @@ pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, 
         } else {
             drop(found.db.take());
             let kept = dir.join(format!("{FILE}.bad-{}", unix_secs()));
-            let node_id = found.node_id.unwrap_or(fresh_node_id);
+            // A repaired node comes back as a new member: peers send a node
+            // only its own writes past the newest it holds, so a database
+            // with holes must not claim to be the writer of what it kept.
+            // Under a new id every kept entry is another writer's, and the
+            // peers send all that is missing.
+            let node_id = fresh_node_id;
             let building = dir.join(format!("{FILE}.repairing"));
             let _ = std::fs::remove_file(&building);
             drop(create(&building, node_id, found.incarnation, &found.entries)?);
@@ -308,7 +313,7 @@ pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, 
                 kept = found.entries.len(),
                 dropped = found.bad_rows,
                 damaged_copy = %kept.display(),
-                node_id_kept = found.node_id.is_some(),
+                node_id = format!("{node_id:016x}"),
                 "repaired a damaged database ({}): kept every entry that verifies; the rest comes back from peers once joined",
                 found.problems.join("; ")
             );

@@ -321,6 +321,7 @@ fn a_write_the_full_disk_refused_is_not_served_and_writes_work_again_once_space_
         }
     }
     assert!(!refused.is_empty(), "the full disk refused no write ({} acknowledged)", acked.len());
+    println!("on the full disk: {} names acknowledged, {} refused: {refusal}", acked.len(), refused.len());
     assert!(refusal.to_string().to_lowercase().contains("disk"), "the refusal says why: {refusal}");
     // Nothing refused is served, by DNS or the API; everything acknowledged is.
     for name in refused.iter().step_by(7) {

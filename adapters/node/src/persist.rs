@@ -150,6 +150,9 @@ struct Inspection {
     old_format: bool,
     /// What is wrong; empty when nothing is.
     problems: Vec<String>,
+    /// Why the file cannot be used that is no damage (another process has
+    /// it open, no permission): an error, but no reason to repair.
+    unusable: Option<String>,
 }
 
 /// Opens `path` and reads everything, verifying it; never panics (a redb
@@ -166,7 +169,13 @@ fn inspect(path: &Path) -> Inspection {
 
 fn inspect_unguarded(path: &Path) -> Inspection {
     let mut found = Inspection::default();
-    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) => {
+            found.unusable = Some(e.to_string());
+            return found;
+        }
+    };
     if len == 0 {
         found.problems.push(
             "it is empty (0 bytes), which no database of a node ever is: a new node's data directory has no file"
@@ -177,7 +186,14 @@ fn inspect_unguarded(path: &Path) -> Inspection {
     let mut db = match Database::builder().open(path) {
         Ok(db) => db,
         Err(e) => {
-            found.problems.push(format!("redb cannot open it ({e}); it is {len} bytes long"));
+            use redb::{DatabaseError as D, StorageError as S};
+            match &e {
+                D::DatabaseAlreadyOpen => found.unusable = Some("another process has it open".into()),
+                D::Storage(S::Io(io)) if io.kind() != std::io::ErrorKind::UnexpectedEof => {
+                    found.unusable = Some(e.to_string())
+                }
+                _ => found.problems.push(format!("redb cannot open it ({e}); it is {len} bytes long")),
+            }
             return found;
         }
     };
@@ -269,6 +285,9 @@ pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, 
         (create(&path, fresh_node_id, 0, &[])?, Loaded { node_id: fresh_node_id, incarnation: 0, entries: Vec::new() })
     } else {
         let mut found = inspect(&path);
+        if let Some(why) = found.unusable.take() {
+            return Err(format!("cannot open {}: {why}", path.display()));
+        }
         if let Ok(earlier) = std::fs::read_to_string(&note) {
             if found.problems.is_empty() {
                 found.problems.push(format!("an earlier start found it damaged: {}", earlier.trim()));
@@ -526,6 +545,20 @@ mod tests {
         assert_eq!((loaded.node_id, loaded.entries.len()), (1, 0));
         p.shutdown();
         let (p, _) = open(&dir, 2, false).unwrap();
+        p.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_another_process_holds_is_in_use_not_damaged() {
+        let dir = scratch("in-use");
+        let (p, _) = open(&dir, 1, false).unwrap();
+        let Err(e) = open(&dir, 2, false) else { panic!("opened twice") };
+        assert!(e.contains("another process has it open") && !e.contains("damaged"), "{e}");
+        assert!(!dir.join(DAMAGE_NOTE).exists(), "no note of damage is left");
+        p.shutdown();
+        let (p, loaded) = open(&dir, 2, false).unwrap();
+        assert_eq!(loaded.node_id, 1);
         p.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }

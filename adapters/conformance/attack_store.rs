@@ -205,9 +205,20 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A node process, killed when dropped (also when a test fails, so the
+/// file system under it can go).
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A node whose log goes to `log` (not to its data directory, which is the
 /// small file system under test).
-fn start_logged_elsewhere(data: &Path, log: &Path) -> (std::process::Child, SocketAddr, SocketAddr) {
+fn start_logged_elsewhere(data: &Path, log: &Path) -> (Proc, SocketAddr, SocketAddr) {
     for _ in 0..5 {
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -228,7 +239,7 @@ fn start_logged_elsewhere(data: &Path, log: &Path) -> (std::process::Child, Sock
                 || ureq::get(&format!("http://{api}/health")).timeout(Duration::from_secs(1)).call().is_ok()
         });
         if ready && matches!(child.try_wait(), Ok(None)) {
-            return (child, dns, api);
+            return (Proc(child), dns, api);
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -290,7 +301,7 @@ fn a_write_the_full_disk_refused_is_not_served_and_writes_work_again_once_space_
     let data = disk.0.join("data");
     let log = scratch.0.join("node.log");
     let (mut child, dns, api) = start_logged_elsewhere(&data, &log);
-    let pid = child.id();
+    let pid = child.0.id();
     let (first, body) = batch("before", 5);
     assert_eq!(post(api, &body).0, 200);
     // Fill what is left of the file system.
@@ -343,20 +354,18 @@ fn a_write_the_full_disk_refused_is_not_served_and_writes_work_again_once_space_
         "writes fail after space came back (last answer {code}): {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert_eq!(child.id(), pid);
-    assert!(matches!(child.try_wait(), Ok(None)), "the node kept running");
+    assert_eq!(child.0.id(), pid);
+    assert!(matches!(child.0.try_wait(), Ok(None)), "the node kept running");
     assert!(!dig_short(dns, &after[0]).is_empty());
     // And after a restart the disk agrees with what was answered.
-    let _ = child.kill();
-    let _ = child.wait();
-    let (mut again, dns, _api) = start_logged_elsewhere(&data, &log);
+    drop(child);
+    let (again, dns, _api) = start_logged_elsewhere(&data, &log);
     for name in refused.iter().step_by(7) {
         assert_eq!(dig_short(dns, name), "", "{name} was refused yet came back after a restart");
     }
     for name in acked.iter().step_by(11).chain(&after) {
         assert!(!dig_short(dns, name).is_empty(), "{name} was acknowledged but lost in the restart");
     }
-    let _ = again.kill();
-    let _ = again.wait();
+    drop(again);
     drop(disk);
 }

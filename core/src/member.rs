@@ -12,6 +12,16 @@
 //! results, members up and down, lookups done, provider changes for the
 //! [tracker](crate::overlay::tracker)).
 //!
+//! A client's write ([`Command::Write`], [`Command::DeleteName`]) is applied
+//! only once it is durable: the member checks it, emits the entries it will
+//! write as [`Output::Persist`]s followed by [`Event::Persisting`], and
+//! waits. The driver makes them durable and says how that went with
+//! [`Input::Persisted`]; only then does the write reach the store, the DNS
+//! view and the peers, and [`Event::Written`] answer it. A write the disk
+//! refused changes nothing (a full disk once served writes it had answered
+//! with an error, until a restart lost them). Entries from gossip are
+//! applied at once and persisted after: peers hold them too.
+//!
 //! ```text
 //! let mut m = Member::new(Config { gossip, node_id }, now(), os_random());
 //! m.restore(entries_from_disk, persisted_incarnation);     // optional, once
@@ -19,7 +29,9 @@
 //! loop {
 //!     loop { match m.poll_output() {
 //!         Output::Transmit(t) => send t.bytes to t.to, framed,
-//!         Output::Persist(p) => queue p; acknowledge writes once durable,
+//!         Output::Persist(p) => queue p, in order,
+//!         Output::Event(Event::Persisting { id }) => once the queued
+//!             persists are durable: m.handle(now(), Input::Persisted { id, result }),
 //!         Output::Event(e) => mirror the view, answer writes, log,
 //!         Output::Timeout(at) => { arm the one timer at `at`; break }
 //!     } }
@@ -30,14 +42,14 @@
 //! The output queue only ever holds what one input produced; the driver
 //! drains it after every input.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use serde::Serialize;
 
 use crate::dns::{Name, RRset, RType, RecordStore};
 use crate::gossip::{self, DecodeError, Gossip, MemberState, Now, PeerAddr};
-use crate::replica::{Change, Entry, Namespace, NodeId, Refused, Store};
+use crate::replica::{Change, Entry, Namespace, NodeId, Refused, Store, Version};
 use crate::time::{Duration, Instant};
 use crate::Transmit;
 
@@ -57,9 +69,11 @@ pub enum Command {
     Join(Vec<PeerAddr>),
     /// Tell peers we leave, then go quiet.
     Leave,
-    /// Put these RRsets and remove those, as this node's writes. Ends with
-    /// [`Event::Written`] carrying `id`, after the [`Output::Persist`]s it
-    /// caused (acknowledge only once those are durable).
+    /// Put these RRsets and remove those, as this node's writes. A write
+    /// that passes the checks emits its [`Output::Persist`]s and
+    /// [`Event::Persisting`] with `id`, and is applied once the driver
+    /// reports them durable ([`Input::Persisted`]); every write ends with
+    /// [`Event::Written`] carrying `id`.
     Write {
         /// The caller's token, echoed in the event.
         id: u64,
@@ -96,6 +110,16 @@ pub enum Input {
     Timeout,
     /// A caller's command.
     Command(Command),
+    /// The persists of write `id` (every [`Output::Persist`] up to its
+    /// [`Event::Persisting`]) are durable (`Ok`), or could not be stored
+    /// (`Err` with the reason: the write is then dropped, nothing changed).
+    /// Report every `Persisting` exactly once, in any order.
+    Persisted {
+        /// The write's token.
+        id: u64,
+        /// How the disk took it.
+        result: Result<(), String>,
+    },
 }
 
 /// A change to make durable, in the order given; at start, pass what was
@@ -131,12 +155,14 @@ pub enum WriteError {
     Conflict(String),
     /// The replicated store refused part of it (a limit).
     Refused(String),
+    /// The disk did not take it (full, failing); nothing changed.
+    Storage(String),
 }
 
 impl core::fmt::Display for WriteError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            WriteError::Conflict(m) | WriteError::Refused(m) => f.write_str(m),
+            WriteError::Conflict(m) | WriteError::Refused(m) | WriteError::Storage(m) => f.write_str(m),
         }
     }
 }
@@ -157,6 +183,14 @@ pub struct WriteReport {
 pub enum Event {
     /// The DNS view changed.
     View(ViewChange),
+    /// The [`Output::Persist`]s of write `id` are all out (they are the
+    /// last ones before this event): once every persist emitted so far is
+    /// durable, or failed, say so with [`Input::Persisted`]. Until then the
+    /// write is neither applied nor answered.
+    Persisting {
+        /// The write's token.
+        id: u64,
+    },
     /// A [`Command::Write`] or [`Command::DeleteName`] ended.
     Written {
         /// The caller's token.
@@ -214,6 +248,22 @@ pub enum Output {
     Timeout(Instant),
 }
 
+/// Client writes waiting for the disk at most (each holds one API caller);
+/// more are refused until the disk answers for some.
+pub const PENDING_WRITES_MAX: usize = 4096;
+
+/// A client write that passed the checks and waits for the disk.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    puts: Vec<RRset>,
+    /// Only the sets that were in the view when it was checked.
+    removes: Vec<(Name, RType)>,
+    /// The DNS keys it writes.
+    keys: Vec<Bytes>,
+    report: WriteReport,
+}
+
 /// How long remote writes took to arrive: from the wall time in the
 /// writer's version to when this node applied them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -244,6 +294,16 @@ pub struct Member {
     last_incarnation: u64,
     /// Refusals of the write being handled.
     refused: Vec<(Bytes, Refused)>,
+    /// Client writes persisted but not yet reported durable, oldest first;
+    /// at most [`PENDING_WRITES_MAX`].
+    pending: VecDeque<Pending>,
+    /// Keys of the pending writes, with how many hold each: the disk row of
+    /// such a key follows the last pending write's outcome, not the store
+    /// (see [`Member::persist`]).
+    held: BTreeMap<(Namespace, Bytes), u32>,
+    /// The DNS keys of the durable write being applied: their rows are on
+    /// disk already.
+    applying: Vec<Bytes>,
     rejected_remote: u64,
     lag: Lag,
 }
@@ -283,6 +343,9 @@ impl Member {
             gossip_deadline: now.at,
             last_incarnation: 0,
             refused: Vec::new(),
+            pending: VecDeque::new(),
+            held: BTreeMap::new(),
+            applying: Vec::new(),
             rejected_remote: 0,
             lag: Lag::default(),
         };
@@ -383,23 +446,21 @@ impl Member {
             }
             Input::Command(Command::Leave) => self.gossip.handle(now, gossip::Input::Command(gossip::Command::Leave)),
             Input::Command(Command::Gossip(c)) => self.gossip.handle(now, gossip::Input::Command(c)),
-            Input::Command(Command::Write { id, puts, removes }) => {
-                let result = self.write(now, puts, removes);
-                return self.finish_write(id, result);
-            }
+            Input::Command(Command::Write { id, puts, removes }) => self.submit(now, id, puts, removes),
             Input::Command(Command::DeleteName { id, name }) => {
                 let types: Vec<(Name, RType)> =
                     self.view.rrsets_at(&name, now.wall_ms).map(|s| (name.clone(), s.rtype)).collect();
-                let result = self.write(now, Vec::new(), types);
-                return self.finish_write(id, result);
+                self.submit(now, id, Vec::new(), types);
             }
+            Input::Persisted { id, result } => self.persisted(now, id, result),
         }
         self.drain();
     }
 
-    fn write(&mut self, now: Now, puts: Vec<RRset>, removes: Vec<(Name, RType)>) -> Result<WriteReport, WriteError> {
+    /// Checks a client write against the DNS rules and the view as it is.
+    fn check(&self, now: Now, puts: &[RRset], removes: &[(Name, RType)]) -> Result<(), WriteError> {
         // A CNAME must stand alone at its name (RFC 1034 section 3.6.2).
-        for set in &puts {
+        for set in puts {
             let clash = self
                 .view
                 .rrsets_at(&set.owner, now.wall_ms)
@@ -413,42 +474,233 @@ impl Member {
                 )));
             }
         }
-        let mut report = WriteReport::default();
-        for (name, rtype) in removes {
-            if self.view.get(&name, rtype, now.wall_ms).is_some() {
-                report.removed += 1;
-                let key = dns_key(&name, rtype);
-                let delete = gossip::Command::Delete { ns: Namespace::DNS, key };
-                self.gossip.handle(now, gossip::Input::Command(delete));
-            }
+        Ok(())
+    }
+
+    /// Takes a client write: checks it, persists the entries it will write
+    /// and waits for [`Input::Persisted`]; or answers it at once when it is
+    /// refused or changes nothing.
+    fn submit(&mut self, now: Now, id: u64, puts: Vec<RRset>, removes: Vec<(Name, RType)>) {
+        let result = self.prepare(now, id, puts, removes);
+        match result {
+            Ok(None) => {}
+            Ok(Some(report)) => self.out.push_back(Output::Event(Event::Written { id, result: Ok(report) })),
+            Err(e) => self.out.push_back(Output::Event(Event::Written { id, result: Err(e) })),
         }
-        for set in puts {
-            if self.view.get(&set.owner, set.rtype, now.wall_ms).is_some() {
+    }
+
+    /// [`Member::submit`]'s work: `Ok(None)` when the write now waits for
+    /// the disk, `Ok(Some(report))` when it had nothing to write.
+    fn prepare(
+        &mut self,
+        now: Now,
+        id: u64,
+        puts: Vec<RRset>,
+        removes: Vec<(Name, RType)>,
+    ) -> Result<Option<WriteReport>, WriteError> {
+        if self.pending.len() >= PENDING_WRITES_MAX {
+            return Err(WriteError::Refused(format!(
+                "{PENDING_WRITES_MAX} writes are already waiting for the disk; try again shortly"
+            )));
+        }
+        self.check(now, &puts, &removes)?;
+        let wall = now.wall_ms;
+        // Removing what is not there removes nothing and writes nothing.
+        let removes: Vec<(Name, RType)> =
+            removes.into_iter().filter(|(n, t)| self.view.get(n, *t, wall).is_some()).collect();
+        let mut report = WriteReport { removed: removes.len(), ..WriteReport::default() };
+        for set in &puts {
+            let removed_first = removes.iter().any(|(n, t)| *t == set.rtype && n.eq_ignore_case(&set.owner));
+            if self.view.get(&set.owner, set.rtype, wall).is_some() && !removed_first {
                 report.replaced += 1;
             } else {
                 report.inserted += 1;
             }
+        }
+        if puts.is_empty() && removes.is_empty() {
+            return Ok(Some(report));
+        }
+        // The entries this write will make, checked against the store's
+        // limits now, so that a write the store would refuse never reaches
+        // the disk.
+        let store = self.gossip.store();
+        let cfg = store.config();
+        let me = self.gossip.id();
+        let refused = |what: String, reason: Refused| {
+            WriteError::Refused(format!("the replicated store refused {what}: {reason:?}"))
+        };
+        // Every entry of this write gets a version later than any this node
+        // wrote, than the entry it replaces and than the wall clock. When it
+        // is applied the store issues its own version (never earlier, unless
+        // the wall clock stepped back), which is not persisted again: the row
+        // on disk holds the same value, and a restarted node takes the later
+        // version back from its peers. Writing every client write once keeps
+        // group commit's throughput.
+        let mut version = Version::new(wall, 0).max(Version(store.max_of(me).0.saturating_add(1)));
+        let mut entries = Vec::with_capacity(puts.len() + removes.len());
+        let mut fresh = 0usize;
+        for (name, rtype) in &removes {
+            let key = dns_key(name, *rtype);
+            if let Some(old) = store.get(Namespace::DNS, &key, wall) {
+                version = version.max(Version(old.version.0.saturating_add(1)));
+            }
+            entries.push(Entry {
+                ns: Namespace::DNS,
+                key,
+                value: Bytes::new(),
+                writer: me,
+                version: Version::ZERO,
+                expires_ms: 0,
+                deleted: true,
+            });
+        }
+        for set in &puts {
+            let key = dns_key(&set.owner, set.rtype);
+            let value = Bytes::from(set.to_bytes());
+            let what = || format!("{} {}", display_name(&set.owner), set.rtype);
+            if key.len() > cfg.key_bytes_max || value.len() > cfg.value_bytes_max {
+                return Err(refused(what(), Refused::TooLarge));
+            }
+            match store.get(Namespace::DNS, &key, wall) {
+                Some(old) => version = version.max(Version(old.version.0.saturating_add(1))),
+                None => fresh += 1,
+            }
+            if store.len().saturating_add(fresh) > cfg.entries_max
+                || (store.seen_of(me) == Version::ZERO && store.writers() >= cfg.writers_max)
+            {
+                return Err(refused(what(), Refused::Full));
+            }
+            entries.push(Entry {
+                ns: Namespace::DNS,
+                key,
+                value,
+                writer: me,
+                version: Version::ZERO,
+                expires_ms: set.expires_at_ms,
+                deleted: false,
+            });
+        }
+        let mut keys = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            e.version = version;
+            version = Version(version.0.saturating_add(1));
+            keys.push(e.key.clone());
+            *self.held.entry((Namespace::DNS, e.key.clone())).or_default() += 1;
+            self.out.push_back(Output::Persist(Persist::Put(e)));
+        }
+        self.out.push_back(Output::Event(Event::Persisting { id }));
+        self.pending.push_back(Pending { id, puts, removes, keys, report });
+        Ok(None)
+    }
+
+    /// The disk answered for write `id`: apply it, or drop it.
+    fn persisted(&mut self, now: Now, id: u64, result: Result<(), String>) {
+        let Some(at) = self.pending.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let Some(p) = self.pending.remove(at) else { return };
+        for k in &p.keys {
+            let key = (Namespace::DNS, k.clone());
+            if let Some(n) = self.held.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held.remove(&key);
+                }
+            }
+        }
+        let result = match result {
+            Err(reason) => {
+                // Nothing of it is on disk, nor anywhere else.
+                self.sync(&p.keys);
+                Err(WriteError::Storage(format!("the write could not be stored on disk: {reason}")))
+            }
+            // The view may have changed while the disk worked.
+            Ok(()) => match self.check(now, &p.puts, &p.removes) {
+                Err(e) => {
+                    self.sync(&p.keys);
+                    Err(e)
+                }
+                Ok(()) => self.apply_write(now, p),
+            },
+        };
+        self.out.push_back(Output::Event(Event::Written { id, result }));
+    }
+
+    /// Applies a durable write to the store (and so the view and peers).
+    fn apply_write(&mut self, now: Now, p: Pending) -> Result<WriteReport, WriteError> {
+        self.refused.clear();
+        self.applying = p.keys.clone();
+        for (name, rtype) in p.removes {
+            let key = dns_key(&name, rtype);
+            let delete = gossip::Command::Delete { ns: Namespace::DNS, key };
+            self.gossip.handle(now, gossip::Input::Command(delete));
+        }
+        for set in p.puts {
             let key = dns_key(&set.owner, set.rtype);
             let value = Bytes::from(set.to_bytes());
             let write = gossip::Command::Write { ns: Namespace::DNS, key, value, expires_ms: set.expires_at_ms };
             self.gossip.handle(now, gossip::Input::Command(write));
         }
-        Ok(report)
-    }
-
-    /// Ends a write: drains what it caused (so its persists come first),
-    /// then reports it, refused if the store refused any part.
-    fn finish_write(&mut self, id: u64, result: Result<WriteReport, WriteError>) {
-        self.drain();
-        let result = match (result, self.refused.first()) {
-            (Ok(_), Some((key, reason))) => {
+        self.drain_gossip();
+        self.applying.clear();
+        // A part the store refused after all (it filled up meanwhile) is on
+        // disk but not applied: the disk goes back to what the store holds.
+        let refused: Vec<Bytes> = self.refused.iter().map(|(k, _)| k.clone()).collect();
+        self.sync(&refused);
+        match self.refused.first() {
+            Some((key, reason)) => {
                 let what = parse_dns_key(key)
                     .map_or_else(|| "a record".to_string(), |(n, t)| format!("{} {t}", display_name(&n)));
                 Err(WriteError::Refused(format!("the replicated store refused {what}: {reason:?}")))
             }
-            (result, _) => result,
+            None => Ok(p.report),
+        }
+    }
+
+    /// Persists what the store holds under these DNS keys (an entry, a
+    /// tombstone, or nothing), for the keys no pending write holds.
+    fn sync(&mut self, keys: &[Bytes]) {
+        for k in keys {
+            if self.held.contains_key(&(Namespace::DNS, k.clone())) {
+                continue;
+            }
+            let store = self.gossip.store();
+            // Tombstones are not live: look for one only when needed (rare).
+            let held = store
+                .get(Namespace::DNS, k, self.now.wall_ms)
+                .or_else(|| store.entries().find(|e| e.ns == Namespace::DNS && e.key == *k))
+                .cloned();
+            let op = match held {
+                Some(e) => Persist::Put(e),
+                None => Persist::Remove(Namespace::DNS, k.clone()),
+            };
+            self.out.push_back(Output::Persist(op));
+        }
+    }
+
+    /// Emits a persist from the store's change feed, unless a pending write
+    /// holds the key: its row on disk is then that write's, and whatever
+    /// becomes of the write persists the key again ([`Member::sync`] or its
+    /// own change). So an acknowledged write is never overwritten on disk
+    /// by an earlier one applied after it was persisted. The entries of the
+    /// write being applied are on disk already.
+    fn persist(&mut self, op: Persist) {
+        if let Persist::Put(e) = &op {
+            if e.writer == self.gossip.id() && e.ns == Namespace::DNS && self.applying.contains(&e.key) {
+                return;
+            }
+        }
+        let key = match &op {
+            Persist::Put(e) => (e.ns, e.key.clone()),
+            Persist::Remove(ns, k) => (*ns, k.clone()),
+            Persist::Incarnation(_) => {
+                self.out.push_back(Output::Persist(op));
+                return;
+            }
         };
-        self.out.push_back(Output::Event(Event::Written { id, result }));
+        if !self.held.contains_key(&key) {
+            self.out.push_back(Output::Persist(op));
+        }
     }
 
     /// Drains gossip into outputs, then persists a changed incarnation.
@@ -502,7 +754,7 @@ impl Member {
                 if entry.ns == Namespace::DNS {
                     self.follow_dns(entry);
                 }
-                self.out.push_back(Output::Persist(Persist::Put(entry.clone())));
+                self.persist(Persist::Put(entry.clone()));
             }
             Change::Removed { ns, key } => {
                 if *ns == Namespace::DNS {
@@ -510,7 +762,7 @@ impl Member {
                         self.remove_from_view(name, rtype);
                     }
                 }
-                self.out.push_back(Output::Persist(Persist::Remove(*ns, key.clone())));
+                self.persist(Persist::Remove(*ns, key.clone()));
             }
         }
         let ns = match &change {

@@ -70,9 +70,45 @@ fn written(out: &[Output]) -> Result<WriteReport, WriteError> {
     results[0].clone()
 }
 
+/// The ids of the writes that wait for the disk, in the order given.
+fn persisting(out: &[Output]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Persisting { id }) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Drains, and reports every write that waits for the disk as durable
+/// (as a driver with a healthy disk does); every output, in order.
+fn drain_durable(m: &mut Member, at_us: u64) -> Vec<Output> {
+    let (mut out, _) = drain(m);
+    for id in persisting(&out) {
+        m.handle(now_at(at_us), Input::Persisted { id, result: Ok(()) });
+        out.extend(drain(m).0);
+    }
+    out
+}
+
 fn write(m: &mut Member, at_us: u64, id: u64, puts: Vec<RRset>, removes: Vec<(Name, RType)>) -> Vec<Output> {
     m.handle(now_at(at_us), Input::Command(Command::Write { id, puts, removes }));
+    drain_durable(m, at_us)
+}
+
+/// Sends a write and drains, without answering for the disk.
+fn write_pending(m: &mut Member, at_us: u64, id: u64, puts: Vec<RRset>) -> Vec<Output> {
+    m.handle(now_at(at_us), Input::Command(Command::Write { id, puts, removes: Vec::new() }));
     drain(m).0
+}
+
+fn dns_puts(out: &[Output]) -> Vec<rumor_core::replica::Entry> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Persist(Persist::Put(e)) if e.ns == Namespace::DNS => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -104,7 +140,7 @@ fn deleting_a_name_removes_every_set_and_persists_tombstones() {
         now_at(2_000),
         Input::Command(Command::DeleteName { id: 2, name: Name::from_ascii("host.example").unwrap() }),
     );
-    let (out, _) = drain(&mut m);
+    let out = drain_durable(&mut m, 2_000);
     assert_eq!(written(&out), Ok(WriteReport { inserted: 0, replaced: 0, removed: 2 }));
     let removed = out.iter().filter(|o| matches!(o, Output::Event(Event::View(ViewChange::Remove(..))))).count();
     let tombstones = out.iter().filter(|o| matches!(o, Output::Persist(Persist::Put(e)) if e.deleted)).count();
@@ -275,4 +311,143 @@ fn a_write_on_one_member_reaches_the_other_s_view_and_its_lag_is_measured() {
     assert_eq!(lag.count, 2, "{lag:?}");
     assert!(lag.max_ms >= 2 && lag.max_ms < 1_000, "{lag:?}");
     assert_eq!(one.lag().count, 0, "own writes are not measured");
+}
+
+#[test]
+fn a_write_is_persisted_first_and_applied_only_once_the_disk_says_it_is_durable() {
+    let mut m = member(0);
+    drain(&mut m);
+    let out = write_pending(&mut m, 1_000, 1, vec![a("later.example", 1)]);
+    assert_eq!(persisting(&out), vec![1]);
+    assert_eq!(dns_puts(&out).len(), 1, "the entry to make durable: {out:?}");
+    let last_put = out.iter().rposition(|o| matches!(o, Output::Persist(_))).unwrap();
+    let waiting = out.iter().position(|o| matches!(o, Output::Event(Event::Persisting { .. }))).unwrap();
+    assert!(last_put < waiting, "the persists come before the event that names them");
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Written { .. } | Event::View(_)))));
+    assert_eq!(m.view().rrset_count(), 0, "nothing is served before it is durable");
+    assert!(m
+        .store()
+        .get(Namespace::DNS, &rumor_core::member::dns_key(&a("later.example", 1).owner, RType::A), WALL0 + 1)
+        .is_none());
+    m.handle(now_at(2_000), Input::Persisted { id: 1, result: Ok(()) });
+    let (out, _) = drain(&mut m);
+    assert_eq!(written(&out), Ok(WriteReport { inserted: 1, replaced: 0, removed: 0 }));
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::View(ViewChange::Put(_))))));
+    assert!(dns_puts(&out).is_empty(), "its row is on disk already: {out:?}");
+    assert_eq!(m.view().rrset_count(), 1);
+}
+
+#[test]
+fn a_write_whose_persist_fails_changes_no_view_no_store_and_no_peer() {
+    let (mut one, mut two) = (member(0), member(1));
+    two.handle(now_at(0), Input::Command(Command::Join(vec![PeerAddr("n0".into())])));
+    run_pair(&mut one, &mut two, 0, 3_000_000, 0);
+    let entries_before = one.store().len();
+    let sent_before = one.gossip().stats().messages_out;
+    let out = write_pending(&mut one, 3_000_000, 1, vec![a("refused.example", 1)]);
+    assert_eq!(persisting(&out), vec![1]);
+    one.handle(now_at(3_001_000), Input::Persisted { id: 1, result: Err("No space left on device".into()) });
+    let (out, _) = drain(&mut one);
+    match written(&out) {
+        Err(WriteError::Storage(msg)) => assert!(msg.contains("No space left on device"), "{msg}"),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::View(_)) | Output::Transmit(_))), "{out:?}");
+    assert_eq!(one.view().rrset_count(), 0);
+    assert_eq!(one.store().len(), entries_before, "the store holds nothing of it");
+    assert_eq!(one.gossip().stats().messages_out, sent_before, "no push went out");
+    // The disk's row goes back to what the store holds: nothing.
+    assert!(out.iter().any(|o| matches!(o, Output::Persist(Persist::Remove(ns, _)) if *ns == Namespace::DNS)));
+    run_pair(&mut one, &mut two, 3_001_000, 6_000_000, 0);
+    assert_eq!(two.view().rrset_count(), 0, "the peer never hears of it");
+    // The next write, once the disk is back, goes through.
+    write(&mut one, 6_000_000, 2, vec![a("accepted.example", 2)], Vec::new());
+    run_pair(&mut one, &mut two, 6_000_000, 8_000_000, 0);
+    assert_eq!((one.view().rrset_count(), two.view().rrset_count()), (1, 1));
+}
+
+#[test]
+fn an_earlier_write_applied_late_does_not_overwrite_a_later_one_on_disk() {
+    let mut m = member(0);
+    drain(&mut m);
+    let first = write_pending(&mut m, 1_000, 1, vec![a("same.example", 1)]);
+    let second = write_pending(&mut m, 1_500, 2, vec![a("same.example", 2)]);
+    assert_eq!((dns_puts(&first).len(), dns_puts(&second).len()), (1, 1));
+    // Both are durable in that order; the first applies: the row on disk is
+    // the second's, and stays so.
+    m.handle(now_at(2_000), Input::Persisted { id: 1, result: Ok(()) });
+    let out = drain(&mut m).0;
+    assert!(written(&out).is_ok());
+    assert!(dns_puts(&out).is_empty() && !out.iter().any(|o| matches!(o, Output::Persist(Persist::Remove(..)))));
+    m.handle(now_at(2_500), Input::Persisted { id: 2, result: Ok(()) });
+    assert!(written(&drain(&mut m).0).is_ok());
+    let name = Name::from_ascii("same.example").unwrap();
+    assert_eq!(m.view().get(&name, RType::A, WALL0 + 3).unwrap().data, a("same.example", 2).data);
+}
+
+#[test]
+fn a_failed_write_puts_back_on_disk_what_an_earlier_one_applied() {
+    let mut m = member(0);
+    drain(&mut m);
+    write_pending(&mut m, 1_000, 1, vec![a("back.example", 1)]);
+    write_pending(&mut m, 1_500, 2, vec![a("back.example", 2)]);
+    m.handle(now_at(2_000), Input::Persisted { id: 1, result: Ok(()) });
+    drain(&mut m);
+    m.handle(now_at(2_500), Input::Persisted { id: 2, result: Err("disk full".into()) });
+    let out = drain(&mut m).0;
+    assert!(matches!(written(&out), Err(WriteError::Storage(_))));
+    let rows = dns_puts(&out);
+    assert_eq!(rows.len(), 1, "the first write's entry goes back on disk: {out:?}");
+    assert_eq!(rows[0].value.as_ref(), a("back.example", 1).to_bytes().as_slice());
+}
+
+#[test]
+fn a_conflict_that_arose_while_the_disk_worked_refuses_the_write_and_restores_the_row() {
+    let mut m = member(0);
+    drain(&mut m);
+    write_pending(&mut m, 1_000, 1, vec![a("both.example", 1)]);
+    write_pending(&mut m, 1_500, 2, vec![cname("both.example", "elsewhere.example")]);
+    m.handle(now_at(2_000), Input::Persisted { id: 1, result: Ok(()) });
+    drain(&mut m);
+    m.handle(now_at(2_500), Input::Persisted { id: 2, result: Ok(()) });
+    let out = drain(&mut m).0;
+    assert!(matches!(written(&out), Err(WriteError::Conflict(_))), "{out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::Persist(Persist::Remove(..)))), "the CNAME's row goes: {out:?}");
+    assert_eq!(m.view().rrset_count(), 1);
+}
+
+#[test]
+fn writes_beyond_the_pending_limit_are_refused_at_once() {
+    let mut m = member(0);
+    drain(&mut m);
+    for id in 0..rumor_core::member::PENDING_WRITES_MAX as u64 {
+        let out = write_pending(&mut m, 1_000, id, vec![a(&format!("h{id}.example"), 1)]);
+        assert_eq!(persisting(&out), vec![id]);
+    }
+    let out = write_pending(&mut m, 1_000, u64::MAX, vec![a("one-too-many.example", 1)]);
+    assert!(matches!(written(&out), Err(WriteError::Refused(_))));
+    assert!(!out.iter().any(|o| matches!(o, Output::Persist(_))));
+}
+
+#[test]
+fn remote_entries_for_a_key_a_write_holds_reach_the_disk_once_the_write_ends() {
+    let (mut one, mut two) = (member(0), member(1));
+    two.handle(now_at(0), Input::Command(Command::Join(vec![PeerAddr("n0".into())])));
+    run_pair(&mut one, &mut two, 0, 3_000_000, 0);
+    write_pending(&mut one, 3_000_000, 1, vec![a("raced.example", 1)]);
+    write(&mut two, 3_000_000, 1, vec![a("raced.example", 2)], Vec::new());
+    // Two's write arrives at one while one's own waits for the disk.
+    let mut rows = Vec::new();
+    let mut t = 3_000_000;
+    while t < 4_000_000 {
+        run_pair(&mut one, &mut two, t, t + 10_000, 0);
+        t += 10_000;
+    }
+    let name = Name::from_ascii("raced.example").unwrap();
+    assert!(one.view().get(&name, RType::A, WALL0 + 4_000).is_some(), "the remote write is served");
+    one.handle(now_at(t), Input::Persisted { id: 1, result: Err("disk full".into()) });
+    let out = drain(&mut one).0;
+    rows.extend(dns_puts(&out));
+    assert_eq!(rows.len(), 1, "{out:?}");
+    assert_eq!(rows[0].value.as_ref(), a("raced.example", 2).to_bytes().as_slice(), "the remote entry, now on disk");
 }

@@ -117,7 +117,10 @@ async fn write(
         Ok(report) => Ok(report),
         Err(WriteError::Refused(Refusal::Conflict(m))) => Err(ApiError(StatusCode::CONFLICT, m)),
         Err(WriteError::Refused(Refusal::Refused(m))) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, m)),
-        Err(WriteError::Storage(m)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, m)),
+        // The disk did not take it (full, failing): nothing changed.
+        Err(WriteError::Storage(m) | WriteError::Refused(Refusal::Storage(m))) => {
+            Err(ApiError(StatusCode::INSUFFICIENT_STORAGE, m))
+        }
     }
 }
 

@@ -70,6 +70,10 @@ struct NodeArgs {
     /// Keep records in memory only.
     #[arg(long, env = "RUMOR_EPHEMERAL")]
     ephemeral: bool,
+    /// Start on a damaged database: keep every entry that verifies (the
+    /// damaged file stays beside the new one) and fetch the rest from peers.
+    #[arg(long)]
+    repair: bool,
     /// Zones this node is the authority for (repeatable or comma
     /// separated). Without any, every name the cluster holds is answered.
     #[arg(long = "zone", env = "RUMOR_ZONES", value_delimiter = ',')]
@@ -464,8 +468,9 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     } else {
         let dir = args.data.clone();
         let fresh_id = node::os_random();
+        let repair = args.repair;
         let (p, loaded) =
-            rt::spawn_blocking(move || persist::open(&dir, fresh_id)).await.map_err(|e| e.to_string())??;
+            rt::spawn_blocking(move || persist::open(&dir, fresh_id, repair)).await.map_err(|e| e.to_string())??;
         tracing::info!(entries = loaded.entries.len(), dir = %args.data.display(), "data loaded");
         (Some(p), loaded)
     };

@@ -35,7 +35,8 @@ pub const INBOUND_MAX: usize = 4096;
 pub enum WriteError {
     /// The member refused it (a DNS rule, a store limit).
     Refused(member::WriteError),
-    /// Applied in memory, but the disk write failed.
+    /// The disk did not take it (full, failing): nothing changed, nothing
+    /// is served.
     Storage(String),
 }
 
@@ -50,7 +51,7 @@ pub enum Command {
         puts: Vec<RRset>,
         /// RRsets to remove.
         removes: Vec<(Name, RType)>,
-        /// Told once applied (and durable, with a data directory).
+        /// Told once durable (with a data directory) and applied.
         reply: WriteReply,
     },
     /// Remove every RRset of a name.
@@ -275,10 +276,14 @@ pub struct Node {
     auth_warned: HashSet<std::net::IpAddr>,
     member_deadline: rumor_core::time::Instant,
     tracker_deadline: rumor_core::time::Instant,
-    /// Writes waiting for the member's answer, by token. The member
-    /// answers every write within the same drive, so this only ever holds
-    /// the one being handled.
+    /// Writes waiting for the member's answer, by token: those waiting for
+    /// the disk, at most the member's `PENDING_WRITES_MAX` (it refuses the
+    /// rest at once).
     writes: HashMap<u64, WriteReply>,
+    /// The disk's answers for writes waiting on it (write token, outcome),
+    /// sent by the persister's thread; as many as writes wait, at most.
+    durable_tx: async_channel::Sender<(u64, Result<(), String>)>,
+    durable_rx: async_channel::Receiver<(u64, Result<(), String>)>,
     /// Announces and scrapes waiting for the tracker's answer, by token:
     /// the parked ones (at most the tracker's `parked_max`, each answered
     /// by its park timeout); every other is answered within its drive.
@@ -310,6 +315,7 @@ impl Node {
         let (tx, rx) = async_channel::bounded(COMMANDS_MAX);
         let seed = os_random();
         let now = parts.clock.both();
+        let (durable_tx, durable_rx) = async_channel::unbounded();
         let mut tracker = Tracker::new(tracker::Config::new(parts.tracker_interval_s), now);
         tracker.restore(parts.member.store().live(rumor_core::replica::Namespace::PROVIDERS, now.wall_ms));
         let node = Node {
@@ -322,6 +328,8 @@ impl Node {
             member_deadline: now.at,
             tracker_deadline: now.at,
             writes: HashMap::new(),
+            durable_tx,
+            durable_rx,
             answers: HashMap::new(),
             next_id: 0,
             authority: parts.authority,
@@ -354,6 +362,7 @@ impl Node {
         let mut forward_rx = self.forward_rx.take();
         let mut joins = self.joins.take();
         let inbound = self.inbound.clone();
+        let durable = self.durable_rx.clone();
         // Whatever restoring the store produced (sends, persistence).
         self.drive(Vec::new(), Vec::new());
         loop {
@@ -369,6 +378,11 @@ impl Node {
             // flood cannot starve the operator.
             futures::select_biased! {
                 _ = shutdown.wait().fuse() => break,
+                stored = durable.recv().fuse() => {
+                    if let Ok((id, result)) = stored {
+                        self.feed_member(member::Input::Persisted { id, result });
+                    }
+                }
                 cmd = rx.recv().fuse() => match cmd {
                     Ok(cmd) => self.command(cmd),
                     Err(_) => break,
@@ -401,6 +415,10 @@ impl Node {
         rt::sleep(std::time::Duration::from_millis(100)).await;
         if let Some(p) = self.persister.take() {
             rt::spawn_blocking(move || p.shutdown()).await.ok();
+        }
+        // Writes that became durable meanwhile are answered as such.
+        while let Ok((id, result)) = durable.try_recv() {
+            self.feed_member(member::Input::Persisted { id, result });
         }
     }
 
@@ -453,11 +471,12 @@ impl Node {
     /// Drains both machines until neither has more to say, passing the
     /// tracker's gossip commands to the member and the member's provider
     /// changes and lookup ends to the tracker; carries out the rest. The
-    /// persistence it collects goes to disk together, and the writes that
-    /// ended are acknowledged once it is durable.
+    /// persistence it collects goes to disk together, and the member hears
+    /// for each write waiting on it ([`member::Event::Persisting`]) how
+    /// that went.
     fn drive(&mut self, mut to_member: Vec<member::Command>, mut to_tracker: Vec<tracker::Input>) {
         let mut ops: Vec<Persist> = Vec::new();
-        let mut done: Vec<(WriteReply, WriteReport)> = Vec::new();
+        let mut waiting: Vec<u64> = Vec::new();
         loop {
             let now = self.now();
             for c in to_member.drain(..) {
@@ -467,7 +486,7 @@ impl Node {
                 match self.member.poll_output() {
                     member::Output::Transmit(t) => self.net.send(&t.to, t.bytes),
                     member::Output::Persist(p) => ops.push(p),
-                    member::Output::Event(e) => self.member_event(e, &mut to_tracker, &mut done),
+                    member::Output::Event(e) => self.member_event(e, &mut to_tracker, &mut waiting),
                     member::Output::Timeout(at) => {
                         self.member_deadline = at;
                         break;
@@ -496,30 +515,32 @@ impl Node {
             }
         }
         match &self.persister {
-            Some(p) if !ops.is_empty() || !done.is_empty() => {
-                let ack: Option<crate::persist::Ack> = (!done.is_empty()).then(|| {
+            Some(p) => {
+                if ops.is_empty() && waiting.is_empty() {
+                    return;
+                }
+                let ack: Option<crate::persist::Ack> = (!waiting.is_empty()).then(|| {
+                    let tx = self.durable_tx.clone();
                     Box::new(move |stored: Result<(), String>| {
-                        for (reply, report) in done {
-                            let _ = reply.send(stored.clone().map(|()| report).map_err(WriteError::Storage));
+                        for id in waiting {
+                            // Unbounded, so the writer thread never waits;
+                            // closed only once the node has stopped.
+                            let _ = tx.try_send((id, stored.clone()));
                         }
                     }) as crate::persist::Ack
                 });
                 p.submit(ops, ack);
             }
-            _ => {
-                for (reply, report) in done {
-                    let _ = reply.send(Ok(report));
+            None => {
+                // In memory only: durable as soon as said.
+                for id in waiting {
+                    self.feed_member(member::Input::Persisted { id, result: Ok(()) });
                 }
             }
         }
     }
 
-    fn member_event(
-        &mut self,
-        e: member::Event,
-        to_tracker: &mut Vec<tracker::Input>,
-        done: &mut Vec<(WriteReply, WriteReport)>,
-    ) {
+    fn member_event(&mut self, e: member::Event, to_tracker: &mut Vec<tracker::Input>, waiting: &mut Vec<u64>) {
         match e {
             member::Event::View(change) => {
                 if let Some(v) = &self.view {
@@ -530,15 +551,15 @@ impl Node {
                     let _ = v.send(Control::Update(update));
                 }
             }
+            member::Event::Persisting { id } => waiting.push(id),
             member::Event::Written { id, result } => {
                 if let Some(reply) = self.writes.remove(&id) {
-                    match result {
+                    let _ = reply.send(match result {
+                        Ok(report) => Ok(report),
+                        Err(member::WriteError::Storage(m)) => Err(WriteError::Storage(m)),
                         // Whatever did apply is still persisted and spread.
-                        Err(e) => {
-                            let _ = reply.send(Err(WriteError::Refused(e)));
-                        }
-                        Ok(report) => done.push((reply, report)),
-                    }
+                        Err(e) => Err(WriteError::Refused(e)),
+                    });
                 }
             }
             member::Event::MemberUp { id, addr } => tracing::info!("member {id:016x} at {} is up", addr.0),

@@ -4,16 +4,43 @@
 //! goes into it, and each writer is told only once its write is durable,
 //! so an acknowledged write survives a SIGKILL. What it writes is the
 //! member machine's [`Persist`] output, in order.
+//!
+//! Damage is found, not served. Every stored entry carries a checksum (the
+//! first 8 bytes of SHA-1 over its key and value), and so does the node's
+//! identity; at start redb's integrity check runs and every entry is
+//! verified. A damaged database (flipped bytes, a file emptied or cut
+//! short, a file redb cannot open or panics on) stops the node with a
+//! message naming the file, unless it is started with `--repair`: then a
+//! new database is built from what verifies, the damaged file is kept
+//! beside it, and the node, under a new node id, fetches the rest from its
+//! peers by anti-entropy once it joins. A data directory with no database is a new
+//! node; an existing but empty file never is.
+//!
+//! After a failed transaction (a full disk) redb answers every later one
+//! with `PreviousIo`: the writer reopens the database before the next one.
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use rumor_core::replica::{Entry, Namespace};
-use std::path::Path;
+use sha1::{Digest, Sha1};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Most jobs folded into one transaction.
 const BATCH_MAX: usize = 4096;
+/// The database file in the data directory.
+const FILE: &str = "rumor.redb";
+/// Left in the data directory while its database is known damaged, with
+/// what was found: later starts refuse too, even where redb's own check
+/// already patched the file over.
+const DAMAGE_NOTE: &str = "rumor.redb.damaged";
+/// `META["format"]`: 2 = checksummed entries. Databases without it hold
+/// plain entries (format 1): read once, then rewritten with checksums.
+const FORMAT: u64 = 2;
+/// Bytes of checksum before each stored entry.
+const SUM_BYTES: usize = 8;
 
 // One change to persist: the member machine's persistence output.
 use rumor_core::member::Persist;
@@ -33,7 +60,7 @@ pub struct Loaded {
     pub node_id: u64,
     /// The incarnation of the last run.
     pub incarnation: u64,
-    /// Every entry stored, unreadable ones left out.
+    /// Every entry stored (all verified).
     pub entries: Vec<Entry>,
 }
 
@@ -50,44 +77,311 @@ fn key(ns: Namespace, key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// Opens (or creates) the database in `dir`; a new directory gets
-/// `fresh_node_id` as its node id.
-pub fn open(dir: &Path, fresh_node_id: u64) -> Result<(Persister, Loaded), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join("rumor.redb");
-    let db = Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let txn = db.begin_write().map_err(|e| err(&e))?;
-    let mut entries = Vec::new();
-    let node_id;
-    let incarnation;
-    {
-        let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
-        let stored_id = meta.get("node_id").map_err(|e| err(&e))?.map(|v| v.value());
-        node_id = match stored_id {
-            Some(id) => id,
-            None => {
-                meta.insert("node_id", fresh_node_id).map_err(|e| err(&e))?;
-                fresh_node_id
+/// The checksum of a stored entry: it covers the table key too, so an
+/// entry cannot turn up under another key.
+fn entry_sum(table_key: &[u8], body: &[u8]) -> [u8; SUM_BYTES] {
+    let mut h = Sha1::new();
+    h.update((table_key.len() as u64).to_be_bytes());
+    h.update(table_key);
+    h.update(body);
+    let d = h.finalize();
+    let mut out = [0u8; SUM_BYTES];
+    out.copy_from_slice(&d[..SUM_BYTES]);
+    out
+}
+
+/// The stored form of an entry: checksum, then the postcard bytes.
+fn encode(e: &Entry) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let k = key(e.ns, &e.key);
+    let body = postcard::to_stdvec(e).map_err(|e| e.to_string())?;
+    let mut v = Vec::with_capacity(SUM_BYTES + body.len());
+    v.extend_from_slice(&entry_sum(&k, &body));
+    v.extend_from_slice(&body);
+    Ok((k, v))
+}
+
+/// The entry a stored row holds, if it verifies.
+fn decode(table_key: &[u8], value: &[u8], checksummed: bool) -> Option<Entry> {
+    let body = if checksummed {
+        let (sum, body) = value.split_at_checked(SUM_BYTES)?;
+        if sum != entry_sum(table_key, body) {
+            return None;
+        }
+        body
+    } else {
+        value
+    };
+    let e: Entry = postcard::from_bytes(body).ok()?;
+    (key(e.ns, &e.key) == table_key).then_some(e)
+}
+
+/// The checksum of the node's identity and incarnation.
+fn meta_sum(node_id: u64, incarnation: u64) -> u64 {
+    let mut h = Sha1::new();
+    h.update(b"rumor meta");
+    h.update(node_id.to_be_bytes());
+    h.update(incarnation.to_be_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// What a panic carried, as text.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// What reading a database found.
+#[derive(Default)]
+struct Inspection {
+    /// The database, if redb opened it.
+    db: Option<Database>,
+    node_id: Option<u64>,
+    incarnation: u64,
+    /// Entries that verified.
+    entries: Vec<Entry>,
+    /// Rows that did not.
+    bad_rows: u64,
+    /// Rows in the table, as far as they could be counted.
+    rows: u64,
+    /// A database of the first format (no checksums): rewrite it.
+    old_format: bool,
+    /// What is wrong; empty when nothing is.
+    problems: Vec<String>,
+    /// Why the file cannot be used that is no damage (another process has
+    /// it open, no permission): an error, but no reason to repair.
+    unusable: Option<String>,
+}
+
+/// Opens `path` and reads everything, verifying it; never panics (a redb
+/// panic is one more problem found).
+fn inspect(path: &Path) -> Inspection {
+    match catch_unwind(AssertUnwindSafe(|| inspect_unguarded(path))) {
+        Ok(found) => found,
+        Err(p) => Inspection {
+            problems: vec![format!("redb failed reading it ({})", panic_text(p.as_ref()))],
+            ..Inspection::default()
+        },
+    }
+}
+
+fn inspect_unguarded(path: &Path) -> Inspection {
+    let mut found = Inspection::default();
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) => {
+            found.unusable = Some(e.to_string());
+            return found;
+        }
+    };
+    if len == 0 {
+        found.problems.push(
+            "it is empty (0 bytes), which no database of a node ever is: a new node's data directory has no file"
+                .into(),
+        );
+        return found;
+    }
+    let mut db = match Database::builder().open(path) {
+        Ok(db) => db,
+        Err(e) => {
+            use redb::{DatabaseError as D, StorageError as S};
+            match &e {
+                D::DatabaseAlreadyOpen => found.unusable = Some("another process has it open".into()),
+                D::Storage(S::Io(io)) if io.kind() != std::io::ErrorKind::UnexpectedEof => {
+                    found.unusable = Some(e.to_string())
+                }
+                _ => found.problems.push(format!("redb cannot open it ({e}); it is {len} bytes long")),
             }
-        };
-        incarnation = meta.get("incarnation").map_err(|e| err(&e))?.map_or(0, |v| v.value());
-        let table = txn.open_table(ENTRIES).map_err(|e| err(&e))?;
-        for row in table.iter().map_err(|e| err(&e))? {
-            let (_, v) = row.map_err(|e| err(&e))?;
-            match postcard::from_bytes::<Entry>(v.value()) {
-                Ok(e) => entries.push(e),
-                Err(e) => tracing::warn!("skipping an unreadable stored entry: {e}"),
-            }
+            return found;
+        }
+    };
+    match db.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => found.problems.push("redb's integrity check failed (redb patched the file over)".into()),
+        Err(e) => found.problems.push(format!("redb's integrity check failed ({e})")),
+    }
+    read_all(&db, &mut found);
+    found.db = Some(db);
+    if found.bad_rows > 0 {
+        found.problems.push(format!("{} of {} stored entries fail their checksum", found.bad_rows, found.rows));
+    }
+    found
+}
+
+/// Reads the identity and every entry of `db` into `found`.
+fn read_all(db: &Database, found: &mut Inspection) {
+    let txn = match db.begin_read() {
+        Ok(t) => t,
+        Err(e) => return found.problems.push(format!("cannot read it ({e})")),
+    };
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(e) => return found.problems.push(format!("its node id cannot be read ({e})")),
+    };
+    let get = |k: &str| meta.get(k).map(|v| v.map(|v| v.value()));
+    let (id, inc, format, sum) = match (get("node_id"), get("incarnation"), get("format"), get("meta_sum")) {
+        (Ok(id), Ok(inc), Ok(format), Ok(sum)) => (id, inc.unwrap_or(0), format, sum),
+        _ => return found.problems.push("its node id cannot be read".into()),
+    };
+    found.old_format = format.is_none();
+    match (id, format) {
+        (None, _) => found.problems.push("it holds no node id".into()),
+        (Some(_), Some(f)) if f != FORMAT => {
+            found.problems.push(format!("unknown format {f} (this build reads {FORMAT})"))
+        }
+        (Some(id), Some(_)) if sum != Some(meta_sum(id, inc)) => {
+            found.problems.push("its node id or incarnation fails its checksum".into())
+        }
+        (Some(id), _) => {
+            found.node_id = Some(id);
+            found.incarnation = inc;
         }
     }
-    txn.commit().map_err(|e| err(&e))?;
+    let table = match txn.open_table(ENTRIES) {
+        Ok(t) => t,
+        // A node that never stored an entry has no table yet.
+        Err(redb::TableError::TableDoesNotExist(_)) => return,
+        Err(e) => return found.problems.push(format!("its entries cannot be read ({e})")),
+    };
+    let expected = table.len().unwrap_or(0);
+    let rows = match table.iter() {
+        Ok(rows) => rows,
+        Err(e) => return found.problems.push(format!("its entries cannot be read ({e})")),
+    };
+    for row in rows {
+        let (k, v) = match row {
+            Ok(kv) => kv,
+            Err(e) => {
+                found.problems.push(format!("reading its entries failed after {} ({e})", found.rows));
+                break;
+            }
+        };
+        found.rows += 1;
+        match decode(k.value(), v.value(), !found.old_format) {
+            Some(e) => found.entries.push(e),
+            None => found.bad_rows += 1,
+        }
+    }
+    if found.rows < expected {
+        found.problems.push(format!("{} of its {expected} entries could not be reached", expected - found.rows));
+        found.bad_rows += expected - found.rows;
+        found.rows = expected;
+    }
+}
+
+/// Opens (or creates) the database in `dir`; a new directory gets
+/// `fresh_node_id` as its node id. A damaged database is an error naming
+/// the file and what is wrong, unless `repair`: then what verifies is kept
+/// in a new database (the damaged file stays beside it) and the node comes
+/// up with that, under `fresh_node_id`.
+pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, Loaded), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(FILE);
+    let note = dir.join(DAMAGE_NOTE);
+    let (db, loaded) = if !path.exists() {
+        let _ = std::fs::remove_file(&note);
+        (create(&path, fresh_node_id, 0, &[])?, Loaded { node_id: fresh_node_id, incarnation: 0, entries: Vec::new() })
+    } else {
+        let mut found = inspect(&path);
+        if let Some(why) = found.unusable.take() {
+            return Err(format!("cannot open {}: {why}", path.display()));
+        }
+        if let Ok(earlier) = std::fs::read_to_string(&note) {
+            if found.problems.is_empty() {
+                found.problems.push(format!("an earlier start found it damaged: {}", earlier.trim()));
+            }
+        }
+        if found.problems.is_empty() {
+            let node_id = found.node_id.expect("a database without problems has a node id");
+            let db = found.db.take().expect("a database without problems is open");
+            if found.old_format {
+                upgrade(&db, node_id, found.incarnation, &found.entries)
+                    .map_err(|e| format!("{}: cannot add checksums to its entries: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), entries = found.entries.len(), "stored entries now carry checksums");
+            }
+            (db, Loaded { node_id, incarnation: found.incarnation, entries: found.entries })
+        } else if !repair {
+            let what = found.problems.join("; ");
+            let _ = std::fs::write(&note, format!("{what}\n"));
+            return Err(format!(
+                "{} is damaged: {what}. Refusing to start on it. Start with --repair to keep every entry that \
+                 verifies ({} found) and fetch the rest from the cluster's peers once joined; the damaged file \
+                 is kept beside the new one",
+                path.display(),
+                found.entries.len()
+            ));
+        } else {
+            drop(found.db.take());
+            let kept = dir.join(format!("{FILE}.bad-{}", unix_secs()));
+            // A repaired node comes back as a new member: peers send a node
+            // only its own writes past the newest it holds, so a database
+            // with holes must not claim to be the writer of what it kept.
+            // Under a new id every kept entry is another writer's, and the
+            // peers send all that is missing.
+            let node_id = fresh_node_id;
+            let building = dir.join(format!("{FILE}.repairing"));
+            let _ = std::fs::remove_file(&building);
+            drop(create(&building, node_id, found.incarnation, &found.entries)?);
+            std::fs::rename(&path, &kept).map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
+            std::fs::rename(&building, &path).map_err(|e| format!("cannot put {} in place: {e}", path.display()))?;
+            let _ = std::fs::remove_file(&note);
+            tracing::warn!(
+                path = %path.display(),
+                kept = found.entries.len(),
+                dropped = found.bad_rows,
+                damaged_copy = %kept.display(),
+                node_id = format!("{node_id:016x}"),
+                "repaired a damaged database ({}): kept every entry that verifies; the rest comes back from peers once joined",
+                found.problems.join("; ")
+            );
+            let db = Database::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            (db, Loaded { node_id, incarnation: found.incarnation, entries: found.entries })
+        }
+    };
     let (tx, rx) = mpsc::channel();
+    let node_id = loaded.node_id;
     let thread = std::thread::Builder::new()
         .name("rumor-persist".into())
-        .spawn(move || writer(db, rx))
+        .spawn(move || writer(Writer { db: Some(db), path, node_id }, rx))
         .map_err(|e| e.to_string())?;
-    Ok((Persister { tx, thread: Some(thread) }, Loaded { node_id, incarnation, entries }))
+    Ok((Persister { tx, thread: Some(thread) }, loaded))
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A new database at `path` holding this identity and these entries.
+fn create(path: &Path, node_id: u64, incarnation: u64, entries: &[Entry]) -> Result<Database, String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let db = Database::create(path).map_err(|e| err(&e))?;
+    upgrade(&db, node_id, incarnation, entries).map_err(|e| err(&e))?;
+    Ok(db)
+}
+
+/// Writes the identity, the format and every entry, checksummed, in one
+/// transaction.
+fn upgrade(db: &Database, node_id: u64, incarnation: u64, entries: &[Entry]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        for (k, v) in [
+            ("node_id", node_id),
+            ("incarnation", incarnation),
+            ("format", FORMAT),
+            ("meta_sum", meta_sum(node_id, incarnation)),
+        ] {
+            meta.insert(k, v).map_err(|e| e.to_string())?;
+        }
+        let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+        for e in entries {
+            let (k, v) = encode(e)?;
+            table.insert(k.as_slice(), v.as_slice()).map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
 }
 
 impl Persister {
@@ -107,7 +401,43 @@ impl Persister {
     }
 }
 
-fn writer(db: Database, rx: mpsc::Receiver<Job>) {
+/// The writer thread's database: closed after a failed transaction and
+/// opened again before the next one.
+struct Writer {
+    db: Option<Database>,
+    path: PathBuf,
+    node_id: u64,
+}
+
+impl Writer {
+    fn commit(&mut self, ops: Vec<Persist>) -> Result<(), String> {
+        if self.db.is_none() {
+            let opened = catch_unwind(|| Database::open(&self.path));
+            match opened {
+                Ok(Ok(db)) => {
+                    tracing::info!(path = %self.path.display(), "database reopened after an I/O error");
+                    self.db = Some(db);
+                }
+                Ok(Err(e)) => return Err(format!("cannot reopen {}: {e}", self.path.display())),
+                Err(p) => return Err(format!("cannot reopen {}: {}", self.path.display(), panic_text(p.as_ref()))),
+            }
+        }
+        let db = self.db.as_ref().expect("opened above");
+        let node_id = self.node_id;
+        let outcome = catch_unwind(AssertUnwindSafe(|| commit(db, node_id, ops)))
+            .unwrap_or_else(|p| Err(format!("redb failed ({})", panic_text(p.as_ref()))));
+        if outcome.is_err() {
+            // redb refuses every later transaction (`PreviousIo`) until
+            // the database is opened again.
+            if let Some(db) = self.db.take() {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+            }
+        }
+        outcome
+    }
+}
+
+fn writer(mut w: Writer, rx: mpsc::Receiver<Job>) {
     let mut stop = false;
     while !stop {
         let Ok(first) = rx.recv() else { break };
@@ -132,10 +462,7 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
         let outcome = if ops.is_empty() {
             Ok(())
         } else {
-            commit(&db, ops).map_err(|e| {
-                tracing::error!("persisting entries failed: {e}");
-                format!("the write is served but could not be stored on disk: {e}")
-            })
+            w.commit(ops).inspect_err(|e| tracing::error!(path = %w.path.display(), "persisting entries failed: {e}"))
         };
         for ack in acks {
             ack(outcome.clone());
@@ -144,7 +471,7 @@ fn writer(db: Database, rx: mpsc::Receiver<Job>) {
 }
 
 /// Writes `ops` in one durable transaction.
-fn commit(db: &Database, ops: Vec<Persist>) -> Result<(), String> {
+fn commit(db: &Database, node_id: u64, ops: Vec<Persist>) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
@@ -152,14 +479,116 @@ fn commit(db: &Database, ops: Vec<Persist>) -> Result<(), String> {
         for op in ops {
             match op {
                 Persist::Put(e) => {
-                    let bytes = postcard::to_stdvec(&e).map_err(|e| e.to_string())?;
-                    table.insert(key(e.ns, &e.key).as_slice(), bytes.as_slice()).map(drop)
+                    let (k, v) = encode(&e)?;
+                    table.insert(k.as_slice(), v.as_slice()).map(drop)
                 }
                 Persist::Remove(ns, k) => table.remove(key(ns, &k).as_slice()).map(drop),
-                Persist::Incarnation(n) => meta.insert("incarnation", n).map(drop),
+                Persist::Incarnation(n) => {
+                    meta.insert("incarnation", n).map(drop).map_err(|e| e.to_string())?;
+                    meta.insert("meta_sum", meta_sum(node_id, n)).map(drop)
+                }
             }
             .map_err(|e| e.to_string())?;
         }
     }
     txn.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(i: u32) -> Entry {
+        Entry {
+            ns: Namespace::DNS,
+            key: Bytes::from(format!("key-{i}")),
+            value: Bytes::from(format!("value-{i}")),
+            writer: 7,
+            version: rumor_core::replica::Version(u64::from(i) + 1),
+            expires_ms: 0,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn a_stored_entry_verifies_and_a_flipped_bit_anywhere_does_not() {
+        let e = entry(1);
+        let (k, v) = encode(&e).unwrap();
+        assert_eq!(decode(&k, &v, true), Some(e));
+        for i in 0..v.len() {
+            let mut bad = v.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(decode(&k, &bad, true), None, "byte {i}");
+        }
+        let mut other = k.clone();
+        other[3] ^= 1;
+        assert_eq!(decode(&other, &v, true), None, "an entry under another key");
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rumor-persist-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn an_empty_database_file_is_damage_not_a_new_node() {
+        let dir = scratch("empty");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(FILE), b"").unwrap();
+        let Err(e) = open(&dir, 1, false) else { panic!("an empty file opened") };
+        assert!(e.contains("rumor.redb is damaged") && e.contains("--repair"), "{e}");
+        // Refused again, and then repaired into an empty database.
+        assert!(open(&dir, 1, false).is_err());
+        let (p, loaded) = open(&dir, 1, true).unwrap();
+        assert_eq!((loaded.node_id, loaded.entries.len()), (1, 0));
+        p.shutdown();
+        let (p, _) = open(&dir, 2, false).unwrap();
+        p.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_another_process_holds_is_in_use_not_damaged() {
+        let dir = scratch("in-use");
+        let (p, _) = open(&dir, 1, false).unwrap();
+        let Err(e) = open(&dir, 2, false) else { panic!("opened twice") };
+        assert!(e.contains("another process has it open") && !e.contains("damaged"), "{e}");
+        assert!(!dir.join(DAMAGE_NOTE).exists(), "no note of damage is left");
+        p.shutdown();
+        let (p, loaded) = open(&dir, 2, false).unwrap();
+        assert_eq!(loaded.node_id, 1);
+        p.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_of_plain_entries_is_read_once_and_rewritten_with_checksums() {
+        let dir = scratch("upgrade");
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let db = Database::create(dir.join(FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("node_id", 42).unwrap();
+                meta.insert("incarnation", 3).unwrap();
+                let mut t = txn.open_table(ENTRIES).unwrap();
+                for i in 0..10 {
+                    let e = entry(i);
+                    t.insert(key(e.ns, &e.key).as_slice(), postcard::to_stdvec(&e).unwrap().as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let (p, loaded) = open(&dir, 1, false).unwrap();
+            assert_eq!((loaded.node_id, loaded.incarnation, loaded.entries.len()), (42, 3, 10));
+            p.shutdown();
+        }
+        let found = inspect(&dir.join(FILE));
+        assert!(!found.old_format && found.problems.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

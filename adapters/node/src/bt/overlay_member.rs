@@ -186,7 +186,8 @@ impl Overlaid {
                 // No DNS, no disk: nothing to mirror or persist.
                 member::Output::Persist(_)
                 | member::Output::Event(member::Event::View(_))
-                | member::Output::Event(member::Event::Written { .. }) => {}
+                | member::Output::Event(member::Event::Written { .. })
+                | member::Output::Event(member::Event::Persisting { .. }) => {}
                 member::Output::Timeout(at) => {
                     self.next_timeout = at;
                     return;

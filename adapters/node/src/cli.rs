@@ -84,6 +84,11 @@ struct NodeArgs {
     /// tells them; a provider not heard from in twice this is dropped.
     #[arg(long, env = "RUMOR_TRACKER_INTERVAL", default_value_t = 120)]
     tracker_interval: u32,
+    /// Token the tracker requires: announces must go to
+    /// `/announce?token=TOKEN` (without it, anyone who reaches the API may
+    /// announce, within the tracker's rate and provider bounds).
+    #[arg(long, env = "RUMOR_TRACKER_TOKEN", hide_env_values = true)]
+    tracker_token: Option<String>,
 }
 
 /// Parses the command line and runs the command on `runtime`; `program`
@@ -241,6 +246,9 @@ fn hostname() -> Option<String> {
 
 async fn run_node(args: NodeArgs) -> Result<(), String> {
     let clock = clock::Clock::new();
+    if args.tracker_token.as_deref().is_some_and(|t| t.trim().len() < 8) {
+        return Err("--tracker-token must be at least 8 characters (an empty token would let anyone announce)".into());
+    }
     if args.api_token.is_none() && !args.api.ip().is_loopback() && !args.api_public {
         return Err(format!(
             "refusing to serve the API on {} without --api-token; give a token, a loopback address, or --api-public",
@@ -340,6 +348,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let state = api::ApiState {
         node: handle,
         token: args.api_token.map(|t| t.into()),
+        tracker_token: args.tracker_token.map(|t| t.into()),
         clock,
         udp_control: udp_server.control.clone(),
     };

@@ -363,3 +363,61 @@ pub async fn listen_closing(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> PeerAddr {
+        PeerAddr(format!("127.0.0.1:{port}"))
+    }
+
+    fn kicked(e: &Entered) -> bool {
+        e.kicked.is_closed()
+    }
+
+    #[test]
+    fn a_new_unauthenticated_connection_pushes_out_the_oldest_past_the_budget() {
+        let c = Closer::new();
+        let first = c.enter(&addr(1), 2);
+        let second = c.enter(&addr(2), 2);
+        assert!(!kicked(&first) && !kicked(&second));
+        let third = c.enter(&addr(3), 2);
+        assert!(kicked(&first) && !first.admitted.load(Ordering::Relaxed), "the oldest goes");
+        assert!(!kicked(&second) && !kicked(&third));
+    }
+
+    #[test]
+    fn an_admitted_connection_leaves_the_budget_and_is_never_pushed_out() {
+        let c = Closer::new();
+        let member = c.enter(&addr(1), 1);
+        c.admit(&addr(1));
+        assert!(kicked(&member) && member.admitted.load(Ordering::Relaxed), "woken, and stays");
+        let other = c.enter(&addr(2), 1);
+        let _third = c.enter(&addr(3), 1);
+        assert!(kicked(&other) && !other.admitted.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn closing_an_unauthenticated_connection_wakes_it_at_once_and_an_admitted_one_at_its_next_frame() {
+        let c = Closer::new();
+        let stranger = c.enter(&addr(1), 8);
+        c.close(&addr(1));
+        assert!(kicked(&stranger) && !stranger.admitted.load(Ordering::Relaxed));
+        assert!(!c.take(&addr(1)), "nothing left to do at its next frame");
+        let member = c.enter(&addr(2), 8);
+        c.admit(&addr(2));
+        c.close(&addr(2));
+        assert!(member.admitted.load(Ordering::Relaxed));
+        assert!(c.take(&addr(2)) && !c.take(&addr(2)));
+    }
+
+    #[test]
+    fn a_connection_that_ends_leaves_nothing_behind() {
+        let c = Closer::new();
+        let e = c.enter(&addr(1), 8);
+        c.leave(&addr(1), e.seq);
+        let g = c.lock();
+        assert!(g.pending.is_empty() && g.order.is_empty());
+    }
+}

@@ -177,6 +177,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_address_gets_at_most_its_share_and_gets_it_back_when_connections_end() {
+        let per_ip = PerIp::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = per_ip.take(a, 2).unwrap();
+        let _second = per_ip.take(a, 2).unwrap();
+        assert!(per_ip.take(a, 2).is_none(), "a third from the same address is refused");
+        assert!(per_ip.take(b, 2).is_some(), "another address is not held back");
+        drop(first);
+        assert!(per_ip.take(a, 2).is_some());
+        drop(per_ip.take(b, 2));
+        assert!(!per_ip.0.lock().unwrap().contains_key(&b), "an address with no connection is forgotten");
+    }
+
+    #[test]
     fn a_refusal_and_an_unknown_host_read_differently() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(

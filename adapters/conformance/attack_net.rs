@@ -66,22 +66,17 @@ fn random_request(seed: u64, port: u16) -> AnnounceRequest {
     }
 }
 
-#[test]
-fn an_announce_flood_from_one_address_is_bounded_and_records_can_still_be_added() {
-    let node = TestNode::solo("flood", &[]);
-    let pid = node.child.id();
-    let rss_before = rss_kib(pid);
-    // 20,000 announces of random torrents (one port each) from one address,
-    // over four keep-alive connections.
-    const ANNOUNCES: u64 = 20_000;
-    let started = Instant::now();
+/// Announces `n` random torrents (one port each) to `node` over four
+/// keep-alive connections; how many were answered and how many refused
+/// over the rate.
+fn flood(node: &TestNode, n: u64) -> (u64, u64) {
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let base = node.url("/announce");
             std::thread::spawn(move || {
                 let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
                 let (mut ok, mut limited) = (0u64, 0u64);
-                for i in (t..ANNOUNCES).step_by(4) {
+                for i in (t..n).step_by(4) {
                     let url = random_request(i, 10_000 + (i % 50_000) as u16).url(&base);
                     let resp = agent.get(&url).call().expect("announce");
                     let mut body = Vec::new();
@@ -96,12 +91,19 @@ fn an_announce_flood_from_one_address_is_bounded_and_records_can_still_be_added(
             })
         })
         .collect();
-    let (mut ok, mut limited) = (0, 0);
-    for t in threads {
-        let (o, l) = t.join().unwrap();
-        ok += o;
-        limited += l;
-    }
+    threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+#[test]
+fn an_announce_flood_from_one_address_is_bounded_and_records_can_still_be_added() {
+    let node = TestNode::solo("flood", &[]);
+    let pid = node.child.id();
+    let rss_before = rss_kib(pid);
+    // 20,000 announces of random torrents (one port each) from one address,
+    // over four keep-alive connections.
+    const ANNOUNCES: u64 = 20_000;
+    let started = Instant::now();
+    let (ok, limited) = flood(&node, ANNOUNCES);
     let took = started.elapsed();
     // Every replicated entry (the older binary has no per-namespace count).
     let entries = stat(&node, "entries");
@@ -123,6 +125,19 @@ fn an_announce_flood_from_one_address_is_bounded_and_records_can_still_be_added(
     // The operator's records still have room.
     node.add(r#"{"name":"after-flood.local","ips":["10.7.0.1"],"ttl":60}"#);
     assert_eq!(node.dig(&["after-flood.local", "+short"]).trim(), "10.7.0.1");
+}
+
+#[test]
+fn without_a_rate_limit_one_address_still_records_at_most_its_provider_bound() {
+    let node = TestNode::solo("flood-norate", &["--tracker-rate", "1000000"]);
+    let (ok, limited) = flood(&node, 5_000);
+    let providers = stat(&node, "tracker_providers");
+    let entries = stat(&node, "provider_entries");
+    eprintln!("flood without a rate: {ok} answered, {limited} limited; {providers} providers, {entries} entries");
+    assert_eq!((ok, limited), (5_000, 0));
+    assert_eq!(providers, 1024, "the per-address bound");
+    assert!(entries <= 1024, "{entries}");
+    node.add(r#"{"name":"still.local","ips":["10.7.0.2"],"ttl":60}"#);
 }
 
 #[test]

@@ -89,6 +89,11 @@ struct NodeArgs {
     /// announce, within the tracker's rate and provider bounds).
     #[arg(long, env = "RUMOR_TRACKER_TOKEN", hide_env_values = true)]
     tracker_token: Option<String>,
+    /// Announces per second the tracker takes from one address (IPv4
+    /// address or IPv6 /64), in bursts of up to 20 times that; past it
+    /// clients are told `announce rate limit`.
+    #[arg(long, env = "RUMOR_TRACKER_RATE", default_value_t = 10)]
+    tracker_rate: u32,
 }
 
 /// Parses the command line and runs the command on `runtime`; `program`
@@ -337,6 +342,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         frame_max,
         joins: joins_rx,
         tracker_interval_s: args.tracker_interval.max(1),
+        tracker_rate_per_s: args.tracker_rate,
     });
     let (shutdown_tx, shutdown_rx) = rt::Shutdown::new();
     tracing::info!(dns = %args.dns, api = %args.api, gossip = %args.gossip, %advertise, node = format!("{node_id:016x}"), runtime = rt::runtime().name(), "rumor node up");

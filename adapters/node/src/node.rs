@@ -273,6 +273,9 @@ pub struct NodeParts {
     pub joins: async_channel::Receiver<Vec<PeerAddr>>,
     /// Seconds between a peer's announces, as the tracker tells them.
     pub tracker_interval_s: u32,
+    /// Announces per second one address may make (bursts of 20 times
+    /// that); past it the tracker answers `announce rate limit`.
+    pub tracker_rate_per_s: u32,
 }
 
 /// Everything the node task owns.
@@ -322,7 +325,10 @@ impl Node {
         let (tx, rx) = async_channel::bounded(COMMANDS_MAX);
         let seed = os_random();
         let now = parts.clock.both();
-        let mut tracker = Tracker::new(tracker::Config::new(parts.tracker_interval_s), now);
+        let mut config = tracker::Config::new(parts.tracker_interval_s);
+        config.rate_per_s = parts.tracker_rate_per_s.max(1);
+        config.rate_burst = config.rate_per_s.saturating_mul(20);
+        let mut tracker = Tracker::new(config, now);
         tracker.restore(parts.member.store().live(rumor_core::replica::Namespace::PROVIDERS, now.wall_ms));
         let node = Node {
             clock: parts.clock,

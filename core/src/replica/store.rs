@@ -19,7 +19,9 @@ pub struct StoreConfig {
     /// want to heal by delta.
     pub tombstone_grace_ms: u64,
     /// Entries (live and tombstones) the store holds at most; writes and
-    /// remote entries for new keys are refused beyond it.
+    /// remote entries for new keys are refused beyond it. The default
+    /// [`namespaces`](Self::namespaces) keep 800,000 of it for DNS: lower
+    /// that reserve with it.
     pub entries_max: usize,
     /// Longest key accepted, in bytes.
     pub key_bytes_max: usize,

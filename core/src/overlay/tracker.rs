@@ -97,7 +97,8 @@ pub struct Config {
     /// Announces per second an address group regains, up to `rate_burst`.
     pub rate_per_s: u32,
     /// Address groups with a rate bucket at once; past it an arbitrary one
-    /// is forgotten (it starts again with a full bucket).
+    /// is forgotten (it starts again with a full bucket), and full buckets
+    /// go at every sweep.
     pub rate_addresses_max: usize,
     /// New providers of one torrent are not recorded past this many.
     pub providers_per_torrent_max: usize,
@@ -241,6 +242,17 @@ struct Bucket {
     at: Instant,
 }
 
+/// A token in millionths.
+const TOKEN: u64 = 1_000_000;
+
+impl Bucket {
+    /// The tokens (in millionths) at `now`, refilled at `per_s` tokens a
+    /// second (which is `per_s` millionths a microsecond), at most `burst`.
+    fn level(&self, now: Instant, per_s: u64, burst: u64) -> u64 {
+        self.micros.saturating_add(now.saturating_duration_since(self.at).as_micros().saturating_mul(per_s)).min(burst)
+    }
+}
+
 /// An announce waiting on a lookup.
 #[derive(Clone, Debug)]
 struct Parked {
@@ -371,29 +383,21 @@ impl Tracker {
 
     /// Takes one announce from `from`'s bucket; false if it is empty.
     fn within_rate(&mut self, from: IpAddr) -> bool {
-        const ONE: u64 = 1_000_000;
-        let (burst, per_s) = (u64::from(self.config.rate_burst) * ONE, u64::from(self.config.rate_per_s));
+        let (burst, per_s) = (u64::from(self.config.rate_burst) * TOKEN, u64::from(self.config.rate_per_s));
         let now = self.now.at;
         let group = address_group(from);
         if !self.rates.contains_key(&group) && self.rates.len() >= self.config.rate_addresses_max {
-            // Full buckets are as good as none: drop them, or else any one.
-            self.rates.retain(|_, b| {
-                b.micros.saturating_add(now.saturating_duration_since(b.at).as_micros().saturating_mul(per_s)) < burst
-            });
-            if self.rates.len() >= self.config.rate_addresses_max {
-                self.rates.pop_first();
-            }
+            // Forget any one (in constant time, however many addresses
+            // an attacker rotates through); the sweep drops full ones.
+            self.rates.pop_first();
         }
         let b = self.rates.entry(group).or_insert(Bucket { micros: burst, at: now });
-        // Tokens in millionths: per_s tokens a second is per_s millionths
-        // a microsecond.
-        b.micros =
-            b.micros.saturating_add(now.saturating_duration_since(b.at).as_micros().saturating_mul(per_s)).min(burst);
+        b.micros = b.level(now, per_s, burst);
         b.at = now;
-        if b.micros < ONE {
+        if b.micros < TOKEN {
             return false;
         }
-        b.micros -= ONE;
+        b.micros -= TOKEN;
         true
     }
 
@@ -557,11 +561,8 @@ impl Tracker {
             let hold_ms = self.config.stopped_hold.as_millis();
             self.stopped.retain(|_, at| now.wall_ms < at.saturating_add(hold_ms));
             // A full bucket is as good as none.
-            let (burst, per_s) = (u64::from(self.config.rate_burst) * 1_000_000, u64::from(self.config.rate_per_s));
-            self.rates.retain(|_, b| {
-                b.micros.saturating_add(now.at.saturating_duration_since(b.at).as_micros().saturating_mul(per_s))
-                    < burst
-            });
+            let (burst, per_s) = (u64::from(self.config.rate_burst) * TOKEN, u64::from(self.config.rate_per_s));
+            self.rates.retain(|_, b| b.level(now.at, per_s, burst) < burst);
             let again = self.config.lookup_again;
             self.asked.retain(|_, at| now.at < *at + again);
         }

@@ -900,8 +900,11 @@ impl Store {
                 self.uncount(k.0);
                 self.unindex(&old);
                 // Dead as surely as a collected tombstone: remember it, so the
-                // same write is refused if a stale peer offers it again.
-                self.bury(k.0, k.1.clone(), old.version, old.writer);
+                // same write is refused if a stale peer offers it again (a
+                // soft namespace's copies expire anyway).
+                if self.soft_lifetime_ms(k.0).is_none() {
+                    self.bury(k.0, k.1.clone(), old.version, old.writer);
+                }
                 self.changes.push_back(Change::Removed { ns: k.0, key: k.1 });
             }
         }

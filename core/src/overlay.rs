@@ -127,11 +127,29 @@ pub struct Counts {
     pub leechers: u32,
 }
 
+/// The group an address's announces count in: an IPv4 address itself; an
+/// IPv6 address by its /64, which one subscriber usually holds whole (so a
+/// host cannot pass a per-address bound by changing its interface id).
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// The node's index of providers by torrent, kept from the change feed.
 #[derive(Debug, Default)]
 pub struct Overlay {
     torrents: HashMap<InfoHash, BTreeMap<SocketAddr, Provider>>,
     snatches: HashMap<InfoHash, std::collections::BTreeSet<SocketAddr>>,
+    /// Providers indexed per [`address_group`]; an entry per group with at
+    /// least one, so at most as many as providers.
+    by_group: HashMap<IpAddr, usize>,
+    /// Providers indexed, all torrents together.
+    providers: usize,
     /// Entries that could not be read.
     pub rejected: u64,
 }
@@ -195,13 +213,55 @@ impl Overlay {
     /// writes at once, before the store's change feed confirms them).
     pub(crate) fn insert(&mut self, ih: InfoHash, p: Provider) {
         let set = self.torrents.entry(ih).or_default();
-        set.insert(p.addr, p);
+        if set.insert(p.addr, p).is_none() {
+            self.providers += 1;
+            *self.by_group.entry(address_group(p.addr.ip())).or_default() += 1;
+        }
         if set.len() > PROVIDERS_PER_TORRENT_MAX {
             let stalest = set.values().min_by_key(|p| p.announced_ms).map(|p| p.addr);
             if let Some(a) = stalest {
                 set.remove(&a);
+                self.uncount(a);
             }
         }
+    }
+
+    fn uncount(&mut self, addr: SocketAddr) {
+        self.providers -= 1;
+        let g = address_group(addr.ip());
+        if let Some(n) = self.by_group.get_mut(&g) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_group.remove(&g);
+            }
+        }
+    }
+
+    /// True if `addr` is indexed as a provider of `ih` (expired or not).
+    pub fn has(&self, ih: &InfoHash, addr: SocketAddr) -> bool {
+        self.torrents.get(ih).is_some_and(|s| s.contains_key(&addr))
+    }
+
+    /// Providers indexed, all torrents together (expired ones until the
+    /// next sweep).
+    pub fn providers(&self) -> usize {
+        self.providers
+    }
+
+    /// Providers indexed of `ih`.
+    pub fn providers_of(&self, ih: &InfoHash) -> usize {
+        self.torrents.get(ih).map_or(0, BTreeMap::len)
+    }
+
+    /// Providers indexed whose address is in `ip`'s [`address_group`], all
+    /// torrents together.
+    pub fn providers_from(&self, ip: IpAddr) -> usize {
+        self.by_group.get(&address_group(ip)).copied().unwrap_or(0)
+    }
+
+    /// True if the peer at `addr` is recorded as having completed `ih`.
+    pub fn snatched(&self, ih: &InfoHash, addr: SocketAddr) -> bool {
+        self.snatches.get(ih).is_some_and(|s| s.contains(&addr))
     }
 
     /// Records that the peer at `addr` completed `ih`.
@@ -224,9 +284,12 @@ impl Overlay {
     /// Forgets the provider at `addr` of `ih`.
     pub(crate) fn remove(&mut self, ih: &InfoHash, addr: SocketAddr) {
         if let Some(set) = self.torrents.get_mut(ih) {
-            set.remove(&addr);
+            let removed = set.remove(&addr).is_some();
             if set.is_empty() {
                 self.torrents.remove(ih);
+            }
+            if removed {
+                self.uncount(addr);
             }
         }
     }
@@ -270,10 +333,20 @@ impl Overlay {
     /// Drops expired providers from the index (the store expires the
     /// entries themselves).
     pub fn expire(&mut self, now_ms: UnixMillis) {
+        let mut gone = Vec::new();
         self.torrents.retain(|_, set| {
-            set.retain(|_, p| p.expires_ms > now_ms);
+            set.retain(|_, p| {
+                let keep = p.expires_ms > now_ms;
+                if !keep {
+                    gone.push(p.addr);
+                }
+                keep
+            });
             !set.is_empty()
         });
+        for a in gone {
+            self.uncount(a);
+        }
     }
 }
 

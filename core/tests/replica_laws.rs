@@ -368,3 +368,119 @@ fn a_full_transfer_carries_collected_deletes_to_a_node_that_missed_them() {
     };
     assert_eq!(stale.apply(again, 5_000), Err(Refused::Stale));
 }
+
+// Issue #12 item 3: the tracker's soft state cannot crowd out DNS records.
+
+fn capped() -> StoreConfig {
+    use rumor_core::replica::NamespaceConfig;
+    StoreConfig {
+        entries_max: 100,
+        namespaces: std::collections::BTreeMap::from([
+            (Namespace::DNS, NamespaceConfig { entries_reserved: 40, ..NamespaceConfig::default() }),
+            (
+                Namespace::PROVIDERS,
+                NamespaceConfig { entries_max: 30, lifetime_max_ms: Some(1_000), ..NamespaceConfig::default() },
+            ),
+        ]),
+        ..StoreConfig::default()
+    }
+}
+
+fn key(i: u32) -> Bytes {
+    Bytes::from(i.to_be_bytes().to_vec())
+}
+
+fn remote(ns: Namespace, i: u32, writer: u64, wall: u64) -> Entry {
+    Entry {
+        ns,
+        key: key(i),
+        value: Bytes::from_static(b"v"),
+        writer,
+        version: Version::new(wall, 0),
+        expires_ms: 0,
+        deleted: false,
+    }
+}
+
+#[test]
+fn providers_stop_at_their_cap_whether_written_here_or_arriving_by_gossip() {
+    let mut s = Store::new(capped(), 1);
+    let now = 10_000;
+    for i in 0..20 {
+        s.write(Namespace::PROVIDERS, key(i), Bytes::new(), now + 500, now).unwrap();
+    }
+    for i in 20..30 {
+        s.apply(remote(Namespace::PROVIDERS, i, 7, now), now).unwrap();
+    }
+    assert_eq!(s.write(Namespace::PROVIDERS, key(99), Bytes::new(), now + 500, now), Err(Refused::Full));
+    assert_eq!(s.apply(remote(Namespace::PROVIDERS, 98, 7, now), now), Err(Refused::Full));
+    assert_eq!(s.len_of(Namespace::PROVIDERS), 30);
+    // Refreshing a provider already held is not a new key.
+    s.write(Namespace::PROVIDERS, key(3), Bytes::new(), now + 900, now).unwrap();
+    // DNS has the rest of the store.
+    for i in 0..70 {
+        s.write(Namespace::DNS, key(i), Bytes::from_static(b"r"), 0, now).unwrap();
+    }
+    assert_eq!(s.write(Namespace::DNS, key(70), Bytes::from_static(b"r"), 0, now), Err(Refused::Full));
+}
+
+#[test]
+fn no_other_namespace_can_take_the_room_kept_for_dns() {
+    let mut s = Store::new(capped(), 1);
+    let now = 10_000;
+    let other = Namespace(7);
+    let mut taken = 0;
+    for i in 0..200 {
+        if s.apply(remote(other, i, 7, now), now).is_ok() {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 60, "all but DNS's 40");
+    for i in 0..40 {
+        s.write(Namespace::DNS, key(i), Bytes::from_static(b"r"), 0, now).unwrap();
+    }
+}
+
+#[test]
+fn a_provider_lives_at_most_the_namespaces_lifetime_however_it_was_written() {
+    let mut s = Store::new(capped(), 1);
+    let w = s.write(Namespace::PROVIDERS, key(1), Bytes::new(), 0, 10_000).unwrap();
+    assert_eq!(w.entry.expires_ms, w.entry.version.wall_ms() + 1_000);
+    let mut far = remote(Namespace::PROVIDERS, 2, 7, 10_000);
+    far.expires_ms = u64::MAX;
+    s.apply(far, 10_000).unwrap();
+    assert_eq!(s.get(Namespace::PROVIDERS, &key(2), 10_000).unwrap().expires_ms, 11_000);
+    assert!(s.get(Namespace::PROVIDERS, &key(2), 11_000).is_none());
+    // DNS entries keep whatever expiry they were given.
+    let w = s.write(Namespace::DNS, key(1), Bytes::from_static(b"r"), 0, 10_000).unwrap();
+    assert_eq!(w.entry.expires_ms, 0);
+}
+
+#[test]
+fn a_providers_tombstone_is_collected_after_its_lifetime_not_the_dns_grace() {
+    let cfg = StoreConfig { tombstone_grace_ms: 24 * 3600 * 1000, ..capped() };
+    let mut writer = Store::new(cfg.clone(), 1);
+    let mut b = Store::new(cfg, 2);
+    let w = writer.write(Namespace::PROVIDERS, key(1), Bytes::new(), 10_900, 10_000).unwrap();
+    let stale_copy = w.entry.clone();
+    b.apply(w.entry, 10_000).unwrap();
+    b.delete(Namespace::PROVIDERS, key(1), 10_100).unwrap();
+    b.expire(11_099);
+    assert_eq!(b.len_of(Namespace::PROVIDERS), 1, "kept through the lifetime");
+    b.expire(11_100);
+    assert_eq!(b.len_of(Namespace::PROVIDERS), 0, "collected a lifetime after the delete");
+    // Not remembered, and no reason for a full transfer: any copy a peer
+    // still holds has expired, and is never served if offered again.
+    assert_eq!(b.graveyard_len(), 0);
+    assert!(!b.needs_full(&Digest::default(), 11_100));
+    let _ = b.apply(stale_copy.clone(), 11_100);
+    assert!(b.get(Namespace::PROVIDERS, &key(1), 11_100).is_none());
+    b.expire(12_000);
+    assert_eq!(b.len_of(Namespace::PROVIDERS), 0);
+    assert_eq!(b.apply(stale_copy, 12_000), Err(Refused::Stale), "past a lifetime it is refused outright");
+    // A DNS tombstone still waits out the full grace.
+    b.write(Namespace::DNS, key(1), Bytes::from_static(b"r"), 0, 11_200).unwrap();
+    b.delete(Namespace::DNS, key(1), 11_300).unwrap();
+    b.expire(11_300 + 3_600_000);
+    assert_eq!(b.len_of(Namespace::DNS), 1);
+}

@@ -318,3 +318,169 @@ fn through_a_member_the_raced_stop_leaves_a_tombstone_in_the_store() {
     assert!(m.store().get(Namespace::PROVIDERS, &key, WALL0 + 11).is_none(), "no live provider entry");
     assert!(t.overlay().lookup(&ih, WALL0 + 11, 10, None).is_empty());
 }
+
+// Issue #12 item 3: what one address can make the tracker write is bounded.
+
+fn announce_from(t: &mut Tracker, ms: u64, id: u64, req: AnnounceRequest, from: IpAddr) -> Vec<Output> {
+    t.handle(at_ms(ms), Input::Announce { id, request: req, from });
+    drain(t).0
+}
+
+fn failure_of(out: &[Output], id: u64) -> Option<String> {
+    out.iter().find_map(|o| match o {
+        Output::Event(Event::Answer { id: i, body }) if *i == id => match parse_announce_response(body) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) => None,
+        },
+        _ => None,
+    })
+}
+
+/// A config whose bounds are not in the way of the one a test looks at.
+fn roomy() -> Config {
+    let mut c = Config::new(120);
+    c.rate_burst = u32::MAX / 2;
+    c.rate_per_s = 1_000;
+    c
+}
+
+#[test]
+fn announces_past_an_addresss_burst_get_a_rate_limit_failure_and_write_nothing() {
+    let mut c = Config::new(120);
+    c.rate_burst = 5;
+    c.rate_per_s = 2;
+    let mut t = Tracker::new(c, at_ms(0));
+    for i in 0..5u8 {
+        let out = announce(&mut t, 0, u64::from(i), request(InfoHash([i; 20]), 6881, 1, AnnounceEvent::Started));
+        assert!(writes_provider(&out), "within the burst");
+    }
+    let out = announce(&mut t, 0, 9, request(InfoHash([9; 20]), 6881, 1, AnnounceEvent::Started));
+    assert!(!writes_provider(&out) && lookup_of(&out).is_none(), "nothing written past the burst");
+    assert!(failure_of(&out, 9).expect("answered").contains("announce rate limit"));
+    // Another address has a bucket of its own.
+    let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    let out = announce_from(&mut t, 0, 10, request(InfoHash([10; 20]), 6881, 1, AnnounceEvent::Started), other);
+    assert!(writes_provider(&out));
+    // Half a second later one token is back (2 a second), not two.
+    let out = announce(&mut t, 500, 11, request(InfoHash([11; 20]), 6881, 1, AnnounceEvent::Started));
+    assert!(writes_provider(&out));
+    let out = announce(&mut t, 500, 12, request(InfoHash([12; 20]), 6881, 1, AnnounceEvent::Started));
+    assert!(failure_of(&out, 12).is_some());
+    assert_eq!(t.stats().rate_limited, 2);
+    t.check_invariants();
+}
+
+#[test]
+fn an_ipv6_host_cannot_pass_its_rate_by_changing_its_interface_id() {
+    let mut c = Config::new(120);
+    c.rate_burst = 3;
+    c.rate_per_s = 1;
+    let mut t = Tracker::new(c, at_ms(0));
+    for i in 0..4u16 {
+        let from: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+        let out = announce_from(
+            &mut t,
+            0,
+            u64::from(i),
+            request(InfoHash([i as u8; 20]), 6881, 1, AnnounceEvent::None),
+            from,
+        );
+        assert_eq!(failure_of(&out, u64::from(i)).is_some(), i == 3, "announce {i}");
+    }
+}
+
+#[test]
+fn the_rate_buckets_are_bounded_whatever_the_number_of_addresses() {
+    let mut c = Config::new(120);
+    c.rate_addresses_max = 50;
+    let mut t = Tracker::new(c, at_ms(0));
+    for i in 0..500u32 {
+        let from = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+        announce_from(&mut t, 0, u64::from(i), request(InfoHash([1; 20]), 6881, 1, AnnounceEvent::None), from);
+        t.check_invariants();
+    }
+}
+
+#[test]
+fn thirty_thousand_ports_of_one_address_make_at_most_the_per_address_bound_of_providers() {
+    let mut c = roomy();
+    c.providers_per_address_max = 100;
+    let mut t = Tracker::new(c, at_ms(0));
+    let ih = InfoHash([5; 20]);
+    let mut written = 0;
+    for port in 1..=30_000u16 {
+        let out = announce(&mut t, 0, u64::from(port), request(ih, port, 1, AnnounceEvent::None));
+        written += usize::from(writes_provider(&out));
+        // The first is alone and waits on a lookup; the rest are answered.
+        assert!(port == 1 || answer(&out, u64::from(port)).is_some(), "still answered");
+    }
+    assert_eq!(written, 100);
+    assert_eq!(t.overlay().providers(), 100);
+    assert_eq!(t.stats().not_recorded, 29_900);
+    // A known provider is still refreshed at the bound.
+    let out = announce(&mut t, 1_000, 1, request(ih, 1, 0, AnnounceEvent::None));
+    assert!(writes_provider(&out));
+    // Another address is not held back by this one.
+    let other = IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9));
+    assert!(writes_provider(&announce_from(&mut t, 1_000, 2, request(ih, 1, 0, AnnounceEvent::None), other)));
+}
+
+#[test]
+fn providers_of_one_torrent_and_in_all_are_bounded() {
+    let mut c = roomy();
+    c.providers_per_torrent_max = 10;
+    c.providers_max = 25;
+    let mut t = Tracker::new(c, at_ms(0));
+    let ih = InfoHash([6; 20]);
+    for i in 0..20u32 {
+        let from = IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i));
+        announce_from(&mut t, 0, u64::from(i), request(ih, 6881, 1, AnnounceEvent::None), from);
+    }
+    assert_eq!(t.overlay().providers_of(&ih), 10);
+    // Random torrents from many addresses stop at the total.
+    for i in 0..100u32 {
+        let from = IpAddr::V4(Ipv4Addr::from(0x0a02_0000 + i));
+        let mut h = [7u8; 20];
+        h[..4].copy_from_slice(&i.to_be_bytes());
+        announce_from(&mut t, 0, u64::from(i), request(InfoHash(h), 6881, 1, AnnounceEvent::None), from);
+    }
+    assert_eq!(t.overlay().providers(), 25);
+    // Once they expire there is room again.
+    let later = 2 * 120_000 + t.config().expiry_margin.as_millis() + t.config().sweep_every.as_millis() + 1;
+    t.handle(at_ms(later), Input::Timeout);
+    drain(&mut t);
+    assert_eq!(t.overlay().providers(), 0);
+    let out = announce(&mut t, later, 1, request(InfoHash([8; 20]), 6881, 1, AnnounceEvent::None));
+    assert!(writes_provider(&out));
+}
+
+#[test]
+fn snatches_are_kept_an_hour_and_bounded_per_torrent() {
+    let mut c = roomy();
+    c.snatches_per_torrent_max = 3;
+    c.providers_per_address_max = 5;
+    let mut t = Tracker::new(c, at_ms(0));
+    let ih = InfoHash([9; 20]);
+    let mut snatch_writes = Vec::new();
+    for port in 1..=10u16 {
+        let out = announce(&mut t, 0, u64::from(port), request(ih, port, 0, AnnounceEvent::Completed));
+        for o in out {
+            if let Output::Gossip(gossip::Command::Write { key, expires_ms, .. }) = o {
+                if key.len() == 42 {
+                    snatch_writes.push(expires_ms);
+                }
+            }
+        }
+    }
+    assert_eq!(snatch_writes.len(), 3);
+    assert!(snatch_writes.iter().all(|e| *e == WALL0 + 3_600_000), "{snatch_writes:?}");
+    assert_eq!(t.overlay().downloaded(&ih), 3);
+}
+
+#[test]
+fn an_announce_interval_is_cut_to_what_the_stores_provider_lifetime_holds() {
+    let c = Config::new(100_000);
+    let ttl_ms = 2 * u64::from(c.interval_s) * 1000 + c.expiry_margin.as_millis();
+    assert!(ttl_ms <= rumor_core::replica::PROVIDERS_LIFETIME_MAX_MS);
+    assert!(c.snatch_ttl.as_millis() <= rumor_core::replica::PROVIDERS_LIFETIME_MAX_MS);
+}

@@ -27,6 +27,8 @@ pub struct ApiState {
     pub node: NodeHandle,
     /// Bearer token required for writes, if set.
     pub token: Option<Arc<str>>,
+    /// Token `/announce` requires as its `token` parameter, if set.
+    pub tracker_token: Option<Arc<str>>,
     /// Wall clock.
     pub clock: crate::clock::Clock,
     /// The UDP thread, asked for its counters.
@@ -285,6 +287,16 @@ async fn announce(
     axum::Extension(crate::http::PeerAddr(peer)): axum::Extension<crate::http::PeerAddr>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
+    if let Some(want) = &state.tracker_token {
+        use subtle::ConstantTimeEq;
+        // The announce URL handed to clients carries it: .../announce?token=T
+        let given = query.as_deref().unwrap_or("").split('&').find_map(|p| p.strip_prefix("token="));
+        let given = given.and_then(rumor_core::bt::tracker::percent_decode).unwrap_or_default();
+        if !bool::from(given.as_slice().ct_eq(want.as_bytes())) {
+            let why = "this tracker needs its token: announce to /announce?token=<tracker token>";
+            return bencoded(rumor_core::bt::tracker::encode_failure(why));
+        }
+    }
     let req = match rumor_core::bt::tracker::AnnounceRequest::from_query(query.as_deref().unwrap_or("")) {
         Ok(r) => r,
         Err(e) => return bencoded(rumor_core::bt::tracker::encode_failure(&format!("bad announce: {e}"))),

@@ -99,6 +99,16 @@ struct NodeArgs {
     /// on its client is closed); hidden, for tests.
     #[arg(long, hide = true, default_value_t = crate::http::CONNECTIONS_MAX)]
     api_connections_max: usize,
+    /// Token the tracker requires: announces must go to
+    /// `/announce?token=TOKEN` (without it, anyone who reaches the API may
+    /// announce, within the tracker's rate and provider bounds).
+    #[arg(long, env = "RUMOR_TRACKER_TOKEN", hide_env_values = true)]
+    tracker_token: Option<String>,
+    /// Announces per second the tracker takes from one address (IPv4
+    /// address or IPv6 /64), in bursts of up to 20 times that; past it
+    /// clients are told `announce rate limit`.
+    #[arg(long, env = "RUMOR_TRACKER_RATE", default_value_t = 10)]
+    tracker_rate: u32,
 }
 
 /// Parses the command line and runs the command on `runtime`; `program`
@@ -436,6 +446,9 @@ fn hostname() -> Option<String> {
 async fn run_node(args: NodeArgs) -> Result<(), String> {
     let clock = clock::Clock::new();
     raise_open_files_limit();
+    if args.tracker_token.as_deref().is_some_and(|t| t.trim().len() < 8) {
+        return Err("--tracker-token must be at least 8 characters (an empty token would let anyone announce)".into());
+    }
     if args.api_token.is_none() && !args.api.ip().is_loopback() && !args.api_public {
         return Err(format!(
             "refusing to serve the API on {} without --api-token; give a token, a loopback address, or --api-public",
@@ -523,6 +536,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         frame_max,
         joins: joins_rx,
         tracker_interval_s: args.tracker_interval.max(1),
+        tracker_rate_per_s: args.tracker_rate,
     });
     let (shutdown_tx, shutdown_rx) = rt::Shutdown::new();
     tracing::info!(dns = %args.dns, api = %args.api, gossip = %args.gossip, %advertise, node = format!("{node_id:016x}"), runtime = rt::runtime().name(), "rumor node up");
@@ -534,6 +548,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let state = api::ApiState {
         node: handle,
         token: args.api_token.map(|t| t.into()),
+        tracker_token: args.tracker_token.map(|t| t.into()),
         clock,
         udp_control: udp_server.control.clone(),
     };

@@ -4,9 +4,18 @@
 //! queue drops); one task per inbound connection reads frames, refusing any
 //! longer than the machine's message limit.
 //!
+//! An inbound connection is unauthenticated until the node opens one of
+//! its frames with a cluster key (it tells the [`Closer`], which admits
+//! it). Until then it has [`UNAUTH_DEADLINE`] to send one, and it is one of
+//! at most [`UNAUTH_MAX`]: past that the oldest unauthenticated connection
+//! is closed for the new one. So connections without the key (idle, or
+//! sending garbage) can never take the slots members need: a member's
+//! first frame opens at once.
+//!
 //! A wrong cluster key is told on both sides, once per peer. The receiving
 //! node's member reports gossip no key opens; the node then asks the
-//! [`Closer`] to close that connection. The sender learns nothing from
+//! [`Closer`] to close that connection (at once if it is unauthenticated,
+//! else before its next frame). The sender learns nothing from
 //! sealed gossip, but sees its connections closed right after its first
 //! frames: after [`QUICK_CLOSES_WARN`] such connections in a row, it warns
 //! once that the peer keeps refusing its gossip.
@@ -14,7 +23,8 @@
 use crate::rt;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rumor_core::gossip::PeerAddr;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +36,11 @@ const PEERS_MAX: usize = 4096;
 const INBOUND_MAX: usize = 1024;
 /// A connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
+/// Unauthenticated inbound connections (no frame opened yet) at once; a
+/// new one closes the oldest past it.
+pub const UNAUTH_MAX: usize = 64;
+/// How long an inbound connection may stay unauthenticated.
+pub const UNAUTH_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -42,12 +57,49 @@ const CLOSING_MAX: usize = 1024;
 /// A message that arrived: the peer's socket address and the bytes.
 pub type Inbound = (PeerAddr, Vec<u8>);
 
-/// Marks inbound connections (by the `from` of their [`Inbound`]s) to be
-/// closed before their next frame is handed on: the node does this for a
-/// peer whose gossip no key of ours opens. Cheap to clone; shared between
-/// the node and the listener.
+/// The node's word on inbound connections (by the `from` of their
+/// [`Inbound`]s): [`Closer::admit`] once one of a connection's frames
+/// opened, [`Closer::close`] for one whose gossip no key of ours opens.
+/// Cheap to clone; shared between the node and the listener.
 #[derive(Clone, Default)]
-pub struct Closer(Arc<Mutex<HashSet<String>>>);
+pub struct Closer(Arc<Mutex<Gate>>);
+
+/// What a [`Closer`] holds.
+#[derive(Default)]
+struct Gate {
+    /// Authenticated connections to close before their next frame; at most
+    /// `CLOSING_MAX`.
+    closing: HashSet<String>,
+    /// Unauthenticated connections, by address; at most `UNAUTH_MAX` (as
+    /// the listener enters them).
+    pending: HashMap<String, Pending>,
+    /// The same, oldest first.
+    order: BTreeMap<u64, String>,
+    seq: u64,
+}
+
+/// An unauthenticated connection: dropping `kick` wakes it to look at
+/// `admitted` (true: it stays, now a member's; false: it closes).
+struct Pending {
+    seq: u64,
+    admitted: Arc<AtomicBool>,
+    _kick: async_channel::Sender<()>,
+}
+
+/// An unauthenticated connection's side of the [`Closer`].
+struct Entered {
+    seq: u64,
+    admitted: Arc<AtomicBool>,
+    kicked: async_channel::Receiver<()>,
+}
+
+impl Gate {
+    fn remove_pending(&mut self, from: &str) -> Option<Pending> {
+        let p = self.pending.remove(from)?;
+        self.order.remove(&p.seq);
+        Some(p)
+    }
+}
 
 impl Closer {
     /// A closer with nothing marked.
@@ -55,19 +107,79 @@ impl Closer {
         Closer::default()
     }
 
-    /// Marks the connection `from` for closing.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the connection `from`: at once if it is unauthenticated,
+    /// else before its next frame is handed on.
     pub fn close(&self, from: &PeerAddr) {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if set.len() >= CLOSING_MAX {
-            set.clear();
+        let mut g = self.lock();
+        if g.remove_pending(&from.0).is_some() {
+            return;
         }
-        set.insert(from.0.clone());
+        if g.closing.len() >= CLOSING_MAX {
+            g.closing.clear();
+        }
+        g.closing.insert(from.0.clone());
+    }
+
+    /// A frame of the connection `from` opened under a cluster key: it is
+    /// a member's, and no longer bound by the unauthenticated deadline and
+    /// budget.
+    pub fn admit(&self, from: &PeerAddr) {
+        let mut g = self.lock();
+        if g.pending.is_empty() {
+            return;
+        }
+        if let Some(p) = g.remove_pending(&from.0) {
+            p.admitted.store(true, Ordering::Relaxed);
+        }
     }
 
     /// True (once) if `from` was marked.
     fn take(&self, from: &PeerAddr) -> bool {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        !set.is_empty() && set.remove(&from.0)
+        let mut g = self.lock();
+        !g.closing.is_empty() && g.closing.remove(&from.0)
+    }
+
+    /// Enters a new connection as unauthenticated, closing the oldest
+    /// past `max`.
+    fn enter(&self, from: &PeerAddr, max: usize) -> Entered {
+        let mut g = self.lock();
+        while g.pending.len() >= max.max(1) {
+            let Some((_, oldest)) = g.order.pop_first() else {
+                break;
+            };
+            g.pending.remove(&oldest);
+        }
+        g.seq += 1;
+        let seq = g.seq;
+        let (kick, kicked) = async_channel::bounded(1);
+        let admitted = Arc::new(AtomicBool::new(false));
+        // A reused address whose old connection has not ended yet: the new
+        // one takes its place.
+        g.remove_pending(&from.0);
+        g.pending.insert(from.0.clone(), Pending { seq, admitted: admitted.clone(), _kick: kick });
+        g.order.insert(seq, from.0.clone());
+        Entered { seq, admitted, kicked }
+    }
+
+    /// The connection `from` entered as `seq` ended.
+    fn leave(&self, from: &PeerAddr, seq: u64) {
+        let mut g = self.lock();
+        if g.pending.get(&from.0).is_some_and(|p| p.seq == seq) {
+            g.remove_pending(&from.0);
+        }
+    }
+}
+
+/// Takes a connection out of the [`Closer`] when it ends.
+struct Leave<'a>(&'a Closer, &'a PeerAddr, u64);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.leave(self.1, self.2);
     }
 }
 
@@ -219,21 +331,93 @@ pub async fn listen_closing(
     shutdown: rt::Shutdown,
     closer: Closer,
 ) {
-    crate::net::accept_bounded(listener, INBOUND_MAX, "gossip", shutdown, |mut stream, peer| {
+    crate::net::accept_bounded(listener, INBOUND_MAX, usize::MAX, "gossip", shutdown, |mut stream, peer| {
         let inbound = inbound.clone();
         let closer = closer.clone();
         async move {
             let from = PeerAddr(peer.to_string());
-            while let Some(frame) = crate::net::read_frame::<4>(&mut stream, frame_max, IDLE).await {
-                if closer.take(&from) {
-                    tracing::debug!(%peer, "closing a gossip connection whose messages no key opens");
-                    return;
+            let entered = closer.enter(&from, UNAUTH_MAX);
+            let _leave = Leave(&closer, &from, entered.seq);
+            let read = async {
+                while let Some(frame) = crate::net::read_frame::<4>(&mut stream, frame_max, IDLE).await {
+                    if closer.take(&from) {
+                        tracing::debug!(%peer, "closing a gossip connection whose messages no key opens");
+                        return;
+                    }
+                    if inbound.send((from.clone(), frame)).await.is_err() {
+                        return;
+                    }
                 }
-                if inbound.send((from.clone(), frame)).await.is_err() {
-                    return;
+            };
+            let watch = async {
+                // Woken when admitted, closed or pushed out, or at the
+                // deadline; only an admitted connection stays.
+                let _ = rt::timeout(UNAUTH_DEADLINE, entered.kicked.recv()).await;
+                if entered.admitted.load(Ordering::Relaxed) {
+                    return futures::future::pending::<()>().await;
                 }
-            }
+                tracing::debug!(%peer, "closing a gossip connection that sent nothing a cluster key opens");
+            };
+            futures::future::select(std::pin::pin!(read), std::pin::pin!(watch)).await;
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> PeerAddr {
+        PeerAddr(format!("127.0.0.1:{port}"))
+    }
+
+    fn kicked(e: &Entered) -> bool {
+        e.kicked.is_closed()
+    }
+
+    #[test]
+    fn a_new_unauthenticated_connection_pushes_out_the_oldest_past_the_budget() {
+        let c = Closer::new();
+        let first = c.enter(&addr(1), 2);
+        let second = c.enter(&addr(2), 2);
+        assert!(!kicked(&first) && !kicked(&second));
+        let third = c.enter(&addr(3), 2);
+        assert!(kicked(&first) && !first.admitted.load(Ordering::Relaxed), "the oldest goes");
+        assert!(!kicked(&second) && !kicked(&third));
+    }
+
+    #[test]
+    fn an_admitted_connection_leaves_the_budget_and_is_never_pushed_out() {
+        let c = Closer::new();
+        let member = c.enter(&addr(1), 1);
+        c.admit(&addr(1));
+        assert!(kicked(&member) && member.admitted.load(Ordering::Relaxed), "woken, and stays");
+        let other = c.enter(&addr(2), 1);
+        let _third = c.enter(&addr(3), 1);
+        assert!(kicked(&other) && !other.admitted.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn closing_an_unauthenticated_connection_wakes_it_at_once_and_an_admitted_one_at_its_next_frame() {
+        let c = Closer::new();
+        let stranger = c.enter(&addr(1), 8);
+        c.close(&addr(1));
+        assert!(kicked(&stranger) && !stranger.admitted.load(Ordering::Relaxed));
+        assert!(!c.take(&addr(1)), "nothing left to do at its next frame");
+        let member = c.enter(&addr(2), 8);
+        c.admit(&addr(2));
+        c.close(&addr(2));
+        assert!(member.admitted.load(Ordering::Relaxed));
+        assert!(c.take(&addr(2)) && !c.take(&addr(2)));
+    }
+
+    #[test]
+    fn a_connection_that_ends_leaves_nothing_behind() {
+        let c = Closer::new();
+        let e = c.enter(&addr(1), 8);
+        c.leave(&addr(1), e.seq);
+        let g = c.lock();
+        assert!(g.pending.is_empty() && g.order.is_empty());
+    }
 }

@@ -89,5 +89,30 @@ pub fn render(s: &NodeStats) -> String {
         "Announces delivered after the same peer's stop, not listing it again.",
         s.tracker_late_after_stop,
     );
+    o.one(
+        "tracker_rate_limited_total",
+        "counter",
+        "Announces refused over their address's rate (announce rate limit).",
+        s.tracker_rate_limited,
+    );
+    o.one(
+        "tracker_not_recorded_total",
+        "counter",
+        "Announces answered but not recorded: a bound on providers per torrent, per address or in total.",
+        s.tracker_not_recorded,
+    );
+    o.one("tracker_providers", "gauge", "Providers indexed, all torrents.", s.tracker_providers);
+    o.one(
+        "store_provider_entries",
+        "gauge",
+        "Replicated entries of the providers namespace, tombstones included.",
+        s.provider_entries as u64,
+    );
+    o.one(
+        "dns_tcp_write_timeouts_total",
+        "counter",
+        "DNS over TCP connections closed: the client did not read its answers in time.",
+        s.dns_tcp_write_timeouts,
+    );
     o.0
 }

@@ -5,17 +5,55 @@
 
 use crate::rt;
 use futures::{AsyncReadExt, FutureExt};
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Connections being served per remote IP address; an address's count
+/// goes when its last connection ends, so it holds at most one entry per
+/// connection served.
+#[derive(Clone, Default)]
+struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in a [`PerIp`]; gives it back when dropped.
+struct IpSlot(PerIp, IpAddr);
+
+impl PerIp {
+    /// A place for a connection from `ip`, unless it has `max` already.
+    fn take(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Accepts connections until `shutdown` fires, serving each with `serve`
 /// on its own task; at most `max` are served at once (the rest wait in the
-/// kernel's backlog).
+/// kernel's backlog), and at most `per_ip_max` of them from one IP address
+/// (more from it are closed at once, so one address cannot take every
+/// slot).
 pub async fn accept_bounded<F, Fut>(
     listener: Box<dyn rt::TcpListener>,
     max: usize,
+    per_ip_max: usize,
     what: &'static str,
     shutdown: rt::Shutdown,
     serve: F,
@@ -24,10 +62,15 @@ pub async fn accept_bounded<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(async_lock::Semaphore::new(max));
+    let per_ip = PerIp::default();
+    let mut held = None;
     loop {
-        let permit = futures::select_biased! {
-            _ = shutdown.wait().fuse() => return,
-            p = permits.acquire_arc().fuse() => p,
+        let permit = match held.take() {
+            Some(p) => p,
+            None => futures::select_biased! {
+                _ = shutdown.wait().fuse() => return,
+                p = permits.acquire_arc().fuse() => p,
+            },
         };
         let (stream, peer) = futures::select_biased! {
             _ = shutdown.wait().fuse() => return,
@@ -41,9 +84,16 @@ pub async fn accept_bounded<F, Fut>(
                 }
             },
         };
+        let Some(slot) = per_ip.take(peer.ip(), per_ip_max) else {
+            tracing::debug!(%peer, per_ip_max, "{what}: this address has every connection it may have; closing");
+            drop(stream);
+            held = Some(permit);
+            continue;
+        };
         let conn = serve(stream, peer);
         rt::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             conn.await;
         });
     }
@@ -125,6 +175,21 @@ pub fn http_unreachable(what: &str, addr: &str, t: &ureq::Transport, hint: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_gets_at_most_its_share_and_gets_it_back_when_connections_end() {
+        let per_ip = PerIp::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = per_ip.take(a, 2).unwrap();
+        let _second = per_ip.take(a, 2).unwrap();
+        assert!(per_ip.take(a, 2).is_none(), "a third from the same address is refused");
+        assert!(per_ip.take(b, 2).is_some(), "another address is not held back");
+        drop(first);
+        assert!(per_ip.take(a, 2).is_some());
+        drop(per_ip.take(b, 2));
+        assert!(!per_ip.0.lock().unwrap().contains_key(&b), "an address with no connection is forgotten");
+    }
 
     #[test]
     fn a_refusal_and_an_unknown_host_read_differently() {

@@ -190,6 +190,18 @@ pub struct NodeStats {
     pub tracker_parked: u64,
     /// Late announces after a stop that did not list the peer again.
     pub tracker_late_after_stop: u64,
+    /// Announces refused over their address's rate.
+    pub tracker_rate_limited: u64,
+    /// Announces answered but not recorded: a bound on providers was
+    /// reached.
+    pub tracker_not_recorded: u64,
+    /// Providers indexed (all torrents, every node's announces).
+    pub tracker_providers: u64,
+    /// Replicated entries of the providers namespace (tombstones included).
+    pub provider_entries: usize,
+    /// DNS over TCP connections closed because the client did not read
+    /// its answers in time.
+    pub dns_tcp_write_timeouts: u64,
 }
 
 impl NodeStats {
@@ -263,6 +275,9 @@ pub struct NodeParts {
     pub joins: async_channel::Receiver<Vec<PeerAddr>>,
     /// Seconds between a peer's announces, as the tracker tells them.
     pub tracker_interval_s: u32,
+    /// Announces per second one address may make (bursts of 20 times
+    /// that); past it the tracker answers `announce rate limit`.
+    pub tracker_rate_per_s: u32,
 }
 
 /// Everything the node task owns.
@@ -274,6 +289,9 @@ pub struct Node {
     closer: Closer,
     /// Peers (by IP) already warned about for gossip no key opens.
     auth_warned: HashSet<std::net::IpAddr>,
+    /// Gossip messages the member dropped (any reason), to tell whether
+    /// the last one received opened.
+    gossip_drops: u64,
     member_deadline: rumor_core::time::Instant,
     tracker_deadline: rumor_core::time::Instant,
     /// Writes waiting for the member's answer, by token: those waiting for
@@ -315,8 +333,13 @@ impl Node {
         let (tx, rx) = async_channel::bounded(COMMANDS_MAX);
         let seed = os_random();
         let now = parts.clock.both();
+        // Unbounded in type only: one ack per write waiting on the disk, and the
+        // member holds at most `member::PENDING_WRITES_MAX` of those.
         let (durable_tx, durable_rx) = async_channel::unbounded();
-        let mut tracker = Tracker::new(tracker::Config::new(parts.tracker_interval_s), now);
+        let mut config = tracker::Config::new(parts.tracker_interval_s);
+        config.rate_per_s = parts.tracker_rate_per_s.max(1);
+        config.rate_burst = config.rate_per_s.saturating_mul(20);
+        let mut tracker = Tracker::new(config, now);
         tracker.restore(parts.member.store().live(rumor_core::replica::Namespace::PROVIDERS, now.wall_ms));
         let node = Node {
             clock: parts.clock,
@@ -325,6 +348,7 @@ impl Node {
             advertise: parts.advertise,
             closer: parts.closer,
             auth_warned: HashSet::new(),
+            gossip_drops: 0,
             member_deadline: now.at,
             tracker_deadline: now.at,
             writes: HashMap::new(),
@@ -389,7 +413,12 @@ impl Node {
                 },
                 msg = inbound.recv().fuse() => {
                     if let Ok((from, bytes)) = msg {
-                        self.feed_member(member::Input::Receive { from, bytes });
+                        let drops = self.gossip_drops;
+                        self.feed_member(member::Input::Receive { from: from.clone(), bytes });
+                        if self.gossip_drops == drops {
+                            // It opened under a cluster key: a member's.
+                            self.closer.admit(&from);
+                        }
                     }
                 }
                 addrs = rt::recv_opt(&mut joins).fuse() => {
@@ -570,6 +599,7 @@ impl Node {
             }
             member::Event::Providers(change) => to_tracker.push(tracker::Input::Store(change)),
             member::Event::Dropped { from, reason: DecodeError::Auth } => {
+                self.gossip_drops += 1;
                 // The sender learns nothing from a sealed reply, so the
                 // connection is closed: its transport notices and says so.
                 self.closer.close(&from);
@@ -587,6 +617,7 @@ impl Node {
                 }
             }
             member::Event::Dropped { from, reason } => {
+                self.gossip_drops += 1;
                 tracing::debug!(from = %from.0, "gossip message dropped: {reason:?}");
             }
         }
@@ -799,6 +830,11 @@ impl Node {
             tracker_answered_on_timeout: t.answered_on_timeout,
             tracker_parked: self.tracker.parked() as u64,
             tracker_late_after_stop: t.late_after_stop,
+            tracker_rate_limited: t.rate_limited,
+            tracker_not_recorded: t.not_recorded,
+            tracker_providers: self.tracker.overlay().providers() as u64,
+            provider_entries: self.member.store().len_of(rumor_core::replica::Namespace::PROVIDERS),
+            dns_tcp_write_timeouts: DNS_TCP_WRITE_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed),
             ..NodeStats::default()
         }
     }
@@ -856,15 +892,27 @@ pub async fn resolve_joins(targets: Vec<String>, tx: async_channel::Sender<Vec<P
     }
 }
 
+/// DNS over TCP connections closed because the client did not read its
+/// answers within [`DNS_TCP_WRITE_TIMEOUT`] (process-wide: one node per
+/// process).
+static DNS_TCP_WRITE_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long writing one DNS answer over TCP may take. A client that does
+/// not read its answers (RFC 7766 §6.2.2: a server may close it) would
+/// otherwise hold its connection slot forever.
+pub const DNS_TCP_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Serves DNS over TCP (RFC 7766): 2-byte length-prefixed messages,
 /// several per connection, each answered through the node task.
 pub async fn serve_tcp(listener: Box<dyn rt::TcpListener>, node: NodeHandle, shutdown: rt::Shutdown) {
     use futures::AsyncWriteExt;
     /// Most TCP clients at once; more wait in the kernel's backlog.
     const CONNECTIONS_MAX: usize = 512;
+    /// Most of them from one IP address: one host cannot take every slot.
+    const PER_IP_MAX: usize = 64;
     /// An idle connection is closed after this (RFC 7766 suggests seconds).
     const IDLE: std::time::Duration = std::time::Duration::from_secs(10);
-    crate::net::accept_bounded(listener, CONNECTIONS_MAX, "DNS TCP", shutdown, |mut stream, peer| {
+    crate::net::accept_bounded(listener, CONNECTIONS_MAX, PER_IP_MAX, "DNS TCP", shutdown, |mut stream, peer| {
         let node = node.clone();
         async move {
             while let Some(msg) = crate::net::read_frame::<2>(&mut stream, u16::MAX as usize, IDLE).await {
@@ -879,8 +927,14 @@ pub async fn serve_tcp(listener: Box<dyn rt::TcpListener>, node: NodeHandle, shu
                 let mut out = Vec::with_capacity(2 + reply.len());
                 out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
                 out.extend_from_slice(&reply);
-                if stream.write_all(&out).await.is_err() {
-                    return;
+                match rt::timeout(DNS_TCP_WRITE_TIMEOUT, stream.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(rt::Elapsed) => {
+                        DNS_TCP_WRITE_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(%peer, "closing a DNS TCP connection that does not read its answers");
+                        return;
+                    }
                 }
             }
         }

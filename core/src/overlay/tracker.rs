@@ -16,6 +16,20 @@
 //!   `stopped` at once, on another connection): it does not list the peer
 //!   again. The stop is learnt from the replicated tombstone too, so a late
 //!   announce reaching another node is caught as well.
+//! - What one address can write is bounded (issue #12: one client filled
+//!   the replicated store with a million announces of random torrents):
+//!   each [`address_group`] gets a token bucket of [`Config::rate_burst`]
+//!   announces refilled at [`Config::rate_per_s`], and an announce past it
+//!   is answered with the failure reason `announce rate limit` and changes
+//!   nothing; a new provider is recorded only while its torrent has fewer
+//!   than [`Config::providers_per_torrent_max`], its address group fewer
+//!   than [`Config::providers_per_address_max`] and the index fewer than
+//!   [`Config::providers_max`] (a refresh of a known one always is; an
+//!   announce not recorded is still answered with peers), and a snatch only
+//!   for a recorded provider, while the torrent has fewer than
+//!   [`Config::snatches_per_torrent_max`]. The replicated store caps the
+//!   `PROVIDERS` namespace again, for whatever arrives from other nodes,
+//!   and keeps DNS's room.
 //! - When the index knows no other provider of the torrent, the announce is
 //!   parked and a gossip lookup asks a few members (a node that just joined
 //!   may not hold the providers yet); it is answered when the lookup ends,
@@ -40,11 +54,11 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use core::net::{IpAddr, SocketAddr};
 
-use super::{parse_key, provider_key, provider_value, snatch_key, Overlay, Provider, LOOKUP_MAX};
+use super::{address_group, parse_key, provider_key, provider_value, snatch_key, Overlay, Provider, LOOKUP_MAX};
 use crate::bt::metainfo::InfoHash;
 use crate::bt::tracker::{
-    encode_announce_response, encode_scrape_response, AnnounceEvent, AnnounceRequest, AnnounceResponse, ScrapeStats,
-    TrackerPeer,
+    encode_announce_response, encode_failure, encode_scrape_response, AnnounceEvent, AnnounceRequest, AnnounceResponse,
+    ScrapeStats, TrackerPeer,
 };
 use crate::gossip::{self, Now};
 use crate::replica::{Change, Entry, Namespace};
@@ -78,15 +92,42 @@ pub struct Config {
     /// How often expired providers are dropped from the index (lookups
     /// skip them anyway; this frees memory).
     pub sweep_every: Duration,
+    /// Announces one address group may make at once, after a quiet spell.
+    pub rate_burst: u32,
+    /// Announces per second an address group regains, up to `rate_burst`.
+    pub rate_per_s: u32,
+    /// Address groups with a rate bucket at once; past it an arbitrary one
+    /// is forgotten (it starts again with a full bucket), and full buckets
+    /// go at every sweep.
+    pub rate_addresses_max: usize,
+    /// New providers of one torrent are not recorded past this many.
+    pub providers_per_torrent_max: usize,
+    /// New providers from one address group (all torrents) are not
+    /// recorded past this many.
+    pub providers_per_address_max: usize,
+    /// New providers are not recorded while the index holds this many.
+    pub providers_max: usize,
+    /// Snatches of one torrent are not recorded past this many.
+    pub snatches_per_torrent_max: usize,
 }
+
+/// The longest announce interval a [`Config`] takes: two intervals and the
+/// margin must fit in the replicated store's lifetime of a provider
+/// ([`PROVIDERS_LIFETIME_MAX_MS`](crate::replica::PROVIDERS_LIFETIME_MAX_MS)),
+/// or the store would cut providers short.
+pub const INTERVAL_MAX_S: u32 = 3_585;
+/// The failure reason of an announce over its address's rate.
+pub const RATE_LIMITED: &str = "announce rate limit";
 
 impl Config {
     /// Defaults for clients told to announce every `interval_s` seconds.
     pub fn new(interval_s: u32) -> Config {
         Config {
-            interval_s: interval_s.max(1),
+            interval_s: interval_s.clamp(1, INTERVAL_MAX_S),
             expiry_margin: Duration::from_secs(30),
-            snatch_ttl: Duration::from_secs(30 * 24 * 3600),
+            // Soft state like the providers (scrape's `downloaded` counts
+            // the last hour), within the store's provider lifetime.
+            snatch_ttl: Duration::from_secs(3600),
             parked_max: 1024,
             lookup_again: Duration::from_secs(30),
             park_timeout: Duration::from_secs(2),
@@ -94,6 +135,16 @@ impl Config {
             stopped_max: 4096,
             numwant_default: 50,
             sweep_every: Duration::from_secs(10),
+            // A seedbox behind one address announcing a few hundred
+            // torrents every interval stays well under it.
+            rate_burst: 200,
+            rate_per_s: 10,
+            rate_addresses_max: 16_384,
+            providers_per_torrent_max: 2048,
+            providers_per_address_max: 1024,
+            // Half the store's cap of the namespace: room for tombstones.
+            providers_max: crate::replica::PROVIDERS_ENTRIES_MAX / 2,
+            snatches_per_torrent_max: 1024,
         }
     }
 }
@@ -177,6 +228,29 @@ pub struct Stats {
     pub late_after_stop: u64,
     /// The most announces parked at once.
     pub parked_peak: usize,
+    /// Announces refused over their address's rate.
+    pub rate_limited: u64,
+    /// Announces answered but not recorded: a bound on providers was
+    /// reached.
+    pub not_recorded: u64,
+}
+
+/// One address group's rate: tokens in millionths, and when last filled.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    micros: u64,
+    at: Instant,
+}
+
+/// A token in millionths.
+const TOKEN: u64 = 1_000_000;
+
+impl Bucket {
+    /// The tokens (in millionths) at `now`, refilled at `per_s` tokens a
+    /// second (which is `per_s` millionths a microsecond), at most `burst`.
+    fn level(&self, now: Instant, per_s: u64, burst: u64) -> u64 {
+        self.micros.saturating_add(now.saturating_duration_since(self.at).as_micros().saturating_mul(per_s)).min(burst)
+    }
 }
 
 /// An announce waiting on a lookup.
@@ -204,6 +278,8 @@ pub struct Tracker {
     asked: BTreeMap<InfoHash, Instant>,
     /// When each endpoint last stopped (wall ms); at most `stopped_max`.
     stopped: BTreeMap<(InfoHash, SocketAddr), UnixMillis>,
+    /// Announce rate per address group; at most `rate_addresses_max`.
+    rates: BTreeMap<IpAddr, Bucket>,
     next_lookup: u32,
     next_sweep: Instant,
     now: Now,
@@ -221,6 +297,7 @@ impl Tracker {
             parked: BTreeMap::new(),
             asked: BTreeMap::new(),
             stopped: BTreeMap::new(),
+            rates: BTreeMap::new(),
             next_lookup: 0,
             now,
             out: VecDeque::new(),
@@ -263,6 +340,7 @@ impl Tracker {
         assert!(self.asked.len() <= self.config.parked_max, "more torrents remembered as asked than parked_max");
         assert!(self.stopped.len() <= self.config.stopped_max, "more stops remembered than stopped_max");
         assert!(self.stats.parked_peak <= self.config.parked_max, "the parked peak passed parked_max");
+        assert!(self.rates.len() <= self.config.rate_addresses_max, "more rate buckets than rate_addresses_max");
     }
 
     /// The next output. Drain until it returns `Output::Timeout`.
@@ -303,11 +381,45 @@ impl Tracker {
         self.out.push_back(Output::Gossip(c));
     }
 
+    /// Takes one announce from `from`'s bucket; false if it is empty.
+    fn within_rate(&mut self, from: IpAddr) -> bool {
+        let (burst, per_s) = (u64::from(self.config.rate_burst) * TOKEN, u64::from(self.config.rate_per_s));
+        let now = self.now.at;
+        let group = address_group(from);
+        if !self.rates.contains_key(&group) && self.rates.len() >= self.config.rate_addresses_max {
+            // Forget any one (in constant time, however many addresses
+            // an attacker rotates through); the sweep drops full ones.
+            self.rates.pop_first();
+        }
+        let b = self.rates.entry(group).or_insert(Bucket { micros: burst, at: now });
+        b.micros = b.level(now, per_s, burst);
+        b.at = now;
+        if b.micros < TOKEN {
+            return false;
+        }
+        b.micros -= TOKEN;
+        true
+    }
+
+    /// True if a new provider `addr` of `ih` may be recorded.
+    fn room_for(&self, ih: &InfoHash, addr: SocketAddr) -> bool {
+        let o = &self.overlay;
+        o.has(ih, addr)
+            || (o.providers_of(ih) < self.config.providers_per_torrent_max
+                && o.providers_from(addr.ip()) < self.config.providers_per_address_max
+                && o.providers() < self.config.providers_max)
+    }
+
     fn announce(&mut self, id: u64, req: AnnounceRequest, from: IpAddr) {
         self.stats.announces += 1;
+        if !self.within_rate(from) {
+            self.stats.rate_limited += 1;
+            return self.answer(id, encode_failure(RATE_LIMITED));
+        }
         let now = self.now;
         let ih = req.info_hash;
         let addr = SocketAddr::new(from, req.port);
+        let mut recorded = false;
         let key = Bytes::from(provider_key(&ih, addr));
         match req.event {
             AnnounceEvent::Stopped => {
@@ -322,7 +434,10 @@ impl Tracker {
                 }
                 if self.stopped_recently(ih, addr) {
                     self.stats.late_after_stop += 1;
+                } else if !self.room_for(&ih, addr) {
+                    self.stats.not_recorded += 1;
                 } else {
+                    recorded = true;
                     let provider = Provider {
                         addr,
                         peer_id: Some(req.peer_id),
@@ -344,8 +459,12 @@ impl Tracker {
                 }
             }
         }
-        if req.event == AnnounceEvent::Completed {
-            // It did complete, even if this arrives after its stop.
+        let snatch_room = self.overlay.snatched(&ih, addr)
+            || (self.overlay.downloaded(&ih) as usize) < self.config.snatches_per_torrent_max;
+        // It did complete, even if this arrives after its stop; but only a
+        // provider this node would record leaves a record of it.
+        let counted = recorded || self.stopped_recently(ih, addr);
+        if req.event == AnnounceEvent::Completed && counted && snatch_room {
             self.overlay.snatch(ih, addr);
             self.gossip(gossip::Command::Write {
                 ns: Namespace::PROVIDERS,
@@ -441,6 +560,9 @@ impl Tracker {
             self.overlay.expire(now.wall_ms);
             let hold_ms = self.config.stopped_hold.as_millis();
             self.stopped.retain(|_, at| now.wall_ms < at.saturating_add(hold_ms));
+            // A full bucket is as good as none.
+            let (burst, per_s) = (u64::from(self.config.rate_burst) * TOKEN, u64::from(self.config.rate_per_s));
+            self.rates.retain(|_, b| b.level(now.at, per_s, burst) < burst);
             let again = self.config.lookup_again;
             self.asked.retain(|_, at| now.at < *at + again);
         }

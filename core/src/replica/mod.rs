@@ -9,4 +9,7 @@ mod entry;
 mod store;
 
 pub use entry::{lww_cmp, merge, Entry, Hlc, Namespace, NodeId, Version};
-pub use store::{Change, Delta, Digest, FullChunk, LocalWrite, Refused, Store, StoreConfig};
+pub use store::{
+    Change, Delta, Digest, FullChunk, LocalWrite, NamespaceConfig, Refused, Store, StoreConfig, PROVIDERS_ENTRIES_MAX,
+    PROVIDERS_LIFETIME_MAX_MS,
+};

@@ -19,7 +19,9 @@ pub struct StoreConfig {
     /// want to heal by delta.
     pub tombstone_grace_ms: u64,
     /// Entries (live and tombstones) the store holds at most; writes and
-    /// remote entries for new keys are refused beyond it.
+    /// remote entries for new keys are refused beyond it. The default
+    /// [`namespaces`](Self::namespaces) keep 800,000 of it for DNS: lower
+    /// that reserve with it.
     pub entries_max: usize,
     /// Longest key accepted, in bytes.
     pub key_bytes_max: usize,
@@ -37,7 +39,46 @@ pub struct StoreConfig {
     /// sent as tombstones in full transfers, so a node that was away longer
     /// than the grace period still learns about the delete.
     pub graveyard_max: usize,
+    /// Limits of single namespaces on top of the store-wide ones; a
+    /// namespace not listed has none of its own. The default caps the
+    /// tracker's `PROVIDERS` (soft state, written by anyone who can reach
+    /// `/announce`) and keeps room for `DNS` that no other namespace can
+    /// take, whether its entries are written here or arrive by gossip.
+    pub namespaces: BTreeMap<Namespace, NamespaceConfig>,
 }
+
+/// Limits of one namespace of a [`Store`] (see [`StoreConfig::namespaces`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    /// Entries of this namespace held at most (live and tombstones); new
+    /// keys of it are refused with [`Refused::Full`] beyond it.
+    pub entries_max: usize,
+    /// Room of [`StoreConfig::entries_max`] kept for this namespace: an
+    /// entry of another namespace is refused if it would leave less free
+    /// room than this namespace's unused reserve.
+    pub entries_reserved: usize,
+    /// Soft state: every entry of the namespace expires at most this long
+    /// after its version (a later expiry, or none, is cut to it, the same
+    /// way on every node), so a delete only has to outlive that: its
+    /// tombstone is kept this long rather than
+    /// [`StoreConfig::tombstone_grace_ms`], and once collected it is not
+    /// remembered (any older copy a peer still offers has expired). Only
+    /// applies when it is at most `tombstone_grace_ms`.
+    pub lifetime_max_ms: Option<u64>,
+}
+
+impl Default for NamespaceConfig {
+    /// No limit of its own.
+    fn default() -> Self {
+        NamespaceConfig { entries_max: usize::MAX, entries_reserved: 0, lifetime_max_ms: None }
+    }
+}
+
+/// Provider entries held at most by default (about 100 MB of memory).
+pub const PROVIDERS_ENTRIES_MAX: usize = 200_000;
+/// How long a provider entry (and so its tombstone) lives at most, by
+/// default: two hours, enough for announce intervals up to about an hour.
+pub const PROVIDERS_LIFETIME_MAX_MS: u64 = 2 * 3600 * 1000;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -49,6 +90,21 @@ impl Default for StoreConfig {
             writers_max: 2048,
             clock_drift_max_ms: 60_000,
             graveyard_max: 100_000,
+            namespaces: BTreeMap::from([
+                (
+                    Namespace::DNS,
+                    // Whatever the other namespaces hold, DNS keeps 80%.
+                    NamespaceConfig { entries_reserved: 800_000, ..NamespaceConfig::default() },
+                ),
+                (
+                    Namespace::PROVIDERS,
+                    NamespaceConfig {
+                        entries_max: PROVIDERS_ENTRIES_MAX,
+                        lifetime_max_ms: Some(PROVIDERS_LIFETIME_MAX_MS),
+                        ..NamespaceConfig::default()
+                    },
+                ),
+            ]),
         }
     }
 }
@@ -76,7 +132,8 @@ pub enum Refused {
     Stale,
     /// Key or value longer than the configured limits (nothing changed).
     TooLarge,
-    /// The store is at `entries_max` or `writers_max` (nothing changed).
+    /// The store is at `entries_max` or `writers_max`, or the namespace at
+    /// its own cap or at another's reserve (nothing changed).
     Full,
     /// The version is further in the future than `clock_drift_max_ms`
     /// (nothing changed).
@@ -159,6 +216,8 @@ pub struct Store {
     me: NodeId,
     hlc: Hlc,
     entries: BTreeMap<Key, Entry>,
+    /// Entries held per namespace (the keys of `entries`, counted).
+    per_ns: BTreeMap<Namespace, usize>,
     by_writer: BTreeSet<(NodeId, Version, Namespace, Bytes)>,
     seen: BTreeMap<NodeId, Version>,
     max: BTreeMap<NodeId, Version>,
@@ -190,6 +249,7 @@ impl Store {
             me,
             hlc: Hlc::new(),
             entries: BTreeMap::new(),
+            per_ns: BTreeMap::new(),
             by_writer: BTreeSet::new(),
             seen: BTreeMap::new(),
             max: BTreeMap::new(),
@@ -272,7 +332,7 @@ impl Store {
         let k = (ns, key);
         if let Some(old) = self.entries.get(&k) {
             self.hlc.observe(old.version);
-        } else if self.entries.len() >= self.cfg.entries_max {
+        } else if !self.has_room(ns) {
             return Err(Refused::Full);
         }
         if !self.seen.contains_key(&self.me) && self.seen.len() >= self.cfg.writers_max {
@@ -287,7 +347,8 @@ impl Store {
             mine
         };
         let version = self.hlc.tick(now_ms);
-        let entry = Entry { ns: k.0, key: k.1, value, writer: self.me, version, expires_ms, deleted };
+        let mut entry = Entry { ns: k.0, key: k.1, value, writer: self.me, version, expires_ms, deleted };
+        self.cap_lifetime(&mut entry);
         self.put(entry.clone());
         self.set_seen(self.me, version);
         self.expire(now_ms);
@@ -308,11 +369,12 @@ impl Store {
         if e.deleted && !e.value.is_empty() {
             e.value = Bytes::new();
         }
+        self.cap_lifetime(&mut e);
         if !e.deleted && e.is_expired(now_ms) {
             e = e.into_tombstone();
         }
         if let Some(dead) = e.dead_since_ms() {
-            if e.deleted && dead.saturating_add(self.cfg.tombstone_grace_ms) <= now_ms {
+            if e.deleted && dead.saturating_add(self.grace_ms(e.ns)) <= now_ms {
                 // Past its grace period: it would be collected at once. Still
                 // let it beat an older live entry we hold, but never store it
                 // for a key we do not have.
@@ -338,7 +400,7 @@ impl Store {
                 return Err(Refused::Stale);
             }
             None => {
-                if self.entries.len() >= self.cfg.entries_max {
+                if !self.has_room(e.ns) {
                     return Err(Refused::Full);
                 }
             }
@@ -358,6 +420,8 @@ impl Store {
         self.graveyard.remove(&k);
         if let Some(old) = self.entries.remove(&k) {
             self.unindex(&old);
+        } else {
+            *self.per_ns.entry(k.0).or_default() += 1;
         }
         let m = self.max.entry(e.writer).or_default();
         if e.version > *m {
@@ -365,7 +429,7 @@ impl Store {
         }
         self.by_writer.insert((e.writer, e.version, e.ns, e.key.clone()));
         if e.deleted {
-            let at = e.dead_since_ms().unwrap_or(0).saturating_add(self.cfg.tombstone_grace_ms);
+            let at = e.dead_since_ms().unwrap_or(0).saturating_add(self.grace_ms(e.ns));
             self.collect.insert((at, e.ns, e.key.clone()));
         } else if e.expires_ms != 0 {
             self.expiries.insert((e.expires_ms, e.ns, e.key.clone()));
@@ -377,7 +441,7 @@ impl Store {
     fn unindex(&mut self, old: &Entry) {
         self.by_writer.remove(&(old.writer, old.version, old.ns, old.key.clone()));
         if old.deleted {
-            let at = old.dead_since_ms().unwrap_or(0).saturating_add(self.cfg.tombstone_grace_ms);
+            let at = old.dead_since_ms().unwrap_or(0).saturating_add(self.grace_ms(old.ns));
             self.collect.remove(&(at, old.ns, old.key.clone()));
         } else if old.expires_ms != 0 {
             self.expiries.remove(&(old.expires_ms, old.ns, old.key.clone()));
@@ -404,15 +468,77 @@ impl Store {
             }
             let (_, ns, key) = self.collect.pop_first().expect("non-empty");
             if let Some(old) = self.entries.remove(&(ns, key.clone())) {
+                self.uncount(ns);
                 self.by_writer.remove(&(old.writer, old.version, old.ns, old.key.clone()));
-                let f = self.gc_floor.entry(old.writer).or_default();
-                if old.version > *f {
-                    *f = old.version;
+                // A soft namespace's older copies have all expired by now,
+                // wherever they are: no peer needs to learn of this delete.
+                if self.soft_lifetime_ms(ns).is_none() {
+                    let f = self.gc_floor.entry(old.writer).or_default();
+                    if old.version > *f {
+                        *f = old.version;
+                    }
+                    self.bury(ns, key.clone(), old.version, old.writer);
                 }
-                self.bury(ns, key.clone(), old.version, old.writer);
                 self.changes.push_back(Change::Removed { ns, key });
             }
         }
+    }
+
+    /// Room for one more key of `ns`: under its own cap, and under the
+    /// store's cap less the unused reserves of the other namespaces.
+    fn has_room(&self, ns: Namespace) -> bool {
+        let held = |n: &Namespace| self.per_ns.get(n).copied().unwrap_or(0);
+        let mut kept = 0usize;
+        for (n, c) in &self.cfg.namespaces {
+            if *n == ns {
+                if held(n) >= c.entries_max {
+                    return false;
+                }
+            } else {
+                kept = kept.saturating_add(c.entries_reserved.saturating_sub(held(n)));
+            }
+        }
+        self.entries.len().saturating_add(kept) < self.cfg.entries_max
+    }
+
+    fn uncount(&mut self, ns: Namespace) {
+        if let Some(n) = self.per_ns.get_mut(&ns) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ns.remove(&ns);
+            }
+        }
+    }
+
+    /// The lifetime of a soft namespace (see
+    /// [`NamespaceConfig::lifetime_max_ms`]), if `ns` is one.
+    fn soft_lifetime_ms(&self, ns: Namespace) -> Option<u64> {
+        self.cfg.namespaces.get(&ns).and_then(|c| c.lifetime_max_ms).filter(|l| *l <= self.cfg.tombstone_grace_ms)
+    }
+
+    /// How long a tombstone of `ns` is kept.
+    fn grace_ms(&self, ns: Namespace) -> u64 {
+        self.soft_lifetime_ms(ns).unwrap_or(self.cfg.tombstone_grace_ms)
+    }
+
+    /// Cuts a live entry's expiry to its namespace's lifetime, if it has
+    /// one: a function of the entry alone, so every node cuts alike.
+    fn cap_lifetime(&self, e: &mut Entry) {
+        if e.deleted {
+            return;
+        }
+        let Some(l) = self.cfg.namespaces.get(&e.ns).and_then(|c| c.lifetime_max_ms) else {
+            return;
+        };
+        let latest = e.version.wall_ms().saturating_add(l).max(1);
+        if e.expires_ms == 0 || e.expires_ms > latest {
+            e.expires_ms = latest;
+        }
+    }
+
+    /// Entries of namespace `ns` held, tombstones included.
+    pub fn len_of(&self, ns: Namespace) -> usize {
+        self.per_ns.get(&ns).copied().unwrap_or(0)
     }
 
     /// Remembers a collected tombstone, forgetting the oldest beyond
@@ -771,10 +897,14 @@ impl Store {
         let n = doomed.len();
         for k in doomed {
             if let Some(old) = self.entries.remove(&k) {
+                self.uncount(k.0);
                 self.unindex(&old);
                 // Dead as surely as a collected tombstone: remember it, so the
-                // same write is refused if a stale peer offers it again.
-                self.bury(k.0, k.1.clone(), old.version, old.writer);
+                // same write is refused if a stale peer offers it again (a
+                // soft namespace's copies expire anyway).
+                if self.soft_lifetime_ms(k.0).is_none() {
+                    self.bury(k.0, k.1.clone(), old.version, old.writer);
+                }
                 self.changes.push_back(Change::Removed { ns: k.0, key: k.1 });
             }
         }

@@ -95,7 +95,8 @@ pub async fn run(
             };
             let key = Bytes::from(overlay::provider_key(&ih, provider.addr));
             let value = Bytes::from(overlay::provider_value(&provider));
-            let write = gossip::Command::Write { ns: Namespace::PROVIDERS, key, value, expires_ms: provider.expires_ms };
+            let write =
+                gossip::Command::Write { ns: Namespace::PROVIDERS, key, value, expires_ms: provider.expires_ms };
             member.step(both, member::Input::Command(member::Command::Gossip(write)), &mut net);
             lookup_id = lookup_id.wrapping_add(1);
             let prefix = Bytes::copy_from_slice(&ih.0);

@@ -190,3 +190,41 @@ proptest! {
         drain(&mut a);
     }
 }
+
+#[test]
+fn a_stop_while_completed_is_in_flight_waits_for_it_then_says_stopped() {
+    let mut a = announcer(&[&["http://a/announce"]]);
+    let (id, _) = get(&drain(&mut a).0);
+    a.handle(t(1), Input::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
+    drain(&mut a);
+    a.handle(t(2), Input::Completed);
+    let (id, url) = get(&drain(&mut a).0);
+    assert!(url.contains("&event=completed"));
+    // The user stops a microsecond later: `completed` must not be dropped.
+    a.handle(t(2), Input::Stop);
+    let (o, at) = drain(&mut a);
+    assert!(o.is_empty(), "nothing new while completed is in flight: {o:?}");
+    assert!(at > t(2) && at < Instant::NEVER, "the in-flight request's deadline bounds the wait");
+    a.handle(t(3), Input::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
+    let (o, _) = drain(&mut a);
+    let (id, url) = get(&o);
+    assert!(url.contains("&event=stopped"), "{url}");
+    assert!(!o.iter().any(|o| matches!(o, Output::Event(Event::Peers(_)))), "no peers handed out once stopping");
+    a.handle(t(4), Input::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
+    assert_eq!(drain(&mut a).1, Instant::NEVER, "idle once stopped was answered");
+}
+
+#[test]
+fn a_stop_after_completed_failed_still_says_stopped() {
+    let mut a = announcer(&[&["http://a/announce"]]);
+    let (id, _) = get(&drain(&mut a).0);
+    a.handle(t(1), Input::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
+    drain(&mut a);
+    a.handle(t(2), Input::Completed);
+    let (id, _) = get(&drain(&mut a).0);
+    a.handle(t(2), Input::Stop);
+    drain(&mut a);
+    a.handle(t(3), Input::RequestFailed { id });
+    let (_, url) = get(&drain(&mut a).0);
+    assert!(url.contains("&event=stopped"), "{url}");
+}

@@ -198,6 +198,10 @@ pub struct Announcer {
     failures: u32,
     next_id: RequestId,
     stopped: bool,
+    /// A `stop` came while `completed` was in flight: send `stopped` once
+    /// that request ends (answered, failed or timed out), so the tracker
+    /// counts the download before it forgets the peer.
+    stop_after_in_flight: bool,
     out: VecDeque<Output>,
 }
 
@@ -247,6 +251,7 @@ impl Announcer {
             failures: 0,
             next_id: 1,
             stopped: false,
+            stop_after_in_flight: false,
             out: VecDeque::new(),
         };
         a.send(now);
@@ -294,9 +299,16 @@ impl Announcer {
             }
             Input::Stop => {
                 if !self.stopped {
-                    self.event = AnnounceEvent::Stopped;
-                    self.restart(now);
                     self.stopped = true;
+                    if self.in_flight.is_some() && self.event == AnnounceEvent::Completed {
+                        // Dropping the `completed` in flight would lose the
+                        // snatch, and a tracker handling both at once may
+                        // take them in either order: let it end first (its
+                        // own deadline bounds the wait).
+                        self.stop_after_in_flight = true;
+                    } else {
+                        self.send_stopped(now);
+                    }
                 }
             }
             Input::HttpBody { id, body } => self.on_http(now, id, &body),
@@ -316,6 +328,13 @@ impl Announcer {
                 }
             }
         }
+    }
+
+    /// Announces `stopped` now, from the first tier.
+    fn send_stopped(&mut self, now: Instant) {
+        self.stop_after_in_flight = false;
+        self.event = AnnounceEvent::Stopped;
+        self.restart(now);
     }
 
     /// Drops any request in flight and announces now from the first tier.
@@ -393,6 +412,10 @@ impl Announcer {
         self.tiers[f.tier][f.index].conn = None;
         self.out.push_back(Output::Event(Event::TrackerError { tracker: url, error }));
         self.failures += 1;
+        if self.stop_after_in_flight {
+            // `completed` did not get through; `stopped` still must.
+            return self.send_stopped(now);
+        }
         // Next tracker in the tier, else the first of the next tier; after
         // the last tier, wait and start over.
         let (tier, index) = (f.tier, f.index + 1);
@@ -414,6 +437,9 @@ impl Announcer {
     /// The tracker in flight answered: promote it, schedule the next round.
     fn succeed(&mut self, now: Instant, f: InFlight, interval: Duration, peers: Vec<SocketAddr>) {
         self.in_flight = None;
+        if self.stop_after_in_flight {
+            return self.send_stopped(now);
+        }
         self.failures = 0;
         let t = self.tiers[f.tier].remove(f.index);
         self.tiers[f.tier].insert(0, t);

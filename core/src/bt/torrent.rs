@@ -332,9 +332,9 @@ struct Conn {
     last_recv_at: Instant,
     last_sent_at: Instant,
     last_data_at: Option<Instant>,
-    /// Last time this peer was of use: its handshake, either side becoming
-    /// interested (or our interest ending: it was of use until then), a
-    /// new block either way. Orders who gives way first.
+    /// Last time this peer was of use: its handshake, either side's
+    /// interest starting or ending (it was of use until then), a new block
+    /// either way. Orders who gives way first.
     useful_at: Instant,
     /// Our requests in flight and when they were sent.
     sent_requests: BTreeMap<BlockRef, Instant>,
@@ -755,6 +755,10 @@ impl Torrent {
                 self.rechoke(now);
             }
             Message::NotInterested => {
+                // Wanting our pieces until now made it of use until now.
+                if c.peer_interested {
+                    c.useful_at = now;
+                }
                 c.peer_interested = false;
                 self.rechoke(now);
             }

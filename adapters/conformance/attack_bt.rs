@@ -113,28 +113,24 @@ fn lt_bytes(log: &str, total: u64) -> u64 {
     0
 }
 
-#[test]
-fn idle_and_keepalive_only_connections_do_not_keep_a_real_leecher_from_a_seeder() {
-    let s = Scratch::new("attack-bt-slots");
+fn leecher_completes_under_attack(tag: &str, idle: usize, keepalive: usize, limit: Duration) {
+    let s = Scratch::new(tag);
     let Fixture { src, data, torrent, ih } =
         fixture(&s.0, 8, &["--announce", "http://127.0.0.1:1/announce", "--piece-size", "32768"]);
     let total = metainfo_of(&torrent).total_length;
     let port = free_port();
     let seeder = rumor_seed(&s.0, "seed", &torrent, &src, port, &["--bind", "127.0.0.1"]);
     wait_listening(port);
-    // Four times the seeder's 50 slots of idle connections, and more
-    // keep-alive-only peers than slots.
-    let _attack = attack(port, 200, 60, &ih);
+    let _attack = attack(port, idle, keepalive, &ih);
     std::thread::sleep(Duration::from_secs(3));
     let started = Instant::now();
     let (mut lt, out) = lt_leech(&s.0, &torrent, port);
-    let limit = Duration::from_secs(25);
     let status = lt.wait_for(limit);
     let took = started.elapsed();
     let got = lt_bytes(&lt.log_text(), total);
     eprintln!(
-        "attack_bt: 200 idle + 60 keep-alive-only connections: the libtorrent leecher got {got} of {total} bytes, \
-         {} in {:.1} s",
+        "attack_bt: {idle} idle + {keepalive} keep-alive-only connections: the libtorrent leecher got {got} of \
+         {total} bytes, {} in {:.1} s",
         if status.is_some_and(|s| s.success()) { "complete" } else { "not complete" },
         took.as_secs_f64()
     );
@@ -145,4 +141,20 @@ fn idle_and_keepalive_only_connections_do_not_keep_a_real_leecher_from_a_seeder(
         seeder.log_text()
     );
     assert_same_tree(&data, &out.join(data.file_name().unwrap()));
+}
+
+#[test]
+fn idle_and_keepalive_only_connections_do_not_keep_a_real_leecher_from_a_seeder() {
+    // Four times the seeder's 50 slots of idle connections, and more
+    // keep-alive-only peers than slots: a connection without a handshake
+    // gives way at once.
+    leecher_completes_under_attack("attack-bt-idle", 200, 60, Duration::from_secs(20));
+}
+
+#[test]
+fn keepalive_only_peers_holding_every_slot_give_way_to_a_real_leecher() {
+    // More keep-alive-only peers than slots, nothing idle: they give way
+    // once they have been of no use for ten seconds (the leecher dials
+    // again every two).
+    leecher_completes_under_attack("attack-bt-keepalive", 0, 70, Duration::from_secs(30));
 }

@@ -802,13 +802,15 @@ fn handle_output(s: &mut Sim, i: usize, o: Output) {
     }
 }
 
-/// A seed with `peers_max` slots, the remotes of `handshaken` keys
+/// A seed with `peers_max` slots whose useless peers give way after 10 s,
+/// the remotes of `handshaken` keys
 /// (connected at time zero) and bare connections for `bare` keys.
 fn full_seed(peers_max: usize, handshaken: &[u64], bare: &[(u64, Instant)]) -> (Torrent, Metainfo, Vec<Remote>) {
     let data = content(4 * PL as usize);
     let meta = meta_for(&data);
     let mut cfg = TorrentConfig::new([1; 20]);
     cfg.peers_max = peers_max;
+    cfg.useless_after = Duration::from_secs(10);
     let mut t = Torrent::new(cfg, &meta, &Bitfield::full(4), Instant::ZERO, 1);
     let remotes = handshaken.iter().map(|k| Remote::connect(&mut t, &meta, *k, true).0).collect();
     for (k, at) in bare {
@@ -845,7 +847,7 @@ fn when_the_slots_are_full_the_oldest_connection_without_a_handshake_gives_way()
 #[test]
 fn a_handshaken_peer_that_wants_nothing_gives_way_only_after_useless_after() {
     let (mut t, _, _) = full_seed(2, &[1, 2], &[]);
-    let grace = TorrentConfig::new([1; 20]).useless_after;
+    let grace = Duration::from_secs(10);
     t.handle(Instant::ZERO + Duration::from_micros(grace.as_micros() - 1), Input::MakeRoom);
     assert!(gave_way(&drain(&mut t)).is_empty(), "a peer just handshaken may still say what it wants");
     t.handle(Instant::ZERO + grace, Input::MakeRoom);
@@ -897,4 +899,16 @@ fn with_every_peer_trading_nobody_gives_way() {
     t.handle(secs(100), Input::MakeRoom);
     assert!(gave_way(&drain(&mut t)).is_empty());
     assert_eq!(t.peer_count(), 2);
+}
+
+#[test]
+fn by_default_a_useless_peer_gives_way_at_once_but_a_peer_that_trades_never() {
+    let (mut t, meta) = fresh(true);
+    let a = Remote::connect(&mut t, &meta, 1, true).0;
+    let _b = Remote::connect(&mut t, &meta, 2, true).0;
+    a.send(&mut t, Instant::ZERO, &[Message::Interested]);
+    t.handle(Instant::ZERO, Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![2]);
+    t.handle(Instant::ZERO, Input::MakeRoom);
+    assert!(gave_way(&drain(&mut t)).is_empty());
 }

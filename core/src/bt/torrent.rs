@@ -22,8 +22,8 @@
 //! When every slot is taken and another peer wants in, the adapter asks
 //! [`Input::MakeRoom`] and the least useful peer gives way (see
 //! [`Torrent::least_useful`]): one that has not sent its handshake yet,
-//! oldest first; else one that has been of no use either way for
-//! [`TorrentConfig::useless_after`], idle longest first. Peers that trade,
+//! oldest first; else one that has been of no use either way (for at
+//! least [`TorrentConfig::useless_after`]), idle longest first. Peers that trade,
 //! or might soon, are never pushed out: so connections that never
 //! handshake, or handshake and then only send keep-alives, cannot hold the
 //! slots against a peer that wants the data.
@@ -73,11 +73,15 @@ pub struct TorrentConfig {
     /// A peer silent this long is dropped.
     pub idle_timeout: Duration,
     /// A handshaken peer that neither wants our pieces nor has pieces we
-    /// want, and has exchanged no data, for this long may give way to a
-    /// newcomer when the slots are full ([`Input::MakeRoom`]). A real
-    /// peer says `interested` right after its bitfield (one round trip),
-    /// so this is generous; it is also how long a peer that only sends
-    /// keep-alives can hold a slot wanted by another.
+    /// want, and has exchanged nothing of use, for this long may give way
+    /// to a newcomer when the slots are full ([`Input::MakeRoom`]). Zero
+    /// by default: any grace is a window that peers reconnecting faster
+    /// than a real one fill (with 10 s, 70 keep-alive-only peers that
+    /// reconnect twice a second kept a libtorrent leecher out for 30 s).
+    /// A peer that has just handshaken is still safe in practice: those
+    /// of no use the longest give way first, and a real peer says
+    /// `interested` (and is then never pushed out) one round trip after
+    /// the handshake.
     pub useless_after: Duration,
     /// We send a keep-alive after this long without sending anything.
     pub keepalive_interval: Duration,
@@ -110,7 +114,7 @@ pub struct TorrentConfig {
 
 impl TorrentConfig {
     /// Defaults around `peer_id`: 50 peers, 60 s request timeout, 120 s
-    /// idle timeout, useless peers give way after 10 s, 90 s keep-alive, 10 s choke rounds, 1 s ticks, 3 s
+    /// idle timeout, useless peers give way at once, 90 s keep-alive, 10 s choke rounds, 1 s ticks, 3 s
     /// target delay, 250 queued requests per peer, trust capped at 8 and
     /// banned at -7.
     pub fn new(peer_id: PeerId) -> TorrentConfig {
@@ -119,7 +123,7 @@ impl TorrentConfig {
             peers_max: 50,
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
-            useless_after: Duration::from_secs(10),
+            useless_after: Duration::ZERO,
             keepalive_interval: Duration::from_secs(90),
             choke_interval: Duration::from_secs(10),
             tick: Duration::from_secs(1),
@@ -837,6 +841,12 @@ impl Torrent {
         } else {
             MetadataMessage::Reject { piece }
         };
+        if matches!(reply, MetadataMessage::Data { .. }) {
+            // A magnet leecher fetching our `info` is not interested yet.
+            if let Some(c) = self.conns.get_mut(&peer) {
+                c.useful_at = now;
+            }
+        }
         let m = Message::Extended { id: their_id, payload: Bytes::from(reply.encode()) };
         self.send(now, peer, &m);
     }

@@ -545,13 +545,14 @@ fn connections_beyond_the_limit_are_refused() {
 }
 
 fn input() -> impl Strategy<Value = (u8, u64, Vec<u8>)> {
-    (0u8..8, 0u64..4, proptest::collection::vec(any::<u8>(), 0..64))
+    (0u8..9, 0u64..4, proptest::collection::vec(any::<u8>(), 0..64))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
     /// Random connects, handshakes, well-formed and garbage messages, read
-    /// and hash results and time: never a panic, and the bookkeeping holds.
+    /// and hash results, requests for room and time: never a panic, and
+    /// the bookkeeping holds.
     #[test]
     fn any_input_sequence_keeps_the_machine_consistent(
         seeding in any::<bool>(),
@@ -587,6 +588,7 @@ proptest! {
                 4 => Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Hangup }),
                 5 => Input::PieceChecked { piece: x % 5, ok: x & 1 == 0 },
                 6 => Input::BlockRead { peer, block: r, data: vec![1; 16384].into() },
+                8 => Input::MakeRoom,
                 _ => {
                     now += Duration::from_secs(x as u64 % 70);
                     Input::Timeout
@@ -800,4 +802,115 @@ fn handle_output(s: &mut Sim, i: usize, o: Output) {
         Output::Event(e) => s.events.push((i, e)),
         _ => {}
     }
+}
+
+/// A seed with `peers_max` slots whose useless peers give way after 10 s,
+/// the remotes of `handshaken` keys
+/// (connected at time zero) and bare connections for `bare` keys.
+fn full_seed(peers_max: usize, handshaken: &[u64], bare: &[(u64, Instant)]) -> (Torrent, Metainfo, Vec<Remote>) {
+    let data = content(4 * PL as usize);
+    let meta = meta_for(&data);
+    let mut cfg = TorrentConfig::new([1; 20]);
+    cfg.peers_max = peers_max;
+    cfg.useless_after = Duration::from_secs(10);
+    let mut t = Torrent::new(cfg, &meta, &Bitfield::full(4), Instant::ZERO, 1);
+    let remotes = handshaken.iter().map(|k| Remote::connect(&mut t, &meta, *k, true).0).collect();
+    for (k, at) in bare {
+        t.handle(*at, Input::Peer(PeerInput::Connected { peer: *k }));
+    }
+    drain(&mut t);
+    (t, meta, remotes)
+}
+
+fn gave_way(out: &[Output]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Disconnect { peer, reason: DisconnectReason::GaveWay } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn secs(s: u64) -> Instant {
+    Instant::ZERO + Duration::from_secs(s)
+}
+
+#[test]
+fn when_the_slots_are_full_the_oldest_connection_without_a_handshake_gives_way() {
+    let (mut t, _, _) = full_seed(4, &[1, 2], &[(4, secs(2)), (3, secs(1))]);
+    assert_eq!(t.peer_count(), 4);
+    t.handle(secs(3), Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![3], "the bare connection that waited longest goes first");
+    assert_eq!(t.peer_count(), 3);
+    t.handle(secs(3), Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![4]);
+}
+
+#[test]
+fn a_handshaken_peer_that_wants_nothing_gives_way_only_after_useless_after() {
+    let (mut t, _, _) = full_seed(2, &[1, 2], &[]);
+    let grace = Duration::from_secs(10);
+    t.handle(Instant::ZERO + Duration::from_micros(grace.as_micros() - 1), Input::MakeRoom);
+    assert!(gave_way(&drain(&mut t)).is_empty(), "a peer just handshaken may still say what it wants");
+    t.handle(Instant::ZERO + grace, Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![1], "ties go to the lowest key");
+}
+
+#[test]
+fn keep_alives_do_not_make_a_peer_useful_but_interest_does() {
+    let (mut t, _, r) = full_seed(2, &[1, 2], &[]);
+    // Peer 1 only sends keep-alives; peer 2 says it wants our pieces.
+    for s in [5, 10, 15, 20] {
+        r[0].send(&mut t, secs(s), &[Message::KeepAlive]);
+    }
+    r[1].send(&mut t, secs(20), &[Message::Interested]);
+    assert_eq!(t.least_useful(secs(20)), Some(1));
+    t.handle(secs(20), Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![1]);
+    t.handle(secs(60), Input::MakeRoom);
+    assert!(gave_way(&drain(&mut t)).is_empty(), "an interested peer is never pushed out");
+    assert_eq!(t.peer_count(), 1);
+}
+
+#[test]
+fn the_peer_idle_longest_gives_way_first_among_the_useless() {
+    let (mut t, _, r) = full_seed(3, &[1, 2, 3], &[]);
+    // Peer 3 was interested until 30 s, peer 1 until 20 s; peer 2 never.
+    r[2].send(&mut t, secs(1), &[Message::Interested]);
+    r[0].send(&mut t, secs(2), &[Message::Interested]);
+    r[2].send(&mut t, secs(30), &[Message::NotInterested]);
+    r[0].send(&mut t, secs(20), &[Message::NotInterested]);
+    assert_eq!(t.least_useful(secs(60)), Some(2));
+    t.handle(secs(60), Input::MakeRoom);
+    t.handle(secs(60), Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![2, 1]);
+}
+
+#[test]
+fn a_connection_without_a_handshake_gives_way_before_a_useless_handshaken_peer() {
+    let (t, _, _) = full_seed(2, &[1], &[(2, secs(50))]);
+    assert_eq!(t.least_useful(secs(60)), Some(2));
+}
+
+#[test]
+fn with_every_peer_trading_nobody_gives_way() {
+    let (mut t, _, r) = full_seed(2, &[1, 2], &[]);
+    for x in &r {
+        x.send(&mut t, secs(1), &[Message::Interested]);
+    }
+    t.handle(secs(100), Input::MakeRoom);
+    assert!(gave_way(&drain(&mut t)).is_empty());
+    assert_eq!(t.peer_count(), 2);
+}
+
+#[test]
+fn by_default_a_useless_peer_gives_way_at_once_but_a_peer_that_trades_never() {
+    let (mut t, meta) = fresh(true);
+    let a = Remote::connect(&mut t, &meta, 1, true).0;
+    let _b = Remote::connect(&mut t, &meta, 2, true).0;
+    a.send(&mut t, Instant::ZERO, &[Message::Interested]);
+    t.handle(Instant::ZERO, Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![2]);
+    t.handle(Instant::ZERO, Input::MakeRoom);
+    assert!(gave_way(&drain(&mut t)).is_empty());
 }

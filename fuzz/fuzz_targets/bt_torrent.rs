@@ -40,6 +40,8 @@ fuzz_target!(|data: &[u8]| {
                 block: BlockRef { index: len as u32 % 5, begin: 0, length: 16384 },
                 data: vec![0; 16384].into(),
             },
+            // A newcomer wants a slot: someone may give way.
+            _ if op & 8 != 0 => Input::MakeRoom,
             _ => {
                 now += Duration::from_millis(len as u64 * 100);
                 Input::Timeout

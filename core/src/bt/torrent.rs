@@ -19,6 +19,15 @@
 //! drops seed-to-seed connections, snubs peers whose requests time out,
 //! and answers a choked peer's requests with BEP 6 rejects.
 //!
+//! When every slot is taken and another peer wants in, the adapter asks
+//! [`Input::MakeRoom`] and the least useful peer gives way (see
+//! [`Torrent::least_useful`]): one that has not sent its handshake yet,
+//! oldest first; else one that has been of no use either way (for at
+//! least [`TorrentConfig::useless_after`]), idle longest first. Peers that trade,
+//! or might soon, are never pushed out: so connections that never
+//! handshake, or handshake and then only send keep-alives, cannot hold the
+//! slots against a peer that wants the data.
+//!
 //! Bad data is attributed as libtorrent does without block hashes: every
 //! peer has trust points, +1 for each verified piece it contributed to (up
 //! to [`TorrentConfig::trust_max`]), -2 for each failed one; at
@@ -63,6 +72,17 @@ pub struct TorrentConfig {
     pub request_timeout: Duration,
     /// A peer silent this long is dropped.
     pub idle_timeout: Duration,
+    /// A handshaken peer that neither wants our pieces nor has pieces we
+    /// want, and has exchanged nothing of use, for this long may give way
+    /// to a newcomer when the slots are full ([`Input::MakeRoom`]). Zero
+    /// by default: any grace is a window that peers reconnecting faster
+    /// than a real one fill (with 10 s, 70 keep-alive-only peers that
+    /// reconnect twice a second kept a libtorrent leecher out for 30 s).
+    /// A peer that has just handshaken is still safe in practice: those
+    /// of no use the longest give way first, and a real peer says
+    /// `interested` (and is then never pushed out) one round trip after
+    /// the handshake.
+    pub useless_after: Duration,
     /// We send a keep-alive after this long without sending anything.
     pub keepalive_interval: Duration,
     /// How often the choker runs.
@@ -94,7 +114,7 @@ pub struct TorrentConfig {
 
 impl TorrentConfig {
     /// Defaults around `peer_id`: 50 peers, 60 s request timeout, 120 s
-    /// idle timeout, 90 s keep-alive, 10 s choke rounds, 1 s ticks, 3 s
+    /// idle timeout, useless peers give way at once, 90 s keep-alive, 10 s choke rounds, 1 s ticks, 3 s
     /// target delay, 250 queued requests per peer, trust capped at 8 and
     /// banned at -7.
     pub fn new(peer_id: PeerId) -> TorrentConfig {
@@ -103,6 +123,7 @@ impl TorrentConfig {
             peers_max: 50,
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
+            useless_after: Duration::ZERO,
             keepalive_interval: Duration::from_secs(90),
             choke_interval: Duration::from_secs(10),
             tick: Duration::from_secs(1),
@@ -150,6 +171,11 @@ pub enum Input {
     },
     /// Time passed; early timeouts do nothing.
     Timeout,
+    /// Another peer wants a slot and every one is taken: the least useful
+    /// peer ([`Torrent::least_useful`]) is dropped with
+    /// [`DisconnectReason::GaveWay`], if one may be; otherwise nothing
+    /// happens and the newcomer should be refused.
+    MakeRoom,
 }
 
 /// What the machine reports.
@@ -203,6 +229,9 @@ pub enum DisconnectReason {
     Banned,
     /// We and the peer both have everything: nothing to trade.
     BothSeeds,
+    /// Every slot was taken and this peer was the least useful: it gave
+    /// way to a newcomer ([`Input::MakeRoom`]).
+    GaveWay,
 }
 
 /// What the adapter must do.
@@ -307,6 +336,10 @@ struct Conn {
     last_recv_at: Instant,
     last_sent_at: Instant,
     last_data_at: Option<Instant>,
+    /// Last time this peer was of use: its handshake, either side's
+    /// interest starting or ending (it was of use until then), a new block
+    /// either way. Orders who gives way first.
+    useful_at: Instant,
     /// Our requests in flight and when they were sent.
     sent_requests: BTreeMap<BlockRef, Instant>,
     /// The peer's requests handed to the adapter as reads.
@@ -441,6 +474,29 @@ impl Torrent {
         self.conns.len()
     }
 
+    /// The peer that gives way to a newcomer when every slot is taken
+    /// ([`Input::MakeRoom`]), or `None` if every peer is worth keeping.
+    /// First those that have not sent their handshake, the oldest
+    /// connection first; then those that have been of no use for
+    /// [`TorrentConfig::useless_after`] (neither side interested, no
+    /// block either way), idle longest first. Ties go to the lowest key,
+    /// so the choice is deterministic.
+    pub fn least_useful(&self, now: Instant) -> Option<PeerKey> {
+        let waiting = self.conns.iter().filter(|(_, c)| !c.ready).min_by_key(|(k, c)| (c.connected_at, **k));
+        if let Some((k, _)) = waiting {
+            return Some(*k);
+        }
+        self.conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.peer_interested
+                    && !c.am_interested
+                    && now.saturating_duration_since(c.useful_at) >= self.config.useless_after
+            })
+            .min_by_key(|(k, c)| (c.useful_at, **k))
+            .map(|(k, _)| *k)
+    }
+
     /// Checks the machine's bookkeeping against the picker's; for tests
     /// and fuzzing.
     pub fn check_invariants(&self) {
@@ -523,6 +579,11 @@ impl Torrent {
                 }
             }
             Input::Timeout => self.on_timeout(now),
+            Input::MakeRoom => {
+                if let Some(peer) = self.least_useful(now) {
+                    self.disconnect(peer, DisconnectReason::GaveWay);
+                }
+            }
         }
     }
 
@@ -554,6 +615,7 @@ impl Torrent {
                 last_recv_at: now,
                 last_sent_at: now,
                 last_data_at: None,
+                useful_at: now,
                 sent_requests: BTreeMap::new(),
                 reads: BTreeSet::new(),
                 peer_reqq: None,
@@ -612,6 +674,7 @@ impl Torrent {
     fn on_handshake(&mut self, now: Instant, peer: PeerKey, h: Handshake) {
         let c = self.conns.get_mut(&peer).expect("connected");
         c.ready = true;
+        c.useful_at = now;
         c.peer_id = h.peer_id;
         c.fast = h.supports_fast();
         c.extended = h.supports_extended();
@@ -661,6 +724,7 @@ impl Torrent {
         }
         c.am_interested = want;
         c.am_interested_since = want.then_some(now);
+        c.useful_at = now;
         let m = if want { Message::Interested } else { Message::NotInterested };
         self.send(now, peer, &m);
     }
@@ -691,9 +755,14 @@ impl Torrent {
             Message::Unchoke => c.peer_choking = false,
             Message::Interested => {
                 c.peer_interested = true;
+                c.useful_at = now;
                 self.rechoke(now);
             }
             Message::NotInterested => {
+                // Wanting our pieces until now made it of use until now.
+                if c.peer_interested {
+                    c.useful_at = now;
+                }
                 c.peer_interested = false;
                 self.rechoke(now);
             }
@@ -772,6 +841,12 @@ impl Torrent {
         } else {
             MetadataMessage::Reject { piece }
         };
+        if matches!(reply, MetadataMessage::Data { .. }) {
+            // A magnet leecher fetching our `info` is not interested yet.
+            if let Some(c) = self.conns.get_mut(&peer) {
+                c.useful_at = now;
+            }
+        }
         let m = Message::Extended { id: their_id, payload: Bytes::from(reply.encode()) };
         self.send(now, peer, &m);
     }
@@ -807,6 +882,7 @@ impl Torrent {
         }
         match self.picker.block_received(peer, r) {
             Received::New { cancel, piece_complete } => {
+                c.useful_at = now;
                 self.stats.downloaded += len;
                 for other in cancel {
                     if let Some(oc) = self.conns.get_mut(&other) {
@@ -840,6 +916,7 @@ impl Torrent {
         }
         c.up_window += data.len() as u64;
         c.last_sent_at = now;
+        c.useful_at = now;
         self.stats.uploaded += data.len() as u64;
         let buf = self.tx.entry(peer).or_default();
         encode_piece_header(block.index, block.begin, block.length, buf);

@@ -30,7 +30,7 @@ use rumor_core::bt::announce::{self, AnnounceConfig, Announcer};
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::metainfo::{Limits, Metainfo, Sha1Hash};
-use rumor_core::bt::peers::{Closed, PeerBook, Source};
+use rumor_core::bt::peers::{Closed, PeerBook, Refused, Source};
 use rumor_core::bt::picker::PeerKey;
 use rumor_core::bt::torrent::{DisconnectReason, Event, Input, Output, Torrent, TorrentConfig};
 use rumor_core::bt::wire::BlockRef;
@@ -544,12 +544,10 @@ impl Session {
                     }
                 }
                 Wake::Accepted(Some((stream, addr))) => {
-                    // Refused (paused, stopping, banned, no room): the
-                    // stream is dropped here, which closes it at once.
+                    // Refused (paused, stopping): the stream is dropped
+                    // here, which closes it at once.
                     if !self.paused && self.stopping.is_none() {
-                        if let Err(why) = self.peers.accept(stream, addr) {
-                            tracing::debug!("peer {addr}: refused ({why:?})");
-                        }
+                        self.take(stream, addr);
                     }
                 }
                 Wake::Found(Some(found)) => {
@@ -635,6 +633,23 @@ impl Session {
         self.pump_torrent();
     }
 
+    /// Takes an incoming connection. When every slot is taken, the machine
+    /// drops its least useful peer, if one may give way (one that never
+    /// sent its handshake, or has been of no use for a while), so a flood
+    /// of idle connections cannot keep a real peer out. Refused streams are
+    /// dropped, which closes them.
+    fn take(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let stream = match self.peers.accept(stream, addr) {
+            Ok(()) => return,
+            Err((Refused::Full, stream)) => stream,
+            Err((why, _)) => return tracing::debug!("peer {addr}: refused ({why:?})"),
+        };
+        self.feed(Input::MakeRoom);
+        if let Err((why, _)) = self.peers.accept(stream, addr) {
+            tracing::debug!("peer {addr}: refused ({why:?}): no peer may give way");
+        }
+    }
+
     fn on_peer(&mut self, p: PeerInput) {
         if self.peers.observe(&p) {
             self.feed(p.into());
@@ -706,7 +721,13 @@ impl Session {
             _ => self.peers.drop_peer(peer, Closed::Transient),
         };
         if let Some(addr) = addr {
-            tracing::info!("peer {addr}: disconnected: {reason:?}");
+            // Giving way happens once per newcomer under a flood of idle
+            // connections: not worth an info line each.
+            if reason == DisconnectReason::GaveWay {
+                tracing::debug!("peer {addr}: disconnected: {reason:?}");
+            } else {
+                tracing::info!("peer {addr}: disconnected: {reason:?}");
+            }
         }
     }
 

@@ -44,8 +44,15 @@ pub const PEER_EVENTS_MAX: usize = 64;
 const SEND_MESSAGES_MAX: usize = 4096;
 /// How long a dial may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connected peer may take to send its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connected peer may take to send its handshake. A real peer
+/// sends it at once (one round trip after the connection is up); ten
+/// seconds, libtorrent's `handshake_timeout`, leaves room for a lossy link
+/// with a retransmission or two. It was 20 s, which let connections that
+/// never handshake hold a seeder's slots; a full torrent now also pushes
+/// such connections out for a newcomer at once (see
+/// [`rumor_core::bt::torrent::Torrent::least_useful`]), so this deadline
+/// frees slots when nobody else is waiting for them.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Length of the BitTorrent handshake.
 pub const HANDSHAKE_BYTES: usize = 68;
 
@@ -162,10 +169,13 @@ impl Peers {
         }
     }
 
-    /// Takes an incoming connection, or closes it at once (banned, or over
-    /// the connection budget).
-    pub fn accept(&mut self, stream: TcpStream, addr: SocketAddr) -> Result<(), Refused> {
-        self.book.accept(addr)?;
+    /// Takes an incoming connection, or hands it back with why it was
+    /// refused (banned, a duplicate, or over the connection budget: the
+    /// owner may make room and ask again). A stream dropped is closed.
+    pub fn accept(&mut self, stream: TcpStream, addr: SocketAddr) -> Result<(), (Refused, TcpStream)> {
+        if let Err(why) = self.book.accept(addr) {
+            return Err((why, stream));
+        }
         tracing::debug!("peer {addr}: connected to us");
         self.start(addr, true, Open::Accepted(stream));
         Ok(())

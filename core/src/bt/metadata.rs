@@ -62,8 +62,17 @@ pub enum MetadataError {
 }
 
 impl fmt::Display for MetadataError {
+    /// A sentence for a log or the user.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ut_metadata: {self:?}")
+        match self {
+            MetadataError::Malformed(why) => write!(f, "a malformed ut_metadata message: {why}"),
+            MetadataError::BadSize(n) => write!(f, "a metadata size of {n} bytes, which is zero or over the limit"),
+            MetadataError::BadPiece(i) => write!(f, "metadata piece {i} is out of range or of the wrong length"),
+            MetadataError::HashMismatch => {
+                f.write_str("the metadata received does not hash to the infohash (started over)")
+            }
+            MetadataError::Invalid(e) => write!(f, "the metadata hashes right but is not a valid torrent: {e}"),
+        }
     }
 }
 

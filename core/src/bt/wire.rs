@@ -315,8 +315,33 @@ impl WireError {
 }
 
 impl fmt::Display for WireError {
+    /// A sentence for a log: "peer wire error at byte 68: a bitfield of 3
+    /// bytes where the torrent needs 2".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "peer wire error at offset {}: {:?}", self.offset, self.kind)
+        write!(f, "peer wire error at byte {}: {}", self.offset, self.kind)
+    }
+}
+
+impl fmt::Display for WireErrorKind {
+    /// What is wrong, without the position (the error carries it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireErrorKind::NotBitTorrent => f.write_str("the handshake is not BitTorrent's"),
+            WireErrorKind::Truncated => f.write_str("the message is cut short"),
+            WireErrorKind::TooLong { id: Some(id), len, max } => {
+                write!(f, "message {id} is {len} bytes long, over its limit of {max}")
+            }
+            WireErrorKind::TooLong { id: None, len, max } => {
+                write!(f, "a message of {len} bytes, over the limit of {max}")
+            }
+            WireErrorKind::BadLength { id, len } => write!(f, "message {id} cannot be {len} bytes long"),
+            WireErrorKind::BadBitfield { expected, found } => {
+                write!(f, "a bitfield of {found} bytes where the torrent needs {expected}")
+            }
+            WireErrorKind::BitfieldSpareBits => f.write_str("a bitfield with its spare bits set"),
+            WireErrorKind::UnknownId(id) => write!(f, "unknown message id {id} (skipped)"),
+            WireErrorKind::BadExtHandshake(why) => write!(f, "a malformed extension handshake: {why}"),
+        }
     }
 }
 

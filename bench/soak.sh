@@ -3,15 +3,18 @@
 #
 #   - dnsperf at 80% of the rate one node answered in a short probe first,
 #     spread over the three nodes;
-#   - a steady write load (POST /add, one name each, round robin over the
-#     nodes), every acknowledged name remembered;
+#   - a steady write load (POST /add, round robin over the nodes) that
+#     rewrites a fixed set of NAMES names (1,000) with a new address each
+#     time, so the data stays the same size and memory must stay flat; the
+#     last acknowledged address of every name is remembered;
 #   - a tracker announce flood from one address (random infohashes, one
 #     keep-alive connection, as fast as the node answers) against node 2;
 #   - a prober asking each node for a known name with dig once a second
 #     (its own client, so "answers for everyone" is measured apart from
 #     dnsperf's load).
 #
-# At the end: every acknowledged write must be on every node (0 lost),
+# At the end: every name must hold its last acknowledged address on every
+# node (0 acknowledged writes lost),
 # every probe must have been answered, and every node's memory must be flat
 # after the first minute (RSS at the end within 25% + 16 MiB of RSS at
 # 60 s). Prints the figures; exits 1 if a check failed. A benchmark-style
@@ -27,6 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-600}
 WRITES_PER_S=${WRITES_PER_S:-20}
+NAMES=${NAMES:-1000}
 for tool in dnsperf dig curl python3; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install -y dnsperf bind9-dnsutils curl)"; exit 2; }
 done
@@ -97,22 +101,24 @@ for i in 0 1 2; do
   pids+=($!)
 done
 # Writes, announces, probes and memory samples: one python process each.
-python3 - "$work" "$SECS" "$WRITES_PER_S" "$token" "${api[@]}" >"$work/writes.out" 2>&1 <<'PY' &
+python3 - "$work" "$SECS" "$WRITES_PER_S" "$token" "$NAMES" "${api[@]}" >"$work/writes.out" 2>&1 <<'PY' &
 import http.client, json, sys, time
-work, secs, rate, token = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-apis = [int(p) for p in sys.argv[5:]]
+work, secs, rate, token, names = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+apis = [int(p) for p in sys.argv[6:]]
 conns = [http.client.HTTPConnection("127.0.0.1", p, timeout=10) for p in apis]
-acked, refused, errors = [], 0, 0
+acked, refused, errors, count = {}, 0, 0, 0
 start = time.time(); n = 0
 while time.time() - start < secs:
-    name = f"w{n}.soak.test"
+    name = f"w{n % names}.soak.test"
+    ip = f"10.{8 + (n >> 16) % 8}.{(n >> 8) & 255}.{n & 255}"
     c = conns[n % len(conns)]
-    body = json.dumps({"name": name, "ips": [f"10.8.{(n >> 8) & 255}.{n & 255}"], "ttl": 86400})
+    body = json.dumps({"name": name, "ips": [ip], "ttl": 86400})
     try:
         c.request("POST", "/add", body, {"Authorization": f"Bearer {token}"})
         r = c.getresponse(); r.read()
         if r.status == 200:
-            acked.append(name)
+            acked[name] = ip
+            count += 1
         else:
             refused += 1
     except Exception:
@@ -120,7 +126,7 @@ while time.time() - start < secs:
         conns[n % len(conns)] = http.client.HTTPConnection("127.0.0.1", apis[n % len(apis)], timeout=10)
     n += 1
     time.sleep(max(0.0, start + n / rate - time.time()))
-json.dump({"acked": acked, "refused": refused, "errors": errors}, open(f"{work}/writes.json", "w"))
+json.dump({"acked": acked, "count": count, "refused": refused, "errors": errors}, open(f"{work}/writes.json", "w"))
 PY
 pids+=($!); writer=$!
 python3 - "$SECS" "${api[1]}" >"$work/flood.out" 2>&1 <<'PY' &
@@ -202,18 +208,22 @@ python3 - "$work" "$token" "${api[@]}" <<'PY' || status=1
 import json, sys, urllib.request
 work, token = sys.argv[1], sys.argv[2]; apis = sys.argv[3:]
 w = json.load(open(f"{work}/writes.json"))
-acked = set(w["acked"])
+acked = w["acked"]
 lost_any = 0
 for i, p in enumerate(apis):
-    names = {r["name"].rstrip(".") for r in json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/list", timeout=30))}
-    lost = len(acked - names)
-    lost_any += lost
-    print(f"node {i}: {len(acked) - lost} of {len(acked)} acknowledged writes present, {lost} lost")
-print(f"acknowledged {len(acked)}, refused {w['refused']}, errors {w['errors']}")
+    held = {}
+    for r in json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/list", timeout=30)):
+        if r.get("type") == "A":
+            held[r["name"].rstrip(".")] = r["data"]
+    lost = [n for n, ip in acked.items() if ip not in held.get(n, [])]
+    lost_any += len(lost)
+    print(f"node {i}: {len(acked) - len(lost)} of {len(acked)} names hold their last acknowledged address, {len(lost)} do not")
+print(f"acknowledged writes {w['count']} over {len(acked)} names, refused {w['refused']}, errors {w['errors']}")
 sys.exit(1 if lost_any else 0)
 PY
 echo "== memory (MiB every 10 s)"
-column -t "$work/rss.txt" | sed -n '1p;2p;7p;$p'
+column -t "$work/rss.txt" | awk 'NR == 1 || NR % 6 == 1 || NR == 2'
+tail -1 "$work/rss.txt"
 for i in 0 1 2; do
   end=$(rss_kib "${npids[$i]}")
   ok=$(awk -v a="${rss60[$i]}" -v b="$end" 'BEGIN{print (b <= a * 1.25 + 16384) ? "flat" : "GREW"}')

@@ -13,9 +13,7 @@
 mod common;
 
 use common::bt::*;
-use common::{free_port, Scratch};
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use common::{free_port, python_attacker, Attacker, Scratch};
 use std::time::{Duration, Instant};
 
 /// Holds `IDLE` connections that send nothing and `KA` that send a
@@ -75,29 +73,8 @@ while True:
         top_up()
 "#;
 
-/// Kills the attacker when dropped.
-struct Attacker(Child);
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn attack(port: u16, idle: usize, keepalive: usize, ih: &str) -> Attacker {
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(HOLD_SLOTS)
-        .args([port.to_string(), idle.to_string(), keepalive.to_string(), ih.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs the attacker");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "open", "the attacker started");
-    Attacker(child)
+    python_attacker(HOLD_SLOTS, &[port.to_string(), idle.to_string(), keepalive.to_string(), ih.to_string()])
 }
 
 /// What the libtorrent leecher's log says it has: the bytes of a `DONE`

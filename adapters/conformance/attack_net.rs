@@ -13,9 +13,8 @@ mod common;
 use common::*;
 use rumor_core::bt::metainfo::InfoHash;
 use rumor_core::bt::tracker::{parse_announce_response, AnnounceEvent, AnnounceRequest};
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "61747461636b206e6574207465737420636c7573746572206b65792c20333262";
@@ -193,31 +192,6 @@ while True:
     time.sleep(0.2)
 "#;
 
-fn python(script: &str, args: &[String]) -> Child {
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs the attacker");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "open", "the attacker started");
-    child
-}
-
-/// Kills the attacker when dropped.
-struct Attacker(Child);
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One A query for `qname` over a fresh TCP connection; the answer's
 /// length and how long it took, or the error.
 fn tcp_query(dns: SocketAddr, qname: &str, limit: Duration) -> Result<(usize, Duration), String> {
@@ -251,7 +225,7 @@ fn dns_over_tcp_answers_while_clients_that_never_read_hold_connections() {
     // More connections than the node serves at once (512), from another
     // address than the honest client's.
     let args = [node.dns.port().to_string(), "600".into(), "127.0.0.2".into(), "big.local".into()];
-    let _attack = Attacker(python(NEVER_READ, &args));
+    let _attack = python_attacker(NEVER_READ, &args);
     std::thread::sleep(Duration::from_secs(2));
     let mut worst = Duration::ZERO;
     for _ in 0..3 {
@@ -327,7 +301,7 @@ fn a_node_joins_while_connections_without_the_key_crowd_the_gossip_port() {
     let a = TestNode::solo("gossip-attack-a", &["--cluster-key", KEY]);
     a.add(r#"{"name":"before.local","ips":["10.8.0.1"],"ttl":300}"#);
     // More connections than the listener serves at once (1,024).
-    let _attack = Attacker(python(GARBAGE_GOSSIP, &[a.gossip.port().to_string(), "1100".into()]));
+    let _attack = python_attacker(GARBAGE_GOSSIP, &[a.gossip.port().to_string(), "1100".into()]);
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
     let join = a.gossip.to_string();

@@ -75,11 +75,9 @@ enum Start {
     Running(Proc, SocketAddr),
 }
 
-/// Runs `rumor node` alone on `data`, until it exits or answers `/health`;
-/// also returns everything it logged by then.
-fn start_alone(data: &Path) -> (Start, String) {
-    let log_path = data.join("alone.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+/// Starts `rumor node` alone on `data` on free loopback ports, its log to
+/// `log`; returns the process and its DNS and API addresses.
+fn spawn_node(data: &Path, log: std::fs::File) -> (std::process::Child, SocketAddr, SocketAddr) {
     let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gossip = format!("127.0.0.1:{}", free_port());
@@ -94,6 +92,14 @@ fn start_alone(data: &Path) -> (Start, String) {
         .stderr(log)
         .spawn()
         .expect("start rumor node");
+    (child, dns, api)
+}
+
+/// Runs `rumor node` alone on `data`, until it exits or answers `/health`;
+/// also returns everything it logged by then.
+fn start_alone(data: &Path) -> (Start, String) {
+    let log_path = data.join("alone.log");
+    let (child, dns, api) = spawn_node(data, std::fs::File::create(&log_path).unwrap());
     let mut child = Proc(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let start = loop {
@@ -257,20 +263,8 @@ impl Drop for Proc {
 /// small file system under test).
 fn start_logged_elsewhere(data: &Path, log: &Path) -> (Proc, SocketAddr, SocketAddr) {
     for _ in 0..5 {
-        let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let gossip = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(binary())
-            .arg("node")
-            .args(["--dns", &dns.to_string(), "--api", &api.to_string(), "--gossip", &gossip, "--cluster-key", KEY])
-            .arg("--data")
-            .arg(data)
-            .env("RUMOR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-            .spawn()
-            .expect("start rumor node");
+        let (mut child, dns, api) =
+            spawn_node(data, std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
         let ready = eventually(Duration::from_secs(20), || {
             matches!(child.try_wait(), Ok(Some(_)))
                 || ureq::get(&format!("http://{api}/health")).timeout(Duration::from_secs(1)).call().is_ok()

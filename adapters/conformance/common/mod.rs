@@ -361,3 +361,31 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 pub mod bt;
+
+/// An attacker process (a python3 script), killed when dropped.
+pub struct Attacker(pub Child);
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `python3 -c script args...` and waits for its first line, which
+/// must be `open` (the script says so once its connections are up).
+#[allow(dead_code)]
+pub fn python_attacker(script: &str, args: &[String]) -> Attacker {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs the attacker");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "open", "the attacker started");
+    Attacker(child)
+}

@@ -21,12 +21,19 @@ pub(super) struct Member {
     /// When it entered `state` (dead members are forgotten after
     /// `dead_forget_after`; the oldest dead one is evicted first).
     pub(super) since: Instant,
+    /// `addr` acked one of our direct probes: something holding the
+    /// cluster key receives there, so large answers may go to it. An
+    /// address named in a message proves nothing (it may be replayed or
+    /// point at a third party).
+    pub(super) proven: bool,
 }
 
 /// Our probe in flight.
 #[derive(Clone, Debug)]
 pub(super) struct Probe {
     pub(super) target: NodeId,
+    /// Where the probe went: an ack proves this address receives.
+    pub(super) addr: PeerAddr,
     pub(super) seq: u32,
     /// Past it without an ack, others are asked to probe.
     pub(super) direct_deadline: Instant,
@@ -138,6 +145,9 @@ impl Gossip {
         if let Some(pr) = self.probe.as_mut() {
             if pr.seq == seq && pr.target == from {
                 pr.acked = true;
+                if let Some(m) = self.members.get_mut(&from) {
+                    m.proven |= m.addr == pr.addr;
+                }
             }
         }
         if let Some(r) = self.relays.remove(&seq) {
@@ -202,6 +212,7 @@ impl Gossip {
                         incarnation: u.incarnation,
                         state: MemberState::Alive,
                         since: self.now.at,
+                        proven: false,
                     },
                 );
                 self.out.push_back(Output::Event(Event::MemberUp { id: u.id, addr: u.addr }));
@@ -281,14 +292,15 @@ impl Gossip {
         let Some(target) = target else { return };
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
+        let addr = self.members[&target].addr.clone();
         self.probe = Some(Probe {
             target,
+            addr: addr.clone(),
             seq,
             direct_deadline: now + self.cfg.probe_timeout,
             indirect_sent: false,
             acked: false,
         });
-        let addr = self.members[&target].addr.clone();
         let body = self.ping(seq);
         self.send(addr, Some(target), body);
     }
@@ -535,7 +547,9 @@ impl Gossip {
             self.stats.suspicions += 1;
         }
         let before = self.members.get(&u.id).map(|m| m.state);
-        let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now };
+        // A proof holds for the address it was made at only.
+        let proven = self.members.get(&u.id).is_some_and(|m| m.proven && m.addr == u.addr);
+        let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now, proven };
         self.put_member(u.id, m);
         let was_live = matches!(before, Some(MemberState::Alive | MemberState::Suspect));
         let is_live = matches!(u.state, MemberState::Alive | MemberState::Suspect);

@@ -29,6 +29,8 @@
 //!   → delta exchanges, full state transfers.
 //! * `lookup.rs`: prefix lookups across live members.
 //! * `wire.rs`: the messages and the sealed envelope.
+//! * `replay.rs`: which authentic messages are fresh (time window and
+//!   per-sender sequence window); replays and stale ones are dropped.
 //!
 //! The three parts are `impl Gossip` blocks over the one state, so a
 //! message kind's handling reads top to bottom in one place.
@@ -93,9 +95,11 @@ mod anti_entropy;
 mod lookup;
 mod machine;
 mod membership;
+mod replay;
 mod wire;
 
 pub use machine::{Command, Config, Event, Gossip, Input, Now, Output, Stats, BOOTSTRAP_MAX};
+pub use replay::SEQ_WINDOW;
 pub use wire::{
     open, seal, Body, DecodeError, Keyring, KeyringError, MemberState, MemberUpdate, Packet, PeerAddr, Pushed,
     ENVELOPE_OVERHEAD, ENVELOPE_VERSION, KEYRING_KEYS_MAX,

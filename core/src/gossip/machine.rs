@@ -560,7 +560,7 @@ impl Gossip {
     /// every bounded collection is within its [`Config`] limit: members,
     /// pending updates, hot entries, relayed probes, lookups (each still
     /// awaiting between 1 and `lookup_fanout` answers), bootstrap
-    /// addresses, the keys a full transfer remembers, and the store's
+    /// addresses, the senders' replay windows (`replay_senders_max`), the keys a full transfer remembers, and the store's
     /// entries, writers and graveyard.
     pub fn check_invariants(&self) {
         let c = &self.cfg;

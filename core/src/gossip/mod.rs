@@ -62,7 +62,16 @@
 //! * Messages are whole datagram-like units of at most
 //!   `Config::message_bytes_max` bytes; over TCP, frame each one (length
 //!   prefix). Replies go to the address carried inside each message, so the
-//!   transport's source address may be anything.
+//!   transport's source address may be anything; but the largest answer, a
+//!   full-transfer chunk, goes only to a member whose address acked one of
+//!   our probes (an address named in a message proves nothing).
+//! * Replays: every message carries the sender's wall clock and a sequence
+//!   number under the AEAD; a message outside `Config::replay_window` (30 s,
+//!   also the clock skew tolerated between nodes) or already seen from its
+//!   sender is dropped as [`DecodeError::Stale`] / [`DecodeError::Replayed`].
+//!   An adapter should treat a connection that delivers one as hostile
+//!   (never admit it as a member's). Envelope version 3 nodes do not talk
+//!   to version 2 nodes.
 //! * Persistence: apply the change feed (`Applied` = upsert, including
 //!   tombstones, `Removed` = delete) and persist [`Gossip::incarnation`];
 //!   at start pass them to [`Gossip::restore`]. Serve reads from
@@ -73,6 +82,7 @@
 //! Every queue and message is bounded by a [`Config`] field: message size,
 //! entries per message, piggybacked updates per message, pending updates,
 //! members, digest writers, hot entries, relayed probes, join sample size,
+//! senders tracked for replays (each a [`SEQ_WINDOW`]-bit window),
 //! bootstrap addresses ([`BOOTSTRAP_MAX`]) and keyring keys
 //! ([`KEYRING_KEYS_MAX`]); the store bounds entries, key and value sizes,
 //! writers and clock drift. Inputs over a limit are dropped and counted.

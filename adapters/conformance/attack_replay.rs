@@ -149,6 +149,18 @@ fn a_captured_gossip_frame_replayed_200_times_is_not_answered_200_times() {
     );
     assert!(factor < 2.0, "a replayed frame was answered: {factor:.1}x amplification");
     let dropped = stat(&b, "gossip_dropped_replay");
+    // A connection that replays is closed at once, not admitted as a
+    // member's (the unauthenticated deadline alone would take 5 s).
+    let mut s = TcpStream::connect(b.gossip).unwrap();
+    s.write_all(&framed(&ask)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match s.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(closed, "a connection that replayed a frame is still open");
     assert!(dropped as usize >= REPLAYS * 9 / 10, "only {dropped} of {REPLAYS} replays were dropped as such");
     // The cluster is unharmed.
     assert_eq!(status(&a.dig(&[&last, "A"])), "NOERROR");

@@ -547,8 +547,10 @@ impl Gossip {
             self.stats.suspicions += 1;
         }
         let before = self.members.get(&u.id).map(|m| m.state);
-        // A proof holds for the address it was made at only.
-        let proven = self.members.get(&u.id).is_some_and(|m| m.proven && m.addr == u.addr);
+        // A proof holds for the address it was made at, while the member
+        // lives: one back from the dead is probed again.
+        let proven = self.members.get(&u.id).is_some_and(|m| m.proven && m.addr == u.addr)
+            && matches!(u.state, MemberState::Alive | MemberState::Suspect);
         let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now, proven };
         self.put_member(u.id, m);
         let was_live = matches!(before, Some(MemberState::Alive | MemberState::Suspect));

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use super::machine::{Gossip, Sender};
-use super::wire::{Body, MemberState, PeerAddr, Pushed};
+use super::wire::{Body, PeerAddr, Pushed};
 use crate::replica::{Delta, Digest, FullChunk, Namespace, NodeId};
 use crate::time::{Duration, Instant};
 
@@ -224,21 +224,7 @@ impl Gossip {
     }
 
     /// Serve the next chunk of a full transfer.
-    ///
-    /// A chunk is the largest answer there is (a whole message for a few
-    /// bytes of request), so it goes only to a live member whose address
-    /// acked one of our probes: never to an address merely named in a
-    /// request, which could be a replay's or point at a third party. An
-    /// unproven requester is not answered (its transfer times out and it
-    /// asks again, by then probed).
     pub(super) fn on_full_request(&mut self, from: Sender, after: Option<(Namespace, Bytes)>) {
-        let proven = self.members.get(&from.id).is_some_and(|m| {
-            m.proven && m.addr == from.addr && matches!(m.state, MemberState::Alive | MemberState::Suspect)
-        });
-        if !proven {
-            self.stats.unproven_not_answered += 1;
-            return;
-        }
         let chunk = self.store.full_chunk(
             after.as_ref(),
             self.now.wall_ms,

@@ -299,10 +299,6 @@ pub struct Stats {
     /// Authentic messages dropped as stale (sent outside the replay window,
     /// or numbered below the sender's sequence window).
     pub dropped_stale: u64,
-    /// Requests for a full-transfer chunk not answered because the
-    /// requester's address has not answered one of our probes yet (a large
-    /// answer goes only to an address proven to receive).
-    pub unproven_not_answered: u64,
     /// Messages not sent because they would exceed the size limit.
     pub oversize_not_sent: u64,
     /// Full state transfers completed.

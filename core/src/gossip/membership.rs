@@ -21,19 +21,12 @@ pub(super) struct Member {
     /// When it entered `state` (dead members are forgotten after
     /// `dead_forget_after`; the oldest dead one is evicted first).
     pub(super) since: Instant,
-    /// `addr` acked one of our direct probes: something holding the
-    /// cluster key receives there, so large answers may go to it. An
-    /// address named in a message proves nothing (it may be replayed or
-    /// point at a third party).
-    pub(super) proven: bool,
 }
 
 /// Our probe in flight.
 #[derive(Clone, Debug)]
 pub(super) struct Probe {
     pub(super) target: NodeId,
-    /// Where the probe went: an ack proves this address receives.
-    pub(super) addr: PeerAddr,
     pub(super) seq: u32,
     /// Past it without an ack, others are asked to probe.
     pub(super) direct_deadline: Instant,
@@ -145,9 +138,6 @@ impl Gossip {
         if let Some(pr) = self.probe.as_mut() {
             if pr.seq == seq && pr.target == from {
                 pr.acked = true;
-                if let Some(m) = self.members.get_mut(&from) {
-                    m.proven |= m.addr == pr.addr;
-                }
             }
         }
         if let Some(r) = self.relays.remove(&seq) {
@@ -212,7 +202,6 @@ impl Gossip {
                         incarnation: u.incarnation,
                         state: MemberState::Alive,
                         since: self.now.at,
-                        proven: false,
                     },
                 );
                 self.out.push_back(Output::Event(Event::MemberUp { id: u.id, addr: u.addr }));
@@ -292,15 +281,14 @@ impl Gossip {
         let Some(target) = target else { return };
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let addr = self.members[&target].addr.clone();
         self.probe = Some(Probe {
             target,
-            addr: addr.clone(),
             seq,
             direct_deadline: now + self.cfg.probe_timeout,
             indirect_sent: false,
             acked: false,
         });
+        let addr = self.members[&target].addr.clone();
         let body = self.ping(seq);
         self.send(addr, Some(target), body);
     }
@@ -547,11 +535,7 @@ impl Gossip {
             self.stats.suspicions += 1;
         }
         let before = self.members.get(&u.id).map(|m| m.state);
-        // A proof holds for the address it was made at, while the member
-        // lives: one back from the dead is probed again.
-        let proven = self.members.get(&u.id).is_some_and(|m| m.proven && m.addr == u.addr)
-            && matches!(u.state, MemberState::Alive | MemberState::Suspect);
-        let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now, proven };
+        let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now };
         self.put_member(u.id, m);
         let was_live = matches!(before, Some(MemberState::Alive | MemberState::Suspect));
         let is_live = matches!(u.state, MemberState::Alive | MemberState::Suspect);

@@ -62,9 +62,7 @@
 //! * Messages are whole datagram-like units of at most
 //!   `Config::message_bytes_max` bytes; over TCP, frame each one (length
 //!   prefix). Replies go to the address carried inside each message, so the
-//!   transport's source address may be anything; but the largest answer, a
-//!   full-transfer chunk, goes only to a member whose address acked one of
-//!   our probes (an address named in a message proves nothing).
+//!   transport's source address may be anything.
 //! * Replays: every message carries the sender's wall clock and a sequence
 //!   number under the AEAD; a message outside `Config::replay_window` (30 s,
 //!   also the clock skew tolerated between nodes) or already seen from its

@@ -42,6 +42,8 @@ fn envelope(c: &mut Criterion) {
         from: 1,
         addr: "10.0.0.1:5300".into(),
         incarnation: 3,
+        sent_ms: 1_700_000_000_000,
+        seq: 1_740_800_000_000_001,
         complete: true,
         updates: (0..2)
             .map(|i| MemberUpdate { id: i, addr: "10.0.0.2:5300".into(), incarnation: 1, state: MemberState::Alive })

@@ -248,6 +248,8 @@ fn a_falsely_suspected_node_refutes_with_a_higher_incarnation() {
         from: 4242,
         addr: PeerAddr::from("n4242"),
         incarnation: 0,
+        sent_ms: now(net.now).wall_ms,
+        seq: 1,
         complete: true,
         updates: vec![MemberUpdate { id: 1002, addr: addr(2), incarnation: 0, state: MemberState::Suspect }],
         body: Body::Leave,

@@ -22,9 +22,22 @@ fn packet(bytes: &[u8]) -> Packet {
     open(&keys(), bytes, 1 << 20).expect("our own messages open")
 }
 
-/// A message as node `id` (with the cluster key) would send it.
+/// A message as node `id` (with the cluster key) would send it: stamped
+/// with the wall clock of the tests' first seconds and a number of its own,
+/// so the receiver's replay check lets it in.
 fn packet_from(id: u64, body: Body) -> Vec<u8> {
-    let p = Packet { from: id, addr: addr(id), incarnation: 1, complete: true, updates: Vec::new(), body };
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = Packet {
+        from: id,
+        addr: addr(id),
+        incarnation: 1,
+        sent_ms: WALL0_MS,
+        seq,
+        complete: true,
+        updates: Vec::new(),
+        body,
+    };
     seal(&keys(), [id as u8; 24], &p, 1 << 20)
 }
 

@@ -59,6 +59,11 @@ fuzz_target!(|data: &[u8]| {
                     from: 2 + u64::from(arg % 3),
                     addr: PeerAddr(format!("p{}", arg % 3)),
                     incarnation: u64::from(arg),
+                    // Within the replay window (or just outside it), with
+                    // numbers that repeat: fresh, stale and replayed
+                    // messages all get exercised.
+                    sent_ms: now.wall_ms - u64::from(c.get(2).copied().unwrap_or(0)) * 200,
+                    seq: u64::from(c.get(3).copied().unwrap_or(0)),
                     complete: arg % 2 == 0,
                     updates: vec![],
                     body,

@@ -168,6 +168,8 @@ pub struct NodeStats {
     pub gossip_dropped_auth: u64,
     /// Gossip messages dropped: bad format or over a limit.
     pub gossip_dropped_format: u64,
+    /// Gossip messages dropped: sealed, but replayed (or too old to tell).
+    pub gossip_dropped_replay: u64,
     /// Gossip messages not sent: a peer's queue was full.
     pub gossip_dropped_queue: u64,
     /// Remote entries applied.
@@ -616,6 +618,16 @@ impl Node {
                     }
                 }
             }
+            member::Event::Dropped { from, reason: reason @ (DecodeError::Replayed | DecodeError::Stale) } => {
+                self.gossip_drops += 1;
+                // Sealed, but a copy of a message already taken or one too
+                // old: a member never sends those (its numbers grow and its
+                // clock agrees), so the connection is someone replaying
+                // captured frames. Closed, like one without the key; it was
+                // never admitted (a drop admits nothing).
+                self.closer.close(&from);
+                tracing::debug!(from = %from.0, "gossip message dropped as a replay: {reason:?}");
+            }
             member::Event::Dropped { from, reason } => {
                 self.gossip_drops += 1;
                 tracing::debug!(from = %from.0, "gossip message dropped: {reason:?}");
@@ -819,6 +831,7 @@ impl Node {
             gossip_bytes_in: g.bytes_in,
             gossip_dropped_auth: g.dropped_auth,
             gossip_dropped_format: g.dropped_format,
+            gossip_dropped_replay: g.dropped_replay + g.dropped_stale,
             gossip_dropped_queue: self.net.dropped,
             gossip_entries_applied: g.entries_applied,
             gossip_full_transfers: g.full_transfers,

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use super::anti_entropy::{Hot, Transfer};
 use super::lookup::Lookup;
 use super::membership::{log10_ceil, Member, PendingUpdate, Probe, Relay, Suspicion};
+use super::replay::{Replay, Verdict};
 use super::wire::{
     open, seal, Body, DecodeError, Keyring, MemberState, MemberUpdate, Packet, PeerAddr, ENVELOPE_OVERHEAD,
 };
@@ -106,6 +107,13 @@ pub struct Config {
     pub lookup_timeout: Duration,
     /// Lookups waiting for answers at once; more end at once, unanswered.
     pub lookups_max: usize,
+    /// A message sent longer ago than this (by the sender's clock against
+    /// ours), or further ahead, is dropped as stale: the replay window, and
+    /// the clock skew tolerated between nodes (see the `replay` module).
+    pub replay_window: Duration,
+    /// Senders whose recent sequence numbers are remembered, to drop
+    /// replays; 24 bytes each. The eviction rule is in the `replay` module.
+    pub replay_senders_max: usize,
 }
 
 impl Config {
@@ -144,6 +152,8 @@ impl Config {
             lookup_fanout: 2,
             lookup_timeout: Duration::from_millis(500),
             lookups_max: 256,
+            replay_window: Duration::from_secs(30),
+            replay_senders_max: 4096,
         }
     }
 }
@@ -283,6 +293,12 @@ pub struct Stats {
     pub dropped_auth: u64,
     /// Messages dropped for a bad format, size or limit.
     pub dropped_format: u64,
+    /// Authentic messages dropped as replays (their sequence number was
+    /// already accepted from that sender).
+    pub dropped_replay: u64,
+    /// Authentic messages dropped as stale (sent outside the replay window,
+    /// or numbered below the sender's sequence window).
+    pub dropped_stale: u64,
     /// Messages not sent because they would exceed the size limit.
     pub oversize_not_sent: u64,
     /// Full state transfers completed.
@@ -326,6 +342,10 @@ pub struct Gossip {
     pub(super) now: Now,
     /// After `Command::Leave`: every input is ignored.
     pub(super) left: bool,
+    /// The sequence number of the next message we seal (see `Packet::seq`).
+    pub(super) send_seq: u64,
+    /// The senders' sequence windows, to drop replayed messages.
+    pub(super) replay: Replay,
     /// Sequence numbers of our probes and relayed probes.
     pub(super) seq: u32,
 
@@ -414,6 +434,10 @@ impl Gossip {
             bootstrap: Vec::new(),
             seq: 0,
             left: false,
+            // Above anything this node sent before a restart: see the
+            // `replay` module.
+            send_seq: now.wall_ms.saturating_mul(1024),
+            replay: Replay::default(),
             rounds_to_sync: 1,
             stats: Stats::default(),
             now,
@@ -532,7 +556,7 @@ impl Gossip {
     /// every bounded collection is within its [`Config`] limit: members,
     /// pending updates, hot entries, relayed probes, lookups (each still
     /// awaiting between 1 and `lookup_fanout` answers), bootstrap
-    /// addresses, the keys a full transfer remembers, and the store's
+    /// addresses, the senders' replay windows (`replay_senders_max`), the keys a full transfer remembers, and the store's
     /// entries, writers and graveyard.
     pub fn check_invariants(&self) {
         let c = &self.cfg;
@@ -621,6 +645,12 @@ impl Gossip {
                 c.lookup_fanout
             );
         }
+        assert!(
+            self.replay.len() <= c.replay_senders_max.max(1),
+            "{} senders' replay windows, over replay_senders_max {}",
+            self.replay.len(),
+            c.replay_senders_max
+        );
         assert!(self.bootstrap.len() <= BOOTSTRAP_MAX, "{} bootstrap addresses", self.bootstrap.len());
         assert!(self.probe_idx <= self.probe_list.len(), "the probe cursor is past the probe list");
         if let Some(t) = &self.full {
@@ -726,10 +756,13 @@ impl Gossip {
             from: self.me,
             addr: self.cfg.advertise.clone(),
             incarnation: self.incarnation,
+            sent_ms: self.now.wall_ms,
+            seq: self.send_seq,
             complete: self.store.history_complete(),
             updates,
             body,
         };
+        self.send_seq = self.send_seq.wrapping_add(1);
         let mut nonce = [0u8; 24];
         self.rng.fill(&mut nonce);
         let bytes = seal(&self.cfg.keys, nonce, &packet, self.cfg.compress_min_bytes);
@@ -747,6 +780,8 @@ impl Gossip {
     fn drop_msg(&mut self, from: PeerAddr, reason: DecodeError) {
         match reason {
             DecodeError::Auth => self.stats.dropped_auth += 1,
+            DecodeError::Replayed => self.stats.dropped_replay += 1,
+            DecodeError::Stale => self.stats.dropped_stale += 1,
             _ => self.stats.dropped_format += 1,
         }
         self.out.push_back(Output::Event(Event::Dropped { from, reason }));
@@ -775,7 +810,7 @@ impl Gossip {
         }
     }
 
-    /// Opens one message, learns from its membership part, then hands the
+    /// Opens one message, drops it if stale or replayed, learns from its membership part, then hands the
     /// body to the function for its kind.
     fn receive(&mut self, from: PeerAddr, bytes: &[u8]) {
         self.stats.bytes_in += bytes.len() as u64;
@@ -785,6 +820,20 @@ impl Gossip {
         };
         if p.from == self.me || !self.check_limits(&p) {
             return self.drop_msg(from, DecodeError::BadFormat);
+        }
+        // Last, so only a message that would be applied takes its number.
+        let verdict = self.replay.check(
+            p.from,
+            p.seq,
+            p.sent_ms,
+            self.now.wall_ms,
+            self.cfg.replay_window.as_micros() / 1000,
+            self.cfg.replay_senders_max,
+        );
+        match verdict {
+            Verdict::Fresh => {}
+            Verdict::Stale => return self.drop_msg(from, DecodeError::Stale),
+            Verdict::Replayed => return self.drop_msg(from, DecodeError::Replayed),
         }
         self.stats.messages_in += 1;
         let leaving = matches!(p.body, Body::Leave);

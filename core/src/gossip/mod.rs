@@ -29,6 +29,8 @@
 //!   → delta exchanges, full state transfers.
 //! * `lookup.rs`: prefix lookups across live members.
 //! * `wire.rs`: the messages and the sealed envelope.
+//! * `replay.rs`: which authentic messages are fresh (time window and
+//!   per-sender sequence window); replays and stale ones are dropped.
 //!
 //! The three parts are `impl Gossip` blocks over the one state, so a
 //! message kind's handling reads top to bottom in one place.
@@ -61,6 +63,13 @@
 //!   `Config::message_bytes_max` bytes; over TCP, frame each one (length
 //!   prefix). Replies go to the address carried inside each message, so the
 //!   transport's source address may be anything.
+//! * Replays: every message carries the sender's wall clock and a sequence
+//!   number under the AEAD; a message outside `Config::replay_window` (30 s,
+//!   also the clock skew tolerated between nodes) or already seen from its
+//!   sender is dropped as [`DecodeError::Stale`] / [`DecodeError::Replayed`].
+//!   An adapter should treat a connection that delivers one as hostile
+//!   (never admit it as a member's). Envelope version 3 nodes do not talk
+//!   to version 2 nodes.
 //! * Persistence: apply the change feed (`Applied` = upsert, including
 //!   tombstones, `Removed` = delete) and persist [`Gossip::incarnation`];
 //!   at start pass them to [`Gossip::restore`]. Serve reads from
@@ -71,6 +80,7 @@
 //! Every queue and message is bounded by a [`Config`] field: message size,
 //! entries per message, piggybacked updates per message, pending updates,
 //! members, digest writers, hot entries, relayed probes, join sample size,
+//! senders tracked for replays (each a [`SEQ_WINDOW`]-bit window),
 //! bootstrap addresses ([`BOOTSTRAP_MAX`]) and keyring keys
 //! ([`KEYRING_KEYS_MAX`]); the store bounds entries, key and value sizes,
 //! writers and clock drift. Inputs over a limit are dropped and counted.
@@ -93,9 +103,11 @@ mod anti_entropy;
 mod lookup;
 mod machine;
 mod membership;
+mod replay;
 mod wire;
 
 pub use machine::{Command, Config, Event, Gossip, Input, Now, Output, Stats, BOOTSTRAP_MAX};
+pub use replay::SEQ_WINDOW;
 pub use wire::{
     open, seal, Body, DecodeError, Keyring, KeyringError, MemberState, MemberUpdate, Packet, PeerAddr, Pushed,
     ENVELOPE_OVERHEAD, ENVELOPE_VERSION, KEYRING_KEYS_MAX,

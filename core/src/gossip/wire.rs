@@ -1,9 +1,16 @@
 //! Gossip messages and the authenticated envelope they travel in.
 //!
-//! Envelope: `[version = 1][key id][24-byte nonce][XChaCha20-Poly1305
+//! Envelope: `[version = 3][key id][24-byte nonce][XChaCha20-Poly1305
 //! ciphertext + 16-byte tag]`, with the first two bytes as associated data.
 //! The plaintext is `[flags][body]`: flag bit 0 says the body is LZ4
 //! compressed (size-prepended); the body is a postcard-serialized [`Packet`].
+//!
+//! Version 3 added the sender's wall-clock time and a per-sender sequence
+//! number to every [`Packet`], inside the AEAD so they cannot be forged: the
+//! receiver drops a message sent too long ago, or one it has already seen
+//! (see the `replay` module), so a captured message cannot be replayed.
+//! Nodes of this version neither open nor are opened by version 2 nodes
+//! (the version byte differs): a cluster upgrades all at once.
 //!
 //! Nonces are 24 random bytes from the machine's seeded [`Rng`](crate::rand::Rng):
 //! with XChaCha's 192-bit nonces random choice is safe, *provided* the adapter
@@ -19,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::replica::{Delta, Digest, Entry, FullChunk, Namespace, NodeId, Version};
 
 /// The envelope format version this code writes and reads.
-pub const ENVELOPE_VERSION: u8 = 2;
+pub const ENVELOPE_VERSION: u8 = 3;
 /// Bytes of envelope around the plaintext: version, key id, nonce, tag.
 pub const ENVELOPE_OVERHEAD: usize = 2 + 24 + 16;
 const FLAG_LZ4: u8 = 1;
@@ -284,6 +291,15 @@ pub struct Packet {
     pub addr: PeerAddr,
     /// The sender's incarnation.
     pub incarnation: u64,
+    /// The sender's wall clock when it sealed the message, in Unix
+    /// milliseconds: a message older (or newer) than the receiver's
+    /// `Config::replay_window` is dropped as stale.
+    pub sent_ms: u64,
+    /// The sender's message sequence number: one more for each message it
+    /// seals, from a base derived from its wall clock at start (so a
+    /// restarted node's numbers continue above the ones it used before).
+    /// A receiver drops a (sender, sequence) it has already accepted.
+    pub seq: u64,
     /// Whether the sender knows its whole tombstone-collection history
     /// ([`Store::history_complete`](crate::replica::Store::history_complete)):
     /// only such a node is a safe source of a full state transfer.
@@ -309,6 +325,14 @@ pub enum DecodeError {
     BadCompression,
     /// The body is not a valid packet.
     BadFormat,
+    /// Authentic, but sent longer ago than the replay window (or further in
+    /// the future than it: a clock too far off), or its sequence number is
+    /// below the sender's window: possibly a replay, certainly too late.
+    Stale,
+    /// Authentic, but its (sender, sequence) was already accepted: a
+    /// replayed message. Also a new sender when the replay table is full of
+    /// senders heard within the window.
+    Replayed,
 }
 
 /// Serializes, maybe compresses, and seals `packet` with the keyring's
@@ -403,6 +427,8 @@ mod tests {
             from: 7,
             addr: "n7".into(),
             incarnation: 1,
+            sent_ms: 1_700_000_000_000,
+            seq: 5,
             complete: true,
             updates: vec![],
             body: Body::Syn { summary: Some((42, 1)), push: vec![] },

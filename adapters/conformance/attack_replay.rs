@@ -1,0 +1,167 @@
+//! Issue #12, item 11: gossip replay. Captured gossip frames were accepted
+//! again when replayed: one frame that asks a node for what it holds,
+//! replayed 200 times over new connections, made the node send its answer
+//! 200 times to the original requester (about 108x amplification toward a
+//! third party). Now every envelope carries a timestamp and a sequence
+//! number under the AEAD, and a node accepts each (sender, number) once.
+//!
+//! The capture: node B advertises a small TCP proxy in this test as its
+//! gossip address, so everything node A sends to B passes through it and
+//! is recorded, frame by frame. The test holds the cluster key only to
+//! pick the frame to replay (A's digest, sent while A held nothing: its
+//! answer is every entry B has).
+
+mod common;
+
+use common::*;
+use rumor_core::gossip::{open, Body, Keyring};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "61747461636b207265706c617920746573742020636c7573746572206b65792e";
+const REPLAYS: usize = 200;
+const RECORDS: usize = 300;
+
+fn key_bytes() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&KEY[2 * i..2 * i + 2], 16).unwrap();
+    }
+    k
+}
+
+fn stat(node: &TestNode, name: &str) -> u64 {
+    let (_, v) = node.get("/health");
+    v["stats"][name].as_u64().unwrap_or_else(|| panic!("/health has no {name}: {v}"))
+}
+
+/// Reads one gossip frame (4-byte big-endian length, then the envelope).
+fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+fn framed(bytes: &[u8]) -> Vec<u8> {
+    let mut f = (bytes.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(bytes);
+    f
+}
+
+/// A proxy on `listener` that forwards every gossip connection to `to`
+/// (set once the node behind it is up), recording each frame.
+fn proxy(listener: TcpListener, to: Arc<Mutex<Option<SocketAddr>>>, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
+    std::thread::spawn(move || {
+        for inbound in listener.incoming() {
+            let Ok(mut inbound) = inbound else { continue };
+            let Some(target) = *to.lock().unwrap() else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let Ok(mut out) = TcpStream::connect(target) else { return };
+                while let Some(frame) = read_frame(&mut inbound) {
+                    if out.write_all(&framed(&frame)).is_err() {
+                        return;
+                    }
+                    seen.lock().unwrap().push(frame);
+                }
+            });
+        }
+    });
+}
+
+/// A cheap pseudo-random 64-bit number, so records do not compress away.
+fn mix(i: u64) -> u64 {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
+#[test]
+fn a_captured_gossip_frame_replayed_200_times_is_not_answered_200_times() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    let target = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    proxy(listener, target.clone(), seen.clone());
+
+    // B holds the records and is reached (by A) only through the proxy.
+    let advertise = proxy_addr.to_string();
+    let b = TestNode::solo("replay-b", &["--cluster-key", KEY, "--advertise", &advertise]);
+    *target.lock().unwrap() = Some(b.gossip);
+    for i in 0..RECORDS as u64 {
+        let x = mix(i);
+        let ips: Vec<String> = (0..4)
+            .map(|k| {
+                let y = mix(i * 8 + k + 1_000_000);
+                format!(r#""10.{}.{}.{}""#, y as u8, (y >> 8) as u8, (y >> 16) as u8)
+            })
+            .collect();
+        b.add(&format!(r#"{{"name":"r{i}-{x:016x}.replay.local","ips":[{}],"ttl":3600}}"#, ips.join(",")));
+    }
+    // A joins through the proxy and catches up.
+    let a = TestNode::solo("replay-a", &["--cluster-key", KEY, "--join", &advertise]);
+    let last = format!("r{}-{:016x}.replay.local", RECORDS - 1, mix(RECORDS as u64 - 1));
+    let synced = eventually(Duration::from_secs(20), || status(&a.dig(&[&last, "A"])) == "NOERROR");
+    assert!(synced, "A never caught up with B");
+
+    // The frame to replay: A telling B what it holds while it held nothing.
+    let ring = Keyring::new(0, key_bytes());
+    let frames = seen.lock().unwrap().clone();
+    let ask = frames
+        .iter()
+        .find(|f| match open(&ring, f, 1 << 20).map(|p| p.body) {
+            Ok(Body::Digest { digest }) | Ok(Body::Delta { digest: Some(digest), .. }) => digest.seen.len() <= 1,
+            _ => false,
+        })
+        .unwrap_or_else(|| panic!("none of the {} frames A sent B carries A's first digest", frames.len()))
+        .clone();
+
+    // B's own traffic while nobody attacks, as a baseline.
+    std::thread::sleep(Duration::from_secs(2));
+    let quiet_from = (stat(&b, "gossip_bytes_out"), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let quiet_rate = (stat(&b, "gossip_bytes_out") - quiet_from.0) as f64 / quiet_from.1.elapsed().as_secs_f64();
+
+    // The replay: 200 copies, each over a new connection.
+    let before = (stat(&b, "gossip_bytes_out"), Instant::now());
+    let mut sent = 0usize;
+    for _ in 0..REPLAYS {
+        let Ok(mut s) = TcpStream::connect(b.gossip) else { continue };
+        if s.write_all(&framed(&ask)).is_ok() {
+            sent += 4 + ask.len();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let out = stat(&b, "gossip_bytes_out") - before.0;
+    let background = quiet_rate * before.1.elapsed().as_secs_f64();
+    let extra = (out as f64 - background).max(0.0);
+    let factor = extra / sent as f64;
+    eprintln!(
+        "gossip replay: {REPLAYS} copies of a {}-byte frame ({sent} bytes) made B send {out} bytes \
+         ({background:.0} of them its usual traffic): {factor:.1}x amplification",
+        ask.len()
+    );
+    assert!(factor < 2.0, "a replayed frame was answered: {factor:.1}x amplification");
+    let dropped = stat(&b, "gossip_dropped_replay");
+    // A connection that replays is closed at once, not admitted as a
+    // member's (the unauthenticated deadline alone would take 5 s).
+    let mut s = TcpStream::connect(b.gossip).unwrap();
+    s.write_all(&framed(&ask)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match s.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(closed, "a connection that replayed a frame is still open");
+    assert!(dropped as usize >= REPLAYS * 9 / 10, "only {dropped} of {REPLAYS} replays were dropped as such");
+    // The cluster is unharmed.
+    assert_eq!(status(&a.dig(&[&last, "A"])), "NOERROR");
+}

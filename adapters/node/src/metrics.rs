@@ -66,6 +66,7 @@ pub fn render(s: &NodeStats) -> String {
     o.value("gossip_dropped_total", &[("reason", "format")], s.gossip_dropped_format);
     o.value("gossip_dropped_total", &[("reason", "queue_full")], s.gossip_dropped_queue);
     o.value("gossip_dropped_total", &[("reason", "bad_value")], s.gossip_rejected_values);
+    o.value("gossip_dropped_total", &[("reason", "replay")], s.gossip_dropped_replay);
     o.one("gossip_entries_applied_total", "counter", "Remote entries applied.", s.gossip_entries_applied);
     o.one("gossip_full_transfers_total", "counter", "Full state transfers completed.", s.gossip_full_transfers);
     o.family(

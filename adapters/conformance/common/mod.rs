@@ -35,10 +35,24 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 }
 
 /// A port free on 127.0.0.1 for both TCP and UDP right now.
+///
+/// It is taken below the kernel's ephemeral range (32768 and up), never
+/// from it: a port the kernel handed out and took back can be given again
+/// at once as the local port of any process's outgoing connection, and a
+/// node started on it a moment later then fails with "Address already in
+/// use" (seen in CI). Within this process a counter never hands out the
+/// same port twice; the starting point depends on the process id, so two
+/// test binaries running at once start far apart.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = tcp.local_addr().unwrap().port();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 2_000) * 11;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else { continue };
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::dns::{Name, RRset, RType, RecordStore};
-use crate::gossip::{self, DecodeError, Gossip, MemberState, Now, PeerAddr};
+use crate::gossip::{self, Gossip, MemberState, Now, PeerAddr};
 use crate::replica::{Change, Entry, Namespace, NodeId, Refused, Store, Version};
 use crate::time::{Duration, Instant};
 use crate::Transmit;
@@ -198,39 +198,15 @@ pub enum Event {
         /// What it did, or why it was refused.
         result: Result<WriteReport, WriteError>,
     },
-    /// A member is alive (new, or back).
-    MemberUp {
-        /// Its id.
-        id: NodeId,
-        /// Its address.
-        addr: PeerAddr,
-    },
-    /// A member was declared dead or left.
-    MemberDown {
-        /// Its id.
-        id: NodeId,
-        /// Its address.
-        addr: PeerAddr,
-    },
-    /// A gossip lookup (a [`Command::Gossip`] of a
-    /// [`gossip::Command::Lookup`]) ended.
-    LookupDone {
-        /// The lookup's token.
-        id: u32,
-        /// Entries received.
-        found: usize,
-    },
     /// An entry of the `PROVIDERS` namespace changed: the tracker follows
     /// these ([`crate::overlay::tracker::Input::Store`]).
     Providers(Change),
-    /// A gossip message was dropped unapplied (also counted in the gossip
-    /// stats); [`DecodeError::Auth`] means no key of ours opened it.
-    Dropped {
-        /// Transport source.
-        from: PeerAddr,
-        /// Why.
-        reason: DecodeError,
-    },
+    /// News from the gossip machine, passed on as it came: a member up or
+    /// down, a lookup (a [`Command::Gossip`] of a [`gossip::Command::Lookup`])
+    /// done, a message dropped unapplied ([`gossip::DecodeError::Auth`]: no key of
+    /// ours opened it). Store changes and refused writes never come this
+    /// way: the member turns them into views, persistence and `Written`.
+    Gossip(gossip::Event),
 }
 
 /// What the member wants done. Drain with [`Member::poll_output`] until it
@@ -721,16 +697,9 @@ impl Member {
                 O::Transmit(t) => self.out.push_back(Output::Transmit(t)),
                 O::Event(G::Store(change)) => self.follow(change),
                 O::Event(G::WriteRefused { key, reason, .. }) => self.refused.push((key, reason)),
-                O::Event(G::MemberUp { id, addr }) => self.out.push_back(Output::Event(Event::MemberUp { id, addr })),
-                O::Event(G::MemberDown { id, addr }) => {
-                    self.out.push_back(Output::Event(Event::MemberDown { id, addr }))
-                }
-                O::Event(G::LookupDone { id, found }) => {
-                    self.out.push_back(Output::Event(Event::LookupDone { id, found }))
-                }
-                O::Event(G::Dropped { from, reason }) => {
-                    self.out.push_back(Output::Event(Event::Dropped { from, reason }))
-                }
+                O::Event(
+                    e @ (G::MemberUp { .. } | G::MemberDown { .. } | G::LookupDone { .. } | G::Dropped { .. }),
+                ) => self.out.push_back(Output::Event(Event::Gossip(e))),
                 O::Timeout(at) => {
                     self.gossip_deadline = at;
                     break;

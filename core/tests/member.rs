@@ -254,7 +254,7 @@ fn provider_writes_pass_through_to_gossip_and_come_back_as_provider_changes() {
     // A lookup with no member to ask ends at once.
     let lookup = gossip::Command::Lookup { id: 9, ns: Namespace::PROVIDERS, prefix: Bytes::new() };
     m.handle(now_at(2_000), Input::Command(Command::Gossip(lookup)));
-    assert!(drain(&mut m).0.contains(&Output::Event(Event::LookupDone { id: 9, found: 0 })));
+    assert!(drain(&mut m).0.contains(&Output::Event(Event::Gossip(gossip::Event::LookupDone { id: 9, found: 0 }))));
 }
 
 /// Two members on virtual time; B's wall clock runs `skew_ms` behind.

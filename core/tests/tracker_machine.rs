@@ -277,7 +277,7 @@ fn step(t: &mut Tracker, m: &mut Member, now: Now, input: Input) -> Vec<Output> 
         loop {
             match m.poll_output() {
                 member::Output::Event(member::Event::Providers(c)) => to_tracker.push(Input::Store(c)),
-                member::Output::Event(member::Event::LookupDone { id, .. }) => {
+                member::Output::Event(member::Event::Gossip(gossip::Event::LookupDone { id, .. })) => {
                     to_tracker.push(Input::LookupDone { id })
                 }
                 member::Output::Timeout(_) => break,

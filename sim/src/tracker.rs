@@ -227,7 +227,7 @@ impl Sim {
                         self.push(at, Due::Deliver { to, from: i, bytes: t.bytes });
                     }
                     member::Output::Event(member::Event::Providers(c)) => to_tracker.push(tracker::Input::Store(c)),
-                    member::Output::Event(member::Event::LookupDone { id, .. }) => {
+                    member::Output::Event(member::Event::Gossip(gossip::Event::LookupDone { id, .. })) => {
                         to_tracker.push(tracker::Input::LookupDone { id })
                     }
                     member::Output::Event(_) | member::Output::Persist(_) => {}

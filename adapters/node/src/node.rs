@@ -16,7 +16,7 @@ use crate::rt;
 use futures::channel::oneshot;
 use rumor_core::dns::forward::{self, Forwarder, ForwarderConfig, To};
 use rumor_core::dns::{Authority, Name, RRset, RType, Transport, Verdict};
-use rumor_core::gossip::{DecodeError, MemberState, Now, PeerAddr};
+use rumor_core::gossip::{DecodeError, Event as GossipEvent, MemberState, Now, PeerAddr};
 use rumor_core::member::{self, Member, Persist, ViewChange};
 pub use rumor_core::member::{Lag, WriteReport};
 use rumor_core::overlay::tracker::{self, Tracker};
@@ -593,14 +593,18 @@ impl Node {
                     });
                 }
             }
-            member::Event::MemberUp { id, addr } => tracing::info!("member {id:016x} at {} is up", addr.0),
-            member::Event::MemberDown { id, addr } => tracing::info!("member {id:016x} at {} is down", addr.0),
-            member::Event::LookupDone { id, found } => {
+            member::Event::Gossip(GossipEvent::MemberUp { id, addr }) => {
+                tracing::info!("member {id:016x} at {} is up", addr.0)
+            }
+            member::Event::Gossip(GossipEvent::MemberDown { id, addr }) => {
+                tracing::info!("member {id:016x} at {} is down", addr.0)
+            }
+            member::Event::Gossip(GossipEvent::LookupDone { id, found }) => {
                 tracing::debug!(id, found, "providers lookup done");
                 to_tracker.push(tracker::Input::LookupDone { id });
             }
             member::Event::Providers(change) => to_tracker.push(tracker::Input::Store(change)),
-            member::Event::Dropped { from, reason: DecodeError::Auth } => {
+            member::Event::Gossip(GossipEvent::Dropped { from, reason: DecodeError::Auth }) => {
                 self.gossip_drops += 1;
                 // The sender learns nothing from a sealed reply, so the
                 // connection is closed: its transport notices and says so.
@@ -618,7 +622,10 @@ impl Node {
                     }
                 }
             }
-            member::Event::Dropped { from, reason: reason @ (DecodeError::Replayed | DecodeError::Stale) } => {
+            member::Event::Gossip(GossipEvent::Dropped {
+                from,
+                reason: reason @ (DecodeError::Replayed | DecodeError::Stale),
+            }) => {
                 self.gossip_drops += 1;
                 // Sealed, but a copy of a message already taken or one too
                 // old: a member never sends those (its numbers grow and its
@@ -628,10 +635,12 @@ impl Node {
                 self.closer.close(&from);
                 tracing::debug!(from = %from.0, "gossip message dropped as a replay: {reason:?}");
             }
-            member::Event::Dropped { from, reason } => {
+            member::Event::Gossip(GossipEvent::Dropped { from, reason }) => {
                 self.gossip_drops += 1;
                 tracing::debug!(from = %from.0, "gossip message dropped: {reason:?}");
             }
+            // The member handles these itself; they never come this way.
+            member::Event::Gossip(GossipEvent::Store(_) | GossipEvent::WriteRefused { .. }) => {}
         }
     }
 

@@ -45,7 +45,7 @@
 //! [`member::Command::Gossip`](crate::member::Command::Gossip); every
 //! member [`Event::Providers`](crate::member::Event::Providers) comes here
 //! as [`Input::Store`] and every member
-//! [`Event::LookupDone`](crate::member::Event::LookupDone) as
+//! [`Event::Gossip`](crate::member::Event::Gossip)`(LookupDone)` as
 //! [`Input::LookupDone`]. The machine draws nothing at random, so it takes
 //! no seed.
 

@@ -174,21 +174,24 @@ impl Overlaid {
             match self.machine.poll_output() {
                 member::Output::Transmit(t) => net.send(&t.to, t.bytes),
                 member::Output::Event(member::Event::Providers(change)) => self.overlay.follow(&change),
-                member::Output::Event(member::Event::LookupDone { .. }) => self.lookup_done = true,
-                member::Output::Event(member::Event::MemberUp { id, addr }) => {
+                member::Output::Event(member::Event::Gossip(gossip::Event::LookupDone { .. })) => {
+                    self.lookup_done = true
+                }
+                member::Output::Event(member::Event::Gossip(gossip::Event::MemberUp { id, addr })) => {
                     tracing::debug!("overlay: member {id:016x} at {} is up", addr.0)
                 }
-                member::Output::Event(member::Event::MemberDown { id, addr }) => {
+                member::Output::Event(member::Event::Gossip(gossip::Event::MemberDown { id, addr })) => {
                     tracing::debug!("overlay: member {id:016x} at {} is down", addr.0)
                 }
-                member::Output::Event(member::Event::Dropped { from, reason }) => {
+                member::Output::Event(member::Event::Gossip(gossip::Event::Dropped { from, reason })) => {
                     tracing::debug!(from = %from.0, "overlay: gossip message dropped: {reason:?}")
                 }
                 // No DNS, no disk: nothing to mirror or persist.
                 member::Output::Persist(_)
                 | member::Output::Event(member::Event::View(_))
                 | member::Output::Event(member::Event::Written { .. })
-                | member::Output::Event(member::Event::Persisting { .. }) => {}
+                | member::Output::Event(member::Event::Persisting { .. })
+                | member::Output::Event(member::Event::Gossip(_)) => {}
                 member::Output::Timeout(at) => {
                     self.next_timeout = at;
                     return;

@@ -84,23 +84,245 @@ fn a_multi_file_torrent_lists_files_with_offsets() {
 }
 
 #[test]
-fn hostile_paths_are_refused_with_the_reason() {
-    let cases: Vec<(Value<'static>, PathProblem)> = vec![
-        (path(&[]), PathProblem::NoComponents),
-        (path(&[b""]), PathProblem::Empty),
-        (path(&[b"."]), PathProblem::Dot),
-        (path(&[b"a", b".."]), PathProblem::DotDot),
-        (path(&[b"/etc"]), PathProblem::Separator),
-        (path(&[b"a\\b"]), PathProblem::Separator),
-        (path(&[b"a\0b"]), PathProblem::Nul),
-        (path(&[b"\xff"]), PathProblem::NotUtf8),
+fn unsafe_names_are_renamed_into_safe_paths_and_listed() {
+    let cases: Vec<(Value<'static>, Vec<&str>, Vec<PathFix>)> = vec![
+        (path(&[b""]), vec!["_"], vec![PathFix::DotOrEmpty]),
+        (path(&[b"."]), vec!["_"], vec![PathFix::DotOrEmpty]),
+        (path(&[b"a", b"..", b"..", b"x"]), vec!["a", "_", "_", "x"], vec![PathFix::DotOrEmpty]),
+        (path(&[b"/etc"]), vec!["_etc"], vec![PathFix::Separator]),
+        (path(&[b"dir\\sub\\f.txt"]), vec!["dir_sub_f.txt"], vec![PathFix::Separator]),
+        (path(&[b"a\0b\n"]), vec!["a_b_"], vec![PathFix::Control]),
+        (path(&[b"caf\xe9.txt"]), vec!["caf_.txt"], vec![PathFix::NotUtf8]),
+        (path(&["\u{202e}txt.exe".as_bytes()]), vec!["txt.exe"], vec![PathFix::Bidi]),
+        (path(&[b"ok", b"fine.txt"]), vec!["ok", "fine.txt"], vec![]),
     ];
-    for (p, want) in cases {
-        let b = multi_torrent(vec![p]);
-        let e = Metainfo::parse(&b).unwrap_err();
-        assert_eq!(e.kind, MetainfoErrorKind::BadPath(want), "{e}");
-        assert!(e.offset > 0);
+    for (p, want, fixes) in cases {
+        let m = Metainfo::parse(&multi_torrent(vec![p])).unwrap();
+        assert_eq!(m.files[0].path, want);
+        if fixes.is_empty() {
+            assert!(m.renamed.is_empty(), "{:?}", m.renamed);
+        } else {
+            assert_eq!(m.renamed.len(), 1);
+            assert_eq!(m.renamed[0].file, Some(0));
+            assert_eq!(m.renamed[0].fixes, fixes);
+            assert_eq!(m.renamed[0].path, want.join("/"));
+        }
     }
+}
+
+#[test]
+fn a_name_longer_than_255_bytes_is_shortened_on_a_character_boundary_keeping_its_extension() {
+    let long = format!("{}.mkv", "é".repeat(200)); // 404 bytes
+    let m = Metainfo::parse(&multi_torrent(vec![path(&[long.as_bytes()])])).unwrap();
+    let name = &m.files[0].path[0];
+    assert!(name.len() <= 255, "{}", name.len());
+    assert!(name.ends_with(".mkv"));
+    assert!(name.starts_with("éé"));
+    assert_eq!(m.renamed[0].fixes, vec![PathFix::TooLong]);
+    // No extension: just cut.
+    let m = Metainfo::parse(&multi_torrent(vec![path(&[&[b'x'; 300]])])).unwrap();
+    assert_eq!(m.files[0].path[0], "x".repeat(255));
+}
+
+#[test]
+fn duplicate_names_get_a_number_before_the_extension_even_when_only_the_case_differs() {
+    let b = multi_torrent(vec![
+        path(&[b"a.txt"]),
+        path(&[b"A.TXT"]),
+        path(&[b"a.txt"]),
+        path(&[b"d"]),
+        path(&[b"d", b"x"]),
+        path(&[b"dir\\f"]),
+        path(&[b"dir/f"]),
+    ]);
+    let m = Metainfo::parse(&b).unwrap();
+    let got: Vec<String> = m.files.iter().map(|f| f.path.join("/")).collect();
+    assert_eq!(got, vec!["a.txt", "A.1.TXT", "a.2.txt", "d.1", "d/x", "dir_f", "dir_f.1"]);
+    assert!(m.renamed.iter().any(|r| r.file == Some(1) && r.fixes == vec![PathFix::Duplicate]));
+    assert!(m.renamed.iter().any(|r| r.file == Some(6) && r.fixes == vec![PathFix::Separator, PathFix::Duplicate]));
+    assert!(m.renamed.iter().all(|r| r.to_string().contains(" is stored as ")));
+}
+
+#[test]
+fn a_torrent_of_endless_duplicate_names_is_refused() {
+    let limits = Limits { duplicates_max: 5, ..Limits::default() };
+    let b = multi_torrent((0..10).map(|_| path(&[b"same"])).collect());
+    assert_eq!(Metainfo::parse_with(&b, &limits).unwrap_err().kind, MetainfoErrorKind::TooManyDuplicates);
+    let b = multi_torrent((0..6).map(|_| path(&[b"same"])).collect());
+    assert!(Metainfo::parse_with(&b, &limits).is_ok());
+}
+
+fn with_files(files: Vec<Value<'static>>, pl: i64) -> Vec<u8> {
+    let total: i64 = files.iter().map(|f| f.get("length").and_then(Value::as_int).unwrap_or(0)).sum();
+    let info = Value::dict()
+        .insert("files", Value::List(files))
+        .insert("name", Value::bytes("d"))
+        .insert("piece length", Value::Int(pl))
+        .insert("pieces", Value::bytes(vec![3u8; 20 * (total.max(1) as usize).div_ceil(pl as usize)]));
+    Value::dict().insert("info", info).to_bytes()
+}
+
+fn entry(len: i64, p: Value<'static>, attr: &str) -> Value<'static> {
+    Value::dict().insert("attr", Value::bytes(attr)).insert("length", Value::Int(len)).insert("path", p)
+}
+
+#[test]
+fn symlinks_have_no_data_and_count_as_inside_only_when_they_name_a_file_or_directory_of_the_torrent() {
+    let link = |p: &[&[u8]], target: &[&[u8]]| {
+        // A length on a symlink is ignored (libtorrent counts 0 too).
+        entry(99, path(p), "l").insert("symlink path", path(target))
+    };
+    let b = with_files(
+        vec![
+            entry(10, path(&[b"sub", b"real.bin"]), ""),
+            link(&[b"to-file"], &[b"sub", b"real.bin"]),
+            link(&[b"to-dir"], &[b"sub"]),
+            link(&[b"up"], &[b"..", b"..", b"etc", b"passwd"]),
+            link(&[b"abs"], &[b"/etc/passwd"]),
+            link(&[b"loop"], &[b"loop"]),
+        ],
+        16384,
+    );
+    let m = Metainfo::parse(&b).unwrap();
+    assert_eq!(m.total_length, 10);
+    let inside: Vec<bool> = m.files[1..].iter().map(|f| f.symlink.as_ref().unwrap().inside).collect();
+    assert_eq!(inside, vec![true, true, false, false, false]);
+    assert!(m.files[1..].iter().all(|f| f.length == 0));
+    assert_eq!(m.files[3].symlink.as_ref().unwrap().target, vec!["_", "_", "etc", "passwd"]);
+    // Without a target it is a plain file of its length.
+    let b = with_files(vec![entry(10, path(&[b"f"]), "l")], 16384);
+    let m = Metainfo::parse(&b).unwrap();
+    assert!(m.files[0].symlink.is_none());
+    assert_eq!(m.total_length, 10);
+}
+
+#[test]
+fn padding_files_may_lack_a_path_and_may_share_one() {
+    let pad = |len: i64| Value::dict().insert("attr", Value::bytes("p")).insert("length", Value::Int(len));
+    let b = with_files(
+        vec![
+            entry(10, path(&[b"a"]), "x"),
+            pad(16374),
+            entry(10, path(&[b"b"]), "h"),
+            entry(16374, path(&[b".pad", b"16374"]), "p"),
+            entry(10, path(&[b"c"]), ""),
+            entry(16374, path(&[b".pad", b"16374"]), "p"),
+        ],
+        16384,
+    );
+    let m = Metainfo::parse(&b).unwrap();
+    assert_eq!(m.files[1].path, vec![".pad", "16374"]);
+    assert!(m.files[1].padding && m.files[3].padding && m.files[5].padding);
+    assert_eq!(m.files[5].path, vec![".pad", "16374"], "padding files are never written, so never renamed");
+    assert!(m.files[0].executable && m.files[2].hidden);
+    assert_eq!(m.files[4].offset, 2 * 16384);
+    assert!(m.renamed.is_empty());
+}
+
+/// A hybrid torrent in the shape python3-libtorrent 2.0 writes: v1
+/// `files` with padding, and a v2 `file tree` of the same files.
+fn hybrid(tree_len_b: i64, version: Option<i64>, with_pieces: bool, with_tree: bool) -> Vec<u8> {
+    let root = |x: u8| Value::bytes(vec![x; 32]);
+    let leaf = |len: i64, r: Value<'static>| {
+        Value::dict().insert("", Value::dict().insert("length", Value::Int(len)).insert("pieces root", r))
+    };
+    let tree = Value::dict()
+        .insert("a.bin", leaf(40000, root(1)))
+        .insert("sub", Value::dict().insert("b.bin", leaf(tree_len_b, root(2))));
+    let files = Value::List(vec![
+        entry(40000, path(&[b"a.bin"]), ""),
+        entry(9152, path(&[b".pad", b"9152"]), "p"),
+        entry(70000, path(&[b"sub", b"b.bin"]), ""),
+    ]);
+    let mut info = Value::dict()
+        .insert("files", files)
+        .insert("name", Value::bytes("h"))
+        .insert("piece length", Value::Int(16384));
+    if with_tree {
+        info = info.insert("file tree", tree);
+    }
+    if with_pieces {
+        info = info.insert("pieces", Value::bytes(vec![5u8; 20 * (119152usize).div_ceil(16384)]));
+    }
+    if let Some(v) = version {
+        info = info.insert("meta version", Value::Int(v));
+    }
+    Value::dict().insert("info", info).insert("piece layers", Value::dict()).to_bytes()
+}
+
+#[test]
+fn a_hybrid_torrent_is_read_by_its_v1_part_under_its_v1_infohash() {
+    let b = hybrid(70000, Some(2), true, true);
+    let m = Metainfo::parse(&b).unwrap();
+    assert!(m.hybrid);
+    assert_eq!(m.files.len(), 3);
+    assert_eq!(m.files[2].path, vec!["sub", "b.bin"]);
+    assert_eq!(m.files[2].offset, 49152);
+    assert_eq!(m.info_hash.0, sha(&m.info_bytes));
+}
+
+#[test]
+fn v2_only_unknown_versions_and_inconsistent_hybrids_are_refused_with_a_sentence() {
+    let e = Metainfo::parse(&hybrid(70000, Some(2), false, true)).unwrap_err();
+    assert_eq!(e.kind, MetainfoErrorKind::V2Only);
+    assert!(e.to_string().starts_with("v2-only torrents are not supported yet"), "{e}");
+    let e = Metainfo::parse(&hybrid(70000, Some(3), true, true)).unwrap_err();
+    assert_eq!(e.kind, MetainfoErrorKind::UnknownVersion(3));
+    let e = Metainfo::parse(&hybrid(70001, Some(2), true, true)).unwrap_err();
+    assert_eq!(e.kind, MetainfoErrorKind::HybridMismatch);
+    assert!(e.to_string().contains("describe different files"), "{e}");
+    let e = Metainfo::parse(&hybrid(70000, None, true, true)).unwrap_err();
+    assert_eq!(e.kind, MetainfoErrorKind::Missing("meta version"));
+    let e = Metainfo::parse(&hybrid(70000, Some(2), true, false)).unwrap_err();
+    assert_eq!(e.kind, MetainfoErrorKind::Missing("file tree"));
+    for e in [e] {
+        assert!(!e.to_string().contains("Missing"), "{e}");
+    }
+}
+
+#[test]
+fn pieces_of_128_mib_are_accepted_and_larger_ones_refused() {
+    let mk = |pl: i64| {
+        let info = Value::dict()
+            .insert("length", Value::Int(300 << 20))
+            .insert("name", Value::bytes("big"))
+            .insert("piece length", Value::Int(pl))
+            .insert("pieces", Value::bytes(vec![0u8; 20 * (300usize << 20).div_ceil(pl as usize)]));
+        Metainfo::parse(&Value::dict().insert("info", info).to_bytes())
+    };
+    assert_eq!(mk(128 << 20).unwrap().pieces.len(), 3);
+    assert_eq!(mk(64 << 20).unwrap().layout().piece_size(4), 44 << 20);
+    assert_eq!(mk(256 << 20).unwrap_err().kind, MetainfoErrorKind::BadPieceLength(256 << 20));
+}
+
+#[test]
+fn the_utf8_name_and_path_keys_are_preferred() {
+    let f = Value::dict()
+        .insert("length", Value::Int(5))
+        .insert("path", path(&[b"\xe9t\xe9"]))
+        .insert("path.utf-8", path(&["été".as_bytes()]));
+    let info = Value::dict()
+        .insert("files", Value::List(vec![f]))
+        .insert("name", Value::bytes(&b"r\xe9p"[..]))
+        .insert("name.utf-8", Value::bytes("rép"))
+        .insert("piece length", Value::Int(16384))
+        .insert("pieces", Value::bytes(vec![0u8; 20]));
+    let m = Metainfo::parse(&Value::dict().insert("info", info).to_bytes()).unwrap();
+    assert_eq!(m.name, "rép");
+    assert_eq!(m.files[0].path, vec!["été"]);
+    assert!(m.renamed.is_empty());
+}
+
+#[test]
+fn a_directory_name_of_dot_dot_becomes_the_infohash() {
+    let info = Value::dict()
+        .insert("files", Value::List(vec![entry(5, path(&[b"f"]), "")]))
+        .insert("name", Value::bytes(".."))
+        .insert("piece length", Value::Int(16384))
+        .insert("pieces", Value::bytes(vec![0u8; 20]));
+    let m = Metainfo::parse(&Value::dict().insert("info", info).to_bytes()).unwrap();
+    assert_eq!(m.name, m.info_hash.to_hex());
+    assert_eq!(m.renamed[0].file, None);
 }
 
 #[test]
@@ -126,7 +348,7 @@ fn bad_piece_geometry_is_refused() {
     };
     assert_eq!(mk(100, 0, 20), MetainfoErrorKind::BadPieceLength(0));
     assert_eq!(mk(100, -5, 20), MetainfoErrorKind::BadPieceLength(-5));
-    assert_eq!(mk(100, 1 << 27, 20), MetainfoErrorKind::BadPieceLength(1 << 27));
+    assert_eq!(mk(100, 1 << 28, 20), MetainfoErrorKind::BadPieceLength(1 << 28));
     assert_eq!(mk(100, 16384, 19), MetainfoErrorKind::PiecesNotMultipleOf20(19));
     assert_eq!(mk(40_000, 16384, 40), MetainfoErrorKind::PieceCountMismatch { expected: 3, found: 2 });
     assert_eq!(mk(0, 16384, 0), MetainfoErrorKind::NoContent);
@@ -349,4 +571,41 @@ fn a_torrent_rebuilt_from_fetched_metadata_keeps_its_infohash_and_trackers() {
     let back = Metainfo::parse(&bare.to_torrent_bytes()).unwrap();
     assert_eq!(back.info_hash, original.info_hash);
     assert!(back.announce.is_none() && back.announce_tiers.is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn whatever_the_names_every_written_path_is_safe_and_unique(
+        names in proptest::collection::vec(
+            proptest::collection::vec(
+                proptest::collection::vec(
+                    prop_oneof![Just(b'.'), Just(b'/'), Just(b'\\'), Just(0u8), Just(b'a'), Just(b'A'), Just(0xc3), Just(0xa9), any::<u8>()],
+                    0..40,
+                ),
+                1..4,
+            ),
+            1..12,
+        ),
+    ) {
+        let paths: Vec<Value<'static>> =
+            names.iter().map(|p| Value::List(p.iter().map(|c| Value::bytes(c.clone())).collect())).collect();
+        let m = Metainfo::parse(&multi_torrent(paths)).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        for f in &m.files {
+            for c in &f.path {
+                prop_assert!(!c.is_empty() && c != "." && c != "..", "{:?}", f.path);
+                prop_assert!(c.len() <= 255);
+                prop_assert!(!c.contains('/') && !c.contains('\\') && !c.chars().any(char::is_control));
+            }
+            let lower: Vec<String> = f.path.iter().map(|c| c.to_lowercase()).collect();
+            for n in 1..lower.len() {
+                dirs.insert(lower[..n].join("/"));
+            }
+            prop_assert!(seen.insert(lower.join("/")), "two files at {:?}", f.path);
+        }
+        prop_assert!(seen.is_disjoint(&dirs), "a file is also a directory");
+        prop_assert_eq!(m.files.iter().map(|f| f.length).sum::<u64>(), m.total_length);
+    }
 }

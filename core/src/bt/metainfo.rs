@@ -1,7 +1,15 @@
-//! Torrent metainfo (BEP 3, BEP 12 announce tiers): a checked parser that
-//! refuses hostile files, the infohash over the exact `info` bytes, a
-//! deterministic builder, an incremental piece hasher and the piece/file
-//! geometry.
+//! Torrent metainfo (BEP 3, BEP 12 announce tiers, BEP 47 file attributes,
+//! the v1 part of BEP 52 hybrids): a checked parser, the infohash over the
+//! exact `info` bytes, a deterministic builder, an incremental piece hasher
+//! and the piece/file geometry.
+//!
+//! Torrents from other clients often carry names no file system should see
+//! verbatim: `..`, separators, control bytes, invalid UTF-8, names longer
+//! than 255 bytes, two files whose names differ only in case. As the mature
+//! clients do, these are not refused but renamed into safe paths inside the
+//! download directory (every fix is listed in [`Metainfo::renamed`] so the
+//! adapter can say so). What cannot be made sense of (sizes, piece counts,
+//! a v1 list and v2 tree that disagree) is still refused with a sentence.
 //!
 //! Parse with [`Metainfo::parse`] (a whole .torrent) or
 //! [`Metainfo::from_info_bytes`] (an `info` dictionary fetched by BEP 9).
@@ -9,7 +17,7 @@
 //! [`PieceHasher`]. Map pieces and blocks to files with [`FileLayout`].
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use sha1::{Digest, Sha1};
@@ -66,7 +74,8 @@ fn hex(b: &[u8]) -> String {
     s
 }
 
-/// Limits a torrent must respect to be accepted.
+/// Limits a torrent must respect to be accepted (names are not refused for
+/// length: they are shortened to `path_component_bytes_max`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest .torrent accepted, in bytes.
@@ -79,8 +88,12 @@ pub struct Limits {
     pub files_max: usize,
     /// Most components in one file path.
     pub path_components_max: usize,
-    /// Longest single path component, in bytes.
+    /// Longest single path component on disk, in bytes: longer names are
+    /// shortened to it (255 is what Linux and most file systems allow).
     pub path_component_bytes_max: usize,
+    /// Most renames of files whose names collide before the torrent is
+    /// refused as hostile (libtorrent refuses past 1000 too).
+    pub duplicates_max: usize,
     /// Deepest bencode nesting accepted.
     pub depth_max: usize,
     /// Most announce URLs over all tiers.
@@ -88,43 +101,101 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 16 MiB files, 64 MiB pieces, 16 TiB content, 100 000 files, paths of
-    /// 64 components of 255 bytes, nesting 32, 200 trackers.
+    /// 16 MiB files, 128 MiB pieces, 16 TiB content, 100 000 files, paths
+    /// of 64 components of 255 bytes, 1000 duplicate names, nesting 32, 200
+    /// trackers.
     fn default() -> Self {
         Limits {
             torrent_bytes_max: 16 << 20,
-            piece_length_max: 64 << 20,
+            piece_length_max: 128 << 20,
             total_length_max: 16 << 40,
             files_max: 100_000,
             path_components_max: 64,
             path_component_bytes_max: 255,
+            duplicates_max: 1000,
             depth_max: 32,
             trackers_max: 200,
         }
     }
 }
 
-/// Why a path component was refused.
+/// Why a file path was refused. Most unsafe names are renamed instead
+/// (see [`PathFix`]); these are the shapes nothing sensible can be made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathProblem {
-    /// The path has no components at all.
+    /// A file (not a padding file) has no path components at all.
     NoComponents,
-    /// A component is the empty string.
+    /// A single-file torrent's name is empty once unsafe characters are
+    /// removed (libtorrent refuses these too).
     Empty,
-    /// A component is `.`.
+    /// A single-file torrent's name is `.`.
     Dot,
-    /// A component is `..` (would escape the download directory).
+    /// A single-file torrent's name is `..`.
     DotDot,
-    /// A component contains `/` or `\` (an absolute path or a hidden separator).
-    Separator,
-    /// A component contains a NUL byte.
-    Nul,
-    /// A component is not UTF-8.
-    NotUtf8,
-    /// A component is longer than [`Limits::path_component_bytes_max`].
-    TooLong,
     /// More components than [`Limits::path_components_max`].
     TooManyComponents,
+}
+
+/// What was changed in a name to make it safe on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PathFix {
+    /// An empty, `.` or `..` component became `_` (it would have named the
+    /// directory itself or climbed out of it).
+    DotOrEmpty,
+    /// A `/` or `\` inside a component (an absolute path, a Windows
+    /// separator) became `_`.
+    Separator,
+    /// A control character (NUL, newline, ...) became `_`.
+    Control,
+    /// Bytes that are not UTF-8 became `_`.
+    NotUtf8,
+    /// Characters that reverse the writing direction (used to disguise
+    /// `exe` as `txt`) were dropped.
+    Bidi,
+    /// The component was longer than the file system allows; it was
+    /// shortened, keeping its extension.
+    TooLong,
+    /// Another file has the same path (ignoring case, so the download is
+    /// the same on case-insensitive file systems), or the path is also a
+    /// directory: `.N` was added before the extension.
+    Duplicate,
+}
+
+impl fmt::Display for PathFix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathFix::DotOrEmpty => "an empty, '.' or '..' component",
+            PathFix::Separator => "a '/' or '\\' inside a name",
+            PathFix::Control => "a control character",
+            PathFix::NotUtf8 => "bytes that are not UTF-8",
+            PathFix::Bidi => "characters that reverse the text direction",
+            PathFix::TooLong => "a name longer than 255 bytes",
+            PathFix::Duplicate => "a name another file already has",
+        })
+    }
+}
+
+/// One file (or the torrent's name) that was stored under another path
+/// than the torrent says, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    /// Index into [`Metainfo::files`]; `None` for the torrent's name.
+    pub file: Option<usize>,
+    /// The path as the torrent has it (components joined by `/`, bytes
+    /// that are not UTF-8 shown as U+FFFD).
+    pub original: String,
+    /// The path used instead (components joined by `/`).
+    pub path: String,
+    /// What was fixed, each once, in a fixed order.
+    pub fixes: Vec<PathFix>,
+}
+
+impl fmt::Display for Renamed {
+    /// e.g. `"a\\b.exe" is stored as "a_b.exe" (a '/' or '\\' inside a name)` (Debug quoting).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why: Vec<String> = self.fixes.iter().map(|x| x.to_string()).collect();
+        write!(f, "{:?} is stored as {:?} ({})", self.original, self.path, why.join(", "))
+    }
 }
 
 /// What is wrong with a torrent.
@@ -163,6 +234,16 @@ pub enum MetainfoErrorKind {
     TooManyTrackers,
     /// Builder input: files are not in strictly sorted path order.
     UnsortedFiles,
+    /// A BitTorrent v2 torrent with no v1 part (BEP 52 `meta version` 2
+    /// and no `pieces`): not supported yet.
+    V2Only,
+    /// `meta version` is neither 1 nor 2.
+    UnknownVersion(i64),
+    /// A hybrid torrent whose v1 `files` and v2 `file tree` describe
+    /// different files.
+    HybridMismatch,
+    /// More colliding names than [`Limits::duplicates_max`].
+    TooManyDuplicates,
 }
 
 /// A refused torrent: what and the byte offset (in the parsed input) of the
@@ -179,13 +260,9 @@ impl fmt::Display for PathProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             PathProblem::NoComponents => "a file path with no components",
-            PathProblem::Empty => "an empty path component",
-            PathProblem::Dot => "a path component '.'",
-            PathProblem::DotDot => "a path component '..', which would climb out of the download directory",
-            PathProblem::Separator => "a path component containing '/' or '\\' (an absolute or hidden path)",
-            PathProblem::Nul => "a path component containing a NUL byte",
-            PathProblem::NotUtf8 => "a path component that is not UTF-8",
-            PathProblem::TooLong => "a path component longer than the limit",
+            PathProblem::Empty => "the file name is empty once unsafe characters are removed",
+            PathProblem::Dot => "the file name is '.'",
+            PathProblem::DotDot => "the file name is '..', which would climb out of the download directory",
             PathProblem::TooManyComponents => "a file path with more components than the limit",
         })
     }
@@ -206,6 +283,12 @@ impl fmt::Display for MetainfoError {
             K::Missing(key @ ("name" | "piece length" | "pieces")) => {
                 write!(f, "the info dictionary (at byte {at}) has no '{key}' key")
             }
+            K::Missing("file tree") => {
+                write!(f, "the info dictionary (at byte {at}) says 'meta version' 2 but has no v2 'file tree'")
+            }
+            K::Missing("meta version") => {
+                write!(f, "the info dictionary (at byte {at}) has a v2 'file tree' but no 'meta version' 2")
+            }
             K::Missing(key) => write!(f, "a file entry (at byte {at}) has no '{key}' key"),
             K::Invalid("torrent is not a dictionary") => {
                 write!(f, "not a torrent file: expected a dictionary at byte {at}")
@@ -223,12 +306,17 @@ impl fmt::Display for MetainfoError {
                     "files entry" => "an entry of 'files' is not a dictionary",
                     "path" => "a file's 'path' is not a list",
                     "path component" => "a file's path component is not a byte string",
+                    "meta version" => "'meta version' is not an integer",
+                    "file tree" => "the v2 'file tree' is malformed (an entry that is not a dictionary, an empty name, or a file without its length or 32-byte 'pieces root')",
                     other => other,
                 };
                 write!(f, "{wrong} (at byte {at})")
             }
             K::BadPath(p) => write!(f, "unsafe file name: {p} (at byte {at})"),
-            K::BadPieceLength(n) => write!(f, "the piece length {n} is zero, negative or over the limit (at byte {at})"),
+            K::BadPieceLength(n) => write!(
+                f,
+                "the piece length {n} is zero, negative, over the limit of 128 MiB, or (in a v2 or hybrid torrent) not a power of two of at least 16 KiB (at byte {at})"
+            ),
             K::PiecesNotMultipleOf20(n) => {
                 write!(f, "'pieces' is {n} bytes long, not a whole number of 20-byte hashes (at byte {at})")
             }
@@ -245,6 +333,20 @@ impl fmt::Display for MetainfoError {
             ),
             K::TooManyTrackers => write!(f, "the torrent lists more trackers than the limit (at byte {at})"),
             K::UnsortedFiles => f.write_str("the files are not in sorted path order"),
+            K::V2Only => write!(
+                f,
+                "v2-only torrents are not supported yet: this one (info dictionary at byte {at}) has a BitTorrent v2 'file tree' and no v1 'pieces'; a hybrid or v1 torrent of the same files works"
+            ),
+            K::UnknownVersion(v) => {
+                write!(f, "the torrent's 'meta version' is {v}; only 1 and 2 (BEP 52) exist (at byte {at})")
+            }
+            K::HybridMismatch => write!(
+                f,
+                "the hybrid torrent's v1 file list and v2 file tree describe different files (info dictionary at byte {at})"
+            ),
+            K::TooManyDuplicates => {
+                write!(f, "the torrent has more files with colliding names than the limit (at byte {at})")
+            }
         }
     }
 }
@@ -259,9 +361,13 @@ fn err(offset: usize, kind: MetainfoErrorKind) -> MetainfoError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {
     /// Path components under the torrent's directory (for a single-file
-    /// torrent: just the name). Every component is checked safe.
+    /// torrent: just the name), made safe: no component is empty, `.` or
+    /// `..`, holds `/`, `\` or a control character, or is longer than
+    /// [`Limits::path_component_bytes_max`]; no two files that are written
+    /// share a path (ignoring case) and none is also a directory.
     pub path: Vec<String>,
-    /// Length in bytes.
+    /// Length in bytes (0 for a symlink, whatever the torrent says, as
+    /// libtorrent counts it).
     pub length: u64,
     /// Offset of the file's first byte in the concatenated content.
     pub offset: u64,
@@ -270,16 +376,36 @@ pub struct FileEntry {
     pub padding: bool,
     /// BEP 47 executable flag (`attr` contains `x`).
     pub executable: bool,
+    /// BEP 47 hidden flag (`attr` contains `h`); nothing to do on Unix,
+    /// where a leading dot hides a file.
+    pub hidden: bool,
+    /// BEP 47 symlink (`attr` contains `l` and the entry has a `symlink
+    /// path`): the entry has no data of its own.
+    pub symlink: Option<Symlink>,
+}
+
+/// Where a BEP 47 symlink points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Symlink {
+    /// The target, relative to the torrent's root directory, each component
+    /// made safe as file paths are (so it cannot climb out).
+    pub target: Vec<String>,
+    /// Whether the target is a regular file or a directory of this torrent.
+    /// Only then may the link be created: a link to anything else (outside
+    /// the download, another link, nothing) is skipped.
+    pub inside: bool,
 }
 
 /// A checked torrent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metainfo {
-    /// SHA-1 of the exact `info` bytes.
+    /// SHA-1 of the exact `info` bytes (for a BEP 52 hybrid: its v1
+    /// infohash, the one used on the wire).
     pub info_hash: InfoHash,
     /// The exact `info` dictionary bytes (served to peers by BEP 9).
     pub info_bytes: Vec<u8>,
-    /// The suggested name (file name or top directory), checked safe.
+    /// The suggested name (file name or top directory), made safe as file
+    /// path components are.
     pub name: String,
     /// Bytes per piece (the last piece may be shorter).
     pub piece_length: u64,
@@ -304,6 +430,11 @@ pub struct Metainfo {
     pub created_by: Option<String>,
     /// `creation date` (seconds since the Unix epoch).
     pub creation_date: Option<i64>,
+    /// Every name stored other than the torrent says, and why: log these.
+    /// At most one per file plus one for the name.
+    pub renamed: Vec<Renamed>,
+    /// True for a BEP 52 hybrid (v1 and v2 in one): only its v1 part is used.
+    pub hybrid: bool,
 }
 
 fn key_off(buf: &[u8], d: &BTreeMap<Cow<'_, [u8]>, Value<'_>>, key: &str) -> usize {
@@ -315,27 +446,91 @@ fn key_off(buf: &[u8], d: &BTreeMap<Cow<'_, [u8]>, Value<'_>>, key: &str) -> usi
         .unwrap_or(0)
 }
 
-/// Checks one path component; use on any name that will become a file name.
-pub fn check_component(c: &[u8], limits: &Limits) -> Result<String, PathProblem> {
-    if c.is_empty() {
-        return Err(PathProblem::Empty);
+/// Unicode characters that change the writing direction; in a file name
+/// they disguise its extension (`"\u{202e}txt.exe"` shows as `exe.txt`).
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut n = max.min(s.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
     }
-    if c == b"." {
-        return Err(PathProblem::Dot);
+    &s[..n]
+}
+
+/// Splits `name` into stem and extension (with its dot) when it has a
+/// short one: `"a.tar.gz"` -> `("a.tar", ".gz")`; a leading dot is not an
+/// extension, nor a "dot part" longer than 16 bytes.
+fn split_ext(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 && name.len() - i <= 16 => name.split_at(i),
+        _ => (name, ""),
     }
-    if c == b".." {
-        return Err(PathProblem::DotDot);
+}
+
+/// `stem` + `ext` within `max` bytes: the stem is cut (on a character
+/// boundary) to make room for the extension, unless it would vanish.
+fn fit(stem: &str, ext: &str, max: usize) -> String {
+    if stem.len() + ext.len() <= max {
+        return format!("{stem}{ext}");
     }
-    if c.len() > limits.path_component_bytes_max {
-        return Err(PathProblem::TooLong);
+    if ext.len() < max {
+        let s = cut(stem, max - ext.len());
+        if !s.is_empty() {
+            return format!("{s}{ext}");
+        }
     }
-    if c.contains(&0) {
-        return Err(PathProblem::Nul);
+    cut(&format!("{stem}{ext}"), max).to_owned()
+}
+
+/// Makes one path component safe, as libtorrent's
+/// `sanitize_append_path_element` does (read, not copied): separators and
+/// control characters become `_`, each run of bytes that is not UTF-8
+/// becomes `_`, direction-changing characters are dropped, an empty, `.`
+/// or `..` result becomes `_`, and a result longer than `bytes_max` is
+/// shortened keeping its extension. Returns the name and what was fixed
+/// (empty when nothing was). Never fails and never panics.
+pub fn sanitize_component(raw: &[u8], bytes_max: usize) -> (String, Vec<PathFix>) {
+    let mut out = String::with_capacity(raw.len().min(bytes_max + 8));
+    let mut fixes = Vec::new();
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '/' | '\\' => {
+                    out.push('_');
+                    fixes.push(PathFix::Separator);
+                }
+                c if c.is_control() => {
+                    out.push('_');
+                    fixes.push(PathFix::Control);
+                }
+                c if is_bidi(c) => fixes.push(PathFix::Bidi),
+                c => out.push(c),
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.push('_');
+            fixes.push(PathFix::NotUtf8);
+        }
     }
-    if c.iter().any(|&b| b == b'/' || b == b'\\') {
-        return Err(PathProblem::Separator);
+    if out.is_empty() || out == "." || out == ".." {
+        out = "_".to_owned();
+        fixes.push(PathFix::DotOrEmpty);
     }
-    String::from_utf8(c.to_vec()).map_err(|_| PathProblem::NotUtf8)
+    if out.len() > bytes_max {
+        let (stem, ext) = split_ext(&out);
+        let short = fit(stem, ext, bytes_max.max(1));
+        // A cut can leave "." (a name of dots and a tiny limit).
+        out = if short.is_empty() || short == "." || short == ".." { "_".to_owned() } else { short };
+        fixes.push(PathFix::TooLong);
+    }
+    fixes.sort();
+    fixes.dedup();
+    (out, fixes)
 }
 
 fn length_of(buf: &[u8], d: &BTreeMap<Cow<'_, [u8]>, Value<'_>>, base: usize) -> Result<u64, MetainfoError> {
@@ -348,9 +543,24 @@ fn length_of(buf: &[u8], d: &BTreeMap<Cow<'_, [u8]>, Value<'_>>, base: usize) ->
 }
 
 /// Whether the BEP 47 `attr` string of a file dictionary holds `flag`.
-/// Symlink (`l`) entries are not followed: their data is treated as a file.
 fn attr_has(d: &BTreeMap<Cow<'_, [u8]>, Value<'_>>, flag: u8) -> bool {
     d.get(&b"attr"[..]).and_then(Value::as_bytes).is_some_and(|a| a.len() <= 16 && a.contains(&flag))
+}
+
+/// `key.utf-8` when it is there with the right kind of value (old clients
+/// wrote the local code page under `key` and UTF-8 under `key.utf-8`, and
+/// libtorrent prefers the latter), else `key`.
+fn utf8_or<'v, 'a>(
+    d: &'v BTreeMap<Cow<'a, [u8]>, Value<'a>>,
+    key: &str,
+    is_kind: fn(&Value<'a>) -> bool,
+) -> Option<&'v Value<'a>> {
+    let alt = format!("{key}.utf-8");
+    d.get(alt.as_bytes()).filter(|v| is_kind(v)).or_else(|| d.get(key.as_bytes()))
+}
+
+fn lossy_path(comps: &[&[u8]]) -> String {
+    comps.iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>().join("/")
 }
 
 impl Metainfo {
@@ -504,110 +714,388 @@ fn info_span(buf: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// A file as the info dictionary lists it, before its name is made safe.
+struct RawFile<'a> {
+    /// Path components (for a single-file torrent: the name).
+    comps: Vec<Cow<'a, [u8]>>,
+    length: u64,
+    padding: bool,
+    executable: bool,
+    hidden: bool,
+    /// The raw `symlink path` of a BEP 47 symlink.
+    symlink: Option<Vec<&'a [u8]>>,
+}
+
+type Dict<'a> = BTreeMap<Cow<'a, [u8]>, Value<'a>>;
+
+/// The byte-string components of a path list; `what` names the value in
+/// errors.
+fn byte_comps<'a>(
+    list: &[Value<'a>],
+    off: usize,
+    limits: &Limits,
+    what: &'static str,
+) -> Result<Vec<&'a [u8]>, MetainfoError> {
+    if list.len() > limits.path_components_max {
+        return Err(err(off, MetainfoErrorKind::BadPath(PathProblem::TooManyComponents)));
+    }
+    list.iter()
+        .map(|c| match c {
+            Value::Bytes(Cow::Borrowed(b)) => Ok(*b),
+            _ => Err(err(off, MetainfoErrorKind::Invalid(what))),
+        })
+        .collect()
+}
+
+/// One entry of `files` (or, with `single`, the info dictionary itself).
+fn raw_file<'a>(
+    raw: &[u8],
+    base: usize,
+    fd: &Dict<'a>,
+    off: usize,
+    single: Option<&'a [u8]>,
+    limits: &Limits,
+) -> Result<RawFile<'a>, MetainfoError> {
+    let poff = base + key_off(raw, fd, "path");
+    // BEP 47: a symlink needs its target; without one libtorrent treats the
+    // entry as a plain file, and so do we.
+    let symlink = match fd.get(&b"symlink path"[..]).and_then(Value::as_list) {
+        Some(l) if attr_has(fd, b'l') => {
+            Some(byte_comps(l, base + key_off(raw, fd, "symlink path"), limits, "symlink path")?)
+        }
+        _ => None,
+    };
+    // A symlink carries no data: its length is 0 whatever the entry says
+    // (libtorrent counts it so, and the piece hashes follow).
+    let length = if symlink.is_some() { 0 } else { length_of(raw, fd, base)? };
+    let padding = single.is_none() && attr_has(fd, b'p');
+    let comps: Vec<Cow<'a, [u8]>> = match single {
+        Some(name) => vec![Cow::Borrowed(name)],
+        None => match utf8_or(fd, "path", |v| v.as_list().is_some()) {
+            None => Vec::new(),
+            Some(p) => {
+                let list = p.as_list().ok_or(err(poff, MetainfoErrorKind::Invalid("path")))?;
+                byte_comps(list, poff, limits, "path component")?.into_iter().map(Cow::Borrowed).collect()
+            }
+        },
+    };
+    let comps = if comps.is_empty() {
+        // libtorrent names a padding file without a path `.pad/LENGTH`;
+        // it is never written, so any name does.
+        if !padding {
+            return Err(err(off, MetainfoErrorKind::BadPath(PathProblem::NoComponents)));
+        }
+        vec![Cow::Borrowed(&b".pad"[..]), Cow::Owned(length.to_string().into_bytes())]
+    } else {
+        comps
+    };
+    Ok(RawFile { comps, length, padding, executable: attr_has(fd, b'x'), hidden: attr_has(fd, b'h'), symlink })
+}
+
+/// The files of a BEP 52 `file tree`, in tree order, as (path, length,
+/// is a symlink); bounded by `limits.files_max` entries and
+/// `limits.path_components_max` levels.
+fn v2_files(
+    tree: &Dict<'_>,
+    prefix: &mut Vec<Vec<u8>>,
+    out: &mut Vec<(Vec<Vec<u8>>, u64, bool)>,
+    limits: &Limits,
+) -> Option<()> {
+    if prefix.len() >= limits.path_components_max {
+        return None;
+    }
+    for (k, v) in tree {
+        let node = v.as_dict()?;
+        if k.is_empty() {
+            return None;
+        }
+        prefix.push(k.to_vec());
+        match node.get(&b""[..]) {
+            Some(leaf) if node.len() == 1 => {
+                let leaf = leaf.as_dict()?;
+                if out.len() >= limits.files_max || attr_has(leaf, b'p') {
+                    return None;
+                }
+                let symlink = attr_has(leaf, b'l') && leaf.get(&b"symlink path"[..]).is_some();
+                let length = if symlink { 0 } else { u64::try_from(leaf.get(&b"length"[..])?.as_int()?).ok()? };
+                if length > 0 {
+                    let root = leaf.get(&b"pieces root"[..])?.as_bytes()?;
+                    if root.len() != 32 || root.iter().all(|b| *b == 0) {
+                        return None;
+                    }
+                }
+                out.push((prefix.clone(), length, symlink));
+            }
+            _ => v2_files(node, prefix, out, limits)?,
+        }
+        prefix.pop();
+    }
+    Some(())
+}
+
+/// Whether a hybrid's v1 files and v2 tree describe the same content, as
+/// libtorrent's `files_compatible` judges (read, not copied): the files
+/// with data (and the symlinks) agree in order, path and length, and each
+/// v1 file with data starts on a piece boundary as v2 requires.
+fn hybrid_consistent(tree: &Dict<'_>, files: &[RawFile<'_>], piece_length: u64, limits: &Limits) -> bool {
+    let mut v2 = Vec::new();
+    if v2_files(tree, &mut Vec::new(), &mut v2, limits).is_none() {
+        return false;
+    }
+    let v2: Vec<_> = v2.into_iter().filter(|(_, len, link)| *len > 0 || *link).collect();
+    let mut offset = 0u64;
+    let mut v1 = Vec::new();
+    for f in files {
+        if !f.padding && (f.length > 0 || f.symlink.is_some()) {
+            if f.length > 0 && offset % piece_length != 0 {
+                return false;
+            }
+            let path: Vec<Vec<u8>> = f.comps.iter().map(|c| c.to_vec()).collect();
+            v1.push((path, f.length, f.symlink.is_some()));
+        }
+        offset = offset.saturating_add(f.length);
+    }
+    v1 == v2
+}
+
+/// Lower-cased path key: names that differ only in case collide, so a
+/// download is laid out the same on case-insensitive file systems (what
+/// libtorrent does too).
+fn path_key(p: &[String]) -> String {
+    p.iter().map(|c| c.to_lowercase()).collect::<Vec<_>>().join("/")
+}
+
+/// Renames files whose paths collide (ignoring case) with an earlier file
+/// or with a directory of the torrent, as libtorrent does: `name.1.ext`,
+/// `name.2.ext`, ... Padding files are never written and take no part.
+/// Fails past `limits.duplicates_max` renames (a hostile torrent).
+fn dedup(paths: &mut [Vec<String>], padding: &[bool], fixes: &mut [Vec<PathFix>], limits: &Limits) -> Result<(), ()> {
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    for (p, _) in paths.iter().zip(padding).filter(|(_, pad)| !**pad) {
+        for n in 1..p.len() {
+            taken.insert(path_key(&p[..n]));
+        }
+    }
+    // Next suffix to try per colliding path, so n copies of one name cost
+    // O(n), not O(n^2).
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    let mut renames = 0usize;
+    for i in 0..paths.len() {
+        if padding[i] {
+            continue;
+        }
+        let key = path_key(&paths[i]);
+        if taken.insert(key.clone()) {
+            continue;
+        }
+        let last = paths[i].last().cloned().unwrap_or_default();
+        let (stem, ext) = split_ext(&last);
+        let mut n = next.get(&key).copied().unwrap_or(1);
+        loop {
+            renames += 1;
+            if renames > limits.duplicates_max {
+                return Err(());
+            }
+            let mut cand = paths[i].clone();
+            *cand.last_mut().expect("paths have a component") =
+                fit(stem, &format!(".{n}{ext}"), limits.path_component_bytes_max.max(1));
+            n += 1;
+            if taken.insert(path_key(&cand)) {
+                paths[i] = cand;
+                break;
+            }
+        }
+        next.insert(key, n);
+        fixes[i].push(PathFix::Duplicate);
+    }
+    Ok(())
+}
+
 fn parse_info_value(raw: &[u8], base: usize, limits: &Limits) -> Result<Metainfo, MetainfoError> {
+    use MetainfoErrorKind as K;
     let blimits = bencode::Limits {
         depth_max: limits.depth_max,
         bytes_max: limits.torrent_bytes_max,
         ..bencode::Limits::default()
     };
-    let v = bencode::decode_with(raw, blimits).map_err(|e| err(base + e.offset, MetainfoErrorKind::Bencode(e)))?;
-    let d = v.as_dict().ok_or(err(base, MetainfoErrorKind::Invalid("info is not a dictionary")))?;
+    let v = bencode::decode_with(raw, blimits).map_err(|e| err(base + e.offset, K::Bencode(e)))?;
+    let d = v.as_dict().ok_or(err(base, K::Invalid("info is not a dictionary")))?;
     let at = |k: &str| base + key_off(raw, d, k);
 
-    let name_b = d
-        .get(&b"name"[..])
-        .ok_or(err(base, MetainfoErrorKind::Missing("name")))?
+    // BEP 52: `meta version` 2 marks a v2 torrent; one that also has the v1
+    // keys is a hybrid, which v1 clients (and we) read by its v1 part.
+    let version = match d.get(&b"meta version"[..]) {
+        None => 1,
+        Some(Value::Int(n)) => *n,
+        Some(_) => return Err(err(at("meta version"), K::Invalid("meta version"))),
+    };
+    if version > 2 {
+        return Err(err(at("meta version"), K::UnknownVersion(version)));
+    }
+    let tree = d.get(&b"file tree"[..]).and_then(Value::as_dict);
+    let has_v1_files = d.contains_key(&b"length"[..]) || d.contains_key(&b"files"[..]);
+    if version == 2 && (!d.contains_key(&b"pieces"[..]) || !has_v1_files) {
+        return Err(err(base, K::V2Only));
+    }
+    if version == 2 && tree.is_none() {
+        return Err(err(base, K::Missing("file tree")));
+    }
+    if version < 2 && tree.is_some() {
+        return Err(err(at("file tree"), K::Missing("meta version")));
+    }
+
+    let name_b = utf8_or(d, "name", |v| v.as_bytes().is_some())
+        .ok_or(err(base, K::Missing("name")))?
         .as_bytes()
-        .ok_or(err(at("name"), MetainfoErrorKind::Invalid("name")))?;
-    let name = check_component(name_b, limits).map_err(|p| err(at("name"), MetainfoErrorKind::BadPath(p)))?;
+        .ok_or(err(at("name"), K::Invalid("name")))?;
 
     let pl = match d.get(&b"piece length"[..]) {
-        None => return Err(err(base, MetainfoErrorKind::Missing("piece length"))),
+        None => return Err(err(base, K::Missing("piece length"))),
         Some(Value::Int(n)) => *n,
-        Some(_) => return Err(err(at("piece length"), MetainfoErrorKind::Invalid("piece length"))),
+        Some(_) => return Err(err(at("piece length"), K::Invalid("piece length"))),
     };
-    if pl <= 0 || pl as u64 > limits.piece_length_max {
-        return Err(err(at("piece length"), MetainfoErrorKind::BadPieceLength(pl)));
+    let v2_shape = version < 2 || (pl >= 16384 && (pl as u64).is_power_of_two());
+    if pl <= 0 || pl as u64 > limits.piece_length_max || !v2_shape {
+        return Err(err(at("piece length"), K::BadPieceLength(pl)));
     }
     let piece_length = pl as u64;
 
     let pieces_b = d
         .get(&b"pieces"[..])
-        .ok_or(err(base, MetainfoErrorKind::Missing("pieces")))?
+        .ok_or(err(base, K::Missing("pieces")))?
         .as_bytes()
-        .ok_or(err(at("pieces"), MetainfoErrorKind::Invalid("pieces")))?;
+        .ok_or(err(at("pieces"), K::Invalid("pieces")))?;
     if pieces_b.len() % 20 != 0 {
-        return Err(err(at("pieces"), MetainfoErrorKind::PiecesNotMultipleOf20(pieces_b.len())));
+        return Err(err(at("pieces"), K::PiecesNotMultipleOf20(pieces_b.len())));
     }
 
-    let mut files = Vec::new();
-    let multi_file;
-    let mut total: u64 = 0;
-    match (d.get(&b"length"[..]), d.get(&b"files"[..])) {
+    let mut raws: Vec<RawFile<'_>> = Vec::new();
+    let multi_file = match (d.get(&b"length"[..]), d.get(&b"files"[..])) {
         (Some(_), None) => {
-            multi_file = false;
-            total = length_of(raw, d, base)?;
-            files.push(FileEntry {
-                path: vec![name.clone()],
-                length: total,
-                offset: 0,
-                padding: false,
-                executable: attr_has(d, b'x'),
-            });
+            raws.push(raw_file(raw, base, d, base, Some(name_b), limits)?);
+            false
         }
         (None, Some(fl)) => {
-            multi_file = true;
             let off = at("files");
-            let fl = fl.as_list().ok_or(err(off, MetainfoErrorKind::Invalid("files")))?;
+            let fl = fl.as_list().ok_or(err(off, K::Invalid("files")))?;
             if fl.len() > limits.files_max {
-                return Err(err(off, MetainfoErrorKind::TooManyFiles));
+                return Err(err(off, K::TooManyFiles));
             }
             for f in fl {
-                let fd = f.as_dict().ok_or(err(off, MetainfoErrorKind::Invalid("files entry")))?;
-                let length = length_of(raw, fd, base)?;
-                let poff = base + key_off(raw, fd, "path");
-                let comps = fd
-                    .get(&b"path"[..])
-                    .ok_or(err(off, MetainfoErrorKind::Missing("path")))?
-                    .as_list()
-                    .ok_or(err(poff, MetainfoErrorKind::Invalid("path")))?;
-                if comps.is_empty() {
-                    return Err(err(poff, MetainfoErrorKind::BadPath(PathProblem::NoComponents)));
-                }
-                if comps.len() > limits.path_components_max {
-                    return Err(err(poff, MetainfoErrorKind::BadPath(PathProblem::TooManyComponents)));
-                }
-                let mut path = Vec::with_capacity(comps.len());
-                for c in comps {
-                    let cb = c.as_bytes().ok_or(err(poff, MetainfoErrorKind::Invalid("path component")))?;
-                    let coff = base + offset_in(raw, cb);
-                    path.push(check_component(cb, limits).map_err(|p| err(coff, MetainfoErrorKind::BadPath(p)))?);
-                }
-                files.push(FileEntry {
-                    path,
-                    length,
-                    offset: total,
-                    padding: attr_has(fd, b'p'),
-                    executable: attr_has(fd, b'x'),
-                });
-                total = total
-                    .checked_add(length)
-                    .filter(|t| *t <= limits.total_length_max)
-                    .ok_or(err(off, MetainfoErrorKind::TotalTooLarge))?;
+                let fd = f.as_dict().ok_or(err(off, K::Invalid("files entry")))?;
+                raws.push(raw_file(raw, base, fd, off, None, limits)?);
             }
+            true
         }
-        _ => return Err(err(base, MetainfoErrorKind::AmbiguousLayout)),
-    }
-    if total > limits.total_length_max {
-        return Err(err(at("length"), MetainfoErrorKind::TotalTooLarge));
+        _ => return Err(err(base, K::AmbiguousLayout)),
+    };
+    let mut total: u64 = 0;
+    let mut offsets = Vec::with_capacity(raws.len());
+    for f in &raws {
+        offsets.push(total);
+        total = total
+            .checked_add(f.length)
+            .filter(|t| *t <= limits.total_length_max)
+            .ok_or(err(at(if multi_file { "files" } else { "length" }), K::TotalTooLarge))?;
     }
     if total == 0 {
-        return Err(err(base, MetainfoErrorKind::NoContent));
+        return Err(err(base, K::NoContent));
     }
     let expected = total.div_ceil(piece_length);
     let found = (pieces_b.len() / 20) as u64;
     if expected != found {
-        return Err(err(at("pieces"), MetainfoErrorKind::PieceCountMismatch { expected, found }));
+        return Err(err(at("pieces"), K::PieceCountMismatch { expected, found }));
+    }
+    if let Some(tree) = tree {
+        if !hybrid_consistent(tree, &raws, piece_length, limits) {
+            return Err(err(base, K::HybridMismatch));
+        }
+    }
+    let info_hash = InfoHash::of_info_bytes(raw);
+
+    // Names: made safe, then made unique.
+    let bytes_max = limits.path_component_bytes_max;
+    let mut renamed = Vec::new();
+    let (mut name, name_fixes) = sanitize_component(name_b, bytes_max);
+    if name_fixes.contains(&PathFix::DotOrEmpty) && !(multi_file && name_b.is_empty()) {
+        if !multi_file {
+            // libtorrent refuses such a single file; a directory name it
+            // replaces by the infohash, which is what we do.
+            let p = match name_b {
+                b"." => PathProblem::Dot,
+                b".." => PathProblem::DotDot,
+                _ => PathProblem::Empty,
+            };
+            return Err(err(at("name"), K::BadPath(p)));
+        }
+        name = info_hash.to_hex();
+    }
+    if multi_file && !name_fixes.is_empty() {
+        renamed.push(Renamed { file: None, original: lossy_path(&[name_b]), path: name.clone(), fixes: name_fixes });
+    }
+    let mut paths = Vec::with_capacity(raws.len());
+    let mut fixes = Vec::with_capacity(raws.len());
+    for f in &raws {
+        if !multi_file {
+            paths.push(vec![name.clone()]);
+            fixes.push(sanitize_component(name_b, bytes_max).1);
+            continue;
+        }
+        let mut p = Vec::with_capacity(f.comps.len());
+        let mut fx = Vec::new();
+        for c in &f.comps {
+            let (s, x) = sanitize_component(c, bytes_max);
+            p.push(s);
+            fx.extend(x);
+        }
+        paths.push(p);
+        fixes.push(fx);
+    }
+    let padding: Vec<bool> = raws.iter().map(|f| f.padding).collect();
+    if multi_file {
+        dedup(&mut paths, &padding, &mut fixes, limits).map_err(|()| err(at("files"), K::TooManyDuplicates))?;
+    }
+
+    // Symlinks may only point at a regular file or directory of this
+    // torrent (libtorrent: "symlinks only inside the torrent").
+    let mut regular = BTreeSet::new();
+    let mut dirs = BTreeSet::new();
+    for (p, f) in paths.iter().zip(&raws) {
+        if !f.padding && f.symlink.is_none() {
+            regular.insert(p.join("/"));
+            for n in 1..p.len() {
+                dirs.insert(p[..n].join("/"));
+            }
+        }
+    }
+    let mut files = Vec::with_capacity(raws.len());
+    for (i, ((f, path), mut fx)) in raws.iter().zip(paths).zip(fixes).enumerate() {
+        fx.sort();
+        fx.dedup();
+        if !fx.is_empty() && !f.padding {
+            let original = if multi_file {
+                let comps: Vec<&[u8]> = f.comps.iter().map(|c| c.as_ref()).collect();
+                lossy_path(&comps)
+            } else {
+                lossy_path(&[name_b])
+            };
+            renamed.push(Renamed { file: Some(i), original, path: path.join("/"), fixes: fx });
+        }
+        let symlink = f.symlink.as_ref().map(|t| {
+            let target: Vec<String> = t.iter().map(|c| sanitize_component(c, bytes_max).0).collect();
+            let joined = target.join("/");
+            let inside = multi_file && (regular.contains(&joined) || dirs.contains(&joined));
+            Symlink { target, inside }
+        });
+        files.push(FileEntry {
+            path,
+            length: f.length,
+            offset: offsets[i],
+            padding: f.padding,
+            executable: f.executable,
+            hidden: f.hidden,
+            symlink,
+        });
     }
     let pieces = pieces_b
         .chunks_exact(20)
@@ -619,7 +1107,7 @@ fn parse_info_value(raw: &[u8], base: usize, limits: &Limits) -> Result<Metainfo
         .collect();
     let private = matches!(d.get(&b"private"[..]), Some(Value::Int(1)));
     Ok(Metainfo {
-        info_hash: InfoHash::of_info_bytes(raw),
+        info_hash,
         info_bytes: raw.to_vec(),
         name,
         piece_length,
@@ -633,6 +1121,8 @@ fn parse_info_value(raw: &[u8], base: usize, limits: &Limits) -> Result<Metainfo
         comment: None,
         created_by: None,
         creation_date: None,
+        renamed,
+        hybrid: version == 2,
     })
 }
 
@@ -911,8 +1401,8 @@ mod tests {
         assert_eq!(shown(b"d8:announce3:urle"), "not a torrent file: it has no 'info' dictionary");
         let no_pieces = b"d4:infod6:lengthi10e4:name1:f12:piece lengthi16384eee";
         assert_eq!(shown(no_pieces), "the info dictionary (at byte 7) has no 'pieces' key");
-        let dotdot = b"d4:infod5:filesld6:lengthi1e4:pathl2:..eee4:name1:f12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
-        assert!(shown(dotdot).starts_with("unsafe file name: a path component '..'"), "{}", shown(dotdot));
+        let dotdot = b"d4:infod6:lengthi1e4:name2:..12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
+        assert!(shown(dotdot).starts_with("unsafe file name: the file name is '..'"), "{}", shown(dotdot));
         let short = b"d4:infod6:lengthi40000e4:name1:f12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
         assert!(shown(short).starts_with("the torrent has 1 piece hashes but its length needs 3"), "{}", shown(short));
     }

@@ -151,6 +151,8 @@ pub async fn download(
         eprintln!("rumor seed: data incomplete; the missing pieces will be downloaded");
     }
     let storage = if have.is_full() {
+        // Seeding complete data: the x bits and links it should have.
+        finish_files(&storage);
         storage
     } else {
         let mut s = Arc::try_unwrap(storage).map_err(|_| "storage still shared".to_string())?;
@@ -162,6 +164,15 @@ pub async fn download(
     }
     let session = Session::new(opts, meta, have, storage, port, handover)?;
     session.run(listener).await
+}
+
+/// BEP 47 on complete data (executable bits, symlinks inside the torrent):
+/// a few system calls per file, done once; a failure is logged, the data
+/// is still good.
+fn finish_files(storage: &Storage) {
+    if let Err(e) = storage.finish() {
+        tracing::warn!("setting file attributes: {e}");
+    }
 }
 
 /// Registers `name` in the cluster's DNS now (an error if that fails), then
@@ -351,6 +362,8 @@ struct Session {
     torrent: Torrent,
     announcer: Announcer,
     peers: Peers,
+    /// The files, for [`Storage::finish`] once complete.
+    storage: Arc<Storage>,
     disk: Sender<DiskJob>,
     disk_pending: Arc<AtomicUsize>,
     reads_in_flight: usize,
@@ -403,7 +416,7 @@ impl Session {
         let (disk, disk_rx) = async_channel::unbounded();
         let (events_tx, events_rx) = async_channel::bounded(DISK_RESULTS_MAX);
         let disk_pending = Arc::new(AtomicUsize::new(0));
-        spawn_disk_threads(storage, disk_rx, events_tx, disk_pending.clone());
+        spawn_disk_threads(storage.clone(), disk_rx, events_tx, disk_pending.clone());
         let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
         let (control_tx, control_rx) = async_channel::bounded(16);
         if let Some(listener) = control {
@@ -421,6 +434,7 @@ impl Session {
             torrent,
             announcer,
             peers: Peers::new(clock, book, LIMITS),
+            storage,
             disk,
             disk_pending,
             reads_in_flight: 0,
@@ -747,6 +761,7 @@ impl Session {
                 self.complete_flag.store(true, Ordering::Relaxed);
                 self.progress.set_position(self.total);
                 self.say(format!("{}: complete, every piece verified", self.name));
+                finish_files(&self.storage);
                 self.progress_to_announcer();
                 self.announcer.handle(self.clock.now(), announce::Input::Completed);
                 self.pump_announcer();

@@ -1,5 +1,11 @@
 //! The torrent's files on disk: positional reads and writes of blocks,
-//! piece hashing. Everything here blocks; call it from a worker thread.
+//! piece hashing, and what BEP 47 asks once the data is complete (the
+//! executable bit, symlinks inside the torrent). Everything here blocks;
+//! call it from a worker thread.
+//!
+//! Paths come from the parsed torrent, already made safe (no `..`, no
+//! separators, unique); padding files are never created: their bytes are
+//! zeros, skipped on write and read back as zeros.
 
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::metainfo::{FileLayout, Metainfo, Sha1Hash};
@@ -12,11 +18,31 @@ use std::path::{Path, PathBuf};
 /// Bytes read at once while hashing (bounds the hasher's buffer).
 const HASH_CHUNK_BYTES: usize = 1 << 20;
 
+/// What a file of the torrent is on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Data: created, written, read.
+    Regular { executable: bool },
+    /// BEP 47 padding: zeros, never on disk.
+    Padding,
+    /// BEP 47 symlink to `target` (relative to the link's directory),
+    /// created by [`Storage::finish`]; `None` when it would point outside
+    /// the torrent (it is then not created at all).
+    Symlink { target: Option<PathBuf> },
+}
+
 struct Slot {
     path: PathBuf,
     length: u64,
-    padding: bool,
+    kind: Kind,
     file: Option<File>,
+}
+
+impl Slot {
+    /// Whether the slot holds bytes on disk (padding and links hold none).
+    fn on_disk(&self) -> bool {
+        matches!(self.kind, Kind::Regular { .. })
+    }
 }
 
 /// A torrent's content laid out as files under a directory.
@@ -27,9 +53,13 @@ pub struct Storage {
 
 impl Storage {
     /// Maps `meta` onto `dir`: a multi-file torrent goes in `dir/NAME/...`,
-    /// a single file is `dir/NAME`. Opens nothing yet.
+    /// a single file is `dir/NAME`. Opens nothing yet; logs every name the
+    /// parser had to change and every symlink that will not be created.
     pub fn new(meta: &Metainfo, dir: &Path) -> Storage {
         let root = if meta.multi_file { dir.join(&meta.name) } else { dir.to_path_buf() };
+        for r in &meta.renamed {
+            tracing::warn!("{}: {r}", meta.name);
+        }
         let slots = meta
             .files
             .iter()
@@ -38,7 +68,30 @@ impl Storage {
                 for c in &f.path {
                     path.push(c);
                 }
-                Slot { path, length: f.length, padding: f.padding, file: None }
+                let kind = match &f.symlink {
+                    _ if f.padding => Kind::Padding,
+                    None => Kind::Regular { executable: f.executable },
+                    Some(link) if link.inside => {
+                        // Relative, so the download can be moved: up to the
+                        // torrent's root, then down to the target.
+                        let mut target = PathBuf::new();
+                        for _ in 1..f.path.len() {
+                            target.push("..");
+                        }
+                        target.extend(&link.target);
+                        Kind::Symlink { target: Some(target) }
+                    }
+                    Some(link) => {
+                        tracing::warn!(
+                            "{}: not creating the symlink {:?}: its target {:?} is not a file or directory of the torrent",
+                            meta.name,
+                            f.path.join("/"),
+                            link.target.join("/")
+                        );
+                        Kind::Symlink { target: None }
+                    }
+                };
+                Slot { path, length: f.length, kind, file: None }
             })
             .collect();
         Storage { layout: meta.layout(), slots }
@@ -46,7 +99,7 @@ impl Storage {
 
     /// Opens the files that exist, read-only (for checking and seeding).
     pub fn open_existing(&mut self) {
-        for s in self.slots.iter_mut().filter(|s| !s.padding) {
+        for s in self.slots.iter_mut().filter(|s| s.on_disk()) {
             s.file = File::open(&s.path).ok();
         }
     }
@@ -54,7 +107,7 @@ impl Storage {
     /// Creates directories and files (sparse, at their full length) and
     /// opens them for reading and writing.
     pub fn create_all(&mut self) -> io::Result<()> {
-        for s in self.slots.iter_mut().filter(|s| !s.padding) {
+        for s in self.slots.iter_mut().filter(|s| s.on_disk()) {
             if let Some(parent) = s.path.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", parent.display())))?;
@@ -91,7 +144,7 @@ impl Storage {
         for span in self.spans(piece, begin as u64, data.len() as u64)? {
             let s = &self.slots[span.file];
             let n = span.length as usize;
-            if !s.padding {
+            if s.on_disk() {
                 let f = s.file.as_ref().ok_or_else(|| io::Error::other("file not open"))?;
                 f.write_all_at(&data[pos..pos + n], span.offset)?;
             }
@@ -108,7 +161,8 @@ impl Storage {
         for span in self.spans(piece, begin, len)? {
             let s = &self.slots[span.file];
             let n = span.length as usize;
-            if !s.padding {
+            // Padding reads as the zeros `buf` was filled with.
+            if s.on_disk() {
                 let f = s.file.as_ref().ok_or_else(|| io::Error::other("file not open"))?;
                 f.read_exact_at(&mut buf[pos..pos + n], span.offset)?;
             }
@@ -138,6 +192,41 @@ impl Storage {
         Ok(h.finalize().into())
     }
 
+    /// What BEP 47 asks of complete data: sets the executable bit (where
+    /// the read bit is) on files marked `x`, and creates the symlinks that
+    /// point inside the torrent. Call once every piece is verified (a file
+    /// is never executable before its bytes are checked); calling it again
+    /// changes nothing. A link whose path is taken by something else is
+    /// left alone and logged.
+    pub fn finish(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for s in &self.slots {
+            match &s.kind {
+                Kind::Regular { executable: true } => {
+                    let mut perm = std::fs::metadata(&s.path)?.permissions();
+                    let mode = perm.mode();
+                    perm.set_mode(mode | ((mode & 0o444) >> 2));
+                    std::fs::set_permissions(&s.path, perm)
+                        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", s.path.display())))?;
+                }
+                Kind::Symlink { target: Some(target) } => match std::fs::symlink_metadata(&s.path) {
+                    Ok(m)
+                        if m.file_type().is_symlink() && std::fs::read_link(&s.path).ok().as_ref() == Some(target) => {}
+                    Ok(_) => tracing::warn!("{}: exists, not replacing it with a symlink", s.path.display()),
+                    Err(_) => {
+                        if let Some(parent) = s.path.parent() {
+                            std::fs::create_dir_all(parent)?;
+                        }
+                        std::os::unix::fs::symlink(target, &s.path)
+                            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", s.path.display())))?;
+                    }
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Whether every file a piece touches is open and long enough.
     fn piece_present(&self, piece: u32) -> bool {
         let Some(spans) = self.layout.piece_spans(piece) else {
@@ -145,7 +234,7 @@ impl Storage {
         };
         spans.iter().all(|sp| {
             let s = &self.slots[sp.file];
-            s.padding
+            !s.on_disk()
                 || s.file.as_ref().and_then(|f| f.metadata().ok()).is_some_and(|m| m.len() >= sp.offset + sp.length)
         })
     }
@@ -177,5 +266,66 @@ impl Storage {
             }
         });
         found.into_inner().expect("no panics while held")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumor_core::bt::bencode::Value;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(len: i64, path: &[&str], attr: &str) -> Value<'static> {
+        Value::dict()
+            .insert("attr", Value::bytes(attr))
+            .insert("length", Value::Int(len))
+            .insert("path", Value::List(path.iter().map(|c| Value::bytes(c.as_bytes())).collect()))
+    }
+
+    fn link(path: &str, target: &[&str]) -> Value<'static> {
+        file(0, &[path], "l")
+            .insert("symlink path", Value::List(target.iter().map(|c| Value::bytes(c.as_bytes())).collect()))
+    }
+
+    #[test]
+    fn complete_data_gets_its_x_bits_and_inside_links_and_padding_never_reaches_the_disk() {
+        let files = vec![
+            file(5, &["bin", "run.sh"], "x"),
+            file(16379, &[".pad", "16379"], "p"),
+            file(5, &["data.txt"], ""),
+            link("to-run", &["bin", "run.sh"]),
+            link("to-bin", &["bin"]),
+            link("escape", &["..", "..", "etc", "passwd"]),
+        ];
+        let info = Value::dict()
+            .insert("files", Value::List(files))
+            .insert("name", Value::bytes("t"))
+            .insert("piece length", Value::Int(16384))
+            .insert("pieces", Value::bytes(vec![0u8; 40]));
+        let meta = Metainfo::parse(&Value::dict().insert("info", info).to_bytes()).unwrap();
+        let dir = std::env::temp_dir().join(format!("rumor-storage-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut st = Storage::new(&meta, &dir);
+        st.create_all().unwrap();
+        st.write(0, 0, b"#!/bin").unwrap();
+        st.write(1, 0, b"hello").unwrap();
+        // The padding's zeros come back from a read without a file.
+        let mut buf = Vec::new();
+        st.read_into(0, 0, 16384, &mut buf).unwrap();
+        assert_eq!(&buf[..5], b"#!/bi");
+        assert!(buf[5..].iter().all(|b| *b == 0));
+        let root = dir.join("t");
+        assert!(!root.join(".pad").exists(), "a padding file was created");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&root.join("bin/run.sh")) & 0o111, 0, "executable before it is complete");
+        st.finish().unwrap();
+        st.finish().unwrap();
+        assert_ne!(mode(&root.join("bin/run.sh")) & 0o100, 0);
+        assert_eq!(mode(&root.join("data.txt")) & 0o111, 0);
+        assert_eq!(std::fs::read_link(root.join("to-run")).unwrap(), PathBuf::from("bin/run.sh"));
+        assert_eq!(std::fs::read(root.join("to-run")).unwrap(), b"#!/bi");
+        assert!(root.join("to-bin").join("run.sh").exists());
+        assert!(std::fs::symlink_metadata(root.join("escape")).is_err(), "a link out of the torrent was created");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -847,7 +847,7 @@ fn hybrid_consistent(tree: &Dict<'_>, files: &[RawFile<'_>], piece_length: u64, 
     let mut v1 = Vec::new();
     for f in files {
         if !f.padding && (f.length > 0 || f.symlink.is_some()) {
-            if f.length > 0 && offset % piece_length != 0 {
+            if f.length > 0 && !offset.is_multiple_of(piece_length) {
                 return false;
             }
             let path: Vec<Vec<u8>> = f.comps.iter().map(|c| c.to_vec()).collect();

@@ -222,7 +222,11 @@ fn v2_leaf(len: i64, root: u8) -> Value<'static> {
     Value::dict().insert("", Value::dict().insert("length", Value::Int(len)).insert("pieces root", bs(&[root; 32])))
 }
 
-fn with(mut e: Vec<(&'static str, Value<'static>)>, k: &'static str, v: Value<'static>) -> Vec<(&'static str, Value<'static>)> {
+fn with(
+    mut e: Vec<(&'static str, Value<'static>)>,
+    k: &'static str,
+    v: Value<'static>,
+) -> Vec<(&'static str, Value<'static>)> {
     e.retain(|(x, _)| *x != k);
     e.push((k, v));
     e
@@ -236,12 +240,14 @@ fn without(mut e: Vec<(&'static str, Value<'static>)>, k: &str) -> Vec<(&'static
 #[test]
 fn what_libtorrent_refuses_rumor_refuses_too() {
     use Verdict::*;
-    let tree = |len_b: i64| {
-        Value::dict().insert("a", v2_leaf(16384, 1)).insert("b", v2_leaf(len_b, 2))
-    };
+    let tree = |len_b: i64| Value::dict().insert("a", v2_leaf(16384, 1)).insert("b", v2_leaf(len_b, 2));
     let hybrid = |len_b: i64, pl: i64| {
         let files = vec![file(16384, &[b"a"]), file(5000, &[b"b"])];
-        with(with(with(multi(files, 21384), "file tree", tree(len_b)), "meta version", Value::Int(2)), "piece length", Value::Int(pl))
+        with(
+            with(with(multi(files, 21384), "file tree", tree(len_b)), "meta version", Value::Int(2)),
+            "piece length",
+            Value::Int(pl),
+        )
     };
     let link = |target: &[&[u8]]| {
         file(0, &[b"l"])
@@ -253,12 +259,19 @@ fn what_libtorrent_refuses_rumor_refuses_too() {
         ("pieces of 128 MiB", info_dict(single(300 << 20, 128 << 20, 3)), Both),
         (
             "names with .., /, \\, NUL, empty",
-            info_dict(multi(vec![file(10, &[b"..", b"x"]), file(10, &[b"/etc", b"a\\b"]), file(10, &[b"n\0", b""])], 30)),
+            info_dict(multi(
+                vec![file(10, &[b"..", b"x"]), file(10, &[b"/etc", b"a\\b"]), file(10, &[b"n\0", b""])],
+                30,
+            )),
             Both,
         ),
         ("a 300-byte name", info_dict(multi(vec![file(10, &[&[b'x'; 300]])], 10)), Both),
         ("names that differ in case", info_dict(multi(vec![file(10, &[b"A"]), file(10, &[b"a"])], 20)), Both),
-        ("a symlink out of the torrent", info_dict(multi(vec![file(10, &[b"f"]), link(&[b"..", b"..", b"etc"])], 10)), Both),
+        (
+            "a symlink out of the torrent",
+            info_dict(multi(vec![file(10, &[b"f"]), link(&[b"..", b"..", b"etc"])], 10)),
+            Both,
+        ),
         ("a consistent hybrid", info_dict(hybrid(5000, 16384)), Both),
         ("piece length 0", info_dict(single(10, 0, 1)), Neither),
         ("a negative piece length", info_dict(single(10, -16384, 1)), Neither),
@@ -276,11 +289,7 @@ fn what_libtorrent_refuses_rumor_refuses_too() {
         ("a hybrid whose v1 and v2 files differ", info_dict(hybrid(5001, 16384)), Neither),
         ("a hybrid with pieces not a power of two", info_dict(hybrid(5000, 3 * 16384 / 2)), Neither),
         ("a file tree without meta version", info_dict(without(hybrid(5000, 16384), "meta version")), Neither),
-        (
-            "meta version 2 without a file tree",
-            info_dict(without(hybrid(5000, 16384), "file tree")),
-            Neither,
-        ),
+        ("meta version 2 without a file tree", info_dict(without(hybrid(5000, 16384), "file tree")), Neither),
         (
             "v2 only",
             info_dict(without(without(hybrid(5000, 16384), "pieces"), "files")),
@@ -334,9 +343,11 @@ fn what_libtorrent_refuses_rumor_refuses_too() {
 /// Peak resident memory of a finished process run under GNU time
 /// (`-f %M`, KiB), from the last line of its log.
 fn peak_rss_kib(log: &str) -> u64 {
-    log.lines().rev().find_map(|l| l.strip_prefix("PEAK_RSS_KIB ")).and_then(|n| n.trim().parse().ok()).unwrap_or_else(
-        || panic!("no PEAK_RSS_KIB line in:\n{log}"),
-    )
+    log.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("PEAK_RSS_KIB "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no PEAK_RSS_KIB line in:\n{log}"))
 }
 
 #[test]

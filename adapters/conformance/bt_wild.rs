@@ -81,6 +81,23 @@ fn a_v1_libtorrent_torrent_with_padding_files_downloads_as_the_same_tree() {
 }
 
 #[test]
+fn a_libtorrent_leecher_downloads_a_padded_hybrid_torrent_from_a_rumor_seeder() {
+    // Seeding reads padding as zeros (it was never written) and serves
+    // the hybrid under its v1 infohash.
+    let s = Scratch::new("bt-wild-seed");
+    let src = s.0.join("src");
+    let data = wild_tree(&src);
+    let torrent = s.0.join("t.torrent");
+    lt_wild(&["make".as_ref(), data.as_os_str(), torrent.as_os_str(), "hybrid".as_ref(), "16384".as_ref()]);
+    let port = common::free_port();
+    let seeder = rumor_seed(&s.0, "seed", &torrent, &src, port, &[]);
+    wait_listening(port);
+    let (mut lt, out) = lt_leech(&s.0, &torrent, port);
+    assert_downloads(&mut lt, &out, &data, Duration::from_secs(90), &[&seeder]);
+    assert!(!src.join("payload/.pad").exists(), "the seeder wrote a padding file");
+}
+
+#[test]
 fn a_v2_only_torrent_is_refused_with_a_sentence_that_says_so() {
     let s = Scratch::new("bt-wild-v2");
     let data = wild_tree(&s.0.join("src"));

@@ -76,6 +76,22 @@ fn a_hybrid_libtorrent_torrent_with_padding_a_symlink_and_an_executable_download
 }
 
 #[test]
+fn a_magnet_link_to_a_libtorrent_hybrid_fetches_its_metadata_and_downloads_by_the_v1_infohash() {
+    let s = Scratch::new("bt-wild-magnet");
+    let src = s.0.join("src");
+    let data = wild_tree(&src);
+    let torrent = s.0.join("t.torrent");
+    let ih = lt_wild(&["make".as_ref(), data.as_os_str(), torrent.as_os_str(), "hybrid".as_ref(), "16384".as_ref()]);
+    let lt_port = common::free_port();
+    let seeder = libtorrent("seed", &torrent, &src, lt_port, &[], &s.0.join("lt.log"));
+    wait_listening(lt_port);
+    let link = format!("magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{lt_port}", ih.trim());
+    let (mut get, out) = rumor_leech(&s.0, "get", &link, &["--metadata-timeout", "60"]);
+    assert_downloads(&mut get, &out, &data, Duration::from_secs(90), &[&seeder]);
+    assert_ne!(mode(&out.join("payload/sub/run.sh")) & 0o100, 0);
+}
+
+#[test]
 fn a_v1_libtorrent_torrent_with_padding_files_downloads_as_the_same_tree() {
     download_made_by_libtorrent("v1pad");
 }

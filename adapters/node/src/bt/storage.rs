@@ -205,7 +205,12 @@ impl Storage {
                 Kind::Regular { executable: true } => {
                     let mut perm = std::fs::metadata(&s.path)?.permissions();
                     let mode = perm.mode();
-                    perm.set_mode(mode | ((mode & 0o444) >> 2));
+                    let want = mode | ((mode & 0o444) >> 2);
+                    if want == mode {
+                        // Already so (seeding someone's files, maybe read-only).
+                        continue;
+                    }
+                    perm.set_mode(want);
                     std::fs::set_permissions(&s.path, perm)
                         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", s.path.display())))?;
                 }

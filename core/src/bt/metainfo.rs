@@ -307,6 +307,7 @@ impl fmt::Display for MetainfoError {
                     "path" => "a file's 'path' is not a list",
                     "path component" => "a file's path component is not a byte string",
                     "meta version" => "'meta version' is not an integer",
+                    "symlink path" => "a symlink's 'symlink path' holds something other than names",
                     "file tree" => "the v2 'file tree' is malformed (an entry that is not a dictionary, an empty name, or a file without its length or 32-byte 'pieces root')",
                     other => other,
                 };
@@ -741,6 +742,7 @@ fn byte_comps<'a>(
     }
     list.iter()
         .map(|c| match c {
+            // Decoded values borrow from the input, so this is every name.
             Value::Bytes(Cow::Borrowed(b)) => Ok(*b),
             _ => Err(err(off, MetainfoErrorKind::Invalid(what))),
         })
@@ -1403,6 +1405,14 @@ mod tests {
         assert_eq!(shown(no_pieces), "the info dictionary (at byte 7) has no 'pieces' key");
         let dotdot = b"d4:infod6:lengthi1e4:name2:..12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
         assert!(shown(dotdot).starts_with("unsafe file name: the file name is '..'"), "{}", shown(dotdot));
+        let link = b"d4:infod5:filesld4:attr1:l6:lengthi0e4:pathl1:le12:symlink pathli5eeee4:name1:d12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
+        assert!(
+            shown(link).starts_with("a symlink's 'symlink path' holds something other than names (at byte"),
+            "{}",
+            shown(link)
+        );
+        let v2 = b"d4:infod9:file treed1:ad0:d6:lengthi1eeee12:meta versioni2e4:name1:d12:piece lengthi16384eee";
+        assert!(shown(v2).starts_with("v2-only torrents are not supported yet"), "{}", shown(v2));
         let short = b"d4:infod6:lengthi40000e4:name1:f12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
         assert!(shown(short).starts_with("the torrent has 1 piece hashes but its length needs 3"), "{}", shown(short));
     }

@@ -31,6 +31,7 @@ use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::metainfo::{Limits, Metainfo, Sha1Hash};
 use rumor_core::bt::peers::{Closed, PeerBook, Refused, Source};
+use rumor_core::bt::pex::{PexConn, PexSender};
 use rumor_core::bt::picker::PeerKey;
 use rumor_core::bt::torrent::{DisconnectReason, Event, Input, Output, Torrent, TorrentConfig};
 use rumor_core::bt::wire::BlockRef;
@@ -369,6 +370,8 @@ struct Session {
     /// Why the session gave up, if it did (the exit is then non-zero).
     fatal: Option<String>,
     progress: Progress,
+    /// What each connection was told by peer exchange (BEP 11).
+    pex: PexSender,
 }
 
 impl Session {
@@ -389,6 +392,7 @@ impl Session {
         config.peers_max = PEERS_MAX;
         config.choke_interval = rumor_core::time::Duration::from_secs(5);
         config.request_timeout = rumor_core::time::Duration::from_secs(20);
+        config.listen_port = Some(port);
         let torrent = Torrent::new(config, &meta, &have, now, seed);
         let left = torrent.stats().left;
         let announcer = Announcer::new(
@@ -441,6 +445,7 @@ impl Session {
             fatal: None,
             progress,
             complete_flag: complete,
+            pex: PexSender::new(meta.private),
         })
     }
 
@@ -891,6 +896,7 @@ impl Session {
         self.progress.sample(self.verified(), self.torrent.stats().uploaded);
         self.progress_to_announcer();
         self.dial_some();
+        self.send_pex();
         let st = self.status();
         let eta = st.eta_secs.map_or("?".to_string(), |s| format!("{}m{:02}s", s / 60, s % 60));
         let msg = format!(
@@ -900,6 +906,26 @@ impl Session {
             st.peers_connected
         );
         self.progress.show(st.state, st.progress, msg);
+    }
+}
+
+impl Session {
+    /// Sends the peer exchange messages that are due (the sender keeps
+    /// each connection to one a minute).
+    fn send_pex(&mut self) {
+        let conns: Vec<PexConn> = (self.torrent.peers().iter())
+            .filter(|p| p.ready)
+            .filter_map(|p| Some(PexConn::of(p, self.peers.addr(p.peer)?, self.peers.is_incoming(p.peer))))
+            .collect();
+        for m in self.pex.poll(self.clock.now(), &conns) {
+            tracing::debug!(
+                "peer {:?}: pex {} added, {} dropped",
+                self.peers.addr(m.peer),
+                m.message.added.len(),
+                m.message.dropped.len()
+            );
+            self.send(m.peer, m.to_wire());
+        }
     }
 }
 

@@ -918,12 +918,10 @@ impl Session {
             .filter_map(|p| Some(PexConn::of(p, self.peers.addr(p.peer)?, self.peers.is_incoming(p.peer))))
             .collect();
         for m in self.pex.poll(self.clock.now(), &conns) {
-            tracing::debug!(
-                "peer {:?}: pex {} added, {} dropped",
-                self.peers.addr(m.peer),
-                m.message.added.len(),
-                m.message.dropped.len()
-            );
+            if let Some(addr) = self.peers.addr(m.peer) {
+                let (added, dropped) = (m.message.added.len(), m.message.dropped.len());
+                tracing::debug!("peer {addr}: told of {added} peers and {dropped} gone (pex)");
+            }
             self.send(m.peer, m.to_wire());
         }
     }

@@ -114,6 +114,11 @@ pub struct PeerArgs {
     /// Where to listen for gossip with --overlay.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub overlay_listen: SocketAddr,
+    /// No Local Service Discovery (BEP 14): do not announce on, nor listen
+    /// to, the local network's multicast group for peers of this torrent
+    /// (never used for a private torrent).
+    #[arg(long)]
+    pub no_lsd: bool,
 }
 
 /// `rumor get FILE.torrent|MAGNET|INFOHASH -o DIR`.

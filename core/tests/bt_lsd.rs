@@ -44,10 +44,8 @@ fn an_announce_is_written_as_bep_14_shows_it() {
 fn announces_are_read_liberally() {
     // Lower-case names, LF line ends, upper-case hex, an unknown header, a
     // malformed infohash line, no cookie, no Host.
-    let text = format!(
-        "BT-SEARCH * HTTP/1.1\nport: 51413\nX-Other: 1\ninfohash: nothex\nINFOHASH: {}\n\n",
-        "CD".repeat(20)
-    );
+    let text =
+        format!("BT-SEARCH * HTTP/1.1\nport: 51413\nX-Other: 1\ninfohash: nothex\nINFOHASH: {}\n\n", "CD".repeat(20));
     let a = Announce::parse(text.as_bytes()).unwrap();
     assert_eq!(a, Announce { port: 51413, info_hashes: vec![ih(0xcd)], cookie: None });
     // Several infohashes in one announce; duplicates read once.
@@ -72,7 +70,10 @@ fn what_is_not_an_announce_is_refused_with_a_reason() {
             format!("BT-SEARCH * HTTP/1.1\r\nPort: 1\r\nInfohash: {good_ih}\r\ncookie: {}\r\n\r\n", "x".repeat(65)),
             LsdError::BadCookie,
         ),
-        (format!("BT-SEARCH * HTTP/1.1\r\nPort: 1\r\nInfohash: {good_ih}\r\n{}", " ".repeat(1400)), LsdError::TooLong(1483)),
+        (
+            format!("BT-SEARCH * HTTP/1.1\r\nPort: 1\r\nInfohash: {good_ih}\r\n{}", " ".repeat(1400)),
+            LsdError::TooLong(1483),
+        ),
     ];
     for (text, err) in cases {
         assert_eq!(Announce::parse(text.as_bytes()), Err(err), "{text:?}");

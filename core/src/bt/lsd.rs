@@ -408,7 +408,10 @@ impl Lsd {
             }
             ours = true;
             let key = (ih, addr);
-            if self.reported.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < self.config.report_interval)
+            if self
+                .reported
+                .get(&key)
+                .is_some_and(|at| now.saturating_duration_since(*at) < self.config.report_interval)
             {
                 continue;
             }

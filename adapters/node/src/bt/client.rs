@@ -372,6 +372,8 @@ struct Session {
     progress: Progress,
     /// What each connection was told by peer exchange (BEP 11).
     pex: PexSender,
+    /// Local Service Discovery (BEP 14), unless off or private.
+    lsd: Option<super::lsd::LsdHandle>,
 }
 
 impl Session {
@@ -414,6 +416,9 @@ impl Session {
             control::serve(listener, control_tx);
         }
         let tracker_io = trackers::TrackerIo::new(tracker_tx, &meta.announce_tiers, opts.net.dns);
+        let lsd = (!opts.net.no_lsd && !meta.private)
+            .then(|| super::lsd::start(clock, meta.info_hash, SocketAddr::new(opts.net.bind, port)))
+            .flatten();
         let verified = total_verified(&meta, &have);
         let progress = Progress::new(&meta.name, meta.total_length, verified, opts.net.quiet);
         eprintln!("{}: infohash {}, listening on port {port}", meta.name, meta.info_hash);
@@ -446,6 +451,7 @@ impl Session {
             progress,
             complete_flag: complete,
             pex: PexSender::new(meta.private),
+            lsd,
         })
     }
 
@@ -895,6 +901,11 @@ impl Session {
     fn housekeeping(&mut self) {
         self.progress.sample(self.verified(), self.torrent.stats().uploaded);
         self.progress_to_announcer();
+        if let Some(lsd) = &self.lsd {
+            for p in lsd.take_found() {
+                self.peers.learn(p, Source::Lsd);
+            }
+        }
         self.dial_some();
         self.send_pex();
         let st = self.status();

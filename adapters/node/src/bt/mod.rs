@@ -24,6 +24,7 @@ mod client;
 mod cluster_dns;
 mod control;
 mod entropy;
+mod lsd;
 mod magnet;
 mod overlay_member;
 mod peer_conn;

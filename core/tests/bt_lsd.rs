@@ -272,7 +272,7 @@ proptest! {
         let mut now = at(0);
         let mut peers = 0u64;
         for (dt, src, port, mine, h) in inputs {
-            now = now + Duration::from_millis(dt * 100);
+            now += Duration::from_millis(dt * 100);
             let from = SocketAddr::from(([10, 0, 0, src], 6771));
             let bytes = if mine { own.clone() } else {
                 Announce { port, info_hashes: vec![ih(h)], cookie: Some(format!("c{src}")) }.encode(LSD_GROUP_V4)

@@ -215,7 +215,7 @@ proptest! {
                     prop_assert!(k.remove(a), "dropped but never told");
                 }
             }
-            now = now + Duration::from_secs(61);
+            now += Duration::from_secs(61);
         }
         // The last set stays: within a few minutes everyone is in step.
         for _ in 0..4 {
@@ -226,7 +226,7 @@ proptest! {
                     k.remove(a);
                 }
             }
-            now = now + Duration::from_secs(61);
+            now += Duration::from_secs(61);
         }
         for c in conns.iter().filter(|c| c.ut_pex.is_some()) {
             let want: BTreeSet<SocketAddr> = conns

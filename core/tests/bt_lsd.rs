@@ -151,6 +151,21 @@ fn our_own_announces_looped_back_are_ignored_and_others_of_our_torrent_are_repor
 }
 
 #[test]
+fn a_client_heard_on_both_groups_is_reported_once_by_its_cookie() {
+    let mut l = Lsd::new(LsdConfig::new(1, vec![ih(1)]), at(0), 7);
+    let a = Announce { port: 6881, info_hashes: vec![ih(1)], cookie: Some("same".into()) };
+    l.handle(at(0), Input::Receive { from: "192.0.2.2:6771".parse().unwrap(), bytes: a.encode(LSD_GROUP_V4) });
+    l.handle(at(0), Input::Receive { from: "[fd00::2]:6771".parse().unwrap(), bytes: a.encode(LSD_GROUP_V6) });
+    let (out, _) = drain(&mut l);
+    assert_eq!(out, vec![Output::Event(Event::Peer { info_hash: ih(1), addr: "192.0.2.2:6881".parse().unwrap() })]);
+    // Without a cookie, each address is its own peer.
+    let b = Announce { cookie: None, ..a };
+    l.handle(at(1), Input::Receive { from: "192.0.2.3:6771".parse().unwrap(), bytes: b.encode(LSD_GROUP_V4) });
+    l.handle(at(1), Input::Receive { from: "[fd00::3]:6771".parse().unwrap(), bytes: b.encode(LSD_GROUP_V6) });
+    assert_eq!(drain(&mut l).0.len(), 2);
+}
+
+#[test]
 fn an_ipv6_peer_keeps_its_scope() {
     let mut l = Lsd::new(LsdConfig::new(1, vec![ih(1)]), at(0), 7);
     let from = SocketAddr::V6(core::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 6771, 0, 3));

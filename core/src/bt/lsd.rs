@@ -18,7 +18,10 @@
 //!   for its own announces (recognised by their cookie), at most
 //!   [`LsdConfig::source_burst`] datagrams at once from one source IP,
 //!   refilled at [`LsdConfig::source_per_minute`], and each (torrent,
-//!   peer) reported at most once per [`LsdConfig::report_interval`].
+//!   peer) reported at most once per [`LsdConfig::report_interval`]. A
+//!   peer is its cookie when it sends one: a client heard on both groups
+//!   (or through two interfaces) is reported once, at the first address
+//!   heard, not dialed twice.
 //!
 //! The adapter owns the multicast sockets (joined on the default
 //! interface, with `SO_REUSEADDR`/`SO_REUSEPORT` so several clients on one
@@ -271,6 +274,13 @@ pub struct LsdStats {
     pub peers: u64,
 }
 
+/// Who announced: its cookie, or without one its address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Cookie(String),
+    Addr(SocketAddr),
+}
+
 /// A token bucket per source IP.
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -290,7 +300,7 @@ pub struct Lsd {
     next_announce: Instant,
     sources: BTreeMap<IpAddr, Bucket>,
     /// (torrent, peer) -> when last reported (at most [`LSD_REPORTED_MAX`]).
-    reported: BTreeMap<(InfoHash, SocketAddr), Instant>,
+    reported: BTreeMap<(InfoHash, Who), Instant>,
     out: VecDeque<Output>,
     stats: LsdStats,
 }
@@ -401,13 +411,14 @@ impl Lsd {
             // Keep the scope: a link-local peer is reachable only through it.
             SocketAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(*v6.ip(), a.port, 0, v6.scope_id())),
         };
+        let who = a.cookie.map_or(Who::Addr(addr), Who::Cookie);
         let mut ours = false;
         for ih in a.info_hashes {
             if !self.config.info_hashes.contains(&ih) {
                 continue;
             }
             ours = true;
-            let key = (ih, addr);
+            let key = (ih, who.clone());
             if self
                 .reported
                 .get(&key)
@@ -416,7 +427,7 @@ impl Lsd {
                 continue;
             }
             if !self.reported.contains_key(&key) && self.reported.len() >= LSD_REPORTED_MAX {
-                let oldest = self.reported.iter().min_by_key(|(k, at)| (**at, **k)).map(|(k, _)| *k);
+                let oldest = self.reported.iter().min_by_key(|(k, at)| (**at, *k)).map(|(k, _)| k.clone());
                 if let Some(o) = oldest {
                     self.reported.remove(&o);
                 }

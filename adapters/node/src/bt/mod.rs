@@ -118,7 +118,7 @@ pub struct PeerArgs {
     /// No Local Service Discovery (BEP 14): do not announce on, nor listen
     /// to, the local network's multicast group for peers of this torrent
     /// (never used for a private torrent).
-    #[arg(long, env = "RUMOR_NO_LSD")]
+    #[arg(long, env = "RUMOR_NO_LSD", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_lsd: bool,
 }
 

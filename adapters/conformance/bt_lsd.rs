@@ -31,12 +31,12 @@ fn seed_lsd(dir: &Path, tag: &str, torrent: &Path, src: &Path, extra: &[&str]) -
     Proc::spawn(tag, c, &dir.join(format!("{tag}.log")))
 }
 
-/// `rumor get TORRENT -o DIR/out-TAG --no-seed` with LSD on; the process
-/// and its output directory.
-fn get_lsd(dir: &Path, tag: &str, torrent: &Path, extra: &[&str]) -> (Proc, PathBuf) {
+/// `rumor get WHAT -o DIR/out-TAG --no-seed` with LSD on (WHAT: a .torrent,
+/// a magnet link or an infohash); the process and its output directory.
+fn get_lsd(dir: &Path, tag: &str, torrent: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> (Proc, PathBuf) {
     let out = dir.join(format!("out-{tag}"));
     let mut c = rumor_lsd(&["get"]);
-    c.arg(torrent).arg("-o").arg(&out).args(["--no-seed", "--quiet", "--port", &free_port().to_string()]);
+    c.arg(torrent.as_ref()).arg("-o").arg(&out).args(["--no-seed", "--quiet", "--port", &free_port().to_string()]);
     c.args(extra);
     (Proc::spawn(tag, c, &dir.join(format!("{tag}.log"))), out)
 }
@@ -59,6 +59,16 @@ fn rumor_seed_and_rumor_get_find_each_other_by_lsd_with_no_tracker_and_no_peer()
     let seed = seed_lsd(&s.0, "seed", &torrent, &src, &[]);
     let (mut get, out) = get_lsd(&s.0, "get", &torrent, &[]);
     assert_downloads(&mut get, &out, &data, Duration::from_secs(30), &[&seed]);
+}
+
+#[test]
+fn rumor_get_of_a_bare_infohash_finds_a_seeder_by_lsd_alone() {
+    let s = Scratch::new("bt-lsd-magnet");
+    let Fixture { src, data, torrent, ih } = fixture(&s.0, 1406, &["--piece-size", "32768"]);
+    let seed = seed_lsd(&s.0, "seed", &torrent, &src, &[]);
+    let (mut get, out) = get_lsd(&s.0, "get", &ih, &["--metadata-timeout", "30"]);
+    assert_downloads(&mut get, &out, &data, Duration::from_secs(45), &[&seed]);
+    assert!(get.log_text().contains("local service discovery"), "{}", get.log_text());
 }
 
 #[test]

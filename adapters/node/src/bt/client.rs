@@ -106,6 +106,8 @@ pub struct Handover {
     /// Set once every piece is verified (the overlay member announces us
     /// as a seeder from then on).
     pub complete: Arc<AtomicBool>,
+    /// Local Service Discovery started for a magnet link's fetch, if any.
+    pub lsd: Option<super::lsd::LsdHandle>,
 }
 
 /// Reads and checks the torrent file; errors say what is wrong.
@@ -385,7 +387,7 @@ impl Session {
         port: u16,
         handover: Handover,
     ) -> Result<Session, String> {
-        let Handover { clock, book, control, found, complete } = handover;
+        let Handover { clock, book, control, found, complete, lsd } = handover;
         complete.store(have.is_full(), Ordering::Relaxed);
         let now = clock.now();
         let peer_id = super::entropy::peer_id();
@@ -416,9 +418,11 @@ impl Session {
             control::serve(listener, control_tx);
         }
         let tracker_io = trackers::TrackerIo::new(tracker_tx, &meta.announce_tiers, opts.net.dns);
-        let lsd = (!opts.net.no_lsd && !meta.private)
-            .then(|| super::lsd::start(clock, meta.info_hash, SocketAddr::new(opts.net.bind, port)))
-            .flatten();
+        let lsd = match lsd {
+            _ if opts.net.no_lsd || meta.private => None,
+            Some(lsd) => Some(lsd),
+            None => super::lsd::start(clock, meta.info_hash, SocketAddr::new(opts.net.bind, port)),
+        };
         let verified = total_verified(&meta, &have);
         let progress = Progress::new(&meta.name, meta.total_length, verified, opts.net.quiet);
         eprintln!("{}: infohash {}, listening on port {port}", meta.name, meta.info_hash);

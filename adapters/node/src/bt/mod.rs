@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`peer_conn`] | the one peer layer: a connection task per peer carrying bytes for either machine, and `Peers` around the core peer book (`rumor_core::bt::peers`), handed from phase to phase |
 //! | [`trackers`] | the announcer's HTTP and UDP requests |
+//! | [`lsd`] | Local Service Discovery (BEP 14): the core machine on the multicast group(s), peers found handed to the peer book |
 //! | [`overlay_member`] | the client as a cluster member (`--overlay`): providers in, our provider record out, a leave on exit |
 //! | [`entropy`] | the one source of randomness (peer ids, seeds), from the OS once |
 //! | [`progress`] | the progress bar, its rates, and a log writer that prints around it |

@@ -303,9 +303,13 @@ pub fn start_cluster_of(tag: &str, bins: &[PathBuf], key: &str) -> Vec<TestNode>
 }
 
 /// `rumor ARGS...` as a command (its log level: `RUMOR_TEST_LOG`, or info).
+/// Local Service Discovery is off (`RUMOR_NO_LSD`): every client of every
+/// test on this host shares one multicast group, and a test's peers must
+/// be the ones it gives; the LSD tests remove the variable.
 pub fn rumor(args: &[&str]) -> Command {
     let mut c = Command::new(binary());
     c.args(args).env("RUMOR_LOG", std::env::var("RUMOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
+    c.env("RUMOR_NO_LSD", "1");
     c
 }
 

@@ -11,7 +11,8 @@
 //! | [`conn`] | what a peer connection tells a machine ([`conn::PeerInput`]): the one input the torrent and the metadata fetch share |
 //! | [`peers`] | the peer book: known addresses, which to dial when, one backoff and reconnect policy, bans (bounded) |
 //! | [`wire`] | decode a peer's byte stream ([`wire::Decoder`]) and encode messages (BEP 3, 6, 10) |
-//! | [`pex`] | BEP 11 peer exchange messages |
+//! | [`pex`] | BEP 11 peer exchange messages, and what to send each connection ([`pex::PexSender`]) |
+//! | [`lsd`] | BEP 14 Local Service Discovery: announces to a multicast group and the machine that sends and hears them |
 //! | [`bitfield`] | sets of pieces, to and from the wire form |
 //! | [`picker`] | choose which blocks to request from whom (rarest first, endgame, parole) |
 //! | [`choker`] | choose whom to upload to (tit-for-tat, optimistic unchoke, anti-snub) |
@@ -43,6 +44,7 @@ pub mod bencode;
 pub mod bitfield;
 pub mod choker;
 pub mod conn;
+pub mod lsd;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;

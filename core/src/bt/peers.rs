@@ -48,6 +48,8 @@ pub enum Source {
     Overlay,
     /// A peer told us (BEP 11 peer exchange).
     Pex,
+    /// A peer announced itself on the local network (BEP 14).
+    Lsd,
 }
 
 /// How a connection ended, which decides when its address is dialed again.

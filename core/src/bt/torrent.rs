@@ -106,6 +106,9 @@ pub struct TorrentConfig {
     pub client_name: String,
     /// A private torrent (BEP 27): no peer exchange.
     pub private: bool,
+    /// Our listening port, sent as `p` in the extension handshake so a
+    /// peer we dialed can name us to others (BEP 10, 11); `None` by default.
+    pub listen_port: Option<u16>,
     /// Picker tuning.
     pub picker: PickerConfig,
     /// Choker tuning.
@@ -135,6 +138,7 @@ impl TorrentConfig {
             invalid_blocks_max: 20,
             client_name: "rumor".into(),
             private: false,
+            listen_port: None,
             picker: PickerConfig::default(),
             choker: ChokerConfig::default(),
         }
@@ -303,6 +307,13 @@ pub struct PeerInfo {
     pub upload_rate: u64,
     /// Our requests in flight to it.
     pub requests_in_flight: usize,
+    /// It has every piece.
+    pub seed: bool,
+    /// The id it wants `ut_pex` on (its extension handshake), if any;
+    /// always `None` for a private torrent.
+    pub ut_pex: Option<u8>,
+    /// The listening port of its extension handshake (`p`), if it gave one.
+    pub listen_port: Option<u16>,
 }
 
 /// Transfer totals.
@@ -347,6 +358,10 @@ struct Conn {
     peer_reqq: Option<u32>,
     /// The id the peer wants `ut_metadata` messages on (BEP 9), if any.
     peer_ut_metadata: Option<u8>,
+    /// The id the peer wants `ut_pex` messages on (BEP 11), if any.
+    peer_ut_pex: Option<u8>,
+    /// The listening port of the peer's extension handshake, if any.
+    peer_listen_port: Option<u16>,
     down_window: u64,
     up_window: u64,
     down_rate: u64,
@@ -465,6 +480,9 @@ impl Torrent {
                 download_rate: c.down_rate,
                 upload_rate: c.up_rate,
                 requests_in_flight: c.sent_requests.len(),
+                seed: self.picker.is_seed(*k),
+                ut_pex: c.peer_ut_pex.filter(|_| !self.config.private),
+                listen_port: c.peer_listen_port,
             })
             .collect()
     }
@@ -620,6 +638,8 @@ impl Torrent {
                 reads: BTreeSet::new(),
                 peer_reqq: None,
                 peer_ut_metadata: None,
+                peer_ut_pex: None,
+                peer_listen_port: None,
                 down_window: 0,
                 up_window: 0,
                 down_rate: 0,
@@ -701,6 +721,7 @@ impl Torrent {
                 v: Some(self.config.client_name.clone()),
                 reqq: Some(self.config.peer_requests_max as u32),
                 metadata_size: Some(self.info_bytes.len() as u64),
+                p: self.config.listen_port,
                 ..ExtHandshake::default()
             };
             ext.m.insert("ut_metadata".into(), UT_METADATA_ID);
@@ -805,6 +826,8 @@ impl Torrent {
                 if let Ok(h) = ExtHandshake::parse(&payload) {
                     c.peer_reqq = h.reqq;
                     c.peer_ut_metadata = h.m.get("ut_metadata").copied().filter(|i| *i != 0);
+                    c.peer_ut_pex = h.m.get("ut_pex").copied().filter(|i| *i != 0);
+                    c.peer_listen_port = h.p.filter(|p| *p != 0);
                 }
             }
             Message::Extended { id: UT_METADATA_ID, payload } => self.on_metadata(now, peer, &payload),

@@ -31,6 +31,7 @@ use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::conn::{CloseReason, PeerInput};
 use rumor_core::bt::metainfo::{Limits, Metainfo, Sha1Hash};
 use rumor_core::bt::peers::{Closed, PeerBook, Refused, Source};
+use rumor_core::bt::pex::{PexConn, PexSender};
 use rumor_core::bt::picker::PeerKey;
 use rumor_core::bt::torrent::{DisconnectReason, Event, Input, Output, Torrent, TorrentConfig};
 use rumor_core::bt::wire::BlockRef;
@@ -105,6 +106,8 @@ pub struct Handover {
     /// Set once every piece is verified (the overlay member announces us
     /// as a seeder from then on).
     pub complete: Arc<AtomicBool>,
+    /// Local Service Discovery started for a magnet link's fetch, if any.
+    pub lsd: Option<super::lsd::LsdHandle>,
 }
 
 /// Reads and checks the torrent file; errors say what is wrong.
@@ -382,6 +385,10 @@ struct Session {
     /// Why the session gave up, if it did (the exit is then non-zero).
     fatal: Option<String>,
     progress: Progress,
+    /// What each connection was told by peer exchange (BEP 11).
+    pex: PexSender,
+    /// Local Service Discovery (BEP 14), unless off or private.
+    lsd: Option<super::lsd::LsdHandle>,
 }
 
 impl Session {
@@ -393,7 +400,7 @@ impl Session {
         port: u16,
         handover: Handover,
     ) -> Result<Session, String> {
-        let Handover { clock, book, control, found, complete } = handover;
+        let Handover { clock, book, control, found, complete, lsd } = handover;
         complete.store(have.is_full(), Ordering::Relaxed);
         let now = clock.now();
         let peer_id = super::entropy::peer_id();
@@ -402,6 +409,7 @@ impl Session {
         config.peers_max = PEERS_MAX;
         config.choke_interval = rumor_core::time::Duration::from_secs(5);
         config.request_timeout = rumor_core::time::Duration::from_secs(20);
+        config.listen_port = Some(port);
         let torrent = Torrent::new(config, &meta, &have, now, seed);
         let left = torrent.stats().left;
         let announcer = Announcer::new(
@@ -423,6 +431,11 @@ impl Session {
             control::serve(listener, control_tx);
         }
         let tracker_io = trackers::TrackerIo::new(tracker_tx, &meta.announce_tiers, opts.net.dns);
+        let lsd = match lsd {
+            _ if opts.net.no_lsd || meta.private => None,
+            Some(lsd) => Some(lsd),
+            None => super::lsd::start(clock, meta.info_hash, SocketAddr::new(opts.net.bind, port)),
+        };
         let verified = total_verified(&meta, &have);
         let progress = Progress::new(&meta.name, meta.total_length, verified, opts.net.quiet);
         eprintln!("{}: infohash {}, listening on port {port}", meta.name, meta.info_hash);
@@ -455,6 +468,8 @@ impl Session {
             fatal: None,
             progress,
             complete_flag: complete,
+            pex: PexSender::new(meta.private),
+            lsd,
         })
     }
 
@@ -905,7 +920,13 @@ impl Session {
     fn housekeeping(&mut self) {
         self.progress.sample(self.verified(), self.torrent.stats().uploaded);
         self.progress_to_announcer();
+        if let Some(lsd) = &self.lsd {
+            for p in lsd.take_found() {
+                self.peers.learn(p, Source::Lsd);
+            }
+        }
         self.dial_some();
+        self.send_pex();
         let st = self.status();
         let eta = st.eta_secs.map_or("?".to_string(), |s| format!("{}m{:02}s", s / 60, s % 60));
         let msg = format!(
@@ -915,6 +936,24 @@ impl Session {
             st.peers_connected
         );
         self.progress.show(st.state, st.progress, msg);
+    }
+}
+
+impl Session {
+    /// Sends the peer exchange messages that are due (the sender keeps
+    /// each connection to one a minute).
+    fn send_pex(&mut self) {
+        let conns: Vec<PexConn> = (self.torrent.peers().iter())
+            .filter(|p| p.ready)
+            .filter_map(|p| Some(PexConn::of(p, self.peers.addr(p.peer)?, self.peers.is_incoming(p.peer))))
+            .collect();
+        for m in self.pex.poll(self.clock.now(), &conns) {
+            if let Some(addr) = self.peers.addr(m.peer) {
+                let (added, dropped) = (m.message.added.len(), m.message.dropped.len());
+                tracing::debug!("peer {addr}: told of {added} peers and {dropped} gone (pex)");
+            }
+            self.send(m.peer, m.to_wire());
+        }
     }
 }
 

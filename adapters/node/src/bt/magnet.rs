@@ -119,6 +119,7 @@ pub async fn fetch(
     clock: Clock,
     book: PeerBook,
     overlay: Option<&async_channel::Receiver<Vec<SocketAddr>>>,
+    lsd: Option<&super::lsd::LsdHandle>,
 ) -> Result<(Metainfo, PeerBook), String> {
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let ih = src.link.info_hash;
@@ -158,6 +159,9 @@ pub async fn fetch(
     }
     if given > 0 {
         sources.push(format!("{given} given peers"));
+    }
+    if lsd.is_some() {
+        sources.push("local service discovery".into());
     }
     if sources.is_empty() {
         return Err(format!(
@@ -233,6 +237,9 @@ pub async fn fetch(
         // Timers are checked after every wake: a busy peer must not
         // starve them.
         f.on_time();
+        for a in lsd.map(|l| l.take_found()).unwrap_or_default() {
+            f.peers.learn(a, Source::Lsd);
+        }
     };
     let mut meta = res?;
     meta.announce_tiers = tiers;

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`peer_conn`] | the one peer layer: a connection task per peer carrying bytes for either machine, and `Peers` around the core peer book (`rumor_core::bt::peers`), handed from phase to phase |
 //! | [`trackers`] | the announcer's HTTP and UDP requests |
+//! | [`lsd`] | Local Service Discovery (BEP 14): the core machine on the multicast group(s), peers found handed to the peer book |
 //! | [`overlay_member`] | the client as a cluster member (`--overlay`): providers in, our provider record out, a leave on exit |
 //! | [`entropy`] | the one source of randomness (peer ids, seeds), from the OS once |
 //! | [`progress`] | the progress bar, its rates, and a log writer that prints around it |
@@ -24,6 +25,7 @@ mod client;
 mod cluster_dns;
 mod control;
 mod entropy;
+mod lsd;
 mod magnet;
 mod overlay_member;
 mod peer_conn;
@@ -114,6 +116,11 @@ pub struct PeerArgs {
     /// Where to listen for gossip with --overlay.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub overlay_listen: SocketAddr,
+    /// No Local Service Discovery (BEP 14): do not announce on, nor listen
+    /// to, the local network's multicast group for peers of this torrent
+    /// (never used for a private torrent).
+    #[arg(long, env = "RUMOR_NO_LSD", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_lsd: bool,
 }
 
 /// `rumor get FILE.torrent|MAGNET|INFOHASH -o DIR`.

@@ -105,10 +105,21 @@ async fn start(mut opts: Options) -> Result<(), String> {
         let (found_tx, found_rx) = async_channel::bounded(FOUND_MAX);
         (Some(overlay_member::spawn(args, info_hash, port, complete.clone(), found_tx)), Some(found_rx))
     };
+    // Local Service Discovery from the start for a magnet link (whether
+    // its torrent is private is known only with the metadata: the download
+    // drops it then); a .torrent's download starts its own once its data
+    // is checked.
+    let lsd = match &what {
+        What::Magnet(_) if !opts.net.no_lsd => {
+            super::lsd::start(clock, info_hash, SocketAddr::new(opts.net.bind, port))
+        }
+        _ => None,
+    };
     let phases = async {
         let meta = match what {
             What::Magnet(m) => {
-                let (meta, b) = magnet::fetch(m, &opts.net, &listener, clock, book, found.as_ref()).await?;
+                let (meta, b) =
+                    magnet::fetch(m, &opts.net, &listener, clock, book, found.as_ref(), lsd.as_ref()).await?;
                 book = b;
                 meta
             }
@@ -121,7 +132,7 @@ async fn start(mut opts: Options) -> Result<(), String> {
             exit_when_complete: opts.exit_when_complete,
             seed_command: opts.seed_command,
         };
-        let handover = Handover { clock, book, control, found, complete };
+        let handover = Handover { clock, book, control, found, complete, lsd };
         client::download(download, meta, listener, handover).await
     };
     let result = phases.await;

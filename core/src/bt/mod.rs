@@ -12,6 +12,7 @@
 //! | [`peers`] | the peer book: known addresses, which to dial when, one backoff and reconnect policy, bans (bounded) |
 //! | [`wire`] | decode a peer's byte stream ([`wire::Decoder`]) and encode messages (BEP 3, 6, 10) |
 //! | [`pex`] | BEP 11 peer exchange messages |
+//! | [`mse`] | Message Stream Encryption: the obfuscated handshake (a machine) and the RC4 keystreams after it |
 //! | [`bitfield`] | sets of pieces, to and from the wire form |
 //! | [`picker`] | choose which blocks to request from whom (rarest first, endgame, parole) |
 //! | [`choker`] | choose whom to upload to (tit-for-tat, optimistic unchoke, anti-snub) |
@@ -46,6 +47,7 @@ pub mod conn;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod peers;
 pub mod pex;
 pub mod picker;

@@ -650,11 +650,8 @@ impl Handshake {
         if rc4 {
             self.receive.as_mut().expect("keys made before the end").apply(&mut leftover[start..]);
         }
-        let (method, send, receive) = if rc4 {
-            (Method::Rc4, self.send.take(), self.receive.take())
-        } else {
-            (Method::Plaintext, None, None)
-        };
+        let (method, send, receive) =
+            if rc4 { (Method::Rc4, self.send.take(), self.receive.take()) } else { (Method::Plaintext, None, None) };
         self.end(Outcome { method, info_hash: self.info_hash, send, receive, leftover });
     }
 

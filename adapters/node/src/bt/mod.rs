@@ -9,6 +9,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`peer_conn`] | the one peer layer: a connection task per peer carrying bytes for either machine, and `Peers` around the core peer book (`rumor_core::bt::peers`), handed from phase to phase |
+//! | [`mse_stream`] | `--encryption`: the MSE handshake on a new connection, then RC4 halves under the peer layer |
 //! | [`trackers`] | the announcer's HTTP and UDP requests |
 //! | [`overlay_member`] | the client as a cluster member (`--overlay`): providers in, our provider record out, a leave on exit |
 //! | [`entropy`] | the one source of randomness (peer ids, seeds), from the OS once |
@@ -25,6 +26,7 @@ mod cluster_dns;
 mod control;
 mod entropy;
 mod magnet;
+mod mse_stream;
 mod overlay_member;
 mod peer_conn;
 mod progress;
@@ -114,6 +116,11 @@ pub struct PeerArgs {
     /// Where to listen for gossip with --overlay.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub overlay_listen: SocketAddr,
+    /// Message Stream Encryption: prefer (accept plain and encrypted, dial
+    /// encrypted and fall back to plain), require (RC4 only, both ways),
+    /// off (plain only).
+    #[arg(long, value_enum, default_value_t = mse_stream::Encryption::Prefer)]
+    pub encryption: mse_stream::Encryption,
 }
 
 /// `rumor get FILE.torrent|MAGNET|INFOHASH -o DIR`.

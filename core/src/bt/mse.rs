@@ -132,11 +132,12 @@ pub enum Method {
 }
 
 /// One direction's RC4 keystream, already past the handshake bytes.
-pub struct Keystream(rc4::Rc4<U20>);
+/// (Boxed: the cipher state is 258 bytes, and outputs move it around.)
+pub struct Keystream(Box<rc4::Rc4<U20>>);
 
 impl Keystream {
     fn new(key: &[u8; 20]) -> Keystream {
-        let mut c = rc4::Rc4::<U20>::new(key.into());
+        let mut c = Box::new(rc4::Rc4::<U20>::new(key.into()));
         c.apply_keystream(&mut [0u8; RC4_DISCARD_BYTES]);
         Keystream(c)
     }

@@ -40,9 +40,11 @@ def main():
         "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,
     }
     if enc == "forced":
-        settings.update({"out_enc_policy": 0, "in_enc_policy": 0, "allowed_enc_level": 2})
+        forced, rc4 = int(lt.enc_policy.pe_forced), int(lt.enc_level.pe_rc4)
+        settings.update({"out_enc_policy": forced, "in_enc_policy": forced, "allowed_enc_level": rc4})
     elif enc == "disabled":
-        settings.update({"out_enc_policy": 2, "in_enc_policy": 2})
+        disabled = int(lt.enc_policy.pe_disabled)
+        settings.update({"out_enc_policy": disabled, "in_enc_policy": disabled})
     elif enc is not None:
         raise SystemExit("unknown --enc " + enc)
     s = lt.session(settings)

@@ -344,7 +344,14 @@ async fn run(
         },
     };
     // Encryption first (bt/mse_stream.rs): the stream after it reads and
-    // writes plaintext, so nothing below knows whether it is encrypted.
+    // writes plaintext, so nothing below knows whether it is encrypted. An
+    // incoming connection is reported before it (the machine counts it as
+    // one that has not handshaken yet, which gives way to a newcomer when
+    // the slots are full); a dial only once it is usable, so a failed
+    // handshake is booked as a failed dial.
+    if dialed.is_none() && events.send(PeerInput::Connected { peer }).await.is_err() {
+        return;
+    }
     let stream = match super::mse_stream::negotiate(stream, dialed, crypto).await {
         Ok(s) => s,
         Err(reason) => {
@@ -352,7 +359,7 @@ async fn run(
             return;
         }
     };
-    if events.send(PeerInput::Connected { peer }).await.is_err() {
+    if dialed.is_some() && events.send(PeerInput::Connected { peer }).await.is_err() {
         return;
     }
     let (mut r, mut w) = stream.into_split();

@@ -318,3 +318,12 @@ fn the_exchange_matches_an_independent_implementation_of_the_spec() {
     assert_eq!(b4[..8], vc_b[..], "VC under keyB");
     assert!(matches!(b.poll_output(), Output::Done(o) if o.method == Method::Rc4));
 }
+
+#[test]
+fn an_initiator_answered_with_a_plain_handshake_fails_at_once() {
+    let mut h =
+        Handshake::initiator(Config { methods: Methods::BOTH, allow_plain: false }, IH, secret(1, 1), Vec::new());
+    transmit(&mut h);
+    h.receive(b"\x13BitTorrent protocol\0\0\0\0\0\0\0\0");
+    assert!(matches!(outputs(&mut h).as_slice(), [Output::Failed(Error::PeerSpeaksPlain)]));
+}

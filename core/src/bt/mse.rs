@@ -180,6 +180,9 @@ pub enum Error {
     PlainRefused,
     /// An MSE handshake, and the config provides no method.
     MseRefused,
+    /// We dialed with MSE and the peer answered with a plain BitTorrent
+    /// handshake (it does not speak MSE: dial it again in plain).
+    PeerSpeaksPlain,
     /// The peer's public key is 0, 1, `P-1` or not below `P`.
     BadKey,
     /// What we scan for did not come within the longest pad.
@@ -201,6 +204,7 @@ impl std::fmt::Display for Error {
         let s = match self {
             Error::PlainRefused => "a plain BitTorrent handshake, and encryption is required",
             Error::MseRefused => "an encrypted handshake, and encryption is off",
+            Error::PeerSpeaksPlain => "the peer answered with a plain BitTorrent handshake",
             Error::BadKey => "the peer's public key is not a valid Diffie-Hellman value",
             Error::NoSync => "no synchronisation point within the longest pad",
             Error::UnknownInfoHash => "the peer asked for a torrent we do not serve",
@@ -429,6 +433,14 @@ impl Handshake {
         match self.state {
             State::Detect => self.detect(),
             State::PeerKey => {
+                // A plain peer that sends its handshake without waiting for
+                // ours: no key will come (a key starting with these 20
+                // bytes has odds of 2^-160), so say so now rather than at
+                // the adapter's deadline.
+                if self.role == Role::Initiator && self.buf.starts_with(PLAIN_PREFIX) {
+                    self.fail(Error::PeerSpeaksPlain);
+                    return true;
+                }
                 if self.avail() < KEY_BYTES {
                     return false;
                 }

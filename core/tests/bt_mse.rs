@@ -100,6 +100,7 @@ proptest! {
     fn initiator_and_responder_agree_for_any_split_of_the_streams(
         mine in methods(),
         theirs in methods(),
+        prefer_rc4 in any::<bool>(),
         ka in 1u8..=255, kb in 1u8..=255,
         sa in any::<u64>(), sb in any::<u64>(),
         cuts in proptest::collection::vec(1usize..700, 1..8),
@@ -108,8 +109,8 @@ proptest! {
         ia in proptest::collection::vec(any::<u8>(), 0..100),
     ) {
         let served = [InfoHash([1; 20]), IH, InfoHash([2; 20])];
-        let mut a = Side::new(Handshake::initiator(Config { methods: mine, allow_plain: false }, IH, secret(ka, sa), ia.clone()), &pa);
-        let mut b = Side::new(Handshake::responder(Config { methods: theirs, allow_plain: true }, &served, secret(kb, sb)), &pb);
+        let mut a = Side::new(Handshake::initiator(Config { methods: mine, allow_plain: false, prefer_rc4: false }, IH, secret(ka, sa), ia.clone()), &pa);
+        let mut b = Side::new(Handshake::responder(Config { methods: theirs, allow_plain: true, prefer_rc4 }, &served, secret(kb, sb)), &pb);
         drive(&mut a, &mut b, &cuts);
         let common = Methods(mine.0 & theirs.0);
         if common == Methods::NONE {
@@ -117,7 +118,11 @@ proptest! {
             prop_assert!(a.outcome.is_none());
             return Ok(());
         }
-        let want = if common.contains(Methods::RC4) { Method::Rc4 } else { Method::Plaintext };
+        let want = if common.contains(Methods::RC4) && (prefer_rc4 || !common.contains(Methods::PLAINTEXT)) {
+            Method::Rc4
+        } else {
+            Method::Plaintext
+        };
         let (oa, ob) = (a.outcome.as_ref().expect("initiator done"), b.outcome.as_ref().expect("responder done"));
         prop_assert_eq!(oa.method, want);
         prop_assert_eq!(ob.method, want);
@@ -137,7 +142,7 @@ proptest! {
         cuts in proptest::collection::vec(1usize..300, 1..8),
         plain in any::<bool>(),
     ) {
-        let mut h = Handshake::responder(Config { methods: Methods::BOTH, allow_plain: plain }, &[IH], secret(3, 4));
+        let mut h = Handshake::responder(Config { methods: Methods::BOTH, allow_plain: plain, prefer_rc4: false }, &[IH], secret(3, 4));
         let mut at = 0;
         let mut i = 0;
         while at < bytes.len() {
@@ -158,7 +163,7 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..2000),
         cuts in proptest::collection::vec(1usize..300, 1..8),
     ) {
-        let mut h = Handshake::initiator(Config { methods: Methods::BOTH, allow_plain: false }, IH, secret(3, 4), Vec::new());
+        let mut h = Handshake::initiator(Config { methods: Methods::BOTH, allow_plain: false, prefer_rc4: false }, IH, secret(3, 4), Vec::new());
         let mut at = 0;
         let mut i = 0;
         while at < bytes.len() {
@@ -188,7 +193,11 @@ fn outputs(h: &mut Handshake) -> Vec<Output> {
 fn a_plain_bittorrent_handshake_passes_through_a_responder_that_allows_it() {
     let mut hs = b"\x13BitTorrent protocol".to_vec();
     hs.extend_from_slice(&[0; 48]);
-    let mut h = Handshake::responder(Config { methods: Methods::BOTH, allow_plain: true }, &[IH], secret(1, 1));
+    let mut h = Handshake::responder(
+        Config { methods: Methods::BOTH, allow_plain: true, prefer_rc4: false },
+        &[IH],
+        secret(1, 1),
+    );
     h.receive(&hs[..5]);
     assert!(outputs(&mut h).is_empty(), "five bytes of the prefix decide nothing");
     h.receive(&hs[5..]);
@@ -203,21 +212,29 @@ fn a_plain_bittorrent_handshake_passes_through_a_responder_that_allows_it() {
 
 #[test]
 fn a_responder_that_requires_encryption_refuses_a_plain_handshake() {
-    let mut h = Handshake::responder(Config { methods: Methods::RC4, allow_plain: false }, &[IH], secret(1, 1));
+    let mut h = Handshake::responder(
+        Config { methods: Methods::RC4, allow_plain: false, prefer_rc4: false },
+        &[IH],
+        secret(1, 1),
+    );
     h.receive(b"\x13BitTorrent protocol\0\0\0\0\0\0\0\0");
     assert!(matches!(outputs(&mut h).as_slice(), [Output::Failed(Error::PlainRefused)]));
 }
 
 #[test]
 fn a_responder_with_no_methods_refuses_an_encrypted_handshake() {
-    let mut h = Handshake::responder(Config { methods: Methods::NONE, allow_plain: true }, &[IH], secret(1, 1));
+    let mut h = Handshake::responder(
+        Config { methods: Methods::NONE, allow_plain: true, prefer_rc4: false },
+        &[IH],
+        secret(1, 1),
+    );
     h.receive(&[0x55; 96]);
     assert!(matches!(outputs(&mut h).as_slice(), [Output::Failed(Error::MseRefused)]));
 }
 
 #[test]
 fn a_responder_refuses_a_torrent_it_does_not_serve() {
-    let config = Config { methods: Methods::BOTH, allow_plain: false };
+    let config = Config { methods: Methods::BOTH, allow_plain: false, prefer_rc4: false };
     let mut a = Side::new(Handshake::initiator(config, InfoHash([9; 20]), secret(5, 6), Vec::new()), b"");
     let mut b = Side::new(Handshake::responder(config, &[IH], secret(7, 8)), b"");
     drive(&mut a, &mut b, &[1000]);
@@ -233,7 +250,7 @@ fn the_longest_handshake_fits_the_documented_bound() {
 /// The byte stream `from` sends toward a peer with secret `[7; 20]` and
 /// pad seed 1 (the fuzz target's fixed machine), driven to the end.
 fn transcript(initiator_is_fixed: bool) -> Vec<u8> {
-    let config = Config { methods: Methods::BOTH, allow_plain: false };
+    let config = Config { methods: Methods::BOTH, allow_plain: false, prefer_rc4: true };
     let fixed = secret(7, 1);
     let other = secret(5, 2);
     let (sa, sb) = if initiator_is_fixed { (fixed, other) } else { (other, fixed) };
@@ -302,7 +319,7 @@ fn the_exchange_matches_an_independent_implementation_of_the_spec() {
     let step3 =
         unhex("d2c6b9cb511ebb2a9d63541944e24baed3feddbd3d417aa9be3c38b05843cfbca43b53944b54f99a785a48a33f63a5f7");
     let vc_b = unhex("7d6d0100e0ff85c0");
-    let config = Config { methods: Methods::BOTH, allow_plain: false };
+    let config = Config { methods: Methods::BOTH, allow_plain: false, prefer_rc4: true };
     let mut a = Handshake::initiator(config, IH, secret(7, 1), Vec::new());
     let mut b = Handshake::responder(config, &[IH], secret(9, 1));
     let a1 = transmit(&mut a);
@@ -321,8 +338,12 @@ fn the_exchange_matches_an_independent_implementation_of_the_spec() {
 
 #[test]
 fn an_initiator_answered_with_a_plain_handshake_fails_at_once() {
-    let mut h =
-        Handshake::initiator(Config { methods: Methods::BOTH, allow_plain: false }, IH, secret(1, 1), Vec::new());
+    let mut h = Handshake::initiator(
+        Config { methods: Methods::BOTH, allow_plain: false, prefer_rc4: false },
+        IH,
+        secret(1, 1),
+        Vec::new(),
+    );
     transmit(&mut h);
     h.receive(b"\x13BitTorrent protocol\0\0\0\0\0\0\0\0");
     assert!(matches!(outputs(&mut h).as_slice(), [Output::Failed(Error::PeerSpeaksPlain)]));

@@ -3,8 +3,8 @@
 //! bit 0 and 1: 0 = a responder fed the rest as a peer's bytes, 1 = an
 //! initiator fed them, 2 or 3 = an initiator and a responder driven
 //! against each other with the rest as cut sizes (they must agree);
-//! bits 2-3: the methods; bit 4: plain handshakes allowed; bits 5-7: the
-//! chunk size for the first two cases. The seeds hold real transcripts
+//! bits 2-3: the methods; bit 4: plain handshakes allowed; bit 5: prefer
+//! RC4; bits 5-7: the chunk size for the first two cases. The seeds hold real transcripts
 //! toward a responder with secret [7; 20] and pad seed 1, so mutations
 //! reach every stage, not only the key exchange.
 use libfuzzer_sys::fuzz_target;
@@ -33,7 +33,8 @@ fn drain(h: &mut Handshake, wire: &mut Vec<u8>, done: &mut Option<Method>) {
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let methods = Methods((mode as u32 >> 2) & 3);
-    let config = Config { methods, allow_plain: mode & 16 != 0 };
+    let prefer_rc4 = mode & 32 != 0;
+    let config = Config { methods, allow_plain: mode & 16 != 0, prefer_rc4 };
     if mode & 2 == 0 {
         let secret = Secret { private_key: [7; 20], pad_seed: 1 };
         let mut h = if mode & 1 == 0 {
@@ -59,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     let cuts: Vec<usize> = rest[1..].iter().map(|&b| b as usize * 4 + 1).collect();
     let mut a = Handshake::initiator(config, IH, Secret { private_key: [5; 20], pad_seed: rest[0] as u64 }, Vec::new());
     let mut b = Handshake::responder(
-        Config { methods: theirs, allow_plain: false },
+        Config { methods: theirs, allow_plain: false, prefer_rc4 },
         &[IH],
         Secret { private_key: [7; 20], pad_seed: rest[1] as u64 },
     );
@@ -84,7 +85,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(da.is_none() && db.is_none());
     } else {
         assert_eq!(da, db, "both sides agree");
-        let want = if common & 2 != 0 { Method::Rc4 } else { Method::Plaintext };
+        let rc4 = common & 2 != 0 && (prefer_rc4 || common & 1 == 0);
+        let want = if rc4 { Method::Rc4 } else { Method::Plaintext };
         assert_eq!(da, Some(want));
     }
 });

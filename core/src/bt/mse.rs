@@ -102,11 +102,14 @@ impl Methods {
 /// What a side accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Methods we provide (initiator) or may select (responder). A
-    /// responder given both selects RC4.
+    /// Methods we provide (initiator) or may select (responder).
     pub methods: Methods,
     /// A responder takes a plain BitTorrent handshake instead of MSE.
     pub allow_plain: bool,
+    /// A responder offered both methods selects RC4 (otherwise plaintext,
+    /// as libtorrent does by default: the handshake stays obfuscated and
+    /// the payload costs no cipher; a peer that wants RC4 offers only it).
+    pub prefer_rc4: bool,
 }
 
 /// The randomness a handshake needs, from the adapter.
@@ -634,7 +637,9 @@ impl Handshake {
     /// Responder, step 4, once the initial payload is in.
     fn respond(&mut self) {
         let common = Methods(self.methods.0 & self.config.methods.0);
-        let select = if common.contains(Methods::RC4) {
+        let select = if common.contains(Methods::PLAINTEXT) && !self.config.prefer_rc4 {
+            Methods::PLAINTEXT
+        } else if common.contains(Methods::RC4) {
             Methods::RC4
         } else if common.contains(Methods::PLAINTEXT) {
             Methods::PLAINTEXT

@@ -109,3 +109,20 @@ fn rumor_preferring_encryption_still_trades_with_a_plain_only_libtorrent() {
     assert_downloads(&mut get, &out, &data, Duration::from_secs(90), &[&seeder]);
     assert!(get.log_text().contains("dialing again in plain"), "log:\n{}", get.log_text());
 }
+
+#[test]
+fn two_rumors_obfuscate_by_default_and_use_rc4_when_one_requires_it() {
+    let s = Scratch::new("bt-enc-rumors");
+    let Fixture { src, data, torrent, .. } = fixture(&s.0, 25, &["--piece-size", "32768"]);
+    for (tag, get_policy, want) in [("default", "prefer", "Plaintext"), ("required", "require", "Rc4")] {
+        let port = free_port();
+        let seeder = seed(&s.0, &torrent, &src, port, &[]);
+        wait_listening(port);
+        let (mut get, out) = leech(&s.0, &torrent, port, &["--encryption", get_policy]);
+        assert_downloads(&mut get, &out, &data, Duration::from_secs(60), &[&seeder]);
+        let done = format!("encryption handshake done: {want}");
+        assert!(get.log_text().contains(&done), "{tag}: get log:\n{}", get.log_text());
+        assert!(seeder.log_text().contains(&done), "{tag}: seed log:\n{}", seeder.log_text());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

@@ -254,3 +254,133 @@ impl AsyncWrite for CipherWrite {
         Pin::new(&mut self.inner).poll_close(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumor_core::bt::mse::Output;
+    use std::sync::{Arc, Mutex};
+
+    /// Two matching keystreams: what an initiator encrypts with and what
+    /// its responder decrypts with, from a real handshake in memory.
+    fn keystreams() -> (Keystream, Keystream) {
+        let config = Config { methods: Methods::RC4, allow_plain: false, prefer_rc4: true };
+        let ih = InfoHash([3; 20]);
+        let mut a = Handshake::initiator(config, ih, Secret { private_key: [1; 20], pad_seed: 1 }, Vec::new());
+        let mut b = Handshake::responder(config, &[ih], Secret { private_key: [2; 20], pad_seed: 2 });
+        fn pump(from: &mut Handshake, to: &mut Handshake, done: &mut Option<rumor_core::bt::mse::Outcome>) {
+            loop {
+                match from.poll_output() {
+                    Output::Transmit(bytes) => to.receive(&bytes),
+                    Output::Done(o) => *done = Some(o),
+                    Output::Failed(e) => panic!("{e}"),
+                    Output::Pending => return,
+                }
+            }
+        }
+        let (mut oa, mut ob) = (None, None);
+        for _ in 0..10 {
+            pump(&mut a, &mut b, &mut oa);
+            pump(&mut b, &mut a, &mut ob);
+        }
+        let (oa, ob) = (oa.expect("initiator done"), ob.expect("responder done"));
+        (oa.send.expect("rc4"), ob.receive.expect("rc4"))
+    }
+
+    /// A socket that takes at most `max` bytes a call, and every third
+    /// call is not ready.
+    struct Choppy {
+        got: Arc<Mutex<Vec<u8>>>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Choppy {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 3 == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.max);
+            self.got.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Choppy {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 3 == 0 {
+                return Poll::Pending;
+            }
+            let mut got = self.got.lock().unwrap();
+            let n = buf.len().min(self.max).min(got.len());
+            buf[..n].copy_from_slice(&got[..n]);
+            got.drain(..n);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn messages() -> Vec<Vec<u8>> {
+        (0..50u32).map(|i| (0..(i * 37 % 300) as u8).map(|b| b ^ i as u8).collect()).collect()
+    }
+
+    #[test]
+    fn the_writer_puts_every_byte_on_the_wire_once_whatever_the_socket_takes() {
+        let (send, mut receive) = keystreams();
+        let wire = Arc::new(Mutex::new(Vec::new()));
+        let socket = Choppy { got: wire.clone(), max: 7, calls: 0 };
+        let mut w = CipherWrite { inner: Box::new(socket), keystream: send, pending: Vec::new(), at: 0, accepted: 0 };
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut plain = Vec::new();
+        for (i, m) in messages().iter().enumerate() {
+            // As write_all does: after Pending, the same bytes again.
+            let mut at = 0;
+            while at < m.len() {
+                match Pin::new(&mut w).poll_write(&mut cx, &m[at..]) {
+                    Poll::Ready(Ok(n)) => at += n,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => continue,
+                }
+            }
+            if i % 5 == 0 {
+                while Pin::new(&mut w).poll_flush(&mut cx).is_pending() {}
+            }
+            plain.extend_from_slice(m);
+        }
+        let mut wire = wire.lock().unwrap().clone();
+        assert_eq!(wire.len(), plain.len(), "every byte on the wire, once");
+        receive.apply(&mut wire);
+        assert_eq!(wire, plain);
+    }
+
+    #[test]
+    fn the_reader_yields_the_leftover_then_decrypts_the_rest() {
+        let (mut send, receive) = keystreams();
+        let plain: Vec<u8> = messages().concat();
+        let mut cipher = plain.clone();
+        send.apply(&mut cipher);
+        let socket = Choppy { got: Arc::new(Mutex::new(cipher)), max: 11, calls: 0 };
+        let leftover = b"already decrypted".to_vec();
+        let mut r = CipherRead { inner: Box::new(socket), prefix: leftover.clone(), at: 0, keystream: Some(receive) };
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 5];
+        while got.len() < leftover.len() + plain.len() {
+            match Pin::new(&mut r).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => continue,
+            }
+        }
+        assert_eq!(got, [leftover, plain].concat());
+    }
+}

@@ -298,7 +298,7 @@ mod tests {
     impl AsyncWrite for Choppy {
         fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
             self.calls += 1;
-            if self.calls % 3 == 0 {
+            if self.calls % 3 == 2 {
                 return Poll::Pending;
             }
             let n = buf.len().min(self.max);
@@ -316,7 +316,7 @@ mod tests {
     impl AsyncRead for Choppy {
         fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
             self.calls += 1;
-            if self.calls % 3 == 0 {
+            if self.calls % 3 == 2 {
                 return Poll::Pending;
             }
             let mut got = self.got.lock().unwrap();

@@ -13,6 +13,7 @@
 //! | [`wire`] | decode a peer's byte stream ([`wire::Decoder`]) and encode messages (BEP 3, 6, 10) |
 //! | [`pex`] | BEP 11 peer exchange messages, and what to send each connection ([`pex::PexSender`]) |
 //! | [`lsd`] | BEP 14 Local Service Discovery: announces to a multicast group and the machine that sends and hears them |
+//! | [`mse`] | Message Stream Encryption: the obfuscated handshake (a machine) and the RC4 keystreams after it |
 //! | [`bitfield`] | sets of pieces, to and from the wire form |
 //! | [`picker`] | choose which blocks to request from whom (rarest first, endgame, parole) |
 //! | [`choker`] | choose whom to upload to (tit-for-tat, optimistic unchoke, anti-snub) |
@@ -48,6 +49,7 @@ pub mod lsd;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod peers;
 pub mod pex;
 pub mod picker;

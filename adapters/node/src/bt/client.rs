@@ -16,6 +16,7 @@
 //! [`super::session`].
 
 use super::control::{self, Command, Status};
+use super::mse_stream::Crypto;
 use super::peer_conn::{when, ConnLimits, Peers};
 use super::progress::Progress;
 use super::storage::Storage;
@@ -446,7 +447,8 @@ impl Session {
             total: meta.total_length,
             torrent,
             announcer,
-            peers: Peers::new(clock, book, LIMITS),
+            peers: Peers::new(clock, book, LIMITS)
+                .with_crypto(Crypto { policy: opts.net.encryption, info_hash: meta.info_hash }),
             storage,
             disk,
             disk_pending,

@@ -27,6 +27,18 @@ pub fn seed() -> u64 {
     rng().lock().unwrap_or_else(|p| p.into_inner()).next_u64()
 }
 
+/// A fresh private key for an encryption handshake, straight from the
+/// operating system (a key from the seeded generator would be as guessable
+/// as its 64-bit seed).
+pub fn secret_key() -> [u8; 20] {
+    let mut k = [0u8; 20];
+    if getrandom::fill(&mut k).is_err() {
+        // No OS entropy: obfuscation still works, secrecy is weak.
+        rng().lock().unwrap_or_else(|p| p.into_inner()).fill(&mut k);
+    }
+    k
+}
+
 /// A fresh peer id: our client prefix (Azureus style) and 12 random
 /// characters.
 pub fn peer_id() -> PeerId {

@@ -12,6 +12,7 @@
 //! every peer the fetch learned (those that served it are due at once).
 //! [`super::session`] puts the two phases in sequence.
 
+use super::mse_stream::Crypto;
 use super::peer_conn::{when, ConnLimits, Peers};
 use super::trackers::{self, TrackerEvent};
 use super::PeerArgs;
@@ -143,7 +144,7 @@ pub async fn fetch(
         info_hash: ih,
         machine: MetadataFetch::new(config, ih, now),
         machine_at: now,
-        peers: Peers::new(clock, book, LIMITS),
+        peers: Peers::new(clock, book, LIMITS).with_crypto(Crypto { policy: net.encryption, info_hash: ih }),
         served: Vec::new(),
         result: None,
         announcer,

@@ -9,6 +9,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`peer_conn`] | the one peer layer: a connection task per peer carrying bytes for either machine, and `Peers` around the core peer book (`rumor_core::bt::peers`), handed from phase to phase |
+//! | [`mse_stream`] | `--encryption`: the MSE handshake on a new connection, then RC4 halves under the peer layer |
 //! | [`trackers`] | the announcer's HTTP and UDP requests |
 //! | [`lsd`] | Local Service Discovery (BEP 14): the core machine on the multicast group(s), peers found handed to the peer book |
 //! | [`overlay_member`] | the client as a cluster member (`--overlay`): providers in, our provider record out, a leave on exit |
@@ -27,6 +28,7 @@ mod control;
 mod entropy;
 mod lsd;
 mod magnet;
+mod mse_stream;
 mod overlay_member;
 mod peer_conn;
 mod progress;
@@ -121,6 +123,11 @@ pub struct PeerArgs {
     /// (never used for a private torrent).
     #[arg(long, env = "RUMOR_NO_LSD", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_lsd: bool,
+    /// Message Stream Encryption: prefer (accept plain and encrypted, dial
+    /// encrypted and fall back to plain), require (RC4 only, both ways),
+    /// off (plain only).
+    #[arg(long, value_enum, default_value_t = mse_stream::Encryption::Prefer)]
+    pub encryption: mse_stream::Encryption,
 }
 
 /// `rumor get FILE.torrent|MAGNET|INFOHASH -o DIR`.

@@ -22,6 +22,7 @@
 //! The owner is one task (the download's or the fetch's loop); nothing here
 //! is shared with another.
 
+use super::mse_stream::Crypto;
 use crate::clock::Clock;
 use crate::rt::{self, TcpStream};
 use async_channel::{Receiver, Sender, TrySendError};
@@ -114,6 +115,7 @@ pub struct Peers {
     limits: ConnLimits,
     events_tx: Sender<PeerInput>,
     events_rx: Receiver<PeerInput>,
+    crypto: Crypto,
 }
 
 impl Peers {
@@ -122,7 +124,14 @@ impl Peers {
     /// one `Peers` per machine.
     pub fn new(clock: Clock, book: PeerBook, limits: ConnLimits) -> Peers {
         let (events_tx, events_rx) = async_channel::bounded(PEER_EVENTS_MAX);
-        Peers { clock, book, conns: BTreeMap::new(), next_key: 1, limits, events_tx, events_rx }
+        Peers { clock, book, conns: BTreeMap::new(), next_key: 1, limits, events_tx, events_rx, crypto: Crypto::off() }
+    }
+
+    /// Negotiates encryption on every connection from now on (see
+    /// [`super::mse_stream`]).
+    pub fn with_crypto(mut self, crypto: Crypto) -> Peers {
+        self.crypto = crypto;
+        self
     }
 
     /// The channel the owner reads [`PeerInput`]s from; pass each to
@@ -186,7 +195,7 @@ impl Peers {
         self.next_key += 1;
         let (tx, rx) = async_channel::bounded(SEND_MESSAGES_MAX);
         let queued = Arc::new(AtomicUsize::new(0));
-        let task = Task::spawn(run(key, open, self.events_tx.clone(), rx, queued.clone(), self.limits));
+        let task = Task::spawn(run(key, open, self.events_tx.clone(), rx, queued.clone(), self.limits, self.crypto));
         self.conns.insert(key, Conn { addr, incoming, up: false, tx, queued, _task: task });
     }
 
@@ -312,7 +321,12 @@ async fn run(
     out: Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     limits: ConnLimits,
+    crypto: Crypto,
 ) {
+    let dialed = match &open {
+        Open::Dial(addr) => Some(*addr),
+        Open::Accepted(_) => None,
+    };
     let stream = match open {
         Open::Accepted(s) => s,
         Open::Dial(addr) => match rt::timeout(DIAL_TIMEOUT, rt::connect(addr)).await {
@@ -329,7 +343,23 @@ async fn run(
             }
         },
     };
-    if events.send(PeerInput::Connected { peer }).await.is_err() {
+    // Encryption first (bt/mse_stream.rs): the stream after it reads and
+    // writes plaintext, so nothing below knows whether it is encrypted. An
+    // incoming connection is reported before it (the machine counts it as
+    // one that has not handshaken yet, which gives way to a newcomer when
+    // the slots are full); a dial only once it is usable, so a failed
+    // handshake is booked as a failed dial.
+    if dialed.is_none() && events.send(PeerInput::Connected { peer }).await.is_err() {
+        return;
+    }
+    let stream = match super::mse_stream::negotiate(stream, dialed, crypto).await {
+        Ok(s) => s,
+        Err(reason) => {
+            let _ = events.send(PeerInput::Closed { peer, reason }).await;
+            return;
+        }
+    };
+    if dialed.is_some() && events.send(PeerInput::Connected { peer }).await.is_err() {
         return;
     }
     let (mut r, mut w) = stream.into_split();

@@ -325,8 +325,6 @@ struct Conn {
     peer_id: PeerId,
     fast: bool,
     extended: bool,
-    /// Only the first message may be a bitfield / have-all / have-none.
-    first_message: bool,
     am_choking: bool,
     am_interested: bool,
     am_interested_since: Option<Instant>,
@@ -605,7 +603,6 @@ impl Torrent {
                 peer_id: [0; 20],
                 fast: false,
                 extended: false,
-                first_message: true,
                 am_choking: true,
                 am_interested: false,
                 am_interested_since: None,
@@ -732,13 +729,6 @@ impl Torrent {
     fn on_message(&mut self, now: Instant, peer: PeerKey, m: Message) {
         let n = self.picker.piece_count();
         let c = self.conns.get_mut(&peer).expect("connected");
-        // Keep-alives and extension messages don't count as "the first
-        // message" that a bitfield or have-all/none must be.
-        let first = if matches!(m, Message::KeepAlive | Message::Extended { .. }) {
-            c.first_message
-        } else {
-            std::mem::replace(&mut c.first_message, false)
-        };
         let fast = c.fast;
         match m {
             Message::KeepAlive => {}
@@ -773,24 +763,32 @@ impl Torrent {
                 self.picker.peer_have(peer, i);
                 self.update_interest(now, peer);
             }
+            // BEP 3 wants the bitfield first, but aria2 sends another part
+            // way through a connection (after some haves): as libtorrent
+            // does, a later one replaces what we knew the peer has. Only a
+            // bitfield that does not fit the torrent is refused (the
+            // decoder checked its length and spare bits already).
             Message::Bitfield(b) => {
-                if !first {
-                    return self.disconnect(peer, DisconnectReason::Misbehaved("late bitfield"));
-                }
                 match Bitfield::from_wire(&b, n) {
                     Some(bf) => self.picker.peer_bitfield(peer, &bf),
                     None => return self.disconnect(peer, DisconnectReason::Misbehaved("bad bitfield")),
                 }
                 self.update_interest(now, peer);
             }
-            Message::HaveAll | Message::HaveNone if !fast || !first => {
-                self.disconnect(peer, DisconnectReason::Misbehaved("unexpected have-all/none"));
+            // Have-all and have-none are BEP 6's: without the fast
+            // extension negotiated they are a broken peer. With it, a late
+            // one is an update like a late bitfield.
+            Message::HaveAll | Message::HaveNone if !fast => {
+                self.disconnect(peer, DisconnectReason::Misbehaved("have-all/none without the fast extension"));
             }
             Message::HaveAll => {
                 self.picker.peer_have_all(peer);
                 self.update_interest(now, peer);
             }
-            Message::HaveNone => {}
+            Message::HaveNone => {
+                self.picker.peer_have_none(peer);
+                self.update_interest(now, peer);
+            }
             Message::Request(r) => self.on_request(now, peer, r),
             Message::Cancel(r) => {
                 c.reads.remove(&r);

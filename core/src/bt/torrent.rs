@@ -201,6 +201,15 @@ pub enum Event {
     },
     /// A peer sent bad data too often; refuse its address from now on.
     PeerBanned(PeerKey),
+    /// A peer's extension handshake (BEP 10 `p`) says where it listens:
+    /// the adapter may dial it there if a connection it made to us is
+    /// lost for a transient reason.
+    PeerListens {
+        /// Connection handle.
+        peer: PeerKey,
+        /// Its listen port (never 0).
+        port: u16,
+    },
     /// A peer told us of other peers (BEP 11): the adapter may connect.
     PexPeers {
         /// Who told us.
@@ -803,6 +812,9 @@ impl Torrent {
                 if let Ok(h) = ExtHandshake::parse(&payload) {
                     c.peer_reqq = h.reqq;
                     c.peer_ut_metadata = h.m.get("ut_metadata").copied().filter(|i| *i != 0);
+                    if let Some(port) = h.p.filter(|p| *p != 0) {
+                        self.out.push_back(Output::Event(Event::PeerListens { peer, port }));
+                    }
                 }
             }
             Message::Extended { id: UT_METADATA_ID, payload } => self.on_metadata(now, peer, &payload),

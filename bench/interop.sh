@@ -63,12 +63,16 @@ cleanup_all() {
 trap cleanup_all EXIT
 trap 'exit 130' INT TERM
 
-# Free ports from a per-run base below the ephemeral range, skipping any in use.
-NEXT_PORT=$((20000 + RANDOM % 8000))
+# Free ports from a per-run base below the ephemeral range, skipping any in
+# use; the counter lives in a file, as `$(port)` runs in a subshell.
+echo $((20000 + RANDOM % 8000)) >"$WORK/port"
 port() {
-    while ss -Htan "sport = :$NEXT_PORT" | grep -q .; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    echo $NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
+    local p n=${1:-1}
+    p=$(cat "$WORK/port")
+    while ss -Hta "sport >= :$p and sport < :$((p + n))" | grep -q . ||
+        ss -Hua "sport >= :$p and sport < :$((p + n))" | grep -q .; do p=$((p + n)); done
+    echo $((p + n)) >"$WORK/port"
+    echo "$p"
 }
 now() { date +%s.%N; }
 # Waits up to $1 seconds for the command in the remaining arguments to succeed.
@@ -184,7 +188,11 @@ seed_aria2() {
 leech_aria2() {
     mkdir -p "$1"
     # shellcheck disable=SC2046
-    aria2c "${ARIA_COMMON[@]}" $(aria_enc) --seed-time=0 --listen-port="$(port)" -d "$1" "$WHAT" \
+    # A range: with a magnet link aria2 binds once for the metadata and
+    # again for the download.
+    local p
+    p=$(port 8)
+    aria2c "${ARIA_COMMON[@]}" $(aria_enc) --seed-time=0 --listen-port="$p-$((p + 7))" -d "$1" "$WHAT" \
         >"$CELL/aria2.log" 2>&1 &
     PIDS+=($!)
     ARIA_PID=$!
@@ -213,6 +221,7 @@ leech_transmission() {
     transmission-remote "$TR_RPC" -a "$WHAT" >>"$CELL/transmission.log" 2>&1
 }
 done_transmission() { transmission-remote "$TR_RPC" -t 1 -i 2>/dev/null | grep -q 'Percent Done: 100%'; }
+announced_transmission() { transmission-remote "$TR_RPC" -t 1 -it 2>/dev/null | grep -q 'Got a list of'; }
 
 qb_start() {
     QB_WEB=$(port)
@@ -257,6 +266,10 @@ leech_qbittorrent() {
         curl -sf -F "torrents=@$WHAT" -F "savepath=$1" "http://127.0.0.1:$QB_WEB/api/v2/torrents/add"
     fi >>"$CELL/qbittorrent.log" 2>&1
 }
+announced_qbittorrent() {
+    curl -sf "http://127.0.0.1:$QB_WEB/api/v2/torrents/trackers?hash=$IH" |
+        "$PY" -c 'import json,sys; sys.exit(0 if any(t["tier"] >= 0 and (t["status"] == 2 or t["num_leeches"] > 0 or t["num_seeds"] > 0) for t in json.load(sys.stdin)) else 1)'
+}
 done_qbittorrent() {
     curl -sf "http://127.0.0.1:$QB_WEB/api/v2/torrents/info" |
         "$PY" -c 'import json,sys; t=json.load(sys.stdin); sys.exit(0 if t and t[0]["progress"]>=1 and t[0]["state"] not in ("checkingUP","checkingDL","checkingResumeData","metaDL") else 1)'
@@ -270,7 +283,7 @@ s = lt.session({"listen_interfaces": "127.0.0.1:%d" % port, "enable_dht": False,
     "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False, "enable_incoming_utp": False,
     "allow_multiple_connections_per_ip": True, "out_enc_policy": pol, "in_enc_policy": pol,
     "allowed_enc_level": lvl, "announce_to_all_tiers": True,
-    "alert_mask": lt.alert.category_t.error_notification})
+    "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.tracker_notification})
 p = lt.parse_magnet_uri(what) if what.startswith("magnet:") else lt.add_torrent_params()
 if not what.startswith("magnet:"):
     p.ti = lt.torrent_info(what)
@@ -278,7 +291,10 @@ p.save_path = save
 h = s.add_torrent(p)
 while True:
     for a in s.pop_alerts():
-        print("alert:", a.message(), flush=True)
+        if isinstance(a, lt.tracker_reply_alert):
+            open(save + "/.announced", "w").close()
+        if a.category() & lt.alert.category_t.error_notification:
+            print("alert:", a.message(), flush=True)
     st = h.status()
     if mode == "leech" and st.is_seeding:
         print("DONE", flush=True)
@@ -301,6 +317,10 @@ leech_libtorrent() {
     PIDS+=($!)
 }
 done_libtorrent() { test -e "$1/.done"; }
+announced_libtorrent() { test -e "$1/.announced"; }
+# aria2 dials the peers its tracker gives, and rumor dials too: nothing to wait for.
+announced_aria2() { true; }
+announced_rumor() { true; }
 
 rumor_enc() { [ "$ENC" = 1 ] && echo "--encryption require"; }
 seed_rumor() {
@@ -326,6 +346,47 @@ written() {
         awk '{s += $1} END {print s * 512 + 0}'
 }
 
+# Every file of the source is in the download with the same bytes, and
+# nothing else is; an empty file may be missing (transmission 3.00 does not
+# create empty files), which is noted.
+same_tree() {
+    "$PY" - "$1" "$2" <<'EOF'
+import os, sys, filecmp
+src, dst = sys.argv[1], sys.argv[2]
+def files(root):
+    out = {}
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            if not f.startswith("."):
+                p = os.path.join(d, f); out[os.path.relpath(p, root)] = os.path.getsize(p)
+    return out
+a, b = files(src), files(dst) if os.path.isdir(dst) else {}
+bad = [f for f in b if f not in a] + [f for f, n in a.items() if f not in b and n > 0]
+bad += [f for f, n in a.items() if f in b and not filecmp.cmp(os.path.join(src, f), os.path.join(dst, f), shallow=False)]
+if bad:
+    print("differs: " + ", ".join(sorted(bad))); sys.exit(1)
+missing = [f for f in a if f not in b]
+if missing:
+    print("(empty file not created: %s)" % ", ".join(missing))
+EOF
+}
+
+# got_X OUT_DIR: payload bytes X has received so far (its own count where
+# it keeps data in a cache before writing it).
+got_aria2() { written "$1"; }
+got_libtorrent() { written "$1"; }
+got_rumor() { written "$1"; }
+# (its API's count lags by a second or so: whichever says more)
+got_qbittorrent() {
+    local w
+    w=$(written "$1")
+    curl -sf "http://127.0.0.1:$QB_WEB/api/v2/torrents/info" |
+        "$PY" -c 'import json,sys; t=json.load(sys.stdin); print(max(int(sys.argv[1]), t[0]["downloaded"] if t else 0))' "$w" 2>/dev/null || echo "$w"
+}
+got_transmission() {
+    transmission-remote "$TR_RPC" -t 1 -i 2>/dev/null | awk '/^  Downloaded:/ {print ($2 == "None") ? 0 : 1; f=1} END {if (!f) print 0}'
+}
+
 # ---- one cell ----
 # cell SEEDER LEECHER MODE TRACKER
 FAILS=0
@@ -333,7 +394,12 @@ cell() {
     local seeder=$1 leecher=$2 mode=$3 tracker=$4
     CELL=$WORK/cell-$seeder-$leecher-$mode-$tracker
     mkdir -p "$CELL"
-    start_tracker "$tracker" || { report "$@" fail "tracker did not start"; return; }
+    if ! start_tracker "$tracker"; then
+        cleanup_cell
+        report "$@" fail "the tracker did not start"
+        FAILS=$((FAILS + 1))
+        return
+    fi
     make_torrent
     WHAT=$TORRENT
     [ "$mode" = magnet ] && WHAT=$MAGNET
@@ -342,20 +408,24 @@ cell() {
     cp -al "$SRC/$NAME" "$seed_dir/" 2>/dev/null || cp -a "$SRC/$NAME" "$seed_dir/"
     local t0 first="" t_done="" why=""
     # rumor always starts second and dials (see the top).
-    if [ "$seeder" = rumor ]; then
+    # The first side must have announced before the second starts, or the
+    # second learns nothing until a re-announce. The side that dials starts
+    # second: rumor, or the seeder when the leecher is transmission.
+    if [ "$seeder" = rumor ] || { [ "$leecher" = transmission ] && [ "$seeder" != transmission ]; }; then
         "leech_$leecher" "$out"
-        sleep 0.5
+        wait_for 20 "announced_$leecher" "$out" || why="$leecher did not announce"
         t0=$(now)
         "seed_$seeder" "$seed_dir"
     else
         "seed_$seeder" "$seed_dir" || why="the seeder did not verify its data"
+        wait_for 20 "announced_$seeder" "$seed_dir" || why="$seeder did not announce"
         t0=$(now)
         "leech_$leecher" "$out"
     fi
     local end
     end=$(echo "$t0 + $CELL_TIMEOUT" | bc)
     while [ -z "$why" ]; do
-        if [ -z "$first" ] && [ "$(written "$out")" -gt 0 ]; then first=$(now); fi
+        if [ -z "$first" ] && [ "$("got_$leecher" "$out")" -gt 0 ]; then first=$(now); fi
         if "done_$leecher" "$out"; then
             t_done=$(now)
             break
@@ -369,19 +439,20 @@ cell() {
     [ -z "$first" ] && first=${t_done:-$t0}
     if [ -z "$why" ]; then
         # A client may report done a moment before its last write lands.
-        wait_for 5 diff -r "$SRC/$NAME" "$out/$NAME" || why="the download differs from the source"
+        wait_for 5 same_tree "$SRC/$NAME" "$out/$NAME" || why="the download differs: $(same_tree "$SRC/$NAME" "$out/$NAME" 2>&1)"
     fi
     cleanup_cell
     if [ -n "$why" ]; then
         report "$@" fail "$why"
         FAILS=$((FAILS + 1))
-        [ "${KEEP:-0}" = 1 ] || true
     else
         local secs ttfb rate
         secs=$(echo "$t_done - $t0" | bc)
         ttfb=$(echo "$first - $t0" | bc)
         rate=$(echo "scale=1; $SIZE_MIB / ($t_done - $first + 0.001)" | bc)
-        report "$@" pass "$(printf '%6.1f MiB/s  first byte %5.2f s  total %6.2f s' "$rate" "$ttfb" "$secs")"
+        local note
+        note=$(same_tree "$SRC/$NAME" "$out/$NAME" 2>&1)
+        report "$@" pass "$(printf '%6.1f MiB/s  first byte %5.2f s  total %6.2f s' "$rate" "$ttfb" "$secs") $note"
         [ "${KEEP:-0}" = 1 ] || rm -rf "$CELL"
     fi
 }

@@ -91,7 +91,14 @@ pub struct TorrentConfig {
     pub tick: Duration,
     /// Data in flight per peer should cover this long at its rate.
     pub target_request_delay: Duration,
-    /// Most requests from one peer we queue; more are rejected.
+    /// Most requests from one peer we queue; more are rejected. We
+    /// advertise it as `reqq` (BEP 10), and some clients keep exactly that
+    /// many in flight and refill only on a timer: transmission 3.00 tops
+    /// its queue up about once a second, so with 250 it could never take
+    /// more than 250 x 16 KiB a second from us (it got 3.4 MiB/s, and 21
+    /// MiB/s from libtorrent, which allows 2000). A queued request costs
+    /// us a [`BlockRef`]; its reply is read only when the peer's socket
+    /// has room, so the depth costs no block memory.
     pub peer_requests_max: usize,
     /// Most of our requests in flight to one peer, whatever its rate.
     pub our_requests_max: u32,
@@ -115,7 +122,8 @@ pub struct TorrentConfig {
 impl TorrentConfig {
     /// Defaults around `peer_id`: 50 peers, 60 s request timeout, 120 s
     /// idle timeout, useless peers give way at once, 90 s keep-alive, 10 s choke rounds, 1 s ticks, 3 s
-    /// target delay, 250 queued requests per peer, trust capped at 8 and
+    /// target delay, 2000 queued requests per peer (libtorrent's
+    /// `max_allowed_in_request_queue`), trust capped at 8 and
     /// banned at -7.
     pub fn new(peer_id: PeerId) -> TorrentConfig {
         TorrentConfig {
@@ -128,7 +136,7 @@ impl TorrentConfig {
             choke_interval: Duration::from_secs(10),
             tick: Duration::from_secs(1),
             target_request_delay: Duration::from_secs(3),
-            peer_requests_max: 250,
+            peer_requests_max: 2000,
             our_requests_max: 500,
             trust_max: 8,
             trust_ban_at: -7,

@@ -45,8 +45,8 @@ use std::time::Duration;
 /// Connection buffers: reads of 64 KiB; at 4 MiB queued to a peer we stop
 /// reading from it (so it cannot ask for more) and hold its piece replies
 /// until the queue drains. What is queued past that is bounded by the
-/// machine's 250 queued requests (4 MiB of replies) and one read's worth
-/// of other messages, so only a peer whose requests cost us far more than
+/// replies already read for it (at most `READS_IN_FLIGHT_MAX`, 4 MiB) and
+/// one read's worth of other messages, so only a peer whose requests cost us far more than
 /// they cost it (BEP 9 metadata pieces, 16 KiB for 30 bytes) reaches
 /// 32 MiB, and is dropped.
 const LIMITS: ConnLimits =

@@ -306,14 +306,20 @@ while True:
     time.sleep(0.05)
 '
 seed_libtorrent() {
-    "$PY" -c "$LT_PY" seed "$TORRENT" "$1" "$(port)" "$ENC" >"$CELL/libtorrent.log" 2>&1 &
+    # Ports are taken before `&`: a background command expands its
+    # arguments in the child, racing the next port() of this shell.
+    local p
+    p=$(port)
+    "$PY" -c "$LT_PY" seed "$TORRENT" "$1" "$p" "$ENC" >"$CELL/libtorrent.log" 2>&1 &
     PIDS+=($!)
     wait_for 60 test -e "$1/.seeding"
     rm -f "$1/.seeding"
 }
 leech_libtorrent() {
     mkdir -p "$1"
-    "$PY" -c "$LT_PY" leech "$WHAT" "$1" "$(port)" "$ENC" >"$CELL/libtorrent.log" 2>&1 &
+    local p
+    p=$(port)
+    "$PY" -c "$LT_PY" leech "$WHAT" "$1" "$p" "$ENC" >"$CELL/libtorrent.log" 2>&1 &
     PIDS+=($!)
 }
 done_libtorrent() { test -e "$1/.done"; }
@@ -325,14 +331,21 @@ announced_rumor() { true; }
 rumor_enc() { [ "$ENC" = 1 ] && echo "--encryption require"; }
 seed_rumor() {
     # shellcheck disable=SC2046
-    "$RUMOR" seed "$TORRENT" "$1" --quiet --bind 127.0.0.1 --port "$(port)" --control 127.0.0.1:"$(port)" \
+    local p c
+    p=$(port)
+    c=$(port)
+    # shellcheck disable=SC2046
+    "$RUMOR" seed "$TORRENT" "$1" --quiet --bind 127.0.0.1 --port "$p" --control 127.0.0.1:"$c" \
         $(rumor_enc) >"$CELL/rumor-seed.log" 2>&1 &
     PIDS+=($!)
 }
 leech_rumor() {
     mkdir -p "$1"
     # shellcheck disable=SC2046
-    "$RUMOR" get "$WHAT" -o "$1" --no-seed --quiet --bind 127.0.0.1 --port "$(port)" $(rumor_enc) \
+    local p
+    p=$(port)
+    # shellcheck disable=SC2046
+    "$RUMOR" get "$WHAT" -o "$1" --no-seed --quiet --bind 127.0.0.1 --port "$p" $(rumor_enc) \
         >"$CELL/rumor-get.log" 2>&1 &
     PIDS+=($!)
     RUMOR_GET_PID=$!

@@ -110,3 +110,72 @@ fn rumor_downloads_from_a_transmission_seeder() {
     assert_success(&mut get, Duration::from_secs(60), &[&tr.proc]);
     assert_same_content(&data, &out.join("payload"));
 }
+
+/// A peer that asks for 30 MiB at once and then reads nothing for a
+/// while: rumor paces it by its socket (stops reading its requests, holds
+/// the replies) instead of dropping it when its send queue fills, and
+/// every block arrives once the peer reads again.
+#[test]
+fn a_peer_that_asks_for_much_and_reads_slowly_is_paced_not_dropped() {
+    use rumor_core::bt::wire::{BlockRef, Decoder, DecoderConfig, Handshake, Message, BLOCK_LEN};
+    use std::io::{Read, Write};
+    let s = Scratch::new("bt-slow-reader");
+    let src = s.0.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let len = 30usize << 20;
+    let data = content(16, len);
+    std::fs::write(src.join("big.bin"), &data).unwrap();
+    let torrent = s.0.join("t.torrent");
+    rumor_create(&src.join("big.bin"), &torrent, &["--piece-size", "1048576"]);
+    let meta = metainfo_of(&torrent);
+    let port = free_port();
+    let seeder = rumor_seed(&s.0, "seed", &torrent, &src, port, &[]);
+    wait_listening(port);
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = Vec::new();
+    Handshake::new(meta.info_hash, *b"-XX0001-slowreader01").encode(&mut out);
+    Message::Interested.encode(&mut out);
+    sock.write_all(&out).unwrap();
+    let pieces = meta.piece_count();
+    let mut dec = Decoder::new(DecoderConfig { piece_count: pieces, ..DecoderConfig::default() });
+    let mut buf = vec![0u8; 1 << 16];
+    let mut next = |sock: &mut std::net::TcpStream, dec: &mut Decoder| loop {
+        if let Some(m) = dec.next() {
+            return m.unwrap();
+        }
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "rumor closed the connection:\n{}", seeder.log_text());
+        dec.feed(&buf[..n]);
+        if let Some(h) = dec.take_handshake() {
+            h.unwrap();
+        }
+    };
+    while next(&mut sock, &mut dec) != Message::Unchoke {}
+    // Every block, within rumor's advertised request queue (2000).
+    let blocks: Vec<BlockRef> = (0..(len as u32 / BLOCK_LEN))
+        .map(|i| BlockRef { index: i * BLOCK_LEN / (1 << 20), begin: i * BLOCK_LEN % (1 << 20), length: BLOCK_LEN })
+        .collect();
+    assert!(blocks.len() <= 2000);
+    let mut reqs = Vec::new();
+    for b in &blocks {
+        Message::Request(*b).encode(&mut reqs);
+    }
+    sock.write_all(&reqs).unwrap();
+    // Read nothing for a while: far more than rumor's 4 MiB soft limit and
+    // the socket buffers is asked for.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = vec![false; blocks.len()];
+    let mut left = blocks.len();
+    while left > 0 {
+        if let Message::Piece { index, begin, data: d } = next(&mut sock, &mut dec) {
+            let at = index as usize * (1 << 20) + begin as usize;
+            assert_eq!(&d[..], &data[at..at + d.len()], "block {index}/{begin} has wrong bytes");
+            let i = at / BLOCK_LEN as usize;
+            assert!(!got[i], "block {index}/{begin} came twice");
+            got[i] = true;
+            left -= 1;
+        }
+    }
+    assert!(!seeder.log_text().contains("dropped"), "{}", seeder.log_text());
+}

@@ -752,13 +752,26 @@ impl Session {
 
     fn on_disconnect(&mut self, peer: PeerKey, reason: DisconnectReason) {
         let addr = match reason {
-            // Never again: bad data, ourselves, another torrent.
-            DisconnectReason::Banned | DisconnectReason::SelfConnection | DisconnectReason::WrongInfoHash => {
-                self.peers.ban(peer)
-            }
+            // Never again: bad data, ourselves, another torrent, or what a
+            // working client never sends (pieces out of range, a bitfield
+            // that does not fit, a flood of blocks nobody asked for; what
+            // real clients do send is taken).
+            DisconnectReason::Banned
+            | DisconnectReason::SelfConnection
+            | DisconnectReason::WrongInfoHash
+            | DisconnectReason::Misbehaved(_) => self.peers.ban(peer),
             // Nothing to trade until one of us loses data: much later.
             DisconnectReason::BothSeeds => self.peers.drop_peer(peer, Closed::Useless),
-            _ => self.peers.drop_peer(peer, Closed::Transient),
+            // It had been of no use either way: one that dialed us is not
+            // dialed back (a flood of idle connections must not make us
+            // dial them all).
+            DisconnectReason::GaveWay if self.peers.is_incoming(peer) => self.peers.drop_peer(peer, Closed::Useless),
+            // Lost for a reason that may pass (silence, a framing error,
+            // no room): dialed again after the backoff.
+            DisconnectReason::GaveWay
+            | DisconnectReason::Protocol(_)
+            | DisconnectReason::TooManyPeers
+            | DisconnectReason::Idle => self.peers.drop_peer(peer, Closed::Transient),
         };
         if let Some(addr) = addr {
             // Giving way happens once per newcomer under a flood of idle

@@ -230,6 +230,11 @@ qb_start() {
     qport=$(port)
     [ "$ENC" = 1 ] && enc=1
     mkdir -p "$CELL/qb/qBittorrent/config" "$1"
+    # MultiConnectionsPerIp: every peer here is 127.0.0.1, and by default
+    # libtorrent (under qBittorrent) keeps one peer entry per IP; once
+    # opentracker hands qBittorrent its own address and it bans that
+    # self-connection, it refuses every loopback peer. Real peers have
+    # addresses of their own.
     cat >"$CELL/qb/qBittorrent/config/qBittorrent.conf" <<EOF
 [LegalNotice]
 Accepted=true
@@ -241,6 +246,7 @@ Session\\Port=$qport
 Session\\DefaultSavePath=$1
 Session\\Encryption=$enc
 Session\\AnonymousModeEnabled=false
+Session\\MultiConnectionsPerIp=true
 [Preferences]
 WebUI\\Address=127.0.0.1
 WebUI\\Port=$QB_WEB

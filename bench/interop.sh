@@ -285,7 +285,8 @@ done_qbittorrent() {
 LT_PY='
 import sys, time, libtorrent as lt
 mode, what, save, port, enc = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
-pol, lvl = (0, 1) if enc else (1, 3)
+# enc_policy 0 forced, 1 enabled; enc_level 1 plaintext, 2 RC4, 3 both.
+pol, lvl = (0, 2) if enc else (1, 3)
 s = lt.session({"listen_interfaces": "127.0.0.1:%d" % port, "enable_dht": False, "enable_lsd": False,
     "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False, "enable_incoming_utp": False,
     "allow_multiple_connections_per_ip": True, "out_enc_policy": pol, "in_enc_policy": pol,

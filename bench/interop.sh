@@ -13,7 +13,7 @@
 # opentracker, a SIZE_MIB multi-file torrent (an empty file, a nested
 # folder, a name with spaces and UTF-8) is transferred and compared byte for
 # byte. Each cell prints pass/fail, MiB/s (payload over the time from the
-# first byte received to the last on disk), the time to the first byte
+# first byte received to the end), the time to the first byte
 # (from the moment both sides run) and the total time (until the client
 # says it is complete). With BASELINE=1 (the default) each client
 # also downloads from a libtorrent seeder in the same run ("X<-libtorrent"),
@@ -447,9 +447,13 @@ cell() {
     end=$(echo "$t0 + $CELL_TIMEOUT" | bc)
     while [ -z "$why" ]; do
         if [ -z "$first" ] && [ "$("got_$leecher" "$out")" -gt 0 ]; then first=$(now); fi
-        # Every byte on disk: the end of the transfer (a client's own
-        # "complete" may lag, as qBittorrent's API does by a second).
-        if [ -z "$full" ] && [ "$(written "$out")" -ge "$SIZE_BYTES" ]; then full=$(now); fi
+        # qBittorrent's API says "complete" a second or so late: for it the
+        # transfer ends when every byte is on disk. (Not for the others:
+        # aria2 allocates blocks ahead of the data, and their own signal,
+        # an exit or a file, is prompt.)
+        if [ "$leecher" = qbittorrent ] && [ -z "$full" ] && [ "$(written "$out")" -ge "$SIZE_BYTES" ]; then
+            full=$(now)
+        fi
         if "done_$leecher" "$out"; then
             t_done=$(now)
             break
@@ -462,6 +466,7 @@ cell() {
     done
     [ -z "$first" ] && first=${t_done:-$t0}
     [ -z "$full" ] && full=${t_done:-$t0}
+    [ -n "$t_done" ] && [ "$(echo "$full > $t_done" | bc)" = 1 ] && full=$t_done
     if [ -z "$why" ]; then
         # A client may report done a moment before its last write lands.
         wait_for 5 same_tree "$SRC/$NAME" "$out/$NAME" || why="the download differs: $(same_tree "$SRC/$NAME" "$out/$NAME" 2>&1)"

@@ -92,13 +92,13 @@ pub struct TorrentConfig {
     /// Data in flight per peer should cover this long at its rate.
     pub target_request_delay: Duration,
     /// Most requests from one peer we queue; more are rejected. We
-    /// advertise it as `reqq` (BEP 10), and some clients keep exactly that
-    /// many in flight and refill only on a timer: transmission 3.00 tops
-    /// its queue up about once a second, so with 250 it could never take
-    /// more than 250 x 16 KiB a second from us (it got 3.4 MiB/s, and 21
-    /// MiB/s from libtorrent, which allows 2000). A queued request costs
-    /// us a [`BlockRef`]; its reply is read only when the peer's socket
-    /// has room, so the depth costs no block memory.
+    /// advertise it as `reqq` (BEP 10), and clients never keep more than
+    /// that in flight: transmission 3.00 took 3.4 MiB/s from us with 250
+    /// and 12 MiB/s with 2000 (libtorrent's value; it got the same from
+    /// libtorrent in the same run), as if it refilled its queue about once
+    /// a second. A queued request costs us a [`BlockRef`]; the adapter
+    /// reads its reply only when the peer's socket has room, so the depth
+    /// costs no block memory.
     pub peer_requests_max: usize,
     /// Most of our requests in flight to one peer, whatever its rate.
     pub our_requests_max: u32,

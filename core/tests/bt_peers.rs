@@ -15,6 +15,7 @@ enum Op {
     Closed(u8, u8),
     Accept(u8),
     IncomingClosed(u8),
+    Lost(u8),
     Ban(u8),
     Strike(u8),
     RetryNow,
@@ -24,7 +25,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (any::<u8>(), 0u8..4).prop_map(|(a, s)| Op::Learn(a, s)),
+        4 => (any::<u8>(), 0u8..5).prop_map(|(a, s)| Op::Learn(a, s)),
         3 => (0u8..20).prop_map(Op::Due),
         3 => any::<u8>().prop_map(Op::Connected),
         1 => any::<u8>().prop_map(Op::Ready),
@@ -32,6 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<u8>(), 0u8..3).prop_map(|(a, h)| Op::Closed(a, h)),
         2 => any::<u8>().prop_map(Op::Accept),
         1 => any::<u8>().prop_map(Op::IncomingClosed),
+        1 => any::<u8>().prop_map(Op::Lost),
         1 => any::<u8>().prop_map(Op::Ban),
         1 => any::<u8>().prop_map(Op::Strike),
         1 => Just(Op::RetryNow),
@@ -61,7 +63,7 @@ proptest! {
         };
         let mut b = PeerBook::new(config, seed);
         let mut now = Instant::ZERO;
-        let sources = [Source::Given, Source::Tracker, Source::Overlay, Source::Pex];
+        let sources = [Source::Given, Source::Tracker, Source::Overlay, Source::Pex, Source::Incoming];
         let hows = [Closed::Finished, Closed::Transient, Closed::Useless];
         for op in ops {
             match op {
@@ -83,6 +85,7 @@ proptest! {
                     let _ = b.accept(addr(a));
                 }
                 Op::IncomingClosed(a) => b.incoming_closed(addr(a)),
+                Op::Lost(a) => b.lost(now, addr(a)),
                 Op::Ban(a) => b.ban(addr(a)),
                 Op::Strike(a) => {
                     b.strike(addr(a));

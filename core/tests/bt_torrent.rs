@@ -502,7 +502,7 @@ fn a_cancelled_request_is_not_answered() {
 fn protocol_violations_drop_the_peer() {
     let cases: Vec<(Vec<Message>, &str)> = vec![
         (vec![Message::Have(99)], "have out of range"),
-        (vec![Message::Interested, Message::Bitfield(Bytes::from_static(&[0xF0]))], "late bitfield"),
+        (vec![Message::Interested, Message::Have(4)], "have out of range"),
     ];
     for (msgs, why) in cases {
         let (mut t, meta) = fresh(false);
@@ -913,4 +913,111 @@ fn by_default_a_useless_peer_gives_way_at_once_but_a_peer_that_trades_never() {
     assert_eq!(gave_way(&drain(&mut t)), vec![2]);
     t.handle(Instant::ZERO, Input::MakeRoom);
     assert!(gave_way(&drain(&mut t)).is_empty());
+}
+
+// ---- liberal acceptance: what real clients send ----
+
+fn interested(msgs: &[Message]) -> bool {
+    msgs.iter().filter(|m| matches!(m, Message::Interested | Message::NotInterested)).last()
+        == Some(&Message::Interested)
+}
+
+fn disconnected(out: &[Output], peer: u64) -> bool {
+    out.iter().any(|o| matches!(o, Output::Disconnect { peer: p, .. } if *p == peer))
+}
+
+#[test]
+fn a_later_bitfield_updates_what_the_peer_has_instead_of_dropping_it() {
+    // aria2 sends a second bitfield part way through a connection.
+    let (mut t, meta) = fresh(false);
+    let (mut a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::Bitfield(Bytes::from_static(&[0x00])), Message::Have(0)]);
+    assert!(!disconnected(&out, 1));
+    assert!(interested(&a.received(&out)));
+    // Now it has pieces 0..3: the later bitfield is taken, and requests
+    // for piece 3 (known only from it) follow the unchoke.
+    let out = a.send(&mut t, Instant::ZERO, &[Message::Bitfield(Bytes::from_static(&[0xF0])), Message::Unchoke]);
+    assert!(!disconnected(&out, 1), "{out:?}");
+    let asked = requests(&a.received(&out));
+    assert!(!asked.is_empty());
+    assert_eq!(t.peer_count(), 1);
+    // A later empty bitfield means it has nothing for us after all.
+    let out = a.send(&mut t, Instant::ZERO, &[Message::Bitfield(Bytes::from_static(&[0x00]))]);
+    assert!(!disconnected(&out, 1));
+    assert!(a.received(&out).contains(&Message::NotInterested));
+}
+
+#[test]
+fn a_later_have_all_or_have_none_is_an_update_under_the_fast_extension() {
+    let (mut t, meta) = fresh(false);
+    let (mut a, _) = Remote::connect(&mut t, &meta, 1, true);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveNone, Message::Have(1), Message::HaveAll]);
+    assert!(!disconnected(&out, 1), "{out:?}");
+    assert!(interested(&a.received(&out)));
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveNone]);
+    assert!(!disconnected(&out, 1));
+    assert!(a.received(&out).contains(&Message::NotInterested));
+}
+
+#[test]
+fn the_extension_handshake_may_come_before_or_after_the_bitfield() {
+    let ext = rumor_core::bt::wire::ExtHandshake { reqq: Some(3), ..Default::default() }.to_message();
+    for ext_first in [true, false] {
+        let (mut t, meta) = fresh(false);
+        let (mut a, _) = Remote::connect(&mut t, &meta, 1, false);
+        let bf = Message::Bitfield(Bytes::from_static(&[0xF0]));
+        let msgs = if ext_first { vec![ext.clone(), bf] } else { vec![bf, ext.clone()] };
+        let out = a.send(&mut t, Instant::ZERO, &msgs);
+        assert!(!disconnected(&out, 1), "ext first {ext_first}: {out:?}");
+        let out = a.send(&mut t, Instant::ZERO, &[Message::Unchoke]);
+        // Its reqq of 3 is honoured either way.
+        let asked = requests(&a.received(&out));
+        assert!(!asked.is_empty() && asked.len() <= 3, "ext first {ext_first}: {asked:?}");
+    }
+}
+
+#[test]
+fn unknown_extension_messages_and_unknown_message_ids_are_ignored() {
+    let (mut t, meta) = fresh(false);
+    let (mut a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let mut b = Vec::new();
+    Message::Extended { id: 77, payload: Bytes::from_static(b"d3:fooi1ee") }.encode(&mut b);
+    // Message id 42 with a 100-byte body, and id 21 (BEP 52 hash request)
+    // with an empty one: skipped.
+    b.extend_from_slice(&101u32.to_be_bytes());
+    b.push(42);
+    b.extend_from_slice(&[7u8; 100]);
+    b.extend_from_slice(&1u32.to_be_bytes());
+    b.push(21);
+    Message::Bitfield(Bytes::from_static(&[0xF0])).encode(&mut b);
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 1, bytes: b.into() }));
+    let out = drain(&mut t);
+    assert!(!disconnected(&out, 1), "{out:?}");
+    assert!(interested(&a.received(&out)));
+}
+
+#[test]
+fn what_is_really_hostile_is_still_refused() {
+    // A message over the length limits.
+    let (mut t, meta) = fresh(false);
+    let (a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let mut b = Vec::new();
+    b.extend_from_slice(&(64u32 << 20).to_be_bytes());
+    b.push(42);
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 1, bytes: b.into() }));
+    assert!(drain(&mut t)
+        .iter()
+        .any(|o| matches!(o, Output::Disconnect { peer: 1, reason: DisconnectReason::Protocol(_) })));
+    let _ = a;
+    // A bitfield of the wrong size, late or not.
+    let (mut t, meta) = fresh(false);
+    let (a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::Have(0), Message::Bitfield(Bytes::from_static(&[0xF0, 0]))]);
+    assert!(out.iter().any(|o| matches!(o, Output::Disconnect { peer: 1, reason: DisconnectReason::Protocol(_) })));
+    // A have out of range after a bitfield.
+    let (mut t, meta) = fresh(false);
+    let (a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::Bitfield(Bytes::from_static(&[0x80])), Message::Have(4)]);
+    assert!(out.contains(&Output::Disconnect { peer: 1, reason: DisconnectReason::Misbehaved("have out of range") }));
+    // Data failing verification still bans (a_peer_sending_corrupt_blocks_is_banned... covers swarms).
 }

@@ -291,3 +291,113 @@ pub fn rumor_create(src: &Path, out: &Path, extra: &[&str]) -> String {
     assert!(o.status.success(), "rumor create failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
+
+/// True if `cmd` is on the PATH.
+pub fn have_command(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Panics with the install hint unless `cmd` is installed.
+pub fn require(cmd: &str, package: &str) {
+    assert!(have_command(cmd), "this test needs {cmd} (apt-get install {package}; see .ci/apt-packages)");
+}
+
+/// aria2's options for a quiet, loopback-only BitTorrent peer.
+const ARIA2_COMMON: &[&str] = &[
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--enable-peer-exchange=false",
+    "--interface=127.0.0.1",
+    "--bt-external-ip=127.0.0.1",
+    "--follow-torrent=false",
+    "--file-allocation=none",
+    "--console-log-level=warn",
+    "--summary-interval=0",
+    "--bt-stop-timeout=0",
+];
+
+/// aria2 seeding `torrent` from the data under `dir` (checked first), on
+/// 127.0.0.1:`port`, for up to `minutes`.
+pub fn aria2_seed(dir: &Path, torrent: &Path, data_dir: &Path, port: u16) -> Proc {
+    require("aria2c", "aria2");
+    let mut c = Command::new("aria2c");
+    c.args(ARIA2_COMMON)
+        .args(["-V", "--seed-ratio=0", "--seed-time=5", &format!("--listen-port={port}"), "-d"])
+        .arg(data_dir)
+        .arg(torrent);
+    Proc::spawn("aria2 seed", c, &dir.join("aria2-seed.log"))
+}
+
+/// aria2 downloading `what` (a .torrent or a magnet link) into `out`,
+/// listening on `ports` (a range: with a magnet link aria2 binds once for
+/// the metadata and again for the download); it exits 0 when complete.
+pub fn aria2_leech(dir: &Path, what: impl AsRef<OsStr>, out: &Path, ports: (u16, u16)) -> Proc {
+    require("aria2c", "aria2");
+    std::fs::create_dir_all(out).unwrap();
+    let mut c = Command::new("aria2c");
+    c.args(ARIA2_COMMON)
+        .args(["--seed-time=0", &format!("--listen-port={}-{}", ports.0, ports.1), "-d"])
+        .arg(out)
+        .arg(what.as_ref());
+    Proc::spawn("aria2 leech", c, &dir.join("aria2-leech.log"))
+}
+
+/// A transmission-daemon with its RPC on 127.0.0.1:`rpc` and peers on
+/// 127.0.0.1:`peer_port`, saving into `download_dir`.
+pub struct Transmission {
+    pub proc: Proc,
+    pub rpc: u16,
+}
+
+impl Transmission {
+    pub fn start(dir: &Path, download_dir: &Path, rpc: u16, peer_port: u16) -> Transmission {
+        require("transmission-daemon", "transmission-daemon");
+        require("transmission-remote", "transmission-cli");
+        let conf = dir.join("transmission-conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(download_dir).unwrap();
+        let mut c = Command::new("transmission-daemon");
+        c.args(["-f", "-g"]).arg(&conf).arg("-w").arg(download_dir).args([
+            "-p",
+            &rpc.to_string(),
+            "-P",
+            &peer_port.to_string(),
+            "--no-dht",
+            "--no-lpd",
+            "--no-portmap",
+            "-i",
+            "127.0.0.1",
+            "-r",
+            "127.0.0.1",
+            "-a",
+            "127.0.0.1",
+            "-T",
+            "--encryption-preferred",
+        ]);
+        let proc = Proc::spawn("transmission", c, &dir.join("transmission.log"));
+        wait_listening(rpc);
+        Transmission { proc, rpc }
+    }
+
+    /// `transmission-remote RPC ARGS...`'s output.
+    pub fn remote(&self, args: &[&OsStr]) -> String {
+        let o = Command::new("transmission-remote").arg(self.rpc.to_string()).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    }
+
+    /// Adds a .torrent or a magnet link.
+    pub fn add(&self, what: impl AsRef<OsStr>) {
+        let out = self.remote(&[OsStr::new("-a"), what.as_ref()]);
+        assert!(out.contains("success"), "transmission-remote -a: {out}");
+    }
+
+    /// True once its (only) torrent has every piece, verified.
+    pub fn complete(&self) -> bool {
+        self.remote(&[OsStr::new("-t"), OsStr::new("1"), OsStr::new("-i")]).contains("Percent Done: 100%")
+    }
+}

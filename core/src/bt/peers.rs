@@ -50,6 +50,9 @@ pub enum Source {
     Pex,
     /// A peer announced itself on the local network (BEP 14).
     Lsd,
+    /// A peer that dialed us told us its listen port (BEP 10 `p`), and
+    /// that connection was lost: we dial it back.
+    Incoming,
 }
 
 /// How a connection ended, which decides when its address is dialed again.
@@ -350,6 +353,15 @@ impl PeerBook {
         self.count_failure(now, addr);
     }
 
+    /// We lost a connection to `addr` that we did not dial (it dialed us,
+    /// and told us this is where it listens): a transient failure, so it
+    /// is dialed after the backoff. Nothing happens unless it is idle.
+    pub fn lost(&mut self, now: Instant, addr: SocketAddr) {
+        if self.known.get(&addr).is_some_and(|e| e.state == State::Idle) {
+            self.count_failure(now, addr);
+        }
+    }
+
     /// The connection we dialed to `addr` closed (or the dial was given up).
     pub fn closed(&mut self, now: Instant, addr: SocketAddr, how: Closed) {
         let Some(e) = self.known.get_mut(&addr) else {
@@ -530,6 +542,22 @@ mod tests {
         }
         assert!(!b.knows(a(1)));
         assert!(b.knows(a(2)));
+        b.check_invariants();
+    }
+
+    #[test]
+    fn a_lost_incoming_peer_is_dialed_back_at_its_listen_port_after_the_backoff() {
+        let mut b = PeerBook::new(PeerBookConfig::default(), 1);
+        assert!(b.accept(a(9)).is_ok());
+        b.incoming_closed(a(9));
+        // It told us it listens on a(1): dialed back, not at once.
+        assert!(b.learn(a(1), Source::Incoming));
+        b.lost(secs(10), a(1));
+        assert!(b.due(secs(10), 1).is_empty());
+        assert_eq!(b.due(secs(12), 1), vec![a(1)]);
+        // Lost again while we are dialing it: not counted twice.
+        b.lost(secs(12), a(1));
+        b.connected(a(1));
         b.check_invariants();
     }
 

@@ -44,11 +44,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Connection buffers: reads of 64 KiB; past 8 MiB queued to a peer we
-/// stop reading from it (so it cannot ask for more) and past 16 MiB
-/// (the machine's 250 queued requests are 4 MiB) it is dropped.
+/// Connection buffers: reads of 64 KiB; at 4 MiB queued to a peer we stop
+/// reading from it (so it cannot ask for more) and hold its piece replies
+/// until the queue drains. What is queued past that is bounded by the
+/// replies already read for it (at most `READS_IN_FLIGHT_MAX`, 4 MiB) and
+/// one read's worth of other messages, so only a peer whose requests cost us far more than
+/// they cost it (BEP 9 metadata pieces, 16 KiB for 30 bytes) reaches
+/// 32 MiB, and is dropped.
 const LIMITS: ConnLimits =
-    ConnLimits { read_chunk_bytes: 64 * 1024, send_bytes_soft: 8 << 20, send_bytes_max: 16 << 20 };
+    ConnLimits { read_chunk_bytes: 64 * 1024, send_bytes_soft: 4 << 20, send_bytes_max: 32 << 20 };
 /// Connections (the machine's and the peer book's limit are the same).
 pub const PEERS_MAX: usize = 50;
 /// Incoming connections waiting for the loop; when full, a new one is
@@ -348,6 +352,8 @@ enum Wake {
     Tracker(Option<TrackerEvent>),
     Control(Option<Command>),
     Peer(Option<PeerInput>),
+    /// A peer's send queue has room again: its held piece replies may go.
+    Room,
     Accepted(Option<(TcpStream, SocketAddr)>),
     Found(Option<Vec<SocketAddr>>),
     Timer,
@@ -371,7 +377,10 @@ struct Session {
     disk: Sender<DiskJob>,
     disk_pending: Arc<AtomicUsize>,
     reads_in_flight: usize,
-    reads_waiting: VecDeque<(PeerKey, BlockRef)>,
+    /// Block reads waiting, per peer (each bounded by the machine's
+    /// `peer_requests_max`); served in turn, only for peers whose send
+    /// queue has room.
+    reads_waiting: BTreeMap<PeerKey, VecDeque<BlockRef>>,
     events_rx: Receiver<Ev>,
     tracker_io: trackers::TrackerIo,
     tracker_rx: Receiver<TrackerEvent>,
@@ -453,7 +462,7 @@ impl Session {
             disk,
             disk_pending,
             reads_in_flight: 0,
-            reads_waiting: VecDeque::new(),
+            reads_waiting: BTreeMap::new(),
             events_rx,
             tracker_io,
             tracker_rx,
@@ -517,6 +526,7 @@ impl Session {
         let found_rx = self.found_rx.take();
         let mut found_open = found_rx.is_some();
         let peer_rx = self.peers.events().clone();
+        let rooms = self.peers.rooms().clone();
         loop {
             if let Some(deadline) = self.stopping {
                 if self.announcer_idle() || std::time::Instant::now() >= deadline {
@@ -543,6 +553,7 @@ impl Session {
                 t = self.tracker_rx.recv().fuse() => Wake::Tracker(t.ok()),
                 c = when(control_open, self.control_rx.recv()).fuse() => Wake::Control(c.ok()),
                 p = when(disk_ok, peer_rx.recv()).fuse() => Wake::Peer(p.ok()),
+                _ = rooms.recv().fuse() => Wake::Room,
                 a = accept_rx.recv().fuse() => Wake::Accepted(a.ok()),
                 f = when(found_open, found).fuse() => Wake::Found(f),
                 _ = rt::sleep_until(wake).fuse() => Wake::Timer,
@@ -593,6 +604,10 @@ impl Session {
                 // other channel, so they never close while the loop runs.
                 Wake::Control(None) => control_open = false,
                 Wake::Event(None) | Wake::Tracker(None) | Wake::Peer(None) | Wake::Accepted(None) => {}
+                Wake::Room => {
+                    while rooms.try_recv().is_ok() {}
+                    self.submit_reads();
+                }
                 Wake::Timer => {}
             }
             // Timers are checked after every wake, not only when the timer
@@ -700,7 +715,7 @@ impl Session {
                     let _ = self.disk.try_send(DiskJob::Write { piece, begin, data });
                 }
                 Output::ReadBlock { peer, block } => {
-                    self.reads_waiting.push_back((peer, block));
+                    self.reads_waiting.entry(peer).or_default().push_back(block);
                     self.submit_reads();
                 }
                 Output::HashPiece { piece, expected } => {
@@ -717,16 +732,38 @@ impl Session {
         self.submit_reads();
     }
 
-    /// Hands waiting block reads to the disk thread, up to the cap; reads
-    /// for peers gone since are dropped.
+    /// Hands waiting block reads to the disk thread, up to the cap, one
+    /// peer's at a time in turn; a peer whose send queue is over its soft
+    /// limit waits (its replies would only sit in memory) until the
+    /// socket drains ([`Peers::rooms`]). Reads for peers gone since are
+    /// dropped.
     fn submit_reads(&mut self) {
         while self.reads_in_flight < READS_IN_FLIGHT_MAX {
-            let Some((peer, block)) = self.reads_waiting.pop_front() else {
+            let mut progressed = false;
+            let waiting: Vec<PeerKey> = self.reads_waiting.keys().copied().collect();
+            for peer in waiting {
+                if self.reads_in_flight >= READS_IN_FLIGHT_MAX {
+                    break;
+                }
+                if self.peers.addr(peer).is_none() {
+                    self.reads_waiting.remove(&peer);
+                    continue;
+                }
+                if !self.peers.has_room(peer) {
+                    continue;
+                }
+                let q = self.reads_waiting.get_mut(&peer).expect("listed above");
+                if let Some(block) = q.pop_front() {
+                    self.reads_in_flight += 1;
+                    progressed = true;
+                    let _ = self.disk.try_send(DiskJob::Read { peer, block });
+                }
+                if q.is_empty() {
+                    self.reads_waiting.remove(&peer);
+                }
+            }
+            if !progressed {
                 break;
-            };
-            if self.peers.addr(peer).is_some() {
-                self.reads_in_flight += 1;
-                let _ = self.disk.try_send(DiskJob::Read { peer, block });
             }
         }
     }
@@ -734,7 +771,10 @@ impl Session {
     fn send(&mut self, peer: PeerKey, bytes: Vec<u8>) {
         if self.peers.send(peer, bytes).is_err() {
             if let Some(addr) = self.peers.drop_peer(peer, Closed::Transient) {
-                tracing::info!("peer {addr}: dropped (over {} bytes queued to it)", LIMITS.send_bytes_max);
+                tracing::info!(
+                    "peer {addr}: dropped: over {} bytes queued to it (it asks for more than it reads)",
+                    LIMITS.send_bytes_max
+                );
             }
             let now = self.clock.now();
             self.torrent.handle(now, Input::Peer(PeerInput::Closed { peer, reason: CloseReason::Local }));
@@ -743,13 +783,26 @@ impl Session {
 
     fn on_disconnect(&mut self, peer: PeerKey, reason: DisconnectReason) {
         let addr = match reason {
-            // Never again: bad data, ourselves, another torrent.
-            DisconnectReason::Banned | DisconnectReason::SelfConnection | DisconnectReason::WrongInfoHash => {
-                self.peers.ban(peer)
-            }
+            // Never again: bad data, ourselves, another torrent, or what a
+            // working client never sends (pieces out of range, a bitfield
+            // that does not fit, a flood of blocks nobody asked for; what
+            // real clients do send is taken).
+            DisconnectReason::Banned
+            | DisconnectReason::SelfConnection
+            | DisconnectReason::WrongInfoHash
+            | DisconnectReason::Misbehaved(_) => self.peers.ban(peer),
             // Nothing to trade until one of us loses data: much later.
             DisconnectReason::BothSeeds => self.peers.drop_peer(peer, Closed::Useless),
-            _ => self.peers.drop_peer(peer, Closed::Transient),
+            // It had been of no use either way: one that dialed us is not
+            // dialed back (a flood of idle connections must not make us
+            // dial them all).
+            DisconnectReason::GaveWay if self.peers.is_incoming(peer) => self.peers.drop_peer(peer, Closed::Useless),
+            // Lost for a reason that may pass (silence, a framing error,
+            // no room): dialed again after the backoff.
+            DisconnectReason::GaveWay
+            | DisconnectReason::Protocol(_)
+            | DisconnectReason::TooManyPeers
+            | DisconnectReason::Idle => self.peers.drop_peer(peer, Closed::Transient),
         };
         if let Some(addr) = addr {
             // Giving way happens once per newcomer under a flood of idle
@@ -797,6 +850,7 @@ impl Session {
                     tracing::warn!("peer {addr}: banned for sending bad data");
                 }
             }
+            Event::PeerListens { peer, port } => self.peers.set_listen_port(peer, port),
             Event::PexPeers { added, .. } => {
                 for p in added {
                     self.peers.learn(p.addr, Source::Pex);
@@ -920,6 +974,8 @@ impl Session {
     }
 
     fn housekeeping(&mut self) {
+        // A room notice lost to a full channel costs at most this long.
+        self.submit_reads();
         self.progress.sample(self.verified(), self.torrent.stats().uploaded);
         self.progress_to_announcer();
         if let Some(lsd) = &self.lsd {

@@ -13,11 +13,17 @@
 //!   peer waits in its socket buffer);
 //! * the handshake (the first [`HANDSHAKE_BYTES`]) must arrive within
 //!   [`HANDSHAKE_TIMEOUT`], a dial within [`DIAL_TIMEOUT`];
-//! * the send queue is bounded twice: past
-//!   [`ConnLimits::send_bytes_soft`] the task stops reading from the peer
-//!   until the queue drains (backpressure: a peer that does not read what
-//!   we send cannot ask for more), and past [`ConnLimits::send_bytes_max`]
-//!   (reached only if the soft limit could not hold it) the owner drops it.
+//! * the send queue is one buffer per connection, bounded in bytes, never
+//!   in messages: everything queued since the last write goes out in one
+//!   write (a burst of `have`s or piece replies is one system call, not
+//!   one each). Past [`ConnLimits::send_bytes_soft`] the task stops
+//!   reading from the peer until the queue drains (backpressure: a peer
+//!   that does not read what we send cannot ask for more), and the owner
+//!   holds back piece replies for it ([`Peers::has_room`]); past
+//!   [`ConnLimits::send_bytes_max`], which only a peer flooding us with
+//!   requests that each cost us more than it sent (BEP 9 metadata pieces)
+//!   can reach, the owner drops it. A good peer, however fast, is paced,
+//!   never dropped for our own queue.
 //!
 //! The owner is one task (the download's or the fetch's loop); nothing here
 //! is shared with another.
@@ -25,7 +31,7 @@
 use super::mse_stream::Crypto;
 use crate::clock::Clock;
 use crate::rt::{self, TcpStream};
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Receiver, Sender};
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rumor_core::bt::conn::{CloseReason, PeerInput, PeerKey};
@@ -39,10 +45,6 @@ use std::time::Duration;
 /// Peer events waiting for the owner at once: past this, connection tasks
 /// wait before reading more (the backpressure bound of all reads).
 pub const PEER_EVENTS_MAX: usize = 64;
-/// Messages queued to one connection at once (the machines coalesce their
-/// sends per drain, so this is many drains' worth); past it the owner
-/// treats the queue as full.
-const SEND_MESSAGES_MAX: usize = 4096;
 /// How long a dial may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connected peer may take to send its handshake. A real peer
@@ -91,14 +93,27 @@ enum Open {
     Accepted(TcpStream),
 }
 
+/// What the owner queued for one connection and its writer has not taken
+/// yet, shared between them.
+struct Outbox {
+    /// The bytes, in order; the writer takes them all at once.
+    buf: std::sync::Mutex<Vec<u8>>,
+    /// Bytes queued and not yet written (`buf` plus the writer's write in
+    /// progress).
+    queued: AtomicUsize,
+}
+
 struct Conn {
     addr: SocketAddr,
     incoming: bool,
     /// The machine was told `Connected`.
     up: bool,
-    tx: Sender<Vec<u8>>,
-    /// Bytes queued in `tx` and not yet written.
-    queued: Arc<AtomicUsize>,
+    /// The listen port the peer told us (BEP 10 `p`), for a peer that
+    /// dialed us: where to dial it again if the connection is lost.
+    listen_port: Option<u16>,
+    outbox: Arc<Outbox>,
+    /// Wakes the writer (one pending wake is enough: it takes everything).
+    wake: Sender<()>,
     _task: Task,
 }
 
@@ -115,6 +130,8 @@ pub struct Peers {
     limits: ConnLimits,
     events_tx: Sender<PeerInput>,
     events_rx: Receiver<PeerInput>,
+    rooms_tx: Sender<PeerKey>,
+    rooms_rx: Receiver<PeerKey>,
     crypto: Crypto,
 }
 
@@ -124,7 +141,19 @@ impl Peers {
     /// one `Peers` per machine.
     pub fn new(clock: Clock, book: PeerBook, limits: ConnLimits) -> Peers {
         let (events_tx, events_rx) = async_channel::bounded(PEER_EVENTS_MAX);
-        Peers { clock, book, conns: BTreeMap::new(), next_key: 1, limits, events_tx, events_rx, crypto: Crypto::off() }
+        let (rooms_tx, rooms_rx) = async_channel::bounded(PEER_EVENTS_MAX);
+        Peers {
+            clock,
+            book,
+            conns: BTreeMap::new(),
+            next_key: 1,
+            limits,
+            events_tx,
+            events_rx,
+            rooms_tx,
+            rooms_rx,
+            crypto: Crypto::off(),
+        }
     }
 
     /// Negotiates encryption on every connection from now on (see
@@ -132,6 +161,14 @@ impl Peers {
     pub fn with_crypto(mut self, crypto: Crypto) -> Peers {
         self.crypto = crypto;
         self
+    }
+
+    /// Connections whose send queue just went back under the soft limit
+    /// ([`Peers::has_room`] is true again): an owner that holds piece
+    /// replies back submits them. Best effort (when the channel is full a
+    /// notice is lost), so an owner also looks now and then by itself.
+    pub fn rooms(&self) -> &Receiver<PeerKey> {
+        &self.rooms_rx
     }
 
     /// The channel the owner reads [`PeerInput`]s from; pass each to
@@ -193,10 +230,40 @@ impl Peers {
     fn start(&mut self, addr: SocketAddr, incoming: bool, open: Open) {
         let key = self.next_key;
         self.next_key += 1;
-        let (tx, rx) = async_channel::bounded(SEND_MESSAGES_MAX);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let task = Task::spawn(run(key, open, self.events_tx.clone(), rx, queued.clone(), self.limits, self.crypto));
-        self.conns.insert(key, Conn { addr, incoming, up: false, tx, queued, _task: task });
+        let (wake, woken) = async_channel::bounded(1);
+        let outbox = Arc::new(Outbox { buf: std::sync::Mutex::new(Vec::new()), queued: AtomicUsize::new(0) });
+        let chans = Chans { events: self.events_tx.clone(), woken, room: self.rooms_tx.clone() };
+        let task = Task::spawn(run(key, open, chans, outbox.clone(), self.limits, self.crypto));
+        self.conns.insert(key, Conn { addr, incoming, up: false, listen_port: None, outbox, wake, _task: task });
+    }
+
+    /// The peer on `peer` listens on `port` (its extension handshake said
+    /// so): if it dialed us and the connection is lost for a transient
+    /// reason, we dial it there.
+    pub fn set_listen_port(&mut self, peer: PeerKey, port: u16) {
+        if let Some(c) = self.conns.get_mut(&peer) {
+            c.listen_port = Some(port).filter(|p| *p != 0);
+        }
+    }
+
+    /// An incoming connection from `c` is gone: its listen port, if it told
+    /// us one, becomes an address to dial (after the backoff, as any
+    /// transient loss), so a good peer lost is found again without waiting
+    /// for it or a tracker to bring it back.
+    fn remember_incoming(&mut self, c: &Conn, now: rumor_core::time::Instant) {
+        if let Some(p) = c.listen_port {
+            let addr = SocketAddr::new(c.addr.ip(), p);
+            if self.book.learn(addr, Source::Incoming) {
+                self.book.lost(now, addr);
+            }
+        }
+    }
+
+    /// True while `peer`'s send queue is under the soft limit: piece
+    /// replies for it may be read from disk and queued. Above it the owner
+    /// holds them until the socket drains.
+    pub fn has_room(&self, peer: PeerKey) -> bool {
+        self.conns.get(&peer).is_some_and(|c| c.outbox.queued.load(Ordering::Relaxed) < self.limits.send_bytes_soft)
     }
 
     /// Books what a connection task reported; true if the machine should
@@ -223,6 +290,7 @@ impl Peers {
                 tracing::debug!("peer {}: closed ({reason:?})", c.addr);
                 if c.incoming {
                     self.book.incoming_closed(c.addr);
+                    self.remember_incoming(&c, now);
                 } else if c.up {
                     self.book.closed(now, c.addr, Closed::Transient);
                 } else {
@@ -250,24 +318,36 @@ impl Peers {
             return Ok(());
         };
         let len = bytes.len();
-        let queued = c.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let queued = c.outbox.queued.fetch_add(len, Ordering::Relaxed) + len;
         if queued > self.limits.send_bytes_max {
             return Err(Overflow);
         }
-        match c.tx.try_send(bytes) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Overflow),
-            Err(TrySendError::Closed(_)) => Ok(()),
+        {
+            let mut buf = c.outbox.buf.lock().expect("the writer never panics holding it");
+            if buf.is_empty() {
+                *buf = bytes;
+            } else {
+                buf.extend_from_slice(&bytes);
+            }
         }
+        // Full: a wake is pending already. Closed: the task ended, its
+        // `Closed` event follows.
+        let _ = c.wake.try_send(());
+        Ok(())
     }
 
     /// Closes `peer` on our side (the machine asked for it, or we dropped
     /// it), booking `how` for its address; its address, if it was up.
+    /// A peer that dialed us and told us its listen port is dialed there
+    /// again unless `how` is [`Closed::Useless`].
     pub fn drop_peer(&mut self, peer: PeerKey, how: Closed) -> Option<SocketAddr> {
         let c = self.conns.remove(&peer)?;
         let now = self.clock.now();
         if c.incoming {
             self.book.incoming_closed(c.addr);
+            if how != Closed::Useless {
+                self.remember_incoming(&c, now);
+            }
         } else {
             self.book.closed(now, c.addr, how);
         }
@@ -314,15 +394,17 @@ impl Peers {
 
 /// Opens the connection, then reads into `events` and writes what `out`
 /// brings, until either side ends; reports `Closed` with the reason.
-async fn run(
-    peer: PeerKey,
-    open: Open,
+/// A connection task's channels to and from its owner.
+struct Chans {
     events: Sender<PeerInput>,
-    out: Receiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    limits: ConnLimits,
-    crypto: Crypto,
-) {
+    /// Something was queued in the outbox.
+    woken: Receiver<()>,
+    /// The send queue went back under the soft limit.
+    room: Sender<PeerKey>,
+}
+
+async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limits: ConnLimits, crypto: Crypto) {
+    let Chans { events, woken, room } = chans;
     let dialed = match &open {
         Open::Dial(addr) => Some(*addr),
         Open::Accepted(_) => None,
@@ -366,20 +448,43 @@ async fn run(
     // The writer tells a paused reader that the queue went under the soft
     // limit; one pending signal is enough (the reader looks again).
     let (room_tx, room_rx) = async_channel::bounded::<()>(1);
-    let writer_queued = queued.clone();
+    let writer_box = outbox.clone();
     let writer = async move {
-        while let Ok(buf) = out.recv().await {
-            let left = writer_queued.fetch_sub(buf.len(), Ordering::Relaxed) - buf.len();
-            if w.write_all(&buf).await.is_err() {
-                return CloseReason::Io;
+        // Two buffers swapped in turn: the owner fills one while this
+        // writes the other, and neither is reallocated once grown.
+        let mut spare = Vec::new();
+        while woken.recv().await.is_ok() {
+            loop {
+                {
+                    let mut buf = writer_box.buf.lock().expect("the owner never panics holding it");
+                    std::mem::swap(&mut *buf, &mut spare);
+                }
+                if spare.is_empty() {
+                    break;
+                }
+                if w.write_all(&spare).await.is_err() {
+                    return CloseReason::Io;
+                }
+                let before = writer_box.queued.fetch_sub(spare.len(), Ordering::Relaxed);
+                let left = before - spare.len();
+                spare.clear();
+                if left < limits.send_bytes_soft {
+                    let _ = room_tx.try_send(());
+                    if before >= limits.send_bytes_soft {
+                        let _ = room.try_send(peer);
+                    }
+                }
             }
-            if left <= limits.send_bytes_soft {
-                let _ = room_tx.try_send(());
+            // Every write so far has left the socket buffer's way: push
+            // the tail out now (a lone small message must not wait).
+            if w.flush().await.is_err() {
+                return CloseReason::Io;
             }
         }
         let _ = w.close().await;
         CloseReason::Local
     };
+    let queued = outbox;
     let reads = events.clone();
     let reader = async move {
         // One buffer reused for every read; each read's bytes are copied
@@ -388,7 +493,7 @@ async fn run(
         let mut got = 0usize;
         let handshake_by = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
-            while queued.load(Ordering::Relaxed) > limits.send_bytes_soft {
+            while queued.queued.load(Ordering::Relaxed) >= limits.send_bytes_soft {
                 if room_rx.recv().await.is_err() {
                     return CloseReason::Local;
                 }

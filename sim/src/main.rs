@@ -143,6 +143,10 @@ struct GossipArgs {
     /// Seconds between a provider's announces.
     #[arg(long, default_value_t = SpreadOpts::default().reannounce_s, value_parser = positive::<u64>)]
     reannounce_s: u64,
+    /// Skip the cipher: messages keep the sealed envelope's layout and size
+    /// but are not encrypted (faster; every result says which it did).
+    #[arg(long)]
+    no_seal: bool,
     /// One JSON document on stdout; the human report on stderr.
     #[arg(long)]
     json: bool,
@@ -223,6 +227,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         parallel_min_events: SpreadOpts::default().parallel_min_events,
         providers: a.providers,
         reannounce_s: a.reannounce_s,
+        seal: !a.no_seal,
     };
     let r = spread::run(&o);
     out.line(format!(
@@ -263,9 +268,18 @@ fn gossip(a: &GossipArgs) -> ExitCode {
             r.local_lookup_hits * 100.0
         ));
     }
+    out.line(format!(
+        "messages: {}",
+        if r.sealed {
+            "sealed (XChaCha20-Poly1305, as nodes do)"
+        } else {
+            "NOT sealed (--no-seal: same envelopes and sizes, no cipher)"
+        }
+    ));
     out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
     out.json(serde_json::json!({
         "nodes": r.nodes,
+        "sealed": r.sealed,
         "seed": r.seed,
         "writes": r.writes,
         "converged": num(r.converged),

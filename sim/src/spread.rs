@@ -52,6 +52,9 @@ pub struct SpreadOpts {
     pub providers: usize,
     /// Seconds between a provider's announces.
     pub reannounce_s: u64,
+    /// Seal every message (XChaCha20-Poly1305, as nodes do); `false` skips
+    /// the cipher and keeps the envelope sizes (`--no-seal`).
+    pub seal: bool,
 }
 
 impl Default for SpreadOpts {
@@ -76,6 +79,7 @@ impl Default for SpreadOpts {
             parallel_min_events: 64,
             providers: 0,
             reannounce_s: 30,
+            seal: true,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct SpreadReport {
     pub trace_hash: u64,
     /// Wall time of the run, ms.
     pub wall_ms: u128,
+    /// Messages were sealed (false: `--no-seal`).
+    pub sealed: bool,
     /// Providers workload: of lookups sampled at the end (a random node, a
     /// random live provider), the fraction the node answers from its own
     /// store, with no message and no wait. `NaN` without providers.
@@ -166,6 +172,9 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             c
         }),
     );
+    w.set_sealed(o.seal);
+    // No node crashes here: no copy of what each would persist.
+    w.set_persist(false);
     w.set_threads(o.threads);
     w.set_parallel_min_events(o.parallel_min_events);
     // Each node bootstraps from up to three random earlier nodes.
@@ -341,6 +350,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         writes: tracked.len(),
         trace_hash,
         wall_ms: started.elapsed().as_millis(),
+        sealed: o.seal,
         local_lookup_hits,
     }
 }

@@ -21,6 +21,9 @@ use rumor_core::time::{Duration, Instant};
 
 use crate::queue::{Keyed, Queue};
 
+/// The cluster key of every simulated node.
+const KEY: [u8; 32] = [0x42; 32];
+
 /// Wall-clock time at virtual time zero (ms since the epoch).
 pub const WALL0_MS: u64 = 1_700_000_000_000;
 
@@ -160,6 +163,8 @@ struct Ctx<'a> {
     n: usize,
     /// Call [`Gossip::check_invariants`] after every input.
     check: bool,
+    /// Keep each node's persisted entries (for restarts).
+    persist: bool,
 }
 
 impl Ctx<'_> {
@@ -218,6 +223,7 @@ impl Ctx<'_> {
                 }
                 Output::Event(Event::Store(c)) => {
                     match &c {
+                        _ if !self.persist => {}
                         Change::Applied(e) => {
                             slot.persisted.insert((e.ns, e.key.clone()), e.clone());
                         }
@@ -318,6 +324,7 @@ pub struct World {
     threads: usize,
     parallel_min_events: usize,
     check_invariants: bool,
+    persist: bool,
 }
 
 impl World {
@@ -346,7 +353,7 @@ impl World {
             net,
             group: vec![0; n],
             world_trace: seed,
-            keys: Keyring::new(1, [0x42; 32]),
+            keys: Keyring::new(1, KEY),
             cfg,
             changes: Vec::new(),
             touched: Vec::new(),
@@ -356,7 +363,27 @@ impl World {
             threads: 1,
             parallel_min_events: PARALLEL_MIN_EVENTS,
             check_invariants: false,
+            persist: true,
         }
+    }
+
+    /// With `false`, nodes started from now on skip the cipher (see
+    /// [`Keyring::unsealed_for_simulation`]): same envelopes, same sizes,
+    /// same protocol decisions, no AEAD. Sealed by default.
+    pub fn set_sealed(&mut self, sealed: bool) {
+        self.keys = if sealed { Keyring::new(1, KEY) } else { Keyring::unsealed_for_simulation(1, KEY) };
+    }
+
+    /// True if nodes seal their messages.
+    pub fn sealed(&self) -> bool {
+        !self.keys.is_unsealed()
+    }
+
+    /// With `false`, nodes keep no copy of their persisted entries: a run
+    /// that never crashes a node (`sim gossip`) saves a second copy of
+    /// every store. [`World::crash`] then refuses.
+    pub fn set_persist(&mut self, on: bool) {
+        self.persist = on;
     }
 
     /// Runs windows on up to `threads` threads (same results for any count).
@@ -423,6 +450,7 @@ impl World {
 
     /// Crashes node `i`: its memory is gone, its persisted entries stay.
     pub fn crash(&mut self, i: usize) {
+        assert!(self.persist, "a crash in a world that keeps no persisted entries");
         self.slots[i].g = None;
         self.slots[i].scheduled = Instant::NEVER;
         self.world_trace = mix(self.world_trace, 0xC0DE ^ i as u64);
@@ -435,7 +463,13 @@ impl World {
 
     /// Feeds `input` to node `i` (if up) now and carries out its outputs.
     pub fn input(&mut self, i: usize, input: Input) {
-        let ctx = Ctx { net: &self.net, group: &self.group, n: self.slots.len(), check: self.check_invariants };
+        let ctx = Ctx {
+            net: &self.net,
+            group: &self.group,
+            n: self.slots.len(),
+            check: self.check_invariants,
+            persist: self.persist,
+        };
         let mut out = WindowOut::default();
         let mut local = BinaryHeap::new();
         // Nothing is due before now: every timer goes to the heap.
@@ -473,7 +507,7 @@ impl World {
         self.queue.take_before(w_end, &mut events);
         let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
         let n = self.slots.len();
-        let ctx = Ctx { net: &self.net, group: &self.group, n, check: self.check_invariants };
+        let ctx = Ctx { net: &self.net, group: &self.group, n, check: self.check_invariants, persist: self.persist };
         let threads = if events.len() >= self.parallel_min_events { self.threads.min(n).max(1) } else { 1 };
         let mut outs = Vec::with_capacity(threads);
         if threads == 1 {

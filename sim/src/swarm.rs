@@ -52,8 +52,13 @@ impl Default for SwarmOpts {
     fn default() -> Self {
         SwarmOpts {
             peers: 20,
-            pieces: 256,
-            piece_kib: 256,
+            // 64 MiB cut as `rumor create` cuts it
+            // (`metainfo::choose_piece_length`: 64 KiB, 1,024 pieces). With
+            // 256 KiB pieces a piece takes 2.5 s to cross a leecher's
+            // upload slot, and the first hops of a 1,000-leecher swarm
+            // left most uploads idle for 12 s.
+            pieces: 1024,
+            piece_kib: 64,
             seed: 1,
             seed_up_kib: 2048,
             up_kib: 512,

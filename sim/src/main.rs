@@ -251,6 +251,10 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         r.ms_50, r.ms_99, r.ms_100
     ));
     out.line(format!(
+        "(write, node) pairs: 99.9% delivered within {:.2} rounds; {:.4} within 3x the push-pull bound",
+        r.pair_rounds_999, r.pairs_within_3x_bound
+    ));
+    out.line(format!(
         "bounds: push log2N+lnN = {:.2}  push-pull log3N+lnlnN = {:.2}  (100% at {:.2}x push-pull)",
         r.bound_push,
         r.bound_push_pull,
@@ -288,6 +292,8 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         "rounds_100": num(r.rounds_100),
         "bound_push": num(r.bound_push),
         "bound_push_pull": num(r.bound_push_pull),
+        "pair_rounds_999": num(r.pair_rounds_999),
+        "pairs_within_3x_bound": num(r.pairs_within_3x_bound),
         "bytes_per_node_per_s": num(r.bytes_per_node_per_s),
         "ms_100": num(r.ms_100),
         "local_lookup_hits": num(r.local_lookup_hits),

@@ -143,6 +143,10 @@ struct GossipArgs {
     /// Seconds between a provider's announces.
     #[arg(long, default_value_t = SpreadOpts::default().reannounce_s, value_parser = positive::<u64>)]
     reannounce_s: u64,
+    /// Skip the cipher: messages keep the sealed envelope's layout and size
+    /// but are not encrypted (faster; every result says which it did).
+    #[arg(long)]
+    no_seal: bool,
     /// One JSON document on stdout; the human report on stderr.
     #[arg(long)]
     json: bool,
@@ -223,6 +227,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         parallel_min_events: SpreadOpts::default().parallel_min_events,
         providers: a.providers,
         reannounce_s: a.reannounce_s,
+        seal: !a.no_seal,
     };
     let r = spread::run(&o);
     out.line(format!(
@@ -246,6 +251,10 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         r.ms_50, r.ms_99, r.ms_100
     ));
     out.line(format!(
+        "(write, node) pairs: 99.9% delivered within {:.2} rounds; {:.4} within 3x the push-pull bound",
+        r.pair_rounds_999, r.pairs_within_3x_bound
+    ));
+    out.line(format!(
         "bounds: push log2N+lnN = {:.2}  push-pull log3N+lnlnN = {:.2}  (100% at {:.2}x push-pull)",
         r.bound_push,
         r.bound_push_pull,
@@ -263,9 +272,18 @@ fn gossip(a: &GossipArgs) -> ExitCode {
             r.local_lookup_hits * 100.0
         ));
     }
+    out.line(format!(
+        "messages: {}",
+        if r.sealed {
+            "sealed (XChaCha20-Poly1305, as nodes do)"
+        } else {
+            "NOT sealed (--no-seal: same envelopes and sizes, no cipher)"
+        }
+    ));
     out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
     out.json(serde_json::json!({
         "nodes": r.nodes,
+        "sealed": r.sealed,
         "seed": r.seed,
         "writes": r.writes,
         "converged": num(r.converged),
@@ -274,6 +292,8 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         "rounds_100": num(r.rounds_100),
         "bound_push": num(r.bound_push),
         "bound_push_pull": num(r.bound_push_pull),
+        "pair_rounds_999": num(r.pair_rounds_999),
+        "pairs_within_3x_bound": num(r.pairs_within_3x_bound),
         "bytes_per_node_per_s": num(r.bytes_per_node_per_s),
         "ms_100": num(r.ms_100),
         "local_lookup_hits": num(r.local_lookup_hits),

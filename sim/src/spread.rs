@@ -52,6 +52,9 @@ pub struct SpreadOpts {
     pub providers: usize,
     /// Seconds between a provider's announces.
     pub reannounce_s: u64,
+    /// Seal every message (XChaCha20-Poly1305, as nodes do); `false` skips
+    /// the cipher and keeps the envelope sizes (`--no-seal`).
+    pub seal: bool,
 }
 
 impl Default for SpreadOpts {
@@ -76,6 +79,7 @@ impl Default for SpreadOpts {
             parallel_min_events: 64,
             providers: 0,
             reannounce_s: 30,
+            seal: true,
         }
     }
 }
@@ -117,6 +121,14 @@ pub struct SpreadReport {
     pub trace_hash: u64,
     /// Wall time of the run, ms.
     pub wall_ms: u128,
+    /// Rounds by which 99.9 % of the (tracked write, node) pairs were
+    /// delivered (infinite if more than 0.1 % never were).
+    pub pair_rounds_999: f64,
+    /// Fraction of (tracked write, node) pairs delivered within 3x the
+    /// push-pull bound.
+    pub pairs_within_3x_bound: f64,
+    /// Messages were sealed (false: `--no-seal`).
+    pub sealed: bool,
     /// Providers workload: of lookups sampled at the end (a random node, a
     /// random live provider), the fraction the node answers from its own
     /// store, with no message and no wait. `NaN` without providers.
@@ -166,6 +178,9 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             c
         }),
     );
+    w.set_sealed(o.seal);
+    // No node crashes here: no copy of what each would persist.
+    w.set_persist(false);
     w.set_threads(o.threads);
     w.set_parallel_min_events(o.parallel_min_events);
     // Each node bootstraps from up to three random earlier nodes.
@@ -215,6 +230,9 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let every_us = (1e6 / o.writes_per_s.max(1e-3)) as u64;
     let mut next_write = t_warm.as_micros();
     let mut tracked: Vec<Tracked> = Vec::new();
+    // How long each (tracked write, node) pair took, the writer's own
+    // included (0): one u64 per pair delivered.
+    let mut pair_us: Vec<u64> = Vec::new();
     let mut key_index = std::collections::BTreeMap::<Bytes, usize>::new();
     let live = n;
     let need50 = live.div_ceil(2);
@@ -228,6 +246,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
                     if let Some(&k) = key_index.get(&e.key) {
                         let t = &mut tracked[k];
                         t.have += 1;
+                        pair_us.push(at.as_micros() - t.at.as_micros());
                         if t.have >= need50 && t.t50.is_none() {
                             t.t50 = Some(at);
                         }
@@ -272,6 +291,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
                 if let Change::Applied(e) = c {
                     if let Some(&k) = key_index.get(&e.key) {
                         tracked[k].have += 1;
+                        pair_us.push(0);
                     }
                 }
             }
@@ -315,6 +335,19 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let r100: Vec<f64> = tracked.iter().filter_map(|t| rounds(t.t100, t.at)).collect();
     let delivered: usize = tracked.iter().map(|t| t.have.min(live)).sum();
     let nf = n as f64;
+    let bound_push_pull = nf.ln() / 3f64.ln() + nf.ln().ln();
+    // Pairs never delivered count as later than any delivered one.
+    let pairs = tracked.len() * live;
+    pair_us.sort_unstable();
+    let pair_rounds_999 = if pairs == 0 {
+        f64::NAN
+    } else {
+        let k = ((pairs as f64) * 0.999).ceil() as usize;
+        pair_us.get(k.saturating_sub(1)).map_or(f64::INFINITY, |&us| us as f64 / round_us)
+    };
+    let within = (3.0 * bound_push_pull * round_us) as u64;
+    let pairs_within_3x_bound =
+        if pairs == 0 { f64::NAN } else { pair_us.partition_point(|&us| us <= within) as f64 / pairs as f64 };
     let trace_hash = w.trace_hash();
     let bytes_sent = w.bytes_sent;
     let messages_sent = w.messages_sent;
@@ -335,12 +368,15 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         ms_100: median(r100.iter().map(|r| r * round_us / 1000.0).collect()),
         rounds_100: median(r100),
         bound_push: nf.log2() + nf.ln(),
-        bound_push_pull: nf.ln() / 3f64.ln() + nf.ln().ln(),
+        bound_push_pull,
+        pair_rounds_999,
+        pairs_within_3x_bound,
         bytes_per_node_per_s: (bytes_sent - bytes_at_warmup) as f64 / nf / window_s.max(1e-9),
         messages_per_node_per_s: (messages_sent - msgs_at_warmup) as f64 / nf / window_s.max(1e-9),
         writes: tracked.len(),
         trace_hash,
         wall_ms: started.elapsed().as_millis(),
+        sealed: o.seal,
         local_lookup_hits,
     }
 }

@@ -52,8 +52,13 @@ impl Default for SwarmOpts {
     fn default() -> Self {
         SwarmOpts {
             peers: 20,
-            pieces: 256,
-            piece_kib: 256,
+            // 64 MiB cut as `rumor create` cuts it
+            // (`metainfo::choose_piece_length`: 64 KiB, 1,024 pieces). With
+            // 256 KiB pieces a piece takes 2.5 s to cross a leecher's
+            // upload slot, and the first hops of a 1,000-leecher swarm
+            // left most uploads idle for 12 s.
+            pieces: 1024,
+            piece_kib: 64,
             seed: 1,
             seed_up_kib: 2048,
             up_kib: 512,
@@ -91,10 +96,18 @@ pub struct SwarmReport {
 }
 
 struct Link {
+    from: usize,
+    to: usize,
     /// Messages waiting; the first may be partly sent.
     queue: VecDeque<Vec<u8>>,
     sent_of_head: usize,
     queued_bytes: usize,
+    /// False once either end dropped the connection.
+    open: bool,
+    /// In the busy list.
+    busy: bool,
+    /// This step: what the receiver's download share allows, bytes.
+    cap: f64,
 }
 
 struct Node {
@@ -110,6 +123,23 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
     for b in bytes {
         *h ^= *b as u64;
         *h = h.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+/// Shares `capacity` max-min fairly among `demands`: a demand below an
+/// equal share of what is left is met in full and the rest is shared among
+/// the others. `shares[i]` is what demand `i` gets.
+fn fill(capacity: f64, demands: &mut [f64], shares: &mut Vec<f64>) {
+    shares.clear();
+    shares.resize(demands.len(), 0.0);
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    order.sort_unstable_by(|&x, &y| demands[x].total_cmp(&demands[y]));
+    let mut left = capacity.max(0.0);
+    for (k, &i) in order.iter().enumerate() {
+        let fair = left / (order.len() - k) as f64;
+        let got = demands[i].min(fair);
+        shares[i] = got;
+        left -= got;
     }
 }
 
@@ -143,21 +173,33 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
         })
         .collect();
     // Topology: every leecher dials the seeder and `degree` random others.
-    let mut links: BTreeMap<(usize, usize), Link> = BTreeMap::new();
-    let connect = |a: usize, b: usize, nodes: &mut Vec<Node>, links: &mut BTreeMap<(usize, usize), Link>| {
-        if a == b || links.contains_key(&(a, b)) {
+    // Directed links, and each open one's index by (from, to).
+    let mut links: Vec<Link> = Vec::new();
+    let mut index: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    let mut connect = |a: usize, b: usize, nodes: &mut Vec<Node>| {
+        if a == b || index.contains_key(&(a, b)) {
             return;
         }
         for (x, y) in [(a, b), (b, a)] {
-            links.insert((x, y), Link { queue: VecDeque::new(), sent_of_head: 0, queued_bytes: 0 });
+            index.insert((x, y), links.len());
+            links.push(Link {
+                from: x,
+                to: y,
+                queue: VecDeque::new(),
+                sent_of_head: 0,
+                queued_bytes: 0,
+                open: true,
+                busy: false,
+                cap: 0.0,
+            });
             nodes[x].local.push_back(Input::Peer(PeerInput::Connected { peer: y as u64 }));
         }
     };
     for i in 1..n {
-        connect(i, 0, &mut nodes, &mut links);
+        connect(i, 0, &mut nodes);
         for _ in 0..o.degree.min(o.peers.saturating_sub(1)) {
             let j = 1 + rng.index(o.peers);
-            connect(i, j, &mut nodes, &mut links);
+            connect(i, j, &mut nodes);
         }
     }
     let step = Duration::from_millis(o.step_ms);
@@ -177,11 +219,20 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
     let mut trace = 0xcbf2_9ce4_8422_2325u64;
     let mut disconnects = 0u64;
     let mut seed_uploaded = 0u64;
+    let mut leech_uploaded = 0u64;
+    // Links with bytes queued, and the step's scratch space.
+    let mut busy: Vec<usize> = Vec::new();
+    let mut in_demand = vec![0.0f64; n];
+    let mut per_node: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut saturated: Vec<usize> = Vec::new();
+    let mut demands: Vec<f64> = Vec::new();
+    let mut shares: Vec<f64> = Vec::new();
+    let debug = std::env::var_os("SIM_DEBUG").is_some();
     loop {
         // Deliver what has arrived.
         while wire.front().is_some_and(|w| w.0 <= now) {
             let (_, to, from, bytes) = wire.pop_front().expect("checked");
-            if links.contains_key(&(to, from)) {
+            if index.contains_key(&(to, from)) {
                 nodes[to].t.handle(now, Input::Peer(PeerInput::Bytes { peer: from as u64, bytes }));
             }
         }
@@ -198,9 +249,14 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                 loop {
                     match nodes[i].t.poll_output() {
                         Output::Transmit(Transmit { to: peer, bytes: payload }) => {
-                            if let Some(l) = links.get_mut(&(i, peer as usize)) {
+                            if let Some(&id) = index.get(&(i, peer as usize)) {
+                                let l = &mut links[id];
                                 l.queued_bytes += payload.len();
                                 l.queue.push_back(payload);
+                                if !l.busy {
+                                    l.busy = true;
+                                    busy.push(id);
+                                }
                             }
                         }
                         Output::WriteBlock { .. } => {}
@@ -214,12 +270,18 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                             nodes[i].local.push_back(Input::PieceChecked { piece, ok: true });
                             produced_local = true;
                         }
-                        Output::Disconnect { peer, .. } => {
+                        Output::Disconnect { peer, reason } => {
                             let p = peer as usize;
                             disconnects += 1;
+                            if debug {
+                                eprintln!("t={:.3}s {i} drops {p}: {reason:?}", now.as_micros() as f64 / 1e6);
+                            }
                             fnv(&mut trace, format!("x{i}-{p}").as_bytes());
-                            links.remove(&(i, p));
-                            if links.remove(&(p, i)).is_some() {
+                            if let Some(id) = index.remove(&(i, p)) {
+                                links[id].open = false;
+                            }
+                            if let Some(id) = index.remove(&(p, i)) {
+                                links[id].open = false;
                                 nodes[p].local.push_back(Input::Peer(PeerInput::Closed {
                                     peer: i as u64,
                                     reason: CloseReason::Hangup,
@@ -248,41 +310,100 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
         if all_done || now >= cap {
             break;
         }
-        // Share capacities for this step.
-        let mut out_busy = vec![0usize; n];
-        let mut in_busy = vec![0usize; n];
-        for (&(a, b), l) in &links {
-            if l.queued_bytes > 0 {
-                out_busy[a] += 1;
-                in_busy[b] += 1;
+        // Share capacities for this step, max-min fair (what TCP flows
+        // sharing a bottleneck approach): a link with less queued than an
+        // equal share takes only what it has, and the rest goes to the
+        // other links. An equal split that wasted the remainder lost a
+        // leecher's upload to every link carrying a HAVE or a request.
+        now += step;
+        busy.retain(|&id| {
+            let l = &mut links[id];
+            l.busy = l.open && l.queued_bytes > 0;
+            l.busy
+        });
+        // Each receiver's download capacity over its busy incoming links
+        // (shared only where the demand exceeds it).
+        for &id in &busy {
+            let l = &mut links[id];
+            l.cap = f64::INFINITY;
+            in_demand[l.to] += l.queued_bytes as f64;
+        }
+        for &id in &busy {
+            let b = links[id].to;
+            if in_demand[b] > nodes[b].down_bps * dt {
+                if per_node[b].is_empty() {
+                    saturated.push(b);
+                }
+                per_node[b].push(id);
             }
         }
-        now += step;
-        for (&(a, b), l) in links.iter_mut() {
-            if l.queued_bytes == 0 {
+        for &id in &busy {
+            in_demand[links[id].to] = 0.0;
+        }
+        for &b in &saturated {
+            demands.clear();
+            demands.extend(per_node[b].iter().map(|&id| links[id].queued_bytes as f64));
+            fill(nodes[b].down_bps * dt, &mut demands, &mut shares);
+            for (&id, &c) in per_node[b].iter().zip(&shares) {
+                links[id].cap = c;
+            }
+            per_node[b].clear();
+        }
+        saturated.clear();
+        // Each sender's upload capacity over its busy outgoing links, each
+        // wanting what it has queued up to what its receiver allows.
+        for &id in &busy {
+            per_node[links[id].from].push(id);
+        }
+        for a in 0..n {
+            if per_node[a].is_empty() {
                 continue;
             }
-            let share_up = nodes[a].up_bps * dt / out_busy[a] as f64;
-            let share_down = nodes[b].down_bps * dt / in_busy[b] as f64;
-            let mut budget = share_up.min(share_down) as usize;
-            if a == 0 {
-                seed_uploaded += budget.min(l.queued_bytes) as u64;
+            demands.clear();
+            demands.extend(per_node[a].iter().map(|&id| (links[id].queued_bytes as f64).min(links[id].cap)));
+            let up = nodes[a].up_bps * dt;
+            if demands.iter().sum::<f64>() <= up {
+                shares.clear();
+                shares.extend_from_slice(&demands);
+            } else {
+                fill(up, &mut demands, &mut shares);
             }
-            while budget > 0 {
-                let Some(head) = l.queue.front() else { break };
-                let left = head.len() - l.sent_of_head;
-                if left <= budget {
-                    budget -= left;
-                    l.queued_bytes -= left;
-                    l.sent_of_head = 0;
-                    let msg = l.queue.pop_front().expect("checked");
-                    wire.push_back((now + latency, b, a, Bytes::from(msg)));
+            for (&id, &share) in per_node[a].iter().zip(&shares) {
+                let l = &mut links[id];
+                let b = l.to;
+                let mut budget = share as usize;
+                if a == 0 {
+                    seed_uploaded += budget.min(l.queued_bytes) as u64;
                 } else {
-                    l.sent_of_head += budget;
-                    l.queued_bytes -= budget;
-                    budget = 0;
+                    leech_uploaded += budget.min(l.queued_bytes) as u64;
+                }
+                while budget > 0 {
+                    let Some(head) = l.queue.front() else { break };
+                    let left = head.len() - l.sent_of_head;
+                    if left <= budget {
+                        budget -= left;
+                        l.queued_bytes -= left;
+                        l.sent_of_head = 0;
+                        let msg = l.queue.pop_front().expect("checked");
+                        wire.push_back((now + latency, b, a, Bytes::from(msg)));
+                    } else {
+                        l.sent_of_head += budget;
+                        l.queued_bytes -= budget;
+                        budget = 0;
+                    }
                 }
             }
+            per_node[a].clear();
+        }
+        if debug && now.as_micros().is_multiple_of(10_000_000) {
+            let secs = now.as_micros() as f64 / 1e6;
+            let done = nodes[1..].iter().filter(|nd| nd.done_at.is_some()).count();
+            eprintln!(
+                "t={secs:.0}s leechers' upload {:.1}% of capacity so far, seeder {:.1}%, {done} done, {} busy links",
+                100.0 * leech_uploaded as f64 / (o.up_kib as f64 * 1024.0 * o.peers as f64 * secs),
+                100.0 * seed_uploaded as f64 / (o.seed_up_kib as f64 * 1024.0 * secs),
+                busy.len()
+            );
         }
     }
     let mut times: Vec<f64> =

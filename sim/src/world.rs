@@ -19,6 +19,11 @@ use rumor_core::rand::Rng;
 use rumor_core::replica::{Change, Entry, Namespace, StoreConfig};
 use rumor_core::time::{Duration, Instant};
 
+use crate::queue::{Keyed, Queue};
+
+/// The cluster key of every simulated node.
+const KEY: [u8; 32] = [0x42; 32];
+
 /// Wall-clock time at virtual time zero (ms since the epoch).
 pub const WALL0_MS: u64 = 1_700_000_000_000;
 
@@ -50,27 +55,36 @@ enum Kind {
     Deliver { from: u32, bytes: Vec<u8> },
 }
 
-/// An event: canonical key `(at, class, who, n)` plus the target node.
+/// An event: canonical key `(at, class, who, n)` plus the target node. The
+/// key is packed into one `u128` (`at` 44 bits, `class` 1, `who` 27, `n`
+/// 56), which orders exactly as the tuple while those fit (asserted).
 struct Ev {
-    at: u64,
-    /// 0 = timer, 1 = delivery.
-    class: u8,
-    /// The node for a timer, the sender for a delivery.
-    who: u32,
-    /// The timer's or the sender's own counter.
-    n: u64,
+    key: u128,
     to: u32,
     kind: Kind,
 }
 
+/// Nodes a world holds at most (`who` has 27 bits in the packed key).
+pub const NODES_MAX: usize = 1 << 27;
+
 impl Ev {
-    fn key(&self) -> (u64, u8, u32, u64) {
-        (self.at, self.class, self.who, self.n)
+    /// `class`: 0 = timer, 1 = delivery; `who`: the node for a timer, the
+    /// sender for a delivery; `n`: the timer's or the sender's own counter.
+    fn new(at: u64, class: u8, who: u32, n: u64, to: u32, kind: Kind) -> Ev {
+        assert!(at < 1 << 44, "virtual time {at} µs is past the 203 days the event key holds");
+        assert!(n < 1 << 56, "a node's event counter {n} overflows the event key");
+        debug_assert!((who as usize) < NODES_MAX && class < 2);
+        let key = (at as u128) << 84 | (class as u128) << 83 | (who as u128) << 56 | n as u128;
+        Ev { key, to, kind }
+    }
+
+    fn at(&self) -> u64 {
+        (self.key >> 84) as u64
     }
 }
 impl PartialEq for Ev {
     fn eq(&self, o: &Self) -> bool {
-        self.key() == o.key()
+        self.key == o.key
     }
 }
 impl Eq for Ev {}
@@ -81,7 +95,12 @@ impl PartialOrd for Ev {
 }
 impl Ord for Ev {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&o.key())
+        self.key.cmp(&o.key)
+    }
+}
+impl Keyed for Ev {
+    fn at(&self) -> u64 {
+        Ev::at(self)
     }
 }
 
@@ -144,6 +163,8 @@ struct Ctx<'a> {
     n: usize,
     /// Call [`Gossip::check_invariants`] after every input.
     check: bool,
+    /// Keep each node's persisted entries (for restarts).
+    persist: bool,
 }
 
 impl Ctx<'_> {
@@ -190,18 +211,19 @@ impl Ctx<'_> {
                         } else {
                             payload.clone().expect("payload")
                         };
-                        out.events.push(Ev {
+                        out.events.push(Ev::new(
                             at,
-                            class: 1,
-                            who: i as u32,
-                            n: slot.send_n,
-                            to: j as u32,
-                            kind: Kind::Deliver { from: i as u32, bytes },
-                        });
+                            1,
+                            i as u32,
+                            slot.send_n,
+                            j as u32,
+                            Kind::Deliver { from: i as u32, bytes },
+                        ));
                     }
                 }
                 Output::Event(Event::Store(c)) => {
                     match &c {
+                        _ if !self.persist => {}
                         Change::Applied(e) => {
                             slot.persisted.insert((e.ns, e.key.clone()), e.clone());
                         }
@@ -218,15 +240,9 @@ impl Ctx<'_> {
                         slot.scheduled = t;
                         if t != Instant::NEVER {
                             slot.timer_n += 1;
-                            let ev = Ev {
-                                at: t.as_micros().max(now.as_micros()),
-                                class: 0,
-                                who: i as u32,
-                                n: slot.timer_n,
-                                to: i as u32,
-                                kind: Kind::Timer,
-                            };
-                            if ev.at < w_end {
+                            let at = t.as_micros().max(now.as_micros());
+                            let ev = Ev::new(at, 0, i as u32, slot.timer_n, i as u32, Kind::Timer);
+                            if at < w_end {
                                 local.push(Reverse(ev));
                             } else {
                                 out.events.push(ev);
@@ -239,26 +255,37 @@ impl Ctx<'_> {
         }
     }
 
-    /// Runs the window's events for the nodes `lo..lo + slots.len()`.
+    /// Runs the window's events (in key order) for the nodes
+    /// `lo..lo + slots.len()`; timers a node sets within the window join
+    /// them in order.
     fn run(&self, lo: usize, slots: &mut [Slot], events: Vec<Ev>, w_end: u64) -> WindowOut {
         let mut out = WindowOut::default();
-        let mut local: BinaryHeap<Reverse<Ev>> = events.into_iter().map(Reverse).collect();
-        while let Some(Reverse(ev)) = local.pop() {
+        let mut local: BinaryHeap<Reverse<Ev>> = BinaryHeap::new();
+        let mut events = events.into_iter().peekable();
+        loop {
+            let from_local = match (events.peek(), local.peek()) {
+                (Some(e), Some(Reverse(l))) => l.key < e.key,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => break,
+            };
+            let ev = if from_local { local.pop().expect("peeked").0 } else { events.next().expect("peeked") };
             let i = ev.to as usize;
             let slot = &mut slots[i - lo];
-            let now = Instant::from_micros(ev.at);
+            let at = ev.at();
+            let now = Instant::from_micros(at);
             match ev.kind {
                 Kind::Timer => {
-                    if slot.scheduled.as_micros() == ev.at && slot.g.is_some() {
+                    if slot.scheduled.as_micros() == at && slot.g.is_some() {
                         slot.scheduled = Instant::NEVER;
-                        slot.trace = mix(slot.trace, ev.at);
+                        slot.trace = mix(slot.trace, at);
                         self.feed(i, slot, now, Input::Timeout, w_end, &mut local, &mut out);
                     }
                 }
                 Kind::Deliver { from, bytes } => {
                     let f = from as usize;
                     if slot.g.is_some() && self.group[f] == self.group[i] {
-                        slot.trace = mix(slot.trace, ev.at ^ hash_bytes(&bytes).rotate_left(17));
+                        slot.trace = mix(slot.trace, at ^ hash_bytes(&bytes).rotate_left(17));
                         let input = Input::Receive { from: addr(f), bytes };
                         self.feed(i, slot, now, input, w_end, &mut local, &mut out);
                     }
@@ -272,7 +299,7 @@ impl Ctx<'_> {
 /// Many nodes, one clock, one network.
 pub struct World {
     slots: Vec<Slot>,
-    heap: BinaryHeap<Reverse<Ev>>,
+    queue: Queue<Ev>,
     /// Current virtual time.
     pub now: Instant,
     rng: Rng,
@@ -297,12 +324,14 @@ pub struct World {
     threads: usize,
     parallel_min_events: usize,
     check_invariants: bool,
+    persist: bool,
 }
 
 impl World {
     /// `n` nodes (not started: call [`World::start`]), network `net`, every
     /// random choice drawn from `seed`. `cfg` builds each node's config.
     pub fn new(n: usize, seed: u64, net: NetModel, cfg: Box<dyn Fn(usize, Keyring) -> Config>) -> World {
+        assert!(n <= NODES_MAX, "{n} nodes, over the {NODES_MAX} a world holds");
         let mut seeder = Rng::new(seed ^ 0x5EED_0F0D_E5E5);
         let slots = (0..n)
             .map(|i| Slot {
@@ -318,13 +347,13 @@ impl World {
             .collect();
         World {
             slots,
-            heap: BinaryHeap::new(),
+            queue: Queue::default(),
             now: Instant::ZERO,
             rng: Rng::new(seed),
             net,
             group: vec![0; n],
             world_trace: seed,
-            keys: Keyring::new(1, [0x42; 32]),
+            keys: Keyring::new(1, KEY),
             cfg,
             changes: Vec::new(),
             touched: Vec::new(),
@@ -334,7 +363,27 @@ impl World {
             threads: 1,
             parallel_min_events: PARALLEL_MIN_EVENTS,
             check_invariants: false,
+            persist: true,
         }
+    }
+
+    /// With `false`, nodes started from now on skip the cipher (see
+    /// [`Keyring::unsealed_for_simulation`]): same envelopes, same sizes,
+    /// same protocol decisions, no AEAD. Sealed by default.
+    pub fn set_sealed(&mut self, sealed: bool) {
+        self.keys = if sealed { Keyring::new(1, KEY) } else { Keyring::unsealed_for_simulation(1, KEY) };
+    }
+
+    /// True if nodes seal their messages.
+    pub fn sealed(&self) -> bool {
+        !self.keys.is_unsealed()
+    }
+
+    /// With `false`, nodes keep no copy of their persisted entries: a run
+    /// that never crashes a node (`sim gossip`) saves a second copy of
+    /// every store. [`World::crash`] then refuses.
+    pub fn set_persist(&mut self, on: bool) {
+        self.persist = on;
     }
 
     /// Runs windows on up to `threads` threads (same results for any count).
@@ -401,6 +450,7 @@ impl World {
 
     /// Crashes node `i`: its memory is gone, its persisted entries stay.
     pub fn crash(&mut self, i: usize) {
+        assert!(self.persist, "a crash in a world that keeps no persisted entries");
         self.slots[i].g = None;
         self.slots[i].scheduled = Instant::NEVER;
         self.world_trace = mix(self.world_trace, 0xC0DE ^ i as u64);
@@ -413,7 +463,13 @@ impl World {
 
     /// Feeds `input` to node `i` (if up) now and carries out its outputs.
     pub fn input(&mut self, i: usize, input: Input) {
-        let ctx = Ctx { net: &self.net, group: &self.group, n: self.slots.len(), check: self.check_invariants };
+        let ctx = Ctx {
+            net: &self.net,
+            group: &self.group,
+            n: self.slots.len(),
+            check: self.check_invariants,
+            persist: self.persist,
+        };
         let mut out = WindowOut::default();
         let mut local = BinaryHeap::new();
         // Nothing is due before now: every timer goes to the heap.
@@ -426,7 +482,9 @@ impl World {
     fn absorb(&mut self, out: WindowOut) {
         self.bytes_sent += out.bytes;
         self.messages_sent += out.messages;
-        self.heap.extend(out.events.into_iter().map(Reverse));
+        for ev in out.events {
+            self.queue.push(ev);
+        }
         self.changes.extend(out.changes);
         self.touched.extend(out.touched);
     }
@@ -437,8 +495,8 @@ impl World {
     /// clock to `until`, if nothing is due.
     pub fn step(&mut self, until: Instant) -> bool {
         self.touched.clear();
-        let first = match self.heap.peek() {
-            Some(Reverse(ev)) if ev.at <= until.as_micros() => ev.at,
+        let first = match self.queue.first_at() {
+            Some(at) if at <= until.as_micros() => at,
             _ => {
                 self.now = self.now.max(until);
                 return false;
@@ -446,15 +504,10 @@ impl World {
         };
         let w_end = (first + self.net.latency_us.max(1)).min(until.as_micros() + 1);
         let mut events = Vec::new();
-        while let Some(Reverse(ev)) = self.heap.peek() {
-            if ev.at >= w_end {
-                break;
-            }
-            events.push(self.heap.pop().expect("peeked").0);
-        }
-        let last_at = events.iter().map(|e| e.at).max().unwrap_or(first);
+        self.queue.take_before(w_end, &mut events);
+        let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
         let n = self.slots.len();
-        let ctx = Ctx { net: &self.net, group: &self.group, n, check: self.check_invariants };
+        let ctx = Ctx { net: &self.net, group: &self.group, n, check: self.check_invariants, persist: self.persist };
         let threads = if events.len() >= self.parallel_min_events { self.threads.min(n).max(1) } else { 1 };
         let mut outs = Vec::with_capacity(threads);
         if threads == 1 {

@@ -60,3 +60,25 @@ fn json_is_exactly_one_document_on_stdout_for_every_subcommand() {
     assert_eq!(doc["violations"], 0);
     assert_eq!(doc["seeds"], 1);
 }
+
+#[test]
+fn no_seal_says_so_and_changes_no_protocol_figure() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["gossip", "--nodes", "30", "--secs", "12", "--warmup-secs", "4", "--json"];
+        args.extend_from_slice(extra);
+        let o = sim(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+        (j, stderr(&o))
+    };
+    let (sealed, sealed_text) = run(&[]);
+    let (plain, plain_text) = run(&["--no-seal"]);
+    assert_eq!(sealed["sealed"], true);
+    assert_eq!(plain["sealed"], false);
+    assert!(sealed_text.contains("messages: sealed"), "{sealed_text}");
+    assert!(plain_text.contains("NOT sealed"), "{plain_text}");
+    for k in ["writes", "converged", "rounds_50", "rounds_100", "bytes_per_node_per_s", "pair_rounds_999"] {
+        assert_eq!(sealed[k], plain[k], "{k} differs with --no-seal");
+    }
+    assert_ne!(sealed["trace_hash"], plain["trace_hash"], "the bytes on the wire differ");
+}

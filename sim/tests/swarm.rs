@@ -25,3 +25,10 @@ fn the_same_seed_gives_the_same_swarm_trace() {
     assert_eq!(a.secs_all, b.secs_all);
     assert_ne!(run(&small(8)).trace_hash, a.trace_hash, "another seed, another run");
 }
+
+#[test]
+fn the_default_torrent_is_cut_as_rumor_create_cuts_it() {
+    let o = SwarmOpts::default();
+    let bytes = o.pieces as u64 * o.piece_kib * 1024;
+    assert_eq!(o.piece_kib * 1024, rumor_core::bt::metainfo::choose_piece_length(bytes));
+}

@@ -5,8 +5,6 @@
 //! ([`machine`](super::machine)) calls them from its timer and its
 //! dispatch of received messages.
 
-use std::collections::BTreeSet;
-
 use super::machine::{Event, Gossip, Output, Sender, BOOTSTRAP_MAX};
 use super::wire::{Body, MemberState, MemberUpdate, PeerAddr};
 use crate::replica::NodeId;
@@ -332,9 +330,18 @@ impl Gossip {
                 self.send(a, None, Body::Join);
             }
         } else if !self.bootstrap.is_empty() {
-            let live: BTreeSet<&PeerAddr> =
-                self.live_ids.iter().filter_map(|id| self.members.get(id).map(|m| &m.addr)).collect();
-            let strangers: Vec<PeerAddr> = self.bootstrap.iter().filter(|a| !live.contains(a)).cloned().collect();
+            // One pass over the members, no allocation: with a large view
+            // this runs on every node every few seconds.
+            let mut live = vec![false; self.bootstrap.len()];
+            for m in self.members.values() {
+                if matches!(m.state, MemberState::Alive | MemberState::Suspect) {
+                    if let Some(k) = self.bootstrap.iter().position(|a| *a == m.addr) {
+                        live[k] = true;
+                    }
+                }
+            }
+            let strangers: Vec<PeerAddr> =
+                self.bootstrap.iter().zip(&live).filter(|(_, l)| !**l).map(|(a, _)| a.clone()).collect();
             if !strangers.is_empty() {
                 let a = strangers[self.rng.index(strangers.len())].clone();
                 self.send(a, None, Body::Join);

@@ -1,13 +1,18 @@
-//! The choker: whom we upload to. Tit-for-tat over the peers interested in
-//! us (best download rate from them while leeching, best upload rate to them
-//! while seeding), plus one optimistic slot rotated every
-//! [`ChokerConfig::optimistic_interval`], with anti-snubbing.
+//! The choker: whom we upload to. While leeching, tit-for-tat over the
+//! peers interested in us (best download rate from them), with
+//! anti-snubbing; while seeding, round robin (each interested peer holds a
+//! regular slot for [`ChokerConfig::seed_slot_time`], then the one that
+//! waited longest takes it), as libtorrent's default `round_robin` seeding
+//! choker does: ranking by upload rate would keep the slots for the
+//! fastest downloaders and leave slow ones the optimistic slot only, which
+//! stretches the end of a swarm. Plus one optimistic slot rotated every
+//! [`ChokerConfig::optimistic_interval`].
 //!
 //! Pure: call [`Choker::decide`] every 10 s of core time (and when a peer
 //! comes or goes) with fresh [`PeerStats`]; it returns the set to unchoke.
 //! Choke everyone else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::picker::PeerKey;
 use crate::rand::Rng;
@@ -25,16 +30,21 @@ pub struct ChokerConfig {
     /// Peers connected for less than this are three times as likely to win
     /// the optimistic slot (they have nothing to trade yet).
     pub new_peer_age: Duration,
+    /// While seeding, how long a peer holds a regular slot before it goes
+    /// to the interested peer that waited longest.
+    pub seed_slot_time: Duration,
 }
 
 impl Default for ChokerConfig {
-    /// Four slots, 30 s optimistic rotation, 60 s snub timeout, 60 s "new".
+    /// Four slots, 30 s optimistic rotation, 60 s snub timeout, 60 s "new",
+    /// 30 s seeding slots.
     fn default() -> Self {
         ChokerConfig {
             unchoke_slots: 4,
             optimistic_interval: Duration::from_secs(30),
             snub_timeout: Duration::from_secs(60),
             new_peer_age: Duration::from_secs(60),
+            seed_slot_time: Duration::from_secs(30),
         }
     }
 }
@@ -71,19 +81,34 @@ impl PeerStats {
     }
 }
 
-/// Tit-for-tat choker with one optimistic slot.
+/// Tit-for-tat (leeching) or round-robin (seeding) choker with one
+/// optimistic slot.
 #[derive(Clone, Debug)]
 pub struct Choker {
     config: ChokerConfig,
     optimistic: Option<PeerKey>,
     optimistic_until: Instant,
+    /// Seeding: the peers holding a regular slot, and since when.
+    seed_slots: BTreeMap<PeerKey, Instant>,
+    /// Seeding: when each peer last lost its regular slot (absent: never
+    /// held one, so it goes first). Both maps only keep keys of the peers
+    /// passed to the last [`Choker::decide`], so they are bounded by the
+    /// connections.
+    seed_served: BTreeMap<PeerKey, Instant>,
     rng: Rng,
 }
 
 impl Choker {
     /// A choker with no optimistic peer yet.
     pub fn new(config: ChokerConfig, now: Instant, seed: u64) -> Choker {
-        Choker { config, optimistic: None, optimistic_until: now, rng: Rng::new(seed) }
+        Choker {
+            config,
+            optimistic: None,
+            optimistic_until: now,
+            seed_slots: BTreeMap::new(),
+            seed_served: BTreeMap::new(),
+            rng: Rng::new(seed),
+        }
     }
 
     /// The current optimistic unchoke, if any.
@@ -91,24 +116,20 @@ impl Choker {
         self.optimistic
     }
 
-    /// The peers to unchoke now. `seeding` selects the rate that ranks
-    /// peers (upload while seeding, download while leeching); snubbed peers
-    /// lose their regular slot while leeching. Ties go to the lower key.
+    /// The peers to unchoke now. While leeching the regular slots go to
+    /// the best download rates from peers that do not snub us (ties to the
+    /// lower key); while seeding they go round robin (see the module doc).
     pub fn decide(&mut self, now: Instant, seeding: bool, peers: &[PeerStats]) -> BTreeSet<PeerKey> {
-        let mut ranked: Vec<&PeerStats> = peers
-            .iter()
-            .filter(|p| p.peer_interested)
-            .filter(|p| seeding || !p.is_snubbed(now, self.config.snub_timeout))
-            .collect();
-        let rate = |p: &PeerStats| {
-            if seeding {
-                p.upload_rate
-            } else {
-                p.download_rate
-            }
+        let mut out = if seeding {
+            self.round_robin(now, peers)
+        } else {
+            self.seed_slots.clear();
+            self.seed_served.clear();
+            let mut ranked: Vec<&PeerStats> =
+                peers.iter().filter(|p| p.peer_interested && !p.is_snubbed(now, self.config.snub_timeout)).collect();
+            ranked.sort_by(|a, b| b.download_rate.cmp(&a.download_rate).then(a.key.cmp(&b.key)));
+            ranked.iter().take(self.config.unchoke_slots).map(|p| p.key).collect()
         };
-        ranked.sort_by(|a, b| rate(b).cmp(&rate(a)).then(a.key.cmp(&b.key)));
-        let mut out: BTreeSet<PeerKey> = ranked.iter().take(self.config.unchoke_slots).map(|p| p.key).collect();
 
         let current_ok = self.optimistic.is_some_and(|k| {
             now < self.optimistic_until && !out.contains(&k) && peers.iter().any(|p| p.key == k && p.peer_interested)
@@ -142,6 +163,46 @@ impl Choker {
             out.insert(k);
         }
         out
+    }
+
+    /// Seeding's regular slots: holders keep theirs until it has lasted
+    /// [`ChokerConfig::seed_slot_time`]; free slots go to the interested
+    /// peers that never held one, then to those whose last turn ended
+    /// longest ago (ties to the faster upload, then the lower key). A
+    /// holder whose turn is up competes as one just served, so with no
+    /// one waiting it keeps its slot.
+    fn round_robin(&mut self, now: Instant, peers: &[PeerStats]) -> BTreeSet<PeerKey> {
+        let present: BTreeSet<PeerKey> = peers.iter().map(|p| p.key).collect();
+        self.seed_served.retain(|k, _| present.contains(k));
+        let interested: BTreeMap<PeerKey, &PeerStats> =
+            peers.iter().filter(|p| p.peer_interested).map(|p| (p.key, p)).collect();
+        let holders: Vec<(PeerKey, Instant)> = self.seed_slots.iter().map(|(k, t)| (*k, *t)).collect();
+        let mut kept: BTreeMap<PeerKey, Instant> = BTreeMap::new();
+        for (k, since) in holders {
+            if !interested.contains_key(&k) {
+                self.seed_served.insert(k, now);
+            } else if now.saturating_duration_since(since) < self.config.seed_slot_time {
+                kept.insert(k, since);
+            } else {
+                self.seed_served.insert(k, now);
+            }
+        }
+        let mut waiting: Vec<&PeerStats> =
+            interested.values().copied().filter(|p| !kept.contains_key(&p.key)).collect();
+        waiting.sort_by(|a, b| {
+            let served = |p: &PeerStats| self.seed_served.get(&p.key).copied();
+            served(a).cmp(&served(b)).then(b.upload_rate.cmp(&a.upload_rate)).then(a.key.cmp(&b.key))
+        });
+        for p in waiting {
+            if kept.len() >= self.config.unchoke_slots {
+                break;
+            }
+            // A holder whose turn was up and who wins again keeps counting
+            // from now, so it yields at the next turn if someone waits.
+            kept.insert(p.key, now);
+        }
+        self.seed_slots = kept;
+        self.seed_slots.keys().copied().collect()
     }
 }
 
@@ -179,13 +240,55 @@ mod tests {
     }
 
     #[test]
-    fn while_seeding_the_fastest_downloaders_from_us_win() {
+    fn while_seeding_the_fastest_downloaders_go_first() {
         let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
         let peers: Vec<_> = (0..10).map(|k| peer(k, k * 100, 1000 - k)).collect();
         let set = c.decide(t(100), true, &peers);
         for k in 0..4 {
             assert!(set.contains(&k));
         }
+    }
+
+    #[test]
+    fn while_seeding_every_interested_peer_gets_a_regular_slot_in_turn() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        // Twelve peers, the first four much faster: rate ranking would keep
+        // them in the regular slots for ever.
+        let peers: Vec<_> = (0..12).map(|k| peer(k, 0, if k < 4 { 1_000_000 } else { 10 })).collect();
+        let mut regular_turns: BTreeMap<PeerKey, u32> = BTreeMap::new();
+        for round in 0..9 {
+            c.decide(t(10 * round), true, &peers);
+            for k in c.seed_slots.keys() {
+                *regular_turns.entry(*k).or_default() += 1;
+            }
+            assert_eq!(c.seed_slots.len(), 4);
+        }
+        // 90 s at 30 s a turn: three turns of four slots cover all twelve.
+        assert_eq!(regular_turns.len(), 12, "{regular_turns:?}");
+        assert!(regular_turns.values().all(|n| *n == 3), "{regular_turns:?}");
+    }
+
+    #[test]
+    fn while_seeding_a_holder_keeps_its_slot_when_no_one_waits() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let peers: Vec<_> = (0..3).map(|k| peer(k, 0, 5)).collect();
+        for round in 0..10 {
+            let set = c.decide(t(10 * round), true, &peers);
+            assert_eq!(set, (0..3).collect());
+        }
+    }
+
+    #[test]
+    fn while_seeding_a_peer_that_leaves_frees_its_slot_at_once() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let mut peers: Vec<_> = (0..6).map(|k| peer(k, 0, 5)).collect();
+        c.decide(t(0), true, &peers);
+        let holder = *c.seed_slots.keys().next().unwrap();
+        peers.retain(|p| p.key != holder);
+        c.decide(t(1), true, &peers);
+        assert_eq!(c.seed_slots.len(), 4);
+        assert!(!c.seed_slots.contains_key(&holder));
+        assert!(c.seed_served.len() <= peers.len());
     }
 
     #[test]

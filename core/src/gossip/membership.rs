@@ -127,7 +127,7 @@ impl Gossip {
     /// anti-entropy exchange with our digest.
     pub(super) fn on_ping(&mut self, from: Sender, seq: u32, hash: u64, writers: u32) {
         self.send(from.addr.clone(), Some(from.id), Body::Ack { seq });
-        if hash != self.store.seen_hash() || writers as usize != self.store.writers() {
+        if hash != self.store.summary_hash() || writers as usize != self.store.writers() {
             let d = self.my_digest();
             self.send(from.addr, Some(from.id), Body::Digest { digest: d });
         }
@@ -352,7 +352,7 @@ impl Gossip {
     }
 
     pub(super) fn ping(&self, seq: u32) -> Body {
-        Body::Ping { seq, hash: self.store.seen_hash(), writers: self.store.writers() as u32 }
+        Body::Ping { seq, hash: self.store.summary_hash(), writers: self.store.writers() as u32 }
     }
 
     // ----- the member table -----

@@ -90,11 +90,11 @@
 //! Last-writer-wins convergence of every live node; deletes and expiries
 //! never come back as long as the tombstone grace period outlasts the
 //! longest partition (both sides of a longer one collect deletes the other
-//! never saw). A node that was down longer than that catches up by a full
-//! state transfer taken only from a node that knows its collection history;
-//! collected tombstones are remembered as (key, version, writer) in a
-//! bounded graveyard that refuses stale copies and travels in full
-//! transfers. `sim chaos` checks all of this on thousands of seeds, with
+//! never saw). A restarted node serves nothing it holds until it has taken
+//! a full state transfer from a node that knows its collection history
+//! (the reasoning is in `anti_entropy.rs`); collected tombstones are
+//! remembered as (key, version, writer) in a bounded graveyard that refuses
+//! stale copies and travels in full transfers. `sim chaos` checks all of this on thousands of seeds, with
 //! [`Gossip::check_invariants`] after every input of every node (the fuzz
 //! target `gossip_machine` and the core tests' virtual network call it
 //! too).

@@ -231,7 +231,7 @@ impl Gossip {
         });
         if differs {
             let d = self.my_digest();
-            self.send(from.addr, Some(from.id), Body::Digest { digest: d });
+            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d });
         }
     }
 
@@ -252,7 +252,7 @@ impl Gossip {
         } else {
             let delta = self.delta_for(&digest);
             let mine = self.my_digest();
-            self.send(from.addr, Some(from.id), Body::Delta { delta, digest: Some(mine) });
+            self.send(from.reply_to, Some(from.id), Body::Delta { delta, digest: Some(mine) });
         }
     }
 
@@ -283,7 +283,7 @@ impl Gossip {
                 }
                 let back = self.delta_for(&d);
                 if !back.entries.is_empty() || !back.seen.is_empty() {
-                    self.send(from.addr, Some(from.id), Body::Delta { delta: back, digest: None });
+                    self.send(from.reply_to, Some(from.id), Body::Delta { delta: back, digest: None });
                 }
             }
             None => {
@@ -313,7 +313,7 @@ impl Gossip {
             self.entry_budget(),
             self.cfg.store.writers_max.min(self.entry_budget() / 40),
         );
-        self.send(from.addr, Some(from.id), Body::Full { after, chunk });
+        self.send(from.reply_to, Some(from.id), Body::Full { after, chunk });
     }
 
     /// A chunk of the full transfer we are taking, for the cursor we are at
@@ -359,7 +359,7 @@ impl Gossip {
     /// transfer from it if it knows its history; otherwise exchange nothing.
     fn peer_behind(&mut self, from: Sender) {
         if self.store.history_complete() {
-            self.send(from.addr, Some(from.id), Body::NeedFull);
+            self.send(from.reply_to, Some(from.id), Body::NeedFull);
         } else if from.complete {
             self.start_full(from.addr, Some(from.id));
         }

@@ -211,10 +211,12 @@ pub enum Command {
 /// One input to [`Gossip::handle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// A whole message arrived; `from` is the transport's source address,
-    /// used only in reports (replies go to the address inside the message).
+    /// A whole message arrived; `from` is where it came from on the
+    /// transport, and where every answer to it goes (see `Transmit`): over
+    /// TCP, the connection it arrived on. The address written inside the
+    /// message is only where our own requests to its sender go.
     Receive {
-        /// Transport source.
+        /// Transport source: the way back.
         from: PeerAddr,
         /// The message bytes (one envelope).
         bytes: Vec<u8>,
@@ -401,13 +403,20 @@ pub struct Gossip {
 /// Bootstrap addresses kept at most.
 pub const BOOTSTRAP_MAX: usize = 16;
 
-/// Who sent the message being handled: its id, the address replies go to
-/// (the one inside the message, not the transport's), and whether it knows
-/// its whole collection history.
+/// Who sent the message being handled: its id, the address it advertises
+/// (where our own requests to it go), the transport address it came from
+/// (where every answer to it goes), and whether it knows its whole
+/// collection history.
 #[derive(Clone, Debug)]
 pub(super) struct Sender {
     pub(super) id: NodeId,
     pub(super) addr: PeerAddr,
+    /// The `from` of the `Input::Receive`: answers go back the way the
+    /// question came, never to the address written inside it, so a copy
+    /// of a member's message sent by someone else cannot aim our answer
+    /// (a delta, a chunk of a full transfer: up to a whole message) at
+    /// that member.
+    pub(super) reply_to: PeerAddr,
     pub(super) complete: bool,
 }
 
@@ -856,7 +865,7 @@ impl Gossip {
         for u in p.updates {
             self.apply_update(u, false);
         }
-        let from = Sender { id: p.from, addr: p.addr, complete: p.complete };
+        let from = Sender { id: p.from, addr: p.addr, reply_to: from, complete: p.complete };
         self.peer_heard_at = Some(self.now.at);
         if from.complete {
             self.complete_heard_at = Some(self.now.at);

@@ -61,8 +61,14 @@
 //! * The seed must come from OS entropy: it also draws the AEAD nonces.
 //! * Messages are whole datagram-like units of at most
 //!   `Config::message_bytes_max` bytes; over TCP, frame each one (length
-//!   prefix). Replies go to the address carried inside each message, so the
-//!   transport's source address may be anything.
+//!   prefix). An answer (ack, digest, delta, chunk of a full transfer, join
+//!   reply, lookup answer, `NeedFull`) goes to the `from` of the message it
+//!   answers: make `from` name the way back, e.g. the connection it came
+//!   in on, and route a `Transmit` to such a `to` over that connection
+//!   (never dial it). Requests, pushes, probes and rounds go to the
+//!   address each member advertises. So a copy of a member's message sent
+//!   by a third party is answered to that third party, never to the
+//!   member: no amplification toward it (issue 12, item 11).
 //! * Replays: every message carries the sender's wall clock and a sequence
 //!   number under the AEAD; a message outside `Config::replay_window` (30 s,
 //!   also the clock skew tolerated between nodes) or already seen from its

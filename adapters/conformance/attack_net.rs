@@ -2,7 +2,8 @@
 //! node, replayed as a test each (scaled down where the bound still
 //! shows): a flood of tracker announces filling the replicated store, DNS
 //! over TCP clients that never read their answers, and gossip connections
-//! without the cluster key holding every slot. Each prints its figures.
+//! without the cluster key holding every slot; and API clients that never
+//! read their responses. Each prints its figures.
 //!
 //! The attackers are small Python scripts (`python3`), as the original
 //! attacks were: they set socket options (a 4 KiB receive buffer, a
@@ -316,4 +317,85 @@ fn a_node_joins_while_connections_without_the_key_crowd_the_gossip_port() {
     // And a write on the first node still reaches it.
     a.add(r#"{"name":"during.local","ips":["10.8.0.2"],"ttl":300}"#);
     assert!(eventually(Duration::from_secs(10), || b.dig(&["during.local", "+short"]).trim() == "10.8.0.2"));
+}
+
+/// `n` connections to the API port at `port`, each with a 4 KiB receive
+/// buffer, asking `GET /list` once and not reading for `wait` seconds
+/// after the response started on every one; then each is read until the
+/// server closes it or 2 s pass. Prints `open` once the requests are sent,
+/// then `closed C of N, max B bytes`.
+const API_NEVER_READ: &str = r#"
+import select, socket, sys, time
+port, n, wait = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(('127.0.0.1', port))
+    s.sendall(b'GET /list HTTP/1.1\r\nHost: node\r\n\r\n')
+    socks.append(s)
+print('open', flush=True)
+started = set()
+deadline = time.time() + 120
+while len(started) < n and time.time() < deadline:
+    readable, _, _ = select.select([s for s in socks if s not in started], [], [], 1.0)
+    started.update(readable)
+time.sleep(wait)
+closed, most = 0, 0
+for s in socks:
+    s.settimeout(2.0)
+    got = 0
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                closed += 1
+                break
+            got += len(b)
+    except OSError:
+        pass
+    most = max(most, got)
+print('closed %d of %d, max %d bytes' % (closed, n, most), flush=True)
+"#;
+
+#[test]
+fn api_clients_that_never_read_their_responses_are_closed_within_seconds() {
+    let node = TestNode::solo("api-neverread", &[]);
+    // A /list larger than the kernel may buffer for the client (its largest
+    // send buffer, plus the 4 KiB receive buffer), so that writing it
+    // stalls when the client does not read.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20);
+    let mut full = String::new();
+    let mut batch = 0;
+    while full.len() < wmem_max + wmem_max / 4 {
+        let records: Vec<String> = (0..10_000)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"n{batch}-{i}.neverread.local","ips":["10.8.{}.{}"],"ttl":3600}}"#,
+                    i / 250,
+                    i % 250
+                )
+            })
+            .collect();
+        let (code, resp) = node.post("/add", &format!("[{}]", records.join(",")));
+        assert_eq!(code, 200, "{resp}");
+        batch += 1;
+        full = ureq::get(&node.url("/list")).timeout(Duration::from_secs(60)).call().unwrap().into_string().unwrap();
+    }
+    let wait = rumor_node::http::WRITE_TIMEOUT.as_secs() + 3;
+    let started = Instant::now();
+    let mut attack = python_attacker(API_NEVER_READ, &[node.api.port().to_string(), "4".into(), wait.to_string()]);
+    // The API keeps answering meanwhile.
+    let (code, _) = node.get("/health");
+    assert_eq!(code, 200);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(attack.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    eprintln!("api never-read: {} ({} bytes in a whole /list, {:?})", line.trim(), full.len(), started.elapsed());
+    let parsed: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    let (closed, n, most) = (parsed[0], parsed[1], parsed[2]);
+    assert_eq!(closed, n, "connections whose client never read were left open: {line}");
+    assert!((most as usize) < full.len(), "a client that never read got the whole response: {line}");
 }

@@ -399,3 +399,78 @@ fn api_clients_that_never_read_their_responses_are_closed_within_seconds() {
     assert_eq!(closed, n, "connections whose client never read were left open: {line}");
     assert!((most as usize) < full.len(), "a client that never read got the whole response: {line}");
 }
+
+/// `n` connections to the API port at `port`, each sending a `POST /add`
+/// that declares `size` bytes and sending all of them but the last. Prints
+/// `open` once the bodies are out, then holds the connections until
+/// killed.
+const HELD_BODIES: &str = r#"
+import socket, sys, time
+port, n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+hdr = b'POST /add HTTP/1.1\r\nHost: node\r\nContent-Length: %d\r\n\r\n' % size
+body = b'a' * (size - 1)
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.connect(('127.0.0.1', port))
+    s.sendall(hdr)
+    s.setblocking(False)
+    socks.append(s)
+pending = {s: memoryview(body) for s in socks}
+deadline = time.time() + 30
+while pending and time.time() < deadline:
+    for s in list(pending):
+        try:
+            k = s.send(pending[s][:65536])
+            pending[s] = pending[s][k:]
+            if len(pending[s]) == 0:
+                del pending[s]
+        except BlockingIOError:
+            pass
+        except OSError:
+            del pending[s]
+    time.sleep(0.001)
+time.sleep(1)
+print('open', flush=True)
+time.sleep(120)
+"#;
+
+#[test]
+fn request_bodies_held_across_api_connections_are_bounded_in_total() {
+    let node = TestNode::solo("api-bodies", &[]);
+    let (budget, body_max) = (rumor_node::http::BODIES_IN_FLIGHT_MAX_BYTES, rumor_node::http::BODY_MAX_BYTES);
+    // Twice what the budget holds: without it, the node would hold them all.
+    let n = 2 * budget / body_max;
+    let rss_before = rss_kib(node.child.id());
+    // More bodies than the budget holds, each a byte short of complete.
+    let _attack = python_attacker(HELD_BODIES, &[node.api.port().to_string(), n.to_string(), body_max.to_string()]);
+    let rss_during = rss_kib(node.child.id());
+    // An honest batch meanwhile finds the budget taken.
+    let records: Vec<String> = (0..2_000)
+        .map(|i| format!(r#"{{"name":"h{i}.bodies.local","ips":["10.7.{}.{}"]}}"#, i / 250, i % 250))
+        .collect();
+    let batch = format!("[{}]", records.join(","));
+    let (during, _) = node.post("/add", &batch);
+    let took = Instant::now();
+    let after = loop {
+        let (code, _) = node.post("/add", &batch);
+        if code == 200 || took.elapsed() > Duration::from_secs(30) {
+            break code;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "held bodies: {n} connections of {body_max} bytes less one: node RSS {rss_before} -> {rss_during} KiB \
+         (budget {} KiB); an honest batch got {during} meanwhile, {after} after {:?}",
+        budget / 1024,
+        took.elapsed()
+    );
+    let grown_kib = rss_during.saturating_sub(rss_before) as usize;
+    // The budget, half again for the buffers each body outgrew on the way
+    // (grown by doubling; the allocator keeps them), a 64 KiB read buffer
+    // per connection, and the runtime's own slack.
+    let bound = budget * 3 / 2 + n * (64 << 10) + (32 << 20);
+    assert!(grown_kib * 1024 < bound, "the node grew by {grown_kib} KiB for bodies held (bound {} KiB)", bound >> 10);
+    assert_eq!(during, 503, "an honest body past the budget is refused with 503");
+    assert_eq!(after, 200, "the budget came back once the held bodies timed out");
+}

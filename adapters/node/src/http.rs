@@ -14,7 +14,8 @@
 //!   8 KiB per packet, 8 KiB per byte for a body sent one byte at a time;
 //! - the bytes of request bodies being received or handled, across all
 //!   connections, are at most [`Limits::bodies_in_flight_max_bytes`]: a
-//!   body that would go past it is refused with 503 (and its connection
+//!   body that would go past it is refused with 503 (read to its end and
+//!   dropped, so the client reads the answer; then the connection is
 //!   closed), so many slow uploads together cannot take the memory one
 //!   body's limit allows each;
 //! - the headers have [`Limits::header_timeout`];
@@ -49,6 +50,8 @@ pub const BODIES_IN_FLIGHT_MAX_BYTES: usize = 64 * BODY_MAX_BYTES;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client gets this long, after its headers, to send the whole body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's read buffer per connection, at most (headers must fit).
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// A write to a client may wait this long for it to read.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a full accept loop looks again for a connection to close,
@@ -63,9 +66,9 @@ pub struct Limits {
     pub connections_max: usize,
     /// Largest request body; a larger one is refused with 413.
     pub body_max_bytes: usize,
-    /// Bytes of request bodies received and not yet handled, across all
-    /// connections; a body that would go past it is refused with 503. The
-    /// buffers holding them take at most twice this.
+    /// Bytes of request bodies received and not yet handled (the
+    /// capacity of the buffers holding them), across all connections; a
+    /// body that would go past it is refused with 503.
     pub bodies_in_flight_max_bytes: usize,
     /// Time for a request's headers (or for an idle connection's next
     /// request to start).
@@ -279,9 +282,16 @@ struct Reserved<'a> {
     bytes: usize,
 }
 
+impl Reserved<'_> {
+    /// Gives back everything taken so far.
+    fn give_back(&mut self) {
+        self.budget.held.fetch_sub(std::mem::take(&mut self.bytes), std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+        self.give_back();
     }
 }
 
@@ -342,20 +352,42 @@ async fn read_body<'a>(
     }
     let collect = async {
         let mut buf: Vec<u8> = Vec::new();
+        // Past the budget, the rest of the body is read and dropped, so
+        // the client (which sends it before reading the answer) reads a
+        // clean 503 rather than a reset; its length is still bounded.
+        let mut busy = false;
+        let mut len = 0usize;
         loop {
             let frame =
                 futures::future::poll_fn(|cx| hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)).await;
             let Some(frame) = frame else { break };
             let Ok(data) = frame.map_err(BodyRefused::Broken)?.into_data() else { continue };
-            if buf.len() + data.len() > max {
+            len += data.len();
+            if len > max {
                 return Err(BodyRefused::TooLarge(max));
             }
-            if !budget.take(&mut reserved, data.len()) {
-                return Err(BodyRefused::Busy(budget.max));
+            if busy {
+                continue;
+            }
+            // The budget counts the buffer's capacity, grown by doubling
+            // (up to the body limit) as data comes.
+            let need = buf.len() + data.len();
+            if need > buf.capacity() {
+                let cap = need.max(2 * buf.capacity()).min(max);
+                if !budget.take(&mut reserved, cap - buf.capacity()) {
+                    busy = true;
+                    buf = Vec::new();
+                    reserved.give_back();
+                    continue;
+                }
+                buf.reserve_exact(cap - buf.len());
             }
             // Copied, and the frame dropped: it is a slice of hyper's read
             // buffer and would keep all of it alive.
             buf.extend_from_slice(&data);
+        }
+        if busy {
+            return Err(BodyRefused::Busy(budget.max));
         }
         Ok(buf)
     };
@@ -404,6 +436,11 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(RtTimer)
         .header_read_timeout(limits.header_timeout)
+        // hyper's read buffer per connection (its default grows to about
+        // 400 KiB): bodies are copied out of it frame by frame, so a
+        // small one costs no speed, and 1,024 connections cannot hold
+        // 400 MiB of it. Headers must fit in it.
+        .max_buf_size(READ_BUFFER_BYTES)
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     futures::select_biased! {

@@ -43,6 +43,12 @@ use std::time::Duration;
 
 /// Messages waiting per peer; more are dropped.
 const QUEUE_PER_PEER: usize = 256;
+/// Answers waiting to be written on one inbound connection; more are
+/// dropped. Each answers one of the peer's messages, and a peer has few
+/// questions in flight (a full transfer asks for one chunk at a time), so
+/// this bounds a connection that stops reading to 2 MiB of 64 KiB
+/// messages.
+const ANSWERS_PER_CONNECTION: usize = 32;
 /// Outbound connections kept at once.
 const PEERS_MAX: usize = 4096;
 /// Inbound connections served at once.
@@ -463,7 +469,7 @@ pub async fn listen_closing(
             let from = PeerAddr(peer.to_string());
             let (mut read_half, mut write_half) = stream.into_split();
             let entered = closer.enter(&from, UNAUTH_MAX);
-            let (answers_tx, answers) = async_channel::bounded::<Vec<u8>>(QUEUE_PER_PEER);
+            let (answers_tx, answers) = async_channel::bounded::<Vec<u8>>(ANSWERS_PER_CONNECTION);
             closer.open_way_back(&from, entered.seq, answers_tx);
             let _leave = Leave(&closer, &from, entered.seq);
             // Answers to this connection's messages, written back on it; a

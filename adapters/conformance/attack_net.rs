@@ -2,7 +2,8 @@
 //! node, replayed as a test each (scaled down where the bound still
 //! shows): a flood of tracker announces filling the replicated store, DNS
 //! over TCP clients that never read their answers, and gossip connections
-//! without the cluster key holding every slot. Each prints its figures.
+//! without the cluster key holding every slot; and API clients that never
+//! read their responses. Each prints its figures.
 //!
 //! The attackers are small Python scripts (`python3`), as the original
 //! attacks were: they set socket options (a 4 KiB receive buffer, a
@@ -316,4 +317,160 @@ fn a_node_joins_while_connections_without_the_key_crowd_the_gossip_port() {
     // And a write on the first node still reaches it.
     a.add(r#"{"name":"during.local","ips":["10.8.0.2"],"ttl":300}"#);
     assert!(eventually(Duration::from_secs(10), || b.dig(&["during.local", "+short"]).trim() == "10.8.0.2"));
+}
+
+/// `n` connections to the API port at `port`, each with a 4 KiB receive
+/// buffer, asking `GET /list` once and not reading for `wait` seconds
+/// after the response started on every one; then each is read until the
+/// server closes it or 2 s pass. Prints `open` once the requests are sent,
+/// then `closed C of N, max B bytes`.
+const API_NEVER_READ: &str = r#"
+import select, socket, sys, time
+port, n, wait = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(('127.0.0.1', port))
+    s.sendall(b'GET /list HTTP/1.1\r\nHost: node\r\n\r\n')
+    socks.append(s)
+print('open', flush=True)
+started = set()
+deadline = time.time() + 120
+while len(started) < n and time.time() < deadline:
+    readable, _, _ = select.select([s for s in socks if s not in started], [], [], 1.0)
+    started.update(readable)
+time.sleep(wait)
+closed, most, each = 0, 0, []
+for s in socks:
+    s.settimeout(2.0)
+    got = 0
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                closed += 1
+                break
+            got += len(b)
+    except OSError:
+        pass
+    most = max(most, got)
+    each.append(got)
+print('closed %d of %d, max %d bytes %s' % (closed, n, most, each), flush=True)
+"#;
+
+#[test]
+fn api_clients_that_never_read_their_responses_are_closed_within_seconds() {
+    let node = TestNode::solo("api-neverread", &[]);
+    // A /list larger than the kernel may buffer for the client (its largest
+    // send buffer, plus the 4 KiB receive buffer), so that writing it
+    // stalls when the client does not read.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20);
+    let mut full = String::new();
+    let mut batch = 0;
+    while full.len() < wmem_max + wmem_max / 4 {
+        let records: Vec<String> = (0..10_000)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"n{batch}-{i}.neverread.local","ips":["10.8.{}.{}"],"ttl":3600}}"#,
+                    i / 250,
+                    i % 250
+                )
+            })
+            .collect();
+        let (code, resp) = node.post("/add", &format!("[{}]", records.join(",")));
+        assert_eq!(code, 200, "{resp}");
+        batch += 1;
+        full = ureq::get(&node.url("/list")).timeout(Duration::from_secs(60)).call().unwrap().into_string().unwrap();
+    }
+    // Twice the deadline: a response whose writing went on a while before
+    // it stalled (the kernel's buffers growing) still stalls long enough.
+    let wait = 2 * rumor_node::http::WRITE_TIMEOUT.as_secs() + 3;
+    let started = Instant::now();
+    let mut attack = python_attacker(API_NEVER_READ, &[node.api.port().to_string(), "4".into(), wait.to_string()]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(attack.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    eprintln!("api never-read: {} ({} bytes in a whole /list, {:?})", line.trim(), full.len(), started.elapsed());
+    let parsed: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    let (closed, n, most) = (parsed[0], parsed[1], parsed[2]);
+    assert_eq!(closed, n, "connections whose client never read were left open: {line}");
+    assert!((most as usize) < full.len(), "a client that never read got the whole response: {line}");
+}
+
+/// `n` connections to the API port at `port`, each sending a `POST /add`
+/// that declares `size` bytes and sending all of them but the last. Prints
+/// `open` once the bodies are out, then holds the connections until
+/// killed.
+const HELD_BODIES: &str = r#"
+import socket, sys, time
+port, n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+hdr = b'POST /add HTTP/1.1\r\nHost: node\r\nContent-Length: %d\r\n\r\n' % size
+body = b'a' * (size - 1)
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.connect(('127.0.0.1', port))
+    s.sendall(hdr)
+    s.setblocking(False)
+    socks.append(s)
+pending = {s: memoryview(body) for s in socks}
+deadline = time.time() + 30
+while pending and time.time() < deadline:
+    for s in list(pending):
+        try:
+            k = s.send(pending[s][:65536])
+            pending[s] = pending[s][k:]
+            if len(pending[s]) == 0:
+                del pending[s]
+        except BlockingIOError:
+            pass
+        except OSError:
+            del pending[s]
+    time.sleep(0.001)
+time.sleep(1)
+print('open', flush=True)
+time.sleep(120)
+"#;
+
+#[test]
+fn request_bodies_held_across_api_connections_are_bounded_in_total() {
+    let node = TestNode::solo("api-bodies", &[]);
+    let (budget, body_max) = (rumor_node::http::BODIES_IN_FLIGHT_MAX_BYTES, rumor_node::http::BODY_MAX_BYTES);
+    // Twice what the budget holds: without it, the node would hold them all.
+    let n = 2 * budget / body_max;
+    let rss_before = rss_kib(node.child.id());
+    // More bodies than the budget holds, each a byte short of complete.
+    let _attack = python_attacker(HELD_BODIES, &[node.api.port().to_string(), n.to_string(), body_max.to_string()]);
+    let rss_during = rss_kib(node.child.id());
+    // An honest batch meanwhile finds the budget taken.
+    let records: Vec<String> = (0..2_000)
+        .map(|i| format!(r#"{{"name":"h{i}.bodies.local","ips":["10.7.{}.{}"]}}"#, i / 250, i % 250))
+        .collect();
+    let batch = format!("[{}]", records.join(","));
+    let (during, _) = node.post("/add", &batch);
+    let took = Instant::now();
+    let after = loop {
+        let (code, _) = node.post("/add", &batch);
+        if code == 200 || took.elapsed() > Duration::from_secs(30) {
+            break code;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "held bodies: {n} connections of {body_max} bytes less one: node RSS {rss_before} -> {rss_during} KiB \
+         (budget {} KiB); an honest batch got {during} meanwhile, {after} after {:?}",
+        budget / 1024,
+        took.elapsed()
+    );
+    let grown_kib = rss_during.saturating_sub(rss_before) as usize;
+    // The budget, half again for the buffers each body outgrew on the way
+    // (grown by doubling; the allocator keeps them), a 64 KiB read buffer
+    // per connection, and the runtime's own slack.
+    let bound = budget * 3 / 2 + n * (64 << 10) + (32 << 20);
+    assert!(grown_kib * 1024 < bound, "the node grew by {grown_kib} KiB for bodies held (bound {} KiB)", bound >> 10);
+    assert_eq!(during, 503, "an honest body past the budget is refused with 503");
+    assert_eq!(after, 200, "the budget came back once the held bodies timed out");
 }

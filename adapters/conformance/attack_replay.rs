@@ -4,6 +4,11 @@
 //! 200 times to the original requester (about 108x amplification toward a
 //! third party). Now every envelope carries a timestamp and a sequence
 //! number under the AEAD, and a node accepts each (sender, number) once.
+//! A captured message the node has not seen yet is still fresh there (one
+//! withheld on the way, or sent to another node): its answer goes back on
+//! the connection it came in on, to whoever sent it, never to the member
+//! that sealed it (second test; the old code sent about 13 KB to the
+//! member for one 115-byte request).
 //!
 //! The capture: node B advertises a small TCP proxy in this test as its
 //! gossip address, so everything node A sends to B passes through it and
@@ -17,6 +22,7 @@ use common::*;
 use rumor_core::gossip::{open, Body, Keyring};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,25 +58,57 @@ fn framed(bytes: &[u8]) -> Vec<u8> {
     f
 }
 
+/// What a [`proxy`] does with each frame it reads from a client.
+type Filter = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
 /// A proxy on `listener` that forwards every gossip connection to `to`
-/// (set once the node behind it is up), recording each frame.
-fn proxy(listener: TcpListener, to: Arc<Mutex<Option<SocketAddr>>>, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
+/// (set once the node behind it is up), both ways: each frame from the
+/// client is recorded in `seen` and forwarded unless `withhold` says so
+/// (withheld ones go to `held`), counting the bytes forwarded in
+/// `forwarded`; whatever the node writes back (answers go back on the
+/// connection they were asked on) is copied back as is.
+fn proxy_with(
+    listener: TcpListener,
+    to: Arc<Mutex<Option<SocketAddr>>>,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    withhold: Filter,
+    held: Arc<Mutex<Vec<Vec<u8>>>>,
+    forwarded: Arc<AtomicU64>,
+) {
     std::thread::spawn(move || {
         for inbound in listener.incoming() {
             let Ok(mut inbound) = inbound else { continue };
             let Some(target) = *to.lock().unwrap() else { continue };
-            let seen = seen.clone();
+            let (seen, withhold, held, forwarded) = (seen.clone(), withhold.clone(), held.clone(), forwarded.clone());
             std::thread::spawn(move || {
                 let Ok(mut out) = TcpStream::connect(target) else { return };
+                if let (Ok(mut back_from), Ok(mut back_to)) = (out.try_clone(), inbound.try_clone()) {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut back_from, &mut back_to);
+                        let _ = back_to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
                 while let Some(frame) = read_frame(&mut inbound) {
+                    if withhold(&frame) {
+                        held.lock().unwrap().push(frame);
+                        continue;
+                    }
                     if out.write_all(&framed(&frame)).is_err() {
                         return;
                     }
+                    forwarded.fetch_add(4 + frame.len() as u64, Ordering::Relaxed);
                     seen.lock().unwrap().push(frame);
                 }
+                let _ = out.shutdown(std::net::Shutdown::Both);
             });
         }
     });
+}
+
+/// [`proxy_with`] that forwards everything.
+fn proxy(listener: TcpListener, to: Arc<Mutex<Option<SocketAddr>>>, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
+    let none: Filter = Arc::new(|_| false);
+    proxy_with(listener, to, seen, none, Arc::default(), Arc::default());
 }
 
 /// A cheap pseudo-random 64-bit number, so records do not compress away.
@@ -174,6 +212,105 @@ fn a_captured_gossip_frame_replayed_200_times_is_not_answered_200_times() {
     };
     assert!(closed, "a connection that replayed a frame is still open");
     assert!(dropped as usize >= REPLAYS * 9 / 10, "only {dropped} of {REPLAYS} replays were dropped as such");
+    // The cluster is unharmed.
+    assert_eq!(status(&a.dig(&[&last, "A"])), "NOERROR");
+}
+
+/// A member's captured request, sent by someone else, that the node has
+/// never seen: the node answers it (it is authentic and fresh), but on the
+/// connection it came in on, never to the member that sealed it.
+#[test]
+fn a_captured_full_transfer_request_sent_by_a_third_party_brings_the_member_no_traffic() {
+    let ring = Keyring::new(0, key_bytes());
+    let is_full_request =
+        move |f: &[u8]| matches!(open(&ring, f, 1 << 20).map(|p| p.body), Ok(Body::FullRequest { .. }));
+    // B is reached through a proxy that can withhold A's first request of
+    // a full transfer; A through one that counts the bytes sent to it.
+    let (to_b, to_a) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
+    let armed = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let into_a = Arc::new(AtomicU64::new(0));
+    let (pb, pa) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+    let (pb_addr, pa_addr) = (pb.local_addr().unwrap().to_string(), pa.local_addr().unwrap().to_string());
+    let withhold: Filter = {
+        let (armed, held) = (armed.clone(), held.clone());
+        Arc::new(move |f: &[u8]| armed.load(Ordering::Relaxed) && held.lock().unwrap().is_empty() && is_full_request(f))
+    };
+    let via_b = Arc::new(Mutex::new(Vec::new()));
+    proxy_with(pb, to_b.clone(), via_b.clone(), withhold, held.clone(), Arc::default());
+    let none: Filter = Arc::new(|_| false);
+    proxy_with(pa, to_a.clone(), Arc::default(), none, Arc::default(), into_a.clone());
+
+    let b = TestNode::solo("replay-full-b", &["--cluster-key", KEY, "--advertise", &pb_addr]);
+    *to_b.lock().unwrap() = Some(b.gossip);
+    for i in 0..RECORDS as u64 {
+        let x = mix(i);
+        let y = mix(i + 1_000_000);
+        b.add(&format!(
+            r#"{{"name":"f{i}-{x:016x}.replay.local","ips":["10.{}.{}.{}"],"ttl":3600}}"#,
+            y as u8,
+            (y >> 8) as u8,
+            (y >> 16) as u8
+        ));
+    }
+    let mut a = TestNode::solo("replay-full-a", &["--cluster-key", KEY, "--advertise", &pa_addr, "--join", &pb_addr]);
+    *to_a.lock().unwrap() = Some(a.gossip);
+    let last = format!("f{}-{:016x}.replay.local", RECORDS - 1, mix(RECORDS as u64 - 1));
+    assert!(
+        eventually(Duration::from_secs(20), || status(&a.dig(&[&last, "A"])) == "NOERROR"),
+        "A never caught up with B"
+    );
+    // A restarts: not knowing what was collected while it was down, it
+    // asks B for a full transfer. Its first request is captured and never
+    // reaches B (A asks again a second later).
+    armed.store(true, Ordering::Relaxed);
+    a.restart();
+    *to_a.lock().unwrap() = Some(a.gossip);
+    let asked = eventually(Duration::from_secs(20), || !held.lock().unwrap().is_empty());
+    if !asked {
+        let ring = Keyring::new(0, key_bytes());
+        let kinds: Vec<String> = via_b
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| open(&ring, f, 1 << 20).map(|p| format!("{:.60}", format!("{:?}", p.body))).unwrap_or_default())
+            .collect();
+        panic!("A never asked B for a full transfer; A sent B: {kinds:#?}");
+    }
+    let request = held.lock().unwrap()[0].clone();
+    std::thread::sleep(Duration::from_secs(2));
+    // The traffic A gets while nobody attacks.
+    let quiet = (into_a.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let quiet_rate = (into_a.load(Ordering::Relaxed) - quiet.0) as f64 / quiet.1.elapsed().as_secs_f64();
+
+    // The third party sends the captured request to B.
+    let before = (into_a.load(Ordering::Relaxed), Instant::now());
+    let mut s = TcpStream::connect(b.gossip).unwrap();
+    s.write_all(&framed(&request)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut answered = 0usize;
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 16 * 1024];
+    while Instant::now() < until {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answered += n,
+            Err(_) => {}
+        }
+    }
+    let to_a_bytes = into_a.load(Ordering::Relaxed) - before.0;
+    let background = quiet_rate * before.1.elapsed().as_secs_f64();
+    eprintln!(
+        "a captured {}-byte full-transfer request sent by a third party: {answered} bytes answered to it, \
+         {to_a_bytes} bytes to the member A meanwhile ({background:.0} its usual traffic)",
+        request.len()
+    );
+    assert!(answered > 4 * 1024, "B did not answer the request on its connection ({answered} bytes)");
+    assert!(
+        (to_a_bytes as f64) < background + 2048.0,
+        "the answer went to A: {to_a_bytes} bytes against {background:.0} usual"
+    );
     // The cluster is unharmed.
     assert_eq!(status(&a.dig(&[&last, "A"])), "NOERROR");
 }

@@ -10,7 +10,7 @@ use std::ops::{Deref, DerefMut};
 use bytes::Bytes;
 use common::gossip::{addr, keys, now};
 use common::{Link, Net};
-use rumor_core::gossip::{Command, Config, Event, Gossip, Input, Keyring, MemberState, Output, PeerAddr};
+use rumor_core::gossip::{Body, Command, Config, Event, Gossip, Input, Keyring, MemberState, Output, PeerAddr};
 use rumor_core::replica::{Change, Entry, Namespace, StoreConfig};
 use rumor_core::time::Duration;
 use rumor_core::Transmit;
@@ -318,4 +318,142 @@ fn a_key_rotated_in_three_steps_never_stops_the_cluster() {
     }
     let dropped: u64 = (0..4).map(|i| net.node(i).stats().dropped_auth).sum();
     assert_eq!(dropped, 0, "no message was refused during the rotation");
+}
+
+/// True if `bytes` is a sealed request for a full state transfer.
+fn is_full_request(bytes: &[u8]) -> bool {
+    rumor_core::gossip::open(&keys(), bytes, usize::MAX).is_ok_and(|p| matches!(p.body, Body::FullRequest { .. }))
+}
+
+/// True if `bytes` is a sealed chunk of a full state transfer.
+fn is_full_chunk(bytes: &[u8]) -> bool {
+    rumor_core::gossip::open(&keys(), bytes, usize::MAX).is_ok_and(|p| matches!(p.body, Body::Full { .. }))
+}
+
+#[test]
+fn a_node_back_after_the_grace_period_whose_full_transfer_keeps_failing_never_brings_a_collected_delete_back() {
+    // The chaos seeds 3157 and 8027: a node down longer than the grace period
+    // came back with a copy of a key whose delete the others had collected;
+    // its full transfers were lost, it waited a grace period, declared its
+    // history complete with the stale copy still held, and a peer that had
+    // restarted (and so forgotten the delete) took a full transfer from it.
+    let mut net = Cluster::new(5, 10_000);
+    net.run_for(Duration::from_secs(3));
+    net.write(1, b"doomed", b"x");
+    net.write(1, b"kept", b"y");
+    net.run_for(Duration::from_secs(2));
+    assert!(net.value(4, b"doomed").is_some());
+    // Node 4 takes an acknowledged write that never leaves it, then crashes.
+    net.write(4, b"unsent", b"z");
+    net.lose_in_flight();
+    let saved4 = net.persisted(4);
+    net.crash(4);
+    let deleted_at = net.now;
+    net.input(2, Input::Command(Command::Delete { ns: Namespace::DNS, key: Bytes::from_static(b"doomed") }));
+    net.run_for(Duration::from_secs(30));
+    assert!((0..4).all(|i| net.node(i).store().entries().all(|e| &e.key[..] != b"doomed")), "not collected");
+
+    // Node 4 comes back, and every full transfer it takes is lost (its
+    // requests and the chunks sent to it), for three grace periods.
+    net.lose_if(|from, to, bytes| (from == 4 && is_full_request(bytes)) || (*to == addr(4) && is_full_chunk(bytes)));
+    net.restart_from(4, saved4);
+    net.run_for(Duration::from_secs(30));
+    assert!(!net.node(4).store().history_complete(), "node 4 declared its history complete without a full transfer");
+
+    // Node 3 restarts (forgetting the delete it collected) and can reach
+    // only node 4.
+    let saved3 = net.persisted(3);
+    net.crash(3);
+    for j in [0, 1, 2] {
+        net.cut(3, j);
+    }
+    let g = net.make(3, Some(saved3));
+    net.restart(3, g);
+    net.input(3, Input::Command(Command::Join(vec![addr(4)])));
+    net.run_for(Duration::from_secs(20));
+    let resurrected: Vec<_> = net
+        .events()
+        .iter()
+        .filter(|(at, i, e)| {
+            *at > deleted_at
+                && *i != 4
+                && matches!(e, Event::Store(Change::Applied(e)) if &e.key[..] == b"doomed" && !e.deleted)
+        })
+        .map(|(at, i, _)| (*at, *i))
+        .collect();
+    assert_eq!(resurrected, vec![], "(when, node) that took the deleted value back");
+
+    // Once transfers get through, node 4 drops the stale copy, keeps its
+    // unsent write, and everyone agrees.
+    net.lose_none();
+    net.heal();
+    net.run_for(Duration::from_secs(30));
+    for i in 0..5 {
+        assert_eq!(net.value(i, b"doomed"), None, "node {i} resurrected a delete");
+        assert_eq!(net.value(i, b"kept").as_deref(), Some(&b"y"[..]), "node {i}");
+        assert_eq!(net.value(i, b"unsent").as_deref(), Some(&b"z"[..]), "node {i} lost node 4's acknowledged write");
+        assert!(net.node(i).store().history_complete(), "node {i}");
+    }
+    assert!(net.node(4).stats().full_transfers >= 1);
+}
+
+#[test]
+fn a_write_of_a_restarted_node_that_one_peer_got_by_push_reaches_the_others_by_anti_entropy() {
+    // The chaos seed 6525: a restarted writer's versions no longer chain on
+    // from its old ones, so nobody's watermark of it moves until it serves
+    // a delta (after its full transfer). A write of it that one peer got by
+    // push and another missed left both with equal watermarks and so equal
+    // summaries: no exchange, and a delete that travelled this way was
+    // collected without ever reaching the rest.
+    let mut net = Cluster::new(3, 3_600_000);
+    net.run_for(Duration::from_secs(3));
+    let saved = net.persisted(2);
+    net.crash(2);
+    let stuck = |from: usize, to: &PeerAddr, bytes: &[u8]| from == 2 && (is_full_request(bytes) || *to == addr(1));
+    net.lose_if(stuck);
+    net.restart_from(2, saved);
+    net.run_for(Duration::from_secs(3));
+    // Node 2 writes; only node 0 gets it, and node 0's pushes of it to
+    // node 1 are lost too (everything from node 0 to node 1 is, while
+    // they are pushed).
+    net.lose_if(move |from, to, bytes| stuck(from, to, bytes) || from == 0 && *to == addr(1));
+    net.write(2, b"fresh", b"1");
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.value(0, b"fresh").as_deref(), Some(&b"1"[..]));
+    assert_eq!(net.value(1, b"fresh"), None, "the scenario did not hold");
+    net.lose_if(stuck);
+    net.run_for(Duration::from_secs(10));
+    assert!(!net.node(2).store().history_complete(), "the scenario did not hold: node 2 took a full transfer");
+    assert_eq!(net.value(1, b"fresh").as_deref(), Some(&b"1"[..]), "node 1 never got node 2's write from node 0");
+}
+
+#[test]
+fn a_lost_request_of_a_full_transfer_is_sent_again_within_a_second() {
+    let mut net = Cluster::new(3, 10_000);
+    net.run_for(Duration::from_secs(3));
+    net.write(1, b"doomed", b"x");
+    net.run_for(Duration::from_secs(1));
+    let saved = net.persisted(2);
+    net.crash(2);
+    net.input(1, Input::Command(Command::Delete { ns: Namespace::DNS, key: Bytes::from_static(b"doomed") }));
+    net.run_for(Duration::from_secs(15));
+    // The first request node 2 sends is lost.
+    let lost = std::rc::Rc::new(std::cell::Cell::new(0));
+    let count = lost.clone();
+    net.lose_if(move |from, _, bytes| {
+        let first = from == 2 && is_full_request(bytes) && count.get() == 0;
+        if first {
+            count.set(1);
+        }
+        first
+    });
+    net.restart_from(2, saved);
+    let back = net.now;
+    while !net.node(2).store().history_complete() {
+        assert!(net.now < back + Duration::from_secs(4), "node 2 waited for its transfer's deadline");
+        net.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(lost.get(), 1, "the scenario did not hold");
+    assert_eq!(net.node(2).stats().full_requests_resent, 1);
+    assert_eq!(net.value(2, b"doomed"), None);
 }

@@ -33,10 +33,14 @@ fn captured_join(from: &mut Gossip, to: u64, now: Now) -> Vec<u8> {
     sent.into_iter().find(|t| t.to == addr(to)).expect("a join is sent").bytes
 }
 
+/// Where `deliver` says each message came from: the way back, where
+/// answers go.
+const WIRE: &str = "tcp:4711";
+
 /// Delivers `bytes` to `g` at `now`: what it sent back, and why it dropped
 /// the message if it did.
 fn deliver(g: &mut Gossip, now: Now, bytes: Vec<u8>) -> (Vec<Transmit<PeerAddr>>, Option<DecodeError>) {
-    g.handle(now, Input::Receive { from: PeerAddr::from("tcp:4711"), bytes });
+    g.handle(now, Input::Receive { from: PeerAddr::from(WIRE), bytes });
     g.check_invariants();
     let (sent, events) = drain(g);
     let dropped = events.into_iter().find_map(|e| match e {
@@ -52,7 +56,7 @@ fn a_replayed_envelope_is_dropped_and_counted() {
     let join = captured_join(&mut a, 2, at_ms(10));
     let (answer, dropped) = deliver(&mut b, at_ms(20), join.clone());
     assert_eq!(dropped, None);
-    assert!(answer.iter().any(|t| t.to == addr(1)), "the first copy is answered");
+    assert!(answer.iter().any(|t| t.to == PeerAddr::from(WIRE)), "the first copy is answered, the way it came");
     for i in 0..200 {
         let (answer, dropped) = deliver(&mut b, at_ms(30 + i), join.clone());
         assert_eq!(dropped, Some(DecodeError::Replayed), "copy {i}");
@@ -101,7 +105,7 @@ fn a_restarted_nodes_fresh_messages_are_accepted() {
         let join = captured_join(&mut restarted, 2, at_ms(1_000 + i));
         let (answer, dropped) = deliver(&mut b, at_ms(1_000 + i), join);
         assert_eq!(dropped, None, "message {i} after the restart");
-        assert!(answer.iter().any(|t| t.to == addr(1)));
+        assert!(answer.iter().any(|t| t.to == PeerAddr::from(WIRE)));
     }
     assert_eq!(b.stats().dropped_replay + b.stats().dropped_stale, 0);
 }
@@ -143,4 +147,49 @@ fn the_replay_windows_memory_is_bounded() {
     // And the forgotten ones' messages stay refused: they are stale.
     let (_, dropped) = deliver(&mut g, at_ms(later + 300), from(1, WALL0_MS + 1));
     assert_eq!(dropped, Some(DecodeError::Stale));
+}
+
+#[test]
+fn a_members_request_sent_by_someone_else_is_answered_to_them_never_to_the_member() {
+    // Issue 12, item 11: a captured request of node 1's (here a full
+    // transfer's first request) that node 2 never saw is fresh there. Sent
+    // by a third party, its answer (a whole message of entries) goes back
+    // to that third party, not to node 1.
+    let mut b = machine(2, at_ms(0), 2);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..200u32 {
+        // Values that do not compress away.
+        let value: Vec<u8> = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let w = Command::Write {
+            ns: rumor_core::replica::Namespace::DNS,
+            key: bytes::Bytes::from(format!("name-{i}.example")),
+            value: bytes::Bytes::from(value),
+            expires_ms: 0,
+        };
+        b.handle(at_ms(1), Input::Command(w));
+    }
+    drain(&mut b);
+    let p = Packet {
+        from: 1,
+        addr: addr(1),
+        incarnation: 0,
+        sent_ms: WALL0_MS + 5,
+        seq: 1,
+        complete: true,
+        updates: Vec::new(),
+        body: Body::FullRequest { after: None },
+    };
+    let (answer, dropped) = deliver(&mut b, at_ms(10), seal(&keys(), [3; 24], &p, 256));
+    assert_eq!(dropped, None);
+    let to_wire: usize = answer.iter().filter(|t| t.to == PeerAddr::from(WIRE)).map(|t| t.bytes.len()).sum();
+    let to_member: usize = answer.iter().filter(|t| t.to == addr(1)).map(|t| t.bytes.len()).sum();
+    assert!(to_wire > 20_000, "the chunk went back the way the request came ({to_wire} bytes)");
+    assert_eq!(to_member, 0, "nothing went to the member whose request it was");
 }

@@ -214,6 +214,11 @@ proptest! {
         }
         prop_assert_eq!(store_live(&a, now), store_live(&b, now));
         prop_assert_eq!(a.seen_hash(), b.seen_hash());
+        // Converged stores agree on their summaries too (no endless
+        // exchanges), and each one's kept incrementally matches a recount.
+        prop_assert_eq!(a.summary_hash(), b.summary_hash());
+        a.check_summary();
+        b.check_summary();
         prop_assert!(!a.needs_full(&b.digest(0, 100), now));
     }
 }

@@ -74,6 +74,14 @@ fn check_change(floors: &mut Floors, i: usize, c: &Change, now: Instant, violati
     }
 }
 
+/// With `SIM_TRACE_KEY` set, crashes and restarts are printed among the
+/// traced key's changes: most resurrections involve one.
+fn trace_fault(w: &World, what: &str, i: usize) {
+    if std::env::var_os("SIM_TRACE_KEY").is_some() {
+        eprintln!("{:>10}us node {i}: {what}", w.now.as_micros());
+    }
+}
+
 fn check_served(w: &World, i: usize, violations: &mut Vec<String>) {
     let Some(g) = w.node(i) else { return };
     let wall = w.wall_ms();
@@ -205,6 +213,9 @@ fn run_seed_checked(seed: u64) -> ChaosOutcome {
                         *g = r.below(2) as u32;
                     }
                     partition_until = Some(w.now + Duration::from_millis(1_000 + r.below(grace_ms / 2)));
+                    if std::env::var_os("SIM_TRACE_KEY").is_some() {
+                        eprintln!("{:>10}us partition {:?} until {:?}", w.now.as_micros(), w.group, partition_until);
+                    }
                 }
             }
             75..=84 => {
@@ -219,11 +230,13 @@ fn run_seed_checked(seed: u64) -> ChaosOutcome {
                     if let Some(g) = w.node(i) {
                         full_transfers += g.stats().full_transfers;
                     }
+                    trace_fault(&w, "crash", i);
                     w.crash(i);
                 }
             }
             _ => {
                 if !w.is_up(i) {
+                    trace_fault(&w, "restart", i);
                     w.start(i);
                 }
             }
@@ -255,6 +268,7 @@ fn run_seed_checked(seed: u64) -> ChaosOutcome {
     w.net.dup = 0.0;
     for i in 0..n {
         if !w.is_up(i) {
+            trace_fault(&w, "restart at the heal", i);
             w.start(i);
         }
     }

@@ -4,6 +4,19 @@
 //! queue drops); one task per inbound connection reads frames, refusing any
 //! longer than the machine's message limit.
 //!
+//! Connections are two-way. The machine answers every message to the
+//! `from` it came with, and that `from` names the connection: an inbound
+//! connection's peer socket address, or, for a frame read on one of our
+//! outbound connections, the address we dialled. [`GossipNet::send`] to an
+//! open inbound connection's address writes on that connection (and is
+//! dropped if it has closed: such an address is never dialled); anything
+//! else goes to the outbound connection for that address. So an answer
+//! only ever reaches whoever asked, on the connection they asked on: a
+//! member's captured request sent by someone else makes its (large)
+//! answer go back to that someone, never to the member (issue 12, item
+//! 11). A peer that does not read its answers is closed after
+//! [`WRITE_DEADLINE`].
+//!
 //! An inbound connection is unauthenticated until the node opens one of
 //! its frames with a cluster key (it tells the [`Closer`], which admits
 //! it). Until then it has [`UNAUTH_DEADLINE`] to send one, and it is one of
@@ -30,6 +43,12 @@ use std::time::Duration;
 
 /// Messages waiting per peer; more are dropped.
 const QUEUE_PER_PEER: usize = 256;
+/// Answers waiting to be written on one inbound connection; more are
+/// dropped. Each answers one of the peer's messages, and a peer has few
+/// questions in flight (a full transfer asks for one chunk at a time), so
+/// this bounds a connection that stops reading to 2 MiB of 64 KiB
+/// messages.
+const ANSWERS_PER_CONNECTION: usize = 32;
 /// Outbound connections kept at once.
 const PEERS_MAX: usize = 4096;
 /// Inbound connections served at once.
@@ -43,6 +62,9 @@ pub const UNAUTH_MAX: usize = 64;
 pub const UNAUTH_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long writing one frame may take; a connection whose peer does not
+/// read that fast is closed.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A connection the peer closed after at most this many of our frames was
 /// closed "at once" (the receiver closes after the first frame it cannot
@@ -60,7 +82,9 @@ pub type Inbound = (PeerAddr, Vec<u8>);
 /// The node's word on inbound connections (by the `from` of their
 /// [`Inbound`]s): [`Closer::admit`] once one of a connection's frames
 /// opened, [`Closer::close`] for one whose gossip no key of ours opens.
-/// Cheap to clone; shared between the node and the listener.
+/// It also holds the ways back: the write queues of open inbound
+/// connections, and where frames read on outbound connections go. Cheap
+/// to clone; shared between the node's [`GossipNet`] and the listener.
 #[derive(Clone, Default)]
 pub struct Closer(Arc<Mutex<Gate>>);
 
@@ -76,6 +100,13 @@ struct Gate {
     /// The same, oldest first.
     order: BTreeMap<u64, String>,
     seq: u64,
+    /// Open inbound connections' write queues, by peer address (at most
+    /// `INBOUND_MAX`, one per connection served), with the `seq` of the
+    /// connection that entered it.
+    ways_back: HashMap<String, (u64, async_channel::Sender<Vec<u8>>)>,
+    /// Where frames read on our outbound connections go: the listener's
+    /// channel, once it runs.
+    inbound: Option<async_channel::Sender<Inbound>>,
 }
 
 /// An unauthenticated connection: dropping `kick` wakes it to look at
@@ -171,6 +202,31 @@ impl Closer {
         if g.pending.get(&from.0).is_some_and(|p| p.seq == seq) {
             g.remove_pending(&from.0);
         }
+        if g.ways_back.get(&from.0).is_some_and(|(s, _)| *s == seq) {
+            g.ways_back.remove(&from.0);
+        }
+    }
+
+    /// Answers to `from` go on the inbound connection entered as `seq`.
+    fn open_way_back(&self, from: &PeerAddr, seq: u64, tx: async_channel::Sender<Vec<u8>>) {
+        self.lock().ways_back.insert(from.0.clone(), (seq, tx));
+    }
+
+    /// The write queue of the open inbound connection `to`, if it is one.
+    fn way_back(&self, to: &PeerAddr) -> Option<async_channel::Sender<Vec<u8>>> {
+        let g = self.lock();
+        if g.ways_back.is_empty() {
+            return None;
+        }
+        g.ways_back.get(&to.0).map(|(_, tx)| tx.clone())
+    }
+
+    fn set_inbound(&self, inbound: async_channel::Sender<Inbound>) {
+        self.lock().inbound = Some(inbound);
+    }
+
+    fn inbound(&self) -> Option<async_channel::Sender<Inbound>> {
+        self.lock().inbound.clone()
     }
 }
 
@@ -183,24 +239,36 @@ impl Drop for Leave<'_> {
     }
 }
 
-/// Outbound side: a queue per peer address.
+/// Outbound side: a queue per peer address, and the ways back.
 pub struct GossipNet {
     peers: HashMap<String, async_channel::Sender<Vec<u8>>>,
     frame_max: usize,
-    /// Messages dropped because a peer's queue was full.
+    closer: Closer,
+    /// Messages dropped because a peer's queue was full, or because the
+    /// inbound connection an answer was for had closed.
     pub dropped: u64,
 }
 
 impl GossipNet {
-    /// Outbound connections carrying frames of at most `frame_max` bytes.
-    pub fn new(frame_max: usize) -> Self {
-        GossipNet { peers: HashMap::new(), frame_max, dropped: 0 }
+    /// Outbound connections carrying frames of at most `frame_max` bytes;
+    /// `closer` is the one the listener ([`listen_closing`]) was given, for
+    /// the ways back in both directions.
+    pub fn new(frame_max: usize, closer: Closer) -> Self {
+        GossipNet { peers: HashMap::new(), frame_max, closer, dropped: 0 }
     }
 
-    /// Queues one message for `to`, connecting if needed.
+    /// Queues one message for `to`: on the inbound connection `to` if one
+    /// is open, else on the outbound connection to `to`, connecting if
+    /// needed.
     pub fn send(&mut self, to: &PeerAddr, bytes: Vec<u8>) {
         if bytes.len() > self.frame_max {
             self.dropped += 1;
+            return;
+        }
+        if let Some(tx) = self.closer.way_back(to) {
+            if tx.try_send(bytes).is_err() {
+                self.dropped += 1;
+            }
             return;
         }
         if let Some(tx) = self.peers.get(&to.0) {
@@ -226,8 +294,66 @@ impl GossipNet {
         let (tx, rx) = async_channel::bounded(QUEUE_PER_PEER);
         let _ = tx.try_send(bytes);
         self.peers.insert(to.0.clone(), tx);
-        rt::spawn(outbound(to.0.clone(), rx));
+        rt::spawn(outbound(to.0.clone(), rx, self.closer.clone(), self.frame_max + 4));
     }
+}
+
+/// Reads one frame (a 4-byte big-endian length, then that many bytes) from
+/// a read half: `None` at end of stream, on an error, for a length over
+/// `max`, or (with `idle`) after that long without the next byte.
+async fn read_frame(r: &mut rt::ReadHalf, max: usize, idle: Option<Duration>) -> Option<Vec<u8>> {
+    async fn within<T>(idle: Option<Duration>, f: impl std::future::Future<Output = T>) -> Option<T> {
+        match idle {
+            Some(d) => rt::timeout(d, f).await.ok(),
+            None => Some(f.await),
+        }
+    }
+    let mut len = [0u8; 4];
+    within(idle, r.read_exact(&mut len)).await?.ok()?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > max {
+        tracing::debug!(n, max, "gossip frame over the limit; closing");
+        return None;
+    }
+    let mut buf = vec![0u8; n];
+    within(idle, r.read_exact(&mut buf)).await?.ok()?;
+    Some(buf)
+}
+
+/// Writes one frame within [`WRITE_DEADLINE`]; false if the connection
+/// failed or its peer did not read in time.
+async fn write_frame(w: &mut rt::WriteHalf, msg: &[u8]) -> bool {
+    let mut frame = Vec::with_capacity(4 + msg.len());
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(msg);
+    matches!(rt::timeout(WRITE_DEADLINE, w.write_all(&frame)).await, Ok(Ok(())))
+}
+
+/// Hands every frame read on our outbound connection to `addr` to the
+/// node, as from `addr` (so answers to them come back this way), until the
+/// connection ends, the node asks to close it, or `stop` closes (the
+/// outbound task let the connection go).
+async fn read_answers(
+    mut r: rt::ReadHalf,
+    addr: String,
+    closer: Closer,
+    frame_max: usize,
+    stop: async_channel::Receiver<()>,
+) {
+    let from = PeerAddr(addr);
+    let read = async {
+        while let Some(frame) = read_frame(&mut r, frame_max, None).await {
+            if closer.take(&from) {
+                tracing::debug!(peer = %from.0, "closing a gossip connection whose answers no key opens");
+                return;
+            }
+            let Some(inbound) = closer.inbound() else { continue };
+            if inbound.send((from.clone(), frame)).await.is_err() {
+                return;
+            }
+        }
+    };
+    futures::future::select(std::pin::pin!(read), std::pin::pin!(stop.recv())).await;
 }
 
 /// What woke an outbound task.
@@ -238,8 +364,16 @@ enum Wake {
     Closed,
 }
 
-async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
-    let mut stream: Option<rt::TcpStream> = None;
+/// One open outbound connection: our write half, and the reader task's
+/// signals (it ends when the connection does; dropping `_stop` ends it).
+struct Conn {
+    write: rt::WriteHalf,
+    ended: async_channel::Receiver<()>,
+    _stop: async_channel::Sender<()>,
+}
+
+async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>, closer: Closer, frame_max: usize) {
+    let mut conn: Option<Conn> = None;
     // Frames written on the current connection, and connections in a row
     // the peer closed right after our first frames.
     let mut written: u64 = 0;
@@ -261,14 +395,13 @@ async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
     };
     loop {
         let next = async { Wake::Message(rt::timeout(IDLE, rx.recv()).await.ok().and_then(Result::ok)) };
-        let wake = match stream.as_mut() {
-            // The peer never writes on a gossip connection: a read that
-            // ends means it closed (an unopenable frame, idle, restart).
-            Some(s) => {
-                let mut probe = [0u8; 1];
+        let wake = match conn.as_mut() {
+            // The reader task ends when the connection does (the peer
+            // closed it: an unopenable frame, idle, restart).
+            Some(c) => {
                 futures::select_biased! {
                     w = next.fuse() => w,
-                    _ = s.read(&mut probe).fuse() => Wake::Closed,
+                    _ = c.ended.recv().fuse() => Wake::Closed,
                 }
             }
             None => next.await,
@@ -278,19 +411,27 @@ async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
             // Idle, or the node dropped us: close.
             Wake::Message(None) => return,
             Wake::Closed => {
-                stream = None;
+                conn = None;
                 peer_closed(written);
                 continue;
             }
         };
-        if stream.is_none() {
+        if conn.is_none() {
             let connected = match rt::lookup_host(addr.clone()).await.ok().and_then(|a| a.into_iter().next()) {
                 Some(to) => rt::timeout(CONNECT_TIMEOUT, rt::connect(to)).await,
                 None => Ok(Err(std::io::Error::other("cannot resolve"))),
             };
             match connected {
                 Ok(Ok(s)) => {
-                    stream = Some(s);
+                    let (read, write) = s.into_split();
+                    let (ended_tx, ended) = async_channel::bounded::<()>(1);
+                    let (stop, stop_rx) = async_channel::bounded::<()>(1);
+                    let (a, c) = (addr.clone(), closer.clone());
+                    rt::spawn(async move {
+                        let _ended = ended_tx;
+                        read_answers(read, a, c, frame_max, stop_rx).await;
+                    });
+                    conn = Some(Conn { write, ended, _stop: stop });
                     written = 0;
                 }
                 _ => {
@@ -299,31 +440,20 @@ async fn outbound(addr: String, rx: async_channel::Receiver<Vec<u8>>) {
                 }
             }
         }
-        let s = stream.as_mut().expect("connected above");
-        let mut frame = Vec::with_capacity(4 + msg.len());
-        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&msg);
-        if s.write_all(&frame).await.is_err() {
-            // Reconnect for the next message; this one is lost.
-            stream = None;
-            peer_closed(written);
-        } else {
+        let c = conn.as_mut().expect("connected above");
+        if write_frame(&mut c.write, &msg).await {
             written += 1;
+        } else {
+            // Reconnect for the next message; this one is lost.
+            conn = None;
+            peer_closed(written);
         }
     }
 }
 
-/// Accepts gossip connections and hands every frame to `inbound`.
-pub async fn listen(
-    listener: Box<dyn rt::TcpListener>,
-    inbound: async_channel::Sender<Inbound>,
-    frame_max: usize,
-    shutdown: rt::Shutdown,
-) {
-    listen_closing(listener, inbound, frame_max, shutdown, Closer::new()).await
-}
-
-/// [`listen`], closing the connections `closer` marks.
+/// Accepts gossip connections and hands every frame to `inbound`, closing
+/// the connections `closer` marks; answers to them go back on them (give
+/// the same `closer` to the node's [`GossipNet`]).
 pub async fn listen_closing(
     listener: Box<dyn rt::TcpListener>,
     inbound: async_channel::Sender<Inbound>,
@@ -331,15 +461,29 @@ pub async fn listen_closing(
     shutdown: rt::Shutdown,
     closer: Closer,
 ) {
-    crate::net::accept_bounded(listener, INBOUND_MAX, usize::MAX, "gossip", shutdown, |mut stream, peer| {
+    closer.set_inbound(inbound.clone());
+    crate::net::accept_bounded(listener, INBOUND_MAX, usize::MAX, "gossip", shutdown, |stream, peer| {
         let inbound = inbound.clone();
         let closer = closer.clone();
         async move {
             let from = PeerAddr(peer.to_string());
+            let (mut read_half, mut write_half) = stream.into_split();
             let entered = closer.enter(&from, UNAUTH_MAX);
+            let (answers_tx, answers) = async_channel::bounded::<Vec<u8>>(ANSWERS_PER_CONNECTION);
+            closer.open_way_back(&from, entered.seq, answers_tx);
             let _leave = Leave(&closer, &from, entered.seq);
+            // Answers to this connection's messages, written back on it; a
+            // peer that does not read them ends the connection.
+            let write = async {
+                while let Ok(msg) = answers.recv().await {
+                    if !write_frame(&mut write_half, &msg).await {
+                        tracing::debug!(%peer, "closing a gossip connection that does not read its answers");
+                        return;
+                    }
+                }
+            };
             let read = async {
-                while let Some(frame) = crate::net::read_frame::<4>(&mut stream, frame_max, IDLE).await {
+                while let Some(frame) = read_frame(&mut read_half, frame_max, Some(IDLE)).await {
                     if closer.take(&from) {
                         tracing::debug!(%peer, "closing a gossip connection whose messages no key opens");
                         return;
@@ -358,7 +502,8 @@ pub async fn listen_closing(
                 }
                 tracing::debug!(%peer, "closing a gossip connection that sent nothing a cluster key opens");
             };
-            futures::future::select(std::pin::pin!(read), std::pin::pin!(watch)).await;
+            let (read, write, watch) = (std::pin::pin!(read), std::pin::pin!(write), std::pin::pin!(watch));
+            futures::future::select(futures::future::select(read, write), watch).await;
         }
     })
     .await

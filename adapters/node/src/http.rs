@@ -12,7 +12,17 @@
 //!   as it comes: hyper hands the body over in slices of its 8 KiB read
 //!   buffer, and keeping those slices (as axum's own collection does) pinned
 //!   8 KiB per packet, 8 KiB per byte for a body sent one byte at a time;
+//! - the bytes of request bodies being received or handled, across all
+//!   connections, are at most [`Limits::bodies_in_flight_max_bytes`]: a
+//!   body that would go past it is refused with 503 (read to its end and
+//!   dropped, so the client reads the answer; then the connection is
+//!   closed), so many slow uploads together cannot take the memory one
+//!   body's limit allows each;
 //! - the headers have [`Limits::header_timeout`];
+//! - a response must be taken: a write that makes no progress for
+//!   [`Limits::write_timeout`] (the client does not read) closes the
+//!   connection, so a client cannot hold a slot, and the response's
+//!   memory, by never reading;
 //! - when all [`Limits::connections_max`] slots are taken, the connection
 //!   that has waited longest on its client (idle, or sending a request
 //!   slowly) is closed to make room, so slow clients cannot starve the
@@ -32,11 +42,18 @@ pub const CONNECTIONS_MAX: usize = 1024;
 /// Largest request body by default: a full `/add` batch (10,000 records,
 /// about 650 KB) fits.
 pub const BODY_MAX_BYTES: usize = 1 << 20;
+/// Bytes of request bodies held at once across all connections by default
+/// (64 full-size bodies).
+pub const BODIES_IN_FLIGHT_MAX_BYTES: usize = 64 * BODY_MAX_BYTES;
 /// A client gets this long to send a request's headers (and an idle
 /// keep-alive connection this long to start its next request).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client gets this long, after its headers, to send the whole body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's read buffer per connection, at most (headers must fit).
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A write to a client may wait this long for it to read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a full accept loop looks again for a connection to close,
 /// when every slot was busy with a handler.
 const FULL_RETRY: Duration = Duration::from_millis(100);
@@ -49,11 +66,18 @@ pub struct Limits {
     pub connections_max: usize,
     /// Largest request body; a larger one is refused with 413.
     pub body_max_bytes: usize,
+    /// Bytes of request bodies received and not yet handled (the
+    /// capacity of the buffers holding them), across all connections; a
+    /// body that would go past it is refused with 503.
+    pub bodies_in_flight_max_bytes: usize,
     /// Time for a request's headers (or for an idle connection's next
     /// request to start).
     pub header_timeout: Duration,
     /// Time, after the headers, for the whole body (408 past it).
     pub body_timeout: Duration,
+    /// Time one write to the client may wait for it to read; the
+    /// connection is closed past it.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -61,8 +85,10 @@ impl Default for Limits {
         Limits {
             connections_max: CONNECTIONS_MAX,
             body_max_bytes: BODY_MAX_BYTES,
+            bodies_in_flight_max_bytes: BODIES_IN_FLIGHT_MAX_BYTES,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
         }
     }
 }
@@ -82,6 +108,7 @@ pub async fn serve(listener: Box<dyn rt::TcpListener>, router: Router, shutdown:
 pub async fn serve_with(listener: Box<dyn rt::TcpListener>, router: Router, shutdown: rt::Shutdown, limits: Limits) {
     let permits = Arc::new(async_lock::Semaphore::new(limits.connections_max.max(1)));
     let slots = Arc::new(Slots::default());
+    let server = Arc::new(Server { limits, bodies: Budget::new(limits.bodies_in_flight_max_bytes) });
     loop {
         let (stream, peer) = futures::select_biased! {
             _ = futures::FutureExt::fuse(shutdown.wait()) => return,
@@ -115,10 +142,11 @@ pub async fn serve_with(listener: Box<dyn rt::TcpListener>, router: Router, shut
         let Some(permit) = permit else { return };
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let server = server.clone();
         let (slot, closed) = slots.open();
         rt::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, router, shutdown, limits, slot, closed).await;
+            serve_connection(stream, peer, router, shutdown, server, slot, closed).await;
         });
     }
 }
@@ -215,10 +243,63 @@ impl Drop for SlotGuard {
     }
 }
 
+/// What a server's connections share.
+struct Server {
+    limits: Limits,
+    /// Bytes of request bodies held across the connections.
+    bodies: Budget,
+}
+
+/// The bytes of request bodies held across a server's connections, and
+/// their limit.
+struct Budget {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Self {
+        Budget { held: std::sync::atomic::AtomicUsize::new(0), max }
+    }
+
+    /// Takes `n` more bytes for `r`; false (nothing taken) past the limit.
+    fn take(&self, r: &mut Reserved<'_>, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let took = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| h.checked_add(n).filter(|t| *t <= self.max))
+            .is_ok();
+        if took {
+            r.bytes += n;
+        }
+        took
+    }
+}
+
+/// Bytes of a [`Budget`] one body holds, given back when dropped.
+struct Reserved<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Reserved<'_> {
+    /// Gives back everything taken so far.
+    fn give_back(&mut self) {
+        self.budget.held.fetch_sub(std::mem::take(&mut self.bytes), std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 /// Why a request's body was not read.
 enum BodyRefused {
     TooLarge(usize),
     TooSlow(Duration),
+    Busy(usize),
     Broken(hyper::Error),
 }
 
@@ -234,20 +315,33 @@ impl BodyRefused {
             BodyRefused::TooSlow(d) => {
                 (StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", d.as_secs()))
             }
+            BodyRefused::Busy(max) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the node is receiving {max} bytes of request bodies already; try again shortly"),
+            ),
             BodyRefused::Broken(e) => (StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
         };
-        (status, [(header::CONNECTION, "close")], axum::Json(serde_json::json!({ "error": msg }))).into_response()
+        let mut resp =
+            (status, [(header::CONNECTION, "close")], axum::Json(serde_json::json!({ "error": msg }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
 /// Reads a request's whole body into one buffer: refused at once if its
 /// declared length is over `limits.body_max_bytes`, or once more than that
-/// arrives, or when `limits.body_timeout` passes first.
-async fn read_body(
+/// arrives, or once the bodies held across connections would go past
+/// `budget`, or when `limits.body_timeout` passes first. What it holds of
+/// the budget is given back when the returned [`Reserved`] is dropped.
+async fn read_body<'a>(
     headers: &axum::http::HeaderMap,
     mut body: hyper::body::Incoming,
     limits: Limits,
-) -> Result<bytes::Bytes, BodyRefused> {
+    budget: &'a Budget,
+) -> Result<(bytes::Bytes, Reserved<'a>), BodyRefused> {
+    let mut reserved = Reserved { budget, bytes: 0 };
     let max = limits.body_max_bytes;
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -258,22 +352,47 @@ async fn read_body(
     }
     let collect = async {
         let mut buf: Vec<u8> = Vec::new();
+        // Past the budget, the rest of the body is read and dropped, so
+        // the client (which sends it before reading the answer) reads a
+        // clean 503 rather than a reset; its length is still bounded.
+        let mut busy = false;
+        let mut len = 0usize;
         loop {
             let frame =
                 futures::future::poll_fn(|cx| hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)).await;
             let Some(frame) = frame else { break };
             let Ok(data) = frame.map_err(BodyRefused::Broken)?.into_data() else { continue };
-            if buf.len() + data.len() > max {
+            len += data.len();
+            if len > max {
                 return Err(BodyRefused::TooLarge(max));
+            }
+            if busy {
+                continue;
+            }
+            // The budget counts the buffer's capacity, grown by doubling
+            // (up to the body limit) as data comes.
+            let need = buf.len() + data.len();
+            if need > buf.capacity() {
+                let cap = need.max(2 * buf.capacity()).min(max);
+                if !budget.take(&mut reserved, cap - buf.capacity()) {
+                    busy = true;
+                    buf = Vec::new();
+                    reserved.give_back();
+                    continue;
+                }
+                buf.reserve_exact(cap - buf.len());
             }
             // Copied, and the frame dropped: it is a slice of hyper's read
             // buffer and would keep all of it alive.
             buf.extend_from_slice(&data);
         }
+        if busy {
+            return Err(BodyRefused::Busy(budget.max));
+        }
         Ok(buf)
     };
     match rt::timeout(limits.body_timeout, collect).await {
-        Ok(Ok(buf)) => Ok(bytes::Bytes::from(buf)),
+        Ok(Ok(buf)) => Ok((bytes::Bytes::from(buf), reserved)),
         Ok(Err(refused)) => Err(refused),
         Err(rt::Elapsed) => Err(BodyRefused::TooSlow(limits.body_timeout)),
     }
@@ -284,18 +403,21 @@ async fn serve_connection(
     peer: SocketAddr,
     router: Router,
     shutdown: rt::Shutdown,
-    limits: Limits,
+    server: Arc<Server>,
     slot: Slot,
     closed: futures::channel::oneshot::Receiver<()>,
 ) {
     use tower::ServiceExt;
+    let limits = server.limits;
     let _guard = SlotGuard(slot.clone());
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let router = router.clone();
         let slot = slot.clone();
+        let server = server.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let body = match read_body(&parts.headers, body, limits).await {
+            // Held until the handler is done with the body.
+            let (body, _reserved) = match read_body(&parts.headers, body, limits, &server.bodies).await {
                 Ok(b) => b,
                 Err(refused) => {
                     slot.waiting();
@@ -310,10 +432,15 @@ async fn serve_connection(
             resp
         }
     });
-    let io = smol_hyper::rt::FuturesIo::new(stream);
+    let io = smol_hyper::rt::FuturesIo::new(WriteDeadline::new(stream, limits.write_timeout));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(RtTimer)
         .header_read_timeout(limits.header_timeout)
+        // hyper's read buffer per connection (its default grows to about
+        // 400 KiB): bodies are copied out of it frame by frame, so a
+        // small one costs no speed, and 1,024 connections cannot hold
+        // 400 MiB of it. Headers must fit in it.
+        .max_buf_size(READ_BUFFER_BYTES)
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     futures::select_biased! {
@@ -332,6 +459,81 @@ async fn serve_connection(
     // Shutting down: finish the request in flight, take no other.
     conn.as_mut().graceful_shutdown();
     let _ = rt::timeout(Duration::from_secs(5), conn).await;
+}
+
+/// A stream whose writes fail with `TimedOut` once one has waited
+/// `limit` for the peer to read (hyper then drops the connection).
+struct WriteDeadline {
+    inner: rt::TcpStream,
+    limit: Duration,
+    /// Armed while a write (or flush) is pending; cleared by progress.
+    stalled: Option<rt::BoxFuture<'static, ()>>,
+}
+
+impl WriteDeadline {
+    fn new(inner: rt::TcpStream, limit: Duration) -> Self {
+        WriteDeadline { inner, limit, stalled: None }
+    }
+
+    /// After a pending write or flush: arms the deadline if needed and
+    /// fails once it passed.
+    fn pending<T>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>> {
+        let limit = self.limit;
+        let timer = self.stalled.get_or_insert_with(|| rt::sleep(limit));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its response",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl futures::io::AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl futures::io::AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
 }
 
 /// hyper's timer (for the header read timeout) on top of [`rt::sleep`].
@@ -370,8 +572,23 @@ impl hyper::rt::Timer for RtTimer {
 
 #[cfg(test)]
 mod tests {
-    use super::Slots;
+    use super::{Budget, Reserved, Slots};
     use std::sync::Arc;
+
+    #[test]
+    fn bodies_take_the_budget_up_to_its_limit_and_give_it_back_when_done() {
+        let budget = Budget::new(100);
+        let mut a = Reserved { budget: &budget, bytes: 0 };
+        let mut b = Reserved { budget: &budget, bytes: 0 };
+        assert!(budget.take(&mut a, 60));
+        assert!(!budget.take(&mut b, 41), "past the limit");
+        assert!(budget.take(&mut b, 40));
+        assert!(!budget.take(&mut b, 1));
+        drop(a);
+        assert!(budget.take(&mut b, 60), "a finished body gave its bytes back");
+        drop(b);
+        assert_eq!(budget.held.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn the_connection_waiting_longest_on_its_client_gives_way_and_a_busy_one_never() {

@@ -348,7 +348,7 @@ impl Node {
             member: parts.member,
             tracker,
             advertise: parts.advertise,
-            closer: parts.closer,
+            closer: parts.closer.clone(),
             auth_warned: HashSet::new(),
             gossip_drops: 0,
             member_deadline: now.at,
@@ -370,7 +370,7 @@ impl Node {
             tcp_waiting: HashMap::new(),
             next_tcp_id: 0,
             forwarded: 0,
-            net: GossipNet::new(parts.frame_max),
+            net: GossipNet::new(parts.frame_max, parts.closer),
             inbound: parts.inbound,
             joins: Some(parts.joins),
         };

@@ -5,6 +5,47 @@
 //! Every function here is part of [`Gossip`]; the coordinator
 //! ([`machine`](super::machine)) calls them from its timer, its commands
 //! and its dispatch of received messages.
+//!
+//! # A node back from an absence
+//!
+//! Deletes are tombstones collected after the grace period. A node that was
+//! down (or cut off) when a delete was issued and came back after its
+//! tombstone was collected everywhere still holds the old copy, and nothing
+//! it can hear tells it the copy is dead: waiting does not help, however
+//! long. Cassandra's answer is an operator's rule ("never bring back a node
+//! down longer than gc_grace_seconds without a repair"); Serf/Consul reap
+//! departed members and their tombstones only after a cluster-wide
+//! interval. Ours is the repair, done by the node itself:
+//!
+//! * A restarted node does not know its collection history
+//!   ([`Store::history_complete`](crate::replica::Store::history_complete)
+//!   is false; everything it collected or remembered in memory is gone).
+//!   Until a full state transfer from a peer that does know its own, it
+//!   serves nothing it holds: no deltas, no full transfers, no answer to a
+//!   digest but pulling that transfer. It still takes writes and pushes
+//!   them (they are fresh by construction), and takes what complete peers
+//!   send.
+//! * The transfer settles every held entry: one the sender has seen (within
+//!   its watermark of the entry's writer) but no longer holds was deleted
+//!   and collected there, and is dropped; one the sender has not seen is
+//!   kept. That is the rule that keeps both properties: an acknowledged
+//!   write that never left the node before it crashed is durable here and
+//!   unseen everywhere else, so it is kept and spreads once the node serves
+//!   again; a copy that did reach the others cannot come back, because they
+//!   have seen it. A write never propagated but overwritten later by a
+//!   delete elsewhere loses to that delete's tombstone, which the transfer
+//!   carries while the sender remembers it (held, or in its bounded
+//!   graveyard of collected ones). Dropping instead every own entry older
+//!   than the grace period would lose exactly those unpropagated writes.
+//! * Requests of the transfer are sent again every `full_transfer_retry`
+//!   while unanswered, so loss does not keep a node out of service for long.
+//! * A restarted node takes its own history as complete without a transfer
+//!   only when no peer could vouch for it: for `restore_wait` it heard
+//!   peers and none knew its history (the whole cluster restarted). Never
+//!   for having waited a grace period: the chaos seeds 3157 and 8027 were a
+//!   node whose transfers kept failing, that did so with a stale copy still
+//!   held, and then served it to a peer that had itself restarted and so
+//!   forgotten the delete.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +54,7 @@ use bytes::Bytes;
 use super::machine::{Gossip, Sender};
 use super::wire::{Body, PeerAddr, Pushed};
 use crate::replica::{Delta, Digest, FullChunk, Namespace, NodeId};
-use crate::time::{Duration, Instant};
+use crate::time::Instant;
 
 /// A fresh entry still being pushed.
 #[derive(Clone, Debug)]
@@ -34,6 +75,9 @@ pub(super) struct Transfer {
     pub(super) received: BTreeSet<(Namespace, Bytes)>,
     /// Abandoned past it without progress.
     pub(super) deadline: Instant,
+    /// The request for `after` is sent again at this instant if no chunk
+    /// answered it.
+    pub(super) retry_at: Instant,
 }
 
 /// Upper bound of an encoded digest of `n` writers.
@@ -73,20 +117,7 @@ impl Gossip {
     /// what is hot and, every `sync_every_rounds`, send the summary.
     pub(super) fn round(&mut self) {
         self.store.expire(self.now.wall_ms);
-        // A restarted node that found no peer knowing its history (the whole
-        // cluster restarted) within `restore_wait`, or waited a whole grace
-        // period: nothing can have been collected that it missed; take its
-        // history as complete.
-        if let Some(t) = self.restored_at {
-            let grace = Duration::from_millis(self.cfg.store.tombstone_grace_ms);
-            let waited = self.now.at.saturating_duration_since(t);
-            if self.store.history_complete() {
-                self.restored_at = None;
-            } else if waited >= grace || (waited >= self.cfg.restore_wait && !self.heard_complete) {
-                self.store.mark_history_complete();
-                self.restored_at = None;
-            }
-        }
+        self.settle_restored_history();
         let hot: Vec<Pushed> = {
             let mut bytes = 0usize;
             let budget = self.entry_budget();
@@ -118,7 +149,7 @@ impl Gossip {
         let targets = self.pick_live(n, None);
         // One target of an anti-entropy round gets the summary; the others
         // (and every target of a push-only round) get the push alone.
-        let summary = (self.store.seen_hash(), self.store.writers() as u32);
+        let summary = (self.store.summary_hash(), self.store.writers() as u32);
         for (k, id) in targets.into_iter().enumerate() {
             let addr = self.members[&id].addr.clone();
             let body = Body::Syn { summary: (sync_now && k == 0).then_some(summary), push: hot.clone() };
@@ -138,12 +169,42 @@ impl Gossip {
         }
     }
 
-    /// A full transfer that made no progress until its deadline is dropped.
+    /// A restarted node takes its own history as complete only when no peer
+    /// can vouch for it: for `restore_wait` it has heard peers, and none of
+    /// them knew its collection history (the whole cluster restarted). It
+    /// never does so merely for having waited: a stale copy it holds stays
+    /// stale however long it waits (see the module docs).
+    fn settle_restored_history(&mut self) {
+        let Some(t) = self.restored_at else {
+            return;
+        };
+        if self.store.history_complete() {
+            self.restored_at = None;
+            return;
+        }
+        let quiet_since = self.complete_heard_at.map_or(t, |h| h.max(t));
+        let heard_others = self.peer_heard_at.is_some_and(|h| h > quiet_since);
+        if heard_others && self.now.at.saturating_duration_since(quiet_since) >= self.cfg.restore_wait {
+            self.store.mark_history_complete();
+            self.restored_at = None;
+        }
+    }
+
+    /// A full transfer that made no progress until its deadline is
+    /// dropped; until then, an unanswered request is sent again every
+    /// `full_transfer_retry`.
     pub(super) fn expire_full(&mut self) {
-        if let Some(f) = &self.full {
-            if self.now.at >= f.deadline {
-                self.full = None;
-            }
+        let now = self.now.at;
+        let Some(f) = self.full.as_mut() else {
+            return;
+        };
+        if now >= f.deadline {
+            self.full = None;
+        } else if now >= f.retry_at {
+            f.retry_at = now + self.cfg.full_transfer_retry;
+            let (peer, after) = (f.peer.clone(), f.after.clone());
+            self.stats.full_requests_resent += 1;
+            self.send(peer, None, Body::FullRequest { after });
         }
     }
 
@@ -165,23 +226,33 @@ impl Gossip {
                 self.make_hot(pushed);
             }
         }
-        let differs = summary
-            .is_some_and(|(hash, writers)| hash != self.store.seen_hash() || writers as usize != self.store.writers());
+        let differs = summary.is_some_and(|(hash, writers)| {
+            hash != self.store.summary_hash() || writers as usize != self.store.writers()
+        });
         if differs {
             let d = self.my_digest();
-            self.send(from.addr, Some(from.id), Body::Digest { digest: d });
+            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d });
         }
     }
 
     /// A peer's watermarks: send what it lacks with our own digest, or a
     /// full transfer if it is behind by more than the grace period.
     pub(super) fn on_digest(&mut self, from: Sender, digest: Digest) {
+        if !self.store.history_complete() {
+            // We may hold copies whose deletes were collected while we were
+            // away: we serve nothing until a full transfer has sorted them
+            // out, and take it from this peer if it can vouch for it.
+            if from.complete {
+                self.start_full(from.addr, Some(from.id));
+            }
+            return;
+        }
         if self.store.needs_full(&digest, self.now.wall_ms) {
             self.peer_behind(from);
         } else {
             let delta = self.delta_for(&digest);
             let mine = self.my_digest();
-            self.send(from.addr, Some(from.id), Body::Delta { delta, digest: Some(mine) });
+            self.send(from.reply_to, Some(from.id), Body::Delta { delta, digest: Some(mine) });
         }
     }
 
@@ -189,6 +260,11 @@ impl Gossip {
     /// its digest, and we answer with what it lacks.
     pub(super) fn on_delta(&mut self, from: Sender, delta: Delta, digest: Option<Digest>) {
         let wall = self.now.wall_ms;
+        if !from.complete {
+            // A node that does not know its history sends no delta (see
+            // `on_digest`); one that does is from an older build or lying.
+            return;
+        }
         match digest {
             Some(d) => {
                 // The first leg of an exchange: judge the sender by its
@@ -200,9 +276,14 @@ impl Gossip {
                     return;
                 }
                 self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
+                if !self.store.history_complete() {
+                    // Take what a peer that knows its history sends, but
+                    // serve nothing back before a full transfer.
+                    return;
+                }
                 let back = self.delta_for(&d);
                 if !back.entries.is_empty() || !back.seen.is_empty() {
-                    self.send(from.addr, Some(from.id), Body::Delta { delta: back, digest: None });
+                    self.send(from.reply_to, Some(from.id), Body::Delta { delta: back, digest: None });
                 }
             }
             None => {
@@ -232,16 +313,17 @@ impl Gossip {
             self.entry_budget(),
             self.cfg.store.writers_max.min(self.entry_budget() / 40),
         );
-        self.send(from.addr, Some(from.id), Body::Full { chunk });
+        self.send(from.reply_to, Some(from.id), Body::Full { after, chunk });
     }
 
-    /// A chunk of the full transfer we are taking (from anyone else: ignored).
-    pub(super) fn on_full(&mut self, from: Sender, chunk: FullChunk) {
+    /// A chunk of the full transfer we are taking, for the cursor we are at
+    /// (from anyone else, or for another cursor: ignored).
+    pub(super) fn on_full(&mut self, from: Sender, after: Option<(Namespace, Bytes)>, chunk: FullChunk) {
         let wall = self.now.wall_ms;
         let Some(mut t) = self.full.take() else {
             return;
         };
-        if t.peer != from.addr {
+        if t.peer != from.addr || t.after != after {
             self.full = Some(t);
             return;
         }
@@ -257,6 +339,7 @@ impl Gossip {
             Some(next) => {
                 t.after = Some(next.clone());
                 t.deadline = self.now.at + self.cfg.full_transfer_timeout;
+                t.retry_at = self.now.at + self.cfg.full_transfer_retry;
                 self.full = Some(t);
                 self.send(from.addr, Some(from.id), Body::FullRequest { after: Some(next) });
             }
@@ -276,7 +359,7 @@ impl Gossip {
     /// transfer from it if it knows its history; otherwise exchange nothing.
     fn peer_behind(&mut self, from: Sender) {
         if self.store.history_complete() {
-            self.send(from.addr, Some(from.id), Body::NeedFull);
+            self.send(from.reply_to, Some(from.id), Body::NeedFull);
         } else if from.complete {
             self.start_full(from.addr, Some(from.id));
         }
@@ -292,6 +375,7 @@ impl Gossip {
                 after: None,
                 received: BTreeSet::new(),
                 deadline: self.now.at + self.cfg.full_transfer_timeout,
+                retry_at: self.now.at + self.cfg.full_transfer_retry,
             });
             self.send(peer, peer_id, Body::FullRequest { after: None });
         }

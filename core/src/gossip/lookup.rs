@@ -61,7 +61,7 @@ impl Gossip {
             })
             .cloned()
             .collect();
-        self.send(from.addr, Some(from.id), Body::Found { id, entries });
+        self.send(from.reply_to, Some(from.id), Body::Found { id, entries });
     }
 
     /// An answer to one of our lookups.

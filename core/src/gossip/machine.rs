@@ -94,6 +94,10 @@ pub struct Config {
     pub compress_min_bytes: usize,
     /// A full state transfer is abandoned after this long without progress.
     pub full_transfer_timeout: Duration,
+    /// A request of a full state transfer not answered within this long is
+    /// sent again (until `full_transfer_timeout`): one lost message must not
+    /// stall a node that serves nothing until its transfer is done.
+    pub full_transfer_retry: Duration,
     /// After finishing a full transfer, further requests to do one are
     /// ignored this long (bounds the cost of a peer that keeps asking).
     pub full_transfer_cooldown: Duration,
@@ -147,6 +151,7 @@ impl Config {
             join_sample_max: 32,
             compress_min_bytes: 256,
             full_transfer_timeout: Duration::from_secs(5),
+            full_transfer_retry: Duration::from_secs(1),
             full_transfer_cooldown: Duration::from_secs(30),
             restore_wait: Duration::from_secs(60),
             lookup_fanout: 2,
@@ -206,10 +211,12 @@ pub enum Command {
 /// One input to [`Gossip::handle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// A whole message arrived; `from` is the transport's source address,
-    /// used only in reports (replies go to the address inside the message).
+    /// A whole message arrived; `from` is where it came from on the
+    /// transport, and where every answer to it goes (see `Transmit`): over
+    /// TCP, the connection it arrived on. The address written inside the
+    /// message is only where our own requests to its sender go.
     Receive {
-        /// Transport source.
+        /// Transport source: the way back.
         from: PeerAddr,
         /// The message bytes (one envelope).
         bytes: Vec<u8>,
@@ -303,6 +310,8 @@ pub struct Stats {
     pub oversize_not_sent: u64,
     /// Full state transfers completed.
     pub full_transfers: u64,
+    /// Requests of a full state transfer sent again for want of an answer.
+    pub full_requests_resent: u64,
     /// Remote entries applied.
     pub entries_applied: u64,
     /// Membership updates that changed our view.
@@ -379,8 +388,12 @@ pub struct Gossip {
     pub(super) rounds_to_sync: u32,
     pub(super) full: Option<Transfer>,
     pub(super) full_done_at: Option<Instant>,
+    /// When we restarted, until our collection history is complete.
     pub(super) restored_at: Option<Instant>,
-    pub(super) heard_complete: bool,
+    /// The last time a peer that knows its collection history spoke to us.
+    pub(super) complete_heard_at: Option<Instant>,
+    /// The last time any peer spoke to us.
+    pub(super) peer_heard_at: Option<Instant>,
 
     // ----- lookups -----
     /// Lookups in flight, by the caller's id.
@@ -390,13 +403,20 @@ pub struct Gossip {
 /// Bootstrap addresses kept at most.
 pub const BOOTSTRAP_MAX: usize = 16;
 
-/// Who sent the message being handled: its id, the address replies go to
-/// (the one inside the message, not the transport's), and whether it knows
-/// its whole collection history.
+/// Who sent the message being handled: its id, the address it advertises
+/// (where our own requests to it go), the transport address it came from
+/// (where every answer to it goes), and whether it knows its whole
+/// collection history.
 #[derive(Clone, Debug)]
 pub(super) struct Sender {
     pub(super) id: NodeId,
     pub(super) addr: PeerAddr,
+    /// The `from` of the `Input::Receive`: answers go back the way the
+    /// question came, never to the address written inside it, so a copy
+    /// of a member's message sent by someone else cannot aim our answer
+    /// (a delta, a chunk of a full transfer: up to a whole message) at
+    /// that member.
+    pub(super) reply_to: PeerAddr,
     pub(super) complete: bool,
 }
 
@@ -442,7 +462,8 @@ impl Gossip {
             stats: Stats::default(),
             now,
             restored_at: None,
-            heard_complete: false,
+            complete_heard_at: None,
+            peer_heard_at: None,
             lookups: BTreeMap::new(),
         }
     }
@@ -514,7 +535,7 @@ impl Gossip {
             t = t.min(s.deadline);
         }
         if let Some(f) = &self.full {
-            t = t.min(f.deadline);
+            t = t.min(f.deadline).min(f.retry_at);
         }
         if let Some(at) = self.next_lookup_deadline() {
             t = t.min(at);
@@ -557,7 +578,9 @@ impl Gossip {
     /// pending updates, hot entries, relayed probes, lookups (each still
     /// awaiting between 1 and `lookup_fanout` answers), bootstrap
     /// addresses, the senders' replay windows (`replay_senders_max`), the keys a full transfer remembers, and the store's
-    /// entries, writers and graveyard.
+    /// entries, writers and graveyard; and the store's anti-entropy summary
+    /// agrees with one computed from scratch (`Store::check_summary`, linear
+    /// in the entries).
     pub fn check_invariants(&self) {
         let c = &self.cfg;
         assert!(!self.members.contains_key(&self.me), "node {:x} lists itself as a member", self.me);
@@ -662,6 +685,7 @@ impl Gossip {
             );
         }
         let s = &self.store;
+        s.check_summary();
         assert!(s.len() <= c.store.entries_max, "{} entries, over entries_max {}", s.len(), c.store.entries_max);
         assert!(
             s.writers() <= c.store.writers_max,
@@ -804,7 +828,7 @@ impl Gossip {
                     && delta.seen.len() <= c.store.writers_max
                     && digest.as_ref().is_none_or(|d| d.seen.len() <= c.digest_writers_max)
             }
-            Body::Full { chunk } => {
+            Body::Full { chunk, .. } => {
                 chunk.entries.len() <= c.entries_per_message_max
                     && chunk.seen.len() <= c.store.writers_max
                     && chunk.floors.len() <= c.store.writers_max
@@ -844,8 +868,11 @@ impl Gossip {
         for u in p.updates {
             self.apply_update(u, false);
         }
-        let from = Sender { id: p.from, addr: p.addr, complete: p.complete };
-        self.heard_complete |= from.complete;
+        let from = Sender { id: p.from, addr: p.addr, reply_to: from, complete: p.complete };
+        self.peer_heard_at = Some(self.now.at);
+        if from.complete {
+            self.complete_heard_at = Some(self.now.at);
+        }
         match p.body {
             // Membership.
             Body::Ping { seq, hash, writers } => self.on_ping(from, seq, hash, writers),
@@ -861,7 +888,7 @@ impl Gossip {
             Body::Delta { delta, digest } => self.on_delta(from, delta, digest),
             Body::NeedFull => self.on_need_full(from),
             Body::FullRequest { after } => self.on_full_request(from, after),
-            Body::Full { chunk } => self.on_full(from, chunk),
+            Body::Full { after, chunk } => self.on_full(from, after, chunk),
             // Lookups.
             Body::Lookup { id, ns, prefix } => self.on_lookup(from, id, ns, prefix),
             Body::Found { id, entries } => self.on_found(id, entries),

@@ -124,10 +124,10 @@ impl Gossip {
     /// A probe: ack it, and if its summary differs from ours, start an
     /// anti-entropy exchange with our digest.
     pub(super) fn on_ping(&mut self, from: Sender, seq: u32, hash: u64, writers: u32) {
-        self.send(from.addr.clone(), Some(from.id), Body::Ack { seq });
-        if hash != self.store.seen_hash() || writers as usize != self.store.writers() {
+        self.send(from.reply_to.clone(), Some(from.id), Body::Ack { seq });
+        if hash != self.store.summary_hash() || writers as usize != self.store.writers() {
             let d = self.my_digest();
-            self.send(from.addr, Some(from.id), Body::Digest { digest: d });
+            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d });
         }
     }
 
@@ -152,7 +152,7 @@ impl Gossip {
             let my_seq = self.seq;
             self.relays.insert(
                 my_seq,
-                Relay { requester: from.addr, seq, target, deadline: self.now.at + self.cfg.probe_interval },
+                Relay { requester: from.reply_to, seq, target, deadline: self.now.at + self.cfg.probe_interval },
             );
             let body = self.ping(my_seq);
             self.send(target_addr, Some(target), body);
@@ -181,7 +181,7 @@ impl Gossip {
             })
             .chain(std::iter::once(self.self_update(MemberState::Alive)))
             .collect();
-        self.send(from.addr, Some(from.id), Body::JoinReply { members });
+        self.send(from.reply_to, Some(from.id), Body::JoinReply { members });
     }
 
     /// The members a node we joined through sent us.
@@ -359,7 +359,7 @@ impl Gossip {
     }
 
     pub(super) fn ping(&self, seq: u32) -> Body {
-        Body::Ping { seq, hash: self.store.seen_hash(), writers: self.store.writers() as u32 }
+        Body::Ping { seq, hash: self.store.summary_hash(), writers: self.store.writers() as u32 }
     }
 
     // ----- the member table -----

@@ -61,8 +61,14 @@
 //! * The seed must come from OS entropy: it also draws the AEAD nonces.
 //! * Messages are whole datagram-like units of at most
 //!   `Config::message_bytes_max` bytes; over TCP, frame each one (length
-//!   prefix). Replies go to the address carried inside each message, so the
-//!   transport's source address may be anything.
+//!   prefix). An answer (ack, digest, delta, chunk of a full transfer, join
+//!   reply, lookup answer, `NeedFull`) goes to the `from` of the message it
+//!   answers: make `from` name the way back, e.g. the connection it came
+//!   in on, and route a `Transmit` to such a `to` over that connection
+//!   (never dial it). Requests, pushes, probes and rounds go to the
+//!   address each member advertises. So a copy of a member's message sent
+//!   by a third party is answered to that third party, never to the
+//!   member: no amplification toward it (issue 12, item 11).
 //! * Replays: every message carries the sender's wall clock and a sequence
 //!   number under the AEAD; a message outside `Config::replay_window` (30 s,
 //!   also the clock skew tolerated between nodes) or already seen from its
@@ -90,11 +96,11 @@
 //! Last-writer-wins convergence of every live node; deletes and expiries
 //! never come back as long as the tombstone grace period outlasts the
 //! longest partition (both sides of a longer one collect deletes the other
-//! never saw). A node that was down longer than that catches up by a full
-//! state transfer taken only from a node that knows its collection history;
-//! collected tombstones are remembered as (key, version, writer) in a
-//! bounded graveyard that refuses stale copies and travels in full
-//! transfers. `sim chaos` checks all of this on thousands of seeds, with
+//! never saw). A restarted node serves nothing it holds until it has taken
+//! a full state transfer from a node that knows its collection history
+//! (the reasoning is in `anti_entropy.rs`); collected tombstones are
+//! remembered as (key, version, writer) in a bounded graveyard that refuses
+//! stale copies and travels in full transfers. `sim chaos` checks all of this on thousands of seeds, with
 //! [`Gossip::check_invariants`] after every input of every node (the fuzz
 //! target `gossip_machine` and the core tests' virtual network call it
 //! too).

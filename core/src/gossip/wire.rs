@@ -214,7 +214,7 @@ pub enum Body {
     Ping {
         /// Probe sequence number.
         seq: u32,
-        /// The sender's watermark hash, as in `Syn`: a mismatch starts an
+        /// The sender's summary hash, as in `Syn`: a mismatch starts an
         /// anti-entropy exchange, so probes double as pull rounds.
         hash: u64,
         /// Writers in the sender's watermark map.
@@ -251,7 +251,7 @@ pub enum Body {
     /// A gossip round: freshly written entries, and on anti-entropy rounds
     /// a summary of what the sender holds.
     Syn {
-        /// The sender's anti-entropy summary: [`Store::seen_hash`](crate::replica::Store::seen_hash)
+        /// The sender's anti-entropy summary: [`Store::summary_hash`](crate::replica::Store::summary_hash)
         /// and the number of writers in its watermark map. A mismatch makes
         /// the receiver start a digest exchange. Push-only messages carry
         /// none: under a steady write load every summary differs while
@@ -284,6 +284,11 @@ pub enum Body {
     },
     /// A chunk of a full state transfer.
     Full {
+        /// The `after` of the request it answers: the taker accepts only
+        /// the chunk for the cursor it is at, so a late or repeated answer
+        /// (requests are sent again when no answer comes) cannot move it
+        /// back or skip keys.
+        after: Option<(Namespace, Bytes)>,
         /// The chunk.
         chunk: FullChunk,
     },

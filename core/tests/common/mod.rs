@@ -155,7 +155,13 @@ pub struct Net<M: Machine> {
     pub lost: u64,
     /// Every message sent, while recording.
     sent: Option<Vec<Sent<M::Addr>>>,
+    /// Messages this returns true for (sender, destination, bytes) are lost
+    /// (see [`Net::lose_if`]).
+    lose_rule: Option<LoseRule<M::Addr>>,
 }
+
+/// A rule that picks messages to lose: (sender, destination, bytes).
+pub type LoseRule<A> = Box<dyn Fn(usize, &A, &[u8]) -> bool>;
 
 impl<M: Machine> Net<M> {
     /// An empty network at time zero.
@@ -172,6 +178,7 @@ impl<M: Machine> Net<M> {
             events: Vec::new(),
             lost: 0,
             sent: None,
+            lose_rule: None,
         }
     }
 
@@ -231,6 +238,18 @@ impl<M: Machine> Net<M> {
         self.cut.insert((a.min(b), a.max(b)));
     }
 
+    /// Loses every message sent from now on that `rule` picks (sender,
+    /// destination, bytes), until [`Net::lose_none`]: to fail one kind of
+    /// message on one path, which loss and cut links cannot do.
+    pub fn lose_if(&mut self, rule: impl Fn(usize, &M::Addr, &[u8]) -> bool + 'static) {
+        self.lose_rule = Some(Box::new(rule));
+    }
+
+    /// Ends [`Net::lose_if`].
+    pub fn lose_none(&mut self) {
+        self.lose_rule = None;
+    }
+
     /// Heals every cut link.
     pub fn heal(&mut self) {
         self.cut.clear();
@@ -262,7 +281,8 @@ impl<M: Machine> Net<M> {
 
     fn send(&mut self, from: usize, to: M::Addr, bytes: Vec<u8>) {
         let cut = self.index_of(&to).is_some_and(|j| self.cut.contains(&(from.min(j), from.max(j))));
-        let lost = cut || (self.link.loss > 0.0 && self.rng.chance(self.link.loss));
+        let picked = self.lose_rule.as_ref().is_some_and(|r| r(from, &to, &bytes));
+        let lost = cut || picked || (self.link.loss > 0.0 && self.rng.chance(self.link.loss));
         if let Some(log) = self.sent.as_mut() {
             log.push(Sent { at: self.now, from, to: to.clone(), bytes: bytes.clone(), lost });
         }

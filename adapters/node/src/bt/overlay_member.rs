@@ -70,8 +70,9 @@ pub async fn run(
     let (inbound_tx, inbound) = async_channel::bounded(1024);
     // The listener stops with this member.
     let (_stop, stop_rx) = rt::Shutdown::new();
-    rt::spawn(gossip_net::listen(listener, inbound_tx, frame_max + 4, stop_rx));
-    let mut net = GossipNet::new(frame_max);
+    let closer = gossip_net::Closer::new();
+    rt::spawn(gossip_net::listen_closing(listener, inbound_tx, frame_max + 4, stop_rx, closer.clone()));
+    let mut net = GossipNet::new(frame_max, closer);
     tracing::info!(advertise = %advertise.0, peer = %me, "joining the overlay");
     member.step(clock.both(), member::Input::Command(member::Command::Join(join)), &mut net);
     let mut handed: BTreeSet<SocketAddr> = BTreeSet::new();

@@ -22,7 +22,7 @@
 //! flood can neither be amplified nor crowd out other askers.
 
 use core::net::SocketAddr;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use sha1::{Digest, Sha1};
 
@@ -332,6 +332,8 @@ pub struct Dht {
     last_bootstrap: Option<Instant>,
     /// address -> (tokens left, when last refilled)
     rates: HashMap<SocketAddr, (f64, Instant)>,
+    /// Addresses that queried us and are being pinged to join the table.
+    pinging: HashSet<SocketAddr>,
     out: VecDeque<Output>,
     stats: DhtStats,
 }
@@ -361,6 +363,7 @@ impl Dht {
             bootstrap: Vec::new(),
             last_bootstrap: None,
             rates: HashMap::new(),
+            pinging: HashSet::new(),
             out: VecDeque::new(),
             stats: DhtStats::default(),
         }
@@ -606,6 +609,9 @@ impl Dht {
             self.deadlines.pop_first();
             if let Some(p) = self.pending.remove(&tid) {
                 self.stats.timeouts += 1;
+                if matches!(p.purpose, Purpose::Ping) {
+                    self.pinging.remove(&p.to);
+                }
                 self.table.failed(p.to, now);
                 if let Purpose::Lookup { lookup, key, .. } = p.purpose {
                     if let Some(l) = self.lookups.get_mut(&lookup) {
@@ -714,6 +720,7 @@ impl Dht {
                     self.stats.rate_limited += 1;
                     return;
                 }
+                let asker = query_id(&q);
                 let answer = self.answer(now, from, q, &msg.tid);
                 let reply = Message {
                     tid: msg.tid,
@@ -727,6 +734,20 @@ impl Dht {
                 self.stats.answered_query_bytes += bytes.len() as u64;
                 self.stats.answer_bytes += reply.len() as u64;
                 self.transmit(from, reply);
+                // A node that asks us may be one our table lacks (the first
+                // node of a network is only ever asked): ping it, and it
+                // joins when it answers. Read-only nodes (BEP 43) stay out.
+                if let Some(id) = asker {
+                    if !msg.read_only
+                        && self.family_ok(from)
+                        && !self.pinging.contains(&from)
+                        && self.pinging.len() < self.config.in_flight_max / 4
+                        && self.table.wants(&id, now)
+                    {
+                        self.pinging.insert(from);
+                        self.send_query(now, from, Some(id), Query::Ping { id: self.config.id }, Purpose::Ping);
+                    }
+                }
             }
             Body::Response(r) => self.on_response(now, from, &msg.tid, Some(r), msg.read_only),
             Body::Error { .. } => self.on_response(now, from, &msg.tid, None, msg.read_only),
@@ -793,6 +814,9 @@ impl Dht {
             }
         }
         let p = self.pending.remove(&tid).expect("checked above");
+        if matches!(p.purpose, Purpose::Ping) {
+            self.pinging.remove(&p.to);
+        }
         self.deadlines.remove(&(p.deadline, tid));
         let good = match (&r, p.expect) {
             (Some(r), Some(want)) => r.id == want,
@@ -863,6 +887,15 @@ impl Dht {
         }
         self.lookups.insert(lookup, l);
         self.step(now, lookup);
+    }
+}
+
+fn query_id(q: &Query) -> Option<NodeId> {
+    match q {
+        Query::Ping { id } | Query::FindNode { id, .. } | Query::GetPeers { id, .. } | Query::AnnouncePeer { id, .. } => {
+            Some(*id)
+        }
+        Query::Unknown { .. } => None,
     }
 }
 

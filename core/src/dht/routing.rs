@@ -235,6 +235,19 @@ impl RoutingTable {
         self.buckets.push(Bucket { nodes: near, replacements: rnear, last_changed: now });
     }
 
+    /// Whether `id` would get a place if it answered now: its bucket has
+    /// room or a bad node, or may split. Used to ping nodes that query us.
+    pub fn wants(&self, id: &NodeId, now: Instant) -> bool {
+        if *id == self.own || self.buckets.iter().any(|b| b.nodes.iter().any(|n| n.id == *id)) {
+            return false;
+        }
+        let i = self.index(id);
+        let b = &self.buckets[i];
+        b.nodes.len() < self.k
+            || b.nodes.iter().any(|n| n.is_bad(now))
+            || (i == self.buckets.len() - 1 && self.buckets.len() < BUCKETS_MAX)
+    }
+
     /// A node sent us a query (it counts towards its being good).
     pub fn heard_query(&mut self, id: NodeId, addr: SocketAddr, now: Instant) {
         if self.addrs.get(&addr) != Some(&id) {

@@ -568,6 +568,17 @@ impl Dht {
             }
         }
         l.stats.peers = l.peers.len() as u32;
+        if l.internal && l.target == self.config.id {
+            // Joined: fill the far buckets too.
+            for target in self.table.short_buckets(now, &mut self.rng) {
+                if self.lookups.len() >= self.config.lookups_max / 2 {
+                    break;
+                }
+                let id = self.next_internal;
+                self.next_internal += 1;
+                self.start_lookup(now, id, target, Kind::FindNode, true);
+            }
+        }
         if !l.internal {
             self.out.push_back(Output::Event(Event::LookupDone { lookup: id, stats: l.stats }));
         }

@@ -308,6 +308,22 @@ impl RoutingTable {
         found
     }
 
+    /// A random id in each bucket that holds fewer than `k` nodes, but
+    /// the last (the lookup of our own id has just filled it): looked up
+    /// after joining, so far buckets fill too (BEP 5's bucket refresh,
+    /// done once at start).
+    pub fn short_buckets(&mut self, now: Instant, rng: &mut crate::rand::Rng) -> Vec<NodeId> {
+        let last = self.buckets.len() - 1;
+        let mut out = Vec::new();
+        for (i, b) in self.buckets.iter_mut().enumerate().take(last) {
+            if b.nodes.len() < self.k {
+                b.last_changed = now;
+                out.push(self.own.random_in_bucket(i, rng));
+            }
+        }
+        out
+    }
+
     /// Buckets not changed for `interval`, as (index, random id in its
     /// range) to look up; each is marked changed now so it is not
     /// returned again before another `interval`.

@@ -103,7 +103,8 @@ fn a_raw_krpc_client_gets_answers_tokens_stored_announces_and_203_for_a_wrong_to
     let gp = response(a.ask(Query::GetPeers { id: a.id, info_hash: ih }));
     let token = gp.token.expect("a get_peers answer carries a token");
     assert!(gp.values.is_empty(), "nobody announced yet");
-    let wrong = Query::AnnouncePeer { id: a.id, info_hash: ih, port: 7001, token: b"forged".to_vec(), implied_port: false };
+    let wrong =
+        Query::AnnouncePeer { id: a.id, info_hash: ih, port: 7001, token: b"forged".to_vec(), implied_port: false };
     match a.ask(wrong).body {
         Body::Error { code, .. } => assert_eq!(code, 203),
         other => panic!("a wrong token was not refused: {other:?}"),
@@ -144,7 +145,9 @@ fn floods_of_queries_and_of_announces_leave_memory_bounded_and_others_answered()
     }
     // The others are answered at once.
     let t = Instant::now();
-    response(probe.ask_within(Query::Ping { id: probe.id }, Duration::from_secs(2)).expect("others are still answered"));
+    response(
+        probe.ask_within(Query::Ping { id: probe.id }, Duration::from_secs(2)).expect("others are still answered"),
+    );
     let probe_ms = t.elapsed().as_millis();
     // 2. Announces for 6,000 random infohashes, from 300 addresses (each
     // within its own rate), each with a valid token.
@@ -157,7 +160,9 @@ fn floods_of_queries_and_of_announces_leave_memory_bounded_and_others_answered()
             let mut h = [0u8; 20];
             rng.fill(&mut h);
             let ih = InfoHash(h);
-            let Some(m) = cl.ask_within(Query::GetPeers { id: cl.id, info_hash: ih }, Duration::from_secs(1)) else { continue };
+            let Some(m) = cl.ask_within(Query::GetPeers { id: cl.id, info_hash: ih }, Duration::from_secs(1)) else {
+                continue;
+            };
             let Body::Response(r) = m.body else { continue };
             let token = r.token.unwrap();
             let port = 1000 + (c % 60000) as u16;
@@ -172,14 +177,19 @@ fn floods_of_queries_and_of_announces_leave_memory_bounded_and_others_answered()
         }
     }
     let t = Instant::now();
-    response(probe.ask_within(Query::Ping { id: probe.id }, Duration::from_secs(2)).expect("others are still answered"));
+    response(
+        probe.ask_within(Query::Ping { id: probe.id }, Duration::from_secs(2)).expect("others are still answered"),
+    );
     let probe2_ms = t.elapsed().as_millis();
     let rss_after = rss_kib(seeder.child.id());
     eprintln!(
         "flood: 30000 get_peers from one address in {flood_s:.2} s, {answered} answered; probe answered in {probe_ms} ms; \
          {accepted} announces for random infohashes answered; probe then {probe2_ms} ms; RSS {rss_before} -> {rss_after} KiB"
     );
-    assert!(answered <= 60 + 20 * (flood_s.ceil() as usize + 2), "the flood was cut to the per-address rate: {answered}");
+    assert!(
+        answered <= 60 + 20 * (flood_s.ceil() as usize + 2),
+        "the flood was cut to the per-address rate: {answered}"
+    );
     assert!(accepted >= 5_000, "announces within each address rate are answered: {accepted}");
     // Bounded: the peer store holds at most 65,536 peers (a few MiB).
     assert!(rss_after < rss_before + 32 * 1024, "memory grew from {rss_before} to {rss_after} KiB");
@@ -188,12 +198,7 @@ fn floods_of_queries_and_of_announces_leave_memory_bounded_and_others_answered()
 /// Five libtorrent DHT sessions on loopback bootstrapped to one another;
 /// with `seed`, the first seeds it and announces it; with `leech`, a sixth
 /// downloads the magnet link once the file `when` exists.
-fn lt_dht(
-    s: &Scratch,
-    ports: &[u16],
-    seed: Option<(&Path, &Path)>,
-    leech: Option<(&str, &Path, u16, &Path)>,
-) -> Proc {
+fn lt_dht(s: &Scratch, ports: &[u16], seed: Option<(&Path, &Path)>, leech: Option<(&str, &Path, u16, &Path)>) -> Proc {
     require_libtorrent();
     let mut c = Command::new(PYTHON);
     let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
@@ -229,6 +234,12 @@ fn rumor_gets_a_magnet_link_from_a_libtorrent_seeder_through_the_dht_alone() {
     assert_downloads(&mut get, &out, &f.data, Duration::from_secs(120), &[&lt]);
     let log = get.log_text();
     assert!(log.lines().any(|l| l.contains("dht:") && l.contains("new peers")), "peers came from the DHT: {log}");
+    // The routing table is saved beside the download for the next start.
+    let saved = std::fs::read(out.join(".rumor-dht")).expect("the DHT state is saved beside the download");
+    let v = rumor_core::bt::bencode::decode(&saved).unwrap();
+    assert_eq!(v.get("id").and_then(|i| i.as_bytes()).map(<[u8]>::len), Some(20));
+    let nodes = v.get("nodes").and_then(|n| n.as_bytes()).unwrap();
+    assert!(!nodes.is_empty() && nodes.len() % 26 == 0, "the libtorrent nodes are saved");
 }
 
 #[test]

@@ -84,7 +84,13 @@ fn query() -> impl Strategy<Value = Query> {
         id.clone().prop_map(|id| Query::Ping { id }),
         (id.clone(), any::<[u8; 20]>()).prop_map(|(id, t)| Query::FindNode { id, target: NodeId(t) }),
         (id.clone(), any::<[u8; 20]>()).prop_map(|(id, h)| Query::GetPeers { id, info_hash: InfoHash(h) }),
-        (id, any::<[u8; 20]>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..TOKEN_BYTES_MAX), any::<bool>())
+        (
+            id,
+            any::<[u8; 20]>(),
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..TOKEN_BYTES_MAX),
+            any::<bool>()
+        )
             .prop_map(|(id, h, port, token, implied_port)| Query::AnnouncePeer {
                 id,
                 info_hash: InfoHash(h),
@@ -93,7 +99,8 @@ fn query() -> impl Strategy<Value = Query> {
                 implied_port
             }),
         "[a-z_]{1,20}"
-            .prop_filter("not a known method", |m| !["ping", "find_node", "get_peers", "announce_peer"].contains(&m.as_str()))
+            .prop_filter("not a known method", |m| !["ping", "find_node", "get_peers", "announce_peer"]
+                .contains(&m.as_str()))
             .prop_map(|m| Query::Unknown { method: m.into_bytes() }),
     ]
 }

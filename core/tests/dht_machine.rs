@@ -35,7 +35,12 @@ fn id_of(rng: &mut Rng) -> NodeId {
 }
 
 /// Drains a machine: the datagrams it sends, its events, its timeout.
-fn drain(d: &mut Dht) -> (Vec<(SocketAddr, Vec<u8>)>, Vec<Event>, Instant) {
+/// Datagrams a drain produced: (destination, bytes).
+type Sent = Vec<(SocketAddr, Vec<u8>)>;
+/// A datagram in flight: (arrival, sequence, destination node, source, bytes).
+type Flight = Reverse<(Instant, u64, usize, SocketAddr, Vec<u8>)>;
+
+fn drain(d: &mut Dht) -> (Sent, Vec<Event>, Instant) {
     let (mut sent, mut events) = (Vec::new(), Vec::new());
     for _ in 0..100_000 {
         match d.poll_output() {
@@ -116,7 +121,8 @@ fn implied_port_stores_the_source_port_and_tokens_expire_after_two_rotations() {
     let ih = InfoHash([1; 20]);
     let t0 = Instant::from_micros(1);
     let tok = response(ask(&mut d, t0, from, Query::GetPeers { id: NodeId([4; 20]), info_hash: ih })).token.unwrap();
-    let q = |token: Vec<u8>| Query::AnnouncePeer { id: NodeId([4; 20]), info_hash: ih, port: 1, token, implied_port: true };
+    let q =
+        |token: Vec<u8>| Query::AnnouncePeer { id: NodeId([4; 20]), info_hash: ih, port: 1, token, implied_port: true };
     // Still good after one rotation (5 minutes)...
     let mut now = t0;
     while now < t0 + Duration::from_secs(6 * 60) {
@@ -165,7 +171,8 @@ fn a_flood_from_one_address_is_cut_to_its_rate_and_others_are_still_answered() {
 #[test]
 fn announces_for_random_infohashes_leave_the_store_within_its_bounds() {
     let mut config = Config::new(NodeId([8; 20]));
-    config.store = StoreLimits { peers_per_infohash_max: 4, infohashes_max: 100, peers_total_max: 150, ..Default::default() };
+    config.store =
+        StoreLimits { peers_per_infohash_max: 4, infohashes_max: 100, peers_total_max: 150, ..Default::default() };
     config.queries_per_s = 1_000_000;
     config.queries_burst = 1_000_000;
     let mut d = Dht::new(config, Instant::ZERO, 4);
@@ -175,18 +182,21 @@ fn announces_for_random_infohashes_leave_the_store_within_its_bounds() {
         let from = addr(1000 + i);
         let ih = InfoHash(id_of(&mut rng).0);
         let ih = if i % 2 == 0 { ih } else { InfoHash([1; 20]) };
-        let tok = response(ask(&mut d, now, from, Query::GetPeers { id: NodeId([6; 20]), info_hash: ih })).token.unwrap();
+        let tok =
+            response(ask(&mut d, now, from, Query::GetPeers { id: NodeId([6; 20]), info_hash: ih })).token.unwrap();
         let q = Query::AnnouncePeer { id: NodeId([6; 20]), info_hash: ih, port: 9, token: tok, implied_port: false };
         response(ask(&mut d, now, from, q));
         assert!(d.store().len() <= 150 && d.store().infohash_count() <= 100);
     }
-    let hot = response(ask(&mut d, now, addr(5), Query::GetPeers { id: NodeId([6; 20]), info_hash: InfoHash([1; 20]) }));
+    let hot =
+        response(ask(&mut d, now, addr(5), Query::GetPeers { id: NodeId([6; 20]), info_hash: InfoHash([1; 20]) }));
     assert_eq!(hot.values.len(), 4, "the busy infohash keeps its latest four");
 }
 
 #[test]
 fn the_store_refuses_new_infohashes_when_full_and_expires_after_its_ttl() {
-    let limits = StoreLimits { peers_per_infohash_max: 2, infohashes_max: 2, peers_total_max: 3, ttl: Duration::from_secs(60) };
+    let limits =
+        StoreLimits { peers_per_infohash_max: 2, infohashes_max: 2, peers_total_max: 3, ttl: Duration::from_secs(60) };
     let mut s = PeerStore::new(limits);
     let t = Instant::from_micros(1);
     s.announce(InfoHash([1; 20]), addr(1), t).unwrap();
@@ -251,7 +261,7 @@ fn a_full_bucket_pings_a_stale_node_and_replaces_it_when_it_fails() {
 struct Net {
     nodes: Vec<Dht>,
     timers: Vec<Instant>,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, SocketAddr, Vec<u8>)>>,
+    queue: BinaryHeap<Flight>,
     seq: u64,
     now: Instant,
     done: Vec<(usize, u64, LookupStats)>,
@@ -296,7 +306,8 @@ impl Net {
     fn run_until(&mut self, end: Instant) {
         for _ in 0..10_000_000 {
             let next_msg = self.queue.peek().map(|Reverse(m)| m.0).unwrap_or(Instant::NEVER);
-            let (ti, next_timer) = self.timers.iter().enumerate().min_by_key(|(_, t)| **t).map(|(i, t)| (i, *t)).unwrap();
+            let (ti, next_timer) =
+                self.timers.iter().enumerate().min_by_key(|(_, t)| **t).map(|(i, t)| (i, *t)).unwrap();
             let at = next_msg.min(next_timer);
             if at > end {
                 self.now = end;
@@ -348,7 +359,10 @@ fn two_hundred_nodes_find_a_peer_announced_by_one_of_them() {
 fn a_lookup_with_nobody_answering_ends_by_its_deadline() {
     let mut d = Dht::new(Config::new(NodeId([1; 20])), Instant::ZERO, 1);
     d.handle(Instant::ZERO, Input::Command(Command::Bootstrap(vec![addr(1), addr(2)])));
-    d.handle(Instant::ZERO, Input::Command(Command::GetPeers { lookup: 5, info_hash: InfoHash([2; 20]), announce: None }));
+    d.handle(
+        Instant::ZERO,
+        Input::Command(Command::GetPeers { lookup: 5, info_hash: InfoHash([2; 20]), announce: None }),
+    );
     let (sent, _, mut at) = drain(&mut d);
     assert_eq!(sent.len(), 4, "bootstrap and lookup each ask both seeds");
     let mut events = Vec::new();
@@ -388,4 +402,3 @@ fn answers_from_an_address_we_did_not_ask_are_ignored() {
     assert!(d.table().contains(&NodeId([2; 20]), addr(1)));
     let _ = NodeInfo { id: NodeId([0; 20]), addr: addr(0) };
 }
-

@@ -309,7 +309,8 @@ impl World {
             Ev::Lookup { n } => {
                 if let Some(i) = self.random_up() {
                     let t = self.rng.index(self.torrents.len());
-                    let cmd = Command::GetPeers { lookup: MEASURE + n as u64, info_hash: self.torrents[t], announce: None };
+                    let cmd =
+                        Command::GetPeers { lookup: MEASURE + n as u64, info_hash: self.torrents[t], announce: None };
                     self.input(i, Input::Command(cmd));
                 }
             }
@@ -385,9 +386,11 @@ pub fn run(opts: &DhtOpts) -> DhtReport {
     }
     let end = lookups_at + lookup_span + Duration::from_secs(40);
     // Churn from the settle on, evenly spread.
-    let churn_total = (opts.churn_per_min * n as f64 * end.saturating_duration_since(settle).as_secs_f64() / 60.0) as u64;
+    let churn_total =
+        (opts.churn_per_min * n as f64 * end.saturating_duration_since(settle).as_secs_f64() / 60.0) as u64;
     for c in 0..churn_total {
-        let at = settle + Duration::from_micros(end.saturating_duration_since(settle).as_micros() * c / churn_total.max(1));
+        let at =
+            settle + Duration::from_micros(end.saturating_duration_since(settle).as_micros() * c / churn_total.max(1));
         w.push(at, Ev::Churn);
     }
     while let Some(Reverse((at, _, ev))) = w.queue.pop() {
@@ -405,13 +408,34 @@ pub fn run(opts: &DhtOpts) -> DhtReport {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, d)| d.as_ref().map(|d| (d.id().distance(&target), i, !d.store().peers(ih, w.now, 1, &mut rng).is_empty())))
+                .filter_map(|(i, d)| {
+                    d.as_ref()
+                        .map(|d| (d.id().distance(&target), i, !d.store().peers(ih, w.now, 1, &mut rng).is_empty()))
+                })
                 .collect();
             all.sort();
             let storing: Vec<usize> = all.iter().enumerate().filter(|(_, x)| x.2).map(|(r, _)| r).collect();
             let found = w.measured.iter().filter(|s| s.target == target).map(|s| s.peers > 0).collect::<Vec<_>>();
             let a = w.announced.iter().find(|s| s.target == target);
-            eprintln!("torrent {t}: stored at ranks {storing:?}; announce reached {:?}; lookups found {found:?}", a.map(|a| a.announced));
+            eprintln!(
+                "torrent {t}: stored at ranks {storing:?}; announce reached {:?}; lookups found {found:?}",
+                a.map(|a| a.announced)
+            );
+            let rank = |id: &NodeId| all.iter().position(|x| x.0 == id.distance(&target));
+            if let Some(a) = a {
+                let ranks: Vec<Option<usize>> = a.closest.iter().map(|n| rank(&n.id)).collect();
+                eprintln!(
+                    "  announce: hops {} queries {} responses {} timed_out {} closest ranks {ranks:?}",
+                    a.hops, a.queries, a.responses, a.timed_out
+                );
+            }
+            for m in w.measured.iter().filter(|s| s.target == target && s.peers == 0) {
+                let ranks: Vec<Option<usize>> = m.closest.iter().map(|n| rank(&n.id)).collect();
+                eprintln!(
+                    "  failed lookup: hops {} queries {} responses {} timed_out {} closest ranks {ranks:?}",
+                    m.hops, m.queries, m.responses, m.timed_out
+                );
+            }
         }
     }
     let mut hops: Vec<u32> = w.measured.iter().map(|s| s.hops).collect();

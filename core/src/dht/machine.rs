@@ -50,8 +50,12 @@ pub const BOOTSTRAP_MAX: usize = 32;
 const TICK: Duration = Duration::from_secs(5);
 /// How often the peer store and the rate table are swept.
 const SWEEP: Duration = Duration::from_secs(60);
-/// A table with fewer nodes than this bootstraps again, at most this often.
-const REBOOTSTRAP: Duration = Duration::from_secs(60);
+/// A table with fewer than `k` nodes bootstraps again: first after
+/// `REBOOTSTRAP_FIRST`, then twice as long each time up to `REBOOTSTRAP_MAX`
+/// (a lost first answer must not leave a node alone for long, and a small
+/// private network must not be asked again and again).
+const REBOOTSTRAP_FIRST: Duration = Duration::from_secs(5);
+const REBOOTSTRAP_MAX: Duration = Duration::from_secs(60);
 
 /// A lookup's handle, chosen by the caller and echoed in its events.
 pub type LookupId = u64;
@@ -297,7 +301,11 @@ struct Lookup {
 enum Purpose {
     Ping,
     /// A lookup's query; `key` is the candidate's distance (`None` for a seed).
-    Lookup { lookup: LookupId, key: Option<NodeId>, hop: u32 },
+    Lookup {
+        lookup: LookupId,
+        key: Option<NodeId>,
+        hop: u32,
+    },
     Announce,
 }
 
@@ -330,6 +338,7 @@ pub struct Dht {
     next_sweep: Instant,
     bootstrap: Vec<SocketAddr>,
     last_bootstrap: Option<Instant>,
+    rebootstrap_after: Duration,
     /// address -> (tokens left, when last refilled)
     rates: HashMap<SocketAddr, (f64, Instant)>,
     /// Addresses that queried us and are being pinged to join the table.
@@ -362,6 +371,7 @@ impl Dht {
             next_sweep: now + SWEEP,
             bootstrap: Vec::new(),
             last_bootstrap: None,
+            rebootstrap_after: REBOOTSTRAP_FIRST,
             rates: HashMap::new(),
             pinging: HashSet::new(),
             out: VecDeque::new(),
@@ -657,10 +667,12 @@ impl Dht {
             self.step(now, id);
         }
         let k = self.config.k;
-        if self.table.len() < k
-            && !self.bootstrap.is_empty()
-            && self.last_bootstrap.is_none_or(|t| now.saturating_duration_since(t) >= REBOOTSTRAP)
+        if self.table.len() >= k {
+            self.rebootstrap_after = REBOOTSTRAP_FIRST;
+        } else if !self.bootstrap.is_empty()
+            && self.last_bootstrap.is_none_or(|t| now.saturating_duration_since(t) >= self.rebootstrap_after)
         {
+            self.rebootstrap_after = (self.rebootstrap_after + self.rebootstrap_after).min(REBOOTSTRAP_MAX);
             self.rebootstrap(now);
         }
         if !self.table.is_empty() {
@@ -903,9 +915,10 @@ impl Dht {
 
 fn query_id(q: &Query) -> Option<NodeId> {
     match q {
-        Query::Ping { id } | Query::FindNode { id, .. } | Query::GetPeers { id, .. } | Query::AnnouncePeer { id, .. } => {
-            Some(*id)
-        }
+        Query::Ping { id }
+        | Query::FindNode { id, .. }
+        | Query::GetPeers { id, .. }
+        | Query::AnnouncePeer { id, .. } => Some(*id),
         Query::Unknown { .. } => None,
     }
 }

@@ -109,7 +109,9 @@ fn load(path: &Path) -> Option<(NodeId, Vec<NodeInfo>)> {
 
 fn save(path: &Path, dht: &Dht) {
     let nodes: Vec<NodeInfo> = dht.table().nodes().take(SAVED_NODES_MAX).map(|n| n.info()).collect();
-    let v = Value::dict().insert("id", Value::bytes(dht.id().0.to_vec())).insert("nodes", Value::bytes(compact_nodes(&nodes, false)));
+    let v = Value::dict()
+        .insert("id", Value::bytes(dht.id().0.to_vec()))
+        .insert("nodes", Value::bytes(compact_nodes(&nodes, false)));
     let tmp = path.with_extension("tmp");
     let r = std::fs::write(&tmp, v.to_bytes()).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = r {

@@ -181,14 +181,8 @@ fn start_dht(
     } else {
         opts.net.dht_bootstrap.clone()
     };
-    let args = dht::DhtArgs {
-        socket,
-        bootstrap,
-        state: dht::state_path(&opts.dir),
-        info_hash,
-        peer_port: port,
-        complete,
-    };
+    let args =
+        dht::DhtArgs { socket, bootstrap, state: dht::state_path(&opts.dir), info_hash, peer_port: port, complete };
     Some(dht::spawn(args, found))
 }
 

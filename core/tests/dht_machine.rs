@@ -402,3 +402,15 @@ fn answers_from_an_address_we_did_not_ask_are_ignored() {
     assert!(d.table().contains(&NodeId([2; 20]), addr(1)));
     let _ = NodeInfo { id: NodeId([0; 20]), addr: addr(0) };
 }
+
+#[test]
+fn a_host_that_answers_under_a_new_id_replaces_its_old_entry() {
+    let mut t = RoutingTable::new(NodeId([0; 20]), 8, Instant::ZERO);
+    let now = Instant::from_micros(1);
+    assert_eq!(t.heard_from(NodeId([1; 20]), addr(1), now), Heard::Added);
+    assert_eq!(t.heard_from(NodeId([2; 20]), addr(1), now), Heard::Added);
+    assert!(t.contains(&NodeId([2; 20]), addr(1)) && !t.contains(&NodeId([1; 20]), addr(1)));
+    assert_eq!(t.len(), 1);
+    // The same id from another address is refused: one place per id.
+    assert_eq!(t.heard_from(NodeId([2; 20]), addr(2), now), Heard::Refused);
+}

@@ -2,7 +2,7 @@
 //! virtual clock and a seeded network with latency, jitter, loss and churn.
 //!
 //! The run: nodes join one after another, each bootstrapping from a random
-//! node already in; after a settle, random nodes announce `--torrents`
+//! node already in and from node 0, the well-known router (never churned); after a settle, random nodes announce `--torrents`
 //! infohashes (a `get_peers` lookup that announces at its end); then random
 //! nodes look those infohashes up (`--lookups`). From the settle on, churn
 //! takes random nodes down and brings them back later as new nodes (new id,
@@ -224,7 +224,15 @@ impl World {
         self.node_seeds += 1;
         let d = Dht::new(Config::new(NodeId(id)), self.now, self.opts.seed.wrapping_mul(1_000_003) ^ self.node_seeds);
         self.nodes[i] = Some(d);
-        let boot = if self.up.is_empty() { Vec::new() } else { vec![addr(self.up[self.rng.index(self.up.len())])] };
+        // Like a real client: a well-known router (node 0, never churned)
+        // and a node met elsewhere (a random node already in).
+        let mut boot = Vec::new();
+        if !self.up.is_empty() {
+            boot.push(addr(self.up[self.rng.index(self.up.len())]));
+            if i != 0 && !boot.contains(&addr(0)) {
+                boot.push(addr(0));
+            }
+        }
         self.up.push(i);
         if !boot.is_empty() {
             self.input(i, Input::Command(Command::Bootstrap(boot)));
@@ -319,6 +327,9 @@ impl World {
                 // minute later.
                 if self.up.len() > 1 {
                     let k = self.rng.index(self.up.len());
+                    if self.up[k] == 0 {
+                        return; // the router stays up
+                    }
                     let i = self.up.swap_remove(k);
                     self.nodes[i] = None;
                     self.timers[i] = Instant::NEVER;
@@ -435,6 +446,20 @@ pub fn run(opts: &DhtOpts) -> DhtReport {
                     "  failed lookup: hops {} queries {} responses {} timed_out {} closest ranks {ranks:?}",
                     m.hops, m.queries, m.responses, m.timed_out
                 );
+                for n in m.closest.iter().take(3) {
+                    let Some(i) = index(n.addr) else { continue };
+                    let Some(d) = w.nodes[i].as_ref() else { continue };
+                    let mine = d.id().distance(&target);
+                    let closer = d.table().nodes().filter(|x| x.id.distance(&target) < mine).count();
+                    let cpb = d.id().common_prefix_bits(&target);
+                    let in_bucket: Vec<String> = d
+                        .table()
+                        .nodes()
+                        .filter(|x| d.id().common_prefix_bits(&x.id) == cpb)
+                        .map(|x| format!("{}r{:?}f{}", x.id.common_prefix_bits(&target), rank(&x.id), x.fails))
+                        .collect();
+                    eprintln!("    node {i} id-ok {} rank {:?}: table {} buckets {} cpb(target) {cpb} closer-known {closer} bucket[{cpb}] = {in_bucket:?}", d.id() == n.id, rank(&n.id), d.table().len(), d.table().bucket_count());
+                }
             }
         }
     }

@@ -56,6 +56,11 @@ const SWEEP: Duration = Duration::from_secs(60);
 /// private network must not be asked again and again).
 const REBOOTSTRAP_FIRST: Duration = Duration::from_secs(5);
 const REBOOTSTRAP_MAX: Duration = Duration::from_secs(60);
+/// After joining, the lookup of our own id is repeated after this long,
+/// then twice as long each time up to [`Config::refresh_interval`]: a node
+/// that joined a young network learns the neighbours that came after it
+/// (and they learn it) well before the 15-minute bucket refresh.
+const SELF_REFRESH_FIRST: Duration = Duration::from_secs(30);
 
 /// A lookup's handle, chosen by the caller and echoed in its events.
 pub type LookupId = u64;
@@ -339,6 +344,8 @@ pub struct Dht {
     bootstrap: Vec<SocketAddr>,
     last_bootstrap: Option<Instant>,
     rebootstrap_after: Duration,
+    next_self_refresh: Instant,
+    self_refresh_every: Duration,
     /// address -> (tokens left, when last refilled)
     rates: HashMap<SocketAddr, (f64, Instant)>,
     /// Addresses that queried us and are being pinged to join the table.
@@ -372,6 +379,8 @@ impl Dht {
             bootstrap: Vec::new(),
             last_bootstrap: None,
             rebootstrap_after: REBOOTSTRAP_FIRST,
+            next_self_refresh: now + SELF_REFRESH_FIRST,
+            self_refresh_every: SELF_REFRESH_FIRST,
             rates: HashMap::new(),
             pinging: HashSet::new(),
             out: VecDeque::new(),
@@ -482,7 +491,16 @@ impl Dht {
         for n in self.table.closest(&target, self.config.k * 2, now) {
             cands.insert(n.distance_to(&target), Cand { info: n, state: CandState::Fresh, hop: 1 });
         }
-        let seeds = if cands.len() < self.config.k { self.bootstrap.clone() } else { Vec::new() };
+        // The bootstrap addresses seed a lookup when the table is short,
+        // and every lookup of our own id (joining, and the self-refresh):
+        // a node whose first answers were lost, and the nodes that joined
+        // through it meanwhile, would otherwise know only one another and
+        // stay an island however large their tables grow.
+        let seeds = if cands.len() < self.config.k || (internal && target == self.config.id) {
+            self.bootstrap.clone()
+        } else {
+            Vec::new()
+        };
         let l = Lookup {
             target,
             kind,
@@ -667,6 +685,14 @@ impl Dht {
             self.step(now, id);
         }
         let k = self.config.k;
+        if !self.table.is_empty() && now >= self.next_self_refresh && self.lookups.len() < self.config.lookups_max / 2 {
+            self.self_refresh_every =
+                (self.self_refresh_every + self.self_refresh_every).min(self.config.refresh_interval);
+            self.next_self_refresh = now + self.self_refresh_every;
+            let id = self.next_internal;
+            self.next_internal += 1;
+            self.start_lookup(now, id, self.config.id, Kind::FindNode, true);
+        }
         if self.table.len() >= k {
             self.rebootstrap_after = REBOOTSTRAP_FIRST;
         } else if !self.bootstrap.is_empty()
@@ -841,19 +867,17 @@ impl Dht {
             self.pinging.remove(&p.to);
         }
         self.deadlines.remove(&(p.deadline, tid));
-        let good = match (&r, p.expect) {
-            (Some(r), Some(want)) => r.id == want,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        // An answer under another id than the one we knew the address by
+        // (the host restarted) is still a good answer, from the new id.
+        let renamed = matches!((&r, p.expect), (Some(r), Some(want)) if r.id != want);
+        let good = r.is_some();
         if let Some(r) = &r {
-            if good && !read_only {
+            if !read_only {
                 if let Heard::Cached { ping: Some(n) } = self.table.heard_from(r.id, from, now) {
                     let q = Query::Ping { id: self.config.id };
                     self.send_query(now, n.addr, Some(n.id), q, Purpose::Ping);
                 }
-            } else if !good {
-                // It answered under another id than the one we knew it by.
+            } else if renamed {
                 self.table.remove(from);
             }
         }
@@ -863,6 +887,13 @@ impl Dht {
         match r {
             Some(r) if good => {
                 l.stats.responses += 1;
+                if renamed {
+                    // The candidate we asked is gone; the answer is the new id's.
+                    if let Some(c) = key.and_then(|k| l.cands.get_mut(&k)) {
+                        c.state = CandState::Failed;
+                    }
+                }
+                let key = if renamed { None } else { key };
                 let key = key.unwrap_or_else(|| r.id.distance(&l.target));
                 let info = NodeInfo { id: r.id, addr: from };
                 let state = CandState::Answered { token: r.token.clone() };

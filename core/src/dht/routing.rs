@@ -92,8 +92,8 @@ pub enum Heard {
         /// Ping this one; if it fails, the newcomer takes its place.
         ping: Option<NodeInfo>,
     },
-    /// Refused: our own id, or an id or address already in the table with
-    /// another address or id.
+    /// Refused: our own id, or an id already in the table at another
+    /// address.
     Refused,
 }
 
@@ -159,8 +159,14 @@ impl RoutingTable {
         if id == self.own {
             return Heard::Refused;
         }
-        match self.addrs.get(&addr) {
-            Some(known) if *known != id => return Heard::Refused,
+        match self.addrs.get(&addr).copied() {
+            Some(known) if known != id => {
+                // The host at this address answered our query under a new
+                // id (it restarted): the old id is gone, the new one may
+                // take a place. Only an answer from the address we asked
+                // gets here, so this cannot be spoofed from elsewhere.
+                self.remove(addr);
+            }
             Some(_) => {
                 let i = self.index(&id);
                 let b = &mut self.buckets[i];

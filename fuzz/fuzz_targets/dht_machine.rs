@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 info_hash: InfoHash([b; 20]),
                 announce: (a % 2 == 0).then_some(u16::from(b)),
             }),
-            3 => Input::Receive { from: addr(a), bytes: c[2..].to_vec() },
+            3 => Input::Receive { from: addr(a), bytes: c.get(2..).unwrap_or_default().to_vec() },
             4 => {
                 let q = match b % 4 {
                     0 => Query::Ping { id: id(a) },
@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
                         id: id(a),
                         info_hash: InfoHash([b; 20]),
                         port: u16::from(b),
-                        token: c[3..].to_vec(),
+                        token: c.get(3..).unwrap_or_default().to_vec(),
                         implied_port: a % 2 == 0,
                     },
                 };

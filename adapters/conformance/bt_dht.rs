@@ -239,7 +239,7 @@ fn rumor_gets_a_magnet_link_from_a_libtorrent_seeder_through_the_dht_alone() {
     let v = rumor_core::bt::bencode::decode(&saved).unwrap();
     assert_eq!(v.get("id").and_then(|i| i.as_bytes()).map(<[u8]>::len), Some(20));
     let nodes = v.get("nodes").and_then(|n| n.as_bytes()).unwrap();
-    assert!(!nodes.is_empty() && nodes.len() % 26 == 0, "the libtorrent nodes are saved");
+    assert!(!nodes.is_empty() && nodes.len().is_multiple_of(26), "the libtorrent nodes are saved");
 }
 
 #[test]

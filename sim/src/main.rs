@@ -1,4 +1,4 @@
-//! `sim gossip ...`, `sim chaos ...`, `sim swarm ...` and `sim tracker ...`;
+//! `sim gossip ...`, `sim chaos ...`, `sim swarm ...`, `sim tracker ...` and `sim dht ...`;
 //! see `sim --help`.
 //!
 //! Every subcommand takes `--json`: then stdout carries exactly one JSON

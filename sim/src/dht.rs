@@ -574,3 +574,24 @@ pub fn cmd(a: &DhtArgs) -> std::process::ExitCode {
         std::process::ExitCode::FAILURE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> DhtOpts {
+        DhtOpts { nodes: 200, torrents: 20, lookups: 100, join_s: 20, ..DhtOpts::default() }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_trace_and_lookups_find_the_announced_peers() {
+        let a = run(&small());
+        let b = run(&small());
+        assert_eq!(a.trace, b.trace, "a run is a function of its seed");
+        assert_eq!((a.found, a.hops_median, a.bytes_per_node_s), (b.found, b.hops_median, b.bytes_per_node_s));
+        assert!(a.found_share() >= 0.99, "{}", a.text());
+        assert!(f64::from(a.hops_median) <= a.log2_n(), "{}", a.text());
+        let c = run(&DhtOpts { seed: 2, ..small() });
+        assert_ne!(a.trace, c.trace, "another seed, another run");
+    }
+}

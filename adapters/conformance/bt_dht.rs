@@ -240,6 +240,22 @@ fn rumor_gets_a_magnet_link_from_a_libtorrent_seeder_through_the_dht_alone() {
     assert_eq!(v.get("id").and_then(|i| i.as_bytes()).map(<[u8]>::len), Some(20));
     let nodes = v.get("nodes").and_then(|n| n.as_bytes()).unwrap();
     assert!(!nodes.is_empty() && nodes.len().is_multiple_of(26), "the libtorrent nodes are saved");
+    // The next start joins through the saved table alone (the bootstrap
+    // given has nobody): it finds the seeder again for the metadata, then
+    // finds the data complete, under the same node id.
+    let id_hex: String = v.get("id").and_then(|i| i.as_bytes()).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let mut again = Proc::spawn(
+        "leecher again",
+        {
+            let mut c = get_command(&link, &out, 0);
+            c.args(["--dht-bootstrap", "127.0.0.1:9", "--metadata-timeout", "60"]);
+            c
+        },
+        &s.0.join("again.log"),
+    );
+    assert_success(&mut again, Duration::from_secs(90), &[&lt]);
+    let log = again.log_text();
+    assert!(log.contains(&format!("dht: node {id_hex}")), "the saved id is reused: {log}");
 }
 
 #[test]

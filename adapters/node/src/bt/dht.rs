@@ -66,6 +66,8 @@ pub struct DhtArgs {
 /// A running DHT node, as the session holds it.
 pub struct DhtNode {
     stop: rt::ShutdownTrigger,
+    /// Whether the task saves the table when it stops.
+    save_on_stop: Arc<AtomicBool>,
     task: rt::JoinHandle<()>,
     pings: async_channel::Sender<SocketAddr>,
 }
@@ -78,8 +80,11 @@ impl DhtNode {
         let _ = self.pings.try_send(addr);
     }
 
-    /// Stops the node (saving its table) and waits briefly for it.
-    pub async fn stop(self) {
+    /// Stops the node and waits briefly for it; with `save`, it saves its
+    /// table first (not after a session that failed: `seed` of a wrong
+    /// directory must leave it as it was).
+    pub async fn stop(self, save: bool) {
+        self.save_on_stop.store(save, Ordering::Relaxed);
         self.stop.fire();
         let _ = rt::timeout(Duration::from_secs(2), self.task).await;
     }
@@ -90,12 +95,14 @@ impl DhtNode {
 pub fn spawn(args: DhtArgs, found: async_channel::Sender<Vec<SocketAddr>>) -> DhtNode {
     let (stop, shutdown) = rt::Shutdown::new();
     let (pings, pings_rx) = async_channel::bounded(PINGS_MAX);
+    let save_on_stop = Arc::new(AtomicBool::new(true));
+    let save = save_on_stop.clone();
     let task = rt::spawn(async move {
-        if let Err(e) = run(args, found, pings_rx, shutdown).await {
+        if let Err(e) = run(args, found, pings_rx, shutdown, save).await {
             tracing::warn!("dht: {e}");
         }
     });
-    DhtNode { stop, task, pings }
+    DhtNode { stop, save_on_stop, task, pings }
 }
 
 /// Reads a saved state: our id and the nodes we knew.
@@ -108,6 +115,10 @@ fn load(path: &Path) -> Option<(NodeId, Vec<NodeInfo>)> {
 }
 
 fn save(path: &Path, dht: &Dht) {
+    if dht.table().is_empty() {
+        // Nothing worth keeping (and no file where none was).
+        return;
+    }
     let nodes: Vec<NodeInfo> = dht.table().nodes().take(SAVED_NODES_MAX).map(|n| n.info()).collect();
     let v = Value::dict()
         .insert("id", Value::bytes(dht.id().0.to_vec()))
@@ -124,6 +135,7 @@ async fn run(
     found: async_channel::Sender<Vec<SocketAddr>>,
     pings: async_channel::Receiver<SocketAddr>,
     stop: rt::Shutdown,
+    save_on_stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let clock = Clock::new();
     let saved = load(&args.state);
@@ -242,6 +254,8 @@ async fn run(
             _ = futures::FutureExt::fuse(rt::sleep_until(wake)) => pending.push(Input::Timeout),
         }
     }
-    save(&args.state, &dht);
+    if save_on_stop.load(Ordering::Relaxed) {
+        save(&args.state, &dht);
+    }
     Ok(())
 }

@@ -135,7 +135,7 @@ async fn start(mut opts: Options) -> Result<(), String> {
             // BEP 27: a private torrent's peers come from its trackers only.
             if let Some(d) = dht.take() {
                 eprintln!("rumor: {}: private torrent, DHT off", meta.name);
-                d.stop().await;
+                d.stop(false).await;
             }
         }
         let download = Download {
@@ -153,7 +153,7 @@ async fn start(mut opts: Options) -> Result<(), String> {
         m.leave().await;
     }
     if let Some(d) = dht {
-        d.stop().await;
+        d.stop(result.is_ok()).await;
     }
     result
 }

@@ -112,8 +112,8 @@ fn an_infohash_nobody_has_fails_within_the_metadata_timeout() {
     let log = get.log_text();
     assert!(log.contains(&format!("{ih}: no peer sent the metadata within 3 s")), "{log}");
 
-    // With nowhere to look at all it says so at once.
-    let o = rumor_output(&["get", ih, "--port", "0", "--quiet"]);
+    // With nowhere to look at all (the DHT off too) it says so at once.
+    let o = rumor_output(&["get", ih, "--port", "0", "--quiet", "--no-dht"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere to look for peers"), "{o:?}");
     // And a malformed link is refused.
@@ -251,8 +251,8 @@ fn a_malformed_infohash_is_called_a_bad_infohash_not_a_missing_file() {
         assert!(!err.contains("No such file"), "{err}");
     }
     // A bare base32 infohash is an infohash like 40 hex digits: with
-    // nowhere to look for peers, it says so.
-    let o = rumor_output(&["get", "AARCEM2EKVTHQ6FKXO6N57YAEIRTGRK2", "--port", "0", "--quiet"]);
+    // nowhere to look for peers (the DHT off), it says so.
+    let o = rumor_output(&["get", "AARCEM2EKVTHQ6FKXO6N57YAEIRTGRK2", "--port", "0", "--quiet", "--no-dht"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere to look for peers"), "{o:?}");
 }

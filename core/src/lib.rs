@@ -81,6 +81,7 @@
 #![warn(missing_docs)]
 
 pub mod bt;
+pub mod dht;
 pub mod dns;
 pub mod gossip;
 pub mod member;

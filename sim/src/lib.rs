@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chaos;
+pub mod dht;
 pub mod queue;
 pub mod spread;
 pub mod swarm;

@@ -1,4 +1,4 @@
-//! `sim gossip ...`, `sim chaos ...`, `sim swarm ...` and `sim tracker ...`;
+//! `sim gossip ...`, `sim chaos ...`, `sim swarm ...`, `sim tracker ...` and `sim dht ...`;
 //! see `sim --help`.
 //!
 //! Every subcommand takes `--json`: then stdout carries exactly one JSON
@@ -37,6 +37,10 @@ enum Cmd {
     /// and member machines): answer latency, parked announces, providers
     /// seen everywhere, stopped clients never listed.
     Tracker(TrackerArgs),
+    /// Mainline DHT nodes (the core's DHT machine) with loss and churn:
+    /// lookup hops and messages, the share of lookups that find an
+    /// announced peer, bytes per node per second.
+    Dht(sim::dht::DhtArgs),
 }
 
 /// Where the report goes: with `--json`, the human text to stderr and one
@@ -417,6 +421,7 @@ fn main() -> ExitCode {
         Cmd::Chaos(a) => chaos_cmd(a),
         Cmd::Swarm(a) => swarm_cmd(a),
         Cmd::Tracker(a) => tracker_cmd(a),
+        Cmd::Dht(a) => sim::dht::cmd(a),
     }
 }
 

@@ -155,8 +155,11 @@ pub async fn fetch(
     if !tiers.is_empty() {
         sources.push(format!("{} trackers", tiers.len()));
     }
-    if overlay.is_some() {
+    if overlay.is_some() && !net.overlay.is_empty() {
         sources.push("the overlay".into());
+    }
+    if overlay.is_some() && !net.no_dht {
+        sources.push("the DHT".into());
     }
     if given > 0 {
         sources.push(format!("{given} given peers"));
@@ -166,7 +169,7 @@ pub async fn fetch(
     }
     if sources.is_empty() {
         return Err(format!(
-            "{ih}: nowhere to look for peers: give a magnet link with tr= or x.pe=, --tracker, --peer or --overlay"
+            "{ih}: nowhere to look for peers: give a magnet link with tr= or x.pe=, --tracker, --peer, --overlay, or leave the DHT on"
         ));
     }
     let name = src.link.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();

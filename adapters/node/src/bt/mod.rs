@@ -25,6 +25,7 @@
 mod client;
 mod cluster_dns;
 mod control;
+mod dht;
 mod entropy;
 mod lsd;
 mod magnet;
@@ -128,6 +129,19 @@ pub struct PeerArgs {
     /// off (plain only).
     #[arg(long, value_enum, default_value_t = mse_stream::Encryption::Prefer)]
     pub encryption: mse_stream::Encryption,
+    /// UDP port of the Mainline DHT node (BEP 5); by default the same
+    /// number as --port.
+    #[arg(long)]
+    pub dht_port: Option<u16>,
+    /// No DHT: find peers through trackers, --peer and --overlay only.
+    /// (A private torrent never uses the DHT.)
+    #[arg(long)]
+    pub no_dht: bool,
+    /// A DHT node to join through, HOST:PORT (repeatable); by default the
+    /// public routers router.bittorrent.com, dht.transmissionbt.com and
+    /// router.utorrent.com, port 6881.
+    #[arg(long = "dht-bootstrap")]
+    pub dht_bootstrap: Vec<String>,
 }
 
 /// `rumor get FILE.torrent|MAGNET|INFOHASH -o DIR`.

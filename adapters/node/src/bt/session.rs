@@ -15,6 +15,7 @@
 //! knows their order.
 
 use super::client::{self, Download, Handover};
+use super::dht;
 use super::magnet::{self, MagnetSource};
 use super::overlay_member::{self, MemberArgs};
 use super::PeerArgs;
@@ -97,14 +98,30 @@ async fn start(mut opts: Options) -> Result<(), String> {
         What::File(meta) => meta.info_hash,
     };
     let complete = Arc::new(AtomicBool::new(false));
-    let (member, found) = if opts.net.overlay.is_empty() {
+    // Providers from the overlay member and peers from the DHT node reach
+    // the session through one channel.
+    let private = matches!(&what, What::File(meta) if meta.private);
+    let want_dht = !opts.net.no_dht && !private;
+    let (found_tx, found) = if opts.net.overlay.is_empty() && !want_dht {
         (None, None)
     } else {
-        let keys = crate::keyring(&opts.net.cluster_key, None)?;
-        let args = MemberArgs { join: opts.net.overlay.clone(), keys, listen: opts.net.overlay_listen };
-        let (found_tx, found_rx) = async_channel::bounded(FOUND_MAX);
-        (Some(overlay_member::spawn(args, info_hash, port, complete.clone(), found_tx)), Some(found_rx))
+        let (tx, rx) = async_channel::bounded(FOUND_MAX);
+        (Some(tx), Some(rx))
     };
+    let member = match (&found_tx, opts.net.overlay.is_empty()) {
+        (Some(found_tx), false) => {
+            let keys = crate::keyring(&opts.net.cluster_key, None)?;
+            let args = MemberArgs { join: opts.net.overlay.clone(), keys, listen: opts.net.overlay_listen };
+            Some(overlay_member::spawn(args, info_hash, port, complete.clone(), found_tx.clone()))
+        }
+        _ => None,
+    };
+    let mut dht = match (&found_tx, want_dht) {
+        (Some(found_tx), true) => start_dht(&opts, port, info_hash, complete.clone(), found_tx.clone()),
+        _ => None,
+    };
+    // The channel closes once every finder has stopped.
+    drop(found_tx);
     // Local Service Discovery from the start for a magnet link (whether
     // its torrent is private is known only with the metadata: the download
     // drops it then); a .torrent's download starts its own once its data
@@ -125,6 +142,13 @@ async fn start(mut opts: Options) -> Result<(), String> {
             }
             What::File(meta) => meta,
         };
+        if meta.private {
+            // BEP 27: a private torrent's peers come from its trackers only.
+            if let Some(d) = dht.take() {
+                eprintln!("rumor: {}: private torrent, DHT off", meta.name);
+                d.stop(false).await;
+            }
+        }
         let download = Download {
             torrent: opts.torrent,
             dir: opts.dir,
@@ -139,7 +163,38 @@ async fn start(mut opts: Options) -> Result<(), String> {
     if let Some(m) = member {
         m.leave().await;
     }
+    if let Some(d) = dht {
+        d.stop(result.is_ok()).await;
+    }
     result
+}
+
+/// Binds the DHT's UDP socket (by default on the peer port's number) and
+/// starts the node; a port that cannot be bound turns the DHT off with a
+/// message, not the session.
+fn start_dht(
+    opts: &Options,
+    port: u16,
+    info_hash: rumor_core::bt::metainfo::InfoHash,
+    complete: Arc<AtomicBool>,
+    found: async_channel::Sender<Vec<SocketAddr>>,
+) -> Option<dht::DhtNode> {
+    let dht_port = opts.net.dht_port.unwrap_or(port);
+    let socket = match rt::bind_udp(SocketAddr::new(opts.net.bind, dht_port)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rumor: DHT off: cannot bind UDP port {dht_port}: {e}");
+            return None;
+        }
+    };
+    let bootstrap = if opts.net.dht_bootstrap.is_empty() {
+        dht::DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect()
+    } else {
+        opts.net.dht_bootstrap.clone()
+    };
+    let args =
+        dht::DhtArgs { socket, bootstrap, state: dht::state_path(&opts.dir), info_hash, peer_port: port, complete };
+    Some(dht::spawn(args, found))
 }
 
 /// Resolves the given peers (a magnet's `x.pe`, then `--peer`) into the

@@ -2,7 +2,8 @@
 //! client against rumor's DHT port (the four queries, tokens, error 203),
 //! floods that must leave memory bounded and other askers answered, and
 //! interop with a private DHT of libtorrent sessions on loopback, both
-//! ways, with no tracker, no `x.pe` and no `--peer`.
+//! ways, with no tracker, no `x.pe` and no `--peer`; and the peer wire's
+//! side of it (the DHT bit and the `port` message).
 
 mod common;
 
@@ -279,4 +280,59 @@ fn libtorrent_gets_a_magnet_link_from_rumor_seed_through_the_dht_alone() {
     std::fs::write(&go, b"").unwrap();
     assert_success(&mut lt, Duration::from_secs(150), &[&seed]);
     assert_same_tree(&f.data, &out.join(f.data.file_name().unwrap()));
+}
+
+#[test]
+fn a_dht_peer_is_sent_our_dht_port_and_its_own_port_message_gets_it_pinged() {
+    use rumor_core::bt::wire::{Decoder, DecoderConfig, Handshake, Message as Wire};
+    use std::io::{Read, Write};
+    let s = Scratch::new("bt-dht-port");
+    let port = common::free_port();
+    let f = fixture(&s.0, 63, &["--piece-size", "65536"]);
+    let seeder = rumor_seed(&s.0, "seeder", &f.torrent, &f.src, port, &["--dht-bootstrap", "127.0.0.1:9"]);
+    wait_listening(port);
+    // Our own DHT "node": a UDP socket rumor should ping once told of it.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut h = Handshake::new(info_hash_of(&f.torrent), [0x2d; 20]);
+    h.reserved[7] |= 0x01;
+    let mut out = Vec::new();
+    h.encode(&mut out);
+    Wire::Interested.encode(&mut out);
+    Wire::Port(udp_port).encode(&mut out);
+    tcp.write_all(&out).unwrap();
+    let mut dec = Decoder::new(DecoderConfig { piece_count: 1024, ..Default::default() });
+    let (mut told, mut pinged, mut handshake_bit) = (None, false, None);
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < end && !(told.is_some() && pinged) {
+        if let Ok(n) = tcp.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            dec.feed(&buf[..n]);
+            if handshake_bit.is_none() {
+                if let Some(hs) = dec.take_handshake() {
+                    handshake_bit = Some(hs.unwrap().reserved[7] & 0x01);
+                }
+            }
+            while let Some(Ok(m)) = dec.next() {
+                if let Wire::Port(p) = m {
+                    told = Some(p);
+                }
+            }
+        }
+        let mut d = [0u8; 1500];
+        if let Ok((n, _)) = udp.recv_from(&mut d) {
+            if let Ok(m) = Message::parse(&d[..n]) {
+                pinged |= matches!(m.body, Body::Query(Query::Ping { .. }));
+            }
+        }
+    }
+    assert_eq!(handshake_bit, Some(1), "rumor's handshake sets the DHT bit: {}", seeder.log_text());
+    assert_eq!(told, Some(port), "rumor sends its DHT port (the --port number by default)");
+    assert!(pinged, "rumor pings the DHT port our port message gave: {}", seeder.log_text());
 }

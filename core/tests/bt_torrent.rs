@@ -1021,3 +1021,61 @@ fn what_is_really_hostile_is_still_refused() {
     assert!(out.contains(&Output::Disconnect { peer: 1, reason: DisconnectReason::Misbehaved("have out of range") }));
     // Data failing verification still bans (a_peer_sending_corrupt_blocks_is_banned... covers swarms).
 }
+
+/// Connects a remote whose handshake sets the DHT bit (BEP 5) or not, to a
+/// torrent that runs a DHT node on UDP port 7000 or none; returns the
+/// handshake bytes we sent and the messages after it.
+fn connect_with_dht(ours: bool, theirs: bool) -> (Torrent, Remote, [u8; 8], Vec<Message>) {
+    let data = content(4 * PL as usize);
+    let meta = meta_for(&data);
+    let mut config = TorrentConfig::new([1; 20]);
+    config.dht_port = ours.then_some(7000);
+    let mut t = Torrent::new(config, &meta, &Bitfield::new(meta.pieces.len() as u32), Instant::ZERO, 1);
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Connected { peer: 3 }));
+    let mut h = Handshake::new(meta.info_hash, [103; 20]);
+    if theirs {
+        h.reserved[7] |= 0x01;
+    }
+    let mut b = Vec::new();
+    h.encode(&mut b);
+    t.handle(Instant::ZERO, Input::Peer(PeerInput::Bytes { peer: 3, bytes: b.into() }));
+    let mut r = Remote {
+        key: 3,
+        dec: rumor_core::bt::wire::Decoder::new(rumor_core::bt::wire::DecoderConfig {
+            piece_count: meta.pieces.len() as u32,
+            ..Default::default()
+        }),
+    };
+    let out = drain(&mut t);
+    r.absorb(&out);
+    let hs = r.dec.take_handshake().unwrap().unwrap();
+    let msgs = r.received(&[]);
+    (t, r, hs.reserved, msgs)
+}
+
+#[test]
+fn with_a_dht_node_our_handshake_sets_the_dht_bit_and_a_dht_peer_is_sent_our_port() {
+    let (_, _, reserved, msgs) = connect_with_dht(true, true);
+    assert_eq!(reserved[7] & 0x01, 0x01);
+    assert!(msgs.contains(&Message::Port(7000)), "{msgs:?}");
+    // A peer without the bit is not sent one.
+    let (_, _, _, msgs) = connect_with_dht(true, false);
+    assert!(!msgs.iter().any(|m| matches!(m, Message::Port(_))), "{msgs:?}");
+}
+
+#[test]
+fn without_a_dht_node_no_dht_bit_and_no_port_message() {
+    let (_, _, reserved, msgs) = connect_with_dht(false, true);
+    assert_eq!(reserved[7] & 0x01, 0);
+    assert!(!msgs.iter().any(|m| matches!(m, Message::Port(_))), "{msgs:?}");
+}
+
+#[test]
+fn a_peers_port_message_is_reported_for_the_dht_and_port_zero_is_ignored() {
+    let (mut t, r, _, _) = connect_with_dht(true, true);
+    let out = r.send(&mut t, Instant::ZERO, &[Message::Port(6881)]);
+    assert!(out.contains(&Output::Event(Event::PeerDhtPort { peer: 3, port: 6881 })), "{out:?}");
+    let out = r.send(&mut t, Instant::ZERO, &[Message::Port(0)]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::PeerDhtPort { .. }))));
+    assert!(!disconnected(&out, 3));
+}

@@ -116,6 +116,10 @@ pub struct TorrentConfig {
     /// Our listening port, sent as `p` in the extension handshake so a
     /// peer we dialed can name us to others (BEP 10, 11); `None` by default.
     pub listen_port: Option<u16>,
+    /// The UDP port of our DHT node (BEP 5), `None` (the default) when we
+    /// run none: with one, our handshake sets the DHT bit and a peer that
+    /// sets it too is sent a `port` message.
+    pub dht_port: Option<u16>,
     /// Picker tuning.
     pub picker: PickerConfig,
     /// Choker tuning.
@@ -147,6 +151,7 @@ impl TorrentConfig {
             client_name: "rumor".into(),
             private: false,
             listen_port: None,
+            dht_port: None,
             picker: PickerConfig::default(),
             choker: ChokerConfig::default(),
         }
@@ -220,6 +225,14 @@ pub enum Event {
         /// Connection handle.
         peer: PeerKey,
         /// Its listen port (never 0).
+        port: u16,
+    },
+    /// A peer runs a DHT node on this UDP port of its address (BEP 5
+    /// `port` message): the adapter may ping it and add it to its table.
+    PeerDhtPort {
+        /// Connection handle.
+        peer: PeerKey,
+        /// Its DHT port (never 0).
         port: u16,
     },
     /// A peer told us of other peers (BEP 11): the adapter may connect.
@@ -666,7 +679,11 @@ impl Torrent {
             },
         );
         let mut hs = Vec::with_capacity(Handshake::LEN);
-        Handshake::new(self.info_hash, self.config.peer_id).encode(&mut hs);
+        let mut handshake = Handshake::new(self.info_hash, self.config.peer_id);
+        if self.config.dht_port.is_some() {
+            handshake.reserved[7] |= 0x01; // BEP 5: we run a DHT node
+        }
+        handshake.encode(&mut hs);
         self.tx.entry(peer).or_default().extend_from_slice(&hs);
     }
 
@@ -713,6 +730,7 @@ impl Torrent {
         c.fast = h.supports_fast();
         c.extended = h.supports_extended();
         let (fast, extended) = (c.fast, c.extended);
+        let peer_dht = h.supports_dht();
         self.picker.peer_have_none(peer);
         self.out.push_back(Output::Event(Event::PeerReady { peer, peer_id: h.peer_id }));
         let have = self.picker.have();
@@ -743,6 +761,9 @@ impl Torrent {
                 ext.m.insert("ut_pex".into(), UT_PEX_ID);
             }
             self.send(now, peer, &ext.to_message());
+        }
+        if let (Some(port), true) = (self.config.dht_port, peer_dht) {
+            self.send(now, peer, &Message::Port(port));
         }
     }
 
@@ -855,6 +876,9 @@ impl Torrent {
                         self.out.push_back(Output::Event(Event::PexPeers { peer, added: m.added }));
                     }
                 }
+            }
+            Message::Port(port) if port != 0 => {
+                self.out.push_back(Output::Event(Event::PeerDhtPort { peer, port }));
             }
             Message::Port(_) | Message::Suggest(_) | Message::AllowedFast(_) | Message::Extended { .. } => {}
         }

@@ -113,6 +113,9 @@ pub struct Handover {
     pub complete: Arc<AtomicBool>,
     /// Local Service Discovery started for a magnet link's fetch, if any.
     pub lsd: Option<super::lsd::LsdHandle>,
+    /// The session's DHT node (not for a private torrent): our handshake
+    /// says we run one, and peers' `port` messages go to it.
+    pub dht: Option<super::dht::DhtPinger>,
 }
 
 /// Reads and checks the torrent file; errors say what is wrong.
@@ -386,6 +389,8 @@ struct Session {
     tracker_rx: Receiver<TrackerEvent>,
     control_rx: Receiver<Command>,
     found_rx: Option<Receiver<Vec<SocketAddr>>>,
+    /// Where peers' DHT ports go (BEP 5 `port`), if the DHT is on.
+    dht: Option<super::dht::DhtPinger>,
     torrent_deadline: Instant,
     announce_deadline: Instant,
     exit_when_complete: bool,
@@ -410,7 +415,7 @@ impl Session {
         port: u16,
         handover: Handover,
     ) -> Result<Session, String> {
-        let Handover { clock, book, control, found, complete, lsd } = handover;
+        let Handover { clock, book, control, found, complete, lsd, dht } = handover;
         complete.store(have.is_full(), Ordering::Relaxed);
         let now = clock.now();
         let peer_id = super::entropy::peer_id();
@@ -420,6 +425,7 @@ impl Session {
         config.choke_interval = rumor_core::time::Duration::from_secs(5);
         config.request_timeout = rumor_core::time::Duration::from_secs(20);
         config.listen_port = Some(port);
+        config.dht_port = dht.as_ref().map(|d| d.port);
         let torrent = Torrent::new(config, &meta, &have, now, seed);
         let left = torrent.stats().left;
         let announcer = Announcer::new(
@@ -468,6 +474,7 @@ impl Session {
             tracker_rx,
             control_rx,
             found_rx: found,
+            dht,
             torrent_deadline: now,
             announce_deadline: now,
             exit_when_complete: opts.exit_when_complete,
@@ -851,6 +858,11 @@ impl Session {
                 }
             }
             Event::PeerListens { peer, port } => self.peers.set_listen_port(peer, port),
+            Event::PeerDhtPort { peer, port } => {
+                if let (Some(dht), Some(addr)) = (&self.dht, self.peers.addr(peer)) {
+                    dht.ping(SocketAddr::new(addr.ip(), port));
+                }
+            }
             Event::PexPeers { added, .. } => {
                 for p in added {
                     self.peers.learn(p.addr, Source::Pex);

@@ -51,6 +51,8 @@ pub fn state_path(dir: &Path) -> PathBuf {
 pub struct DhtArgs {
     /// The bound UDP socket.
     pub socket: Box<dyn UdpSocket>,
+    /// Its port, which our BEP 5 `port` messages give peers.
+    pub udp_port: u16,
     /// `HOST:PORT` routers to join through.
     pub bootstrap: Vec<String>,
     /// Where the routing table is saved and read back.
@@ -63,6 +65,23 @@ pub struct DhtArgs {
     pub complete: Arc<AtomicBool>,
 }
 
+/// A handle that asks the node to ping peers' DHT ports (BEP 5 `port`
+/// messages), for the download loop.
+#[derive(Clone)]
+pub struct DhtPinger {
+    pings: async_channel::Sender<SocketAddr>,
+    /// The node's UDP port, which our `port` messages give.
+    pub port: u16,
+}
+
+impl DhtPinger {
+    /// Asks the node to ping `addr`: it joins the routing table if it
+    /// answers. Dropped when the queue is full.
+    pub fn ping(&self, addr: SocketAddr) {
+        let _ = self.pings.try_send(addr);
+    }
+}
+
 /// A running DHT node, as the session holds it.
 pub struct DhtNode {
     stop: rt::ShutdownTrigger,
@@ -70,14 +89,13 @@ pub struct DhtNode {
     save_on_stop: Arc<AtomicBool>,
     task: rt::JoinHandle<()>,
     pings: async_channel::Sender<SocketAddr>,
+    port: u16,
 }
 
 impl DhtNode {
-    /// Asks the node to ping `addr` (a peer's BEP 5 `port` message): it
-    /// joins the routing table if it answers. Dropped when the queue is full.
-    #[allow(dead_code)]
-    pub fn ping(&self, addr: SocketAddr) {
-        let _ = self.pings.try_send(addr);
+    /// A handle for the download loop to pass peers' DHT ports on.
+    pub fn pinger(&self) -> DhtPinger {
+        DhtPinger { pings: self.pings.clone(), port: self.port }
     }
 
     /// Stops the node and waits briefly for it; with `save`, it saves its
@@ -93,6 +111,7 @@ impl DhtNode {
 /// Starts the node; peers it finds go to `found` (a bounded channel: when
 /// it is full they are handed on after the next lookup).
 pub fn spawn(args: DhtArgs, found: async_channel::Sender<Vec<SocketAddr>>) -> DhtNode {
+    let port = args.udp_port;
     let (stop, shutdown) = rt::Shutdown::new();
     let (pings, pings_rx) = async_channel::bounded(PINGS_MAX);
     let save_on_stop = Arc::new(AtomicBool::new(true));
@@ -102,7 +121,7 @@ pub fn spawn(args: DhtArgs, found: async_channel::Sender<Vec<SocketAddr>>) -> Dh
             tracing::warn!("dht: {e}");
         }
     });
-    DhtNode { stop, save_on_stop, task, pings }
+    DhtNode { stop, save_on_stop, task, pings, port }
 }
 
 /// Reads a saved state: our id and the nodes we knew.

@@ -156,7 +156,8 @@ async fn start(mut opts: Options) -> Result<(), String> {
             exit_when_complete: opts.exit_when_complete,
             seed_command: opts.seed_command,
         };
-        let handover = Handover { clock, book, control, found, complete, lsd };
+        let dht_pinger = dht.as_ref().map(|d| d.pinger());
+        let handover = Handover { clock, book, control, found, complete, lsd, dht: dht_pinger };
         client::download(download, meta, listener, handover).await
     };
     let result = phases.await;
@@ -180,8 +181,15 @@ fn start_dht(
     found: async_channel::Sender<Vec<SocketAddr>>,
 ) -> Option<dht::DhtNode> {
     let dht_port = opts.net.dht_port.unwrap_or(port);
-    let socket = match rt::bind_udp(SocketAddr::new(opts.net.bind, dht_port)) {
-        Ok(s) => s,
+    // Bound here rather than with rt::bind_udp so that the port actually
+    // bound (`--dht-port 0` picks one) is known for our `port` messages.
+    let bound = std::net::UdpSocket::bind(SocketAddr::new(opts.net.bind, dht_port)).and_then(|s| {
+        s.set_nonblocking(true)?;
+        let local = s.local_addr()?.port();
+        Ok((rt::runtime().udp_socket(s)?, local))
+    });
+    let (socket, udp_port) = match bound {
+        Ok(b) => b,
         Err(e) => {
             eprintln!("rumor: DHT off: cannot bind UDP port {dht_port}: {e}");
             return None;
@@ -192,8 +200,15 @@ fn start_dht(
     } else {
         opts.net.dht_bootstrap.clone()
     };
-    let args =
-        dht::DhtArgs { socket, bootstrap, state: dht::state_path(&opts.dir), info_hash, peer_port: port, complete };
+    let args = dht::DhtArgs {
+        socket,
+        udp_port,
+        bootstrap,
+        state: dht::state_path(&opts.dir),
+        info_hash,
+        peer_port: port,
+        complete,
+    };
     Some(dht::spawn(args, found))
 }
 

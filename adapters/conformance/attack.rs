@@ -15,17 +15,6 @@ const DEV_KEY: &str = "72756d6f722d696e7365637572652d646576656c6f706d656e742d6b6
 const KEY: &str = "61747461636b2074657374206b65792c207468697274792d74776f2062797465";
 const TOKEN: &str = "attack-test-token-0123456789";
 
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// A connection that has sent a request's headers and nothing of its body.
 fn headers_only(node: &TestNode, content_length: usize) -> TcpStream {
     let mut s = TcpStream::connect(node.api).expect("connect to the API");
@@ -63,7 +52,7 @@ fn a_body_trickled_one_byte_per_packet_costs_the_node_about_its_size() {
     let node = TestNode::solo("attack-trickle", &[]);
     node.add(r#"{"name":"warm.local","ips":["10.0.0.1"],"ttl":60}"#);
     let pid = node.child.id();
-    let before = rss_kib(pid);
+    let before = common::rss_kib(pid);
     let mut s = headers_only(&node, 60_000);
     let sent = 10_000;
     for _ in 0..sent {
@@ -74,7 +63,7 @@ fn a_body_trickled_one_byte_per_packet_costs_the_node_about_its_size() {
         std::thread::sleep(Duration::from_micros(200));
     }
     // Measured while the request is still open: nothing is given back yet.
-    let during = rss_kib(pid);
+    let during = common::rss_kib(pid);
     let grown = during.saturating_sub(before);
     eprintln!("RSS {before} KiB before, {during} KiB after trickling {sent} bytes (+{grown} KiB)");
     // Before the fix this was about 8 KiB per byte sent (+80 MB here).

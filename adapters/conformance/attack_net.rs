@@ -20,17 +20,6 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "61747461636b206e6574207465737420636c7573746572206b65792c20333262";
 
-/// Resident memory of a process, in KiB (Linux).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn stat(node: &TestNode, name: &str) -> u64 {
     let (_, v) = node.get("/health");
     v["stats"][name].as_u64().unwrap_or_else(|| panic!("/health has no {name}: {v}"))
@@ -98,7 +87,7 @@ fn flood(node: &TestNode, n: u64) -> (u64, u64) {
 fn an_announce_flood_from_one_address_is_bounded_and_records_can_still_be_added() {
     let node = TestNode::solo("flood", &[]);
     let pid = node.child.id();
-    let rss_before = rss_kib(pid);
+    let rss_before = common::rss_kib(pid);
     // 20,000 announces of random torrents (one port each) from one address,
     // over four keep-alive connections.
     const ANNOUNCES: u64 = 20_000;
@@ -107,7 +96,7 @@ fn an_announce_flood_from_one_address_is_bounded_and_records_can_still_be_added(
     let took = started.elapsed();
     // Every replicated entry (the older binary has no per-namespace count).
     let entries = stat(&node, "entries");
-    let rss_after = rss_kib(pid);
+    let rss_after = common::rss_kib(pid);
     eprintln!(
         "flood: {ANNOUNCES} announces in {took:?}: {ok} answered, {limited} rate-limited; \
          {entries} replicated entries; RSS {} -> {} MiB",
@@ -441,10 +430,10 @@ fn request_bodies_held_across_api_connections_are_bounded_in_total() {
     let (budget, body_max) = (rumor_node::http::BODIES_IN_FLIGHT_MAX_BYTES, rumor_node::http::BODY_MAX_BYTES);
     // Twice what the budget holds: without it, the node would hold them all.
     let n = 2 * budget / body_max;
-    let rss_before = rss_kib(node.child.id());
+    let rss_before = common::rss_kib(node.child.id());
     // More bodies than the budget holds, each a byte short of complete.
     let _attack = python_attacker(HELD_BODIES, &[node.api.port().to_string(), n.to_string(), body_max.to_string()]);
-    let rss_during = rss_kib(node.child.id());
+    let rss_during = common::rss_kib(node.child.id());
     // An honest batch meanwhile finds the budget taken.
     let records: Vec<String> = (0..2_000)
         .map(|i| format!(r#"{{"name":"h{i}.bodies.local","ips":["10.7.{}.{}"]}}"#, i / 250, i % 250))

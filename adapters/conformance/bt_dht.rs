@@ -77,16 +77,6 @@ fn lone_seeder(s: &Scratch, port: u16) -> Proc {
     rumor_seed(&s.0, "seeder", &f.torrent, &f.src, port, &["--dht-bootstrap", "127.0.0.1:9"])
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_raw_krpc_client_gets_answers_tokens_stored_announces_and_203_for_a_wrong_token() {
     let s = Scratch::new("bt-dht-krpc");
@@ -128,7 +118,7 @@ fn floods_of_queries_and_of_announces_leave_memory_bounded_and_others_answered()
     let mut probe = Client::new(dht, 3);
     response(probe.ask(Query::Ping { id: probe.id }));
     std::thread::sleep(Duration::from_millis(500));
-    let rss_before = rss_kib(seeder.child.id());
+    let rss_before = common::rss_kib(seeder.child.id());
     // 1. 30,000 get_peers from one address, as fast as it can send.
     let mut flooder = Client::new(dht, 4);
     let sent_at = Instant::now();
@@ -182,7 +172,7 @@ fn floods_of_queries_and_of_announces_leave_memory_bounded_and_others_answered()
         probe.ask_within(Query::Ping { id: probe.id }, Duration::from_secs(2)).expect("others are still answered"),
     );
     let probe2_ms = t.elapsed().as_millis();
-    let rss_after = rss_kib(seeder.child.id());
+    let rss_after = common::rss_kib(seeder.child.id());
     eprintln!(
         "flood: 30000 get_peers from one address in {flood_s:.2} s, {answered} answered; probe answered in {probe_ms} ms; \
          {accepted} announces for random infohashes answered; probe then {probe2_ms} ms; RSS {rss_before} -> {rss_after} KiB"

@@ -407,3 +407,14 @@ pub fn python_attacker(script: &str, args: &[String]) -> Attacker {
     assert_eq!(line.trim(), "open", "the attacker started");
     Attacker(child)
 }
+
+/// Resident memory of a process, in KiB (Linux); 0 if it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -282,6 +282,9 @@ pub struct Handshake {
     receive: Option<Keystream>,
     /// Initiator: the encrypted VC to scan for; responder: `HASH('req1', S)`.
     sync: Vec<u8>,
+    /// Positions after `key_end` already searched for `sync` without a
+    /// match, so bytes arriving in small pieces are not searched again.
+    sync_searched: usize,
     /// Initiator: the initial payload to send in step 3.
     initial: Vec<u8>,
     /// Responder: the method provided by the peer; initiator: selected.
@@ -304,8 +307,7 @@ fn modulus() -> U768 {
 
 /// `2^x mod P`, 96 bytes big-endian.
 fn public_key(x: &U192) -> [u8; KEY_BYTES] {
-    let params = DynResidueParams::new(&modulus());
-    DynResidue::new(&U768::from_u8(2), params).pow_bounded_exp(x, 160).retrieve().to_be_bytes()
+    modpow(&U768::from_u8(2), &modulus(), x)
 }
 
 /// `y^x mod P`, or `None` for a degenerate `y`.
@@ -317,8 +319,52 @@ fn shared_secret(y: &[u8], x: &U192) -> Option<[u8; KEY_BYTES]> {
     if y <= U768::ONE || y >= p.wrapping_sub(&U768::ONE) {
         return None;
     }
-    let params = DynResidueParams::new(&p);
-    Some(DynResidue::new(&y, params).pow_bounded_exp(x, 160).retrieve().to_be_bytes())
+    Some(modpow(&y, &p, x))
+}
+
+/// `base^x mod p` for a 160-bit `x`, 96 bytes big-endian.
+#[cfg(not(fuzzing))]
+fn modpow(base: &U768, p: &U768, x: &U192) -> [u8; KEY_BYTES] {
+    let params = DynResidueParams::new(p);
+    DynResidue::new(base, params).pow_bounded_exp(x, 160).retrieve().to_be_bytes()
+}
+
+/// Under `cargo fuzz` only: the same, remembering the last few results.
+/// The fuzz target's keys are fixed and most inputs keep the seeds' public
+/// keys, so nearly every exponentiation repeats; without the memo each
+/// input costs two 768-bit exponentiations (about 500 inputs a second),
+/// with it the fuzzer spends its time on the handshake's parsing, which is
+/// what it is there to test.
+#[cfg(fuzzing)]
+fn modpow(base: &U768, p: &U768, x: &U192) -> [u8; KEY_BYTES] {
+    use std::cell::RefCell;
+    type Memo = Vec<((u64, u64), [u8; KEY_BYTES])>;
+    thread_local!(static MEMO: RefCell<Memo> = const { RefCell::new(Vec::new()) });
+    const MEMO_MAX: usize = 16;
+    // Entries are found by a 128-bit fingerprint of (base, x), not by
+    // comparing the numbers: libFuzzer traces every memcmp, and comparing
+    // 120-byte keys cost more than the exponentiations saved. A collision
+    // could only make one fuzz input's handshake fail, never hide a panic.
+    let words = base.as_words().iter().chain(x.as_words());
+    let print = words.fold((0xcbf2_9ce4_8422_2325u64, 0x9e37_79b9_7f4a_7c15u64), |(a, b), &w| {
+        (
+            (a ^ w as u64).wrapping_mul(0x100_0000_01b3),
+            (b ^ w as u64).rotate_left(23).wrapping_mul(0xff51_afd7_ed55_8ccd),
+        )
+    });
+    if let Some(hit) = MEMO.with(|m| m.borrow().iter().find(|(f, _)| *f == print).map(|(_, v)| *v)) {
+        return hit;
+    }
+    let params = DynResidueParams::new(p);
+    let out = DynResidue::new(base, params).pow_bounded_exp(x, 160).retrieve().to_be_bytes();
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() == MEMO_MAX {
+            m.remove(0);
+        }
+        m.push((print, out));
+    });
+    out
 }
 
 fn private_key(secret: &Secret) -> U192 {
@@ -376,6 +422,7 @@ impl Handshake {
             send: None,
             receive: None,
             sync: Vec::new(),
+            sync_searched: 0,
             initial: Vec::new(),
             methods: Methods::NONE,
             ia: Vec::new(),
@@ -465,7 +512,12 @@ impl Handshake {
                 let window = &self.buf[self.key_end..];
                 let limit = PAD_MAX + self.sync.len();
                 let hay = &window[..window.len().min(limit)];
-                match hay.windows(self.sync.len()).position(|w| w == self.sync.as_slice()) {
+                let from = self.sync_searched.min(hay.len());
+                let first = self.sync[0];
+                let found =
+                    hay[from..].windows(self.sync.len()).position(|w| w[0] == first && w == self.sync.as_slice());
+                self.sync_searched = from + hay.len().saturating_sub(from + self.sync.len() - 1);
+                match found.map(|at| from + at) {
                     Some(at) => {
                         self.pos = self.key_end + at + self.sync.len();
                         self.state = match self.role {

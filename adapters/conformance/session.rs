@@ -34,6 +34,10 @@ impl SessionNode {
         SessionNode { node, downloads, bt_port }
     }
 
+    fn announce_url(&self) -> String {
+        self.node.url("/announce")
+    }
+
     fn peer(&self) -> String {
         format!("127.0.0.1:{}", self.bt_port)
     }
@@ -78,6 +82,7 @@ impl SessionNode {
     /// Waits until `ih` is seeding with every byte, or panics with the
     /// node's view and `others`' logs.
     fn wait_complete(&self, ih: &str, limit: Duration, others: &[&Proc]) {
+        let t0 = Instant::now();
         let ok = eventually(limit, || {
             let t = self.torrent(ih);
             t["state"] == "seeding" && t["progress"].as_f64() == Some(1.0)
@@ -86,30 +91,40 @@ impl SessionNode {
             let logs: String = others.iter().map(|o| format!("\n{}'s log:\n{}", o.name, o.log_text())).collect();
             let node_log = std::fs::read_to_string(self.node.data.join(format!("node-{}.log", self.node.dns.port())))
                 .unwrap_or_default();
-            let tail: String = node_log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String =
+                node_log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
             panic!("{ih} did not complete: {}\nnode log tail:\n{tail}{logs}", self.torrent(ih));
         }
+        eprintln!("{ih}: complete after {:.1} s", t0.elapsed().as_secs_f64());
     }
 }
 
 /// A tree named `name` (from `seed`) under `DIR/src-NAME` and its torrent
-/// (64 KiB pieces, no tracker): (the tree, the torrent, the infohash).
-fn tree(s: &Scratch, name: &str, seed: u64) -> (PathBuf, PathBuf, String) {
+/// (64 KiB pieces, the node's own tracker: the seeder announces there and
+/// the session finds it through the overlay): (the tree, the torrent, the infohash).
+fn tree(s: &Scratch, node: &SessionNode, name: &str, seed: u64) -> (PathBuf, PathBuf, String) {
     let src = s.0.join(format!("src-{name}"));
     let data = make_tree(&src, name, seed);
     let torrent = s.0.join(format!("{name}.torrent"));
-    let ih = rumor_create(&data, &torrent, &["--piece-size", "65536"]);
+    let ih = rumor_create(&data, &torrent, &["--piece-size", "65536", "-a", &node.announce_url()]);
     (data, torrent, ih)
 }
 
 /// One file of `len` bytes named `name` under `DIR/src-NAME`, and its torrent.
-fn big_file(s: &Scratch, name: &str, seed: u64, len: usize, piece: &str) -> (PathBuf, PathBuf, String) {
+fn big_file(
+    s: &Scratch,
+    node: &SessionNode,
+    name: &str,
+    seed: u64,
+    len: usize,
+    piece: &str,
+) -> (PathBuf, PathBuf, String) {
     let src = s.0.join(format!("src-{name}"));
     std::fs::create_dir_all(&src).unwrap();
     let data = src.join(name);
     std::fs::write(&data, content(seed, len)).unwrap();
     let torrent = s.0.join(format!("{name}.torrent"));
-    let ih = rumor_create(&data, &torrent, &["--piece-size", piece]);
+    let ih = rumor_create(&data, &torrent, &["--piece-size", piece, "-a", &node.announce_url()]);
     (data, torrent, ih)
 }
 
@@ -154,9 +169,9 @@ fn sse_sees(node: &SessionNode, name: &str, limit: Duration) -> bool {
 fn torrents_added_as_bytes_magnet_and_infohash_complete_from_libtorrent_seeders() {
     let s = Scratch::new("session-add");
     let node = SessionNode::start(&s, &[]);
-    let (d1, t1, ih1) = tree(&s, "one", 101);
-    let (d2, t2, ih2) = tree(&s, "two", 202);
-    let (d3, t3, ih3) = tree(&s, "three", 303);
+    let (d1, t1, ih1) = tree(&s, &node, "one", 101);
+    let (d2, t2, ih2) = tree(&s, &node, "two", 202);
+    let (d3, t3, ih3) = tree(&s, &node, "three", 303);
     // Seeders that dial the session's one port: each connection is routed
     // to its torrent by the infohash it names.
     let lt1 = lt_seeder(&s, "one", &t1, &d1, &node);
@@ -199,16 +214,19 @@ fn torrents_added_as_bytes_magnet_and_infohash_complete_from_libtorrent_seeders(
 fn pause_resume_remove_and_delete_data_do_what_they_say() {
     let s = Scratch::new("session-pause");
     let node = SessionNode::start(&s, &[]);
-    let (data, torrent, ih) = tree(&s, "held", 404);
+    let (data, torrent, ih) = tree(&s, &node, "held", 404);
     let lt = lt_seeder(&s, "held", &torrent, &data, &node);
     let bytes = std::fs::read(&torrent).unwrap();
-    let (code, v) =
-        node.call("POST", "/torrents?paused=true", Some(TOKEN), Some(("application/x-bittorrent", &bytes)));
+    let (code, v) = node.call("POST", "/torrents?paused=true", Some(TOKEN), Some(("application/x-bittorrent", &bytes)));
     assert_eq!(code, 201, "{v}");
     // Paused: no peer, no byte, for as long as it stays paused.
     std::thread::sleep(Duration::from_secs(3));
     let t = node.torrent(&ih);
-    assert_eq!((t["state"].as_str(), t["done"].as_u64(), t["peers"].as_u64()), (Some("paused"), Some(0), Some(0)), "{t}");
+    assert_eq!(
+        (t["state"].as_str(), t["done"].as_u64(), t["peers"].as_u64()),
+        (Some("paused"), Some(0), Some(0)),
+        "{t}"
+    );
     let (code, v) = node.write("POST", &format!("/torrents/{ih}/resume"), "");
     assert_eq!(code, 200, "{v}");
     node.wait_complete(&ih, Duration::from_secs(60), &[&lt]);
@@ -247,7 +265,7 @@ fn the_active_download_cap_holds_and_the_queue_follows_the_order_of_addition() {
     let mut hashes = Vec::new();
     for i in 0..4u64 {
         let name = format!("cap{i}");
-        let (data, torrent, ih) = big_file(&s, &name, 500 + i, 3 << 20, "65536");
+        let (data, torrent, ih) = big_file(&s, &node, &name, 500 + i, 3 << 20, "65536");
         seeders.push(lt_seeder(&s, &name, &torrent, &data, &node));
         node.add_bytes(&torrent);
         hashes.push(ih);
@@ -285,7 +303,7 @@ fn the_global_download_limit_holds_within_ten_percent() {
     let limit = 4u64 << 20;
     let node = SessionNode::start(&s, &["--max-download-rate", "4M"]);
     let len = 44usize << 20;
-    let (data, torrent, ih) = big_file(&s, "rate", 77, len, "262144");
+    let (data, torrent, ih) = big_file(&s, &node, "rate", 77, len, "262144");
     let lt = lt_seeder(&s, "rate", &torrent, &data, &node);
     node.add_bytes(&torrent);
     // From the first verified byte to the last.
@@ -315,7 +333,7 @@ fn a_torrent_dropped_in_the_watch_folder_is_added_and_a_bad_one_marked_invalid()
     let s = Scratch::new("session-watch");
     let watch = s.0.join("watch");
     let node = SessionNode::start(&s, &["--watch", watch.to_str().unwrap()]);
-    let (data, torrent, ih) = tree(&s, "watched", 606);
+    let (data, torrent, ih) = tree(&s, &node, "watched", 606);
     let lt = lt_seeder(&s, "watched", &torrent, &data, &node);
     std::fs::copy(&torrent, watch.join("w.torrent")).unwrap();
     std::fs::write(watch.join("bad.torrent"), b"d4:infoi1ee").unwrap();
@@ -370,12 +388,13 @@ fn no_request_or_torrent_reaches_outside_the_download_directory() {
 fn writes_without_the_token_are_refused_and_reads_stay_open() {
     let s = Scratch::new("session-token");
     let node = SessionNode::start(&s, &[]);
-    let (_, torrent, ih) = tree(&s, "guarded", 808);
+    let (_, torrent, ih) = tree(&s, &node, "guarded", 808);
     let bytes = std::fs::read(&torrent).unwrap();
     let (code, v) = node.call("POST", "/torrents", None, Some(("application/x-bittorrent", &bytes)));
     assert_eq!(code, 401, "{v}");
     assert!(v["error"].as_str().unwrap().contains("Bearer"), "{v}");
-    let (code, _) = node.call("POST", "/torrents", Some("wrong-token-wrong-token"), Some(("application/x-bittorrent", &bytes)));
+    let (code, _) =
+        node.call("POST", "/torrents", Some("wrong-token-wrong-token"), Some(("application/x-bittorrent", &bytes)));
     assert_eq!(code, 401);
     assert_eq!(node.get("/torrents")["torrents"].as_array().unwrap().len(), 0);
     node.add_bytes(&torrent);
@@ -392,7 +411,11 @@ fn writes_without_the_token_are_refused_and_reads_stay_open() {
     let (code, v) = node.write("PATCH", &format!("/torrents/{ih}"), r#"{"download_limit": 1048576}"#);
     assert_eq!((code, v["download_limit"].as_u64()), (200, Some(1 << 20)), "{v}");
     let (code, v) = node.write("PATCH", "/session", r#"{"upload_limit": 2097152, "max_active_downloads": 5}"#);
-    assert_eq!((code, v["upload_limit"].as_u64(), v["max_active_downloads"].as_u64()), (200, Some(2 << 20), Some(5)), "{v}");
+    assert_eq!(
+        (code, v["upload_limit"].as_u64(), v["max_active_downloads"].as_u64()),
+        (200, Some(2 << 20), Some(5)),
+        "{v}"
+    );
     // A node without --downloads says how to get a session.
     let plain = TestNode::solo("session-none", &[]);
     let (code, v) = common_get(&plain, "/torrents");

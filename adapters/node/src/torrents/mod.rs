@@ -70,6 +70,8 @@ pub const EVENT_CLIENTS_MAX: usize = 64;
 const TICK: Duration = Duration::from_secs(1);
 /// How often each torrent is announced to the node's own tracker.
 const OVERLAY_ANNOUNCE: Duration = Duration::from_secs(30);
+/// How often while it is downloading with no peer at all.
+const OVERLAY_ANNOUNCE_NO_PEERS: Duration = Duration::from_secs(5);
 /// How long a stopping torrent may take (its `stopped` announces).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Provider lists waiting for a torrent's task; past it one is dropped
@@ -281,6 +283,7 @@ struct Run {
 /// What the node's own tracker said last about a torrent.
 #[derive(Clone, Debug, Default)]
 struct OverlayStatus {
+    next: Option<std::time::Instant>,
     last_announce_ms: Option<u64>,
     peers: usize,
     error: Option<String>,
@@ -427,7 +430,13 @@ impl Entry {
 }
 
 /// Verified bytes of the file at `offset`, `length` bytes long.
-fn file_done(meta: &Metainfo, layout: &rumor_core::bt::metainfo::FileLayout, have: &Bitfield, offset: u64, length: u64) -> u64 {
+fn file_done(
+    meta: &Metainfo,
+    layout: &rumor_core::bt::metainfo::FileLayout,
+    have: &Bitfield,
+    offset: u64,
+    length: u64,
+) -> u64 {
     if length == 0 || meta.piece_length == 0 {
         return 0;
     }
@@ -520,21 +529,17 @@ enum Wake {
     Cmd(Option<Cmd>),
     Report(Report),
     Tick,
-    Announce,
 }
 
 impl Session {
     async fn run(mut self, rx: async_channel::Receiver<Cmd>) {
         use futures::FutureExt;
         let mut next_tick = std::time::Instant::now() + TICK;
-        let mut next_announce = std::time::Instant::now() + OVERLAY_ANNOUNCE;
         loop {
             let wake = futures::select_biased! {
                 r = self.reports_rx.recv().fuse() => match r { Ok(r) => Wake::Report(r), Err(_) => Wake::Tick },
                 c = rx.recv().fuse() => Wake::Cmd(c.ok()),
-                _ = rt::sleep_until(next_tick.min(next_announce)).fuse() => {
-                    if std::time::Instant::now() >= next_announce { Wake::Announce } else { Wake::Tick }
-                },
+                _ = rt::sleep_until(next_tick).fuse() => Wake::Tick,
             };
             match wake {
                 Wake::Cmd(None) => return self.stop_all().await,
@@ -546,13 +551,6 @@ impl Session {
                 Wake::Cmd(Some(c)) => self.command(c),
                 Wake::Report(r) => self.report(r),
                 Wake::Tick => {}
-                Wake::Announce => {
-                    next_announce = std::time::Instant::now() + OVERLAY_ANNOUNCE;
-                    let all: Vec<InfoHash> = self.torrents.keys().copied().collect();
-                    for ih in all {
-                        self.announce(ih, AnnounceEvent::None);
-                    }
-                }
             }
             if std::time::Instant::now() >= next_tick {
                 next_tick = std::time::Instant::now() + TICK;
@@ -642,7 +640,9 @@ impl Session {
             }
             Given::Magnet(link) => {
                 let l = MagnetLink::parse(link).ok_or_else(|| {
-                    Refusal::Bad("not a usable magnet link (it needs xt=urn:btih: and 40 hex or 32 base32 characters)".into())
+                    Refusal::Bad(
+                        "not a usable magnet link (it needs xt=urn:btih: and 40 hex or 32 base32 characters)".into(),
+                    )
                 })?;
                 let name = l.name.clone().unwrap_or_else(|| l.info_hash.to_hex());
                 (l.info_hash, name, None)
@@ -752,7 +752,9 @@ impl Session {
     fn report(&mut self, r: Report) {
         match r {
             Report::Metadata(ih, generation, meta) => {
-                if let Some(e) = self.torrents.get_mut(&ih).filter(|e| e.run.as_ref().is_some_and(|r| r.generation == generation)) {
+                if let Some(e) =
+                    self.torrents.get_mut(&ih).filter(|e| e.run.as_ref().is_some_and(|r| r.generation == generation))
+                {
                     tracing::info!("torrent {ih}: metadata fetched ({})", meta.name);
                     e.name = meta.name.clone();
                     e.meta = Some(Arc::new(*meta));
@@ -814,7 +816,8 @@ impl Session {
     }
 
     fn act(&mut self, ih: InfoHash, a: Action) -> Result<Value, Refusal> {
-        let e = self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
+        let e =
+            self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
         match a {
             Action::Pause => e.paused = true,
             Action::Resume => {
@@ -823,6 +826,8 @@ impl Session {
                     // Stopped by an error: resuming tries again.
                     self.start_task(ih);
                 }
+                // Peers again at once: its connections were closed.
+                self.announce(ih, AnnounceEvent::None);
             }
             Action::Recheck => {
                 if let Some(run) = e.run.take() {
@@ -837,14 +842,19 @@ impl Session {
     }
 
     fn patch(&mut self, ih: InfoHash, p: Patch) -> Result<Value, Refusal> {
-        let e = self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
+        let e =
+            self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
         if let Some(fp) = &p.file_priorities {
             if fp.iter().any(|p| *p > 2) {
                 return Err(Refusal::Bad("a file priority is 0 (skip), 1 (normal) or 2 (high)".into()));
             }
             if let Some(m) = &e.meta {
                 if fp.len() != m.files.len() {
-                    return Err(Refusal::Bad(format!("file_priorities has {} entries; the torrent has {} files", fp.len(), m.files.len())));
+                    return Err(Refusal::Bad(format!(
+                        "file_priorities has {} entries; the torrent has {} files",
+                        fp.len(),
+                        m.files.len()
+                    )));
                 }
             }
             e.file_priorities = fp.clone();
@@ -972,6 +982,12 @@ impl Session {
     /// Once a second: the queue, `/events`.
     async fn tick(&mut self) {
         self.reschedule();
+        let now = std::time::Instant::now();
+        let due: Vec<InfoHash> =
+            self.torrents.values().filter(|e| e.overlay.next.is_some_and(|t| now >= t)).map(|e| e.ih).collect();
+        for ih in due {
+            self.announce(ih, AnnounceEvent::None);
+        }
         if self.subscribers.is_empty() {
             return;
         }
@@ -1053,6 +1069,10 @@ impl Session {
             compact: true,
         };
         e.overlay.last_announce_ms = Some(self.clock.wall_ms());
+        // Soon again while it downloads with nobody to download from.
+        let lonely = e.snap().is_some_and(|s| s.status.peers_connected == 0 && s.status.state != "seeding");
+        let every = if lonely || e.meta.is_none() { OVERLAY_ANNOUNCE_NO_PEERS } else { OVERLAY_ANNOUNCE };
+        e.overlay.next = Some(std::time::Instant::now() + every);
         let node = self.node.clone();
         let from = self.config.advertise_ip;
         let found = run.found.clone();
@@ -1219,8 +1239,10 @@ fn delete_files(dir: &Path, meta: &Metainfo) -> Result<(), String> {
     }
     if meta.multi_file && root != dir && inside(dir, &root) {
         // Deepest first; a directory someone else put files in stays.
-        let mut dirs: Vec<PathBuf> =
-            files.iter().flat_map(|f| f.ancestors().skip(1).take_while(|a| a.starts_with(&root)).map(Path::to_path_buf)).collect();
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .flat_map(|f| f.ancestors().skip(1).take_while(|a| a.starts_with(&root)).map(Path::to_path_buf))
+            .collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         dirs.dedup();
         for d in dirs {

@@ -33,6 +33,7 @@ mod mse_stream;
 mod overlay_member;
 mod peer_conn;
 mod progress;
+pub mod resume;
 mod session;
 mod storage;
 mod trackers;

@@ -952,6 +952,8 @@ impl Session {
                     self.peers.learn(p.addr, Source::Pex);
                 }
             }
+            // `get` and `seed` never skip pieces: `Completed` says it all.
+            Event::WantedComplete => {}
         }
     }
 

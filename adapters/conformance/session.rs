@@ -426,3 +426,38 @@ fn writes_without_the_token_are_refused_and_reads_stay_open() {
 fn common_get(node: &TestNode, path: &str) -> (u16, Value) {
     node.get(path)
 }
+
+#[test]
+fn after_a_restart_a_complete_torrent_is_back_at_once_and_a_changed_file_is_rechecked_and_repaired() {
+    let s = Scratch::new("session-resume");
+    let mut node = SessionNode::start(&s, &[]);
+    let (data, torrent, ih) = big_file(&s, &node, "kept", 99, 8 << 20, "262144");
+    let lt = lt_seeder(&s, "kept", &torrent, &data, &node);
+    node.add_bytes(&torrent);
+    node.wait_complete(&ih, Duration::from_secs(60), &[&lt]);
+    let (code, _) = node.write("PATCH", &format!("/torrents/{ih}"), r#"{"upload_limit": 123456}"#);
+    assert_eq!(code, 200);
+    // A clean stop writes every record; the start reads none of the data.
+    assert!(node.node.terminate().is_some_and(|s| s.success()), "the node did not stop cleanly");
+    node.node.restart();
+    let t0 = Instant::now();
+    let back = eventually(Duration::from_secs(5), || node.torrent(&ih)["state"] == "seeding");
+    let took = t0.elapsed();
+    let t = node.torrent(&ih);
+    assert!(back && took < Duration::from_secs(1), "not seeding within a second ({took:?}): {t}");
+    assert_eq!((t["progress"].as_f64(), t["upload_limit"].as_u64()), (Some(1.0), Some(123456)), "{t}");
+    let log = std::fs::read_to_string(node.node.data.join(format!("node-{}.log", node.node.dns.port()))).unwrap();
+    assert!(log.contains("32 pieces trusted, 0 to check again"), "{log}");
+    // One file changed while stopped: its pieces are checked again, the
+    // damaged one fetched again from the seeder.
+    node.node.terminate();
+    let file = node.downloads.join("kept");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[5 << 20] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    node.node.restart();
+    node.wait_complete(&ih, Duration::from_secs(60), &[&lt]);
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&data).unwrap(), "repaired");
+    let log = std::fs::read_to_string(node.node.data.join(format!("node-{}.log", node.node.dns.port()))).unwrap();
+    assert!(log.contains("0 pieces trusted, 32 to check again (1 files changed)"), "{log}");
+}

@@ -970,7 +970,7 @@ impl Session {
             }
             Report::Ended(ih, generation, result) => {
                 let Some(e) = self.torrents.get_mut(&ih) else { return };
-                if !e.run.as_ref().is_some_and(|r| r.generation == generation) {
+                if e.run.as_ref().is_none_or(|r| r.generation != generation) {
                     return;
                 }
                 e.run = None;

@@ -67,8 +67,11 @@ const COMMANDS_MAX: usize = 64;
 pub const EVENTS_QUEUE_MAX: usize = 256;
 /// `/events` clients at once.
 pub const EVENT_CLIENTS_MAX: usize = 64;
-/// How often the session looks at its torrents (queue, events).
+/// How often the session looks at its torrents (events, records).
 const TICK: Duration = Duration::from_secs(1);
+/// How often it applies the active-download cap: a finished download's
+/// slot goes to the next queued torrent within this.
+const QUEUE_TICK: Duration = Duration::from_millis(100);
 /// How often each torrent is announced to the node's own tracker.
 const OVERLAY_ANNOUNCE: Duration = Duration::from_secs(30);
 /// How often while it is downloading with no peer at all.
@@ -620,7 +623,7 @@ impl Session {
             let wake = futures::select_biased! {
                 r = self.reports_rx.recv().fuse() => match r { Ok(r) => Wake::Report(r), Err(_) => Wake::Tick },
                 c = rx.recv().fuse() => Wake::Cmd(c.ok()),
-                _ = rt::sleep_until(next_tick).fuse() => Wake::Tick,
+                _ = rt::sleep(QUEUE_TICK).fuse() => Wake::Tick,
             };
             match wake {
                 Wake::Cmd(None) => return self.stop_all().await,
@@ -631,7 +634,7 @@ impl Session {
                 }
                 Wake::Cmd(Some(c)) => self.command(c),
                 Wake::Report(r) => self.report(r),
-                Wake::Tick => {}
+                Wake::Tick => self.reschedule(),
             }
             if std::time::Instant::now() >= next_tick {
                 next_tick = std::time::Instant::now() + TICK;

@@ -461,3 +461,57 @@ fn after_a_restart_a_complete_torrent_is_back_at_once_and_a_changed_file_is_rech
     let log = std::fs::read_to_string(node.node.data.join(format!("node-{}.log", node.node.dns.port()))).unwrap();
     assert!(log.contains("0 pieces trusted, 32 to check again (1 files changed)"), "{log}");
 }
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_skipped_file_is_not_downloaded_and_the_torrent_counts_as_done_without_it() {
+    let s = Scratch::new("session-select");
+    let node = SessionNode::start(&s, &[]);
+    // Files in torrent order: alpha.bin (1.5 MB), sub/beta.bin (700 KB),
+    // sub/deeper/gamma.txt, zeta.bin; beta skipped.
+    let (data, torrent, ih) = tree(&s, &node, "picked", 909);
+    let lt = lt_seeder(&s, "picked", &torrent, &data, &node);
+    let body = format!(r#"{{"torrent": "{}", "file_priorities": [1, 0, 1, 2]}}"#, base64(&std::fs::read(&torrent).unwrap()));
+    let (code, v) = node.write("POST", "/torrents", &body);
+    assert_eq!(code, 201, "{v}");
+    node.wait_complete(&ih, Duration::from_secs(60), &[&lt]);
+    let t = node.torrent(&ih);
+    let files = t["files"].as_array().unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["alpha.bin", "sub/beta.bin", "sub/deeper/gamma.txt", "zeta.bin"]);
+    assert_eq!(files.iter().map(|f| f["priority"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 0, 1, 2]);
+    // Only the pieces it shares with its neighbours: far from all of it.
+    let beta = &files[1];
+    assert!(beta["done"].as_u64().unwrap() < beta["size"].as_u64().unwrap() / 2, "{t}");
+    for i in [0, 2, 3] {
+        assert_eq!(files[i]["done"], files[i]["size"], "{t}");
+    }
+    assert!(t["size"].as_u64().unwrap() < 1_500_017 + 700_001 + 6 + 333_333, "size counts wanted bytes: {t}");
+    for f in ["alpha.bin", "sub/deeper/gamma.txt", "zeta.bin"] {
+        assert_eq!(std::fs::read(node.downloads.join("picked").join(f)).unwrap(), std::fs::read(data.join(f)).unwrap());
+    }
+    // Wanted again: the rest comes.
+    let (code, v) = node.write("PATCH", &format!("/torrents/{ih}"), r#"{"file_priorities": [1, 1, 1, 1]}"#);
+    assert_eq!(code, 200, "{v}");
+    assert!(eventually(Duration::from_secs(60), || {
+        let t = node.torrent(&ih);
+        t["state"] == "seeding" && t["files"][1]["done"] == t["files"][1]["size"]
+    }));
+    assert_same_tree(&data, &node.downloads.join("picked"));
+}

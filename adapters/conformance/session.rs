@@ -487,7 +487,8 @@ fn a_skipped_file_is_not_downloaded_and_the_torrent_counts_as_done_without_it() 
     // sub/deeper/gamma.txt, zeta.bin; beta skipped.
     let (data, torrent, ih) = tree(&s, &node, "picked", 909);
     let lt = lt_seeder(&s, "picked", &torrent, &data, &node);
-    let body = format!(r#"{{"torrent": "{}", "file_priorities": [1, 0, 1, 2]}}"#, base64(&std::fs::read(&torrent).unwrap()));
+    let body =
+        format!(r#"{{"torrent": "{}", "file_priorities": [1, 0, 1, 2]}}"#, base64(&std::fs::read(&torrent).unwrap()));
     let (code, v) = node.write("POST", "/torrents", &body);
     assert_eq!(code, 201, "{v}");
     node.wait_complete(&ih, Duration::from_secs(60), &[&lt]);
@@ -514,4 +515,55 @@ fn a_skipped_file_is_not_downloaded_and_the_torrent_counts_as_done_without_it() 
         t["state"] == "seeding" && t["files"][1]["done"] == t["files"][1]["size"]
     }));
     assert_same_tree(&data, &node.downloads.join("picked"));
+}
+
+#[test]
+fn the_global_upload_limit_holds_within_ten_percent() {
+    let s = Scratch::new("session-upload");
+    let limit = 3u64 << 20;
+    let node = SessionNode::start(&s, &["--max-upload-rate", "3M"]);
+    let len = 30usize << 20;
+    let (data, torrent, ih) = big_file(&s, &node, "up", 55, len, "262144");
+    // The data is already in the download directory: the session seeds it.
+    std::fs::create_dir_all(&node.downloads).unwrap();
+    std::fs::copy(&data, node.downloads.join("up")).unwrap();
+    node.add_bytes(&torrent);
+    assert!(eventually(Duration::from_secs(30), || node.torrent(&ih)["state"] == "seeding"));
+    let (mut leech, out) = lt_leech(&s.0, &torrent, node.bt_port);
+    // What the session lets out, from the first block sent to the last
+    // (the counter of its upload bucket, read every 20 ms).
+    let sent = || {
+        let m = ureq::get(&node.node.url("/metrics")).call().unwrap().into_string().unwrap();
+        let line = m.lines().find(|l| l.starts_with("rumor_session_wire_bytes_total{direction=\"up\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut first = None;
+    let last = loop {
+        let n = sent();
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= len as u64 {
+            break Instant::now();
+        }
+        assert!(Instant::now() < end, "sent {n} of {len}: {}", leech.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (t0, n0) = first.unwrap();
+    let rate = (len as u64 - n0) as f64 / (last - t0).as_secs_f64();
+    assert!(leech.wait_for(Duration::from_secs(30)).is_some_and(|st| st.success()), "{}", leech.log_text());
+    // And as the leecher saw it, its start-up included: never above.
+    let log = leech.log_text();
+    let done = log.lines().find_map(|l| l.strip_prefix("DONE ")).expect("libtorrent says DONE");
+    let secs: f64 = done.split(' ').nth(1).unwrap().parse().unwrap();
+    let seen = len as f64 / secs;
+    eprintln!(
+        "sent at {:.2} MiB/s, libtorrent leeched at {:.2} MiB/s, against an upload limit of 3 MiB/s",
+        rate / (1 << 20) as f64,
+        seen / (1 << 20) as f64
+    );
+    assert!((rate / limit as f64 - 1.0).abs() < 0.10, "sent at {rate:.0} B/s, limit {limit}");
+    assert!(seen < limit as f64 * 1.10, "leeched at {seen:.0} B/s, limit {limit}");
+    assert_eq!(std::fs::read(out.join("up")).unwrap(), std::fs::read(&data).unwrap());
 }

@@ -567,3 +567,31 @@ fn the_global_upload_limit_holds_within_ten_percent() {
     assert!(seen < limit as f64 * 1.10, "leeched at {seen:.0} B/s, limit {limit}");
     assert_eq!(std::fs::read(out.join("up")).unwrap(), std::fs::read(&data).unwrap());
 }
+
+#[test]
+fn an_encrypted_connection_is_routed_to_its_torrent_by_the_mse_skey() {
+    let s = Scratch::new("session-mse");
+    let node = SessionNode::start(&s, &[]);
+    // No tracker: the only way in is the seeder dialing the session's port,
+    // RC4 forced, so the listener must find the torrent from the SKEY hash
+    // among the session's torrents (two decoys beside it).
+    let mut hashes = Vec::new();
+    for (name, seed) in [("decoy1", 1u64), ("secret", 2), ("decoy2", 3)] {
+        let src = s.0.join(format!("src-{name}"));
+        let data = make_tree(&src, name, 1000 + seed);
+        let torrent = s.0.join(format!("{name}.torrent"));
+        let ih = rumor_create(&data, &torrent, &["--piece-size", "65536"]);
+        node.add_bytes(&torrent);
+        hashes.push((name, data, torrent, ih));
+    }
+    let (_, data, torrent, ih) = &hashes[1];
+    let mut c = std::process::Command::new(PYTHON);
+    c.arg(lt_script()).arg("seed").arg(torrent).arg(data.parent().unwrap()).arg(common::free_port().to_string());
+    c.args(["--peer", &node.peer(), "--enc", "forced", "--timeout", "90"]);
+    let lt = Proc::spawn("libtorrent seed (RC4 forced)", c, &s.0.join("lt-secret.log"));
+    node.wait_complete(ih, Duration::from_secs(60), &[&lt]);
+    assert_same_tree(data, &node.downloads.join("secret"));
+    for (_, _, _, other) in [&hashes[0], &hashes[2]] {
+        assert_eq!(node.torrent(other)["done"], 0, "a decoy got bytes");
+    }
+}

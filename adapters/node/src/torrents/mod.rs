@@ -336,8 +336,9 @@ impl Entry {
         self.snapshot.lock().expect("no panic while held").clone()
     }
 
+    /// Read in place (the queue looks ten times a second: no copy).
     fn seeding(&self) -> bool {
-        self.snap().is_some_and(|s| s.status.state == "seeding")
+        self.snapshot.lock().expect("no panic while held").as_ref().is_some_and(|s| s.status.state == "seeding")
     }
 
     /// Counts against the active-download cap (or would, if not queued).
@@ -346,18 +347,21 @@ impl Entry {
     }
 
     fn state(&self) -> &'static str {
-        let snap = self.snap();
+        let (has_snap, seeding) = {
+            let snap = self.snapshot.lock().expect("no panic while held");
+            (snap.is_some(), snap.as_ref().is_some_and(|s| s.status.state == "seeding"))
+        };
         if self.error.is_some() {
             "error"
         } else if self.meta.is_none() {
             "metadata"
         } else if self.paused {
             "paused"
-        } else if snap.as_ref().is_some_and(|s| s.status.state == "seeding") {
+        } else if seeding {
             "seeding"
         } else if self.queued {
             "queued"
-        } else if snap.is_none() {
+        } else if !has_snap {
             "checking"
         } else {
             "downloading"

@@ -1174,12 +1174,15 @@ impl Session {
         head("pieces_done", "gauge", "Verified pieces.");
         head("pieces", "gauge", "Pieces of the torrent.");
         let mut lines = String::new();
+        let (mut all_down, mut all_up) = (self.removed_downloaded, self.removed_uploaded);
         for e in self.torrents.values() {
             let label = format!("infohash=\"{}\"", e.ih.to_hex());
             let snap = e.snap();
             let (d, u, p, have) = snap.as_ref().map_or((0, 0, 0, 0), |s| {
                 (s.status.downloaded, s.status.uploaded, s.status.peers_connected, s.have.count())
             });
+            all_down += d;
+            all_up += u;
             lines.push_str(&format!("rumor_torrent_downloaded_bytes_total{{{label}}} {d}\n"));
             lines.push_str(&format!("rumor_torrent_uploaded_bytes_total{{{label}}} {u}\n"));
             lines.push_str(&format!("rumor_torrent_peers{{{label}}} {p}\n"));
@@ -1198,6 +1201,12 @@ impl Session {
              # HELP rumor_session_wire_bytes_total Bytes through the session's rate limits.\n# TYPE rumor_session_wire_bytes_total counter\n\
              rumor_session_wire_bytes_total{{direction=\"down\"}} {}\nrumor_session_wire_bytes_total{{direction=\"up\"}} {}\n",
             body["torrents"], body["active"], body["queued"], body["peers"], taken(&self.down), taken(&self.up)
+        ));
+        out.push_str(&format!(
+            "# HELP rumor_session_payload_bytes_total Payload bytes of every torrent, removed ones included.\n\
+             # TYPE rumor_session_payload_bytes_total counter\n\
+             rumor_session_payload_bytes_total{{direction=\"down\"}} {all_down}\n\
+             rumor_session_payload_bytes_total{{direction=\"up\"}} {all_up}\n"
         ));
         out
     }

@@ -158,3 +158,56 @@ pub async fn serve(listener: Box<dyn TcpListener>, routes: Routes, budget: Budge
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> TcpStream {
+        TcpStream { read: Box::new(futures::io::Cursor::new(Vec::new())), write: Box::new(futures::io::sink()) }
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[test]
+    fn a_connection_goes_to_its_torrent_only_while_it_is_in_the_session() {
+        let routes = Routes::default();
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        let incoming = routes.add(a, 6881);
+        assert_eq!(routes.served(), vec![a]);
+        assert!(routes.route(&a, (stream(), addr())).is_ok());
+        assert!(incoming.rx.try_recv().is_ok());
+        assert_eq!(routes.route(&b, (stream(), addr())).unwrap_err(), "no longer in the session");
+        routes.remove(&a);
+        assert!(routes.route(&a, (stream(), addr())).is_err());
+        assert_eq!(incoming.local_addr().unwrap().port(), 6881);
+    }
+
+    #[test]
+    fn a_torrent_whose_queue_is_full_refuses_more() {
+        let routes = Routes::default();
+        let ih = InfoHash([3; 20]);
+        let _incoming = routes.add(ih, 1);
+        for _ in 0..ROUTED_MAX {
+            assert!(routes.route(&ih, (stream(), addr())).is_ok());
+        }
+        assert_eq!(routes.route(&ih, (stream(), addr())).unwrap_err(), "its queue is full");
+    }
+
+    #[test]
+    fn the_budget_counts_every_torrents_connections_and_forgets_a_removed_one() {
+        let budget = Budget::new(10);
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        budget.slot(a).store(6, Ordering::Relaxed);
+        let sb = budget.slot(b);
+        sb.store(3, Ordering::Relaxed);
+        assert!(budget.has_room());
+        sb.store(4, Ordering::Relaxed);
+        assert_eq!(budget.in_use(), 10);
+        assert!(!budget.has_room());
+        budget.remove(&a);
+        assert_eq!(budget.in_use(), 4);
+    }
+}

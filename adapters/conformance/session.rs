@@ -141,6 +141,26 @@ fn lt_seeder(s: &Scratch, name: &str, torrent: &Path, data: &Path, node: &Sessio
     )
 }
 
+/// Reads `/events` on a thread into a shared buffer, for as long as the
+/// node serves it.
+fn sse_log(node: &SessionNode) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(node.node.api).unwrap();
+    write!(c, "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let out = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    log
+}
+
 /// Reads `/events` until an event named `name` comes (or `limit` passes).
 fn sse_sees(node: &SessionNode, name: &str, limit: Duration) -> bool {
     use std::io::{Read, Write};
@@ -232,10 +252,18 @@ fn pause_resume_remove_and_delete_data_do_what_they_say() {
     node.wait_complete(&ih, Duration::from_secs(60), &[&lt]);
     let (code, v) = node.write("POST", &format!("/torrents/{ih}/pause"), "");
     assert_eq!((code, v["state"].as_str()), (200, Some("paused")), "{v}");
-    // Removed without its data: the files stay.
+    // Removed without its data: the files stay; /events says so.
+    let events = sse_log(&node);
+    assert!(eventually(Duration::from_secs(5), || events.lock().unwrap().contains("event: session\ndata: {")));
     let (code, v) = node.write("DELETE", &format!("/torrents/{ih}"), "");
     assert_eq!((code, v["removed"].as_str()), (200, Some(ih.as_str())), "{v}");
     assert_eq!(node.call("GET", &format!("/torrents/{ih}"), None, None).0, 404);
+    let removed = format!("event: torrent_removed\ndata: {{\"infohash\":\"{ih}\"}}\n\n");
+    assert!(
+        eventually(Duration::from_secs(5), || events.lock().unwrap().contains(&removed)),
+        "{}",
+        events.lock().unwrap()
+    );
     assert_same_tree(&data, &node.downloads.join("held"));
     // Added again, it finds its data complete; removed with it, only its
     // own files go: a file beside them and the directory stay.

@@ -1131,6 +1131,13 @@ impl Session {
                 self.peers.learn(p, Source::Lsd);
             }
         }
+        // The session's wish (paused or queued) wins over a command lost
+        // to a full channel.
+        if let Some(hold) = self.embedded.as_ref().map(|e| e.paused.load(Ordering::Relaxed)) {
+            if hold != self.paused && self.stopping.is_none() {
+                self.on_control(if hold { Command::Pause } else { Command::Resume });
+            }
+        }
         self.dial_some();
         self.send_pex();
         if self.embedded.is_some() {

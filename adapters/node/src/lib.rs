@@ -23,6 +23,7 @@ mod node;
 mod persist;
 mod records;
 pub mod rt;
+mod torrents;
 
 pub(crate) use cli::keyring;
 pub use cli::main;

@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/announce", get(announce))
         .route("/scrape", get(scrape))
         .route("/providers/{infohash}", get(providers))
+        .merge(crate::dashboard::router())
         .fallback(no_such_path)
         .method_not_allowed_fallback(no_such_method)
         .layer(DefaultBodyLimit::max(crate::http::BODY_MAX_BYTES))

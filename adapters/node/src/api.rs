@@ -33,6 +33,8 @@ pub struct ApiState {
     pub clock: crate::clock::Clock,
     /// The UDP thread, asked for its counters.
     pub udp_control: std::sync::mpsc::Sender<crate::dns_udp::Control>,
+    /// The torrent session (`--downloads`), if any.
+    pub torrents: Option<crate::torrents::SessionHandle>,
 }
 
 /// An API failure: status and message.
@@ -54,6 +56,10 @@ fn gone() -> ApiError {
 
 /// The router.
 pub fn router(state: ApiState) -> Router {
+    let torrents = crate::torrents::api::router(crate::torrents::api::TorrentApi {
+        session: state.torrents.clone(),
+        token: state.token.clone(),
+    });
     Router::new()
         .route("/add", post(add))
         .route("/del", post(del))
@@ -68,11 +74,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/announce", get(announce))
         .route("/scrape", get(scrape))
         .route("/providers/{infohash}", get(providers))
+        .with_state(state)
+        .merge(torrents)
         .merge(crate::dashboard::router())
         .fallback(no_such_path)
         .method_not_allowed_fallback(no_such_method)
         .layer(DefaultBodyLimit::max(crate::http::BODY_MAX_BYTES))
-        .with_state(state)
 }
 
 /// An unknown path: a JSON refusal like every other (axum's own is an
@@ -87,9 +94,22 @@ async fn no_such_method(method: axum::http::Method, uri: axum::http::Uri) -> Api
     ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not take {method}", uri.path()))
 }
 
+/// What a write without the right token is told.
+pub(crate) const TOKEN_NEEDED: &str = "this node needs 'Authorization: Bearer <token>' for writes";
+
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
-        return Ok(());
+    if token_ok(state.token.as_deref(), headers) {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::UNAUTHORIZED, TOKEN_NEEDED.into()))
+    }
+}
+
+/// True if no token is required or `headers` carry it (compared in
+/// constant time).
+pub(crate) fn token_ok(token: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
+        return true;
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -97,11 +117,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     use subtle::ConstantTimeEq;
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "this node needs 'Authorization: Bearer <token>' for writes".into()))
-    }
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -260,7 +276,10 @@ async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> 
 /// `GET /metrics`: the counters in Prometheus text format.
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let stats = stats(&state).await?;
-    let body = crate::metrics::render(&stats);
+    let mut body = crate::metrics::render(&stats);
+    if let Some(t) = &state.torrents {
+        body.push_str(&t.metrics().await);
+    }
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 

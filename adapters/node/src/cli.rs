@@ -112,6 +112,46 @@ struct NodeArgs {
     /// clients are told `announce rate limit`.
     #[arg(long, env = "RUMOR_TRACKER_RATE", default_value_t = 10)]
     tracker_rate: u32,
+    /// Hold a BitTorrent session of many torrents, driven through the API
+    /// (`/torrents`), downloading into this directory (nothing is ever
+    /// written outside it).
+    #[arg(long, env = "RUMOR_DOWNLOADS")]
+    downloads: Option<PathBuf>,
+    /// With --downloads: a .torrent file dropped in this directory is
+    /// added, then renamed NAME.torrent.added (or .invalid).
+    #[arg(long, env = "RUMOR_WATCH")]
+    watch: Option<PathBuf>,
+    /// With --downloads: the session's download limit, bytes per second
+    /// (suffixes k, M, G: powers of 1024).
+    #[arg(long, value_parser = parse_rate)]
+    max_download_rate: Option<u64>,
+    /// With --downloads: the session's upload limit, bytes per second
+    /// (suffixes k, M, G).
+    #[arg(long, value_parser = parse_rate)]
+    max_upload_rate: Option<u64>,
+    /// With --downloads: torrents downloading at once; the others wait in
+    /// the order they were added.
+    #[arg(long, default_value_t = 3)]
+    max_active_downloads: usize,
+    /// With --downloads: the TCP port every torrent takes peers on (0: any).
+    #[arg(long, env = "RUMOR_BT_PORT", default_value_t = 6881)]
+    bt_port: u16,
+}
+
+/// A rate in bytes per second: `4194304`, `4M`, `512k`, `1G`.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("{text:?}: a rate is bytes per second, e.g. 4194304 or 4M"))?;
+    if !(n.is_finite() && n >= 0.0) {
+        return Err(format!("{text:?}: a rate is a positive number"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 /// Parses the command line and runs the command on `runtime`; `program`
@@ -543,6 +583,25 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         tracker_rate_per_s: args.tracker_rate,
     });
     let (shutdown_tx, shutdown_rx) = rt::Shutdown::new();
+    let torrents = match &args.downloads {
+        None if args.watch.is_some() => return Err("--watch needs --downloads DIR".into()),
+        None => None,
+        Some(dir) => {
+            let config = crate::torrents::Config {
+                dir: dir.clone(),
+                watch: args.watch.clone(),
+                bt_port: args.bt_port,
+                download_limit: args.max_download_rate,
+                upload_limit: args.max_upload_rate,
+                max_active: args.max_active_downloads,
+                advertise_ip: advertise
+                    .parse::<SocketAddr>()
+                    .map(|a| a.ip())
+                    .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            };
+            Some(crate::torrents::start(config, handle.clone(), clock, shutdown_rx.clone())?)
+        }
+    };
     tracing::info!(dns = %args.dns, api = %args.api, gossip = %args.gossip, %advertise, node = format!("{node_id:016x}"), runtime = rt::runtime().name(), "rumor node up");
     let node_task = rt::spawn(node.run(rx, shutdown_rx.clone()));
     let tcp_task = rt::spawn(node::serve_tcp(tcp, handle.clone(), shutdown_rx.clone()));
@@ -555,11 +614,16 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         tracker_token: args.tracker_token.map(|t| t.into()),
         clock,
         udp_control: udp_server.control.clone(),
+        torrents: torrents.clone(),
     };
     let limits = crate::http::Limits { connections_max: args.api_connections_max, ..Default::default() };
     let api_task = rt::spawn(crate::http::serve_with(api_listener, api::router(state), shutdown_rx.clone(), limits));
     let signal = rt::wait_for_signal().await;
     tracing::info!("shutting down ({signal})");
+    if let Some(t) = &torrents {
+        // Stopped announces (and the resume records) before the node goes.
+        let _ = rt::timeout(std::time::Duration::from_secs(8), t.shutdown()).await;
+    }
     shutdown_tx.fire();
     let _ = node_task.await;
     let _ = tcp_task.await;

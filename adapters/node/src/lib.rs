@@ -25,6 +25,7 @@ mod persist;
 mod records;
 pub mod rt;
 mod torrent_cli;
+mod torrents;
 
 pub(crate) use cli::keyring;
 pub use cli::main;

@@ -95,6 +95,56 @@ pub struct Download {
     pub exit_when_complete: bool,
     /// Started by `rumor seed`: the data should already be there.
     pub seed_command: bool,
+    /// Run by the node's session rather than `get`/`seed`.
+    pub embedded: Option<Embedded>,
+}
+
+/// What a torrent run by the node's session ([`crate::torrents`]) gets
+/// from it: its commands instead of signals and a control port, the rate
+/// limits and peer budget it shares with the other torrents, and where it
+/// publishes what it is doing.
+pub struct Embedded {
+    /// Pause, resume, stop, status.
+    pub commands: Receiver<Command>,
+    /// Start paused (queued behind the active-download cap, or paused):
+    /// the session keeps it current until the download starts.
+    pub paused: Arc<AtomicBool>,
+    /// The buckets its traffic is charged to.
+    pub gate: crate::torrents::limits::Gate,
+    /// The session's peer budget, checked before dialing.
+    pub budget: crate::torrents::listener::Budget,
+    /// Where this torrent's connection count goes for the budget.
+    pub peers_used: Arc<AtomicUsize>,
+    /// Where the loop publishes a snapshot, every housekeeping turn.
+    pub snapshot: Arc<std::sync::Mutex<Option<Snapshot>>>,
+}
+
+/// A torrent's state as the session shows it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// What `--control`'s `/status` shows.
+    pub status: Status,
+    /// The verified pieces.
+    pub have: Bitfield,
+    /// Connected peers that have every piece.
+    pub seeds: usize,
+    /// Each connection: address, client (peer id prefix), rates, progress.
+    pub peers: Vec<PeerView>,
+}
+
+/// One connection of a [`Snapshot`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerView {
+    /// The peer's address.
+    pub addr: String,
+    /// Its peer id's printable prefix (the client's signature).
+    pub client: String,
+    /// Payload bytes/s from it.
+    pub download_rate: u64,
+    /// Payload bytes/s to it.
+    pub upload_rate: u64,
+    /// 1.0 for a seed, else unknown (0.0).
+    pub progress: f64,
 }
 
 /// What the earlier steps of the session hand the download.
@@ -404,6 +454,8 @@ struct Session {
     pex: PexSender,
     /// Local Service Discovery (BEP 14), unless off or private.
     lsd: Option<super::lsd::LsdHandle>,
+    /// Run by the node's session: its limits, budget and snapshot.
+    embedded: Option<Embedded>,
 }
 
 impl Session {
@@ -442,7 +494,12 @@ impl Session {
         let disk_pending = Arc::new(AtomicUsize::new(0));
         spawn_disk_threads(storage.clone(), disk_rx, events_tx, disk_pending.clone());
         let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
-        let (control_tx, control_rx) = async_channel::bounded(16);
+        let (control_tx, mut control_rx) = async_channel::bounded(16);
+        let mut opts = opts;
+        let embedded = opts.embedded.take().map(|mut e| {
+            control_rx = std::mem::replace(&mut e.commands, async_channel::bounded(1).1);
+            e
+        });
         if let Some(listener) = control {
             control::serve(listener, control_tx);
         }
@@ -478,7 +535,7 @@ impl Session {
             torrent_deadline: now,
             announce_deadline: now,
             exit_when_complete: opts.exit_when_complete,
-            paused: false,
+            paused: embedded.as_ref().is_some_and(|e| e.paused.load(Ordering::Relaxed)),
             pieces_verified: 0,
             pieces_failed: 0,
             stopping: None,
@@ -488,6 +545,7 @@ impl Session {
             complete_flag: complete,
             pex: PexSender::new(meta.private),
             lsd,
+            embedded,
         })
     }
 
@@ -529,6 +587,8 @@ impl Session {
         self.dial_some();
         let mut next_housekeeping = std::time::Instant::now() + HOUSEKEEPING;
         let signals = rt::termination_signals();
+        // In the node's session the node takes the signals and stops us.
+        let embedded = self.embedded.is_some();
         let mut control_open = true;
         let found_rx = self.found_rx.take();
         let mut found_open = found_rx.is_some();
@@ -546,6 +606,13 @@ impl Session {
             let wake = if disk_ok { wake } else { wake.min(std::time::Instant::now() + DISK_POLL) };
             let wake = wake.min(next_housekeeping);
             let stopping = self.stopping.is_some();
+            // The session's rate limit: no more bytes from peers until the
+            // buckets are out of debt (their connections wait meanwhile).
+            let down_wait = self.embedded.as_ref().and_then(|e| e.gate.download_wait());
+            let wake = down_wait.map_or(wake, |t| wake.min(t));
+            let up_wait = self.embedded.as_ref().filter(|_| !self.reads_waiting.is_empty());
+            let wake = up_wait.and_then(|e| e.gate.upload_wait()).map_or(wake, |t| wake.min(t));
+            let disk_ok = disk_ok && down_wait.is_none();
             let found = async {
                 match &found_rx {
                     Some(rx) => rx.recv().await.ok(),
@@ -555,7 +622,7 @@ impl Session {
             // Which source woke the loop; handled below, once the futures
             // (which borrow the channels) are gone.
             let woke = futures::select_biased! {
-                sig = when(!stopping, signals.recv()).fuse() => Wake::Signal(sig.unwrap_or("signal")),
+                sig = when(!stopping && !embedded, signals.recv()).fuse() => Wake::Signal(sig.unwrap_or("signal")),
                 ev = self.events_rx.recv().fuse() => Wake::Event(ev.ok()),
                 t = self.tracker_rx.recv().fuse() => Wake::Tracker(t.ok()),
                 c = when(control_open, self.control_rx.recv()).fuse() => Wake::Control(c.ok()),
@@ -584,6 +651,9 @@ impl Session {
                     // Take what else is already there before draining timers.
                     for _ in 0..super::peer_conn::PEER_EVENTS_MAX {
                         if self.disk_pending.load(Ordering::Relaxed) >= DISK_PENDING_BYTES_MAX {
+                            break;
+                        }
+                        if self.embedded.as_ref().is_some_and(|e| e.gate.download_wait().is_some()) {
                             break;
                         }
                         match peer_rx.try_recv() {
@@ -631,7 +701,12 @@ impl Session {
                 next_housekeeping = std::time::Instant::now() + HOUSEKEEPING;
                 self.housekeeping();
             }
+            if self.embedded.is_some() && !self.reads_waiting.is_empty() {
+                // Uploads held back by the rate limit go when it allows.
+                self.submit_reads();
+            }
         }
+        self.publish();
         accept.abort();
         self.progress.finish();
         self.print_summary();
@@ -704,6 +779,9 @@ impl Session {
     }
 
     fn on_peer(&mut self, p: PeerInput) {
+        if let (Some(e), PeerInput::Bytes { bytes, .. }) = (&self.embedded, &p) {
+            e.gate.downloaded(bytes.len());
+        }
         if self.peers.observe(&p) {
             self.feed(p.into());
         }
@@ -746,6 +824,9 @@ impl Session {
     /// dropped.
     fn submit_reads(&mut self) {
         while self.reads_in_flight < READS_IN_FLIGHT_MAX {
+            if self.embedded.as_ref().is_some_and(|e| e.gate.upload_wait().is_some()) {
+                break;
+            }
             let mut progressed = false;
             let waiting: Vec<PeerKey> = self.reads_waiting.keys().copied().collect();
             for peer in waiting {
@@ -761,6 +842,9 @@ impl Session {
                 }
                 let q = self.reads_waiting.get_mut(&peer).expect("listed above");
                 if let Some(block) = q.pop_front() {
+                    if let Some(e) = &self.embedded {
+                        e.gate.uploaded(block.length as usize);
+                    }
                     self.reads_in_flight += 1;
                     progressed = true;
                     let _ = self.disk.try_send(DiskJob::Read { peer, block });
@@ -897,6 +981,9 @@ impl Session {
         if self.paused || self.stopping.is_some() {
             return;
         }
+        if self.embedded.as_ref().is_some_and(|e| !e.budget.has_room()) {
+            return;
+        }
         // While downloading, keep half the connections for peers that
         // dial us: at most two more dials at a time past that.
         let limit = if self.peers.outgoing() >= PEERS_MAX / 2 && !self.torrent.is_complete() { 2 } else { usize::MAX };
@@ -948,7 +1035,39 @@ impl Session {
                     self.say(format!("{}: resumed", self.name));
                 }
             }
+            Command::Stop => self.begin_stop(),
         }
+        self.publish();
+    }
+
+    /// Publishes a snapshot for the node's session (nothing for `get`).
+    fn publish(&self) {
+        let Some(e) = &self.embedded else { return };
+        e.peers_used.store(self.peers.len(), Ordering::Relaxed);
+        let infos = self.torrent.peers();
+        let peers = infos
+            .iter()
+            .filter(|p| p.ready)
+            .filter_map(|p| {
+                Some(PeerView {
+                    addr: self.peers.addr(p.peer)?.to_string(),
+                    client: String::from_utf8_lossy(&p.peer_id[..8])
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .collect(),
+                    download_rate: p.download_rate,
+                    upload_rate: p.upload_rate,
+                    progress: if p.seed { 1.0 } else { 0.0 },
+                })
+            })
+            .collect();
+        let snap = Snapshot {
+            status: self.status(),
+            have: self.torrent.have().clone(),
+            seeds: infos.iter().filter(|p| p.ready && p.seed).count(),
+            peers,
+        };
+        *e.snapshot.lock().expect("no panic while held") = Some(snap);
     }
 
     fn status(&self) -> Status {
@@ -997,6 +1116,10 @@ impl Session {
         }
         self.dial_some();
         self.send_pex();
+        if self.embedded.is_some() {
+            // No progress bar in the node: the session shows this.
+            return self.publish();
+        }
         let st = self.status();
         let eta = st.eta_secs.map_or("?".to_string(), |s| format!("{}m{:02}s", s / 60, s % 60));
         let msg = format!(

@@ -54,6 +54,9 @@ pub enum Command {
     Pause,
     /// Undo [`Command::Pause`].
     Resume,
+    /// Close every peer, announce `stopped` and end the download (the
+    /// node's session removing or stopping a torrent).
+    Stop,
 }
 
 async fn status(State(tx): State<async_channel::Sender<Command>>) -> Result<Json<Status>, StatusCode> {

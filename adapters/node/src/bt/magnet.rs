@@ -60,6 +60,9 @@ pub struct MagnetSource {
     /// Write the fetched torrent here (`--save-torrent`), so that `rumor
     /// seed` can serve the data later.
     pub save_torrent: Option<std::path::PathBuf>,
+    /// Give up on SIGINT/SIGTERM (`rumor get`); false in the node's
+    /// session, where the node takes the signals and stops the fetch.
+    pub take_signals: bool,
 }
 
 impl MagnetSource {
@@ -205,7 +208,7 @@ pub async fn fetch(
         // Peers that learn of us (from a tracker or the overlay) dial us;
         // accepting is cancel-safe, so losing the race loses nothing.
         let woke = futures::select_biased! {
-            sig = signals.recv().fuse() => {
+            sig = when(src.take_signals, signals.recv()).fuse() => {
                 // The session still leaves the overlay on the way out.
                 break Err(format!("interrupted ({}) before the metadata came", sig.unwrap_or("signal")));
             },

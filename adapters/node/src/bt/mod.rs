@@ -22,19 +22,19 @@
 //! Every queue between tasks is bounded; each constant says what happens
 //! when it is full.
 
-mod client;
+pub(crate) mod client;
 mod cluster_dns;
-mod control;
+pub(crate) mod control;
 mod dht;
-mod entropy;
+pub(crate) mod entropy;
 mod lsd;
-mod magnet;
-mod mse_stream;
+pub(crate) mod magnet;
+pub(crate) mod mse_stream;
 mod overlay_member;
 mod peer_conn;
 mod progress;
 mod session;
-mod storage;
+pub(crate) mod storage;
 mod trackers;
 
 #[allow(unused_imports)]
@@ -313,6 +313,7 @@ pub fn get(args: GetArgs) -> ExitCode {
         trackers: args.trackers.clone(),
         timeout: std::time::Duration::from_secs(args.metadata_timeout.max(1)),
         save_torrent: args.save_torrent.clone(),
+        take_signals: true,
     });
     if magnet.is_none() && args.save_torrent.is_some() {
         eprintln!("rumor get: --save-torrent is for a magnet link or an infohash; this is already a .torrent");

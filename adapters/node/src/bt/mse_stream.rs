@@ -121,6 +121,61 @@ pub async fn negotiate(
     }
 }
 
+/// Length of a plain handshake up to the end of its infohash: pstrlen,
+/// "BitTorrent protocol", 8 reserved bytes, 20 of infohash.
+const PLAIN_THROUGH_INFO_HASH: usize = 48;
+
+/// Takes an incoming connection on a listener shared by many torrents
+/// (the node's session): runs the responder side of the handshake with
+/// every torrent in `served` as a possible `SKEY` (`prefer`: plain or MSE,
+/// `require`: MSE with RC4 only, `off`: plain only), and for a plain
+/// connection reads on to its infohash. Hands back the stream, from which
+/// the peer's BitTorrent handshake is read again from its first byte (so
+/// the torrent's peer layer sees a plain connection), and the torrent it
+/// is for; or why it was refused. All within [`HANDSHAKE_TIMEOUT`].
+pub async fn accept_routed(
+    stream: TcpStream,
+    served: &[InfoHash],
+    policy: Encryption,
+) -> Result<(TcpStream, InfoHash), String> {
+    let crypto = Crypto { policy, info_hash: InfoHash::default() };
+    let route = async move {
+        let mut stream = stream;
+        let outcome = if policy == Encryption::Off {
+            Outcome { method: Method::None, info_hash: None, send: None, receive: None, leftover: Vec::new() }
+        } else {
+            drive(&mut stream, Handshake::responder(crypto.config(), served, secret())).await?
+        };
+        if let Some(ih) = outcome.info_hash {
+            return Ok((wrap(stream, outcome), ih));
+        }
+        // Plain: the infohash is in the handshake's first 48 bytes.
+        let mut head = outcome.leftover;
+        let mut buf = [0u8; PLAIN_THROUGH_INFO_HASH];
+        while head.len() < PLAIN_THROUGH_INFO_HASH {
+            let n = stream.read(&mut buf[..PLAIN_THROUGH_INFO_HASH - head.len()]).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the peer closed the connection".into());
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        if !head.starts_with(b"\x13BitTorrent protocol") {
+            return Err("not a BitTorrent handshake".into());
+        }
+        let ih = InfoHash(head[28..48].try_into().expect("48 bytes read"));
+        if !served.contains(&ih) {
+            return Err(format!("a torrent we do not have ({ih})"));
+        }
+        let (read, write) = stream.into_split();
+        let read: ReadHalf = Box::new(CipherRead { inner: read, prefix: head, at: 0, keystream: None });
+        Ok((TcpStream { read, write }, ih))
+    };
+    match rt::timeout(HANDSHAKE_TIMEOUT, route).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
 /// Runs `hs` over `stream` within the handshake deadline, then wraps it.
 async fn handshake(mut stream: TcpStream, hs: Handshake) -> Result<TcpStream, String> {
     match rt::timeout(HANDSHAKE_TIMEOUT, drive(&mut stream, hs)).await {

@@ -155,6 +155,7 @@ async fn start(mut opts: Options) -> Result<(), String> {
             net: opts.net,
             exit_when_complete: opts.exit_when_complete,
             seed_command: opts.seed_command,
+            embedded: None,
         };
         let dht_pinger = dht.as_ref().map(|d| d.pinger());
         let handover = Handover { clock, book, control, found, complete, lsd, dht: dht_pinger };

@@ -1,0 +1,160 @@
+//! The session's one peer listener (`--bt-port`): every incoming
+//! connection is read up to the torrent it names (a plain handshake's
+//! infohash, or the `SKEY` of an MSE handshake matched against every
+//! torrent of the session, see [`crate::bt::mse_stream::accept_routed`]),
+//! then handed to that torrent's task, which sees it as a connection on a
+//! listener of its own ([`Incoming`]).
+//!
+//! Limits: at most [`ROUTING_MAX`] connections are being read at once
+//! (past it a new one is closed at once); each has
+//! [`crate::bt::mse_stream`]'s handshake deadline; a torrent's queue of
+//! routed connections holds [`ROUTED_MAX`] (past it the connection is
+//! closed, the peer may dial again); and the session's peer budget
+//! ([`Budget`]) refuses connections once every slot is taken.
+
+use crate::bt::mse_stream::{self, Encryption};
+use crate::rt::{self, BoxFuture, TcpListener, TcpStream};
+use rumor_core::bt::metainfo::InfoHash;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Incoming connections read at once before we know their torrent.
+pub const ROUTING_MAX: usize = 64;
+/// Routed connections waiting for a torrent's task.
+pub const ROUTED_MAX: usize = 16;
+
+/// A connection routed to a torrent.
+pub type Routed = (TcpStream, SocketAddr);
+
+/// Where each torrent of the session takes its connections.
+#[derive(Clone, Default)]
+pub struct Routes(Arc<RwLock<BTreeMap<InfoHash, async_channel::Sender<Routed>>>>);
+
+impl Routes {
+    /// Routes connections for `ih` to a new [`Incoming`] (replacing any
+    /// earlier one for it).
+    pub fn add(&self, ih: InfoHash, port: u16) -> Incoming {
+        let (tx, rx) = async_channel::bounded(ROUTED_MAX);
+        self.0.write().expect("no panic while held").insert(ih, tx);
+        Incoming { rx, port }
+    }
+
+    /// Stops routing to `ih` (its task's listener then ends).
+    pub fn remove(&self, ih: &InfoHash) {
+        self.0.write().expect("no panic while held").remove(ih);
+    }
+
+    fn served(&self) -> Vec<InfoHash> {
+        self.0.read().expect("no panic while held").keys().copied().collect()
+    }
+
+    fn route(&self, ih: &InfoHash, conn: Routed) -> Result<(), &'static str> {
+        let tx = self.0.read().expect("no panic while held").get(ih).cloned();
+        match tx {
+            None => Err("no longer in the session"),
+            Some(tx) => tx.try_send(conn).map_err(|_| "its queue is full"),
+        }
+    }
+}
+
+/// The connections routed to one torrent, as the listener its task
+/// accepts on (the peer port is the session's).
+pub struct Incoming {
+    rx: async_channel::Receiver<Routed>,
+    port: u16,
+}
+
+impl TcpListener for Incoming {
+    fn accept(&self) -> BoxFuture<'_, io::Result<(TcpStream, SocketAddr)>> {
+        Box::pin(async move {
+            match self.rx.recv().await {
+                Ok(c) => Ok(c),
+                // Removed from the session: nothing will come again.
+                Err(_) => futures::future::pending().await,
+            }
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from(([0, 0, 0, 0], self.port)))
+    }
+}
+
+/// The session's peer budget: connections of all torrents together.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    /// Most connections, all torrents together.
+    pub max: usize,
+    /// Connections per torrent, as each torrent's loop last counted them.
+    pub used: Arc<RwLock<BTreeMap<InfoHash, Arc<AtomicUsize>>>>,
+}
+
+impl Budget {
+    /// A budget of `max` connections.
+    pub fn new(max: usize) -> Budget {
+        Budget { max, used: Arc::default() }
+    }
+
+    /// The counter `ih`'s loop keeps up to date.
+    pub fn slot(&self, ih: InfoHash) -> Arc<AtomicUsize> {
+        let c = Arc::new(AtomicUsize::new(0));
+        self.used.write().expect("no panic while held").insert(ih, c.clone());
+        c
+    }
+
+    /// Forgets `ih`'s connections.
+    pub fn remove(&self, ih: &InfoHash) {
+        self.used.write().expect("no panic while held").remove(ih);
+    }
+
+    /// Connections in use, all torrents.
+    pub fn in_use(&self) -> usize {
+        self.used.read().expect("no panic while held").values().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// True while a new connection fits.
+    pub fn has_room(&self) -> bool {
+        self.in_use() < self.max
+    }
+}
+
+/// Accepts on `listener` until the task is aborted, routing each
+/// connection by the torrent it names.
+pub async fn serve(listener: Box<dyn TcpListener>, routes: Routes, budget: Budget, policy: Encryption) {
+    let routing = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("bt listener: accept: {e}");
+                rt::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if routing.load(Ordering::Relaxed) >= ROUTING_MAX {
+            tracing::debug!("peer {addr}: refused: {ROUTING_MAX} connections are being read already");
+            continue;
+        }
+        if !budget.has_room() {
+            tracing::debug!("peer {addr}: refused: the session's {} connections are all in use", budget.max);
+            continue;
+        }
+        routing.fetch_add(1, Ordering::Relaxed);
+        let (routes, routing) = (routes.clone(), routing.clone());
+        rt::spawn(async move {
+            let served = routes.served();
+            match mse_stream::accept_routed(stream, &served, policy).await {
+                Ok((stream, ih)) => {
+                    if let Err(why) = routes.route(&ih, (stream, addr)) {
+                        tracing::debug!("peer {addr}: refused for {ih}: {why}");
+                    }
+                }
+                Err(why) => tracing::debug!("peer {addr}: refused: {why}"),
+            }
+            routing.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}

@@ -1051,10 +1051,7 @@ impl Session {
             .filter_map(|p| {
                 Some(PeerView {
                     addr: self.peers.addr(p.peer)?.to_string(),
-                    client: String::from_utf8_lossy(&p.peer_id[..8])
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .collect(),
+                    client: String::from_utf8_lossy(&p.peer_id[..8]).chars().filter(|c| !c.is_control()).collect(),
                     download_rate: p.download_rate,
                     upload_rate: p.upload_rate,
                     progress: if p.seed { 1.0 } else { 0.0 },

@@ -297,7 +297,7 @@
     for (const rec of state.records) {
       if (left(rec) <= 0) continue;
       const del = el('button', {
-        type: 'button', className: 'secondary small', 'data-testid': 'record-delete', text: 'Delete',
+        type: 'button', className: 'secondary compact', 'data-testid': 'record-delete', text: 'Delete',
         'aria-label': `Delete ${rec.name} ${rec.type}`,
       });
       del.addEventListener('click', () => deleteRecord(rec.name, rec.type));
@@ -440,7 +440,7 @@
     let card = $(id);
     if (card) return card;
     const button = (label, testid, onclick, cls) => el('button', {
-      type: 'button', className: cls || 'secondary small', 'data-testid': testid, id: `${testid}-${ih}`,
+      type: 'button', className: cls || 'secondary compact', 'data-testid': testid, id: `${testid}-${ih}`,
       text: label, onclick,
     });
     card = el('article', { className: 'torrent', id, 'data-testid': 'torrent', 'data-infohash': ih },
@@ -462,7 +462,7 @@
         button('Resume', 'torrent-resume', () => torrentAction(ih, 'resume')),
         button('Recheck', 'torrent-recheck', () => torrentAction(ih, 'recheck')),
         button('Details', 'torrent-details', () => openDetails(ih)),
-        button('Remove', 'torrent-remove', () => askRemove(ih), 'danger small')));
+        button('Remove', 'torrent-remove', () => askRemove(ih), 'danger compact')));
     return card;
   }
 
@@ -640,7 +640,8 @@
       ['Progress', `${(Math.floor((d.progress || 0) * 1000) / 10).toFixed(1)}% (${bytes(d.done)} of ${bytes(d.size)})`],
       ['Download', `${rate(d.download_rate)}, ${bytes(d.downloaded)} this session`],
       ['Upload', `${rate(d.upload_rate)}, ${bytes(d.uploaded)} this session`],
-      ['Peers', `${count(d.peers)} (${count(d.seeds)} seeds)`], ['ETA', duration(d.eta)],
+      ['Peers', `${count(d.peers)} (${count(d.seeds)} seeds)`],
+      ['ETA', d.state === 'downloading' ? duration(d.eta) : '–'],
       ['Limits', `down ${d.download_limit ? rate(d.download_limit) : 'none'}, up ${d.upload_limit ? rate(d.upload_limit) : 'none'}`],
       ['Added', d.added_at_ms ? new Date(d.added_at_ms).toLocaleString() : '–'],
     ];

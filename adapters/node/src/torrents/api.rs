@@ -211,7 +211,8 @@ async fn patch(
 ) -> Result<Json<Value>, Error> {
     let s = write_access(&state, &headers)?;
     let ih = infohash(&ih)?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))?;
     let file_priorities = match v.get("file_priorities") {
         None => None,
         Some(fp) => Some(
@@ -219,7 +220,11 @@ async fn patch(
                 .map_err(|_| err(StatusCode::BAD_REQUEST, "file_priorities: a list of 0, 1 or 2"))?,
         ),
     };
-    let p = Patch { download_limit: limit(&v, "download_limit")?, upload_limit: limit(&v, "upload_limit")?, file_priorities };
+    let p = Patch {
+        download_limit: limit(&v, "download_limit")?,
+        upload_limit: limit(&v, "upload_limit")?,
+        file_priorities,
+    };
     Ok(Json(s.patch(ih, p).await?))
 }
 
@@ -241,7 +246,8 @@ async fn show_session(State(state): State<TorrentApi>) -> Result<Json<Value>, Er
 
 async fn patch_session(State(state): State<TorrentApi>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, Error> {
     let s = write_access(&state, &headers)?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))?;
     let max_active = match v.get("max_active_downloads") {
         None => None,
         Some(n) => Some(
@@ -277,10 +283,7 @@ async fn events(State(state): State<TorrentApi>) -> Result<Response, Error> {
         };
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), rx))
     });
-    Ok((
-        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
-        Body::from_stream(stream),
-    )
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
         .into_response())
 }
 

@@ -427,7 +427,13 @@ impl Entry {
 }
 
 /// Verified bytes of the file at `offset`, `length` bytes long.
-fn file_done(meta: &Metainfo, layout: &rumor_core::bt::metainfo::FileLayout, have: &Bitfield, offset: u64, length: u64) -> u64 {
+fn file_done(
+    meta: &Metainfo,
+    layout: &rumor_core::bt::metainfo::FileLayout,
+    have: &Bitfield,
+    offset: u64,
+    length: u64,
+) -> u64 {
     if length == 0 || meta.piece_length == 0 {
         return 0;
     }
@@ -642,7 +648,9 @@ impl Session {
             }
             Given::Magnet(link) => {
                 let l = MagnetLink::parse(link).ok_or_else(|| {
-                    Refusal::Bad("not a usable magnet link (it needs xt=urn:btih: and 40 hex or 32 base32 characters)".into())
+                    Refusal::Bad(
+                        "not a usable magnet link (it needs xt=urn:btih: and 40 hex or 32 base32 characters)".into(),
+                    )
                 })?;
                 let name = l.name.clone().unwrap_or_else(|| l.info_hash.to_hex());
                 (l.info_hash, name, None)
@@ -752,7 +760,9 @@ impl Session {
     fn report(&mut self, r: Report) {
         match r {
             Report::Metadata(ih, generation, meta) => {
-                if let Some(e) = self.torrents.get_mut(&ih).filter(|e| e.run.as_ref().is_some_and(|r| r.generation == generation)) {
+                if let Some(e) =
+                    self.torrents.get_mut(&ih).filter(|e| e.run.as_ref().is_some_and(|r| r.generation == generation))
+                {
                     tracing::info!("torrent {ih}: metadata fetched ({})", meta.name);
                     e.name = meta.name.clone();
                     e.meta = Some(Arc::new(*meta));
@@ -814,7 +824,8 @@ impl Session {
     }
 
     fn act(&mut self, ih: InfoHash, a: Action) -> Result<Value, Refusal> {
-        let e = self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
+        let e =
+            self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
         match a {
             Action::Pause => e.paused = true,
             Action::Resume => {
@@ -837,14 +848,19 @@ impl Session {
     }
 
     fn patch(&mut self, ih: InfoHash, p: Patch) -> Result<Value, Refusal> {
-        let e = self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
+        let e =
+            self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
         if let Some(fp) = &p.file_priorities {
             if fp.iter().any(|p| *p > 2) {
                 return Err(Refusal::Bad("a file priority is 0 (skip), 1 (normal) or 2 (high)".into()));
             }
             if let Some(m) = &e.meta {
                 if fp.len() != m.files.len() {
-                    return Err(Refusal::Bad(format!("file_priorities has {} entries; the torrent has {} files", fp.len(), m.files.len())));
+                    return Err(Refusal::Bad(format!(
+                        "file_priorities has {} entries; the torrent has {} files",
+                        fp.len(),
+                        m.files.len()
+                    )));
                 }
             }
             e.file_priorities = fp.clone();
@@ -1219,8 +1235,10 @@ fn delete_files(dir: &Path, meta: &Metainfo) -> Result<(), String> {
     }
     if meta.multi_file && root != dir && inside(dir, &root) {
         // Deepest first; a directory someone else put files in stays.
-        let mut dirs: Vec<PathBuf> =
-            files.iter().flat_map(|f| f.ancestors().skip(1).take_while(|a| a.starts_with(&root)).map(Path::to_path_buf)).collect();
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .flat_map(|f| f.ancestors().skip(1).take_while(|a| a.starts_with(&root)).map(Path::to_path_buf))
+            .collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         dirs.dedup();
         for d in dirs {

@@ -121,6 +121,8 @@ fn the_dashboard_adds_a_record_downloads_a_magnet_and_shows_a_write_without_the_
         &fx.ih,
         "--files",
         &files.to_string(),
+        "--torrent-file",
+        fx.torrent.to_str().unwrap(),
         "--expect-partial",
         "--download-timeout",
         "120",

@@ -3,7 +3,7 @@ would, and checks what the page shows against the node's DNS.
 
 usage: /usr/bin/python3 dashboard.py --url http://127.0.0.1:PORT --token T
            --dns-port N --name NAME [--magnet LINK --infohash IH]
-           [--files N] [--expect-partial] [--skip-torrents] [--allow-polling]
+           [--files N] [--torrent-file PATH] [--expect-partial] [--skip-torrents] [--allow-polling]
            [--artifacts DIR] [--timeout S]
 
 Steps (each prints "ok: ..." when it passes; the first failure prints
@@ -17,7 +17,8 @@ Steps (each prints "ok: ..." when it passes; the first failure prints
            down; a record written through the API shows up by itself; an MX
            record too, then deleted from its row
   torrents adds the magnet link, watches the progress bar reach 100%, pauses
-           it, opens its details, removes it (files kept)
+           it, opens its details (skips a file, sets a limit), removes it
+           (files kept); uploads the .torrent file paused, removes it
   refused  forgets the token; a write is refused on the page (#error shows
            the node's message) with a wrong token and with none
 Debian: chromium, chromium-driver, python3-selenium.
@@ -82,6 +83,11 @@ def dig_status(port, name):
         capture_output=True, text=True, timeout=15,
     )
     return out.stdout.split("status: ")[1].split(",")[0] if "status: " in out.stdout else "NO ANSWER"
+
+
+def api_get(p, path):
+    with urllib.request.urlopen(p.url + path, timeout=10) as r:
+        return json.loads(r.read())
 
 
 class Page:
@@ -276,8 +282,21 @@ def check_torrents(p, a):
     files = wait("the file list", lambda: p.css('#files-body tr[data-testid="file"]'), 10)
     if len(files) != a.files:
         raise Failed("the details list %d files, the torrent has %d" % (len(files), a.files))
-    p.by_id("details-close").click()
     step("its details list its %d files" % len(files))
+    # Skip the last file and set a download limit, through the panel.
+    last = len(files) - 1
+    Select(p.css('#files-body select[data-index="%d"]' % last)[0]).select_by_value("0")
+    wait("the apply button", lambda: p.by_id("files-save").is_enabled(), 5)
+    p.by_id("files-save").click()
+    wait("the file selection to apply",
+         lambda: api_get(p, "/torrents/" + ih)["files"][last]["priority"] == 0, 10)
+    if p.error_text():
+        raise Failed("setting the file selection: %s" % p.error_text())
+    p.type_into("limit-down", "100")
+    p.by_id("limits-save").click()
+    wait("the limit to apply", lambda: api_get(p, "/torrents/" + ih)["download_limit"] == 100 * 1024, 10)
+    p.by_id("details-close").click()
+    step("the details panel set file %d to skip and a 100 KiB/s download limit (PATCH)" % last)
 
     p.torrent_card(ih).find_element(By.CSS_SELECTOR, '[data-testid="torrent-remove"]').click()
     wait("the remove dialog", lambda: p.visible("remove-dialog"), 5)
@@ -289,6 +308,23 @@ def check_torrents(p, a):
         raise Failed("removing: %s" % p.error_text())
     wait("the empty list note", lambda: p.visible("torrents-empty"), 5)
     step("removed (files kept)")
+
+    if a.torrent_file:
+        # The same torrent again, uploaded as a .torrent file, paused.
+        p.by_id("torrent-paused").click()
+        p.by_id("torrent-file").send_keys(os.path.abspath(a.torrent_file))
+        p.by_id("torrent-submit").click()
+        wait("the uploaded torrent's card", lambda: p.torrent_card(ih), 15)
+        if p.error_text():
+            raise Failed("uploading the .torrent: %s" % p.error_text())
+        wait("the paused state", lambda: p.torrent_card(ih).get_attribute("data-state") == "paused", 10)
+        if p.by_id("torrent-file").get_attribute("value"):
+            raise Failed("the file input keeps the file after the upload")
+        p.torrent_card(ih).find_element(By.CSS_SELECTOR, '[data-testid="torrent-remove"]').click()
+        wait("the remove dialog", lambda: p.visible("remove-dialog"), 5)
+        p.by_id("remove-confirm").click()
+        wait("the card to go", lambda: p.torrent_card(ih) is None, 10)
+        step("a .torrent file uploaded with 'start paused' is added paused, then removed")
 
 
 def check_refused(p, a):
@@ -331,6 +367,7 @@ def main():
     ap.add_argument("--magnet")
     ap.add_argument("--infohash")
     ap.add_argument("--files", type=int, default=1)
+    ap.add_argument("--torrent-file", help="the same torrent as a .torrent file, to upload")
     ap.add_argument("--download-timeout", type=float, default=120)
     ap.add_argument("--expect-partial", action="store_true",
                     help="the bar must show a value between 0 and 100%% on its way (a rate-limited download)")

@@ -103,8 +103,10 @@ fn run_cmd(cmd: TorrentCmd) -> Result<(), String> {
             let answer = add(&out.api, &what, paused, download_limit, upload_limit)?;
             print_or(&out, &answer, || {
                 let ih = answer["infohash"].as_str().unwrap_or("?");
-                let name = answer["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("(name not known yet)");
-                println!("added {ih} {}", clean(name));
+                // A magnet link's name comes with its metadata; until then
+                // the node may answer the infohash as the name.
+                let name = answer["name"].as_str().filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(ih));
+                println!("added {ih} {}", name.map_or("(name not known yet)".to_string(), clean));
             });
         }
         TorrentCmd::Ls { out } => {
@@ -443,7 +445,8 @@ fn details(t: &Value, width: usize) -> String {
             human(u(&t["uploaded"]))
         ),
     );
-    kv("Peers", format!("{} ({} seeds)", u(&t["peers"]), u(&t["seeds"])));
+    let seeds = u(&t["seeds"]);
+    kv("Peers", format!("{} ({seeds} seed{})", u(&t["peers"]), if seeds == 1 { "" } else { "s" }));
     kv("ETA", eta(&t["eta"]));
     kv("Queue", u(&t["queue_position"]).to_string());
     kv("Added", t["added_at_ms"].as_u64().map_or("?".into(), utc));

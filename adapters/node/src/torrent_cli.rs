@@ -459,7 +459,7 @@ fn details(t: &Value, width: usize) -> String {
         out.push_str(&format!("  {:>5} {:<7} {:>5} {:>8} Path\n", "#", "Prio", "Done", "Size"));
         for f in files {
             let size = u(&f["size"]);
-            let done = if size == 0 { "-".to_string() } else { format!("{}%", u(&f["done"]) * 100 / size) };
+            let done = u(&f["done"]).saturating_mul(100).checked_div(size).map_or("-".to_string(), |p| format!("{p}%"));
             let prio = match f["priority"].as_u64() {
                 Some(0) => "skip",
                 Some(1) => "normal",

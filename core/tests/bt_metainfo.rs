@@ -607,3 +607,44 @@ proptest! {
         prop_assert_eq!(m.files.iter().map(|f| f.length).sum::<u64>(), m.total_length);
     }
 }
+
+#[test]
+fn a_piece_takes_the_highest_priority_of_the_files_it_overlaps() {
+    // Files of 10, 20000, 30000 and 5 bytes in 16 KiB pieces:
+    // piece 0 = a + b, piece 1 = b + c, piece 2 = c, piece 3 = c + d.
+    let b = with_files(
+        vec![
+            entry(10, path(&[b"a"]), ""),
+            entry(20000, path(&[b"b"]), ""),
+            entry(30000, path(&[b"c"]), ""),
+            entry(5, path(&[b"d"]), ""),
+        ],
+        16384,
+    );
+    let m = Metainfo::parse(&b).unwrap();
+    assert_eq!(m.piece_count(), 4);
+    assert_eq!(m.piece_priorities(&[1, 1, 1, 1]), vec![1, 1, 1, 1]);
+    // Skipping b keeps pieces 0 and 1: a and c are wanted and share them.
+    assert_eq!(m.piece_priorities(&[1, 0, 1, 1]), vec![1, 1, 1, 1]);
+    assert_eq!(m.piece_priorities(&[0, 0, 1, 0]), vec![0, 1, 1, 1]);
+    assert_eq!(m.piece_priorities(&[0, 1, 0, 0]), vec![1, 1, 0, 0]);
+    assert_eq!(m.piece_priorities(&[0, 0, 0, 2]), vec![0, 0, 0, 2]);
+    assert_eq!(m.piece_priorities(&[0, 0, 0, 0]), vec![0, 0, 0, 0]);
+    // High wins a shared piece; values above 2 are 2; missing files are 1.
+    assert_eq!(m.piece_priorities(&[7, 0]), vec![2, 1, 1, 1]);
+    assert_eq!(m.piece_priorities(&[]), vec![1, 1, 1, 1]);
+}
+
+#[test]
+fn padding_files_do_not_make_a_piece_wanted() {
+    let pad = |len: i64| Value::dict().insert("attr", Value::bytes("p")).insert("length", Value::Int(len));
+    let b = with_files(
+        vec![entry(10, path(&[b"a"]), ""), pad(16374), entry(16384, path(&[b"b"]), ""), entry(0, path(&[b"e"]), "")],
+        16384,
+    );
+    let m = Metainfo::parse(&b).unwrap();
+    // The pad shares piece 0 with a; skipping a leaves piece 0 unwanted
+    // even though the pad is "wanted".
+    assert_eq!(m.piece_priorities(&[0, 1, 1, 2]), vec![0, 1]);
+    assert_eq!(m.piece_priorities(&[1, 0, 0, 0]), vec![1, 0]);
+}

@@ -196,6 +196,8 @@ enum Op {
     ReceiveOutstanding(u64, usize),
     Fail(u64, usize),
     PieceDone(u32, bool),
+    /// One priority per piece (3 counts as 2).
+    Priorities(Vec<u8>),
 }
 
 fn op(n: u32) -> impl Strategy<Value = Op> {
@@ -210,12 +212,14 @@ fn op(n: u32) -> impl Strategy<Value = Op> {
         (peer.clone(), 0usize..8).prop_map(|(p, k)| Op::ReceiveOutstanding(p, k)),
         (peer, 0usize..8).prop_map(|(p, k)| Op::Fail(p, k)),
         (0..n, any::<bool>()).prop_map(|(i, ok)| Op::PieceDone(i, ok)),
+        proptest::collection::vec(0u8..4, 0..n as usize + 2).prop_map(Op::Priorities),
     ]
 }
 
 fn run_model(n: u32, ops: Vec<Op>, seed: u64) {
     let mut p = Picker::new(2 * KIB16, n as u64 * 2 * KIB16 - 1, cfg(2), seed);
     let mut has: std::collections::BTreeMap<u64, Bitfield> = Default::default();
+    let mut prio = vec![1u8; n as usize];
     for o in ops {
         match o {
             Op::Bitfield(k, b) => {
@@ -246,6 +250,7 @@ fn run_model(n: u32, ops: Vec<Op>, seed: u64) {
                 for r in p.pick(k, m) {
                     assert!(has.get(&k).is_some_and(|b| b.get(r.index)), "asked a peer for a piece it lacks");
                     assert!(!p.have().get(r.index));
+                    assert!(prio[r.index as usize] > 0, "asked for a skipped piece");
                     assert!(!before.contains(&r), "same block twice to one peer");
                     let _ = endgame;
                 }
@@ -270,13 +275,56 @@ fn run_model(n: u32, ops: Vec<Op>, seed: u64) {
                     let _ = p.piece_failed(i);
                 }
             }
+            Op::Priorities(v) => {
+                for (i, slot) in prio.iter_mut().enumerate() {
+                    *slot = v.get(i).copied().unwrap_or(1).min(2);
+                }
+                for (k, r) in p.set_priorities(&v) {
+                    assert_eq!(prio[r.index as usize], 0, "withdrew a request for a wanted piece");
+                    assert!(!p.outstanding(k).contains(&r), "a withdrawn request is still outstanding");
+                }
+            }
         }
         p.check_invariants();
         for i in 0..n {
             let expect = has.values().filter(|b| b.get(i)).count() as u32;
             assert_eq!(p.availability(i), expect);
+            assert_eq!(p.priority(i), prio[i as usize]);
         }
     }
+    // Liveness: whatever happened, a lone seed brings in every wanted
+    // piece, and no skipped one, in a bounded number of rounds.
+    // Pieces whose blocks all came in await a hash answer that the ops
+    // may not have given: answer "failed" so they are fetched again.
+    for i in 0..n {
+        if !p.have().get(i) && !p.contributors(i).is_empty() {
+            let _ = p.piece_failed(i);
+        }
+    }
+    for k in 0..4 {
+        p.peer_left(k);
+    }
+    p.peer_have_all(99);
+    let blocks: u32 = (0..n).map(|i| p.blocks_in(i)).sum();
+    let mut rounds = 0;
+    while !p.wanted_complete() {
+        rounds += 1;
+        assert!(rounds <= blocks + 1, "a wanted piece is never picked");
+        for r in p.pick(99, 3) {
+            assert!(prio[r.index as usize] > 0, "asked for a skipped piece");
+            if let Received::New { piece_complete: true, .. } = p.block_received(99, r) {
+                p.piece_verified(r.index);
+            }
+        }
+        p.check_invariants();
+    }
+    for i in 0..n {
+        assert!(prio[i as usize] == 0 || p.have().get(i), "wanted piece {i} missing");
+    }
+    let wanted: u64 = (0..n).filter(|i| prio[*i as usize] > 0).map(|i| p.piece_size(i)).sum();
+    assert_eq!(p.wanted_bytes(), wanted);
+    assert_eq!(p.wanted_done_bytes(), wanted);
+    assert_eq!(p.is_complete(), p.have().is_full());
 }
 
 proptest! {
@@ -370,4 +418,126 @@ fn a_block_of_a_piece_not_in_progress_is_unrequested_and_dropped() {
         assert!(matches!(p.block_received(1, late), Received::New { .. }));
     }
     p.check_invariants();
+}
+
+#[test]
+fn a_skipped_piece_is_never_requested() {
+    let mut p = Picker::new(KIB16, 8 * KIB16, cfg(0), 5);
+    p.peer_have_all(1);
+    p.set_priorities(&[1, 0, 1, 0, 1, 0, 1, 0]);
+    let got: BTreeSet<u32> = p.pick(1, 100).iter().map(|r| r.index).collect();
+    assert_eq!(got, [0, 2, 4, 6].into_iter().collect());
+    assert!(p.pick(1, 100).is_empty(), "only skipped pieces are left");
+    p.check_invariants();
+}
+
+#[test]
+fn high_priority_pieces_are_started_before_normal_ones_rarest_first() {
+    let mut p = Picker::new(KIB16, 16 * KIB16, cfg(4), 6);
+    p.peer_have_all(1);
+    // Piece 12 is rarer than 9 (a second peer has 9), both are high.
+    p.peer_bitfield(2, &bits(16, &[9, 3]));
+    let mut prio = vec![1u8; 16];
+    prio[9] = 2;
+    prio[12] = 2;
+    p.set_priorities(&prio);
+    // Even while the first pieces would be picked at random.
+    let got: Vec<u32> = p.pick(1, 3).iter().map(|r| r.index).collect();
+    assert_eq!(got[..2], [12, 9]);
+    assert_ne!(got[2], 9);
+    assert_ne!(got[2], 12);
+    p.check_invariants();
+}
+
+#[test]
+fn a_peer_without_high_pieces_still_gets_normal_ones() {
+    let mut p = Picker::new(KIB16, 8 * KIB16, cfg(0), 6);
+    p.peer_bitfield(1, &bits(8, &[1, 2]));
+    p.set_priorities(&[2, 1, 1, 1, 1, 1, 1, 1]);
+    let got: BTreeSet<u32> = p.pick(1, 10).iter().map(|r| r.index).collect();
+    assert_eq!(got, [1, 2].into_iter().collect());
+}
+
+#[test]
+fn skipping_a_piece_in_progress_withdraws_its_requests() {
+    let mut p = Picker::new(2 * KIB16, 2 * KIB16, cfg(0), 3);
+    p.peer_have_all(1);
+    let got = p.pick(1, 2);
+    assert_eq!(got.len(), 2);
+    p.block_received(1, got[0]);
+    let withdrawn = p.set_priorities(&[0]);
+    assert_eq!(withdrawn, vec![(1, got[1])]);
+    assert_eq!(p.outstanding_count(1), 0);
+    assert!(p.wanted_complete());
+    assert!(!p.is_complete());
+    assert_eq!(p.block_received(1, got[1]), Received::Unrequested);
+    assert!(!p.is_interesting(1));
+    p.check_invariants();
+    // Wanted again: downloaded from scratch.
+    assert!(p.set_priorities(&[1]).is_empty());
+    assert!(p.is_interesting(1));
+    assert_eq!(p.pick(1, 8).len(), 2);
+    p.check_invariants();
+}
+
+#[test]
+fn interest_ignores_what_we_skip() {
+    let mut p = Picker::new(KIB16, 4 * KIB16, cfg(0), 1);
+    p.peer_bitfield(1, &bits(4, &[2]));
+    assert!(p.is_interesting(1));
+    p.set_priorities(&[1, 1, 0, 1]);
+    assert!(!p.is_interesting(1));
+    p.peer_have(1, 3);
+    assert!(p.is_interesting(1));
+    p.check_invariants();
+}
+
+#[test]
+fn wanted_bytes_count_pieces_not_skipped() {
+    let mut p = Picker::new(KIB16, 3 * KIB16 + 10, cfg(0), 1);
+    assert_eq!(p.wanted_bytes(), 3 * KIB16 + 10);
+    p.piece_verified(0);
+    p.set_priorities(&[0, 1, 0, 2]);
+    assert_eq!(p.wanted_bytes(), KIB16 + 10);
+    assert_eq!(p.wanted_done_bytes(), 0);
+    p.piece_verified(3);
+    assert_eq!(p.wanted_done_bytes(), 10);
+    p.set_priorities(&[1, 1, 1, 1]);
+    assert_eq!(p.wanted_bytes(), 3 * KIB16 + 10);
+    assert_eq!(p.wanted_done_bytes(), KIB16 + 10);
+    p.check_invariants();
+}
+
+#[test]
+fn endgame_starts_when_every_wanted_block_is_requested() {
+    let mut p = Picker::new(KIB16, 4 * KIB16, cfg(0), 2);
+    p.peer_have_all(1);
+    p.peer_have_all(2);
+    p.set_priorities(&[0, 1, 0, 0]);
+    assert_eq!(p.pick(1, 8).len(), 1);
+    assert!(p.in_endgame());
+    let dup = p.pick(2, 8);
+    assert_eq!(dup.len(), 1);
+    assert_eq!(dup[0].index, 1);
+    p.check_invariants();
+}
+
+#[test]
+fn a_common_piece_wanted_again_lands_in_its_availability_bucket() {
+    // Skipped while peers announce it, so its availability outgrows every
+    // bucket; wanting it again must still file it correctly.
+    let mut p = Picker::new(KIB16, 4 * KIB16, cfg(0), 4);
+    p.set_priorities(&[1, 0, 1, 1]);
+    for k in 0..5 {
+        p.peer_have(k, 1);
+    }
+    p.peer_have(9, 0);
+    p.check_invariants();
+    p.set_priorities(&[1, 1, 1, 1]);
+    p.check_invariants();
+    assert_eq!(p.availability(1), 5);
+    // Rarest first now takes piece 2 or 3 (held by nobody but the seed).
+    p.peer_have_all(20);
+    let first = p.pick(20, 1)[0].index;
+    assert!(first == 2 || first == 3, "{first}");
 }

@@ -1079,3 +1079,91 @@ fn a_peers_port_message_is_reported_for_the_dht_and_port_zero_is_ignored() {
     assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::PeerDhtPort { .. }))));
     assert!(!disconnected(&out, 3));
 }
+
+#[test]
+fn a_leecher_skipping_pieces_fetches_only_the_wanted_ones_and_says_so() {
+    let data = content(12 * PL as usize + 99);
+    let mut s = Sim::new(&data);
+    let seed = s.add(true, false, &data, 3);
+    let leech = s.add(false, false, &data, 3);
+    let prio: Vec<u8> = (0..13)
+        .map(|i| {
+            if i % 3 == 0 {
+                0
+            } else if i == 7 {
+                2
+            } else {
+                1
+            }
+        })
+        .collect();
+    s.nodes[leech].t.handle(s.now, Input::SetPiecePriorities(prio.clone()));
+    s.connect(seed, leech);
+    assert!(s.run(200_000, |s| s.nodes[1].t.wanted_complete()));
+    let t = &s.nodes[leech].t;
+    assert!(!t.is_complete());
+    for p in 0..13u32 {
+        assert_eq!(t.have().get(p), prio[p as usize] > 0, "piece {p}");
+        let at = p as usize * PL as usize;
+        let end = (at + PL as usize).min(data.len());
+        if prio[p as usize] > 0 {
+            assert_eq!(s.nodes[leech].data[at..end], data[at..end]);
+        } else {
+            assert!(s.nodes[leech].data[at..end].iter().all(|b| *b == 0), "skipped piece {p} was written");
+        }
+    }
+    let st = t.stats();
+    let want: u64 =
+        (0..13u32).filter(|p| prio[*p as usize] > 0).map(|p| (data.len() as u64 - p as u64 * PL).min(PL)).sum();
+    assert_eq!((st.wanted, st.wanted_done), (want, want));
+    assert_eq!(st.downloaded, want);
+    let evs: Vec<&Event> = s.events.iter().filter(|(i, _)| *i == leech).map(|(_, e)| e).collect();
+    assert_eq!(evs.iter().filter(|e| ***e == Event::WantedComplete).count(), 1);
+    assert!(!evs.contains(&&Event::Completed));
+    t.check_invariants();
+    // Wanting the rest later completes the torrent.
+    s.nodes[leech].t.handle(s.now, Input::SetPiecePriorities(vec![1; 13]));
+    assert!(s.run(200_000, |s| s.nodes[1].t.is_complete()));
+    assert_eq!(s.nodes[leech].data, data);
+    let evs: Vec<&Event> = s.events.iter().filter(|(i, _)| *i == leech).map(|(_, e)| e).collect();
+    assert_eq!(evs.iter().filter(|e| ***e == Event::WantedComplete).count(), 2);
+    assert!(evs.contains(&&Event::Completed));
+}
+
+#[test]
+fn with_nothing_skipped_wanted_complete_comes_just_before_completed() {
+    let data = content(3 * PL as usize);
+    let mut s = Sim::new(&data);
+    let seed = s.add(true, false, &data, 1);
+    let leech = s.add(false, false, &data, 1);
+    s.connect(seed, leech);
+    assert!(s.run(200_000, |s| s.nodes[1].t.is_complete()));
+    s.run(100, |_| false);
+    let evs: Vec<&Event> = s.events.iter().filter(|(i, _)| *i == leech).map(|(_, e)| e).collect();
+    let w = evs.iter().position(|e| **e == Event::WantedComplete).expect("wanted complete");
+    assert_eq!(evs[w + 1], &Event::Completed);
+    assert!(s.nodes[leech].t.wanted_complete());
+    // A seed has nothing to want: no event for it.
+    assert!(!s.events.iter().any(|(i, e)| *i == seed && *e == Event::WantedComplete));
+}
+
+#[test]
+fn skipping_every_piece_mid_download_cancels_the_requests_in_flight() {
+    let data = content(40 * PL as usize);
+    let mut s = Sim::new(&data);
+    let seed = s.add(true, false, &data, 2);
+    let leech = s.add(false, false, &data, 2);
+    s.connect(seed, leech);
+    assert!(s.run(200_000, |s| s.nodes[1].t.peers().first().is_some_and(|p| p.requests_in_flight > 0)));
+    s.nodes[leech].t.handle(s.now, Input::SetPiecePriorities(vec![0; 40]));
+    s.nodes[leech].t.check_invariants();
+    assert!(s.nodes[leech].t.peers().iter().all(|p| p.requests_in_flight == 0 && !p.am_interested));
+    assert!(s.nodes[leech].t.wanted_complete());
+    assert!(s.nodes[leech].t.stats().wanted == 0);
+    // The next output carries the cancels and not-interested to the seed.
+    s.run(2_000, |_| false);
+    let seed_sent = s.nodes[seed].t.stats().uploaded;
+    s.run(2_000, |_| false);
+    assert_eq!(s.nodes[seed].t.stats().uploaded, seed_sent, "the seed still serves a skipped download");
+    assert!(s.events.contains(&(leech, Event::WantedComplete)));
+}

@@ -565,6 +565,10 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let (joins_tx, joins_rx) = async_channel::bounded(4);
     let node_id = member.id();
     let closer = gossip_net::Closer::new();
+    let resume_store = match (&persister, &args.downloads) {
+        (Some(p), Some(_)) => Some(crate::bt::resume::ResumeStore::new(p.database())?),
+        _ => None,
+    };
     let (node, handle, rx) = node::Node::new(node::NodeParts {
         clock,
         member,
@@ -598,6 +602,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
                     .parse::<SocketAddr>()
                     .map(|a| a.ip())
                     .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+                store: resume_store.clone(),
             };
             Some(crate::torrents::start(config, handle.clone(), clock, shutdown_rx.clone())?)
         }

@@ -24,7 +24,7 @@ use rumor_core::replica::{Entry, Namespace};
 use sha1::{Digest, Sha1};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, PoisonError, RwLock};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -68,6 +68,89 @@ pub struct Loaded {
 pub struct Persister {
     tx: mpsc::Sender<Job>,
     thread: Option<std::thread::JoinHandle<()>>,
+    // Read by the torrent session's resume store, once merged.
+    #[allow(dead_code)]
+    db: SharedDb,
+}
+
+/// The node's open database, shared by the writer thread of entries and
+/// the node's other stores (the torrent session's fast resume, in a table
+/// of its own). One `Database` per file, since redb locks the file. After
+/// a failed transaction (a full disk) redb refuses every later one
+/// (`PreviousIo`), so whoever sees a failure closes it and the next use,
+/// by anyone, opens it again.
+#[derive(Clone)]
+pub struct SharedDb {
+    db: Arc<RwLock<Option<Database>>>,
+    path: Arc<PathBuf>,
+}
+
+impl SharedDb {
+    fn new(db: Database, path: PathBuf) -> SharedDb {
+        SharedDb { db: Arc::new(RwLock::new(Some(db))), path: Arc::new(path) }
+    }
+
+    /// A database of its own at `path` (created if missing), for a store
+    /// used without the node's: tests, or a node without a data directory.
+    /// The node's own file is already open through its [`Persister`]: use
+    /// [`Persister::database`] for that one.
+    #[allow(dead_code)] // for the torrent session and tests, see `bt::resume`
+    pub fn open(path: &Path) -> Result<SharedDb, String> {
+        let db = catch_unwind(|| Database::create(path))
+            .map_err(|p| format!("cannot open {}: {}", path.display(), panic_text(p.as_ref())))?
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(SharedDb::new(db, path.to_path_buf()))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the database, opening it again first if a failure
+    /// closed it. A failure of `f` (or a redb panic, caught) closes it.
+    pub fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, String>) -> Result<T, String> {
+        self.ensure_open()?;
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = guard.as_ref() else {
+            return Err(format!("{}: closed after a failure", self.path.display()));
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| f(db)))
+            .unwrap_or_else(|p| Err(format!("redb failed ({})", panic_text(p.as_ref()))));
+        drop(guard);
+        if outcome.is_err() {
+            self.close();
+        }
+        outcome
+    }
+
+    fn ensure_open(&self) -> Result<(), String> {
+        if self.db.read().unwrap_or_else(PoisonError::into_inner).is_some() {
+            return Ok(());
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            let path = self.path.as_path();
+            match catch_unwind(|| Database::open(path)) {
+                Ok(Ok(db)) => {
+                    tracing::info!(path = %path.display(), "database reopened after an I/O error");
+                    *slot = Some(db);
+                }
+                Ok(Err(e)) => return Err(format!("cannot reopen {}: {e}", path.display())),
+                Err(p) => return Err(format!("cannot reopen {}: {}", path.display(), panic_text(p.as_ref()))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the database, so that the next use opens it again (redb
+    /// refuses every transaction after a failed one until then).
+    fn close(&self) {
+        let taken = self.db.write().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(db) = taken {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+        }
+    }
 }
 
 fn key(ns: Namespace, key: &[u8]) -> Vec<u8> {
@@ -342,11 +425,13 @@ pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, 
     };
     let (tx, rx) = mpsc::channel();
     let node_id = loaded.node_id;
+    let db = SharedDb::new(db, path);
+    let shared = db.clone();
     let thread = std::thread::Builder::new()
         .name("rumor-persist".into())
-        .spawn(move || writer(Writer { db: Some(db), path, node_id }, rx))
+        .spawn(move || writer(Writer { db: shared, node_id }, rx))
         .map_err(|e| e.to_string())?;
-    Ok((Persister { tx, thread: Some(thread) }, loaded))
+    Ok((Persister { tx, thread: Some(thread), db }, loaded))
 }
 
 fn unix_secs() -> u64 {
@@ -392,6 +477,13 @@ impl Persister {
         }
     }
 
+    /// The node's database, for the node's other stores (each in tables
+    /// of its own). Drop every copy before opening the directory again.
+    #[allow(dead_code)] // for the torrent session, see `bt::resume`
+    pub fn database(&self) -> SharedDb {
+        self.db.clone()
+    }
+
     /// Writes what is queued and stops the thread.
     pub fn shutdown(mut self) {
         let _ = self.tx.send(Job::Stop);
@@ -402,38 +494,16 @@ impl Persister {
 }
 
 /// The writer thread's database: closed after a failed transaction and
-/// opened again before the next one.
+/// opened again before the next one (see [`SharedDb::with`]).
 struct Writer {
-    db: Option<Database>,
-    path: PathBuf,
+    db: SharedDb,
     node_id: u64,
 }
 
 impl Writer {
     fn commit(&mut self, ops: Vec<Persist>) -> Result<(), String> {
-        if self.db.is_none() {
-            let opened = catch_unwind(|| Database::open(&self.path));
-            match opened {
-                Ok(Ok(db)) => {
-                    tracing::info!(path = %self.path.display(), "database reopened after an I/O error");
-                    self.db = Some(db);
-                }
-                Ok(Err(e)) => return Err(format!("cannot reopen {}: {e}", self.path.display())),
-                Err(p) => return Err(format!("cannot reopen {}: {}", self.path.display(), panic_text(p.as_ref()))),
-            }
-        }
-        let db = self.db.as_ref().expect("opened above");
         let node_id = self.node_id;
-        let outcome = catch_unwind(AssertUnwindSafe(|| commit(db, node_id, ops)))
-            .unwrap_or_else(|p| Err(format!("redb failed ({})", panic_text(p.as_ref()))));
-        if outcome.is_err() {
-            // redb refuses every later transaction (`PreviousIo`) until
-            // the database is opened again.
-            if let Some(db) = self.db.take() {
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
-            }
-        }
-        outcome
+        self.db.with(|db| commit(db, node_id, ops))
     }
 }
 
@@ -462,7 +532,8 @@ fn writer(mut w: Writer, rx: mpsc::Receiver<Job>) {
         let outcome = if ops.is_empty() {
             Ok(())
         } else {
-            w.commit(ops).inspect_err(|e| tracing::error!(path = %w.path.display(), "persisting entries failed: {e}"))
+            w.commit(ops)
+                .inspect_err(|e| tracing::error!(path = %w.db.path().display(), "persisting entries failed: {e}"))
         };
         for ack in acks {
             ack(outcome.clone());
@@ -530,6 +601,28 @@ mod tests {
         let d = std::env::temp_dir().join(format!("rumor-persist-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn a_shared_database_closed_by_a_failure_is_opened_again_by_its_next_user() {
+        let dir = scratch("shared");
+        let (p, _) = open(&dir, 5, false).unwrap();
+        let db = p.database();
+        assert_eq!(db.with(|_| Err::<(), _>("disk full".to_string())), Err("disk full".into()));
+        assert!(db.db.read().unwrap().is_none(), "closed after the failure");
+        // A panic inside is caught and closes it too.
+        assert!(db.with(|_| -> Result<(), String> { panic!("redb panicked") }).is_err());
+        // The writer thread reopens it for the next entries.
+        let (tx, rx) = mpsc::channel();
+        p.submit(vec![Persist::Put(entry(1))], Some(Box::new(move |r| tx.send(r).unwrap())));
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        assert!(db.db.read().unwrap().is_some());
+        drop(db);
+        p.shutdown();
+        let (p, loaded) = open(&dir, 6, false).unwrap();
+        assert_eq!(loaded.entries, vec![entry(1)]);
+        p.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -694,6 +694,30 @@ impl Metainfo {
     pub fn layout(&self) -> FileLayout {
         FileLayout::new(self.piece_length, self.files.iter().map(|f| f.length).collect())
     }
+
+    /// Each piece's priority from each file's (`file_priorities[i]` for
+    /// `files[i]`: 0 = skip, 1 = normal, 2 = high; larger values count as
+    /// 2, files past the end of the list as 1): a piece takes the highest
+    /// priority of the files it overlaps, so a piece shared by a skipped
+    /// and a wanted file is wanted. BEP 47 padding files and empty files
+    /// count for nothing, so a piece holding only padding is 0. Feed the
+    /// result to [`super::torrent::Input::SetPiecePriorities`].
+    /// O(files + pieces).
+    pub fn piece_priorities(&self, file_priorities: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; self.pieces.len()];
+        for (i, f) in self.files.iter().enumerate() {
+            if f.padding || f.length == 0 {
+                continue;
+            }
+            let prio = file_priorities.get(i).copied().unwrap_or(1).min(2);
+            let first = (f.offset / self.piece_length) as usize;
+            let last = ((f.offset + f.length - 1) / self.piece_length) as usize;
+            for p in out.iter_mut().take(last + 1).skip(first) {
+                *p = (*p).max(prio);
+            }
+        }
+        out
+    }
 }
 
 /// Finds the exact bytes of the top-level `info` dictionary.

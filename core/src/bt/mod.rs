@@ -20,6 +20,7 @@
 //! | [`tracker`] | HTTP and UDP tracker requests and responses, client and server side |
 //! | [`announce`] | decide when and to which tracker to announce (BEP 12 tiers, BEP 15 UDP flow, backoff) |
 //! | [`torrent`] | run one torrent's swarm: the machine that ties the rest together |
+//! | [`resume`] | fast resume records (stored form, checksummed) and which pieces a restart may trust |
 //!
 //! Every machine here has the same shape: `handle(now, Input)`, then drain
 //! `poll_output()` until `Output::Timeout(at)` (which always comes); bytes
@@ -53,6 +54,7 @@ pub mod mse;
 pub mod peers;
 pub mod pex;
 pub mod picker;
+pub mod resume;
 pub mod torrent;
 pub mod tracker;
 pub mod wire;

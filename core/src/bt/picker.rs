@@ -12,6 +12,13 @@
 //! one piece across one boundary in O(1); peers with every piece are counted
 //! apart so a seed arriving costs O(1), not O(pieces).
 //!
+//! Priorities ([`Picker::set_priorities`], per piece: 0 = skip, 1 =
+//! normal, 2 = high): a skipped piece leaves the wanted pieces as a piece
+//! we have does, so no scan ever meets it and it is never requested;
+//! high pieces are picked (rarest first among them) before any normal
+//! piece is started. [`Picker::is_complete`] still means every piece,
+//! [`Picker::wanted_complete`] every piece not skipped.
+//!
 //! Inputs: [`Picker::peer_bitfield`], [`Picker::peer_have`],
 //! [`Picker::peer_have_all`], [`Picker::peer_left`],
 //! [`Picker::block_received`], [`Picker::request_failed`],
@@ -113,12 +120,24 @@ pub struct Picker {
     total_length: u64,
     piece_count: u32,
     have: Bitfield,
+    /// Pieces we lack and do not skip: exactly those in `order[..wanted]`.
+    wanted_bits: Bitfield,
+    /// Each piece's priority: 0 skip, 1 normal, 2 high.
+    priority: Vec<u8>,
+    /// Pieces of priority 2.
+    high: Bitfield,
+    /// High pieces still wanted (`high` and `wanted_bits`); when 0 the
+    /// high-priority pass costs nothing.
+    high_wanted: u32,
+    /// Bytes of the pieces not skipped, and of those verified.
+    wanted_bytes: u64,
+    wanted_done_bytes: u64,
     /// Non-seed peers having each piece.
     avail: Vec<u32>,
     /// Peers having every piece.
     seeds: u32,
     /// Wanted pieces sorted by availability in `order[..wanted]`; had
-    /// pieces after. `pos[p]` is `p`'s index in `order`.
+    /// and skipped pieces after. `pos[p]` is `p`'s index in `order`.
     order: Vec<u32>,
     pos: Vec<u32>,
     /// `bucket_end[a]` = end (exclusive) of the availability-`a` bucket.
@@ -148,6 +167,12 @@ impl Picker {
             total_length,
             piece_count: n,
             have: Bitfield::new(n),
+            wanted_bits: Bitfield::full(n),
+            priority: vec![1; n as usize],
+            high: Bitfield::new(n),
+            high_wanted: 0,
+            wanted_bytes: total_length,
+            wanted_done_bytes: 0,
             avail: vec![0; n as usize],
             seeds: 0,
             order: (0..n).collect(),
@@ -210,6 +235,28 @@ impl Picker {
         self.have.is_full()
     }
 
+    /// True once every piece not skipped (priority 0) is verified: what a
+    /// download with skipped files calls finished. Equal to
+    /// [`Picker::is_complete`] while nothing is skipped.
+    pub fn wanted_complete(&self) -> bool {
+        self.wanted() == 0
+    }
+
+    /// Piece `p`'s priority (0 skip, 1 normal, 2 high; 0 out of range).
+    pub fn priority(&self, p: u32) -> u8 {
+        self.priority.get(p as usize).copied().unwrap_or(0)
+    }
+
+    /// Bytes of the pieces not skipped.
+    pub fn wanted_bytes(&self) -> u64 {
+        self.wanted_bytes
+    }
+
+    /// Bytes of the pieces not skipped that are verified.
+    pub fn wanted_done_bytes(&self) -> u64 {
+        self.wanted_done_bytes
+    }
+
     /// Peers known to have piece `p` (seeds included).
     pub fn availability(&self, p: u32) -> u32 {
         self.avail.get(p as usize).map_or(0, |a| a + self.seeds)
@@ -217,14 +264,15 @@ impl Picker {
 
     /// True when every block of every missing piece is requested.
     pub fn in_endgame(&self) -> bool {
-        !self.is_complete() && self.wanted() as usize == self.partial.len() && self.partial_free == 0
+        !self.wanted_complete() && self.wanted() as usize == self.partial.len() && self.partial_free == 0
     }
 
-    /// True if `peer` has a piece we lack (we should be interested).
+    /// True if `peer` has a piece we want (lack and do not skip): we
+    /// should be interested.
     pub fn is_interesting(&self, peer: PeerKey) -> bool {
         match self.peers.get(&peer) {
             None => false,
-            Some(Peer { has: None, .. }) => !self.is_complete(),
+            Some(Peer { has: None, .. }) => !self.wanted_complete(),
             Some(Peer { useful, .. }) => *useful > 0,
         }
     }
@@ -268,7 +316,7 @@ impl Picker {
     fn inc(&mut self, p: u32) {
         let a = self.avail[p as usize] as usize;
         self.avail[p as usize] += 1;
-        if self.have.get(p) {
+        if !self.wanted_bits.get(p) {
             return;
         }
         if a + 1 == self.bucket_end.len() {
@@ -284,7 +332,7 @@ impl Picker {
         let a = self.avail[p as usize] as usize;
         assert!(a > 0, "availability underflow");
         self.avail[p as usize] -= 1;
-        if self.have.get(p) {
+        if !self.wanted_bits.get(p) {
             return;
         }
         let first = self.bucket_end[a - 1];
@@ -309,6 +357,105 @@ impl Picker {
         }
     }
 
+    /// Moves piece `p` from past the wanted region into it, into its
+    /// availability bucket: `unwant` backwards.
+    fn rewant(&mut self, p: u32) {
+        let w = self.wanted();
+        self.swap(self.pos[p as usize], w);
+        let a = self.avail[p as usize] as usize;
+        // Availability of pieces outside the region is counted but has no
+        // bucket yet if no wanted piece was that common.
+        while self.bucket_end.len() <= a {
+            self.bucket_end.push(w);
+        }
+        // `p` sits just past bucket `b`: grow `b` over it, then (above `a`)
+        // trade places with `b`'s first piece, which puts `p` just past
+        // bucket `b - 1`.
+        for b in (a..self.bucket_end.len()).rev() {
+            self.bucket_end[b] += 1;
+            if b > a {
+                let first = self.bucket_end[b - 1];
+                self.swap(self.pos[p as usize], first);
+            }
+        }
+    }
+
+    /// Sets every piece's priority from `priorities` (one per piece: 0
+    /// skip, 1 normal, 2 high; larger values count as 2, missing ones as
+    /// 1, extra ones are ignored). A skipped piece in progress is dropped:
+    /// its requests are returned as `(peer, block)` so the caller can
+    /// cancel them, and blocks that still arrive are
+    /// [`Received::Unrequested`]. Pieces we have stay had whatever their
+    /// priority. O(pieces + peers x pieces / 64).
+    pub fn set_priorities(&mut self, priorities: &[u8]) -> Vec<(PeerKey, BlockRef)> {
+        let mut withdrawn = Vec::new();
+        let mut moved = false;
+        for p in 0..self.piece_count {
+            let new = priorities.get(p as usize).copied().unwrap_or(1).min(2);
+            let old = self.priority[p as usize];
+            if new == old {
+                continue;
+            }
+            self.priority[p as usize] = new;
+            if new == 2 {
+                self.high.set(p);
+            } else {
+                self.high.clear(p);
+            }
+            let size = self.piece_size(p);
+            let had = self.have.get(p);
+            if old == 0 {
+                self.wanted_bytes += size;
+                self.wanted_done_bytes += if had { size } else { 0 };
+                if !had {
+                    self.rewant(p);
+                    self.wanted_bits.set(p);
+                    moved = true;
+                }
+            } else if new == 0 {
+                self.wanted_bytes -= size;
+                self.wanted_done_bytes -= if had { size } else { 0 };
+                if !had {
+                    self.drop_partial(p, &mut withdrawn);
+                    self.unwant(p);
+                    self.wanted_bits.clear(p);
+                    moved = true;
+                }
+            }
+        }
+        self.high_wanted =
+            self.high.words().iter().zip(self.wanted_bits.words()).map(|(h, w)| (h & w).count_ones()).sum();
+        if moved {
+            let wanted = self.wanted_bits.words();
+            for e in self.peers.values_mut() {
+                if let Some(b) = &e.has {
+                    e.useful = b.words().iter().zip(wanted).map(|(h, w)| (h & w).count_ones()).sum();
+                }
+            }
+        }
+        withdrawn
+    }
+
+    /// Forgets partial piece `p` (no longer wanted), listing the requests
+    /// in flight for it.
+    fn drop_partial(&mut self, p: u32, withdrawn: &mut Vec<(PeerKey, BlockRef)>) {
+        self.partial_bits.clear(p);
+        let Some(part) = self.partial.remove(&p) else {
+            return;
+        };
+        self.partial_free -= part.free as u64;
+        for (bi, st) in part.blocks.iter().enumerate() {
+            if let Block::Requested(by) = st {
+                for &peer in by {
+                    if let Some(e) = self.peers.get_mut(&peer) {
+                        e.outstanding.remove(&(p, bi as u32));
+                    }
+                    withdrawn.push((peer, self.block_ref(p, bi as u32)));
+                }
+            }
+        }
+    }
+
     /// Records `peer`'s bitfield (replacing what we knew of it).
     pub fn peer_bitfield(&mut self, peer: PeerKey, has: &Bitfield) {
         assert_eq!(has.len(), self.piece_count, "bitfield of the wrong length");
@@ -320,7 +467,7 @@ impl Picker {
         let mut useful = 0;
         for p in has.iter_ones() {
             self.inc(p);
-            useful += !self.have.get(p) as u32;
+            useful += self.wanted_bits.get(p) as u32;
         }
         let e = self.peer_entry(peer);
         e.has = Some(has.clone());
@@ -332,7 +479,7 @@ impl Picker {
         if p >= self.piece_count {
             return;
         }
-        let lacking = !self.have.get(p);
+        let lacking = self.wanted_bits.get(p);
         let e = self.peer_entry(peer);
         let newly = match &mut e.has {
             None => false,
@@ -439,7 +586,7 @@ impl Picker {
     /// drops below [`request_queue_depth`].
     pub fn pick(&mut self, peer: PeerKey, max_blocks: usize) -> Vec<BlockRef> {
         let mut out = Vec::new();
-        if max_blocks == 0 || self.is_complete() {
+        if max_blocks == 0 || self.wanted_complete() {
             return out;
         }
         let Some(pe) = self.peers.get(&peer) else {
@@ -462,7 +609,14 @@ impl Picker {
             self.take_free(peer, p, want, &mut out);
         }
 
-        // 2. Random pieces first.
+        // 2. High-priority pieces before any normal one, rarest first.
+        if self.high_wanted > 0 && out.len() < max_blocks {
+            let has = self.peers.get_mut(&peer).expect("known").has.take();
+            self.pick_high(peer, has.as_ref(), max_blocks, &mut out);
+            self.peers.get_mut(&peer).expect("known").has = has;
+        }
+
+        // 3. Random pieces first.
         if self.have.count() < self.config.random_first_pieces {
             let mut probes = 0;
             while out.len() < max_blocks && probes < self.config.random_probes_max {
@@ -482,7 +636,7 @@ impl Picker {
             }
         }
 
-        // 3. Rarest first, random among equals. A peer lacking the rarest
+        // 4. Rarest first, random among equals. A peer lacking the rarest
         // pieces could make this scan every wanted piece, so for non-seeds
         // it has a budget of what a pass over the peer's own bitfield would
         // cost; past it, that pass picks instead (see `pick_by_bitfield`).
@@ -526,7 +680,7 @@ impl Picker {
         }
         self.peers.get_mut(&peer).expect("known").has = has;
 
-        // 4. Endgame.
+        // 5. Endgame.
         if out.len() < max_blocks && self.in_endgame() {
             let pe = &self.peers[&peer];
             let mut dup = Vec::new();
@@ -562,9 +716,41 @@ impl Picker {
     fn pick_by_bitfield(&mut self, peer: PeerKey, has: &Bitfield, max_blocks: usize, out: &mut Vec<BlockRef>) {
         let k = max_blocks - out.len();
         let mut heap: BinaryHeap<(u32, u64, u32)> = BinaryHeap::with_capacity(k + 1);
-        let words = has.words().iter().zip(self.have.words()).zip(self.partial_bits.words());
-        for (wi, ((h, hv), pt)) in words.enumerate() {
-            let mut w = h & !hv & !pt;
+        let words = has.words().iter().zip(self.wanted_bits.words()).zip(self.partial_bits.words());
+        for (wi, ((h, wb), pt)) in words.enumerate() {
+            let mut w = h & wb & !pt;
+            while w != 0 {
+                let p = wi as u32 * 64 + w.trailing_zeros();
+                w &= w - 1;
+                let a = self.avail[p as usize];
+                if heap.len() == k && heap.peek().is_some_and(|top| a > top.0) {
+                    continue;
+                }
+                heap.push((a, self.rng.next_u64(), p));
+                if heap.len() > k {
+                    heap.pop();
+                }
+            }
+        }
+        for (_, _, p) in heap.into_sorted_vec() {
+            if out.len() >= max_blocks {
+                break;
+            }
+            self.start_partial(p, peer);
+            let want = max_blocks - out.len();
+            self.take_free(peer, p, want, out);
+        }
+    }
+
+    /// Starts the rarest high-priority pieces `peer` has (all of them
+    /// for a seed, `has` = `None`), random among equals: one pass over the
+    /// bitsets, O(pieces / 64 + high pieces), only while some are wanted.
+    fn pick_high(&mut self, peer: PeerKey, has: Option<&Bitfield>, max_blocks: usize, out: &mut Vec<BlockRef>) {
+        let k = max_blocks - out.len();
+        let mut heap: BinaryHeap<(u32, u64, u32)> = BinaryHeap::with_capacity(k + 1);
+        let words = self.high.words().iter().zip(self.wanted_bits.words()).zip(self.partial_bits.words());
+        for (wi, ((hi, wb), pt)) in words.enumerate() {
+            let mut w = hi & wb & !pt & has.map_or(u64::MAX, |h| h.words()[wi]);
             while w != 0 {
                 let p = wi as u32 * 64 + w.trailing_zeros();
                 w &= w - 1;
@@ -676,9 +862,18 @@ impl Picker {
                 }
             }
         }
-        self.unwant(p);
         self.have.set(p);
         self.parole.remove(&p);
+        if self.priority[p as usize] > 0 {
+            self.wanted_done_bytes += self.piece_size(p);
+        }
+        // A skipped piece may verify too (found on disk, or its hash was
+        // in flight when it was skipped); it is already out of the region.
+        if !self.wanted_bits.clear(p) {
+            return;
+        }
+        self.unwant(p);
+        self.high_wanted -= self.high.get(p) as u32;
         for e in self.peers.values_mut() {
             if e.has.as_ref().is_some_and(|b| b.get(p)) {
                 e.useful -= 1;
@@ -733,10 +928,25 @@ impl Picker {
     /// Checks the internal bookkeeping; for tests and fuzzing.
     pub fn check_invariants(&self) {
         let w = self.wanted() as usize;
-        assert_eq!(w as u32, self.piece_count - self.have.count(), "wanted count");
+        assert_eq!(w as u32, self.wanted_bits.count(), "wanted count");
+        for p in 0..self.piece_count {
+            let wanted = !self.have.get(p) && self.priority[p as usize] > 0;
+            assert_eq!(self.wanted_bits.get(p), wanted, "wanted bit");
+            assert_eq!(self.high.get(p), self.priority[p as usize] == 2, "high bit");
+        }
         for (i, &p) in self.order.iter().enumerate() {
             assert_eq!(self.pos[p as usize] as usize, i, "pos/order mismatch");
-            assert_eq!(i < w, !self.have.get(p), "had piece in wanted region");
+            assert_eq!(i < w, self.wanted_bits.get(p), "had or skipped piece in wanted region");
+        }
+        let high_wanted = self.high.iter_ones().filter(|p| self.wanted_bits.get(*p)).count() as u32;
+        assert_eq!(high_wanted, self.high_wanted, "high wanted count");
+        let size = |f: &dyn Fn(u32) -> bool| (0..self.piece_count).filter(|p| f(*p)).map(|p| self.piece_size(p)).sum();
+        let wanted_bytes: u64 = size(&|p| self.priority[p as usize] > 0);
+        let done_bytes: u64 = size(&|p| self.priority[p as usize] > 0 && self.have.get(p));
+        assert_eq!(wanted_bytes, self.wanted_bytes, "wanted bytes");
+        assert_eq!(done_bytes, self.wanted_done_bytes, "wanted bytes done");
+        for &p in self.partial.keys() {
+            assert!(self.wanted_bits.get(p), "a piece in progress is not wanted");
         }
         let mut start = 0usize;
         for (a, &end) in self.bucket_end.iter().enumerate() {
@@ -763,7 +973,7 @@ impl Picker {
         }
         for peer in self.peers.values() {
             if let Some(b) = &peer.has {
-                let useful = b.iter_ones().filter(|p| !self.have.get(*p)).count() as u32;
+                let useful = b.iter_ones().filter(|p| self.wanted_bits.get(*p)).count() as u32;
                 assert_eq!(peer.useful, useful, "useful count");
             }
         }

@@ -5,7 +5,8 @@
 //!
 //! * **Inputs** ([`Torrent::handle`]): a peer connected or disconnected,
 //!   bytes from a peer, the result of a block read, a failed block write,
-//!   the result of a piece hash check, and [`Input::Timeout`].
+//!   the result of a piece hash check, piece priorities
+//!   ([`Input::SetPiecePriorities`]) and [`Input::Timeout`].
 //! * **Outputs** ([`Torrent::poll_output`]), drained after every input
 //!   until it yields [`Output::Timeout`] (which always comes): bytes to
 //!   send, blocks to write, blocks to read, pieces to hash, peers to drop
@@ -13,6 +14,7 @@
 //!   peer banned, peers learned by PEX). Carry them out in order: a
 //!   piece's [`Output::HashPiece`] follows its [`Output::WriteBlock`]s.
 //! * **Getters**: [`Torrent::have`], [`Torrent::is_complete`],
+//!   [`Torrent::wanted_complete`],
 //!   [`Torrent::stats`], [`Torrent::peers`], [`Torrent::peer_count`].
 //!
 //! Besides the transfer itself it serves our `info` dictionary by BEP 9,
@@ -193,6 +195,14 @@ pub enum Input {
     /// [`DisconnectReason::GaveWay`], if one may be; otherwise nothing
     /// happens and the newcomer should be refused.
     MakeRoom,
+    /// Each piece's priority, one byte per piece: 0 = skip (never
+    /// requested), 1 = normal, 2 = high (started before any normal
+    /// piece); larger values count as 2, a short list is padded with 1.
+    /// Build it from file priorities with [`Metainfo::piece_priorities`].
+    /// Requests in flight for a newly skipped piece are cancelled; when
+    /// every wanted piece is then verified, [`Event::WantedComplete`]
+    /// follows. [`Torrent::is_complete`] keeps meaning every piece.
+    SetPiecePriorities(Vec<u8>),
 }
 
 /// What the machine reports.
@@ -209,6 +219,11 @@ pub enum Event {
     PieceVerified(u32),
     /// Every piece is verified.
     Completed,
+    /// Every piece not skipped (see [`Input::SetPiecePriorities`]) is
+    /// verified: the download is finished. Without skipped pieces it
+    /// comes just before [`Event::Completed`]; it comes again if more
+    /// pieces are wanted later and they complete.
+    WantedComplete,
     /// A piece failed its hash check; these peers sent its blocks.
     HashFailed {
         /// The piece.
@@ -357,6 +372,10 @@ pub struct TorrentStats {
     pub wasted: u64,
     /// Bytes of pieces we still lack.
     pub left: u64,
+    /// Bytes of the pieces not skipped (every piece's, by default).
+    pub wanted: u64,
+    /// Bytes of the pieces not skipped that are verified.
+    pub wanted_done: u64,
 }
 
 #[derive(Debug)]
@@ -431,6 +450,8 @@ pub struct Torrent {
     stats: TorrentStats,
     total_length: u64,
     completed_reported: bool,
+    /// [`Event::WantedComplete`] was sent and no piece became wanted since.
+    wanted_reported: bool,
 }
 
 impl From<PeerInput> for Input {
@@ -472,6 +493,7 @@ impl Torrent {
             stats: TorrentStats { left, ..TorrentStats::default() },
             total_length,
             completed_reported: have.is_full(),
+            wanted_reported: have.is_full(),
         }
     }
 
@@ -487,9 +509,21 @@ impl Torrent {
         self.picker.is_complete()
     }
 
+    /// True once every piece not skipped is verified (see
+    /// [`Input::SetPiecePriorities`]); the same as
+    /// [`Torrent::is_complete`] while nothing is skipped.
+    pub fn wanted_complete(&self) -> bool {
+        self.picker.wanted_complete()
+    }
+
+    /// Piece `p`'s priority (0 skip, 1 normal, 2 high).
+    pub fn piece_priority(&self, p: u32) -> u8 {
+        self.picker.priority(p)
+    }
+
     /// Transfer totals.
     pub fn stats(&self) -> TorrentStats {
-        self.stats
+        TorrentStats { wanted: self.picker.wanted_bytes(), wanted_done: self.picker.wanted_done_bytes(), ..self.stats }
     }
 
     /// Every live connection, in key order (for progress displays).
@@ -630,7 +664,36 @@ impl Torrent {
                     self.disconnect(peer, DisconnectReason::GaveWay);
                 }
             }
+            Input::SetPiecePriorities(priorities) => self.on_priorities(now, &priorities),
         }
+    }
+
+    fn on_priorities(&mut self, now: Instant, priorities: &[u8]) {
+        for (peer, r) in self.picker.set_priorities(priorities) {
+            if let Some(c) = self.conns.get_mut(&peer) {
+                if c.sent_requests.remove(&r).is_some() {
+                    self.send(now, peer, &Message::Cancel(r));
+                }
+            }
+        }
+        // Interest follows what we want: a peer with only skipped pieces
+        // is of no interest any more, one with newly wanted ones is.
+        let peers: Vec<PeerKey> = self.conns.iter().filter(|(_, c)| c.ready).map(|(k, _)| *k).collect();
+        for p in peers {
+            self.update_interest(now, p);
+        }
+        self.report_wanted_complete();
+        self.fill_all(now);
+    }
+
+    /// Sends [`Event::WantedComplete`] when every wanted piece is in, once
+    /// per time it becomes true.
+    fn report_wanted_complete(&mut self) {
+        let done = self.picker.wanted_complete();
+        if done && !self.wanted_reported {
+            self.out.push_back(Output::Event(Event::WantedComplete));
+        }
+        self.wanted_reported = done;
     }
 
     fn on_connected(&mut self, now: Instant, peer: PeerKey) {
@@ -1010,6 +1073,7 @@ impl Torrent {
                     self.update_interest(now, p);
                 }
             }
+            self.report_wanted_complete();
             if self.picker.is_complete() && !self.completed_reported {
                 self.completed_reported = true;
                 self.out.push_back(Output::Event(Event::Completed));
@@ -1097,7 +1161,8 @@ impl Torrent {
                 upload_rate: c.up_rate,
             })
             .collect();
-        let seeding = self.picker.is_complete();
+        // Finished (nothing more wanted) chokes as a seed does.
+        let seeding = self.picker.wanted_complete();
         let unchoke = self.choker.decide(now, seeding, &stats);
         for s in stats {
             let c = self.conns.get_mut(&s.key).expect("listed above");

@@ -117,6 +117,11 @@ pub struct Embedded {
     pub peers_used: Arc<AtomicUsize>,
     /// Where the loop publishes a snapshot, every housekeeping turn.
     pub snapshot: Arc<std::sync::Mutex<Option<Snapshot>>>,
+    /// Per piece: 0 skip, 1 normal, 2 high (from the files' priorities).
+    pub piece_priorities: Option<Vec<u8>>,
+    /// Fast resume: the pieces to trust and those to hash again, instead
+    /// of hashing every piece.
+    pub resume: Option<super::resume::ResumePlan>,
 }
 
 /// A torrent's state as the session shows it.
@@ -128,6 +133,8 @@ pub struct Snapshot {
     pub have: Bitfield,
     /// Connected peers that have every piece.
     pub seeds: usize,
+    /// Bytes of the pieces not skipped, and of those verified.
+    pub wanted: (u64, u64),
     /// Each connection: address, client (peer id prefix), rates, progress.
     pub peers: Vec<PeerView>,
 }
@@ -183,7 +190,7 @@ pub fn load_torrent(path: &std::path::Path) -> Result<Metainfo, String> {
 /// `meta` to the end, taking peers on `listener` (bound before anything
 /// else, so a fetch could announce its port).
 pub async fn download(
-    opts: Download,
+    mut opts: Download,
     meta: Metainfo,
     listener: Box<dyn TcpListener>,
     handover: Handover,
@@ -196,9 +203,13 @@ pub async fn download(
     let expected = meta.pieces.clone();
     let checker = storage.clone();
     let n = meta.piece_count();
-    let have = rt::spawn_blocking(move || checker.check(&expected, 2, &|_| {}))
-        .await
-        .map_err(|e| format!("checking failed: {e}"))?;
+    let plan = opts.embedded.as_mut().and_then(|e| e.resume.take());
+    let have = rt::spawn_blocking(move || match plan {
+        Some(plan) => super::resume::verify_plan(&plan, &checker, &expected, 2, &|_| {}),
+        None => checker.check(&expected, 2, &|_| {}),
+    })
+    .await
+    .map_err(|e| format!("checking failed: {e}"))?;
     eprintln!("{}: {} of {} pieces present", meta.name, have.count(), n);
     if opts.seed_command && have.count() == 0 {
         return Err(format!(
@@ -460,7 +471,7 @@ struct Session {
 
 impl Session {
     fn new(
-        opts: Download,
+        mut opts: Download,
         meta: Metainfo,
         have: Bitfield,
         storage: Arc<Storage>,
@@ -478,7 +489,10 @@ impl Session {
         config.request_timeout = rumor_core::time::Duration::from_secs(20);
         config.listen_port = Some(port);
         config.dht_port = dht.as_ref().map(|d| d.port);
-        let torrent = Torrent::new(config, &meta, &have, now, seed);
+        let mut torrent = Torrent::new(config, &meta, &have, now, seed);
+        if let Some(p) = opts.embedded.as_mut().and_then(|e| e.piece_priorities.take()) {
+            torrent.handle(now, Input::SetPiecePriorities(p));
+        }
         let left = torrent.stats().left;
         let announcer = Announcer::new(
             AnnounceConfig::new(peer_id, port),
@@ -495,7 +509,6 @@ impl Session {
         spawn_disk_threads(storage.clone(), disk_rx, events_tx, disk_pending.clone());
         let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
         let (control_tx, mut control_rx) = async_channel::bounded(16);
-        let mut opts = opts;
         let embedded = opts.embedded.take().map(|mut e| {
             control_rx = std::mem::replace(&mut e.commands, async_channel::bounded(1).1);
             e
@@ -585,6 +598,7 @@ impl Session {
         }
         // The given peers, and those a metadata fetch found, at once.
         self.dial_some();
+        self.publish();
         let mut next_housekeeping = std::time::Instant::now() + HOUSEKEEPING;
         let signals = rt::termination_signals();
         // In the node's session the node takes the signals and stops us.
@@ -952,6 +966,8 @@ impl Session {
                     self.peers.learn(p.addr, Source::Pex);
                 }
             }
+            // `get` and `seed` never skip pieces: `Completed` says it all.
+            Event::WantedComplete => {}
         }
     }
 
@@ -1036,6 +1052,7 @@ impl Session {
                 }
             }
             Command::Stop => self.begin_stop(),
+            Command::SetPiecePriorities(p) => self.feed(Input::SetPiecePriorities(p)),
         }
         self.publish();
     }
@@ -1062,6 +1079,7 @@ impl Session {
             status: self.status(),
             have: self.torrent.have().clone(),
             seeds: infos.iter().filter(|p| p.ready && p.seed).count(),
+            wanted: (self.torrent.stats().wanted, self.torrent.stats().wanted_done),
             peers,
         };
         *e.snapshot.lock().expect("no panic while held") = Some(snap);
@@ -1075,7 +1093,8 @@ impl Session {
             "stopping"
         } else if self.paused {
             "paused"
-        } else if self.torrent.is_complete() {
+        } else if self.torrent.wanted_complete() {
+            // Every piece, or every piece of the files not skipped.
             "seeding"
         } else {
             "downloading"

@@ -57,6 +57,8 @@ pub enum Command {
     /// Close every peer, announce `stopped` and end the download (the
     /// node's session removing or stopping a torrent).
     Stop,
+    /// Per piece: 0 skip, 1 normal, 2 high (the session's file selection).
+    SetPiecePriorities(Vec<u8>),
 }
 
 async fn status(State(tx): State<async_channel::Sender<Command>>) -> Result<Json<Status>, StatusCode> {

@@ -33,6 +33,7 @@ pub(crate) mod mse_stream;
 mod overlay_member;
 mod peer_conn;
 mod progress;
+pub mod resume;
 mod session;
 pub(crate) mod storage;
 mod trackers;

@@ -274,6 +274,48 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Hashes only `pieces` (those whose files are present), on `threads`
+    /// threads as [`Storage::check`] does; returns those that match
+    /// `expected`. Out-of-range pieces are skipped. `progress` is called
+    /// with each piece checked. For a restart that trusts the rest (see
+    /// `bt::resume`).
+    pub fn check_pieces(
+        &self,
+        pieces: &[u32],
+        expected: &[Sha1Hash],
+        threads: usize,
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Bitfield {
+        let n = self.layout.piece_count();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let found = std::sync::Mutex::new(Bitfield::new(n));
+        std::thread::scope(|sc| {
+            for _ in 0..threads.max(1).min(pieces.len().max(1)) {
+                sc.spawn(|| {
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&p) = pieces.get(i) else {
+                            break;
+                        };
+                        if p >= n || p as usize >= expected.len() {
+                            continue;
+                        }
+                        if self.piece_present(p)
+                            && self.hash_piece(p, &mut buf).is_ok_and(|h| h == expected[p as usize])
+                        {
+                            found.lock().expect("no panics while held").set(p);
+                        }
+                        progress(p);
+                    }
+                });
+            }
+        });
+        found.into_inner().expect("no panics while held")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

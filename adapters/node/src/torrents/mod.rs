@@ -37,6 +37,7 @@ use crate::bt::client::{self, Download, Embedded, Handover, Snapshot};
 use crate::bt::control::Command as TorrentCommand;
 use crate::bt::magnet::{self, MagnetSource};
 use crate::bt::mse_stream::Encryption;
+use crate::bt::resume::{self, FileStamp, ResumePlan, ResumeStore, TorrentRecord};
 use crate::bt::PeerArgs;
 use crate::clock::Clock;
 use crate::node::{Command as NodeCommand, NodeHandle};
@@ -70,14 +71,21 @@ pub const EVENT_CLIENTS_MAX: usize = 64;
 const TICK: Duration = Duration::from_secs(1);
 /// How often each torrent is announced to the node's own tracker.
 const OVERLAY_ANNOUNCE: Duration = Duration::from_secs(30);
+/// How often while it is downloading with no peer at all.
+const OVERLAY_ANNOUNCE_NO_PEERS: Duration = Duration::from_secs(5);
 /// How long a stopping torrent may take (its `stopped` announces).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Provider lists waiting for a torrent's task; past it one is dropped
 /// (the next announce brings them again).
 const FOUND_MAX: usize = 4;
+/// How often the records of torrents whose pieces changed are written.
+const RECORDS_EVERY: Duration = Duration::from_secs(5);
+/// Record batches waiting for the writer; when full a batch waits for the
+/// next turn (its torrents stay marked to write).
+const RECORD_BATCHES_MAX: usize = 8;
 
 /// The session's settings (`rumor node` flags).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// `--downloads`: every torrent's files live under it.
     pub dir: PathBuf,
@@ -93,6 +101,8 @@ pub struct Config {
     pub max_active: usize,
     /// The node's address as peers reach it (what it announces).
     pub advertise_ip: IpAddr,
+    /// Fast resume records in the node's database (none with --ephemeral).
+    pub store: Option<ResumeStore>,
 }
 
 /// How a torrent was given.
@@ -281,6 +291,7 @@ struct Run {
 /// What the node's own tracker said last about a torrent.
 #[derive(Clone, Debug, Default)]
 struct OverlayStatus {
+    next: Option<std::time::Instant>,
     last_announce_ms: Option<u64>,
     peers: usize,
     error: Option<String>,
@@ -306,6 +317,15 @@ struct Entry {
     overlay: OverlayStatus,
     /// The summary last sent to `/events`.
     last_event: Option<Value>,
+    /// Fast resume: the plan for the next start of its task.
+    plan: Option<ResumePlan>,
+    /// The pieces and stamps of its record, until its task has checked
+    /// (kept when a record is written before that).
+    saved: Option<(Vec<u8>, Vec<FileStamp>)>,
+    /// Verified pieces when its record was last written, and whether
+    /// something else changed since.
+    saved_count: u32,
+    dirty: bool,
 }
 
 impl Entry {
@@ -343,10 +363,10 @@ impl Entry {
 
     fn summary(&self) -> Value {
         let snap = self.snap();
-        let total = self.meta.as_ref().map_or(0, |m| m.total_length);
+        let total = snap.as_ref().map_or(self.meta.as_ref().map_or(0, |m| m.total_length), |s| s.wanted.0);
         let (done, down, up, downloaded, uploaded, peers, eta) = match &snap {
             Some(s) => (
-                s.status.bytes_done,
+                s.wanted.1,
                 s.status.download_rate,
                 s.status.upload_rate,
                 s.status.downloaded,
@@ -472,6 +492,58 @@ pub struct Session {
     /// Totals of torrents already removed, for the session's counters.
     removed_downloaded: u64,
     removed_uploaded: u64,
+    /// Batches of records for the writer task.
+    records: Option<async_channel::Sender<RecordJob>>,
+    next_records: std::time::Instant,
+}
+
+/// Work for the record writer, in order.
+enum RecordJob {
+    /// Stamp the files of those with verified pieces, then store all.
+    Put(Vec<PendingRecord>),
+    Remove(InfoHash),
+    /// Everything before is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A record to store; `stamp`: take the files' stamps now (its pieces
+/// are from a live snapshot), else they are in the record already.
+struct PendingRecord {
+    ih: InfoHash,
+    record: TorrentRecord,
+    stamp: Option<Arc<Metainfo>>,
+}
+
+/// The record writer: one task, so records are stored in the order made.
+async fn write_records(store: ResumeStore, dir: PathBuf, jobs: async_channel::Receiver<RecordJob>) {
+    while let Ok(job) = jobs.recv().await {
+        let (store, dir) = (store.clone(), dir.clone());
+        let done = rt::spawn_blocking(move || match job {
+            RecordJob::Put(mut batch) => {
+                for p in &mut batch {
+                    if let Some(meta) = &p.stamp {
+                        p.record.stamps = resume::stamp_files(&dir, meta);
+                    }
+                }
+                let all: Vec<([u8; 20], &TorrentRecord)> = batch.iter().map(|p| (p.ih.0, &p.record)).collect();
+                if let Err(e) = store.put_many(&all) {
+                    tracing::warn!("writing {} torrent records: {e}", all.len());
+                }
+                None
+            }
+            RecordJob::Remove(ih) => {
+                if let Err(e) = store.remove(ih.0) {
+                    tracing::warn!("forgetting the record of {ih}: {e}");
+                }
+                None
+            }
+            RecordJob::Flush(tx) => Some(tx),
+        })
+        .await;
+        if let Ok(Some(tx)) = done {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Starts the session: binds `--bt-port`, starts the listener, the watch
@@ -494,7 +566,15 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
         std::fs::create_dir_all(w).map_err(|e| format!("--watch {}: {e}", w.display()))?;
         rt::spawn(watch::run(w.clone(), handle.clone(), shutdown.clone()));
     }
-    let session = Session {
+    let records = config.store.clone().map(|store| {
+        let (tx, rx) = async_channel::bounded(RECORD_BATCHES_MAX);
+        rt::spawn(write_records(store, config.dir.clone(), rx));
+        tx
+    });
+    let restored = config.store.as_ref().map(|s| s.load_all()).unwrap_or_default();
+    let mut session = Session {
+        records,
+        next_records: std::time::Instant::now() + RECORDS_EVERY,
         down: limits::shared(config.download_limit),
         up: limits::shared(config.upload_limit),
         config,
@@ -515,6 +595,10 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
         removed_downloaded: 0,
         removed_uploaded: 0,
     };
+    for (ih, record) in restored {
+        session.restore(InfoHash(ih), record);
+    }
+    session.reschedule();
     rt::spawn(async move {
         session.run(rx).await;
         listen_task.abort();
@@ -526,21 +610,17 @@ enum Wake {
     Cmd(Option<Cmd>),
     Report(Report),
     Tick,
-    Announce,
 }
 
 impl Session {
     async fn run(mut self, rx: async_channel::Receiver<Cmd>) {
         use futures::FutureExt;
         let mut next_tick = std::time::Instant::now() + TICK;
-        let mut next_announce = std::time::Instant::now() + OVERLAY_ANNOUNCE;
         loop {
             let wake = futures::select_biased! {
                 r = self.reports_rx.recv().fuse() => match r { Ok(r) => Wake::Report(r), Err(_) => Wake::Tick },
                 c = rx.recv().fuse() => Wake::Cmd(c.ok()),
-                _ = rt::sleep_until(next_tick.min(next_announce)).fuse() => {
-                    if std::time::Instant::now() >= next_announce { Wake::Announce } else { Wake::Tick }
-                },
+                _ = rt::sleep_until(next_tick).fuse() => Wake::Tick,
             };
             match wake {
                 Wake::Cmd(None) => return self.stop_all().await,
@@ -552,13 +632,6 @@ impl Session {
                 Wake::Cmd(Some(c)) => self.command(c),
                 Wake::Report(r) => self.report(r),
                 Wake::Tick => {}
-                Wake::Announce => {
-                    next_announce = std::time::Instant::now() + OVERLAY_ANNOUNCE;
-                    let all: Vec<InfoHash> = self.torrents.keys().copied().collect();
-                    for ih in all {
-                        self.announce(ih, AnnounceEvent::None);
-                    }
-                }
             }
             if std::time::Instant::now() >= next_tick {
                 next_tick = std::time::Instant::now() + TICK;
@@ -684,6 +757,10 @@ impl Session {
             snapshot: Arc::default(),
             overlay: OverlayStatus::default(),
             last_event: None,
+            plan: None,
+            saved: None,
+            saved_count: 0,
+            dirty: true,
         };
         self.next_position += 1;
         tracing::info!("torrent {ih} ({}) added", entry.name);
@@ -691,8 +768,124 @@ impl Session {
         self.start_task(ih);
         self.reschedule();
         self.announce(ih, AnnounceEvent::Started);
+        self.save_records(false);
         let e = self.torrents.get(&ih).expect("inserted above");
         Ok(json!({ "infohash": ih.to_hex(), "name": e.name }))
+    }
+
+    /// Brings back a torrent from its record, in the state it had: its
+    /// pieces are trusted where its files are unchanged (see
+    /// [`resume::plan_resume`]); the rest is hashed again when it starts.
+    fn restore(&mut self, ih: InfoHash, r: TorrentRecord) {
+        let meta = r.torrent.as_deref().and_then(|b| match Metainfo::parse_with(b, &Limits::default()) {
+            Ok(m) if m.info_hash == ih => Some(Arc::new(m)),
+            _ => None,
+        });
+        let source = match (&meta, &r.torrent, &r.magnet) {
+            (Some(_), Some(bytes), None) => Given::Torrent(bytes.clone()),
+            (_, _, Some(m)) if m.starts_with("magnet:") => Given::Magnet(m.clone()),
+            _ => Given::InfoHash(ih.to_hex()),
+        };
+        let name = match (&meta, &source) {
+            (Some(m), _) => m.name.clone(),
+            (None, Given::Magnet(link)) => MagnetLink::parse(link).and_then(|l| l.name).unwrap_or_else(|| ih.to_hex()),
+            _ => ih.to_hex(),
+        };
+        let plan = meta.as_ref().map(|m| resume::plan_resume(&self.config.dir, m, &r));
+        if let Some(p) = &plan {
+            tracing::info!(
+                "torrent {ih} ({name}) restored: {} pieces trusted, {} to check again ({} files changed)",
+                p.trusted.count(),
+                p.recheck.len(),
+                p.changed_files.len()
+            );
+        }
+        let entry = Entry {
+            ih,
+            name,
+            meta,
+            source,
+            added_at_ms: r.added_at_ms,
+            queue_position: r.queue_position,
+            paused: r.paused,
+            queued: false,
+            error: None,
+            down: limits::shared(r.download_limit),
+            up: limits::shared(r.upload_limit),
+            file_priorities: r.file_priorities.clone(),
+            run: None,
+            snapshot: Arc::default(),
+            overlay: OverlayStatus::default(),
+            last_event: None,
+            plan,
+            saved: Some((r.have, r.stamps)),
+            saved_count: 0,
+            dirty: false,
+        };
+        self.next_position = self.next_position.max(r.queue_position + 1);
+        self.torrents.insert(ih, entry);
+        self.start_task(ih);
+    }
+
+    /// The record of `e` as it stands.
+    fn record_of(&self, e: &Entry) -> PendingRecord {
+        let rate = |b: &limits::Shared| b.lock().expect("no panic while held").rate();
+        let snap = e.snap();
+        let (have, stamps, stamp) = match (&snap, &e.saved, &e.meta) {
+            (Some(s), _, Some(m)) => (s.have.to_wire(), Vec::new(), Some(m.clone())),
+            (None, Some((have, stamps)), _) => (have.clone(), stamps.clone(), None),
+            _ => (Vec::new(), Vec::new(), None),
+        };
+        let torrent = match (&e.source, &e.meta) {
+            (Given::Torrent(b), _) => Some(b.clone()),
+            (_, Some(m)) => Some(m.to_torrent_bytes()),
+            _ => None,
+        };
+        let magnet = match &e.source {
+            Given::Torrent(_) => None,
+            Given::Magnet(m) | Given::InfoHash(m) => Some(m.clone()),
+        };
+        PendingRecord {
+            ih: e.ih,
+            record: TorrentRecord {
+                torrent,
+                magnet,
+                added_at_ms: e.added_at_ms,
+                paused: e.paused,
+                download_limit: rate(&e.down),
+                upload_limit: rate(&e.up),
+                file_priorities: e.file_priorities.clone(),
+                queue_position: e.queue_position,
+                have,
+                stamps,
+            },
+            stamp,
+        }
+    }
+
+    /// Writes the records of torrents that changed (all with `all`).
+    fn save_records(&mut self, all: bool) {
+        let Some(tx) = self.records.clone() else { return };
+        let mut batch = Vec::new();
+        let mut marks = Vec::new();
+        for e in self.torrents.values() {
+            let count = e.snap().map_or(e.saved_count, |s| s.have.count());
+            if all || e.dirty || count != e.saved_count {
+                batch.push(self.record_of(e));
+                marks.push((e.ih, count));
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if tx.try_send(RecordJob::Put(batch)).is_ok() {
+            for (ih, count) in marks {
+                if let Some(e) = self.torrents.get_mut(&ih) {
+                    e.dirty = false;
+                    e.saved_count = count;
+                }
+            }
+        }
     }
 
     /// The network options every torrent of the session runs with.
@@ -744,6 +937,11 @@ impl Session {
             budget: self.budget.clone(),
             peers_used,
             snapshot: e.snapshot.clone(),
+            piece_priorities: match &e.meta {
+                Some(m) if !e.file_priorities.is_empty() => Some(m.piece_priorities(&e.file_priorities)),
+                _ => None,
+            },
+            resume: e.plan.take(),
         };
         let what = match (&e.meta, &e.source) {
             (Some(m), _) => What::Meta(m.clone()),
@@ -766,6 +964,7 @@ impl Session {
                     tracing::info!("torrent {ih}: metadata fetched ({})", meta.name);
                     e.name = meta.name.clone();
                     e.meta = Some(Arc::new(*meta));
+                    e.dirty = true;
                     self.reschedule();
                 }
             }
@@ -826,6 +1025,7 @@ impl Session {
     fn act(&mut self, ih: InfoHash, a: Action) -> Result<Value, Refusal> {
         let e =
             self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
+        e.dirty = true;
         match a {
             Action::Pause => e.paused = true,
             Action::Resume => {
@@ -834,8 +1034,13 @@ impl Session {
                     // Stopped by an error: resuming tries again.
                     self.start_task(ih);
                 }
+                // Peers again at once: its connections were closed.
+                self.announce(ih, AnnounceEvent::None);
             }
             Action::Recheck => {
+                // Every piece hashed: nothing of the record is trusted.
+                e.plan = None;
+                e.saved = None;
                 if let Some(run) = e.run.take() {
                     stop_run(run);
                 }
@@ -864,7 +1069,11 @@ impl Session {
                 }
             }
             e.file_priorities = fp.clone();
+            if let (Some(m), Some(run)) = (&e.meta, &e.run) {
+                let _ = run.commands.try_send(TorrentCommand::SetPiecePriorities(m.piece_priorities(fp)));
+            }
         }
+        e.dirty = true;
         if let Some(l) = p.download_limit {
             e.down.lock().expect("no panic while held").set_rate(l);
         }
@@ -886,6 +1095,13 @@ impl Session {
             self.removed_uploaded += s.status.uploaded;
         }
         self.broadcast("torrent_removed", json!({ "infohash": ih.to_hex() }));
+        if let Some(tx) = &self.records {
+            // In order after any batch that still holds it.
+            let tx = tx.clone();
+            rt::spawn(async move {
+                let _ = tx.send(RecordJob::Remove(ih)).await;
+            });
+        }
         self.reschedule();
         let dir = self.config.dir.clone();
         let run = e.run.take();
@@ -988,6 +1204,16 @@ impl Session {
     /// Once a second: the queue, `/events`.
     async fn tick(&mut self) {
         self.reschedule();
+        if std::time::Instant::now() >= self.next_records {
+            self.next_records = std::time::Instant::now() + RECORDS_EVERY;
+            self.save_records(false);
+        }
+        let now = std::time::Instant::now();
+        let due: Vec<InfoHash> =
+            self.torrents.values().filter(|e| e.overlay.next.is_some_and(|t| now >= t)).map(|e| e.ih).collect();
+        for ih in due {
+            self.announce(ih, AnnounceEvent::None);
+        }
         if self.subscribers.is_empty() {
             return;
         }
@@ -1069,6 +1295,10 @@ impl Session {
             compact: true,
         };
         e.overlay.last_announce_ms = Some(self.clock.wall_ms());
+        // Soon again while it downloads with nobody to download from.
+        let lonely = e.snap().is_some_and(|s| s.status.peers_connected == 0 && s.status.state != "seeding");
+        let every = if lonely || e.meta.is_none() { OVERLAY_ANNOUNCE_NO_PEERS } else { OVERLAY_ANNOUNCE };
+        e.overlay.next = Some(std::time::Instant::now() + every);
         let node = self.node.clone();
         let from = self.config.advertise_ip;
         let found = run.found.clone();
@@ -1102,6 +1332,14 @@ impl Session {
             tasks.push(r.task);
         }
         let _ = rt::timeout(STOP_GRACE, futures::future::join_all(tasks)).await;
+        // The last snapshots, every torrent, then wait for the disk.
+        self.save_records(true);
+        if let Some(tx) = &self.records {
+            let (done, wait) = oneshot::channel();
+            if tx.send(RecordJob::Flush(done)).await.is_ok() {
+                let _ = rt::timeout(STOP_GRACE, wait).await;
+            }
+        }
     }
 }
 

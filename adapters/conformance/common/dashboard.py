@@ -16,7 +16,7 @@ Steps (each prints "ok: ..." when it passes; the first failure prints
            first write and takes the token), dig answers it; the TTL counts
            down; a record written through the API shows up by itself; an MX
            record too, then deleted from its row
-  torrents adds the magnet link, watches the progress bar reach 100%, pauses
+  torrents sets the session's limits, adds the magnet link, watches the progress bar reach 100%, pauses
            it, opens its details (skips a file, sets a limit), removes it
            (files kept); uploads the .torrent file paused, removes it
   refused  forgets the token; a write is refused on the page (#error shows
@@ -244,6 +244,16 @@ def check_torrents(p, a):
     wait("the torrent session", lambda: p.visible("torrent-form"), 10)
     if p.visible("torrents-none"):
         raise Failed("the page says %r" % p.by_id("torrents-none").text)
+    # The session's limits, through the form above the list.
+    wait("the session form filled from the node", lambda: p.by_id("session-max-active").get_attribute("value") != "", 10)
+    p.type_into("session-max-active", "4")
+    p.type_into("session-limit-up", "2048")
+    p.by_id("session-save").click()
+    wait("the session settings to apply",
+         lambda: (lambda s: s["max_active_downloads"] == 4 and s["upload_limit"] == 2048 * 1024)(api_get(p, "/session")), 10)
+    if p.error_text():
+        raise Failed("setting the session limits: %s" % p.error_text())
+    step("the session form set 4 downloads at once and a 2 MiB/s upload limit (PATCH /session)")
     p.type_into("torrent-link", a.magnet)
     p.by_id("torrent-submit").click()
     card = wait("the torrent's card", lambda: p.torrent_card(ih), 15)

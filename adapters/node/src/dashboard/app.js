@@ -27,6 +27,7 @@
     live: false,
     pollTimer: null,
     removing: null,
+    sessionFormDirty: false,
   };
 
   // ---- formatting ------------------------------------------------------
@@ -433,7 +434,35 @@
     $('session-count').textContent = count(s.torrents);
     $('session-active').textContent =
       `${count(s.active)} active of at most ${count(s.max_active_downloads)}, ${count(s.queued)} queued`;
+    // The form shows the node's settings until someone edits it.
+    if (!state.sessionFormDirty) fillSessionForm(s);
   }
+
+  const kibOrEmpty = (n) => (n ? String(Math.round(n / 1024)) : '');
+  function fillSessionForm(s) {
+    $('session-limit-down').value = kibOrEmpty(s.download_limit);
+    $('session-limit-up').value = kibOrEmpty(s.upload_limit);
+    $('session-max-active').value = s.max_active_downloads === undefined ? '' : String(s.max_active_downloads);
+  }
+  // KiB/s typed in a box: null (no limit) when empty or 0.
+  const kibLimit = (v) => (v.trim() === '' || Number(v) === 0 ? null : Math.round(Number(v) * 1024));
+
+  $('session-form').addEventListener('input', () => { state.sessionFormDirty = true; });
+  $('session-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const body = {
+      download_limit: kibLimit($('session-limit-down').value),
+      upload_limit: kibLimit($('session-limit-up').value),
+    };
+    const max = $('session-max-active').value.trim();
+    if (max !== '') body.max_active_downloads = Number(max);
+    const s = await write('Setting the session limits', 'PATCH', '/session', { json: body });
+    if (s) {
+      state.sessionFormDirty = false;
+      notice('Session limits set');
+      if (s.download_rate !== undefined) renderSession(s); else refreshSession();
+    }
+  });
 
   function torrentCard(ih) {
     const id = `torrent-${ih}`;
@@ -697,8 +726,7 @@
     ev.preventDefault();
     const ih = state.details;
     if (!ih) return;
-    const kib = (v) => (v.trim() === '' || Number(v) === 0 ? null : Math.round(Number(v) * 1024));
-    const body = { download_limit: kib($('limit-down').value), upload_limit: kib($('limit-up').value) };
+    const body = { download_limit: kibLimit($('limit-down').value), upload_limit: kibLimit($('limit-up').value) };
     const s = await write('Setting the limits', 'PATCH', `/torrents/${ih}`, { json: body });
     if (s) {
       notice('Limits set');

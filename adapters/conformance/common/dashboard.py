@@ -34,7 +34,7 @@ import urllib.request
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import WebDriverException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -67,6 +67,18 @@ def wait(what, check, limit=20.0, every=0.1):
         if time.time() > end:
             raise Failed("timed out after %.0f s waiting for %s%s" % (limit, what, " (%s)" % last if last else ""))
         time.sleep(every)
+
+
+def fresh(fn, limit=3.0):
+    """fn(), asked again while it reads an element the page has just replaced."""
+    end = time.time() + limit
+    while True:
+        try:
+            return fn()
+        except StaleElementReferenceException:
+            if time.time() > end:
+                raise
+            time.sleep(0.05)
 
 
 def dig(port, name, rtype="A"):
@@ -166,9 +178,10 @@ def check_page(p, a):
 
 def check_cluster(p):
     p.tab("cluster")
-    row = wait("this node in the members table",
-               lambda: [r for r in p.css('tr[data-testid="member"]') if "this node" in r.text], 10)[0]
-    state = row.find_element(By.CSS_SELECTOR, '[data-testid="member-state"]').text
+    wait("this node in the members table",
+         lambda: [r for r in p.css('tr[data-testid="member"]') if "this node" in r.text], 10)
+    state = fresh(lambda: [r for r in p.css('tr[data-testid="member"]') if "this node" in r.text][0]
+                  .find_element(By.CSS_SELECTOR, '[data-testid="member-state"]').text)
     if state != "alive":
         raise Failed("this node's state is %r, not alive" % state)
     wait("the members count", lambda: p.by_id("stat-alive").text.isdigit(), 10)
@@ -184,9 +197,10 @@ def check_records(p, a):
     p.type_into("token-input", a.token)
     p.by_id("token-save").click()
     wait("the token form to close", lambda: not p.visible("token-dialog"), 5)
-    row = wait("the new record's row", lambda: p.record_row(name, "A"), 10)
-    if "10.9.8.7" not in row.text:
-        raise Failed("the row shows %r" % row.text)
+    wait("the new record's row", lambda: p.record_row(name, "A"), 10)
+    text = fresh(lambda: p.record_row(name, "A").text)
+    if "10.9.8.7" not in text:
+        raise Failed("the row shows %r" % text)
     if p.error_text():
         raise Failed("an error shows after a good write: %s" % p.error_text())
     if p.by_id("token-status").text != "token set":
@@ -196,7 +210,7 @@ def check_records(p, a):
     step("dig @127.0.0.1 -p %d %s answers 10.9.8.7" % (a.dns_port, name))
 
     def ttl_seconds():
-        text = p.record_row(name, "A").find_element(By.CSS_SELECTOR, '[data-testid="record-ttl"]').text
+        text = fresh(lambda: p.record_row(name, "A").find_element(By.CSS_SELECTOR, '[data-testid="record-ttl"]').text)
         total = 0
         for part in text.split():
             total += int(part[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[part[-1]]
@@ -223,14 +237,14 @@ def check_records(p, a):
 
     mx = "10 mail.%s" % name
     p.add_record(name, "MX", 120, mx)
-    row = wait("the MX row", lambda: p.record_row(name, "MX"), 10)
+    wait("the MX row", lambda: p.record_row(name, "MX"), 10)
     if p.visible("token-dialog"):
         raise Failed("the token form opened again although a token is stored")
     answer = wait("dig MX", lambda: dig(a.dns_port, name, "MX"), 10)
     if answer[:2] != ["10", "mail.%s." % name]:
         raise Failed("dig MX says %r" % answer)
     step("an MX record added through the form is answered: %s" % " ".join(answer))
-    row.find_element(By.CSS_SELECTOR, '[data-testid="record-delete"]').click()
+    fresh(lambda: p.record_row(name, "MX").find_element(By.CSS_SELECTOR, '[data-testid="record-delete"]').click())
     wait("the MX row to go", lambda: p.record_row(name, "MX") is None, 10)
     wait("dig MX to be empty", lambda: dig(a.dns_port, name, "MX") == [], 10)
     if p.record_row(name, "A") is None:

@@ -212,13 +212,32 @@
     } catch (_) { /* the live badge says the node is away */ }
   }
 
+  // Puts `rows` (existing elements reused, new ones made) into `body` in
+  // order, removing the rest. Rows are kept, never rebuilt: a refresh every
+  // 2 s must not swallow a click on a row's button or reset its focus.
+  function placeRows(body, rows) {
+    rows.forEach((r, i) => { if (body.children[i] !== r) body.insertBefore(r, body.children[i] || null); });
+    while (body.children.length > rows.length) body.lastElementChild.remove();
+  }
+  const rowsByKey = (body) => new Map([...body.children].map((r) => [r.dataset.key, r]));
+
   function renderMembers(members) {
     state.members = members;
     const body = $('members-body');
-    body.replaceChildren(...members.map((m) => el('tr', { 'data-testid': 'member', 'data-id': m.id },
-      el('td', { className: 'data' }, m.id, m.me ? el('span', { className: 'muted', text: ' (this node)' }) : null),
-      el('td', { className: 'data', text: m.addr }),
-      el('td', { className: `state-${m.state}`, 'data-testid': 'member-state', text: m.state }))));
+    const old = rowsByKey(body);
+    placeRows(body, members.map((m) => {
+      let row = old.get(m.id);
+      if (!row) {
+        row = el('tr', { 'data-testid': 'member', 'data-id': m.id, 'data-key': m.id },
+          el('td', { className: 'data' }, m.id, m.me ? el('span', { className: 'muted', text: ' (this node)' }) : null),
+          el('td', { className: 'data' }),
+          el('td', { 'data-testid': 'member-state' }));
+      }
+      row.children[1].textContent = m.addr;
+      row.children[2].textContent = m.state;
+      row.children[2].className = `state-${m.state}`;
+      return row;
+    }));
   }
 
   async function refreshHealth() {
@@ -294,22 +313,36 @@
   const left = (rec) => Math.max(0, rec.ttl - Math.floor((performance.now() - state.recordsAt) / 1000));
 
   function renderRecords() {
+    const body = $('records-body');
+    const old = rowsByKey(body);
     const rows = [];
     for (const rec of state.records) {
       if (left(rec) <= 0) continue;
-      const del = el('button', {
-        type: 'button', className: 'secondary compact', 'data-testid': 'record-delete', text: 'Delete',
-        'aria-label': `Delete ${rec.name} ${rec.type}`,
-      });
-      del.addEventListener('click', () => deleteRecord(rec.name, rec.type));
-      rows.push(el('tr', { 'data-testid': 'record', 'data-name': rec.name, 'data-type': rec.type },
-        el('td', { className: 'name', text: rec.name }),
-        el('td', { text: rec.type }),
-        el('td', { className: 'num', 'data-testid': 'record-ttl', text: duration(left(rec)) }),
-        el('td', { className: 'data' }, ...rec.data.map((d, i) => (i ? [el('br'), d] : [d])).flat()),
-        el('td', {}, del)));
+      // Owner names hold no spaces: "name type" is a unique key.
+      const key = `${rec.name} ${rec.type}`;
+      let row = old.get(key);
+      if (!row) {
+        const del = el('button', {
+          type: 'button', className: 'secondary compact', 'data-testid': 'record-delete', text: 'Delete',
+          'aria-label': `Delete ${rec.name} ${rec.type}`,
+        });
+        del.addEventListener('click', () => deleteRecord(rec.name, rec.type));
+        row = el('tr', { 'data-testid': 'record', 'data-name': rec.name, 'data-type': rec.type, 'data-key': key },
+          el('td', { className: 'name', text: rec.name }),
+          el('td', { text: rec.type }),
+          el('td', { className: 'num', 'data-testid': 'record-ttl' }),
+          el('td', { className: 'data', 'data-testid': 'record-data' }),
+          el('td', {}, del));
+      }
+      row.children[2].textContent = duration(left(rec));
+      const data = rec.data.join('\n');
+      if (row.dataset.data !== data) {
+        row.dataset.data = data;
+        row.children[3].replaceChildren(...rec.data.map((d, i) => (i ? [el('br'), d] : [d])).flat());
+      }
+      rows.push(row);
     }
-    $('records-body').replaceChildren(...rows);
+    placeRows(body, rows);
     $('records-empty').hidden = rows.length > 0;
     $('records-count').textContent = rows.length ? `(${rows.length})` : '';
   }
@@ -531,9 +564,7 @@
       fillCard(c, t);
       return c;
     });
-    // Reorder without re-creating: a card keeps its focus and its buttons.
-    cards.forEach((c, i) => { if (list.children[i] !== c) list.insertBefore(c, list.children[i] || null); });
-    while (list.children.length > cards.length) list.lastElementChild.remove();
+    placeRows(list, cards);
     $('torrents-empty').hidden = cards.length > 0;
   }
 

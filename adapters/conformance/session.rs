@@ -461,3 +461,137 @@ fn after_a_restart_a_complete_torrent_is_back_at_once_and_a_changed_file_is_rech
     let log = std::fs::read_to_string(node.node.data.join(format!("node-{}.log", node.node.dns.port()))).unwrap();
     assert!(log.contains("0 pieces trusted, 32 to check again (1 files changed)"), "{log}");
 }
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_skipped_file_is_not_downloaded_and_the_torrent_counts_as_done_without_it() {
+    let s = Scratch::new("session-select");
+    let node = SessionNode::start(&s, &[]);
+    // Files in torrent order: alpha.bin (1.5 MB), sub/beta.bin (700 KB),
+    // sub/deeper/gamma.txt, zeta.bin; beta skipped.
+    let (data, torrent, ih) = tree(&s, &node, "picked", 909);
+    let lt = lt_seeder(&s, "picked", &torrent, &data, &node);
+    let body =
+        format!(r#"{{"torrent": "{}", "file_priorities": [1, 0, 1, 2]}}"#, base64(&std::fs::read(&torrent).unwrap()));
+    let (code, v) = node.write("POST", "/torrents", &body);
+    assert_eq!(code, 201, "{v}");
+    node.wait_complete(&ih, Duration::from_secs(60), &[&lt]);
+    let t = node.torrent(&ih);
+    let files = t["files"].as_array().unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["alpha.bin", "sub/beta.bin", "sub/deeper/gamma.txt", "zeta.bin"]);
+    assert_eq!(files.iter().map(|f| f["priority"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 0, 1, 2]);
+    // Only the pieces it shares with its neighbours: far from all of it.
+    let beta = &files[1];
+    assert!(beta["done"].as_u64().unwrap() < beta["size"].as_u64().unwrap() / 2, "{t}");
+    for i in [0, 2, 3] {
+        assert_eq!(files[i]["done"], files[i]["size"], "{t}");
+    }
+    assert!(t["size"].as_u64().unwrap() < 1_500_017 + 700_001 + 6 + 333_333, "size counts wanted bytes: {t}");
+    for f in ["alpha.bin", "sub/deeper/gamma.txt", "zeta.bin"] {
+        assert_eq!(std::fs::read(node.downloads.join("picked").join(f)).unwrap(), std::fs::read(data.join(f)).unwrap());
+    }
+    // Wanted again: the rest comes.
+    let (code, v) = node.write("PATCH", &format!("/torrents/{ih}"), r#"{"file_priorities": [1, 1, 1, 1]}"#);
+    assert_eq!(code, 200, "{v}");
+    assert!(eventually(Duration::from_secs(60), || {
+        let t = node.torrent(&ih);
+        t["state"] == "seeding" && t["files"][1]["done"] == t["files"][1]["size"]
+    }));
+    assert_same_tree(&data, &node.downloads.join("picked"));
+}
+
+#[test]
+fn the_global_upload_limit_holds_within_ten_percent() {
+    let s = Scratch::new("session-upload");
+    let limit = 3u64 << 20;
+    let node = SessionNode::start(&s, &["--max-upload-rate", "3M"]);
+    let len = 30usize << 20;
+    let (data, torrent, ih) = big_file(&s, &node, "up", 55, len, "262144");
+    // The data is already in the download directory: the session seeds it.
+    std::fs::create_dir_all(&node.downloads).unwrap();
+    std::fs::copy(&data, node.downloads.join("up")).unwrap();
+    node.add_bytes(&torrent);
+    assert!(eventually(Duration::from_secs(30), || node.torrent(&ih)["state"] == "seeding"));
+    let (mut leech, out) = lt_leech(&s.0, &torrent, node.bt_port);
+    // What the session lets out, from the first block sent to the last
+    // (the counter of its upload bucket, read every 20 ms).
+    let sent = || {
+        let m = ureq::get(&node.node.url("/metrics")).call().unwrap().into_string().unwrap();
+        let line = m.lines().find(|l| l.starts_with("rumor_session_wire_bytes_total{direction=\"up\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut first = None;
+    let last = loop {
+        let n = sent();
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= len as u64 {
+            break Instant::now();
+        }
+        assert!(Instant::now() < end, "sent {n} of {len}: {}", leech.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (t0, n0) = first.unwrap();
+    let rate = (len as u64 - n0) as f64 / (last - t0).as_secs_f64();
+    assert!(leech.wait_for(Duration::from_secs(30)).is_some_and(|st| st.success()), "{}", leech.log_text());
+    // And as the leecher saw it, its start-up included: never above.
+    let log = leech.log_text();
+    let done = log.lines().find_map(|l| l.strip_prefix("DONE ")).expect("libtorrent says DONE");
+    let secs: f64 = done.split(' ').nth(1).unwrap().parse().unwrap();
+    let seen = len as f64 / secs;
+    eprintln!(
+        "sent at {:.2} MiB/s, libtorrent leeched at {:.2} MiB/s, against an upload limit of 3 MiB/s",
+        rate / (1 << 20) as f64,
+        seen / (1 << 20) as f64
+    );
+    assert!((rate / limit as f64 - 1.0).abs() < 0.10, "sent at {rate:.0} B/s, limit {limit}");
+    assert!(seen < limit as f64 * 1.10, "leeched at {seen:.0} B/s, limit {limit}");
+    assert_eq!(std::fs::read(out.join("up")).unwrap(), std::fs::read(&data).unwrap());
+}
+
+#[test]
+fn an_encrypted_connection_is_routed_to_its_torrent_by_the_mse_skey() {
+    let s = Scratch::new("session-mse");
+    let node = SessionNode::start(&s, &[]);
+    // No tracker: the only way in is the seeder dialing the session's port,
+    // RC4 forced, so the listener must find the torrent from the SKEY hash
+    // among the session's torrents (two decoys beside it).
+    let mut hashes = Vec::new();
+    for (name, seed) in [("decoy1", 1u64), ("secret", 2), ("decoy2", 3)] {
+        let src = s.0.join(format!("src-{name}"));
+        let data = make_tree(&src, name, 1000 + seed);
+        let torrent = s.0.join(format!("{name}.torrent"));
+        let ih = rumor_create(&data, &torrent, &["--piece-size", "65536"]);
+        node.add_bytes(&torrent);
+        hashes.push((name, data, torrent, ih));
+    }
+    let (_, data, torrent, ih) = &hashes[1];
+    let mut c = std::process::Command::new(PYTHON);
+    c.arg(lt_script()).arg("seed").arg(torrent).arg(data.parent().unwrap()).arg(common::free_port().to_string());
+    c.args(["--peer", &node.peer(), "--enc", "forced", "--timeout", "90"]);
+    let lt = Proc::spawn("libtorrent seed (RC4 forced)", c, &s.0.join("lt-secret.log"));
+    node.wait_complete(ih, Duration::from_secs(60), &[&lt]);
+    assert_same_tree(data, &node.downloads.join("secret"));
+    for (_, _, _, other) in [&hashes[0], &hashes[2]] {
+        assert_eq!(node.torrent(other)["done"], 0, "a decoy got bytes");
+    }
+}

@@ -967,7 +967,8 @@ impl Session {
                 }
             }
             // `get` and `seed` never skip pieces: `Completed` says it all.
-            Event::WantedComplete => {}
+            // The node's session takes the next queued torrent at once.
+            Event::WantedComplete => self.publish(),
         }
     }
 

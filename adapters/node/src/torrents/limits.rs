@@ -36,6 +36,7 @@ impl Bucket {
     pub fn new(rate: Option<u64>) -> Bucket {
         let mut b = Bucket { rate: None, tokens: 0.0, at: Instant::now(), taken: 0 };
         b.set_rate(rate);
+        b.tokens = b.rate.map_or(0.0, Self::burst);
         b
     }
 

@@ -67,8 +67,11 @@ const COMMANDS_MAX: usize = 64;
 pub const EVENTS_QUEUE_MAX: usize = 256;
 /// `/events` clients at once.
 pub const EVENT_CLIENTS_MAX: usize = 64;
-/// How often the session looks at its torrents (queue, events).
+/// How often the session looks at its torrents (events, records).
 const TICK: Duration = Duration::from_secs(1);
+/// How often it applies the active-download cap: a finished download's
+/// slot goes to the next queued torrent within this.
+const QUEUE_TICK: Duration = Duration::from_millis(100);
 /// How often each torrent is announced to the node's own tracker.
 const OVERLAY_ANNOUNCE: Duration = Duration::from_secs(30);
 /// How often while it is downloading with no peer at all.
@@ -333,8 +336,9 @@ impl Entry {
         self.snapshot.lock().expect("no panic while held").clone()
     }
 
+    /// Read in place (the queue looks ten times a second: no copy).
     fn seeding(&self) -> bool {
-        self.snap().is_some_and(|s| s.status.state == "seeding")
+        self.snapshot.lock().expect("no panic while held").as_ref().is_some_and(|s| s.status.state == "seeding")
     }
 
     /// Counts against the active-download cap (or would, if not queued).
@@ -343,18 +347,21 @@ impl Entry {
     }
 
     fn state(&self) -> &'static str {
-        let snap = self.snap();
+        let (has_snap, seeding) = {
+            let snap = self.snapshot.lock().expect("no panic while held");
+            (snap.is_some(), snap.as_ref().is_some_and(|s| s.status.state == "seeding"))
+        };
         if self.error.is_some() {
             "error"
         } else if self.meta.is_none() {
             "metadata"
         } else if self.paused {
             "paused"
-        } else if snap.as_ref().is_some_and(|s| s.status.state == "seeding") {
+        } else if seeding {
             "seeding"
         } else if self.queued {
             "queued"
-        } else if snap.is_none() {
+        } else if !has_snap {
             "checking"
         } else {
             "downloading"
@@ -620,7 +627,7 @@ impl Session {
             let wake = futures::select_biased! {
                 r = self.reports_rx.recv().fuse() => match r { Ok(r) => Wake::Report(r), Err(_) => Wake::Tick },
                 c = rx.recv().fuse() => Wake::Cmd(c.ok()),
-                _ = rt::sleep_until(next_tick).fuse() => Wake::Tick,
+                _ = rt::sleep(QUEUE_TICK).fuse() => Wake::Tick,
             };
             match wake {
                 Wake::Cmd(None) => return self.stop_all().await,
@@ -631,7 +638,7 @@ impl Session {
                 }
                 Wake::Cmd(Some(c)) => self.command(c),
                 Wake::Report(r) => self.report(r),
-                Wake::Tick => {}
+                Wake::Tick => self.reschedule(),
             }
             if std::time::Instant::now() >= next_tick {
                 next_tick = std::time::Instant::now() + TICK;
@@ -970,7 +977,7 @@ impl Session {
             }
             Report::Ended(ih, generation, result) => {
                 let Some(e) = self.torrents.get_mut(&ih) else { return };
-                if !e.run.as_ref().is_some_and(|r| r.generation == generation) {
+                if e.run.as_ref().is_none_or(|r| r.generation != generation) {
                     return;
                 }
                 e.run = None;
@@ -1167,12 +1174,15 @@ impl Session {
         head("pieces_done", "gauge", "Verified pieces.");
         head("pieces", "gauge", "Pieces of the torrent.");
         let mut lines = String::new();
+        let (mut all_down, mut all_up) = (self.removed_downloaded, self.removed_uploaded);
         for e in self.torrents.values() {
             let label = format!("infohash=\"{}\"", e.ih.to_hex());
             let snap = e.snap();
             let (d, u, p, have) = snap.as_ref().map_or((0, 0, 0, 0), |s| {
                 (s.status.downloaded, s.status.uploaded, s.status.peers_connected, s.have.count())
             });
+            all_down += d;
+            all_up += u;
             lines.push_str(&format!("rumor_torrent_downloaded_bytes_total{{{label}}} {d}\n"));
             lines.push_str(&format!("rumor_torrent_uploaded_bytes_total{{{label}}} {u}\n"));
             lines.push_str(&format!("rumor_torrent_peers{{{label}}} {p}\n"));
@@ -1191,6 +1201,12 @@ impl Session {
              # HELP rumor_session_wire_bytes_total Bytes through the session's rate limits.\n# TYPE rumor_session_wire_bytes_total counter\n\
              rumor_session_wire_bytes_total{{direction=\"down\"}} {}\nrumor_session_wire_bytes_total{{direction=\"up\"}} {}\n",
             body["torrents"], body["active"], body["queued"], body["peers"], taken(&self.down), taken(&self.up)
+        ));
+        out.push_str(&format!(
+            "# HELP rumor_session_payload_bytes_total Payload bytes of every torrent, removed ones included.\n\
+             # TYPE rumor_session_payload_bytes_total counter\n\
+             rumor_session_payload_bytes_total{{direction=\"down\"}} {all_down}\n\
+             rumor_session_payload_bytes_total{{direction=\"up\"}} {all_up}\n"
         ));
         out
     }

@@ -76,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/providers/{infohash}", get(providers))
         .with_state(state)
         .merge(torrents)
+        .merge(crate::dashboard::router())
         .fallback(no_such_path)
         .method_not_allowed_fallback(no_such_method)
         .layer(DefaultBodyLimit::max(crate::http::BODY_MAX_BYTES))

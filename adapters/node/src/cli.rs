@@ -1,7 +1,7 @@
 //! The command line shared by every adapter's binary: `node`, `dns`,
 //! `create`, `get`, `seed`.
 
-use crate::{api, bt, clock, dns_cli, dns_udp, gossip_net, node, persist, rt};
+use crate::{api, bt, clock, dns_cli, dns_udp, gossip_net, node, persist, rt, torrent_cli};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use rumor_core::dns::{Authority, AuthorityConfig, Name, Zone};
 use std::net::SocketAddr;
@@ -28,6 +28,9 @@ enum Cmd {
     Get(bt::GetArgs),
     /// Seed data that is already on disk.
     Seed(bt::SeedArgs),
+    /// Add, list, pause, resume and remove the torrents of a node's session.
+    #[command(subcommand)]
+    Torrent(torrent_cli::TorrentCmd),
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +199,7 @@ pub fn main(program: &'static str, runtime: Box<dyn rt::Runtime>) -> ExitCode {
             }
         },
         Cmd::Seed(args) => bt::seed(args),
+        Cmd::Torrent(cmd) => torrent_cli::run(cmd),
     }
 }
 

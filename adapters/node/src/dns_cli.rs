@@ -14,12 +14,12 @@ use std::time::Duration;
 pub struct ApiArgs {
     /// The node's API address.
     #[arg(long, env = "RUMOR_API", default_value = "127.0.0.1:6969")]
-    api: String,
+    pub(crate) api: String,
     /// Bearer token, if the node needs one.
     // `--token` was this flag's name before it matched the other commands';
     // it keeps working, unlisted.
     #[arg(long, alias = "token", env = "RUMOR_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    pub(crate) api_token: Option<String>,
 }
 
 /// What a refusal from the API's address most likely means.
@@ -101,12 +101,12 @@ pub fn run(cmd: DnsCmd) -> ExitCode {
     }
 }
 
-fn url(api: &ApiArgs, path: &str) -> String {
+pub(crate) fn url(api: &ApiArgs, path: &str) -> String {
     let base = if api.api.starts_with("http") { api.api.clone() } else { format!("http://{}", api.api) };
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
 }
 
@@ -116,7 +116,7 @@ fn shown(api: &ApiArgs) -> &str {
     a.strip_prefix("http://").or_else(|| a.strip_prefix("https://")).unwrap_or(a)
 }
 
-fn explain(api: &ApiArgs, e: ureq::Error) -> String {
+pub(crate) fn explain(api: &ApiArgs, e: ureq::Error) -> String {
     match e {
         ureq::Error::Status(code, resp) => {
             let body: Value = resp.into_json().unwrap_or(Value::Null);

@@ -12,6 +12,7 @@ mod api;
 mod bt;
 mod cli;
 mod clock;
+mod dashboard;
 /// A wrapper over the core's member machine, for the overlay client only.
 mod dns_cli;
 mod dns_udp;
@@ -23,6 +24,7 @@ mod node;
 mod persist;
 mod records;
 pub mod rt;
+mod torrent_cli;
 mod torrents;
 
 pub(crate) use cli::keyring;

@@ -59,6 +59,8 @@ pub fn router(state: ApiState) -> Router {
     let torrents = crate::torrents::api::router(crate::torrents::api::TorrentApi {
         session: state.torrents.clone(),
         token: state.token.clone(),
+        node: state.node.clone(),
+        node_only_clients: Default::default(),
     });
     Router::new()
         .route("/add", post(add))

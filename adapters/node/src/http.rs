@@ -42,6 +42,9 @@ pub const CONNECTIONS_MAX: usize = 1024;
 /// Largest request body by default: a full `/add` batch (10,000 records,
 /// about 650 KB) fits.
 pub const BODY_MAX_BYTES: usize = 1 << 20;
+/// Largest body of `POST /torrents` (a .torrent file): the metainfo
+/// parser's own limit, since a torrent of many small pieces is over 1 MiB.
+pub const TORRENT_BODY_MAX_BYTES: usize = 16 << 20;
 /// Bytes of request bodies held at once across all connections by default
 /// (64 full-size bodies).
 pub const BODIES_IN_FLIGHT_MAX_BYTES: usize = 64 * BODY_MAX_BYTES;
@@ -66,6 +69,9 @@ pub struct Limits {
     pub connections_max: usize,
     /// Largest request body; a larger one is refused with 413.
     pub body_max_bytes: usize,
+    /// Largest body of `POST /torrents` (the only request that carries a
+    /// file); still inside the shared budget.
+    pub torrent_body_max_bytes: usize,
     /// Bytes of request bodies received and not yet handled (the
     /// capacity of the buffers holding them), across all connections; a
     /// body that would go past it is refused with 503.
@@ -85,6 +91,7 @@ impl Default for Limits {
         Limits {
             connections_max: CONNECTIONS_MAX,
             body_max_bytes: BODY_MAX_BYTES,
+            torrent_body_max_bytes: TORRENT_BODY_MAX_BYTES,
             bodies_in_flight_max_bytes: BODIES_IN_FLIGHT_MAX_BYTES,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
@@ -331,18 +338,20 @@ impl BodyRefused {
 }
 
 /// Reads a request's whole body into one buffer: refused at once if its
-/// declared length is over `limits.body_max_bytes`, or once more than that
+/// declared length is over `limits.body_max_bytes` (for a `torrent_upload`,
+/// `limits.torrent_body_max_bytes`), or once more than that
 /// arrives, or once the bodies held across connections would go past
 /// `budget`, or when `limits.body_timeout` passes first. What it holds of
 /// the budget is given back when the returned [`Reserved`] is dropped.
 async fn read_body<'a>(
     headers: &axum::http::HeaderMap,
+    torrent_upload: bool,
     mut body: hyper::body::Incoming,
     limits: Limits,
     budget: &'a Budget,
 ) -> Result<(bytes::Bytes, Reserved<'a>), BodyRefused> {
     let mut reserved = Reserved { budget, bytes: 0 };
-    let max = limits.body_max_bytes;
+    let max = if torrent_upload { limits.torrent_body_max_bytes } else { limits.body_max_bytes };
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -417,7 +426,9 @@ async fn serve_connection(
         async move {
             let (parts, body) = req.into_parts();
             // Held until the handler is done with the body.
-            let (body, _reserved) = match read_body(&parts.headers, body, limits, &server.bodies).await {
+            let torrent_upload = parts.method == hyper::Method::POST && parts.uri.path() == "/torrents";
+            let (body, _reserved) = match read_body(&parts.headers, torrent_upload, body, limits, &server.bodies).await
+            {
                 Ok(b) => b,
                 Err(refused) => {
                     slot.waiting();

@@ -29,6 +29,11 @@ pub struct TorrentApi {
     pub session: Option<SessionHandle>,
     /// The node's API token for writes.
     pub token: Option<Arc<str>>,
+    /// The node (for `/events` without a session: members and records).
+    pub node: crate::node::NodeHandle,
+    /// `/events` clients of a node without a session, at most
+    /// [`super::EVENT_CLIENTS_MAX`].
+    pub node_only_clients: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A refusal as JSON.
@@ -66,6 +71,9 @@ pub fn router(state: TorrentApi) -> Router {
         .route("/torrents/{infohash}/{action}", post(act))
         .route("/session", get(show_session).patch(patch_session))
         .route("/events", get(events))
+        // Inside the node's 1 MiB default: the server already bounded
+        // this body (`http::Limits::torrent_body_max_bytes`).
+        .layer(axum::extract::DefaultBodyLimit::max(crate::http::TORRENT_BODY_MAX_BYTES))
         .with_state(state)
 }
 
@@ -267,7 +275,7 @@ async fn patch_session(State(state): State<TorrentApi>, headers: HeaderMap, body
 /// `GET /events`: `event: NAME\ndata: JSON\n\n` as the session sends them,
 /// and a `: keepalive` comment every [`KEEPALIVE`].
 async fn events(State(state): State<TorrentApi>) -> Result<Response, Error> {
-    let s = session(&state)?;
+    let Some(s) = state.session.as_ref() else { return node_only_events(&state) };
     let rx = s
         .subscribe()
         .await
@@ -282,6 +290,60 @@ async fn events(State(state): State<TorrentApi>) -> Result<Response, Error> {
             _ = rt::sleep(KEEPALIVE).fuse() => ": keepalive\n\n".to_string(),
         };
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), rx))
+    });
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
+        .into_response())
+}
+
+/// `/events` of a node without a torrent session: the cluster's
+/// `members` and `records` events, polled once a second per client.
+fn node_only_events(state: &TorrentApi) -> Result<Response, Error> {
+    use std::sync::atomic::Ordering;
+    /// Gives the client's slot back when its stream ends.
+    struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let clients = state.node_only_clients.clone();
+    if clients.fetch_add(1, Ordering::Relaxed) >= super::EVENT_CLIENTS_MAX {
+        clients.fetch_sub(1, Ordering::Relaxed);
+        return Err(err(StatusCode::SERVICE_UNAVAILABLE, "too many /events clients; try again later"));
+    }
+    struct Client {
+        _slot: Slot,
+        node: crate::node::NodeHandle,
+        watch: super::NodeWatch,
+        pending: std::collections::VecDeque<String>,
+        quiet: Duration,
+    }
+    let client = Client {
+        _slot: Slot(clients),
+        node: state.node.clone(),
+        watch: super::NodeWatch::default(),
+        pending: Default::default(),
+        quiet: Duration::ZERO,
+    };
+    let stream = futures::stream::unfold(client, |mut c| async move {
+        loop {
+            if let Some(chunk) = c.pending.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), c));
+            }
+            for (name, data) in c.watch.poll(&c.node).await {
+                c.pending.push_back(format!("event: {name}\ndata: {data}\n\n"));
+            }
+            if c.pending.is_empty() {
+                rt::sleep(Duration::from_secs(1)).await;
+                c.quiet += Duration::from_secs(1);
+                if c.quiet >= KEEPALIVE {
+                    c.quiet = Duration::ZERO;
+                    c.pending.push_back(": keepalive\n\n".to_string());
+                }
+            } else {
+                c.quiet = Duration::ZERO;
+            }
+        }
     });
     Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
         .into_response())

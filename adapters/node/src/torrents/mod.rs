@@ -493,8 +493,8 @@ pub struct Session {
     reports_rx: async_channel::Receiver<Report>,
     subscribers: Vec<async_channel::Sender<(String, Value)>>,
     /// Node-wide observations for `/events`.
-    last_members: Option<Value>,
-    last_records: Option<u64>,
+    /// What `/events` last said of the cluster.
+    node_watch: NodeWatch,
     peer_id: [u8; 20],
     /// Totals of torrents already removed, for the session's counters.
     removed_downloaded: u64,
@@ -596,8 +596,7 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
         reports_tx,
         reports_rx,
         subscribers: Vec::new(),
-        last_members: None,
-        last_records: None,
+        node_watch: NodeWatch::default(),
         peer_id: crate::bt::entropy::peer_id(),
         removed_downloaded: 0,
         removed_uploaded: 0,
@@ -1252,33 +1251,10 @@ impl Session {
         self.node_events().await;
     }
 
-    /// `members` when a member's state changes, `records` when the
-    /// records do (by the node's count of live records and writes).
+    /// `members` and `records` events (see [`NodeWatch`]).
     async fn node_events(&mut self) {
-        let (tx, rx) = oneshot::channel();
-        if self.node.send(NodeCommand::Members { reply: tx }).await {
-            if let Ok(Ok(m)) = rt::timeout(Duration::from_millis(500), rx).await {
-                let v = json!({ "members": m });
-                if self.last_members.as_ref() != Some(&v) {
-                    self.last_members = Some(v.clone());
-                    self.broadcast("members", v);
-                }
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        if self.node.send(NodeCommand::List { name: None, reply: tx }).await {
-            if let Ok(Ok((sets, _))) = rt::timeout(Duration::from_millis(500), rx).await {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                for s in &sets {
-                    format!("{s:?}").hash(&mut h);
-                }
-                let sum = h.finish();
-                if self.last_records.is_some_and(|l| l != sum) {
-                    self.broadcast("records", json!({ "changed": true }));
-                }
-                self.last_records = Some(sum);
-            }
+        for (name, data) in self.node_watch.poll(&self.node).await {
+            self.broadcast(name, data);
         }
     }
 
@@ -1500,6 +1476,50 @@ fn delete_files(dir: &Path, meta: &Metainfo) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The cluster side of `/events`, shared by the session and by a node
+/// without one: `members` when a member's state changes, `records` when
+/// the live records do (by a hash of them, so only while a client
+/// listens).
+#[derive(Default)]
+pub(crate) struct NodeWatch {
+    last_members: Option<Value>,
+    last_records: Option<u64>,
+}
+
+impl NodeWatch {
+    /// Asks the node once and says what changed since the last call (the
+    /// first call reports the members, and records only from the second).
+    pub(crate) async fn poll(&mut self, node: &NodeHandle) -> Vec<(&'static str, Value)> {
+        let mut out = Vec::new();
+        let (tx, rx) = oneshot::channel();
+        if node.send(NodeCommand::Members { reply: tx }).await {
+            if let Ok(Ok(m)) = rt::timeout(Duration::from_millis(500), rx).await {
+                let v = json!({ "members": m });
+                if self.last_members.as_ref() != Some(&v) {
+                    self.last_members = Some(v.clone());
+                    out.push(("members", v));
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if node.send(NodeCommand::List { name: None, reply: tx }).await {
+            if let Ok(Ok((sets, _))) = rt::timeout(Duration::from_millis(500), rx).await {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for s in &sets {
+                    format!("{s:?}").hash(&mut h);
+                }
+                let sum = h.finish();
+                if self.last_records.is_some_and(|l| l != sum) {
+                    out.push(("records", json!({ "changed": true })));
+                }
+                self.last_records = Some(sum);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

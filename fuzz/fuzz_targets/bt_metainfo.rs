@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(m.info_hash, metainfo::InfoHash::of_info_bytes(&m.info_bytes));
         let layout = m.layout();
         assert_eq!(layout.piece_count() as usize, m.pieces.len());
+        let prio = m.piece_priorities(&data[..data.len().min(m.files.len())]);
+        assert_eq!(prio.len(), m.pieces.len());
+        assert!(prio.iter().all(|p| *p <= 2));
         // Whatever the names in the torrent, what reaches the disk is safe
         // and no two written files share a path (ignoring case).
         assert!(safe(&m.name), "{:?}", m.name);

@@ -545,14 +545,15 @@ fn connections_beyond_the_limit_are_refused() {
 }
 
 fn input() -> impl Strategy<Value = (u8, u64, Vec<u8>)> {
-    (0u8..9, 0u64..4, proptest::collection::vec(any::<u8>(), 0..64))
+    (0u8..10, 0u64..4, proptest::collection::vec(any::<u8>(), 0..64))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
     /// Random connects, handshakes, well-formed and garbage messages, read
-    /// and hash results, requests for room and time: never a panic, and
-    /// the bookkeeping holds.
+    /// and hash results, requests for room, piece priorities and time:
+    /// never a panic, and the bookkeeping holds (requests in flight are
+    /// all the picker's, so never for a skipped piece).
     #[test]
     fn any_input_sequence_keeps_the_machine_consistent(
         seeding in any::<bool>(),
@@ -589,6 +590,7 @@ proptest! {
                 5 => Input::PieceChecked { piece: x % 5, ok: x & 1 == 0 },
                 6 => Input::BlockRead { peer, block: r, data: vec![1; 16384].into() },
                 8 => Input::MakeRoom,
+                9 => Input::SetPiecePriorities(body.iter().map(|b| b % 3).collect()),
                 _ => {
                     now += Duration::from_secs(x as u64 % 70);
                     Input::Timeout

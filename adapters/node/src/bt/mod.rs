@@ -35,7 +35,7 @@ mod peer_conn;
 mod progress;
 pub mod resume;
 mod session;
-mod storage;
+pub(crate) mod storage;
 mod trackers;
 
 #[allow(unused_imports)]

@@ -1169,3 +1169,29 @@ fn skipping_every_piece_mid_download_cancels_the_requests_in_flight() {
     assert_eq!(s.nodes[seed].t.stats().uploaded, seed_sent, "the seed still serves a skipped download");
     assert!(s.events.contains(&(leech, Event::WantedComplete)));
 }
+
+#[test]
+fn high_priority_pieces_arrive_first() {
+    let data = content(16 * PL as usize);
+    let mut s = Sim::new(&data);
+    let seed = s.add(true, false, &data, 4);
+    let leech = s.add(false, false, &data, 4);
+    let mut prio = vec![1u8; 16];
+    prio[9] = 2;
+    prio[13] = 2;
+    s.nodes[leech].t.handle(s.now, Input::SetPiecePriorities(prio));
+    s.connect(seed, leech);
+    assert!(s.run(200_000, |s| s.nodes[1].t.is_complete()));
+    let verified: Vec<u32> = s
+        .events
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::PieceVerified(p) if *i == leech => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verified.len(), 16);
+    let mut first: Vec<u32> = verified[..2].to_vec();
+    first.sort();
+    assert_eq!(first, vec![9, 13], "{verified:?}");
+}

@@ -648,3 +648,32 @@ fn padding_files_do_not_make_a_piece_wanted() {
     assert_eq!(m.piece_priorities(&[0, 1, 1, 2]), vec![0, 1]);
     assert_eq!(m.piece_priorities(&[1, 0, 0, 0]), vec![1, 0]);
 }
+
+#[test]
+fn file_progress_counts_each_files_bytes_in_verified_pieces() {
+    // a 10, b 20000, c 30000, d 5 in 16 KiB pieces: piece 0 = a + b[..16374],
+    // piece 1 = b[16374..] + c[..12758], piece 2 = c, piece 3 = c + d.
+    let b = with_files(
+        vec![
+            entry(10, path(&[b"a"]), ""),
+            entry(20000, path(&[b"b"]), ""),
+            entry(30000, path(&[b"c"]), ""),
+            entry(5, path(&[b"d"]), ""),
+        ],
+        16384,
+    );
+    let m = Metainfo::parse(&b).unwrap();
+    let have = |ps: &[u32]| {
+        let mut h = rumor_core::bt::bitfield::Bitfield::new(4);
+        for p in ps {
+            h.set(*p);
+        }
+        h
+    };
+    assert_eq!(m.file_progress(&have(&[])), vec![0, 0, 0, 0]);
+    assert_eq!(m.file_progress(&have(&[0, 1, 2, 3])), vec![10, 20000, 30000, 5]);
+    assert_eq!(m.file_progress(&have(&[0])), vec![10, 16374, 0, 0]);
+    assert_eq!(m.file_progress(&have(&[1, 3])), vec![0, 3626, 12758 + (30000 - 12758 - 16384), 5]);
+    // A bitfield of the wrong length never panics.
+    assert_eq!(m.file_progress(&rumor_core::bt::bitfield::Bitfield::new(1)), vec![0, 0, 0, 0]);
+}

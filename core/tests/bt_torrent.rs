@@ -545,14 +545,15 @@ fn connections_beyond_the_limit_are_refused() {
 }
 
 fn input() -> impl Strategy<Value = (u8, u64, Vec<u8>)> {
-    (0u8..9, 0u64..4, proptest::collection::vec(any::<u8>(), 0..64))
+    (0u8..10, 0u64..4, proptest::collection::vec(any::<u8>(), 0..64))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
     /// Random connects, handshakes, well-formed and garbage messages, read
-    /// and hash results, requests for room and time: never a panic, and
-    /// the bookkeeping holds.
+    /// and hash results, requests for room, piece priorities and time:
+    /// never a panic, and the bookkeeping holds (requests in flight are
+    /// all the picker's, so never for a skipped piece).
     #[test]
     fn any_input_sequence_keeps_the_machine_consistent(
         seeding in any::<bool>(),
@@ -589,6 +590,7 @@ proptest! {
                 5 => Input::PieceChecked { piece: x % 5, ok: x & 1 == 0 },
                 6 => Input::BlockRead { peer, block: r, data: vec![1; 16384].into() },
                 8 => Input::MakeRoom,
+                9 => Input::SetPiecePriorities(body.iter().map(|b| b % 3).collect()),
                 _ => {
                     now += Duration::from_secs(x as u64 % 70);
                     Input::Timeout
@@ -1166,4 +1168,30 @@ fn skipping_every_piece_mid_download_cancels_the_requests_in_flight() {
     s.run(2_000, |_| false);
     assert_eq!(s.nodes[seed].t.stats().uploaded, seed_sent, "the seed still serves a skipped download");
     assert!(s.events.contains(&(leech, Event::WantedComplete)));
+}
+
+#[test]
+fn high_priority_pieces_arrive_first() {
+    let data = content(16 * PL as usize);
+    let mut s = Sim::new(&data);
+    let seed = s.add(true, false, &data, 4);
+    let leech = s.add(false, false, &data, 4);
+    let mut prio = vec![1u8; 16];
+    prio[9] = 2;
+    prio[13] = 2;
+    s.nodes[leech].t.handle(s.now, Input::SetPiecePriorities(prio));
+    s.connect(seed, leech);
+    assert!(s.run(200_000, |s| s.nodes[1].t.is_complete()));
+    let verified: Vec<u32> = s
+        .events
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::PieceVerified(p) if *i == leech => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verified.len(), 16);
+    let mut first: Vec<u32> = verified[..2].to_vec();
+    first.sort();
+    assert_eq!(first, vec![9, 13], "{verified:?}");
 }

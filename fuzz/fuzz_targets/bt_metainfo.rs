@@ -17,6 +17,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(m.info_hash, metainfo::InfoHash::of_info_bytes(&m.info_bytes));
         let layout = m.layout();
         assert_eq!(layout.piece_count() as usize, m.pieces.len());
+        let prio = m.piece_priorities(&data[..data.len().min(m.files.len())]);
+        assert_eq!(prio.len(), m.pieces.len());
+        assert!(prio.iter().all(|p| *p <= 2));
+        let full = rumor_core::bt::bitfield::Bitfield::full(m.pieces.len() as u32);
+        let lengths: Vec<u64> = m.files.iter().map(|f| f.length).collect();
+        assert_eq!(m.file_progress(&full), lengths);
         // Whatever the names in the torrent, what reaches the disk is safe
         // and no two written files share a path (ignoring case).
         assert!(safe(&m.name), "{:?}", m.name);

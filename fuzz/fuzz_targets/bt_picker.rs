@@ -1,6 +1,6 @@
 #![no_main]
-//! Drives the picker with an arbitrary operation sequence and checks its
-//! bookkeeping after every step.
+//! Drives the picker with an arbitrary operation sequence (piece
+//! priorities included) and checks its bookkeeping after every step.
 use libfuzzer_sys::fuzz_target;
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::picker::{Picker, PickerConfig};
@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
                 p.peer_left(peer);
             }
             5 => {
-                p.pick(peer, b as usize % 8);
+                for r in p.pick(peer, b as usize % 8) {
+                    assert!(p.priority(r.index) > 0, "a skipped piece was requested");
+                }
             }
             6 => {
                 let out = p.outstanding(peer);
@@ -41,6 +43,24 @@ fuzz_target!(|data: &[u8]| {
                 let out = p.outstanding(peer);
                 if !out.is_empty() {
                     p.request_failed(peer, out[b as usize % out.len()]);
+                }
+            }
+            _ if c & 3 == 3 => {
+                // Priorities: bits of b skip, bits of c raise (piece i % 8).
+                let prio: Vec<u8> = (0..n)
+                    .map(|i| {
+                        if b & (1 << (i % 8)) != 0 {
+                            0
+                        } else if c & (1 << (i % 8)) != 0 {
+                            2
+                        } else {
+                            1
+                        }
+                    })
+                    .collect();
+                for (k, r) in p.set_priorities(&prio) {
+                    assert_eq!(prio[r.index as usize], 0, "withdrew a request for a wanted piece");
+                    assert!(!p.outstanding(k).contains(&r), "a withdrawn request is still outstanding");
                 }
             }
             _ => {

@@ -1,7 +1,8 @@
 #![no_main]
 //! Feeds a torrent machine (a seed, so it also serves reads) an arbitrary
 //! sequence of inputs built from the fuzz bytes: connections, raw peer
-//! bytes (after a valid handshake or not), read and hash results, time.
+//! bytes (after a valid handshake or not), read and hash results, piece
+//! priorities, time.
 use libfuzzer_sys::fuzz_target;
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::metainfo::{Limits, TorrentBuilder};
@@ -40,6 +41,8 @@ fuzz_target!(|data: &[u8]| {
                 block: BlockRef { index: len as u32 % 5, begin: 0, length: 16384 },
                 data: vec![0; 16384].into(),
             },
+            // Piece priorities (0 skip, 1 normal, 2 high), from the body.
+            _ if op & 8 != 0 && len & 1 == 1 => Input::SetPiecePriorities(body.iter().map(|b| b % 3).collect()),
             // A newcomer wants a slot: someone may give way.
             _ if op & 8 != 0 => Input::MakeRoom,
             _ => {

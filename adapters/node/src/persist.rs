@@ -396,6 +396,7 @@ pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, 
                 found.entries.len()
             ));
         } else {
+            let carried = found.db.as_ref().map(other_tables).unwrap_or_default();
             drop(found.db.take());
             let kept = dir.join(format!("{FILE}.bad-{}", unix_secs()));
             // A repaired node comes back as a new member: peers send a node
@@ -406,7 +407,9 @@ pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, 
             let node_id = fresh_node_id;
             let building = dir.join(format!("{FILE}.repairing"));
             let _ = std::fs::remove_file(&building);
-            drop(create(&building, node_id, found.incarnation, &found.entries)?);
+            let repaired = create(&building, node_id, found.incarnation, &found.entries)?;
+            put_tables(&repaired, &carried).map_err(|e| format!("{}: {e}", building.display()))?;
+            drop(repaired);
             std::fs::rename(&path, &kept).map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
             std::fs::rename(&building, &path).map_err(|e| format!("cannot put {} in place: {e}", path.display()))?;
             let _ = std::fs::remove_file(&note);
@@ -436,6 +439,56 @@ pub fn open(dir: &Path, fresh_node_id: u64, repair: bool) -> Result<(Persister, 
 
 fn unix_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A stored row, key and value.
+type Row = (Vec<u8>, Vec<u8>);
+
+/// The rows of the node's other stores (tables other than the entries and
+/// the identity, such as the torrent session's `torrents`), read as far
+/// as they can be from a database being repaired: each store checks its
+/// own rows when it loads them, so they are carried over as they are.
+/// Never panics; what cannot be read is logged and left behind.
+fn other_tables(db: &Database) -> Vec<(String, Vec<Row>)> {
+    use redb::TableHandle;
+    let mut out = Vec::new();
+    let read = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+        let txn = db.begin_read().map_err(|e| e.to_string())?;
+        let names: Vec<String> = txn.list_tables().map_err(|e| e.to_string())?.map(|t| t.name().to_string()).collect();
+        for name in names.into_iter().filter(|n| n != ENTRIES.name() && n != META.name()) {
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+            let mut rows = Vec::new();
+            let copied = txn.open_table(def).map_err(|e| e.to_string()).and_then(|t| {
+                for row in t.iter().map_err(|e| e.to_string())? {
+                    let (k, v) = row.map_err(|e| e.to_string())?;
+                    rows.push((k.value().to_vec(), v.value().to_vec()));
+                }
+                Ok(())
+            });
+            if let Err(e) = copied {
+                tracing::warn!(table = name, kept = rows.len(), "repair: the rest of this table is left behind: {e}");
+            }
+            out.push((name, rows));
+        }
+        Ok(())
+    }))
+    .unwrap_or_else(|p| Err(panic_text(p.as_ref())));
+    if let Err(e) = read {
+        tracing::warn!("repair: the tables of the node's other stores could not all be read: {e}");
+    }
+    out
+}
+
+/// Writes rows read by [`other_tables`] into `db`, in one transaction.
+fn put_tables(db: &Database, tables: &[(String, Vec<Row>)]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    for (name, rows) in tables {
+        let mut t = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(name)).map_err(|e| e.to_string())?;
+        for (k, v) in rows {
+            t.insert(k.as_slice(), v.as_slice()).map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
 }
 
 /// A new database at `path` holding this identity and these entries.
@@ -621,6 +674,46 @@ mod tests {
         p.shutdown();
         let (p, loaded) = open(&dir, 6, false).unwrap();
         assert_eq!(loaded.entries, vec![entry(1)]);
+        p.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_repair_keeps_the_tables_of_the_nodes_other_stores() {
+        let dir = scratch("repair-tables");
+        let (p, _) = open(&dir, 5, false).unwrap();
+        let (tx, rx) = mpsc::channel();
+        p.submit(vec![Persist::Put(entry(1)), Persist::Put(entry(2))], Some(Box::new(move |r| tx.send(r).unwrap())));
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        let torrents: TableDefinition<&[u8], &[u8]> = TableDefinition::new("torrents");
+        p.database()
+            .with(|db| {
+                let txn = db.begin_write().map_err(|e| e.to_string())?;
+                {
+                    let mut t = txn.open_table(torrents).map_err(|e| e.to_string())?;
+                    t.insert(b"infohash".as_slice(), b"record".as_slice()).map_err(|e| e.to_string())?;
+                    // Damage one entry: the node refuses to start without --repair.
+                    let mut e = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                    let (k, _) = encode(&entry(2)).unwrap();
+                    e.insert(k.as_slice(), b"not an entry".as_slice()).map_err(|e| e.to_string())?;
+                }
+                txn.commit().map_err(|e| e.to_string())
+            })
+            .unwrap();
+        p.shutdown();
+        assert!(open(&dir, 6, false).is_err());
+        let (p, loaded) = open(&dir, 6, true).unwrap();
+        assert_eq!(loaded.entries, vec![entry(1)]);
+        let row = p
+            .database()
+            .with(|db| {
+                let txn = db.begin_read().map_err(|e| e.to_string())?;
+                let t = txn.open_table(torrents).map_err(|e| e.to_string())?;
+                let v = t.get(b"infohash".as_slice()).map_err(|e| e.to_string())?;
+                Ok(v.map(|v| v.value().to_vec()))
+            })
+            .unwrap();
+        assert_eq!(row.as_deref(), Some(b"record".as_slice()));
         p.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }

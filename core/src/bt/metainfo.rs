@@ -718,6 +718,31 @@ impl Metainfo {
         }
         out
     }
+
+    /// Bytes of each file (`files[i]`) that lie in verified pieces (`have`
+    /// ranges over this torrent's pieces; a shorter one counts the missing
+    /// pieces as not had): a file's progress for a user interface. Padding
+    /// files count like the others. O(files + pieces).
+    pub fn file_progress(&self, have: &super::bitfield::Bitfield) -> Vec<u64> {
+        self.files
+            .iter()
+            .map(|f| {
+                if f.length == 0 || self.piece_length == 0 {
+                    return 0;
+                }
+                let end = f.offset + f.length;
+                let first = f.offset / self.piece_length;
+                let last = (end - 1) / self.piece_length;
+                (first..=last)
+                    .filter(|p| u32::try_from(*p).is_ok_and(|p| have.get(p)))
+                    .map(|p| {
+                        let (ps, pe) = (p * self.piece_length, (p + 1) * self.piece_length);
+                        pe.min(end) - ps.max(f.offset)
+                    })
+                    .sum()
+            })
+            .collect()
+    }
 }
 
 /// Finds the exact bytes of the top-level `info` dictionary.

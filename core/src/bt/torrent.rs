@@ -585,6 +585,7 @@ impl Torrent {
             let picker_side: BTreeSet<BlockRef> = self.picker.outstanding(*k).into_iter().collect();
             for r in c.sent_requests.keys() {
                 assert!(picker_side.contains(r), "request in flight unknown to the picker");
+                assert!(self.picker.priority(r.index) > 0, "request in flight for a skipped piece");
             }
             assert!(c.reads.len() <= self.config.peer_requests_max, "read queue over its limit");
             assert!(c.sent_requests.len() as u32 <= self.config.our_requests_max, "too many requests in flight");

@@ -68,8 +68,7 @@ pub struct Loaded {
 pub struct Persister {
     tx: mpsc::Sender<Job>,
     thread: Option<std::thread::JoinHandle<()>>,
-    // Read by the torrent session's resume store, once merged.
-    #[allow(dead_code)]
+    /// Shared with the torrent session's resume store.
     db: SharedDb,
 }
 
@@ -91,10 +90,10 @@ impl SharedDb {
     }
 
     /// A database of its own at `path` (created if missing), for a store
-    /// used without the node's: tests, or a node without a data directory.
+    /// used without the node's (tests).
     /// The node's own file is already open through its [`Persister`]: use
     /// [`Persister::database`] for that one.
-    #[allow(dead_code)] // for the torrent session and tests, see `bt::resume`
+    #[cfg(test)]
     pub fn open(path: &Path) -> Result<SharedDb, String> {
         let db = catch_unwind(|| Database::create(path))
             .map_err(|p| format!("cannot open {}: {}", path.display(), panic_text(p.as_ref())))?
@@ -532,7 +531,6 @@ impl Persister {
 
     /// The node's database, for the node's other stores (each in tables
     /// of its own). Drop every copy before opening the directory again.
-    #[allow(dead_code)] // for the torrent session, see `bt::resume`
     pub fn database(&self) -> SharedDb {
         self.db.clone()
     }

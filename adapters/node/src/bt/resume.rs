@@ -22,7 +22,6 @@
 
 // The torrent session (adapters/node/src/torrents/) is the user of this
 // module; until it is merged nothing in the binary calls it.
-#![allow(dead_code)]
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -91,6 +90,7 @@ impl ResumeStore {
     }
 
     /// Stores `record` under `info_hash` (replacing any), durably.
+    #[cfg(test)]
     pub fn put(&self, info_hash: [u8; 20], record: &TorrentRecord) -> Result<(), String> {
         self.put_many(&[(info_hash, record)])
     }

@@ -765,6 +765,12 @@ impl Torrent {
         if let (Some(port), true) = (self.config.dht_port, peer_dht) {
             self.send(now, peer, &Message::Port(port));
         }
+        // Seeding, the choker lends a free slot to the new peer now rather
+        // than at its next round: unchoked before it is interested, it can
+        // request the moment it is.
+        if self.picker.is_complete() {
+            self.rechoke(now);
+        }
     }
 
     fn update_interest(&mut self, now: Instant, peer: PeerKey) {

@@ -26,7 +26,8 @@
 #
 # Environment: RUMOR (binary; default target/release/rumor), CLIENTS,
 # DIRECTIONS ("from-rumor to-rumor"), MODES ("torrent magnet"), TRACKERS
-# ("node opentracker"), ENC (0|1), SIZE_MIB (64), CELL_TIMEOUT (s, 90),
+# ("node opentracker"), ENC (0|1), RUMOR_ENC (rumor's --encryption; by
+# default require with ENC=1, else prefer), SIZE_MIB (64), CELL_TIMEOUT (s, 90),
 # BASELINE (1|0), KEEP (1: keep the scratch directory), OUT (a file the
 # result lines are appended to as well).
 # Needs: aria2 transmission-cli transmission-daemon qbittorrent-nox
@@ -336,7 +337,15 @@ announced_libtorrent() { test -e "$1/.announced"; }
 announced_aria2() { true; }
 announced_rumor() { true; }
 
-rumor_enc() { [ "$ENC" = 1 ] && echo "--encryption require"; }
+# RUMOR_ENC (prefer|require|off) sets rumor's own policy; by default it is
+# `require` with ENC=1 and rumor's default (prefer) otherwise.
+rumor_enc() {
+    if [ -n "${RUMOR_ENC:-}" ]; then
+        echo "--encryption $RUMOR_ENC"
+    elif [ "$ENC" = 1 ]; then
+        echo "--encryption require"
+    fi
+}
 seed_rumor() {
     # shellcheck disable=SC2046
     local p c

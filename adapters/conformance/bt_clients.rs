@@ -152,11 +152,11 @@ fn a_peer_that_asks_for_much_and_reads_slowly_is_paced_not_dropped() {
         }
     };
     while next(&mut sock, &mut dec) != Message::Unchoke {}
-    // Every block, within rumor's advertised request queue (2000).
+    // Every block, within rumor's advertised request queue (4000).
     let blocks: Vec<BlockRef> = (0..(len as u32 / BLOCK_LEN))
         .map(|i| BlockRef { index: i * BLOCK_LEN / (1 << 20), begin: i * BLOCK_LEN % (1 << 20), length: BLOCK_LEN })
         .collect();
-    assert!(blocks.len() <= 2000);
+    assert!(blocks.len() <= 4000);
     let mut reqs = Vec::new();
     for b in &blocks {
         Message::Request(*b).encode(&mut reqs);

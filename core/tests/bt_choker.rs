@@ -32,7 +32,7 @@ fn stats() -> impl Strategy<Value = Vec<PeerStats>> {
 
 proptest! {
     #[test]
-    fn only_interested_peers_are_unchoked_and_never_more_than_the_slots_plus_one(
+    fn uninterested_peers_only_borrow_free_seeding_slots_and_never_more_than_the_slots_plus_one(
         rounds in proptest::collection::vec((stats(), any::<bool>(), 0u64..40), 1..10),
         seed in any::<u64>(),
     ) {
@@ -43,8 +43,14 @@ proptest! {
             now += Duration::from_secs(dt);
             let set = c.decide(now, seeding, &peers);
             prop_assert!(set.len() <= cfg.unchoke_slots + 1);
+            let idle = set.iter().filter(|k| !peers.iter().any(|p| p.key == **k && p.peer_interested)).count();
             for k in &set {
-                prop_assert!(peers.iter().any(|p| p.key == *k && p.peer_interested));
+                prop_assert!(peers.iter().any(|p| p.key == *k));
+            }
+            if idle > 0 {
+                // Lent while seeding, and only slots no interested peer took.
+                prop_assert!(seeding);
+                prop_assert!(set.len() <= cfg.unchoke_slots);
             }
             let interested = peers.iter().filter(|p| p.peer_interested).count();
             if interested > 0 {

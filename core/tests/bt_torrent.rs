@@ -478,8 +478,14 @@ fn an_unanswered_request_times_out_and_goes_to_a_responsive_peer() {
 #[test]
 fn a_choked_peers_request_is_rejected_under_the_fast_extension() {
     let (mut t, meta) = fresh(true);
-    let (mut a, first) = Remote::connect(&mut t, &meta, 1, true);
+    // Four peers first: they borrow the free unchoke slots, so the fifth
+    // stays choked.
+    for key in 1..=4 {
+        Remote::connect(&mut t, &meta, key, true);
+    }
+    let (mut a, first) = Remote::connect(&mut t, &meta, 5, true);
     assert!(first.contains(&Message::HaveAll));
+    assert!(!first.contains(&Message::Unchoke), "{first:?}");
     let r = rumor_core::bt::wire::BlockRef { index: 0, begin: 0, length: 16384 };
     let out = a.send(&mut t, Instant::ZERO, &[Message::Request(r)]);
     assert_eq!(a.received(&out), vec![Message::Reject(r)]);
@@ -1194,4 +1200,28 @@ fn high_priority_pieces_arrive_first() {
     let mut first: Vec<u32> = verified[..2].to_vec();
     first.sort();
     assert_eq!(first, vec![9, 13], "{verified:?}");
+}
+
+/// transmission 3.00 decides interest on a 10 s timer and, when the peer
+/// chokes it, sends `interested` up to 2 s late and its requests a second
+/// after the unchoke; unchoked up front, it asks at once.
+#[test]
+fn a_seed_unchokes_new_peers_before_they_are_interested_while_slots_are_free() {
+    let (mut t, meta) = fresh(true);
+    let mut remotes = Vec::new();
+    for key in 1..=5u64 {
+        let (r, first) = Remote::connect(&mut t, &meta, key, true);
+        let have_all = first.iter().position(|m| *m == Message::HaveAll);
+        let unchoke = first.iter().position(|m| *m == Message::Unchoke);
+        if key <= 4 {
+            assert!(have_all.is_some() && unchoke > have_all, "peer {key} got {first:?}");
+        } else {
+            assert_eq!(unchoke, None, "the four slots are lent already: {first:?}");
+        }
+        remotes.push(r);
+    }
+    // The first peer's request is served as soon as it says it is interested.
+    let req = rumor_core::bt::wire::BlockRef { index: 0, begin: 0, length: 16384 };
+    let out = remotes[0].send(&mut t, Instant::ZERO, &[Message::Interested, Message::Request(req)]);
+    assert!(out.contains(&Output::ReadBlock { peer: 1, block: req }), "{out:?}");
 }

@@ -8,6 +8,10 @@
 //! stretches the end of a swarm. Plus one optimistic slot rotated every
 //! [`ChokerConfig::optimistic_interval`].
 //!
+//! While seeding, regular slots no interested peer takes are lent to
+//! peers not interested yet, so a new peer can request as soon as it is
+//! interested.
+//!
 //! Pure: call [`Choker::decide`] every 10 s of core time (and when a peer
 //! comes or goes) with fresh [`PeerStats`]; it returns the set to unchoke.
 //! Choke everyone else.
@@ -121,7 +125,21 @@ impl Choker {
     /// lower key); while seeding they go round robin (see the module doc).
     pub fn decide(&mut self, now: Instant, seeding: bool, peers: &[PeerStats]) -> BTreeSet<PeerKey> {
         let mut out = if seeding {
-            self.round_robin(now, peers)
+            let mut out = self.round_robin(now, peers);
+            // Regular slots no interested peer holds are lent to peers not
+            // interested yet (the longest connected first), as libtorrent
+            // and BEP 3 do: a peer already unchoked requests the moment it
+            // is interested. transmission 3.00 decides interest on a 10 s
+            // timer, batches its `interested` for up to 2 s when the peer
+            // chokes it, and asks for blocks a second after an unchoke;
+            // unchoked, it sends `interested` and its requests together.
+            // A lent slot is no regular slot: once the peer is interested,
+            // the round robin decides.
+            let free = self.config.unchoke_slots.saturating_sub(out.len());
+            let mut idle: Vec<&PeerStats> = peers.iter().filter(|p| !p.peer_interested).collect();
+            idle.sort_by_key(|p| (p.connected_at, p.key));
+            out.extend(idle.iter().take(free).map(|p| p.key));
+            out
         } else {
             self.seed_slots.clear();
             self.seed_served.clear();
@@ -292,11 +310,32 @@ mod tests {
     }
 
     #[test]
-    fn uninterested_peers_are_never_unchoked() {
+    fn uninterested_peers_are_never_unchoked_while_leeching() {
         let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
         let mut p = peer(1, 500, 500);
         p.peer_interested = false;
         assert!(c.decide(t(1), false, &[p]).is_empty());
+    }
+
+    #[test]
+    fn while_seeding_free_slots_are_lent_to_uninterested_peers_oldest_first() {
+        let mut c = Choker::new(ChokerConfig::default(), t(0), 1);
+        let mut peers: Vec<_> = (0..7).map(|k| peer(k, 0, 5)).collect();
+        // Two interested peers take regular slots; of the five others the
+        // two connected longest borrow the free ones.
+        for p in &mut peers[2..] {
+            p.peer_interested = false;
+            p.connected_at = t(20 - p.key);
+        }
+        let set = c.decide(t(30), true, &peers);
+        assert_eq!(set, [0, 1, 5, 6].into_iter().collect());
+        assert_eq!(c.seed_slots.len(), 2, "a lent slot is no regular slot");
+        // Once every slot is taken by interested peers, nothing is lent.
+        for p in &mut peers[2..4] {
+            p.peer_interested = true;
+        }
+        let set = c.decide(t(31), true, &peers);
+        assert_eq!(set, [0, 1, 2, 3].into_iter().collect());
     }
 
     #[test]

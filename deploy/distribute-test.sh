@@ -30,12 +30,14 @@
 # sha256sum, and the kernel's ifb, tbf, u32 and mirred.
 #
 # Environment: RUMOR_DIST_SIZE_MIB (file size, 256), RUMOR_DIST_UP_KIB and
-# RUMOR_DIST_DOWN_KIB (each leecher's caps, KiB/s, 8192 each),
-# RUMOR_DIST_SEED_UP_KIB (the seeder's upload cap, 8192), RUMOR_DIST_NODES
+# RUMOR_DIST_DOWN_KIB (each leecher's caps, KiB/s, 4096 each),
+# RUMOR_DIST_SEED_UP_KIB (the seeder's upload cap, 4096), RUMOR_DIST_NODES
 # (cluster nodes, 3), RUMOR_DIST_TIMEOUT (seconds the spread may take, 600),
 # RUMOR_DIST_STACK (stack name, rumordist), RUMOR_DIST_IMAGE (use this
 # image, built already, and keep it), RUMOR_TEST_KEEP_IMAGE=1 (keep the
-# image built here), RUMOR_ADAPTER (tokio or smol), CARGO_TARGET_DIR.
+# image built here), RUMOR_DIST_LOGS=DIR (keep every container's log and
+# a timeline of each client's progress and rates there), RUMOR_ADAPTER
+# (tokio or smol), CARGO_TARGET_DIR.
 set -euo pipefail
 
 LEECHERS=${1:-20}
@@ -50,9 +52,9 @@ case ${RUMOR_ADAPTER:-tokio} in
 esac
 export RUMOR_ADAPTER=${RUMOR_ADAPTER:-tokio}
 SIZE_MIB=${RUMOR_DIST_SIZE_MIB:-256}
-UP_KIB=${RUMOR_DIST_UP_KIB:-8192}
-DOWN_KIB=${RUMOR_DIST_DOWN_KIB:-8192}
-SEED_UP_KIB=${RUMOR_DIST_SEED_UP_KIB:-8192}
+UP_KIB=${RUMOR_DIST_UP_KIB:-4096}
+DOWN_KIB=${RUMOR_DIST_DOWN_KIB:-4096}
+SEED_UP_KIB=${RUMOR_DIST_SEED_UP_KIB:-4096}
 NODES=${RUMOR_DIST_NODES:-3}
 TIMEOUT=${RUMOR_DIST_TIMEOUT:-600}
 STACK=${RUMOR_DIST_STACK:-rumordist}
@@ -101,6 +103,15 @@ cleanup() {
     trap - EXIT INT TERM
     set +e
     log "cleaning up"
+    if [[ -n ${RUMOR_DIST_LOGS:-} && -n $CREATED_STACK ]]; then
+        mkdir -p "$RUMOR_DIST_LOGS"
+        cp "$WORK/timeline" "$RUMOR_DIST_LOGS/timeline" 2>/dev/null
+        local c
+        for c in $(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK"); do
+            docker logs -t "$c" >"$RUMOR_DIST_LOGS/$(docker inspect -f '{{index .Config.Labels "com.docker.swarm.task.name"}}' "$c" | cut -d. -f1-2).log" 2>&1
+        done
+        log "logs and timeline kept in $RUMOR_DIST_LOGS"
+    fi
     if [[ -n $CREATED_STACK ]]; then
         docker stack rm "$STACK" >/dev/null
         wait_for 90 stack_gone || log "warning: the stack's containers or network are still there"
@@ -207,10 +218,10 @@ cap() { # pid ip up-KiB/s down-KiB/s
     dev=$(nsenter -t "$pid" -n ip -o -4 addr show | awk -v ip="$ip" '$4 ~ "^" ip "/" { print $2; exit }')
     [[ -n $dev ]] || return 1
     dev=${dev%@*}
-    nsenter -t "$pid" -n tc qdisc replace dev "$dev" root tbf rate "$3kbps" burst 64kb latency 50ms &&
+    nsenter -t "$pid" -n tc qdisc replace dev "$dev" root tbf rate "${3}KiBps" burst 64kb latency 50ms &&
         nsenter -t "$pid" -n ip link add ifb0 type ifb &&
         nsenter -t "$pid" -n ip link set ifb0 up &&
-        nsenter -t "$pid" -n tc qdisc add dev ifb0 root tbf rate "$4kbps" burst 64kb latency 50ms &&
+        nsenter -t "$pid" -n tc qdisc add dev ifb0 root tbf rate "${4}KiBps" burst 64kb latency 50ms &&
         nsenter -t "$pid" -n tc qdisc add dev "$dev" handle ffff: ingress &&
         nsenter -t "$pid" -n tc filter add dev "$dev" parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev ifb0
 }
@@ -250,7 +261,18 @@ log "$LEECHERS leechers running, capped (up $UP_KIB KiB/s, down $DOWN_KIB KiB/s)
 
 # Then the seeder; the clock starts with its container.
 out=$(deploy 1 "$LEECHERS") || die "docker stack deploy (seeder) failed: $out"
-wait_for 120 count seeder 1 || die "the seeder did not start"
+# Polled finely: until its cap is on, the seeder sends at full speed (the
+# bytes it sent by then are printed).
+seeder_up() {
+    local id
+    id=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_seeder" --filter status=running)
+    [[ -n $id ]] && [[ $(docker inspect -f '{{.State.Pid}}' "$id") -gt 0 ]]
+}
+end=$((SECONDS + 120))
+until seeder_up; do
+    ((SECONDS < end)) || die "the seeder did not start"
+    sleep 0.05
+done
 read -r SCID SPID _ SIP < <(tasks seeder)
 cap "$SPID" "$SIP" "$SEED_UP_KIB" "$DOWN_KIB" || die "cannot cap the seeder"
 capped_tx=$(tx_bytes "$SPID" "$SIP")
@@ -262,23 +284,45 @@ log "seeder $SCID started, capped (up $SEED_UP_KIB KiB/s) $(since "$T0") s after
 # Leechers that logged their completion ("every piece verified"), with the
 # time of that line: "cid epoch".
 : >"$WORK/done"
+: >"$WORK/timeline"
+# Read straight from the json-file logs on the host: asking dockerd for 20
+# logs a second costs more CPU than the clients themselves.
+while read -r cid pid slot ip; do
+    echo "$cid $(docker inspect -f '{{.LogPath}}' "$cid")"
+done <"$WORK/leechers" >"$WORK/logpaths"
 poll_done() {
-    local cid pid slot ip line
-    while read -r cid pid slot ip; do
+    local cid path line
+    while read -r cid path; do
         grep -q "^$cid " "$WORK/done" && continue
-        line=$(docker logs -t "$cid" 2>&1 | grep -m1 'complete, every piece verified' || true)
-        [[ -n $line ]] && echo "$cid $(date -d "${line%% *}" +%s.%N)" >>"$WORK/done"
-    done <"$WORK/leechers"
+        line=$(grep -m1 -F 'complete, every piece verified' "$path" || true)
+        [[ -n $line ]] || continue
+        line=${line##*\"time\":\"}
+        echo "$cid $(date -d "${line%%\"*}" +%s.%N)" >>"$WORK/done"
+    done <"$WORK/logpaths"
     [[ $(wc -l <"$WORK/done") -eq $LEECHERS ]]
 }
+# One sample of every client's progress, payload bytes and rates, as lines
+# "seconds slot progress down-bytes up-bytes down-rate up-rate" (slot 0 is
+# the seeder) in $WORK/timeline; prints a summary line.
 progress_line() {
-    local sum=0 n=0 p cid pid slot ip
+    local sum=0 n=0 p cid pid slot ip t m
+    t=$(since "$T0")
     while read -r cid pid slot ip; do
-        p=$(metric "$pid" "$CONTROL" '^rumor_bt_progress_ratio')
+        m=$(get "$pid" "$CONTROL/metrics")
+        [[ $pid == "$SPID" ]] && slot=0
+        awk -v t="$t" -v s="$slot" '
+            /^rumor_bt_progress_ratio/ { p = $NF }
+            /^rumor_bt_payload_bytes_total.*down/ { d = $NF }
+            /^rumor_bt_payload_bytes_total.*up/ { u = $NF }
+            /^rumor_bt_rate_bytes_per_second.*down/ { dr = $NF }
+            /^rumor_bt_rate_bytes_per_second.*up/ { ur = $NF }
+            END { if (p != "") print t, s, p, d, u, dr, ur }' <<<"$m" >>"$WORK/timeline"
+        [[ $pid == "$SPID" ]] && continue
+        p=$(awk '/^rumor_bt_progress_ratio/ { print $NF }' <<<"$m")
         [[ -n $p ]] && sum=$(awk -v s="$sum" -v p="$p" 'BEGIN { print s + p }') && n=$((n + 1))
-    done <"$WORK/leechers"
+    done < <(cat "$WORK/leechers"; echo "$SCID $SPID 0 $SIP")
     local up
-    up=$(metric "$SPID" "$CONTROL" 'payload_bytes_total.*direction="up"')
+    up=$(awk -v t="$t" '$1 == t && $2 == 0 { print $5 }' "$WORK/timeline")
     log "  $(since "$T0") s: mean progress $(awk -v s="$sum" -v n="$LEECHERS" 'BEGIN { printf "%.3f", s / n }') ($n answering), $(wc -l <"$WORK/done") done, seeder sent $(awk -v u="${up:-0}" -v f="$FILE_BYTES" 'BEGIN { printf "%.2f", u / f }') x the file"
 }
 end=$((SECONDS + TIMEOUT))

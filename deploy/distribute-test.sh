@@ -22,7 +22,8 @@
 # Prints each leecher's finish time, the swarm's time over the bound
 # (target: within 1.3x), the seeder's upload over the file size (ideal:
 # close to 1x) and checks that every leecher verified every piece and that
-# the sha256 of its file is the source's. Whatever it created is removed on
+# the sha256 of its file is the source's: only a failed check, not the
+# ratio, makes it exit non-zero. Whatever it created is removed on
 # any exit: stack, config, image, the swarm if it initialised it, dockerd
 # if it started it.
 #

@@ -353,10 +353,11 @@ impl Entry {
         };
         if self.error.is_some() {
             "error"
+        } else if self.paused {
+            // A paused magnet does not fetch its metadata either.
+            "paused"
         } else if self.meta.is_none() {
             "metadata"
-        } else if self.paused {
-            "paused"
         } else if seeding {
             "seeding"
         } else if self.queued {
@@ -430,18 +431,19 @@ impl Entry {
                     .collect()
             }
         };
-        let mut trackers: Vec<Value> = self
-            .meta
-            .as_ref()
-            .map(|m| m.announce_tiers.iter().flatten().cloned().collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|url| json!({ "url": url, "status": "announced by the torrent", "peers": null, "last_announce_ms": null, "error": null }))
-            .collect();
+        // The torrent's own trackers as its task's announcer saw them last
+        // (before its task runs: not contacted).
+        let mut trackers: Vec<Value> = match snap.as_ref().filter(|s| !s.trackers.is_empty()) {
+            Some(s) => s.trackers.iter().map(|t| json!(t)).collect(),
+            None => (self.meta.as_ref().map(|m| m.announce_tiers.clone()).unwrap_or_default().into_iter().enumerate())
+                .flat_map(|(tier, urls)| urls.into_iter().map(move |url| (tier, url)))
+                .map(|(tier, url)| json!({ "url": url, "tier": tier, "status": "not contacted", "peers": null, "last_announce_ms": null, "error": null }))
+                .collect(),
+        };
         let o = &self.overlay;
         trackers.push(json!({
             "url": "overlay (this node's tracker)",
-            "status": if o.error.is_some() { "error" } else if o.last_announce_ms.is_some() { "working" } else { "not contacted yet" },
+            "status": if o.error.is_some() { "error" } else if o.last_announce_ms.is_some() { "working" } else { "not contacted" },
             "peers": o.peers,
             "last_announce_ms": o.last_announce_ms,
             "error": o.error,
@@ -770,8 +772,11 @@ impl Session {
         };
         self.next_position += 1;
         tracing::info!("torrent {ih} ({}) added", entry.name);
+        let fetch_held = entry.paused && entry.meta.is_none();
         self.torrents.insert(ih, entry);
-        self.start_task(ih);
+        if !fetch_held {
+            self.start_task(ih);
+        }
         self.reschedule();
         self.announce(ih, AnnounceEvent::Started);
         self.save_records(false);
@@ -829,8 +834,12 @@ impl Session {
             dirty: false,
         };
         self.next_position = self.next_position.max(r.queue_position + 1);
+        // A paused magnet waits for its resume to fetch the metadata.
+        let fetch_held = entry.paused && entry.meta.is_none();
         self.torrents.insert(ih, entry);
-        self.start_task(ih);
+        if !fetch_held {
+            self.start_task(ih);
+        }
     }
 
     /// The record of `e` as it stands.
@@ -1033,7 +1042,19 @@ impl Session {
             self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
         e.dirty = true;
         match a {
-            Action::Pause => e.paused = true,
+            Action::Pause => {
+                e.paused = true;
+                if e.meta.is_none() {
+                    // A magnet's fetch has no pause of its own: it ends, and
+                    // starts again on resume.
+                    if let Some(run) = e.run.take() {
+                        run.task.abort_handle().abort();
+                        tracing::info!("torrent {ih}: paused; its metadata fetch stopped");
+                    }
+                    self.routes.remove(&ih);
+                    self.budget.remove(&ih);
+                }
+            }
             Action::Resume => {
                 e.paused = false;
                 if e.run.is_none() {

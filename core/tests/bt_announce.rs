@@ -249,7 +249,10 @@ fn the_status_shows_each_tracker_not_contacted_then_updating_then_working_or_in_
     a.handle(t(4), Input::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
     drain(&mut a);
     let s = a.status();
-    assert_eq!((s[1].state, s[1].peers, s[1].last_announce, s[1].error.clone()), (TrackerState::Working, Some(1), Some(t(4)), None));
+    assert_eq!(
+        (s[1].state, s[1].peers, s[1].last_announce, s[1].error.clone()),
+        (TrackerState::Working, Some(1), Some(t(4)), None)
+    );
     assert_eq!(TrackerState::Working.as_str(), "working");
     assert_eq!(TrackerState::NotContacted.as_str(), "not contacted");
 }

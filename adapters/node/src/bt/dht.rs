@@ -450,8 +450,11 @@ async fn run_shared(
         }
         let now = std::time::Instant::now();
         // Start the lookups due, most overdue first, a few at a time.
-        let mut due: Vec<(std::time::Instant, InfoHash)> =
-            torrents.iter().filter(|(_, t)| t.running.is_none() && t.next_lookup <= now).map(|(ih, t)| (t.next_lookup, *ih)).collect();
+        let mut due: Vec<(std::time::Instant, InfoHash)> = torrents
+            .iter()
+            .filter(|(_, t)| t.running.is_none() && t.next_lookup <= now)
+            .map(|(ih, t)| (t.next_lookup, *ih))
+            .collect();
         due.sort();
         let room = SHARED_LOOKUPS_MAX.saturating_sub(lookups.len());
         for (_, ih) in due.into_iter().take(room) {

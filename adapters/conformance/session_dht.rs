@@ -154,3 +154,49 @@ fn each_tracker_shows_its_status_and_a_paused_magnet_fetches_nothing() {
     });
     assert!(ok, "resumed, it fetches: {}", node_log(&node));
 }
+
+#[test]
+fn a_session_finds_a_seeder_of_a_bare_infohash_by_lsd_alone() {
+    let s = Scratch::new("session-lsd");
+    // Content no other test uses: every LSD client on this host hears it.
+    let f = fixture(&s.0, 1483, &["--piece-size", "32768"]);
+    // The node with LSD left on (the harness's TestNode turns it off), and
+    // no DHT: LSD is its only way to the seeder.
+    let api = format!("127.0.0.1:{}", common::free_port());
+    let downloads = s.0.join("downloads");
+    let mut c = rumor(&["node", "--api", &api, "--cluster-key", KEY, "--api-token", TOKEN, "--no-dht"]);
+    c.args(["--dns", &format!("127.0.0.1:{}", common::free_port())]);
+    c.args(["--gossip", &format!("127.0.0.1:{}", common::free_port())]);
+    c.args(["--bt-port", &common::free_port().to_string()]).arg("--data").arg(s.0.join("node"));
+    c.arg("--downloads").arg(&downloads).env_remove("RUMOR_NO_LSD");
+    let node = Proc::spawn("node", c, &s.0.join("node.log"));
+    let url = |path: &str| format!("http://{api}{path}");
+    let up = common::eventually(Duration::from_secs(20), || ureq::get(&url("/health")).call().is_ok());
+    assert!(up, "the node did not start: {}", node.log_text());
+    let r = ureq::post(&url("/torrents"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .send_json(serde_json::json!({ "infohash": f.ih }))
+        .expect("add the infohash");
+    assert_eq!(r.status(), 201);
+    // The seeder starts after the session serves the torrent: it is the
+    // seeder's announce the session hears (the session's own went out
+    // while nobody served it), so the session dials it.
+    let mut seed = rumor(&["seed"]);
+    seed.arg(&f.torrent).arg(&f.src).args(["--quiet", "--no-dht", "--port", &common::free_port().to_string()]);
+    seed.env_remove("RUMOR_NO_LSD");
+    let seed = Proc::spawn("seed", seed, &s.0.join("seed.log"));
+    let state = || -> Value { ureq::get(&url(&format!("/torrents/{}", f.ih))).call().unwrap().into_json().unwrap() };
+    let done = common::eventually(Duration::from_secs(60), || {
+        let t = state();
+        t["state"] == "seeding" && t["progress"].as_f64() == Some(1.0)
+    });
+    assert!(done, "not complete: {}\nnode:\n{}\nseed:\n{}", state(), node.log_text(), seed.log_text());
+    assert_same_tree(&f.data, &downloads.join("payload"));
+    let log = node.log_text();
+    let found = format!("peers of {}", f.ih);
+    assert!(log.lines().any(|l| l.contains("local service discovery:") && l.contains(&found)), "{log}");
+    assert!(
+        log.contains(&format!("got the metadata of {} (", f.ih)) && !log.contains(") from \n"),
+        "the session dialed the seeder: {log}"
+    );
+}

@@ -1114,7 +1114,7 @@ impl Session {
                 status: t.state.as_str(),
                 last_announce_ms: t
                     .last_announce
-                    .map(|at| wall.saturating_sub(now.saturating_duration_since(at).as_millis() as u64)),
+                    .map(|at| wall.saturating_sub(now.saturating_duration_since(at).as_millis())),
                 url: t.url,
                 tier: t.tier,
                 peers: t.peers,

@@ -838,6 +838,8 @@ impl Session {
             self.start_task(ih);
         }
         self.reschedule();
+        // The DHT and LSD look for it at once, not at the next tick.
+        self.discovery();
         self.announce(ih, AnnounceEvent::Started);
         self.save_records(false);
         let e = self.torrents.get(&ih).expect("inserted above");
@@ -1139,6 +1141,7 @@ impl Session {
             }
         }
         self.reschedule();
+        self.discovery();
         Ok(self.torrents[&ih].summary())
     }
 
@@ -1380,7 +1383,7 @@ impl Session {
             }
             for (ih, peers) in by_torrent {
                 if let Some(run) = self.torrents.get(&ih).and_then(|e| e.run.as_ref()) {
-                    tracing::debug!("local service discovery: {} peers of {ih}", peers.len());
+                    tracing::info!("local service discovery: {} peers of {ih}", peers.len());
                     let _ = run.found.try_send(peers);
                 }
             }

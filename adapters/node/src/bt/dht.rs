@@ -380,8 +380,11 @@ async fn run_shared(
     let clock = Clock::new();
     let (mut dht, boot) = start_node(args.state.as_deref(), &args.bootstrap, &clock).await;
     let socket = args.socket;
+    // At most the session's torrents (`torrents::TORRENTS_MAX`): it adds
+    // only those it holds, and removes them.
     let mut torrents: std::collections::BTreeMap<InfoHash, Looked> = std::collections::BTreeMap::new();
-    // Lookup id -> torrent, for the lookups running.
+    // Lookup id -> torrent, for the lookups running (at most
+    // SHARED_LOOKUPS_MAX).
     let mut lookups: std::collections::BTreeMap<u64, InfoHash> = std::collections::BTreeMap::new();
     let mut next_id: u64 = 0;
     let mut next_save = std::time::Instant::now() + SAVE_EVERY;

@@ -90,9 +90,15 @@ fn a_session_fetches_a_bare_infohash_whose_only_source_is_a_libtorrent_seeder_in
     let found = format!("new peers of {}", f.ih);
     assert!(log.lines().any(|l| l.contains("dht:") && l.contains(&found)), "peers came from the DHT: {log}");
     // The session's node keeps its routing table with the node's data on
-    // the way out.
-    drop(node);
-    let _ = lt;
+    // the way out: our id and the libtorrent nodes it knew.
+    let mut node = node;
+    assert!(node.terminate().is_some_and(|st| st.success()), "the node stops cleanly");
+    let saved = std::fs::read(node.data.join("dht-state")).expect("the DHT state is kept in the node's data");
+    let v = rumor_core::bt::bencode::decode(&saved).unwrap();
+    assert_eq!(v.get("id").and_then(|i| i.as_bytes()).map(<[u8]>::len), Some(20));
+    let nodes = v.get("nodes").and_then(|n| n.as_bytes()).unwrap();
+    assert!(!nodes.is_empty() && nodes.len().is_multiple_of(26), "the libtorrent nodes are saved");
+    drop(lt);
 }
 
 #[test]

@@ -159,6 +159,19 @@ fn each_tracker_shows_its_status_and_a_paused_magnet_fetches_nothing() {
         node_log(&node).contains(&format!("{held}: fetching the metadata"))
     });
     assert!(ok, "resumed, it fetches: {}", node_log(&node));
+    // After a restart the paused one still fetches nothing, the other does.
+    let mut node = node;
+    assert!(node.terminate().is_some_and(|st| st.success()), "the node stops cleanly");
+    node.restart();
+    assert_eq!(torrent(&node, fetching)["state"], "paused");
+    let ok = common::eventually(Duration::from_secs(10), || {
+        node_log(&node).contains(&format!("{held}: fetching the metadata"))
+    });
+    assert!(ok, "the resumed magnet fetches after the restart: {}", node_log(&node));
+    assert!(
+        !node_log(&node).contains(&format!("{fetching}: fetching the metadata")),
+        "a paused magnet fetched after the restart"
+    );
 }
 
 #[test]

@@ -228,3 +228,42 @@ fn a_stop_after_completed_failed_still_says_stopped() {
     let (_, url) = get(&drain(&mut a).0);
     assert!(url.contains("&event=stopped"), "{url}");
 }
+
+#[test]
+fn the_status_shows_each_tracker_not_contacted_then_updating_then_working_or_in_error() {
+    let mut a = announcer(&[&["http://a/announce"], &["http://b/announce"]]);
+    let (o, _) = drain(&mut a);
+    let (id, _) = get(&o);
+    let s = a.status();
+    assert_eq!(s.len(), 2);
+    assert_eq!((s[0].url.as_str(), s[0].tier, s[0].state), ("http://a/announce", 0, TrackerState::Updating));
+    assert_eq!((s[1].tier, s[1].state, s[1].peers, s[1].last_announce), (1, TrackerState::NotContacted, None, None));
+    a.handle(t(3), Input::HttpBody { id, body: encode_failure("unregistered torrent") });
+    let (o, _) = drain(&mut a);
+    let s = a.status();
+    assert_eq!(s[0].state, TrackerState::Error);
+    assert_eq!(s[0].last_announce, Some(t(3)));
+    assert!(s[0].error.as_deref().is_some_and(|e| e.contains("unregistered torrent")), "{:?}", s[0].error);
+    assert_eq!(s[1].state, TrackerState::Updating, "the next tier is asked at once");
+    let (id, _) = get(&o);
+    a.handle(t(4), Input::HttpBody { id, body: ok_body(1800, "1.2.3.4:5") });
+    drain(&mut a);
+    let s = a.status();
+    assert_eq!(
+        (s[1].state, s[1].peers, s[1].last_announce, s[1].error.clone()),
+        (TrackerState::Working, Some(1), Some(t(4)), None)
+    );
+    assert_eq!(TrackerState::Working.as_str(), "working");
+    assert_eq!(TrackerState::NotContacted.as_str(), "not contacted");
+}
+
+#[test]
+fn a_tracker_that_never_answers_shows_an_error_once_its_request_times_out() {
+    let mut a = announcer(&[&["http://a/announce"]]);
+    drain(&mut a);
+    a.handle(t(60), Input::Timeout);
+    drain(&mut a);
+    let s = a.status();
+    assert_eq!(s[0].state, TrackerState::Error);
+    assert!(s[0].error.is_some() && s[0].peers.is_none());
+}

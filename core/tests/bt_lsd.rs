@@ -309,3 +309,29 @@ proptest! {
         prop_assert!(st.peers <= st.received - st.rate_limited - st.own - st.foreign - st.malformed);
     }
 }
+
+#[test]
+fn a_torrent_set_later_is_announced_at_once_and_one_dropped_is_no_longer_reported() {
+    let mut l = Lsd::new(LsdConfig::new(6881, vec![ih(1)]), at(0), 7);
+    l.handle(at(0), Input::Timeout);
+    drain(&mut l);
+    l.handle(at(10), Input::SetInfoHashes(vec![ih(2)]));
+    let (o, _) = drain(&mut l);
+    let text: Vec<String> = o
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit(t) => Some(String::from_utf8(t.bytes.clone()).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text.len(), 1, "{o:?}");
+    assert!(text[0].contains(&ih(2).to_hex()) && !text[0].contains(&ih(1).to_hex()));
+    let from: SocketAddr = "192.168.1.5:6771".parse().unwrap();
+    let other = Announce { port: 7000, info_hashes: vec![ih(1), ih(2)], cookie: Some("other".into()) };
+    l.handle(at(11), Input::Receive { from, bytes: other.encode(LSD_GROUP_V4) });
+    let (o, _) = drain(&mut l);
+    assert_eq!(o, vec![Output::Event(Event::Peer { info_hash: ih(2), addr: "192.168.1.5:7000".parse().unwrap() })]);
+    // The same set again announces nothing new.
+    l.handle(at(12), Input::SetInfoHashes(vec![ih(2)]));
+    assert!(drain(&mut l).0.is_empty());
+}

@@ -33,7 +33,7 @@ fn drain(l: &mut Lsd, ours: &[InfoHash], own: &mut Vec<Vec<u8>>) -> Instant {
 }
 
 fn machine(u: &mut Unstructured) -> Result<()> {
-    let ours: Vec<InfoHash> = (0..u.int_in_range(1u8..=3)?).map(|i| InfoHash([i; 20])).collect();
+    let mut ours: Vec<InfoHash> = (0..u.int_in_range(1u8..=3)?).map(|i| InfoHash([i; 20])).collect();
     let mut config = LsdConfig::new(u.int_in_range(1u16..=65535)?, ours.clone());
     config.source_burst = u.int_in_range(0u32..=40)?;
     config.source_per_minute = u.int_in_range(0u32..=120)?;
@@ -46,7 +46,7 @@ fn machine(u: &mut Unstructured) -> Result<()> {
     let mut deadline = drain(&mut l, &ours, &mut own);
     while !u.is_empty() {
         let from = SocketAddr::from(([10, 0, 0, u.int_in_range(0u8..=3)?], 6771));
-        match u.int_in_range(0u8..=4)? {
+        match u.int_in_range(0u8..=5)? {
             0 => {
                 let bytes: Vec<u8> = u.arbitrary()?;
                 l.handle(now, Input::Receive { from, bytes });
@@ -67,6 +67,13 @@ fn machine(u: &mut Unstructured) -> Result<()> {
             3 => {
                 now = now.max(deadline);
                 l.handle(now, Input::Timeout);
+            }
+            // A session's torrents come and go: only the new set's peers
+            // may be reported from now on.
+            5 => {
+                let n = u.int_in_range(0usize..=4)?;
+                ours = (0..n).map(|_| Ok(InfoHash([u.int_in_range(0u8..=4)?; 20]))).collect::<Result<_>>()?;
+                l.handle(now, Input::SetInfoHashes(ours.clone()));
             }
             _ => now += Duration::from_secs(u64::from(u.int_in_range(0u16..=400)?)),
         }

@@ -158,6 +158,11 @@ impl TestNode {
             .arg(data)
             .args(extra)
             .env("RUMOR_LOG", "debug")
+            // A torrent session's peers must be the ones its test gives:
+            // no LSD (one multicast group for every test on the host), and
+            // no DHT unless the test gives the DHT to join (`--dht-bootstrap`).
+            .env("RUMOR_NO_LSD", "1")
+            .env("RUMOR_NO_DHT", if extra.contains(&"--dht-bootstrap") { "0" } else { "1" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -136,6 +136,22 @@ struct NodeArgs {
     /// With --downloads: the TCP port every torrent takes peers on (0: any).
     #[arg(long, env = "RUMOR_BT_PORT", default_value_t = 6881)]
     bt_port: u16,
+    /// With --downloads: the UDP port of the session's Mainline DHT node
+    /// (BEP 5), shared by every torrent (0: any).
+    #[arg(long, default_value_t = 6881)]
+    dht_port: u16,
+    /// With --downloads: no DHT (peers from trackers, the overlay and LSD
+    /// only). A private torrent never uses it.
+    #[arg(long, env = "RUMOR_NO_DHT", value_parser = clap::builder::BoolishValueParser::new())]
+    no_dht: bool,
+    /// With --downloads: a DHT node to join through, HOST:PORT
+    /// (repeatable); by default the public routers.
+    #[arg(long = "dht-bootstrap")]
+    dht_bootstrap: Vec<String>,
+    /// With --downloads: no Local Service Discovery (BEP 14) on the local
+    /// network's multicast group. A private torrent never uses it.
+    #[arg(long, env = "RUMOR_NO_LSD", value_parser = clap::builder::BoolishValueParser::new())]
+    no_lsd: bool,
 }
 
 /// A rate in bytes per second: `4194304`, `4M`, `512k`, `1G`.
@@ -603,6 +619,13 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
                     .map(|a| a.ip())
                     .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
                 store: resume_store.clone(),
+                dht: (!args.no_dht).then(|| crate::torrents::DhtSettings {
+                    port: args.dht_port,
+                    bootstrap: args.dht_bootstrap.clone(),
+                    // The routing table is kept with the node's data.
+                    state: (!args.ephemeral).then(|| args.data.join("dht-state")),
+                }),
+                lsd: !args.no_lsd,
             };
             Some(crate::torrents::start(config, handle.clone(), clock, shutdown_rx.clone())?)
         }

@@ -153,11 +153,60 @@ pub enum Output {
     Timeout(Instant),
 }
 
+/// How a tracker is doing, as [`Announcer::status`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackerState {
+    /// Never asked yet (another tracker of its tier answers, or its turn
+    /// has not come).
+    NotContacted,
+    /// A request to it is in flight.
+    Updating,
+    /// Its last answer was a good one.
+    Working,
+    /// Its last request failed, timed out or was refused.
+    Error,
+}
+
+impl TrackerState {
+    /// The word the APIs show: `"not contacted"`, `"updating"`,
+    /// `"working"`, `"error"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackerState::NotContacted => "not contacted",
+            TrackerState::Updating => "updating",
+            TrackerState::Working => "working",
+            TrackerState::Error => "error",
+        }
+    }
+}
+
+/// One tracker's state, for a user interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerStatus {
+    /// Its announce URL.
+    pub url: String,
+    /// Its tier (0 first).
+    pub tier: usize,
+    /// How it is doing.
+    pub state: TrackerState,
+    /// Peers in its last good answer (`None` before one).
+    pub peers: Option<u32>,
+    /// When its last request ended (answered or failed).
+    pub last_announce: Option<Instant>,
+    /// What went wrong with its last request, if it failed.
+    pub error: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 struct Tracker {
     url: String,
     udp: bool,
     conn: Option<(u64, Instant)>,
+    /// For [`Announcer::status`]: peers of the last good answer, when the
+    /// last request ended, and its error if it failed.
+    peers: Option<u32>,
+    last: Option<Instant>,
+    error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,7 +277,14 @@ impl Announcer {
                     count += 1;
                     count <= config.trackers_max
                 })
-                .map(|u| Tracker { url: u.clone(), udp: u.starts_with("udp://"), conn: None })
+                .map(|u| Tracker {
+                    url: u.clone(),
+                    udp: u.starts_with("udp://"),
+                    conn: None,
+                    peers: None,
+                    last: None,
+                    error: None,
+                })
                 .collect();
             rng.shuffle(&mut t);
             if !t.is_empty() {
@@ -261,6 +317,32 @@ impl Announcer {
     /// The trackers in their current order, tier by tier.
     pub fn trackers(&self) -> Vec<Vec<String>> {
         self.tiers.iter().map(|t| t.iter().map(|x| x.url.clone()).collect()).collect()
+    }
+
+    /// Every tracker's state, tier by tier in their current order (at most
+    /// [`AnnounceConfig::trackers_max`] entries).
+    pub fn status(&self) -> Vec<TrackerStatus> {
+        let mut all = Vec::new();
+        for (tier, trackers) in self.tiers.iter().enumerate() {
+            for (index, t) in trackers.iter().enumerate() {
+                let busy = self.in_flight.is_some_and(|f| f.tier == tier && f.index == index);
+                let state = match (busy, t.last, &t.error) {
+                    (true, _, _) => TrackerState::Updating,
+                    (false, None, _) => TrackerState::NotContacted,
+                    (false, Some(_), Some(_)) => TrackerState::Error,
+                    (false, Some(_), None) => TrackerState::Working,
+                };
+                all.push(TrackerStatus {
+                    url: t.url.clone(),
+                    tier,
+                    state,
+                    peers: t.peers,
+                    last_announce: t.last,
+                    error: t.error.clone(),
+                });
+            }
+        }
+        all
     }
 
     /// When the next regular announce is due.
@@ -408,8 +490,14 @@ impl Announcer {
         let Some(f) = self.in_flight.take() else {
             return;
         };
-        let url = self.tiers[f.tier][f.index].url.clone();
-        self.tiers[f.tier][f.index].conn = None;
+        let t = &mut self.tiers[f.tier][f.index];
+        let url = t.url.clone();
+        t.conn = None;
+        t.last = Some(now);
+        t.error = Some(match &error {
+            Some(e) => e.to_string(),
+            None => "no answer (timed out, or the request could not be made)".into(),
+        });
         self.out.push_back(Output::Event(Event::TrackerError { tracker: url, error }));
         self.failures += 1;
         if self.stop_after_in_flight {
@@ -441,7 +529,10 @@ impl Announcer {
             return self.send_stopped(now);
         }
         self.failures = 0;
-        let t = self.tiers[f.tier].remove(f.index);
+        let mut t = self.tiers[f.tier].remove(f.index);
+        t.last = Some(now);
+        t.error = None;
+        t.peers = Some(peers.len().min(u32::MAX as usize) as u32);
         self.tiers[f.tier].insert(0, t);
         self.cursor = (0, 0);
         self.event = AnnounceEvent::None;

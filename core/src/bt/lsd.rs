@@ -232,6 +232,11 @@ pub enum Input {
     },
     /// Time passed; early timeouts do nothing.
     Timeout,
+    /// The torrents we serve now (a session's torrents come and go; at
+    /// most [`LSD_TORRENTS_MAX`], more are ignored). A torrent not served
+    /// before is announced at once; peers of one no longer served are not
+    /// reported.
+    SetInfoHashes(Vec<InfoHash>),
 }
 
 /// What the machine reports.
@@ -348,6 +353,16 @@ impl Lsd {
                 }
             }
             Input::Receive { from, bytes } => self.on_receive(now, from, &bytes),
+            Input::SetInfoHashes(mut hashes) => {
+                hashes.truncate(LSD_TORRENTS_MAX);
+                let fresh = hashes.iter().any(|h| !self.config.info_hashes.contains(h));
+                self.config.info_hashes = hashes;
+                if fresh {
+                    // Said once now (the machine's next regular announce
+                    // follows its interval from here).
+                    self.announce(now);
+                }
+            }
         }
     }
 

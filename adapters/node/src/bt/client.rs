@@ -137,6 +137,25 @@ pub struct Snapshot {
     pub wanted: (u64, u64),
     /// Each connection: address, client (peer id prefix), rates, progress.
     pub peers: Vec<PeerView>,
+    /// The torrent's own trackers, as its announcer last saw them.
+    pub trackers: Vec<TrackerView>,
+}
+
+/// One tracker of a [`Snapshot`] (`GET /torrents/{infohash}`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrackerView {
+    /// Its announce URL.
+    pub url: String,
+    /// Its tier (0 first).
+    pub tier: usize,
+    /// `"working"`, `"updating"`, `"error"` or `"not contacted"`.
+    pub status: &'static str,
+    /// Peers in its last good answer.
+    pub peers: Option<u32>,
+    /// Wall clock (ms since the epoch) when its last request ended.
+    pub last_announce_ms: Option<u64>,
+    /// What went wrong with its last request.
+    pub error: Option<String>,
 }
 
 /// One connection of a [`Snapshot`].
@@ -1082,8 +1101,26 @@ impl Session {
             seeds: infos.iter().filter(|p| p.ready && p.seed).count(),
             wanted: (self.torrent.stats().wanted, self.torrent.stats().wanted_done),
             peers,
+            trackers: self.tracker_views(),
         };
         *e.snapshot.lock().expect("no panic while held") = Some(snap);
+    }
+
+    /// The announcer's view of each tracker, its times on the wall clock.
+    fn tracker_views(&self) -> Vec<TrackerView> {
+        let (now, wall) = (self.clock.now(), self.clock.wall_ms());
+        (self.announcer.status().into_iter())
+            .map(|t| TrackerView {
+                status: t.state.as_str(),
+                last_announce_ms: t
+                    .last_announce
+                    .map(|at| wall.saturating_sub(now.saturating_duration_since(at).as_millis())),
+                url: t.url,
+                tier: t.tier,
+                peers: t.peers,
+                error: t.error,
+            })
+            .collect()
     }
 
     fn status(&self) -> Status {

@@ -157,27 +157,7 @@ async fn run(
     save_on_stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let clock = Clock::new();
-    let saved = load(&args.state);
-    let id = match &saved {
-        Some((id, _)) => *id,
-        None => {
-            let mut id = [0u8; 20];
-            id[..8].copy_from_slice(&super::entropy::seed().to_le_bytes());
-            id[8..16].copy_from_slice(&super::entropy::seed().to_le_bytes());
-            id[16..].copy_from_slice(&super::entropy::seed().to_le_bytes()[..4]);
-            NodeId(id)
-        }
-    };
-    let mut dht = Dht::new(Config::new(id), clock.now(), super::entropy::seed());
-    let mut boot: Vec<SocketAddr> = saved.map(|(_, n)| n.into_iter().map(|n| n.addr).collect()).unwrap_or_default();
-    for target in &args.bootstrap {
-        match rt::lookup_host(target.clone()).await {
-            Ok(addrs) => boot.extend(addrs.into_iter().filter(SocketAddr::is_ipv4)),
-            // Expected offline or on a private network: not worth a warning.
-            Err(e) => tracing::debug!("dht: bootstrap {target}: {e}"),
-        }
-    }
-    tracing::info!("dht: node {id}, joining through {} addresses", boot.len());
+    let (mut dht, boot) = start_node(Some(&args.state), &args.bootstrap, &clock).await;
     let socket = args.socket;
     let mut handed: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut lookup: u64 = 0;
@@ -277,4 +257,257 @@ async fn run(
         save(&args.state, &dht);
     }
     Ok(())
+}
+
+/// Lookups the session's node runs at once; the other torrents wait their
+/// turn, so a session of many torrents spreads its lookups over time.
+pub const SHARED_LOOKUPS_MAX: usize = 4;
+/// Torrent changes waiting for the session's node; when full, the session
+/// tries again on its next turn.
+pub const WANTS_MAX: usize = 256;
+/// Peers remembered per torrent as already handed on; past it the memory
+/// starts over (a peer handed twice is only learned twice).
+const HANDED_MAX: usize = 2048;
+
+/// What the session asks of its DHT node.
+pub enum Want {
+    /// Look up `info_hash` now and then, announcing us, and hand the peers
+    /// found to `found` (the torrent's task).
+    Add {
+        /// The torrent.
+        info_hash: InfoHash,
+        /// Its task's channel of found peers.
+        found: async_channel::Sender<Vec<SocketAddr>>,
+    },
+    /// Stop looking it up (paused, private, removed).
+    Remove(InfoHash),
+}
+
+/// What the session's node needs.
+pub struct SharedArgs {
+    /// The bound UDP socket.
+    pub socket: Box<dyn UdpSocket>,
+    /// Its port, which our `port` messages give peers.
+    pub udp_port: u16,
+    /// `HOST:PORT` routers to join through.
+    pub bootstrap: Vec<String>,
+    /// Where the routing table is saved and read back (`None`: nowhere).
+    pub state: Option<PathBuf>,
+    /// The session's TCP peer port, announced for every torrent.
+    pub peer_port: u16,
+}
+
+/// The DHT node of the node's torrent session: one routing table and one
+/// socket for every torrent.
+pub struct SharedDht {
+    node: DhtNode,
+    wants: async_channel::Sender<Want>,
+}
+
+impl SharedDht {
+    /// A handle for the torrents' download loops (BEP 5 `port` messages).
+    pub fn pinger(&self) -> DhtPinger {
+        self.node.pinger()
+    }
+
+    /// Asks the node to look up a torrent, or to stop; `false` if the
+    /// queue is full (ask again later).
+    pub fn want(&self, want: Want) -> bool {
+        self.wants.try_send(want).is_ok()
+    }
+
+    /// Stops the node, saving its table.
+    pub async fn stop(self) {
+        self.node.stop(true).await
+    }
+}
+
+/// Starts the session's node.
+pub fn spawn_shared(args: SharedArgs) -> SharedDht {
+    let port = args.udp_port;
+    let (stop, shutdown) = rt::Shutdown::new();
+    let (pings, pings_rx) = async_channel::bounded(PINGS_MAX);
+    let (wants, wants_rx) = async_channel::bounded(WANTS_MAX);
+    let save_on_stop = Arc::new(AtomicBool::new(true));
+    let save = save_on_stop.clone();
+    let task = rt::spawn(async move {
+        run_shared(args, wants_rx, pings_rx, shutdown, save).await;
+    });
+    SharedDht { node: DhtNode { stop, save_on_stop, task, pings, port }, wants }
+}
+
+/// A new node: our id (the saved one, else random) and where to join.
+async fn start_node(state: Option<&Path>, bootstrap: &[String], clock: &Clock) -> (Dht, Vec<SocketAddr>) {
+    let saved = state.and_then(load);
+    let id = match &saved {
+        Some((id, _)) => *id,
+        None => {
+            let mut id = [0u8; 20];
+            id[..8].copy_from_slice(&super::entropy::seed().to_le_bytes());
+            id[8..16].copy_from_slice(&super::entropy::seed().to_le_bytes());
+            id[16..].copy_from_slice(&super::entropy::seed().to_le_bytes()[..4]);
+            NodeId(id)
+        }
+    };
+    let dht = Dht::new(Config::new(id), clock.now(), super::entropy::seed());
+    let mut boot: Vec<SocketAddr> = saved.map(|(_, n)| n.into_iter().map(|n| n.addr).collect()).unwrap_or_default();
+    for target in bootstrap {
+        match rt::lookup_host(target.clone()).await {
+            Ok(addrs) => boot.extend(addrs.into_iter().filter(SocketAddr::is_ipv4)),
+            // Expected offline or on a private network: not worth a warning.
+            Err(e) => tracing::debug!("dht: bootstrap {target}: {e}"),
+        }
+    }
+    tracing::info!("dht: node {id}, joining through {} addresses", boot.len());
+    (dht, boot)
+}
+
+/// One torrent the session's node looks up.
+struct Looked {
+    found: async_channel::Sender<Vec<SocketAddr>>,
+    handed: BTreeSet<SocketAddr>,
+    next_lookup: std::time::Instant,
+    running: Option<u64>,
+}
+
+async fn run_shared(
+    args: SharedArgs,
+    wants: async_channel::Receiver<Want>,
+    pings: async_channel::Receiver<SocketAddr>,
+    stop: rt::Shutdown,
+    save_on_stop: Arc<AtomicBool>,
+) {
+    let clock = Clock::new();
+    let (mut dht, boot) = start_node(args.state.as_deref(), &args.bootstrap, &clock).await;
+    let socket = args.socket;
+    // At most the session's torrents (`torrents::TORRENTS_MAX`): it adds
+    // only those it holds, and removes them.
+    let mut torrents: std::collections::BTreeMap<InfoHash, Looked> = std::collections::BTreeMap::new();
+    // Lookup id -> torrent, for the lookups running (at most
+    // SHARED_LOOKUPS_MAX).
+    let mut lookups: std::collections::BTreeMap<u64, InfoHash> = std::collections::BTreeMap::new();
+    let mut next_id: u64 = 0;
+    let mut next_save = std::time::Instant::now() + SAVE_EVERY;
+    let mut timeout;
+    let mut buf = vec![0u8; DATAGRAM_MAX];
+    let mut pending: Vec<Input> = vec![Input::Command(Command::Bootstrap(boot))];
+    let save_to = |dht: &Dht| {
+        if let Some(p) = &args.state {
+            save(p, dht);
+        }
+    };
+    loop {
+        for input in pending.drain(..) {
+            dht.handle(clock.now(), input);
+        }
+        loop {
+            match dht.poll_output() {
+                Output::Transmit(t) => {
+                    if let Err(e) = socket.send_to(&t.bytes, t.to).await {
+                        tracing::trace!("dht: send to {}: {e}", t.to);
+                    }
+                }
+                Output::Event(Event::Peers { info_hash, peers, .. }) => {
+                    let Some(t) = torrents.get_mut(&info_hash) else { continue };
+                    if t.handed.len() + peers.len() > HANDED_MAX {
+                        t.handed.clear();
+                    }
+                    let fresh: Vec<SocketAddr> = peers.into_iter().filter(|p| t.handed.insert(*p)).collect();
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    tracing::info!("dht: {} new peers of {info_hash}", fresh.len());
+                    match t.found.try_send(fresh) {
+                        Ok(()) => {}
+                        // Its task is busy: hand them on next time.
+                        Err(async_channel::TrySendError::Full(f)) => f.iter().for_each(|p| {
+                            t.handed.remove(p);
+                        }),
+                        // Its task ended: forget it (the session adds it
+                        // again if it starts again).
+                        Err(async_channel::TrySendError::Closed(_)) => {
+                            torrents.remove(&info_hash);
+                        }
+                    }
+                }
+                Output::Event(Event::LookupDone { lookup, stats }) => {
+                    let Some(ih) = lookups.remove(&lookup) else { continue };
+                    tracing::info!(
+                        "dht: lookup of {ih} done: {} peers, {} queries, announced to {} nodes, table {} nodes",
+                        stats.peers,
+                        stats.queries,
+                        stats.announced,
+                        dht.table().len()
+                    );
+                    if let Some(t) = torrents.get_mut(&ih).filter(|t| t.running == Some(lookup)) {
+                        t.running = None;
+                        let again = if stats.peers > 0 && stats.announced > 0 { LOOKUP_EVERY } else { RETRY_EVERY };
+                        t.next_lookup = std::time::Instant::now() + again;
+                    }
+                }
+                Output::Timeout(at) => {
+                    timeout = at;
+                    break;
+                }
+            }
+        }
+        let now = std::time::Instant::now();
+        // Start the lookups due, most overdue first, a few at a time.
+        let mut due: Vec<(std::time::Instant, InfoHash)> = torrents
+            .iter()
+            .filter(|(_, t)| t.running.is_none() && t.next_lookup <= now)
+            .map(|(ih, t)| (t.next_lookup, *ih))
+            .collect();
+        due.sort();
+        let room = SHARED_LOOKUPS_MAX.saturating_sub(lookups.len());
+        for (_, ih) in due.into_iter().take(room) {
+            next_id += 1;
+            lookups.insert(next_id, ih);
+            if let Some(t) = torrents.get_mut(&ih) {
+                t.running = Some(next_id);
+            }
+            let cmd = Command::GetPeers { lookup: next_id, info_hash: ih, announce: Some(args.peer_port) };
+            pending.push(Input::Command(cmd));
+        }
+        if !pending.is_empty() {
+            continue;
+        }
+        if now >= next_save {
+            next_save = now + SAVE_EVERY;
+            save_to(&dht);
+        }
+        let mut wake = clock.std_instant(timeout).min(next_save).min(now + Duration::from_secs(1));
+        if lookups.len() < SHARED_LOOKUPS_MAX {
+            if let Some(t) = torrents.values().filter(|t| t.running.is_none()).map(|t| t.next_lookup).min() {
+                wake = wake.min(t);
+            }
+        }
+        futures::select_biased! {
+            _ = futures::FutureExt::fuse(stop.wait()) => break,
+            w = futures::FutureExt::fuse(wants.recv()) => match w {
+                Ok(Want::Add { info_hash, found }) => {
+                    let next_lookup = std::time::Instant::now();
+                    torrents.insert(info_hash, Looked { found, handed: BTreeSet::new(), next_lookup, running: None });
+                }
+                Ok(Want::Remove(ih)) => {
+                    // Its lookup, if running, ends on its own; its peers
+                    // then go nowhere.
+                    torrents.remove(&ih);
+                }
+                Err(_) => break,
+            },
+            r = futures::FutureExt::fuse(socket.recv_from(&mut buf)) => match r {
+                Ok((n, from)) => pending.push(Input::Receive { from, bytes: buf[..n].to_vec() }),
+                Err(e) => tracing::trace!("dht: receive: {e}"),
+            },
+            p = futures::FutureExt::fuse(pings.recv()) => match p {
+                Ok(addr) => pending.push(Input::Command(Command::Ping(addr))),
+                Err(_) => break,
+            },
+            _ = futures::FutureExt::fuse(rt::sleep_until(wake)) => pending.push(Input::Timeout),
+        }
+    }
+    if save_on_stop.load(Ordering::Relaxed) {
+        save_to(&dht);
+    }
 }

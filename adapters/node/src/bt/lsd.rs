@@ -1,4 +1,5 @@
-//! Local Service Discovery (BEP 14) for one torrent: the core
+//! Local Service Discovery (BEP 14) for one torrent (`rumor get`), or for
+//! every torrent of the node's session ([`start_shared`]): the core
 //! [`rumor_core::bt::lsd::Lsd`] machine on the two multicast groups, in a
 //! task of its own.
 //!
@@ -37,16 +38,41 @@ pub const FOUND_MAX: usize = 64;
 /// longer one read short is refused too.
 const DATAGRAM_BYTES_MAX: usize = 2048;
 
+/// Peers found by the session's discovery and not yet taken (it serves
+/// many torrents).
+pub const SHARED_FOUND_MAX: usize = 1024;
+
 /// The running discovery; dropping it stops it.
 pub struct LsdHandle {
-    found: Receiver<SocketAddr>,
+    found: Receiver<(InfoHash, SocketAddr)>,
     _task: Task,
 }
 
 impl LsdHandle {
     /// The peers found since the last call.
     pub fn take_found(&self) -> Vec<SocketAddr> {
-        std::iter::from_fn(|| self.found.try_recv().ok()).take(FOUND_MAX).collect()
+        std::iter::from_fn(|| self.found.try_recv().ok()).take(FOUND_MAX).map(|(_, a)| a).collect()
+    }
+}
+
+/// The discovery of the node's torrent session: one pair of multicast
+/// sockets and one machine for every torrent; dropping it stops it.
+pub struct SharedLsd {
+    found: Receiver<(InfoHash, SocketAddr)>,
+    set: Sender<Vec<InfoHash>>,
+    _task: Task,
+}
+
+impl SharedLsd {
+    /// Serves these torrents from now on (announced, their peers reported).
+    pub fn set(&self, info_hashes: Vec<InfoHash>) {
+        // Only the latest set matters: one that is not taken yet is replaced.
+        let _ = self.set.force_send(info_hashes);
+    }
+
+    /// The peers found since the last call, with their torrent.
+    pub fn take_found(&self) -> Vec<(InfoHash, SocketAddr)> {
+        std::iter::from_fn(|| self.found.try_recv().ok()).take(SHARED_FOUND_MAX).collect()
     }
 }
 
@@ -78,6 +104,27 @@ fn open(group: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// listener `listen`; `None` (with a warning) if no group's socket could
 /// be opened.
 pub fn start(clock: Clock, info_hash: InfoHash, listen: SocketAddr) -> Option<LsdHandle> {
+    let (lsd, sockets) = machine(clock, vec![info_hash], listen)?;
+    let (tx, found) = async_channel::bounded(FOUND_MAX);
+    let task = Task::spawn(run(lsd, sockets, clock, tx, None));
+    Some(LsdHandle { found, _task: task })
+}
+
+/// Starts the session's discovery, serving no torrent until
+/// [`SharedLsd::set`]; `None` (with a warning) if no group's socket could
+/// be opened.
+pub fn start_shared(clock: Clock, listen: SocketAddr) -> Option<SharedLsd> {
+    let (lsd, sockets) = machine(clock, Vec::new(), listen)?;
+    let (tx, found) = async_channel::bounded(SHARED_FOUND_MAX);
+    let (set, set_rx) = async_channel::bounded(1);
+    let task = Task::spawn(run(lsd, sockets, clock, tx, Some(set_rx)));
+    Some(SharedLsd { found, set, _task: task })
+}
+
+type Sockets = Vec<(SocketAddr, Box<dyn UdpSocket>)>;
+
+/// The machine and its sockets, for the groups `listen` calls for.
+fn machine(clock: Clock, info_hashes: Vec<InfoHash>, listen: SocketAddr) -> Option<(Lsd, Sockets)> {
     let mut sockets: Vec<(SocketAddr, Box<dyn UdpSocket>)> = Vec::new();
     let v4 = listen.is_ipv4() || listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
     let groups = [(LSD_GROUP_V4, v4), (LSD_GROUP_V6, listen.is_ipv6())];
@@ -91,13 +138,18 @@ pub fn start(clock: Clock, info_hash: InfoHash, listen: SocketAddr) -> Option<Ls
     if sockets.is_empty() {
         return None;
     }
-    let mut config = LsdConfig::new(listen.port(), vec![info_hash]);
+    let mut config = LsdConfig::new(listen.port(), info_hashes);
     config.groups = sockets.iter().map(|(g, _)| *g).collect();
     tracing::debug!("local service discovery on {:?}", config.groups);
-    let lsd = Lsd::new(config, clock.now(), super::entropy::seed());
-    let (tx, found) = async_channel::bounded(FOUND_MAX);
-    let task = Task::spawn(run(lsd, sockets, clock, tx));
-    Some(LsdHandle { found, _task: task })
+    Some((Lsd::new(config, clock.now(), super::entropy::seed()), sockets))
+}
+
+/// The next set of torrents, or never without a session.
+async fn next_set(set: Option<&Receiver<Vec<InfoHash>>>) -> Option<Vec<InfoHash>> {
+    match set {
+        Some(rx) => rx.recv().await.ok(),
+        None => futures::future::pending().await,
+    }
 }
 
 async fn recv(s: Option<&(SocketAddr, Box<dyn UdpSocket>)>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
@@ -107,7 +159,13 @@ async fn recv(s: Option<&(SocketAddr, Box<dyn UdpSocket>)>, buf: &mut [u8]) -> i
     }
 }
 
-async fn run(mut lsd: Lsd, sockets: Vec<(SocketAddr, Box<dyn UdpSocket>)>, clock: Clock, found: Sender<SocketAddr>) {
+async fn run(
+    mut lsd: Lsd,
+    sockets: Sockets,
+    clock: Clock,
+    found: Sender<(InfoHash, SocketAddr)>,
+    set: Option<Receiver<Vec<InfoHash>>>,
+) {
     let (mut b0, mut b1) = (vec![0u8; DATAGRAM_BYTES_MAX], vec![0u8; DATAGRAM_BYTES_MAX]);
     let mut input = Some(Input::Timeout);
     loop {
@@ -122,9 +180,9 @@ async fn run(mut lsd: Lsd, sockets: Vec<(SocketAddr, Box<dyn UdpSocket>)>, clock
                         tracing::debug!("local service discovery: announce to {} failed: {e}", t.to);
                     }
                 }
-                Output::Event(Event::Peer { addr, .. }) => {
-                    tracing::debug!("local service discovery: peer {addr}");
-                    let _ = found.try_send(addr);
+                Output::Event(Event::Peer { addr, info_hash }) => {
+                    tracing::debug!("local service discovery: peer {addr} of {info_hash}");
+                    let _ = found.try_send((info_hash, addr));
                 }
                 Output::Timeout(at) => break at,
             }
@@ -133,6 +191,14 @@ async fn run(mut lsd: Lsd, sockets: Vec<(SocketAddr, Box<dyn UdpSocket>)>, clock
         let got = futures::select_biased! {
             r = recv(sockets.first(), &mut b0).fuse() => r.map(|(n, from)| (b0[..n].to_vec(), from)),
             r = recv(sockets.get(1), &mut b1).fuse() => r.map(|(n, from)| (b1[..n].to_vec(), from)),
+            hashes = next_set(set.as_ref()).fuse() => {
+                match hashes {
+                    Some(h) => input = Some(Input::SetInfoHashes(h)),
+                    // The session is gone.
+                    None => return,
+                }
+                continue;
+            }
             _ = rt::sleep_until(wake).fuse() => {
                 input = Some(Input::Timeout);
                 continue;

@@ -25,9 +25,9 @@
 pub(crate) mod client;
 mod cluster_dns;
 pub(crate) mod control;
-mod dht;
+pub(crate) mod dht;
 pub(crate) mod entropy;
-mod lsd;
+pub(crate) mod lsd;
 pub(crate) mod magnet;
 pub(crate) mod mse_stream;
 mod overlay_member;

@@ -20,8 +20,11 @@
 //!   the cluster's overlay and hands back the other providers, dialed by
 //!   the torrent. A torrent's own trackers are announced to by its task.
 //!
-//! LSD and the DHT are per-download services of `rumor get` (each binds
-//! its own sockets); the session leaves them off.
+//! * one DHT node (`--dht-port`, BEP 5) and one Local Service Discovery
+//!   listener (BEP 14) for every torrent that is running, not paused nor
+//!   queued, and not private: the peers they find go to the torrent's
+//!   task the way the overlay's providers do (a magnet's fetch included),
+//!   and peers' DHT `port` messages to the node.
 //!
 //! Every file a torrent writes is under the download directory: the
 //! metainfo parser makes every name safe (`..`, separators, ... are
@@ -106,6 +109,21 @@ pub struct Config {
     pub advertise_ip: IpAddr,
     /// Fast resume records in the node's database (none with --ephemeral).
     pub store: Option<ResumeStore>,
+    /// The session's DHT node (`--dht-port`; `None`: `--no-dht`).
+    pub dht: Option<DhtSettings>,
+    /// Local Service Discovery for every torrent (off: `--no-lsd`).
+    pub lsd: bool,
+}
+
+/// The session's DHT node, as `rumor node` configures it.
+#[derive(Clone, Debug)]
+pub struct DhtSettings {
+    /// UDP port (0: any).
+    pub port: u16,
+    /// `HOST:PORT` routers (empty: the public ones).
+    pub bootstrap: Vec<String>,
+    /// Where its routing table is kept between runs (`None`: nowhere).
+    pub state: Option<PathBuf>,
 }
 
 /// How a torrent was given.
@@ -353,10 +371,11 @@ impl Entry {
         };
         if self.error.is_some() {
             "error"
+        } else if self.paused {
+            // A paused magnet does not fetch its metadata either.
+            "paused"
         } else if self.meta.is_none() {
             "metadata"
-        } else if self.paused {
-            "paused"
         } else if seeding {
             "seeding"
         } else if self.queued {
@@ -430,18 +449,19 @@ impl Entry {
                     .collect()
             }
         };
-        let mut trackers: Vec<Value> = self
-            .meta
-            .as_ref()
-            .map(|m| m.announce_tiers.iter().flatten().cloned().collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|url| json!({ "url": url, "status": "announced by the torrent", "peers": null, "last_announce_ms": null, "error": null }))
-            .collect();
+        // The torrent's own trackers as its task's announcer saw them last
+        // (before its task runs: not contacted).
+        let mut trackers: Vec<Value> = match snap.as_ref().filter(|s| !s.trackers.is_empty()) {
+            Some(s) => s.trackers.iter().map(|t| json!(t)).collect(),
+            None => (self.meta.as_ref().map(|m| m.announce_tiers.clone()).unwrap_or_default().into_iter().enumerate())
+                .flat_map(|(tier, urls)| urls.into_iter().map(move |url| (tier, url)))
+                .map(|(tier, url)| json!({ "url": url, "tier": tier, "status": "not contacted", "peers": null, "last_announce_ms": null, "error": null }))
+                .collect(),
+        };
         let o = &self.overlay;
         trackers.push(json!({
             "url": "overlay (this node's tracker)",
-            "status": if o.error.is_some() { "error" } else if o.last_announce_ms.is_some() { "working" } else { "not contacted yet" },
+            "status": if o.error.is_some() { "error" } else if o.last_announce_ms.is_some() { "working" } else { "not contacted" },
             "peers": o.peers,
             "last_announce_ms": o.last_announce_ms,
             "error": o.error,
@@ -502,6 +522,14 @@ pub struct Session {
     /// Batches of records for the writer task.
     records: Option<async_channel::Sender<RecordJob>>,
     next_records: std::time::Instant,
+    /// The DHT node every non-private torrent shares, and the torrents it
+    /// looks up (with the generation of the task their peers go to).
+    dht: Option<crate::bt::dht::SharedDht>,
+    dht_looked: BTreeMap<InfoHash, u64>,
+    /// Local Service Discovery for every non-private torrent, and the set
+    /// it serves.
+    lsd: Option<crate::bt::lsd::SharedLsd>,
+    lsd_served: Vec<InfoHash>,
 }
 
 /// Work for the record writer, in order.
@@ -565,6 +593,9 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
     let routes = Routes::default();
     let budget = Budget::new(PEERS_MAX);
     let listen_task = rt::spawn(listener::serve(listener, routes.clone(), budget.clone(), Encryption::Prefer));
+    let dht = config.dht.as_ref().and_then(|d| start_dht(d, port));
+    let lsd =
+        if config.lsd { crate::bt::lsd::start_shared(clock, SocketAddr::from(([0, 0, 0, 0], port))) } else { None };
     let (tx, rx) = async_channel::bounded(COMMANDS_MAX);
     let (reports_tx, reports_rx) = async_channel::bounded(1024);
     tracing::info!(dir = %config.dir.display(), port, "torrent session up");
@@ -600,6 +631,10 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
         peer_id: crate::bt::entropy::peer_id(),
         removed_downloaded: 0,
         removed_uploaded: 0,
+        dht,
+        dht_looked: BTreeMap::new(),
+        lsd,
+        lsd_served: Vec::new(),
     };
     for (ih, record) in restored {
         session.restore(InfoHash(ih), record);
@@ -610,6 +645,33 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
         listen_task.abort();
     });
     Ok(handle)
+}
+
+/// Binds the session's DHT socket and starts its node; a port that cannot
+/// be bound turns the DHT off with a warning, not the session.
+fn start_dht(d: &DhtSettings, peer_port: u16) -> Option<crate::bt::dht::SharedDht> {
+    use crate::bt::dht;
+    // Bound here rather than with rt::bind_udp so that the port actually
+    // bound (`--dht-port 0` picks one) is known for our `port` messages.
+    let bound = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], d.port))).and_then(|s| {
+        s.set_nonblocking(true)?;
+        let local = s.local_addr()?.port();
+        Ok((rt::runtime().udp_socket(s)?, local))
+    });
+    let (socket, udp_port) = match bound {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("DHT off: cannot bind UDP port {}: {e}", d.port);
+            return None;
+        }
+    };
+    let bootstrap = if d.bootstrap.is_empty() {
+        dht::DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect()
+    } else {
+        d.bootstrap.clone()
+    };
+    tracing::info!(udp_port, "torrent session: DHT node up");
+    Some(dht::spawn_shared(dht::SharedArgs { socket, udp_port, bootstrap, state: d.state.clone(), peer_port }))
 }
 
 enum Wake {
@@ -770,9 +832,14 @@ impl Session {
         };
         self.next_position += 1;
         tracing::info!("torrent {ih} ({}) added", entry.name);
+        let fetch_held = entry.paused && entry.meta.is_none();
         self.torrents.insert(ih, entry);
-        self.start_task(ih);
+        if !fetch_held {
+            self.start_task(ih);
+        }
         self.reschedule();
+        // The DHT and LSD look for it at once, not at the next tick.
+        self.discovery();
         self.announce(ih, AnnounceEvent::Started);
         self.save_records(false);
         let e = self.torrents.get(&ih).expect("inserted above");
@@ -829,8 +896,12 @@ impl Session {
             dirty: false,
         };
         self.next_position = self.next_position.max(r.queue_position + 1);
+        // A paused magnet waits for its resume to fetch the metadata.
+        let fetch_held = entry.paused && entry.meta.is_none();
         self.torrents.insert(ih, entry);
-        self.start_task(ih);
+        if !fetch_held {
+            self.start_task(ih);
+        }
     }
 
     /// The record of `e` as it stands.
@@ -915,7 +986,9 @@ impl Session {
             no_lsd: true,
             encryption: Encryption::Prefer,
             dht_port: None,
-            no_dht: true,
+            // The session's node serves every torrent (this only names
+            // the source in messages).
+            no_dht: self.dht.is_none(),
             dht_bootstrap: Vec::new(),
         }
     }
@@ -930,6 +1003,7 @@ impl Session {
         let (gate_down, gate_up) = (self.down.clone(), self.up.clone());
         let dir = self.config.dir.clone();
         let reports = self.reports_tx.clone();
+        let dht = self.dht.as_ref().map(|d| d.pinger());
         let e = self.torrents.get_mut(&ih).expect("the caller checked");
         e.error = None;
         *e.snapshot.lock().expect("no panic while held") = None;
@@ -955,7 +1029,7 @@ impl Session {
             (None, _) => What::Link(MagnetLink { info_hash: ih, name: None, trackers: Vec::new(), peers: Vec::new() }),
         };
         let task = rt::spawn(async move {
-            let r = run_torrent(what, dir, net, incoming, embedded, found_rx, &reports, generation).await;
+            let r = run_torrent(what, dir, net, incoming, embedded, found_rx, dht, &reports, generation).await;
             let _ = reports.send(Report::Ended(ih, generation, r)).await;
         });
         e.run = Some(Run { generation, commands, hold, found, task });
@@ -1033,7 +1107,19 @@ impl Session {
             self.torrents.get_mut(&ih).ok_or_else(|| Refusal::NotFound(format!("no torrent {ih} in this session")))?;
         e.dirty = true;
         match a {
-            Action::Pause => e.paused = true,
+            Action::Pause => {
+                e.paused = true;
+                if e.meta.is_none() {
+                    // A magnet's fetch has no pause of its own: it ends, and
+                    // starts again on resume.
+                    if let Some(run) = e.run.take() {
+                        run.task.abort_handle().abort();
+                        tracing::info!("torrent {ih}: paused; its metadata fetch stopped");
+                    }
+                    self.routes.remove(&ih);
+                    self.budget.remove(&ih);
+                }
+            }
             Action::Resume => {
                 e.paused = false;
                 if e.run.is_none() {
@@ -1055,6 +1141,7 @@ impl Session {
             }
         }
         self.reschedule();
+        self.discovery();
         Ok(self.torrents[&ih].summary())
     }
 
@@ -1216,9 +1303,10 @@ impl Session {
         self.subscribers.retain(|s| s.force_send((name.to_string(), data.clone())).is_ok());
     }
 
-    /// Once a second: the queue, `/events`.
+    /// Once a second: the queue, the DHT and LSD, `/events`.
     async fn tick(&mut self) {
         self.reschedule();
+        self.discovery();
         if std::time::Instant::now() >= self.next_records {
             self.next_records = std::time::Instant::now() + RECORDS_EVERY;
             self.save_records(false);
@@ -1249,6 +1337,57 @@ impl Session {
         let body = self.session_body();
         self.broadcast("session", body);
         self.node_events().await;
+    }
+
+    /// Keeps the DHT node and LSD on the torrents that should use them
+    /// (running, neither paused nor queued, not private: a magnet counts as
+    /// public until its metadata says otherwise), and hands the peers LSD
+    /// found to their torrents' tasks, like the overlay's providers.
+    fn discovery(&mut self) {
+        let wanted: BTreeMap<InfoHash, u64> = self
+            .torrents
+            .values()
+            .filter(|e| !e.paused && !e.queued && e.error.is_none())
+            .filter(|e| !e.meta.as_ref().is_some_and(|m| m.private))
+            .filter_map(|e| Some((e.ih, e.run.as_ref()?.generation)))
+            .collect();
+        if let Some(dht) = &self.dht {
+            use crate::bt::dht::Want;
+            let gone: Vec<InfoHash> =
+                self.dht_looked.iter().filter(|(ih, g)| wanted.get(ih) != Some(g)).map(|(ih, _)| *ih).collect();
+            for ih in gone {
+                if dht.want(Want::Remove(ih)) {
+                    self.dht_looked.remove(&ih);
+                }
+            }
+            for (ih, g) in &wanted {
+                if self.dht_looked.contains_key(ih) {
+                    continue;
+                }
+                let Some(run) = self.torrents.get(ih).and_then(|e| e.run.as_ref()) else { continue };
+                // A full queue: tried again next turn.
+                if dht.want(Want::Add { info_hash: *ih, found: run.found.clone() }) {
+                    self.dht_looked.insert(*ih, *g);
+                }
+            }
+        }
+        if let Some(lsd) = &self.lsd {
+            let set: Vec<InfoHash> = wanted.keys().copied().collect();
+            if set != self.lsd_served {
+                lsd.set(set.clone());
+                self.lsd_served = set;
+            }
+            let mut by_torrent: BTreeMap<InfoHash, Vec<SocketAddr>> = BTreeMap::new();
+            for (ih, addr) in lsd.take_found() {
+                by_torrent.entry(ih).or_default().push(addr);
+            }
+            for (ih, peers) in by_torrent {
+                if let Some(run) = self.torrents.get(&ih).and_then(|e| e.run.as_ref()) {
+                    tracing::info!("local service discovery: {} peers of {ih}", peers.len());
+                    let _ = run.found.try_send(peers);
+                }
+            }
+        }
     }
 
     /// `members` and `records` events (see [`NodeWatch`]).
@@ -1324,6 +1463,10 @@ impl Session {
             tasks.push(r.task);
         }
         let _ = rt::timeout(STOP_GRACE, futures::future::join_all(tasks)).await;
+        if let Some(dht) = self.dht.take() {
+            dht.stop().await;
+        }
+        self.lsd = None;
         // The last snapshots, every torrent, then wait for the disk.
         self.save_records(true);
         if let Some(tx) = &self.records {
@@ -1364,6 +1507,7 @@ async fn run_torrent(
     incoming: listener::Incoming,
     embedded: Embedded,
     found: async_channel::Receiver<Vec<SocketAddr>>,
+    dht: Option<crate::bt::dht::DhtPinger>,
     reports: &async_channel::Sender<Report>,
     generation: u64,
 ) -> Result<(), String> {
@@ -1411,7 +1555,9 @@ async fn run_torrent(
         found: Some(found),
         complete: Arc::new(AtomicBool::new(false)),
         lsd: None,
-        dht: None,
+        // Peers' `port` messages go to the session's node (BEP 5), never
+        // for a private torrent.
+        dht: dht.filter(|_| !meta.private),
     };
     client::download(download, meta, listener, handover).await
 }

@@ -7,9 +7,9 @@
 //! * the shared peer layer ([`Peers`]: the peer book and one connection
 //!   task per peer, see [`super::peer_conn`]); a listener task hands it
 //!   incoming streams through a bounded queue;
-//! * a disk thread does positional reads and writes in order, hashing
-//!   each piece from its blocks as they are written (see [`DiskQueue`]
-//!   and [`spawn_disk_thread`]);
+//! * a disk thread does positional reads and writes in order and answers
+//!   hash checks; the loop hashes each piece's blocks as they come (see
+//!   [`DiskQueue`] and [`spawn_disk_thread`]);
 //! * tracker requests run on the blocking pool (HTTP) or one UDP socket.
 //!
 //! Results come back to the loop as machine inputs. The metadata fetch
@@ -38,7 +38,7 @@ use rumor_core::bt::picker::PeerKey;
 use rumor_core::bt::torrent::{DisconnectReason, Event, Input, Output, Torrent, TorrentConfig};
 use rumor_core::bt::wire::BlockRef;
 use rumor_core::time::Instant;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -218,23 +218,44 @@ async fn register_and_refresh(name: String, api: String, token: Option<String>) 
 
 /// A job for the disk thread.
 enum DiskJob {
-    Write { piece: u32, begin: u32, data: Bytes },
-    Read { peer: PeerKey, block: BlockRef },
-    Hash { piece: u32, expected: Sha1Hash },
+    Write {
+        piece: u32,
+        begin: u32,
+        data: Bytes,
+    },
+    Read {
+        peer: PeerKey,
+        block: BlockRef,
+    },
+    /// Answer whether `piece` matches `expected`, once its writes are
+    /// done: from `digest` (its blocks, hashed in order as they came), or,
+    /// without one, by reading it back.
+    Hash {
+        piece: u32,
+        expected: Sha1Hash,
+        digest: Option<Sha1Hash>,
+    },
 }
 
-/// The loop's side of the disk thread's queue. Jobs are gathered and
-/// handed over as one batch once there is something to answer (a piece
-/// to check, a block to read for a peer) or [`DISK_BATCH_BYTES`] of blocks
-/// to write: the disk thread wakes about once per piece instead of once
-/// per socket read, and sees a piece's blocks together, which it writes
-/// with one system call. Blocks held here are in `pending` already, and
-/// the batch limit is well under `DISK_PENDING_BYTES_MAX`, so the loop
-/// never waits on the disk for bytes it has not handed over. The queue
-/// is not bounded by count but by what feeds it: block writes by
-/// `DISK_PENDING_BYTES_MAX` (the loop stops reading peers above it),
-/// reads by `READS_IN_FLIGHT_MAX`, hash checks by the pieces being
-/// downloaded.
+/// The loop's side of the disk thread's queue.
+///
+/// Blocks are hashed here, as they come out of the machine: in the loop's
+/// turn, on the thread that has just read them from the socket, while the
+/// bytes are still in its cache (a second pass over them from another
+/// thread later cost half as much again as the hash itself). The verdict
+/// still comes from the disk thread, after the piece's writes.
+///
+/// Jobs are gathered and handed over as one batch once there is something
+/// to answer (a piece to check, a block to read for a peer) or
+/// [`DISK_BATCH_BYTES`] of blocks to write: the disk thread wakes about
+/// once per piece instead of once per socket read, and sees a piece's
+/// blocks together, which it writes with one system call. Blocks held here
+/// are in `pending` already, and the batch limit is well under
+/// `DISK_PENDING_BYTES_MAX`, so the loop never waits on the disk for bytes
+/// it has not handed over. The queue is not bounded by count but by what
+/// feeds it: block writes by `DISK_PENDING_BYTES_MAX` (the loop stops
+/// reading peers above it), reads by `READS_IN_FLIGHT_MAX`, hash checks by
+/// the pieces being downloaded.
 struct DiskQueue {
     tx: Sender<Vec<DiskJob>>,
     batch: Vec<DiskJob>,
@@ -242,6 +263,9 @@ struct DiskQueue {
     batch_bytes: usize,
     /// `batch` holds a job that is answered (a check or a read).
     urgent: bool,
+    hasher: PieceHasher,
+    /// For piece sizes.
+    storage: Arc<Storage>,
 }
 
 /// Block bytes the loop gathers before it wakes the disk thread when
@@ -250,16 +274,29 @@ const DISK_BATCH_BYTES: usize = 1 << 20;
 const _: () = assert!(DISK_BATCH_BYTES * 4 <= DISK_PENDING_BYTES_MAX, "a held batch must not stop the loop");
 
 impl DiskQueue {
-    fn new(tx: Sender<Vec<DiskJob>>) -> DiskQueue {
-        DiskQueue { tx, batch: Vec::new(), batch_bytes: 0, urgent: false }
+    fn new(tx: Sender<Vec<DiskJob>>, storage: Arc<Storage>) -> DiskQueue {
+        let hasher = PieceHasher { states: BTreeMap::new(), order: VecDeque::new() };
+        DiskQueue { tx, batch: Vec::new(), batch_bytes: 0, urgent: false, hasher, storage }
     }
 
-    fn push(&mut self, job: DiskJob) {
-        match &job {
-            DiskJob::Write { data, .. } => self.batch_bytes += data.len(),
-            DiskJob::Read { .. } | DiskJob::Hash { .. } => self.urgent = true,
-        }
-        self.batch.push(job);
+    /// Queues a block write.
+    fn write(&mut self, piece: u32, begin: u32, data: Bytes) {
+        self.hasher.block(piece, begin, &data);
+        self.batch_bytes += data.len();
+        self.batch.push(DiskJob::Write { piece, begin, data });
+    }
+
+    /// Queues a block read for `peer`.
+    fn read(&mut self, peer: PeerKey, block: BlockRef) {
+        self.urgent = true;
+        self.batch.push(DiskJob::Read { peer, block });
+    }
+
+    /// Queues the check of `piece`, every block of which is queued.
+    fn check(&mut self, piece: u32, expected: Sha1Hash) {
+        let digest = self.hasher.finish(piece, self.storage.piece_size(piece));
+        self.urgent = true;
+        self.batch.push(DiskJob::Hash { piece, expected, digest });
     }
 
     /// Hands the batch over if it is due (see [`DiskQueue`]), or
@@ -275,7 +312,7 @@ impl DiskQueue {
     }
 }
 
-/// What the disk threads send back to the loop.
+/// What the disk thread sends back to the loop.
 enum Ev {
     Input(Input),
     /// A block read failed (it is not answered).
@@ -289,21 +326,19 @@ const HASH_STATES_MAX: usize = 1024;
 /// Blocks written with one `pwritev` at most (well under `IOV_MAX`).
 const WRITE_RUN_MAX: usize = 64;
 
-/// SHA-1 of each piece from its blocks as they are written, when they
-/// come in order (the usual case: the hash costs one pass over bytes
-/// still in the cache, and the check at the end costs nothing more);
-/// a piece whose blocks came out of order is read back from disk.
+/// SHA-1 of each piece from its blocks as they come, when they come in
+/// order (the usual case: the hash costs one pass over bytes still in the
+/// cache, and the check at the end costs nothing more); a piece whose
+/// blocks came out of order is read back from disk to be checked.
 struct PieceHasher {
     /// piece -> (running hash, next offset expected); None: out of order.
     states: BTreeMap<u32, Option<(sha1::Sha1, u32)>>,
     /// Pieces in `states`, oldest first (maybe stale entries).
     order: VecDeque<u32>,
-    /// Scratch for reading a piece back.
-    buf: Vec<u8>,
 }
 
 impl PieceHasher {
-    /// A block of `piece` at `begin` is on disk.
+    /// A block of `piece` at `begin`.
     fn block(&mut self, piece: u32, begin: u32, data: &[u8]) {
         use sha1::Digest;
         if !self.states.contains_key(&piece) {
@@ -327,30 +362,24 @@ impl PieceHasher {
         }
     }
 
-    /// A block of `piece` failed to write: its running hash is useless.
-    fn forget(&mut self, piece: u32) {
-        self.states.remove(&piece);
-    }
-
-    /// Every block of `piece` is on disk: whether it matches `expected`.
-    fn check(&mut self, storage: &Storage, piece: u32, expected: Sha1Hash) -> bool {
+    /// Every block of `piece` (of `size` bytes) came: its SHA-1, if they
+    /// came in order; the piece's state is forgotten either way.
+    fn finish(&mut self, piece: u32, size: u64) -> Option<Sha1Hash> {
         use sha1::Digest;
-        let size = storage.piece_size(piece);
         match self.states.remove(&piece) {
-            Some(Some((h, next))) if next as u64 == size => <[u8; 20]>::from(h.finalize()) == expected,
-            _ => {
-                tracing::debug!("piece {piece}: blocks came out of order, hashing it from disk");
-                storage.hash_piece(piece, &mut self.buf).is_ok_and(|h| h == expected)
-            }
+            Some(Some((h, next))) if next as u64 == size => Some(h.finalize().into()),
+            _ => None,
         }
     }
 }
 
 /// Starts the disk thread: it takes the loop's batches in order, writes
-/// each run of adjacent blocks of a piece with one system call, hashes
-/// them while they are still in the cache ([`PieceHasher`]), serves block
-/// reads, and answers hash checks (every earlier write of the piece is
-/// done by then: one thread, in order). Releases written blocks from the
+/// each run of adjacent blocks of a piece with one system call, serves
+/// block reads, and answers hash checks after the piece's writes (one
+/// thread, in order). A check comes with the digest of the blocks as they
+/// were queued; a piece hashed out of order, or one a write of which
+/// failed since its last check (the disk may not hold what was hashed),
+/// is read back and hashed from disk. Releases written blocks from the
 /// `pending` count. Results go to a bounded channel; the thread waits
 /// when it is full.
 fn spawn_disk_thread(
@@ -362,8 +391,10 @@ fn spawn_disk_thread(
     std::thread::Builder::new()
         .name("bt-disk".into())
         .spawn(move || {
-            let mut hasher = PieceHasher { states: BTreeMap::new(), order: VecDeque::new(), buf: Vec::new() };
             let mut run: Vec<Bytes> = Vec::with_capacity(WRITE_RUN_MAX);
+            // Pieces a write of which failed since their last check.
+            let mut failed: BTreeSet<u32> = BTreeSet::new();
+            let mut buf = Vec::new();
             while let Ok(batch) = jobs.recv_blocking() {
                 let mut batch = batch.into_iter().peekable();
                 while let Some(job) = batch.next() {
@@ -382,15 +413,6 @@ fn spawn_disk_thread(
                                 end += data.len() as u32;
                                 run.push(data);
                             }
-                            let bytes = (end - begin) as usize;
-                            // Hashed first: the bytes come into the cache
-                            // once, for the hash, and are copied to the page
-                            // cache from there.
-                            let mut at = begin;
-                            for b in &run {
-                                hasher.block(piece, at, b);
-                                at += b.len() as u32;
-                            }
                             let written = if let [one] = &run[..] {
                                 storage.write(piece, begin, one)
                             } else {
@@ -398,11 +420,11 @@ fn spawn_disk_thread(
                                 storage.write_blocks(piece, begin, &slices)
                             };
                             run.clear();
-                            pending.fetch_sub(bytes, Ordering::Relaxed);
+                            pending.fetch_sub((end - begin) as usize, Ordering::Relaxed);
                             match written {
                                 Ok(()) => continue,
                                 Err(e) => {
-                                    hasher.forget(piece);
+                                    failed.insert(piece);
                                     tracing::warn!("write of piece {piece} failed: {e}");
                                     Ev::Input(Input::WriteFailed { piece })
                                 }
@@ -415,8 +437,14 @@ fn spawn_disk_thread(
                                 Ev::ReadFailed
                             }
                         },
-                        DiskJob::Hash { piece, expected } => {
-                            let ok = hasher.check(&storage, piece, expected);
+                        DiskJob::Hash { piece, expected, digest } => {
+                            let ok = match digest {
+                                Some(d) if !failed.remove(&piece) => d == expected,
+                                _ => {
+                                    tracing::debug!("piece {piece}: hashing it from disk");
+                                    storage.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected)
+                                }
+                            };
                             Ev::Input(Input::PieceChecked { piece, ok })
                         }
                     };
@@ -519,7 +547,7 @@ impl Session {
         );
         // Not bounded by count: see `DiskQueue`.
         let (disk_tx, disk_rx) = async_channel::unbounded();
-        let disk = DiskQueue::new(disk_tx);
+        let disk = DiskQueue::new(disk_tx, storage.clone());
         let (events_tx, events_rx) = async_channel::bounded(DISK_RESULTS_MAX);
         let disk_pending = Arc::new(AtomicUsize::new(0));
         spawn_disk_thread(storage.clone(), disk_rx, events_tx, disk_pending.clone());
@@ -804,14 +832,14 @@ impl Session {
                 Output::Transmit(t) => self.send(t.to, t.bytes),
                 Output::WriteBlock { piece, begin, data } => {
                     self.disk_pending.fetch_add(data.len(), Ordering::Relaxed);
-                    self.disk.push(DiskJob::Write { piece, begin, data });
+                    self.disk.write(piece, begin, data);
                 }
                 Output::ReadBlock { peer, block } => {
                     self.reads_waiting.entry(peer).or_default().push_back(block);
                     self.submit_reads();
                 }
                 Output::HashPiece { piece, expected } => {
-                    self.disk.push(DiskJob::Hash { piece, expected });
+                    self.disk.check(piece, expected);
                 }
                 Output::Disconnect { peer, reason } => self.on_disconnect(peer, reason),
                 Output::Event(e) => self.on_torrent_event(e),
@@ -848,7 +876,7 @@ impl Session {
                 if let Some(block) = q.pop_front() {
                     self.reads_in_flight += 1;
                     progressed = true;
-                    self.disk.push(DiskJob::Read { peer, block });
+                    self.disk.read(peer, block);
                 }
                 if q.is_empty() {
                     self.reads_waiting.remove(&peer);

@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("t/a")).unwrap(), b"abcdefghij");
         assert!(!dir.join("t/.pad").exists(), "a padding file was created");
         let b = std::fs::read(dir.join("t/b")).unwrap();
-        assert_eq!(&b[..16], b"\0\00123456789ABCD");
+        assert_eq!(&b[..16], b"\x00\x000123456789ABCD");
         let mut buf = Vec::new();
         st.read_into(0, 0, 16, &mut buf).unwrap();
         assert_eq!(&buf[..], b"abcdefghij\0\0\0\0\0\0", "the padding reads as zeros");

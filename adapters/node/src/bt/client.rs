@@ -688,7 +688,17 @@ impl Session {
                     }
                     self.begin_stop();
                 }
-                Wake::Event(Some(ev)) => self.on_event(ev),
+                Wake::Event(Some(ev)) => {
+                    self.on_event(ev);
+                    // Take the other results already there in this turn: the
+                    // blocks read for one peer then leave in one write.
+                    for _ in 0..super::peer_conn::PEER_EVENTS_MAX {
+                        match self.events_rx.try_recv() {
+                            Ok(ev) => self.on_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Wake::Tracker(Some(t)) => self.on_tracker(t),
                 Wake::Control(Some(c)) => self.on_control(c),
                 Wake::Peer(Some(p)) => {

@@ -2,7 +2,15 @@
 # BitTorrent over loopback: one libtorrent seeder, then a rumor leecher and
 # a libtorrent leecher downloading the same torrent from it, one after the
 # other in the same run. Prints MiB/s of each, their ratio, CPU seconds per
-# GiB and peak resident memory. A benchmark, not a test.
+# GiB and peak resident memory. Then rumor seeds its copy to a libtorrent
+# leecher and to a rumor leecher: the pair "rumor seeding to rumor" against
+# "libtorrent seeding to libtorrent" (the libtorrent leecher above), with
+# their ratio. A benchmark, not a test.
+#
+# The libtorrent seeder checks its data before the first leecher starts
+# (SEED_MODE=1 for libtorrent's seed mode instead, which hashes each piece
+# the first time a peer asks for it: the first leecher then pays for the
+# seeder's hashing and the second does not).
 #
 #   bench/bt_loopback.sh                  # 1 GiB, the tokio binary (rumor)
 #   SIZE_MIB=256 bench/bt_loopback.sh     # smaller
@@ -40,9 +48,15 @@ head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/src/bench.bin"
 "$RUMOR_BIN" create "$WORK/src/bench.bin" -o "$WORK/bench.torrent" >/dev/null 2>&1
 
 SEED_PORT=$(free_port)
-$PY "$LT" seed "$WORK/bench.torrent" "$WORK/src" "$SEED_PORT" --seed-mode > "$WORK/seed.log" 2>&1 &
-pids+=($!)
-sleep 2
+if [ "${SEED_MODE:-0}" = 1 ]; then
+  $PY "$LT" seed "$WORK/bench.torrent" "$WORK/src" "$SEED_PORT" --seed-mode > "$WORK/seed.log" 2>&1 &
+  pids+=($!)
+  sleep 2
+else
+  $PY "$LT" seed "$WORK/bench.torrent" "$WORK/src" "$SEED_PORT" > "$WORK/seed.log" 2>&1 &
+  pids+=($!)
+  until grep -q 'state=seeding' "$WORK/seed.log"; do sleep 0.2; done
+fi
 
 # rumor leecher
 /usr/bin/time -v -o "$WORK/rumor.time" "$RUMOR_BIN" get "$WORK/bench.torrent" -o "$WORK/rumor" --no-seed --quiet \
@@ -66,6 +80,11 @@ while ! grep -q listening "$WORK/rseed.log"; do sleep 0.2; done
 $PY "$LT" leech "$WORK/bench.torrent" "$WORK/lt2" "$(free_port)" --peer "127.0.0.1:$RSEED_PORT" --timeout 600 \
   > "$WORK/lt2.log" 2>&1
 cmp "$WORK/src/bench.bin" "$WORK/lt2/bench.bin" || { echo "the copy from rumor's seeder differs"; exit 1; }
+# The pair: a rumor leecher from the same rumor seeder.
+mkdir -p "$WORK/rumor2"
+/usr/bin/time -v -o "$WORK/rumor2.time" "$RUMOR_BIN" get "$WORK/bench.torrent" -o "$WORK/rumor2" --no-seed --quiet \
+  --port "$(free_port)" --peer "127.0.0.1:$RSEED_PORT" > "$WORK/rumor2.log" 2>&1
+cmp "$WORK/src/bench.bin" "$WORK/rumor2/bench.bin" || { echo "rumor's copy from rumor differs"; exit 1; }
 kill -INT "$(pgrep -P "$TIME_PID")"
 wait "$TIME_PID" || true
 
@@ -84,7 +103,8 @@ report() { # name timefile transfer_seconds
 }
 RT=$(grep -o 'in [0-9.]* s' "$WORK/rumor.log" | tail -1 | awk '{print $2}')
 LTT=$(grep '^DONE' "$WORK/lt.log" | awk '{print $3}')
-echo "size: $SIZE_MIB MiB over loopback from a libtorrent $($PY -c 'import libtorrent; print(libtorrent.__version__)') seeder"
+seeder=checked; [ "${SEED_MODE:-0}" = 1 ] && seeder="seed-mode"
+echo "size: $SIZE_MIB MiB over loopback from a libtorrent $($PY -c 'import libtorrent; print(libtorrent.__version__)') seeder ($seeder)"
 report rumor "$WORK/rumor.time" "$RT"
 report libtorrent "$WORK/lt.time" "$LTT"
 awk -v a="$RT" -v b="$LTT" 'BEGIN { printf "ratio rumor/libtorrent: %.2fx\n", b / a }'
@@ -92,3 +112,8 @@ LT2=$(grep '^DONE' "$WORK/lt2.log" | awk '{print $3}')
 awk -v mib="$SIZE_MIB" -v t="$LT2" -v r="$(field 'Maximum resident set size' "$WORK/rseed.time")" 'BEGIN {
   printf "extra: rumor seeder -> libtorrent leecher %.1f MiB/s; rumor seeder peak RSS %.1f MiB (includes its start-up check)\n",
     mib / t, r / 1024 }'
+R2=$(grep -o 'in [0-9.]* s' "$WORK/rumor2.log" | tail -1 | awk '{print $2}')
+report rumor2 "$WORK/rumor2.time" "$R2"
+awk -v mib="$SIZE_MIB" -v a="$R2" -v b="$LTT" 'BEGIN {
+  printf "pair: rumor seeder -> rumor leecher %.1f MiB/s, libtorrent seeder -> libtorrent leecher %.1f MiB/s: %.2fx\n",
+    mib / a, mib / b, b / a }'

@@ -7,6 +7,12 @@ fn no_handshake(piece_count: u32) -> DecoderConfig {
     DecoderConfig { piece_count, expect_handshake: false, ..DecoderConfig::default() }
 }
 
+/// The most a decoder under `DecoderConfig { piece_count, .. }` keeps
+/// besides one chunk: one partial message.
+fn d_max(piece_count: u32) -> usize {
+    4 + DecoderConfig { piece_count, ..DecoderConfig::default() }.message_len_max() as usize
+}
+
 fn decode_all(cfg: DecoderConfig, bytes: &[u8]) -> Vec<Result<Message, WireError>> {
     let mut d = Decoder::new(cfg);
     d.feed(bytes);
@@ -185,6 +191,57 @@ proptest! {
         }
         prop_assert_eq!(got, msgs);
         prop_assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn messages_fed_as_shared_chunks_round_trip_whatever_the_chunking_and_mix_of_feeds(
+        msgs in proptest::collection::vec(message(), 0..20),
+        cuts in proptest::collection::vec((1usize..40_000, any::<bool>()), 1..40),
+        handshake in any::<bool>(),
+    ) {
+        let hs = Handshake::new(InfoHash([5; 20]), [6; 20]);
+        let mut bytes = Vec::new();
+        if handshake { hs.encode(&mut bytes); }
+        for m in &msgs { m.encode(&mut bytes); }
+        let bytes = Bytes::from(bytes);
+        let mut d = Decoder::new(DecoderConfig { expect_handshake: handshake, ..no_handshake(100) });
+        let mut got = Vec::new();
+        let mut at = 0;
+        let mut cut = cuts.iter().cycle();
+        while at < bytes.len() {
+            let (n, shared) = *cut.next().expect("cycles");
+            let end = (at + n).min(bytes.len());
+            if shared { d.feed_bytes(bytes.slice(at..end)) } else { d.feed(&bytes[at..end]) }
+            at = end;
+            if handshake && got.is_empty() {
+                if let Some(h) = d.take_handshake() { prop_assert_eq!(h.unwrap(), hs); got.push(None); }
+            }
+            while let Some(r) = d.next() { got.push(Some(r.unwrap())); }
+        }
+        let got: Vec<Message> = got.into_iter().flatten().collect();
+        prop_assert_eq!(got, msgs);
+        prop_assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn decoding_arbitrary_shared_chunks_never_panics_and_ends_after_a_fatal_error(
+        b in proptest::collection::vec(any::<u8>(), 0..4000),
+        cut in 1usize..700,
+        pieces in 0u32..100,
+        hs in any::<bool>(),
+    ) {
+        let b = Bytes::from(b);
+        let mut d = Decoder::new(DecoderConfig { piece_count: pieces, expect_handshake: hs, ..DecoderConfig::default() });
+        let mut dead = false;
+        for start in (0..b.len()).step_by(cut) {
+            d.feed_bytes(b.slice(start..(start + cut).min(b.len())));
+            let _ = d.take_handshake();
+            while let Some(r) = d.next() {
+                prop_assert!(!dead, "a message after a fatal error");
+                if matches!(r, Err(ref e) if e.is_fatal()) { dead = true; }
+            }
+            prop_assert!(d.buffered() <= cut + d_max(pieces));
+        }
     }
 
     #[test]

@@ -13,10 +13,15 @@ fuzz_target!(|data: &[u8]| {
         expect_handshake: cfg_byte & 0x80 != 0,
         ..DecoderConfig::default()
     });
-    // Feed in two halves to exercise partial frames.
+    // Feed in two halves to exercise partial frames: the first copied,
+    // the second as a shared chunk (messages sliced out of it).
     let (a, b) = rest.split_at(rest.len() / 2);
-    for part in [a, b] {
-        d.feed(part);
+    for (i, part) in [a, b].into_iter().enumerate() {
+        if i == 0 {
+            d.feed(part);
+        } else {
+            d.feed_bytes(bytes::Bytes::copy_from_slice(part));
+        }
         let _ = d.take_handshake();
         while let Some(r) = d.next() {
             if let Ok(m) = r {

@@ -643,7 +643,7 @@ impl Torrent {
     pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Peer(PeerInput::Connected { peer }) => self.on_connected(now, peer),
-            Input::Peer(PeerInput::Bytes { peer, bytes }) => self.on_bytes(now, peer, &bytes),
+            Input::Peer(PeerInput::Bytes { peer, bytes }) => self.on_bytes(now, peer, bytes),
             Input::Peer(PeerInput::Closed { peer, .. }) => {
                 self.trust.remove(&peer);
                 if self.conns.remove(&peer).is_some() {
@@ -753,12 +753,13 @@ impl Torrent {
         self.tx.entry(peer).or_default().extend_from_slice(&hs);
     }
 
-    fn on_bytes(&mut self, now: Instant, peer: PeerKey, bytes: &[u8]) {
+    fn on_bytes(&mut self, now: Instant, peer: PeerKey, bytes: Bytes) {
         let Some(c) = self.conns.get_mut(&peer) else {
             return;
         };
         c.last_recv_at = now;
-        c.decoder.feed(bytes);
+        // Blocks are sliced out of the chunk, not copied.
+        c.decoder.feed_bytes(bytes);
         if !c.ready {
             match c.decoder.take_handshake() {
                 None => return,

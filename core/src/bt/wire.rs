@@ -396,10 +396,21 @@ impl DecoderConfig {
 }
 
 /// Streaming decoder for one connection's inbound bytes.
+///
+/// The stream is `buf` followed by `chunk`. Bytes fed as [`Bytes`]
+/// ([`Decoder::feed_bytes`]) stay where they are: a message that lies
+/// whole inside such a chunk is sliced out of it (a block's payload is
+/// never copied); only a message cut by the end of a chunk is gathered
+/// into `buf`. Bytes fed as a slice ([`Decoder::feed`]) are copied into
+/// `buf`. Either way the decoder holds at most one fed chunk plus one
+/// partial message ([`DecoderConfig::message_len_max`]).
 #[derive(Debug)]
 pub struct Decoder {
     config: DecoderConfig,
+    /// The start of the stream: a partial message, or bytes fed as slices.
     buf: BytesMut,
+    /// The rest: the last chunk fed as [`Bytes`], not yet decoded.
+    chunk: Bytes,
     consumed: u64,
     handshake_pending: bool,
     dead: bool,
@@ -408,7 +419,14 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder under `config`.
     pub fn new(config: DecoderConfig) -> Decoder {
-        Decoder { config, buf: BytesMut::new(), consumed: 0, handshake_pending: config.expect_handshake, dead: false }
+        Decoder {
+            config,
+            buf: BytesMut::new(),
+            chunk: Bytes::new(),
+            consumed: 0,
+            handshake_pending: config.expect_handshake,
+            dead: false,
+        }
     }
 
     /// Sets the piece count once metadata arrives (BEP 9), so later
@@ -417,16 +435,40 @@ impl Decoder {
         self.config.piece_count = n;
     }
 
-    /// Appends bytes received from the peer.
+    /// Appends bytes received from the peer (copied).
     pub fn feed(&mut self, bytes: &[u8]) {
         if !self.dead {
+            self.gather();
             self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Appends bytes received from the peer without copying them: the
+    /// messages that lie whole inside `bytes` share its memory (so a
+    /// block's payload keeps the chunk it came in alive). Drain
+    /// [`Decoder::next`] before feeding again; a chunk fed before the
+    /// last one was drained is copied.
+    pub fn feed_bytes(&mut self, bytes: Bytes) {
+        if self.dead || bytes.is_empty() {
+            return;
+        }
+        if !self.chunk.is_empty() {
+            self.gather();
+        }
+        self.chunk = bytes;
+    }
+
+    /// Moves what is left of `chunk` to the end of `buf`.
+    fn gather(&mut self) {
+        if !self.chunk.is_empty() {
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
         }
     }
 
     /// Bytes buffered but not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.chunk.len()
     }
 
     /// True once a fatal error was returned; no more messages will come.
@@ -434,17 +476,26 @@ impl Decoder {
         self.dead
     }
 
+    /// Byte `i` of the stream (`i < self.buffered()`).
+    fn at(&self, i: usize) -> u8 {
+        match self.buf.get(i) {
+            Some(b) => *b,
+            None => self.chunk[i - self.buf.len()],
+        }
+    }
+
     /// The peer's handshake once 68 bytes arrived; `None` if not yet (or if
     /// already taken, or the config expects none).
     pub fn take_handshake(&mut self) -> Option<Result<Handshake, WireError>> {
-        if !self.handshake_pending || self.dead || self.buf.len() < Handshake::LEN {
+        if !self.handshake_pending || self.dead || self.buffered() < Handshake::LEN {
             return None;
         }
+        // Once per connection: the copy is not worth avoiding.
+        self.gather();
         self.handshake_pending = false;
         let r = Handshake::parse(&self.buf[..Handshake::LEN]);
         if r.is_err() {
-            self.dead = true;
-            self.buf.clear();
+            self.kill();
         } else {
             self.buf.advance(Handshake::LEN);
             self.consumed += Handshake::LEN as u64;
@@ -455,10 +506,30 @@ impl Decoder {
         }))
     }
 
-    fn fail(&mut self, kind: WireErrorKind) -> Option<Result<Message, WireError>> {
+    /// A fatal error: nothing more is decoded, and nothing kept.
+    fn kill(&mut self) {
         self.dead = true;
         self.buf.clear();
+        self.chunk = Bytes::new();
+    }
+
+    fn fail(&mut self, kind: WireErrorKind) -> Option<Result<Message, WireError>> {
+        self.kill();
         Some(Err(WireError::new(self.consumed, kind)))
+    }
+
+    /// Takes the first `total` bytes of the stream (all buffered): a slice
+    /// of `chunk` when they lie inside it, else gathered into `buf`.
+    fn take_frame(&mut self, total: usize) -> Bytes {
+        if self.buf.is_empty() {
+            return self.chunk.split_to(total);
+        }
+        let need = total.saturating_sub(self.buf.len());
+        if need > 0 {
+            self.buf.extend_from_slice(&self.chunk[..need]);
+            self.chunk.advance(need);
+        }
+        self.buf.split_to(total).freeze()
     }
 
     /// The next complete message, an error, or `None` when more bytes are
@@ -466,12 +537,12 @@ impl Decoder {
     /// error).
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Result<Message, WireError>> {
-        if self.dead || self.handshake_pending || self.buf.len() < 4 {
-            return None;
+        if self.dead || self.handshake_pending || self.buffered() < 4 {
+            return self.keep_partial();
         }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        let len = u32::from_be_bytes([self.at(0), self.at(1), self.at(2), self.at(3)]);
         if len == 0 {
-            self.buf.advance(4);
+            self.take_frame(4);
             self.consumed += 4;
             return Some(Ok(Message::KeepAlive));
         }
@@ -479,10 +550,10 @@ impl Decoder {
         if len > cfg.message_len_max() {
             return self.fail(WireErrorKind::TooLong { id: None, len, max: cfg.message_len_max() });
         }
-        if self.buf.len() < 5 {
-            return None;
+        if self.buffered() < 5 {
+            return self.keep_partial();
         }
-        let ident = self.buf[4];
+        let ident = self.at(4);
         let fixed = |l: u32| if len == l { None } else { Some(l) };
         let bad_fixed = match ident {
             id::CHOKE | id::UNCHOKE | id::INTERESTED | id::NOT_INTERESTED | id::HAVE_ALL | id::HAVE_NONE => fixed(1),
@@ -509,16 +580,18 @@ impl Decoder {
             return self.fail(WireErrorKind::BadLength { id: ident, len });
         }
         let total = 4 + len as usize;
-        if self.buf.len() < total {
+        if self.buffered() < total {
+            // The message is cut by the end of the chunk: its start moves
+            // to `buf`, with room for the rest, which is copied after it.
             self.buf.reserve(total - self.buf.len());
-            return None;
+            return self.keep_partial();
         }
         let start = self.consumed;
-        let mut frame = self.buf.split_to(total);
+        let mut frame = self.take_frame(total);
         self.consumed += total as u64;
         frame.advance(5);
-        let u32_at = |f: &BytesMut, i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
-        let block = |f: &BytesMut| BlockRef { index: u32_at(f, 0), begin: u32_at(f, 4), length: u32_at(f, 8) };
+        let u32_at = |f: &Bytes, i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+        let block = |f: &Bytes| BlockRef { index: u32_at(f, 0), begin: u32_at(f, 4), length: u32_at(f, 8) };
         let msg = match ident {
             id::CHOKE => Message::Choke,
             id::UNCHOKE => Message::Unchoke,
@@ -529,8 +602,7 @@ impl Decoder {
                 if cfg.piece_count > 0 {
                     let expected = cfg.piece_count.div_ceil(8);
                     if frame.len() as u32 != expected {
-                        self.dead = true;
-                        self.buf.clear();
+                        self.kill();
                         return Some(Err(WireError::new(
                             start,
                             WireErrorKind::BadBitfield { expected, found: frame.len() as u32 },
@@ -540,20 +612,19 @@ impl Decoder {
                     if spare > 0 {
                         let last = frame[frame.len() - 1];
                         if last & ((1u8 << spare) - 1) != 0 {
-                            self.dead = true;
-                            self.buf.clear();
+                            self.kill();
                             return Some(Err(WireError::new(start, WireErrorKind::BitfieldSpareBits)));
                         }
                     }
                 }
-                Message::Bitfield(frame.freeze())
+                Message::Bitfield(frame)
             }
             id::REQUEST => Message::Request(block(&frame)),
             id::PIECE => {
                 let index = u32_at(&frame, 0);
                 let begin = u32_at(&frame, 4);
                 frame.advance(8);
-                Message::Piece { index, begin, data: frame.freeze() }
+                Message::Piece { index, begin, data: frame }
             }
             id::CANCEL => Message::Cancel(block(&frame)),
             id::PORT => Message::Port(u16::from_be_bytes([frame[0], frame[1]])),
@@ -565,13 +636,21 @@ impl Decoder {
             id::EXTENDED => {
                 let eid = frame[0];
                 frame.advance(1);
-                Message::Extended { id: eid, payload: frame.freeze() }
+                Message::Extended { id: eid, payload: frame }
             }
             other => {
                 return Some(Err(WireError::new(start, WireErrorKind::UnknownId(other))));
             }
         };
         Some(Ok(msg))
+    }
+
+    /// No complete message is buffered: what is left of the chunk (the
+    /// start of a message) moves to `buf`, so the caller's next chunk can
+    /// follow it. Returns `None`.
+    fn keep_partial(&mut self) -> Option<Result<Message, WireError>> {
+        self.gather();
+        None
     }
 }
 

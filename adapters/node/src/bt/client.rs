@@ -7,8 +7,9 @@
 //! * the shared peer layer ([`Peers`]: the peer book and one connection
 //!   task per peer, see [`super::peer_conn`]); a listener task hands it
 //!   incoming streams through a bounded queue;
-//! * a disk thread does positional reads and writes in order, and hands
-//!   each piece to hash to a hashing thread once its blocks are written;
+//! * a disk thread does positional reads and writes in order and answers
+//!   hash checks; the loop hashes each piece's blocks as they come (see
+//!   [`DiskQueue`] and [`spawn_disk_thread`]);
 //! * tracker requests run on the blocking pool (HTTP) or one UDP socket.
 //!
 //! Results come back to the loop as machine inputs. The metadata fetch
@@ -37,22 +38,25 @@ use rumor_core::bt::picker::PeerKey;
 use rumor_core::bt::torrent::{DisconnectReason, Event, Input, Output, Torrent, TorrentConfig};
 use rumor_core::bt::wire::BlockRef;
 use rumor_core::time::Instant;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Connection buffers: reads of 64 KiB; at 4 MiB queued to a peer we stop
-/// reading from it (so it cannot ask for more) and hold its piece replies
-/// until the queue drains. What is queued past that is bounded by the
-/// replies already read for it (at most `READS_IN_FLIGHT_MAX`, 4 MiB) and
-/// one read's worth of other messages, so only a peer whose requests cost us far more than
-/// they cost it (BEP 9 metadata pieces, 16 KiB for 30 bytes) reaches
-/// 32 MiB, and is dropped.
+/// Connection buffers: reads of 128 KiB (a bulk transfer over loopback
+/// fills them: half the reads, wakes and events of 64 KiB reads, and half
+/// the blocks cut by a read's end, which the decoder must copy); at 4 MiB
+/// queued to a peer we stop reading from it (so it cannot ask for more)
+/// and hold its piece replies until the queue drains. What is queued past
+/// that is bounded by the replies already read for it (at most
+/// `READS_IN_FLIGHT_MAX`, 4 MiB) and one read's worth of other messages,
+/// so only a peer whose requests cost us far more than they cost it
+/// (BEP 9 metadata pieces, 16 KiB for 30 bytes) reaches 32 MiB, and is
+/// dropped.
 const LIMITS: ConnLimits =
-    ConnLimits { read_chunk_bytes: 64 * 1024, send_bytes_soft: 4 << 20, send_bytes_max: 32 << 20 };
+    ConnLimits { read_chunk_bytes: 128 * 1024, send_bytes_soft: 4 << 20, send_bytes_max: 32 << 20 };
 /// Connections (the machine's and the peer book's limit are the same).
 pub const PEERS_MAX: usize = 50;
 /// Incoming connections waiting for the loop; when full, a new one is
@@ -63,7 +67,7 @@ const ACCEPTED_MAX: usize = 16;
 /// on every turn, so this is room for bursts only.
 const TRACKER_EVENTS_MAX: usize = 64;
 /// Disk results (blocks read, pieces checked, failed writes) waiting for
-/// the loop; when full, the disk threads wait (the loop always takes
+/// the loop; when full, the disk thread waits (the loop always takes
 /// them, whatever else it is waiting for).
 const DISK_RESULTS_MAX: usize = 1024;
 /// How long the `stopped` announce may take on exit.
@@ -254,7 +258,11 @@ pub async fn download(
         register_and_refresh(name, opts.net.api.clone(), opts.net.api_token.clone()).await?;
     }
     let session = Session::new(opts, meta, have, storage, port, handover)?;
-    session.run(listener).await
+    // On the runtime's workers, not on the thread that awaits it: a
+    // connection task that wakes the loop (and the loop that wakes a
+    // connection's writer) then hands over on the same worker, without
+    // waking another thread.
+    rt::spawn(session.run(listener)).await.map_err(|e| format!("the download's loop: {e}"))?
 }
 
 /// BEP 47 on complete data (executable bits, symlinks inside the torrent):
@@ -290,12 +298,101 @@ async fn register_and_refresh(name: String, api: String, token: Option<String>) 
 
 /// A job for the disk thread.
 enum DiskJob {
-    Write { piece: u32, begin: u32, data: Bytes },
-    Read { peer: PeerKey, block: BlockRef },
-    Hash { piece: u32, expected: Sha1Hash },
+    Write {
+        piece: u32,
+        begin: u32,
+        data: Bytes,
+    },
+    Read {
+        peer: PeerKey,
+        block: BlockRef,
+    },
+    /// Answer whether `piece` matches `expected`, once its writes are
+    /// done: from `digest` (its blocks, hashed in order as they came), or,
+    /// without one, by reading it back.
+    Hash {
+        piece: u32,
+        expected: Sha1Hash,
+        digest: Option<Sha1Hash>,
+    },
 }
 
-/// What the disk threads send back to the loop.
+/// The loop's side of the disk thread's queue.
+///
+/// Blocks are hashed here, as they come out of the machine: in the loop's
+/// turn, on the thread that has just read them from the socket, while the
+/// bytes are still in its cache (a second pass over them from another
+/// thread later cost half as much again as the hash itself). The verdict
+/// still comes from the disk thread, after the piece's writes.
+///
+/// Jobs are gathered and handed over as one batch once there is something
+/// to answer (a piece to check, a block to read for a peer) or
+/// [`DISK_BATCH_BYTES`] of blocks to write: the disk thread wakes about
+/// once per piece instead of once per socket read, and sees a piece's
+/// blocks together, which it writes with one system call. Blocks held here
+/// are in `pending` already, and the batch limit is well under
+/// `DISK_PENDING_BYTES_MAX`, so the loop never waits on the disk for bytes
+/// it has not handed over. The queue is not bounded by count but by what
+/// feeds it: block writes by `DISK_PENDING_BYTES_MAX` (the loop stops
+/// reading peers above it), reads by `READS_IN_FLIGHT_MAX`, hash checks by
+/// the pieces being downloaded.
+struct DiskQueue {
+    tx: Sender<Vec<DiskJob>>,
+    batch: Vec<DiskJob>,
+    /// Block bytes in `batch`.
+    batch_bytes: usize,
+    /// `batch` holds a job that is answered (a check or a read).
+    urgent: bool,
+    hasher: PieceHasher,
+    /// For piece sizes.
+    storage: Arc<Storage>,
+}
+
+/// Block bytes the loop gathers before it wakes the disk thread when
+/// nothing in the batch waits for an answer.
+const DISK_BATCH_BYTES: usize = 1 << 20;
+const _: () = assert!(DISK_BATCH_BYTES * 4 <= DISK_PENDING_BYTES_MAX, "a held batch must not stop the loop");
+
+impl DiskQueue {
+    fn new(tx: Sender<Vec<DiskJob>>, storage: Arc<Storage>) -> DiskQueue {
+        let hasher = PieceHasher { states: BTreeMap::new(), order: VecDeque::new() };
+        DiskQueue { tx, batch: Vec::new(), batch_bytes: 0, urgent: false, hasher, storage }
+    }
+
+    /// Queues a block write.
+    fn write(&mut self, piece: u32, begin: u32, data: Bytes) {
+        self.hasher.block(piece, begin, &data);
+        self.batch_bytes += data.len();
+        self.batch.push(DiskJob::Write { piece, begin, data });
+    }
+
+    /// Queues a block read for `peer`.
+    fn read(&mut self, peer: PeerKey, block: BlockRef) {
+        self.urgent = true;
+        self.batch.push(DiskJob::Read { peer, block });
+    }
+
+    /// Queues the check of `piece`, every block of which is queued.
+    fn check(&mut self, piece: u32, expected: Sha1Hash) {
+        let digest = self.hasher.finish(piece, self.storage.piece_size(piece));
+        self.urgent = true;
+        self.batch.push(DiskJob::Hash { piece, expected, digest });
+    }
+
+    /// Hands the batch over if it is due (see [`DiskQueue`]), or
+    /// whatever it holds if `all`.
+    fn flush(&mut self, all: bool) {
+        if self.batch.is_empty() || !(all || self.urgent || self.batch_bytes >= DISK_BATCH_BYTES) {
+            return;
+        }
+        self.batch_bytes = 0;
+        self.urgent = false;
+        // Closed: the thread is gone (the process is ending).
+        let _ = self.tx.try_send(std::mem::take(&mut self.batch));
+    }
+}
+
+/// What the disk thread sends back to the loop.
 enum Ev {
     Input(Input),
     /// A block read failed (it is not answered).
@@ -306,122 +403,134 @@ enum Ev {
 /// progress); beyond this the oldest is dropped and read back from disk.
 const HASH_STATES_MAX: usize = 1024;
 
-/// Work for the hashing thread, in the order the disk thread did it.
-enum HashJob {
-    /// A block that is now on disk: hash it if it continues its piece.
-    Block { piece: u32, begin: u32, data: Bytes },
-    /// A block that failed to write: forget the piece's running hash.
-    Forget(u32),
-    /// All of the piece's blocks are on disk: check it.
-    Check { piece: u32, expected: Sha1Hash },
+/// Blocks written with one `pwritev` at most (well under `IOV_MAX`).
+const WRITE_RUN_MAX: usize = 64;
+
+/// SHA-1 of each piece from its blocks as they come, when they come in
+/// order (the usual case: the hash costs one pass over bytes still in the
+/// cache, and the check at the end costs nothing more); a piece whose
+/// blocks came out of order is read back from disk to be checked.
+struct PieceHasher {
+    /// piece -> (running hash, next offset expected); None: out of order.
+    states: BTreeMap<u32, Option<(sha1::Sha1, u32)>>,
+    /// Pieces in `states`, oldest first (maybe stale entries).
+    order: VecDeque<u32>,
 }
 
-/// The hashing thread: SHA-1 of each piece from its blocks as they are
-/// written, when they come in order (the usual case), else by reading the
-/// piece back. Releases the blocks' bytes from the `pending` count.
-fn hash_thread(
-    storage: Arc<Storage>,
-    jobs: std::sync::mpsc::Receiver<HashJob>,
-    results: Sender<Ev>,
-    pending: Arc<AtomicUsize>,
-) {
-    use sha1::{Digest, Sha1};
-    // piece -> (running hash, next offset expected); None: out of order.
-    let mut states: BTreeMap<u32, Option<(Sha1, u32)>> = BTreeMap::new();
-    let mut order: VecDeque<u32> = VecDeque::new();
-    let mut buf = Vec::new();
-    while let Ok(job) = jobs.recv() {
-        match job {
-            HashJob::Block { piece, begin, data } => {
-                if !states.contains_key(&piece) {
-                    if states.len() >= HASH_STATES_MAX {
-                        while let Some(old) = order.pop_front() {
-                            if states.remove(&old).is_some() {
-                                break;
-                            }
-                        }
+impl PieceHasher {
+    /// A block of `piece` at `begin`.
+    fn block(&mut self, piece: u32, begin: u32, data: &[u8]) {
+        use sha1::Digest;
+        if !self.states.contains_key(&piece) {
+            if self.states.len() >= HASH_STATES_MAX {
+                while let Some(old) = self.order.pop_front() {
+                    if self.states.remove(&old).is_some() {
+                        break;
                     }
-                    order.push_back(piece);
-                    states.insert(piece, (begin == 0).then(|| (Sha1::new(), 0)));
-                }
-                let st = states.get_mut(&piece).expect("inserted above");
-                match st {
-                    Some((h, next)) if *next == begin => {
-                        h.update(&data);
-                        *next += data.len() as u32;
-                    }
-                    _ => *st = None,
-                }
-                pending.fetch_sub(data.len(), Ordering::Relaxed);
-            }
-            HashJob::Forget(piece) => {
-                states.remove(&piece);
-            }
-            HashJob::Check { piece, expected } => {
-                let size = storage.piece_size(piece);
-                let ok = match states.remove(&piece) {
-                    Some(Some((h, next))) if next as u64 == size => <[u8; 20]>::from(h.finalize()) == expected,
-                    _ => {
-                        tracing::debug!("piece {piece}: blocks came out of order, hashing it from disk");
-                        storage.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected)
-                    }
-                };
-                if results.send_blocking(Ev::Input(Input::PieceChecked { piece, ok })).is_err() {
-                    break;
                 }
             }
+            self.order.push_back(piece);
+            self.states.insert(piece, (begin == 0).then(|| (sha1::Sha1::new(), 0)));
+        }
+        let st = self.states.get_mut(&piece).expect("inserted above");
+        match st {
+            Some((h, next)) if *next == begin => {
+                h.update(data);
+                *next += data.len() as u32;
+            }
+            _ => *st = None,
+        }
+    }
+
+    /// Every block of `piece` (of `size` bytes) came: its SHA-1, if they
+    /// came in order; the piece's state is forgotten either way.
+    fn finish(&mut self, piece: u32, size: u64) -> Option<Sha1Hash> {
+        use sha1::Digest;
+        match self.states.remove(&piece) {
+            Some(Some((h, next))) if next as u64 == size => Some(h.finalize().into()),
+            _ => None,
         }
     }
 }
 
-/// Starts the disk and hashing threads. Their job queues are not bounded
-/// by count but by what feeds them: block writes by
-/// `DISK_PENDING_BYTES_MAX` (the loop stops reading peers above it), reads
-/// by `READS_IN_FLIGHT_MAX`, hash checks by the pieces being downloaded.
-/// Results go to a bounded channel; the threads wait when it is full.
-fn spawn_disk_threads(storage: Arc<Storage>, jobs: Receiver<DiskJob>, results: Sender<Ev>, pending: Arc<AtomicUsize>) {
-    let (hash_tx, hash_rx) = std::sync::mpsc::channel::<HashJob>();
-    let (hs, hres, hpending) = (storage.clone(), results.clone(), pending.clone());
-    std::thread::Builder::new()
-        .name("bt-hash".into())
-        .spawn(move || hash_thread(hs, hash_rx, hres, hpending))
-        .expect("spawn the hashing thread");
+/// Starts the disk thread: it takes the loop's batches in order, writes
+/// each run of adjacent blocks of a piece with one system call, serves
+/// block reads, and answers hash checks after the piece's writes (one
+/// thread, in order). A check comes with the digest of the blocks as they
+/// were queued; a piece hashed out of order, or one a write of which
+/// failed since its last check (the disk may not hold what was hashed),
+/// is read back and hashed from disk. Releases written blocks from the
+/// `pending` count. Results go to a bounded channel; the thread waits
+/// when it is full.
+fn spawn_disk_thread(
+    storage: Arc<Storage>,
+    jobs: Receiver<Vec<DiskJob>>,
+    results: Sender<Ev>,
+    pending: Arc<AtomicUsize>,
+) {
     std::thread::Builder::new()
         .name("bt-disk".into())
         .spawn(move || {
-            while let Ok(job) = jobs.recv_blocking() {
-                let ev = match job {
-                    DiskJob::Write { piece, begin, data } => match storage.write(piece, begin, &data) {
-                        Ok(()) => {
-                            // The hashing thread releases the bytes.
-                            let _ = hash_tx.send(HashJob::Block { piece, begin, data });
-                            continue;
-                        }
-                        Err(e) => {
-                            pending.fetch_sub(data.len(), Ordering::Relaxed);
-                            let _ = hash_tx.send(HashJob::Forget(piece));
-                            tracing::warn!("write of piece {piece} failed: {e}");
-                            Input::WriteFailed { piece }
-                        }
-                    },
-                    DiskJob::Read { peer, block } => match storage.read(block.index, block.begin, block.length) {
-                        Ok(data) => Input::BlockRead { peer, block, data: Bytes::from(data) },
-                        Err(e) => {
-                            tracing::warn!("read of piece {} failed: {e}", block.index);
-                            if results.send_blocking(Ev::ReadFailed).is_err() {
-                                break;
+            let mut run: Vec<Bytes> = Vec::with_capacity(WRITE_RUN_MAX);
+            // Pieces a write of which failed since their last check.
+            let mut failed: BTreeSet<u32> = BTreeSet::new();
+            let mut buf = Vec::new();
+            while let Ok(batch) = jobs.recv_blocking() {
+                let mut batch = batch.into_iter().peekable();
+                while let Some(job) = batch.next() {
+                    let ev = match job {
+                        DiskJob::Write { piece, begin, data } => {
+                            // The blocks of this piece that follow on.
+                            let mut end = begin + data.len() as u32;
+                            run.clear();
+                            run.push(data);
+                            while run.len() < WRITE_RUN_MAX {
+                                match batch.peek() {
+                                    Some(DiskJob::Write { piece: p, begin: b, .. }) if *p == piece && *b == end => {}
+                                    _ => break,
+                                }
+                                let Some(DiskJob::Write { data, .. }) = batch.next() else { unreachable!() };
+                                end += data.len() as u32;
+                                run.push(data);
                             }
-                            continue;
+                            let written = if let [one] = &run[..] {
+                                storage.write(piece, begin, one)
+                            } else {
+                                let slices: Vec<&[u8]> = run.iter().map(|b| &b[..]).collect();
+                                storage.write_blocks(piece, begin, &slices)
+                            };
+                            run.clear();
+                            pending.fetch_sub((end - begin) as usize, Ordering::Relaxed);
+                            match written {
+                                Ok(()) => continue,
+                                Err(e) => {
+                                    failed.insert(piece);
+                                    tracing::warn!("write of piece {piece} failed: {e}");
+                                    Ev::Input(Input::WriteFailed { piece })
+                                }
+                            }
                         }
-                    },
-                    DiskJob::Hash { piece, expected } => {
-                        // Every earlier write is done: check on the other thread.
-                        let _ = hash_tx.send(HashJob::Check { piece, expected });
-                        continue;
+                        DiskJob::Read { peer, block } => match storage.read(block.index, block.begin, block.length) {
+                            Ok(data) => Ev::Input(Input::BlockRead { peer, block, data: Bytes::from(data) }),
+                            Err(e) => {
+                                tracing::warn!("read of piece {} failed: {e}", block.index);
+                                Ev::ReadFailed
+                            }
+                        },
+                        DiskJob::Hash { piece, expected, digest } => {
+                            let ok = match digest {
+                                Some(d) if !failed.remove(&piece) => d == expected,
+                                _ => {
+                                    tracing::debug!("piece {piece}: hashing it from disk");
+                                    storage.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected)
+                                }
+                            };
+                            Ev::Input(Input::PieceChecked { piece, ok })
+                        }
+                    };
+                    if results.send_blocking(ev).is_err() {
+                        return;
                     }
-                };
-                if results.send_blocking(Ev::Input(ev)).is_err() {
-                    break;
                 }
             }
         })
@@ -457,7 +566,7 @@ struct Session {
     peers: Peers,
     /// The files, for [`Storage::finish`] once complete.
     storage: Arc<Storage>,
-    disk: Sender<DiskJob>,
+    disk: DiskQueue,
     disk_pending: Arc<AtomicUsize>,
     reads_in_flight: usize,
     /// Block reads waiting, per peer (each bounded by the machine's
@@ -521,11 +630,12 @@ impl Session {
             now,
             super::entropy::seed(),
         );
-        // Not bounded by count: see `spawn_disk_threads`.
-        let (disk, disk_rx) = async_channel::unbounded();
+        // Not bounded by count: see `DiskQueue`.
+        let (disk_tx, disk_rx) = async_channel::unbounded();
+        let disk = DiskQueue::new(disk_tx, storage.clone());
         let (events_tx, events_rx) = async_channel::bounded(DISK_RESULTS_MAX);
         let disk_pending = Arc::new(AtomicUsize::new(0));
-        spawn_disk_threads(storage.clone(), disk_rx, events_tx, disk_pending.clone());
+        spawn_disk_thread(storage.clone(), disk_rx, events_tx, disk_pending.clone());
         let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
         let (control_tx, mut control_rx) = async_channel::bounded(16);
         let embedded = opts.embedded.take().map(|mut e| {
@@ -628,6 +738,8 @@ impl Session {
         let peer_rx = self.peers.events().clone();
         let rooms = self.peers.rooms().clone();
         loop {
+            // What the last turn (or the start) gave the disk thread to do.
+            self.disk.flush(false);
             if let Some(deadline) = self.stopping {
                 if self.announcer_idle() || std::time::Instant::now() >= deadline {
                     break;
@@ -676,7 +788,17 @@ impl Session {
                     }
                     self.begin_stop();
                 }
-                Wake::Event(Some(ev)) => self.on_event(ev),
+                Wake::Event(Some(ev)) => {
+                    self.on_event(ev);
+                    // Take the other results already there in this turn: the
+                    // blocks read for one peer then leave in one write.
+                    for _ in 0..super::peer_conn::PEER_EVENTS_MAX {
+                        match self.events_rx.try_recv() {
+                            Ok(ev) => self.on_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Wake::Tracker(Some(t)) => self.on_tracker(t),
                 Wake::Control(Some(c)) => self.on_control(c),
                 Wake::Peer(Some(p)) => {
@@ -739,6 +861,7 @@ impl Session {
                 self.submit_reads();
             }
         }
+        self.disk.flush(true);
         self.publish();
         accept.abort();
         self.progress.finish();
@@ -830,14 +953,14 @@ impl Session {
                 Output::Transmit(t) => self.send(t.to, t.bytes),
                 Output::WriteBlock { piece, begin, data } => {
                     self.disk_pending.fetch_add(data.len(), Ordering::Relaxed);
-                    let _ = self.disk.try_send(DiskJob::Write { piece, begin, data });
+                    self.disk.write(piece, begin, data);
                 }
                 Output::ReadBlock { peer, block } => {
                     self.reads_waiting.entry(peer).or_default().push_back(block);
                     self.submit_reads();
                 }
                 Output::HashPiece { piece, expected } => {
-                    let _ = self.disk.try_send(DiskJob::Hash { piece, expected });
+                    self.disk.check(piece, expected);
                 }
                 Output::Disconnect { peer, reason } => self.on_disconnect(peer, reason),
                 Output::Event(e) => self.on_torrent_event(e),
@@ -880,7 +1003,7 @@ impl Session {
                     }
                     self.reads_in_flight += 1;
                     progressed = true;
-                    let _ = self.disk.try_send(DiskJob::Read { peer, block });
+                    self.disk.read(peer, block);
                 }
                 if q.is_empty() {
                     self.reads_waiting.remove(&peer);

@@ -10,7 +10,11 @@
 //!
 //! * reads of at most [`ConnLimits::read_chunk_bytes`], and the owner's
 //!   event channel holds at most [`PEER_EVENTS_MAX`] of them (a flooding
-//!   peer waits in its socket buffer);
+//!   peer waits in its socket buffer). A read that fills at least half
+//!   its buffer is handed on in that buffer, without a copy (the decoder
+//!   slices blocks out of it; the buffer goes back to a pool of at most
+//!   [`READ_POOL_MAX`] once the last block is written), a smaller one is
+//!   copied out: so whatever holds blocks holds at most twice their size;
 //! * the handshake (the first [`HANDSHAKE_BYTES`]) must arrive within
 //!   [`HANDSHAKE_TIMEOUT`], a dial within [`DIAL_TIMEOUT`];
 //! * the send queue is one buffer per connection, bounded in bytes, never
@@ -58,6 +62,52 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Length of the BitTorrent handshake.
 pub const HANDSHAKE_BYTES: usize = 68;
+/// Idle read buffers kept for reuse by the connections of one owner;
+/// more are freed.
+pub const READ_POOL_MAX: usize = 32;
+
+/// Read buffers shared by the connections of one owner: a buffer lent
+/// with the bytes read into it ([`Lent`]) comes back when those bytes
+/// are dropped, so a busy connection reads into memory that is already
+/// initialized and warm, and no read is copied.
+struct ReadPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    size: usize,
+}
+
+impl ReadPool {
+    fn take(&self) -> Vec<u8> {
+        let free = self.free.lock().expect("nothing panics holding it").pop();
+        free.unwrap_or_else(|| vec![0u8; self.size])
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().expect("nothing panics holding it");
+        if free.len() < READ_POOL_MAX {
+            free.push(buf);
+        }
+    }
+}
+
+/// A read buffer carrying `len` bytes read into it, returned to its pool
+/// when the last [`Bytes`] made of it is dropped.
+struct Lent {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<ReadPool>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
 
 /// Per-connection buffer limits.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +183,7 @@ pub struct Peers {
     rooms_tx: Sender<PeerKey>,
     rooms_rx: Receiver<PeerKey>,
     crypto: Crypto,
+    pool: Arc<ReadPool>,
 }
 
 impl Peers {
@@ -153,6 +204,7 @@ impl Peers {
             rooms_tx,
             rooms_rx,
             crypto: Crypto::off(),
+            pool: Arc::new(ReadPool { free: std::sync::Mutex::new(Vec::new()), size: limits.read_chunk_bytes }),
         }
     }
 
@@ -232,7 +284,8 @@ impl Peers {
         self.next_key += 1;
         let (wake, woken) = async_channel::bounded(1);
         let outbox = Arc::new(Outbox { buf: std::sync::Mutex::new(Vec::new()), queued: AtomicUsize::new(0) });
-        let chans = Chans { events: self.events_tx.clone(), woken, room: self.rooms_tx.clone() };
+        let chans =
+            Chans { events: self.events_tx.clone(), woken, room: self.rooms_tx.clone(), pool: self.pool.clone() };
         let task = Task::spawn(run(key, open, chans, outbox.clone(), self.limits, self.crypto));
         self.conns.insert(key, Conn { addr, incoming, up: false, listen_port: None, outbox, wake, _task: task });
     }
@@ -401,10 +454,12 @@ struct Chans {
     woken: Receiver<()>,
     /// The send queue went back under the soft limit.
     room: Sender<PeerKey>,
+    /// Where read buffers come from.
+    pool: Arc<ReadPool>,
 }
 
 async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limits: ConnLimits, crypto: Crypto) {
-    let Chans { events, woken, room } = chans;
+    let Chans { events, woken, room, pool } = chans;
     let dialed = match &open {
         Open::Dial(addr) => Some(*addr),
         Open::Accepted(_) => None,
@@ -487,9 +542,11 @@ async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limit
     let queued = outbox;
     let reads = events.clone();
     let reader = async move {
-        // One buffer reused for every read; each read's bytes are copied
-        // out (only the bytes read, not the whole chunk).
-        let mut buf = vec![0u8; limits.read_chunk_bytes];
+        // A read that fills half its buffer or more goes on in it (a bulk
+        // transfer: no copy); a smaller one is copied out, and the buffer
+        // is read into again (a few small messages must not hold a whole
+        // buffer each).
+        let mut buf = pool.take();
         let mut got = 0usize;
         let handshake_by = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
@@ -512,7 +569,12 @@ async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limit
                 Err(_) => return CloseReason::Io,
                 Ok(n) => {
                     got = got.saturating_add(n);
-                    let bytes = Bytes::copy_from_slice(&buf[..n]);
+                    let bytes = if n >= buf.len() / 2 {
+                        let full = std::mem::replace(&mut buf, pool.take());
+                        Bytes::from_owner(Lent { buf: full, len: n, pool: pool.clone() })
+                    } else {
+                        Bytes::copy_from_slice(&buf[..n])
+                    };
                     if reads.send(PeerInput::Bytes { peer, bytes }).await.is_err() {
                         return CloseReason::Local;
                     }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use super::anti_entropy::{Hot, Transfer};
+use super::anti_entropy::{Behind, Hot, Transfer};
 use super::lookup::Lookup;
 use super::membership::{log10_ceil, Member, PendingUpdate, Probe, Relay, Suspicion};
 use super::replay::{Replay, Verdict};
@@ -84,6 +84,16 @@ pub struct Config {
     pub members_max: usize,
     /// Writers per digest message; larger watermark maps go in windows.
     pub digest_writers_max: usize,
+    /// Writers listed, with our newest version of each, beside the summary
+    /// of an anti-entropy round when our watermark map is larger than one
+    /// digest: the writers of entries that reached us lately (but not in
+    /// the last `push_rounds` rounds, still being pushed). A peer behind on
+    /// one starts its digest window there, so the exchange repairs what a
+    /// push missed instead of a random window of writers (issue 16). The
+    /// same bound holds for the writers a node remembers being behind on.
+    pub recent_writers_max: usize,
+    /// Entries that reached us longer ago than this are not listed.
+    pub recent_writers_window: Duration,
     /// Fresh entries waiting to be pushed.
     pub hot_max: usize,
     /// Indirect probes we relay for others at once.
@@ -146,6 +156,8 @@ impl Config {
             updates_pending_max: 512,
             members_max: 4096,
             digest_writers_max: 1024,
+            recent_writers_max: 64,
+            recent_writers_window: Duration::from_secs(5),
             hot_max: 1024,
             relays_max: 64,
             join_sample_max: 32,
@@ -384,6 +396,12 @@ pub struct Gossip {
     // ----- anti-entropy -----
     /// Fresh entries still pushed each round.
     pub(super) hot: VecDeque<Hot>,
+    /// Writers of the fresh entries that reached us, with when, oldest
+    /// first; at most `4 * recent_writers_max` (see `Config::recent_writers_max`).
+    pub(super) recent: VecDeque<(NodeId, Instant)>,
+    /// Writers we know we are behind on, with the version we know exists;
+    /// at most `recent_writers_max`. Our next digest starts at the first.
+    pub(super) behind: VecDeque<Behind>,
     pub(super) next_round: Instant,
     pub(super) rounds_to_sync: u32,
     pub(super) full: Option<Transfer>,
@@ -443,6 +461,8 @@ impl Gossip {
             updates: BTreeMap::new(),
             update_order: BTreeSet::new(),
             hot: VecDeque::new(),
+            recent: VecDeque::new(),
+            behind: VecDeque::new(),
             out: VecDeque::new(),
             probe: None,
             probe_list: Vec::new(),
@@ -575,7 +595,7 @@ impl Gossip {
     /// suspicion in force at its incarnation, due within the longest
     /// suspicion timeout; the pending updates and their order agree; and
     /// every bounded collection is within its [`Config`] limit: members,
-    /// pending updates, hot entries, relayed probes, lookups (each still
+    /// pending updates, hot entries, recent and lagging writers, relayed probes, lookups (each still
     /// awaiting between 1 and `lookup_fanout` answers), bootstrap
     /// addresses, the senders' replay windows (`replay_senders_max`), the keys a full transfer remembers, and the store's
     /// entries, writers and graveyard; and the store's anti-entropy summary
@@ -653,6 +673,18 @@ impl Gossip {
                 c.push_rounds
             );
         }
+        assert!(
+            self.recent.len() <= 4 * c.recent_writers_max,
+            "{} recent writers, over 4 x recent_writers_max {}",
+            self.recent.len(),
+            c.recent_writers_max
+        );
+        assert!(
+            self.behind.len() <= c.recent_writers_max,
+            "behind on {} writers, over recent_writers_max {}",
+            self.behind.len(),
+            c.recent_writers_max
+        );
         assert!(self.relays.len() <= c.relays_max, "{} relays, over relays_max {}", self.relays.len(), c.relays_max);
         assert!(
             self.lookups.len() <= c.lookups_max,
@@ -821,7 +853,9 @@ impl Gossip {
         }
         match &p.body {
             Body::JoinReply { members } => members.len() <= c.join_sample_max,
-            Body::Syn { push, .. } => push.len() <= c.entries_per_message_max,
+            Body::Syn { push, recent, .. } => {
+                push.len() <= c.entries_per_message_max && recent.len() <= c.recent_writers_max
+            }
             Body::Digest { digest } => digest.seen.len() <= c.digest_writers_max,
             Body::Delta { delta, digest } => {
                 delta.entries.len() <= c.entries_per_message_max
@@ -883,7 +917,7 @@ impl Gossip {
             Body::JoinReply { members } => self.on_join_reply(members),
             Body::Leave => {}
             // Anti-entropy.
-            Body::Syn { summary, push } => self.on_syn(from, summary, push),
+            Body::Syn { summary, push, recent } => self.on_syn(from, summary, push, recent),
             Body::Digest { digest } => self.on_digest(from, digest),
             Body::Delta { delta, digest } => self.on_delta(from, delta, digest),
             Body::NeedFull => self.on_need_full(from),

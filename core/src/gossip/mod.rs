@@ -74,8 +74,8 @@
 //!   also the clock skew tolerated between nodes) or already seen from its
 //!   sender is dropped as [`DecodeError::Stale`] / [`DecodeError::Replayed`].
 //!   An adapter should treat a connection that delivers one as hostile
-//!   (never admit it as a member's). Envelope version 3 nodes do not talk
-//!   to version 2 nodes.
+//!   (never admit it as a member's). Envelope version 4 nodes do not talk
+//!   to older ones.
 //! * Persistence: apply the change feed (`Applied` = upsert, including
 //!   tombstones, `Removed` = delete) and persist [`Gossip::incarnation`];
 //!   at start pass them to [`Gossip::restore`]. Serve reads from

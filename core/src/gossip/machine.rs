@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::anti_entropy::{Behind, Hot, Transfer};
 use super::lookup::Lookup;
-use super::membership::{log10_ceil, Member, PendingUpdate, Probe, Relay, Suspicion};
+use super::membership::{log10_ceil, Member, PendingUpdate, Probe, Relay, Suspicion, NOT_LIVE};
 use super::replay::{Replay, Verdict};
 use super::wire::{
     open, seal, Body, DecodeError, Keyring, MemberState, MemberUpdate, Packet, PeerAddr, ENVELOPE_OVERHEAD,
@@ -372,10 +372,9 @@ pub struct Gossip {
 
     // ----- membership -----
     pub(super) members: BTreeMap<NodeId, Member>,
-    /// Alive or suspect members, for O(1) random choice; `live_pos` is each
-    /// one's index in it.
+    /// Alive or suspect members, for O(1) random choice; each one's
+    /// `Member::live_pos` is its index in it.
     pub(super) live_ids: Vec<NodeId>,
-    pub(super) live_pos: BTreeMap<NodeId, usize>,
     /// Membership updates waiting to be piggybacked, with how often each
     /// was sent; `update_order` sorts them (times sent, member) so the
     /// least-sent goes first.
@@ -457,7 +456,6 @@ impl Gossip {
             store,
             members: BTreeMap::new(),
             live_ids: Vec::new(),
-            live_pos: BTreeMap::new(),
             updates: BTreeMap::new(),
             update_order: BTreeSet::new(),
             hot: VecDeque::new(),
@@ -611,19 +609,27 @@ impl Gossip {
             c.members_max
         );
         // The live index agrees with the member map, both ways.
-        assert_eq!(
-            self.live_ids.len(),
-            self.live_pos.len(),
-            "the live list ({}) and its position index ({}) differ in size",
-            self.live_ids.len(),
-            self.live_pos.len()
-        );
         for (i, id) in self.live_ids.iter().enumerate() {
-            assert_eq!(self.live_pos.get(id), Some(&i), "live member {id:x} is at {i} but indexed elsewhere");
-            let state = self.members.get(id).map(|m| m.state);
+            let m = self.members.get(id);
+            assert_eq!(
+                m.map(|m| m.live_pos as usize),
+                Some(i),
+                "live member {id:x} is at {i} but its member entry says otherwise"
+            );
+            let state = m.map(|m| m.state);
             assert!(
                 matches!(state, Some(MemberState::Alive | MemberState::Suspect)),
                 "member {id:x} is in the live list but its state is {state:?}"
+            );
+        }
+        for (id, m) in &self.members {
+            let live = matches!(m.state, MemberState::Alive | MemberState::Suspect);
+            assert_eq!(
+                live,
+                m.live_pos != NOT_LIVE,
+                "member {id:x} in state {:?} has live_pos {}",
+                m.state,
+                m.live_pos
             );
         }
         let live_in_map =

@@ -125,7 +125,7 @@ fn a_node_that_missed_every_push_repairs_it_in_the_first_exchange() {
     let digest = feed(&mut b, ms + 1, Input::Receive { from: addr(A), bytes: syn });
     let digest = digest.into_iter().find(|t| matches!(packet(&t.bytes).body, Body::Digest { .. }));
     let digest = digest.expect("a differing summary is answered with a digest").bytes;
-    if let Body::Digest { digest: d } = packet(&digest).body {
+    if let Body::Digest { digest: d, .. } = packet(&digest).body {
         assert!(d.seen.len() <= 4, "a window of at most digest_writers_max writers");
         assert!(d.lo.is_none_or(|lo| lo <= MISSED) && d.hi.is_none_or(|hi| hi >= MISSED), "{d:?} covers {MISSED}");
         assert!(!d.seen.iter().any(|(w, _)| *w == MISSED), "B has seen nothing of {MISSED}");
@@ -135,6 +135,51 @@ fn a_node_that_missed_every_push_repairs_it_in_the_first_exchange() {
         feed(&mut b, ms + 3, Input::Receive { from: addr(A), bytes: t.bytes });
     }
     assert!(holds(&b, MISSED), "B repaired the missed entry in one exchange");
+}
+
+#[test]
+fn the_digest_answering_our_summary_lists_the_recent_writers_so_our_own_digest_starts_there() {
+    let (mut a, mut b) = (machine(A), machine(B));
+    for (k, w) in WRITERS.enumerate() {
+        feed(&mut a, 100, Input::Receive { from: addr(w), bytes: push_from(w, 1 + k as u64) });
+        if w != MISSED {
+            feed(&mut b, 100, Input::Receive { from: addr(w), bytes: push_from(w, 1 + k as u64) });
+        }
+    }
+    // B's summary reaches A once the pushes are over.
+    let syn = Packet {
+        from: B,
+        addr: addr(B),
+        incarnation: 0,
+        sent_ms: WALL0_MS + 1_000,
+        seq: 1,
+        complete: true,
+        updates: Vec::new(),
+        body: Body::Syn {
+            summary: Some((b.store().summary_hash(), b.store().writers() as u32)),
+            push: Vec::new(),
+            recent: Vec::new(),
+        },
+    };
+    let answer = feed(&mut a, 1_000, Input::Receive { from: addr(B), bytes: seal(&keys(), [5; 24], &syn, 256) });
+    let digest = answer.into_iter().find(|t| matches!(packet(&t.bytes).body, Body::Digest { .. })).expect("a digest");
+    if let Body::Digest { recent, .. } = packet(&digest.bytes).body {
+        assert!(recent.iter().any(|(w, _)| *w == MISSED), "A's digest lists its recent writers: {recent:?}");
+    }
+    // B sends what A lacks with its own digest, which starts at MISSED; A
+    // answers with what B lacks in that window.
+    let mut rounds = vec![(B, digest.bytes)];
+    let mut ms = 1_001;
+    while let Some((to, bytes)) = rounds.pop() {
+        ms += 1;
+        let (g, from, other) = if to == B { (&mut b, addr(A), A) } else { (&mut a, addr(B), B) };
+        for t in feed(g, ms, Input::Receive { from, bytes }) {
+            if matches!(packet(&t.bytes).body, Body::Delta { .. }) {
+                rounds.push((other, t.bytes));
+            }
+        }
+    }
+    assert!(holds(&b, MISSED), "B repaired the missed entry in the exchange its own summary started");
 }
 
 #[test]
@@ -179,7 +224,7 @@ fn a_push_whose_previous_write_we_lack_starts_the_next_digest_at_its_writer() {
     let d = out
         .iter()
         .find_map(|t| match packet(&t.bytes).body {
-            Body::Digest { digest } => Some(digest),
+            Body::Digest { digest, .. } => Some(digest),
             _ => None,
         })
         .expect("a digest");

@@ -265,13 +265,18 @@ impl Gossip {
                 self.mark_behind(w, v);
             }
             let d = self.my_digest();
-            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d });
+            let recent = self.recent_hint();
+            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d, recent });
         }
     }
 
     /// A peer's watermarks: send what it lacks with our own digest, or a
-    /// full transfer if it is behind by more than the grace period.
-    pub(super) fn on_digest(&mut self, from: Sender, digest: Digest) {
+    /// full transfer if it is behind by more than the grace period. The
+    /// writers it lists as recent that we are behind on start our digest.
+    pub(super) fn on_digest(&mut self, from: Sender, digest: Digest, recent: Vec<(NodeId, Version)>) {
+        for (w, v) in recent {
+            self.mark_behind(w, v);
+        }
         if !self.store.history_complete() {
             // We may hold copies whose deletes were collected while we were
             // away: we serve nothing until a full transfer has sorted them
@@ -472,7 +477,7 @@ impl Gossip {
     /// otherwise the writers of entries that reached us within
     /// `recent_writers_window` but before the last `push_rounds` rounds,
     /// newest first, each once, with the newest version we hold.
-    fn recent_hint(&mut self) -> Vec<(NodeId, Version)> {
+    pub(super) fn recent_hint(&mut self) -> Vec<(NodeId, Version)> {
         let now = self.now.at;
         let window = self.cfg.recent_writers_window;
         // Forget what is past the window.

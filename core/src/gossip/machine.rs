@@ -85,8 +85,8 @@ pub struct Config {
     /// Writers per digest message; larger watermark maps go in windows.
     pub digest_writers_max: usize,
     /// Writers listed, with our newest version of each, beside the summary
-    /// of an anti-entropy round when our watermark map is larger than one
-    /// digest: the writers of entries that reached us lately (but not in
+    /// of an anti-entropy round and in the digest that answers one, when
+    /// our watermark map is larger than one digest: the writers of entries that reached us lately (but not in
     /// the last `push_rounds` rounds, still being pushed). A peer behind on
     /// one starts its digest window there, so the exchange repairs what a
     /// push missed instead of a random window of writers (issue 16). The
@@ -862,7 +862,9 @@ impl Gossip {
             Body::Syn { push, recent, .. } => {
                 push.len() <= c.entries_per_message_max && recent.len() <= c.recent_writers_max
             }
-            Body::Digest { digest } => digest.seen.len() <= c.digest_writers_max,
+            Body::Digest { digest, recent } => {
+                digest.seen.len() <= c.digest_writers_max && recent.len() <= c.recent_writers_max
+            }
             Body::Delta { delta, digest } => {
                 delta.entries.len() <= c.entries_per_message_max
                     && delta.seen.len() <= c.store.writers_max
@@ -924,7 +926,7 @@ impl Gossip {
             Body::Leave => {}
             // Anti-entropy.
             Body::Syn { summary, push, recent } => self.on_syn(from, summary, push, recent),
-            Body::Digest { digest } => self.on_digest(from, digest),
+            Body::Digest { digest, recent } => self.on_digest(from, digest, recent),
             Body::Delta { delta, digest } => self.on_delta(from, delta, digest),
             Body::NeedFull => self.on_need_full(from),
             Body::FullRequest { after } => self.on_full_request(from, after),

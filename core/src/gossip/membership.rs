@@ -135,7 +135,8 @@ impl Gossip {
         self.send(from.reply_to.clone(), Some(from.id), Body::Ack { seq });
         if hash != self.store.summary_hash() || writers as usize != self.store.writers() {
             let d = self.my_digest();
-            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d });
+            let recent = self.recent_hint();
+            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d, recent });
         }
     }
 

@@ -12,8 +12,8 @@
 //! Nodes of this version neither open nor are opened by version 2 nodes
 //! (the version byte differs): a cluster upgrades all at once.
 //!
-//! Version 4 added the recent writers to `Syn` (issue 16): a node behind
-//! on one of them starts its digest there.
+//! Version 4 added the recent writers to `Syn` and `Digest` (issue 16): a
+//! node behind on one of them starts its digest there.
 //!
 //! Nonces are 24 random bytes from the machine's seeded [`Rng`](crate::rand::Rng):
 //! with XChaCha's 192-bit nonces random choice is safe, *provided* the adapter
@@ -275,6 +275,10 @@ pub enum Body {
     Digest {
         /// The sender's digest (maybe a window of it).
         digest: Digest,
+        /// As in `Syn`: writers of entries that reached the sender lately,
+        /// so the node whose summary started the exchange learns which
+        /// writers it is behind on before it sends its own digest.
+        recent: Vec<(NodeId, Version)>,
     },
     /// Entries the receiver lacks; with `digest`, also asks for the reverse.
     Delta {

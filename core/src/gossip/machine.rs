@@ -857,14 +857,14 @@ impl Gossip {
         if p.updates.len() > c.updates_per_message_max + 1 {
             return false;
         }
+        let recent_max = c.digest_writers_max.max(c.recent_writers_max);
         match &p.body {
             Body::JoinReply { members } => members.len() <= c.join_sample_max,
-            Body::Syn { push, recent, .. } => {
-                push.len() <= c.entries_per_message_max && recent.len() <= c.recent_writers_max
-            }
-            Body::Digest { digest, recent } => {
-                digest.seen.len() <= c.digest_writers_max && recent.len() <= c.recent_writers_max
-            }
+            // A list of recent writers is accepted up to a digest's worth,
+            // not only up to our own `recent_writers_max`: a node that lists
+            // none (0) must still take the digests of nodes that do.
+            Body::Syn { push, recent, .. } => push.len() <= c.entries_per_message_max && recent.len() <= recent_max,
+            Body::Digest { digest, recent } => digest.seen.len() <= c.digest_writers_max && recent.len() <= recent_max,
             Body::Delta { delta, digest } => {
                 delta.entries.len() <= c.entries_per_message_max
                     && delta.seen.len() <= c.store.writers_max

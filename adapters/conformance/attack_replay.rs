@@ -157,7 +157,7 @@ fn capture() -> Option<(TestNode, TestNode, Vec<u8>, String)> {
     let ask = frames
         .iter()
         .find(|f| match open(&ring, f, 1 << 20).map(|p| p.body) {
-            Ok(Body::Digest { digest }) | Ok(Body::Delta { digest: Some(digest), .. }) => digest.seen.len() <= 1,
+            Ok(Body::Digest { digest, .. }) | Ok(Body::Delta { digest: Some(digest), .. }) => digest.seen.len() <= 1,
             _ => false,
         })
         .cloned();

@@ -48,7 +48,7 @@ fn envelope(c: &mut Criterion) {
         updates: (0..2)
             .map(|i| MemberUpdate { id: i, addr: "10.0.0.2:5300".into(), incarnation: 1, state: MemberState::Alive })
             .collect(),
-        body: Body::Syn { summary: Some((0xdead_beef, 12)), push: vec![] },
+        body: Body::Syn { summary: Some((0xdead_beef, 12)), push: vec![], recent: vec![] },
     };
     let sealed = seal(&ring, [1; 24], &p, 256);
     c.bench_function("seal a small gossip packet", |b| b.iter(|| seal(&ring, black_box([1; 24]), black_box(&p), 256)));

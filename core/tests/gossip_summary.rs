@@ -69,7 +69,7 @@ fn a_push_carries_no_summary_and_starts_no_digest_exchange() {
     assert!(!pushes.is_empty());
     for f in pushes {
         match packet(&f.bytes).body {
-            Body::Syn { summary, push } => {
+            Body::Syn { summary, push, .. } => {
                 assert!(summary.is_none(), "a push carries no summary");
                 assert_eq!(push.len(), 1);
             }

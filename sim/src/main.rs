@@ -147,6 +147,14 @@ struct GossipArgs {
     /// Seconds between a provider's announces.
     #[arg(long, default_value_t = SpreadOpts::default().reannounce_s, value_parser = positive::<u64>)]
     reannounce_s: u64,
+    /// Writers per digest window (the protocol's default is 1,024; a smaller
+    /// window shows at 1,000 nodes what 10,000 nodes do).
+    #[arg(long, default_value_t = SpreadOpts::default().digest_writers_max, value_parser = positive::<usize>)]
+    digest_writers: usize,
+    /// Recent writers listed beside a summary, and lagging writers a node
+    /// remembers to start its digest at (0: off, the protocol before issue 16).
+    #[arg(long, default_value_t = SpreadOpts::default().recent_writers_max)]
+    recent_writers: usize,
     /// Skip the cipher: messages keep the sealed envelope's layout and size
     /// but are not encrypted (faster; every result says which it did).
     #[arg(long)]
@@ -232,6 +240,8 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         providers: a.providers,
         reannounce_s: a.reannounce_s,
         seal: !a.no_seal,
+        digest_writers_max: a.digest_writers,
+        recent_writers_max: a.recent_writers,
     };
     let r = spread::run(&o);
     out.line(format!(
@@ -284,9 +294,18 @@ fn gossip(a: &GossipArgs) -> ExitCode {
             "NOT sealed (--no-seal: same envelopes and sizes, no cipher)"
         }
     ));
+    out.line(format!(
+        "digests: {} writers a window, {} recent writers listed{}",
+        o.digest_writers_max,
+        o.recent_writers_max,
+        if o.recent_writers_max == 0 { " (off: random windows only)" } else { "" }
+    ));
     out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
     out.json(serde_json::json!({
         "nodes": r.nodes,
+        "digest_writers": o.digest_writers_max,
+        "recent_writers": o.recent_writers_max,
+        "messages_per_node_per_s": num(r.messages_per_node_per_s),
         "sealed": r.sealed,
         "seed": r.seed,
         "writes": r.writes,

@@ -55,6 +55,11 @@ pub struct SpreadOpts {
     /// Seal every message (XChaCha20-Poly1305, as nodes do); `false` skips
     /// the cipher and keeps the envelope sizes (`--no-seal`).
     pub seal: bool,
+    /// `Config::digest_writers_max` of every node.
+    pub digest_writers_max: usize,
+    /// `Config::recent_writers_max` of every node (0: lagging writers are
+    /// neither listed nor remembered, the protocol before issue 16).
+    pub recent_writers_max: usize,
 }
 
 impl Default for SpreadOpts {
@@ -80,6 +85,8 @@ impl Default for SpreadOpts {
             providers: 0,
             reannounce_s: 30,
             seal: true,
+            digest_writers_max: 1024,
+            recent_writers_max: 64,
         }
     }
 }
@@ -162,6 +169,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let push_rounds = o.push_rounds;
     let sync_every = o.sync_every_rounds;
     let probe_ms = o.probe_ms;
+    let (digest_writers_max, recent_writers_max) = (o.digest_writers_max, o.recent_writers_max);
     let mut w = World::new(
         n,
         o.seed,
@@ -175,6 +183,8 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             c.sync_every_rounds = sync_every;
             c.probe_interval = Duration::from_millis(probe_ms);
             c.probe_timeout = Duration::from_millis(probe_ms / 2);
+            c.digest_writers_max = digest_writers_max;
+            c.recent_writers_max = recent_writers_max;
             c
         }),
     );

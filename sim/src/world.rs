@@ -165,6 +165,9 @@ struct Ctx<'a> {
     check: bool,
     /// Keep each node's persisted entries (for restarts).
     persist: bool,
+    /// Every node's address, made once: a delivery clones one rather than
+    /// formatting it.
+    addrs: &'a [PeerAddr],
 }
 
 impl Ctx<'_> {
@@ -286,7 +289,7 @@ impl Ctx<'_> {
                     let f = from as usize;
                     if slot.g.is_some() && self.group[f] == self.group[i] {
                         slot.trace = mix(slot.trace, at ^ hash_bytes(&bytes).rotate_left(17));
-                        let input = Input::Receive { from: addr(f), bytes };
+                        let input = Input::Receive { from: self.addrs[f].clone(), bytes };
                         self.feed(i, slot, now, input, w_end, &mut local, &mut out);
                     }
                 }
@@ -325,6 +328,7 @@ pub struct World {
     parallel_min_events: usize,
     check_invariants: bool,
     persist: bool,
+    addrs: Vec<PeerAddr>,
 }
 
 impl World {
@@ -364,6 +368,7 @@ impl World {
             parallel_min_events: PARALLEL_MIN_EVENTS,
             check_invariants: false,
             persist: true,
+            addrs: (0..n).map(addr).collect(),
         }
     }
 
@@ -469,6 +474,7 @@ impl World {
             n: self.slots.len(),
             check: self.check_invariants,
             persist: self.persist,
+            addrs: &self.addrs,
         };
         let mut out = WindowOut::default();
         let mut local = BinaryHeap::new();
@@ -507,7 +513,14 @@ impl World {
         self.queue.take_before(w_end, &mut events);
         let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
         let n = self.slots.len();
-        let ctx = Ctx { net: &self.net, group: &self.group, n, check: self.check_invariants, persist: self.persist };
+        let ctx = Ctx {
+            net: &self.net,
+            group: &self.group,
+            n,
+            check: self.check_invariants,
+            persist: self.persist,
+            addrs: &self.addrs,
+        };
         let threads = if events.len() >= self.parallel_min_events { self.threads.min(n).max(1) } else { 1 };
         let mut outs = Vec::with_capacity(threads);
         if threads == 1 {

@@ -53,7 +53,7 @@ use bytes::Bytes;
 
 use super::machine::{Gossip, Sender};
 use super::wire::{Body, PeerAddr, Pushed};
-use crate::replica::{Delta, Digest, FullChunk, Namespace, NodeId};
+use crate::replica::{Delta, Digest, FullChunk, Namespace, NodeId, Version};
 use crate::time::Instant;
 
 /// A fresh entry still being pushed.
@@ -63,6 +63,22 @@ pub(super) struct Hot {
     /// Rounds it will still be pushed in (1..=`push_rounds`).
     pub(super) rounds_left: u32,
 }
+
+/// A writer we know we are behind on: some node holds `version` of it and
+/// our watermark is below. Our next digest window starts at it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Behind {
+    pub(super) writer: NodeId,
+    pub(super) version: Version,
+    /// Digests started at it so far: after `BEHIND_TRIES` it is dropped (a
+    /// writer whose chain of versions broke when it restarted stays
+    /// "behind" everywhere until it serves a delta; it must not keep the
+    /// window forever).
+    pub(super) tries: u8,
+}
+
+/// Digests started at one lagging writer before it is given up.
+const BEHIND_TRIES: u8 = 3;
 
 /// A full state transfer we are taking from `peer`.
 #[derive(Clone, Debug)]
@@ -95,9 +111,10 @@ impl Gossip {
         for id in targets {
             let addr = self.members[&id].addr.clone();
             // Push only: the summary travels on anti-entropy rounds and probes.
-            let body = Body::Syn { summary: None, push: vec![p.clone()] };
+            let body = Body::Syn { summary: None, push: vec![p.clone()], recent: Vec::new() };
             self.send(addr, Some(id), body);
         }
+        self.note_recent(p.entry.writer);
         self.make_hot(p);
     }
 
@@ -152,7 +169,9 @@ impl Gossip {
         let summary = (self.store.summary_hash(), self.store.writers() as u32);
         for (k, id) in targets.into_iter().enumerate() {
             let addr = self.members[&id].addr.clone();
-            let body = Body::Syn { summary: (sync_now && k == 0).then_some(summary), push: hot.clone() };
+            let with_summary = sync_now && k == 0;
+            let recent = if with_summary { self.recent_hint() } else { Vec::new() };
+            let body = Body::Syn { summary: with_summary.then_some(summary), push: hot.clone(), recent };
             self.send(addr, Some(id), body);
         }
         let sent = hot.len();
@@ -211,8 +230,16 @@ impl Gossip {
     // ----- received messages -----
 
     /// Pushed entries, and maybe the sender's summary: apply what is new
-    /// (and push it on), and answer a differing summary with our digest.
-    pub(super) fn on_syn(&mut self, from: Sender, summary: Option<(u64, u32)>, push: Vec<Pushed>) {
+    /// (and push it on), and answer a differing summary with our digest,
+    /// which starts at a writer we now know we are behind on (a push whose
+    /// `prev` we lack, or a recent writer the sender holds newer).
+    pub(super) fn on_syn(
+        &mut self,
+        from: Sender,
+        summary: Option<(u64, u32)>,
+        push: Vec<Pushed>,
+        recent: Vec<(NodeId, Version)>,
+    ) {
         let wall = self.now.wall_ms;
         for pushed in push {
             let w = pushed.entry.writer;
@@ -220,9 +247,13 @@ impl Gossip {
             let fresh = self.store.apply(pushed.entry.clone(), wall).is_ok();
             if self.store.seen_of(w) >= pushed.prev {
                 self.store.set_seen(w, v);
+            } else {
+                // We missed the writer's previous write.
+                self.mark_behind(w, pushed.prev);
             }
             if fresh {
                 self.stats.entries_applied += 1;
+                self.note_recent(w);
                 self.make_hot(pushed);
             }
         }
@@ -230,14 +261,22 @@ impl Gossip {
             hash != self.store.summary_hash() || writers as usize != self.store.writers()
         });
         if differs {
+            for (w, v) in recent {
+                self.mark_behind(w, v);
+            }
             let d = self.my_digest();
-            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d });
+            let recent = self.recent_hint();
+            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d, recent });
         }
     }
 
     /// A peer's watermarks: send what it lacks with our own digest, or a
-    /// full transfer if it is behind by more than the grace period.
-    pub(super) fn on_digest(&mut self, from: Sender, digest: Digest) {
+    /// full transfer if it is behind by more than the grace period. The
+    /// writers it lists as recent that we are behind on start our digest.
+    pub(super) fn on_digest(&mut self, from: Sender, digest: Digest, recent: Vec<(NodeId, Version)>) {
+        for (w, v) in recent {
+            self.mark_behind(w, v);
+        }
         if !self.store.history_complete() {
             // We may hold copies whose deletes were collected while we were
             // away: we serve nothing until a full transfer has sorted them
@@ -381,12 +420,85 @@ impl Gossip {
         }
     }
 
-    /// Our digest, starting at a random writer so that large watermark maps
-    /// travel in windows that cover everything over time.
+    /// Our digest. A large watermark map travels in windows: the window
+    /// starts at the first writer we know we are behind on, if any (that
+    /// writer then goes to the back of the list, so the next digest tries
+    /// the next one), otherwise at a random writer, so that windows cover
+    /// everything over time.
     pub(super) fn my_digest(&mut self) -> Digest {
         let n = self.store.writers().max(1);
+        // Drawn in every case, so a run whose digests cover every writer
+        // makes the same random choices as before lagging writers existed.
         let start = self.rng.index(n);
+        while let Some(b) = self.behind.front() {
+            if self.store.seen_of(b.writer) >= b.version || b.tries >= BEHIND_TRIES {
+                self.behind.pop_front();
+                continue;
+            }
+            let mut b = self.behind.pop_front().expect("front exists");
+            b.tries += 1;
+            self.behind.push_back(b);
+            return self.store.digest_from(b.writer, self.cfg.digest_writers_max);
+        }
         self.store.digest(start, self.cfg.digest_writers_max)
+    }
+
+    /// Remembers that some node holds `version` of `writer`, if our
+    /// watermark is below it (bounded: the oldest gives way).
+    pub(super) fn mark_behind(&mut self, writer: NodeId, version: Version) {
+        if self.store.seen_of(writer) >= version || self.cfg.recent_writers_max == 0 {
+            return;
+        }
+        if let Some(b) = self.behind.iter_mut().find(|b| b.writer == writer) {
+            b.version = b.version.max(version);
+            return;
+        }
+        if self.behind.len() >= self.cfg.recent_writers_max {
+            self.behind.pop_front();
+        }
+        self.behind.push_back(Behind { writer, version, tries: 0 });
+    }
+
+    /// A fresh entry of `writer` reached us (or we wrote it).
+    fn note_recent(&mut self, writer: NodeId) {
+        let cap = 4 * self.cfg.recent_writers_max;
+        if cap == 0 {
+            return;
+        }
+        if self.recent.len() >= cap {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((writer, self.now.at));
+    }
+
+    /// The writers to list beside our summary (see
+    /// `Config::recent_writers_max`): none while our watermark map fits
+    /// in one digest (a peer's digest then covers every writer anyway);
+    /// otherwise the writers of entries that reached us within
+    /// `recent_writers_window` but before the last `push_rounds` rounds,
+    /// newest first, each once, with the newest version we hold.
+    pub(super) fn recent_hint(&mut self) -> Vec<(NodeId, Version)> {
+        let now = self.now.at;
+        let window = self.cfg.recent_writers_window;
+        // Forget what is past the window.
+        while self.recent.front().is_some_and(|(_, t)| now.saturating_duration_since(*t) > window) {
+            self.recent.pop_front();
+        }
+        if self.store.writers() <= self.cfg.digest_writers_max {
+            return Vec::new();
+        }
+        let pushing = self.cfg.gossip_interval.saturating_mul(u64::from(self.cfg.push_rounds));
+        let mut out: Vec<(NodeId, Version)> = Vec::new();
+        for (w, t) in self.recent.iter().rev() {
+            if out.len() >= self.cfg.recent_writers_max {
+                break;
+            }
+            if now.saturating_duration_since(*t) < pushing || out.iter().any(|(o, _)| o == w) {
+                continue;
+            }
+            out.push((*w, self.store.max_of(*w)));
+        }
+        out
     }
 
     fn delta_for(&self, digest: &Digest) -> Delta {

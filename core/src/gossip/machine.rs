@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use super::anti_entropy::{Hot, Transfer};
+use super::anti_entropy::{Behind, Hot, Transfer};
 use super::lookup::Lookup;
-use super::membership::{log10_ceil, Member, PendingUpdate, Probe, Relay, Suspicion};
+use super::membership::{log10_ceil, Member, PendingUpdate, Probe, Relay, Suspicion, NOT_LIVE};
 use super::replay::{Replay, Verdict};
 use super::wire::{
     open, seal, Body, DecodeError, Keyring, MemberState, MemberUpdate, Packet, PeerAddr, ENVELOPE_OVERHEAD,
@@ -84,6 +84,16 @@ pub struct Config {
     pub members_max: usize,
     /// Writers per digest message; larger watermark maps go in windows.
     pub digest_writers_max: usize,
+    /// Writers listed, with our newest version of each, beside the summary
+    /// of an anti-entropy round and in the digest that answers one, when
+    /// our watermark map is larger than one digest: the writers of entries that reached us lately (but not in
+    /// the last `push_rounds` rounds, still being pushed). A peer behind on
+    /// one starts its digest window there, so the exchange repairs what a
+    /// push missed instead of a random window of writers (issue 16). The
+    /// same bound holds for the writers a node remembers being behind on.
+    pub recent_writers_max: usize,
+    /// Entries that reached us longer ago than this are not listed.
+    pub recent_writers_window: Duration,
     /// Fresh entries waiting to be pushed.
     pub hot_max: usize,
     /// Indirect probes we relay for others at once.
@@ -146,6 +156,8 @@ impl Config {
             updates_pending_max: 512,
             members_max: 4096,
             digest_writers_max: 1024,
+            recent_writers_max: 64,
+            recent_writers_window: Duration::from_secs(5),
             hot_max: 1024,
             relays_max: 64,
             join_sample_max: 32,
@@ -360,10 +372,9 @@ pub struct Gossip {
 
     // ----- membership -----
     pub(super) members: BTreeMap<NodeId, Member>,
-    /// Alive or suspect members, for O(1) random choice; `live_pos` is each
-    /// one's index in it.
+    /// Alive or suspect members, for O(1) random choice; each one's
+    /// `Member::live_pos` is its index in it.
     pub(super) live_ids: Vec<NodeId>,
-    pub(super) live_pos: BTreeMap<NodeId, usize>,
     /// Membership updates waiting to be piggybacked, with how often each
     /// was sent; `update_order` sorts them (times sent, member) so the
     /// least-sent goes first.
@@ -384,6 +395,12 @@ pub struct Gossip {
     // ----- anti-entropy -----
     /// Fresh entries still pushed each round.
     pub(super) hot: VecDeque<Hot>,
+    /// Writers of the fresh entries that reached us, with when, oldest
+    /// first; at most `4 * recent_writers_max` (see `Config::recent_writers_max`).
+    pub(super) recent: VecDeque<(NodeId, Instant)>,
+    /// Writers we know we are behind on, with the version we know exists;
+    /// at most `recent_writers_max`. Our next digest starts at the first.
+    pub(super) behind: VecDeque<Behind>,
     pub(super) next_round: Instant,
     pub(super) rounds_to_sync: u32,
     pub(super) full: Option<Transfer>,
@@ -439,10 +456,11 @@ impl Gossip {
             store,
             members: BTreeMap::new(),
             live_ids: Vec::new(),
-            live_pos: BTreeMap::new(),
             updates: BTreeMap::new(),
             update_order: BTreeSet::new(),
             hot: VecDeque::new(),
+            recent: VecDeque::new(),
+            behind: VecDeque::new(),
             out: VecDeque::new(),
             probe: None,
             probe_list: Vec::new(),
@@ -575,7 +593,7 @@ impl Gossip {
     /// suspicion in force at its incarnation, due within the longest
     /// suspicion timeout; the pending updates and their order agree; and
     /// every bounded collection is within its [`Config`] limit: members,
-    /// pending updates, hot entries, relayed probes, lookups (each still
+    /// pending updates, hot entries, recent and lagging writers, relayed probes, lookups (each still
     /// awaiting between 1 and `lookup_fanout` answers), bootstrap
     /// addresses, the senders' replay windows (`replay_senders_max`), the keys a full transfer remembers, and the store's
     /// entries, writers and graveyard; and the store's anti-entropy summary
@@ -591,19 +609,27 @@ impl Gossip {
             c.members_max
         );
         // The live index agrees with the member map, both ways.
-        assert_eq!(
-            self.live_ids.len(),
-            self.live_pos.len(),
-            "the live list ({}) and its position index ({}) differ in size",
-            self.live_ids.len(),
-            self.live_pos.len()
-        );
         for (i, id) in self.live_ids.iter().enumerate() {
-            assert_eq!(self.live_pos.get(id), Some(&i), "live member {id:x} is at {i} but indexed elsewhere");
-            let state = self.members.get(id).map(|m| m.state);
+            let m = self.members.get(id);
+            assert_eq!(
+                m.map(|m| m.live_pos as usize),
+                Some(i),
+                "live member {id:x} is at {i} but its member entry says otherwise"
+            );
+            let state = m.map(|m| m.state);
             assert!(
                 matches!(state, Some(MemberState::Alive | MemberState::Suspect)),
                 "member {id:x} is in the live list but its state is {state:?}"
+            );
+        }
+        for (id, m) in &self.members {
+            let live = matches!(m.state, MemberState::Alive | MemberState::Suspect);
+            assert_eq!(
+                live,
+                m.live_pos != NOT_LIVE,
+                "member {id:x} in state {:?} has live_pos {}",
+                m.state,
+                m.live_pos
             );
         }
         let live_in_map =
@@ -653,6 +679,18 @@ impl Gossip {
                 c.push_rounds
             );
         }
+        assert!(
+            self.recent.len() <= 4 * c.recent_writers_max,
+            "{} recent writers, over 4 x recent_writers_max {}",
+            self.recent.len(),
+            c.recent_writers_max
+        );
+        assert!(
+            self.behind.len() <= c.recent_writers_max,
+            "behind on {} writers, over recent_writers_max {}",
+            self.behind.len(),
+            c.recent_writers_max
+        );
         assert!(self.relays.len() <= c.relays_max, "{} relays, over relays_max {}", self.relays.len(), c.relays_max);
         assert!(
             self.lookups.len() <= c.lookups_max,
@@ -819,10 +857,14 @@ impl Gossip {
         if p.updates.len() > c.updates_per_message_max + 1 {
             return false;
         }
+        let recent_max = c.digest_writers_max.max(c.recent_writers_max);
         match &p.body {
             Body::JoinReply { members } => members.len() <= c.join_sample_max,
-            Body::Syn { push, .. } => push.len() <= c.entries_per_message_max,
-            Body::Digest { digest } => digest.seen.len() <= c.digest_writers_max,
+            // A list of recent writers is accepted up to a digest's worth,
+            // not only up to our own `recent_writers_max`: a node that lists
+            // none (0) must still take the digests of nodes that do.
+            Body::Syn { push, recent, .. } => push.len() <= c.entries_per_message_max && recent.len() <= recent_max,
+            Body::Digest { digest, recent } => digest.seen.len() <= c.digest_writers_max && recent.len() <= recent_max,
             Body::Delta { delta, digest } => {
                 delta.entries.len() <= c.entries_per_message_max
                     && delta.seen.len() <= c.store.writers_max
@@ -883,8 +925,8 @@ impl Gossip {
             Body::JoinReply { members } => self.on_join_reply(members),
             Body::Leave => {}
             // Anti-entropy.
-            Body::Syn { summary, push } => self.on_syn(from, summary, push),
-            Body::Digest { digest } => self.on_digest(from, digest),
+            Body::Syn { summary, push, recent } => self.on_syn(from, summary, push, recent),
+            Body::Digest { digest, recent } => self.on_digest(from, digest, recent),
             Body::Delta { delta, digest } => self.on_delta(from, delta, digest),
             Body::NeedFull => self.on_need_full(from),
             Body::FullRequest { after } => self.on_full_request(from, after),

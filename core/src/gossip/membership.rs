@@ -19,7 +19,15 @@ pub(super) struct Member {
     /// When it entered `state` (dead members are forgotten after
     /// `dead_forget_after`; the oldest dead one is evicted first).
     pub(super) since: Instant,
+    /// Its index in `Gossip::live_ids` while alive or suspect, else
+    /// `NOT_LIVE`. Kept here rather than in a second map keyed by id: one
+    /// map walk less per change of state, and one map less per node
+    /// (issue 16).
+    pub(super) live_pos: u32,
 }
+
+/// `Member::live_pos` of a member that is not in the live list.
+pub(super) const NOT_LIVE: u32 = u32::MAX;
 
 /// Our probe in flight.
 #[derive(Clone, Debug)]
@@ -127,7 +135,8 @@ impl Gossip {
         self.send(from.reply_to.clone(), Some(from.id), Body::Ack { seq });
         if hash != self.store.summary_hash() || writers as usize != self.store.writers() {
             let d = self.my_digest();
-            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d });
+            let recent = self.recent_hint();
+            self.send(from.reply_to, Some(from.id), Body::Digest { digest: d, recent });
         }
     }
 
@@ -200,6 +209,7 @@ impl Gossip {
                         incarnation: u.incarnation,
                         state: MemberState::Alive,
                         since: self.now.at,
+                        live_pos: NOT_LIVE,
                     },
                 );
                 self.out.push_back(Output::Event(Event::MemberUp { id: u.id, addr: u.addr }));
@@ -366,28 +376,37 @@ impl Gossip {
 
     /// Inserts or replaces a member, keeping the list of live ids (for O(1)
     /// random choice) in step.
-    fn put_member(&mut self, id: NodeId, m: Member) {
+    fn put_member(&mut self, id: NodeId, mut m: Member) {
         let live = matches!(m.state, MemberState::Alive | MemberState::Suspect);
+        // A replaced member keeps its place in the live list until
+        // `set_live` moves it.
+        m.live_pos = self.members.get(&id).map_or(NOT_LIVE, |old| old.live_pos);
         self.members.insert(id, m);
         self.set_live(id, live);
     }
 
     fn remove_member(&mut self, id: NodeId) {
-        self.members.remove(&id);
         self.set_live(id, false);
+        self.members.remove(&id);
     }
 
+    /// Adds `id` (which must be in `members`) to the live list or takes it
+    /// out, keeping every member's `live_pos` in step.
     fn set_live(&mut self, id: NodeId, live: bool) {
-        match (live, self.live_pos.get(&id).copied()) {
-            (true, None) => {
-                self.live_pos.insert(id, self.live_ids.len());
+        let Some(m) = self.members.get_mut(&id) else { return };
+        match (live, m.live_pos) {
+            (true, NOT_LIVE) => {
+                m.live_pos = self.live_ids.len() as u32;
                 self.live_ids.push(id);
             }
-            (false, Some(pos)) => {
-                self.live_pos.remove(&id);
+            (false, pos) if pos != NOT_LIVE => {
+                m.live_pos = NOT_LIVE;
+                let pos = pos as usize;
                 self.live_ids.swap_remove(pos);
-                if let Some(moved) = self.live_ids.get(pos) {
-                    self.live_pos.insert(*moved, pos);
+                if let Some(&moved) = self.live_ids.get(pos) {
+                    if let Some(mm) = self.members.get_mut(&moved) {
+                        mm.live_pos = pos as u32;
+                    }
                 }
             }
             _ => {}
@@ -542,7 +561,8 @@ impl Gossip {
             self.stats.suspicions += 1;
         }
         let before = self.members.get(&u.id).map(|m| m.state);
-        let m = Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now };
+        let m =
+            Member { addr: u.addr.clone(), incarnation: u.incarnation, state: u.state, since: now, live_pos: NOT_LIVE };
         self.put_member(u.id, m);
         let was_live = matches!(before, Some(MemberState::Alive | MemberState::Suspect));
         let is_live = matches!(u.state, MemberState::Alive | MemberState::Suspect);

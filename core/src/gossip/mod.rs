@@ -8,6 +8,11 @@
 //!   each sends the other only the entries newer than its watermarks, in
 //!   chunks under the message size limit. A peer behind by more than the
 //!   tombstone grace period is told to take a full state transfer instead.
+//!   A watermark map larger than one digest travels in windows; the
+//!   summary and the digest answering it list the writers of recent
+//!   entries, and a node behind on one (or missing a push's `prev`)
+//!   starts its next window there, so a missed push is repaired in the
+//!   next exchange rather than when a random window happens to cover it.
 //! * Push: a fresh write goes to `fanout` random peers at once; a node that
 //!   learns a fresh entry pushes it on for `push_rounds` rounds.
 //! * Membership: SWIM probes, indirect probes, suspicion with a timeout,
@@ -74,8 +79,8 @@
 //!   also the clock skew tolerated between nodes) or already seen from its
 //!   sender is dropped as [`DecodeError::Stale`] / [`DecodeError::Replayed`].
 //!   An adapter should treat a connection that delivers one as hostile
-//!   (never admit it as a member's). Envelope version 3 nodes do not talk
-//!   to version 2 nodes.
+//!   (never admit it as a member's). Envelope version 4 nodes do not talk
+//!   to older ones.
 //! * Persistence: apply the change feed (`Applied` = upsert, including
 //!   tombstones, `Removed` = delete) and persist [`Gossip::incarnation`];
 //!   at start pass them to [`Gossip::restore`]. Serve reads from

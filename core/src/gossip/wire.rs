@@ -1,6 +1,6 @@
 //! Gossip messages and the authenticated envelope they travel in.
 //!
-//! Envelope: `[version = 3][key id][24-byte nonce][XChaCha20-Poly1305
+//! Envelope: `[version = 4][key id][24-byte nonce][XChaCha20-Poly1305
 //! ciphertext + 16-byte tag]`, with the first two bytes as associated data.
 //! The plaintext is `[flags][body]`: flag bit 0 says the body is LZ4
 //! compressed (size-prepended); the body is a postcard-serialized [`Packet`].
@@ -11,6 +11,9 @@
 //! (see the `replay` module), so a captured message cannot be replayed.
 //! Nodes of this version neither open nor are opened by version 2 nodes
 //! (the version byte differs): a cluster upgrades all at once.
+//!
+//! Version 4 added the recent writers to `Syn` and `Digest` (issue 16): a
+//! node behind on one of them starts its digest there.
 //!
 //! Nonces are 24 random bytes from the machine's seeded [`Rng`](crate::rand::Rng):
 //! with XChaCha's 192-bit nonces random choice is safe, *provided* the adapter
@@ -26,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::replica::{Delta, Digest, Entry, FullChunk, Namespace, NodeId, Version};
 
 /// The envelope format version this code writes and reads.
-pub const ENVELOPE_VERSION: u8 = 3;
+pub const ENVELOPE_VERSION: u8 = 4;
 /// Bytes of envelope around the plaintext: version, key id, nonce, tag.
 pub const ENVELOPE_OVERHEAD: usize = 2 + 24 + 16;
 const FLAG_LZ4: u8 = 1;
@@ -260,12 +263,22 @@ pub enum Body {
         summary: Option<(u64, u32)>,
         /// Fresh entries (push).
         push: Vec<Pushed>,
+        /// With a summary, when the sender's watermark map is larger than
+        /// one digest: writers of entries that reached it lately, with the
+        /// newest version it holds of each (at most
+        /// `Config::recent_writers_max`). A receiver behind on one starts
+        /// its digest window at that writer.
+        recent: Vec<(NodeId, Version)>,
     },
     /// "Your summary differs from mine: here is how far I have seen each
     /// writer; send me what is newer."
     Digest {
         /// The sender's digest (maybe a window of it).
         digest: Digest,
+        /// As in `Syn`: writers of entries that reached the sender lately,
+        /// so the node whose summary started the exchange learns which
+        /// writers it is behind on before it sends its own digest.
+        recent: Vec<(NodeId, Version)>,
     },
     /// Entries the receiver lacks; with `digest`, also asks for the reverse.
     Delta {
@@ -476,7 +489,7 @@ mod tests {
             seq: 5,
             complete: true,
             updates: vec![],
-            body: Body::Syn { summary: Some((42, 1)), push: vec![] },
+            body: Body::Syn { summary: Some((42, 1)), push: vec![], recent: vec![(7, Version(9))] },
         }
     }
 

@@ -764,6 +764,36 @@ impl Store {
         Digest { lo: (start > 0).then(|| seen[0].0), hi: (end < n).then(|| seen[seen.len() - 1].0), seen }
     }
 
+    /// A digest of at most `writers_max` writers whose window covers
+    /// `first`: it starts there (or ends at the last writer, if fewer
+    /// follow). Gossip starts its digest at a writer it knows it is behind
+    /// on, so the exchange repairs that writer first (issue 16).
+    pub fn digest_from(&self, first: NodeId, writers_max: usize) -> Digest {
+        let n = self.seen.len();
+        if n <= writers_max || writers_max == 0 {
+            return self.digest(0, writers_max);
+        }
+        let mut seen: Vec<(NodeId, Version)> =
+            self.seen.range(first..).take(writers_max).map(|(w, v)| (*w, *v)).collect();
+        if seen.len() < writers_max {
+            let mut before: Vec<(NodeId, Version)> =
+                self.seen.range(..first).rev().take(writers_max - seen.len()).map(|(w, v)| (*w, *v)).collect();
+            before.reverse();
+            before.append(&mut seen);
+            seen = before;
+        }
+        let lowest = self.seen.keys().next().copied();
+        let highest = self.seen.keys().next_back().copied();
+        let (lo_w, hi_w) = (seen[0].0, seen[seen.len() - 1].0);
+        // A `first` we hold no watermark of lies inside the window as
+        // "never seen", so the peer sends all it has of it.
+        Digest {
+            lo: (Some(lo_w) != lowest).then(|| lo_w.min(first)),
+            hi: (Some(hi_w) != highest).then_some(hi_w),
+            seen,
+        }
+    }
+
     /// True if the peer with `digest` may have missed a delete that we have
     /// already collected: it is behind us on some writer, and either we
     /// collected a tombstone of that writer newer than its watermark, or

@@ -480,7 +480,10 @@
   // KiB/s typed in a box: null (no limit) when empty or 0.
   const kibLimit = (v) => (v.trim() === '' || Number(v) === 0 ? null : Math.round(Number(v) * 1024));
 
+  // Focusing a box counts as editing: a live update arriving between
+  // clearing a box and typing into it must not refill it.
   $('session-form').addEventListener('input', () => { state.sessionFormDirty = true; });
+  $('session-form').addEventListener('focusin', () => { state.sessionFormDirty = true; });
   $('session-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const body = {

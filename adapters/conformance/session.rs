@@ -322,7 +322,27 @@ fn the_active_download_cap_holds_and_the_queue_follows_the_order_of_addition() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(saw_queue && most == 2, "the cap was never reached (most {most}, queue seen {saw_queue})");
+    // Four torrents, one pool of disk threads: none of a torrent's own.
+    let disk_threads = disk_thread_names(node.node.child.id());
+    assert!(
+        !disk_threads.is_empty() && disk_threads.len() <= 4 && disk_threads.iter().all(|n| n.starts_with("bt-disk-")),
+        "the session's disk threads: {disk_threads:?}"
+    );
     drop(seeders);
+}
+
+/// Names of the process's threads that do disk work (`bt-disk*`).
+fn disk_thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        if let Ok(name) = std::fs::read_to_string(task.path().join("comm")) {
+            let name = name.trim().to_string();
+            if name.starts_with("bt-disk") {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 #[test]

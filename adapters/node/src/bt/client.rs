@@ -126,6 +126,9 @@ pub struct Embedded {
     /// Fast resume: the pieces to trust and those to hash again, instead
     /// of hashing every piece.
     pub resume: Option<super::resume::ResumePlan>,
+    /// The session's disk threads, shared by its torrents (instead of a
+    /// thread of the torrent's own).
+    pub disk_pool: DiskPool,
 }
 
 /// A torrent's state as the session shows it.
@@ -337,7 +340,7 @@ enum DiskJob {
 /// reading peers above it), reads by `READS_IN_FLIGHT_MAX`, hash checks by
 /// the pieces being downloaded.
 struct DiskQueue {
-    tx: Sender<Vec<DiskJob>>,
+    tx: DiskSink,
     batch: Vec<DiskJob>,
     /// Block bytes in `batch`.
     batch_bytes: usize,
@@ -353,8 +356,15 @@ struct DiskQueue {
 const DISK_BATCH_BYTES: usize = 1 << 20;
 const _: () = assert!(DISK_BATCH_BYTES * 4 <= DISK_PENDING_BYTES_MAX, "a held batch must not stop the loop");
 
+/// Where a [`DiskQueue`] hands its batches: the torrent's own disk thread
+/// (`rumor get`, `rumor seed`) or the session's pool.
+enum DiskSink {
+    Thread(Sender<Vec<DiskJob>>),
+    Pool(PoolQueue),
+}
+
 impl DiskQueue {
-    fn new(tx: Sender<Vec<DiskJob>>, storage: Arc<Storage>) -> DiskQueue {
+    fn new(tx: DiskSink, storage: Arc<Storage>) -> DiskQueue {
         let hasher = PieceHasher { states: BTreeMap::new(), order: VecDeque::new() };
         DiskQueue { tx, batch: Vec::new(), batch_bytes: 0, urgent: false, hasher, storage }
     }
@@ -387,8 +397,14 @@ impl DiskQueue {
         }
         self.batch_bytes = 0;
         self.urgent = false;
-        // Closed: the thread is gone (the process is ending).
-        let _ = self.tx.try_send(std::mem::take(&mut self.batch));
+        let batch = std::mem::take(&mut self.batch);
+        match &self.tx {
+            // Closed: the thread is gone (the process is ending).
+            DiskSink::Thread(tx) => {
+                let _ = tx.try_send(batch);
+            }
+            DiskSink::Pool(q) => q.send(batch),
+        }
     }
 }
 
@@ -471,70 +487,185 @@ fn spawn_disk_thread(
     std::thread::Builder::new()
         .name("bt-disk".into())
         .spawn(move || {
-            let mut run: Vec<Bytes> = Vec::with_capacity(WRITE_RUN_MAX);
-            // Pieces a write of which failed since their last check.
-            let mut failed: BTreeSet<u32> = BTreeSet::new();
-            let mut buf = Vec::new();
+            let mut disk = TorrentDisk::new(storage, results, pending);
             while let Ok(batch) = jobs.recv_blocking() {
-                let mut batch = batch.into_iter().peekable();
-                while let Some(job) = batch.next() {
-                    let ev = match job {
-                        DiskJob::Write { piece, begin, data } => {
-                            // The blocks of this piece that follow on.
-                            let mut end = begin + data.len() as u32;
-                            run.clear();
-                            run.push(data);
-                            while run.len() < WRITE_RUN_MAX {
-                                match batch.peek() {
-                                    Some(DiskJob::Write { piece: p, begin: b, .. }) if *p == piece && *b == end => {}
-                                    _ => break,
-                                }
-                                let Some(DiskJob::Write { data, .. }) = batch.next() else { unreachable!() };
-                                end += data.len() as u32;
-                                run.push(data);
-                            }
-                            let written = if let [one] = &run[..] {
-                                storage.write(piece, begin, one)
-                            } else {
-                                let slices: Vec<&[u8]> = run.iter().map(|b| &b[..]).collect();
-                                storage.write_blocks(piece, begin, &slices)
-                            };
-                            run.clear();
-                            pending.fetch_sub((end - begin) as usize, Ordering::Relaxed);
-                            match written {
-                                Ok(()) => continue,
-                                Err(e) => {
-                                    failed.insert(piece);
-                                    tracing::warn!("write of piece {piece} failed: {e}");
-                                    Ev::Input(Input::WriteFailed { piece })
-                                }
-                            }
-                        }
-                        DiskJob::Read { peer, block } => match storage.read(block.index, block.begin, block.length) {
-                            Ok(data) => Ev::Input(Input::BlockRead { peer, block, data: Bytes::from(data) }),
-                            Err(e) => {
-                                tracing::warn!("read of piece {} failed: {e}", block.index);
-                                Ev::ReadFailed
-                            }
-                        },
-                        DiskJob::Hash { piece, expected, digest } => {
-                            let ok = match digest {
-                                Some(d) if !failed.remove(&piece) => d == expected,
-                                _ => {
-                                    tracing::debug!("piece {piece}: hashing it from disk");
-                                    storage.hash_piece(piece, &mut buf).is_ok_and(|h| h == expected)
-                                }
-                            };
-                            Ev::Input(Input::PieceChecked { piece, ok })
-                        }
-                    };
-                    if results.send_blocking(ev).is_err() {
-                        return;
-                    }
+                if !disk.batch(batch) {
+                    return;
                 }
             }
         })
         .expect("spawn the disk thread");
+}
+
+/// One torrent's side of the disk work: its files, where results go, and
+/// what must survive from one batch to the next.
+struct TorrentDisk {
+    storage: Arc<Storage>,
+    results: Sender<Ev>,
+    pending: Arc<AtomicUsize>,
+    /// Pieces a write of which failed since their last check.
+    failed: BTreeSet<u32>,
+    run: Vec<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl TorrentDisk {
+    fn new(storage: Arc<Storage>, results: Sender<Ev>, pending: Arc<AtomicUsize>) -> TorrentDisk {
+        TorrentDisk {
+            storage,
+            results,
+            pending,
+            failed: BTreeSet::new(),
+            run: Vec::with_capacity(WRITE_RUN_MAX),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Does one batch in order (see [`spawn_disk_thread`]); false once the
+    /// torrent's loop is gone.
+    fn batch(&mut self, batch: Vec<DiskJob>) -> bool {
+        let storage = &self.storage;
+        let mut batch = batch.into_iter().peekable();
+        while let Some(job) = batch.next() {
+            let ev = match job {
+                DiskJob::Write { piece, begin, data } => {
+                    // The blocks of this piece that follow on.
+                    let mut end = begin + data.len() as u32;
+                    self.run.clear();
+                    self.run.push(data);
+                    while self.run.len() < WRITE_RUN_MAX {
+                        match batch.peek() {
+                            Some(DiskJob::Write { piece: p, begin: b, .. }) if *p == piece && *b == end => {}
+                            _ => break,
+                        }
+                        let Some(DiskJob::Write { data, .. }) = batch.next() else { unreachable!() };
+                        end += data.len() as u32;
+                        self.run.push(data);
+                    }
+                    let written = if let [one] = &self.run[..] {
+                        storage.write(piece, begin, one)
+                    } else {
+                        let slices: Vec<&[u8]> = self.run.iter().map(|b| &b[..]).collect();
+                        storage.write_blocks(piece, begin, &slices)
+                    };
+                    self.run.clear();
+                    self.pending.fetch_sub((end - begin) as usize, Ordering::Relaxed);
+                    match written {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            self.failed.insert(piece);
+                            tracing::warn!("write of piece {piece} failed: {e}");
+                            Ev::Input(Input::WriteFailed { piece })
+                        }
+                    }
+                }
+                DiskJob::Read { peer, block } => match storage.read(block.index, block.begin, block.length) {
+                    Ok(data) => Ev::Input(Input::BlockRead { peer, block, data: Bytes::from(data) }),
+                    Err(e) => {
+                        tracing::warn!("read of piece {} failed: {e}", block.index);
+                        Ev::ReadFailed
+                    }
+                },
+                DiskJob::Hash { piece, expected, digest } => {
+                    let ok = match digest {
+                        Some(d) if !self.failed.remove(&piece) => d == expected,
+                        _ => {
+                            tracing::debug!("piece {piece}: hashing it from disk");
+                            storage.hash_piece(piece, &mut self.buf).is_ok_and(|h| h == expected)
+                        }
+                    };
+                    Ev::Input(Input::PieceChecked { piece, ok })
+                }
+            };
+            if self.results.send_blocking(ev).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Disk threads shared by every torrent of a session (`rumor node
+/// --downloads`), instead of one thread per torrent. A torrent's batches
+/// stay in order: a torrent with work is queued once, and the thread that
+/// takes it does all its queued batches before letting it go, so two
+/// threads never work for one torrent at once.
+#[derive(Clone)]
+pub struct DiskPool {
+    ready: Sender<Arc<PooledDisk>>,
+}
+
+/// A torrent as the pool sees it.
+struct PooledDisk {
+    jobs: Receiver<Vec<DiskJob>>,
+    /// In the pool's queue or being worked on.
+    scheduled: AtomicBool,
+    disk: std::sync::Mutex<TorrentDisk>,
+}
+
+impl DiskPool {
+    /// Starts `threads` disk threads; they end once every handle to the
+    /// pool and every torrent attached to it are gone.
+    pub fn new(threads: usize) -> DiskPool {
+        // Not bounded by count: each torrent is in it at most once.
+        let (ready, queue) = async_channel::unbounded::<Arc<PooledDisk>>();
+        for i in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("bt-disk-{i}"))
+                .spawn(move || {
+                    while let Ok(t) = queue.recv_blocking() {
+                        loop {
+                            let mut alive = true;
+                            {
+                                let mut disk = t.disk.lock().unwrap_or_else(|e| e.into_inner());
+                                while let Ok(batch) = t.jobs.try_recv() {
+                                    if !disk.batch(batch) {
+                                        alive = false;
+                                        break;
+                                    }
+                                }
+                            }
+                            t.scheduled.store(false, Ordering::SeqCst);
+                            // A batch queued between the last try_recv and
+                            // the store above saw `scheduled` still set.
+                            if !alive || t.jobs.is_empty() || t.scheduled.swap(true, Ordering::SeqCst) {
+                                break;
+                            }
+                        }
+                    }
+                })
+                .expect("spawn a disk thread");
+        }
+        DiskPool { ready }
+    }
+
+    /// A torrent's queue into the pool.
+    fn attach(&self, storage: Arc<Storage>, results: Sender<Ev>, pending: Arc<AtomicUsize>) -> PoolQueue {
+        let (tx, jobs) = async_channel::unbounded();
+        let t = Arc::new(PooledDisk {
+            jobs,
+            scheduled: AtomicBool::new(false),
+            disk: std::sync::Mutex::new(TorrentDisk::new(storage, results, pending)),
+        });
+        PoolQueue { tx, torrent: t, ready: self.ready.clone() }
+    }
+}
+
+/// Where a torrent of a session hands its batches (see [`DiskPool`]).
+struct PoolQueue {
+    tx: Sender<Vec<DiskJob>>,
+    torrent: Arc<PooledDisk>,
+    ready: Sender<Arc<PooledDisk>>,
+}
+
+impl PoolQueue {
+    fn send(&self, batch: Vec<DiskJob>) {
+        let _ = self.tx.try_send(batch);
+        if !self.torrent.scheduled.swap(true, Ordering::SeqCst) {
+            let _ = self.ready.try_send(self.torrent.clone());
+        }
+    }
 }
 
 /// What woke the session's loop.
@@ -631,11 +762,17 @@ impl Session {
             super::entropy::seed(),
         );
         // Not bounded by count: see `DiskQueue`.
-        let (disk_tx, disk_rx) = async_channel::unbounded();
-        let disk = DiskQueue::new(disk_tx, storage.clone());
         let (events_tx, events_rx) = async_channel::bounded(DISK_RESULTS_MAX);
         let disk_pending = Arc::new(AtomicUsize::new(0));
-        spawn_disk_thread(storage.clone(), disk_rx, events_tx, disk_pending.clone());
+        let sink = match opts.embedded.as_ref().map(|e| &e.disk_pool) {
+            Some(pool) => DiskSink::Pool(pool.attach(storage.clone(), events_tx, disk_pending.clone())),
+            None => {
+                let (disk_tx, disk_rx) = async_channel::unbounded();
+                spawn_disk_thread(storage.clone(), disk_rx, events_tx, disk_pending.clone());
+                DiskSink::Thread(disk_tx)
+            }
+        };
+        let disk = DiskQueue::new(sink, storage.clone());
         let (tracker_tx, tracker_rx) = async_channel::bounded(TRACKER_EVENTS_MAX);
         let (control_tx, mut control_rx) = async_channel::bounded(16);
         let embedded = opts.embedded.take().map(|mut e| {

@@ -70,6 +70,11 @@ const COMMANDS_MAX: usize = 64;
 pub const EVENTS_QUEUE_MAX: usize = 256;
 /// `/events` clients at once.
 pub const EVENT_CLIENTS_MAX: usize = 64;
+/// Disk threads shared by all the session's torrents: block writes (one
+/// `pwritev` per run of blocks), reads for uploads, and the rare piece
+/// hashed back from disk (hashing is otherwise done as blocks arrive).
+/// A few keep several files and torrents moving; not one per torrent.
+pub const DISK_THREADS: usize = 4;
 /// How often the session looks at its torrents (events, records).
 const TICK: Duration = Duration::from_secs(1);
 /// How often it applies the active-download cap: a finished download's
@@ -504,6 +509,8 @@ pub struct Session {
     port: u16,
     routes: Routes,
     budget: Budget,
+    /// The disk threads every torrent's writes, reads and checks run on.
+    disk_pool: crate::bt::client::DiskPool,
     down: limits::Shared,
     up: limits::Shared,
     torrents: BTreeMap<InfoHash, Entry>,
@@ -621,6 +628,7 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
         port,
         routes,
         budget,
+        disk_pool: crate::bt::client::DiskPool::new(DISK_THREADS),
         torrents: BTreeMap::new(),
         next_position: 0,
         generation: 0,
@@ -1022,6 +1030,7 @@ impl Session {
                 _ => None,
             },
             resume: e.plan.take(),
+            disk_pool: self.disk_pool.clone(),
         };
         let what = match (&e.meta, &e.source) {
             (Some(m), _) => What::Meta(m.clone()),

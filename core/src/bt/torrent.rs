@@ -834,9 +834,15 @@ impl Torrent {
         }
         // Seeding, the choker lends a free slot to the new peer now rather
         // than at its next round: unchoked before it is interested, it can
-        // request the moment it is.
+        // request the moment it is. Only when a slot is free: with every
+        // slot taken the round would change nothing, and a flood of
+        // handshakes (peers holding slots, reconnecting as they are
+        // dropped) would run a round for each.
         if self.picker.is_complete() {
-            self.rechoke(now);
+            let unchoked = self.conns.values().filter(|c| c.ready && !c.am_choking).count();
+            if unchoked < self.config.choker.unchoke_slots {
+                self.rechoke(now);
+            }
         }
     }
 

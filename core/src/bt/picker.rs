@@ -731,42 +731,32 @@ impl Picker {
     /// bitfield: O(pieces / 64 + pieces it has), keeping the few rarest
     /// (random among equals) in a bounded heap.
     fn pick_by_bitfield(&mut self, peer: PeerKey, has: &Bitfield, max_blocks: usize, out: &mut Vec<BlockRef>) {
-        let k = max_blocks - out.len();
-        let mut heap: BinaryHeap<(u32, u64, u32)> = BinaryHeap::with_capacity(k + 1);
-        let words = has.words().iter().zip(self.wanted_bits.words()).zip(self.partial_bits.words());
-        for (wi, ((h, wb), pt)) in words.enumerate() {
-            let mut w = h & wb & !pt;
-            while w != 0 {
-                let p = wi as u32 * 64 + w.trailing_zeros();
-                w &= w - 1;
-                let a = self.avail[p as usize];
-                if heap.len() == k && heap.peek().is_some_and(|top| a > top.0) {
-                    continue;
-                }
-                heap.push((a, self.rng.next_u64(), p));
-                if heap.len() > k {
-                    heap.pop();
-                }
-            }
-        }
-        for (_, _, p) in heap.into_sorted_vec() {
-            if out.len() >= max_blocks {
-                break;
-            }
-            self.start_partial(p, peer);
-            let want = max_blocks - out.len();
-            self.take_free(peer, p, want, out);
-        }
+        self.pick_rarest(peer, Some(has), false, max_blocks, out);
     }
 
     /// Starts the rarest high-priority pieces `peer` has (all of them
     /// for a seed, `has` = `None`), random among equals: one pass over the
     /// bitsets, O(pieces / 64 + high pieces), only while some are wanted.
     fn pick_high(&mut self, peer: PeerKey, has: Option<&Bitfield>, max_blocks: usize, out: &mut Vec<BlockRef>) {
+        self.pick_rarest(peer, has, true, max_blocks, out);
+    }
+
+    /// Starts the rarest wanted pieces not in progress that `peer` has
+    /// (`None`: every piece), of high priority only if `high_only`,
+    /// random among equals, keeping the few rarest in a bounded heap.
+    fn pick_rarest(
+        &mut self,
+        peer: PeerKey,
+        has: Option<&Bitfield>,
+        high_only: bool,
+        max_blocks: usize,
+        out: &mut Vec<BlockRef>,
+    ) {
         let k = max_blocks - out.len();
         let mut heap: BinaryHeap<(u32, u64, u32)> = BinaryHeap::with_capacity(k + 1);
-        let words = self.high.words().iter().zip(self.wanted_bits.words()).zip(self.partial_bits.words());
-        for (wi, ((hi, wb), pt)) in words.enumerate() {
+        let words = self.wanted_bits.words().iter().zip(self.partial_bits.words());
+        for (wi, (wb, pt)) in words.enumerate() {
+            let hi = if high_only { self.high.words()[wi] } else { u64::MAX };
             let mut w = hi & wb & !pt & has.map_or(u64::MAX, |h| h.words()[wi]);
             while w != 0 {
                 let p = wi as u32 * 64 + w.trailing_zeros();

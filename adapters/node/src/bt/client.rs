@@ -59,8 +59,8 @@ const LIMITS: ConnLimits =
     ConnLimits { read_chunk_bytes: 128 * 1024, send_bytes_soft: 4 << 20, send_bytes_max: 32 << 20 };
 /// Connections (the machine's and the peer book's limit are the same).
 pub const PEERS_MAX: usize = 50;
-/// Incoming connections waiting for the loop; when full, a new one is
-/// closed at once (the peer may dial again later).
+/// Incoming connections waiting for the loop; when full, the accept task
+/// waits and the rest wait in the kernel's listen backlog.
 const ACCEPTED_MAX: usize = 16;
 /// Tracker answers waiting for the loop; when full, an answer is dropped
 /// and the announcer's request timeout asks again. The loop takes them
@@ -842,13 +842,17 @@ impl Session {
         let accept = rt::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok((s, a)) => match accept_tx.try_send((s, a)) {
-                        Ok(()) => {}
-                        // The loop is behind: this connection is closed at
-                        // once (dropped), the peer may dial again later.
-                        Err(async_channel::TrySendError::Full(_)) => tracing::debug!("peer {a}: refused, busy"),
-                        Err(async_channel::TrySendError::Closed(_)) => break,
-                    },
+                    // The loop behind (a flood of connections): wait for it
+                    // rather than close this one, and the others queue in
+                    // the kernel's backlog. Closing at random whichever
+                    // came while the queue was full closed a real client's
+                    // connection among 70 reconnecting ones holding the
+                    // slots, and a client does not dial back for a minute.
+                    Ok(conn) => {
+                        if accept_tx.send(conn).await.is_err() {
+                            break;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!("accept: {e}");
                         rt::sleep(Duration::from_millis(100)).await;

@@ -298,7 +298,16 @@ if not what.startswith("magnet:"):
     p.ti = lt.torrent_info(what)
 p.save_path = save
 h = s.add_torrent(p)
+seen = set()
 while True:
+    # Each connection once: which side dialed and what it is encrypted
+    # with (the other client picks RC4 or plain text from what is offered).
+    for pi in h.get_peer_info():
+        key = (pi.ip, pi.flags & lt.peer_info.local_connection)
+        if key not in seen and pi.flags & lt.peer_info.handshake == 0:
+            seen.add(key)
+            print("peer %s:%d %s %s" % (pi.ip[0], pi.ip[1], "dialed" if pi.flags & lt.peer_info.local_connection else "dialed us",
+                "rc4" if pi.flags & lt.peer_info.rc4_encrypted else "plaintext-in-mse" if pi.flags & lt.peer_info.plaintext_encrypted else "plain"), flush=True)
     for a in s.pop_alerts():
         if isinstance(a, lt.tracker_reply_alert):
             open(save + "/.announced", "w").close()

@@ -8,8 +8,8 @@
 //! Limits: at most [`ROUTING_MAX`] connections are being read at once
 //! (past it a new one is closed at once); each has
 //! [`crate::bt::mse_stream`]'s handshake deadline; a torrent's queue of
-//! routed connections holds [`ROUTED_MAX`] (past it the connection is
-//! closed, the peer may dial again); and the session's peer budget
+//! routed connections holds [`ROUTED_MAX`] (past it the connection waits
+//! up to [`ROUTE_WAIT`], then is closed); and the session's peer budget
 //! ([`Budget`]) refuses connections once every slot is taken.
 
 use crate::bt::mse_stream::{self, Encryption};
@@ -25,6 +25,9 @@ use std::sync::{Arc, RwLock};
 pub const ROUTING_MAX: usize = 64;
 /// Routed connections waiting for a torrent's task.
 pub const ROUTED_MAX: usize = 16;
+/// How long a routed connection waits for room in its torrent's queue
+/// (holding one of the [`ROUTING_MAX`] routing slots meanwhile).
+pub const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A connection routed to a torrent.
 pub type Routed = (TcpStream, SocketAddr);
@@ -51,11 +54,37 @@ impl Routes {
         self.0.read().expect("no panic while held").keys().copied().collect()
     }
 
-    fn route(&self, ih: &InfoHash, conn: Routed) -> Result<(), &'static str> {
+    /// Hands `conn` to `ih`'s task, or says why not (and gives it back
+    /// if the queue was only full).
+    fn route(&self, ih: &InfoHash, conn: Routed) -> Result<(), (&'static str, Option<Routed>)> {
         let tx = self.0.read().expect("no panic while held").get(ih).cloned();
         match tx {
-            None => Err("no longer in the session"),
-            Some(tx) => tx.try_send(conn).map_err(|_| "its queue is full"),
+            None => Err(("no longer in the session", None)),
+            Some(tx) => tx.try_send(conn).map_err(|e| match e {
+                async_channel::TrySendError::Full(c) => ("its queue is full", Some(c)),
+                async_channel::TrySendError::Closed(_) => ("no longer in the session", None),
+            }),
+        }
+    }
+
+    /// [`Routes::route`], waiting up to [`ROUTE_WAIT`] while the torrent's
+    /// queue is full: under a flood of connections a real client's is
+    /// queued behind them, not closed at random (a client that is closed
+    /// on does not dial back for a minute).
+    async fn route_waiting(&self, ih: &InfoHash, conn: Routed) -> Result<(), &'static str> {
+        let conn = match self.route(ih, conn) {
+            Ok(()) => return Ok(()),
+            Err((why, None)) => return Err(why),
+            Err((_, Some(conn))) => conn,
+        };
+        let tx = self.0.read().expect("no panic while held").get(ih).cloned();
+        let Some(tx) = tx else {
+            return Err("no longer in the session");
+        };
+        match rt::timeout(ROUTE_WAIT, tx.send(conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("no longer in the session"),
+            Err(_) => Err("its queue stayed full"),
         }
     }
 }
@@ -148,7 +177,7 @@ pub async fn serve(listener: Box<dyn TcpListener>, routes: Routes, budget: Budge
             let served = routes.served();
             match mse_stream::accept_routed(stream, &served, policy).await {
                 Ok((stream, ih)) => {
-                    if let Err(why) = routes.route(&ih, (stream, addr)) {
+                    if let Err(why) = routes.route_waiting(&ih, (stream, addr)).await {
                         tracing::debug!("peer {addr}: refused for {ih}: {why}");
                     }
                 }
@@ -179,7 +208,7 @@ mod tests {
         assert_eq!(routes.served(), vec![a]);
         assert!(routes.route(&a, (stream(), addr())).is_ok());
         assert!(incoming.rx.try_recv().is_ok());
-        assert_eq!(routes.route(&b, (stream(), addr())).unwrap_err(), "no longer in the session");
+        assert_eq!(routes.route(&b, (stream(), addr())).unwrap_err().0, "no longer in the session");
         routes.remove(&a);
         assert!(routes.route(&a, (stream(), addr())).is_err());
         assert_eq!(incoming.local_addr().unwrap().port(), 6881);
@@ -193,7 +222,7 @@ mod tests {
         for _ in 0..ROUTED_MAX {
             assert!(routes.route(&ih, (stream(), addr())).is_ok());
         }
-        assert_eq!(routes.route(&ih, (stream(), addr())).unwrap_err(), "its queue is full");
+        assert_eq!(routes.route(&ih, (stream(), addr())).unwrap_err().0, "its queue is full");
     }
 
     #[test]

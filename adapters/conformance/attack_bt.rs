@@ -22,15 +22,18 @@ use std::time::{Duration, Instant};
 /// one round of reopening every half second). Prints "open" once the
 /// first round is up.
 const HOLD_SLOTS: &str = r#"
-import socket, sys, time, selectors
+import os, socket, sys, time, selectors
 port, idle, ka, ih = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), bytes.fromhex(sys.argv[4])
-hs = b"\x13BitTorrent protocol" + bytes(8) + ih + b"-AT0001-" + bytes(12)
+# Each connection its own peer id: one id for all would make them
+# duplicates of one peer, and only the last would stay.
+def hs():
+    return b"\x13BitTorrent protocol" + bytes(8) + ih + b"-AT0001-" + os.urandom(12)
 sel = selectors.DefaultSelector()
 def conn(shake):
     try:
         s = socket.create_connection(("127.0.0.1", port), timeout=1)
         if shake:
-            s.sendall(hs)
+            s.sendall(hs())
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, shake)
         return True

@@ -219,3 +219,62 @@ fn a_control_api_on_a_public_address_needs_an_explicit_flag() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--control-public"));
 }
+
+#[test]
+fn two_peers_that_dial_each_other_keep_one_connection_between_them() {
+    // Two leechers with nothing yet, each given the other with --peer:
+    // each dials the other (again after its first dial fails, if the
+    // other was not listening yet), so two connections join them. Both
+    // must close the same one and keep the other, for good.
+    let s = Scratch::new("bt-dup-conn");
+    let Fixture { torrent, .. } = fixture(&s.0, 12, &["--piece-size", "16384"]);
+    let ports = [free_port(), free_port()];
+    let controls: Vec<SocketAddr> =
+        (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
+    let procs: Vec<Proc> = (0..2)
+        .map(|i| {
+            let mut c = rumor(&["get"]);
+            c.arg(&torrent).arg("-o").arg(s.0.join(format!("out{i}")));
+            c.args(["--quiet", "--bind", "127.0.0.1", "--port", &ports[i].to_string()]);
+            c.args(["--peer", &format!("127.0.0.1:{}", ports[1 - i]), "--control", &controls[i].to_string()]);
+            c.env("RUMOR_LOG", "info,rumor_node::bt::client=debug");
+            Proc::spawn(&format!("get{i}"), c, &s.0.join(format!("get{i}.log")))
+        })
+        .collect();
+    for c in &controls {
+        assert!(eventually(Duration::from_secs(20), || TcpStream::connect(c).is_ok()), "no control API");
+    }
+    let closed = |p: &Proc| p.log_text().matches("a second connection to the same peer").count();
+    assert!(
+        eventually(Duration::from_secs(30), || procs.iter().map(closed).sum::<usize>() > 0),
+        "no second connection was ever closed; the logs:\n{}\n{}",
+        procs[0].log_text(),
+        procs[1].log_text()
+    );
+    // Settled: one connection on each side, and it stays (no closing and
+    // dialing again in a loop).
+    assert!(
+        eventually(Duration::from_secs(10), || controls.iter().all(|c| status(*c)["peers_connected"] == 1)),
+        "not one connection each: {} / {}",
+        status(controls[0]),
+        status(controls[1])
+    );
+    // Each side logs the one it closed. The side whose own dial was
+    // closed by the other dials once more after its backoff (1 s, with
+    // jitter), sees the duplicate itself and then leaves it: let that pass.
+    std::thread::sleep(Duration::from_secs(3));
+    let before: usize = procs.iter().map(closed).sum();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(500));
+        for c in &controls {
+            assert_eq!(status(*c)["peers_connected"], 1, "{}", status(*c));
+        }
+    }
+    assert_eq!(
+        procs.iter().map(closed).sum::<usize>(),
+        before,
+        "connections are still being closed; the logs:\n{}\n{}",
+        procs[0].log_text(),
+        procs[1].log_text()
+    );
+}

@@ -895,6 +895,22 @@ fn the_peer_idle_longest_gives_way_first_among_the_useless() {
 }
 
 #[test]
+fn a_connection_whose_handshake_may_still_be_on_its_way_outlasts_the_settled_useless_peers() {
+    // Peers 1 and 2 have held their slots for long, of no use; 3, a real
+    // client, connected 5 ms ago and its handshake is not read yet. The
+    // next newcomers push out 1 and 2 first (issue #12's attack, as CI saw
+    // it: 3 was the only connection without a handshake, and went first).
+    let (mut t, _, _) = full_seed(3, &[1, 2], &[(3, secs(20))]);
+    let just_after = secs(20) + Duration::from_millis(5);
+    assert_eq!(t.least_useful(just_after), Some(1));
+    t.handle(just_after, Input::MakeRoom);
+    t.handle(just_after, Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![1, 2], "the settled useless peers go first");
+    t.handle(just_after, Input::MakeRoom);
+    assert_eq!(gave_way(&drain(&mut t)), vec![3], "with nobody else left it goes too");
+}
+
+#[test]
 fn a_connection_without_a_handshake_gives_way_before_a_useless_handshaken_peer() {
     let (t, _, _) = full_seed(2, &[1], &[(2, secs(50))]);
     assert_eq!(t.least_useful(secs(60)), Some(2));

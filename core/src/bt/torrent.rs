@@ -25,7 +25,9 @@
 //! [`Input::MakeRoom`] and the least useful peer gives way (see
 //! [`Torrent::least_useful`]): one that has not sent its handshake yet,
 //! oldest first; else one that has been of no use either way (for at
-//! least [`TorrentConfig::useless_after`]), idle longest first. Peers that trade,
+//! least [`TorrentConfig::useless_after`]), idle longest first; and in
+//! each kind, those younger than [`TorrentConfig::newcomer_grace`] only
+//! after every older one of both kinds. Peers that trade,
 //! or might soon, are never pushed out: so connections that never
 //! handshake, or handshake and then only send keep-alives, cannot hold the
 //! slots against a peer that wants the data.
@@ -85,6 +87,13 @@ pub struct TorrentConfig {
     /// `interested` (and is then never pushed out) one round trip after
     /// the handshake.
     pub useless_after: Duration,
+    /// A connection without a handshake younger than this, or a peer that
+    /// handshook more recently, gives way only after every older one that
+    /// may: its handshake, or its `interested`, may be a moment away.
+    /// Without it, when 70 peers holding the slots reconnected with a
+    /// handshake at once, a real client's connection was at times the only
+    /// one whose handshake had not been read yet, and went first.
+    pub newcomer_grace: Duration,
     /// We send a keep-alive after this long without sending anything.
     pub keepalive_interval: Duration,
     /// How often the choker runs.
@@ -143,6 +152,7 @@ impl TorrentConfig {
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
             useless_after: Duration::ZERO,
+            newcomer_grace: Duration::from_secs(1),
             keepalive_interval: Duration::from_secs(90),
             choke_interval: Duration::from_secs(10),
             tick: Duration::from_secs(1),
@@ -561,22 +571,34 @@ impl Torrent {
     /// First those that have not sent their handshake, the oldest
     /// connection first; then those that have been of no use for
     /// [`TorrentConfig::useless_after`] (neither side interested, no
-    /// block either way), idle longest first. Ties go to the lowest key,
-    /// so the choice is deterministic.
+    /// block either way), idle longest first. Both kinds are taken first
+    /// among those older than [`TorrentConfig::newcomer_grace`], then
+    /// among the younger. Ties go to the lowest key, so the choice is
+    /// deterministic.
     pub fn least_useful(&self, now: Instant) -> Option<PeerKey> {
-        let waiting = self.conns.iter().filter(|(_, c)| !c.ready).min_by_key(|(k, c)| (c.connected_at, **k));
-        if let Some((k, _)) = waiting {
-            return Some(*k);
-        }
-        self.conns
-            .iter()
-            .filter(|(_, c)| {
-                !c.peer_interested
-                    && !c.am_interested
-                    && now.saturating_duration_since(c.useful_at) >= self.config.useless_after
-            })
-            .min_by_key(|(k, c)| (c.useful_at, **k))
-            .map(|(k, _)| *k)
+        let grace = self.config.newcomer_grace;
+        let old = |at: Instant| now.saturating_duration_since(at) >= grace;
+        let waiting = |settled: bool| {
+            self.conns
+                .iter()
+                .filter(|(_, c)| !c.ready && old(c.connected_at) == settled)
+                .min_by_key(|(k, c)| (c.connected_at, **k))
+                .map(|(k, _)| *k)
+        };
+        let useless = |settled: bool| {
+            self.conns
+                .iter()
+                .filter(|(_, c)| {
+                    c.ready
+                        && !c.peer_interested
+                        && !c.am_interested
+                        && now.saturating_duration_since(c.useful_at) >= self.config.useless_after
+                        && old(c.useful_at) == settled
+                })
+                .min_by_key(|(k, c)| (c.useful_at, **k))
+                .map(|(k, _)| *k)
+        };
+        waiting(true).or_else(|| useless(true)).or_else(|| waiting(false)).or_else(|| useless(false))
     }
 
     /// Checks the machine's bookkeeping against the picker's; for tests

@@ -722,6 +722,12 @@ struct Session {
     progress: Progress,
     /// What each connection was told by peer exchange (BEP 11).
     pex: PexSender,
+    /// Our peer id, which settles which of two connections to one peer
+    /// stays (see [`Session::on_peer_ready`]).
+    peer_id: [u8; 20],
+    /// The live connection of each peer id that has handshaken (stale
+    /// entries are pruned once it outgrows the peer slots).
+    by_peer_id: BTreeMap<[u8; 20], PeerKey>,
     /// Local Service Discovery (BEP 14), unless off or private.
     lsd: Option<super::lsd::LsdHandle>,
     /// Run by the node's session: its limits, budget and snapshot.
@@ -823,6 +829,8 @@ impl Session {
             progress,
             complete_flag: complete,
             pex: PexSender::new(meta.private),
+            peer_id,
+            by_peer_id: BTreeMap::new(),
             lsd,
             embedded,
         })
@@ -1203,14 +1211,45 @@ impl Session {
         }
     }
 
+    /// A connection's handshake came. Two peers that dial each other at
+    /// once (both learned of the other from a tracker, the overlay, LSD or
+    /// PEX) end up with two connections: one is closed, or both would hold
+    /// a slot and requests would go out twice. Both sides keep the same
+    /// one without a word: the connection dialed by the lower peer id.
+    fn on_peer_ready(&mut self, peer: PeerKey, peer_id: [u8; 20]) {
+        if let Some(addr) = self.peers.addr(peer) {
+            tracing::debug!("peer {addr}: handshake done");
+        }
+        self.peers.ready(peer);
+        let other = self.by_peer_id.get(&peer_id).copied().filter(|o| *o != peer && self.peers.addr(*o).is_some());
+        let Some(other) = other else {
+            if self.by_peer_id.len() >= 2 * PEERS_MAX {
+                let peers = &self.peers;
+                self.by_peer_id.retain(|_, k| peers.addr(*k).is_some());
+            }
+            self.by_peer_id.insert(peer_id, peer);
+            return;
+        };
+        let (new_in, old_in) = (self.peers.is_incoming(peer), self.peers.is_incoming(other));
+        // Same direction (a peer dialing again before we saw its old
+        // connection close): the new one stays, the old is likely dead.
+        // Otherwise the one dialed by the lower id stays: ours (outgoing
+        // here) if ours is lower.
+        let keep_incoming = self.peer_id > peer_id;
+        let drop = if new_in == old_in || new_in == keep_incoming { other } else { peer };
+        if drop == other {
+            self.by_peer_id.insert(peer_id, peer);
+        }
+        if let Some(addr) = self.peers.drop_peer(drop, Closed::Useless) {
+            tracing::debug!("peer {addr}: closed: a second connection to the same peer");
+        }
+        let now = self.clock.now();
+        self.torrent.handle(now, Input::Peer(PeerInput::Closed { peer: drop, reason: CloseReason::Local }));
+    }
+
     fn on_torrent_event(&mut self, e: Event) {
         match e {
-            Event::PeerReady { peer, .. } => {
-                if let Some(addr) = self.peers.addr(peer) {
-                    tracing::debug!("peer {addr}: handshake done");
-                }
-                self.peers.ready(peer);
-            }
+            Event::PeerReady { peer, peer_id } => self.on_peer_ready(peer, peer_id),
             Event::PieceVerified(_) => {
                 self.pieces_verified += 1;
                 self.progress.set_position(self.verified());

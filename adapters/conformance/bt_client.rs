@@ -229,8 +229,7 @@ fn two_peers_that_dial_each_other_keep_one_connection_between_them() {
     let s = Scratch::new("bt-dup-conn");
     let Fixture { torrent, .. } = fixture(&s.0, 12, &["--piece-size", "16384"]);
     let ports = [free_port(), free_port()];
-    let controls: Vec<SocketAddr> =
-        (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
+    let controls: Vec<SocketAddr> = (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
     let procs: Vec<Proc> = (0..2)
         .map(|i| {
             let mut c = rumor(&["get"]);

@@ -40,6 +40,7 @@ mod trackers;
 
 #[allow(unused_imports)]
 pub use progress::LogWriter;
+pub(crate) use session::learn_given;
 
 use clap::Args;
 use rumor_core::bt::metainfo::{choose_piece_length, Limits, PieceHasher, TorrentBuilder};

@@ -215,7 +215,7 @@ fn start_dht(
 
 /// Resolves the given peers (a magnet's `x.pe`, then `--peer`) into the
 /// book; one that does not resolve is reported and skipped.
-async fn learn_given(book: &mut PeerBook, link_peers: &[String], net: &PeerArgs) {
+pub(crate) async fn learn_given(book: &mut PeerBook, link_peers: &[String], net: &PeerArgs) {
     for p in link_peers.iter().chain(&net.peers) {
         let (dns, netloc) = (net.dns, p.clone());
         let found = rt::spawn_blocking(move || super::cluster_dns::resolve_netloc(dns, &netloc))

@@ -50,7 +50,7 @@ use listener::{Budget, Routes};
 use rumor_core::bt::bitfield::Bitfield;
 use rumor_core::bt::magnet::MagnetLink;
 use rumor_core::bt::metainfo::{InfoHash, Limits, Metainfo};
-use rumor_core::bt::peers::{PeerBook, PeerBookConfig, Source};
+use rumor_core::bt::peers::{PeerBook, PeerBookConfig};
 use rumor_core::bt::tracker::{AnnounceEvent, AnnounceRequest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -1528,14 +1528,8 @@ async fn run_torrent(
         What::Meta(m) => (*m).clone(),
         What::Link(link) => {
             let ih = link.info_hash;
-            for p in &link.peers {
-                match p.parse::<SocketAddr>() {
-                    Ok(a) => {
-                        book.learn(a, Source::Given);
-                    }
-                    Err(_) => tracing::info!("{ih}: peer {p}: not an address (names are not resolved in the session)"),
-                }
-            }
+            // Names (`x.pe=seed.local:6881`) as `rumor get` resolves them.
+            crate::bt::learn_given(&mut book, &link.peers, &net).await;
             let src = MagnetSource {
                 link,
                 trackers: Vec::new(),

@@ -13,72 +13,8 @@
 mod common;
 
 use common::bt::*;
-use common::{free_port, python_attacker, Attacker, Scratch};
+use common::{free_port, Scratch};
 use std::time::{Duration, Instant};
-
-/// Holds `IDLE` connections that send nothing and `KA` that send a
-/// handshake for `INFOHASH` and then a keep-alive every 10 s, reading and
-/// discarding what comes; any the seeder closes is opened again (at most
-/// one round of reopening every half second). Prints "open" once the
-/// first round is up.
-const HOLD_SLOTS: &str = r#"
-import os, socket, sys, time, selectors
-port, idle, ka, ih = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), bytes.fromhex(sys.argv[4])
-# Each connection its own peer id: one id for all would make them
-# duplicates of one peer, and only the last would stay.
-def hs():
-    return b"\x13BitTorrent protocol" + bytes(8) + ih + b"-AT0001-" + os.urandom(12)
-sel = selectors.DefaultSelector()
-def conn(shake):
-    try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=1)
-        if shake:
-            s.sendall(hs())
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, shake)
-        return True
-    except OSError:
-        return False
-want = {False: idle, True: ka}
-have = {False: 0, True: 0}
-def top_up():
-    for shake in (False, True):
-        while have[shake] < want[shake] and conn(shake):
-            have[shake] += 1
-top_up()
-print("open", flush=True)
-last_ka = time.time()
-last_round = time.time()
-while True:
-    for key, _ in sel.select(timeout=0.2):
-        s = key.fileobj
-        try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            sel.unregister(s)
-            s.close()
-            have[key.data] -= 1
-    now = time.time()
-    if now - last_ka >= 10:
-        last_ka = now
-        for key in list(sel.get_map().values()):
-            if key.data:
-                try:
-                    key.fileobj.send(b"\0\0\0\0")
-                except OSError:
-                    pass
-    if now - last_round >= 0.5:
-        last_round = now
-        top_up()
-"#;
-
-fn attack(port: u16, idle: usize, keepalive: usize, ih: &str) -> Attacker {
-    python_attacker(HOLD_SLOTS, &[port.to_string(), idle.to_string(), keepalive.to_string(), ih.to_string()])
-}
 
 /// What the libtorrent leecher's log says it has: the bytes of a `DONE`
 /// line, or the progress of its last status line times `total`.
@@ -102,7 +38,7 @@ fn leecher_completes_under_attack(tag: &str, idle: usize, keepalive: usize, limi
     let port = free_port();
     let seeder = rumor_seed(&s.0, "seed", &torrent, &src, port, &["--bind", "127.0.0.1"]);
     wait_listening(port);
-    let _attack = attack(port, idle, keepalive, &ih);
+    let _attack = hold_slots(port, idle, keepalive, &ih);
     std::thread::sleep(Duration::from_secs(3));
     let started = Instant::now();
     let (mut lt, out) = lt_leech(&s.0, &torrent, port);

@@ -643,3 +643,37 @@ fn an_encrypted_connection_is_routed_to_its_torrent_by_the_mse_skey() {
         assert_eq!(node.torrent(other)["done"], 0, "a decoy got bytes");
     }
 }
+
+#[test]
+fn with_the_sessions_peer_budget_held_by_useless_peers_a_real_leecher_still_gets_in() {
+    // `--max-peers 20`, every slot taken by peers that handshake and then
+    // only send keep-alives (reconnecting as they are pushed out): a
+    // libtorrent leecher must still get the torrent the session seeds. The
+    // listener used to refuse every connection once the budget was full.
+    let s = Scratch::new("session-budget-held");
+    let node = SessionNode::start(&s, &["--max-peers", "20"]);
+    let (data, torrent, ih) = big_file(&s, &node, "held.bin", 93, 2_000_003, "32768");
+    std::fs::create_dir_all(&node.downloads).unwrap();
+    std::fs::copy(&data, node.downloads.join("held.bin")).unwrap();
+    node.add_bytes(&torrent);
+    assert!(
+        eventually(Duration::from_secs(20), || node.torrent(&ih)["state"] == "seeding"),
+        "not seeding its own data: {}",
+        node.torrent(&ih)
+    );
+    let _attack = hold_slots(node.bt_port, 0, 30, &ih);
+    assert!(
+        eventually(Duration::from_secs(10), || node.torrent(&ih)["peers"].as_u64() >= Some(20)),
+        "the attackers never held the budget: {}",
+        node.torrent(&ih)
+    );
+    let (mut lt, out) = lt_leech(&s.0, &torrent, node.bt_port);
+    let status = lt.wait_for(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "the leecher did not complete ({status:?}): {}\nits log:\n{}",
+        node.torrent(&ih),
+        lt.log_text()
+    );
+    assert_eq!(std::fs::read(out.join("held.bin")).unwrap(), std::fs::read(&data).unwrap());
+}

@@ -133,6 +133,11 @@ struct NodeArgs {
     /// the order they were added.
     #[arg(long, default_value_t = 3)]
     max_active_downloads: usize,
+    /// With --downloads: peer connections of all torrents together (each
+    /// torrent also holds at most 50). When they are all taken, a newcomer
+    /// still gets in if its torrent has a peer of no use to push out.
+    #[arg(long, default_value_t = crate::torrents::PEERS_MAX, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    max_peers: usize,
     /// With --downloads: the TCP port every torrent takes peers on (0: any).
     #[arg(long, env = "RUMOR_BT_PORT", default_value_t = 6881)]
     bt_port: u16,
@@ -614,6 +619,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
                 download_limit: args.max_download_rate,
                 upload_limit: args.max_upload_rate,
                 max_active: args.max_active_downloads,
+                max_peers: args.max_peers,
                 advertise_ip: advertise
                     .parse::<SocketAddr>()
                     .map(|a| a.ip())

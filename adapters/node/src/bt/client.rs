@@ -1072,6 +1072,18 @@ impl Session {
     /// of idle connections cannot keep a real peer out. Refused streams are
     /// dropped, which closes them.
     fn take(&mut self, stream: TcpStream, addr: SocketAddr) {
+        // The session's budget all taken (by every torrent together): in
+        // only in place of one of ours that gives way.
+        if self.embedded.as_ref().is_some_and(|e| !e.budget.has_room()) {
+            let before = self.peers.len();
+            self.feed(Input::MakeRoom);
+            if self.peers.len() >= before {
+                return tracing::debug!("peer {addr}: refused: the session's peers are all in use, none may give way");
+            }
+            if let Some(e) = &self.embedded {
+                e.peers_used.store(self.peers.len(), Ordering::Relaxed);
+            }
+        }
         let stream = match self.peers.accept(stream, addr) {
             Ok(()) => return,
             Err((Refused::Full, stream)) => stream,

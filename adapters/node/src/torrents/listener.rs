@@ -9,8 +9,9 @@
 //! (past it a new one is closed at once); each has
 //! [`crate::bt::mse_stream`]'s handshake deadline; a torrent's queue of
 //! routed connections holds [`ROUTED_MAX`] (past it the connection waits
-//! up to [`ROUTE_WAIT`], then is closed); and the session's peer budget
-//! ([`Budget`]) refuses connections once every slot is taken.
+//! up to [`ROUTE_WAIT`], then is closed); and once the session's peer
+//! budget ([`Budget`]) is all taken, a torrent takes a connection only in
+//! place of one of its own peers that gives way.
 
 use crate::bt::mse_stream::{self, Encryption};
 use crate::rt::{self, BoxFuture, TcpListener, TcpStream};
@@ -152,7 +153,7 @@ impl Budget {
 
 /// Accepts on `listener` until the task is aborted, routing each
 /// connection by the torrent it names.
-pub async fn serve(listener: Box<dyn TcpListener>, routes: Routes, budget: Budget, policy: Encryption) {
+pub async fn serve(listener: Box<dyn TcpListener>, routes: Routes, policy: Encryption) {
     let routing = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -167,10 +168,11 @@ pub async fn serve(listener: Box<dyn TcpListener>, routes: Routes, budget: Budge
             tracing::debug!("peer {addr}: refused: {ROUTING_MAX} connections are being read already");
             continue;
         }
-        if !budget.has_room() {
-            tracing::debug!("peer {addr}: refused: the session's {} connections are all in use", budget.max);
-            continue;
-        }
+        // With every slot of the budget taken the connection is still read
+        // and routed: its torrent takes it only if one of its own peers of
+        // no use gives way (as `rumor seed` does at its own limit), so
+        // connections that hold slots and do nothing cannot keep a real
+        // client out of the session either.
         routing.fetch_add(1, Ordering::Relaxed);
         let (routes, routing) = (routes.clone(), routing.clone());
         rt::spawn(async move {

@@ -9,7 +9,8 @@
 //!
 //! * one peer listener (`--bt-port`) that routes each connection to its
 //!   torrent ([`listener`]);
-//! * one peer budget ([`listener::Budget`], [`PEERS_MAX`] connections);
+//! * one peer budget ([`listener::Budget`], `--max-peers`, by default
+//!   [`PEERS_MAX`] connections);
 //! * download and upload rate limits, the session's and each torrent's
 //!   ([`limits`]);
 //! * a cap on active downloads (`--max-active-downloads`): torrents past
@@ -110,6 +111,8 @@ pub struct Config {
     pub upload_limit: Option<u64>,
     /// `--max-active-downloads`.
     pub max_active: usize,
+    /// `--max-peers`: the session's peer budget.
+    pub max_peers: usize,
     /// The node's address as peers reach it (what it announces).
     pub advertise_ip: IpAddr,
     /// Fast resume records in the node's database (none with --ephemeral).
@@ -598,8 +601,8 @@ pub fn start(config: Config, node: NodeHandle, clock: Clock, shutdown: rt::Shutd
         .map_err(|e| format!("cannot listen for peers on --bt-port {}: {e}", config.bt_port))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let routes = Routes::default();
-    let budget = Budget::new(PEERS_MAX);
-    let listen_task = rt::spawn(listener::serve(listener, routes.clone(), budget.clone(), Encryption::Prefer));
+    let budget = Budget::new(config.max_peers);
+    let listen_task = rt::spawn(listener::serve(listener, routes.clone(), Encryption::Prefer));
     let dht = config.dht.as_ref().and_then(|d| start_dht(d, port));
     let lsd =
         if config.lsd { crate::bt::lsd::start_shared(clock, SocketAddr::from(([0, 0, 0, 0], port))) } else { None };

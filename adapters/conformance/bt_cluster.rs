@@ -93,3 +93,30 @@ fn a_torrent_with_no_tracker_at_all_is_shared_through_the_overlay_alone() {
         v["providers"].as_array().is_some_and(|p| p.len() >= 3)
     })));
 }
+
+#[test]
+fn a_client_in_the_overlay_keeps_the_members_connections_to_it_open() {
+    // A seeder in the overlay is a member: the nodes push gossip to it on
+    // connections it keeps. It used to close every one of them after the
+    // 5 s given to connections that have not shown the cluster key yet
+    // (it never marked them as a member's), and the nodes warned, again and
+    // again, that it closes their connections.
+    let s = Scratch::new("bt-overlay-conns");
+    let nodes = start_cluster("bt-overlay-conns-node", 2, KEY);
+    let Fixture { torrent, .. } = fixture(&s.0, 29, &["--piece-size", "65536"]);
+    let seeder = seed_on(&s, &torrent, &nodes[0]);
+    let log = |n: &TestNode| std::fs::read_to_string(n.data.join(format!("node-{}.log", n.dns.port()))).unwrap();
+    // Past the deadline three times over, and then some: a node warns
+    // after three connections closed on it right after its first frames.
+    std::thread::sleep(Duration::from_secs(22));
+    for n in &nodes {
+        let text = log(n);
+        assert!(text.contains("overlay") || text.contains("member"), "the node's log is not the one expected:\n{text}");
+        let warned: Vec<&str> = text.lines().filter(|l| l.contains("keeps failing")).collect();
+        assert!(
+            warned.is_empty(),
+            "the node warns of closed connections: {warned:#?}\nthe seeder's log:\n{}",
+            seeder.log_text()
+        );
+    }
+}

@@ -14,7 +14,7 @@ use crate::gossip_net::{self, GossipNet};
 use crate::rt;
 use bytes::Bytes;
 use rumor_core::bt::metainfo::InfoHash;
-use rumor_core::gossip::{self, Config, Keyring, Now, PeerAddr};
+use rumor_core::gossip::{self, Config, DecodeError, Keyring, Now, PeerAddr};
 use rumor_core::member::{self, Member as CoreMember};
 use rumor_core::overlay::{self, Overlay, Provider};
 use rumor_core::replica::Namespace;
@@ -72,7 +72,7 @@ pub async fn run(
     let (_stop, stop_rx) = rt::Shutdown::new();
     let closer = gossip_net::Closer::new();
     rt::spawn(gossip_net::listen_closing(listener, inbound_tx, frame_max + 4, stop_rx, closer.clone()));
-    let mut net = GossipNet::new(frame_max, closer);
+    let mut net = GossipNet::new(frame_max, closer.clone());
     tracing::info!(advertise = %advertise.0, peer = %me, "joining the overlay");
     member.step(clock.both(), member::Input::Command(member::Command::Join(join)), &mut net);
     let mut handed: BTreeSet<SocketAddr> = BTreeSet::new();
@@ -131,7 +131,21 @@ pub async fn run(
         let wake = clock.std_instant(member.next_timeout).min(next_announce).min(next_scan);
         futures::select_biased! {
             msg = futures::FutureExt::fuse(inbound.recv()) => match msg {
-                Ok((from, bytes)) => member.step(clock.both(), member::Input::Receive { from, bytes }, &mut net),
+                Ok((from, bytes)) => {
+                    let drops = member.drops;
+                    member.step(clock.both(), member::Input::Receive { from: from.clone(), bytes }, &mut net);
+                    // It opened under the cluster key: a member's connection,
+                    // no longer held to the unauthenticated deadline (as the
+                    // node does). Without this every member's connection to
+                    // us was closed after 5 s and it warned, again and again,
+                    // that we close its connections.
+                    if member.drops == drops {
+                        closer.admit(&from);
+                    }
+                    for from in member.to_close.drain(..) {
+                        closer.close(&from);
+                    }
+                }
                 Err(_) => return Ok(()),
             },
             _ = futures::FutureExt::fuse(rt::sleep_until(wake)) => {
@@ -160,12 +174,18 @@ struct Overlaid {
     next_timeout: Instant,
     /// A providers lookup ended since the owner last looked.
     lookup_done: bool,
+    /// Messages dropped so far (one that was not opened no connection
+    /// admits).
+    drops: u64,
+    /// Connections to close: their frames open under no key, or replay
+    /// what a member sent already.
+    to_close: Vec<PeerAddr>,
 }
 
 impl Overlaid {
     fn new(machine: CoreMember, now: Now) -> Overlaid {
         let overlay = Overlay::from_entries(machine.store().live(Namespace::PROVIDERS, now.wall_ms));
-        Overlaid { machine, overlay, next_timeout: now.at, lookup_done: false }
+        Overlaid { machine, overlay, next_timeout: now.at, lookup_done: false, drops: 0, to_close: Vec::new() }
     }
 
     /// Feeds one input, then carries out everything the machine asks.
@@ -185,7 +205,11 @@ impl Overlaid {
                     tracing::debug!("overlay: member {id:016x} at {} is down", addr.0)
                 }
                 member::Output::Event(member::Event::Gossip(gossip::Event::Dropped { from, reason })) => {
-                    tracing::debug!(from = %from.0, "overlay: gossip message dropped: {reason:?}")
+                    tracing::debug!(from = %from.0, "overlay: gossip message dropped: {reason:?}");
+                    self.drops += 1;
+                    if matches!(reason, DecodeError::Auth | DecodeError::Replayed | DecodeError::Stale) {
+                        self.to_close.push(from);
+                    }
                 }
                 // No DNS, no disk: nothing to mirror or persist.
                 member::Output::Persist(_)

@@ -317,6 +317,7 @@ const API_NEVER_READ: &str = r#"
 import select, socket, sys, time
 port, n, wait = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 socks = []
+started = time.time()
 for _ in range(n):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -391,14 +392,15 @@ fn api_clients_that_never_read_their_responses_are_closed_within_seconds() {
 
 /// `n` connections to the API port at `port`, each sending a `POST /add`
 /// that declares `size` bytes and sending all of them but the last. Prints
-/// `open` once the bodies are out, then holds the connections until
-/// killed.
+/// `open` and the seconds since the first headers went out once the bodies
+/// are out, then holds the connections until killed.
 const HELD_BODIES: &str = r#"
 import socket, sys, time
 port, n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 hdr = b'POST /add HTTP/1.1\r\nHost: node\r\nContent-Length: %d\r\n\r\n' % size
 body = b'a' * (size - 1)
 socks = []
+started = time.time()
 for _ in range(n):
     s = socket.socket()
     s.connect(('127.0.0.1', port))
@@ -420,19 +422,25 @@ while pending and time.time() < deadline:
             del pending[s]
     time.sleep(0.001)
 time.sleep(1)
-print('open', flush=True)
+print('open %.1f' % (time.time() - started), flush=True)
 time.sleep(120)
 "#;
 
 #[test]
 fn request_bodies_held_across_api_connections_are_bounded_in_total() {
-    let node = TestNode::solo("api-bodies", &[]);
+    // The held bodies must still be held when the honest batch comes, so
+    // their deadline is well past the time a loaded machine takes to send
+    // them (with the default 10 s, a CI run once saw the first ones time
+    // out, freeing the budget, before the batch arrived).
+    let body_timeout = Duration::from_secs(30);
+    let node = TestNode::solo("api-bodies", &["--api-body-timeout", &body_timeout.as_secs().to_string()]);
     let (budget, body_max) = (rumor_node::http::BODIES_IN_FLIGHT_MAX_BYTES, rumor_node::http::BODY_MAX_BYTES);
     // Twice what the budget holds: without it, the node would hold them all.
     let n = 2 * budget / body_max;
     let rss_before = common::rss_kib(node.child.id());
     // More bodies than the budget holds, each a byte short of complete.
-    let _attack = python_attacker(HELD_BODIES, &[node.api.port().to_string(), n.to_string(), body_max.to_string()]);
+    let attack = python_attacker(HELD_BODIES, &[node.api.port().to_string(), n.to_string(), body_max.to_string()]);
+    let sending: f64 = attack.1.parse().unwrap_or(f64::NAN);
     let rss_during = common::rss_kib(node.child.id());
     // An honest batch meanwhile finds the budget taken.
     let records: Vec<String> = (0..2_000)
@@ -443,14 +451,14 @@ fn request_bodies_held_across_api_connections_are_bounded_in_total() {
     let took = Instant::now();
     let after = loop {
         let (code, _) = node.post("/add", &batch);
-        if code == 200 || took.elapsed() > Duration::from_secs(30) {
+        if code == 200 || took.elapsed() > body_timeout + Duration::from_secs(30) {
             break code;
         }
         std::thread::sleep(Duration::from_millis(500));
     };
     eprintln!(
-        "held bodies: {n} connections of {body_max} bytes less one: node RSS {rss_before} -> {rss_during} KiB \
-         (budget {} KiB); an honest batch got {during} meanwhile, {after} after {:?}",
+        "held bodies: {n} connections of {body_max} bytes less one, sent in {sending} s: node RSS {rss_before} -> \
+         {rss_during} KiB (budget {} KiB); an honest batch got {during} meanwhile, {after} after {:?}",
         budget / 1024,
         took.elapsed()
     );
@@ -460,6 +468,10 @@ fn request_bodies_held_across_api_connections_are_bounded_in_total() {
     // per connection, and the runtime's own slack.
     let bound = budget * 3 / 2 + n * (64 << 10) + (32 << 20);
     assert!(grown_kib * 1024 < bound, "the node grew by {grown_kib} KiB for bodies held (bound {} KiB)", bound >> 10);
+    assert!(
+        sending < body_timeout.as_secs_f64() - 5.0,
+        "the attacker took {sending} s to send its bodies, too close to their {body_timeout:?} deadline to test the budget"
+    );
     assert_eq!(during, 503, "an honest body past the budget is refused with 503");
     assert_eq!(after, 200, "the budget came back once the held bodies timed out");
 }

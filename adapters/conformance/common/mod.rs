@@ -385,8 +385,9 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 pub mod bt;
 
-/// An attacker process (a python3 script), killed when dropped.
-pub struct Attacker(pub Child);
+/// An attacker process (a python3 script), killed when dropped, and what
+/// its first line said after `open`.
+pub struct Attacker(pub Child, pub String);
 
 impl Drop for Attacker {
     fn drop(&mut self) {
@@ -396,7 +397,8 @@ impl Drop for Attacker {
 }
 
 /// Starts `python3 -c script args...` and waits for its first line, which
-/// must be `open` (the script says so once its connections are up).
+/// must start with `open` (the script says so once its connections are
+/// up, and may say more after it).
 #[allow(dead_code)]
 pub fn python_attacker(script: &str, args: &[String]) -> Attacker {
     let mut child = Command::new("python3")
@@ -409,8 +411,9 @@ pub fn python_attacker(script: &str, args: &[String]) -> Attacker {
         .expect("python3 runs the attacker");
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "open", "the attacker started");
-    Attacker(child)
+    let said = line.trim().strip_prefix("open").unwrap_or_else(|| panic!("the attacker started: {line:?}"));
+    let said = said.trim().to_string();
+    Attacker(child, said)
 }
 
 /// Resident memory of a process, in KiB (Linux); 0 if it is gone.

@@ -102,6 +102,10 @@ struct NodeArgs {
     /// on its client is closed); hidden, for tests.
     #[arg(long, hide = true, default_value_t = crate::http::CONNECTIONS_MAX)]
     api_connections_max: usize,
+    /// Seconds a request's body may take to arrive after its headers (408
+    /// past it); what a slow or stalled upload may hold of the node.
+    #[arg(long, env = "RUMOR_API_BODY_TIMEOUT", default_value_t = crate::http::BODY_TIMEOUT.as_secs())]
+    api_body_timeout: u64,
     /// Token the tracker requires: announces must go to
     /// `/announce?token=TOKEN` (without it, anyone who reaches the API may
     /// announce, within the tracker's rate and provider bounds).
@@ -650,7 +654,11 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         udp_control: udp_server.control.clone(),
         torrents: torrents.clone(),
     };
-    let limits = crate::http::Limits { connections_max: args.api_connections_max, ..Default::default() };
+    let limits = crate::http::Limits {
+        connections_max: args.api_connections_max,
+        body_timeout: std::time::Duration::from_secs(args.api_body_timeout.max(1)),
+        ..Default::default()
+    };
     let api_task = rt::spawn(crate::http::serve_with(api_listener, api::router(state), shutdown_rx.clone(), limits));
     let signal = rt::wait_for_signal().await;
     tracing::info!("shutting down ({signal})");

@@ -52,7 +52,7 @@ pub const BODIES_IN_FLIGHT_MAX_BYTES: usize = 64 * BODY_MAX_BYTES;
 /// keep-alive connection this long to start its next request).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client gets this long, after its headers, to send the whole body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's read buffer per connection, at most (headers must fit).
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// A write to a client may wait this long for it to read.

@@ -11,13 +11,14 @@ fn stats() -> impl Strategy<Value = Vec<PeerStats>> {
             0u64..200,
             0u64..1000,
             0u64..1000,
+            0u32..64,
         ),
         0..30,
     )
     .prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (int, ams, last, conn, d, u))| PeerStats {
+            .map(|(i, (int, ams, last, conn, d, u, pieces))| PeerStats {
                 key: i as u64,
                 peer_interested: int,
                 am_interested_since: ams.map(|s| Instant::ZERO + Duration::from_secs(s)),
@@ -25,6 +26,7 @@ fn stats() -> impl Strategy<Value = Vec<PeerStats>> {
                 connected_at: Instant::ZERO + Duration::from_secs(conn),
                 download_rate: d,
                 upload_rate: u,
+                peer_pieces: pieces,
             })
             .collect()
     })

@@ -404,6 +404,26 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                 100.0 * seed_uploaded as f64 / (o.seed_up_kib as f64 * 1024.0 * secs),
                 busy.len()
             );
+            // Where the leechers stand, and what the one furthest behind
+            // gets: the end of a swarm is as late as its laggard.
+            let mut have: Vec<(u32, usize)> =
+                nodes[1..].iter().enumerate().map(|(k, nd)| (nd.t.have().count(), k + 1)).collect();
+            have.sort_unstable();
+            let pct = |q: usize| have[(have.len() - 1) * q / 100].0;
+            let (least, who) = have[0];
+            let peers = nodes[who].t.peers();
+            let unchoking = peers.iter().filter(|p| !p.peer_choking).count();
+            let seeds = peers.iter().filter(|p| p.seed).count();
+            let rate: u64 = peers.iter().map(|p| p.download_rate).sum();
+            eprintln!(
+                "  pieces held: min {least} p10 {} p50 {} p90 {}; laggard {who}: {} peers ({seeds} seeds), \
+                 {unchoking} unchoking it, {} KiB/s down",
+                pct(10),
+                pct(50),
+                pct(90),
+                peers.len(),
+                rate / 1024
+            );
         }
     }
     let mut times: Vec<f64> =

@@ -278,6 +278,15 @@ impl Picker {
         }
     }
 
+    /// Pieces `peer` has (0 for a peer we do not know).
+    pub fn peer_pieces(&self, peer: PeerKey) -> u32 {
+        match self.peers.get(&peer) {
+            Some(Peer { has: None, .. }) => self.piece_count,
+            Some(Peer { has: Some(b), .. }) => b.count(),
+            None => 0,
+        }
+    }
+
     /// True if `peer` has every piece.
     pub fn is_seed(&self, peer: PeerKey) -> bool {
         match self.peers.get(&peer) {

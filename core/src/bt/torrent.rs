@@ -1197,6 +1197,7 @@ impl Torrent {
                 connected_at: c.connected_at,
                 download_rate: c.down_rate,
                 upload_rate: c.up_rate,
+                peer_pieces: self.picker.peer_pieces(*k),
             })
             .collect();
         // Finished (nothing more wanted) chokes as a seed does.

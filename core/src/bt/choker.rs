@@ -207,9 +207,9 @@ impl Choker {
     /// Seeding's regular slots: holders keep theirs until it has lasted
     /// [`ChokerConfig::seed_slot_time`]; free slots go to the interested
     /// peers that never held one, then to those whose last turn ended
-    /// longest ago (ties to the fewer pieces, the faster upload, then the lower key). A
-    /// holder whose turn is up competes as one just served, so with no
-    /// one waiting it keeps its slot.
+    /// longest ago (ties to the fewer pieces, the faster upload, then the
+    /// lower key). A holder whose turn is up competes as one just served,
+    /// so with no one waiting it keeps its slot.
     fn round_robin(&mut self, now: Instant, peers: &[PeerStats]) -> BTreeSet<PeerKey> {
         let present: BTreeSet<PeerKey> = peers.iter().map(|p| p.key).collect();
         self.seed_served.retain(|k, _| present.contains(k));

@@ -27,6 +27,9 @@ fn stats() -> impl Strategy<Value = Vec<PeerStats>> {
                 download_rate: d,
                 upload_rate: u,
                 peer_pieces: pieces,
+                // What we sent it grows with its upload rate, so holders'
+                // turns end by bytes as well as by time.
+                uploaded: u * conn,
             })
             .collect()
     })

@@ -228,6 +228,7 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
     let mut demands: Vec<f64> = Vec::new();
     let mut shares: Vec<f64> = Vec::new();
     let debug = std::env::var_os("SIM_DEBUG").is_some();
+    let mut early_mark = 0u64;
     loop {
         // Deliver what has arrived.
         while wire.front().is_some_and(|w| w.0 <= now) {
@@ -394,6 +395,31 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                 }
             }
             per_node[a].clear();
+        }
+        if debug && now.as_micros() <= 20_000_000 && now.as_micros().is_multiple_of(1_000_000) {
+            // The start, second by second: how fast the pieces spread.
+            let secs = now.as_micros() as f64 / 1e6;
+            let holding = nodes[1..].iter().filter(|nd| nd.t.have().count() > 0).count();
+            eprintln!(
+                "t={secs:.0}s last second: leechers' upload {:.1}% of capacity, {holding} leechers hold a piece, {} busy links",
+                100.0 * (leech_uploaded - early_mark) as f64 / (o.up_kib as f64 * 1024.0 * o.peers as f64),
+                busy.len()
+            );
+            early_mark = leech_uploaded;
+            let (mut unchoked, mut unchoked_int, mut want, mut can, mut reqs, mut snub) = (0, 0, 0, 0, 0, 0);
+            for nd in &nodes[1..] {
+                for p in nd.t.peers() {
+                    unchoked += usize::from(!p.am_choking);
+                    unchoked_int += usize::from(!p.am_choking && p.peer_interested);
+                    want += usize::from(p.am_interested);
+                    can += usize::from(p.am_interested && !p.peer_choking);
+                    reqs += p.requests_in_flight;
+                    snub += usize::from(p.snubbed);
+                }
+            }
+            eprintln!(
+                "  we unchoke {unchoked} ({unchoked_int} interested); we want {want}, may ask {can}; {reqs} requests out; {snub} snubbed"
+            );
         }
         if debug && now.as_micros().is_multiple_of(10_000_000) {
             let secs = now.as_micros() as f64 / 1e6;

@@ -1,11 +1,12 @@
 //! The choker: whom we upload to. While leeching, tit-for-tat over the
 //! peers interested in us (best download rate from them), with
 //! anti-snubbing; while seeding, round robin (each interested peer holds a
-//! regular slot for [`ChokerConfig::seed_slot_time`], then the one that
-//! waited longest takes it), as libtorrent's default `round_robin` seeding
-//! choker does: ranking by upload rate would keep the slots for the
-//! fastest downloaders and leave slow ones the optimistic slot only, which
-//! stretches the end of a swarm. Plus one optimistic slot rotated every
+//! regular slot for [`ChokerConfig::seed_slot_time`] or until it received
+//! [`ChokerConfig::seed_slot_bytes`], then the one that waited longest
+//! takes it), as libtorrent's default `round_robin` seeding choker does
+//! with its piece quota: ranking by upload rate would keep the slots for
+//! the fastest downloaders and leave slow ones the optimistic slot only,
+//! which stretches the end of a swarm. Plus one optimistic slot rotated every
 //! [`ChokerConfig::optimistic_interval`] to the interested peer with the
 //! fewest pieces. Ties between peers that rank the same go to the one
 //! with fewer pieces too: the end of a swarm waits for its slowest peer.
@@ -15,8 +16,9 @@
 //! interested.
 //!
 //! Pure: call [`Choker::decide`] every 10 s of core time (and when a peer
-//! comes or goes) with fresh [`PeerStats`]; it returns the set to unchoke.
-//! Choke everyone else.
+//! comes or goes, or [`Choker::seed_turn_over`] says a seeding turn is
+//! over) with fresh [`PeerStats`]; it returns the set to unchoke. Choke
+//! everyone else.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,11 +41,18 @@ pub struct ChokerConfig {
     /// While seeding, how long a peer holds a regular slot before it goes
     /// to the interested peer that waited longest.
     pub seed_slot_time: Duration,
+    /// While seeding, a peer also gives its regular slot up once it has
+    /// received this many bytes in its turn (libtorrent's
+    /// `seeding_piece_quota`, in bytes). A seeder that feeds its pieces
+    /// to many peers, a little each, gives every part of a swarm
+    /// something new to trade; one that feeds four peers for 30 s leaves
+    /// the rest of the swarm with nothing the others lack.
+    pub seed_slot_bytes: u64,
 }
 
 impl Default for ChokerConfig {
     /// Four slots, 30 s optimistic rotation, 60 s snub timeout, 60 s "new",
-    /// 30 s seeding slots.
+    /// seeding slots of 30 s or 256 KiB.
     fn default() -> Self {
         ChokerConfig {
             unchoke_slots: 4,
@@ -51,6 +60,7 @@ impl Default for ChokerConfig {
             snub_timeout: Duration::from_secs(60),
             new_peer_age: Duration::from_secs(60),
             seed_slot_time: Duration::from_secs(30),
+            seed_slot_bytes: 256 * 1024,
         }
     }
 }
@@ -74,6 +84,8 @@ pub struct PeerStats {
     pub upload_rate: u64,
     /// Pieces the peer has.
     pub peer_pieces: u32,
+    /// Block bytes we sent the peer since it connected.
+    pub uploaded: u64,
 }
 
 impl PeerStats {
@@ -96,8 +108,9 @@ pub struct Choker {
     config: ChokerConfig,
     optimistic: Option<PeerKey>,
     optimistic_until: Instant,
-    /// Seeding: the peers holding a regular slot, and since when.
-    seed_slots: BTreeMap<PeerKey, Instant>,
+    /// Seeding: the peers holding a regular slot, since when, and what
+    /// we had sent each when its turn began.
+    seed_slots: BTreeMap<PeerKey, (Instant, u64)>,
     /// Seeding: when each peer last lost its regular slot (absent: never
     /// held one, so it goes first). Both maps only keep keys of the peers
     /// passed to the last [`Choker::decide`], so they are bounded by the
@@ -205,25 +218,30 @@ impl Choker {
     }
 
     /// Seeding's regular slots: holders keep theirs until it has lasted
-    /// [`ChokerConfig::seed_slot_time`]; free slots go to the interested
-    /// peers that never held one, then to those whose last turn ended
-    /// longest ago (ties to the fewer pieces, the faster upload, then the
-    /// lower key). A holder whose turn is up competes as one just served,
-    /// so with no one waiting it keeps its slot.
+    /// [`ChokerConfig::seed_slot_time`] or they received
+    /// [`ChokerConfig::seed_slot_bytes`] in it; free slots go to the
+    /// interested peers that never held one, then to those whose last turn
+    /// ended longest ago (ties to the fewer pieces, the faster upload, then
+    /// the lower key). A holder whose turn is up competes as one just
+    /// served, so with no one waiting it keeps its slot.
     fn round_robin(&mut self, now: Instant, peers: &[PeerStats]) -> BTreeSet<PeerKey> {
         let present: BTreeSet<PeerKey> = peers.iter().map(|p| p.key).collect();
         self.seed_served.retain(|k, _| present.contains(k));
         let interested: BTreeMap<PeerKey, &PeerStats> =
             peers.iter().filter(|p| p.peer_interested).map(|p| (p.key, p)).collect();
-        let holders: Vec<(PeerKey, Instant)> = self.seed_slots.iter().map(|(k, t)| (*k, *t)).collect();
-        let mut kept: BTreeMap<PeerKey, Instant> = BTreeMap::new();
-        for (k, since) in holders {
-            if !interested.contains_key(&k) {
+        let holders: Vec<(PeerKey, (Instant, u64))> = self.seed_slots.iter().map(|(k, t)| (*k, *t)).collect();
+        let mut kept: BTreeMap<PeerKey, (Instant, u64)> = BTreeMap::new();
+        for (k, (since, sent_before)) in holders {
+            let Some(p) = interested.get(&k) else {
                 self.seed_served.insert(k, now);
-            } else if now.saturating_duration_since(since) < self.config.seed_slot_time {
-                kept.insert(k, since);
+                continue;
+            };
+            let turn_over = now.saturating_duration_since(since) >= self.config.seed_slot_time
+                || p.uploaded.saturating_sub(sent_before) >= self.config.seed_slot_bytes;
+            if turn_over {
+                self.seed_served.insert(k, now);
             } else {
-                self.seed_served.insert(k, now);
+                kept.insert(k, (since, sent_before));
             }
         }
         let mut waiting: Vec<&PeerStats> =
@@ -240,12 +258,26 @@ impl Choker {
             if kept.len() >= self.config.unchoke_slots {
                 break;
             }
-            // A holder whose turn was up and who wins again keeps counting
-            // from now, so it yields at the next turn if someone waits.
-            kept.insert(p.key, now);
+            // A holder whose turn was up and who wins again starts a new
+            // turn from now, so it yields at its end if someone waits.
+            kept.insert(p.key, (now, p.uploaded));
         }
         self.seed_slots = kept;
         self.seed_slots.keys().copied().collect()
+    }
+
+    /// True while seeding if a regular slot's turn is over (by time or by
+    /// bytes) and an interested peer without a slot waits for it: the
+    /// caller should run [`Choker::decide`] now rather than at its next
+    /// round.
+    pub fn seed_turn_over(&self, now: Instant, peers: &[PeerStats]) -> bool {
+        let over = peers.iter().any(|p| {
+            self.seed_slots.get(&p.key).is_some_and(|(since, sent_before)| {
+                now.saturating_duration_since(*since) >= self.config.seed_slot_time
+                    || p.uploaded.saturating_sub(*sent_before) >= self.config.seed_slot_bytes
+            })
+        });
+        over && peers.iter().any(|p| p.peer_interested && !self.seed_slots.contains_key(&p.key))
     }
 }
 
@@ -263,6 +295,7 @@ mod tests {
             download_rate: down,
             upload_rate: up,
             peer_pieces: 0,
+            uploaded: 0,
         }
     }
 
@@ -320,6 +353,40 @@ mod tests {
             let set = c.decide(t(10 * round), true, &peers);
             assert_eq!(set, (0..3).collect());
         }
+    }
+
+    #[test]
+    fn while_seeding_a_holder_yields_once_it_received_its_bytes_if_someone_waits() {
+        let config = ChokerConfig::default();
+        let mut c = Choker::new(config, t(0), 1);
+        let mut peers: Vec<_> = (0..6).map(|k| peer(k, 0, 5)).collect();
+        c.decide(t(0), true, &peers);
+        let holders: BTreeSet<PeerKey> = c.seed_slots.keys().copied().collect();
+        assert_eq!(holders.len(), 4);
+        assert!(!c.seed_turn_over(t(1), &peers), "no turn is over yet");
+        // One holder got one byte short of its quota, another all of it.
+        let mut it = holders.iter();
+        let (short, full) = (*it.next().unwrap(), *it.next().unwrap());
+        for p in &mut peers {
+            if p.key == short {
+                p.uploaded = config.seed_slot_bytes - 1;
+            } else if p.key == full {
+                p.uploaded = config.seed_slot_bytes;
+            }
+        }
+        assert!(c.seed_turn_over(t(1), &peers));
+        let set = c.decide(t(1), true, &peers);
+        assert!(set.contains(&short) && !c.seed_slots.contains_key(&full), "{set:?}");
+        // The slot went to one of the two that never held one.
+        assert!(c.seed_slots.keys().any(|k| !holders.contains(k)));
+        // With no one else interested, a holder past its quota keeps its
+        // slot and no round is asked for.
+        let alone: Vec<_> = peers.iter().filter(|p| holders.contains(&p.key)).copied().collect();
+        let mut c = Choker::new(config, t(0), 1);
+        c.decide(t(0), true, &alone);
+        let alone: Vec<_> = alone.iter().map(|p| PeerStats { uploaded: p.uploaded + (1 << 30), ..*p }).collect();
+        assert!(!c.seed_turn_over(t(1), &alone));
+        assert_eq!(c.decide(t(1), true, &alone), holders);
     }
 
     #[test]

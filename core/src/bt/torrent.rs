@@ -423,6 +423,8 @@ struct Conn {
     peer_listen_port: Option<u16>,
     down_window: u64,
     up_window: u64,
+    /// Block bytes sent to the peer since it connected.
+    uploaded: u64,
     down_rate: u64,
     up_rate: u64,
     invalid_blocks: u32,
@@ -757,6 +759,7 @@ impl Torrent {
                 peer_listen_port: None,
                 down_window: 0,
                 up_window: 0,
+                uploaded: 0,
                 down_rate: 0,
                 up_rate: 0,
                 invalid_blocks: 0,
@@ -1081,6 +1084,7 @@ impl Torrent {
             return;
         }
         c.up_window += data.len() as u64;
+        c.uploaded += data.len() as u64;
         c.last_sent_at = now;
         c.useful_at = now;
         self.stats.uploaded += data.len() as u64;
@@ -1184,9 +1188,9 @@ impl Torrent {
         }
     }
 
-    fn rechoke(&mut self, now: Instant) {
-        let stats: Vec<PeerStats> = self
-            .conns
+    /// What the choker needs to know about every handshaken peer.
+    fn peer_stats(&self) -> Vec<PeerStats> {
+        self.conns
             .iter()
             .filter(|(_, c)| c.ready)
             .map(|(k, c)| PeerStats {
@@ -1198,8 +1202,13 @@ impl Torrent {
                 download_rate: c.down_rate,
                 upload_rate: c.up_rate,
                 peer_pieces: self.picker.peer_pieces(*k),
+                uploaded: c.uploaded,
             })
-            .collect();
+            .collect()
+    }
+
+    fn rechoke(&mut self, now: Instant) {
+        let stats = self.peer_stats();
         // Finished (nothing more wanted) chokes as a seed does.
         let seeding = self.picker.wanted_complete();
         let unchoke = self.choker.decide(now, seeding, &stats);
@@ -1269,7 +1278,11 @@ impl Torrent {
                 self.send(now, p, &Message::KeepAlive);
             }
         }
-        if now >= self.next_choke {
+        // Seeding, a slot whose turn is over goes round at the next tick,
+        // not at the next round: turns are short (see
+        // `ChokerConfig::seed_slot_bytes`).
+        let turn_over = || self.picker.wanted_complete() && self.choker.seed_turn_over(now, &self.peer_stats());
+        if now >= self.next_choke || turn_over() {
             self.rechoke(now);
             self.next_choke = now + self.config.choke_interval;
         }

@@ -229,6 +229,10 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
     let mut shares: Vec<f64> = Vec::new();
     let debug = std::env::var_os("SIM_DEBUG").is_some();
     let mut early_mark = 0u64;
+    // The seeder's block reads, and those of a block it had read before:
+    // where the seeder's upload is the bound, each of those costs time.
+    let (mut seed_reads, mut seed_read, mut seed_reread_at) = (0u64, std::collections::BTreeSet::new(), Vec::new());
+    let mut seed_all_at: Option<Instant> = None;
     loop {
         // Deliver what has arrived.
         while wire.front().is_some_and(|w| w.0 <= now) {
@@ -262,6 +266,14 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                         }
                         Output::WriteBlock { .. } => {}
                         Output::ReadBlock { peer, block } => {
+                            if i == 0 {
+                                seed_reads += 1;
+                                if !seed_read.insert((block.index, block.begin)) {
+                                    seed_reread_at.push((now.as_micros() / 1_000_000) as u32);
+                                } else if seed_read.len() as u64 == file_bytes.div_ceil(ZEROS.len() as u64) {
+                                    seed_all_at = Some(now);
+                                }
+                            }
                             let len = (block.length as usize).min(ZEROS.len());
                             let data = Bytes::from_static(&ZEROS[..len]);
                             nodes[i].local.push_back(Input::BlockRead { peer, block, data });
@@ -451,6 +463,17 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                 rate / 1024
             );
         }
+    }
+    if debug {
+        let mut per10 = BTreeMap::new();
+        for s in &seed_reread_at {
+            *per10.entry(s / 10 * 10).or_insert(0u32) += 1;
+        }
+        eprintln!(
+            "seeder: {seed_reads} blocks read, {} of them again; again by 10 s: {per10:?}; every block out once by {:?} s",
+            seed_reread_at.len(),
+            seed_all_at.map(|t| t.as_micros() as f64 / 1e6)
+        );
     }
     let mut times: Vec<f64> =
         nodes[1..].iter().filter_map(|nd| nd.done_at).map(|t| t.as_micros() as f64 / 1e6).collect();

@@ -236,9 +236,7 @@ impl Choker {
                 self.seed_served.insert(k, now);
                 continue;
             };
-            let turn_over = now.saturating_duration_since(since) >= self.config.seed_slot_time
-                || p.uploaded.saturating_sub(sent_before) >= self.config.seed_slot_bytes;
-            if turn_over {
+            if self.turn_is_over(now, p, since, sent_before) {
                 self.seed_served.insert(k, now);
             } else {
                 kept.insert(k, (since, sent_before));
@@ -266,16 +264,22 @@ impl Choker {
         self.seed_slots.keys().copied().collect()
     }
 
+    /// A seeding turn that began at `since`, when we had sent the holder
+    /// `sent_before`, has lasted its time or carried its bytes.
+    fn turn_is_over(&self, now: Instant, holder: &PeerStats, since: Instant, sent_before: u64) -> bool {
+        now.saturating_duration_since(since) >= self.config.seed_slot_time
+            || holder.uploaded.saturating_sub(sent_before) >= self.config.seed_slot_bytes
+    }
+
     /// True while seeding if a regular slot's turn is over (by time or by
     /// bytes) and an interested peer without a slot waits for it: the
     /// caller should run [`Choker::decide`] now rather than at its next
     /// round.
     pub fn seed_turn_over(&self, now: Instant, peers: &[PeerStats]) -> bool {
         let over = peers.iter().any(|p| {
-            self.seed_slots.get(&p.key).is_some_and(|(since, sent_before)| {
-                now.saturating_duration_since(*since) >= self.config.seed_slot_time
-                    || p.uploaded.saturating_sub(*sent_before) >= self.config.seed_slot_bytes
-            })
+            self.seed_slots
+                .get(&p.key)
+                .is_some_and(|&(since, sent_before)| self.turn_is_over(now, p, since, sent_before))
         });
         over && peers.iter().any(|p| p.peer_interested && !self.seed_slots.contains_key(&p.key))
     }

@@ -266,7 +266,7 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
                         }
                         Output::WriteBlock { .. } => {}
                         Output::ReadBlock { peer, block } => {
-                            if i == 0 {
+                            if debug && i == 0 {
                                 seed_reads += 1;
                                 if !seed_read.insert((block.index, block.begin)) {
                                     seed_reread_at.push((now.as_micros() / 1_000_000) as u32);

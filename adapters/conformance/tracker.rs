@@ -118,7 +118,21 @@ fn an_announce_the_local_overlay_can_answer_does_not_wait_for_the_network() {
     eprintln!("first announce (network lookup): {asked:?}; second (local store): {local:?}");
     assert!(first.is_empty());
     assert_eq!(second, vec![7101]);
-    assert!(asked >= Duration::from_millis(400), "the first announce waited for the lookup: {asked:?}");
+    if asked < Duration::from_millis(400) {
+        // Seen once in many runs (2.6 ms): say what A thought of B and
+        // what its tracker and gossip counted, so the next one explains
+        // itself.
+        let (_, members) = a.get("/members");
+        let metrics = ureq::get(&a.url("/metrics")).call().unwrap().into_string().unwrap();
+        let counters: Vec<&str> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && (l.contains("tracker") || l.contains("gossip")))
+            .collect();
+        panic!(
+            "the first announce did not wait for the lookup: {asked:?}\nA's members: {members}\n{}",
+            counters.join("\n")
+        );
+    }
     assert!(local * 2 < asked, "the local answer did not wait: {local:?} against {asked:?}");
 }
 

@@ -541,3 +541,29 @@ fn a_common_piece_wanted_again_lands_in_its_availability_bucket() {
     let first = p.pick(20, 1)[0].index;
     assert!(first == 2 || first == 3, "{first}");
 }
+
+#[test]
+fn in_endgame_only_a_peer_with_few_requests_out_is_asked_for_duplicates() {
+    // One piece of four blocks, all asked of peer 1: endgame.
+    let mut p = Picker::new(4 * KIB16, 4 * KIB16, cfg(0), 3);
+    for peer in 1..=3 {
+        p.peer_have_all(peer);
+    }
+    assert_eq!(p.pick(1, 10).len(), 4);
+    assert!(p.in_endgame());
+    // An idle peer takes at most `endgame_requests_per_peer` duplicates,
+    // however deep its pipeline.
+    let per_peer = PickerConfig::default().endgame_requests_per_peer;
+    let b = p.pick(2, 10);
+    assert_eq!(b.len(), per_peer);
+    // While they are out it takes no more.
+    assert!(p.pick(2, 10).is_empty());
+    // Another idle peer takes blocks nobody asked twice yet.
+    let c = p.pick(3, 10);
+    assert_eq!(c.len(), per_peer);
+    assert!(c.iter().all(|r| !b.contains(r)));
+    // Once one of its duplicates arrives, peer 2 may take one more: none
+    // is left with fewer than two requesters but the one it has.
+    assert!(matches!(p.block_received(2, b[0]), Received::New { .. }));
+    p.check_invariants();
+}

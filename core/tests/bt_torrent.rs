@@ -400,10 +400,9 @@ fn requests(msgs: &[Message]) -> Vec<rumor_core::bt::wire::BlockRef> {
 #[test]
 fn a_leecher_asks_an_unchoking_seed_for_blocks_and_frees_them_when_choked() {
     let (mut t, meta) = fresh(false);
-    let (mut a, first) = Remote::connect(&mut t, &meta, 1, true);
-    // A fresh leecher with the fast extension says have-none.
-    assert!(first.contains(&Message::HaveNone));
-    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    // Without the fast extension a choke drops every request.
+    let (mut a, _) = Remote::connect(&mut t, &meta, 1, false);
+    let out = a.send(&mut t, Instant::ZERO, &[Message::Bitfield(Bytes::from_static(&[0xF0])), Message::Unchoke]);
     let msgs = a.received(&out);
     assert_eq!(msgs[0], Message::Interested);
     let asked = requests(&msgs);
@@ -416,6 +415,50 @@ fn a_leecher_asks_an_unchoking_seed_for_blocks_and_frees_them_when_choked() {
     for r in &asked {
         assert!(again.contains(r), "{r:?} was not re-requested");
     }
+}
+
+#[test]
+fn under_the_fast_extension_a_choke_keeps_requests_until_rejected_and_late_blocks_count() {
+    let (mut t, meta) = fresh(false);
+    let (mut a, first) = Remote::connect(&mut t, &meta, 1, true);
+    // A fresh leecher with the fast extension says have-none.
+    assert!(first.contains(&Message::HaveNone));
+    let out = a.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    let asked = requests(&a.received(&out));
+    assert!(asked.len() >= 2, "{asked:?}");
+    // Choked (BEP 6): the blocks a's sent before the choke are on their
+    // way and the rest will be rejected one by one, so nothing is asked
+    // of b yet.
+    a.send(&mut t, Instant::ZERO, &[Message::Choke]);
+    let (mut b, _) = Remote::connect(&mut t, &meta, 2, true);
+    let out = b.send(&mut t, Instant::ZERO, &[Message::HaveAll, Message::Unchoke]);
+    let to_b = requests(&b.received(&out));
+    for r in &asked {
+        assert!(!to_b.contains(r), "{r:?} asked again while a's copy may be on its way");
+    }
+    // The first block arrives after the choke: it is downloaded, not wasted.
+    let r0 = asked[0];
+    let late = Message::Piece { index: r0.index, begin: r0.begin, data: vec![0; r0.length as usize].into() };
+    a.send(&mut t, Instant::ZERO, &[late]);
+    assert_eq!(t.stats().downloaded, r0.length as u64);
+    assert_eq!(t.stats().wasted, 0);
+    // A rejected one is free again: b, answering everything it is asked,
+    // is asked for it too.
+    let r1 = asked[1];
+    a.send(&mut t, Instant::ZERO, &[Message::Reject(r1)]);
+    let mut pending = to_b.clone();
+    let mut all_b = to_b;
+    while !pending.is_empty() {
+        let answers: Vec<Message> = pending
+            .drain(..)
+            .map(|r| Message::Piece { index: r.index, begin: r.begin, data: vec![0; r.length as usize].into() })
+            .collect();
+        let out = b.send(&mut t, Instant::ZERO, &answers);
+        let more = requests(&b.received(&out));
+        all_b.extend(more.iter().copied());
+        pending = more;
+    }
+    assert!(all_b.contains(&r1), "the rejected {r1:?} was not asked of b: {all_b:?}");
 }
 
 #[test]

@@ -410,7 +410,12 @@ fn swarm_cmd(a: &SwarmArgs) -> ExitCode {
         r.bound_secs,
         r.secs_all / r.bound_secs
     ));
-    out.line(format!("seeder uploaded {:.2} file copies; {} disconnects", r.seed_uploads_files, r.disconnects));
+    out.line(format!(
+        "seeder uploaded {:.2} file copies; each leecher wasted {:.2} % of the file; {} disconnects",
+        r.seed_uploads_files,
+        r.wasted_files * 100.0,
+        r.disconnects
+    ));
     out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
     out.json(serde_json::json!({
         "peers": r.peers,
@@ -422,6 +427,7 @@ fn swarm_cmd(a: &SwarmArgs) -> ExitCode {
         "bound_secs": num(r.bound_secs),
         "ratio_to_bound": num(r.secs_all / r.bound_secs),
         "seed_uploads_files": num(r.seed_uploads_files),
+        "wasted_files": num(r.wasted_files),
         "trace_hash": format!("{:016x}", r.trace_hash),
         "wall_ms": r.wall_ms,
     }));

@@ -87,6 +87,9 @@ pub struct SwarmReport {
     pub bound_secs: f64,
     /// Bytes the seeder uploaded, over the file size.
     pub seed_uploads_files: f64,
+    /// Block bytes the leechers received and could not use (endgame
+    /// duplicates, blocks after a cancel), per leecher, over the file size.
+    pub wasted_files: f64,
     /// Connections dropped by the machines.
     pub disconnects: u64,
     /// Hash of every event, for determinism checks.
@@ -491,6 +494,9 @@ pub fn run(o: &SwarmOpts) -> SwarmReport {
         secs_median: times.get(completed / 2).copied().unwrap_or(f64::NAN),
         bound_secs: bound,
         seed_uploads_files: seed_uploaded as f64 / file_bytes as f64,
+        wasted_files: nodes[1..].iter().map(|nd| nd.t.stats().wasted).sum::<u64>() as f64
+            / o.peers.max(1) as f64
+            / file_bytes as f64,
         disconnects,
         trace_hash: trace,
         wall_ms: started.elapsed().as_millis(),

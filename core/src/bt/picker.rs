@@ -6,7 +6,9 @@
 //! pieces (to have something to trade soon); then rarest first with random
 //! tie-breaks; once every block of every missing piece is requested, endgame
 //! (request blocks already requested from others, at most
-//! [`PickerConfig::endgame_requesters_max`] requesters per block).
+//! [`PickerConfig::endgame_requesters_max`] requesters per block, from
+//! peers with fewer than [`PickerConfig::endgame_requests_per_peer`]
+//! requests out).
 //!
 //! Rarity is kept in a vector of wanted pieces sorted by availability with
 //! one boundary per availability level (as libtorrent does): a `have` moves
@@ -45,12 +47,25 @@ pub struct PickerConfig {
     pub endgame_requesters_max: usize,
     /// Random probes for a random-first piece before falling back to rarest.
     pub random_probes_max: u32,
+    /// In endgame, a peer is asked for blocks already requested from
+    /// others only while it has fewer than this many requests
+    /// outstanding, and only up to that many (libtorrent asks an idle
+    /// peer for one). A peer with its own requests in flight is busy
+    /// already; filling its whole pipeline with duplicates had each
+    /// leecher in `sim swarm` receive 1.4-1.7 % of the file twice.
+    pub endgame_requests_per_peer: usize,
 }
 
 impl Default for PickerConfig {
-    /// Four random pieces first, two requesters per block in endgame.
+    /// Four random pieces first; in endgame two requesters per block, and
+    /// duplicates only for a peer with fewer than two requests out.
     fn default() -> Self {
-        PickerConfig { random_first_pieces: 4, endgame_requesters_max: 2, random_probes_max: 32 }
+        PickerConfig {
+            random_first_pieces: 4,
+            endgame_requesters_max: 2,
+            random_probes_max: 32,
+            endgame_requests_per_peer: 2,
+        }
     }
 }
 
@@ -706,9 +721,11 @@ impl Picker {
             self.take_free(peer, p, want, &mut out);
         }
 
-        // 5. Endgame.
+        // 5. Endgame, for a peer with (almost) nothing else to do.
+        let pe = &self.peers[&peer];
+        let held = pe.outstanding.len() + out.len();
+        let max_blocks = max_blocks.min(out.len() + self.config.endgame_requests_per_peer.saturating_sub(held));
         if out.len() < max_blocks && self.in_endgame() {
-            let pe = &self.peers[&peer];
             let mut dup = Vec::new();
             'outer: for (&p, part) in &self.partial {
                 if !self.peer_has(pe, p) || part.owner.is_some_and(|o| o != peer) {

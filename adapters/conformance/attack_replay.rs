@@ -260,10 +260,16 @@ fn a_captured_full_transfer_request_sent_by_a_third_party_brings_the_member_no_t
         eventually(Duration::from_secs(20), || status(&a.dig(&[&last, "A"])) == "NOERROR"),
         "A never caught up with B"
     );
-    // A restarts: not knowing what was collected while it was down, it
-    // asks B for a full transfer. Its first request is captured and never
-    // reaches B (A asks again a second later).
+    // A goes down and B takes a write meanwhile; A restarts and, not
+    // knowing what was collected while it was down, asks B for a full
+    // transfer. Its first request is captured and never reaches B (A asks
+    // again a second later). Without the write A's restored copy can equal
+    // B's, and then neither side has anything to send the other.
     armed.store(true, Ordering::Relaxed);
+    a.kill9();
+    b.add(r#"{"name":"while-a-was-down.replay.local","ips":["10.9.9.9"],"ttl":3600}"#);
+    // B pushes a new write for two rounds; A is not there for them.
+    std::thread::sleep(Duration::from_secs(1));
     a.restart();
     *to_a.lock().unwrap() = Some(a.gossip);
     let asked = eventually(Duration::from_secs(20), || !held.lock().unwrap().is_empty());

@@ -317,7 +317,13 @@ impl Gossip {
                 self.stats.entries_applied += self.store.apply_delta(delta, wall) as u64;
                 if !self.store.history_complete() {
                     // Take what a peer that knows its history sends, but
-                    // serve nothing back before a full transfer.
+                    // serve nothing back before a full transfer, and ask
+                    // this peer for one now, as a digest from it would
+                    // have: when its anti-entropy round reached us before
+                    // ours reached it, this delta is all we would hear
+                    // from it, and once the delta made our summaries
+                    // equal nothing else would ever start the transfer.
+                    self.start_full(from.addr, Some(from.id));
                     return;
                 }
                 let back = self.delta_for(&d);

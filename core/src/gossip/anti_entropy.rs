@@ -24,7 +24,11 @@
 //!   serves nothing it holds: no deltas, no full transfers, no answer to a
 //!   digest but pulling that transfer. It still takes writes and pushes
 //!   them (they are fresh by construction), and takes what complete peers
-//!   send.
+//!   send. It pulls the transfer from the first complete peer whose
+//!   digest, or first-leg delta, reaches it (whichever side's round came
+//!   first). Not covered: a restored copy whose summary equals every
+//!   peer's starts no exchange, so the node waits for the next write
+//!   anywhere to differ before it pulls.
 //! * The transfer settles every held entry: one the sender has seen (within
 //!   its watermark of the entry's writer) but no longer holds was deleted
 //!   and collected there, and is dropped; one the sender has not seen is

@@ -906,10 +906,10 @@ impl Torrent {
                 // 4 MiB/s caps: 0.9 % of the file received twice by every
                 // leecher). A peer that neither rejects nor sends is
                 // caught by the request timeout.
-                let reqs: Vec<BlockRef> =
-                    if c.fast { Vec::new() } else { std::mem::take(&mut c.sent_requests).into_keys().collect() };
-                for r in reqs {
-                    self.picker.request_failed(peer, r);
+                if !c.fast {
+                    for (r, _) in std::mem::take(&mut c.sent_requests) {
+                        self.picker.request_failed(peer, r);
+                    }
                 }
             }
             Message::Unchoke => c.peer_choking = false,

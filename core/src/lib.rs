@@ -38,7 +38,7 @@
 //! use std::collections::VecDeque;
 //!
 //! let keys = Keyring::new(1, [7; 32]);
-//! let addr = |i: usize| PeerAddr(format!("10.0.0.{i}:5300"));
+//! let addr = |i: usize| PeerAddr::from(format!("10.0.0.{i}:5300"));
 //! let mut now = Now { at: Instant::ZERO, wall_ms: 1_700_000_000_000 };
 //! let mut nodes: Vec<Gossip> =
 //!     (0..2).map(|i| Gossip::new(Config::new(addr(i), keys.clone()), i as u64 + 1, now, i as u64)).collect();

@@ -18,7 +18,7 @@ fn now_at(us: u64) -> Now {
 }
 
 fn config(i: u64) -> Config {
-    Config { gossip: gossip::Config::new(PeerAddr(format!("n{i}")), Keyring::new(1, [9; 32])), node_id: 100 + i }
+    Config { gossip: gossip::Config::new(PeerAddr::from(format!("n{i}")), Keyring::new(1, [9; 32])), node_id: 100 + i }
 }
 
 fn member(i: u64) -> Member {
@@ -284,7 +284,7 @@ fn run_pair(a: &mut Member, b: &mut Member, from_us: u64, to_us: u64, skew_ms: u
                 match m.poll_output() {
                     Output::Transmit(tx) => {
                         let to = if tx.to.0 == "n0" { 0 } else { 1 };
-                        inflight.push((t + 2_000, to, PeerAddr(format!("n{i}")), tx.bytes));
+                        inflight.push((t + 2_000, to, PeerAddr::from(format!("n{i}")), tx.bytes));
                     }
                     Output::Timeout(at) => {
                         deadlines[i] = at;

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 ns: Namespace::DNS,
                 key: c[1..c.len().min(4)].to_vec().into(),
             }),
-            3 => Input::Command(Command::Join(vec![PeerAddr(format!("p{arg}"))])),
+            3 => Input::Command(Command::Join(vec![PeerAddr::from(format!("p{arg}"))])),
             4 => Input::Receive {
                 from: PeerAddr::from("x"),
                 bytes: c[1..].to_vec(),
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let p = Packet {
                     from: 2 + u64::from(arg % 3),
-                    addr: PeerAddr(format!("p{}", arg % 3)),
+                    addr: PeerAddr::from(format!("p{}", arg % 3)),
                     incarnation: u64::from(arg),
                     // Within the replay window (or just outside it), with
                     // numbers that repeat: fresh, stale and replayed

@@ -341,7 +341,7 @@ pub fn run(opts: &TrackerOpts) -> TrackerReport {
     let mut nodes = Vec::new();
     for i in 0..n {
         let config = member::Config {
-            gossip: gossip::Config::new(PeerAddr(format!("n{i}")), keys.clone()),
+            gossip: gossip::Config::new(PeerAddr::from(format!("n{i}")), keys.clone()),
             node_id: 1_000 + i as u64,
         };
         let member = Member::new(config, now_at(0), rng.next_u64());
@@ -397,7 +397,7 @@ pub fn run(opts: &TrackerOpts) -> TrackerReport {
         match due {
             Due::Deliver { to, from, bytes } => {
                 sim.trace = mix(sim.trace, at ^ (to as u64) << 56 ^ bytes.len() as u64);
-                let from = PeerAddr(format!("n{from}"));
+                let from = PeerAddr::from(format!("n{from}"));
                 sim.nodes[to].member.handle(now_at(at), member::Input::Receive { from, bytes });
                 sim.drive(to, at, Vec::new());
             }

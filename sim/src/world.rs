@@ -12,6 +12,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use rumor_core::gossip::{Command, Config, Event, Gossip, Input, Keyring, Now, Output, PeerAddr};
@@ -30,6 +32,9 @@ pub const WALL0_MS: u64 = 1_700_000_000_000;
 /// By default, windows with fewer events than this run on the calling
 /// thread (spawning costs more than they do).
 const PARALLEL_MIN_EVENTS: usize = 64;
+
+/// A window's nodes are cut into this many ranges per thread.
+const CHUNKS_PER_THREAD: usize = 8;
 
 /// The network's behaviour; each node draws from its own seeded PRNG.
 #[derive(Clone, Debug)]
@@ -106,7 +111,7 @@ impl Keyed for Ev {
 
 /// The address of node `i`.
 pub fn addr(i: usize) -> PeerAddr {
-    PeerAddr(format!("n{i}"))
+    PeerAddr::from(format!("n{i}"))
 }
 
 fn index_of(a: &PeerAddr) -> Option<usize> {
@@ -155,6 +160,9 @@ struct WindowOut {
     bytes: u64,
     messages: u64,
 }
+
+/// A range of nodes and their events in one window, for one thread.
+type Job<'a> = (&'a mut [Slot], Vec<Ev>);
 
 /// The read-only context of a window.
 struct Ctx<'a> {
@@ -325,6 +333,10 @@ pub struct World {
     /// Bootstrap list of each node (used at every start).
     pub bootstrap: Vec<Vec<PeerAddr>>,
     threads: usize,
+    /// Workers kept for the whole run when `threads` > 1: a window lasts
+    /// a few hundred microseconds, and spawning threads for each one cost
+    /// more than the second core gave back.
+    pool: Option<rayon::ThreadPool>,
     parallel_min_events: usize,
     check_invariants: bool,
     persist: bool,
@@ -365,6 +377,7 @@ impl World {
             messages_sent: 0,
             bootstrap: vec![Vec::new(); n],
             threads: 1,
+            pool: None,
             parallel_min_events: PARALLEL_MIN_EVENTS,
             check_invariants: false,
             persist: true,
@@ -394,6 +407,13 @@ impl World {
     /// Runs windows on up to `threads` threads (same results for any count).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
+        self.pool = (self.threads > 1).then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.threads - 1)
+                .thread_name(|k| format!("sim-{}", k + 1))
+                .build()
+                .expect("the simulator's thread pool")
+        });
     }
 
     /// Windows with fewer events run on the calling thread (tests set 1 to
@@ -526,24 +546,34 @@ impl World {
         if threads == 1 {
             outs.push(ctx.run(0, &mut self.slots, events, w_end));
         } else {
-            let chunk = n.div_ceil(threads);
-            let mut buckets: Vec<Vec<Ev>> = (0..threads).map(|_| Vec::new()).collect();
+            // More chunks than threads, taken in turn by whichever thread is
+            // free: a worker woken for the window starts tens of
+            // microseconds after the caller, which then takes its share.
+            let chunks = threads * CHUNKS_PER_THREAD;
+            let chunk = n.div_ceil(chunks);
+            let mut buckets: Vec<Vec<Ev>> = (0..n.div_ceil(chunk)).map(|_| Vec::new()).collect();
             for ev in events {
                 buckets[ev.to as usize / chunk].push(ev);
             }
-            std::thread::scope(|s| {
-                let ctx = &ctx;
-                let handles: Vec<_> = self
-                    .slots
-                    .chunks_mut(chunk)
-                    .zip(buckets)
-                    .enumerate()
-                    .map(|(k, (slots, bucket))| s.spawn(move || ctx.run(k * chunk, slots, bucket, w_end)))
-                    .collect();
-                for h in handles {
-                    outs.push(h.join().expect("a simulation thread panicked"));
+            let jobs: Vec<Mutex<Option<Job>>> =
+                self.slots.chunks_mut(chunk).zip(buckets).map(|job| Mutex::new(Some(job))).collect();
+            let done: Vec<Mutex<Option<WindowOut>>> = jobs.iter().map(|_| Default::default()).collect();
+            let next = AtomicUsize::new(0);
+            let work = || loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(k) else { break };
+                let (slots, bucket) = job.lock().expect("a job lock").take().expect("each job is taken once");
+                let out = ctx.run(k * chunk, slots, bucket, w_end);
+                *done[k].lock().expect("an output lock") = Some(out);
+            };
+            let pool = self.pool.as_ref().expect("a pool when threads > 1");
+            pool.in_place_scope(|s| {
+                for _ in 1..threads {
+                    s.spawn(|_| work());
                 }
+                work();
             });
+            outs.extend(done.into_iter().map(|o| o.into_inner().expect("an output lock").expect("every job ran")));
         }
         let fresh = self.changes.len();
         for out in outs {

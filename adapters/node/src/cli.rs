@@ -543,7 +543,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     };
     let advertise = advertise_addr(&args)?;
     let gossip_config =
-        rumor_core::gossip::Config::new(rumor_core::gossip::PeerAddr(advertise.clone()), node_keyring(&args)?);
+        rumor_core::gossip::Config::new(rumor_core::gossip::PeerAddr::from(advertise.as_str()), node_keyring(&args)?);
     let frame_max = gossip_config.message_bytes_max;
     let (persister, loaded) = if args.ephemeral {
         (None, persist::Loaded { node_id: node::os_random(), incarnation: 0, entries: Vec::new() })

@@ -146,13 +146,13 @@ impl Closer {
     /// else before its next frame is handed on.
     pub fn close(&self, from: &PeerAddr) {
         let mut g = self.lock();
-        if g.remove_pending(&from.0).is_some() {
+        if g.remove_pending(from.as_str()).is_some() {
             return;
         }
         if g.closing.len() >= CLOSING_MAX {
             g.closing.clear();
         }
-        g.closing.insert(from.0.clone());
+        g.closing.insert(from.0.to_string());
     }
 
     /// A frame of the connection `from` opened under a cluster key: it is
@@ -163,7 +163,7 @@ impl Closer {
         if g.pending.is_empty() {
             return;
         }
-        if let Some(p) = g.remove_pending(&from.0) {
+        if let Some(p) = g.remove_pending(from.as_str()) {
             p.admitted.store(true, Ordering::Relaxed);
         }
     }
@@ -171,7 +171,7 @@ impl Closer {
     /// True (once) if `from` was marked.
     fn take(&self, from: &PeerAddr) -> bool {
         let mut g = self.lock();
-        !g.closing.is_empty() && g.closing.remove(&from.0)
+        !g.closing.is_empty() && g.closing.remove(from.as_str())
     }
 
     /// Enters a new connection as unauthenticated, closing the oldest
@@ -190,26 +190,26 @@ impl Closer {
         let admitted = Arc::new(AtomicBool::new(false));
         // A reused address whose old connection has not ended yet: the new
         // one takes its place.
-        g.remove_pending(&from.0);
-        g.pending.insert(from.0.clone(), Pending { seq, admitted: admitted.clone(), _kick: kick });
-        g.order.insert(seq, from.0.clone());
+        g.remove_pending(from.as_str());
+        g.pending.insert(from.0.to_string(), Pending { seq, admitted: admitted.clone(), _kick: kick });
+        g.order.insert(seq, from.0.to_string());
         Entered { seq, admitted, kicked }
     }
 
     /// The connection `from` entered as `seq` ended.
     fn leave(&self, from: &PeerAddr, seq: u64) {
         let mut g = self.lock();
-        if g.pending.get(&from.0).is_some_and(|p| p.seq == seq) {
-            g.remove_pending(&from.0);
+        if g.pending.get(from.as_str()).is_some_and(|p| p.seq == seq) {
+            g.remove_pending(from.as_str());
         }
-        if g.ways_back.get(&from.0).is_some_and(|(s, _)| *s == seq) {
-            g.ways_back.remove(&from.0);
+        if g.ways_back.get(from.as_str()).is_some_and(|(s, _)| *s == seq) {
+            g.ways_back.remove(from.as_str());
         }
     }
 
     /// Answers to `from` go on the inbound connection entered as `seq`.
     fn open_way_back(&self, from: &PeerAddr, seq: u64, tx: async_channel::Sender<Vec<u8>>) {
-        self.lock().ways_back.insert(from.0.clone(), (seq, tx));
+        self.lock().ways_back.insert(from.0.to_string(), (seq, tx));
     }
 
     /// The write queue of the open inbound connection `to`, if it is one.
@@ -218,7 +218,7 @@ impl Closer {
         if g.ways_back.is_empty() {
             return None;
         }
-        g.ways_back.get(&to.0).map(|(_, tx)| tx.clone())
+        g.ways_back.get(to.as_str()).map(|(_, tx)| tx.clone())
     }
 
     fn set_inbound(&self, inbound: async_channel::Sender<Inbound>) {
@@ -271,7 +271,7 @@ impl GossipNet {
             }
             return;
         }
-        if let Some(tx) = self.peers.get(&to.0) {
+        if let Some(tx) = self.peers.get(to.as_str()) {
             match tx.try_send(bytes) {
                 Ok(()) => return,
                 Err(async_channel::TrySendError::Full(_)) => {
@@ -279,7 +279,7 @@ impl GossipNet {
                     return;
                 }
                 Err(async_channel::TrySendError::Closed(b)) => {
-                    self.peers.remove(&to.0);
+                    self.peers.remove(to.as_str());
                     return self.send(to, b);
                 }
             }
@@ -293,8 +293,8 @@ impl GossipNet {
         }
         let (tx, rx) = async_channel::bounded(QUEUE_PER_PEER);
         let _ = tx.try_send(bytes);
-        self.peers.insert(to.0.clone(), tx);
-        rt::spawn(outbound(to.0.clone(), rx, self.closer.clone(), self.frame_max + 4));
+        self.peers.insert(to.0.to_string(), tx);
+        rt::spawn(outbound(to.0.to_string(), rx, self.closer.clone(), self.frame_max + 4));
     }
 }
 
@@ -340,7 +340,7 @@ async fn read_answers(
     frame_max: usize,
     stop: async_channel::Receiver<()>,
 ) {
-    let from = PeerAddr(addr);
+    let from = PeerAddr::from(addr);
     let read = async {
         while let Some(frame) = read_frame(&mut r, frame_max, None).await {
             if closer.take(&from) {
@@ -466,7 +466,7 @@ pub async fn listen_closing(
         let inbound = inbound.clone();
         let closer = closer.clone();
         async move {
-            let from = PeerAddr(peer.to_string());
+            let from = PeerAddr::from(peer.to_string());
             let (mut read_half, mut write_half) = stream.into_split();
             let entered = closer.enter(&from, UNAUTH_MAX);
             let (answers_tx, answers) = async_channel::bounded::<Vec<u8>>(ANSWERS_PER_CONNECTION);
@@ -514,7 +514,7 @@ mod tests {
     use super::*;
 
     fn addr(port: u16) -> PeerAddr {
-        PeerAddr(format!("127.0.0.1:{port}"))
+        PeerAddr::from(format!("127.0.0.1:{port}"))
     }
 
     fn kicked(e: &Entered) -> bool {

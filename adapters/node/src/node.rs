@@ -753,7 +753,7 @@ impl Node {
                     .members()
                     .map(|(id, addr, st)| MemberView {
                         id: format!("{id:016x}"),
-                        addr: addr.0.clone(),
+                        addr: addr.0.to_string(),
                         state: state_name(st),
                         me: false,
                     })
@@ -896,7 +896,7 @@ pub async fn resolve_joins(targets: Vec<String>, tx: async_channel::Sender<Vec<P
         let mut addrs = Vec::new();
         for t in &targets {
             match rt::lookup_host(t.clone()).await {
-                Ok(found) => addrs.extend(found.into_iter().map(|a| PeerAddr(a.to_string()))),
+                Ok(found) => addrs.extend(found.into_iter().map(|a| PeerAddr::from(a.to_string()))),
                 Err(e) => tracing::debug!(target = %t, "cannot resolve join target: {e}"),
             }
         }

@@ -24,7 +24,9 @@
 use bytes::Bytes;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::replica::{Delta, Digest, Entry, FullChunk, Namespace, NodeId, Version};
 
@@ -37,12 +39,37 @@ const FLAG_LZ4: u8 = 1;
 /// The address a peer is reached at: opaque to the machine ("host:port" for
 /// the TCP adapter, "n17" in the simulator). Ordered and serializable so it
 /// can travel in messages and key maps.
+///
+/// Held inline up to 24 bytes (every IPv4 "host:port" and most IPv6 ones):
+/// the machine clones and compares addresses on every message (round
+/// targets, piggybacked member updates, replay and member maps), and a heap
+/// `String` made each of those a cold pointer chase and an allocation. The
+/// wire form is the same string either way.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PeerAddr(pub String);
+pub struct PeerAddr(pub CompactString);
+
+impl PeerAddr {
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
 
 impl From<&str> for PeerAddr {
     fn from(s: &str) -> Self {
-        PeerAddr(s.to_owned())
+        PeerAddr(CompactString::from(s))
+    }
+}
+
+impl From<String> for PeerAddr {
+    fn from(s: String) -> Self {
+        PeerAddr(CompactString::from(s))
+    }
+}
+
+impl core::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -61,7 +88,10 @@ struct Key {
 /// everywhere, then remove the old one.
 #[derive(Clone)]
 pub struct Keyring {
-    keys: Vec<Key>,
+    /// Shared by the keyring's clones (copied on write): every simulated
+    /// node holds the same keys, and one copy stays in the cache where a
+    /// copy per node was a cache miss per message sealed.
+    keys: Arc<Vec<Key>>,
     primary: u8,
     /// Simulation only (feature `unsealed-sim`): envelopes are written and
     /// read with the same layout and size but no cipher and no tag check.
@@ -84,7 +114,7 @@ impl PartialEq for Keyring {
         self.primary == other.primary
             && self.unsealed == other.unsealed
             && self.keys.len() == other.keys.len()
-            && self.keys.iter().zip(&other.keys).all(|(a, b)| a.id == b.id && a.bytes == b.bytes)
+            && self.keys.iter().zip(other.keys.iter()).all(|(a, b)| a.id == b.id && a.bytes == b.bytes)
     }
 }
 
@@ -108,7 +138,7 @@ impl Keyring {
     /// A keyring with one key, `id`, as primary.
     pub fn new(id: u8, key: [u8; 32]) -> Self {
         Keyring {
-            keys: vec![Key { id, bytes: key, cipher: XChaCha20Poly1305::new(&key.into()) }],
+            keys: Arc::new(vec![Key { id, bytes: key, cipher: XChaCha20Poly1305::new(&key.into()) }]),
             primary: id,
             unsealed: false,
         }
@@ -134,15 +164,16 @@ impl Keyring {
     /// made primary.
     pub fn add(&mut self, id: u8, key: [u8; 32]) -> Result<(), KeyringError> {
         let cipher = XChaCha20Poly1305::new(&key.into());
-        if let Some(k) = self.keys.iter_mut().find(|k| k.id == id) {
+        let keys = Arc::make_mut(&mut self.keys);
+        if let Some(k) = keys.iter_mut().find(|k| k.id == id) {
             k.cipher = cipher;
             k.bytes = key;
             return Ok(());
         }
-        if self.keys.len() >= KEYRING_KEYS_MAX {
+        if keys.len() >= KEYRING_KEYS_MAX {
             return Err(KeyringError::Full);
         }
-        self.keys.push(Key { id, bytes: key, cipher });
+        keys.push(Key { id, bytes: key, cipher });
         Ok(())
     }
 
@@ -160,11 +191,10 @@ impl Keyring {
         if id == self.primary {
             return Err(KeyringError::IsPrimary);
         }
-        let before = self.keys.len();
-        self.keys.retain(|k| k.id != id);
-        if self.keys.len() == before {
+        if !self.keys.iter().any(|k| k.id == id) {
             return Err(KeyringError::UnknownKey);
         }
+        Arc::make_mut(&mut self.keys).retain(|k| k.id != id);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::entry::{lww_cmp, Entry, Hlc, Namespace, NodeId, Version};
 use crate::time::UnixMillis;
@@ -213,6 +214,11 @@ type Key = (Namespace, Bytes);
 #[derive(Debug)]
 pub struct Store {
     cfg: StoreConfig,
+    /// `(namespace, lifetime_max_ms)` of the configured namespaces that
+    /// have a lifetime, held inline: every entry applied looks its
+    /// namespace up here, and the config's map is one more cold heap
+    /// node per message when many stores share a cache (the simulator).
+    lifetimes: SmallVec<[(Namespace, u64); 4]>,
     me: NodeId,
     hlc: Hlc,
     entries: BTreeMap<Key, Entry>,
@@ -253,8 +259,10 @@ fn above_mix(w: NodeId, v: Version) -> u64 {
 impl Store {
     /// An empty store for node `me`.
     pub fn new(cfg: StoreConfig, me: NodeId) -> Self {
+        let lifetimes = cfg.namespaces.iter().filter_map(|(ns, c)| Some((*ns, c.lifetime_max_ms?))).collect();
         Store {
             cfg,
+            lifetimes,
             me,
             hlc: Hlc::new(),
             entries: BTreeMap::new(),
@@ -538,7 +546,12 @@ impl Store {
     /// The lifetime of a soft namespace (see
     /// [`NamespaceConfig::lifetime_max_ms`]), if `ns` is one.
     fn soft_lifetime_ms(&self, ns: Namespace) -> Option<u64> {
-        self.cfg.namespaces.get(&ns).and_then(|c| c.lifetime_max_ms).filter(|l| *l <= self.cfg.tombstone_grace_ms)
+        self.lifetime_max_ms(ns).filter(|l| *l <= self.cfg.tombstone_grace_ms)
+    }
+
+    /// The namespace's [`NamespaceConfig::lifetime_max_ms`], if it has one.
+    fn lifetime_max_ms(&self, ns: Namespace) -> Option<u64> {
+        self.lifetimes.iter().find(|(n, _)| *n == ns).map(|(_, l)| *l)
     }
 
     /// How long a tombstone of `ns` is kept.
@@ -552,7 +565,7 @@ impl Store {
         if e.deleted {
             return;
         }
-        let Some(l) = self.cfg.namespaces.get(&e.ns).and_then(|c| c.lifetime_max_ms) else {
+        let Some(l) = self.lifetime_max_ms(e.ns) else {
             return;
         };
         let latest = e.version.wall_ms().saturating_add(l).max(1);

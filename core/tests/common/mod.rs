@@ -436,7 +436,7 @@ pub mod gossip {
 
     /// The address of node `i`: `n{i}`.
     pub fn addr(i: impl std::fmt::Display) -> PeerAddr {
-        PeerAddr(format!("n{i}"))
+        PeerAddr::from(format!("n{i}"))
     }
 
     impl Machine for Gossip {

@@ -61,7 +61,7 @@ pub async fn run(
     let gossip_port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let targets = args.join.clone();
     let (ip, join) = rt::spawn_blocking(move || resolve_targets(&targets)).await.map_err(|e| e.to_string())??;
-    let advertise = PeerAddr(SocketAddr::new(ip, gossip_port).to_string());
+    let advertise = PeerAddr::from(SocketAddr::new(ip, gossip_port).to_string());
     let me = SocketAddr::new(ip, peer_port);
     let config = Config::new(advertise.clone(), args.keys);
     let frame_max = config.message_bytes_max;
@@ -240,7 +240,7 @@ fn resolve_targets(targets: &[String]) -> Result<(IpAddr, Vec<PeerAddr>), String
         .iter()
         .find_map(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).ok()?.local_addr().ok())
         .ok_or_else(|| format!("no --overlay address answers ({})", targets.join(", ")))?;
-    Ok((local.ip(), addrs.into_iter().map(|a| PeerAddr(a.to_string())).collect()))
+    Ok((local.ip(), addrs.into_iter().map(|a| PeerAddr::from(a.to_string())).collect()))
 }
 
 /// A running member, as its owner holds it.

@@ -440,9 +440,13 @@ pub(super) struct Sender {
 impl Gossip {
     /// A machine for node `me` at `now`; `seed` drives every random choice
     /// *and the AEAD nonces*: an adapter must draw it from OS entropy.
-    pub fn new(cfg: Config, me: NodeId, now: Now, seed: u64) -> Self {
+    pub fn new(mut cfg: Config, me: NodeId, now: Now, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
+        // The store keeps the namespace limits; the machine reads only the
+        // store-wide bounds of its copy, so it does not hold a second map
+        // (some 400 bytes a node, which a 100,000-node simulation feels).
         let store = Store::new(cfg.store.clone(), me);
+        cfg.store.namespaces = BTreeMap::new();
         let round_phase = Duration::from_micros(rng.below(cfg.gossip_interval.as_micros().max(1)));
         let probe_phase = Duration::from_micros(rng.below(cfg.probe_interval.as_micros().max(1)));
         Gossip {

@@ -126,7 +126,7 @@ pub struct Config {
     /// the clock skew tolerated between nodes (see the `replay` module).
     pub replay_window: Duration,
     /// Senders whose recent sequence numbers are remembered, to drop
-    /// replays; 24 bytes each. The eviction rule is in the `replay` module.
+    /// replays; 32 bytes each (in a table at most seven eighths full). The eviction rule is in the `replay` module.
     pub replay_senders_max: usize,
 }
 

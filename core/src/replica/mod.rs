@@ -6,6 +6,7 @@
 //! Pure data structures: no time but the wall-clock milliseconds passed in.
 
 mod entry;
+mod held;
 mod store;
 
 pub use entry::{lww_cmp, merge, Entry, Hlc, Namespace, NodeId, Version};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::entry::{lww_cmp, Entry, Hlc, Namespace, NodeId, Version};
+use super::held::Entries;
 use crate::time::UnixMillis;
 
 /// Limits and timings of a [`Store`].
@@ -221,7 +222,7 @@ pub struct Store {
     lifetimes: SmallVec<[(Namespace, u64); 4]>,
     me: NodeId,
     hlc: Hlc,
-    entries: BTreeMap<Key, Entry>,
+    entries: Entries,
     /// Entries held per namespace (the keys of `entries`, counted).
     per_ns: BTreeMap<Namespace, usize>,
     by_writer: BTreeSet<(NodeId, Version, Namespace, Bytes)>,
@@ -265,7 +266,7 @@ impl Store {
             lifetimes,
             me,
             hlc: Hlc::new(),
-            entries: BTreeMap::new(),
+            entries: Entries::default(),
             per_ns: BTreeMap::new(),
             by_writer: BTreeSet::new(),
             seen: BTreeMap::new(),
@@ -348,7 +349,7 @@ impl Store {
             return Err(Refused::TooLarge);
         }
         let k = (ns, key);
-        if let Some(old) = self.entries.get(&k) {
+        if let Some(old) = self.entries.get(k.0, &k.1) {
             self.hlc.observe(old.version);
         } else if !self.has_room(ns) {
             return Err(Refused::Full);
@@ -396,14 +397,14 @@ impl Store {
                 // Past its grace period: it would be collected at once. Still
                 // let it beat an older live entry we hold, but never store it
                 // for a key we do not have.
-                if !self.entries.contains_key(&(e.ns, e.key.clone())) {
+                if !self.entries.contains(e.ns, &e.key) {
                     self.bury(e.ns, e.key.clone(), e.version, e.writer);
                     return Err(Refused::Stale);
                 }
             }
         }
         let k = (e.ns, e.key.clone());
-        match self.entries.get(&k) {
+        match self.entries.get(e.ns, &e.key) {
             Some(old) if lww_cmp(old, &e) != core::cmp::Ordering::Less => return Err(Refused::Stale),
             Some(_) => {}
             None if self.graveyard.get(&k).is_some_and(|(v, w, _)| (e.version, e.writer) <= (*v, *w)) => {
@@ -436,7 +437,7 @@ impl Store {
     fn put(&mut self, e: Entry) {
         let k = (e.ns, e.key.clone());
         self.graveyard.remove(&k);
-        if let Some(old) = self.entries.remove(&k) {
+        if let Some(old) = self.entries.remove(k.0, &k.1) {
             self.unindex(&old);
         } else {
             *self.per_ns.entry(k.0).or_default() += 1;
@@ -453,7 +454,7 @@ impl Store {
             self.expiries.insert((e.expires_ms, e.ns, e.key.clone()));
         }
         self.changes.push_back(Change::Applied(e.clone()));
-        self.entries.insert(k, e);
+        self.entries.insert(e);
     }
 
     fn index_writer(&mut self, e: &Entry) {
@@ -490,7 +491,7 @@ impl Store {
                 break;
             }
             let (_, ns, key) = self.expiries.pop_first().expect("non-empty");
-            if let Some(e) = self.entries.get(&(ns, key)).cloned() {
+            if let Some(e) = self.entries.get(ns, &key).cloned() {
                 assert!(!e.deleted, "expiry queue holds live entries only");
                 self.put(e.into_tombstone());
             }
@@ -500,7 +501,7 @@ impl Store {
                 break;
             }
             let (_, ns, key) = self.collect.pop_first().expect("non-empty");
-            if let Some(old) = self.entries.remove(&(ns, key.clone())) {
+            if let Some(old) = self.entries.remove(ns, &key) {
                 self.uncount(ns);
                 self.unindex_writer(&old);
                 // A soft namespace's older copies have all expired by now,
@@ -622,7 +623,7 @@ impl Store {
 
     /// The live entry under `(ns, key)` at `now_ms`, if any.
     pub fn get(&self, ns: Namespace, key: &[u8], now_ms: UnixMillis) -> Option<&Entry> {
-        self.entries.get(&(ns, Bytes::copy_from_slice(key))).filter(|e| e.is_live(now_ms))
+        self.entries.get(ns, key).filter(|e| e.is_live(now_ms))
     }
 
     /// The live entries of `ns` whose keys start with `prefix`, in key
@@ -634,26 +635,21 @@ impl Store {
         now_ms: UnixMillis,
     ) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries
-            .range((ns, Bytes::copy_from_slice(prefix))..)
-            .take_while(move |((n, k), _)| *n == ns && k.starts_with(prefix))
-            .map(|(_, e)| e)
+            .from(ns, prefix)
+            .take_while(move |e| e.ns == ns && e.key.starts_with(prefix))
             .filter(move |e| e.is_live(now_ms))
     }
 
     /// The live entries of namespace `ns` at `now_ms`, in key order: what may
     /// be served.
     pub fn live(&self, ns: Namespace, now_ms: UnixMillis) -> impl Iterator<Item = &Entry> + '_ {
-        self.entries
-            .range((ns, Bytes::new())..)
-            .take_while(move |((n, _), _)| *n == ns)
-            .map(|(_, e)| e)
-            .filter(move |e| e.is_live(now_ms))
+        self.entries.from(ns, &[]).take_while(move |e| e.ns == ns).filter(move |e| e.is_live(now_ms))
     }
 
     /// Every entry held, tombstones included, in key order: a snapshot for
     /// persistence or checks.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
-        self.entries.values()
+        self.entries.iter()
     }
 
     /// Entries held, tombstones included.
@@ -871,7 +867,7 @@ impl Store {
                 if *ww != w {
                     break;
                 }
-                let Some(e) = self.entries.get(&(*ns, key.clone())) else {
+                let Some(e) = self.entries.get(*ns, key) else {
                     continue;
                 };
                 let len = e.encoded_len_max();
@@ -933,22 +929,25 @@ impl Store {
         let mut bytes = 0usize;
         // Held entries and remembered collected tombstones, merged in key
         // order (a key is never in both).
-        let mut held = self.entries.range((start.clone(), Bound::Unbounded)).peekable();
+        let mut held = self.entries.after(after.map(|(ns, key)| (*ns, &key[..]))).peekable();
         let mut buried = self.graveyard.range((start, Bound::Unbounded)).peekable();
         loop {
             let take_held = match (held.peek(), buried.peek()) {
                 (None, None) => break,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some((a, _)), Some((b, _))) => a < b,
+                (Some(a), Some((b, _))) => (a.ns, &a.key[..]) < (b.0, &b.1[..]),
             };
-            let (k, e) = if take_held {
-                let (k, e) = held.next().expect("peeked");
-                let e = if !e.deleted && e.is_expired(now_ms) { e.clone().into_tombstone() } else { e.clone() };
-                (k, e)
+            let e = if take_held {
+                let e = held.next().expect("peeked");
+                if !e.deleted && e.is_expired(now_ms) {
+                    e.clone().into_tombstone()
+                } else {
+                    e.clone()
+                }
             } else {
                 let (k, (v, w, _)) = buried.next().expect("peeked");
-                let e = Entry {
+                Entry {
                     ns: k.0,
                     key: k.1.clone(),
                     value: Bytes::new(),
@@ -956,12 +955,12 @@ impl Store {
                     version: *v,
                     expires_ms: 0,
                     deleted: true,
-                };
-                (k, e)
+                }
             };
             let len = e.encoded_len_max();
             if out.entries.len() >= entries_max || bytes + len > bytes_max {
-                out.next = Some(out.entries.last().map(|l| (l.ns, l.key.clone())).unwrap_or_else(|| k.clone()));
+                out.next =
+                    Some(out.entries.last().map(|l| (l.ns, l.key.clone())).unwrap_or_else(|| (e.ns, e.key.clone())));
                 return out;
             }
             bytes += len;
@@ -1001,12 +1000,15 @@ impl Store {
         let doomed: Vec<Key> = self
             .entries
             .iter()
-            .filter(|(k, e)| !received.contains(*k) && theirs_map.get(&e.writer).is_some_and(|seen| e.version <= *seen))
-            .map(|(k, _)| k.clone())
+            .filter(|e| {
+                !received.contains(&(e.ns, e.key.clone()))
+                    && theirs_map.get(&e.writer).is_some_and(|seen| e.version <= *seen)
+            })
+            .map(|e| (e.ns, e.key.clone()))
             .collect();
         let n = doomed.len();
         for k in doomed {
-            if let Some(old) = self.entries.remove(&k) {
+            if let Some(old) = self.entries.remove(k.0, &k.1) {
                 self.uncount(k.0);
                 self.unindex(&old);
                 // Dead as surely as a collected tombstone: remember it, so the

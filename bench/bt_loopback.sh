@@ -16,6 +16,7 @@
 #   SIZE_MIB=256 bench/bt_loopback.sh     # smaller
 #   RUMOR_ADAPTER=smol bench/bt_loopback.sh   # the smol binary (rumor-smol)
 #   RUMOR_BIN=/path/to/binary bench/bt_loopback.sh
+#   WARM_MIB=0 bench/bt_loopback.sh      # no memory warming before each leg
 #
 # Needs python3-libtorrent (for /usr/bin/python3) and /usr/bin/time; builds
 # the chosen adapter in release mode unless RUMOR_BIN is set.
@@ -59,8 +60,26 @@ else
 fi
 
 # Each timed leg starts with no dirty pages left by the legs before it, so
-# no leg pays for another's write-back.
-settle() { sync; }
+# no leg pays for another's write-back, and right after WARM_MIB (1536) MiB
+# of memory were touched and freed. On this virtual machine memory freed a
+# while ago goes back to the host, and a leg whose page-cache writes land
+# on such pages paid 2-3 s/GiB more system time (the kernel's copy into the
+# page cache waiting on the host): the fourth leg always did, the others
+# now and then. Freshly freed pages are backed, so every leg starts alike.
+# On a machine that is not a VM this costs a second and changes nothing.
+WARM_MIB=${WARM_MIB:-1536}
+settle() {
+  sync
+  if [ "$WARM_MIB" -gt 0 ]; then
+    $PY -c "
+import mmap
+n = $WARM_MIB << 20
+m = mmap.mmap(-1, n)
+for i in range(0, n, 4096):
+    m[i] = 1
+"
+  fi
+}
 
 # rumor leecher
 settle

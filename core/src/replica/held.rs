@@ -105,7 +105,7 @@ impl Entries {
     }
 
     /// The entries from `(ns, key)` on (inclusive), in order.
-    pub(super) fn from<'a>(&'a self, ns: Namespace, key: &[u8]) -> impl Iterator<Item = &'a Entry> + 'a {
+    pub(super) fn starting_at<'a>(&'a self, ns: Namespace, key: &[u8]) -> impl Iterator<Item = &'a Entry> + 'a {
         let start = (ns, key);
         self.0.range::<dyn Place, _>((Bound::Included(&start as &dyn Place), Bound::Unbounded)).map(|h| &h.0)
     }
@@ -180,7 +180,7 @@ mod tests {
                         map.get(&(ns, kb.clone())).map(|e| e.writer)
                     );
                     assert_eq!(held.contains(ns, key.as_bytes()), map.contains_key(&(ns, kb.clone())));
-                    let from: Vec<u64> = held.from(ns, key.as_bytes()).map(|e| e.writer).collect();
+                    let from: Vec<u64> = held.starting_at(ns, key.as_bytes()).map(|e| e.writer).collect();
                     let want: Vec<u64> = map.range((ns, kb.clone())..).map(|(_, e)| e.writer).collect();
                     assert_eq!(from, want);
                     let after: Vec<u64> = held.after(Some((ns, key.as_bytes()))).map(|e| e.writer).collect();

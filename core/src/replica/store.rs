@@ -348,8 +348,7 @@ impl Store {
         if key.len() > self.cfg.key_bytes_max || value.len() > self.cfg.value_bytes_max {
             return Err(Refused::TooLarge);
         }
-        let k = (ns, key);
-        if let Some(old) = self.entries.get(k.0, &k.1) {
+        if let Some(old) = self.entries.get(ns, &key) {
             self.hlc.observe(old.version);
         } else if !self.has_room(ns) {
             return Err(Refused::Full);
@@ -366,7 +365,7 @@ impl Store {
             mine
         };
         let version = self.hlc.tick(now_ms);
-        let mut entry = Entry { ns: k.0, key: k.1, value, writer: self.me, version, expires_ms, deleted };
+        let mut entry = Entry { ns, key, value, writer: self.me, version, expires_ms, deleted };
         self.cap_lifetime(&mut entry);
         self.put(entry.clone());
         self.set_seen(self.me, version);
@@ -403,11 +402,14 @@ impl Store {
                 }
             }
         }
-        let k = (e.ns, e.key.clone());
         match self.entries.get(e.ns, &e.key) {
             Some(old) if lww_cmp(old, &e) != core::cmp::Ordering::Less => return Err(Refused::Stale),
             Some(_) => {}
-            None if self.graveyard.get(&k).is_some_and(|(v, w, _)| (e.version, e.writer) <= (*v, *w)) => {
+            None if self
+                .graveyard
+                .get(&(e.ns, e.key.clone()))
+                .is_some_and(|(v, w, _)| (e.version, e.writer) <= (*v, *w)) =>
+            {
                 // Its delete was collected here: never let it back in.
                 return Err(Refused::Stale);
             }
@@ -635,7 +637,7 @@ impl Store {
         now_ms: UnixMillis,
     ) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries
-            .from(ns, prefix)
+            .starting_at(ns, prefix)
             .take_while(move |e| e.ns == ns && e.key.starts_with(prefix))
             .filter(move |e| e.is_live(now_ms))
     }
@@ -643,7 +645,7 @@ impl Store {
     /// The live entries of namespace `ns` at `now_ms`, in key order: what may
     /// be served.
     pub fn live(&self, ns: Namespace, now_ms: UnixMillis) -> impl Iterator<Item = &Entry> + '_ {
-        self.entries.from(ns, &[]).take_while(move |e| e.ns == ns).filter(move |e| e.is_live(now_ms))
+        self.entries.starting_at(ns, &[]).take_while(move |e| e.ns == ns).filter(move |e| e.is_live(now_ms))
     }
 
     /// Every entry held, tombstones included, in key order: a snapshot for

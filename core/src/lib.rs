@@ -86,6 +86,7 @@ pub mod dns;
 pub mod gossip;
 pub mod member;
 pub mod overlay;
+mod queues;
 pub mod rand;
 pub mod replica;
 pub mod time;

@@ -5,6 +5,7 @@
 
 pub mod chaos;
 pub mod dht;
+pub mod intern;
 pub mod queue;
 pub mod spread;
 pub mod swarm;

@@ -294,6 +294,10 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         r.bytes_per_node_per_s * 8.0 / 1000.0,
         r.messages_per_node_per_s
     ));
+    out.line(format!(
+        "  by message kind: {}",
+        r.bytes_by_kind.iter().map(|(k, b)| format!("{k} {b:.0}")).collect::<Vec<_>>().join(", ")
+    ));
     if !r.local_lookup_hits.is_nan() {
         out.line(format!(
             "provider lookups answered from the local store (no message, no wait): {:.1}%",
@@ -332,6 +336,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         "pair_rounds_999": num(r.pair_rounds_999),
         "pairs_within_3x_bound": num(r.pairs_within_3x_bound),
         "bytes_per_node_per_s": num(r.bytes_per_node_per_s),
+        "bytes_by_kind": r.bytes_by_kind.iter().map(|(k, b)| (k.to_string(), serde_json::json!(num(*b)))).collect::<serde_json::Map<_, _>>(),
         "ms_100": num(r.ms_100),
         "local_lookup_hits": num(r.local_lookup_hits),
         "trace_hash": format!("{:016x}", r.trace_hash),

@@ -1,7 +1,7 @@
 //! `sim gossip`: how fast writes spread through N nodes and what it costs.
 
 use bytes::Bytes;
-use rumor_core::gossip::{Command, Config, Input};
+use rumor_core::gossip::{Body, Command, Config, Input};
 use rumor_core::replica::{Change, Namespace};
 use rumor_core::time::{Duration, Instant};
 
@@ -122,6 +122,9 @@ pub struct SpreadReport {
     pub bytes_per_node_per_s: f64,
     /// Messages sent per node per virtual second after warm-up.
     pub messages_per_node_per_s: f64,
+    /// `bytes_per_node_per_s` by message kind (`Body::KINDS`), the kinds
+    /// that sent anything, largest first.
+    pub bytes_by_kind: Vec<(&'static str, f64)>,
     /// Writes tracked.
     pub writes: usize,
     /// Trace hash.
@@ -216,6 +219,8 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         let value = Bytes::from_static(b"provider 10.0.0.1:6881 leecher");
         w.input(i, Input::Command(Command::Write { ns: Namespace::PROVIDERS, key, value, expires_ms }));
     };
+    // Nothing of the warm-up is measured: keep none of its changes.
+    w.set_record_changes(false);
     let warm_step = Duration::from_micros((o.warmup_secs * 1_000_000 / (o.providers as u64 + 1)).max(1));
     for p in 0..o.providers {
         announce(&mut w, Bytes::from(format!("p{p}")));
@@ -224,12 +229,22 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         }
     }
     w.run_for(Duration::from_secs(o.warmup_secs));
+    w.set_record_changes(true);
     w.changes.clear();
     let reannounce_every_us =
         if o.providers > 0 { (o.reannounce_s.max(1) * 1_000_000) / o.providers as u64 } else { u64::MAX };
     let mut next_reannounce = if o.providers > 0 { w.now.as_micros() } else { u64::MAX };
     let mut reannounced = 0usize;
     let bytes_at_warmup = w.bytes_sent;
+    let by_kind = |w: &World| {
+        w.machines().fold([0u64; Body::KINDS.len()], |mut a, g| {
+            for (x, y) in a.iter_mut().zip(g.stats().bytes_out_by_kind) {
+                *x += y;
+            }
+            a
+        })
+    };
+    let kinds_at_warmup = by_kind(&w);
     let msgs_at_warmup = w.messages_sent;
     let (upd0, sus0) =
         w.machines().fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
@@ -364,6 +379,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let now = w.now;
     // Tearing down 10,000 machines takes a good part of a second: the run is
     // over, let the process reclaim the memory.
+    let kinds_at_end = by_kind(&w);
     std::mem::forget(w);
     let window_s = (now.as_micros() - t_warm.as_micros()) as f64 / 1e6;
     SpreadReport {
@@ -383,6 +399,16 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         pairs_within_3x_bound,
         bytes_per_node_per_s: (bytes_sent - bytes_at_warmup) as f64 / nf / window_s.max(1e-9),
         messages_per_node_per_s: (messages_sent - msgs_at_warmup) as f64 / nf / window_s.max(1e-9),
+        bytes_by_kind: {
+            let mut v: Vec<(&'static str, f64)> = Body::KINDS
+                .iter()
+                .zip(kinds_at_end.iter().zip(kinds_at_warmup))
+                .map(|(k, (end, warm))| (*k, end.saturating_sub(warm) as f64 / nf / window_s.max(1e-9)))
+                .filter(|(_, b)| *b > 0.0)
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            v
+        },
         writes: tracked.len(),
         trace_hash,
         wall_ms: started.elapsed().as_millis(),

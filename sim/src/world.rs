@@ -13,14 +13,15 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rumor_core::gossip::{Command, Config, Event, Gossip, Input, Keyring, Now, Output, PeerAddr};
 use rumor_core::rand::Rng;
-use rumor_core::replica::{Change, Entry, Namespace, StoreConfig};
+use rumor_core::replica::{Change, Entry, EntryInterner, Namespace, StoreConfig};
 use rumor_core::time::{Duration, Instant};
 
+use crate::intern::Interner;
 use crate::queue::{Keyed, Queue};
 
 /// The cluster key of every simulated node.
@@ -173,6 +174,8 @@ struct Ctx<'a> {
     check: bool,
     /// Keep each node's persisted entries (for restarts).
     persist: bool,
+    /// Hand store changes to the driver (see [`World::set_record_changes`]).
+    record: bool,
     /// Every node's address, made once: a delivery clones one rather than
     /// formatting it.
     addrs: &'a [PeerAddr],
@@ -242,7 +245,9 @@ impl Ctx<'_> {
                             slot.persisted.remove(&(*ns, key.clone()));
                         }
                     }
-                    out.changes.push((now, i, c));
+                    if self.record {
+                        out.changes.push((now, i, c));
+                    }
                 }
                 Output::Event(_) => {}
                 Output::Timeout(t) => {
@@ -340,7 +345,11 @@ pub struct World {
     parallel_min_events: usize,
     check_invariants: bool,
     persist: bool,
+    record_changes: bool,
     addrs: Vec<PeerAddr>,
+    /// One allocation per distinct entry across the nodes' stores (see
+    /// `crate::intern`); `None` lets each store allocate its own.
+    interner: Option<Arc<Interner>>,
 }
 
 impl World {
@@ -381,7 +390,9 @@ impl World {
             parallel_min_events: PARALLEL_MIN_EVENTS,
             check_invariants: false,
             persist: true,
+            record_changes: true,
             addrs: (0..n).map(addr).collect(),
+            interner: Some(Arc::new(Interner::new())),
         }
     }
 
@@ -402,6 +413,20 @@ impl World {
     /// every store. [`World::crash`] then refuses.
     pub fn set_persist(&mut self, on: bool) {
         self.persist = on;
+    }
+
+    /// With `false`, store changes are not put in [`World::changes`] (a
+    /// warm-up whose changes the driver would throw away: at 10,000 nodes
+    /// and 2,000 providers they were 2.3 GB before the warm-up ended).
+    pub fn set_record_changes(&mut self, on: bool) {
+        self.record_changes = on;
+    }
+
+    /// With `false`, nodes started from now on allocate their own copy of
+    /// every entry they hold instead of sharing equal ones (same results,
+    /// more memory: for checking that sharing changes nothing).
+    pub fn set_shared_entries(&mut self, on: bool) {
+        self.interner = on.then(|| Arc::new(Interner::new()));
     }
 
     /// Runs windows on up to `threads` threads (same results for any count).
@@ -458,7 +483,10 @@ impl World {
     /// to its bootstrap list.
     pub fn start(&mut self, i: usize) {
         assert!(self.slots[i].g.is_none(), "node {i} is already running");
-        let cfg = (self.cfg)(i, self.keys.clone());
+        let mut cfg = (self.cfg)(i, self.keys.clone());
+        if let Some(interner) = &self.interner {
+            cfg.store.interner.get_or_insert_with(|| interner.clone() as Arc<dyn EntryInterner>);
+        }
         let seed = self.rng.next_u64();
         let now = Now { at: self.now, wall_ms: self.wall_ms() };
         let mut g = Gossip::new(cfg, 1_000_000 + i as u64, now, seed);
@@ -494,6 +522,7 @@ impl World {
             n: self.slots.len(),
             check: self.check_invariants,
             persist: self.persist,
+            record: self.record_changes,
             addrs: &self.addrs,
         };
         let mut out = WindowOut::default();
@@ -539,6 +568,7 @@ impl World {
             n,
             check: self.check_invariants,
             persist: self.persist,
+            record: self.record_changes,
             addrs: &self.addrs,
         };
         let threads = if events.len() >= self.parallel_min_events { self.threads.min(n).max(1) } else { 1 };

@@ -190,6 +190,7 @@ impl Gossip {
                 }
             }
         }
+        crate::queues::shrink_idle(&mut self.hot);
     }
 
     /// A restarted node takes its own history as complete only when no peer

@@ -330,6 +330,9 @@ pub struct Stats {
     pub member_updates_applied: u64,
     /// Members declared suspect by us or others.
     pub suspicions: u64,
+    /// Bytes sent, by the kind of message body ([`Body::KINDS`]); the
+    /// piggybacked membership updates count with the body they ride on.
+    pub bytes_out_by_kind: [u64; Body::KINDS.len()],
 }
 
 /// The gossip machine of one node: the replicated [`Store`], anti-entropy
@@ -540,6 +543,7 @@ impl Gossip {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
+        crate::queues::shrink_idle(&mut self.out);
         Output::Timeout(self.next_deadline())
     }
 
@@ -833,6 +837,7 @@ impl Gossip {
         self.send_seq = self.send_seq.wrapping_add(1);
         let mut nonce = [0u8; 24];
         self.rng.fill(&mut nonce);
+        let kind = packet.body.kind();
         let bytes = seal(&self.cfg.keys, nonce, &packet, self.cfg.compress_min_bytes);
         self.cfg.advertise = packet.addr;
         if bytes.len() > self.cfg.message_bytes_max {
@@ -841,6 +846,7 @@ impl Gossip {
         }
         self.stats.messages_out += 1;
         self.stats.bytes_out += bytes.len() as u64;
+        self.stats.bytes_out_by_kind[kind] += bytes.len() as u64;
         self.out.push_back(Output::Transmit(Transmit { to, bytes }));
     }
 

@@ -357,6 +357,48 @@ pub enum Body {
     },
 }
 
+impl Body {
+    /// Names of the body kinds, indexed by [`Body::kind`].
+    pub const KINDS: [&'static str; 15] = [
+        "ping",
+        "ack",
+        "ping_req",
+        "indirect_ack",
+        "join",
+        "join_reply",
+        "syn",
+        "digest",
+        "delta",
+        "need_full",
+        "full_request",
+        "full",
+        "leave",
+        "lookup",
+        "found",
+    ];
+
+    /// This body's kind, an index into [`Body::KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            Body::Ping { .. } => 0,
+            Body::Ack { .. } => 1,
+            Body::PingReq { .. } => 2,
+            Body::IndirectAck { .. } => 3,
+            Body::Join => 4,
+            Body::JoinReply { .. } => 5,
+            Body::Syn { .. } => 6,
+            Body::Digest { .. } => 7,
+            Body::Delta { .. } => 8,
+            Body::NeedFull => 9,
+            Body::FullRequest { .. } => 10,
+            Body::Full { .. } => 11,
+            Body::Leave => 12,
+            Body::Lookup { .. } => 13,
+            Body::Found { .. } => 14,
+        }
+    }
+}
+
 /// One message: who sends it, its membership updates and its body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Packet {

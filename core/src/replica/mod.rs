@@ -10,6 +10,7 @@ mod held;
 mod store;
 
 pub use entry::{lww_cmp, merge, Entry, Hlc, Namespace, NodeId, Version};
+pub use held::{EntryInterner, Shared};
 pub use store::{
     Change, Delta, Digest, FullChunk, LocalWrite, NamespaceConfig, Refused, Store, StoreConfig, PROVIDERS_ENTRIES_MAX,
     PROVIDERS_LIFETIME_MAX_MS,

@@ -244,7 +244,7 @@ fn run_seed_checked(seed: u64) -> ChaosOutcome {
         // Local writes show up in the change feed of the writer: the truth.
         for (at, j, c) in std::mem::take(&mut w.changes) {
             if let Change::Applied(e) = &c {
-                if w.touched.contains(&j) && e.writer == 1_000_000 + j as u64 {
+                if w.touched.contains(&j) && e.writer == w.node_id(j) {
                     let m = match truth.remove(&e.key) {
                         Some(old) => merge(old, e.clone()),
                         None => e.clone(),

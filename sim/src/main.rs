@@ -173,6 +173,11 @@ struct GossipArgs {
     /// but are not encrypted (faster; every result says which it did).
     #[arg(long)]
     no_seal: bool,
+    /// Random 64-bit node ids, as real nodes draw them; by default node i
+    /// is 1,000,000 + i, which makes every digest smaller than a real
+    /// cluster's.
+    #[arg(long)]
+    random_ids: bool,
     /// One JSON document on stdout; the human report on stderr.
     #[arg(long)]
     json: bool,
@@ -254,6 +259,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         providers: a.providers,
         reannounce_s: a.reannounce_s,
         seal: !a.no_seal,
+        random_ids: a.random_ids,
         digest_writers_max: a.digest_writers,
         recent_writers_max: a.recent_writers,
     };
@@ -318,10 +324,19 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         o.recent_writers_max,
         if o.recent_writers_max == 0 { " (off: random windows only)" } else { "" }
     ));
+    out.line(format!(
+        "node ids: {}",
+        if o.random_ids {
+            "random 64-bit (--random-ids, as real nodes)"
+        } else {
+            "1,000,000 + i (small varints: digests smaller than a real cluster's)"
+        }
+    ));
     out.line(format!("trace hash: {:016x}  wall: {} ms", r.trace_hash, r.wall_ms));
     out.json(serde_json::json!({
         "nodes": r.nodes,
         "digest_writers": o.digest_writers_max,
+        "random_ids": o.random_ids,
         "recent_writers": o.recent_writers_max,
         "messages_per_node_per_s": num(r.messages_per_node_per_s),
         "sealed": r.sealed,

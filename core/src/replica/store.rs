@@ -173,6 +173,7 @@ pub struct Digest {
     /// Highest writer id covered (inclusive), or unbounded.
     pub hi: Option<NodeId>,
     /// `(writer, version)`: everything from `writer` up to `version` is held.
+    #[serde(with = "super::marks")]
     pub seen: Vec<(NodeId, Version)>,
 }
 
@@ -189,6 +190,7 @@ pub struct Delta {
     pub entries: Vec<Entry>,
     /// After applying `entries`, the peer holds everything from `writer` up to
     /// `version`.
+    #[serde(with = "super::marks")]
     pub seen: Vec<(NodeId, Version)>,
 }
 
@@ -200,9 +202,11 @@ pub struct FullChunk {
     /// The key to continue after, or `None` if this was the last chunk.
     pub next: Option<(Namespace, Bytes)>,
     /// With the last chunk: the sender's watermarks.
+    #[serde(with = "super::marks")]
     pub seen: Vec<(NodeId, Version)>,
     /// With the last chunk: the sender's collected-tombstone floors
     /// ([`Store::gc_floors`]).
+    #[serde(with = "super::marks")]
     pub floors: Vec<(NodeId, Version)>,
     /// With the last chunk: whether the sender knows its whole collection
     /// history (it has not restarted since, or took a full transfer from a
@@ -428,7 +432,7 @@ impl Store {
             }
         }
         match self.entries.get(e.ns, &e.key) {
-            Some(old) if lww_cmp(&**old, &e) != core::cmp::Ordering::Less => return Err(Refused::Stale),
+            Some(old) if lww_cmp(old, &e) != core::cmp::Ordering::Less => return Err(Refused::Stale),
             Some(_) => {}
             None if self
                 .graveyard
@@ -824,8 +828,7 @@ impl Store {
         if n <= writers_max || writers_max == 0 {
             return self.digest(0, writers_max);
         }
-        let mut seen: Vec<(NodeId, Version)> =
-            Self::watermarked(self.marks.range(first..)).take(writers_max).collect();
+        let mut seen: Vec<(NodeId, Version)> = Self::watermarked(self.marks.range(first..)).take(writers_max).collect();
         if seen.len() < writers_max {
             let mut before: Vec<(NodeId, Version)> =
                 Self::watermarked(self.marks.range(..first)).rev().take(writers_max - seen.len()).collect();

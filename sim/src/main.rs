@@ -260,6 +260,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         reannounce_s: a.reannounce_s,
         seal: !a.no_seal,
         random_ids: a.random_ids,
+        shared_entries: true,
         digest_writers_max: a.digest_writers,
         recent_writers_max: a.recent_writers,
     };

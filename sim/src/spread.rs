@@ -58,6 +58,9 @@ pub struct SpreadOpts {
     /// Random 64-bit node ids, as in a real cluster (see
     /// [`World::set_random_ids`]).
     pub random_ids: bool,
+    /// Equal entries share one allocation across the nodes' stores (see
+    /// [`World::set_shared_entries`]); the run is the same either way.
+    pub shared_entries: bool,
     /// `Config::digest_writers_max` of every node.
     pub digest_writers_max: usize,
     /// `Config::recent_writers_max` of every node (0: lagging writers are
@@ -89,6 +92,7 @@ impl Default for SpreadOpts {
             reannounce_s: 30,
             seal: true,
             random_ids: false,
+            shared_entries: true,
             digest_writers_max: 1024,
             recent_writers_max: 64,
         }
@@ -197,6 +201,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     );
     w.set_sealed(o.seal);
     w.set_random_ids(o.random_ids);
+    w.set_shared_entries(o.shared_entries);
     // No node crashes here: no copy of what each would persist.
     w.set_persist(false);
     w.set_threads(o.threads);

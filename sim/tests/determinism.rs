@@ -56,3 +56,26 @@ fn the_thread_count_does_not_change_the_run() {
     assert_eq!(one.trace_hash, three.trace_hash);
     assert_eq!(one.rounds_100, two.rounds_100);
 }
+
+#[test]
+fn sharing_entries_across_nodes_does_not_change_the_run() {
+    let o = SpreadOpts {
+        nodes: 40,
+        seed: 5,
+        loss: 0.05,
+        secs: 12,
+        warmup_secs: 4,
+        providers: 60,
+        reannounce_s: 3,
+        threads: 2,
+        parallel_min_events: 1,
+        ..SpreadOpts::default()
+    };
+    let shared = spread::run(&o);
+    let apart = spread::run(&SpreadOpts { shared_entries: false, ..o.clone() });
+    assert_eq!(shared.trace_hash, apart.trace_hash);
+    assert_eq!(shared.converged, 1.0);
+    let random = spread::run(&SpreadOpts { random_ids: true, ..o });
+    assert_eq!(random.converged, 1.0);
+    assert_ne!(random.trace_hash, shared.trace_hash, "ids are on the wire");
+}

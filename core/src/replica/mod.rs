@@ -9,6 +9,7 @@ mod entry;
 mod held;
 pub(crate) mod marks;
 mod store;
+mod writers;
 
 pub use entry::{lww_cmp, merge, Entry, Hlc, Namespace, NodeId, Version};
 pub use held::{EntryInterner, Shared};

@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 
 use super::entry::{lww_cmp, Entry, Hlc, Namespace, NodeId, Version};
 use super::held::{Entries, EntryInterner, ExpiryQueue, Shared, WriterIndex};
+use super::writers::{Marks, Writers};
 use crate::time::UnixMillis;
 
 /// Limits and timings of a [`Store`].
@@ -216,16 +217,6 @@ pub struct FullChunk {
 
 type Key = (Namespace, Bytes);
 
-/// What a store knows of one writer.
-#[derive(Clone, Copy, Debug, Default)]
-struct Marks {
-    /// Everything from the writer up to this version is held (zero: no
-    /// watermark).
-    seen: Version,
-    /// The highest version held or ever applied from the writer.
-    max: Version,
-}
-
 /// The replicated store of one node.
 ///
 /// * Inputs: [`write`](Self::write)/[`delete`](Self::delete) for local
@@ -254,7 +245,7 @@ pub struct Store {
     /// Per writer: our watermark and the highest version held or applied.
     /// One map rather than two: at 10,000 simulated nodes that each know
     /// 2,000 writers, the second map was 400 MB.
-    marks: BTreeMap<NodeId, Marks>,
+    marks: Writers,
     /// Writers in `marks` with a watermark (`seen` above zero).
     watermarked: usize,
     seen_hash: u64,
@@ -298,7 +289,7 @@ impl Store {
             entries: Entries::default(),
             per_ns: BTreeMap::new(),
             by_writer: WriterIndex::default(),
-            marks: BTreeMap::new(),
+            marks: Writers::default(),
             watermarked: 0,
             seen_hash: 0,
             above_hash: 0,
@@ -478,7 +469,7 @@ impl Store {
         } else {
             *self.per_ns.entry(e.ns).or_default() += 1;
         }
-        let m = &mut self.marks.entry(e.writer).or_default().max;
+        let m = &mut self.marks.get_or_default(e.writer).max;
         if e.version > *m {
             *m = e.version;
         }
@@ -728,7 +719,7 @@ impl Store {
         if old == Version::ZERO {
             self.watermarked += 1;
         }
-        let m = self.marks.entry(writer).or_default();
+        let m = self.marks.get_or_default(writer);
         m.seen = v;
         if v > m.max {
             m.max = v;

@@ -178,6 +178,10 @@ struct GossipArgs {
     /// cluster's.
     #[arg(long)]
     random_ids: bool,
+    /// Each node allocates its own copy of every entry instead of sharing
+    /// equal ones across nodes (same results, more memory).
+    #[arg(long)]
+    private_entries: bool,
     /// One JSON document on stdout; the human report on stderr.
     #[arg(long)]
     json: bool,
@@ -260,7 +264,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         reannounce_s: a.reannounce_s,
         seal: !a.no_seal,
         random_ids: a.random_ids,
-        shared_entries: true,
+        shared_entries: !a.private_entries,
         digest_writers_max: a.digest_writers,
         recent_writers_max: a.recent_writers,
     };

@@ -243,8 +243,8 @@ pub struct Store {
     per_ns: BTreeMap<Namespace, usize>,
     by_writer: WriterIndex,
     /// Per writer: our watermark and the highest version held or applied.
-    /// One map rather than two: at 10,000 simulated nodes that each know
-    /// 2,000 writers, the second map was 400 MB.
+    /// One record per writer rather than two maps, in a sorted vector (see
+    /// `writers.rs`): every announcing node is a writer.
     marks: Writers,
     /// Writers in `marks` with a watermark (`seen` above zero).
     watermarked: usize,

@@ -11,7 +11,7 @@ mod common;
 use bytes::Bytes;
 use common::gossip::{addr, at_ms, keys, WALL0_MS};
 use rumor_core::gossip::{open, seal, Body, Command, Config, Gossip, Input, Output, Packet, Pushed};
-use rumor_core::replica::{Entry, Namespace, NodeId, Version};
+use rumor_core::replica::{Entry, Namespace, NodeId, StoreConfig, Version};
 use rumor_core::Transmit;
 
 const A: NodeId = 1;
@@ -100,15 +100,26 @@ fn a_node_that_missed_every_push_repairs_it_in_the_first_exchange() {
 
     // A's rounds: push the hot entries on, then an anti-entropy round
     // whose summary lists the recent writers once their pushes are over
-    // (to whichever member: the network here hands it to B).
+    // (to whichever member: the network here hands it to B). Summaries
+    // compare a write only once it has settled: before that, B takes the
+    // missing entry for one still on its way.
+    let settled_ms = 50 + StoreConfig::default().summary_settle_ms + 100;
     let mut syn = None;
     let mut ms = 100;
-    while syn.is_none() && ms < 3_000 {
+    while syn.is_none() && ms < 5_000 {
         ms += 50;
         for t in feed(&mut a, ms, Input::Timeout) {
             if let Body::Syn { summary: Some(_), recent, .. } = packet(&t.bytes).body {
                 if recent.is_empty() {
-                    assert!(ms < 500, "only entries still being pushed are left out");
+                    assert!(ms < settled_ms, "only entries still being pushed, or not settled, are left out");
+                    continue;
+                }
+                if ms < settled_ms {
+                    let early = feed(&mut b, ms + 1, Input::Receive { from: addr(A), bytes: t.bytes });
+                    assert!(
+                        !early.iter().any(|t| matches!(packet(&t.bytes).body, Body::Digest { .. })),
+                        "a summary that differs only by a write younger than the settling time starts no exchange"
+                    );
                     continue;
                 }
                 assert!(
@@ -119,7 +130,7 @@ fn a_node_that_missed_every_push_repairs_it_in_the_first_exchange() {
             }
         }
     }
-    let syn = syn.expect("an anti-entropy round within 3 s");
+    let syn = syn.expect("an anti-entropy round within 5 s");
 
     // B's digest starts at the writer it now knows it is behind on.
     let digest = feed(&mut b, ms + 1, Input::Receive { from: addr(A), bytes: syn });
@@ -146,12 +157,12 @@ fn the_digest_answering_our_summary_lists_the_recent_writers_so_our_own_digest_s
             feed(&mut b, 100, Input::Receive { from: addr(w), bytes: push_from(w, 1 + k as u64) });
         }
     }
-    // B's summary reaches A once the pushes are over.
+    // B's summary reaches A once the pushes are over and the writes settled.
     let syn = Packet {
         from: B,
         addr: addr(B),
         incarnation: 0,
-        sent_ms: WALL0_MS + 1_000,
+        sent_ms: WALL0_MS + 2_000,
         seq: 1,
         complete: true,
         updates: Vec::new(),
@@ -161,7 +172,7 @@ fn the_digest_answering_our_summary_lists_the_recent_writers_so_our_own_digest_s
             recent: Vec::new(),
         },
     };
-    let answer = feed(&mut a, 1_000, Input::Receive { from: addr(B), bytes: seal(&keys(), [5; 24], &syn, 256) });
+    let answer = feed(&mut a, 2_000, Input::Receive { from: addr(B), bytes: seal(&keys(), [5; 24], &syn, 256) });
     let digest = answer.into_iter().find(|t| matches!(packet(&t.bytes).body, Body::Digest { .. })).expect("a digest");
     if let Body::Digest { recent, .. } = packet(&digest.bytes).body {
         assert!(recent.iter().any(|(w, _)| *w == MISSED), "A's digest lists its recent writers: {recent:?}");
@@ -169,7 +180,7 @@ fn the_digest_answering_our_summary_lists_the_recent_writers_so_our_own_digest_s
     // B sends what A lacks with its own digest, which starts at MISSED; A
     // answers with what B lacks in that window.
     let mut rounds = vec![(B, digest.bytes)];
-    let mut ms = 1_001;
+    let mut ms = 2_001;
     while let Some((to, bytes)) = rounds.pop() {
         ms += 1;
         let (g, from, other) = if to == B { (&mut b, addr(A), A) } else { (&mut a, addr(B), B) };

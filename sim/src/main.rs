@@ -169,6 +169,10 @@ struct GossipArgs {
     /// remembers to start its digest at (0: off, the protocol before issue 16).
     #[arg(long, default_value_t = SpreadOpts::default().recent_writers_max)]
     recent_writers: usize,
+    /// Milliseconds after its version's time a write enters the summary two
+    /// nodes compare (0: at once, the protocol before the settled summary).
+    #[arg(long, default_value_t = SpreadOpts::default().summary_settle_ms)]
+    settle_ms: u64,
     /// Skip the cipher: messages keep the sealed envelope's layout and size
     /// but are not encrypted (faster; every result says which it did).
     #[arg(long)]
@@ -267,6 +271,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         shared_entries: !a.private_entries,
         digest_writers_max: a.digest_writers,
         recent_writers_max: a.recent_writers,
+        summary_settle_ms: a.settle_ms,
     };
     let r = spread::run(&o);
     out.line(format!(
@@ -329,6 +334,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         o.recent_writers_max,
         if o.recent_writers_max == 0 { " (off: random windows only)" } else { "" }
     ));
+    out.line(format!("summaries compare writes {} ms after their versions (--settle-ms)", o.summary_settle_ms));
     out.line(format!(
         "node ids: {}",
         if o.random_ids {
@@ -343,6 +349,7 @@ fn gossip(a: &GossipArgs) -> ExitCode {
         "digest_writers": o.digest_writers_max,
         "random_ids": o.random_ids,
         "recent_writers": o.recent_writers_max,
+        "settle_ms": o.summary_settle_ms,
         "messages_per_node_per_s": num(r.messages_per_node_per_s),
         "sealed": r.sealed,
         "seed": r.seed,

@@ -66,6 +66,9 @@ pub struct SpreadOpts {
     /// `Config::recent_writers_max` of every node (0: lagging writers are
     /// neither listed nor remembered, the protocol before issue 16).
     pub recent_writers_max: usize,
+    /// `StoreConfig::summary_settle_ms` of every node (0: summaries compare
+    /// every write at once, the protocol before it).
+    pub summary_settle_ms: u64,
 }
 
 impl Default for SpreadOpts {
@@ -95,6 +98,7 @@ impl Default for SpreadOpts {
             shared_entries: true,
             digest_writers_max: 1024,
             recent_writers_max: 64,
+            summary_settle_ms: rumor_core::replica::StoreConfig::default().summary_settle_ms,
         }
     }
 }
@@ -181,6 +185,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let sync_every = o.sync_every_rounds;
     let probe_ms = o.probe_ms;
     let (digest_writers_max, recent_writers_max) = (o.digest_writers_max, o.recent_writers_max);
+    let summary_settle_ms = o.summary_settle_ms;
     let mut w = World::new(
         n,
         o.seed,
@@ -196,6 +201,7 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
             c.probe_timeout = Duration::from_millis(probe_ms / 2);
             c.digest_writers_max = digest_writers_max;
             c.recent_writers_max = recent_writers_max;
+            c.store.summary_settle_ms = summary_settle_ms;
             c
         }),
     );
@@ -336,6 +342,26 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     let (upd1, sus1) =
         w.machines().fold((0, 0), |a, g| (a.0 + g.stats().member_updates_applied, a.1 + g.stats().suspicions));
     if std::env::var_os("SIM_DEBUG").is_some() {
+        let mut settled = std::collections::BTreeMap::<(u64, u32), usize>::new();
+        let mut full = std::collections::BTreeMap::<(u64, usize), usize>::new();
+        let mut seen = std::collections::BTreeMap::<u64, usize>::new();
+        for g in w.machines() {
+            *settled.entry(g.store().settled_summary()).or_default() += 1;
+            *full.entry((g.store().summary_hash(), g.store().writers())).or_default() += 1;
+            *seen.entry(g.store().seen_hash()).or_default() += 1;
+        }
+        fn top<K>(m: &std::collections::BTreeMap<K, usize>) -> usize {
+            m.values().copied().max().unwrap_or(0)
+        }
+        eprintln!(
+            "distinct summaries at the end: settled {} (largest class {}), full {} ({}), watermarks {} ({})",
+            settled.len(),
+            top(&settled),
+            full.len(),
+            top(&full),
+            seen.len(),
+            top(&seen)
+        );
         eprintln!(
             "membership after warm-up: {} updates applied, {} suspicions; at warm-up end {} / {}",
             upd1 - upd0,

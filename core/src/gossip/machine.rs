@@ -574,6 +574,7 @@ impl Gossip {
         if now.at > self.now.at || now.wall_ms != self.now.wall_ms {
             self.now = Now { at: now.at.max(self.now.at), wall_ms: now.wall_ms };
         }
+        self.store.advance(self.now.wall_ms);
         if self.left {
             return;
         }

@@ -133,7 +133,7 @@ impl Gossip {
     /// anti-entropy exchange with our digest.
     pub(super) fn on_ping(&mut self, from: Sender, seq: u32, hash: u64, writers: u32) {
         self.send(from.reply_to.clone(), Some(from.id), Body::Ack { seq });
-        if hash != self.store.summary_hash() || writers as usize != self.store.writers() {
+        if (hash, writers) != self.store.settled_summary() {
             let d = self.my_digest();
             let recent = self.recent_hint();
             self.send(from.reply_to, Some(from.id), Body::Digest { digest: d, recent });
@@ -369,7 +369,8 @@ impl Gossip {
     }
 
     pub(super) fn ping(&self, seq: u32) -> Body {
-        Body::Ping { seq, hash: self.store.summary_hash(), writers: self.store.writers() as u32 }
+        let (hash, writers) = self.store.settled_summary();
+        Body::Ping { seq, hash, writers }
     }
 
     // ----- the member table -----

@@ -251,10 +251,10 @@ pub enum Body {
     Ping {
         /// Probe sequence number.
         seq: u32,
-        /// The sender's summary hash, as in `Syn`: a mismatch starts an
-        /// anti-entropy exchange, so probes double as pull rounds.
+        /// The sender's settled summary hash, as in `Syn`: a mismatch
+        /// starts an anti-entropy exchange, so probes double as pull rounds.
         hash: u64,
-        /// Writers in the sender's watermark map.
+        /// Writers in the sender's settled watermark map.
         writers: u32,
     },
     /// Answer to a `Ping`.
@@ -288,12 +288,13 @@ pub enum Body {
     /// A gossip round: freshly written entries, and on anti-entropy rounds
     /// a summary of what the sender holds.
     Syn {
-        /// The sender's anti-entropy summary: [`Store::summary_hash`](crate::replica::Store::summary_hash)
-        /// and the number of writers in its watermark map. A mismatch makes
-        /// the receiver start a digest exchange. Push-only messages carry
-        /// none: under a steady write load every summary differs while
-        /// pushes are in flight, and comparing them on every push turned
-        /// each push into a digest exchange.
+        /// The sender's anti-entropy summary, [`Store::settled_summary`](crate::replica::Store::settled_summary):
+        /// the hash of its watermarks and the number of writers in its
+        /// watermark map, leaving out writes younger than the settling
+        /// time. A mismatch makes the receiver start a digest exchange.
+        /// Push-only messages carry none: under a steady write load every
+        /// summary differs while pushes are in flight, and comparing them
+        /// on every push turned each push into a digest exchange.
         summary: Option<(u64, u32)>,
         /// Fresh entries (push).
         push: Vec<Pushed>,

@@ -8,6 +8,7 @@
 mod entry;
 mod held;
 pub(crate) mod marks;
+mod settling;
 mod store;
 mod writers;
 

@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 
 use super::entry::{lww_cmp, Entry, Hlc, Namespace, NodeId, Version};
 use super::held::{Entries, EntryInterner, ExpiryQueue, Shared, WriterIndex};
+use super::settling::Settling;
 use super::writers::{Marks, Writers};
 use crate::time::UnixMillis;
 
@@ -58,6 +59,13 @@ pub struct StoreConfig {
     /// in one process, passes one interner to all of them, so an entry
     /// every node holds is in memory once.
     pub interner: Option<Arc<dyn EntryInterner>>,
+    /// How long after its version's wall-clock time a change enters the
+    /// [settled summary](Store::settled_summary) that gossip compares:
+    /// longer than a push takes to reach (nearly) every node, so that a
+    /// write still spreading starts no exchange, and short, because a
+    /// write a node missed is noticed only this long after it was made.
+    /// 0: at once.
+    pub summary_settle_ms: u64,
 }
 
 /// Limits of one namespace of a [`Store`] (see [`StoreConfig::namespaces`]).
@@ -119,6 +127,7 @@ impl Default for StoreConfig {
                 ),
             ]),
             interner: None,
+            summary_settle_ms: 1_500,
         }
     }
 }
@@ -252,6 +261,10 @@ pub struct Store {
     /// XOR of `above_mix` over the entries held above their writer's
     /// watermark (see [`Store::summary_hash`]).
     above_hash: u64,
+    /// The summary's terms still settling (see `settling.rs`), and the
+    /// wall clock they were last settled at.
+    settling: Settling,
+    settled_at_ms: UnixMillis,
     expiries: ExpiryQueue,
     collect: BTreeSet<(UnixMillis, Namespace, Bytes)>,
     gc_floor: BTreeMap<NodeId, Version>,
@@ -281,6 +294,7 @@ impl Store {
     /// An empty store for node `me`.
     pub fn new(cfg: StoreConfig, me: NodeId) -> Self {
         let lifetimes = cfg.namespaces.iter().filter_map(|(ns, c)| Some((*ns, c.lifetime_max_ms?))).collect();
+        let settling = Settling::new(cfg.summary_settle_ms);
         Store {
             cfg,
             lifetimes,
@@ -293,6 +307,8 @@ impl Store {
             watermarked: 0,
             seen_hash: 0,
             above_hash: 0,
+            settling,
+            settled_at_ms: 0,
             expiries: ExpiryQueue::default(),
             collect: BTreeSet::new(),
             gc_floor: BTreeMap::new(),
@@ -469,9 +485,10 @@ impl Store {
         } else {
             *self.per_ns.entry(e.ns).or_default() += 1;
         }
-        let m = &mut self.marks.get_or_default(e.writer).max;
-        if e.version > *m {
-            *m = e.version;
+        let mut m = self.marks.get(&e.writer).unwrap_or_default();
+        if e.version > m.max || !self.marks.contains_key(&e.writer) {
+            m.max = m.max.max(e.version);
+            self.marks.set(e.writer, m);
         }
         self.index_writer(&e);
         if e.deleted {
@@ -486,15 +503,23 @@ impl Store {
 
     fn index_writer(&mut self, e: &Shared) {
         if e.version > self.seen_of(e.writer) {
-            self.above_hash ^= above_mix(e.writer, e.version);
+            self.flip_above(e.writer, e.version);
         }
         self.by_writer.insert(e.clone());
     }
 
     fn unindex_writer(&mut self, old: &Entry) {
         if self.by_writer.remove(old) && old.version > self.seen_of(old.writer) {
-            self.above_hash ^= above_mix(old.writer, old.version);
+            self.flip_above(old.writer, old.version);
         }
+    }
+
+    /// Adds or takes out the summary term of an entry held above its
+    /// writer's watermark.
+    fn flip_above(&mut self, writer: NodeId, version: Version) {
+        let term = above_mix(writer, version);
+        self.above_hash ^= term;
+        self.settling.delay(term.rotate_left(17), 0, version.wall_ms(), self.settled_at_ms);
     }
 
     fn unindex(&mut self, old: &Entry) {
@@ -705,25 +730,29 @@ impl Store {
         if old == Version::ZERO && self.watermarked >= self.cfg.writers_max {
             return;
         }
+        let mut term = mix(writer, v);
         if old != Version::ZERO {
-            self.seen_hash ^= mix(writer, old);
+            term ^= mix(writer, old);
         }
         // Entries held in (old, v] are now below the watermark.
+        let mut above = 0u64;
         for e in self.by_writer.of_writer_from(writer, Version(old.0.saturating_add(1))) {
             if e.version > v {
                 break;
             }
-            self.above_hash ^= above_mix(writer, e.version);
+            above ^= above_mix(writer, e.version);
         }
-        self.seen_hash ^= mix(writer, v);
-        if old == Version::ZERO {
+        self.above_hash ^= above;
+        self.seen_hash ^= term;
+        let new_writer = old == Version::ZERO;
+        if new_writer {
             self.watermarked += 1;
         }
-        let m = self.marks.get_or_default(writer);
-        m.seen = v;
-        if v > m.max {
-            m.max = v;
-        }
+        // The entries' terms settle with the watermark's: each one's version
+        // is at most `v`, so it would settle no later.
+        self.settling.delay(term ^ above.rotate_left(17), u32::from(new_writer), v.wall_ms(), self.settled_at_ms);
+        let max = self.max_of(writer).max(v);
+        self.marks.set(writer, Marks { seen: v, max });
     }
 
     /// False after [`restore`](Self::restore) until a full transfer from a
@@ -761,6 +790,26 @@ impl Store {
         self.seen_hash ^ self.above_hash.rotate_left(17)
     }
 
+    /// Moves the settled summary's clock to `now_ms` (see
+    /// [`settled_summary`](Self::settled_summary)). Gossip calls it on
+    /// every input, before it reads or changes the store.
+    pub fn advance(&mut self, now_ms: UnixMillis) {
+        self.settled_at_ms = now_ms;
+        self.settling.advance(now_ms);
+    }
+
+    /// The summary gossip compares: ([`summary_hash`](Self::summary_hash),
+    /// [`writers`](Self::writers)) without the changes whose versions are
+    /// younger than [`StoreConfig::summary_settle_ms`] (see `settling.rs`).
+    /// Two stores that hold the same writes older than that, and received
+    /// the younger ones within it, have equal settled summaries.
+    pub fn settled_summary(&self) -> (u64, u32) {
+        (
+            self.summary_hash() ^ self.settling.waiting_xor(),
+            (self.watermarked as u32).saturating_sub(self.settling.waiting_writers()),
+        )
+    }
+
     /// Panics if the incrementally kept summary disagrees with one computed
     /// from scratch (linear in the entries: for tests, the fuzzer and the
     /// simulator, through `Gossip::check_invariants`).
@@ -791,9 +840,9 @@ impl Store {
     }
 
     fn watermarked<'a>(
-        marks: impl DoubleEndedIterator<Item = (&'a NodeId, &'a Marks)> + 'a,
+        marks: impl DoubleEndedIterator<Item = (NodeId, Marks)> + 'a,
     ) -> impl DoubleEndedIterator<Item = (NodeId, Version)> + 'a {
-        marks.filter(|(_, m)| m.seen != Version::ZERO).map(|(w, m)| (*w, m.seen))
+        marks.filter(|(_, m)| m.seen != Version::ZERO).map(|(w, m)| (w, m.seen))
     }
 
     /// A digest of at most `writers_max` writers, starting at the
@@ -847,12 +896,12 @@ impl Store {
     pub fn needs_full(&self, digest: &Digest, now_ms: UnixMillis) -> bool {
         let theirs: BTreeMap<NodeId, Version> = digest.seen.iter().copied().collect();
         let horizon = now_ms.saturating_sub(self.cfg.tombstone_grace_ms);
-        self.marks.iter().map(|(w, m)| (w, &m.max)).any(|(w, mine)| {
-            if !digest.covers(*w) {
+        self.marks.iter().map(|(w, m)| (w, m.max)).any(|(w, mine)| {
+            if !digest.covers(w) {
                 return false;
             }
-            let t = theirs.get(w).copied().unwrap_or_default();
-            if t >= *mine {
+            let t = theirs.get(&w).copied().unwrap_or_default();
+            if t >= mine {
                 return false;
             }
             if self.restored_floor_ms.is_some_and(|f| t.wall_ms() < f) {
@@ -861,7 +910,7 @@ impl Store {
             if self.history_complete {
                 // We know exactly which tombstones were collected here or by
                 // whoever gave us a full transfer.
-                self.gc_floor.get(w).is_some_and(|floor| *floor > t)
+                self.gc_floor.get(&w).is_some_and(|floor| *floor > t)
             } else {
                 // After a restart we cannot know what was collected while we
                 // were down: assume anything older than the grace period was.
@@ -887,7 +936,7 @@ impl Store {
         let mut bytes = 0usize;
         let lo = digest.lo.map_or(Bound::Unbounded, Bound::Included);
         let hi = digest.hi.map_or(Bound::Unbounded, Bound::Included);
-        'writers: for (&w, &Marks { max, .. }) in self.marks.range((lo, hi)) {
+        'writers: for (w, Marks { max, .. }) in self.marks.range((lo, hi)) {
             let t = theirs.get(&w).copied().unwrap_or_default();
             if max <= t {
                 continue;

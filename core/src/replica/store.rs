@@ -670,6 +670,12 @@ impl Store {
         c
     }
 
+    /// The entry held under `(ns, key)`, live or not, as the store shares
+    /// it (a clone of it is a pointer, not a copy).
+    pub fn held(&self, ns: Namespace, key: &[u8]) -> Option<&Shared> {
+        self.entries.get(ns, key)
+    }
+
     /// The live entry under `(ns, key)` at `now_ms`, if any.
     pub fn get(&self, ns: Namespace, key: &[u8], now_ms: UnixMillis) -> Option<&Entry> {
         self.entries.get(ns, key).map(|e| &**e).filter(|e| e.is_live(now_ms))

@@ -145,6 +145,10 @@ fn capture() -> Option<(TestNode, TestNode, Vec<u8>, String)> {
             .collect();
         b.add(&format!(r#"{{"name":"r{i}-{x:016x}.replay.local","ips":[{}],"ttl":3600}}"#, ips.join(",")));
     }
+    // Summaries count a write only once it has settled (1.5 s after it
+    // was made): give B's records that long, so that A's empty summary
+    // differs from B's and A's first round sends the digest to capture.
+    std::thread::sleep(Duration::from_millis(2_000));
     // A joins through the proxy and catches up.
     let a = TestNode::solo("replay-a", &["--cluster-key", KEY, "--join", &advertise]);
     let last = format!("r{}-{:016x}.replay.local", RECORDS - 1, mix(RECORDS as u64 - 1));

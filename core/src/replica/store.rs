@@ -485,8 +485,9 @@ impl Store {
         } else {
             *self.per_ns.entry(e.ns).or_default() += 1;
         }
-        let mut m = self.marks.get(&e.writer).unwrap_or_default();
-        if e.version > m.max || !self.marks.contains_key(&e.writer) {
+        let known = self.marks.get(&e.writer);
+        if known.is_none_or(|m| e.version > m.max) {
+            let mut m = known.unwrap_or_default();
             m.max = m.max.max(e.version);
             self.marks.set(e.writer, m);
         }

@@ -20,7 +20,7 @@ use super::control::{self, Command, Status};
 use super::mse_stream::Crypto;
 use super::peer_conn::{when, ConnLimits, Peers};
 use super::progress::Progress;
-use super::storage::Storage;
+use super::storage::{BlockPool, Storage};
 use super::trackers::{self, TrackerEvent};
 use super::PeerArgs;
 use crate::clock::Clock;
@@ -254,6 +254,7 @@ pub async fn download(
         storage
     } else {
         let mut s = Arc::try_unwrap(storage).map_err(|_| "storage still shared".to_string())?;
+        s.set_direct_writes(!opts.net.buffered_writes);
         s.create_all().map_err(|e| format!("cannot create the files: {e}"))?;
         Arc::new(s)
     };
@@ -349,6 +350,8 @@ struct DiskQueue {
     hasher: PieceHasher,
     /// For piece sizes.
     storage: Arc<Storage>,
+    /// Aligned buffers for blocks, when the files take direct writes.
+    pool: Option<Arc<BlockPool>>,
 }
 
 /// Block bytes the loop gathers before it wakes the disk thread when
@@ -365,12 +368,20 @@ enum DiskSink {
 
 impl DiskQueue {
     fn new(tx: DiskSink, storage: Arc<Storage>) -> DiskQueue {
-        let hasher = PieceHasher { states: BTreeMap::new(), order: VecDeque::new() };
-        DiskQueue { tx, batch: Vec::new(), batch_bytes: 0, urgent: false, hasher, storage }
+        let hasher = PieceHasher::new();
+        let pool = storage.direct_writes().then(BlockPool::new);
+        DiskQueue { tx, batch: Vec::new(), batch_bytes: 0, urgent: false, hasher, storage, pool }
     }
 
     /// Queues a block write.
     fn write(&mut self, piece: u32, begin: u32, data: Bytes) {
+        // Into an aligned buffer for the direct write, then hashed from
+        // there: the copy brings the bytes into this core's cache for the
+        // hash, which would read them anyway.
+        let data = match &self.pool {
+            Some(pool) => pool.copy(&data).unwrap_or(data),
+            None => data,
+        };
         self.hasher.block(piece, begin, &data);
         self.batch_bytes += data.len();
         self.batch.push(DiskJob::Write { piece, begin, data });
@@ -415,56 +426,107 @@ enum Ev {
     ReadFailed,
 }
 
-/// Pieces hashed incrementally at once (in-order blocks of pieces in
-/// progress); beyond this the oldest is dropped and read back from disk.
+/// Pieces hashed incrementally at once (pieces in progress); beyond this
+/// the oldest is dropped and read back from disk.
 const HASH_STATES_MAX: usize = 1024;
+
+/// Block bytes held at most, over all pieces, because they came ahead of
+/// a block still missing in their piece (a seeder whose disk reads finish
+/// out of order sends a piece's blocks so). They are the same buffers the
+/// disk thread writes from: holding them costs only while the gap lasts.
+const HASH_HELD_BYTES_MAX: usize = 4 << 20;
 
 /// Blocks written with one `pwritev` at most (well under `IOV_MAX`).
 const WRITE_RUN_MAX: usize = 64;
 
-/// SHA-1 of each piece from its blocks as they come, when they come in
-/// order (the usual case: the hash costs one pass over bytes still in the
-/// cache, and the check at the end costs nothing more); a piece whose
-/// blocks came out of order is read back from disk to be checked.
+/// SHA-1 of each piece from its blocks as they come: the hash costs one
+/// pass over bytes still in the cache, and the check at the end costs
+/// nothing more. A block that comes ahead of a missing one is held (up to
+/// [`HASH_HELD_BYTES_MAX`] in all) and hashed once the gap is filled; a
+/// piece that cannot be hashed so (a block that came twice, a hold that
+/// would go over the limit) is read back from disk to be checked, which
+/// with direct writes is a read from the device.
 struct PieceHasher {
-    /// piece -> (running hash, next offset expected); None: out of order.
-    states: BTreeMap<u32, Option<(sha1::Sha1, u32)>>,
+    /// piece -> its running hash; None: given up, read back at the end.
+    states: BTreeMap<u32, Option<PieceHash>>,
     /// Pieces in `states`, oldest first (maybe stale entries).
     order: VecDeque<u32>,
+    /// Bytes of blocks held in all `states`.
+    held_bytes: usize,
+}
+
+/// A piece's hash so far, and the blocks that came ahead of a gap.
+struct PieceHash {
+    sha: sha1::Sha1,
+    /// Offset of the next byte to hash.
+    next: u32,
+    /// begin -> block, every begin > `next`.
+    held: BTreeMap<u32, Bytes>,
 }
 
 impl PieceHasher {
+    fn new() -> PieceHasher {
+        PieceHasher { states: BTreeMap::new(), order: VecDeque::new(), held_bytes: 0 }
+    }
+
     /// A block of `piece` at `begin`.
-    fn block(&mut self, piece: u32, begin: u32, data: &[u8]) {
+    fn block(&mut self, piece: u32, begin: u32, data: &Bytes) {
         use sha1::Digest;
         if !self.states.contains_key(&piece) {
             if self.states.len() >= HASH_STATES_MAX {
                 while let Some(old) = self.order.pop_front() {
-                    if self.states.remove(&old).is_some() {
+                    if let Some(st) = self.states.remove(&old) {
+                        self.release(st);
                         break;
                     }
                 }
             }
             self.order.push_back(piece);
-            self.states.insert(piece, (begin == 0).then(|| (sha1::Sha1::new(), 0)));
+            let st = PieceHash { sha: sha1::Sha1::new(), next: 0, held: BTreeMap::new() };
+            self.states.insert(piece, Some(st));
         }
-        let st = self.states.get_mut(&piece).expect("inserted above");
-        match st {
-            Some((h, next)) if *next == begin => {
-                h.update(data);
-                *next += data.len() as u32;
+        let slot = self.states.get_mut(&piece).expect("inserted above");
+        let Some(st) = slot else { return };
+        if begin == st.next {
+            st.sha.update(data);
+            st.next += data.len() as u32;
+            // The held blocks the gap was waiting for.
+            while let Some(b) = st.held.remove(&st.next) {
+                st.sha.update(&b);
+                st.next += b.len() as u32;
+                self.held_bytes -= b.len();
             }
-            _ => *st = None,
+            return;
+        }
+        let fits = self.held_bytes + data.len() <= HASH_HELD_BYTES_MAX;
+        if begin > st.next && fits && !st.held.contains_key(&begin) {
+            self.held_bytes += data.len();
+            st.held.insert(begin, data.clone());
+            return;
+        }
+        // A block again, or no room to wait: read it back at the end.
+        let st = slot.take().expect("matched above");
+        self.release(Some(st));
+    }
+
+    /// Forgets the blocks `st` held.
+    fn release(&mut self, st: Option<PieceHash>) {
+        if let Some(st) = st {
+            self.held_bytes -= st.held.values().map(|b| b.len()).sum::<usize>();
         }
     }
 
-    /// Every block of `piece` (of `size` bytes) came: its SHA-1, if they
-    /// came in order; the piece's state is forgotten either way.
+    /// Every block of `piece` (of `size` bytes) came: its SHA-1, if each
+    /// was hashed in order; the piece's state is forgotten either way.
     fn finish(&mut self, piece: u32, size: u64) -> Option<Sha1Hash> {
         use sha1::Digest;
         match self.states.remove(&piece) {
-            Some(Some((h, next))) if next as u64 == size => Some(h.finalize().into()),
-            _ => None,
+            Some(Some(st)) if st.next as u64 == size && st.held.is_empty() => Some(st.sha.finalize().into()),
+            Some(st) => {
+                self.release(st);
+                None
+            }
+            None => None,
         }
     }
 }
@@ -525,7 +587,20 @@ impl TorrentDisk {
     /// torrent's loop is gone.
     fn batch(&mut self, batch: Vec<DiskJob>) -> bool {
         let storage = &self.storage;
-        let mut batch = batch.into_iter().peekable();
+        // The writes first, by piece and offset, so that a piece's blocks
+        // are one run (one system call) even when a seeder interleaves
+        // pieces or sends a piece's blocks out of order. Writes to distinct
+        // places commute, and nothing else may come before them: a check
+        // must follow its piece's writes, and a read is only ever of a
+        // verified piece, written in an earlier batch. The sort is stable:
+        // a block written twice keeps its last bytes.
+        let (mut writes, others): (Vec<DiskJob>, Vec<DiskJob>) =
+            batch.into_iter().partition(|j| matches!(j, DiskJob::Write { .. }));
+        writes.sort_by_key(|j| match j {
+            DiskJob::Write { piece, begin, .. } => (*piece, *begin),
+            _ => unreachable!("partitioned above"),
+        });
+        let mut batch = writes.into_iter().chain(others).peekable();
         while let Some(job) = batch.next() {
             let ev = match job {
                 DiskJob::Write { piece, begin, data } => {
@@ -1529,4 +1604,56 @@ impl Session {
 fn total_verified(meta: &Metainfo, have: &Bitfield) -> u64 {
     let layout = meta.layout();
     have.iter_ones().map(|p| layout.piece_size(p)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha1::Digest;
+
+    fn blocks(piece: &[u8]) -> Vec<(u32, Bytes)> {
+        piece.chunks(16384).enumerate().map(|(i, b)| ((i * 16384) as u32, Bytes::copy_from_slice(b))).collect()
+    }
+
+    #[test]
+    fn a_piece_whose_blocks_come_out_of_order_is_hashed_without_reading_it_back() {
+        let piece: Vec<u8> = (0..5 * 16384 + 100u32).map(|i| (i % 251) as u8).collect();
+        let want: Sha1Hash = sha1::Sha1::digest(&piece).into();
+        let mut h = PieceHasher::new();
+        let bs = blocks(&piece);
+        for i in [2usize, 4, 0, 5, 3, 1] {
+            h.block(7, bs[i].0, &bs[i].1);
+        }
+        assert_eq!(h.held_bytes, 0, "every held block was hashed once the gap closed");
+        assert_eq!(h.finish(7, piece.len() as u64), Some(want));
+    }
+
+    #[test]
+    fn a_block_that_comes_twice_or_would_overfill_the_hold_sends_the_piece_to_the_disk_check() {
+        let piece = vec![9u8; 4 * 16384];
+        let bs = blocks(&piece);
+        let mut h = PieceHasher::new();
+        h.block(1, bs[0].0, &bs[0].1);
+        h.block(1, bs[0].0, &bs[0].1);
+        for (b, d) in &bs[1..] {
+            h.block(1, *b, d);
+        }
+        assert_eq!(h.finish(1, piece.len() as u64), None);
+
+        // Blocks held for other pieces fill the hold: the next gap gives up.
+        let mut h = PieceHasher::new();
+        let ahead = Bytes::from(vec![1u8; 16384]);
+        let mut p = 100;
+        while h.held_bytes + ahead.len() <= HASH_HELD_BYTES_MAX {
+            h.block(p, 16384, &ahead);
+            p += 1;
+        }
+        h.block(1, bs[1].0, &bs[1].1);
+        for (b, d) in &bs {
+            h.block(1, *b, d);
+        }
+        assert_eq!(h.finish(1, piece.len() as u64), None);
+        assert_eq!(h.finish(100, 32768), None, "piece 100 never got its first block");
+        assert_eq!(h.held_bytes, HASH_HELD_BYTES_MAX - 16384, "its hold was released");
+    }
 }

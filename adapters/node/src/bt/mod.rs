@@ -144,6 +144,13 @@ pub struct PeerArgs {
     /// router.utorrent.com, port 6881.
     #[arg(long = "dht-bootstrap")]
     pub dht_bootstrap: Vec<String>,
+    /// Write downloaded data through the page cache. By default whole
+    /// pages are written with O_DIRECT where the file system allows it:
+    /// the download hashes each piece in memory and never reads it back,
+    /// so copying it into the page cache only costs CPU time (most of a
+    /// download's system time) and memory that other data could use.
+    #[arg(long, env = "RUMOR_BUFFERED_WRITES", value_parser = clap::builder::BoolishValueParser::new())]
+    pub buffered_writes: bool,
 }
 
 /// `rumor get FILE.torrent|MAGNET|INFOHASH -o DIR`.

@@ -1001,6 +1001,7 @@ impl Session {
             // the source in messages).
             no_dht: self.dht.is_none(),
             dht_bootstrap: Vec::new(),
+            buffered_writes: false,
         }
     }
 

@@ -22,6 +22,7 @@ use rumor_core::replica::{Change, Entry, EntryInterner, Namespace, StoreConfig};
 use rumor_core::time::{Duration, Instant};
 
 use crate::intern::Interner;
+use crate::prefetch::prefetch;
 use crate::queue::{Keyed, Queue};
 
 /// The cluster key of every simulated node.
@@ -36,6 +37,9 @@ const PARALLEL_MIN_EVENTS: usize = 64;
 
 /// A window's nodes are cut into this many ranges per thread.
 const CHUNKS_PER_THREAD: usize = 8;
+
+/// How many events ahead a node's state is prefetched.
+const PREFETCH_AHEAD: usize = 4;
 
 /// The network's behaviour; each node draws from its own seeded PRNG.
 #[derive(Clone, Debug)]
@@ -277,15 +281,27 @@ impl Ctx<'_> {
     fn run(&self, lo: usize, slots: &mut [Slot], events: Vec<Ev>, w_end: u64) -> WindowOut {
         let mut out = WindowOut::default();
         let mut local: BinaryHeap<Reverse<Ev>> = BinaryHeap::new();
-        let mut events = events.into_iter().peekable();
+        // The nodes of the next `PREFETCH_AHEAD` events are asked into the
+        // cache while this one runs (see `prefetch.rs`).
+        for ev in events.iter().take(PREFETCH_AHEAD) {
+            prefetch(&slots[ev.to as usize - lo]);
+        }
+        let mut events = events.into_iter();
         loop {
-            let from_local = match (events.peek(), local.peek()) {
+            let from_local = match (events.as_slice().first(), local.peek()) {
                 (Some(e), Some(Reverse(l))) => l.key < e.key,
                 (None, Some(_)) => true,
                 (Some(_), None) => false,
                 (None, None) => break,
             };
-            let ev = if from_local { local.pop().expect("peeked").0 } else { events.next().expect("peeked") };
+            let ev = if from_local {
+                local.pop().expect("peeked").0
+            } else {
+                if let Some(ahead) = events.as_slice().get(PREFETCH_AHEAD) {
+                    prefetch(&slots[ahead.to as usize - lo]);
+                }
+                events.next().expect("peeked")
+            };
             let i = ev.to as usize;
             let slot = &mut slots[i - lo];
             let at = ev.at();

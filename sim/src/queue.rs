@@ -104,6 +104,13 @@ impl<E: Keyed> Queue<E> {
     /// Takes every event before `end` (µs), in key order, into `out`.
     pub fn take_before(&mut self, end: u64, out: &mut Vec<E>) {
         let start = out.len();
+        self.take_before_unsorted(end, out);
+        out[start..].sort_unstable();
+    }
+
+    /// Takes every event before `end` (µs) into `out`, in no set order (a
+    /// caller that splits them among threads sorts each part there).
+    pub fn take_before_unsorted(&mut self, end: u64, out: &mut Vec<E>) {
         loop {
             if self.in_wheel == 0 {
                 match self.far.peek() {
@@ -145,7 +152,6 @@ impl<E: Keyed> Queue<E> {
                 break;
             }
         }
-        out[start..].sort_unstable();
     }
 }
 

@@ -281,7 +281,8 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
     while w.now < end {
         let until = if next_write <= last_write { Instant::from_micros(next_write.min(end.as_micros())) } else { end };
         let until = until.min(Instant::from_micros(next_reannounce.max(w.now.as_micros())));
-        while w.step(until) {
+        w.run_until(until);
+        {
             for (at, _, c) in w.changes.drain(..) {
                 if let Change::Applied(e) = c {
                     if let Some(&k) = key_index.get(&e.key) {

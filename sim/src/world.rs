@@ -12,7 +12,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -299,6 +299,9 @@ impl Ctx<'_> {
             } else {
                 if let Some(ahead) = events.as_slice().get(PREFETCH_AHEAD) {
                     prefetch(&slots[ahead.to as usize - lo]);
+                    if let Kind::Deliver { from, .. } = ahead.kind {
+                        prefetch(&self.addrs[from as usize]);
+                    }
                 }
                 events.next().expect("peeked")
             };
@@ -589,17 +592,10 @@ impl World {
     /// clock to `until`, if nothing is due.
     pub fn step(&mut self, until: Instant) -> bool {
         self.touched.clear();
-        let first = match self.queue.first_at() {
-            Some(at) if at <= until.as_micros() => at,
-            _ => {
-                self.now = self.now.max(until);
-                return false;
-            }
+        let Some((events, w_end, last_at)) = take_window(&mut self.queue, self.net.latency_us, until, true) else {
+            self.now = self.now.max(until);
+            return false;
         };
-        let w_end = (first + self.net.latency_us.max(1)).min(until.as_micros() + 1);
-        let mut events = Vec::new();
-        self.queue.take_before(w_end, &mut events);
-        let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
         let n = self.slots.len();
         let ctx = Ctx {
             net: &self.net,
@@ -655,9 +651,82 @@ impl World {
         true
     }
 
-    /// Runs every event up to `until`.
+    /// Runs every event up to `until`. With more than one thread the
+    /// workers live for the whole call and wait for each window spinning
+    /// (see [`SpinCrew`]), so the driver should run whole stretches here
+    /// rather than [`step`](Self::step) by step when it can.
     pub fn run_until(&mut self, until: Instant) {
-        while self.step(until) {}
+        if self.threads <= 1 {
+            while self.step(until) {}
+            return;
+        }
+        let World {
+            slots,
+            queue,
+            now,
+            net,
+            group,
+            changes,
+            touched,
+            bytes_sent,
+            messages_sent,
+            threads,
+            parallel_min_events,
+            check_invariants,
+            persist,
+            record_changes,
+            addrs,
+            ..
+        } = self;
+        let n = slots.len();
+        let ctx = Ctx { net, group, n, check: *check_invariants, persist: *persist, record: *record_changes, addrs };
+        let chunks = *threads * CHUNKS_PER_THREAD;
+        let chunk = n.div_ceil(chunks).max(1);
+        let crew = SpinCrew::new(slots.chunks_mut(chunk).collect(), *threads - 1);
+        let mut parts: Vec<Vec<Ev>> = (0..crew.chunks.len()).map(|_| Vec::new()).collect();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (1..*threads)
+                .map(|k| {
+                    let (crew, ctx) = (&crew, &ctx);
+                    std::thread::Builder::new()
+                        .name(format!("sim-{k}"))
+                        .spawn_scoped(scope, move || crew.work(ctx, chunk, k - 1))
+                        .expect("a simulator thread")
+                        .thread()
+                        .clone()
+                })
+                .collect();
+            // Stop the workers however this ends, a panic included.
+            let _stop = StopOnDrop { crew: &crew, workers: &workers };
+            loop {
+                touched.clear();
+                // Each range sorts its own events, on its own thread.
+                let Some((events, w_end, last_at)) = take_window(queue, net.latency_us, until, false) else {
+                    *now = (*now).max(until);
+                    break;
+                };
+                let parallel = events.len() >= *parallel_min_events;
+                for ev in events {
+                    parts[ev.to as usize / chunk].push(ev);
+                }
+                for (part, bucket) in parts.iter_mut().zip(&crew.buckets) {
+                    std::mem::swap(part, &mut *bucket.lock().expect("a bucket lock"));
+                }
+                let outs = crew.run_window(&ctx, chunk, w_end, parallel, &workers);
+                let fresh = changes.len();
+                for out in outs {
+                    *bytes_sent += out.bytes;
+                    *messages_sent += out.messages;
+                    for ev in out.events {
+                        queue.push(ev);
+                    }
+                    changes.extend(out.changes);
+                    touched.extend(out.touched);
+                }
+                changes[fresh..].sort_by_key(|(t, i, _)| (*t, *i));
+                *now = (*now).max(Instant::from_micros(last_at));
+            }
+        });
     }
 
     /// Runs for `d` of virtual time.
@@ -679,5 +748,184 @@ impl World {
     /// Default store settings for simulated nodes.
     pub fn store_config(grace_ms: u64) -> StoreConfig {
         StoreConfig { tombstone_grace_ms: grace_ms, ..StoreConfig::default() }
+    }
+}
+
+/// Takes the next window of events due at or before `until`: every event
+/// earlier than the first pending one plus the minimum latency (they cannot
+/// affect each other across nodes). Returns the events in key order, the
+/// window's end and the time of its last event, or `None` if nothing is due.
+/// Unless `sorted`, the events come in no set order.
+fn take_window(queue: &mut Queue<Ev>, latency_us: u64, until: Instant, sorted: bool) -> Option<(Vec<Ev>, u64, u64)> {
+    let first = queue.first_at().filter(|at| *at <= until.as_micros())?;
+    let w_end = (first + latency_us.max(1)).min(until.as_micros() + 1);
+    let mut events = Vec::new();
+    if sorted {
+        queue.take_before(w_end, &mut events);
+    } else {
+        queue.take_before_unsorted(w_end, &mut events);
+    }
+    let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
+    Some((events, w_end, last_at))
+}
+
+/// How many times a waiting worker checks for the next window before it
+/// parks (a few hundred microseconds: longer than the calling thread's
+/// work between two windows, shorter than anything a driver does).
+const SPIN_CHECKS: u32 = 20_000;
+
+/// Threads that stay for a whole [`World::run_until`] and take the node
+/// ranges of each window in turn with the calling thread.
+///
+/// A window is a few hundred microseconds of work at 10,000 nodes and there
+/// are 35,000 of them in a 70 s run. Woken through the kernel for each one
+/// (a thread pool's sleep), the second thread cost 3 to 5 s of CPU in wake
+/// ups and started late; here it spins on the window counter between
+/// windows, and parks only when the calling thread is away longer.
+///
+/// Each range of nodes sits behind its own lock for the whole call, so the
+/// ranges are lent once and taken per window by whoever claims them.
+struct SpinCrew<'s> {
+    chunks: Vec<Mutex<&'s mut [Slot]>>,
+    buckets: Vec<Mutex<Vec<Ev>>>,
+    done: Vec<Mutex<Option<WindowOut>>>,
+    /// The window's number (high 32 bits) and the next range to claim (low
+    /// 32): one word, so a worker still in the last window cannot claim a
+    /// range of the next one.
+    claim: AtomicU64,
+    /// Ranges of the current window finished.
+    finished: AtomicUsize,
+    /// The current window's end (µs), set before its number is published.
+    w_end: AtomicU64,
+    /// Set when the call ends: workers return.
+    stop: AtomicBool,
+    /// Per worker: parked (or about to park) and waiting for an unpark.
+    sleeping: Vec<AtomicBool>,
+    /// A panic in a worker's range, raised again on the calling thread.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+impl<'s> SpinCrew<'s> {
+    fn new(chunks: Vec<&'s mut [Slot]>, workers: usize) -> Self {
+        let len = chunks.len();
+        SpinCrew {
+            chunks: chunks.into_iter().map(Mutex::new).collect(),
+            buckets: (0..len).map(|_| Mutex::new(Vec::new())).collect(),
+            done: (0..len).map(|_| Mutex::new(None)).collect(),
+            claim: AtomicU64::new(0),
+            finished: AtomicUsize::new(0),
+            w_end: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            sleeping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            panic: Mutex::new(None),
+        }
+    }
+
+    /// Claims and runs ranges of window `window` until none is left.
+    fn take_ranges(&self, ctx: &Ctx, chunk: usize, window: u64) {
+        loop {
+            let v = self.claim.load(Ordering::Acquire);
+            let k = (v & 0xFFFF_FFFF) as usize;
+            if v >> 32 != window || k >= self.chunks.len() {
+                return;
+            }
+            if self.claim.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                continue;
+            }
+            let w_end = self.w_end.load(Ordering::Acquire);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut slots = self.chunks[k].lock().expect("a range lock");
+                let mut bucket = std::mem::take(&mut *self.buckets[k].lock().expect("a bucket lock"));
+                bucket.sort_unstable();
+                ctx.run(k * chunk, &mut slots, bucket, w_end)
+            }));
+            match run {
+                Ok(out) => *self.done[k].lock().expect("an output lock") = Some(out),
+                Err(p) => *self.panic.lock().expect("the panic lock") = Some(p),
+            }
+            self.finished.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// A worker's life: wait for a window, take ranges, again.
+    fn work(&self, ctx: &Ctx, chunk: usize, me: usize) {
+        let mut window = 0;
+        loop {
+            let mut checks = 0u32;
+            loop {
+                if self.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if self.claim.load(Ordering::Acquire) >> 32 != window {
+                    break;
+                }
+                checks += 1;
+                if checks < SPIN_CHECKS {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                // Announce the sleep, then look once more: the caller
+                // publishes a window and then reads this flag, so either it
+                // sees the flag and unparks, or this sees the window.
+                self.sleeping[me].store(true, Ordering::SeqCst);
+                if self.claim.load(Ordering::SeqCst) >> 32 == window && !self.stop.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                self.sleeping[me].store(false, Ordering::SeqCst);
+                checks = 0;
+            }
+            window = self.claim.load(Ordering::Acquire) >> 32;
+            self.take_ranges(ctx, chunk, window);
+        }
+    }
+
+    /// Runs one window whose events are in the buckets: on this thread
+    /// alone if it is small, else with the workers. Returns each range's
+    /// output in range order.
+    fn run_window(
+        &self,
+        ctx: &Ctx,
+        chunk: usize,
+        w_end: u64,
+        parallel: bool,
+        workers: &[std::thread::Thread],
+    ) -> Vec<WindowOut> {
+        self.finished.store(0, Ordering::Relaxed);
+        self.w_end.store(w_end, Ordering::Relaxed);
+        let window = (self.claim.load(Ordering::Relaxed) >> 32) + 1;
+        // Publishes the buckets and the window's end with it. A spinning
+        // worker joins in whatever the window's size; a parked one is woken
+        // only for a window worth it.
+        self.claim.store(window << 32, Ordering::SeqCst);
+        if parallel {
+            for (k, t) in workers.iter().enumerate() {
+                if self.sleeping[k].swap(false, Ordering::SeqCst) {
+                    t.unpark();
+                }
+            }
+        }
+        self.take_ranges(ctx, chunk, window);
+        while self.finished.load(Ordering::Acquire) < self.chunks.len() {
+            std::hint::spin_loop();
+        }
+        if let Some(p) = self.panic.lock().expect("the panic lock").take() {
+            std::panic::resume_unwind(p);
+        }
+        self.done.iter().map(|d| d.lock().expect("an output lock").take().expect("every range ran")).collect()
+    }
+}
+
+/// Tells the crew's workers to return when the run ends, even by a panic.
+struct StopOnDrop<'a, 's> {
+    crew: &'a SpinCrew<'s>,
+    workers: &'a [std::thread::Thread],
+}
+
+impl Drop for StopOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        self.crew.stop.store(true, Ordering::SeqCst);
+        for t in self.workers {
+            t.unpark();
+        }
     }
 }

@@ -82,9 +82,8 @@ impl Settling {
         }
         self.next = now_slot + 1;
         // The wheel now holds slots `next..next + len` only.
-        self.first_busy = (self.next..self.next + len)
-            .find(|s| self.slots[(s % len) as usize] != (0, 0))
-            .unwrap_or(u64::MAX);
+        self.first_busy =
+            (self.next..self.next + len).find(|s| self.slots[(s % len) as usize] != (0, 0)).unwrap_or(u64::MAX);
     }
 
     /// A change of the summary by `term` (and `new_writers` more writers)

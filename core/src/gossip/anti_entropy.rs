@@ -192,16 +192,25 @@ impl Gossip {
         } else {
             0
         };
-        let targets = self.pick_live(n, None);
+        let targets = self.pick_live_at(n, None);
         // One target of an anti-entropy round gets the summary; the others
         // (and every target of a push-only round) get the push alone.
         let summary = self.store.settled_summary();
-        for (k, id) in targets.into_iter().enumerate() {
-            let addr = self.members[&id].addr.clone();
+        // The targets' addresses first: sending changes no membership, but
+        // it borrows the machine.
+        let targets: Vec<(NodeId, PeerAddr, bool)> = targets
+            .into_iter()
+            .map(|i| {
+                let (addr, suspect) = &self.live_info[i];
+                (self.live_ids[i], addr.clone(), *suspect)
+            })
+            .collect();
+        for (k, (id, addr, suspect)) in targets.into_iter().enumerate() {
             let with_summary = sync_now && k == 0;
             let recent = if with_summary { self.recent_hint() } else { Vec::new() };
             let body = Body::Syn { summary: with_summary.then_some(summary), push: hot.clone(), recent };
-            self.send(addr, Some(id), body);
+            // Only a suspect target needs its member entry (to be told so).
+            self.send(addr, suspect.then_some(id), body);
         }
         let sent = hot.len();
         for h in self.hot.iter_mut().take(sent) {

@@ -393,17 +393,24 @@ impl Gossip {
 
     /// Adds `id` (which must be in `members`) to the live list or takes it
     /// out, keeping every member's `live_pos` in step.
+    /// A live member's address and suspicion are copied into `live_info`
+    /// here too (the member may have been replaced with a new address or
+    /// state while staying live).
     fn set_live(&mut self, id: NodeId, live: bool) {
         let Some(m) = self.members.get_mut(&id) else { return };
+        let info = (m.addr.clone(), m.state == MemberState::Suspect);
         match (live, m.live_pos) {
             (true, NOT_LIVE) => {
                 m.live_pos = self.live_ids.len() as u32;
                 self.live_ids.push(id);
+                self.live_info.push(info);
             }
+            (true, pos) => self.live_info[pos as usize] = info,
             (false, pos) if pos != NOT_LIVE => {
                 m.live_pos = NOT_LIVE;
                 let pos = pos as usize;
                 self.live_ids.swap_remove(pos);
+                self.live_info.swap_remove(pos);
                 if let Some(&moved) = self.live_ids.get(pos) {
                     if let Some(mm) = self.members.get_mut(&moved) {
                         mm.live_pos = pos as u32;
@@ -416,15 +423,21 @@ impl Gossip {
 
     /// Up to `n` distinct random live members, not `except`.
     pub(super) fn pick_live(&mut self, n: usize, except: Option<NodeId>) -> Vec<NodeId> {
+        self.pick_live_at(n, except).into_iter().map(|i| self.live_ids[i]).collect()
+    }
+
+    /// The same choice as [`pick_live`](Self::pick_live), as places in the
+    /// live list (valid until the membership next changes).
+    pub(super) fn pick_live_at(&mut self, n: usize, except: Option<NodeId>) -> Vec<usize> {
         let len = self.live_ids.len();
         let mut out = Vec::with_capacity(n);
         if len == 0 || n == 0 {
             return out;
         }
         if len <= n + 1 {
-            for id in &self.live_ids {
+            for (i, id) in self.live_ids.iter().enumerate() {
                 if Some(*id) != except && out.len() < n {
-                    out.push(*id);
+                    out.push(i);
                 }
             }
             self.rng.shuffle(&mut out);
@@ -433,9 +446,9 @@ impl Gossip {
         let mut tries = 0;
         while out.len() < n && tries < 4 * n + 8 {
             tries += 1;
-            let id = self.live_ids[self.rng.index(len)];
-            if Some(id) != except && !out.contains(&id) {
-                out.push(id);
+            let i = self.rng.index(len);
+            if Some(self.live_ids[i]) != except && !out.contains(&i) {
+                out.push(i);
             }
         }
         out

@@ -278,15 +278,25 @@ impl Ctx<'_> {
     /// Runs the window's events (in key order) for the nodes
     /// `lo..lo + slots.len()`; timers a node sets within the window join
     /// them in order.
-    fn run(&self, lo: usize, slots: &mut [Slot], events: Vec<Ev>, w_end: u64) -> WindowOut {
+    fn run(&self, lo: usize, slots: &mut [Slot], mut events: Vec<Ev>, w_end: u64) -> WindowOut {
         let mut out = WindowOut::default();
+        self.run_into(lo, slots, &mut events, w_end, &mut out);
+        out
+    }
+
+    /// [`run`](Self::run) with the caller's buffers: `events` is left empty
+    /// and `out` gets the outputs, both keeping their capacity. A window's
+    /// buffers freed on another thread than the one that allocated them
+    /// kept that thread's allocator asking for fresh pages (5 % of a run in
+    /// page faults).
+    fn run_into(&self, lo: usize, slots: &mut [Slot], events: &mut Vec<Ev>, w_end: u64, out: &mut WindowOut) {
         let mut local: BinaryHeap<Reverse<Ev>> = BinaryHeap::new();
         // The nodes of the next `PREFETCH_AHEAD` events are asked into the
         // cache while this one runs (see `prefetch.rs`).
         for ev in events.iter().take(PREFETCH_AHEAD) {
             prefetch(&slots[ev.to as usize - lo]);
         }
-        let mut events = events.into_iter();
+        let mut events = events.drain(..);
         loop {
             let from_local = match (events.as_slice().first(), local.peek()) {
                 (Some(e), Some(Reverse(l))) => l.key < e.key,
@@ -314,7 +324,7 @@ impl Ctx<'_> {
                     if slot.scheduled.as_micros() == at && slot.g.is_some() {
                         slot.scheduled = Instant::NEVER;
                         slot.trace = mix(slot.trace, at);
-                        self.feed(i, slot, now, Input::Timeout, w_end, &mut local, &mut out);
+                        self.feed(i, slot, now, Input::Timeout, w_end, &mut local, out);
                     }
                 }
                 Kind::Deliver { from, bytes } => {
@@ -322,12 +332,11 @@ impl Ctx<'_> {
                     if slot.g.is_some() && self.group[f] == self.group[i] {
                         slot.trace = mix(slot.trace, at ^ hash_bytes(&bytes).rotate_left(17));
                         let input = Input::Receive { from: self.addrs[f].clone(), bytes };
-                        self.feed(i, slot, now, input, w_end, &mut local, &mut out);
+                        self.feed(i, slot, now, input, w_end, &mut local, out);
                     }
                 }
             }
         }
-        out
     }
 }
 
@@ -701,27 +710,28 @@ impl World {
             loop {
                 touched.clear();
                 // Each range sorts its own events, on its own thread.
-                let Some((events, w_end, last_at)) = take_window(queue, net.latency_us, until, false) else {
+                let Some((mut events, w_end, last_at)) = take_window(queue, net.latency_us, until, false) else {
                     *now = (*now).max(until);
                     break;
                 };
                 let parallel = events.len() >= *parallel_min_events;
-                for ev in events {
+                for ev in events.drain(..) {
                     parts[ev.to as usize / chunk].push(ev);
                 }
                 for (part, bucket) in parts.iter_mut().zip(&crew.buckets) {
                     std::mem::swap(part, &mut *bucket.lock().expect("a bucket lock"));
                 }
-                let outs = crew.run_window(&ctx, chunk, w_end, parallel, &workers);
+                crew.run_window(&ctx, chunk, w_end, parallel, &workers);
                 let fresh = changes.len();
-                for out in outs {
-                    *bytes_sent += out.bytes;
-                    *messages_sent += out.messages;
-                    for ev in out.events {
+                for out in &crew.done {
+                    let mut out = out.lock().expect("an output lock");
+                    *bytes_sent += std::mem::take(&mut out.bytes);
+                    *messages_sent += std::mem::take(&mut out.messages);
+                    for ev in out.events.drain(..) {
                         queue.push(ev);
                     }
-                    changes.extend(out.changes);
-                    touched.extend(out.touched);
+                    changes.append(&mut out.changes);
+                    touched.append(&mut out.touched);
                 }
                 changes[fresh..].sort_by_key(|(t, i, _)| (*t, *i));
                 *now = (*now).max(Instant::from_micros(last_at));
@@ -788,7 +798,9 @@ const SPIN_CHECKS: u32 = 20_000;
 struct SpinCrew<'s> {
     chunks: Vec<Mutex<&'s mut [Slot]>>,
     buckets: Vec<Mutex<Vec<Ev>>>,
-    done: Vec<Mutex<Option<WindowOut>>>,
+    /// Each range's outputs of the window, drained by the calling thread
+    /// (the buffers stay for the next window).
+    done: Vec<Mutex<WindowOut>>,
     /// The window's number (high 32 bits) and the next range to claim (low
     /// 32): one word, so a worker still in the last window cannot claim a
     /// range of the next one.
@@ -811,7 +823,7 @@ impl<'s> SpinCrew<'s> {
         SpinCrew {
             chunks: chunks.into_iter().map(Mutex::new).collect(),
             buckets: (0..len).map(|_| Mutex::new(Vec::new())).collect(),
-            done: (0..len).map(|_| Mutex::new(None)).collect(),
+            done: (0..len).map(|_| Mutex::new(WindowOut::default())).collect(),
             claim: AtomicU64::new(0),
             finished: AtomicUsize::new(0),
             w_end: AtomicU64::new(0),
@@ -835,13 +847,13 @@ impl<'s> SpinCrew<'s> {
             let w_end = self.w_end.load(Ordering::Acquire);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut slots = self.chunks[k].lock().expect("a range lock");
-                let mut bucket = std::mem::take(&mut *self.buckets[k].lock().expect("a bucket lock"));
+                let mut bucket = self.buckets[k].lock().expect("a bucket lock");
+                let mut out = self.done[k].lock().expect("an output lock");
                 bucket.sort_unstable();
-                ctx.run(k * chunk, &mut slots, bucket, w_end)
+                ctx.run_into(k * chunk, &mut slots, &mut bucket, w_end, &mut out);
             }));
-            match run {
-                Ok(out) => *self.done[k].lock().expect("an output lock") = Some(out),
-                Err(p) => *self.panic.lock().expect("the panic lock") = Some(p),
+            if let Err(p) = run {
+                *self.panic.lock().expect("the panic lock") = Some(p);
             }
             self.finished.fetch_add(1, Ordering::Release);
         }
@@ -880,16 +892,9 @@ impl<'s> SpinCrew<'s> {
     }
 
     /// Runs one window whose events are in the buckets: on this thread
-    /// alone if it is small, else with the workers. Returns each range's
-    /// output in range order.
-    fn run_window(
-        &self,
-        ctx: &Ctx,
-        chunk: usize,
-        w_end: u64,
-        parallel: bool,
-        workers: &[std::thread::Thread],
-    ) -> Vec<WindowOut> {
+    /// alone if it is small, else with the workers. Each range's outputs
+    /// are then in `done`, in range order.
+    fn run_window(&self, ctx: &Ctx, chunk: usize, w_end: u64, parallel: bool, workers: &[std::thread::Thread]) {
         self.finished.store(0, Ordering::Relaxed);
         self.w_end.store(w_end, Ordering::Relaxed);
         let window = (self.claim.load(Ordering::Relaxed) >> 32) + 1;
@@ -911,7 +916,6 @@ impl<'s> SpinCrew<'s> {
         if let Some(p) = self.panic.lock().expect("the panic lock").take() {
             std::panic::resume_unwind(p);
         }
-        self.done.iter().map(|d| d.lock().expect("an output lock").take().expect("every range ran")).collect()
     }
 }
 

@@ -601,7 +601,7 @@ impl World {
     /// clock to `until`, if nothing is due.
     pub fn step(&mut self, until: Instant) -> bool {
         self.touched.clear();
-        let Some((events, w_end, last_at)) = take_window(&mut self.queue, self.net.latency_us, until, true) else {
+        let Some((events, w_end, last_at)) = take_window(&mut self.queue, self.net.latency_us, until) else {
             self.now = self.now.max(until);
             return false;
         };
@@ -691,7 +691,8 @@ impl World {
         let ctx = Ctx { net, group, n, check: *check_invariants, persist: *persist, record: *record_changes, addrs };
         let chunks = *threads * CHUNKS_PER_THREAD;
         let chunk = n.div_ceil(chunks).max(1);
-        let crew = SpinCrew::new(slots.chunks_mut(chunk).collect(), *threads - 1);
+        let mut crew = SpinCrew::new(slots.chunks_mut(chunk).collect(), *threads - 1);
+        crew.queues[0] = Mutex::new(std::mem::take(queue));
         let mut parts: Vec<Vec<Ev>> = (0..crew.chunks.len()).map(|_| Vec::new()).collect();
         std::thread::scope(|scope| {
             let workers: Vec<_> = (1..*threads)
@@ -699,7 +700,7 @@ impl World {
                     let (crew, ctx) = (&crew, &ctx);
                     std::thread::Builder::new()
                         .name(format!("sim-{k}"))
-                        .spawn_scoped(scope, move || crew.work(ctx, chunk, k - 1))
+                        .spawn_scoped(scope, move || crew.work(ctx, chunk, k))
                         .expect("a simulator thread")
                         .thread()
                         .clone()
@@ -710,7 +711,7 @@ impl World {
             loop {
                 touched.clear();
                 // Each range sorts its own events, on its own thread.
-                let Some((mut events, w_end, last_at)) = take_window(queue, net.latency_us, until, false) else {
+                let Some((mut events, w_end, last_at)) = crew.take_window(net.latency_us, until) else {
                     *now = (*now).max(until);
                     break;
                 };
@@ -727,9 +728,6 @@ impl World {
                     let mut out = out.lock().expect("an output lock");
                     *bytes_sent += std::mem::take(&mut out.bytes);
                     *messages_sent += std::mem::take(&mut out.messages);
-                    for ev in out.events.drain(..) {
-                        queue.push(ev);
-                    }
                     changes.append(&mut out.changes);
                     touched.append(&mut out.touched);
                 }
@@ -737,6 +735,16 @@ impl World {
                 *now = (*now).max(Instant::from_micros(last_at));
             }
         });
+        // Every pending event back into the world's queue.
+        let mut queues = crew.queues.into_iter().map(|q| q.into_inner().expect("a queue lock"));
+        *queue = queues.next().expect("the calling thread's queue");
+        let mut rest = Vec::new();
+        for mut q in queues {
+            q.take_before_unsorted(u64::MAX, &mut rest);
+        }
+        for ev in rest {
+            queue.push(ev);
+        }
     }
 
     /// Runs for `d` of virtual time.
@@ -765,16 +773,11 @@ impl World {
 /// earlier than the first pending one plus the minimum latency (they cannot
 /// affect each other across nodes). Returns the events in key order, the
 /// window's end and the time of its last event, or `None` if nothing is due.
-/// Unless `sorted`, the events come in no set order.
-fn take_window(queue: &mut Queue<Ev>, latency_us: u64, until: Instant, sorted: bool) -> Option<(Vec<Ev>, u64, u64)> {
+fn take_window(queue: &mut Queue<Ev>, latency_us: u64, until: Instant) -> Option<(Vec<Ev>, u64, u64)> {
     let first = queue.first_at().filter(|at| *at <= until.as_micros())?;
     let w_end = (first + latency_us.max(1)).min(until.as_micros() + 1);
     let mut events = Vec::new();
-    if sorted {
-        queue.take_before(w_end, &mut events);
-    } else {
-        queue.take_before_unsorted(w_end, &mut events);
-    }
+    queue.take_before(w_end, &mut events);
     let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
     Some((events, w_end, last_at))
 }
@@ -801,6 +804,11 @@ struct SpinCrew<'s> {
     /// Each range's outputs of the window, drained by the calling thread
     /// (the buffers stay for the next window).
     done: Vec<Mutex<WindowOut>>,
+    /// The pending events, one queue per thread (the calling thread's
+    /// first): a thread pushes the events its ranges sent into its own, so
+    /// the calling thread no longer pushes every window's outputs alone
+    /// while the workers wait. The window is taken from all of them.
+    queues: Vec<Mutex<Queue<Ev>>>,
     /// The window's number (high 32 bits) and the next range to claim (low
     /// 32): one word, so a worker still in the last window cannot claim a
     /// range of the next one.
@@ -824,6 +832,7 @@ impl<'s> SpinCrew<'s> {
             chunks: chunks.into_iter().map(Mutex::new).collect(),
             buckets: (0..len).map(|_| Mutex::new(Vec::new())).collect(),
             done: (0..len).map(|_| Mutex::new(WindowOut::default())).collect(),
+            queues: (0..=workers).map(|_| Mutex::new(Queue::default())).collect(),
             claim: AtomicU64::new(0),
             finished: AtomicUsize::new(0),
             w_end: AtomicU64::new(0),
@@ -833,8 +842,27 @@ impl<'s> SpinCrew<'s> {
         }
     }
 
-    /// Claims and runs ranges of window `window` until none is left.
-    fn take_ranges(&self, ctx: &Ctx, chunk: usize, window: u64) {
+    /// The next window's events, from every thread's queue, in no set
+    /// order (see [`take_window`]).
+    fn take_window(&self, latency_us: u64, until: Instant) -> Option<(Vec<Ev>, u64, u64)> {
+        let first = self
+            .queues
+            .iter()
+            .filter_map(|q| q.lock().expect("a queue lock").first_at())
+            .min()
+            .filter(|at| *at <= until.as_micros())?;
+        let w_end = (first + latency_us.max(1)).min(until.as_micros() + 1);
+        let mut events = Vec::new();
+        for q in &self.queues {
+            q.lock().expect("a queue lock").take_before_unsorted(w_end, &mut events);
+        }
+        let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
+        Some((events, w_end, last_at))
+    }
+
+    /// Claims and runs ranges of window `window` until none is left; the
+    /// events they send go into queue `queue`, this thread's.
+    fn take_ranges(&self, ctx: &Ctx, chunk: usize, window: u64, queue: usize) {
         loop {
             let v = self.claim.load(Ordering::Acquire);
             let k = (v & 0xFFFF_FFFF) as usize;
@@ -851,6 +879,10 @@ impl<'s> SpinCrew<'s> {
                 let mut out = self.done[k].lock().expect("an output lock");
                 bucket.sort_unstable();
                 ctx.run_into(k * chunk, &mut slots, &mut bucket, w_end, &mut out);
+                let mut q = self.queues[queue].lock().expect("a queue lock");
+                for ev in out.events.drain(..) {
+                    q.push(ev);
+                }
             }));
             if let Err(p) = run {
                 *self.panic.lock().expect("the panic lock") = Some(p);
@@ -859,8 +891,10 @@ impl<'s> SpinCrew<'s> {
         }
     }
 
-    /// A worker's life: wait for a window, take ranges, again.
+    /// A worker's life (thread `me`, from 1): wait for a window, take
+    /// ranges, again.
     fn work(&self, ctx: &Ctx, chunk: usize, me: usize) {
+        let sleeping = &self.sleeping[me - 1];
         let mut window = 0;
         loop {
             let mut checks = 0u32;
@@ -879,15 +913,15 @@ impl<'s> SpinCrew<'s> {
                 // Announce the sleep, then look once more: the caller
                 // publishes a window and then reads this flag, so either it
                 // sees the flag and unparks, or this sees the window.
-                self.sleeping[me].store(true, Ordering::SeqCst);
+                sleeping.store(true, Ordering::SeqCst);
                 if self.claim.load(Ordering::SeqCst) >> 32 == window && !self.stop.load(Ordering::SeqCst) {
                     std::thread::park();
                 }
-                self.sleeping[me].store(false, Ordering::SeqCst);
+                sleeping.store(false, Ordering::SeqCst);
                 checks = 0;
             }
             window = self.claim.load(Ordering::Acquire) >> 32;
-            self.take_ranges(ctx, chunk, window);
+            self.take_ranges(ctx, chunk, window, me);
         }
     }
 
@@ -909,7 +943,7 @@ impl<'s> SpinCrew<'s> {
                 }
             }
         }
-        self.take_ranges(ctx, chunk, window);
+        self.take_ranges(ctx, chunk, window, 0);
         while self.finished.load(Ordering::Acquire) < self.chunks.len() {
             std::hint::spin_loop();
         }

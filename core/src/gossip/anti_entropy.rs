@@ -201,8 +201,8 @@ impl Gossip {
         let targets: Vec<(NodeId, PeerAddr, bool)> = targets
             .into_iter()
             .map(|i| {
-                let (addr, suspect) = &self.live_info[i];
-                (self.live_ids[i], addr.clone(), *suspect)
+                let info = &self.live_info[i];
+                (self.live_ids[i], info.addr.clone(), info.suspect)
             })
             .collect();
         for (k, (id, addr, suspect)) in targets.into_iter().enumerate() {

@@ -335,6 +335,18 @@ pub struct Stats {
     pub bytes_out_by_kind: [u64; Body::KINDS.len()],
 }
 
+/// Slots of `Gossip::sender_hint` (a power of two).
+pub(super) const SENDER_HINTS: usize = 64;
+
+/// What a round or a message's sender needs of a live member, kept beside
+/// the live list (see `Gossip::live_info`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LiveInfo {
+    pub(super) addr: PeerAddr,
+    pub(super) suspect: bool,
+    pub(super) incarnation: u64,
+}
+
 /// The gossip machine of one node: the replicated [`Store`], anti-entropy
 /// and push of entries between nodes, and SWIM membership.
 ///
@@ -378,12 +390,17 @@ pub struct Gossip {
     /// Alive or suspect members, for O(1) random choice; each one's
     /// `Member::live_pos` is its index in it.
     pub(super) live_ids: Vec<NodeId>,
-    /// Beside each of `live_ids`: the member's address, and whether it is
-    /// suspect. A round's targets are drawn from the live list and need
-    /// only these; looking each one up in `members` was a B-tree walk of
-    /// cold nodes per target (a quarter of `handle` in a 10,000-node
-    /// simulation).
-    pub(super) live_info: Vec<(PeerAddr, bool)>,
+    /// Beside each of `live_ids`: the member's address, whether it is
+    /// suspect, and its incarnation. A round's targets are drawn from the
+    /// live list and need only these; looking each one up in `members` was
+    /// a B-tree walk of cold nodes per target (a quarter of `handle` in a
+    /// 10,000-node simulation).
+    pub(super) live_info: Vec<LiveInfo>,
+    /// Where in the live list a recent sender was, by a hash of its id: a
+    /// hint, checked against `live_ids` before use, that spares the
+    /// member-map walk for a message from a live member with nothing new
+    /// to tell (most messages).
+    pub(super) sender_hint: [u32; SENDER_HINTS],
     /// Membership updates waiting to be piggybacked, with how often each
     /// was sent; `update_order` sorts them (times sent, member) so the
     /// least-sent goes first.
@@ -470,6 +487,7 @@ impl Gossip {
             members: BTreeMap::new(),
             live_ids: Vec::new(),
             live_info: Vec::new(),
+            sender_hint: [u32::MAX; SENDER_HINTS],
             updates: BTreeMap::new(),
             update_order: BTreeSet::new(),
             hot: VecDeque::new(),
@@ -637,8 +655,12 @@ impl Gossip {
                 matches!(state, Some(MemberState::Alive | MemberState::Suspect)),
                 "member {id:x} is in the live list but its state is {state:?}"
             );
-            let info = m.map(|m| (m.addr.clone(), m.state == MemberState::Suspect));
-            assert_eq!(info.as_ref(), self.live_info.get(i), "live member {id:x}'s address or state is stale");
+            let info = m.map(|m| LiveInfo {
+                addr: m.addr.clone(),
+                suspect: m.state == MemberState::Suspect,
+                incarnation: m.incarnation,
+            });
+            assert_eq!(info.as_ref(), self.live_info.get(i), "live member {id:x}'s details are stale");
         }
         assert_eq!(self.live_ids.len(), self.live_info.len(), "the live list and its details differ in length");
         for (id, m) in &self.members {

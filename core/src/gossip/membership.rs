@@ -5,7 +5,7 @@
 //! ([`machine`](super::machine)) calls them from its timer and its
 //! dispatch of received messages.
 
-use super::machine::{Event, Gossip, Output, Sender, BOOTSTRAP_MAX};
+use super::machine::{Event, Gossip, LiveInfo, Output, Sender, BOOTSTRAP_MAX, SENDER_HINTS};
 use super::wire::{Body, MemberState, MemberUpdate, PeerAddr};
 use crate::replica::NodeId;
 use crate::time::Instant;
@@ -120,9 +120,21 @@ impl Gossip {
     /// the message says so): learn or refresh it, first-hand.
     pub(super) fn learn_sender(&mut self, id: NodeId, addr: &PeerAddr, incarnation: u64, leaving: bool) {
         let state = if leaving { MemberState::Left } else { MemberState::Alive };
+        // A live member's incarnation is also in `live_info`: when the hint
+        // finds the sender there, the member map need not be walked.
+        let hint = sender_hint_slot(id);
+        let pos = self.sender_hint[hint] as usize;
+        if self.live_ids.get(pos) == Some(&id) && !leaving && incarnation <= self.live_info[pos].incarnation {
+            return;
+        }
         let news = match self.members.get(&id) {
             None => true,
-            Some(m) => incarnation > m.incarnation || leaving,
+            Some(m) => {
+                if m.live_pos != NOT_LIVE {
+                    self.sender_hint[hint] = m.live_pos;
+                }
+                incarnation > m.incarnation || leaving
+            }
         };
         if news {
             self.apply_update(MemberUpdate { id, addr: addr.clone(), incarnation, state }, true);
@@ -398,7 +410,8 @@ impl Gossip {
     /// state while staying live).
     fn set_live(&mut self, id: NodeId, live: bool) {
         let Some(m) = self.members.get_mut(&id) else { return };
-        let info = (m.addr.clone(), m.state == MemberState::Suspect);
+        let info =
+            LiveInfo { addr: m.addr.clone(), suspect: m.state == MemberState::Suspect, incarnation: m.incarnation };
         match (live, m.live_pos) {
             (true, NOT_LIVE) => {
                 m.live_pos = self.live_ids.len() as u32;
@@ -596,4 +609,10 @@ impl Gossip {
         }
         true
     }
+}
+
+/// The slot of `Gossip::sender_hint` for `id` (Fibonacci hashing: ids in a
+/// test or a simulation are consecutive, real ones random).
+fn sender_hint_slot(id: NodeId) -> usize {
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SENDER_HINTS.trailing_zeros())) as usize
 }

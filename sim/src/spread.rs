@@ -282,22 +282,20 @@ pub fn run(o: &SpreadOpts) -> SpreadReport {
         let until = if next_write <= last_write { Instant::from_micros(next_write.min(end.as_micros())) } else { end };
         let until = until.min(Instant::from_micros(next_reannounce.max(w.now.as_micros())));
         w.run_until(until);
-        {
-            for (at, _, c) in w.changes.drain(..) {
-                if let Change::Applied(e) = c {
-                    if let Some(&k) = key_index.get(&e.key) {
-                        let t = &mut tracked[k];
-                        t.have += 1;
-                        pair_us.push(at.as_micros() - t.at.as_micros());
-                        if t.have >= need50 && t.t50.is_none() {
-                            t.t50 = Some(at);
-                        }
-                        if t.have >= need99 && t.t99.is_none() {
-                            t.t99 = Some(at);
-                        }
-                        if t.have >= live && t.t100.is_none() {
-                            t.t100 = Some(at);
-                        }
+        for (at, _, c) in w.changes.drain(..) {
+            if let Change::Applied(e) = c {
+                if let Some(&k) = key_index.get(&e.key) {
+                    let t = &mut tracked[k];
+                    t.have += 1;
+                    pair_us.push(at.as_micros() - t.at.as_micros());
+                    if t.have >= need50 && t.t50.is_none() {
+                        t.t50 = Some(at);
+                    }
+                    if t.have >= need99 && t.t99.is_none() {
+                        t.t99 = Some(at);
+                    }
+                    if t.have >= live && t.t100.is_none() {
+                        t.t100 = Some(at);
                     }
                 }
             }

@@ -194,6 +194,50 @@ proptest! {
     }
 
     #[test]
+    fn a_piece_whose_header_is_fed_apart_from_its_payload_shares_the_payload_chunk(
+        msgs in proptest::collection::vec(message(), 0..20),
+        blocks in proptest::collection::vec((any::<u32>(), any::<u32>(), 1usize..2000), 1..6),
+    ) {
+        // The way the connection task reads a download: each piece's
+        // header in a chunk of its own, then its payload in another (the
+        // payload's own buffer), other messages in whatever chunks came.
+        let mut bytes = Vec::new();
+        let mut cuts = vec![0usize];
+        let mut payloads = Vec::new();
+        let pieces = blocks.iter().map(|&(index, begin, n)| {
+            Message::Piece { index, begin, data: Bytes::from(vec![(n % 251) as u8; n]) }
+        });
+        let all: Vec<Message> = msgs.iter().cloned().zip(pieces.clone()).flat_map(|(a, b)| [a, b]).chain(pieces.skip(msgs.len())).collect();
+        for m in &all {
+            m.encode(&mut bytes);
+            if let Message::Piece { data, .. } = m {
+                let start = bytes.len() - data.len();
+                cuts.push(start - PIECE_HEADER_LEN);
+                cuts.push(start);
+                payloads.push(start);
+            }
+            cuts.push(bytes.len());
+        }
+        cuts.dedup();
+        let bytes = Bytes::from(bytes);
+        let mut d = Decoder::new(no_handshake(100));
+        let mut got = Vec::new();
+        for w in cuts.windows(2) {
+            d.feed_bytes(bytes.slice(w[0]..w[1]));
+            while let Some(r) = d.next() { got.push(r.unwrap()); }
+        }
+        let mut starts = payloads.iter();
+        for m in &got {
+            if let Message::Piece { data, .. } = m {
+                let start = *starts.next().expect("as many pieces as sent");
+                prop_assert_eq!(data.as_ptr(), bytes[start..].as_ptr(), "the payload was copied");
+            }
+        }
+        prop_assert_eq!(got, all);
+        prop_assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
     fn messages_fed_as_shared_chunks_round_trip_whatever_the_chunking_and_mix_of_feeds(
         msgs in proptest::collection::vec(message(), 0..20),
         cuts in proptest::collection::vec((1usize..40_000, any::<bool>()), 1..40),

@@ -4,8 +4,10 @@
 use rumor_node::rt::{BoxFuture, ReadHalf, Runtime, TcpListener, TcpStream, UdpSocket, WriteHalf};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// A multi-threaded smol executor: one thread per core runs its tasks
@@ -27,10 +29,33 @@ impl Smol {
     }
 }
 
+/// The socket's read side with vectored reads: the peer layer reads each
+/// block's payload straight into a buffer of its own, and the header
+/// before it beside, in one system call. smol's `TcpStream` reads into
+/// one buffer at a time; the `Async` socket under it reads vectored.
+struct Reader(Arc<smol::Async<std::net::TcpStream>>);
+
+impl smol::io::AsyncRead for Reader {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut socket: &smol::Async<std::net::TcpStream> = &self.0;
+        Pin::new(&mut socket).poll_read(cx, buf)
+    }
+
+    fn poll_read_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut socket: &smol::Async<std::net::TcpStream> = &self.0;
+        Pin::new(&mut socket).poll_read_vectored(cx, bufs)
+    }
+}
+
 fn split(stream: smol::net::TcpStream) -> TcpStream {
     let _ = stream.set_nodelay(true);
-    // smol's stream is a shared handle: one clone reads, the other writes.
-    let read: ReadHalf = Box::new(stream.clone());
+    // smol's stream is a shared handle: one clone reads (through the
+    // socket under it), the other writes.
+    let read: ReadHalf = Box::new(Reader(stream.clone().into()));
     let write: WriteHalf = Box::new(stream);
     TcpStream { read, write }
 }

@@ -4,17 +4,56 @@
 use rumor_node::rt::{BoxFuture, ReadHalf, Runtime, TcpListener, TcpStream, UdpSocket, WriteHalf};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::compat::TokioAsyncWriteCompatExt;
 
 /// tokio's multi-threaded runtime, one worker per core.
 struct Tokio(tokio::runtime::Runtime);
 
+/// tokio's read half with vectored reads: the peer layer reads each
+/// block's payload straight into a buffer of its own, and the header
+/// before it beside, in one system call. tokio-util's compat would read
+/// into the first buffer only.
+struct Reader(tokio::net::tcp::OwnedReadHalf);
+
+impl futures_io::AsyncRead for Reader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_read_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            // A would-block clears the readiness, so the wait below
+            // registers this task and returns once there is more.
+            match self.0.try_read_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+            match self.0.as_ref().poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 fn split(stream: tokio::net::TcpStream) -> TcpStream {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    let read: ReadHalf = Box::new(r.compat());
+    let read: ReadHalf = Box::new(Reader(r));
     let write: WriteHalf = Box::new(w.compat_write());
     TcpStream { read, write }
 }

@@ -395,6 +395,10 @@ impl DecoderConfig {
     }
 }
 
+/// Bytes of a piece message before its payload: the length prefix, the
+/// id, the index and the offset.
+pub const PIECE_HEADER_LEN: usize = 13;
+
 /// Streaming decoder for one connection's inbound bytes.
 ///
 /// The stream is `buf` followed by `chunk`. Bytes fed as [`Bytes`]
@@ -583,8 +587,26 @@ impl Decoder {
         if self.buffered() < total {
             // The message is cut by the end of the chunk: its start moves
             // to `buf`, with room for the rest, which is copied after it.
-            self.buf.reserve(total - self.buf.len());
+            // Not for a piece's bare header: its payload may come as a
+            // chunk of its own (see below), and then the room goes unused.
+            if !(ident == id::PIECE && self.buffered() <= PIECE_HEADER_LEN) {
+                self.buf.reserve(total - self.buf.len());
+            }
             return self.keep_partial();
+        }
+        if ident == id::PIECE && self.buf.len() == PIECE_HEADER_LEN {
+            // The header was fed apart from its payload, which starts the
+            // chunk: a reader that puts each block's payload in a buffer
+            // of its own (aligned for a direct write) feeds it so. The
+            // payload is sliced out of that chunk, not copied behind the
+            // header.
+            let u32_at =
+                |i: usize| u32::from_be_bytes([self.buf[i], self.buf[i + 1], self.buf[i + 2], self.buf[i + 3]]);
+            let (index, begin) = (u32_at(5), u32_at(9));
+            self.buf.clear();
+            let data = self.chunk.split_to(total - PIECE_HEADER_LEN);
+            self.consumed += total as u64;
+            return Some(Ok(Message::Piece { index, begin, data }));
         }
         let start = self.consumed;
         let mut frame = self.take_frame(total);

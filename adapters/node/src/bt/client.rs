@@ -18,7 +18,7 @@
 
 use super::control::{self, Command, Status};
 use super::mse_stream::Crypto;
-use super::peer_conn::{when, ConnLimits, Peers};
+use super::peer_conn::{when, ConnLimits, Inbound, Peers};
 use super::progress::Progress;
 use super::storage::{BlockPool, Storage};
 use super::trackers::{self, TrackerEvent};
@@ -375,12 +375,13 @@ impl DiskQueue {
 
     /// Queues a block write.
     fn write(&mut self, piece: u32, begin: u32, data: Bytes) {
-        // Into an aligned buffer for the direct write, then hashed from
-        // there: the copy brings the bytes into this core's cache for the
-        // hash, which would read them anyway.
+        // A payload the connection read straight into an aligned buffer
+        // goes to the direct write as it is. Any other is copied into one
+        // first, then hashed from there: the copy brings the bytes into
+        // this core's cache for the hash, which would read them anyway.
         let data = match &self.pool {
-            Some(pool) => pool.copy(&data).unwrap_or(data),
-            None => data,
+            Some(pool) if !super::storage::direct_ready(&data) => pool.copy(&data).unwrap_or(data),
+            _ => data,
         };
         self.hasher.block(piece, begin, &data);
         self.batch_bytes += data.len();
@@ -749,7 +750,7 @@ enum Wake {
     Event(Option<Ev>),
     Tracker(Option<TrackerEvent>),
     Control(Option<Command>),
-    Peer(Option<PeerInput>),
+    Peer(Option<Inbound>),
     /// A peer's send queue has room again: its held piece replies may go.
     Room,
     Accepted(Option<(TcpStream, SocketAddr)>),
@@ -1026,7 +1027,7 @@ impl Session {
                 Wake::Tracker(Some(t)) => self.on_tracker(t),
                 Wake::Control(Some(c)) => self.on_control(c),
                 Wake::Peer(Some(p)) => {
-                    self.on_peer(p);
+                    p.for_each(|p| self.on_peer(p));
                     // Take what else is already there before draining timers.
                     for _ in 0..super::peer_conn::PEER_EVENTS_MAX {
                         if self.disk_pending.load(Ordering::Relaxed) >= DISK_PENDING_BYTES_MAX {
@@ -1036,7 +1037,7 @@ impl Session {
                             break;
                         }
                         match peer_rx.try_recv() {
-                            Ok(p) => self.on_peer(p),
+                            Ok(p) => p.for_each(|p| self.on_peer(p)),
                             Err(_) => break,
                         }
                     }

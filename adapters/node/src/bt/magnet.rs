@@ -13,7 +13,7 @@
 //! [`super::session`] puts the two phases in sequence.
 
 use super::mse_stream::Crypto;
-use super::peer_conn::{when, ConnLimits, Peers};
+use super::peer_conn::{when, ConnLimits, Inbound, Peers};
 use super::trackers::{self, TrackerEvent};
 use super::PeerArgs;
 use crate::clock::Clock;
@@ -101,7 +101,7 @@ struct Fetcher {
 
 /// What woke the fetch loop.
 enum Wake {
-    Peer(PeerInput),
+    Peer(Inbound),
     Tracker(TrackerEvent),
     Found(Vec<SocketAddr>),
     /// The overlay member has ended.
@@ -222,7 +222,7 @@ pub async fn fetch(
             _ = rt::sleep_until(wake).fuse() => Wake::Timer,
         };
         match woke {
-            Wake::Peer(p) => f.on_peer(p),
+            Wake::Peer(p) => p.for_each(|p| f.on_peer(p)),
             Wake::Tracker(t) => f.on_tracker(t),
             Wake::Found(peers) => {
                 tracing::info!("overlay: {} providers of {}", peers.len(), f.info_hash);

@@ -34,6 +34,7 @@ mod overlay_member;
 mod peer_conn;
 mod progress;
 pub mod resume;
+mod scatter;
 mod session;
 pub(crate) mod storage;
 mod trackers;

@@ -250,6 +250,37 @@ impl AsyncRead for CipherRead {
         }
         Poll::Ready(Ok(n))
     }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.at < self.prefix.len() {
+            // The prefix goes first, into the first buffer with room (a
+            // short read: the caller reads again).
+            return match bufs.iter_mut().find(|b| !b.is_empty()) {
+                Some(b) => self.poll_read(cx, b),
+                None => Poll::Ready(Ok(0)),
+            };
+        }
+        let this = &mut *self;
+        let n = ready!(Pin::new(&mut this.inner).poll_read_vectored(cx, bufs))?;
+        if let Some(k) = &mut this.keystream {
+            // The keystream runs over the buffers in order, as the bytes
+            // came.
+            let mut left = n;
+            for b in bufs.iter_mut() {
+                let m = left.min(b.len());
+                k.apply(&mut b[..m]);
+                left -= m;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
 }
 
 /// A write half that encrypts. RC4 is a stream: once bytes are encrypted
@@ -380,6 +411,26 @@ mod tests {
             got.drain(..n);
             Poll::Ready(Ok(n))
         }
+        fn poll_read_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &mut [io::IoSliceMut<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 3 == 2 {
+                return Poll::Pending;
+            }
+            // Across the buffers, as readv does.
+            let mut got = self.got.lock().unwrap();
+            let mut n = 0;
+            for b in bufs.iter_mut() {
+                let m = b.len().min(self.max - n).min(got.len());
+                b[..m].copy_from_slice(&got[..m]);
+                got.drain(..m);
+                n += m;
+            }
+            Poll::Ready(Ok(n))
+        }
     }
 
     fn messages() -> Vec<Vec<u8>> {
@@ -432,6 +483,33 @@ mod tests {
         while got.len() < leftover.len() + plain.len() {
             match Pin::new(&mut r).poll_read(&mut cx, &mut buf) {
                 Poll::Ready(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => continue,
+            }
+        }
+        assert_eq!(got, [leftover, plain].concat());
+    }
+
+    #[test]
+    fn a_vectored_read_decrypts_across_its_buffers_in_order() {
+        let (mut send, receive) = keystreams();
+        let plain: Vec<u8> = messages().concat();
+        let mut cipher = plain.clone();
+        send.apply(&mut cipher);
+        let socket = Choppy { got: Arc::new(Mutex::new(cipher)), max: 23, calls: 0 };
+        let leftover = b"already decrypted".to_vec();
+        let mut r = CipherRead { inner: Box::new(socket), prefix: leftover.clone(), at: 0, keystream: Some(receive) };
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
+        let (mut a, mut b, mut c) = ([0u8; 3], [0u8; 0], [0u8; 13]);
+        while got.len() < leftover.len() + plain.len() {
+            let mut bufs = [io::IoSliceMut::new(&mut a), io::IoSliceMut::new(&mut b), io::IoSliceMut::new(&mut c)];
+            match Pin::new(&mut r).poll_read_vectored(&mut cx, &mut bufs) {
+                Poll::Ready(Ok(n)) => {
+                    let all = [&a[..], &b[..], &c[..]].concat();
+                    got.extend_from_slice(&all[..n]);
+                }
                 Poll::Ready(Err(e)) => panic!("{e}"),
                 Poll::Pending => continue,
             }

@@ -10,11 +10,10 @@
 //!
 //! * reads of at most [`ConnLimits::read_chunk_bytes`], and the owner's
 //!   event channel holds at most [`PEER_EVENTS_MAX`] of them (a flooding
-//!   peer waits in its socket buffer). A read that fills at least half
-//!   its buffer is handed on in that buffer, without a copy (the decoder
-//!   slices blocks out of it; the buffer goes back to a pool of at most
-//!   [`READ_POOL_MAX`] once the last block is written), a smaller one is
-//!   copied out: so whatever holds blocks holds at most twice their size;
+//!   peer waits in its socket buffer). Each read is one vectored read
+//!   that puts every block's payload in a page-aligned buffer of its own
+//!   ([`super::scatter`]), which the decoder hands on and the disk writes
+//!   as it is: a block is never copied between the socket and the disk;
 //! * the handshake (the first [`HANDSHAKE_BYTES`]) must arrive within
 //!   [`HANDSHAKE_TIMEOUT`], a dial within [`DIAL_TIMEOUT`];
 //! * the send queue is one buffer per connection, bounded in bytes, never
@@ -33,10 +32,11 @@
 //! is shared with another.
 
 use super::mse_stream::Crypto;
+use super::scatter::Scatter;
+use super::storage::BlockPool;
 use crate::clock::Clock;
 use crate::rt::{self, TcpStream};
 use async_channel::{Receiver, Sender};
-use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rumor_core::bt::conn::{CloseReason, PeerInput, PeerKey};
 use rumor_core::bt::peers::{Closed, PeerBook, Refused, Source};
@@ -62,50 +62,33 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Length of the BitTorrent handshake.
 pub const HANDSHAKE_BYTES: usize = 68;
-/// Idle read buffers kept for reuse by the connections of one owner;
-/// more are freed.
-pub const READ_POOL_MAX: usize = 32;
+/// Header-and-block pairs a read's chunks usually come to (the room
+/// reserved for them).
+const BLOCKS_PER_READ_HINT: usize = 8;
 
-/// Read buffers shared by the connections of one owner: a buffer lent
-/// with the bytes read into it ([`Lent`]) comes back when those bytes
-/// are dropped, so a busy connection reads into memory that is already
-/// initialized and warm, and no read is copied.
-struct ReadPool {
-    free: std::sync::Mutex<Vec<Vec<u8>>>,
-    size: usize,
+/// What a connection task hands its owner: one input, or everything one
+/// read brought (chunks of the stream in order), as one event, so that a
+/// read costs the owner one turn whatever its layout.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Connected or closed.
+    One(PeerInput),
+    /// The chunks of one read from `peer`.
+    Read {
+        /// Whose.
+        peer: PeerKey,
+        /// In stream order.
+        chunks: Vec<bytes::Bytes>,
+    },
 }
 
-impl ReadPool {
-    fn take(&self) -> Vec<u8> {
-        let free = self.free.lock().expect("nothing panics holding it").pop();
-        free.unwrap_or_else(|| vec![0u8; self.size])
-    }
-
-    fn give(&self, buf: Vec<u8>) {
-        let mut free = self.free.lock().expect("nothing panics holding it");
-        if free.len() < READ_POOL_MAX {
-            free.push(buf);
+impl Inbound {
+    /// Each input it carries, in order.
+    pub fn for_each(self, mut f: impl FnMut(PeerInput)) {
+        match self {
+            Inbound::One(p) => f(p),
+            Inbound::Read { peer, chunks } => chunks.into_iter().for_each(|bytes| f(PeerInput::Bytes { peer, bytes })),
         }
-    }
-}
-
-/// A read buffer carrying `len` bytes read into it, returned to its pool
-/// when the last [`Bytes`] made of it is dropped.
-struct Lent {
-    buf: Vec<u8>,
-    len: usize,
-    pool: Arc<ReadPool>,
-}
-
-impl AsRef<[u8]> for Lent {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -178,12 +161,12 @@ pub struct Peers {
     conns: BTreeMap<PeerKey, Conn>,
     next_key: PeerKey,
     limits: ConnLimits,
-    events_tx: Sender<PeerInput>,
-    events_rx: Receiver<PeerInput>,
+    events_tx: Sender<Inbound>,
+    events_rx: Receiver<Inbound>,
     rooms_tx: Sender<PeerKey>,
     rooms_rx: Receiver<PeerKey>,
     crypto: Crypto,
-    pool: Arc<ReadPool>,
+    blocks: Arc<BlockPool>,
 }
 
 impl Peers {
@@ -204,7 +187,7 @@ impl Peers {
             rooms_tx,
             rooms_rx,
             crypto: Crypto::off(),
-            pool: Arc::new(ReadPool { free: std::sync::Mutex::new(Vec::new()), size: limits.read_chunk_bytes }),
+            blocks: BlockPool::new(),
         }
     }
 
@@ -225,7 +208,7 @@ impl Peers {
 
     /// The channel the owner reads [`PeerInput`]s from; pass each to
     /// [`Peers::observe`] before the machine.
-    pub fn events(&self) -> &Receiver<PeerInput> {
+    pub fn events(&self) -> &Receiver<Inbound> {
         &self.events_rx
     }
 
@@ -285,7 +268,7 @@ impl Peers {
         let (wake, woken) = async_channel::bounded(1);
         let outbox = Arc::new(Outbox { buf: std::sync::Mutex::new(Vec::new()), queued: AtomicUsize::new(0) });
         let chans =
-            Chans { events: self.events_tx.clone(), woken, room: self.rooms_tx.clone(), pool: self.pool.clone() };
+            Chans { events: self.events_tx.clone(), woken, room: self.rooms_tx.clone(), blocks: self.blocks.clone() };
         let task = Task::spawn(run(key, open, chans, outbox.clone(), self.limits, self.crypto));
         self.conns.insert(key, Conn { addr, incoming, up: false, listen_port: None, outbox, wake, _task: task });
     }
@@ -449,17 +432,17 @@ impl Peers {
 /// brings, until either side ends; reports `Closed` with the reason.
 /// A connection task's channels to and from its owner.
 struct Chans {
-    events: Sender<PeerInput>,
+    events: Sender<Inbound>,
     /// Something was queued in the outbox.
     woken: Receiver<()>,
     /// The send queue went back under the soft limit.
     room: Sender<PeerKey>,
-    /// Where read buffers come from.
-    pool: Arc<ReadPool>,
+    /// Where the buffers that blocks are read into come from.
+    blocks: Arc<BlockPool>,
 }
 
 async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limits: ConnLimits, crypto: Crypto) {
-    let Chans { events, woken, room, pool } = chans;
+    let Chans { events, woken, room, blocks } = chans;
     let dialed = match &open {
         Open::Dial(addr) => Some(*addr),
         Open::Accepted(_) => None,
@@ -470,12 +453,12 @@ async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limit
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!("dial {addr}: {e}");
-                let _ = events.send(PeerInput::Closed { peer, reason: CloseReason::DialFailed }).await;
+                let _ = events.send(Inbound::One(PeerInput::Closed { peer, reason: CloseReason::DialFailed })).await;
                 return;
             }
             Err(_) => {
                 tracing::debug!("dial {addr}: timed out");
-                let _ = events.send(PeerInput::Closed { peer, reason: CloseReason::DialFailed }).await;
+                let _ = events.send(Inbound::One(PeerInput::Closed { peer, reason: CloseReason::DialFailed })).await;
                 return;
             }
         },
@@ -486,17 +469,17 @@ async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limit
     // one that has not handshaken yet, which gives way to a newcomer when
     // the slots are full); a dial only once it is usable, so a failed
     // handshake is booked as a failed dial.
-    if dialed.is_none() && events.send(PeerInput::Connected { peer }).await.is_err() {
+    if dialed.is_none() && events.send(Inbound::One(PeerInput::Connected { peer })).await.is_err() {
         return;
     }
     let stream = match super::mse_stream::negotiate(stream, dialed, crypto).await {
         Ok(s) => s,
         Err(reason) => {
-            let _ = events.send(PeerInput::Closed { peer, reason }).await;
+            let _ = events.send(Inbound::One(PeerInput::Closed { peer, reason })).await;
             return;
         }
     };
-    if dialed.is_some() && events.send(PeerInput::Connected { peer }).await.is_err() {
+    if dialed.is_some() && events.send(Inbound::One(PeerInput::Connected { peer })).await.is_err() {
         return;
     }
     let (mut r, mut w) = stream.into_split();
@@ -542,11 +525,10 @@ async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limit
     let queued = outbox;
     let reads = events.clone();
     let reader = async move {
-        // A read that fills half its buffer or more goes on in it (a bulk
-        // transfer: no copy); a smaller one is copied out, and the buffer
-        // is read into again (a few small messages must not hold a whole
-        // buffer each).
-        let mut buf = pool.take();
+        // Each read is one vectored read laid out so that every block's
+        // payload lands in an aligned buffer of its own (bt/scatter.rs);
+        // what it hands on goes to the owner in stream order.
+        let mut scatter = Scatter::new(blocks, limits.read_chunk_bytes);
         let mut got = 0usize;
         let handshake_by = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
@@ -555,27 +537,27 @@ async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limit
                     return CloseReason::Local;
                 }
             }
-            let n = if got < HANDSHAKE_BYTES {
-                let left = handshake_by.saturating_duration_since(std::time::Instant::now());
-                match rt::timeout(left, r.read(&mut buf)).await {
-                    Ok(n) => n,
-                    Err(_) => return CloseReason::HandshakeTimeout,
+            let n = {
+                let mut places = scatter.places();
+                let read = r.read_vectored(&mut places);
+                if got < HANDSHAKE_BYTES {
+                    let left = handshake_by.saturating_duration_since(std::time::Instant::now());
+                    match rt::timeout(left, read).await {
+                        Ok(n) => n,
+                        Err(_) => return CloseReason::HandshakeTimeout,
+                    }
+                } else {
+                    read.await
                 }
-            } else {
-                r.read(&mut buf).await
             };
             match n {
                 Ok(0) => return CloseReason::Hangup,
                 Err(_) => return CloseReason::Io,
                 Ok(n) => {
                     got = got.saturating_add(n);
-                    let bytes = if n >= buf.len() / 2 {
-                        let full = std::mem::replace(&mut buf, pool.take());
-                        Bytes::from_owner(Lent { buf: full, len: n, pool: pool.clone() })
-                    } else {
-                        Bytes::copy_from_slice(&buf[..n])
-                    };
-                    if reads.send(PeerInput::Bytes { peer, bytes }).await.is_err() {
+                    let mut chunks = Vec::with_capacity(2 * BLOCKS_PER_READ_HINT);
+                    scatter.filled(n, |bytes| chunks.push(bytes));
+                    if !chunks.is_empty() && reads.send(Inbound::Read { peer, chunks }).await.is_err() {
                         return CloseReason::Local;
                     }
                 }
@@ -586,7 +568,7 @@ async fn run(peer: PeerKey, open: Open, chans: Chans, outbox: Arc<Outbox>, limit
         why = writer.fuse() => why,
         why = reader.fuse() => why,
     };
-    let _ = events.send(PeerInput::Closed { peer, reason }).await;
+    let _ = events.send(Inbound::One(PeerInput::Closed { peer, reason })).await;
 }
 
 /// `fut` when `cond` holds; otherwise a future that never completes (a

@@ -35,6 +35,13 @@ const POOL_BLOCKS_MAX: usize = 1280;
 /// for (rumor's own requests are never larger).
 pub const POOL_BLOCK_BYTES: usize = 4 * DIRECT_ALIGN;
 
+/// True if `data` can go to a direct write as it is: page-aligned in
+/// memory and whole pages long (a block the socket read put straight into
+/// a [`BlockBuf`]).
+pub fn direct_ready(data: &[u8]) -> bool {
+    (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && data.len().is_multiple_of(DIRECT_ALIGN)
+}
+
 /// A block's buffer, page-aligned so a direct write can take it as is.
 #[repr(C, align(4096))]
 struct AlignedBlock([[u8; DIRECT_ALIGN]; 4]);
@@ -66,10 +73,7 @@ impl AsRef<[u8]> for PooledBlock {
 impl Drop for PooledBlock {
     fn drop(&mut self) {
         if let Some(b) = self.block.take() {
-            let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
-            if free.len() < POOL_BLOCKS_MAX {
-                free.push(b);
-            }
+            self.pool.give(b);
         }
     }
 }
@@ -86,11 +90,53 @@ impl BlockPool {
         if data.len() > POOL_BLOCK_BYTES {
             return None;
         }
+        let mut block = self.lend();
+        block.as_mut_slice()[..data.len()].copy_from_slice(data);
+        Some(block.into_bytes(data.len()))
+    }
+
+    /// A pooled page-aligned buffer of [`POOL_BLOCK_BYTES`] to fill (a
+    /// socket read puts a block's payload straight into one).
+    pub fn lend(self: &std::sync::Arc<Self>) -> BlockBuf {
         let taken = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut block = taken.unwrap_or_else(|| Box::new(AlignedBlock([[0; DIRECT_ALIGN]; 4])));
-        block.0.as_flattened_mut()[..data.len()].copy_from_slice(data);
-        let owner = PooledBlock { block: Some(block), len: data.len(), pool: self.clone() };
-        Some(bytes::Bytes::from_owner(owner))
+        let block = taken.unwrap_or_else(|| Box::new(AlignedBlock([[0; DIRECT_ALIGN]; 4])));
+        BlockBuf { block: Some(block), pool: self.clone() }
+    }
+
+    fn give(&self, block: Box<AlignedBlock>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < POOL_BLOCKS_MAX {
+            free.push(block);
+        }
+    }
+}
+
+/// A pooled buffer being filled; back to its pool when dropped unfilled.
+pub struct BlockBuf {
+    block: Option<Box<AlignedBlock>>,
+    pool: std::sync::Arc<BlockPool>,
+}
+
+impl BlockBuf {
+    /// The whole buffer, [`POOL_BLOCK_BYTES`] long and page-aligned.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.block.as_mut().expect("taken only by into_bytes or drop").0.as_flattened_mut()
+    }
+
+    /// Its first `len` bytes as a `Bytes` that owns the buffer (and gives
+    /// it back to the pool when the last of it is dropped).
+    pub fn into_bytes(mut self, len: usize) -> bytes::Bytes {
+        let block = self.block.take();
+        let len = len.min(POOL_BLOCK_BYTES);
+        bytes::Bytes::from_owner(PooledBlock { block, len, pool: self.pool.clone() })
+    }
+}
+
+impl Drop for BlockBuf {
+    fn drop(&mut self) {
+        if let Some(b) = self.block.take() {
+            self.pool.give(b);
+        }
     }
 }
 
@@ -310,9 +356,7 @@ impl Storage {
                     let at = span.offset + head as u64;
                     // Blocks from a [`BlockPool`] go as they are; others
                     // are copied into an aligned buffer first.
-                    let aligned = body.iter().all(|p| {
-                        (p.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && p.len().is_multiple_of(DIRECT_ALIGN)
-                    });
+                    let aligned = body.iter().all(|p| direct_ready(p));
                     let written =
                         if aligned { pwritev_all(direct, &body, at) } else { write_direct(direct, &body, at) };
                     if let Err(e) = written {

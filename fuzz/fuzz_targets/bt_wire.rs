@@ -13,9 +13,13 @@ fuzz_target!(|data: &[u8]| {
         expect_handshake: cfg_byte & 0x80 != 0,
         ..DecoderConfig::default()
     });
-    // Feed in two halves to exercise partial frames: the first copied,
-    // the second as a shared chunk (messages sliced out of it).
-    let (a, b) = rest.split_at(rest.len() / 2);
+    // Feed in two parts to exercise partial frames: the first copied,
+    // the second as a shared chunk (messages sliced out of it). The cut is
+    // in the middle, or after 13 bytes when the input is long enough to
+    // hold a piece message, which reaches the decoder's case of a header
+    // fed apart from its payload.
+    let cut = if cfg_byte & 0x40 != 0 && rest.len() > 13 { 13 } else { rest.len() / 2 };
+    let (a, b) = rest.split_at(cut);
     for (i, part) in [a, b].into_iter().enumerate() {
         if i == 0 {
             d.feed(part);

@@ -46,12 +46,14 @@ pub fn direct_ready(data: &[u8]) -> bool {
 #[repr(C, align(4096))]
 struct AlignedBlock([[u8; DIRECT_ALIGN]; 4]);
 
-/// Page-aligned block buffers for a download's received blocks, reused:
-/// the loop copies each block into one as it hashes it (the bytes are in
-/// its cache then, so the copy costs little), and the disk thread hands
-/// whole runs of them to the device with one direct `pwritev`, instead of
-/// copying them into an aligned buffer itself from memory gone cold.
-/// A buffer comes back here when the last `Bytes` of it is dropped.
+/// Page-aligned block buffers for a download's received blocks, reused.
+/// A connection reads each block's payload straight into one
+/// ([`BlockPool::lend`], see `bt/scatter.rs`); a block that came some
+/// other way (out of place in a read, or not a whole 16 KiB) is copied
+/// into one as the loop hashes it ([`BlockPool::copy`]). The disk thread
+/// hands whole runs of them to the device with one direct `pwritev`,
+/// instead of copying them into an aligned buffer itself from memory gone
+/// cold. A buffer comes back here when the last `Bytes` of it is dropped.
 pub struct BlockPool {
     free: std::sync::Mutex<Vec<Box<AlignedBlock>>>,
 }

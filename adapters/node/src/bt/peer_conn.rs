@@ -206,7 +206,8 @@ impl Peers {
         &self.rooms_rx
     }
 
-    /// The channel the owner reads [`PeerInput`]s from; pass each to
+    /// The channel the owner reads its connections' events from; pass
+    /// each [`PeerInput`] they carry ([`Inbound::for_each`]) to
     /// [`Peers::observe`] before the machine.
     pub fn events(&self) -> &Receiver<Inbound> {
         &self.events_rx

@@ -281,7 +281,12 @@ impl Scatter {
                 emit(out_of_place(b, have, &mut None));
             }
         } else if let Lead::Plain(_) = plan.lead {
-            if lead_got > 0 {
+            if lead_got > COPY_OUT_MAX {
+                // Handed on as it is; the next plain read gets a new one.
+                let mut plain = std::mem::take(&mut self.plain);
+                plain.truncate(lead_got);
+                emit(Bytes::from(plain));
+            } else if lead_got > 0 {
                 emit(Bytes::copy_from_slice(&self.plain[..lead_got]));
             }
         }
@@ -301,13 +306,8 @@ impl Scatter {
                 emit(out_of_place(block, b, &mut self.blocks[i]));
             }
         }
-        self.shrink_plain();
-    }
-
-    /// The plain buffer is for messages that are not blocks, which are
-    /// rare in a download: it does not stay larger than a header's room
-    /// once used for something big.
-    fn shrink_plain(&mut self) {
+        // The plain buffer is for messages that are not blocks, rare in a
+        // download: it does not stay large once used for something big.
         if self.plain.len() > COPY_OUT_MAX {
             self.plain = Vec::new();
         }

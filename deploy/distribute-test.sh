@@ -247,10 +247,11 @@ tx_bytes() { # pid ip
 }
 
 TCP_CC=${RUMOR_DIST_TCP_CC:-cubic}
+host_cc=$(sysctl -n net.ipv4.tcp_congestion_control)
 if [[ $TCP_CC == host ]]; then
-    TCP_CC=$(sysctl -n net.ipv4.tcp_congestion_control)
-elif [[ $(sysctl -n net.ipv4.tcp_congestion_control) != "$TCP_CC" ]]; then
-    HOST_TCP_CC=$(sysctl -n net.ipv4.tcp_congestion_control)
+    TCP_CC=$host_cc
+elif [[ $host_cc != "$TCP_CC" ]]; then
+    HOST_TCP_CC=$host_cc
     sysctl -qw "net.ipv4.tcp_congestion_control=$TCP_CC" || die "cannot set TCP congestion control $TCP_CC (available: $(sysctl -n net.ipv4.tcp_available_congestion_control))"
     log "TCP congestion control for the containers: $TCP_CC (the host's $HOST_TCP_CC is put back on exit)"
 fi

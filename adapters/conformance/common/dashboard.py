@@ -309,7 +309,7 @@ def check_torrents(p, a):
     step("its details list its %d files" % len(files))
     # Skip the last file and set a download limit, through the panel.
     last = len(files) - 1
-    Select(p.css('#files-body select[data-index="%d"]' % last)[0]).select_by_value("0")
+    fresh(lambda: Select(p.css('#files-body select[data-index="%d"]' % last)[0]).select_by_value("0"))
     wait("the apply button", lambda: p.by_id("files-save").is_enabled(), 5)
     p.by_id("files-save").click()
     wait("the file selection to apply",

@@ -714,19 +714,7 @@
       $('limit-down').value = d.download_limit ? Math.round(d.download_limit / 1024) : '';
       $('limit-up').value = d.upload_limit ? Math.round(d.upload_limit / 1024) : '';
     }
-    if (first || !state.detailsFilesDirty) {
-      $('files-body').replaceChildren(...(d.files || []).map((f) => {
-        const sel = el('select', { 'data-testid': 'file-priority', 'data-index': f.index, 'aria-label': `Priority of ${f.path}` },
-          ...PRIORITIES.map(([v, label]) => el('option', { value: v, text: label })));
-        sel.value = String(f.priority);
-        sel.addEventListener('change', () => { state.detailsFilesDirty = true; $('files-save').disabled = false; });
-        return el('tr', { 'data-testid': 'file', 'data-index': f.index },
-          el('td', { className: 'name', text: f.path }),
-          el('td', { className: 'num', text: bytes(f.size) }),
-          el('td', { className: 'num', text: f.size ? `${Math.floor((f.done / f.size) * 100)}%` : '–' }),
-          el('td', {}, sel));
-      }));
-    }
+    renderFiles(d.files || [], first);
     $('trackers-list').replaceChildren(...(d.trackers || []).map((t) => el('li', {},
       el('span', { className: 'data', text: t.url }),
       el('span', { className: 'muted', text: ` ${t.status || ''}${t.peers !== undefined && t.peers !== null ? `, ${t.peers} peers` : ''}` }),
@@ -737,6 +725,40 @@
       el('td', { className: 'num', text: rate(p.download_rate) }),
       el('td', { className: 'num', text: rate(p.upload_rate) }),
       el('td', { className: 'num', text: `${Math.floor((p.progress || 0) * 100)}%` }))));
+  }
+
+  // The file rows are built once per torrent and then updated in place:
+  // rebuilding them on every refresh would close a priority menu the user
+  // has open and replace the element they are about to choose from.
+  function renderFiles(files, first) {
+    const body = $('files-body');
+    const rows = [...body.children];
+    const same = rows.length === files.length
+      && files.every((f, i) => rows[i].dataset.index === String(f.index) && rows[i].dataset.path === f.path);
+    if (!same) {
+      body.replaceChildren(...files.map((f) => {
+        const sel = el('select', { 'data-testid': 'file-priority', 'data-index': f.index, 'aria-label': `Priority of ${f.path}` },
+          ...PRIORITIES.map(([v, label]) => el('option', { value: v, text: label })));
+        sel.value = String(f.priority);
+        sel.addEventListener('change', () => { state.detailsFilesDirty = true; $('files-save').disabled = false; });
+        const row = el('tr', { 'data-testid': 'file', 'data-index': f.index },
+          el('td', { className: 'name', text: f.path }),
+          el('td', { className: 'num', text: bytes(f.size) }),
+          el('td', { className: 'num file-done', text: '' }),
+          el('td', {}, sel));
+        row.dataset.path = f.path;
+        return row;
+      }));
+    }
+    files.forEach((f, i) => {
+      const row = body.children[i];
+      const done = f.size ? `${Math.floor((f.done / f.size) * 100)}%` : '–';
+      const cell = row.querySelector('.file-done');
+      if (cell.textContent !== done) cell.textContent = done;
+      const sel = row.querySelector('select');
+      // The user's unsaved choices win over the node's until they apply them.
+      if ((first || !state.detailsFilesDirty) && sel.value !== String(f.priority)) sel.value = String(f.priority);
+    });
   }
 
   $('files-save').addEventListener('click', async () => {

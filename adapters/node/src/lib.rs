@@ -24,6 +24,7 @@ mod node;
 mod persist;
 mod records;
 pub mod rt;
+pub mod sha1x16;
 mod torrent_cli;
 mod torrents;
 

@@ -27,9 +27,12 @@ const DIRECT_ALIGN: usize = 4096;
 /// that each disk thread copies them into (a batch's worth of blocks).
 const DIRECT_CHUNK_BYTES: usize = 1 << 20;
 
-/// Blocks a [`BlockPool`] keeps for reuse at most (20 MiB): the disk
-/// queue's limit and the hasher's hold, in 16 KiB blocks.
-const POOL_BLOCKS_MAX: usize = 1280;
+/// Blocks a [`BlockPool`] keeps for reuse at most (32 MiB): the disk
+/// queue's limit (which covers the pieces waiting for the grouped hash)
+/// and the hasher's hold, in 16 KiB blocks. A download from a fast peer
+/// has about this many live at its peak; keeping fewer freed and
+/// allocated a thousand blocks a second again.
+const POOL_BLOCKS_MAX: usize = 2048;
 
 /// The largest block a [`BlockPool`] holds: the 16 KiB every client asks
 /// for (rumor's own requests are never larger).
@@ -307,6 +310,32 @@ impl Storage {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "block outside the torrent"))
     }
 
+    /// The file spans of `len` bytes from `begin` in `piece`, running on
+    /// into the pieces after it if `len` goes past its end; spans that
+    /// follow on in one file are one.
+    fn run_spans(&self, piece: u32, begin: u64, len: u64) -> io::Result<Vec<rumor_core::bt::metainfo::FileSpan>> {
+        let (mut p, mut off, mut left) = (piece, begin, len);
+        let mut out: Vec<rumor_core::bt::metainfo::FileSpan> = Vec::new();
+        loop {
+            let take = self.layout.piece_size(p).saturating_sub(off).min(left);
+            for s in self.spans(p, off, take)? {
+                match out.last_mut() {
+                    Some(l) if l.file == s.file && l.offset + l.length == s.offset => l.length += s.length,
+                    _ => out.push(s),
+                }
+            }
+            left -= take;
+            if left == 0 {
+                return Ok(out);
+            }
+            if take == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "blocks past the end of the torrent"));
+            }
+            p = p.checked_add(1).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "piece index overflow"))?;
+            off = 0;
+        }
+    }
+
     /// The size of `piece` in bytes.
     pub fn piece_size(&self, piece: u32) -> u64 {
         self.layout.piece_size(piece)
@@ -317,17 +346,18 @@ impl Storage {
         self.write_blocks(piece, begin, &[data])
     }
 
-    /// Writes `blocks`, which follow each other from `begin` in `piece`,
-    /// with one `pwritev` per file they touch (rather than one `pwrite`
-    /// per block: a run of 16 KiB blocks is a piece's worth of bytes in
-    /// one system call), or, with direct writes on, one direct write of
-    /// the span's whole pages and a `pwritev` for each unaligned end.
+    /// Writes `blocks`, which follow each other from `begin` in `piece`
+    /// (and may run on into the pieces after it), with one `pwritev` per
+    /// file they touch (rather than one `pwrite` per block: a run of 16
+    /// KiB blocks is pieces' worth of bytes in one system call), or, with
+    /// direct writes on, one direct write of the span's whole pages and a
+    /// `pwritev` for each unaligned end.
     pub fn write_blocks(&self, piece: u32, begin: u32, blocks: &[&[u8]]) -> io::Result<()> {
         let total: usize = blocks.iter().map(|b| b.len()).sum();
         // Where the current span starts: block `bi`, byte `off` in it.
         let (mut bi, mut off) = (0usize, 0usize);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 1);
-        for span in self.spans(piece, begin as u64, total as u64)? {
+        for span in self.run_spans(piece, begin as u64, total as u64)? {
             let s = &self.slots[span.file];
             // The span's bytes, as slices of the blocks.
             parts.clear();

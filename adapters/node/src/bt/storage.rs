@@ -502,31 +502,14 @@ impl Storage {
     /// returns the pieces that match `expected`. `progress` is called with
     /// each piece checked.
     pub fn check(&self, expected: &[Sha1Hash], threads: usize, progress: &(dyn Fn(u32) + Sync)) -> Bitfield {
-        let n = self.layout.piece_count();
-        let next = std::sync::atomic::AtomicU32::new(0);
-        let found = std::sync::Mutex::new(Bitfield::new(n));
-        std::thread::scope(|sc| {
-            for _ in 0..threads.max(1) {
-                sc.spawn(|| {
-                    let mut buf = Vec::new();
-                    loop {
-                        let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if p >= n {
-                            break;
-                        }
-                        if self.piece_present(p)
-                            && self.hash_piece(p, &mut buf).is_ok_and(|h| h == expected[p as usize])
-                        {
-                            found.lock().expect("no panics while held").set(p);
-                        }
-                        progress(p);
-                    }
-                });
-            }
-        });
-        found.into_inner().expect("no panics while held")
+        let all: Vec<u32> = (0..self.layout.piece_count()).collect();
+        self.check_pieces(&all, expected, threads, progress)
     }
 }
+
+/// Piece bytes each checking thread reads and hashes together at most
+/// (with pieces of 1 MiB or less, up to [`crate::sha1x16::LANES`] at once).
+const CHECK_GROUP_BYTES: u64 = 8 << 20;
 
 impl Storage {
     /// Hashes only `pieces` (those whose files are present), on `threads`
@@ -534,6 +517,9 @@ impl Storage {
     /// `expected`. Out-of-range pieces are skipped. `progress` is called
     /// with each piece checked. For a restart that trusts the rest (see
     /// `bt::resume`).
+    ///
+    /// Each thread takes a few pieces at a time, reads them whole and
+    /// hashes them together ([`crate::sha1x16`]).
     pub fn check_pieces(
         &self,
         pieces: &[u32],
@@ -542,26 +528,43 @@ impl Storage {
         progress: &(dyn Fn(u32) + Sync),
     ) -> Bitfield {
         let n = self.layout.piece_count();
+        let at_once =
+            (CHECK_GROUP_BYTES / self.layout.piece_length().max(1)).clamp(1, crate::sha1x16::LANES as u64) as usize;
         let next = std::sync::atomic::AtomicUsize::new(0);
         let found = std::sync::Mutex::new(Bitfield::new(n));
         std::thread::scope(|sc| {
             for _ in 0..threads.max(1).min(pieces.len().max(1)) {
                 sc.spawn(|| {
-                    let mut buf = Vec::new();
+                    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); at_once];
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&p) = pieces.get(i) else {
+                        let i = next.fetch_add(at_once, std::sync::atomic::Ordering::Relaxed);
+                        let Some(taken) = pieces.get(i..(i + at_once).min(pieces.len())) else {
                             break;
                         };
-                        if p >= n || p as usize >= expected.len() {
-                            continue;
+                        if taken.is_empty() {
+                            break;
                         }
-                        if self.piece_present(p)
-                            && self.hash_piece(p, &mut buf).is_ok_and(|h| h == expected[p as usize])
-                        {
-                            found.lock().expect("no panics while held").set(p);
+                        // The pieces that are there, read whole.
+                        let mut read: Vec<u32> = Vec::with_capacity(taken.len());
+                        for &p in taken {
+                            if p >= n || p as usize >= expected.len() {
+                                continue;
+                            }
+                            let size = self.layout.piece_size(p);
+                            if self.piece_present(p) && self.read_into(p, 0, size, &mut bufs[read.len()]).is_ok() {
+                                read.push(p);
+                            } else {
+                                progress(p);
+                            }
                         }
-                        progress(p);
+                        let whole: Vec<&[Vec<u8>]> = bufs[..read.len()].iter().map(std::slice::from_ref).collect();
+                        let digests = crate::sha1x16::digest_pieces(&whole);
+                        for (&p, d) in read.iter().zip(digests) {
+                            if d == expected[p as usize] {
+                                found.lock().expect("no panics while held").set(p);
+                            }
+                            progress(p);
+                        }
                     }
                 });
             }
@@ -653,6 +656,45 @@ mod tests {
     fn link(path: &str, target: &[&str]) -> Value<'static> {
         file(0, &[path], "l")
             .insert("symlink path", Value::List(target.iter().map(|c| Value::bytes(c.as_bytes())).collect()))
+    }
+
+    #[test]
+    fn the_check_finds_every_good_piece_and_no_bad_one_whatever_the_grouping() {
+        use sha1::Digest;
+        // 40 pieces of 16 KiB and a short last one, over two files; the
+        // check hashes up to sixteen at a time on each of its threads.
+        let plen = 16 * 1024;
+        let total = 40 * plen + 1000;
+        let data: Vec<u8> = (0..total).map(|i| (i % 253) as u8 ^ (i / plen) as u8).collect();
+        let hashes: Vec<u8> = data.chunks(plen).flat_map(|c| Sha1::digest(c).to_vec()).collect();
+        let files = vec![file(300_000, &["a"], ""), file(total as i64 - 300_000, &["b"], "")];
+        let info = Value::dict()
+            .insert("files", Value::List(files))
+            .insert("name", Value::bytes("t"))
+            .insert("piece length", Value::Int(plen as i64))
+            .insert("pieces", Value::bytes(hashes));
+        let meta = Metainfo::parse(&Value::dict().insert("info", info).to_bytes()).unwrap();
+        let dir = std::env::temp_dir().join(format!("rumor-storage-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut bad = data.clone();
+        for p in [0usize, 17, 40] {
+            bad[p * plen + 5] ^= 1;
+        }
+        std::fs::create_dir_all(dir.join("t")).unwrap();
+        std::fs::write(dir.join("t/a"), &bad[..300_000]).unwrap();
+        std::fs::write(dir.join("t/b"), &bad[300_000..]).unwrap();
+        let mut st = Storage::new(&meta, &dir);
+        st.open_existing();
+        for threads in [1, 2, 3] {
+            let seen = std::sync::Mutex::new(Vec::new());
+            let found = st.check(&meta.pieces, threads, &|p| seen.lock().unwrap().push(p));
+            let want: Vec<u32> = (0..41).filter(|p| ![0, 17, 40].contains(p)).collect();
+            assert_eq!(found.iter_ones().collect::<Vec<_>>(), want, "{threads} threads");
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort();
+            assert_eq!(seen, (0..41).collect::<Vec<u32>>(), "progress for every piece");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

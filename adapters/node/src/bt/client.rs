@@ -681,6 +681,8 @@ struct TorrentDisk {
     failed: BTreeSet<u32>,
     /// Blocks to write: (piece, begin, data).
     writes: Vec<(u32, u32, Bytes)>,
+    /// Buffers for the blocks read for peers.
+    read_pool: Arc<BlockPool>,
     writes_bytes: usize,
     buf: Vec<u8>,
     /// Pieces waiting to be hashed together: (piece, expected, blocks).
@@ -699,6 +701,7 @@ impl TorrentDisk {
             failed: BTreeSet::new(),
             writes: Vec::new(),
             writes_bytes: 0,
+            read_pool: BlockPool::new(),
             buf: Vec::new(),
             group: Vec::new(),
             group_bytes: 0,
@@ -736,6 +739,18 @@ impl TorrentDisk {
             }
         }
         true
+    }
+
+    /// A block for a peer, read into a pooled buffer when it fits one (no
+    /// allocation, no zeroing: the buffer comes back once it is sent).
+    fn read_block(&self, block: BlockRef) -> std::io::Result<Bytes> {
+        let len = block.length as usize;
+        if len > super::storage::POOL_BLOCK_BYTES {
+            return self.storage.read(block.index, block.begin, block.length).map(Bytes::from);
+        }
+        let mut buf = self.read_pool.lend();
+        self.storage.read_exact(block.index, block.begin as u64, &mut buf.as_mut_slice()[..len])?;
+        Ok(buf.into_bytes(len))
     }
 
     fn hash_from_disk(&mut self, piece: u32, expected: Sha1Hash) -> bool {
@@ -822,8 +837,8 @@ impl TorrentDisk {
                     if !self.write_out() {
                         return false;
                     }
-                    match self.storage.read(block.index, block.begin, block.length) {
-                        Ok(data) => Ev::Input(Input::BlockRead { peer, block, data: Bytes::from(data) }),
+                    match self.read_block(block) {
+                        Ok(data) => Ev::Input(Input::BlockRead { peer, block, data }),
                         Err(e) => {
                             tracing::warn!("read of piece {} failed: {e}", block.index);
                             Ev::ReadFailed

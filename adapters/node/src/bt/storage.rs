@@ -411,14 +411,20 @@ impl Storage {
     pub fn read_into(&self, piece: u32, begin: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
         buf.clear();
         buf.resize(len as usize, 0);
+        self.read_exact(piece, begin, buf)
+    }
+
+    /// Fills `buf` with the bytes from `begin` in `piece` (padding files
+    /// read as zeros).
+    pub fn read_exact(&self, piece: u32, begin: u64, buf: &mut [u8]) -> io::Result<()> {
         let mut pos = 0usize;
-        for span in self.spans(piece, begin, len)? {
+        for span in self.spans(piece, begin, buf.len() as u64)? {
             let s = &self.slots[span.file];
             let n = span.length as usize;
-            // Padding reads as the zeros `buf` was filled with.
-            if s.on_disk() {
-                let f = s.file.as_ref().ok_or_else(|| io::Error::other("file not open"))?;
-                f.read_exact_at(&mut buf[pos..pos + n], span.offset)?;
+            match &s.file {
+                Some(f) if s.on_disk() => f.read_exact_at(&mut buf[pos..pos + n], span.offset)?,
+                None if s.on_disk() => return Err(io::Error::other("file not open")),
+                _ => buf[pos..pos + n].fill(0),
             }
             pos += n;
         }

@@ -399,8 +399,9 @@ impl DiskQueue {
     fn write(&mut self, piece: u32, begin: u32, data: Bytes) {
         // A payload the connection read straight into an aligned buffer
         // goes to the direct write as it is. Any other is copied into one
-        // first, then hashed from there: the copy brings the bytes into
-        // this core's cache for the hash, which would read them anyway.
+        // first; when blocks are hashed here, from there: the copy brings
+        // the bytes into this core's cache for the hash, which would read
+        // them anyway.
         let data = match &self.pool {
             Some(pool) if !super::storage::direct_ready(&data) => pool.copy(&data).unwrap_or(data),
             _ => data,

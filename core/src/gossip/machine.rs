@@ -429,6 +429,10 @@ pub struct Gossip {
     pub(super) behind: VecDeque<Behind>,
     pub(super) next_round: Instant,
     pub(super) rounds_to_sync: u32,
+    /// Rounds from `next_round` on that the last deadline we gave skipped
+    /// as idle (see [`Gossip::idle_rounds_ahead`]); counted down when time
+    /// next reaches the machine.
+    pub(super) rounds_skipped: u32,
     pub(super) full: Option<Transfer>,
     pub(super) full_done_at: Option<Instant>,
     /// When we restarted, until our collection history is complete.
@@ -509,6 +513,7 @@ impl Gossip {
             send_seq: now.wall_ms.saturating_mul(1024),
             replay: Replay::default(),
             rounds_to_sync: 1,
+            rounds_skipped: 0,
             stats: Stats::default(),
             now,
             restored_at: None,
@@ -569,6 +574,7 @@ impl Gossip {
             return o;
         }
         crate::queues::shrink_idle(&mut self.out);
+        self.rounds_skipped = self.idle_rounds_ahead();
         Output::Timeout(self.next_deadline())
     }
 
@@ -576,7 +582,8 @@ impl Gossip {
         if self.left {
             return Instant::NEVER;
         }
-        let mut t = self.next_round.min(self.next_probe).min(self.next_reannounce);
+        let round = self.next_round + self.cfg.gossip_interval.saturating_mul(self.rounds_skipped.into());
+        let mut t = round.min(self.next_probe).min(self.next_reannounce);
         if let Some(p) = &self.probe {
             if !p.indirect_sent && !p.acked {
                 t = t.min(p.direct_deadline);
@@ -603,6 +610,7 @@ impl Gossip {
         if self.left {
             return;
         }
+        self.count_skipped_rounds();
         match input {
             Input::Receive { from, bytes } => self.receive(from, &bytes),
             Input::Timeout => self.timeout(),
@@ -803,6 +811,52 @@ impl Gossip {
     }
 
     // ----- timers -----
+
+    /// How many rounds from `next_round` on would do nothing but count down
+    /// to the next summary if nothing reached us before them: nothing is
+    /// hot, no restart history waits to settle, no entry expires and no
+    /// tombstone is collected by the last of them, and the summary is not
+    /// due. The deadline we give skips them, so an idle node wakes once a
+    /// summary instead of once a round (a fifth as often by default); they
+    /// are counted down when time next reaches us, as if each had run.
+    pub(super) fn idle_rounds_ahead(&self) -> u32 {
+        let every = self.cfg.gossip_interval;
+        if !self.hot.is_empty() || self.restored_at.is_some() || every == Duration::ZERO {
+            return 0;
+        }
+        let idle = self.rounds_to_sync.saturating_sub(1);
+        if idle == 0 {
+            return 0;
+        }
+        if let Some(due_ms) = self.store.next_expiry_ms() {
+            // The wall time of the last round skipped, give or take the
+            // rounding of the two clocks: a round that could expire
+            // something runs.
+            let last = self.next_round + every.saturating_mul(u64::from(idle - 1));
+            let last_ms = self.now.wall_ms.saturating_add(last.saturating_duration_since(self.now.at).as_millis());
+            if due_ms <= last_ms.saturating_add(1) {
+                return 0;
+            }
+        }
+        idle
+    }
+
+    /// Counts down the idle rounds our last deadline skipped whose time has
+    /// come (a round at `now` included: its timer would have fired before
+    /// anything else at that instant). Only those: the round after them is
+    /// not idle and runs from `timeout` as usual.
+    fn count_skipped_rounds(&mut self) {
+        let skipped = std::mem::take(&mut self.rounds_skipped);
+        let now = self.now.at;
+        if skipped == 0 || now < self.next_round {
+            return;
+        }
+        let every = self.cfg.gossip_interval.as_micros();
+        let due = (now - self.next_round).as_micros() / every + 1;
+        let k = due.min(u64::from(skipped));
+        self.rounds_to_sync -= k as u32;
+        self.next_round += self.cfg.gossip_interval.saturating_mul(k);
+    }
 
     /// Runs every timer that is due, in a fixed order: the gossip round,
     /// the direct-probe deadline, the next probe, suspicions, re-announces,

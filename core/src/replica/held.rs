@@ -219,6 +219,11 @@ impl ExpiryQueue {
         self.0.remove(&(e.expires_ms, e.ns, &e.key[..]) as &dyn ExpiryPlace);
     }
 
+    /// When the entry expiring soonest expires, if any does.
+    pub(super) fn first_ms(&self) -> Option<UnixMillis> {
+        self.0.first().map(|h| h.0.expires_ms)
+    }
+
     /// Takes out the entry expiring soonest if it expires at `now_ms` or
     /// before.
     pub(super) fn pop_due(&mut self, now_ms: UnixMillis) -> Option<Shared> {

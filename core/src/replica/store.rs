@@ -533,9 +533,20 @@ impl Store {
         }
     }
 
+    /// The earliest wall time at which [`expire`](Self::expire) has work:
+    /// a live entry's expiry or a tombstone's collection, if any is held.
+    pub fn next_expiry_ms(&self) -> Option<UnixMillis> {
+        let collect = self.collect.first().map(|c| c.0);
+        match (self.expiries.first_ms(), collect) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Turns entries whose expiry has passed into tombstones and collects
     /// tombstones past their grace period. Call whenever wall time moves on
-    /// (the gossip machine does it on every timeout).
+    /// (the gossip machine does it every round it runs, and wakes for the
+    /// round after [`next_expiry_ms`](Self::next_expiry_ms) even when idle).
     pub fn expire(&mut self, now_ms: UnixMillis) {
         while let Some(due) = self.expiries.pop_due(now_ms) {
             assert!(!due.deleted, "expiry queue holds live entries only");

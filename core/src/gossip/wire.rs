@@ -460,29 +460,36 @@ pub enum DecodeError {
     Replayed,
 }
 
+/// Where the serialized packet starts in a sealed envelope: after the
+/// version, the key id, the 24-byte nonce and the compression flag.
+const PLAINTEXT_AT: usize = 2 + 24 + 1;
+
+/// Bytes of packet a new envelope has room for before it grows (most
+/// packets are smaller).
+const SEAL_ROOM: usize = 256;
+
 /// Serializes, maybe compresses, and seals `packet` with the keyring's
 /// primary key and `nonce`. Bodies of at least `compress_min_bytes` are
 /// compressed when that makes them smaller.
 pub fn seal(keys: &Keyring, nonce: [u8; 24], packet: &Packet, compress_min_bytes: usize) -> Vec<u8> {
-    let body = postcard::to_allocvec(packet).expect("packets always serialize");
-    let compressed = (body.len() >= compress_min_bytes)
-        .then(|| lz4_flex::compress_prepend_size(&body))
-        .filter(|c| c.len() < body.len());
     let key = keys.primary();
     let header = [ENVELOPE_VERSION, key.id];
-    // One buffer: header, nonce, then the plaintext encrypted in place, then
-    // the tag.
-    let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + 1 + body.len());
+    // One buffer: header, nonce, flag, then the packet serialized straight
+    // after them and encrypted in place, then the tag. Room for a typical
+    // packet up front: grown from nothing, the buffer was reallocated five
+    // or six times per message.
+    let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + 1 + SEAL_ROOM);
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
-    match &compressed {
-        Some(c) => {
+    out.push(0);
+    let mut out = postcard::to_extend(packet, out).expect("packets always serialize");
+    let body_len = out.len() - PLAINTEXT_AT;
+    if body_len >= compress_min_bytes {
+        let compressed = lz4_flex::compress_prepend_size(&out[PLAINTEXT_AT..]);
+        if compressed.len() < body_len {
+            out.truncate(PLAINTEXT_AT - 1);
             out.push(FLAG_LZ4);
-            out.extend_from_slice(c);
-        }
-        None => {
-            out.push(0);
-            out.extend_from_slice(&body);
+            out.extend_from_slice(&compressed);
         }
     }
     if keys.unsealed {
@@ -491,7 +498,7 @@ pub fn seal(keys: &Keyring, nonce: [u8; 24], packet: &Packet, compress_min_bytes
     }
     let tag = key
         .cipher
-        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &header, &mut out[26..])
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &header, &mut out[PLAINTEXT_AT - 1..])
         .expect("encryption of a bounded buffer cannot fail");
     out.extend_from_slice(&tag);
     out

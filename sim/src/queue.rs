@@ -48,29 +48,6 @@ impl<E: Keyed> Default for Queue<E> {
 }
 
 impl<E: Keyed> Queue<E> {
-    /// An empty queue whose wheel starts at `at_us`: nothing may be pushed
-    /// before it, and events within the wheel's horizon of it go straight
-    /// into buckets instead of through the overflow heap.
-    pub fn starting_at(at_us: u64) -> Self {
-        Queue { cursor: at_us >> SHIFT, ..Queue::default() }
-    }
-
-    /// Where the wheel starts (µs): no event before it may be pushed.
-    pub fn start_us(&self) -> u64 {
-        self.cursor << SHIFT
-    }
-
-    /// Takes every pending event into `out`, in no set order, leaving the
-    /// cursor where it was (so events at the current time may still be
-    /// pushed).
-    pub fn drain_all(&mut self, out: &mut Vec<E>) {
-        for bucket in &mut self.wheel {
-            out.append(bucket);
-        }
-        self.in_wheel = 0;
-        out.extend(self.far.drain().map(|Reverse(e)| e));
-    }
-
     /// Pending events.
     pub fn len(&self) -> usize {
         self.in_wheel + self.far.len()

@@ -692,19 +692,16 @@ impl World {
         let ctx = Ctx { net, group, n, check: *check_invariants, persist: *persist, record: *record_changes, addrs };
         let chunks = *threads * CHUNKS_PER_THREAD;
         let chunk = n.div_ceil(chunks).max(1);
-        let start_us = queue.start_us();
-        let crew = SpinCrew::new(slots.chunks_mut(chunk).collect(), chunk, start_us, *threads - 1);
-        // Every pending event to the range of its node.
-        let mut pending = Vec::new();
-        queue.drain_all(&mut pending);
-        crew.deal(pending);
+        let mut crew = SpinCrew::new(slots.chunks_mut(chunk).collect(), *threads - 1);
+        crew.queues[0] = Mutex::new(std::mem::take(queue));
+        let mut parts: Vec<Vec<Ev>> = (0..crew.chunks.len()).map(|_| Vec::new()).collect();
         std::thread::scope(|scope| {
             let workers: Vec<_> = (1..*threads)
                 .map(|k| {
                     let (crew, ctx) = (&crew, &ctx);
                     std::thread::Builder::new()
                         .name(format!("sim-{k}"))
-                        .spawn_scoped(scope, move || crew.work(ctx, k))
+                        .spawn_scoped(scope, move || crew.work(ctx, chunk, k))
                         .expect("a simulator thread")
                         .thread()
                         .clone()
@@ -714,29 +711,22 @@ impl World {
             let _stop = StopOnDrop { crew: &crew, workers: &workers };
             loop {
                 touched.clear();
-                // Every range reported its earliest pending event and how
-                // many it holds when it last ran (or was dealt).
-                let mut first = u64::MAX;
-                let mut held = 0;
-                for r in &crew.ranges {
-                    let r = r.lock().expect("a range lock");
-                    first = first.min(r.next_at);
-                    held += r.pending;
-                }
-                if first > until.as_micros() {
+                // Each range sorts its own events, on its own thread.
+                let Some((mut events, w_end, last_at)) = crew.take_window(net.latency_us, until) else {
                     *now = (*now).max(until);
                     break;
+                };
+                let parallel = events.len() >= *parallel_min_events;
+                for ev in events.drain(..) {
+                    parts[ev.to as usize / chunk].push(ev);
                 }
-                let w_end = (first + net.latency_us.max(1)).min(until.as_micros() + 1);
-                // `held` bounds the window's size from above: a window
-                // that small is not worth waking a parked worker for.
-                crew.run_window(&ctx, w_end, held >= *parallel_min_events, &workers);
+                for (part, bucket) in parts.iter_mut().zip(&crew.buckets) {
+                    std::mem::swap(part, &mut *bucket.lock().expect("a bucket lock"));
+                }
+                crew.run_window(&ctx, chunk, w_end, parallel, &workers);
                 let fresh = changes.len();
-                let mut last_at = first;
-                for r in &crew.ranges {
-                    let mut r = r.lock().expect("a range lock");
-                    last_at = last_at.max(r.last_at);
-                    let out = &mut r.out;
+                for out in &crew.done {
+                    let mut out = out.lock().expect("an output lock");
                     *bytes_sent += std::mem::take(&mut out.bytes);
                     *messages_sent += std::mem::take(&mut out.messages);
                     changes.append(&mut out.changes);
@@ -747,8 +737,12 @@ impl World {
             }
         });
         // Every pending event back into the world's queue.
+        let mut queues = crew.queues.into_iter().map(|q| q.into_inner().expect("a queue lock"));
+        *queue = queues.next().expect("the calling thread's queue");
         let mut rest = Vec::new();
-        crew.gather(&mut rest);
+        for mut q in queues {
+            q.take_before_unsorted(u64::MAX, &mut rest);
+        }
         for ev in rest {
             queue.push(ev);
         }
@@ -794,55 +788,28 @@ fn take_window(queue: &mut Queue<Ev>, latency_us: u64, until: Instant) -> Option
 /// work between two windows, shorter than anything a driver does).
 const SPIN_CHECKS: u32 = 20_000;
 
-/// One range of nodes and everything only the thread running it touches.
-struct Range<'s> {
-    /// The index of its first node.
-    lo: usize,
-    slots: &'s mut [Slot],
-    /// The events pending for these nodes. Events other ranges sent join
-    /// at the start of each window (see [`SpinCrew::mail`]).
-    queue: Queue<Ev>,
-    /// The window's events, in key order (the buffer stays).
-    events: Vec<Ev>,
-    /// The window's outputs, drained by the calling thread (the buffers
-    /// stay).
-    out: WindowOut,
-    /// After a run: the earliest event this range holds or sent
-    /// (`u64::MAX` if none), so the earliest of all ranges is the next
-    /// window's start.
-    next_at: u64,
-    /// After a run: the time of the last event it ran.
-    last_at: u64,
-    /// After a run: the events it holds or sent.
-    pending: usize,
-}
-
 /// Threads that stay for a whole [`World::run_until`] and take the node
 /// ranges of each window in turn with the calling thread.
 ///
 /// A window is a few hundred microseconds of work at 10,000 nodes and there
-/// are 30,000 of them in a 70 s run. Woken through the kernel for each one
+/// are 35,000 of them in a 70 s run. Woken through the kernel for each one
 /// (a thread pool's sleep), the second thread cost 3 to 5 s of CPU in wake
 /// ups and started late; here it spins on the window counter between
 /// windows, and parks only when the calling thread is away longer.
 ///
-/// Each range keeps its own nodes' pending events and hands the events it
-/// sends to other ranges through a mailbox, so nothing between two windows
-/// runs on one thread alone but the minimum of the ranges' earliest
-/// events. When one queue was taken and split among the ranges by the
-/// calling thread, that was 8 % of a 10,000-node run with the second
-/// thread spinning all along.
+/// Each range of nodes sits behind its own lock for the whole call, so the
+/// ranges are lent once and taken per window by whoever claims them.
 struct SpinCrew<'s> {
-    ranges: Vec<Mutex<Range<'s>>>,
-    /// Nodes per range.
-    chunk: usize,
-    /// `mail[from * ranges + to]`: events range `from` sent to the nodes
-    /// of range `to`, which takes them into its queue when it next runs.
-    /// A cell is written by one range in a window and emptied by another
-    /// in the next (or in the same one: the events are all due after the
-    /// window, so it makes no difference), so the locks are hardly ever
-    /// contended.
-    mail: Vec<Mutex<Vec<Ev>>>,
+    chunks: Vec<Mutex<&'s mut [Slot]>>,
+    buckets: Vec<Mutex<Vec<Ev>>>,
+    /// Each range's outputs of the window, drained by the calling thread
+    /// (the buffers stay for the next window).
+    done: Vec<Mutex<WindowOut>>,
+    /// The pending events, one queue per thread (the calling thread's
+    /// first): a thread pushes the events its ranges sent into its own, so
+    /// the calling thread no longer pushes every window's outputs alone
+    /// while the workers wait. The window is taken from all of them.
+    queues: Vec<Mutex<Queue<Ev>>>,
     /// The window's number (high 32 bits) and the next range to claim (low
     /// 32): one word, so a worker still in the last window cannot claim a
     /// range of the next one.
@@ -860,30 +827,13 @@ struct SpinCrew<'s> {
 }
 
 impl<'s> SpinCrew<'s> {
-    /// Ranges `chunks` of `chunk` nodes each, whose queues start at
-    /// `start_us`, and `workers` threads besides the caller.
-    fn new(chunks: Vec<&'s mut [Slot]>, chunk: usize, start_us: u64, workers: usize) -> Self {
+    fn new(chunks: Vec<&'s mut [Slot]>, workers: usize) -> Self {
         let len = chunks.len();
-        let ranges = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(k, slots)| {
-                Mutex::new(Range {
-                    lo: k * chunk,
-                    slots,
-                    queue: Queue::starting_at(start_us),
-                    events: Vec::new(),
-                    out: WindowOut::default(),
-                    next_at: u64::MAX,
-                    last_at: 0,
-                    pending: 0,
-                })
-            })
-            .collect();
         SpinCrew {
-            ranges,
-            chunk,
-            mail: (0..len * len).map(|_| Mutex::new(Vec::new())).collect(),
+            chunks: chunks.into_iter().map(Mutex::new).collect(),
+            buckets: (0..len).map(|_| Mutex::new(Vec::new())).collect(),
+            done: (0..len).map(|_| Mutex::new(WindowOut::default())).collect(),
+            queues: (0..=workers).map(|_| Mutex::new(Queue::default())).collect(),
             claim: AtomicU64::new(0),
             finished: AtomicUsize::new(0),
             w_end: AtomicU64::new(0),
@@ -893,83 +843,48 @@ impl<'s> SpinCrew<'s> {
         }
     }
 
-    /// Puts each event in the queue of its node's range.
-    fn deal(&self, events: Vec<Ev>) {
-        let mut ranges: Vec<_> = self.ranges.iter().map(|r| r.lock().expect("a range lock")).collect();
-        for ev in events {
-            ranges[ev.to as usize / self.chunk].queue.push(ev);
+    /// The next window's events, from every thread's queue, in no set
+    /// order (see [`take_window`]).
+    fn take_window(&self, latency_us: u64, until: Instant) -> Option<(Vec<Ev>, u64, u64)> {
+        let first = self
+            .queues
+            .iter()
+            .filter_map(|q| q.lock().expect("a queue lock").first_at())
+            .min()
+            .filter(|at| *at <= until.as_micros())?;
+        let w_end = (first + latency_us.max(1)).min(until.as_micros() + 1);
+        let mut events = Vec::new();
+        for q in &self.queues {
+            q.lock().expect("a queue lock").take_before_unsorted(w_end, &mut events);
         }
-        for r in &mut ranges {
-            r.next_at = r.queue.first_at().unwrap_or(u64::MAX);
-            r.pending = r.queue.len();
-        }
+        let last_at = events.iter().map(Ev::at).max().unwrap_or(first);
+        Some((events, w_end, last_at))
     }
 
-    /// Takes every pending event, from the queues and the mailboxes, into
-    /// `out`, in no set order.
-    fn gather(&self, out: &mut Vec<Ev>) {
-        for r in &self.ranges {
-            r.lock().expect("a range lock").queue.drain_all(out);
-        }
-        for m in &self.mail {
-            out.append(&mut m.lock().expect("a mail lock"));
-        }
-    }
-
-    /// Runs range `k` for the window ending at `w_end`: takes in its mail,
-    /// runs its due events, and sends what they produced to the ranges of
-    /// their nodes.
-    fn run_range(&self, ctx: &Ctx, k: usize, w_end: u64) {
-        let mut range = self.ranges[k].lock().expect("a range lock");
-        let Range { lo, slots, queue, events, out, next_at, last_at, pending } = &mut *range;
-        let ranges = self.ranges.len();
-        for from in 0..ranges {
-            let mut m = self.mail[from * ranges + k].lock().expect("a mail lock");
-            for ev in m.drain(..) {
-                queue.push(ev);
-            }
-        }
-        queue.take_before(w_end, events);
-        *last_at = events.last().map_or(0, Ev::at);
-        ctx.run_into(*lo, slots, events, w_end, out);
-        // Grouped by range, each mailbox is locked once per window.
-        out.events.sort_unstable_by_key(|ev| ev.to);
-        let mut earliest = u64::MAX;
-        let mut sent = 0;
-        let mut outgoing = out.events.drain(..).peekable();
-        while let Some(ev) = outgoing.next() {
-            earliest = earliest.min(ev.at());
-            let to = ev.to as usize / self.chunk;
-            if to == k {
-                queue.push(ev);
-                continue;
-            }
-            let mut m = self.mail[k * ranges + to].lock().expect("a mail lock");
-            m.push(ev);
-            sent += 1;
-            while let Some(ev) = outgoing.next_if(|ev| ev.to as usize / self.chunk == to) {
-                earliest = earliest.min(ev.at());
-                m.push(ev);
-                sent += 1;
-            }
-        }
-        *next_at = earliest.min(queue.first_at().unwrap_or(u64::MAX));
-        *pending = queue.len() + sent;
-    }
-
-    /// Claims and runs ranges of window `window` until none is left.
-    fn take_ranges(&self, ctx: &Ctx, window: u64) {
+    /// Claims and runs ranges of window `window` until none is left; the
+    /// events they send go into queue `queue`, this thread's.
+    fn take_ranges(&self, ctx: &Ctx, chunk: usize, window: u64, queue: usize) {
         loop {
             let v = self.claim.load(Ordering::Acquire);
             let k = (v & 0xFFFF_FFFF) as usize;
-            if v >> 32 != window || k >= self.ranges.len() {
+            if v >> 32 != window || k >= self.chunks.len() {
                 return;
             }
             if self.claim.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 continue;
             }
             let w_end = self.w_end.load(Ordering::Acquire);
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_range(ctx, k, w_end)));
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut slots = self.chunks[k].lock().expect("a range lock");
+                let mut bucket = self.buckets[k].lock().expect("a bucket lock");
+                let mut out = self.done[k].lock().expect("an output lock");
+                bucket.sort_unstable();
+                ctx.run_into(k * chunk, &mut slots, &mut bucket, w_end, &mut out);
+                let mut q = self.queues[queue].lock().expect("a queue lock");
+                for ev in out.events.drain(..) {
+                    q.push(ev);
+                }
+            }));
             if let Err(p) = run {
                 *self.panic.lock().expect("the panic lock") = Some(p);
             }
@@ -979,7 +894,7 @@ impl<'s> SpinCrew<'s> {
 
     /// A worker's life (thread `me`, from 1): wait for a window, take
     /// ranges, again.
-    fn work(&self, ctx: &Ctx, me: usize) {
+    fn work(&self, ctx: &Ctx, chunk: usize, me: usize) {
         let sleeping = &self.sleeping[me - 1];
         let mut window = 0;
         loop {
@@ -1007,20 +922,20 @@ impl<'s> SpinCrew<'s> {
                 checks = 0;
             }
             window = self.claim.load(Ordering::Acquire) >> 32;
-            self.take_ranges(ctx, window);
+            self.take_ranges(ctx, chunk, window, me);
         }
     }
 
-    /// Runs one window ending at `w_end` on every range: on this thread
-    /// alone if it is small (`parallel` false) and no worker is spinning,
-    /// else with the workers.
-    fn run_window(&self, ctx: &Ctx, w_end: u64, parallel: bool, workers: &[std::thread::Thread]) {
+    /// Runs one window whose events are in the buckets: on this thread
+    /// alone if it is small, else with the workers. Each range's outputs
+    /// are then in `done`, in range order.
+    fn run_window(&self, ctx: &Ctx, chunk: usize, w_end: u64, parallel: bool, workers: &[std::thread::Thread]) {
         self.finished.store(0, Ordering::Relaxed);
         self.w_end.store(w_end, Ordering::Relaxed);
         let window = (self.claim.load(Ordering::Relaxed) >> 32) + 1;
-        // Publishes the window's end with it. A spinning worker joins in
-        // whatever the window's size; a parked one is woken only for a
-        // window worth it.
+        // Publishes the buckets and the window's end with it. A spinning
+        // worker joins in whatever the window's size; a parked one is woken
+        // only for a window worth it.
         self.claim.store(window << 32, Ordering::SeqCst);
         if parallel {
             for (k, t) in workers.iter().enumerate() {
@@ -1029,8 +944,8 @@ impl<'s> SpinCrew<'s> {
                 }
             }
         }
-        self.take_ranges(ctx, window);
-        while self.finished.load(Ordering::Acquire) < self.ranges.len() {
+        self.take_ranges(ctx, chunk, window, 0);
+        while self.finished.load(Ordering::Acquire) < self.chunks.len() {
             std::hint::spin_loop();
         }
         if let Some(p) = self.panic.lock().expect("the panic lock").take() {

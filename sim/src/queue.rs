@@ -13,8 +13,9 @@
 //! node's next timer almost always lands in the wheel; twice that held
 //! 40 MB more at 10,000 nodes in buckets' spare room, no faster); later
 //! events wait in the overflow heap and move into the
-//! wheel as the cursor comes within the horizon. Buckets keep their
-//! capacity, so the wheel's memory is what its busiest buckets once held.
+//! wheel as the cursor comes within the horizon. A bucket taken whole gives
+//! its buffer away with its events, so the wheel holds about what is
+//! pending, not what its busiest buckets once held.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -139,7 +140,14 @@ impl<E: Keyed> Queue<E> {
             let slot = &mut self.wheel[(b % SLOTS) as usize];
             if whole {
                 self.in_wheel -= slot.len();
-                out.append(slot);
+                if out.is_empty() {
+                    // The bucket's buffer goes with its events: a bucket
+                    // that kept the room of its busiest millisecond held
+                    // 25 MB over a second's wheel in a 10,000-node run.
+                    std::mem::swap(out, slot);
+                } else {
+                    out.append(slot);
+                }
             } else {
                 // The window ends inside this bucket: take its early part.
                 let mut i = 0;

@@ -15,6 +15,11 @@
 //!   next exchange rather than when a random window happens to cover it.
 //! * Push: a fresh write goes to `fanout` random peers at once; a node that
 //!   learns a fresh entry pushes it on for `push_rounds` rounds.
+//! * Timer: the deadline a node gives skips the rounds that would send
+//!   nothing (nothing hot, no summary due, nothing expiring), and counts
+//!   them down when time next reaches it, so an idle node wakes once per
+//!   summary rather than once per round, with every round's effect where
+//!   it was.
 //! * Membership: SWIM probes, indirect probes, suspicion with a timeout,
 //!   refutation by incarnation, piggybacked updates, periodic re-announce
 //!   to members believed dead.

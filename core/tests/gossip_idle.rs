@@ -17,6 +17,9 @@ const B: NodeId = 2;
 const ROUND_MS: u64 = 200;
 const SYNC_EVERY: u32 = 5;
 
+/// Tombstones are collected this long after their delete or expiry.
+const GRACE_MS: u64 = 2_000;
+
 /// A node whose only timer is the round: probes and re-announces are an
 /// hour apart.
 fn machine() -> Gossip {
@@ -25,6 +28,7 @@ fn machine() -> Gossip {
     c.sync_every_rounds = SYNC_EVERY;
     c.probe_interval = Duration::from_secs(3600);
     c.reannounce_interval = Duration::from_secs(3600);
+    c.store.tombstone_grace_ms = GRACE_MS;
     Gossip::new(c, A, at_ms(0), 99)
 }
 
@@ -172,17 +176,7 @@ fn a_push_between_summaries_goes_out_on_the_next_round() {
 
 #[test]
 fn an_entry_expires_and_its_tombstone_goes_on_the_first_round_after_their_time_even_while_idle() {
-    const GRACE_MS: u64 = 2_000;
-    let mut g = {
-        let mut c = Config::new(addr(A), keys());
-        c.gossip_interval = Duration::from_millis(ROUND_MS);
-        c.sync_every_rounds = SYNC_EVERY;
-        c.probe_interval = Duration::from_secs(3600);
-        c.reannounce_interval = Duration::from_secs(3600);
-        c.store.tombstone_grace_ms = GRACE_MS;
-        Gossip::new(c, A, at_ms(0), 99)
-    };
-    let mut deadline = feed(&mut g, 1, receive(from_b(1, 1, Vec::new()))).deadline_ms;
+    let (mut g, mut deadline) = knowing_b();
     let expires_ms = 3_330;
     let write = Command::Write {
         ns: Namespace::DNS,

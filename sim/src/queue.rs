@@ -12,10 +12,10 @@
 //! rounds between two summaries, which an idle node's timer skips, so a
 //! node's next timer almost always lands in the wheel; twice that held
 //! 40 MB more at 10,000 nodes in buckets' spare room, no faster); later
-//! events wait in the overflow heap and move into the
-//! wheel as the cursor comes within the horizon. A bucket taken whole gives
-//! its buffer away with its events, so the wheel holds about what is
-//! pending, not what its busiest buckets once held.
+//! events wait in the overflow heap and move into the wheel as the cursor
+//! comes within the horizon. A bucket taken whole gives its buffer away
+//! with its events, so the wheel holds about what is pending, not what its
+//! busiest buckets once held.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

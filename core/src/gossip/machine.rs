@@ -431,7 +431,9 @@ pub struct Gossip {
     pub(super) rounds_to_sync: u32,
     /// Rounds from `next_round` on that the last deadline we gave skipped
     /// as idle (see [`Gossip::idle_rounds_ahead`]); counted down when time
-    /// next reaches the machine.
+    /// next reaches the machine. Kept rather than worked out again then:
+    /// the count must be the one the deadline was given with, and the
+    /// expiry check behind it depends on the clocks of that moment.
     pub(super) rounds_skipped: u32,
     pub(super) full: Option<Transfer>,
     pub(super) full_done_at: Option<Instant>,
@@ -819,7 +821,7 @@ impl Gossip {
     /// due. The deadline we give skips them, so an idle node wakes once a
     /// summary instead of once a round (a fifth as often by default); they
     /// are counted down when time next reaches us, as if each had run.
-    pub(super) fn idle_rounds_ahead(&self) -> u32 {
+    fn idle_rounds_ahead(&self) -> u32 {
         let every = self.cfg.gossip_interval;
         if !self.hot.is_empty() || self.restored_at.is_some() || every == Duration::ZERO {
             return 0;

@@ -536,11 +536,7 @@ impl Store {
     /// The earliest wall time at which [`expire`](Self::expire) has work:
     /// a live entry's expiry or a tombstone's collection, if any is held.
     pub fn next_expiry_ms(&self) -> Option<UnixMillis> {
-        let collect = self.collect.first().map(|c| c.0);
-        match (self.expiries.first_ms(), collect) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.expiries.first_ms().into_iter().chain(self.collect.first().map(|c| c.0)).min()
     }
 
     /// Turns entries whose expiry has passed into tombstones and collects

@@ -252,3 +252,28 @@ fn common_queries_take_the_fast_path_and_match_the_general_one() {
         assert_eq!(decode(&got).unwrap(), decode(&want).unwrap(), "{qname} {qtype}");
     }
 }
+
+/// A name whose parent is within 11 bytes of the 255-byte limit has no
+/// legal `hostmaster.<parent>`: both paths answer with a reply that
+/// decodes, and the same one (found by the `dns_authority` fuzz target).
+#[test]
+fn nxdomain_under_a_parent_too_long_for_hostmaster_still_decodes() {
+    let store = store_with_free_local();
+    for parent_len in 236..=253usize {
+        // One label of 30-47 bytes, four of 50, the root.
+        let mut labels = vec!["p".repeat(parent_len - 206)];
+        labels.extend(std::iter::repeat_n("h".repeat(50), 4));
+        let parent = labels.join(".");
+        assert_eq!(Name::from_ascii(&parent).unwrap().wire_len(), parent_len);
+        let qname = format!("q.{parent}");
+        let q = query_bytes(&qname, RType::A, None);
+        let mut fast = Authority::new(AuthorityConfig::default());
+        let mut general = Authority::new(AuthorityConfig { fast_path: false, ..AuthorityConfig::default() });
+        let got = reply(&mut fast, &q, Transport::Udp, &store);
+        let want = reply(&mut general, &q, Transport::Udp, &store);
+        let got = decode(&got).unwrap_or_else(|e| panic!("{parent_len}-byte parent: {e:?}"));
+        assert_eq!(got, decode(&want).unwrap(), "{parent_len}-byte parent");
+        assert_eq!(u16::from(got.header.rcode), Rcode::NXDOMAIN.0);
+        assert_eq!(got.authorities.len(), 1);
+    }
+}

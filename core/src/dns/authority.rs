@@ -456,6 +456,9 @@ impl Authority {
 /// Room for a lower-cased query name.
 type NameBuf = [u8; super::name::NAME_MAX_BYTES];
 
+/// The SOA's responsible-mailbox label, in wire form.
+const HOSTMASTER_LABEL: &[u8] = b"\x0ahostmaster";
+
 impl Authority {
     /// The query path for the common case, without building a [`Message`]:
     /// one question of class IN, at most an EDNS0 OPT, an answer that is a
@@ -558,6 +561,11 @@ impl Authority {
             }
             apex_offset = Some(off);
         }
+        // `hostmaster.<apex>` must stay a legal name; the general path
+        // knows what to write when it would not be.
+        if apex_offset.is_some_and(|off| key.len() - off + HOSTMASTER_LABEL.len() > super::name::NAME_MAX_BYTES) {
+            return false;
+        }
         let limit = match transport {
             Transport::Tcp => MESSAGE_MAX_BYTES,
             Transport::Udp => match edns {
@@ -631,7 +639,7 @@ impl Authority {
                 out.extend_from_slice(&[0, 0]);
                 out.extend_from_slice(&[2, b'n', b's']);
                 out.extend_from_slice(apex);
-                out.extend_from_slice(b"\x0ahostmaster");
+                out.extend_from_slice(HOSTMASTER_LABEL);
                 out.extend_from_slice(apex);
                 let [refresh, retry, expire] = self.config.soa_timers;
                 for v in [store.generation(), refresh, retry, expire, self.config.negative_ttl] {

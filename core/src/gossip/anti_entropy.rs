@@ -205,14 +205,17 @@ impl Gossip {
                 (self.live_ids[i], info.addr.clone(), info.suspect)
             })
             .collect();
+        let sent = hot.len();
+        // Every target gets the same push, lent to each message in turn.
+        let mut push = hot;
         for (k, (id, addr, suspect)) in targets.into_iter().enumerate() {
             let with_summary = sync_now && k == 0;
             let recent = if with_summary { self.recent_hint() } else { Vec::new() };
-            let body = Body::Syn { summary: with_summary.then_some(summary), push: hot.clone(), recent };
+            let body = Body::Syn { summary: with_summary.then_some(summary), push, recent };
             // Only a suspect target needs its member entry (to be told so).
-            self.send(addr, suspect.then_some(id), body);
+            let lent = self.send_lent(addr, suspect.then_some(id), body);
+            push = if let Body::Syn { push, .. } = lent { push } else { Vec::new() };
         }
-        let sent = hot.len();
         for h in self.hot.iter_mut().take(sent) {
             h.rounds_left -= 1;
         }

@@ -902,6 +902,14 @@ impl Gossip {
     /// `to`; `to_id` is the recipient's id when known, so a peer we hold as
     /// suspect or dead hears it and can refute.
     pub(super) fn send(&mut self, to: PeerAddr, to_id: Option<NodeId>, body: Body) {
+        self.send_lent(to, to_id, body);
+    }
+
+    /// [`send`](Self::send), handing the body back once it is sealed: a
+    /// round sends one push to several targets, and cloning its entries
+    /// for each was an atomic count on every entry's shared bytes (shared
+    /// by every node in the simulator: a line the cores fought over).
+    pub(super) fn send_lent(&mut self, to: PeerAddr, to_id: Option<NodeId>, body: Body) -> Body {
         let mut updates = Vec::new();
         // Tell a peer we hold as suspect or dead what we think, so it refutes.
         if let Some((id, m)) = to_id.and_then(|id| self.members.get(&id).map(|m| (id, m))) {
@@ -931,12 +939,13 @@ impl Gossip {
         self.cfg.advertise = packet.addr;
         if bytes.len() > self.cfg.message_bytes_max {
             self.stats.oversize_not_sent += 1;
-            return;
+            return packet.body;
         }
         self.stats.messages_out += 1;
         self.stats.bytes_out += bytes.len() as u64;
         self.stats.bytes_out_by_kind[kind] += bytes.len() as u64;
         self.out.push_back(Output::Transmit(Transmit { to, bytes }));
+        packet.body
     }
 
     // ----- receiving -----

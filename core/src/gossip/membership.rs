@@ -330,16 +330,23 @@ impl Gossip {
         // Forget members dead for long.
         let forget = self.cfg.dead_forget_after;
         let now = self.now.at;
-        let old: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| {
-                matches!(m.state, MemberState::Dead | MemberState::Left)
-                    && now.saturating_duration_since(m.since) >= forget
-            })
-            .map(|(id, _)| *id)
-            .take(64)
-            .collect();
+        // Every member not in the live list is dead or gone; when there is
+        // none, the walks of the member map for them are skipped (they were
+        // most of this function, every 5 s on every node).
+        let any_dead = self.live_ids.len() < self.members.len();
+        let old: Vec<NodeId> = if any_dead {
+            self.members
+                .iter()
+                .filter(|(_, m)| {
+                    matches!(m.state, MemberState::Dead | MemberState::Left)
+                        && now.saturating_duration_since(m.since) >= forget
+                })
+                .map(|(id, _)| *id)
+                .take(64)
+                .collect()
+        } else {
+            Vec::new()
+        };
         for id in old {
             self.remove_member(id);
         }
@@ -352,14 +359,13 @@ impl Gossip {
                 self.send(a, None, Body::Join);
             }
         } else if !self.bootstrap.is_empty() {
-            // One pass over the members, no allocation: with a large view
-            // this runs on every node every few seconds.
+            // One pass over the live members' addresses (a vector, not the
+            // member map): with a large view this runs on every node every
+            // few seconds.
             let mut live = vec![false; self.bootstrap.len()];
-            for m in self.members.values() {
-                if matches!(m.state, MemberState::Alive | MemberState::Suspect) {
-                    if let Some(k) = self.bootstrap.iter().position(|a| *a == m.addr) {
-                        live[k] = true;
-                    }
+            for info in &self.live_info {
+                if let Some(k) = self.bootstrap.iter().position(|a| *a == info.addr) {
+                    live[k] = true;
                 }
             }
             let strangers: Vec<PeerAddr> =
@@ -371,8 +377,11 @@ impl Gossip {
         }
         // Re-announce ourselves to one member believed dead: if the
         // partition healed, it learns we (and it) are alive and refutes.
-        let dead: Vec<NodeId> =
-            self.members.iter().filter(|(_, m)| m.state == MemberState::Dead).map(|(id, _)| *id).collect();
+        let dead: Vec<NodeId> = if self.live_ids.len() < self.members.len() {
+            self.members.iter().filter(|(_, m)| m.state == MemberState::Dead).map(|(id, _)| *id).collect()
+        } else {
+            Vec::new()
+        };
         if !dead.is_empty() {
             let id = dead[self.rng.index(dead.len())];
             let addr = self.members[&id].addr.clone();

@@ -326,15 +326,18 @@ impl Gossip {
         }
     }
 
+    /// True if some member is dead or has left: every other member is in
+    /// the live list. Spares `reannounce` (every 5 s on every node) its
+    /// walks of the member map when there is none (they were most of it).
+    fn has_dead_members(&self) -> bool {
+        self.live_ids.len() < self.members.len()
+    }
+
     pub(super) fn reannounce(&mut self) {
         // Forget members dead for long.
         let forget = self.cfg.dead_forget_after;
         let now = self.now.at;
-        // Every member not in the live list is dead or gone; when there is
-        // none, the walks of the member map for them are skipped (they were
-        // most of this function, every 5 s on every node).
-        let any_dead = self.live_ids.len() < self.members.len();
-        let old: Vec<NodeId> = if any_dead {
+        let old: Vec<NodeId> = if self.has_dead_members() {
             self.members
                 .iter()
                 .filter(|(_, m)| {
@@ -377,7 +380,7 @@ impl Gossip {
         }
         // Re-announce ourselves to one member believed dead: if the
         // partition healed, it learns we (and it) are alive and refutes.
-        let dead: Vec<NodeId> = if self.live_ids.len() < self.members.len() {
+        let dead: Vec<NodeId> = if self.has_dead_members() {
             self.members.iter().filter(|(_, m)| m.state == MemberState::Dead).map(|(id, _)| *id).collect()
         } else {
             Vec::new()

@@ -665,11 +665,11 @@ impl World {
     /// workers live for the whole call and wait for each window spinning
     /// (see [`SpinCrew`]), so the driver should run whole stretches here
     /// rather than [`step`](Self::step) by step when it can.
+    ///
+    /// One thread takes the same path with no workers: its buffers are
+    /// reused from window to window as they are with more threads, so a
+    /// one-thread profile shows the work the threads share.
     pub fn run_until(&mut self, until: Instant) {
-        if self.threads <= 1 {
-            while self.step(until) {}
-            return;
-        }
         let World {
             slots,
             queue,

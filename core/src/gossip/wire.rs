@@ -555,11 +555,30 @@ fn parse_plaintext(plain: &[u8], bytes_max: usize) -> Result<Packet, DecodeError
         }
         _ => return Err(DecodeError::BadCompression),
     };
+    decode_packet(body)
+}
+
+/// Decodes a serialized [`Packet`] (the plaintext's body): the whole of
+/// `body`, with nothing left over. Probes and gossip rounds are read
+/// directly ([`decode_packet_fast`]); anything else, and anything that
+/// reader declines, by postcard.
+pub fn decode_packet(body: &[u8]) -> Result<Packet, DecodeError> {
+    if let Some(packet) = super::fast_decode::packet(body) {
+        return Ok(packet);
+    }
     let (packet, rest) = postcard::take_from_bytes::<Packet>(body).map_err(|_| DecodeError::BadFormat)?;
     if !rest.is_empty() {
         return Err(DecodeError::BadFormat);
     }
     Ok(packet)
+}
+
+/// The direct reader behind [`decode_packet`] alone: the packet, if `body`
+/// is a probe or a gossip round it reads cleanly; `None` leaves the answer
+/// to postcard. Public so tests and the fuzzer can hold it to postcard's.
+#[doc(hidden)]
+pub fn decode_packet_fast(body: &[u8]) -> Option<Packet> {
+    super::fast_decode::packet(body)
 }
 
 #[cfg(test)]

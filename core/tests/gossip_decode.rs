@@ -59,7 +59,7 @@ proptest! {
 
 use bytes::Bytes;
 use rumor_core::gossip::{
-    decode_packet, decode_packet_fast, Body, DecodeError, MemberState, MemberUpdate, Packet, Pushed,
+    decode_packet, decode_packet_fast, encode_packet, Body, DecodeError, MemberState, MemberUpdate, Packet, Pushed,
 };
 use rumor_core::replica::{Entry, Namespace, Version};
 
@@ -269,4 +269,15 @@ fn varints_at_postcard_limits_decode_as_postcard_decodes_them() {
         }
     }
     assert!(seen_fast > 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn every_packet_is_written_as_postcard_writes_it(p in packet(), prefix in prop::collection::vec(any::<u8>(), 0..30)) {
+        let mut expected = prefix.clone();
+        expected.extend(postcard::to_allocvec(&p).unwrap());
+        prop_assert_eq!(encode_packet(&p, prefix), expected);
+    }
 }

@@ -116,7 +116,7 @@
 //! too).
 
 mod anti_entropy;
-mod fast_decode;
+mod direct;
 mod lookup;
 mod machine;
 mod membership;
@@ -126,6 +126,6 @@ mod wire;
 pub use machine::{Command, Config, Event, Gossip, Input, Now, Output, Stats, BOOTSTRAP_MAX};
 pub use replay::SEQ_WINDOW;
 pub use wire::{
-    decode_packet, decode_packet_fast, open, seal, Body, DecodeError, Keyring, KeyringError, MemberState, MemberUpdate,
-    Packet, PeerAddr, Pushed, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, KEYRING_KEYS_MAX,
+    decode_packet, decode_packet_fast, encode_packet, open, seal, Body, DecodeError, Keyring, KeyringError,
+    MemberState, MemberUpdate, Packet, PeerAddr, Pushed, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, KEYRING_KEYS_MAX,
 };

@@ -482,7 +482,7 @@ pub fn seal(keys: &Keyring, nonce: [u8; 24], packet: &Packet, compress_min_bytes
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
     out.push(0);
-    let mut out = postcard::to_extend(packet, out).expect("packets always serialize");
+    let mut out = encode_packet(packet, out);
     let body_len = out.len() - PLAINTEXT_AT;
     if body_len >= compress_min_bytes {
         let compressed = lz4_flex::compress_prepend_size(&out[PLAINTEXT_AT..]);
@@ -502,6 +502,16 @@ pub fn seal(keys: &Keyring, nonce: [u8; 24], packet: &Packet, compress_min_bytes
         .expect("encryption of a bounded buffer cannot fail");
     out.extend_from_slice(&tag);
     out
+}
+
+/// Appends `packet` serialized (postcard's format) to `out`: probes and
+/// gossip rounds by a direct writer of the same bytes, the rest by
+/// postcard.
+pub fn encode_packet(packet: &Packet, mut out: Vec<u8>) -> Vec<u8> {
+    if super::direct::write_packet(packet, &mut out) {
+        return out;
+    }
+    postcard::to_extend(packet, out).expect("packets always serialize")
 }
 
 /// Opens an envelope: checks size and version, authenticates with the
@@ -563,7 +573,7 @@ fn parse_plaintext(plain: &[u8], bytes_max: usize) -> Result<Packet, DecodeError
 /// directly ([`decode_packet_fast`]); anything else, and anything that
 /// reader declines, by postcard.
 pub fn decode_packet(body: &[u8]) -> Result<Packet, DecodeError> {
-    if let Some(packet) = super::fast_decode::packet(body) {
+    if let Some(packet) = super::direct::packet(body) {
         return Ok(packet);
     }
     let (packet, rest) = postcard::take_from_bytes::<Packet>(body).map_err(|_| DecodeError::BadFormat)?;
@@ -578,7 +588,7 @@ pub fn decode_packet(body: &[u8]) -> Result<Packet, DecodeError> {
 /// to postcard. Public so tests and the fuzzer can hold it to postcard's.
 #[doc(hidden)]
 pub fn decode_packet_fast(body: &[u8]) -> Option<Packet> {
-    super::fast_decode::packet(body)
+    super::direct::packet(body)
 }
 
 #[cfg(test)]

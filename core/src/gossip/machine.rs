@@ -912,9 +912,26 @@ impl Gossip {
     pub(super) fn send_lent(&mut self, to: PeerAddr, to_id: Option<NodeId>, body: Body) -> Body {
         let mut updates = Vec::new();
         // Tell a peer we hold as suspect or dead what we think, so it refutes.
-        if let Some((id, m)) = to_id.and_then(|id| self.members.get(&id).map(|m| (id, m))) {
-            if matches!(m.state, MemberState::Suspect | MemberState::Dead) {
-                updates.push(MemberUpdate { id, addr: m.addr.clone(), incarnation: m.incarnation, state: m.state });
+        // Most messages answer a live sender the hint finds in the live
+        // list, whose details say as much as its member entry (a walk of
+        // the member map's cold nodes per answer, otherwise).
+        if let Some(id) = to_id {
+            match self.hinted_live_pos(id) {
+                Some(pos) => {
+                    let info = &self.live_info[pos];
+                    if info.suspect {
+                        let (addr, incarnation) = (info.addr.clone(), info.incarnation);
+                        updates.push(MemberUpdate { id, addr, incarnation, state: MemberState::Suspect });
+                    }
+                }
+                None => {
+                    if let Some(m) = self.members.get(&id) {
+                        if matches!(m.state, MemberState::Suspect | MemberState::Dead) {
+                            let (addr, incarnation, state) = (m.addr.clone(), m.incarnation, m.state);
+                            updates.push(MemberUpdate { id, addr, incarnation, state });
+                        }
+                    }
+                }
             }
         }
         let k = self.cfg.updates_per_message_max.saturating_sub(updates.len());

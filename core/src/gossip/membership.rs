@@ -141,6 +141,15 @@ impl Gossip {
         }
     }
 
+    /// Where `id` is in the live list, if its hint slot says so (checked):
+    /// found for most recent senders, since `learn_sender` sets the hint
+    /// whenever it walks the member map for one. `None` says nothing
+    /// about whether `id` is live.
+    pub(super) fn hinted_live_pos(&self, id: NodeId) -> Option<usize> {
+        let pos = self.sender_hint[sender_hint_slot(id)] as usize;
+        (self.live_ids.get(pos) == Some(&id)).then_some(pos)
+    }
+
     /// A probe: ack it, and if its summary differs from ours, start an
     /// anti-entropy exchange with our digest.
     pub(super) fn on_ping(&mut self, from: Sender, seq: u32, hash: u64, writers: u32) {

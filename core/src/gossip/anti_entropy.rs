@@ -202,7 +202,7 @@ impl Gossip {
             .into_iter()
             .map(|i| {
                 let info = &self.live_info[i];
-                (self.live_ids[i], info.addr.clone(), info.suspect)
+                (info.id, info.addr.clone(), info.suspect)
             })
             .collect();
         let sent = hot.len();

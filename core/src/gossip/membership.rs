@@ -19,7 +19,7 @@ pub(super) struct Member {
     /// When it entered `state` (dead members are forgotten after
     /// `dead_forget_after`; the oldest dead one is evicted first).
     pub(super) since: Instant,
-    /// Its index in `Gossip::live_ids` while alive or suspect, else
+    /// Its index in `Gossip::live_info` while alive or suspect, else
     /// `NOT_LIVE`. Kept here rather than in a second map keyed by id: one
     /// map walk less per change of state, and one map less per node
     /// (issue 16).
@@ -124,7 +124,7 @@ impl Gossip {
         // finds the sender there, the member map need not be walked.
         let hint = sender_hint_slot(id);
         let pos = self.sender_hint[hint] as usize;
-        if self.live_ids.get(pos) == Some(&id) && !leaving && incarnation <= self.live_info[pos].incarnation {
+        if self.live_info.get(pos).is_some_and(|l| l.id == id && !leaving && incarnation <= l.incarnation) {
             return;
         }
         let news = match self.members.get(&id) {
@@ -147,7 +147,7 @@ impl Gossip {
     /// about whether `id` is live.
     pub(super) fn hinted_live_pos(&self, id: NodeId) -> Option<usize> {
         let pos = self.sender_hint[sender_hint_slot(id)] as usize;
-        (self.live_ids.get(pos) == Some(&id)).then_some(pos)
+        self.live_info.get(pos).is_some_and(|l| l.id == id).then_some(pos)
     }
 
     /// A probe: ack it, and if its summary differs from ours, start an
@@ -339,7 +339,7 @@ impl Gossip {
     /// the live list. Spares `reannounce` (every 5 s on every node) its
     /// walks of the member map when there is none (they were most of it).
     fn has_dead_members(&self) -> bool {
-        self.live_ids.len() < self.members.len()
+        self.live_info.len() < self.members.len()
     }
 
     pub(super) fn reannounce(&mut self) {
@@ -366,7 +366,7 @@ impl Gossip {
         // list; otherwise on one bootstrap address that is not a live member
         // (a group that formed while cut off from it must still find the
         // rest of the cluster once the partition heals).
-        if self.live_ids.is_empty() {
+        if self.live_info.is_empty() {
             for a in self.bootstrap.clone() {
                 self.send(a, None, Body::Join);
             }
@@ -432,20 +432,18 @@ impl Gossip {
     fn set_live(&mut self, id: NodeId, live: bool) {
         let Some(m) = self.members.get_mut(&id) else { return };
         let info =
-            LiveInfo { addr: m.addr.clone(), suspect: m.state == MemberState::Suspect, incarnation: m.incarnation };
+            LiveInfo { id, addr: m.addr.clone(), suspect: m.state == MemberState::Suspect, incarnation: m.incarnation };
         match (live, m.live_pos) {
             (true, NOT_LIVE) => {
-                m.live_pos = self.live_ids.len() as u32;
-                self.live_ids.push(id);
+                m.live_pos = self.live_info.len() as u32;
                 self.live_info.push(info);
             }
             (true, pos) => self.live_info[pos as usize] = info,
             (false, pos) if pos != NOT_LIVE => {
                 m.live_pos = NOT_LIVE;
                 let pos = pos as usize;
-                self.live_ids.swap_remove(pos);
                 self.live_info.swap_remove(pos);
-                if let Some(&moved) = self.live_ids.get(pos) {
+                if let Some(moved) = self.live_info.get(pos).map(|l| l.id) {
                     if let Some(mm) = self.members.get_mut(&moved) {
                         mm.live_pos = pos as u32;
                     }
@@ -457,20 +455,20 @@ impl Gossip {
 
     /// Up to `n` distinct random live members, not `except`.
     pub(super) fn pick_live(&mut self, n: usize, except: Option<NodeId>) -> Vec<NodeId> {
-        self.pick_live_at(n, except).into_iter().map(|i| self.live_ids[i]).collect()
+        self.pick_live_at(n, except).into_iter().map(|i| self.live_info[i].id).collect()
     }
 
     /// The same choice as [`pick_live`](Self::pick_live), as places in the
     /// live list (valid until the membership next changes).
     pub(super) fn pick_live_at(&mut self, n: usize, except: Option<NodeId>) -> Vec<usize> {
-        let len = self.live_ids.len();
+        let len = self.live_info.len();
         let mut out = Vec::with_capacity(n);
         if len == 0 || n == 0 {
             return out;
         }
         if len <= n + 1 {
-            for (i, id) in self.live_ids.iter().enumerate() {
-                if Some(*id) != except && out.len() < n {
+            for (i, live) in self.live_info.iter().enumerate() {
+                if Some(live.id) != except && out.len() < n {
                     out.push(i);
                 }
             }
@@ -481,7 +479,7 @@ impl Gossip {
         while out.len() < n && tries < 4 * n + 8 {
             tries += 1;
             let i = self.rng.index(len);
-            if Some(self.live_ids[i]) != except && !out.contains(&i) {
+            if Some(self.live_info[i].id) != except && !out.contains(&i) {
                 out.push(i);
             }
         }
@@ -489,7 +487,7 @@ impl Gossip {
     }
 
     fn evict_one(&mut self) -> bool {
-        if self.members.len() == self.live_ids.len() {
+        if self.members.len() == self.live_info.len() {
             // Everyone known is live: nothing to evict, and no scan.
             return false;
         }

@@ -55,5 +55,54 @@ fn envelope(c: &mut Criterion) {
     c.bench_function("open a small gossip packet", |b| b.iter(|| open(&ring, black_box(&sealed), 65_536)));
 }
 
-criterion_group!(envelope_benches, envelope);
+/// A gossip round as the simulator sends most: one pushed entry, a piggybacked
+/// update, no summary. Encoded and decoded by the direct codec (what
+/// `seal` and `open` use) and by postcard through serde (the definition).
+fn packet_codec(c: &mut Criterion) {
+    use rumor_core::gossip::{decode_packet, encode_packet, Body, MemberState, MemberUpdate, Packet, Pushed};
+    use rumor_core::replica::{Entry, Namespace, Version};
+    let p = Packet {
+        from: 1_000_017,
+        addr: "10.0.0.17:5300".into(),
+        incarnation: 0,
+        sent_ms: 1_700_000_000_123,
+        seq: 1_740_800_000_000_001,
+        complete: true,
+        updates: vec![MemberUpdate {
+            id: 1_000_042,
+            addr: "10.0.0.42:5300".into(),
+            incarnation: 1,
+            state: MemberState::Alive,
+        }],
+        body: Body::Syn {
+            summary: None,
+            push: vec![Pushed {
+                entry: Entry {
+                    ns: Namespace(1),
+                    key: bytes::Bytes::from_static(b"free.local"),
+                    value: bytes::Bytes::from_static(&[10, 1, 0, 15, 1, 104]),
+                    writer: 1_000_003,
+                    version: Version(1_700_000_000_100 << 16),
+                    expires_ms: 1_700_000_360_000,
+                    deleted: false,
+                },
+                prev: Version(1_700_000_000_000 << 16),
+            }],
+            recent: vec![],
+        },
+    };
+    let bytes = postcard::to_allocvec(&p).expect("serializes");
+    c.bench_function("encode a gossip round (direct)", |b| {
+        b.iter(|| encode_packet(black_box(&p), Vec::with_capacity(128)))
+    });
+    c.bench_function("encode a gossip round (postcard)", |b| {
+        b.iter(|| postcard::to_extend(black_box(&p), Vec::with_capacity(128)).expect("serializes"))
+    });
+    c.bench_function("decode a gossip round (direct)", |b| b.iter(|| decode_packet(black_box(&bytes))));
+    c.bench_function("decode a gossip round (postcard)", |b| {
+        b.iter(|| postcard::from_bytes::<Packet>(black_box(&bytes)).expect("decodes"))
+    });
+}
+
+criterion_group!(envelope_benches, envelope, packet_codec);
 criterion_main!(merge_benches, envelope_benches);

@@ -39,6 +39,8 @@
 //!   → delta exchanges, full state transfers.
 //! * `lookup.rs`: prefix lookups across live members.
 //! * `wire.rs`: the messages and the sealed envelope.
+//! * `direct.rs`: probes and gossip rounds read and written in postcard's
+//!   format without serde (postcard stays the definition and the judge).
 //! * `replay.rs`: which authentic messages are fresh (time window and
 //!   per-sender sequence window); replays and stale ones are dropped.
 //!
